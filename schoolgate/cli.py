@@ -1,0 +1,461 @@
+"""The ``schoolgate`` command: run the gateway, check the config, explain decisions, manage
+exceptions, list recorded events. Every command takes ``--config`` and ``--data-dir``, so it
+works on the same policy and database as the running gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from schoolgate.configfile import ConfigError
+from schoolgate.model import Decision, Identity, RequestFacts
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A clear message for the user; exits non-zero."""
+
+
+# -- shared helpers --------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # On subcommands the default is SUPPRESS so that `schoolgate --config X explain ...` and
+    # `schoolgate explain --config X ...` both work (a subparser default would overwrite X).
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", type=Path, default=default,
+                        help="the policy file (default: the shipped mitm_config.yaml)")
+    parser.add_argument("--data-dir", type=Path, default=default,
+                        help="folder for the database and the CA (default: ./var)")
+
+
+def load(args: argparse.Namespace):
+    from schoolgate.config import load_policy
+
+    try:
+        return load_policy(args.config, data_dir=args.data_dir)
+    except ConfigError as exc:
+        raise CommandError(
+            f"the configuration has {len(exc.issues)} error(s):\n{exc}"
+        ) from None
+
+
+def open_db(policy):
+    from schoolgate.db import open_database
+
+    return open_database(policy.settings.database_url)
+
+
+def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
+    """ISO-8601; without a zone it is the site's local time."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-24T10:30)") from None
+    if value.tzinfo is None:
+        site = site or policy.resolver.default_site
+        value = value.replace(tzinfo=policy.timetables[site].tz)
+    return value
+
+
+def facts_for_url(url: str, *, at: datetime, method: str | None, client_ip: str | None,
+                  user: str | None, host_only: bool = False) -> RequestFacts:
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if not parts.hostname:
+        raise CommandError(f"not a URL: {url!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    try:
+        port = parts.port
+    except ValueError:
+        raise CommandError(f"bad port in {url!r}") from None
+    return RequestFacts(
+        host=parts.hostname,
+        at=at,
+        path=None if host_only else path,
+        method=None if host_only else (method or "GET").upper(),
+        port=port or (443 if parts.scheme == "https" else 80),
+        scheme=parts.scheme,
+        client_ip=client_ip,
+        user=user,
+    )
+
+
+def _local(value: datetime | None, policy, site: str) -> str:
+    if value is None:
+        return "no end in sight"
+    return value.astimezone(policy.timetables[site].tz).strftime("%a %d %b %Y %H:%M %Z")
+
+
+# -- check-config ------------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from schoolgate.config import load_policy
+
+    path = args.path or args.config
+    try:
+        policy = load_policy(path, data_dir=args.data_dir)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"{len(exc.issues)} error(s); the configuration was not loaded.", file=sys.stderr)
+        return EXIT_FAIL
+    stats = policy.matcher.stats()
+    print(f"OK: {policy.settings.config_path}")
+    print(f"  sites: {', '.join(policy.sites)}; roles: {', '.join(policy.roles)}")
+    print(f"  categories: {', '.join(policy.categories)}; rules: {len(policy.rules)} entries")
+    print(f"  list entries: {json.dumps(stats)}")
+    return EXIT_OK
+
+
+# -- explain ------------------------------------------------------------------------------
+def _identity_override(args: argparse.Namespace, policy) -> Identity | None:
+    if not args.role:
+        return None
+    if args.role not in policy.roles:
+        raise CommandError(f"unknown role {args.role!r}; roles are {', '.join(policy.roles)}")
+    site = args.site or policy.resolver.default_site
+    if site not in policy.timetables:
+        raise CommandError(f"unknown site {site!r}; sites are {', '.join(policy.sites)}")
+    dob = None
+    if args.date_of_birth:
+        try:
+            dob = date.fromisoformat(args.date_of_birth)
+        except ValueError:
+            raise CommandError(f"not a date: {args.date_of_birth!r}") from None
+    return Identity(role=args.role, site=site, user=args.user, group=args.group,
+                    date_of_birth=dob, client_ip=args.ip, source="given",
+                    rule=f"--role {args.role} given on the command line")
+
+
+def _print_decision(decision: Decision, policy, url: str) -> None:
+    ident = decision.identity
+    verdict = "ALLOW" if decision.allowed else "BLOCK"
+    print(f"{verdict}  {url}")
+    print(f"  reason:   {decision.reason}")
+    who = ident.user or ident.client_ip or "(no user)"
+    group = f", group {ident.group}" if ident.group else ""
+    print(f"  identity: {who} -> role {ident.role}{group} at site {ident.site or '-'}")
+    print(f"            by {ident.rule}")
+    if decision.window:
+        w = decision.window
+        print(f"  window:   {w.kind} ({w.name}) {_local(w.start, policy, w.site)} -> "
+              f"{_local(w.end, policy, w.site)}")
+    if decision.match:
+        m = decision.match
+        print(f"  list:     {m.category}: {m.entry} ({m.source})")
+    else:
+        print("  list:     no list entry matches")
+    print(f"  decided:  {decision.rule}")
+    if not decision.allowed and decision.window:
+        print(f"  until:    {_local(decision.until, policy, ident.site or decision.window.site)}")
+    elif decision.until:
+        print(f"  until:    {_local(decision.until, policy, ident.site)}")
+    if decision.error:
+        print(f"  error:    {decision.error}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    if not (args.user or args.role or args.ip):
+        raise CommandError("say whose request it is: --user NAME, --role ROLE or --ip ADDR")
+    if bool(args.url) == bool(args.batch):
+        raise CommandError("give either a URL or --batch FILE")
+    policy = load(args)
+    override = _identity_override(args, policy)
+    site = override.site if override else None
+    at = parse_when(args.at, policy, site)
+    from schoolgate.policy import ExceptionSet
+    from schoolgate.store import exceptions_current
+
+    with open_db(policy)() as session:
+        exceptions = ExceptionSet(exceptions_current(session, at))
+
+    def decide(url: str) -> tuple[Decision, RequestFacts]:
+        facts = facts_for_url(url, at=at, method=args.method, client_ip=args.ip, user=args.user,
+                              host_only=args.host_only)
+        return policy.decide(facts, exceptions, identity=override), facts
+
+    if args.batch:
+        stream = sys.stdin if args.batch == "-" else _open_text(args.batch)
+        for number, line in enumerate(stream, 1):
+            url = line.strip()
+            if not url or url.startswith("#"):
+                continue
+            try:
+                decision, _ = decide(url)
+            except CommandError as exc:
+                print(json.dumps({"url": url, "line": number, "error": str(exc)}))
+                continue
+            print(json.dumps({"url": url, **decision.to_json()}))
+        return EXIT_OK
+    decision, _ = decide(args.url)
+    if args.json:
+        print(json.dumps({"url": args.url, **decision.to_json()}, indent=2))
+    else:
+        _print_decision(decision, policy, args.url)
+    return EXIT_OK
+
+
+def _open_text(path: str):
+    try:
+        return open(path, encoding="utf-8")  # noqa: SIM115 - read to the end by the caller
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+
+
+# -- timetable ------------------------------------------------------------------------------
+def cmd_timetable(args: argparse.Namespace) -> int:
+    policy = load(args)
+    site = args.site or policy.resolver.default_site
+    if site not in policy.timetables:
+        raise CommandError(f"unknown site {site!r}; sites are {', '.join(policy.sites)}")
+    timetable = policy.timetables[site]
+    if args.date:
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError:
+            raise CommandError(f"not a date: {args.date!r} (e.g. 2026-11-24)") from None
+    else:
+        day = datetime.now(timetable.tz).date()
+    windows = timetable.windows_on(day)
+    if args.json:
+        print(json.dumps({"site": site, "date": day.isoformat(), "day_type": timetable.day_type(day),
+                          "windows": [w.to_json() for w in windows]}, indent=2))
+        return EXIT_OK
+    print(f"{site}: {day:%A %d %B %Y} ({timetable.day_type(day)}, {timetable.tz.key})")
+    for w in windows:
+        start = w.start.astimezone(timetable.tz)
+        end = w.end.astimezone(timetable.tz)
+        end_text = end.strftime("%H:%M") if end.date() == day else end.strftime("%H:%M %a")
+        start_text = start.strftime("%H:%M") if start.date() == day else start.strftime("%H:%M %a")
+        print(f"  {start_text:>9} - {end_text:<9} {w.kind:<14} {w.name}")
+    return EXIT_OK
+
+
+# -- allow (exceptions) --------------------------------------------------------------------
+def _scope(text: str) -> tuple[str, str]:
+    scope, _, value = text.partition("=")
+    return scope.strip().lower(), value.strip()
+
+
+def cmd_allow_add(args: argparse.Namespace) -> int:
+    from schoolgate.store import ExceptionRequestError, add_exception
+
+    policy = load(args)
+    if bool(args.host) == bool(args.category):
+        raise CommandError("give either --host HOST or --category NAME")
+    scope, value = _scope(args.scope)
+    starts = parse_when(args.start, policy) if args.start else datetime.now(UTC)
+    if args.permanent:
+        ends = None
+    elif args.until:
+        ends = parse_when(args.until, policy)
+    elif args.minutes:
+        ends = starts + timedelta(minutes=args.minutes)
+    else:
+        raise CommandError("say how long: --until TIME, --minutes N or --permanent")
+    with open_db(policy)() as session:
+        try:
+            row = add_exception(
+                session, policy, scope=scope, scope_value=value,
+                target_kind="host" if args.host else "category",
+                target=args.host or args.category, starts=starts, ends=ends,
+                created_by=args.by, reason=args.reason or "",
+            )
+        except ExceptionRequestError as exc:
+            raise CommandError(str(exc)) from None
+        session.commit()
+        print(f"added exception #{row.id}: {_describe_row(row)}")
+    return EXIT_OK
+
+
+def _describe_row(row) -> str:
+    from schoolgate.store import to_plain
+
+    return to_plain(row).describe()
+
+
+def _row_json(row) -> dict[str, Any]:
+    return {
+        "id": row.id, "kind": row.kind, "scope": row.scope, "scope_value": row.scope_value,
+        "target_kind": row.target_kind, "target": row.target,
+        "starts": row.starts.isoformat(), "ends": row.ends.isoformat() if row.ends else None,
+        "created_by": row.created_by, "reason": row.reason,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+def cmd_allow_list(args: argparse.Namespace) -> int:
+    from schoolgate.store import list_exceptions
+
+    policy = load(args)
+    now = datetime.now(UTC)
+    with open_db(policy)() as session:
+        rows = list_exceptions(session, at=None if args.all else now)
+        if not args.all:
+            rows = [r for r in rows if r.ends is None or r.ends > now]
+        if args.json:
+            print(json.dumps([_row_json(r) for r in rows], indent=2))
+            return EXIT_OK
+        if not rows:
+            print("no exceptions in force")
+        for row in rows:
+            print(f"#{row.id}  {_describe_row(row)}" + (f"  ({row.reason})" if row.reason else ""))
+    return EXIT_OK
+
+
+def cmd_allow_revoke(args: argparse.Namespace) -> int:
+    from schoolgate.store import ExceptionRequestError, revoke_exception
+
+    policy = load(args)
+    with open_db(policy)() as session:
+        try:
+            row = revoke_exception(session, args.id, by=args.by, reason=args.reason or "")
+        except ExceptionRequestError as exc:
+            raise CommandError(str(exc)) from None
+        session.commit()
+        print(f"revoked exception #{row.id}")
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="schoolgate", description=__doc__.split("\n\n")[0])
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("check-config", help="validate the configuration and print every error")
+    _common(p)
+    p.add_argument("path", nargs="?", type=Path, help="config file (default: --config)")
+    p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser("explain", help="why a URL is allowed or blocked for someone")
+    _common(p)
+    p.add_argument("url", nargs="?")
+    p.add_argument("--batch", metavar="FILE", help="one URL a line ('-' for standard input)")
+    p.add_argument("--user", help="a user name (roster)")
+    p.add_argument("--role", help="decide for this role directly")
+    p.add_argument("--group", help="with --role: the class or year group")
+    p.add_argument("--site", help="with --role: the site (default: the default site)")
+    p.add_argument("--date-of-birth", help="with --role: for age checks (YYYY-MM-DD)")
+    p.add_argument("--ip", help="the client address")
+    p.add_argument("--at", help="ISO-8601 time (default: now; no zone = the site's local time)")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--host-only", action="store_true",
+                   help="decide as for HTTPS that is not intercepted (site name only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_explain)
+
+    p = sub.add_parser("timetable", help="print a day's windows")
+    _common(p)
+    p.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    p.add_argument("--site")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_timetable)
+
+    allow = sub.add_parser("allow", help="time-limited exceptions (create, list, revoke)")
+    allow_sub = allow.add_subparsers(dest="allow_command", metavar="ACTION", required=True)
+    p = allow_sub.add_parser("add", help="open a host or category for someone for a time")
+    _common(p)
+    p.add_argument("--host")
+    p.add_argument("--category")
+    p.add_argument("--for", dest="scope", required=True, metavar="SCOPE[=VALUE]",
+                   help="user=NAME, group=9B, role=student, network=CIDR, site=NAME, everyone")
+    p.add_argument("--start", help="ISO-8601 (default: now)")
+    p.add_argument("--until", help="ISO-8601 end")
+    p.add_argument("--minutes", type=int)
+    p.add_argument("--permanent", action="store_true")
+    p.add_argument("--by", required=True, help="who grants it (kept in the audit trail)")
+    p.add_argument("--reason", help="why (curriculum activity, erroneous block, ...)")
+    p.set_defaults(handler=cmd_allow_add)
+    p = allow_sub.add_parser("list", help="exceptions in force")
+    _common(p)
+    p.add_argument("--all", action="store_true", help="include ended ones (not revoked)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_allow_list)
+    p = allow_sub.add_parser("revoke", help="end an exception now")
+    _common(p)
+    p.add_argument("id", type=int)
+    p.add_argument("--by", required=True)
+    p.add_argument("--reason")
+    p.set_defaults(handler=cmd_allow_revoke)
+
+    p = sub.add_parser("run", help="run the gateway (mitmproxy with schoolgate's addons)")
+    _common(p)
+    p.add_argument("--listen-host", default="0.0.0.0")
+    p.add_argument("--listen-port", type=int, default=8080)
+    p.add_argument("--mode", default="regular",
+                   help="mitmproxy mode: regular (explicit proxy, default), transparent, ...")
+    p.add_argument("--quiet", action="store_true", help="do not print one line per request")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("events", help="list what the gateway recorded")
+    _common(p)
+    p.add_argument("--since", help="ISO-8601 time or a duration such as 2h, 30m, 7d")
+    p.add_argument("--kind", help="block, allow, error, circumvention, ...")
+    p.add_argument("--user")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true", help="a JSON array of events")
+    p.set_defaults(handler=cmd_events)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from schoolgate.gateway.runner import run_gateway
+
+    return run_gateway(args)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from schoolgate.events import list_events, parse_since
+
+    policy = load(args)
+    try:
+        since = parse_since(args.since, policy)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    with open_db(policy)() as session:
+        rows = list_events(session, since=since, kind=args.kind, user=args.user,
+                           limit=args.limit)
+    if args.json:
+        print(json.dumps([row for row in rows], indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no events recorded" + (" in that period" if since else ""))
+    for row in rows:
+        who = row["user"] or row["client_ip"] or "-"
+        target = row["url"] or row["host"] or "-"
+        print(f"{row['at']}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
+              f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        print(f"schoolgate: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,398 @@
+"""Load ``mitm_config.yaml`` (and the files it names) into an immutable :class:`Policy`.
+
+Every problem in every file is collected and reported together (file, line, field, what was
+expected); a config with any error yields no policy at all, never a half-loaded one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
+from schoolgate.lists import Matcher, parse_entries, parse_list
+from schoolgate.model import WINDOW_KINDS, Action
+from schoolgate.policy import (
+    AgeRestriction,
+    CategorySettings,
+    Policy,
+    RoleSettings,
+    RuleRef,
+    Settings,
+)
+from schoolgate.timetable import load_timetable
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
+DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
+LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
+
+TOP_KEYS = frozenset({
+    "database", "portal", "roles", "identity", "sites", "default_site", "categories",
+    "allowlist", "rules", "read_only", "age_restrictions", "interception", "privacy",
+    "logging", "advice", "safe_search", "circumvention", "bans", "notifications", "reports",
+    "retention", "teachers", "schoolgate",
+})
+
+DEFAULT_ADVICE = (
+    "Safe: keep your personal information safe. Do not give out your name, address, "
+    "school, phone number or passwords online.",
+    "Meeting: never meet someone you have only been in touch with online without a parent "
+    "or carer's permission, and only with them there.",
+    "Accepting: messages, files and links from people you do not know can be harmful.",
+    "Reliable: people online may not be who they say; check information before you trust it.",
+    "Tell: tell a parent, carer or a trusted adult at school if anything online makes you "
+    "feel uncomfortable or worried.",
+)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SCHOOLGATE_DATA_DIR", "var"))
+
+
+def _relative(path_text: str, base: Path) -> Path:
+    path = Path(path_text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None = None) -> Policy:
+    """Read and validate the config; raise :class:`ConfigError` with every issue found."""
+    config_path = Path(path) if path else DEFAULT_CONFIG
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    issues = Issues()
+    shown = _display(config_path)
+    data = load_yaml(config_path, issues, shown=shown)
+    if data is None:
+        issues.raise_if_any()
+    root = Section(data, file=shown, path="", issues=issues)
+    base = config_path.resolve().parent
+    policy = _build(root, base, data_dir, config_path, issues)
+    issues.raise_if_any()
+    assert policy is not None
+    return policy
+
+
+def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues: Issues):
+    root.check_keys(TOP_KEYS)
+
+    # -- database and portal --------------------------------------------------------------
+    database = root.section("database")
+    url = (database.text("url") if database else None) or DEFAULT_DATABASE_URL
+    if database:
+        database.check_keys({"url"})
+    url = url.replace("{data_dir}", str(data_dir.resolve()))
+    portal = root.section("portal")
+    portal_host = "schoolgate.internal"
+    if portal:
+        portal.check_keys({"host", "port", "secret_key_file", "listen_host"})
+        portal_host = (portal.text("host") or portal_host).lower()
+
+    # -- roles ------------------------------------------------------------------------------
+    roles: dict[str, RoleSettings] = {}
+    for name, sec in root.named_sections("roles", required=True):
+        sec.check_keys({"description", "safe_search", "youtube_restrict", "age_checks",
+                        "intercept"})
+        youtube = sec.choice("youtube_restrict", ("strict", "moderate", "off"))
+        roles[name] = RoleSettings(
+            name=name,
+            description=sec.text("description") or "",
+            safe_search=sec.flag("safe_search", default=False),
+            youtube_restrict=None if youtube in (None, "off") else youtube,
+            age_checks=sec.flag("age_checks", default=False),
+            intercept=sec.flag("intercept", default=True),
+        )
+    if GUEST not in roles:
+        roles[GUEST] = RoleSettings(name=GUEST, description="unknown clients (built in)",
+                                    safe_search=True, youtube_restrict="strict", intercept=False)
+    role_names = set(roles)
+
+    # -- sites and timetables --------------------------------------------------------------
+    sites_sec = root.section("sites", required=True)
+    timetables = {}
+    site_networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    network_rules: list[NetworkRule] = []
+    site_rule_lists: list[tuple[str, Section]] = []
+    if sites_sec is not None:
+        for name, sec in root.named_sections("sites"):
+            sec.check_keys({"timetable", "networks", "description"})
+            tt_text = sec.text("timetable", required=True)
+            if tt_text:
+                tt_path = _relative(tt_text, base)
+                timetable = load_timetable(tt_path, issues, site=name,
+                                           display_path=_display(tt_path))
+                if timetable is not None:
+                    timetables[name] = timetable
+            site_rule_lists.append((name, sec))
+        if not sites_sec.keys():
+            sites_sec.error(None, "expected at least one site")
+    site_names = [name for name, _ in site_rule_lists]
+    default_site = root.text("default_site") or (site_names[0] if site_names else "")
+    if site_names and default_site not in site_names:
+        root.error("default_site", f"unknown site {default_site!r}; sites are "
+                                   f"{', '.join(site_names)}")
+
+    def network_rule(sec: Section, site: str | None) -> None:
+        sec.check_keys({"cidr", "role", "site", "name"})
+        network = sec.parse("cidr", lambda v: ipaddress.ip_network(str(v), strict=False),
+                            "a network such as 10.20.0.0/16", required=True)
+        role = sec.text("role")
+        rule_site = site or sec.text("site")
+        if rule_site and rule_site not in site_names:
+            sec.error("site", f"unknown site {rule_site!r}; sites are {', '.join(site_names)}")
+            rule_site = None
+        if role is not None and role not in role_names:
+            sec.error("role", f"unknown role {role!r}; roles are {', '.join(sorted(role_names))}")
+            return
+        if network is None:
+            return
+        if site:
+            site_networks.append((network, site))
+        if role is None:
+            if site is None:
+                sec.error(None, "missing required field 'role'")
+            return
+        label = f"{sec.path} ({sec.file}:{sec.line}) {network} -> {role}"
+        network_rules.append(NetworkRule(network, role, rule_site, label))
+
+    identity = root.section("identity")
+    roster: dict[str, RosterEntry] = {}
+    roster_source = ""
+    if identity is not None:
+        identity.check_keys({"networks", "roster", "role_aliases"})
+        for sec in identity.sections("networks"):
+            network_rule(sec, None)
+        aliases: dict[str, str] = {}
+        alias_sec = identity.section("role_aliases")
+        if alias_sec:
+            for key in alias_sec.keys():
+                target = alias_sec.text(key)
+                if target not in role_names:
+                    alias_sec.error(key, f"unknown role {target!r}")
+                else:
+                    aliases[str(key).lower()] = target
+        roster_text = identity.text("roster")
+        if roster_text:
+            roster_path = _relative(roster_text, base)
+            roster_source = _display(roster_path)
+            roster = load_roster(roster_path, issues, roles=role_names, aliases=aliases,
+                                 sites=set(site_names), display_path=roster_source)
+    for name, sec in site_rule_lists:
+        for net in sec.sections("networks"):
+            network_rule(net, name)
+    resolver = IdentityResolver(network_rules, roster, default_site=default_site,
+                                site_networks=site_networks, roster_source=roster_source)
+
+    # -- categories and lists -----------------------------------------------------------------
+    categories: dict[str, CategorySettings] = {}
+    normal: list[tuple[str, list]] = []
+    locked: list[tuple[str, list]] = []
+    for name, sec in root.named_sections("categories", required=True):
+        sec.check_keys({"description", "lists", "entries", "locked", "default",
+                        "teachers_may_open", "format", "update_url", "update_urls"})
+        if name == "allowlist":
+            sec.error(None, "'allowlist' is reserved; use the top-level allowlist section")
+            continue
+        parsed = _lists_of(sec, base, issues)
+        default = sec.choice("default", ("allow", "block", "read_only"), default="block")
+        settings = CategorySettings(
+            name=name,
+            description=sec.text("description") or "",
+            locked=sec.flag("locked", default=False),
+            default_action=Action(default),
+            teachers_may_open=sec.flag("teachers_may_open", default=False),
+            sources=tuple(p.source for p in parsed),
+        )
+        if settings.locked and settings.teachers_may_open:
+            sec.error("teachers_may_open", "a locked category can never be opened")
+        categories[name] = settings
+        (locked if settings.locked else normal).append((name, parsed))
+    allow_lists = []
+    allow_sec = root.section("allowlist")
+    if allow_sec is not None:
+        allow_sec.check_keys({"lists", "entries", "format"})
+        allow_lists = _lists_of(allow_sec, base, issues)
+
+    # -- rules ------------------------------------------------------------------------------
+    rules: dict[tuple[str, str | None, str, str], RuleRef] = {}
+    category_names = list(categories)
+    for index, sec in enumerate(root.sections("rules")):
+        sec.check_keys({"role", "roles", "group", "groups", "window", "windows", "category",
+                        "categories", "action", "note"})
+        rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role")
+        groups = [g.lower() for g, _, _ in _plain(sec, ("group", "groups"))] or [None]
+        windows = _names(sec, ("window", "windows"), list(WINDOW_KINDS), "window kind")
+        cats = _names(sec, ("category", "categories"), category_names, "category")
+        action = sec.choice("action", ("allow", "block", "read_only"), required=True)
+        for cat in cats:
+            if action and action != "block" and categories[cat].locked:
+                sec.error("action", f"category {cat!r} is locked: no rule can {action} it")
+        if not (rule_roles and windows and cats and action):
+            continue
+        label = f"rules[{index}] ({sec.file}:{sec.line})"
+        if sec.text("note"):
+            label += f" {sec.text('note')}"
+        ref = RuleRef(Action(action), label)
+        for role in rule_roles:
+            for group in groups:
+                for window in windows:
+                    for cat in cats:
+                        rules.setdefault((role, group, window, cat), ref)
+
+    # -- read-only, age restrictions, interception ---------------------------------------------
+    read_only = root.section("read_only")
+    blocked_paths: tuple[str, ...] = ()
+    without_interception = Action.BLOCK
+    if read_only is not None:
+        read_only.check_keys({"blocked_paths", "without_interception"})
+        blocked_paths = tuple(t.lower() for t, _, _ in read_only.strings("blocked_paths") if t)
+        without_interception = Action(
+            read_only.choice("without_interception", ("allow", "block"), default="block")
+        )
+
+    age_matcher, age_restrictions = _age_restrictions(root, base, issues)
+
+    no_intercept_matcher = None
+    interception = root.section("interception")
+    if interception is not None:
+        interception.check_keys({"no_intercept"})
+        ni = interception.section("no_intercept")
+        if ni is not None:
+            ni.check_keys({"lists", "entries", "format"})
+            parsed = _lists_of(ni, base, issues)
+            if parsed:
+                no_intercept_matcher = Matcher.build([("no_intercept", parsed)])
+
+    privacy = root.section("privacy")
+    keep_paths = True
+    if privacy is not None:
+        privacy.check_keys({"keep_paths"})
+        keep_paths = privacy.flag("keep_paths", default=True)
+    logging_sec = root.section("logging")
+    log_allowed = False
+    if logging_sec is not None:
+        logging_sec.check_keys({"allowed_categories"})
+        log_allowed = logging_sec.flag("allowed_categories", default=False)
+    advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
+
+    if issues:
+        return None
+    settings = Settings(
+        config_path=str(config_path),
+        data_dir=str(data_dir),
+        database_url=url,
+        portal_host=portal_host,
+        keep_paths=keep_paths,
+        log_allowed_categories=log_allowed,
+        read_only_blocked_paths=blocked_paths,
+        read_only_without_interception=without_interception,
+        advice=advice,
+        extra={key: root.data.get(key) for key in ("circumvention", "bans", "notifications",
+                                                   "reports", "retention", "teachers",
+                                                   "safe_search")},
+    )
+    return Policy(
+        settings=settings,
+        roles=roles,
+        resolver=resolver,
+        timetables=timetables,
+        categories=categories,
+        matcher=Matcher.build(normal, allow_lists),
+        locked_matcher=Matcher.build(locked) if locked else None,
+        rules=rules,
+        age_matcher=age_matcher,
+        age_restrictions=age_restrictions,
+        no_intercept_matcher=no_intercept_matcher,
+    )
+
+
+def _lists_of(sec: Section, base: Path, issues: Issues) -> list:
+    fmt = sec.choice("format", LIST_FORMATS, default="auto")
+    parsed = []
+    for text, line, field in sec.strings("lists"):
+        path = _relative(text, base)
+        if not path.exists():
+            issues.add(sec.file, line, field, f"list file not found: {_display(path)}")
+            continue
+        parsed.append(parse_list(path, issues, fmt=fmt, display_path=_display(path)))
+    entries = [(text, line) for text, line, _ in sec.strings("entries") if text]
+    if entries:
+        parsed.append(parse_entries(entries, issues, source=sec.file))
+    return parsed
+
+
+def _plain(sec: Section, keys: tuple[str, str]) -> list[tuple[str, int, str]]:
+    single, plural = keys
+    if single in sec and plural in sec:
+        sec.error(single, f"give either '{single}' or '{plural}', not both")
+    return sec.strings(plural) + sec.strings(single)
+
+
+def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> list[str]:
+    """Names from ``role``/``roles`` (etc.), '*' meaning all; unknown names reported."""
+    values = _plain(sec, keys)
+    if not values:
+        sec.error(None, f"missing required field '{keys[1]}' (a list of {what}s, or '*')")
+        return []
+    names: list[str] = []
+    for value, line, field in values:
+        if value == "*":
+            names.extend(known)
+        elif value in known:
+            names.append(value)
+        else:
+            sec.issues.add(sec.file, line, field,
+                           f"unknown {what} {value!r}; expected one of {', '.join(known)} or '*'")
+    return list(dict.fromkeys(names))
+
+
+def _age_restrictions(root: Section, base: Path, issues: Issues):
+    value = root.data.get("age_restrictions")
+    if value is None:
+        return None, {}
+    if isinstance(value, str):
+        # A file of its own (the shipped blocklists/age_restrictions.yaml): a list at the top.
+        path = _relative(value, base)
+        shown = _display(path)
+        loaded = load_yaml_value(path, issues, shown=shown)
+        if loaded is None:
+            return None, {}
+        holder = Section(wrap(loaded, "age_restrictions"), file=shown, path="", issues=issues)
+        sections = list(holder.sections("age_restrictions"))
+    else:
+        sections = list(root.sections("age_restrictions"))
+    categories = []
+    restrictions: dict[str, AgeRestriction] = {}
+    for sec in sections:
+        sec.check_keys({"platform", "min_age", "signup", "source", "note"})
+        platform = sec.text("platform", required=True)
+        min_age = sec.number("min_age", required=True, minimum=0, maximum=25)
+        entries = [(text, line) for text, line, _ in sec.strings("signup", required=True) if text]
+        if not (platform and min_age is not None and entries):
+            continue
+        key = f"age:{platform}"
+        if key in restrictions:
+            sec.error("platform", f"{platform!r} is listed twice")
+            continue
+        restrictions[key] = AgeRestriction(platform, min_age, f"{sec.file}:{sec.line}")
+        categories.append((key, [parse_entries(entries, issues, source=sec.file)]))
+    if not categories:
+        return None, {}
+    return Matcher.build(categories), restrictions
+
+
+def check_config(path: Path | str | None = None) -> list[str]:
+    """All problems in a config as printable lines (empty when it is valid)."""
+    try:
+        load_policy(path)
+    except ConfigError as exc:
+        return [str(issue) for issue in exc.issues]
+    return []

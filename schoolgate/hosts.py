@@ -1,0 +1,65 @@
+"""Host name normalisation: one spelling for every way a host can be written.
+
+Lists and requests both go through :func:`normalize_host`, so that ``WWW.Facebook.com.``,
+``www.facebook.com:443`` and an IDN and its punycode all compare equal.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from urllib.parse import unquote
+
+# Most hosts on the wire are already normal: a fast check saves the full work (and the cache).
+_ALREADY_NORMAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
+
+
+def normalize_host(raw: str) -> str:
+    """Lower-case ASCII (punycode) host without port, brackets or trailing dot.
+
+    Returns "" for something that is not a host at all.
+    """
+    if _ALREADY_NORMAL(raw):
+        return raw
+    return _normalize_host(raw)
+
+
+@lru_cache(maxsize=65536)
+def _normalize_host(raw: str) -> str:
+    host = raw.strip()
+    if "%" in host:
+        host = unquote(host)
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    host = host.split("/", 1)[0]
+    if "@" in host:
+        host = host.rsplit("@", 1)[1]
+    if host.startswith("["):  # [::1]:443
+        end = host.find("]")
+        return host[1:end].lower() if end > 0 else ""
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    elif host.count(":") > 1:  # bare IPv6
+        return host.lower()
+    host = host.rstrip(".").lower()
+    if not host:
+        return ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            # Labels the IDNA 2003 codec refuses: encode each label on its own where it can.
+            labels = []
+            for label in host.split("."):
+                try:
+                    labels.append(label.encode("idna").decode("ascii") if label else label)
+                except UnicodeError:
+                    labels.append(label)
+            host = ".".join(labels)
+    return host
+
+
+def host_suffixes(host: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "b.c", "c"]``: the names a domain rule can match on."""
+    parts = host.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]

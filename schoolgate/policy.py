@@ -1,0 +1,383 @@
+"""Where the decision is made: may this person reach this URL right now, and why?
+
+:class:`Policy` is immutable and built by :func:`schoolgate.config.load_policy`. Its
+:meth:`Policy.decide` turns :class:`~schoolgate.model.RequestFacts` (and the exceptions in
+force, as plain input) into a :class:`~schoolgate.model.Decision`. The order of checks is the
+policy itself, so it is spelled out once, here:
+
+1. **Locked categories** (IWF, CTIRU, ...): nothing can open them, not even an exception.
+2. **Age restrictions**: a sign-up page whose minimum age is above the person's age is
+   blocked at all times; no rule or exception opens it.
+3. **Lists**: the most specific list entry decides the category (a path rule beats a domain
+   rule; an allowlist entry at least as specific wins). No category: allowed.
+4. **Exceptions** in force for this person and this host or category: allowed.
+5. **Rules**: role (or role and group) x window kind x category -> allow, block or read_only.
+   No rule: the category's default (block, unless the config says otherwise).
+
+Anything that goes wrong while deciding blocks (fail closed) and says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from schoolgate.hosts import normalize_host
+from schoolgate.identity import GUEST, IdentityResolver, minimum_age
+from schoolgate.model import (
+    AccessException,
+    Action,
+    Decision,
+    Identity,
+    ListMatch,
+    RequestFacts,
+    Window,
+)
+
+if TYPE_CHECKING:
+    from schoolgate.lists import Matcher
+    from schoolgate.timetable import Timetable
+
+log = logging.getLogger(__name__)
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# How far ahead "until when does this block last" looks before saying "no end in sight".
+UNTIL_LOOKAHEAD_WINDOWS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSettings:
+    name: str
+    description: str = ""
+    safe_search: bool = False
+    youtube_restrict: str | None = None  # "strict", "moderate" or None
+    age_checks: bool = False
+    intercept: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CategorySettings:
+    name: str
+    description: str = ""
+    locked: bool = False
+    default_action: Action = Action.BLOCK
+    teachers_may_open: bool = False
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    action: Action
+    label: str  # "rules[2] (mitm_config.yaml:88)"
+
+
+@dataclass(frozen=True, slots=True)
+class AgeRestriction:
+    platform: str
+    min_age: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything else the adapters need from the config."""
+
+    config_path: str
+    data_dir: str
+    database_url: str
+    portal_host: str = "schoolgate.internal"
+    keep_paths: bool = True
+    log_allowed_categories: bool = False
+    read_only_blocked_paths: tuple[str, ...] = ()
+    read_only_without_interception: Action = Action.BLOCK
+    advice: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExceptionSet:
+    """The exceptions in force, indexed for the decision (built whenever they change)."""
+
+    def __init__(self, exceptions: Iterable[AccessException] = ()) -> None:
+        self.items = tuple(exceptions)
+        self.by_host: dict[str, list[AccessException]] = {}
+        self.by_category: dict[str, list[AccessException]] = {}
+        for exc in self.items:
+            if exc.target_kind == "host":
+                self.by_host.setdefault(normalize_host(exc.target), []).append(exc)
+            else:
+                self.by_category.setdefault(exc.target, []).append(exc)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def find(
+        self, identity: Identity, host: str, category: str | None, at: datetime
+    ) -> AccessException | None:
+        if not self.items:
+            return None
+        candidates: list[AccessException] = []
+        if self.by_host:
+            name = host
+            while True:
+                candidates.extend(self.by_host.get(name, ()))
+                dot = name.find(".")
+                if dot < 0:
+                    break
+                name = name[dot + 1 :]
+        if category is not None:
+            candidates.extend(self.by_category.get(category, ()))
+        for exc in candidates:
+            if exc.starts <= at and (exc.ends is None or at < exc.ends) and _in_scope(exc, identity):
+                return exc
+        return None
+
+
+def _in_scope(exc: AccessException, identity: Identity) -> bool:
+    scope, value = exc.scope, exc.scope_value
+    if scope == "everyone":
+        return True
+    if scope == "user":
+        return identity.user is not None and identity.user == value.lower()
+    if scope == "group":
+        return identity.group is not None and identity.group.lower() == value.lower()
+    if scope == "role":
+        return identity.role == value
+    if scope == "site":
+        return identity.site == value
+    if scope == "network":
+        if not identity.client_ip:
+            return False
+        try:
+            return ipaddress.ip_address(identity.client_ip) in ipaddress.ip_network(
+                value, strict=False
+            )
+        except ValueError:
+            return False
+    return False
+
+
+class Policy:
+    """The school's policy, immutable once loaded. See the module docstring for the order."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        roles: dict[str, RoleSettings],
+        resolver: IdentityResolver,
+        timetables: dict[str, Timetable],
+        categories: dict[str, CategorySettings],
+        matcher: Matcher,
+        locked_matcher: Matcher | None,
+        rules: dict[tuple[str, str | None, str, str], RuleRef],
+        age_matcher: Matcher | None,
+        age_restrictions: dict[str, AgeRestriction],
+        no_intercept_matcher: Matcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.resolver = resolver
+        self.timetables = timetables
+        self.categories = categories
+        self.matcher = matcher
+        self.locked_matcher = locked_matcher
+        self.rules = rules
+        self.age_matcher = age_matcher
+        self.age_restrictions = age_restrictions
+        self.no_intercept_matcher = no_intercept_matcher
+        self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
+        self._until_cache: dict[tuple, datetime | None] = {}
+
+    # -- helpers the adapters use ---------------------------------------------------------
+    @property
+    def sites(self) -> list[str]:
+        return list(self.timetables)
+
+    def identify(self, client_ip: str | None, user: str | None) -> Identity:
+        return self.resolver.resolve(client_ip, user)
+
+    def window(self, site: str, at: datetime) -> Window:
+        return self.timetables[site].window_at(at)
+
+    def role(self, name: str) -> RoleSettings:
+        return self.roles.get(name) or self.roles[GUEST]
+
+    def should_intercept(self, identity: Identity, host: str) -> bool:
+        """Whether TLS to ``host`` is opened for this client (the school's CA is deployed)."""
+        if not self.role(identity.role).intercept:
+            return False
+        if self.no_intercept_matcher is not None:
+            return self.no_intercept_matcher.lookup(normalize_host(host), None) is None
+        return True
+
+    def rule_for(self, identity: Identity, window_kind: str, category: str) -> RuleRef:
+        if identity.group and identity.role in self._roles_with_group_rules:
+            ref = self.rules.get((identity.role, identity.group.lower(), window_kind, category))
+            if ref is not None:
+                return ref
+        ref = self.rules.get((identity.role, None, window_kind, category))
+        if ref is not None:
+            return ref
+        settings = self.categories.get(category)
+        default = settings.default_action if settings else Action.BLOCK
+        return RuleRef(default, f"no rule for {identity.role} in {window_kind}: "
+                                f"category {category} default ({default})")
+
+    # -- the decision ---------------------------------------------------------------------
+    def decide(
+        self,
+        facts: RequestFacts,
+        exceptions: ExceptionSet | Sequence[AccessException] | None = None,
+        *,
+        identity: Identity | None = None,
+    ) -> Decision:
+        """Decide one request; never raises (a failure blocks and says so).
+
+        ``identity`` overrides the resolution from client IP and user (``explain --role``).
+        """
+        try:
+            if exceptions is not None and not isinstance(exceptions, ExceptionSet):
+                exceptions = ExceptionSet(exceptions)
+            return self._decide(facts, exceptions, identity)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            log.exception("policy evaluation failed for %s", facts.host)
+            identity = Identity(role=GUEST, site="", user=facts.user, client_ip=facts.client_ip)
+            return Decision(
+                action=Action.BLOCK,
+                identity=identity,
+                window=None,
+                category=None,
+                reason="The filter could not evaluate its policy, so access is blocked "
+                "for safety. IT Support have been told.",
+                rule="fail closed",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    def _decide(
+        self, facts: RequestFacts, exceptions: ExceptionSet | None, identity: Identity | None
+    ) -> Decision:
+        if identity is None:
+            identity = self.resolver.resolve(facts.client_ip, facts.user)
+        host = normalize_host(facts.host)
+        path = facts.path
+        at = facts.at
+        window = self.timetables[identity.site].window_at(at)
+
+        # 1. Locked categories come first: nothing opens them.
+        if self.locked_matcher is not None:
+            locked = self.locked_matcher.lookup(host, path)
+            if locked is not None:
+                return Decision(
+                    Action.BLOCK, identity, window, locked.category,
+                    f"{locked.category} is a locked category: it is blocked for everyone, "
+                    "at all times, and no exception can open it.",
+                    rule=f"locked category {locked.category}", match=locked,
+                )
+
+        # 2. Age restrictions on sign-up pages.
+        if self.age_matcher is not None and self.role(identity.role).age_checks:
+            signup = self.age_matcher.lookup(host, path)
+            if signup is not None:
+                restriction = self.age_restrictions[signup.category]
+                age = minimum_age(identity, at.date())
+                if age is None or age < restriction.min_age:
+                    known = "unknown" if age is None else str(age)
+                    return Decision(
+                        Action.BLOCK, identity, window, "age_restricted",
+                        f"Signing up to {restriction.platform} needs you to be at least "
+                        f"{restriction.min_age}"
+                        + (" and your age is not known to the school's records." if age is None
+                           else "."),
+                        rule=f"age restriction {restriction.platform} {restriction.min_age}+ "
+                        f"({restriction.label})",
+                        match=signup,
+                    )
+
+        # 3. Lists.
+        match = self.matcher.lookup(host, path)
+        if match is None or match.category == "allowlist":
+            if match is not None:
+                reason = f"{host} is on the allowlist ({match.entry})."
+                rule = f"allowlist {match.source}"
+            else:
+                reason = f"{host} is in no filtered category."
+                rule = "uncategorised"
+            return Decision(Action.ALLOW, identity, window, None, reason, rule=rule, match=match)
+        category = match.category
+
+        # 4. Exceptions in force.
+        if exceptions is not None:
+            exc = exceptions.find(identity, host, category, at)
+            if exc is not None:
+                return Decision(
+                    Action.ALLOW, identity, window, category,
+                    f"{category} is open by {exc.describe()}"
+                    + (f": {exc.reason}" if exc.reason else "."),
+                    rule=exc.describe(), match=match, exception_id=exc.id, until=exc.ends,
+                )
+
+        # 5. Rules.
+        ref = self.rule_for(identity, window.kind, category)
+        if ref.action is Action.ALLOW:
+            return Decision(Action.ALLOW, identity, window, category,
+                            f"{category} is allowed for {identity.role} in {window.kind}.",
+                            rule=ref.label, match=match)
+        if ref.action is Action.READ_ONLY:
+            blocked_why = self._read_only_refusal(facts)
+            if blocked_why is None:
+                return Decision(Action.ALLOW, identity, window, category,
+                                f"{category} is read-only for {identity.role} in {window.kind}: "
+                                "reading is allowed.",
+                                rule=ref.label, match=match)
+            until = self._until(identity, window, category, Action.READ_ONLY)
+            return Decision(Action.BLOCK, identity, window, category,
+                            f"{category} is read-only for {identity.role} in {window.kind}: "
+                            f"{blocked_why}.",
+                            rule=ref.label, match=match, until=until)
+        until = self._until(identity, window, category, Action.BLOCK)
+        return Decision(Action.BLOCK, identity, window, category,
+                        f"{category} is blocked for {identity.role} in {window.kind} "
+                        f"({window.name}).",
+                        rule=ref.label, match=match, until=until)
+
+    def _read_only_refusal(self, facts: RequestFacts) -> str | None:
+        """Why a request to a read-only site is not reading, or None if it is."""
+        if facts.method is None or facts.path is None:
+            if self.settings.read_only_without_interception is Action.ALLOW:
+                return None
+            return "the connection is not inspected, so reading cannot be told from posting"
+        if facts.method.upper() not in READ_METHODS:
+            return f"{facts.method.upper()} requests (posting, editing, signing in) are blocked"
+        lowered = facts.path.lower()
+        for marker in self.settings.read_only_blocked_paths:
+            if marker in lowered:
+                return f"this page ({marker}) is for signing in, signing up or editing"
+        return None
+
+    def _until(
+        self, identity: Identity, window: Window, category: str, action: Action
+    ) -> datetime | None:
+        """When the rule stops giving ``action`` for this role/group and category."""
+        key = (identity.site, window.start, identity.role, identity.group, category, action)
+        if key in self._until_cache:
+            return self._until_cache[key]
+        until = None
+        windows = self.timetables[identity.site].iter_windows(window.start)
+        for count, later in enumerate(windows):
+            if count >= UNTIL_LOOKAHEAD_WINDOWS:
+                break
+            if self.rule_for(identity, later.kind, category).action is not action:
+                until = later.start
+                break
+        if len(self._until_cache) > 50_000:
+            self._until_cache.clear()
+        self._until_cache[key] = until
+        return until
+
+
+def describe_match(match: ListMatch | None) -> str:
+    return f"{match.entry} ({match.source})" if match else "none"

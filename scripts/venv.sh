@@ -1,0 +1,35 @@
+# Shared by ./gateway and ./run-tests: a virtual environment per Python version, kept up to
+# date with pyproject.toml. Sourced, not run.
+PYTHON=${PYTHON:-python3}
+ensure_venv() {
+	local extras=$1 version stamp
+	version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	VENV="$here/.venv-$version"
+	stamp="$VENV/.installed$extras"
+	if [ ! -x "$VENV/bin/python" ]; then
+		echo "schoolgate: creating $VENV with $PYTHON ($version)" >&2
+		"$PYTHON" -m venv "$VENV"
+	fi
+	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+		echo "schoolgate: installing schoolgate$extras into $VENV" >&2
+		"$VENV/bin/python" -m pip install --quiet --upgrade pip
+		"$VENV/bin/python" -m pip install --quiet -e "$here$extras"
+		touch "$stamp"
+	fi
+	export PATH="$VENV/bin:$PATH"
+}
+ensure_system_tools() {
+	# Browser tests drive Debian's Chromium; curl is a test client. Install them when we can.
+	local missing=()
+	[ -x /usr/bin/chromium ] || missing+=(chromium)
+	command -v curl >/dev/null || missing+=(curl)
+	if [ ${#missing[@]} -gt 0 ]; then
+		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2
+			apt-get update -qq >/dev/null
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+		else
+			echo "schoolgate: please install ${missing[*]} (tests that need them will fail)" >&2
+		fi
+	fi
+}
