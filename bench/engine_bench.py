@@ -50,10 +50,16 @@ def rss_mb() -> tuple[float, float]:
 
 
 def run_squidguard(work: Path, n: int, m: int, runs: int) -> dict[str, str]:
-    env = dict(os.environ, SGBENCH_WORK=str(work), N=str(n), M=str(m), RUNS=str(runs),
-               TIMEMODE="emulate", CONTROL="0")
-    done = subprocess.run(["bash", str(ANCHOR / "run.sh")], env=env, capture_output=True,
-                          text=True)
+    env = dict(
+        os.environ,
+        SGBENCH_WORK=str(work),
+        N=str(n),
+        M=str(m),
+        RUNS=str(runs),
+        TIMEMODE="emulate",
+        CONTROL="0",
+    )
+    done = subprocess.run(["bash", str(ANCHOR / "run.sh")], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"squidGuard run failed:\n{done.stdout}\n{done.stderr}")
     results = (work / "results.txt").read_text()
@@ -74,9 +80,24 @@ def run_squidguard(work: Path, n: int, m: int, runs: int) -> dict[str, str]:
 
 def generate_only(work: Path, n: int, m: int) -> None:
     (work / "db").mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(ANCHOR / "gen.py"), "--domains", str(n), "--urls",
-                    str(m), "--seed", "20240601", "--dbdir", str(work / "db"), "--out",
-                    str(work / "urls.txt")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ANCHOR / "gen.py"),
+            "--domains",
+            str(n),
+            "--urls",
+            str(m),
+            "--seed",
+            "20240601",
+            "--dbdir",
+            str(work / "db"),
+            "--out",
+            str(work / "urls.txt"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def write_config(work: Path, folder: Path) -> Path:
@@ -89,9 +110,9 @@ roles:
 identity:
   networks: [{{cidr: 10.20.0.0/16, role: student}}]
 sites:
-  main: {{timetable: {ROOT / 'schedules' / 'default.yaml'}}}
+  main: {{timetable: {ROOT / "schedules" / "default.yaml"}}}
 categories:
-  social: {{lists: [{work / 'db' / 'social' / 'domains'}], format: domains}}
+  social: {{lists: [{work / "db" / "social" / "domains"}], format: domains}}
 rules:
   - {{roles: [student], windows: [lesson, registration], categories: [social], action: block}}
   - {{roles: "*", windows: "*", categories: [social], action: allow}}
@@ -107,14 +128,32 @@ def parse_stream(path: Path) -> list[RequestFacts]:
             ip = src.split("/", 1)[0]
             if method == "CONNECT":
                 host = url.rsplit(":", 1)[0]
-                facts.append(RequestFacts(host=host, at=LESSON, path=None, method=None,
-                                          port=443, scheme="https", client_ip=ip))
+                facts.append(
+                    RequestFacts(
+                        host=host,
+                        at=LESSON,
+                        path=None,
+                        method=None,
+                        port=443,
+                        scheme="https",
+                        client_ip=ip,
+                    )
+                )
             else:
                 rest = url.split("://", 1)[1]
                 slash = rest.find("/")
                 host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-                facts.append(RequestFacts(host=host, at=LESSON, path=path, method=method,
-                                          port=80, scheme="http", client_ip=ip))
+                facts.append(
+                    RequestFacts(
+                        host=host,
+                        at=LESSON,
+                        path=path,
+                        method=method,
+                        port=80,
+                        scheme="http",
+                        client_ip=ip,
+                    )
+                )
     return facts
 
 
@@ -159,8 +198,11 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         rates.append(len(stream) / elapsed)
         if run == 0:
-            mismatches = sum(1 for allowed, label in zip(answers, labels, strict=True)
-                             if allowed != (label == "0"))
+            mismatches = sum(
+                1
+                for allowed, label in zip(answers, labels, strict=True)
+                if allowed != (label == "0")
+            )
         del answers
     # Latency of one decision, measured one at a time over the stream.
     clock = time.perf_counter_ns
@@ -176,18 +218,25 @@ def main() -> None:
     ours = statistics.median(rates)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"lists: {policy.matcher.stats()}")
-    print(f"schoolgate load:   {load_s:.2f} s, memory for the policy "
-          f"{loaded_rss - base_rss:.0f} MB (process RSS {loaded_rss:.0f} MB, peak "
-          f"{peak_rss:.0f} MB)")
-    print(f"schoolgate decide: {ours:,.0f} decisions/s (median of {args.runs}; runs: "
-          + ", ".join(f"{r:,.0f}" for r in rates) + ")")
+    print(
+        f"schoolgate load:   {load_s:.2f} s, memory for the policy "
+        f"{loaded_rss - base_rss:.0f} MB (process RSS {loaded_rss:.0f} MB, peak "
+        f"{peak_rss:.0f} MB)"
+    )
+    print(
+        f"schoolgate decide: {ours:,.0f} decisions/s (median of {args.runs}; runs: "
+        + ", ".join(f"{r:,.0f}" for r in rates)
+        + ")"
+    )
     print(f"schoolgate latency: median {median_us:.2f} us, p99 {p99_us:.2f} us per decision")
     print(f"schoolgate mismatches: {mismatches} of {len(stream):,}")
     if squid:
         rate = float(squid.get("rate_median", "nan"))
-        print(f"squidGuard: {rate:,.0f} decisions/s (median), build {squid.get('build_s')} s, "
-              f"RSS {int(squid.get('rss_kb', 0)) / 1024:.0f} MB, mismatches "
-              f"{squid.get('mismatches')}")
+        print(
+            f"squidGuard: {rate:,.0f} decisions/s (median), build {squid.get('build_s')} s, "
+            f"RSS {int(squid.get('rss_kb', 0)) / 1024:.0f} MB, mismatches "
+            f"{squid.get('mismatches')}"
+        )
         print(f"ratio schoolgate/squidGuard: {ours / rate:.2f}")
 
 

@@ -30,10 +30,18 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     # On subcommands the default is SUPPRESS so that `schoolgate --config X explain ...` and
     # `schoolgate explain --config X ...` both work (a subparser default would overwrite X).
     default = None if top else argparse.SUPPRESS
-    parser.add_argument("--config", type=Path, default=default,
-                        help="the policy file (default: the shipped mitm_config.yaml)")
-    parser.add_argument("--data-dir", type=Path, default=default,
-                        help="folder for the database and the CA (default: ./var)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        help="the policy file (default: the shipped mitm_config.yaml)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        help="folder for the database and the CA (default: ./var)",
+    )
 
 
 def load(args: argparse.Namespace):
@@ -42,9 +50,7 @@ def load(args: argparse.Namespace):
     try:
         return load_policy(args.config, data_dir=args.data_dir)
     except ConfigError as exc:
-        raise CommandError(
-            f"the configuration has {len(exc.issues)} error(s):\n{exc}"
-        ) from None
+        raise CommandError(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
 
 
 def open_db(policy):
@@ -67,8 +73,15 @@ def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
     return value
 
 
-def facts_for_url(url: str, *, at: datetime, method: str | None, client_ip: str | None,
-                  user: str | None, host_only: bool = False) -> RequestFacts:
+def facts_for_url(
+    url: str,
+    *,
+    at: datetime,
+    method: str | None,
+    client_ip: str | None,
+    user: str | None,
+    host_only: bool = False,
+) -> RequestFacts:
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
@@ -135,9 +148,16 @@ def _identity_override(args: argparse.Namespace, policy) -> Identity | None:
             dob = date.fromisoformat(args.date_of_birth)
         except ValueError:
             raise CommandError(f"not a date: {args.date_of_birth!r}") from None
-    return Identity(role=args.role, site=site, user=args.user, group=args.group,
-                    date_of_birth=dob, client_ip=args.ip, source="given",
-                    rule=f"--role {args.role} given on the command line")
+    return Identity(
+        role=args.role,
+        site=site,
+        user=args.user,
+        group=args.group,
+        date_of_birth=dob,
+        client_ip=args.ip,
+        source="given",
+        rule=f"--role {args.role} given on the command line",
+    )
 
 
 def _print_decision(decision: Decision, policy, url: str) -> None:
@@ -151,8 +171,10 @@ def _print_decision(decision: Decision, policy, url: str) -> None:
     print(f"            by {ident.rule}")
     if decision.window:
         w = decision.window
-        print(f"  window:   {w.kind} ({w.name}) {_local(w.start, policy, w.site)} -> "
-              f"{_local(w.end, policy, w.site)}")
+        print(
+            f"  window:   {w.kind} ({w.name}) {_local(w.start, policy, w.site)} -> "
+            f"{_local(w.end, policy, w.site)}"
+        )
     if decision.match:
         m = decision.match
         print(f"  list:     {m.category}: {m.entry} ({m.source})")
@@ -183,8 +205,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         exceptions = ExceptionSet(exceptions_current(session, at))
 
     def decide(url: str) -> tuple[Decision, RequestFacts]:
-        facts = facts_for_url(url, at=at, method=args.method, client_ip=args.ip, user=args.user,
-                              host_only=args.host_only)
+        facts = facts_for_url(
+            url,
+            at=at,
+            method=args.method,
+            client_ip=args.ip,
+            user=args.user,
+            host_only=args.host_only,
+        )
         return policy.decide(facts, exceptions, identity=override), facts
 
     if args.batch:
@@ -231,8 +259,17 @@ def cmd_timetable(args: argparse.Namespace) -> int:
         day = datetime.now(timetable.tz).date()
     windows = timetable.windows_on(day)
     if args.json:
-        print(json.dumps({"site": site, "date": day.isoformat(), "day_type": timetable.day_type(day),
-                          "windows": [w.to_json() for w in windows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "site": site,
+                    "date": day.isoformat(),
+                    "day_type": timetable.day_type(day),
+                    "windows": [w.to_json() for w in windows],
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     print(f"{site}: {day:%A %d %B %Y} ({timetable.day_type(day)}, {timetable.tz.key})")
     for w in windows:
@@ -269,10 +306,16 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
     with open_db(policy)() as session:
         try:
             row = add_exception(
-                session, policy, scope=scope, scope_value=value,
+                session,
+                policy,
+                scope=scope,
+                scope_value=value,
                 target_kind="host" if args.host else "category",
-                target=args.host or args.category, starts=starts, ends=ends,
-                created_by=args.by, reason=args.reason or "",
+                target=args.host or args.category,
+                starts=starts,
+                ends=ends,
+                created_by=args.by,
+                reason=args.reason or "",
             )
         except ExceptionRequestError as exc:
             raise CommandError(str(exc)) from None
@@ -289,10 +332,16 @@ def _describe_row(row) -> str:
 
 def _row_json(row) -> dict[str, Any]:
     return {
-        "id": row.id, "kind": row.kind, "scope": row.scope, "scope_value": row.scope_value,
-        "target_kind": row.target_kind, "target": row.target,
-        "starts": row.starts.isoformat(), "ends": row.ends.isoformat() if row.ends else None,
-        "created_by": row.created_by, "reason": row.reason,
+        "id": row.id,
+        "kind": row.kind,
+        "scope": row.scope,
+        "scope_value": row.scope_value,
+        "target_kind": row.target_kind,
+        "target": row.target,
+        "starts": row.starts.isoformat(),
+        "ends": row.ends.isoformat() if row.ends else None,
+        "created_by": row.created_by,
+        "reason": row.reason,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
     }
 
@@ -355,8 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", help="the client address")
     p.add_argument("--at", help="ISO-8601 time (default: now; no zone = the site's local time)")
     p.add_argument("--method", default="GET")
-    p.add_argument("--host-only", action="store_true",
-                   help="decide as for HTTPS that is not intercepted (site name only)")
+    p.add_argument(
+        "--host-only",
+        action="store_true",
+        help="decide as for HTTPS that is not intercepted (site name only)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_explain)
 
@@ -373,8 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host")
     p.add_argument("--category")
-    p.add_argument("--for", dest="scope", required=True, metavar="SCOPE[=VALUE]",
-                   help="user=NAME, group=9B, role=student, network=CIDR, site=NAME, everyone")
+    p.add_argument(
+        "--for",
+        dest="scope",
+        required=True,
+        metavar="SCOPE[=VALUE]",
+        help="user=NAME, group=9B, role=student, network=CIDR, site=NAME, everyone",
+    )
     p.add_argument("--start", help="ISO-8601 (default: now)")
     p.add_argument("--until", help="ISO-8601 end")
     p.add_argument("--minutes", type=int)
@@ -398,8 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--listen-host", default="0.0.0.0")
     p.add_argument("--listen-port", type=int, default=8080)
-    p.add_argument("--mode", default="regular",
-                   help="mitmproxy mode: regular (explicit proxy, default), transparent, ...")
+    p.add_argument(
+        "--mode",
+        default="regular",
+        help="mitmproxy mode: regular (explicit proxy, default), transparent, ...",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print one line per request")
     p.set_defaults(handler=cmd_run)
 
@@ -429,8 +489,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     with open_db(policy)() as session:
-        rows = list_events(session, since=since, kind=args.kind, user=args.user,
-                           limit=args.limit)
+        rows = list_events(session, since=since, kind=args.kind, user=args.user, limit=args.limit)
     if args.json:
         print(json.dumps([row for row in rows], indent=2))
         return EXIT_OK
@@ -439,8 +498,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     for row in rows:
         who = row["user"] or row["client_ip"] or "-"
         target = row["url"] or row["host"] or "-"
-        print(f"{row['at']}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
-              f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}")
+        print(
+            f"{row['at']}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
+            f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}"
+        )
     return EXIT_OK
 
 
@@ -458,4 +519,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

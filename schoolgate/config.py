@@ -29,12 +29,33 @@ DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
 LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
 
-TOP_KEYS = frozenset({
-    "database", "portal", "roles", "identity", "sites", "default_site", "categories",
-    "allowlist", "rules", "read_only", "age_restrictions", "interception", "privacy",
-    "logging", "advice", "safe_search", "circumvention", "bans", "notifications", "reports",
-    "retention", "teachers", "schoolgate",
-})
+TOP_KEYS = frozenset(
+    {
+        "database",
+        "portal",
+        "roles",
+        "identity",
+        "sites",
+        "default_site",
+        "categories",
+        "allowlist",
+        "rules",
+        "read_only",
+        "age_restrictions",
+        "interception",
+        "privacy",
+        "logging",
+        "advice",
+        "safe_search",
+        "circumvention",
+        "bans",
+        "notifications",
+        "reports",
+        "retention",
+        "teachers",
+        "schoolgate",
+    }
+)
 
 DEFAULT_ADVICE = (
     "Safe: keep your personal information safe. Do not give out your name, address, "
@@ -99,8 +120,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}
     for name, sec in root.named_sections("roles", required=True):
-        sec.check_keys({"description", "safe_search", "youtube_restrict", "age_checks",
-                        "intercept"})
+        sec.check_keys(
+            {"description", "safe_search", "youtube_restrict", "age_checks", "intercept"}
+        )
         youtube = sec.choice("youtube_restrict", ("strict", "moderate", "off"))
         roles[name] = RoleSettings(
             name=name,
@@ -111,8 +133,13 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             intercept=sec.flag("intercept", default=True),
         )
     if GUEST not in roles:
-        roles[GUEST] = RoleSettings(name=GUEST, description="unknown clients (built in)",
-                                    safe_search=True, youtube_restrict="strict", intercept=False)
+        roles[GUEST] = RoleSettings(
+            name=GUEST,
+            description="unknown clients (built in)",
+            safe_search=True,
+            youtube_restrict="strict",
+            intercept=False,
+        )
     role_names = set(roles)
 
     # -- sites and timetables --------------------------------------------------------------
@@ -127,8 +154,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             tt_text = sec.text("timetable", required=True)
             if tt_text:
                 tt_path = _relative(tt_text, base)
-                timetable = load_timetable(tt_path, issues, site=name,
-                                           display_path=_display(tt_path))
+                timetable = load_timetable(
+                    tt_path, issues, site=name, display_path=_display(tt_path)
+                )
                 if timetable is not None:
                     timetables[name] = timetable
             site_rule_lists.append((name, sec))
@@ -137,13 +165,18 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     site_names = [name for name, _ in site_rule_lists]
     default_site = root.text("default_site") or (site_names[0] if site_names else "")
     if site_names and default_site not in site_names:
-        root.error("default_site", f"unknown site {default_site!r}; sites are "
-                                   f"{', '.join(site_names)}")
+        root.error(
+            "default_site", f"unknown site {default_site!r}; sites are {', '.join(site_names)}"
+        )
 
     def network_rule(sec: Section, site: str | None) -> None:
         sec.check_keys({"cidr", "role", "site", "name"})
-        network = sec.parse("cidr", lambda v: ipaddress.ip_network(str(v), strict=False),
-                            "a network such as 10.20.0.0/16", required=True)
+        network = sec.parse(
+            "cidr",
+            lambda v: ipaddress.ip_network(str(v), strict=False),
+            "a network such as 10.20.0.0/16",
+            required=True,
+        )
         role = sec.text("role")
         rule_site = site or sec.text("site")
         if rule_site and rule_site not in site_names:
@@ -183,21 +216,43 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         if roster_text:
             roster_path = _relative(roster_text, base)
             roster_source = _display(roster_path)
-            roster = load_roster(roster_path, issues, roles=role_names, aliases=aliases,
-                                 sites=set(site_names), display_path=roster_source)
+            roster = load_roster(
+                roster_path,
+                issues,
+                roles=role_names,
+                aliases=aliases,
+                sites=set(site_names),
+                display_path=roster_source,
+            )
     for name, sec in site_rule_lists:
         for net in sec.sections("networks"):
             network_rule(net, name)
-    resolver = IdentityResolver(network_rules, roster, default_site=default_site,
-                                site_networks=site_networks, roster_source=roster_source)
+    resolver = IdentityResolver(
+        network_rules,
+        roster,
+        default_site=default_site,
+        site_networks=site_networks,
+        roster_source=roster_source,
+    )
 
     # -- categories and lists -----------------------------------------------------------------
     categories: dict[str, CategorySettings] = {}
     normal: list[tuple[str, list]] = []
     locked: list[tuple[str, list]] = []
     for name, sec in root.named_sections("categories", required=True):
-        sec.check_keys({"description", "lists", "entries", "locked", "default",
-                        "teachers_may_open", "format", "update_url", "update_urls"})
+        sec.check_keys(
+            {
+                "description",
+                "lists",
+                "entries",
+                "locked",
+                "default",
+                "teachers_may_open",
+                "format",
+                "update_url",
+                "update_urls",
+            }
+        )
         if name == "allowlist":
             sec.error(None, "'allowlist' is reserved; use the top-level allowlist section")
             continue
@@ -225,8 +280,20 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     rules: dict[tuple[str, str | None, str, str], RuleRef] = {}
     category_names = list(categories)
     for index, sec in enumerate(root.sections("rules")):
-        sec.check_keys({"role", "roles", "group", "groups", "window", "windows", "category",
-                        "categories", "action", "note"})
+        sec.check_keys(
+            {
+                "role",
+                "roles",
+                "group",
+                "groups",
+                "window",
+                "windows",
+                "category",
+                "categories",
+                "action",
+                "note",
+            }
+        )
         rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role")
         groups = [g.lower() for g, _, _ in _plain(sec, ("group", "groups"))] or [None]
         windows = _names(sec, ("window", "windows"), list(WINDOW_KINDS), "window kind")
@@ -295,9 +362,18 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         read_only_blocked_paths=blocked_paths,
         read_only_without_interception=without_interception,
         advice=advice,
-        extra={key: root.data.get(key) for key in ("circumvention", "bans", "notifications",
-                                                   "reports", "retention", "teachers",
-                                                   "safe_search")},
+        extra={
+            key: root.data.get(key)
+            for key in (
+                "circumvention",
+                "bans",
+                "notifications",
+                "reports",
+                "retention",
+                "teachers",
+                "safe_search",
+            )
+        },
     )
     return Policy(
         settings=settings,
@@ -349,8 +425,12 @@ def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> 
         elif value in known:
             names.append(value)
         else:
-            sec.issues.add(sec.file, line, field,
-                           f"unknown {what} {value!r}; expected one of {', '.join(known)} or '*'")
+            sec.issues.add(
+                sec.file,
+                line,
+                field,
+                f"unknown {what} {value!r}; expected one of {', '.join(known)} or '*'",
+            )
     return list(dict.fromkeys(names))
 
 

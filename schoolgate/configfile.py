@@ -73,8 +73,18 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> MarkedL
     return result
 
 
+def _construct_timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    # An impossible date (2026-02-30) stays text, so that the field's own parser reports it
+    # with its line, instead of the whole file failing with a bare ValueError.
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 # YAML 1.1 reads "10:30" as the sexagesimal integer 630. In a timetable that is always a time,
 # so this loader resolves ints and floats without the sexagesimal forms and "10:30" stays text.
@@ -112,7 +122,9 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class ConfigError(Exception):
@@ -274,7 +286,9 @@ class Section:
                 self.error(None, f"missing required field '{key}' ({what})")
             return default
         # bool is a subclass of int: never accept true/false where a number is wanted
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        if isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
             self.error(key, f"expected {what}, got {_kind(value)}")
             return default
         if not isinstance(value, types):
@@ -310,7 +324,11 @@ class Section:
         return self.get(key, bool, "true or false", default=default)
 
     def choice(
-        self, key: str, choices: tuple[str, ...] | list[str], *, required: bool = False,
+        self,
+        key: str,
+        choices: tuple[str, ...] | list[str],
+        *,
+        required: bool = False,
         default: str | None = None,
     ) -> str | None:
         value = self.text(key, required=required, default=None)
@@ -326,7 +344,10 @@ class Section:
         if value is None:
             return None
         return Section(
-            value, file=self.file, path=self.field(key), issues=self.issues,
+            value,
+            file=self.file,
+            path=self.field(key),
+            issues=self.issues,
             line=self.line_of(key),
         )
 
@@ -352,7 +373,9 @@ class Section:
         """Yield a :class:`Section` for each mapping in a list; report items that are not."""
         for item, line, field_name in self.items(key, required=required):
             if not isinstance(item, dict):
-                self.issues.add(self.file, line, field_name, f"expected a mapping, got {_kind(item)}")
+                self.issues.add(
+                    self.file, line, field_name, f"expected a mapping, got {_kind(item)}"
+                )
                 continue
             yield Section(item, file=self.file, path=field_name, issues=self.issues, line=line)
 
@@ -371,9 +394,15 @@ class Section:
             if not isinstance(item, dict):
                 value.error(name, f"expected a mapping, got {_kind(item)}")
                 continue
-            yield str(name), Section(
-                item, file=self.file, path=value.field(name), issues=self.issues,
-                line=value.line_of(name),
+            yield (
+                str(name),
+                Section(
+                    item,
+                    file=self.file,
+                    path=value.field(name),
+                    issues=self.issues,
+                    line=value.line_of(name),
+                ),
             )
 
     def strings(self, key: str, *, required: bool = False) -> list[tuple[str, int, str]]:
@@ -387,7 +416,12 @@ class Section:
         return out
 
     def parse(
-        self, key: str, parser: Callable[[Any], Any], what: str, *, required: bool = False,
+        self,
+        key: str,
+        parser: Callable[[Any], Any],
+        what: str,
+        *,
+        required: bool = False,
         default: Any = None,
     ) -> Any:
         """Run ``parser`` over a value; a ValueError it raises becomes a reported issue."""

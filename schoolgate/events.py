@@ -16,8 +16,9 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_since(text: str | None, policy: Any = None, *, now: datetime | None = None
-                ) -> datetime | None:
+def parse_since(
+    text: str | None, policy: Any = None, *, now: datetime | None = None
+) -> datetime | None:
     """``2h``/``30m``/``7d`` ago, or an ISO-8601 time (no zone: the default site's zone)."""
     if not text:
         return None

@@ -77,7 +77,9 @@ def load_roster(
         try:
             header = next(reader)
         except StopIteration:
-            issues.add(shown, 1, "", f"empty roster; expected a header line: {','.join(ROSTER_COLUMNS)}")
+            issues.add(
+                shown, 1, "", f"empty roster; expected a header line: {','.join(ROSTER_COLUMNS)}"
+            )
             return entries
         except csv.Error as exc:
             issues.add(shown, 1, "", f"invalid CSV: {exc}")
@@ -86,7 +88,9 @@ def load_roster(
         missing = [c for c in ROSTER_COLUMNS if c not in columns]
         if missing:
             issues.add(
-                shown, 1, "header",
+                shown,
+                1,
+                "header",
                 f"missing column(s) {', '.join(missing)}; expected {','.join(ROSTER_COLUMNS)}",
             )
             return entries
@@ -107,7 +111,9 @@ def load_roster(
                 role = aliases.get(role, role)
                 if role not in roles:
                     issues.add(
-                        shown, line, "role",
+                        shown,
+                        line,
+                        "role",
                         f"unknown role {role!r}; expected one of {', '.join(sorted(roles))}",
                     )
                     continue
@@ -125,7 +131,9 @@ def load_roster(
                     continue
                 if username in entries:
                     issues.add(
-                        shown, line, "username",
+                        shown,
+                        line,
+                        "username",
                         f"{username!r} appears twice (first on line {entries[username].line})",
                     )
                     continue
@@ -184,11 +192,13 @@ class IdentityResolver:
         # IPv4 rules as (network, mask, rule) integers: a cache miss costs ~1 us, not ~10.
         self._v4_rules = tuple(
             (int(r.network.network_address), int(r.network.netmask), r)
-            for r in self.rules if r.network.version == 4
+            for r in self.rules
+            if r.network.version == 4
         )
         self._v4_sites = tuple(
             (int(n.network_address), int(n.netmask), site)
-            for n, site in self.site_networks if n.version == 4
+            for n, site in self.site_networks
+            if n.version == 4
         )
 
     def _site_for(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str:
@@ -234,9 +244,9 @@ class IdentityResolver:
                 if address.version == rule.network.version and address in rule.network:
                     network_rule = rule
                     break
-        site = (network_rule.site if network_rule and network_rule.site else None) or self._site_for(
-            address
-        )
+        site = (
+            network_rule.site if network_rule and network_rule.site else None
+        ) or self._site_for(address)
         return self._finish(client_ip, user, network_rule, site)
 
     def _finish(

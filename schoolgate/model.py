@@ -150,15 +150,18 @@ class Decision:
         ident, window, match = self.identity, self.window, self.match
         lines = [f"identity: {ident.role} ({ident.rule or ident.source})"]
         if window is not None:
-            lines.append(f"window: {window.kind} {window.name} at {window.site} "
-                         f"{window.start.isoformat()} - {window.end.isoformat()}")
+            lines.append(
+                f"window: {window.kind} {window.name} at {window.site} "
+                f"{window.start.isoformat()} - {window.end.isoformat()}"
+            )
         if match is not None:
             lines.append(f"list: {match.category} {match.entry} ({match.source})")
         else:
             lines.append("list: no list entry matches")
         lines.append(f"decided by: {self.rule}")
-        lines.append(f"action: {self.action}" + (f" until {self.until.isoformat()}"
-                                                 if self.until else ""))
+        lines.append(
+            f"action: {self.action}" + (f" until {self.until.isoformat()}" if self.until else "")
+        )
         if self.error:
             lines.append(f"error: {self.error}")
         return lines

@@ -131,7 +131,11 @@ class ExceptionSet:
         if category is not None:
             candidates.extend(self.by_category.get(category, ()))
         for exc in candidates:
-            if exc.starts <= at and (exc.ends is None or at < exc.ends) and _in_scope(exc, identity):
+            if (
+                exc.starts <= at
+                and (exc.ends is None or at < exc.ends)
+                and _in_scope(exc, identity)
+            ):
                 return exc
         return None
 
@@ -224,8 +228,11 @@ class Policy:
             return ref
         settings = self.categories.get(category)
         default = settings.default_action if settings else Action.BLOCK
-        return RuleRef(default, f"no rule for {identity.role} in {window_kind}: "
-                                f"category {category} default ({default})")
+        return RuleRef(
+            default,
+            f"no rule for {identity.role} in {window_kind}: "
+            f"category {category} default ({default})",
+        )
 
     # -- the decision ---------------------------------------------------------------------
     def decide(
@@ -272,10 +279,14 @@ class Policy:
             locked = self.locked_matcher.lookup(host, path)
             if locked is not None:
                 return Decision(
-                    Action.BLOCK, identity, window, locked.category,
+                    Action.BLOCK,
+                    identity,
+                    window,
+                    locked.category,
                     f"{locked.category} is a locked category: it is blocked for everyone, "
                     "at all times, and no exception can open it.",
-                    rule=f"locked category {locked.category}", match=locked,
+                    rule=f"locked category {locked.category}",
+                    match=locked,
                 )
 
         # 2. Age restrictions on sign-up pages.
@@ -285,13 +296,18 @@ class Policy:
                 restriction = self.age_restrictions[signup.category]
                 age = minimum_age(identity, at.date())
                 if age is None or age < restriction.min_age:
-                    known = "unknown" if age is None else str(age)
                     return Decision(
-                        Action.BLOCK, identity, window, "age_restricted",
+                        Action.BLOCK,
+                        identity,
+                        window,
+                        "age_restricted",
                         f"Signing up to {restriction.platform} needs you to be at least "
                         f"{restriction.min_age}"
-                        + (" and your age is not known to the school's records." if age is None
-                           else "."),
+                        + (
+                            " and your age is not known to the school's records."
+                            if age is None
+                            else "."
+                        ),
                         rule=f"age restriction {restriction.platform} {restriction.min_age}+ "
                         f"({restriction.label})",
                         match=signup,
@@ -314,35 +330,65 @@ class Policy:
             exc = exceptions.find(identity, host, category, at)
             if exc is not None:
                 return Decision(
-                    Action.ALLOW, identity, window, category,
+                    Action.ALLOW,
+                    identity,
+                    window,
+                    category,
                     f"{category} is open by {exc.describe()}"
                     + (f": {exc.reason}" if exc.reason else "."),
-                    rule=exc.describe(), match=match, exception_id=exc.id, until=exc.ends,
+                    rule=exc.describe(),
+                    match=match,
+                    exception_id=exc.id,
+                    until=exc.ends,
                 )
 
         # 5. Rules.
         ref = self.rule_for(identity, window.kind, category)
         if ref.action is Action.ALLOW:
-            return Decision(Action.ALLOW, identity, window, category,
-                            f"{category} is allowed for {identity.role} in {window.kind}.",
-                            rule=ref.label, match=match)
+            return Decision(
+                Action.ALLOW,
+                identity,
+                window,
+                category,
+                f"{category} is allowed for {identity.role} in {window.kind}.",
+                rule=ref.label,
+                match=match,
+            )
         if ref.action is Action.READ_ONLY:
             blocked_why = self._read_only_refusal(facts)
             if blocked_why is None:
-                return Decision(Action.ALLOW, identity, window, category,
-                                f"{category} is read-only for {identity.role} in {window.kind}: "
-                                "reading is allowed.",
-                                rule=ref.label, match=match)
+                return Decision(
+                    Action.ALLOW,
+                    identity,
+                    window,
+                    category,
+                    f"{category} is read-only for {identity.role} in {window.kind}: "
+                    "reading is allowed.",
+                    rule=ref.label,
+                    match=match,
+                )
             until = self._until(identity, window, category, Action.READ_ONLY)
-            return Decision(Action.BLOCK, identity, window, category,
-                            f"{category} is read-only for {identity.role} in {window.kind}: "
-                            f"{blocked_why}.",
-                            rule=ref.label, match=match, until=until)
+            return Decision(
+                Action.BLOCK,
+                identity,
+                window,
+                category,
+                f"{category} is read-only for {identity.role} in {window.kind}: {blocked_why}.",
+                rule=ref.label,
+                match=match,
+                until=until,
+            )
         until = self._until(identity, window, category, Action.BLOCK)
-        return Decision(Action.BLOCK, identity, window, category,
-                        f"{category} is blocked for {identity.role} in {window.kind} "
-                        f"({window.name}).",
-                        rule=ref.label, match=match, until=until)
+        return Decision(
+            Action.BLOCK,
+            identity,
+            window,
+            category,
+            f"{category} is blocked for {identity.role} in {window.kind} ({window.name}).",
+            rule=ref.label,
+            match=match,
+            until=until,
+        )
 
     def _read_only_refusal(self, facts: RequestFacts) -> str | None:
         """Why a request to a read-only site is not reading, or None if it is."""

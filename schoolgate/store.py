@@ -105,22 +105,39 @@ def add_exception(
     if not created_by:
         raise ExceptionRequestError("say who is granting it (--by)")
     validate_exception(
-        policy, scope=scope, scope_value=scope_value, target_kind=target_kind, target=target,
-        starts=starts, ends=ends,
+        policy,
+        scope=scope,
+        scope_value=scope_value,
+        target_kind=target_kind,
+        target=target,
+        starts=starts,
+        ends=ends,
     )
     if target_kind == "host":
         from schoolgate.hosts import normalize_host
 
         target = normalize_host(target)
     row = ExceptionRow(
-        kind=kind, scope=scope, scope_value=scope_value if scope != "everyone" else "",
-        target_kind=target_kind, target=target, starts=starts, ends=ends,
-        created_by=created_by, created_at=utcnow(), reason=reason,
+        kind=kind,
+        scope=scope,
+        scope_value=scope_value if scope != "everyone" else "",
+        target_kind=target_kind,
+        target=target,
+        starts=starts,
+        ends=ends,
+        created_by=created_by,
+        created_at=utcnow(),
+        reason=reason,
     )
     session.add(row)
     session.flush()
-    audit(session, created_by, f"{kind}.add", f"exception #{row.id}", to_plain(row).describe()
-          + (f": {reason}" if reason else ""))
+    audit(
+        session,
+        created_by,
+        f"{kind}.add",
+        f"exception #{row.id}",
+        to_plain(row).describe() + (f": {reason}" if reason else ""),
+    )
     return row
 
 

@@ -56,31 +56,56 @@ BASE: dict[str, Any] = {
     },
     "allowlist": {"entries": ["education.facebook.com", "youtube.com/edu"]},
     "rules": [
-        {"roles": ["student", "staff"], "windows": ["lesson", "registration"],
-         "categories": ["social_media"], "action": "block"},
-        {"roles": ["staff"], "windows": ["break", "lunch", "before_school", "after_school",
-                                         "closed"],
-         "categories": ["social_media"], "action": "allow"},
-        {"roles": ["student"], "windows": ["break", "lunch"], "categories": ["social_media"],
-         "action": "allow"},
-        {"roles": ["student"], "groups": ["11X"], "windows": ["after_school"],
-         "categories": ["social_media"], "action": "allow", "note": "Year 11 study club"},
-        {"roles": ["student", "staff"], "windows": ["lesson", "registration"],
-         "categories": ["wikipedia"], "action": "read_only"},
+        {
+            "roles": ["student", "staff"],
+            "windows": ["lesson", "registration"],
+            "categories": ["social_media"],
+            "action": "block",
+        },
+        {
+            "roles": ["staff"],
+            "windows": ["break", "lunch", "before_school", "after_school", "closed"],
+            "categories": ["social_media"],
+            "action": "allow",
+        },
+        {
+            "roles": ["student"],
+            "windows": ["break", "lunch"],
+            "categories": ["social_media"],
+            "action": "allow",
+        },
+        {
+            "roles": ["student"],
+            "groups": ["11X"],
+            "windows": ["after_school"],
+            "categories": ["social_media"],
+            "action": "allow",
+            "note": "Year 11 study club",
+        },
+        {
+            "roles": ["student", "staff"],
+            "windows": ["lesson", "registration"],
+            "categories": ["wikipedia"],
+            "action": "read_only",
+        },
         {"roles": ["guest"], "windows": "*", "categories": ["wikipedia"], "action": "read_only"},
         {"roles": "*", "windows": "*", "categories": ["circumvention"], "action": "block"},
     ],
     "read_only": {"blocked_paths": ["action=edit", "special:userlogin", "/login"]},
     "age_restrictions": [
-        {"platform": "Instagram", "min_age": 13,
-         "signup": ["instagram.com/accounts/emailsignup"]},
+        {"platform": "Instagram", "min_age": 13, "signup": ["instagram.com/accounts/emailsignup"]},
         {"platform": "LinkedIn", "min_age": 16, "signup": ["linkedin.com/signup"]},
     ],
 }
 
 
-def write_config(tmp_path: Path, changes: dict[str, Any] | None = None, *,
-                 roster: str | None = ROSTER, text: str | None = None) -> Path:
+def write_config(
+    tmp_path: Path,
+    changes: dict[str, Any] | None = None,
+    *,
+    roster: str | None = ROSTER,
+    text: str | None = None,
+) -> Path:
     """Write BASE (updated with ``changes`` at the top level) and a roster; return the path."""
     data = copy.deepcopy(BASE)
     data["database"] = {"url": f"sqlite:///{tmp_path}/schoolgate.db"}
@@ -93,9 +118,10 @@ def write_config(tmp_path: Path, changes: dict[str, Any] | None = None, *,
         else:
             data[key] = value
     path = tmp_path / "mitm_config.yaml"
-    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False,
-                                                                 allow_unicode=True),
-                    encoding="utf-8")
+    path.write_text(
+        text if text is not None else yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     return path
 
 

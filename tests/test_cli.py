@@ -14,7 +14,8 @@ from policy_fixtures import write_config
 from schoolgate.cli import main
 
 SCRIPT = shutil.which("schoolgate", path=str(Path(sys.executable).parent)) or shutil.which(
-    "schoolgate")
+    "schoolgate"
+)
 
 
 @pytest.fixture()
@@ -30,19 +31,36 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_console_script_is_installed_and_checks_the_shipped_config(tmp_path):
     assert SCRIPT, "the `schoolgate` console script is not installed"
-    done = subprocess.run([SCRIPT, "check-config", "--data-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [SCRIPT, "check-config", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK:")
 
 
 def test_check_config_prints_every_error_and_fails(tmp_path, capsys):
-    path = write_config(tmp_path, {"rules": [
-        {"roles": ["nobody"], "windows": ["lesson"], "categories": ["social_media"],
-         "action": "block"},
-        {"roles": ["student"], "windows": ["playtime"], "categories": ["social_media"],
-         "action": "block"},
-    ]})
+    path = write_config(
+        tmp_path,
+        {
+            "rules": [
+                {
+                    "roles": ["nobody"],
+                    "windows": ["lesson"],
+                    "categories": ["social_media"],
+                    "action": "block",
+                },
+                {
+                    "roles": ["student"],
+                    "windows": ["playtime"],
+                    "categories": ["social_media"],
+                    "action": "block",
+                },
+            ]
+        },
+    )
     code, out, err = run(capsys, "check-config", path)
     assert code == 1
     assert "unknown role 'nobody'" in err and "unknown window kind 'playtime'" in err
@@ -51,8 +69,18 @@ def test_check_config_prints_every_error_and_fails(tmp_path, capsys):
 
 
 def test_explain_json_has_the_contract_keys(config, capsys):
-    code, out, _ = run(capsys, "explain", "https://www.facebook.com/", "--ip", "10.20.0.9",
-                       "--at", "2026-11-24T10:30", "--json", "--config", config)
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "https://www.facebook.com/",
+        "--ip",
+        "10.20.0.9",
+        "--at",
+        "2026-11-24T10:30",
+        "--json",
+        "--config",
+        config,
+    )
     assert code == 0
     data = json.loads(out)
     assert data["action"] == "block"
@@ -64,8 +92,17 @@ def test_explain_json_has_the_contract_keys(config, capsys):
 
 
 def test_explain_text_names_identity_window_list_and_rule(config, capsys):
-    code, out, _ = run(capsys, "--config", config, "explain", "https://m.facebook.com/x",
-                       "--user", "ben", "--at", "2026-11-24T10:30")
+    code, out, _ = run(
+        capsys,
+        "--config",
+        config,
+        "explain",
+        "https://m.facebook.com/x",
+        "--user",
+        "ben",
+        "--at",
+        "2026-11-24T10:30",
+    )
     assert code == 0
     assert out.startswith("BLOCK")
     assert "role student, group 9B" in out and "roster" in out
@@ -76,8 +113,18 @@ def test_explain_text_names_identity_window_list_and_rule(config, capsys):
 
 
 def test_explain_by_role_and_null_category(config, capsys):
-    code, out, _ = run(capsys, "explain", "https://www.bbc.co.uk/bitesize", "--role", "staff",
-                       "--at", "2026-11-24T10:30", "--json", "--config", config)
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "https://www.bbc.co.uk/bitesize",
+        "--role",
+        "staff",
+        "--at",
+        "2026-11-24T10:30",
+        "--json",
+        "--config",
+        config,
+    )
     data = json.loads(out)
     assert data["action"] == "allow" and data["category"] is None and data["role"] == "staff"
 
@@ -89,18 +136,40 @@ def test_explain_needs_an_identity(config, capsys):
 
 def test_explain_batch_from_file_and_stdin(config, tmp_path, capsys, monkeypatch):
     urls = tmp_path / "urls.txt"
-    urls.write_text("https://www.youtube.com/watch?v=1\n# a comment\n\nhttps://www.bbc.co.uk/\n"
-                    "https://en.wikipedia.org/wiki/Cell\n")
-    code, out, _ = run(capsys, "explain", "--batch", urls, "--role", "student", "--at",
-                       "2026-11-24T10:30", "--config", config)
+    urls.write_text(
+        "https://www.youtube.com/watch?v=1\n# a comment\n\nhttps://www.bbc.co.uk/\n"
+        "https://en.wikipedia.org/wiki/Cell\n"
+    )
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--batch",
+        urls,
+        "--role",
+        "student",
+        "--at",
+        "2026-11-24T10:30",
+        "--config",
+        config,
+    )
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [d["action"] for d in lines] == ["block", "allow", "allow"]
     assert lines[0]["url"] == "https://www.youtube.com/watch?v=1"
     import io
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("https://facebook.com/\n"))
-    code, out, _ = run(capsys, "explain", "--batch", "-", "--role", "student", "--at",
-                       "2026-11-24T11:05", "--config", config)
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--batch",
+        "-",
+        "--role",
+        "student",
+        "--at",
+        "2026-11-24T11:05",
+        "--config",
+        config,
+    )
     assert json.loads(out)["action"] == "allow" and json.loads(out)["window"] == "break"
 
 
@@ -108,8 +177,15 @@ def test_timetable_prints_the_day(config, capsys):
     code, out, _ = run(capsys, "timetable", "--date", "2026-11-24", "--config", config)
     assert code == 0
     assert "Tuesday 24 November 2026" in out
-    for expected in ("08:40 - 09:00", "registration", "11:00 - 11:20", "break", "lunch",
-                     "after_school", "before_school"):
+    for expected in (
+        "08:40 - 09:00",
+        "registration",
+        "11:00 - 11:20",
+        "break",
+        "lunch",
+        "after_school",
+        "before_school",
+    ):
         assert expected in out, expected
 
 
@@ -123,9 +199,22 @@ def test_timetable_json_for_a_closed_day(config, capsys):
 def test_allow_add_list_revoke_changes_explain(config, capsys):
     base = ["--config", config]
     ask = ["explain", "https://www.youtube.com/watch?v=abc", "--user", "ben", "--json", *base]
-    code, out, err = run(capsys, "allow", "add", "--category", "social_media", "--for",
-                         "group=9B", "--minutes", "60", "--by", "mrs.khan", "--reason",
-                         "Media studies", *base)
+    code, out, err = run(
+        capsys,
+        "allow",
+        "add",
+        "--category",
+        "social_media",
+        "--for",
+        "group=9B",
+        "--minutes",
+        "60",
+        "--by",
+        "mrs.khan",
+        "--reason",
+        "Media studies",
+        *base,
+    )
     assert code == 0, err
     assert "exception #1" in out
     code, out, _ = run(capsys, *ask)
@@ -146,23 +235,54 @@ def test_allow_add_list_revoke_changes_explain(config, capsys):
 
 def test_allow_refuses_locked_unknown_and_past(config, capsys):
     base = ["--config", config, "--by", "it.support"]
-    code, _, err = run(capsys, "allow", "add", "--category", "illegal", "--for", "everyone",
-                       "--permanent", *base)
+    code, _, err = run(
+        capsys, "allow", "add", "--category", "illegal", "--for", "everyone", "--permanent", *base
+    )
     assert code == 1 and "locked" in err
-    code, _, err = run(capsys, "allow", "add", "--host", "www.bad.example", "--for", "everyone",
-                       "--permanent", *base)
+    code, _, err = run(
+        capsys,
+        "allow",
+        "add",
+        "--host",
+        "www.bad.example",
+        "--for",
+        "everyone",
+        "--permanent",
+        *base,
+    )
     assert code == 1 and "locked" in err
-    code, _, err = run(capsys, "allow", "add", "--category", "gaming", "--for", "everyone",
-                       "--permanent", *base)
+    code, _, err = run(
+        capsys, "allow", "add", "--category", "gaming", "--for", "everyone", "--permanent", *base
+    )
     assert code == 1 and "unknown category" in err
-    code, _, err = run(capsys, "allow", "add", "--host", "youtube.com", "--for", "role=wizard",
-                       "--permanent", *base)
+    code, _, err = run(
+        capsys,
+        "allow",
+        "add",
+        "--host",
+        "youtube.com",
+        "--for",
+        "role=wizard",
+        "--permanent",
+        *base,
+    )
     assert code == 1 and "unknown role" in err
-    code, _, err = run(capsys, "allow", "add", "--host", "youtube.com", "--for", "group=9B",
-                       "--until", "2020-01-01T10:00", *base)
+    code, _, err = run(
+        capsys,
+        "allow",
+        "add",
+        "--host",
+        "youtube.com",
+        "--for",
+        "group=9B",
+        "--until",
+        "2020-01-01T10:00",
+        *base,
+    )
     assert code == 1 and "past" in err
-    code, _, err = run(capsys, "allow", "add", "--host", "youtube.com", "--for", "group",
-                       "--minutes", "5", *base)
+    code, _, err = run(
+        capsys, "allow", "add", "--host", "youtube.com", "--for", "group", "--minutes", "5", *base
+    )
     assert code == 1 and "needs a value" in err
 
 
@@ -172,12 +292,30 @@ def test_allow_is_audited(config, capsys):
     from schoolgate.config import load_policy
     from schoolgate.db import AuditRow, open_database
 
-    run(capsys, "allow", "add", "--host", "youtube.com", "--for", "user=ben", "--minutes", "30",
-        "--by", "mr.lee", "--reason", "Revision video", "--config", config)
-    run(capsys, "allow", "revoke", "1", "--by", "it.support", "--reason", "done",
-        "--config", config)
+    run(
+        capsys,
+        "allow",
+        "add",
+        "--host",
+        "youtube.com",
+        "--for",
+        "user=ben",
+        "--minutes",
+        "30",
+        "--by",
+        "mr.lee",
+        "--reason",
+        "Revision video",
+        "--config",
+        config,
+    )
+    run(
+        capsys, "allow", "revoke", "1", "--by", "it.support", "--reason", "done", "--config", config
+    )
     with open_database(load_policy(config).settings.database_url)() as session:
         rows = list(session.scalars(select(AuditRow).order_by(AuditRow.id)))
-    assert [(r.actor, r.action) for r in rows] == [("mr.lee", "exception.add"),
-                                                  ("it.support", "exception.revoke")]
+    assert [(r.actor, r.action) for r in rows] == [
+        ("mr.lee", "exception.add"),
+        ("it.support", "exception.revoke"),
+    ]
     assert "Revision video" in rows[0].detail

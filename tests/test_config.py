@@ -45,7 +45,8 @@ def test_the_shipped_config_loads():
     policy = load_policy(DEFAULT_CONFIG, data_dir=ROOT / "var")
     assert {"student", "staff", "guest"} <= set(policy.roles)
     assert {"social_media", "circumvention", "wikipedia", "blogs", "illegal"} <= set(
-        policy.categories)
+        policy.categories
+    )
     assert policy.categories["illegal"].locked
     assert policy.settings.portal_host == "schoolgate.internal"
 
@@ -68,8 +69,9 @@ def test_missing_file(tmp_path):
 
 
 def test_all_errors_are_reported_together_with_line_and_field(tmp_path):
-    text = GOOD.replace("{cidr: 10.20.0.0/16, role: student}",
-                        "{cidr: 10.20.0.300/16, role: pupil}")
+    text = GOOD.replace(
+        "{cidr: 10.20.0.0/16, role: student}", "{cidr: 10.20.0.300/16, role: pupil}"
+    )
     text = text.replace("windows: [lesson]", "windows: [lessons]")
     text = text.replace("action: block", "action: deny")
     text += "colour: blue\n"
@@ -96,8 +98,10 @@ def test_rule_naming_unknown_role_and_category(tmp_path):
 
 
 def test_rule_missing_fields(tmp_path):
-    text = GOOD.replace("- {roles: [student], windows: [lesson], categories: [social_media], "
-                        "action: block}", "- {roles: [student]}")
+    text = GOOD.replace(
+        "- {roles: [student], windows: [lesson], categories: [social_media], action: block}",
+        "- {roles: [student]}",
+    )
     issues = issues_of(tmp_path, text)
     assert has(issues, ":12", "rules[0]", "missing required field 'windows'")
     assert has(issues, ":12", "rules[0]", "missing required field 'categories'")
@@ -105,8 +109,10 @@ def test_rule_missing_fields(tmp_path):
 
 
 def test_no_rule_can_open_a_locked_category(tmp_path):
-    text = GOOD.replace("social_media: {entries: [facebook.com]}",
-                        "social_media: {entries: [facebook.com], locked: true}")
+    text = GOOD.replace(
+        "social_media: {entries: [facebook.com]}",
+        "social_media: {entries: [facebook.com], locked: true}",
+    )
     text = text.replace("action: block", "action: allow")
     issues = issues_of(tmp_path, text)
     assert has(issues, ":12", "rules[0].action", "locked")
@@ -138,11 +144,13 @@ def test_duplicate_keys_are_errors(tmp_path):
 
 
 def test_roster_errors_name_the_csv_line_and_column(tmp_path):
-    roster = ("username,role,group,date_of_birth\n"
-              "ann,student,9B,2012-01-01\n"
-              "bob,wizard,9B,2012-01-01\n"
-              "cat,student,9B,31/31/2012\n"
-              "ann,student,9C,2012-02-02\n")
+    roster = (
+        "username,role,group,date_of_birth\n"
+        "ann,student,9B,2012-01-01\n"
+        "bob,wizard,9B,2012-01-01\n"
+        "cat,student,9B,31/31/2012\n"
+        "ann,student,9C,2012-02-02\n"
+    )
     text = GOOD.replace("identity:\n", "identity:\n  roster: roster.csv\n")
     issues = issues_of(tmp_path, text, roster=roster)
     assert has(issues, "roster.csv:3", "role", "unknown role 'wizard'")
@@ -157,9 +165,11 @@ def test_roster_missing_columns(tmp_path):
 
 
 def test_age_restriction_errors(tmp_path):
-    text = GOOD + ("age_restrictions:\n"
-                   "  - {platform: Instagram, min_age: thirteen, signup: [instagram.com/x]}\n"
-                   "  - {platform: TikTok, min_age: 13}\n")
+    text = GOOD + (
+        "age_restrictions:\n"
+        "  - {platform: Instagram, min_age: thirteen, signup: [instagram.com/x]}\n"
+        "  - {platform: TikTok, min_age: 13}\n"
+    )
     issues = issues_of(tmp_path, text)
     assert has(issues, ":14", "age_restrictions[0].min_age", "expected a whole number")
     assert has(issues, ":15", "age_restrictions[1]", "missing required field 'signup'")
@@ -167,17 +177,30 @@ def test_age_restriction_errors(tmp_path):
 
 def test_timetable_errors_come_with_the_config_errors(tmp_path):
     bad_tt = tmp_path / "tt.yaml"
-    bad_tt.write_text(DEFAULT_TIMETABLE.read_text().replace('start: "09:00", end: "10:00"',
-                                                            'start: "25:00", end: "10:00"'))
-    text = GOOD.replace(str(DEFAULT_TIMETABLE), "tt.yaml").replace("action: block",
-                                                                   "action: nope")
+    bad_tt.write_text(
+        DEFAULT_TIMETABLE.read_text().replace(
+            'start: "09:00", end: "10:00"', 'start: "25:00", end: "10:00"'
+        )
+    )
+    text = GOOD.replace(str(DEFAULT_TIMETABLE), "tt.yaml").replace("action: block", "action: nope")
     issues = issues_of(tmp_path, text)
     assert any(i.startswith(str(Path("tt.yaml"))) or "tt.yaml:" in i for i in issues)
     assert has(issues, "mitm_config.yaml:12", "rules[0].action")
 
 
 def test_a_broken_config_yields_no_policy_at_all(tmp_path):
-    path = write_config(tmp_path, {"rules": [{"roles": ["student"], "windows": ["lesson"],
-                                              "categories": ["nope"], "action": "block"}]})
+    path = write_config(
+        tmp_path,
+        {
+            "rules": [
+                {
+                    "roles": ["student"],
+                    "windows": ["lesson"],
+                    "categories": ["nope"],
+                    "action": "block",
+                }
+            ]
+        },
+    )
     with pytest.raises(ConfigError):
         load_policy(path)

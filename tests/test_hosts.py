@@ -5,27 +5,34 @@ import pytest
 from schoolgate.hosts import host_suffixes, normalize_host
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("facebook.com", "facebook.com"),
-    ("WWW.Facebook.COM", "www.facebook.com"),
-    ("www.facebook.com.", "www.facebook.com"),
-    ("www.facebook.com:443", "www.facebook.com"),
-    ("https://www.facebook.com/path", "www.facebook.com"),
-    ("user:pw@www.facebook.com", "www.facebook.com"),
-    ("fa%63ebook.com", "facebook.com"),
-    ("bücher.de", "xn--bcher-kva.de"),
-    ("BÜCHER.de.", "xn--bcher-kva.de"),
-    ("xn--bcher-kva.de", "xn--bcher-kva.de"),
-    ("[::1]:8080", "::1"),
-    ("2001:db8::1", "2001:db8::1"),
-    ("10.0.0.1:80", "10.0.0.1"),
-    ("", ""),
-    ("   ", ""),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("facebook.com", "facebook.com"),
+        ("WWW.Facebook.COM", "www.facebook.com"),
+        ("www.facebook.com.", "www.facebook.com"),
+        ("www.facebook.com:443", "www.facebook.com"),
+        ("https://www.facebook.com/path", "www.facebook.com"),
+        ("user:pw@www.facebook.com", "www.facebook.com"),
+        ("fa%63ebook.com", "facebook.com"),
+        ("bücher.de", "xn--bcher-kva.de"),
+        ("BÜCHER.de.", "xn--bcher-kva.de"),
+        ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("[::1]:8080", "::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("10.0.0.1:80", "10.0.0.1"),
+        ("", ""),
+        ("   ", ""),
+    ],
+)
 def test_normalize_host(raw, expected):
     assert normalize_host(raw) == expected
 
 
 def test_suffixes_walk_label_boundaries():
-    assert host_suffixes("a.b.example.com") == ["a.b.example.com", "b.example.com",
-                                                "example.com", "com"]
+    assert host_suffixes("a.b.example.com") == [
+        "a.b.example.com",
+        "b.example.com",
+        "example.com",
+        "com",
+    ]

@@ -29,13 +29,27 @@ def policy(tmp_path_factory):
     return load_policy(write_config(tmp_path_factory.mktemp("policy")))
 
 
-def ask(policy, url: str, at: datetime, *, ip: str = STUDENT_IP, user: str | None = None,
-        method: str | None = "GET", host_only: bool = False, exceptions=None):
+def ask(
+    policy,
+    url: str,
+    at: datetime,
+    *,
+    ip: str = STUDENT_IP,
+    user: str | None = None,
+    method: str | None = "GET",
+    host_only: bool = False,
+    exceptions=None,
+):
     scheme, _, rest = url.partition("://")
     host, _, path = rest.partition("/")
     facts = RequestFacts(
-        host=host, at=at, path=None if host_only else "/" + path,
-        method=None if host_only else method, scheme=scheme, client_ip=ip, user=user,
+        host=host,
+        at=at,
+        path=None if host_only else "/" + path,
+        method=None if host_only else method,
+        scheme=scheme,
+        client_ip=ip,
+        user=user,
     )
     return policy.decide(facts, exceptions)
 
@@ -104,8 +118,16 @@ def test_dst_is_honoured_for_utc_request_times(policy):
 
 
 # -- matching ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("host", ["facebook.com", "m.facebook.com", "WWW.FACEBOOK.COM.",
-                                  "www.facebook.com:443", "a.b.c.facebook.com"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "facebook.com",
+        "m.facebook.com",
+        "WWW.FACEBOOK.COM.",
+        "www.facebook.com:443",
+        "a.b.c.facebook.com",
+    ],
+)
 def test_domain_rule_covers_subdomains_case_port_and_trailing_dot(policy, host):
     assert ask(policy, f"https://{host}/", P2).category == "social_media"
 
@@ -157,9 +179,19 @@ def test_read_only_does_not_apply_at_break(policy):
 
 # -- locked categories -----------------------------------------------------------------------
 def test_locked_category_blocks_everyone_always_and_no_exception_opens_it(policy):
-    everyone = ExceptionSet([AccessException(
-        id=1, scope="everyone", scope_value="", target_kind="host", target="bad.example",
-        starts=P2 - timedelta(days=1), ends=None)])
+    everyone = ExceptionSet(
+        [
+            AccessException(
+                id=1,
+                scope="everyone",
+                scope_value="",
+                target_kind="host",
+                target="bad.example",
+                starts=P2 - timedelta(days=1),
+                ends=None,
+            )
+        ]
+    )
     for ip, at in ((STAFF_IP, LUNCH), (STUDENT_IP, BREAK), (GUEST_IP, SATURDAY)):
         d = ask(policy, "http://www.bad.example/", at, ip=ip, exceptions=everyone)
         assert not d.allowed and d.category == "illegal" and "locked" in d.rule
@@ -214,10 +246,18 @@ def test_user_not_on_roster_falls_back_to_the_network(policy):
 
 # -- exceptions ------------------------------------------------------------------------------------
 def _exc(**kw):
-    base = dict(id=7, scope="group", scope_value="9B", target_kind="category",
-                target="social_media", starts=local("2026-11-24T10:00"),
-                ends=local("2026-11-24T11:00"), created_by="mrs.khan", reason="Media studies",
-                kind="curriculum")
+    base = dict(
+        id=7,
+        scope="group",
+        scope_value="9B",
+        target_kind="category",
+        target="social_media",
+        starts=local("2026-11-24T10:00"),
+        ends=local("2026-11-24T11:00"),
+        created_by="mrs.khan",
+        reason="Media studies",
+        kind="curriculum",
+    )
     base.update(kw)
     return AccessException(**base)
 
@@ -227,30 +267,32 @@ def test_group_exception_opens_category_for_that_group_only(policy):
     d = ask(policy, "https://www.youtube.com/watch?v=1", P2, user="ben", exceptions=exceptions)
     assert d.allowed and d.exception_id == 7 and d.until == local("2026-11-24T11:00")
     assert "Media studies" in d.reason
-    assert not ask(policy, "https://www.youtube.com/", P2, user="cara",
-                   exceptions=exceptions).allowed
+    assert not ask(
+        policy, "https://www.youtube.com/", P2, user="cara", exceptions=exceptions
+    ).allowed
 
 
 def test_exception_expires(policy):
     exceptions = [_exc()]
     later = local("2026-11-24T13:30")  # P4
-    assert not ask(policy, "https://youtube.com/", later, user="ben",
-                   exceptions=exceptions).allowed
+    assert not ask(policy, "https://youtube.com/", later, user="ben", exceptions=exceptions).allowed
     early = local("2026-11-24T09:30")  # before it starts
-    assert not ask(policy, "https://youtube.com/", early, user="ben",
-                   exceptions=exceptions).allowed
+    assert not ask(policy, "https://youtube.com/", early, user="ben", exceptions=exceptions).allowed
 
 
-@pytest.mark.parametrize("scope,value,ip,user,expected", [
-    ("user", "cara", STUDENT_IP, "cara", True),
-    ("user", "cara", STUDENT_IP, "ben", False),
-    ("role", "staff", STAFF_IP, None, True),
-    ("role", "staff", STUDENT_IP, None, False),
-    ("network", "10.20.1.0/24", "10.20.1.77", None, True),
-    ("network", "10.20.1.0/24", "10.20.2.77", None, False),
-    ("site", "main", STUDENT_IP, None, True),
-    ("everyone", "", GUEST_IP, None, True),
-])
+@pytest.mark.parametrize(
+    "scope,value,ip,user,expected",
+    [
+        ("user", "cara", STUDENT_IP, "cara", True),
+        ("user", "cara", STUDENT_IP, "ben", False),
+        ("role", "staff", STAFF_IP, None, True),
+        ("role", "staff", STUDENT_IP, None, False),
+        ("network", "10.20.1.0/24", "10.20.1.77", None, True),
+        ("network", "10.20.1.0/24", "10.20.2.77", None, False),
+        ("site", "main", STUDENT_IP, None, True),
+        ("everyone", "", GUEST_IP, None, True),
+    ],
+)
 def test_exception_scopes(policy, scope, value, ip, user, expected):
     exc = _exc(scope=scope, scope_value=value, target_kind="host", target="www.youtube.com")
     d = ask(policy, "https://www.youtube.com/watch", P2, ip=ip, user=user, exceptions=[exc])
@@ -272,10 +314,14 @@ def test_exception_does_not_beat_an_age_restriction(policy):
 def test_each_site_uses_its_own_timetable(tmp_path):
     boarding = ROOT / "schedules" / "boarding-example.yaml"
     sites = {
-        "main": {"timetable": str(ROOT / "schedules" / "default.yaml"),
-                 "networks": [{"cidr": "10.20.0.0/16"}]},
-        "boarding": {"timetable": str(boarding),
-                     "networks": [{"cidr": "10.30.0.0/16", "role": "student"}]},
+        "main": {
+            "timetable": str(ROOT / "schedules" / "default.yaml"),
+            "networks": [{"cidr": "10.20.0.0/16"}],
+        },
+        "boarding": {
+            "timetable": str(boarding),
+            "networks": [{"cidr": "10.30.0.0/16", "role": "student"}],
+        },
     }
     policy = load_policy(write_config(tmp_path, {"sites": sites}))
     main = ask(policy, "https://facebook.com/", P2, ip=STUDENT_IP)
