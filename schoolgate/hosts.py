@@ -6,6 +6,7 @@ Lists and requests both go through :func:`normalize_host`, so that ``WWW.Faceboo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from urllib.parse import unquote
@@ -36,11 +37,11 @@ def _normalize_host(raw: str) -> str:
         host = host.rsplit("@", 1)[1]
     if host.startswith("["):  # [::1]:443
         end = host.find("]")
-        return host[1:end].lower() if end > 0 else ""
+        return _ipv6(host[1:end]) if end > 0 else ""
     if host.count(":") == 1:
         host = host.split(":", 1)[0]
     elif host.count(":") > 1:  # bare IPv6
-        return host.lower()
+        return _ipv6(host)
     host = host.rstrip(".").lower()
     if not host:
         return ""
@@ -57,6 +58,14 @@ def _normalize_host(raw: str) -> str:
                     labels.append(label)
             host = ".".join(labels)
     return host
+
+
+def _ipv6(text: str) -> str:
+    """One spelling for an IPv6 address (compressed, lower case), so lists match it."""
+    try:
+        return ipaddress.IPv6Address(text.split("%", 1)[0]).compressed
+    except ValueError:
+        return text.lower()
 
 
 def host_suffixes(host: str) -> list[str]:

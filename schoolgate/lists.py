@@ -664,11 +664,7 @@ class Matcher:
         return None
 
     def _lookup_ip(self, host: str, path: str | None) -> ListMatch | None:
-        if ":" in host:
-            try:
-                host = ipaddress.IPv6Address(host).compressed
-            except ValueError:
-                pass
+        # IPv6 hosts arrive compressed: normalize_host gives every address one spelling.
         v = self._index.get(host)
         if v is not None:
             if v & 1 and path is not None:
@@ -694,11 +690,6 @@ class Matcher:
         most specific first (ties in category order, allowlist first)."""
         if not host:
             return []
-        if ":" in host:
-            try:
-                host = ipaddress.IPv6Address(host).compressed
-            except ValueError:
-                pass
         is_ip = host[-1] in _DIGITS or ":" in host
         lpath = self._request_path(path) if path is not None else None
         best: dict[int, tuple[tuple[int, int, int], ListMatch]] = {}

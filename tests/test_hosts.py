@@ -36,3 +36,8 @@ def test_suffixes_walk_label_boundaries():
         "example.com",
         "com",
     ]
+
+
+def test_ipv6_has_one_spelling():
+    assert normalize_host("[2001:DB8:0:0::1]:443") == "2001:db8::1"
+    assert normalize_host("2001:0db8:0000::0001") == "2001:db8::1"

@@ -277,7 +277,8 @@ def test_ip_entries_match_only_that_address():
     m = matcher({"doh": ["1.1.1.1", "2606:4700:4700::1111", "0.1.example"]})
     assert m.lookup("1.1.1.1", "/dns-query").entry == "1.1.1.1"
     assert m.lookup("11.1.1.1", None) is None
-    assert m.lookup("2606:4700:4700:0:0:0:0:1111", None).entry == "2606:4700:4700::1111"
+    long_form = normalize_host("[2606:4700:4700:0:0:0:0:1111]:443")
+    assert m.lookup(long_form, None).entry == "2606:4700:4700::1111"
     issues = Issues()
     parse_entries(entries("1.1", "300.1.1.1"), issues, source="x")
     assert len(issues) == 2
