@@ -176,8 +176,7 @@ def main() -> None:
             print("squidGuard not installed (apt-get install -y squidguard): ours only")
         generate_only(args.work, args.n, args.m)
 
-    labels = (args.work / "urls.txt.labels").read_text()
-    stream = parse_stream(args.work / "urls.txt")
+    # The policy is loaded first, so the process's memory then is what a gateway holds.
     gc.collect()
     base_rss, _ = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,6 +187,8 @@ def main() -> None:
     gc.collect()
     loaded_rss, peak_rss = rss_mb()
     decide = policy.decide
+    labels = (args.work / "urls.txt.labels").read_text()
+    stream = parse_stream(args.work / "urls.txt")
 
     # Throughput: every line, answers checked against the generator's labels.
     rates = []

@@ -1,0 +1,347 @@
+"""The block page: what was blocked, why, until when, and what the user can do about it.
+
+One small HTML page (``templates/block.html``, Jinja2 with autoescape, inline CSS only: no
+scripts, fonts, images or any other request, so it renders even when everything else is
+blocked) for browser navigations, and a one-line ``text/plain`` answer for everything else
+(XHR/fetch, images, scripts, API clients), both with status 403.
+
+Links to the portal carry the blocked URL, the category and a *signed* reference
+(``<ref>.<mac>``, HMAC-SHA256 with the gateway's secret, truncated to 128 bits) so that a
+request for access can be tied to the logged decision without trusting the query string. The
+user sees the plain reference to quote to IT Support.
+
+Variants: a failed policy evaluation ("the filter failed, blocked for safety"); a locked
+category and an age-restricted sign-up page, which nothing can open, get no "request access"
+link (reporting a problem is always offered).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+
+from schoolgate.model import Decision
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).with_name("templates")
+SECRET_FILE = "secret.key"
+SECRET_BYTES = 32
+MAC_BYTES = 16
+AGE_CATEGORY = "age_restricted"
+LOCKED_RULE_PREFIX = "locked category "
+RULE_VARIANTS = frozenset({"rule", "read_only"})  # the blocks a request for access can open
+
+WINDOW_LABELS = {
+    "lesson": "lesson time",
+    "registration": "registration",
+    "break": "break time",
+    "lunch": "lunchtime",
+    "before_school": "before school",
+    "after_school": "after school",
+    "closed": "outside school hours",
+}
+
+# Headers for every block answer. The page is served on the blocked site's own origin, so a
+# strict CSP makes sure nothing in it (or injected into it) can run or load anything.
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+        "form-action 'none'"
+    ),
+}
+
+
+# -- signed references -------------------------------------------------------------------------
+
+
+def _mac(secret: bytes, ref: str) -> str:
+    digest = hmac.new(secret, ref.encode("utf-8"), hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def sign_ref(secret: bytes, ref: str) -> str:
+    """``<ref>.<HMAC-SHA256(secret, ref) truncated to 128 bits, URL-safe base64>``."""
+    if not ref or "." in ref:
+        raise ValueError(f"a reference must be non-empty and have no dot: {ref!r}")
+    return f"{ref}.{_mac(secret, ref)}"
+
+
+def verify_ref(secret: bytes, signed: str | None) -> str | None:
+    """The reference if ``signed`` carries a valid MAC for it, else None (constant-time)."""
+    if not signed or not isinstance(signed, str) or len(signed) > 200:
+        return None
+    ref, dot, mac = signed.rpartition(".")
+    if not dot or not ref or "." in ref:
+        return None
+    if hmac.compare_digest(_mac(secret, ref).encode("ascii"), mac.encode("ascii", "replace")):
+        return ref
+    return None
+
+
+def load_or_create_secret(data_dir: Path | str) -> bytes:
+    """``data_dir/secret.key``: 32 random bytes, mode 0600, created once (safe against two
+    processes starting together: the file appears complete or not at all)."""
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SECRET_FILE
+    if not path.exists():
+        temp = folder / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(SECRET_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temp, path)  # atomic, and fails if another process won the race
+            except FileExistsError:
+                pass
+        finally:
+            temp.unlink(missing_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o); setting it to 0600", path, mode)
+        path.chmod(0o600)
+    secret = path.read_bytes()
+    if len(secret) < SECRET_BYTES:
+        raise ValueError(
+            f"{path} holds {len(secret)} bytes; it needs {SECRET_BYTES}. "
+            "Delete it to make a new one (old block-page links stop verifying)."
+        )
+    return secret
+
+
+# -- what kind of answer -----------------------------------------------------------------------
+
+_HTML_DESTS = frozenset({"document", "iframe", "frame", "embed", "object", "nested-document"})
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        for key, val in headers.items():
+            if key.lower() == name:
+                return val
+        return ""
+    return value
+
+
+def wants_html(headers: Mapping[str, str]) -> bool:
+    """Whether a request is a page load that should get the HTML block page.
+
+    ``X-Requested-With`` (XHR) says no; ``Sec-Fetch-Dest`` decides when the browser sends it
+    (document/iframe: yes; image, script, fetch's ``empty``...: no); then ``Sec-Fetch-Mode:
+    navigate``; then ``Accept`` naming ``text/html``. No Accept, or ``*/*`` alone (curl, API
+    clients): plain text.
+    """
+    if _header(headers, "x-requested-with"):
+        return False
+    dest = _header(headers, "sec-fetch-dest").strip().lower()
+    if dest:
+        return dest in _HTML_DESTS
+    if _header(headers, "sec-fetch-mode").strip().lower() == "navigate":
+        return True
+    accept = _header(headers, "accept").lower()
+    return "text/html" in accept or "application/xhtml+xml" in accept
+
+
+# -- wording -----------------------------------------------------------------------------------
+
+
+def describe_until(until: datetime | None, now: datetime, tz: tzinfo | None = None) -> str:
+    """``until 11:00 today``, ``until 08:40 tomorrow (Tue 1 Dec)``, ``until Mon 7 Dec 08:40``,
+    ``no end in sight`` (None), in the site's local time ``tz``."""
+    if until is None:
+        return "no end in sight"
+    if tz is not None:
+        until, now = until.astimezone(tz), now.astimezone(tz)
+    elif until.tzinfo is not None and now.tzinfo is not None:
+        now = now.astimezone(until.tzinfo)
+    if until <= now:
+        return "for now"
+    clock = f"{until:%H:%M}"
+    days = (until.date() - now.date()).days
+    day = f"{until:%a} {until.day} {until:%b}"
+    if days == 0:
+        return f"until {clock} today"
+    if days == 1:
+        return f"until {clock} tomorrow ({day})"
+    if until.year != now.year:
+        return f"until {day} {until.year} {clock}"
+    return f"until {day} {clock}"
+
+
+def _label(name: str | None) -> str:
+    return (name or "").replace("_", " ").strip()
+
+
+def _advice_items(advice: Sequence[str]) -> list[tuple[str, str]]:
+    """``"Safe: keep ..."`` -> ``("Safe", "keep ...")`` so the SMART letter can be bold."""
+    items = []
+    for sentence in advice:
+        head, sep, rest = sentence.partition(": ")
+        if sep and 0 < len(head) <= 20:
+            items.append((head, rest))
+        else:
+            items.append(("", sentence))
+    return items
+
+
+def _readable_reason(decision: Decision) -> str:
+    """The decision's reason with ``social_media`` written as ``social media``."""
+    category = decision.category
+    if category and "_" in category:
+        return decision.reason.replace(category, _label(category))
+    return decision.reason
+
+
+def portal_links(
+    *, portal_host: str, url: str, category: str | None, signed_ref: str
+) -> tuple[str, str]:
+    """The request-access and report-a-problem links on the portal."""
+    request = urlencode({"url": url, "category": category or "", "ref": signed_ref})
+    report = urlencode({"url": url, "ref": signed_ref})
+    return (f"http://{portal_host}/request?{request}", f"http://{portal_host}/report?{report}")
+
+
+def _variant(decision: Decision, locked: bool | None) -> str:
+    if decision.error:
+        return "error"
+    if decision.category == AGE_CATEGORY:
+        return "age"
+    if locked or (locked is None and decision.rule.startswith(LOCKED_RULE_PREFIX)):
+        return "locked"
+    if "read-only" in decision.reason:
+        return "read_only"
+    return "rule"
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every template here is HTML
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_block_page(
+    decision: Decision,
+    *,
+    url: str,
+    ref: str,
+    signed_ref: str,
+    portal_host: str,
+    advice: Sequence[str],
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+    locked: bool | None = None,
+) -> str:
+    """The HTML block page. ``tz``: the site's zone for times; ``locked``: whether the category
+    is locked (None: read from the decision's rule)."""
+    now = now or datetime.now(UTC)
+    local_now = now.astimezone(tz) if tz is not None else now
+    variant = _variant(decision, locked)
+    window = decision.window
+    request_link, report_link = portal_links(
+        portal_host=portal_host, url=url, category=decision.category, signed_ref=signed_ref
+    )
+    try:
+        host = urlsplit(url).hostname or url
+    except ValueError:
+        host = url
+    context: dict[str, Any] = {
+        "variant": variant,
+        "url": url,
+        "host": host,
+        "category": _label(decision.category) or "uncategorised",
+        "window_kind": WINDOW_LABELS.get(window.kind, _label(window.kind)) if window else None,
+        "window_name": window.name if window else None,
+        "until": describe_until(decision.until, now, tz) if variant in RULE_VARIANTS else None,
+        "until_known": decision.until is not None,
+        "reason": _readable_reason(decision),
+        "role": decision.identity.role,
+        "user": decision.identity.user,
+        "ref": ref,
+        "when": f"{local_now:%H:%M} on {local_now:%a} {local_now.day} {local_now:%b %Y}",
+        "advice": _advice_items(advice),
+        "request_link": request_link if variant in RULE_VARIANTS else None,
+        "report_link": report_link,
+    }
+    return _environment().get_template("block.html").render(context)
+
+
+def render_block_text(decision: Decision, *, url: str, ref: str) -> str:
+    """The short answer for XHR, images and API clients: one or two lines."""
+    if decision.error:
+        first = "Blocked by the school's filter: the filter failed, so access is blocked for safety"
+    else:
+        first = f"Blocked by the school's filter: {_label(decision.category) or 'blocked'}"
+    reason = " ".join(decision.reason.split())
+    return f"{first} ({ref})\n{reason}\n" if reason else f"{first} ({ref})\n"
+
+
+def block_response_parts(
+    decision: Decision,
+    *,
+    url: str,
+    ref: str,
+    signed_ref: str,
+    portal_host: str,
+    advice: Sequence[str],
+    headers: Mapping[str, str],
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+    locked: bool | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, response headers and body for a blocked request (HTML or plain text)."""
+    out = dict(SECURITY_HEADERS)
+    out["x-schoolgate-ref"] = ref
+    if wants_html(headers):
+        body = render_block_page(
+            decision,
+            url=url,
+            ref=ref,
+            signed_ref=signed_ref,
+            portal_host=portal_host,
+            advice=advice,
+            tz=tz,
+            now=now,
+            locked=locked,
+        )
+        out["content-type"] = "text/html; charset=utf-8"
+    else:
+        body = render_block_text(decision, url=url, ref=ref)
+        out["content-type"] = "text/plain; charset=utf-8"
+    return 403, out, body.encode("utf-8")
+
+
+__all__ = [
+    "block_response_parts",
+    "describe_until",
+    "load_or_create_secret",
+    "portal_links",
+    "render_block_page",
+    "render_block_text",
+    "sign_ref",
+    "verify_ref",
+    "wants_html",
+]
