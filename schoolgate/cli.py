@@ -126,7 +126,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{len(exc.issues)} error(s); the configuration was not loaded.", file=sys.stderr)
         return EXIT_FAIL
     stats = policy.matcher.stats()
-    print(f"OK: {policy.settings.config_path}")
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"OK: {policy.settings.config_path}"
+        + (f" ({len(policy.warnings)} warning(s))" if policy.warnings else "")
+    )
     print(f"  sites: {', '.join(policy.sites)}; roles: {', '.join(policy.roles)}")
     print(f"  categories: {', '.join(policy.categories)}; rules: {len(policy.rules)} entries")
     print(f"  list entries: {json.dumps(stats)}")

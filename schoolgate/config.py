@@ -99,6 +99,7 @@ def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None =
     policy = _build(root, base, data_dir, config_path, issues)
     issues.raise_if_any()
     assert policy is not None
+    policy.warnings = tuple(str(w) for w in sorted(issues.warnings))
     return policy
 
 

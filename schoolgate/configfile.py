@@ -137,12 +137,20 @@ class ConfigError(Exception):
 
 @dataclass
 class Issues:
-    """Collects configuration problems across files."""
+    """Collects configuration problems across files.
+
+    Errors (``add``) refuse the whole configuration. Warnings (``warn``) are reported but do
+    not: a bad line in a subscribed third-party list is skipped, not a reason to fail.
+    """
 
     items: list[ConfigIssue] = field(default_factory=list)
+    warnings: list[ConfigIssue] = field(default_factory=list)
 
     def add(self, file: str | Path, line: int | None, field_name: str, message: str) -> None:
         self.items.append(ConfigIssue(str(file), line or 0, field_name, message))
+
+    def warn(self, file: str | Path, line: int | None, field_name: str, message: str) -> None:
+        self.warnings.append(ConfigIssue(str(file), line or 0, field_name, message))
 
     def __bool__(self) -> bool:
         return bool(self.items)

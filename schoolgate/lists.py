@@ -117,26 +117,29 @@ class ParsedList:
 class _Reader:
     """Line parser state for one file: where entries go and how issues are reported."""
 
-    __slots__ = ("out", "issues", "display", "reported", "suppressed")
+    __slots__ = ("out", "issues", "display", "reported", "suppressed", "report")
 
-    def __init__(self, out: ParsedList, issues: Issues, display: str) -> None:
+    def __init__(self, out: ParsedList, issues: Issues, display: str, *, strict: bool) -> None:
         self.out = out
         self.issues = issues
         self.display = display
         self.reported = 0
         self.suppressed = 0
+        # A list file is often a third party's: its bad lines are skipped with a warning.
+        # Inline entries are the school's own config: a bad one is an error.
+        self.report = issues.add if strict else issues.warn
 
     def bad(self, line: int, message: str) -> None:
         self.out.skipped += 1
         if self.reported < MAX_ISSUES_PER_FILE:
             self.reported += 1
-            self.issues.add(self.display, line, "", message)
+            self.report(self.display, line, "", message)
         else:
             self.suppressed += 1
 
     def finish(self) -> None:
         if self.suppressed:
-            self.issues.add(
+            self.report(
                 self.display,
                 None,
                 "",
@@ -320,7 +323,7 @@ def _read_text(path: Path, issues: Issues, display: str) -> str | None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        issues.add(display, None, "", f"not UTF-8 ({exc.reason}); read as Latin-1")
+        issues.warn(display, None, "", f"not UTF-8 ({exc.reason}); read as Latin-1")
         text = data.decode("latin-1")
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -390,7 +393,7 @@ def _parse_squidguard(path: Path, issues: Issues, display: str) -> ParsedList:
         text = _read_text(file, issues, shown)
         if text is None:
             continue
-        reader = _Reader(out, issues, shown)
+        reader = _Reader(out, issues, shown, strict=False)
         if parse is None:
             _parse_lines(text, reader, "domains")
         else:
@@ -425,7 +428,7 @@ def parse_list(
     text = _read_text(path, issues, display)
     if text is None:
         return out
-    reader = _Reader(out, issues, display)
+    reader = _Reader(out, issues, display, strict=False)
     kind = fmt
     if fmt in ("auto", "squidguard"):
         kind = {"urls": "urls", "expressions": "expressions"}.get(path.name, "auto")
@@ -445,7 +448,7 @@ def parse_entries(entries: Iterable[tuple[str, int]], issues: Issues, *, source:
     """Inline entries from a YAML file: ``(text, line)`` pairs, each a domain, ``*.domain``,
     ``host/path`` or ``re:<regular expression>``."""
     out = ParsedList(source=source)
-    reader = _Reader(out, issues, source)
+    reader = _Reader(out, issues, source, strict=True)
     for text, line in entries:
         text = str(text).strip()
         if not text:

@@ -193,6 +193,7 @@ class Policy:
         self.age_matcher = age_matcher
         self.age_restrictions = age_restrictions
         self.no_intercept_matcher = no_intercept_matcher
+        self.warnings: tuple[str, ...] = ()  # skipped list lines etc., set by the loader
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple, datetime | None] = {}
 

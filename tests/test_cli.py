@@ -319,3 +319,30 @@ def test_allow_is_audited(config, capsys):
         ("it.support", "exception.revoke"),
     ]
     assert "Revision video" in rows[0].detail
+
+
+def test_bad_lines_in_a_subscribed_list_are_warnings_not_a_refusal(tmp_path, capsys):
+    # UT1's vpn list (real, third-party) has lines that are not valid domains.
+    ut1 = Path(__file__).resolve().parents[2] / "shared" / "list-samples" / "ut1" / "vpn"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("good-vpn.example\nnot a domain\n")
+    categories = {
+        "circumvention": {"lists": [str(ut1), str(bad)]},
+        "social_media": {"entries": ["facebook.com"]},
+    }
+    path = write_config(tmp_path, {"categories": categories, "rules": [], "age_restrictions": None})
+    code, out, err = run(capsys, "check-config", path)
+    assert code == 0, err
+    assert "warning(s)" in out
+    assert "bad.txt:2" in err and "warning:" in err
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "http://good-vpn.example/",
+        "--role",
+        "student",
+        "--json",
+        "--config",
+        path,
+    )
+    assert json.loads(out)["category"] == "circumvention"
