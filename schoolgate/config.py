@@ -78,9 +78,10 @@ def _relative(path_text: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _display(path: Path) -> str:
+def _display(path: Path, base: Path) -> str:
+    """How a file is named in messages: relative to the config's folder when inside it."""
     try:
-        return os.path.relpath(path)
+        return str(path.resolve().relative_to(base))
     except ValueError:
         return str(path)
 
@@ -90,7 +91,7 @@ def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None =
     config_path = Path(path) if path else DEFAULT_CONFIG
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     issues = Issues()
-    shown = _display(config_path)
+    shown = str(config_path)
     data = load_yaml(config_path, issues, shown=shown)
     if data is None:
         issues.raise_if_any()
@@ -156,7 +157,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             if tt_text:
                 tt_path = _relative(tt_text, base)
                 timetable = load_timetable(
-                    tt_path, issues, site=name, display_path=_display(tt_path)
+                    tt_path, issues, site=name, display_path=_display(tt_path, base)
                 )
                 if timetable is not None:
                     timetables[name] = timetable
@@ -216,7 +217,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         roster_text = identity.text("roster")
         if roster_text:
             roster_path = _relative(roster_text, base)
-            roster_source = _display(roster_path)
+            roster_source = _display(roster_path, base)
             roster = load_roster(
                 roster_path,
                 issues,
@@ -397,9 +398,9 @@ def _lists_of(sec: Section, base: Path, issues: Issues) -> list:
     for text, line, field in sec.strings("lists"):
         path = _relative(text, base)
         if not path.exists():
-            issues.add(sec.file, line, field, f"list file not found: {_display(path)}")
+            issues.add(sec.file, line, field, f"list file not found: {_display(path, base)}")
             continue
-        parsed.append(parse_list(path, issues, fmt=fmt, display_path=_display(path)))
+        parsed.append(parse_list(path, issues, fmt=fmt, display_path=_display(path, base)))
     entries = [(text, line) for text, line, _ in sec.strings("entries") if text]
     if entries:
         parsed.append(parse_entries(entries, issues, source=sec.file))
@@ -442,7 +443,7 @@ def _age_restrictions(root: Section, base: Path, issues: Issues):
     if isinstance(value, str):
         # A file of its own (the shipped blocklists/age_restrictions.yaml): a list at the top.
         path = _relative(value, base)
-        shown = _display(path)
+        shown = _display(path, base)
         loaded = load_yaml_value(path, issues, shown=shown)
         if loaded is None:
             return None, {}
