@@ -29,6 +29,17 @@ DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
 LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
 
+# Sections read by the subsystems that own them (circumvention, bans, reports, ...); the policy
+# carries them as given in Settings.extra.
+EXTRA_SECTIONS = (
+    "circumvention",
+    "bans",
+    "notifications",
+    "reports",
+    "retention",
+    "teachers",
+    "safe_search",
+)
 TOP_KEYS = frozenset(
     {
         "database",
@@ -46,14 +57,7 @@ TOP_KEYS = frozenset(
         "privacy",
         "logging",
         "advice",
-        "safe_search",
-        "circumvention",
-        "bans",
-        "notifications",
-        "reports",
-        "retention",
-        "teachers",
-        "schoolgate",
+        *EXTRA_SECTIONS,
     }
 )
 
@@ -364,18 +368,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         read_only_blocked_paths=blocked_paths,
         read_only_without_interception=without_interception,
         advice=advice,
-        extra={
-            key: root.data.get(key)
-            for key in (
-                "circumvention",
-                "bans",
-                "notifications",
-                "reports",
-                "retention",
-                "teachers",
-                "safe_search",
-            )
-        },
+        extra={key: root.data.get(key) for key in EXTRA_SECTIONS},
     )
     return Policy(
         settings=settings,

@@ -55,7 +55,7 @@ from sqlalchemy.exc import (
 )
 
 from schoolgate.db import EventRow
-from schoolgate.hosts import normalize_host
+from schoolgate.hosts import is_google_host, normalize_host
 from schoolgate.model import Decision, RequestFacts
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,6 @@ def new_ref() -> str:
 
 
 # -- building events ---------------------------------------------------------------------------
-
-
-def _is_google(host: str) -> bool:
-    """``google.com``, ``www.google.co.uk``, ``images.google.com.au`` (not googleapis.com)."""
-    parts = host.split(".")
-    try:
-        index = parts.index("google")
-    except ValueError:
-        return False
-    tail = parts[index + 1 :]
-    return 1 <= len(tail) <= 2 and all(0 < len(label) <= 3 for label in tail)
 
 
 def _param(query: str, names: tuple[str, ...]) -> str | None:
@@ -123,7 +112,7 @@ def search_term_of(host: str, path: str | None) -> str | None:
     if host.startswith("www."):
         host = host[4:]
     if "google." in host:
-        if _is_google(host) and route in ("/search", "/images", "/webhp", "/", "/imghp"):
+        if is_google_host(host) and route in ("/search", "/images", "/webhp", "/", "/imghp"):
             return _param(query, ("q",))
         return None
     if host in ("bing.com", "cn.bing.com"):

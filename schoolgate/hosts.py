@@ -68,6 +68,17 @@ def _ipv6(text: str) -> str:
         return text.lower()
 
 
+def is_google_host(host: str) -> bool:
+    """``google.com``, ``www.google.co.uk``, ``images.google.com.au``; not ``googleapis.com``."""
+    parts = host.split(".")
+    try:
+        index = parts.index("google")
+    except ValueError:
+        return False
+    tail = parts[index + 1 :]
+    return 1 <= len(tail) <= 2 and all(0 < len(label) <= 3 for label in tail)
+
+
 def host_suffixes(host: str) -> list[str]:
     """``a.b.c`` -> ``["a.b.c", "b.c", "c"]``: the names a domain rule can match on."""
     parts = host.split(".")

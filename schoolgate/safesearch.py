@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
+from schoolgate.hosts import is_google_host
+
 YOUTUBE_HOSTS = frozenset(
     {
         "youtube.com",
@@ -85,17 +87,6 @@ class SafeSearchChange:
     what: str = ""
 
 
-def _is_google(host: str) -> bool:
-    """``google.com``, ``www.google.co.uk``, ``images.google.com.au``; not ``googleapis.com``."""
-    parts = host.split(".")
-    try:
-        index = parts.index("google")
-    except ValueError:
-        return False
-    tail = parts[index + 1 :]
-    return 1 <= len(tail) <= 2 and all(0 < len(label) <= 3 for label in tail)
-
-
 def force_params(path: str, values: dict[str, str | None]) -> str:
     """``path`` with every parameter named in ``values`` removed (whatever its case or
     percent-encoding), then ``name=value`` appended for each value that is not None. The
@@ -141,7 +132,7 @@ def enforce(
     if not safe_search or not path:
         return None
     if "google." in host:
-        if not _is_google(host):
+        if not is_google_host(host):
             return None
         route = path.partition("?")[0].lower()
         if route in GOOGLE_PATHS or (route == "/" and "?" in path):
