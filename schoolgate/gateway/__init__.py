@@ -1,0 +1,37 @@
+"""schoolgate's enforcing gateway: mitmproxy addons, and the runner behind ``schoolgate run``.
+
+One small addon per concern, in this order (each reads the ones before it):
+
+* :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change.
+* :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
+* :class:`~schoolgate.gateway.exception_cache.ExceptionCache`: exceptions in force.
+* :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download, portal placeholders.
+* :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
+"""
+
+from __future__ import annotations
+
+from schoolgate.gateway.enforce import Enforcement
+from schoolgate.gateway.exception_cache import ExceptionCache
+from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.pages import GatewayPages
+from schoolgate.gateway.recorder import Recorder
+
+__all__ = [
+    "Enforcement",
+    "ExceptionCache",
+    "GatewayPages",
+    "PolicyHolder",
+    "Recorder",
+    "make_addons",
+]
+
+
+def make_addons() -> list:
+    """A fresh, wired set of schoolgate's addons, in the order they must run."""
+    holder = PolicyHolder()
+    recorder = Recorder(holder)
+    exceptions = ExceptionCache(recorder)
+    pages = GatewayPages(holder, recorder)
+    enforcement = Enforcement(holder, exceptions, recorder)
+    return [holder, recorder, exceptions, pages, enforcement]

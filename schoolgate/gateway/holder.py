@@ -1,0 +1,233 @@
+"""The policy in force, and reloading it when its files change (or on SIGHUP).
+
+A config that is broken when the gateway starts stops it from starting (``OptionsError`` with
+every issue): there is never an open gateway. A reload that fails validation is logged with all
+its errors and the last good policy stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from mitmproxy import ctx, exceptions
+
+from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
+from schoolgate.configfile import ConfigError
+from schoolgate.policy import Policy
+
+log = logging.getLogger(__name__)
+
+MAX_WATCHED_FILES = 20_000
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def watched_files(config_path: Path) -> list[Path]:
+    """The config file and every existing file or folder it names (lists, timetables, roster).
+
+    Any string in the YAML that is the path of an existing file or folder (relative to the
+    config's folder) is watched; folders (squidGuard lists) with the files inside them.
+    """
+    config_path = Path(config_path)
+    found: dict[Path, None] = {config_path: None}
+    base = config_path.resolve().parent
+    pending = [config_path]
+    seen_yaml: set[Path] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen_yaml:
+            continue
+        seen_yaml.add(current)
+        try:
+            data = yaml.safe_load(current.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        for text in _strings(data):
+            if len(text) > 4096 or "\n" in text or "://" in text:
+                continue
+            path = Path(text).expanduser()
+            if not path.is_absolute():
+                path = base / path
+            try:
+                if path.is_file():
+                    found.setdefault(path, None)
+                    if path.suffix in (".yaml", ".yml"):
+                        pending.append(path)
+                elif path.is_dir() and path != base:
+                    found.setdefault(path, None)
+                    for root, _dirs, files in os.walk(path):
+                        for name in files:
+                            found.setdefault(Path(root) / name, None)
+                            if len(found) > MAX_WATCHED_FILES:
+                                return list(found)
+            except OSError:
+                continue
+    return list(found)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def fingerprint(paths: list[Path]) -> Fingerprint:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
+
+
+class PolicyHolder:
+    """Holds the :class:`Policy` in force; the other addons read ``holder.policy``."""
+
+    name = "schoolgate_policy"
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.config_path: Path = DEFAULT_CONFIG
+        self.data_dir: Path = default_data_dir()
+        self.generation = 0  # bumped on every successful (re)load
+        self.last_error: ConfigError | None = None
+        self._paths: list[Path] = []
+        self._fingerprint: Fingerprint = ()
+        self._hup = threading.Event()
+        self._lock = threading.Lock()
+        self._task: asyncio.Task | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "schoolgate_config",
+            str,
+            "",
+            "schoolgate's policy file (default: the shipped mitm_config.yaml).",
+        )
+        loader.add_option(
+            "schoolgate_data_dir",
+            str,
+            "",
+            "schoolgate's data folder: database, block-page secret (default: ./var).",
+        )
+        loader.add_option(
+            "schoolgate_reload_interval",
+            float,
+            2.0,
+            "Seconds between checks for changes to the policy files (0: only on SIGHUP).",
+        )
+
+    def configure(self, updated) -> None:
+        if "schoolgate_reload_interval" in updated and ctx.options.schoolgate_reload_interval < 0:
+            raise exceptions.OptionsError("schoolgate_reload_interval must not be negative")
+        if not ({"schoolgate_config", "schoolgate_data_dir"} & set(updated)):
+            return
+        config_path = Path(ctx.options.schoolgate_config or DEFAULT_CONFIG)
+        data_dir = Path(ctx.options.schoolgate_data_dir or default_data_dir())
+        if (
+            self.policy is not None
+            and config_path == self.config_path
+            and data_dir == self.data_dir
+        ):
+            return
+        paths = watched_files(config_path)
+        stamp = fingerprint(paths)
+        try:
+            policy = load_policy(config_path, data_dir=data_dir)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(
+                f"schoolgate: {config_path} has {len(exc.issues)} error(s); not starting:\n{exc}"
+            ) from None
+        except OSError as exc:
+            raise exceptions.OptionsError(f"schoolgate: cannot read {config_path}: {exc}") from None
+        self.config_path, self.data_dir = config_path, data_dir
+        self._install(policy, paths, stamp)
+        log.info("schoolgate: policy loaded from %s (%d files watched)", config_path, len(paths))
+
+    def preload(self, policy: Policy, config_path: Path, data_dir: Path) -> None:
+        """Use a policy already loaded (by the runner's check) from these paths."""
+        self.config_path, self.data_dir = Path(config_path), Path(data_dir)
+        paths = watched_files(self.config_path)
+        self._install(policy, paths, fingerprint(paths))
+
+    def _install(self, policy: Policy, paths: list[Path], stamp: Fingerprint) -> None:
+        self.policy = policy
+        self._paths, self._fingerprint = paths, stamp
+        self.generation += 1
+        self.last_error = None
+
+    # -- reloading -------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Reload at the next check, whether or not a file changed (SIGHUP)."""
+        log.info("schoolgate: reload requested")
+        self._hup.set()
+
+    def changed(self) -> bool:
+        return fingerprint(self._paths) != self._fingerprint
+
+    def reload(self, *, force: bool = False) -> bool | None:
+        """Reload if a watched file changed (or ``force``): True loaded, False refused,
+        None nothing to do. Blocking (lists can be large): call it off the event loop."""
+        with self._lock:
+            if not force and not self.changed():
+                return None
+            paths = watched_files(self.config_path)
+            stamp = fingerprint(paths)
+            try:
+                policy = load_policy(self.config_path, data_dir=self.data_dir)
+            except (ConfigError, OSError) as exc:
+                # Remember the broken state so that it is not retried until a file changes.
+                self._paths, self._fingerprint = paths, stamp
+                issues = getattr(exc, "issues", None) or [exc]
+                self.last_error = exc if isinstance(exc, ConfigError) else None
+                log.error(
+                    "schoolgate: reload of %s refused, %d error(s); the last good policy "
+                    "stays in force:\n%s",
+                    self.config_path,
+                    len(issues),
+                    "\n".join(str(i) for i in issues),
+                )
+                return False
+            self._install(policy, paths, stamp)
+            log.info("schoolgate: policy reloaded from %s", self.config_path)
+            return True
+
+    async def _watch(self) -> None:
+        while True:
+            interval = ctx.options.schoolgate_reload_interval
+            deadline = time.monotonic() + (interval or 3600)
+            while time.monotonic() < deadline and not self._hup.is_set():
+                await asyncio.sleep(min(0.25, interval or 0.25))
+            force = self._hup.is_set()
+            self._hup.clear()
+            try:
+                await asyncio.to_thread(self.reload, force=force)
+            except Exception:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("schoolgate: policy reload failed")
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._watch())
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError, AttributeError, ValueError):
+            pass  # not the main thread, or no SIGHUP here (Windows)
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

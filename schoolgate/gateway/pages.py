@@ -1,0 +1,271 @@
+"""Pages the gateway serves itself: the PAC file (``/proxy.pac``, WPAD ``/wpad.dat``), the
+school's CA certificate with install instructions, and placeholders for the access-request
+portal.
+
+They answer requests to the portal host name (``schoolgate.internal`` by default; no DNS
+entry is needed for devices using the proxy), to ``wpad``/``wpad.<domain>`` for ``/wpad.dat``,
+and to the gateway's own address and port (a browser fetching the PAC file directly).
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from mitmproxy import ctx, exceptions, http
+
+from schoolgate.gateway.flowinfo import header_host
+from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+PAC_TYPE = "application/x-ns-proxy-autoconfig"
+PAC_PATHS = frozenset({"/proxy.pac", "/wpad.dat", "/wpad.da"})
+DEFAULT_DIRECT = (
+    "localhost",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+)
+CA_BASENAME = "mitmproxy-ca-cert.pem"  # what mitmproxy writes into its confdir
+CERT_NAME = "schoolgate-ca"
+_HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-store"}
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;
+line-height:1.5;color:#1b1b1b}}h1{{font-size:1.6rem}}code{{background:#f0f0f0;padding:0 .2rem}}
+.ref{{font-family:monospace;font-size:1.2rem}}</style></head>
+<body>{body}</body></html>
+"""
+
+_CA_BODY = """<h1>Install the school's web filter certificate</h1>
+<p>School devices need this certificate so that secure (HTTPS) sites work through the school's
+web filter, and so that blocked pages show an explanation instead of a security warning.
+IT Support normally installs it for you (Group Policy, Intune, Jamf or Google Admin).</p>
+<p><strong>Download:</strong>
+<a href="/ca/{name}.pem">{name}.pem</a> (PEM: Linux, macOS, iOS, Android, Firefox) &middot;
+<a href="/ca/{name}.crt">{name}.crt</a> (DER: Windows, ChromeOS)</p>
+<p>Fingerprint (SHA-256): <code>{fingerprint}</code><br>
+Check it matches the one IT Support published before you trust it.</p>
+<h2>Windows</h2><p>Open <code>{name}.crt</code>, choose <em>Install Certificate</em>,
+<em>Local Machine</em>, then <em>Place all certificates in the following store</em>:
+<em>Trusted Root Certification Authorities</em>. For many machines use Group Policy:
+<em>Computer Configuration &gt; Windows Settings &gt; Security Settings &gt; Public Key
+Policies &gt; Trusted Root Certification Authorities</em>.</p>
+<h2>macOS</h2><p>Open <code>{name}.pem</code> in Keychain Access (System keychain), open the
+certificate, expand <em>Trust</em> and set <em>When using this certificate</em> to <em>Always
+Trust</em>. Managed Macs: a Jamf or MDM configuration profile with the certificate.</p>
+<h2>iPhone and iPad</h2><p>Open this page in Safari, tap the <code>.pem</code> link, allow the
+profile, then <em>Settings &gt; General &gt; VPN &amp; Device Management</em> to install it, and
+<em>Settings &gt; General &gt; About &gt; Certificate Trust Settings</em> to turn on full
+trust.</p>
+<h2>Android</h2><p><em>Settings &gt; Security &gt; Encryption &amp; credentials &gt; Install a
+certificate &gt; CA certificate</em>, then pick the downloaded <code>.pem</code>. Many apps
+ignore user certificates: use managed devices (Android Enterprise) for school-wide trust.</p>
+<h2>ChromeOS</h2><p>In the Google Admin console: <em>Devices &gt; Networks &gt;
+Certificates</em>, upload <code>{name}.crt</code> and tick <em>Chromebook</em> as a certificate
+authority for HTTPS.</p>
+<h2>Linux</h2><p><code>sudo cp {name}.pem /usr/local/share/ca-certificates/{name}.crt &amp;&amp;
+sudo update-ca-certificates</code>. Firefox keeps its own store: <em>Settings &gt; Privacy
+&amp; Security &gt; Certificates &gt; View Certificates &gt; Authorities &gt; Import</em>.</p>
+<h2>Proxy settings</h2><p>Automatic configuration (PAC) URL:
+<code>http://{host}/proxy.pac</code> (also served as <code>/wpad.dat</code> for WPAD).</p>
+"""
+
+_PORTAL_BODY = """<h1>Not available yet</h1>
+<p>The access-request portal is coming in a later release of the school's web filter.</p>
+<p>Please contact IT Support{ref_text}.</p>
+"""
+
+
+def page(title: str, body: str) -> bytes:
+    return _PAGE.format(title=html.escape(title), body=body).encode()
+
+
+def pac_script(proxy: str, direct: Sequence[str]) -> str:
+    """A PAC file: DIRECT for plain host names and the ``direct`` domains and IP ranges (IP
+    ranges only match addresses written as such: the PAC never resolves names), the proxy for
+    everything else, with no DIRECT fallback (a filter that is down must not be bypassed)."""
+    nets, domains = [], []
+    for entry in direct:
+        try:
+            net = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            domains.append(entry.lower().lstrip("*").lstrip("."))
+        else:
+            if net.version == 4:
+                nets.append((str(net.network_address), str(net.netmask)))
+    lines = [
+        "// schoolgate: proxy auto-configuration",
+        "function FindProxyForURL(url, host) {",
+        "  host = host.toLowerCase();",
+        '  if (isPlainHostName(host)) return "DIRECT";',
+    ]
+    for domain in domains:
+        d = json.dumps(domain)
+        lines.append(
+            f'  if (host == {d} || dnsDomainIs(host, {json.dumps("." + domain)})) return "DIRECT";'
+        )
+    if nets:
+        lines.append("  if (/^\\d+\\.\\d+\\.\\d+\\.\\d+$/.test(host)) {")
+        for address, mask in nets:
+            lines.append(f'    if (isInNet(host, "{address}", "{mask}")) return "DIRECT";')
+        lines.append("  }")
+    lines.append(f"  return {json.dumps('PROXY ' + proxy)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _plain_ip(address: str) -> str:
+    return address[7:] if address.startswith("::ffff:") else address
+
+
+class GatewayPages:
+    name = "schoolgate_pages"
+
+    def __init__(self, holder: PolicyHolder, recorder: Recorder) -> None:
+        self.holder = holder
+        self.recorder = recorder
+        self._cert_cache: tuple[float, bytes, bytes, str] | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "schoolgate_pac_proxy",
+            str,
+            "",
+            "host:port of the gateway as clients reach it, written into the PAC file "
+            "(default: the address and port the client used).",
+        )
+        loader.add_option(
+            "schoolgate_pac_direct",
+            Sequence[str],
+            list(DEFAULT_DIRECT),
+            "Domains and IPv4 ranges the PAC file sends DIRECT (plain host names always are).",
+        )
+
+    def configure(self, updated) -> None:
+        if "schoolgate_pac_proxy" in updated and ctx.options.schoolgate_pac_proxy:
+            value = ctx.options.schoolgate_pac_proxy
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit():
+                raise exceptions.OptionsError(
+                    f"schoolgate_pac_proxy must be host:port, not {value!r}"
+                )
+
+    # -- which requests are ours ------------------------------------------------------------
+    def is_own(self, flow: http.HTTPFlow) -> bool:
+        host = header_host(flow.request) or flow.request.host.lower()
+        policy = self.holder.policy
+        if policy is not None and host == policy.settings.portal_host:
+            return True
+        if (host == "wpad" or host.startswith("wpad.")) and flow.request.path in PAC_PATHS:
+            return True
+        sock = flow.client_conn.sockname
+        if sock and flow.request.port == sock[1] and _plain_ip(host) == _plain_ip(str(sock[0])):
+            return True
+        return False
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or not self.is_own(flow):
+            return
+        flow.metadata["schoolgate_own"] = True
+        try:
+            flow.response = self.answer(flow)
+        except Exception as exc:  # noqa: BLE001 - never fall through to the internet
+            log.exception("schoolgate: gateway page %s failed", flow.request.path)
+            flow.response = http.Response.make(
+                500, page("Error", f"<h1>Error</h1><p>{html.escape(str(exc))}</p>"), _HTML
+            )
+
+    def answer(self, flow: http.HTTPFlow) -> http.Response:
+        parts = urlsplit(flow.request.path)
+        path = parts.path.rstrip("/") or "/"
+        if path in PAC_PATHS:
+            return http.Response.make(
+                200,
+                pac_script(self.proxy_address(flow), ctx.options.schoolgate_pac_direct),
+                {"content-type": PAC_TYPE, "cache-control": "max-age=300"},
+            )
+        if path in ("/", "/ca"):
+            return self.ca_page(flow)
+        if path.startswith("/ca/"):
+            return self.ca_file(path[4:])
+        if path in ("/request", "/report"):
+            from schoolgate.blockpage import verify_ref
+
+            signed = (parse_qs(parts.query).get("ref") or [""])[0][:200]
+            ref = verify_ref(self.recorder.secret, signed) or ""
+            ref_text = (
+                f', quoting reference <span class="ref">{html.escape(ref)}</span>' if ref else ""
+            )
+            return http.Response.make(
+                501, page("Not available yet", _PORTAL_BODY.format(ref_text=ref_text)), _HTML
+            )
+        return http.Response.make(
+            404,
+            page("Not found", '<h1>Not found</h1><p><a href="/">Start page</a></p>'),
+            _HTML,
+        )
+
+    def proxy_address(self, flow: http.HTTPFlow) -> str:
+        if ctx.options.schoolgate_pac_proxy:
+            return ctx.options.schoolgate_pac_proxy
+        sock = flow.client_conn.sockname
+        host = _plain_ip(str(sock[0])) if sock else ctx.options.listen_host or "127.0.0.1"
+        port = sock[1] if sock else (ctx.options.listen_port or 8080)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{port}"
+
+    # -- the CA certificate -------------------------------------------------------------------
+    def _cert(self) -> tuple[bytes, bytes, str]:
+        path = os.path.join(os.path.expanduser(ctx.options.confdir), CA_BASENAME)
+        mtime = os.stat(path).st_mtime
+        if self._cert_cache is None or self._cert_cache[0] != mtime:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+
+            with open(path, "rb") as fh:
+                pem = fh.read()
+            cert = x509.load_pem_x509_certificate(pem)
+            der = cert.public_bytes(serialization.Encoding.DER)
+            digest = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+            self._cert_cache = (mtime, pem, der, digest)
+        _, pem, der, digest = self._cert_cache
+        return pem, der, digest
+
+    def ca_page(self, flow: http.HTTPFlow) -> http.Response:
+        try:
+            _, _, digest = self._cert()
+        except OSError:
+            return http.Response.make(
+                503, page("Certificate", "<h1>No certificate yet</h1>"), _HTML
+            )
+        host = self.holder.policy.settings.portal_host if self.holder.policy else "gateway"
+        body = _CA_BODY.format(name=CERT_NAME, fingerprint=digest, host=html.escape(host))
+        return http.Response.make(200, page("School web filter certificate", body), _HTML)
+
+    def ca_file(self, name: str) -> http.Response:
+        pem, der, _ = self._cert()
+        if name == f"{CERT_NAME}.pem":
+            content, kind = pem, "application/x-x509-ca-cert"
+        elif name in (f"{CERT_NAME}.crt", f"{CERT_NAME}.cer", f"{CERT_NAME}.der"):
+            content, kind = der, "application/pkix-cert"
+        else:
+            return http.Response.make(404, page("Not found", "<h1>Not found</h1>"), _HTML)
+        return http.Response.make(
+            200,
+            content,
+            {"content-type": kind, "content-disposition": f"attachment; filename={name}"},
+        )

@@ -1,0 +1,100 @@
+"""The database and the decision log of the running gateway.
+
+Opens the policy's database when the policy is (re)loaded, starts the background
+:class:`~schoolgate.eventlog.EventLog` writer, and on shutdown flushes everything queued.
+Hooks only ever call :meth:`Recorder.record`, which never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import exceptions
+
+from schoolgate.gateway.holder import PolicyHolder
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 15.0
+
+
+class Recorder:
+    name = "schoolgate_recorder"
+
+    def __init__(self, holder: PolicyHolder) -> None:
+        self.holder = holder
+        self.sessions = None  # a sessionmaker once the database is open
+        self.eventlog = None
+        self.secret: bytes = b""
+        self._url: str | None = None
+        self._data_dir = None
+
+    def configure(self, updated) -> None:
+        policy = self.holder.policy
+        if policy is None:
+            return
+        self._open(policy.settings.database_url)
+        if self._data_dir != self.holder.data_dir:
+            from schoolgate.blockpage import load_or_create_secret
+
+            try:
+                self.holder.data_dir.mkdir(parents=True, exist_ok=True)
+                self.secret = load_or_create_secret(self.holder.data_dir)
+            except OSError as exc:
+                raise exceptions.OptionsError(
+                    f"schoolgate: cannot use the data folder {self.holder.data_dir}: {exc}"
+                ) from None
+            self._data_dir = self.holder.data_dir
+
+    def check_database(self) -> None:
+        """After a reload: follow a changed database URL (a failure keeps the old one)."""
+        policy = self.holder.policy
+        if policy is not None and policy.settings.database_url != self._url:
+            try:
+                self._open(policy.settings.database_url)
+            except exceptions.OptionsError as exc:
+                log.error("%s; still recording to the previous database", exc)
+
+    def _open(self, url: str) -> None:
+        if url == self._url:
+            return
+        from schoolgate.db import open_database
+        from schoolgate.eventlog import EventLog
+
+        try:
+            sessions = open_database(url)
+        except Exception as exc:  # noqa: BLE001 - any driver error means no log: refuse
+            raise exceptions.OptionsError(
+                f"schoolgate: cannot open the database {_safe_url(url)}: {exc}"
+            ) from None
+        old = self.eventlog
+        self.sessions = sessions
+        self.eventlog = EventLog(sessions)
+        self.eventlog.start()
+        self._url = url
+        if old is not None:
+            old.close(CLOSE_TIMEOUT)
+        log.info("schoolgate: recording decisions to %s", _safe_url(url))
+
+    def record(self, event: dict) -> None:
+        eventlog = self.eventlog
+        if eventlog is None:
+            log.warning("schoolgate: no decision log open; event %s not recorded", event.get("ref"))
+            return
+        eventlog.record(event)
+
+    def done(self) -> None:
+        if self.eventlog is not None:
+            log.info("schoolgate: flushing the decision log")
+            self.eventlog.close(CLOSE_TIMEOUT)
+            self.eventlog = None
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url.split("@")[-1]

@@ -1,0 +1,127 @@
+"""``schoolgate run``: mitmproxy in-process with schoolgate's addons on embedded defaults.
+
+* the policy: ``--config`` (default: the shipped ``mitm_config.yaml``); a config with errors
+  refuses to start, printing every error (never an open gateway);
+* the data folder: ``--data-dir`` (default ``./var``) holds the SQLite database, the block-page
+  secret and mitmproxy's CA (``<data-dir>/ca``);
+* ``connection_strategy=lazy``: blocked hosts are never contacted, block pages work over TLS;
+* ``block_global`` stays mitmproxy's default (clients with public addresses are refused): the
+  gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off.
+
+SIGTERM and SIGINT shut down cleanly (the decision log flushes everything queued); SIGHUP
+reloads the policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mitmproxy import exceptions, options
+from mitmproxy.tools.dump import DumpMaster
+
+from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
+from schoolgate.configfile import ConfigError
+from schoolgate.gateway import make_addons
+
+log = logging.getLogger(__name__)
+
+QUIET_LOGGERS = ("tornado", "asyncio", "hpack", "quic", "alembic", "sqlalchemy", "passlib")
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def mitm_options(args: argparse.Namespace, data_dir: Path) -> dict:
+    """The mitmproxy options schoolgate runs with."""
+    mode = getattr(args, "mode", None) or "regular"
+    opts = {
+        "listen_host": getattr(args, "listen_host", None) or "",
+        "listen_port": getattr(args, "listen_port", None) or 8080,
+        "mode": [mode],
+        "confdir": str((data_dir / "ca").resolve()),
+        "connection_strategy": "lazy",
+    }
+    allow_public = getattr(args, "allow_public_clients", False) or _truthy(
+        os.environ.get("SCHOOLGATE_ALLOW_PUBLIC_CLIENTS")
+    )
+    if allow_public:
+        opts["block_global"] = False
+    return opts
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    config_path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
+    # Validate before bringing anything up: a broken config never starts a gateway.
+    try:
+        policy = load_policy(config_path, data_dir=data_dir)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(
+            f"schoolgate: {len(exc.issues)} error(s) in the configuration; "
+            "the gateway was not started.",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"schoolgate: cannot read {config_path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "ca").mkdir(exist_ok=True)
+    except OSError as exc:
+        print(f"schoolgate: cannot create the data folder {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_serve(args, config_path, data_dir, policy))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, policy) -> int:
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet = bool(getattr(args, "quiet", False))
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=True, with_dumper=not quiet)
+    addons = make_addons()
+    holder = addons[0]
+    holder.preload(policy, config_path, data_dir)
+    try:
+        master.addons.add(*addons)
+        opts.update(
+            **mitm_options(args, data_dir),
+            schoolgate_config=str(config_path),
+            schoolgate_data_dir=str(data_dir),
+        )
+    except exceptions.OptionsError as exc:
+        print(f"schoolgate: {exc}", file=sys.stderr)
+        return 1
+
+    loop = asyncio.get_running_loop()
+
+    def stop(signame: str) -> None:
+        log.info("schoolgate: %s received, shutting down", signame)
+        master.shutdown()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop, sig.name)
+        except (NotImplementedError, RuntimeError):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(master.shutdown))
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        await master.run()
+    except SystemExit as exc:  # errorcheck: errors logged during startup
+        return int(exc.code or 1)
+    return 0

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures. Only the gateway's fixtures live here (other tests build their own
+configs with ``tests/policy_fixtures.py``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
+
+
+@pytest.fixture
+def gateway_config(tmp_path: Path) -> Path:
+    """A copy of ``tests/data/gateway`` (safe to edit): every day is one long lesson (UTC);
+    127.0.0.1 is a student, 127.0.0.2 a visitor whose HTTPS is not intercepted; roster user
+    alice is staff; social.test is social media (blocked for students), wiki.test read-only."""
+    folder = tmp_path / "config"
+    shutil.copytree(GATEWAY_DATA, folder)
+    return folder / "config.yaml"
+
+
+@pytest.fixture
+def gateway_data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "var"
+    folder.mkdir()
+    return folder
