@@ -476,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true", help="a JSON array of events")
     p.set_defaults(handler=cmd_events)
+
+    # Commands that live beside their subsystem.
+    from schoolgate.bans_cli import register as register_bans
+    from schoolgate.portal.commands import register as register_staff
+
+    register_bans(sub, _common)
+    register_staff(sub, _common)
     return parser
 
 

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.lists import Matcher, parse_entries, parse_list
@@ -355,6 +356,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         logging_sec.check_keys({"allowed_categories"})
         log_allowed = logging_sec.flag("allowed_categories", default=False)
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
+    circumvention = load_circumvention(root.section("circumvention"))
+    sanctions = load_sanctions(root.section("bans"), known_roles=roles)
 
     if issues:
         return None
@@ -368,6 +371,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         read_only_blocked_paths=blocked_paths,
         read_only_without_interception=without_interception,
         advice=advice,
+        circumvention=circumvention,
+        sanctions=sanctions,
         extra={key: root.data.get(key) for key in EXTRA_SECTIONS},
     )
     return Policy(

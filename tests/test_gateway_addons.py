@@ -13,6 +13,7 @@ from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
 from schoolgate.gateway import (
+    CircumventionGuard,
     Enforcement,
     ExceptionCache,
     GatewayPages,
@@ -34,6 +35,7 @@ class Gateway:
     recorder: Recorder
     exceptions: ExceptionCache
     pages: GatewayPages
+    guard: CircumventionGuard
     enforce: Enforcement
     config: Path
 

@@ -6,11 +6,14 @@ One small addon per concern, in this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
 * :class:`~schoolgate.gateway.exception_cache.ExceptionCache`: exceptions in force.
 * :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download, portal placeholders.
+* :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
+  sanctions, and the suspension page for banned users (before any other decision).
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
 """
 
 from __future__ import annotations
 
+from schoolgate.gateway.circumvention_addon import CircumventionGuard
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
@@ -18,6 +21,7 @@ from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.recorder import Recorder
 
 __all__ = [
+    "CircumventionGuard",
     "Enforcement",
     "ExceptionCache",
     "GatewayPages",
@@ -33,5 +37,6 @@ def make_addons() -> list:
     recorder = Recorder(holder)
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
+    guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
-    return [holder, recorder, exceptions, pages, enforcement]
+    return [holder, recorder, exceptions, pages, guard, enforcement]

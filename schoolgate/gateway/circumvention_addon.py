@@ -45,7 +45,6 @@ from schoolgate.bans import (
     Outcome,
     SanctionSettings,
     Supervision,
-    settings_from_extra,
     subject_for,
 )
 from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
@@ -150,11 +149,8 @@ class CircumventionGuard:
         if policy is None or self.holder.generation == self._generation:
             return
         self._generation = self.holder.generation
-        circ, sanctions, problems = settings_from_extra(
-            policy.settings.extra, known_roles=policy.roles, file=policy.settings.config_path
-        )
-        for problem in problems:
-            log.error("schoolgate: %s (using the default instead)", problem)
+        circ = policy.settings.circumvention or CircumventionSettings()
+        sanctions = policy.settings.sanctions or SanctionSettings()
         category = circ.category
         matcher = policy.matcher
 

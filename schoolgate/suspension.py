@@ -1,0 +1,163 @@
+"""The "your access is suspended" page (lockouts and supervised-only bans) and the one-time
+warning page of the first sanction stage.
+
+Same rules as the block page (:mod:`schoolgate.blockpage`): inline CSS only, no scripts or any
+other request, Jinja2 autoescape, strict CSP headers; an HTML page for browser navigations and
+one or two lines of text for everything else. The suspension page names the reason, since and
+until when, how to appeal, and the references to quote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
+
+from schoolgate.bans import BanState
+from schoolgate.blockpage import SECURITY_HEADERS, _environment, describe_until, wants_html
+
+SUSPENDED_STATUS = 403
+
+
+def _when(value: datetime, tz: tzinfo | None) -> str:
+    local = value.astimezone(tz) if tz is not None else value
+    return f"{local:%H:%M} on {local:%a} {local.day} {local:%b %Y}"
+
+
+def _who(ban: BanState) -> str:
+    if ban.subject_kind == "device":
+        return f"this device ({ban.subject_value})"
+    return ban.subject_value
+
+
+def render_suspended_page(
+    ban: BanState,
+    *,
+    url: str,
+    ref: str,
+    portal_host: str,
+    appeal: str,
+    essentials: Sequence[str] = (),
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+) -> str:
+    now = now or datetime.now(UTC)
+    context = {
+        "kind": ban.kind,
+        "reason": ban.reason,
+        "since": _when(ban.starts, tz),
+        "until": describe_until(ban.ends, now, tz) if ban.ends else "until it is lifted",
+        "url": url,
+        "appeal": appeal,
+        "essentials": list(essentials),
+        "portal_link": f"http://{portal_host}/",
+        "ban_ref": f"#{ban.id}" if ban.id is not None else ban.ref,
+        "ref": ref,
+        "when": _when(now, tz),
+        "who": _who(ban),
+    }
+    return _environment().get_template("suspended.html").render(context)
+
+
+def render_suspended_text(ban: BanState, *, ref: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    what = "suspended (supervised use only)" if ban.kind == "ban" else "paused"
+    until = describe_until(ban.ends, now, UTC) if ban.ends else "until lifted"
+    return f"Internet access {what} by the school's filter, {until} ({ref})\n{ban.reason}\n"
+
+
+def suspended_response_parts(
+    ban: BanState,
+    *,
+    url: str,
+    ref: str,
+    portal_host: str,
+    appeal: str,
+    headers: Mapping[str, str],
+    essentials: Sequence[str] = (),
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body for a request from a suspended user (HTML or plain text)."""
+    out = dict(SECURITY_HEADERS)
+    out["x-schoolgate-ref"] = ref
+    out["x-schoolgate-suspended"] = ban.kind
+    if wants_html(headers):
+        body = render_suspended_page(
+            ban,
+            url=url,
+            ref=ref,
+            portal_host=portal_host,
+            appeal=appeal,
+            essentials=essentials,
+            tz=tz,
+            now=now,
+        )
+        out["content-type"] = "text/html; charset=utf-8"
+    else:
+        body = render_suspended_text(ban, ref=ref, now=now)
+        out["content-type"] = "text/plain; charset=utf-8"
+    return SUSPENDED_STATUS, out, body.encode("utf-8")
+
+
+def render_warning_page(
+    summary: str,
+    *,
+    ref: str,
+    portal_host: str,
+    continue_url: str | None,
+    next_step: str = "",
+    who: str | None = None,
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+) -> str:
+    now = now or datetime.now(UTC)
+    context = {
+        "summary": summary,
+        "ref": ref,
+        "portal_link": f"http://{portal_host}/report?ref={ref}",
+        "continue_url": continue_url,
+        "next_step": next_step,
+        "who": who,
+        "when": _when(now, tz),
+    }
+    return _environment().get_template("warning.html").render(context)
+
+
+def warning_response_parts(
+    summary: str,
+    *,
+    url: str,
+    ref: str,
+    portal_host: str,
+    blocked: bool,
+    next_step: str = "",
+    who: str | None = None,
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """The warning page (HTML only: it is shown on a page load). ``blocked``: the page asked
+    for is itself blocked (403, no "continue" link); otherwise 200 with a link to continue."""
+    out = dict(SECURITY_HEADERS)
+    out["x-schoolgate-ref"] = ref
+    out["x-schoolgate-warning"] = "circumvention"
+    out["content-type"] = "text/html; charset=utf-8"
+    body = render_warning_page(
+        summary,
+        ref=ref,
+        portal_host=portal_host,
+        continue_url=None if blocked else url,
+        next_step=next_step,
+        who=who,
+        tz=tz,
+        now=now,
+    )
+    return (403 if blocked else 200), out, body.encode("utf-8")
+
+
+__all__ = [
+    "render_suspended_page",
+    "render_suspended_text",
+    "render_warning_page",
+    "suspended_response_parts",
+    "warning_response_parts",
+]

@@ -1,0 +1,368 @@
+"""The circumvention addon driven with mitmproxy's test helpers (no sockets): detection,
+events, the sanction ladder, suspension and warning pages, supervision, lifting, bursts and
+restarts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from mitmproxy.test import taddons, tflow, tutils
+
+from schoolgate.gateway import make_addons
+from schoolgate.gateway.circumvention_addon import CircumventionGuard
+from schoolgate.gateway.enforce import Enforcement
+
+STUDENT_IP = "127.0.0.1"
+VISITOR_IP = "127.0.0.2"
+
+CATEGORY = """
+  circumvention:
+    description: Proxies and VPNs (test)
+    lists: [circumvention.txt]
+"""
+SECTIONS = """
+circumvention:
+  detectors: all
+bans:
+  window_minutes: 10
+  repeat_minutes: 2
+  stages:
+    - {points: 1, action: warn}
+    - {points: 2, action: lockout, minutes: 5}
+    - {points: 3, action: ban, minutes: 10080}
+  essentials: [essential.test]
+  roles: [student]
+"""
+CIRCUMVENTION_RULE = '  - {roles: "*", windows: "*", categories: [circumvention], action: block}\n'
+
+
+def add_circumvention_config(config: Path) -> None:
+    """The gateway test config plus a circumvention list (proxyN.test, vpn.test), its rule,
+    and the circumvention and bans sections."""
+    (config.parent / "circumvention.txt").write_text(
+        "proxy1.test\nproxy2.test\nproxy3.test\nproxy4.test\nvpn.test\n", encoding="utf-8"
+    )
+    text = config.read_text(encoding="utf-8")
+    text = text.replace("categories:\n", "categories:" + CATEGORY, 1)
+    text = text.replace("rules:\n", "rules:\n" + CIRCUMVENTION_RULE, 1)
+    config.write_text(text + SECTIONS, encoding="utf-8")
+
+
+@dataclass
+class GW:
+    tctx: taddons.context
+    addons: list
+    guard: CircumventionGuard
+    enforce: Enforcement
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        from schoolgate.events import list_events
+
+        recorder = self.guard.recorder
+        assert recorder.eventlog.flush(30)
+        with recorder.sessions() as session:
+            return list_events(session, kind=kind, limit=None)
+
+    def run(self, flow) -> None:
+        """The request through the addons in their order (pages, guard, enforcement)."""
+        for addon in self.addons:
+            hook = getattr(
+                addon, "http_connect" if flow.request.method == "CONNECT" else "request", None
+            )
+            if hook is not None and not isinstance(addon, type):
+                hook(flow)
+        if flow.request.method != "CONNECT":
+            self.guard.response(flow)
+
+
+@pytest.fixture
+def gw(gateway_config: Path, gateway_data_dir: Path):
+    add_circumvention_config(gateway_config)
+    addons = make_addons()
+    guard = next((a for a in addons if isinstance(a, CircumventionGuard)), None)
+    if guard is None:  # not wired into make_addons yet: place it before Enforcement
+        guard = CircumventionGuard(addons[0], addons[1])
+        index = next(i for i, a in enumerate(addons) if isinstance(a, Enforcement))
+        addons.insert(index, guard)
+    enforce = next(a for a in addons if isinstance(a, Enforcement))
+    with taddons.context(*addons) as tctx:
+        tctx.configure(
+            addons[0],
+            schoolgate_config=str(gateway_config),
+            schoolgate_data_dir=str(gateway_data_dir),
+            confdir=str(gateway_data_dir / "ca"),
+        )
+        guard.refresh()
+        yield GW(tctx, addons, guard, enforce)
+        guard.done()
+        addons[1].done()
+
+
+def http_flow(
+    host: str,
+    path: str = "/",
+    *,
+    ip: str = STUDENT_IP,
+    scheme: str = "http",
+    port: int | None = None,
+    user: str | None = None,
+    page: bool = True,
+):
+    port = port or (443 if scheme == "https" else 80)
+    req = tutils.treq(
+        method=b"GET",
+        scheme=scheme.encode(),
+        host=host,
+        port=port,
+        path=path.encode(),
+        authority=b"",
+    )
+    req.headers["Host"] = host
+    if page:
+        req.headers["Accept"] = "text/html,application/xhtml+xml"
+        req.headers["Sec-Fetch-Mode"] = "navigate"
+        req.headers["Sec-Fetch-Dest"] = "document"
+    flow = tflow.tflow(req=req)
+    flow.response = None
+    flow.client_conn.peername = (ip, 40000)
+    flow.client_conn.sockname = ("127.0.0.1", 8080)
+    flow.client_conn.sni = host if scheme == "https" else None
+    if user:
+        flow.metadata["proxyauth"] = (user, "pw")
+    return flow
+
+
+def connect_flow(host: str, *, ip: str = STUDENT_IP, port: int = 443):
+    flow = http_flow(host, ip=ip, port=port, page=False)
+    flow.request.method = "CONNECT"
+    flow.request.path = ""
+    flow.request.authority = f"{host}:{port}"
+    return flow
+
+
+def test_event_recorded_with_evidence_and_warning_once(gw: GW):
+    flow = http_flow("proxy1.test", "/browse.php?u=x")
+    gw.run(flow)
+    # the first stage: a warning page (403: the page itself is blocked), shown once
+    assert flow.response.status_code == 403
+    assert flow.response.headers["x-schoolgate-warning"] == "circumvention"
+    assert b"get round the school" in flow.response.content
+    events = gw.events("circumvention")
+    assert len(events) == 1
+    e = events[0]
+    assert (e["user"], e["client_ip"], e["role"], e["host"], e["action"]) == (
+        None,
+        STUDENT_IP,
+        "student",
+        "proxy1.test",
+        "warn",
+    )
+    assert e["url"] == "http://proxy1.test/browse.php?u=x"
+    assert e["detail"]["detector"] == "listed_host" and e["detail"]["severity"] == 2
+    assert e["detail"]["evidence"]["list_entry"] == "proxy1.test"
+    assert e["detail"]["sanction"]["subject"] == "device:127.0.0.1"
+    assert e["at"] and e["reason"]
+    again = http_flow("example.org")
+    gw.run(again)
+    assert again.response is None  # no second warning; normal policy (allowed)
+
+
+def test_dedup_per_connection(gw: GW):
+    first = http_flow("proxy1.test", page=False)
+    gw.run(first)
+    second = http_flow("proxy1.test", "/other", page=False)
+    second.client_conn = first.client_conn
+    gw.run(second)
+    assert len(gw.events("circumvention")) == 1
+
+
+def _attempts(gw: GW, hosts, *, ip: str = STUDENT_IP, user: str | None = None):
+    for host in hosts:
+        gw.run(http_flow(host, page=False, ip=ip, user=user))
+
+
+def test_ladder_to_ban_then_suspension_supervision_lift(gw: GW):
+    from schoolgate.bans_store import (
+        ban_history,
+        lift_ban,
+        list_bans,
+        start_supervision,
+    )
+
+    _attempts(gw, ["proxy1.test", "proxy2.test"])
+    locked = http_flow("example.org")
+    gw.run(locked)
+    assert locked.response.status_code == 403
+    assert locked.response.headers["x-schoolgate-suspended"] == "lockout"
+    _attempts(gw, ["proxy3.test"])
+    actions = [e["action"] for e in gw.events("circumvention")]
+    assert actions == ["warn", "lockout", "ban"]
+
+    # an otherwise allowed site: the suspension page, naming the reason and the appeal
+    flow = http_flow("example.org", "/homework")
+    gw.run(flow)
+    assert flow.response.status_code == 403
+    assert flow.response.headers["x-schoolgate-suspended"] == "ban"
+    body = flow.response.content.decode()
+    assert "suspended" in body and "supervis" in body and "appeal" in body.lower()
+    assert "stage 3" in body
+    # text for non-page requests
+    xhr = http_flow("example.org", "/api", page=False)
+    gw.run(xhr)
+    assert xhr.response.status_code == 403
+    assert xhr.response.headers["content-type"].startswith("text/plain")
+    # essentials and the portal stay open
+    ok = http_flow("essential.test")
+    gw.run(ok)
+    assert ok.response is None
+    portal = http_flow("schoolgate.internal", "/")
+    gw.guard.request(portal)
+    assert portal.response is None or "x-schoolgate-suspended" not in portal.response.headers
+    assert gw.events("suspended")  # page loads while suspended are recorded
+
+    # the ban reaches the database (with its audit) and survives a refresh
+    assert gw.guard.save_pending()
+    with gw.guard.recorder.sessions() as s:
+        bans = list_bans(s)
+        assert [(b.kind, b.subject) for b in bans] == [
+            ("lockout", "device:127.0.0.1"),
+            ("ban", "device:127.0.0.1"),
+        ]
+        ban_id = bans[1].id
+        assert len(json_list(bans[1].events)) == 3
+    assert gw.guard.refresh()
+    assert gw.guard.book.ban_for("device:127.0.0.1", datetime.now(UTC)).id == ban_id
+
+    # supervision: browse under the normal policy, every request logged against the session
+    with gw.guard.recorder.sessions() as s:
+        sup = start_supervision(
+            s, "device:127.0.0.1", by="mr.jones", minutes=30, reason="ICT lesson"
+        )
+        s.commit()
+        sup_id = sup.id
+    gw.guard.refresh()
+    allowed = http_flow("example.org", "/lesson")
+    gw.run(allowed)
+    assert allowed.response is None
+    blocked = http_flow("social.test", "/")
+    gw.run(blocked)
+    assert blocked.response.status_code == 403  # the normal policy still applies
+    supervised = gw.events("supervised")
+    assert [(e["host"], e["action"], e["detail"]["supervision_id"]) for e in supervised] == [
+        ("example.org", "allow", sup_id),
+        ("social.test", "block", sup_id),
+    ]
+    assert supervised[0]["rule"] == f"supervision #{sup_id} by mr.jones"
+
+    # lifted: access returns
+    with gw.guard.recorder.sessions() as s:
+        lift_ban(s, ban_id, by="it.support", reason="appeal upheld")
+        s.commit()
+        history = [a.action for a in ban_history(s, ban_id)]
+    assert history == ["ban.create", "supervision.start", "ban.lift"]
+    with gw.guard.recorder.sessions() as s:  # the lockout ended with the ban
+        assert [a.action for a in ban_history(s, bans[0].id)][-1] == "lockout.lift"
+    gw.guard.refresh()
+    back = http_flow("example.org")
+    gw.run(back)
+    assert back.response is None
+
+
+def json_list(text: str) -> list:
+    import json
+
+    return json.loads(text)
+
+
+def test_ban_expires(gw: GW):
+    _attempts(gw, ["proxy1.test", "proxy2.test", "proxy3.test"])
+    later = datetime.now(UTC) + timedelta(days=7, minutes=1)
+    gw.guard.clock = lambda: later
+    flow = http_flow("example.org")
+    gw.run(flow)
+    assert flow.response is None
+
+
+def test_staff_are_alerted_not_banned(gw: GW):
+    _attempts(gw, ["proxy1.test", "proxy2.test", "proxy3.test", "proxy4.test"], user="alice")
+    events = gw.events("circumvention")
+    assert {e["action"] for e in events} == {"alert"}
+    assert {e["user"] for e in events} == {"alice"} and events[0]["role"] == "staff"
+    assert len(gw.guard.book) == 0
+
+
+def test_user_ban_follows_the_user_not_the_device(gw: GW):
+    _attempts(gw, ["proxy1.test", "proxy2.test", "proxy3.test"], user="ben")
+    assert gw.guard.book.ban_for("user:ben", datetime.now(UTC)) is not None
+    other = http_flow("example.org", ip="10.20.0.9", user="ben")
+    gw.run(other)
+    assert other.response.status_code == 403
+    anon = http_flow("example.org")  # same device, nobody signed in
+    gw.run(anon)
+    assert anon.response is None
+
+
+def test_suspended_device_not_intercepted_is_refused_at_connect(gw: GW):
+    from schoolgate.bans_store import add_ban
+
+    with gw.guard.recorder.sessions() as s:
+        add_ban(s, VISITOR_IP, by="it.support", minutes=60, reason="by hand")
+        s.commit()
+    gw.guard.refresh()
+    flow = connect_flow("example.org", ip=VISITOR_IP)
+    gw.run(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert b"suspended" in flow.response.content
+
+
+def test_connect_stage_detection(gw: GW):
+    flow = connect_flow("vpn.test", port=1194)
+    gw.run(flow)
+    kinds = {(e["detail"]["detector"], e["detail"]["stage"]) for e in gw.events("circumvention")}
+    assert ("listed_host", "connect") in kinds and ("odd_port", "connect") in kinds
+
+
+def test_burst_of_thousands_of_events_nothing_lost(gw: GW):
+    n = 3000
+    started = time.perf_counter()
+    for i in range(n):
+        gw.guard.request(http_flow(f"proxy{1 + i % 4}.test", f"/p{i}", page=False))
+    elapsed = time.perf_counter() - started
+    events = gw.events("circumvention")
+    assert len(events) == n
+    assert len({e["ref"] for e in events}) == n
+    print(
+        f"{n} circumvention events through the hook in {elapsed:.2f}s "
+        f"({elapsed / n * 1e6:.0f} us each)"
+    )
+
+
+def test_restart_keeps_ladder_and_bans(gw: GW):
+    _attempts(gw, ["proxy1.test", "proxy2.test"])  # warn, lockout: 2 points
+    gw.guard.done()  # writes the lockout
+    fresh = CircumventionGuard(gw.guard.holder, gw.guard.recorder)
+    fresh._sync()
+    gw.guard.recorder.eventlog.flush(10)
+    assert fresh.replay_recent() == 2
+    assert fresh.ladder.total("device:127.0.0.1") == 2.0
+    assert fresh.refresh()
+    assert fresh.book.ban_for("device:127.0.0.1", datetime.now(UTC)).kind == "lockout"
+    gw.guard = fresh
+    gw.addons = [fresh if isinstance(a, CircumventionGuard) else a for a in gw.addons]
+    _attempts(gw, ["proxy3.test"])
+    assert fresh.book.ban_for("device:127.0.0.1", datetime.now(UTC)).kind == "ban"
+
+
+def test_guard_api_for_enforcement(gw: GW):
+    policy = gw.guard.holder.policy
+    identity = policy.identify(STUDENT_IP, None)
+    assert gw.guard.suspended(identity, "example.org") is None
+    _attempts(gw, ["proxy1.test", "proxy2.test", "proxy3.test"])
+    assert gw.guard.suspended(identity, "example.org").kind == "ban"
+    assert gw.guard.suspended(identity, "essential.test") is None
+    assert gw.guard.suspended(identity, "schoolgate.internal") is None
+    assert gw.guard.supervision_for(identity) is None

@@ -1,0 +1,174 @@
+"""End to end through the real gateway (``schoolgate run`` in a subprocess, loopback): a
+student's repeated circumvention attempts produce the events, then the ban, then the suspension
+page on an otherwise allowed site; a supervision session lets them through and is logged; the
+gateway restarts and the ban holds; the ban is lifted and access returns.
+
+Needs the circumvention addon wired into ``schoolgate.gateway.make_addons`` and
+``schoolgate.bans_cli.register`` into ``schoolgate.cli`` (it fails, not skips, until then).
+127.0.0.1 is a student by network (tests/data/gateway/config.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.test_circumvention_addon import add_circumvention_config
+from tests.test_gateway_e2e import ROOT, Origin, free_port, wait_for, wait_port
+
+httpx = pytest.importorskip("httpx")
+HTML = {
+    "Accept": "text/html,application/xhtml+xml",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
+
+
+class Gateway:
+    def __init__(self, tmp: Path) -> None:
+        import shutil
+
+        folder = tmp / "config"
+        shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
+        self.config = folder / "config.yaml"
+        add_circumvention_config(self.config)
+        self.data_dir = tmp / "var"
+        self.log = tmp / "gateway.log"
+        self.port = free_port()
+        self.origin_server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+        threading.Thread(target=self.origin_server.serve_forever, daemon=True).start()
+        self.origin = f"http://127.0.0.1:{self.origin_server.server_address[1]}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "schoolgate.cli",
+                "run",
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(self.port),
+                "--quiet",
+            ],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        wait_port(self.port, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def get(self, url: str, **headers) -> httpx.Response:
+        with httpx.Client(proxy=f"http://127.0.0.1:{self.port}", timeout=10) as client:
+            return client.get(url, headers={**HTML, **headers})
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "schoolgate.cli",
+                *args,
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert out.returncode == 0, f"{args}: {out.stderr}"
+        return out.stdout
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = Gateway(tmp_path)
+    gw.start()
+    yield gw
+    gw.stop()
+    gw.origin_server.shutdown()
+
+
+def test_attempts_ban_suspension_supervision_restart_lift(gateway: Gateway) -> None:
+    gw = gateway
+    assert gw.get(gw.origin + "/before").status_code == 200
+
+    first = gw.get("http://proxy1.test/browse.php?u=x")
+    assert first.status_code == 403
+    assert first.headers.get("x-schoolgate-warning") == "circumvention", gw.log.read_text()
+    assert gw.get("http://proxy2.test/").status_code == 403
+    assert gw.get("http://proxy3.test/").status_code == 403
+
+    events = json.loads(gw.cli("events", "--kind", "circumvention", "--json"))
+    assert [e["action"] for e in events] == ["warn", "lockout", "ban"]
+    assert all(e["client_ip"] == "127.0.0.1" and e["role"] == "student" for e in events)
+    assert [e["host"] for e in events] == ["proxy1.test", "proxy2.test", "proxy3.test"]
+
+    page = gw.get(gw.origin + "/homework")
+    assert page.status_code == 403 and page.headers["x-schoolgate-suspended"] == "ban"
+    assert "suspended" in page.text and "appeal" in page.text.lower()
+
+    bans = wait_for(
+        lambda: [b for b in json.loads(gw.cli("bans", "list", "--json")) if b["kind"] == "ban"],
+        timeout=15,
+    )
+    assert bans and bans[0]["subject"] == "device:127.0.0.1"
+    ban_id = bans[0]["id"]
+
+    # a restart keeps the ban
+    gw.stop()
+    gw.start()
+    assert gw.get(gw.origin + "/after-restart").status_code == 403
+
+    # supervision lets them through under the normal policy, and is logged
+    gw.cli(
+        "supervise",
+        "device:127.0.0.1",
+        "--by",
+        "mr.jones",
+        "--minutes",
+        "30",
+        "--reason",
+        "ICT lesson",
+    )
+    assert wait_for(lambda: gw.get(gw.origin + "/supervised").status_code == 200, timeout=15)
+    assert gw.get("http://social.test/").status_code == 403  # the policy still applies
+    supervised = wait_for(
+        lambda: json.loads(gw.cli("events", "--kind", "supervised", "--json")), timeout=15
+    )
+    assert {e["host"] for e in supervised} >= {"127.0.0.1", "social.test"}
+    assert all(e["detail"]["staff"] == "mr.jones" for e in supervised)
+
+    # lifted: access returns, and the history shows every change
+    gw.cli("bans", "lift", str(ban_id), "--by", "it.support", "--reason", "appeal upheld")
+    assert wait_for(lambda: gw.get(gw.origin + "/lifted").status_code == 200, timeout=15)
+    shown = json.loads(gw.cli("bans", "show", str(ban_id), "--json"))
+    assert [h["action"] for h in shown["history"]] == [
+        "ban.create",
+        "supervision.start",
+        "ban.lift",
+    ]
+    assert len(shown["evidence"]) == 3
