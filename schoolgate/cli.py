@@ -479,10 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live beside their subsystem.
     from schoolgate.bans_cli import register as register_bans
+    from schoolgate.ops_cli import register as register_ops
     from schoolgate.portal.commands import register as register_staff
 
     register_bans(sub, _common)
     register_staff(sub, _common)
+    register_ops(sub, _common)
     return parser
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
+from schoolgate.jobs import read_notifications
 from schoolgate.lists import Matcher, parse_entries, parse_list
+from schoolgate.listupdate import read_list_updates
 from schoolgate.model import WINDOW_KINDS, Action
 from schoolgate.policy import (
     AgeRestriction,
@@ -23,6 +25,8 @@ from schoolgate.policy import (
     RuleRef,
     Settings,
 )
+from schoolgate.reports.build import read_reports
+from schoolgate.retention import read_retention
 from schoolgate.timetable import load_timetable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +44,8 @@ EXTRA_SECTIONS = (
     "retention",
     "teachers",
     "safe_search",
+    "list_updates",
+    "school_name",
 )
 TOP_KEYS = frozenset(
     {
@@ -358,6 +364,12 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
     circumvention = load_circumvention(root.section("circumvention"))
     sanctions = load_sanctions(root.section("bans"), known_roles=roles)
+    # Checked here so that `check-config` and a reload report them like any other error; the
+    # jobs, reports and purge read them again from Settings.extra when they run.
+    read_retention(root.section("retention"))
+    read_reports(root.section("reports"))
+    read_notifications(root.section("notifications"))
+    read_list_updates(root.section("list_updates"), base, categories)
 
     if issues:
         return None

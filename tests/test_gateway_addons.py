@@ -17,6 +17,7 @@ from schoolgate.gateway import (
     Enforcement,
     ExceptionCache,
     GatewayPages,
+    JobsAddon,
     PolicyHolder,
     Recorder,
     make_addons,
@@ -33,6 +34,7 @@ class Gateway:
     tctx: taddons.context
     holder: PolicyHolder
     recorder: Recorder
+    jobs: JobsAddon
     exceptions: ExceptionCache
     pages: GatewayPages
     guard: CircumventionGuard

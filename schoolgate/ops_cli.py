@@ -1,0 +1,361 @@
+"""Operations commands: reports, subject access and erasure, list updates, purge, jobs.
+
+Wired into ``schoolgate.cli.build_parser`` with ``ops_cli.register(sub, _common)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from schoolgate.configfile import ConfigError
+
+
+def _cli():
+    from schoolgate import cli
+
+    return cli
+
+
+def _fail(message: str) -> Exception:
+    return _cli().CommandError(message)
+
+
+def _context(args: argparse.Namespace, *, progress: bool | None = False):
+    from schoolgate.jobs import JobContext
+
+    cli = _cli()
+    policy = cli.load(args)
+    return policy, JobContext(policy=lambda: policy, sessions=cli.open_db(policy),
+                              progress=progress)  # fmt: skip
+
+
+def _settings(fn, policy):
+    try:
+        return fn(policy)
+    except ConfigError as exc:
+        raise _fail(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
+
+
+# -- report -------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from schoolgate.jobs import reports_folder
+    from schoolgate.reports.build import build_report, period_for, previous_period, reports_of
+    from schoolgate.reports.render import render_csv, write_report
+
+    policy, ctx = _context(args)
+    settings = _settings(reports_of, policy)
+    try:
+        on = date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        raise _fail(f"--date takes YYYY-MM-DD, got {args.date!r}") from None
+    if args.previous:
+        period = previous_period(args.period, policy, ctx.now())
+    else:
+        period = period_for(args.period, policy, on=on)
+    with ctx.sessions() as session:
+        report = build_report(session, period, policy=policy, settings=settings, now=ctx.now())
+    if args.format == "csv" and args.out is None:
+        sys.stdout.write(render_csv(report))
+        return 0
+    folder = args.out or reports_folder(policy, settings)
+    for path in write_report(report, Path(folder), (args.format,)):
+        print(path)
+    return 0
+
+
+# -- subject access and erasure -----------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from schoolgate.retention import export_user
+
+    policy, ctx = _context(args)
+    with ctx.sessions() as session:
+        data = export_user(session, args.user, policy=policy, now=ctx.now())
+    if args.html:
+        text = render_export_html(data)
+    else:
+        text = json.dumps(data, indent=2, default=str) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(args.out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def render_export_html(data: dict[str, Any]) -> str:
+    from markupsafe import escape
+
+    parts = [
+        "<!doctype html><html lang='en-GB'><head><meta charset='utf-8'>",
+        f"<title>Data held about {escape(data['subject'])}</title><style>"
+        "body{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:auto;padding:1rem}"
+        "table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccd;"
+        "padding:.2rem .4rem;text-align:left;vertical-align:top}th{background:#eef}"
+        "</style></head><body>",
+        f"<h1>Data held about {escape(data['subject'])}</h1>",
+        f"<p>Generated {escape(data['generated_at'])}. {escape(data['controller_note'])}</p>",
+    ]
+    if "roster" in data:
+        parts.append("<h2>School roster</h2><table>")
+        parts += [f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
+                  for k, v in data["roster"].items()]  # fmt: skip
+        parts.append("</table>")
+    titles = {
+        "events": "What the gateway recorded",
+        "exceptions": "Exceptions (allowed access) for or by this person",
+        "audit": "Audit trail entries about this person",
+        "requests_and_reports": "Access requests and content reports",
+        "bans": "Bans",
+        "staff_account": "Staff account",
+    }
+    for key, title in titles.items():
+        value = data.get(key)
+        parts.append(f"<h2>{escape(title)}</h2>")
+        if isinstance(value, str):
+            parts.append(f"<p><i>{escape(value)}</i></p>")
+            continue
+        if not value:
+            parts.append("<p><i>None held.</i></p>")
+            continue
+        columns = [c for c in value[0] if any(row.get(c) not in (None, "") for row in value)]
+        parts.append("<table><tr>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>")
+        for row in value:
+            cells = "".join(
+                f"<td>{escape(json.dumps(row.get(c)) if isinstance(row.get(c), dict) else row.get(c) if row.get(c) is not None else '')}</td>"  # noqa: E501
+                for c in columns
+            )
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from schoolgate.retention import erase_user, retention_of
+
+    policy, ctx = _context(args)
+    settings = _settings(retention_of, policy)
+    with ctx.sessions.begin() as session:
+        plan = erase_user(session, args.user, policy=policy, settings=settings, apply=args.yes,
+                          now=ctx.now(), actor=args.by or "schoolgate erase")  # fmt: skip
+    if args.json:
+        print(json.dumps({"applied": bool(args.yes), **plan.as_dict()}, indent=2))
+        return 0
+    verb = "Erased" if args.yes else "Would erase"
+    print(f"{verb} for {plan.subject}:")
+    for key, n in plan.erase.items():
+        print(f"  {key}: {n}")
+    if plan.keep:
+        print("Kept (exempt from erasure):")
+        for key, (n, why) in plan.keep.items():
+            print(f"  {key}: {n}\n    why: {why}")
+    if not args.yes:
+        print("Nothing was changed. Run again with --yes to erase.")
+    return 0
+
+
+# -- lists --------------------------------------------------------------------------------------
+def _print_results(results, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    for r in results:
+        if not as_json:
+            mark = "OK     " if r.accepted else "REFUSED"
+            print(f"{mark} {r.category}: {r.message} ({r.source} -> {r.file})")
+            for issue in r.issues[:5]:
+                print(f"        {issue}")
+    return 0 if all(r.accepted for r in results) else 1
+
+
+def cmd_lists_update(args: argparse.Namespace) -> int:
+    from schoolgate.listupdate import list_updates_of, update_all
+
+    policy, ctx = _context(args)
+    settings = _settings(list_updates_of, policy)
+    if not settings.sources:
+        raise _fail("no list sources configured (list_updates.sources in the config)")
+    with ctx.sessions.begin() as session:
+        results = update_all(settings, session=session, categories=args.category or None,
+                             progress=None if not args.no_progress else False,
+                             actor=args.by or "schoolgate lists update")  # fmt: skip
+    if not results:
+        raise _fail(f"no configured source for {', '.join(args.category)}")
+    return _print_results(results, args.json)
+
+
+def cmd_lists_import(args: argparse.Namespace) -> int:
+    from schoolgate.listupdate import audit_result, fetch_and_install, list_updates_of
+
+    policy, ctx = _context(args)
+    settings = _settings(list_updates_of, policy)
+    target = args.into
+    fmt = args.format
+    if target is None and not args.category:
+        raise _fail("say where the list goes: --category C or --into FILE")
+    if target is None:
+        match = [s for s in settings.sources if s.category == args.category]
+        if not match:
+            raise _fail(f"give --into FILE: no configured source for category {args.category!r}")
+        target, fmt = match[0].file, fmt or match[0].format
+    result = fetch_and_install(
+        str(args.source), Path(target), category=args.category or Path(target).stem,
+        fmt=fmt or "auto", max_shrink=settings.max_shrink if args.max_shrink is None
+        else args.max_shrink, progress=None if not args.no_progress else False, force=args.force,
+    )  # fmt: skip
+    with ctx.sessions.begin() as session:
+        audit_result(session, result, args.by or "schoolgate lists import")
+    return _print_results([result], args.json)
+
+
+def cmd_lists_stats(args: argparse.Namespace) -> int:
+    from schoolgate.listupdate import list_stats, list_updates_of
+
+    policy = _cli().load(args)
+    rows = list_stats(policy)
+    sources = {s.category: s.url for s in _settings(list_updates_of, policy).sources}
+    for row in rows:
+        row["update_url"] = sources.get(row["category"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        lock = " (locked)" if row["locked"] else ""
+        print(f"{row['category']:<16}{row['entries']:>10,} entries{lock}")
+        for src in row["sources"]:
+            print(f"{'':<18}{src}")
+        if row["update_url"]:
+            print(f"{'':<18}updated from {row['update_url']}")
+    return 0
+
+
+# -- purge and jobs -------------------------------------------------------------------------------
+def cmd_purge(args: argparse.Namespace) -> int:
+    from schoolgate.jobs import job_purge
+
+    _policy, ctx = _context(args)
+    result = job_purge(ctx)
+    deleted = result["deleted"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif not deleted:
+        print("nothing past its retention period")
+    else:
+        for key, n in deleted.items():
+            print(f"deleted {n} {key}")
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from schoolgate.jobs import job_triggers
+
+    policy = _cli().load(args)
+    for name, trigger in job_triggers(policy).items():
+        print(f"{name:<12} {trigger}")
+    return 0
+
+
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    from schoolgate.jobs import JOBS
+
+    _policy, ctx = _context(args, progress=None)
+    result = JOBS[args.name](ctx)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def register(sub: Any, common: Any) -> None:
+    """Add ``report``, ``export``, ``erase``, ``lists``, ``purge`` and ``jobs``."""
+    p = sub.add_parser("report", help="the e-safety report for a day, week or term")
+    common(p)
+    p.add_argument("--period", choices=("day", "week", "term"), default="day")
+    p.add_argument("--date", help="a day in the period (YYYY-MM-DD; default today)")
+    p.add_argument("--previous", action="store_true", help="the last complete day or week")
+    p.add_argument("--format", choices=("html", "csv"), default="html")
+    p.add_argument("--out", type=Path, help="folder (default: <data-dir>/reports; CSV "
+                   "without --out goes to standard output)")  # fmt: skip
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("export", help="everything held about a person (subject access)")
+    common(p)
+    p.add_argument("--user", required=True)
+    p.add_argument("--html", action="store_true", help="readable HTML instead of JSON")
+    p.add_argument("--out", help="write to this file instead of standard output")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("erase", help="erase a person's data (safeguarding evidence is kept)")
+    common(p)
+    p.add_argument("--user", required=True)
+    p.add_argument("--yes", action="store_true", help="really erase (default: say what would go)")
+    p.add_argument("--by", help="who asked for it (kept in the audit trail)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_erase)
+
+    lists = sub.add_parser("lists", help="category lists: update, import, stats")
+    lists_sub = lists.add_subparsers(dest="lists_command", metavar="ACTION", required=True)
+    p = lists_sub.add_parser("update", help="refresh lists from their configured URLs")
+    common(p)
+    p.add_argument("--category", action="append", help="only this category (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--by")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_lists_update)
+    p = lists_sub.add_parser("import", help="check a list file or URL and swap it in")
+    common(p)
+    p.add_argument("source", help="a file or an http(s):// URL")
+    p.add_argument("--category", help="its category (its configured file is replaced)")
+    p.add_argument("--into", type=Path, help="the list file to replace")
+    p.add_argument("--format", choices=("auto", "domains", "hosts", "adblock"))
+    p.add_argument("--max-shrink", type=float, help="refuse a list that shrinks by more")
+    p.add_argument("--force", action="store_true", help="accept even if it shrank")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--by")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_lists_import)
+    p = lists_sub.add_parser("stats", help="entries per category")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_lists_stats)
+
+    p = sub.add_parser("purge", help="delete records past their retention period")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_purge)
+
+    jobs = sub.add_parser("jobs", help="the scheduled jobs: list them, run one now")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    p = jobs_sub.add_parser("list", help="each job and when it runs")
+    common(p)
+    p.set_defaults(handler=cmd_jobs_list)
+    p = jobs_sub.add_parser("run", help="run one job now")
+    common(p)
+    p.add_argument(
+        "name", choices=("expire", "escalate", "lists", "report_day", "report_week", "purge")
+    )
+    p.set_defaults(handler=cmd_jobs_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m schoolgate.ops_cli ...``: the same commands before ``cli.py`` wires them."""
+    cli = _cli()
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "report" not in sub.choices:
+        register(sub, cli._common)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except cli.CommandError as exc:
+        print(f"schoolgate: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,610 @@
+"""The figures of a report, computed from the database.
+
+Everything is counted with SQL aggregates over the decision log (``events``), the exceptions and
+the audit trail; the portal's requests and content reports and the bans are included when their
+tables exist, and marked "not recorded" otherwise. An empty database gives an honest empty report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from schoolgate.configfile import Issues, Section
+from schoolgate.db import AuditRow, EventRow, utcnow
+from schoolgate.retention import extra_section, optional_table, parse_clock
+from schoolgate.store import list_exceptions
+
+PERIODS = ("day", "week", "term")
+# One attempt to get round the filter is curiosity; repeated attempts are worth a look.
+CIRCUMVENTION_REPEATS = 3
+OPEN_STATUSES = ("open", "escalated", "awaiting_slt")
+
+DEFAULT_CONCERN_CATEGORIES = (
+    "illegal",
+    "self_harm",
+    "suicide",
+    "extremism",
+    "radicalisation",
+    "weapons",
+    "drugs",
+    "adult",
+    "pornography",
+    "violence",
+    "gambling",
+)
+# Search terms that a designated safeguarding lead would want to see. A match is a prompt to
+# look, never a judgement.
+DEFAULT_CONCERN_TERMS = (
+    "suicide",
+    "kill myself",
+    "self harm",
+    "self-harm",
+    "how to die",
+    "overdose",
+    "cutting myself",
+    "want to die",
+    "anorexia",
+    "pro ana",
+    "make a bomb",
+    "buy a knife",
+    "buy drugs",
+    "nudes",
+    "groomed",
+    "run away from home",
+)
+
+
+# -- settings -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportSettings:
+    folder: str = "reports"  # under the data dir unless absolute
+    email: tuple[str, ...] = ()
+    daily_at: str | None = "07:00"
+    weekly_at: str | None = "07:30"  # Mondays, for the week before
+    top: int = 20
+    at_risk_roles: tuple[str, ...] = ("student",)
+    concern_categories: tuple[str, ...] = DEFAULT_CONCERN_CATEGORIES
+    concern_terms: tuple[str, ...] = DEFAULT_CONCERN_TERMS
+    many_blocks_per_day: int = 40
+    at_risk_max: int = 15
+    escalate_after_hours: float = 24.0  # for "overdue" open requests
+
+
+def read_reports(sec: Section | None) -> ReportSettings:
+    """Validate the ``reports`` section; problems go to ``sec.issues`` (defaults kept)."""
+    if sec is None:
+        return ReportSettings()
+    sec.check_keys(
+        {"folder", "email", "daily_at", "weekly_at", "top", "at_risk", "escalate_after_hours"}
+    )
+    values: dict[str, Any] = {}
+    folder = sec.text("folder")
+    if folder:
+        values["folder"] = folder
+    emails = []
+    for text, line, field_name in sec.strings("email"):
+        if "@" not in text:
+            sec.issues.add(sec.file, line, field_name, f"expected an e-mail address, got {text!r}")
+        else:
+            emails.append(text)
+    values["email"] = tuple(emails)
+    for key in ("daily_at", "weekly_at"):
+        if sec.data.get(key) is False:
+            values[key] = None  # "daily_at: false" turns that report off
+        else:
+            values[key] = sec.parse(
+                key, parse_clock, "a time such as 07:00 (or false)", default=getattr(
+                    ReportSettings, key)
+            )  # fmt: skip
+    values["top"] = sec.number("top", default=20, minimum=1, maximum=500)
+    hours = sec.get("escalate_after_hours", (int, float), "a number of hours", default=24)
+    values["escalate_after_hours"] = float(hours)
+    risk = sec.section("at_risk")
+    if risk is not None:
+        risk.check_keys(
+            {"roles", "concern_categories", "concern_terms", "many_blocks_per_day", "max"}
+        )
+        if "roles" in risk:
+            values["at_risk_roles"] = tuple(t for t, _, _ in risk.strings("roles"))
+        if "concern_categories" in risk:
+            values["concern_categories"] = tuple(
+                t for t, _, _ in risk.strings("concern_categories")
+            )
+        if "concern_terms" in risk:
+            values["concern_terms"] = tuple(
+                t.lower() for t, _, _ in risk.strings("concern_terms") if t
+            )
+        values["many_blocks_per_day"] = risk.number("many_blocks_per_day", default=40, minimum=1)
+        values["at_risk_max"] = risk.number("max", default=15, minimum=1, maximum=200)
+    return ReportSettings(**values)
+
+
+def reports_of(policy: Any) -> ReportSettings:
+    if policy is None:
+        return ReportSettings()
+    issues = Issues()
+    settings = read_reports(extra_section(policy, "reports", issues))
+    issues.raise_if_any()
+    return settings
+
+
+# -- periods --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Period:
+    kind: str
+    start: datetime  # aware, inclusive
+    end: datetime  # aware, exclusive
+    label: str
+    tz: tzinfo
+
+    @property
+    def days(self) -> float:
+        return max((self.end - self.start).total_seconds() / 86400, 1 / 24)
+
+    def slug(self) -> str:
+        return f"{self.kind}-{self.start.astimezone(self.tz).date().isoformat()}"
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz)
+
+
+def period_for(kind: str, policy: Any = None, *, on: date | None = None,
+               tz: tzinfo | None = None) -> Period:  # fmt: skip
+    """The day, Monday-to-Sunday week, or term containing ``on`` (the site's local dates)."""
+    if kind not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {kind!r}")
+    timetable = None
+    if policy is not None:
+        timetable = policy.timetables[policy.resolver.default_site]
+        tz = tz or timetable.tz
+    tz = tz or ZoneInfo("Europe/London")
+    on = on or utcnow().astimezone(tz).date()
+    if kind == "day":
+        start, end = on, on + timedelta(days=1)
+        label = on.strftime("%A %d %B %Y")
+    elif kind == "week":
+        start = on - timedelta(days=on.weekday())
+        end = start + timedelta(days=7)
+        label = f"week beginning {start.strftime('%A %d %B %Y')}"
+    else:
+        starts = getattr(timetable, "_term_starts", ()) if timetable else ()
+        ends = getattr(timetable, "_term_ends", ()) if timetable else ()
+        span = next(((s, e) for s, e in zip(starts, ends, strict=False) if s <= on <= e), None)
+        if span is None:  # a holiday: the term before it
+            before = [(s, e) for s, e in zip(starts, ends, strict=False) if e < on]
+            span = before[-1] if before else (on - timedelta(days=90), on)
+        start, end = span[0], span[1] + timedelta(days=1)
+        label = f"term {start.strftime('%d %B %Y')} to {span[1].strftime('%d %B %Y')}"
+    return Period(kind, _midnight(start, tz), _midnight(end, tz), label, tz)
+
+
+def previous_period(kind: str, policy: Any, now: datetime) -> Period:
+    """The last complete day or week before ``now`` (what the scheduled report covers)."""
+    current = period_for(kind, policy, on=now.astimezone(_tz(policy)).date())
+    return period_for(kind, policy, on=(current.start - timedelta(hours=12)).date())
+
+
+def _tz(policy: Any) -> tzinfo:
+    if policy is None:
+        return ZoneInfo("Europe/London")
+    return policy.timetables[policy.resolver.default_site].tz
+
+
+# -- the report -----------------------------------------------------------------------------------
+@dataclass
+class Section_:
+    """An optional part of the report (a table another feature adds)."""
+
+    recorded: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    period: Period
+    generated_at: datetime
+    school: str = ""
+    totals: dict[str, int] = field(default_factory=dict)
+    blocks_by_category: list[tuple[str, int]] = field(default_factory=list)
+    blocks_by_window: list[tuple[str, int]] = field(default_factory=list)
+    blocks_by_role: list[tuple[str, int]] = field(default_factory=list)
+    blocks_by_group: list[tuple[str, int]] = field(default_factory=list)
+    blocks_by_day: list[tuple[str, int]] = field(default_factory=list)
+    blocks_by_hour: list[tuple[str, int]] = field(default_factory=list)
+    top_hosts: list[dict[str, Any]] = field(default_factory=list)
+    circumvention: dict[str, Any] = field(default_factory=dict)
+    bans: Section_ = field(default_factory=lambda: Section_(False))
+    requests: Section_ = field(default_factory=lambda: Section_(False))
+    content_reports: Section_ = field(default_factory=lambda: Section_(False))
+    exceptions: list[dict[str, Any]] = field(default_factory=list)
+    at_risk: list[dict[str, Any]] = field(default_factory=list)
+    list_updates: list[dict[str, Any]] = field(default_factory=list)
+    settings: ReportSettings = field(default_factory=ReportSettings)
+
+    @property
+    def empty(self) -> bool:
+        return not self.totals.get("events")
+
+
+def _label(value: Any) -> str:
+    return "(none)" if value in (None, "") else str(value)
+
+
+def _grouped(session: Session, column: Any, where: list[Any], limit: int | None = None):
+    query = (
+        select(column, func.count())
+        .where(*where)
+        .group_by(column)
+        .order_by(func.count().desc(), column)
+    )
+    if limit:
+        query = query.limit(limit)
+    return [(_label(k), int(n)) for k, n in session.execute(query)]
+
+
+def build_report(
+    session: Session,
+    period: Period,
+    *,
+    policy: Any = None,
+    settings: ReportSettings | None = None,
+    now: datetime | None = None,
+) -> Report:
+    settings = settings or reports_of(policy)
+    now = now or utcnow()
+    report = Report(period=period, generated_at=now, settings=settings)
+    if policy is not None:
+        report.school = str(policy.settings.extra.get("school_name") or "")
+    in_period = [EventRow.at >= period.start, EventRow.at < period.end]
+    blocks = [*in_period, EventRow.kind == "block"]
+    totals: dict[str, int] = {
+        kind: int(n)
+        for kind, n in session.execute(
+            select(EventRow.kind, func.count()).where(*in_period).group_by(EventRow.kind)
+        )
+    }
+    report.totals = {
+        "events": sum(totals.values()),
+        "blocks": totals.get("block", 0),
+        "allowed (logged)": totals.get("allow", 0),
+        "errors": totals.get("error", 0),
+        "circumvention": totals.get("circumvention", 0),
+        "people blocked": session.scalar(
+            select(func.count(func.distinct(EventRow.user))).where(*blocks)
+        )
+        or 0,
+        "devices blocked": session.scalar(
+            select(func.count(func.distinct(EventRow.client_ip))).where(*blocks)
+        )
+        or 0,
+    }
+    top = settings.top
+    report.blocks_by_category = _grouped(session, EventRow.category, blocks)
+    report.blocks_by_window = _grouped(session, EventRow.window, blocks)
+    report.blocks_by_role = _grouped(session, EventRow.role, blocks)
+    report.blocks_by_group = _grouped(session, EventRow.group, blocks, top)
+    # by local day / hour: read the times (one column) and bucket in the site's zone
+    by_day: Counter[str] = Counter()
+    by_hour: Counter[int] = Counter()
+    for (at,) in session.execute(select(EventRow.at).where(*blocks)):
+        local = at.astimezone(period.tz)
+        by_day[local.date().isoformat()] += 1
+        by_hour[local.hour] += 1
+    if period.kind != "day":
+        day = period.start.astimezone(period.tz).date()
+        last = (period.end - timedelta(seconds=1)).astimezone(period.tz).date()
+        while day <= last:
+            report.blocks_by_day.append((day.strftime("%a %d %b"), by_day.get(day.isoformat(), 0)))
+            day += timedelta(days=1)
+    report.blocks_by_hour = [(f"{h:02d}:00", by_hour.get(h, 0)) for h in range(24)]
+    host_rows = session.execute(
+        select(
+            EventRow.host,
+            func.count(),
+            func.count(func.distinct(EventRow.user)),
+            func.min(EventRow.category),
+        )
+        .where(*blocks)
+        .group_by(EventRow.host)
+        .order_by(func.count().desc(), EventRow.host)
+        .limit(top)
+    )
+    report.top_hosts = [
+        {"host": _label(h), "blocks": int(n), "people": int(u), "category": _label(c)}
+        for h, n, u, c in host_rows
+    ]
+    report.circumvention = _circumvention(session, in_period, top)
+    report.bans = _bans(session, period)
+    report.requests, report.content_reports = _requests(session, period, settings, now)
+    report.exceptions = _exceptions(session, period, now)
+    report.at_risk = _at_risk(session, period, settings, in_period)
+    report.list_updates = [
+        {
+            "at": r.at.astimezone(period.tz).strftime("%a %d %b %H:%M"),
+            "action": r.action,
+            "subject": r.subject,
+            **_json(r.detail),
+        }  # fmt: skip
+        for r in session.scalars(
+            select(AuditRow)
+            .where(AuditRow.at >= period.start, AuditRow.at < period.end)
+            .where(AuditRow.action.in_(("lists.update", "lists.refused")))
+            .order_by(AuditRow.at)
+        )
+    ]
+    return report
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _circumvention(session: Session, in_period: list[Any], top: int) -> dict[str, Any]:
+    where = [*in_period, EventRow.kind == "circumvention"]
+    by_detector: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    recent = []
+    for row in session.scalars(select(EventRow).where(*where).order_by(EventRow.at.desc())):
+        detail = _json(row.detail)
+        by_detector[str(detail.get("detector") or row.category or "unknown")] += 1
+        users[row.user or row.client_ip or "(unknown)"] += 1
+        if len(recent) < top:
+            recent.append(
+                {
+                    "at": row.at,
+                    "who": row.user or row.client_ip or "(unknown)",
+                    "role": _label(row.role),
+                    "host": _label(row.host),
+                    "detector": str(detail.get("detector") or "-"),
+                    "action": row.action,
+                }
+            )
+    return {
+        "count": sum(by_detector.values()),
+        "people": len(users),
+        "by_detector": by_detector.most_common(),
+        "top_people": users.most_common(10),
+        "recent": recent,
+    }
+
+
+def _bans(session: Session, period: Period) -> Section_:
+    table = optional_table(session, "bans")
+    if table is None:
+        return Section_(False, note="Bans are not recorded in this database yet.")
+    time_col = next(
+        (table.c[c] for c in ("created_at", "starts", "starts_at", "at") if c in table.c), None
+    )
+    query = select(table)
+    if time_col is not None:
+        query = query.where(time_col >= period.start, time_col < period.end)
+    rows = [dict(r._mapping) for r in session.execute(query.limit(200))]
+    outcome_col = next((c for c in ("outcome", "status", "state") if c in table.c), None)
+    summary: dict[str, Any] = {"bans": len(rows)}
+    if outcome_col:
+        summary.update(Counter(str(r.get(outcome_col)) for r in rows))
+    keep = [c for c in ("user", "reason", "starts", "ends", "status", "outcome") if c in table.c]
+    return Section_(True, summary, [{k: r.get(k) for k in keep} for r in rows])
+
+
+def _turnaround(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    hours = [
+        (r["decided_at"] - r["created_at"]).total_seconds() / 3600
+        for r in rows
+        if r.get("decided_at") and r.get("created_at")
+    ]
+    if not hours:
+        return {}
+    return {
+        "decided": len(hours),
+        "median hours": round(statistics.median(hours), 1),
+        "mean hours": round(statistics.fmean(hours), 1),
+        "longest hours": round(max(hours), 1),
+        "within 1 hour": sum(1 for h in hours if h <= 1),
+        "within 1 day": sum(1 for h in hours if h <= 24),
+    }
+
+
+def _requests(session: Session, period: Period, settings: ReportSettings, now: datetime):
+    table = optional_table(session, "portal_requests")
+    if table is None:
+        note = "Access requests and content reports are not recorded in this database yet."
+        return Section_(False, note=note), Section_(False, note=note)
+    rows = [
+        dict(r._mapping)
+        for r in session.execute(
+            select(table)
+            .where(table.c.created_at >= period.start, table.c.created_at < period.end)
+            .order_by(table.c.created_at)
+        )
+    ]
+    overdue_cut = min(now, period.end) - timedelta(hours=settings.escalate_after_hours)
+    out = []
+    for kind in ("access", "report"):
+        mine = [r for r in rows if r.get("kind") == kind]
+        summary: dict[str, Any] = {"received": len(mine)}
+        summary.update(Counter(str(r.get("status")) for r in mine))
+        if kind == "access":
+            summary.update(_turnaround(mine))
+            summary["open and overdue"] = sum(
+                1
+                for r in mine
+                if r.get("status") in OPEN_STATUSES and r["created_at"] <= overdue_cut
+            )
+        shown = [
+            {
+                "ref": r.get("ref"),
+                "at": r.get("created_at"),
+                "who": r.get("requester_user") or r.get("requester_role") or "-",
+                "host": r.get("host"),
+                "purpose": r.get("purpose"),
+                "status": r.get("status"),
+                "decided_by": r.get("decided_by") or "",
+                "turnaround": (
+                    f"{(r['decided_at'] - r['created_at']).total_seconds() / 3600:.1f} h"
+                    if r.get("decided_at")
+                    else "open"
+                ),
+            }
+            for r in mine[-settings.top :]
+        ]
+        out.append(Section_(True, summary, shown))
+    return out[0], out[1]
+
+
+def _exceptions(session: Session, period: Period, now: datetime) -> list[dict[str, Any]]:
+    at = min(now, period.end - timedelta(seconds=1))
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "for": f"{r.scope}={r.scope_value}" if r.scope_value else r.scope,
+            "target": f"{r.target_kind} {r.target}",
+            "until": r.ends,
+            "by": r.created_by,
+            "reason": r.reason,
+        }
+        for r in list_exceptions(session, at=at)
+    ]
+
+
+def _at_risk(
+    session: Session, period: Period, settings: ReportSettings, in_period: list[Any]
+) -> list[dict[str, Any]]:
+    """Students whose attempts suggest they may be at risk: a prompt for the DSL, not a verdict."""
+    roles = list(settings.at_risk_roles)
+    base = [*in_period, EventRow.user.is_not(None), EventRow.role.in_(roles)]
+    people: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"score": 0, "reasons": [], "group": "", "blocks": 0}
+    )
+    concern = list(settings.concern_categories)
+    for user, group, cat, n in session.execute(
+        select(EventRow.user, func.max(EventRow.group), EventRow.category, func.count())
+        .where(*base, EventRow.kind == "block", EventRow.category.in_(concern))
+        .group_by(EventRow.user, EventRow.category)
+    ):
+        p = people[user]
+        p["group"] = group or p["group"]
+        p["score"] += 3 + min(int(n), 10)
+        p["reasons"].append(f"{n} block(s) in {cat}")
+    terms = settings.concern_terms
+    matched: dict[str, Counter[str]] = defaultdict(Counter)
+    groups: dict[str, str] = {}
+    for user, group, term in session.execute(
+        select(EventRow.user, EventRow.group, EventRow.search_term).where(
+            *base, EventRow.search_term.is_not(None)
+        )
+    ):
+        text = (term or "").lower()
+        for word in terms:
+            if word in text:
+                matched[user][word] += 1
+                groups[user] = group or ""
+    for user, words in matched.items():
+        p = people[user]
+        p["group"] = p["group"] or groups.get(user, "")
+        p["score"] += 5 * min(sum(words.values()), 5)
+        p["reasons"].append(
+            "searches for "
+            + ", ".join(
+                f"'{w}'" + (f" x{n}" if n > 1 else "") for w, n in words.most_common()
+            )  # fmt: skip
+        )
+    for user, group, n in session.execute(
+        select(EventRow.user, func.max(EventRow.group), func.count())
+        .where(*base, EventRow.kind == "circumvention")
+        .group_by(EventRow.user)
+        .having(func.count() >= CIRCUMVENTION_REPEATS)
+    ):
+        p = people[user]
+        p["group"] = p["group"] or group or ""
+        p["score"] += 2 + min(int(n), 5)
+        p["reasons"].append(f"{n} attempt(s) to get round the filter")
+    threshold = max(1, round(settings.many_blocks_per_day * max(1.0, _school_days(period))))
+    for user, group, n in session.execute(
+        select(EventRow.user, func.max(EventRow.group), func.count())
+        .where(*base, EventRow.kind == "block")
+        .group_by(EventRow.user)
+        .having(func.count() >= threshold)
+    ):
+        p = people[user]
+        p["group"] = p["group"] or group or ""
+        p["score"] += 2
+        p["reasons"].append(f"{n} blocks in the period (unusually many: {threshold}+)")
+    ranked = sorted(people.items(), key=lambda kv: (-kv[1]["score"], kv[0]))
+    return [
+        {
+            "user": user,
+            "group": p["group"] or "-",
+            "score": p["score"],
+            "reasons": "; ".join(p["reasons"]),
+        }  # fmt: skip
+        for user, p in ranked[: settings.at_risk_max]
+    ]
+
+
+def _school_days(period: Period) -> float:
+    if period.kind == "day":
+        return 1.0
+    return period.days * 5 / 7
+
+
+def report_as_dict(report: Report) -> dict[str, Any]:
+    """Plain values (for JSON and tests)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat()
+        if isinstance(value, Section_):
+            return {"recorded": value.recorded, "summary": value.summary,
+                    "rows": plain(value.rows), "note": value.note}  # fmt: skip
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {
+        "period": {
+            "kind": report.period.kind,
+            "label": report.period.label,
+            "start": report.period.start.isoformat(),
+            "end": report.period.end.isoformat(),
+        },  # fmt: skip
+        "generated_at": report.generated_at.isoformat(),
+        **{
+            name: plain(getattr(report, name))
+            for name in (
+                "totals",
+                "blocks_by_category",
+                "blocks_by_window",
+                "blocks_by_role",
+                "blocks_by_group",
+                "blocks_by_day",
+                "top_hosts",
+                "circumvention",
+                "bans",
+                "requests",
+                "content_reports",
+                "exceptions",
+                "at_risk",
+                "list_updates",
+            )
+        },  # fmt: skip
+    }
