@@ -70,8 +70,8 @@ class FakeClock(Clock):
 
 # -- notifications config (validator) -----------------------------------------------------------
 SMTP_KEYS = {
-    "host", "port", "starttls", "username", "password", "from", "sender", "it_support", "slt",
-    "user_domain", "timeout",
+    "host", "port", "starttls", "username", "password", "from", "sender",
+    "it_support", "slt", "esafety", "user_domain", "timeout",
 }  # fmt: skip
 
 
@@ -103,7 +103,7 @@ def read_notifications(sec: Section | None) -> NotificationSettings:
         smtp.text("host", required=True)
         smtp.number("port", minimum=1, maximum=65535)
         smtp.flag("starttls")
-        for key in ("it_support", "slt"):
+        for key in ("it_support", "slt", "esafety"):
             for text, line, field_name in smtp.strings(key):
                 if "@" not in text:
                     smtp.issues.add(smtp.file, line, field_name, f"not an e-mail address: {text!r}")

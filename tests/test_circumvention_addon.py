@@ -366,3 +366,61 @@ def test_guard_api_for_enforcement(gw: GW):
     assert gw.guard.suspended(identity, "essential.test") is None
     assert gw.guard.suspended(identity, "schoolgate.internal") is None
     assert gw.guard.supervision_for(identity) is None
+
+
+def test_the_esafety_team_is_told_by_email(gateway_config: Path, gateway_data_dir: Path):
+    """The warning stage e-mails the e-safety address through the outbox (real SMTP server)."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    from schoolgate.portal.notify import OutboxSender, smtp_settings_from
+
+    received = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+            received.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
+            return "250 OK"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        add_circumvention_config(gateway_config)
+        gateway_config.write_text(
+            gateway_config.read_text(encoding="utf-8")
+            + "notifications:\n  smtp:\n"
+            + f"    host: 127.0.0.1\n    port: {port}\n"
+            + "    esafety: [dsl@school.example]\n    slt: [head@school.example]\n",
+            encoding="utf-8",
+        )
+        addons = make_addons()
+        guard = next(a for a in addons if isinstance(a, CircumventionGuard))
+        with taddons.context(*addons) as tctx:
+            tctx.configure(
+                addons[0],
+                schoolgate_config=str(gateway_config),
+                schoolgate_data_dir=str(gateway_data_dir),
+                confdir=str(gateway_data_dir / "ca"),
+            )
+            guard.refresh()
+            gw = GW(tctx, addons, guard, next(a for a in addons if isinstance(a, Enforcement)))
+            gw.run(http_flow("proxy1.test"))  # severity 2 = 1 point: the warn stage
+            assert guard.send_alerts()
+            policy = addons[0].policy
+            smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
+            sender = OutboxSender(guard.recorder.sessions, smtp=smtp)
+            assert sender.send_due() == (1, 0)
+            guard.done()
+            addons[1].done()
+    finally:
+        controller.stop()
+    assert len(received) == 1
+    recipients, message = received[0]
+    assert recipients == ["dsl@school.example"]
+    assert "reached the 'warn' stage" in message
+    assert "Who: device:127.0.0.1 (student)" in message
+    assert "circumvention warn for device:127.0.0.1" in message  # the subject line

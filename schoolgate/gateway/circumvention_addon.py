@@ -56,6 +56,15 @@ from schoolgate.model import Identity
 
 log = logging.getLogger(__name__)
 
+# Sanction stages the e-safety team is told about (alert: a role that is not sanctioned).
+ALERTED_ACTIONS = frozenset({"alert", "warn", "lockout", "ban"})
+ALERT_TEXT = (
+    "An attempt to get round the school's web filter reached the '{action}' stage.\n\n"
+    "Who: {subject} ({role})\nWhen: {at}\nWhat: {summary} (detector {detector})\n"
+    "Event reference: {ref}\nBan reference: {ban_ref}\n\n"
+    "The evidence is in the decision log: schoolgate events --kind circumvention"
+)
+
 EVENT_KIND = "circumvention"
 SUPERVISED_KIND = "supervised"
 SUSPENDED_KIND = "suspended"
@@ -99,6 +108,8 @@ class CircumventionGuard:
             weakref.WeakKeyDictionary()
         )
         self._warnings: dict[str, tuple[str, str, datetime]] = {}  # subject -> summary, ref, at
+        # Stages that the e-safety team must hear about, sent from the background thread.
+        self._alerts: deque[dict[str, str]] = deque()
         self._unsaved: deque[tuple[BanState, str | None, str | None]] = deque()
         self._saving: list[tuple[BanState, str | None, str | None]] = []
         self._lock = threading.Lock()
@@ -141,6 +152,7 @@ class CircumventionGuard:
             self._thread.join(timeout=10)
             self._thread = None
         self.save_pending()  # anything still unwritten
+        self.send_alerts()
 
     # -- settings -----------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -284,6 +296,20 @@ class CircumventionGuard:
             self._warnings.pop(subject, None)
         elif outcome.action == "warn":
             self._warnings[subject] = (event.summary, ref, at)
+        if outcome.action in ALERTED_ACTIONS:
+            self._alerts.append(
+                {
+                    "action": outcome.action,
+                    "subject": subject,
+                    "role": role or "unknown",
+                    "summary": event.summary,
+                    "detector": event.detector,
+                    "ref": ref,
+                    "at": at.isoformat(),
+                    "ban_ref": outcome.ban.ref if outcome.ban else "",
+                }
+            )
+            self._wake.set()
         self._record_event(
             event,
             facts,
@@ -679,12 +705,59 @@ class CircumventionGuard:
             self._saving = [i for i in self._saving if i not in items]
         return True
 
+    def send_alerts(self) -> bool:
+        """Queue e-mails/webhooks to the e-safety team for the stages reached (blocking).
+
+        They go into the portal's outbox in one transaction; its sender retries failures, and
+        alerts that cannot even be queued stay here for the next round.
+        """
+        sessions = self.recorder.sessions
+        policy = self.holder.policy
+        if sessions is None or policy is None or not self._alerts:
+            return True
+        from schoolgate.portal.notify import Notifier, smtp_settings_from
+
+        section = policy.settings.extra.get("notifications") or {}
+        smtp = smtp_settings_from(section.get("smtp"))
+        webhook = section.get("webhook")
+        alerts = list(self._alerts)
+        if smtp is None and not webhook:
+            log.warning(
+                "schoolgate: %d circumvention alert(s) not sent: no notifications "
+                "configured (notifications.smtp or notifications.webhook)",
+                len(alerts),
+            )
+            for _ in alerts:
+                self._alerts.popleft()
+            return True
+        notifier = Notifier(smtp=smtp, webhook_url=webhook, clock=self.clock)
+        try:
+            with sessions() as session:
+                for alert in alerts:
+                    notifier.notify(
+                        session,
+                        audience="esafety",
+                        event=f"circumvention.{alert['action']}",
+                        subject=f"schoolgate: circumvention {alert['action']} for "
+                        f"{alert['subject']}",
+                        body=ALERT_TEXT.format(**alert),
+                        ref=alert["ref"],
+                    )
+                session.commit()
+        except Exception:  # noqa: BLE001 - kept and retried
+            log.exception("schoolgate: cannot queue %d alert(s) yet; will retry", len(alerts))
+            return False
+        for _ in alerts:
+            self._alerts.popleft()
+        return True
+
     def refresh(self) -> bool:
         """Save what is pending, then read the bans and supervision sessions in force."""
         sessions = self.recorder.sessions
         if sessions is None:
             return False
         self.save_pending()
+        self.send_alerts()
         from schoolgate.bans_store import bans_current, note_expired, supervisions_current
 
         now = self.clock()

@@ -51,6 +51,9 @@ class SmtpSettings:
     sender: str = "schoolgate@localhost"
     it_support: tuple[str, ...] = ()
     slt: tuple[str, ...] = ()
+    # The designated safeguarding lead and e-safety team (circumvention alerts, bans); when
+    # empty, the SLT addresses.
+    esafety: tuple[str, ...] = ()
     user_domain: str = ""
     timeout: float = 20.0
 
@@ -74,6 +77,7 @@ def smtp_settings_from(section: Mapping[str, Any] | None) -> SmtpSettings | None
         sender=str(section.get("from", section.get("sender", "schoolgate@localhost"))),
         it_support=addresses(section.get("it_support")),
         slt=addresses(section.get("slt")),
+        esafety=addresses(section.get("esafety")),
         user_domain=str(section.get("user_domain", "")),
         timeout=float(section.get("timeout", 20.0)),
     )
@@ -100,6 +104,8 @@ class Notifier:
             return list(self.smtp.it_support) or self._staff_addresses(session, "it_support")
         if audience == "slt":
             return list(self.smtp.slt) or self._staff_addresses(session, "slt")
+        if audience == "esafety":
+            return list(self.smtp.esafety or self.smtp.slt) or self._staff_addresses(session, "slt")
         if audience == "requester" and user and self.smtp.user_domain:
             return [f"{user}@{self.smtp.user_domain}"]
         return []
