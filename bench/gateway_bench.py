@@ -13,6 +13,7 @@ and the ratio to bare mitmproxy.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -77,16 +78,28 @@ def hey(url: str, proxy: str, seconds: int, concurrency: int) -> dict[str, float
     return {"rps": rps, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000, "codes": codes}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_proxy(cmd: list[str], port: int, url: str, args, label: str, warm: int = 2):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         wait_port(port, proc)
         proxy = f"http://127.0.0.1:{port}"
         hey(url, proxy, warm, args.concurrency)  # warm up
+        cpu_before = cpu_seconds(proc.pid)
         result = hey(url, proxy, args.seconds, args.concurrency)
+        requests = sum(int(n) for n in result["codes"].values())
+        # The proxy's own CPU per request: steadier than req/s when the machine is shared, and
+        # what decides throughput for a CPU-bound proxy.
+        result["cpu_us"] = (cpu_seconds(proc.pid) - cpu_before) / max(requests, 1) * 1e6
         print(
             f"{label:<34} {result['rps']:>9.1f} req/s   p50 {result['p50_ms']:6.2f} ms   "
-            f"p99 {result['p99_ms']:6.2f} ms   {result['codes']}"
+            f"p99 {result['p99_ms']:6.2f} ms   proxy CPU {result['cpu_us']:6.0f} us/request   "
+            f"{result['codes']}"
         )
         return result
     finally:
@@ -162,6 +175,11 @@ def main() -> int:
         print(
             f"ratio schoolgate/bare (allowed): {ratio:.3f} "
             f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request)"
+        )
+        cpu_cost = allowed["cpu_us"] / bare["cpu_us"] - 1
+        print(
+            f"proxy CPU per request, schoolgate vs bare (allowed): {allowed['cpu_us']:.0f} vs "
+            f"{bare['cpu_us']:.0f} us ({cpu_cost * 100:+.1f}%: what the addons cost)"
         )
     origin.shutdown()
     return 0
