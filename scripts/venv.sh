@@ -19,10 +19,12 @@ ensure_venv() {
 	export PATH="$VENV/bin:$PATH"
 }
 ensure_system_tools() {
-	# Browser tests drive Debian's Chromium; curl is a test client. Install them when we can.
+	# Browser tests drive Debian's Chromium; curl is a test client; the transparent-mode test
+	# redirects a network namespace's traffic with nft. Install them when we can.
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
+	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2
