@@ -466,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="mitmproxy mode: regular (explicit proxy, default), transparent, ...",
     )
     p.add_argument("--quiet", action="store_true", help="do not print one line per request")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a mitmproxy option (repeatable), e.g. --set proxyauth=@/etc/schoolgate/htpasswd",
+    )
+    p.add_argument(
+        "--portal-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the portal on this port (same --listen-host) for an admin network; "
+        "there the proxy login is not known, so requesters are identified by address only",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("events", help="list what the gateway recorded")

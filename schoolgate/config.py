@@ -10,6 +10,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
@@ -46,6 +47,7 @@ EXTRA_SECTIONS = (
     "safe_search",
     "list_updates",
     "school_name",
+    "alerts",
 )
 TOP_KEYS = frozenset(
     {
@@ -115,6 +117,42 @@ def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None =
     return policy
 
 
+EXCEPTION_SCOPES = ("user", "group", "role", "site", "everyone")
+
+
+def _slt_required(sec: Section | None) -> dict | None:
+    """``portal.slt_required``: which exceptions IT Support may only propose (SLT approves).
+    ``{scopes: [role, site, everyone], longer_than_days: 91, unlist: false}``;
+    ``longer_than_days: false`` (or null) sets no limit on the length."""
+    if sec is None:
+        return None
+    sec.check_keys({"scopes", "longer_than_days", "unlist"})
+    out: dict = {}
+    if "scopes" in sec:
+        scopes = []
+        for text, line, field_name in sec.strings("scopes"):
+            if text not in EXCEPTION_SCOPES:
+                sec.issues.add(
+                    sec.file,
+                    line,
+                    field_name,
+                    f"expected one of {', '.join(EXCEPTION_SCOPES)}, got {text!r}",
+                )
+            elif text not in scopes:
+                scopes.append(text)
+        out["scopes"] = scopes
+    if "longer_than_days" in sec:
+        if sec.data.get("longer_than_days") in (None, False):
+            out["longer_than_days"] = None
+        else:
+            days = sec.number("longer_than_days", minimum=0)
+            if days is not None:
+                out["longer_than_days"] = days
+    if "unlist" in sec:
+        out["unlist"] = sec.flag("unlist")
+    return out
+
+
 def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues: Issues):
     root.check_keys(TOP_KEYS)
 
@@ -126,9 +164,13 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     url = url.replace("{data_dir}", str(data_dir.resolve()))
     portal = root.section("portal")
     portal_host = "schoolgate.internal"
+    portal_extra: dict = {}
     if portal:
-        portal.check_keys({"host", "port", "secret_key_file", "listen_host"})
+        portal.check_keys({"host", "port", "secret_key_file", "listen_host", "slt_required"})
         portal_host = (portal.text("host") or portal_host).lower()
+        slt_required = _slt_required(portal.section("slt_required"))
+        if slt_required is not None:
+            portal_extra["slt_required"] = slt_required
 
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}
@@ -369,6 +411,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     read_retention(root.section("retention"))
     read_reports(root.section("reports"))
     read_notifications(root.section("notifications"))
+    read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
 
     if issues:
@@ -385,7 +428,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         advice=advice,
         circumvention=circumvention,
         sanctions=sanctions,
-        extra={key: root.data.get(key) for key in EXTRA_SECTIONS},
+        extra={key: root.data.get(key) for key in EXTRA_SECTIONS} | {"portal": portal_extra},
     )
     return Policy(
         settings=settings,

@@ -13,12 +13,14 @@ from mitmproxy.proxy import context
 from mitmproxy.test import taddons, tflow, tutils
 
 from schoolgate.gateway import (
+    AlertsAddon,
     CircumventionGuard,
     Enforcement,
     ExceptionCache,
     GatewayPages,
     JobsAddon,
     PolicyHolder,
+    PortalAddon,
     Recorder,
     make_addons,
 )
@@ -37,8 +39,10 @@ class Gateway:
     jobs: JobsAddon
     exceptions: ExceptionCache
     pages: GatewayPages
+    portal: PortalAddon
     guard: CircumventionGuard
     enforce: Enforcement
+    alerts: AlertsAddon
     config: Path
 
     def events(self) -> list[dict]:
@@ -403,19 +407,74 @@ def test_ca_page_and_files(gw: Gateway, gateway_data_dir: Path) -> None:
     assert der.response.content[:1] == b"\x30"  # DER SEQUENCE
 
 
-def test_portal_placeholder_shows_verified_ref(gw: Gateway) -> None:
+def test_portal_paths_go_to_the_app(gw: Gateway) -> None:
+    import asyncio
     from urllib.parse import quote
 
     from schoolgate.blockpage import sign_ref
 
     signed = sign_ref(gw.recorder.secret, "SG-123")
-    flow = http_flow("schoolgate.internal", f"/request?url=x&ref={quote(signed)}")
+    flow = http_flow(
+        "schoolgate.internal", f"/request?url=http%3A%2F%2Fx.test%2F&ref={quote(signed)}"
+    )
     gw.pages.request(flow)
-    assert flow.response.status_code == 501
-    assert b">SG-123<" in flow.response.content and b"IT Support" in flow.response.content
-    forged = http_flow("schoolgate.internal", "/report?ref=SG-999.forged<x>")
-    gw.pages.request(forged)
-    assert forged.response.status_code == 501 and b"SG-999" not in forged.response.content
+    assert flow.response is None and flow.metadata["schoolgate_portal"]
+    asyncio.run(gw.portal.request(flow))
+    assert flow.response.status_code == 200
+    assert b"x.test" in flow.response.content
+    assert flow.response.headers["x-frame-options"] == "DENY"
+    # Anything else on the portal host is the app's too (its 404), never the internet.
+    other = http_flow("schoolgate.internal", "/no-such-page")
+    gw.pages.request(other)
+    asyncio.run(gw.portal.request(other))
+    assert other.response.status_code == 404
+    # The gateway's own pages stay with GatewayPages.
+    ca = http_flow("schoolgate.internal", "/ca")
+    gw.pages.request(ca)
+    assert ca.response is not None and "schoolgate_portal" not in ca.metadata
+
+
+def test_portal_user_header_only_from_proxy_login(gw: Gateway) -> None:
+    from schoolgate.gateway.portal_addon import prepare
+
+    flow = http_flow("schoolgate.internal", "/mine", user="ben")
+    flow.request.headers["X-Schoolgate-User"] = "mallory"
+    flow.request.headers["x_schoolgate_user"] = "eve"
+    prepare(flow)
+    assert flow.request.headers.get_all("x-schoolgate-user") == ["ben"]
+    assert "x_schoolgate_user" not in flow.request.headers
+    anonymous = http_flow("schoolgate.internal", "/mine")
+    anonymous.request.headers["X-Schoolgate-User"] = "mallory"
+    prepare(anonymous)
+    assert "x-schoolgate-user" not in anonymous.request.headers
+    # HTTP/2 has no Host header: the app gets one (Flask would otherwise see localhost).
+    h2 = http_flow("schoolgate.internal", "/mine")
+    del h2.request.headers["Host"]
+    h2.request.http_version = "HTTP/2.0"
+    prepare(h2)
+    assert h2.request.headers["Host"] == "schoolgate.internal"
+
+
+def test_portal_sees_the_reloaded_policy(gw: Gateway) -> None:
+    import asyncio
+
+    gw.portal.refresh()
+    app = gw.portal.app
+    gw.config.write_text(
+        gw.config.read_text().replace(
+            "  host: schoolgate.internal\n",
+            "  host: schoolgate.internal\n  slt_required: {scopes: [everyone]}\n",
+        )
+    )
+    assert gw.holder.reload(force=True) is True
+    flow = http_flow("schoolgate.internal", "/request")
+    gw.pages.request(flow)
+    asyncio.run(gw.portal.request(flow))
+    assert flow.response.status_code == 200
+    assert gw.portal.app is not app  # rebuilt with the new settings
+    state = gw.portal.app.extensions["schoolgate_portal"]
+    assert state.slt_required.scopes == ("everyone",)
+    assert state.policy is gw.holder.policy
 
 
 def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:

@@ -174,8 +174,14 @@ def test_smtp_login(tmp_path, gateway_config):
             smtp=settings(port, username="filter", password="relay-secret"),
         )
         portal.report()
-        assert portal.app.extensions["schoolgate_portal"].sender.send_due() == (1, 0)
-        assert "Content report" in inbox.messages[0][1]["Subject"]
+        # IT Support, and the e-safety team (alerts.content_reports is on by default)
+        assert portal.app.extensions["schoolgate_portal"].sender.send_due() == (2, 0)
+        assert all("Content report" in m[1]["Subject"] for m in inbox.messages)
+        # IT Support (alice) and, with no esafety addresses set, the SLT accounts (sam)
+        assert sorted(to for to, _ in inbox.messages) == [
+            ["alice@school.test"],
+            ["sam@school.test"],
+        ]
     finally:
         controller.stop()
 

@@ -378,11 +378,6 @@ def test_https_sni_blocked_for_visitor_is_refused(net: Transparent) -> None:
     assert events[-1]["kind"] == "block"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pages.py is_own() takes a transparent request to http://<ip>/ for the gateway's "
-    "own pages: mitmproxy sets client_conn.sockname to the original destination (ip, 80)",
-)
 def test_allowed_http_by_ip_address_reaches_the_origin(net: Transparent) -> None:
     path = f"/by-address-{random.randrange(10**9)}"
     out = net.curl(net.student_ip, f"http://{net.host_ip}{path}")

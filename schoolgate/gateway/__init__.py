@@ -7,29 +7,37 @@ One small addon per concern, in this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.jobs_addon.JobsAddon`: the scheduled jobs (expiry, escalation,
   list updates, reports, purge) in this process.
 * :class:`~schoolgate.gateway.exception_cache.ExceptionCache`: exceptions in force.
-* :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download, portal placeholders.
+* :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download; marks portal requests.
+* :class:`~schoolgate.gateway.portal_addon.PortalAddon`: the portal app at the portal host, and
+  its notification sender.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
+* :class:`~schoolgate.gateway.alerts_addon.AlertsAddon`: alerts to the e-safety team for blocks
+  in alert and locked categories, batched (after Enforcement).
 """
 
 from __future__ import annotations
 
+from schoolgate.gateway.alerts_addon import AlertsAddon
 from schoolgate.gateway.circumvention_addon import CircumventionGuard
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
+from schoolgate.gateway.portal_addon import PortalAddon
 from schoolgate.gateway.recorder import Recorder
 
 __all__ = [
+    "AlertsAddon",
     "JobsAddon",
     "CircumventionGuard",
     "Enforcement",
     "ExceptionCache",
     "GatewayPages",
     "PolicyHolder",
+    "PortalAddon",
     "Recorder",
     "make_addons",
 ]
@@ -42,6 +50,8 @@ def make_addons() -> list:
     jobs = JobsAddon(holder, recorder)
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
+    portal = PortalAddon(holder, recorder)
     guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
-    return [holder, recorder, jobs, exceptions, pages, guard, enforcement]
+    alerts = AlertsAddon(holder, recorder)
+    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts]

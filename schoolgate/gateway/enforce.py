@@ -23,7 +23,7 @@ from mitmproxy import connection, ctx, http, tls
 
 from schoolgate import safesearch
 from schoolgate.blockpage import block_response_parts, sign_ref
-from schoolgate.eventlog import decision_event, new_ref
+from schoolgate.eventlog import decision_event, new_ref, search_term_of
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.flowinfo import request_hosts
 from schoolgate.gateway.holder import PolicyHolder
@@ -53,6 +53,26 @@ def failed_decision(facts: RequestFacts | None, exc: BaseException | str) -> Dec
     return Decision(
         Action.BLOCK, identity, None, None, FAILED_REASON, rule="fail closed", error=error
     )
+
+
+def _alert_keys(decision: Decision, facts: RequestFacts | None) -> dict:
+    """What the alerts addon (after this one) needs of a block: category, who, where, what."""
+    try:
+        user = decision.identity.user or (facts.user if facts else None)
+        term = None
+        if facts is not None and facts.host and facts.path:
+            term = search_term_of(facts.host, facts.path)
+        return {
+            "category": decision.category,
+            "role": decision.identity.role,
+            "user": user.lower() if user else None,
+            "client_ip": facts.client_ip if facts else decision.identity.client_ip,
+            "host": facts.host if facts else None,
+            "search_term": term,
+        }
+    except Exception:  # noqa: BLE001 - the block stands; only the alert lacks detail
+        log.exception("schoolgate: could not describe a block for alerts")
+        return {"category": decision.category}
 
 
 def _user_of(flow: http.HTTPFlow) -> str | None:
@@ -151,7 +171,12 @@ class Enforcement:
         ref = new_ref()
         if facts is not None:
             self._record(decision, facts, ref=ref, url=None, detail={"stage": "connect"})
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "stage": "connect"}
+        flow.metadata["schoolgate"] = {
+            "ref": ref,
+            "action": "block",
+            "stage": "connect",
+            **_alert_keys(decision, facts),
+        }
         flow.response = http.Response.make(
             403,
             f"Blocked by the school's web filter: {decision.reason}\nReference: {ref}\n",
@@ -204,6 +229,13 @@ class Enforcement:
             self._record(decision, facts, ref=ref, url=None, detail={"stage": "tls"})
         data.ignore_connection = True
         data.context.server.error = f"blocked by schoolgate ({ref}): {decision.reason}"
+        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
+        data.schoolgate = {
+            "ref": ref,
+            "action": "block",
+            "stage": "tls",
+            **_alert_keys(decision, facts),
+        }
 
     # -- HTTP -----------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
@@ -298,4 +330,8 @@ class Enforcement:
             flow.response = http.Response.make(
                 403, f"Blocked by the school's web filter.\n{reason}\nReference: {ref}\n", _TEXT
             )
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block"}
+        flow.metadata["schoolgate"] = {
+            "ref": ref,
+            "action": "block",
+            **_alert_keys(decision, facts),
+        }

@@ -1,6 +1,7 @@
-"""Pages the gateway serves itself: the PAC file (``/proxy.pac``, WPAD ``/wpad.dat``), the
-school's CA certificate with install instructions, and placeholders for the access-request
-portal.
+"""Pages the gateway serves itself: the PAC file (``/proxy.pac``, WPAD ``/wpad.dat``) and the
+school's CA certificate with install instructions (``/``, ``/ca``, ``/ca/<file>``). Every other
+path of the portal host is marked for the portal app
+(:class:`~schoolgate.gateway.portal_addon.PortalAddon`, which runs next).
 
 They answer requests to the portal host name (``schoolgate.internal`` by default; no DNS
 entry is needed for devices using the proxy), to ``wpad``/``wpad.<domain>`` for ``/wpad.dat``,
@@ -15,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
@@ -83,10 +84,14 @@ sudo update-ca-certificates</code>. Firefox keeps its own store: <em>Settings &g
 <code>http://{host}/proxy.pac</code> (also served as <code>/wpad.dat</code> for WPAD).</p>
 """
 
-_PORTAL_BODY = """<h1>Not available yet</h1>
-<p>The access-request portal is coming in a later release of the school's web filter.</p>
-<p>Please contact IT Support{ref_text}.</p>
-"""
+PORTAL_MARK = "schoolgate_portal"  # flow.metadata: the portal addon must answer this flow
+
+
+def is_gateway_page(path: str) -> bool:
+    """``/``, ``/ca``, ``/ca/...`` and the PAC/WPAD files: the gateway's own pages. Everything
+    else on the portal host belongs to the portal app."""
+    target = urlsplit(path).path.rstrip("/") or "/"
+    return target in PAC_PATHS or target in ("/", "/ca") or target.startswith("/ca/")
 
 
 def page(title: str, body: str) -> bytes:
@@ -171,15 +176,36 @@ class GatewayPages:
             return True
         if (host == "wpad" or host.startswith("wpad.")) and flow.request.path in PAC_PATHS:
             return True
+        # A request to the gateway's own address and port. Not in transparent mode: there the
+        # connection's local address is the original destination (the site the client meant),
+        # so `http://<site's IP>/` would otherwise be answered as one of our pages.
+        mode = getattr(flow.client_conn.proxy_mode, "type_name", "regular")
         sock = flow.client_conn.sockname
-        if sock and flow.request.port == sock[1] and _plain_ip(host) == _plain_ip(str(sock[0])):
+        if (
+            mode != "transparent"
+            and sock
+            and flow.request.port == sock[1]
+            and _plain_ip(host) == _plain_ip(str(sock[0]))
+        ):
             return True
         return False
+
+    def is_portal(self, flow: http.HTTPFlow) -> bool:
+        """A request for the portal app: the portal host, not one of the gateway's pages."""
+        policy = self.holder.policy
+        if policy is None:
+            return False
+        host = header_host(flow.request) or flow.request.host.lower()
+        return host == policy.settings.portal_host and not is_gateway_page(flow.request.path)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.is_own(flow):
             return
         flow.metadata["schoolgate_own"] = True
+        if self.is_portal(flow):
+            # The portal addon answers it (503 if the app is not ready): never the internet.
+            flow.metadata[PORTAL_MARK] = True
+            return
         try:
             flow.response = self.answer(flow)
         except Exception as exc:  # noqa: BLE001 - never fall through to the internet
@@ -201,17 +227,6 @@ class GatewayPages:
             return self.ca_page(flow)
         if path.startswith("/ca/"):
             return self.ca_file(path[4:])
-        if path in ("/request", "/report"):
-            from schoolgate.blockpage import verify_ref
-
-            signed = (parse_qs(parts.query).get("ref") or [""])[0][:200]
-            ref = verify_ref(self.recorder.secret, signed) or ""
-            ref_text = (
-                f', quoting reference <span class="ref">{html.escape(ref)}</span>' if ref else ""
-            )
-            return http.Response.make(
-                501, page("Not available yet", _PORTAL_BODY.format(ref_text=ref_text)), _HTML
-            )
         return http.Response.make(
             404,
             page("Not found", '<h1>Not found</h1><p><a href="/">Start page</a></p>'),

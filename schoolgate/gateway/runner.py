@@ -6,7 +6,10 @@
   secret and mitmproxy's CA (``<data-dir>/ca``);
 * ``connection_strategy=lazy``: blocked hosts are never contacted, block pages work over TLS;
 * ``block_global`` stays mitmproxy's default (clients with public addresses are refused): the
-  gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off.
+  gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off;
+* ``--set NAME=VALUE`` (repeatable): any other mitmproxy option, e.g. ``proxyauth``;
+* ``--portal-port P``: the portal also on a port of its own (for an admin network), where the
+  user header is not trusted (staff sign in; requesters are known by address only).
 
 SIGTERM and SIGINT shut down cleanly (the decision log flushes everything queued); SIGHUP
 reloads the policy.
@@ -56,6 +59,24 @@ def mitm_options(args: argparse.Namespace, data_dir: Path) -> dict:
     return opts
 
 
+def set_options(opts: options.Options, specs: list[str]) -> None:
+    """``--set NAME=VALUE`` as mitmproxy's CLI does, plus float options (which
+    ``OptManager.set`` does not parse)."""
+    plain = []
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        option = opts._options.get(name)
+        if sep and option is not None and option.typespec is float:
+            try:
+                opts.update(**{name: float(value)})
+            except ValueError:
+                raise exceptions.OptionsError(f"{name} must be a number, not {value!r}") from None
+        else:
+            plain.append(spec)
+    if plain:
+        opts.set(*plain)
+
+
 def run_gateway(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
@@ -96,13 +117,22 @@ async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, po
     addons = make_addons()
     holder = addons[0]
     holder.preload(policy, config_path, data_dir)
+    portal_port = getattr(args, "portal_port", None)
     try:
         master.addons.add(*addons)
+        if portal_port:
+            from schoolgate.gateway.portal_addon import StandalonePortal
+
+            master.addons.add(StandalonePortal(addons[0], addons[1]))
         opts.update(
             **mitm_options(args, data_dir),
             schoolgate_config=str(config_path),
             schoolgate_data_dir=str(data_dir),
         )
+        if getattr(args, "set", None):
+            set_options(opts, args.set)
+        if portal_port:
+            opts.update(schoolgate_portal_port=portal_port)
     except exceptions.OptionsError as exc:
         print(f"schoolgate: {exc}", file=sys.stderr)
         return 1

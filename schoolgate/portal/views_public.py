@@ -268,9 +268,33 @@ def report_submit():
         + ("\n\n(with a screenshot)" if screenshot else ""),
         link=url_for("it.item", request_id=row.id),
     )
+    if _esafety_hears_of_reports():
+        # Inappropriate content that got through is a safeguarding matter too (the DSL).
+        state().notifier.notify(
+            session,
+            audience="esafety",
+            event="report.new",
+            ref=row.ref,
+            subject=f"[schoolgate] Content report {row.ref}: {host} (for the e-safety team)",
+            body=f"{_who(row)} reports inappropriate content that was not blocked:\n{url}\n"
+            f"at {row.created_at.isoformat()}\n\n{message}"
+            + ("\n\n(with a screenshot)" if screenshot else "")
+            + "\n\nIT Support have been told and will block the site if it should be.",
+            link=url_for("it.item", request_id=row.id),
+        )
     session.commit()
     state().sender.wake()
     return redirect(_status_link(row), code=303)
+
+
+def _esafety_hears_of_reports() -> bool:
+    """``alerts.content_reports`` (default true: when in doubt, the DSL is told)."""
+    from schoolgate.alerts import alerts_of
+
+    try:
+        return alerts_of(state().policy).content_reports
+    except Exception:  # noqa: BLE001 - a bad section must not lose a safeguarding report
+        return True
 
 
 # -- the requester's view ----------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""Alerts to the designated safeguarding lead and e-safety team, in the running gateway.
+
+:class:`AlertsAddon` is placed **after** :class:`~schoolgate.gateway.enforce.Enforcement`.
+Its ``request``, ``http_connect`` and ``tls_clienthello`` hooks read the block Enforcement
+describes (``flow.metadata["schoolgate"]``; ``ClientHelloData.schoolgate`` for a refused
+ClientHello) and, when its category is alerted (the ``alerts.categories`` and every locked
+category), put a :class:`~schoolgate.alerts.BlockFact` on an in-memory queue: O(1), no lock
+held, no database.
+
+A background thread feeds the :class:`~schoolgate.alerts.AlertBatcher` from that queue, and
+queues what it yields (the first block at once, then one digest per ``batch_minutes``) into
+the portal's outbox in one transaction (``Notifier.notify(audience="esafety")``), from where
+the outbox sender e-mails and posts them with retries. If the database cannot be reached the
+alerts stay here and are tried again on the next round: nothing is lost. ``done()`` sends
+the digests of the periods still open.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http, tls
+
+from schoolgate.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, alerts_of, render
+from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+INTERVAL_OPTION = "schoolgate_alerts_interval"
+
+
+class AlertsAddon:
+    name = "schoolgate_alerts"
+
+    def __init__(
+        self,
+        holder: PolicyHolder,
+        recorder: Recorder,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.holder = holder
+        self.recorder = recorder
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.settings = AlertSettings()
+        self.batcher = AlertBatcher(clock=self.clock)
+        # Read by the hooks; replaced whole (never mutated) when the policy changes.
+        self._wanted: frozenset[str] = frozenset()
+        self._generation = -1
+        self._inbox: deque[BlockFact] = deque()  # hooks append, the thread pops
+        self._outgoing: list[Alert] = []  # yielded, not yet in the outbox
+        self._lock = threading.Lock()  # one pump at a time (the thread, done(), tests)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    # -- mitmproxy lifecycle ------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option(
+            INTERVAL_OPTION,
+            float,
+            5.0,
+            "Seconds between checks for alert digests that are due (and retries of alerts "
+            "that could not be queued).",
+        )
+
+    def configure(self, updated) -> None:
+        if INTERVAL_OPTION in updated and getattr(ctx.options, INTERVAL_OPTION) <= 0:
+            raise exceptions.OptionsError(f"{INTERVAL_OPTION} must be positive")
+        self._sync()
+
+    def running(self) -> None:
+        if self._thread is None:
+            self._sync()
+            self._stop.clear()
+            interval = getattr(ctx.options, INTERVAL_OPTION, 5.0)
+            self._thread = threading.Thread(
+                target=self._run, args=(interval,), name="schoolgate-alerts", daemon=True
+            )
+            self._thread.start()
+
+    def done(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.pump(final=True)
+
+    # -- settings -----------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """Follow the policy in force (re-read when the holder loads a new one)."""
+        policy = self.holder.policy
+        if policy is None or self.holder.generation == self._generation:
+            return
+        self._generation = self.holder.generation
+        try:
+            settings = alerts_of(policy)
+        except Exception:  # noqa: BLE001 - validated at load; never stop alerting locked ones
+            log.exception("schoolgate: alerts section unreadable; alerting locked categories")
+            settings = AlertSettings()
+        self.settings = settings
+        self._wanted = settings.alerted(policy)
+
+    # -- hooks (event loop: O(1), no database) ------------------------------------------------
+    def _offer(self, meta: Any) -> None:
+        if not isinstance(meta, dict) or meta.get("action") != "block":
+            return
+        category = meta.get("category")
+        if category is None or category not in self._wanted or meta.get("alert_offered"):
+            return
+        meta["alert_offered"] = True
+        self._inbox.append(
+            BlockFact(
+                category=category,
+                at=self.clock(),
+                ref=str(meta.get("ref") or "-"),
+                host=meta.get("host"),
+                user=meta.get("user"),
+                client_ip=meta.get("client_ip"),
+                role=meta.get("role"),
+                search_term=meta.get("search_term"),
+            )
+        )
+        self._wake.set()
+
+    def _hook(self, meta: Any) -> None:
+        try:
+            if self.holder.generation != self._generation:
+                self._sync()
+            self._offer(meta)
+        except Exception:  # noqa: BLE001 - an alert failure must never touch the traffic
+            log.exception("schoolgate: could not take a block for alerting")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._hook(flow.metadata.get("schoolgate"))
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._hook(flow.metadata.get("schoolgate"))
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        self._hook(getattr(data, "schoolgate", None))
+
+    # -- the background thread ----------------------------------------------------------------
+    def pump(self, now: datetime | None = None, *, final: bool = False) -> bool:
+        """Feed the batcher, take what is due (everything with ``final``) and queue it in the
+        outbox. False if some alerts could not be queued yet (they are kept)."""
+        with self._lock:
+            self._sync()
+            self.batcher.configure(self.settings.alerted(self.holder.policy), self._batch())
+            while self._inbox:
+                self.batcher.offer(self._inbox.popleft())
+            now = now or self.clock()
+            ready = self.batcher.flush(now) if final else self.batcher.due(now)
+            self._outgoing.extend(ready)
+            return self._send()
+
+    def _batch(self) -> int:
+        return self.settings.batch_minutes
+
+    def _send(self) -> bool:
+        if not self._outgoing:
+            return True
+        sessions = self.recorder.sessions
+        policy = self.holder.policy
+        if sessions is None or policy is None:
+            return False
+        from schoolgate.portal.notify import Notifier, smtp_settings_from
+
+        section = policy.settings.extra.get("notifications") or {}
+        smtp = smtp_settings_from(section.get("smtp"))
+        webhook = section.get("webhook")
+        alerts = list(self._outgoing)
+        if smtp is None and not webhook:
+            log.warning(
+                "schoolgate: %d block alert(s) not sent: no notifications configured "
+                "(notifications.smtp or notifications.webhook)",
+                len(alerts),
+            )
+            self._outgoing.clear()
+            return True
+        tz = _school_tz(policy)
+        school = str(policy.settings.extra.get("school_name") or "")
+        notifier = Notifier(smtp=smtp, webhook_url=webhook, clock=self.clock)
+        try:
+            with sessions() as session:
+                for alert in alerts:
+                    subject, body = render(alert, tz=tz, school=school)
+                    notifier.notify(
+                        session,
+                        audience="esafety",
+                        event=f"alert.{alert.kind}",
+                        subject=subject,
+                        body=body,
+                        ref=alert.ref,
+                    )
+                session.commit()
+        except Exception:  # noqa: BLE001 - kept and retried on the next round
+            if not self._failing:
+                log.exception("schoolgate: cannot queue %d alert(s) yet; will retry", len(alerts))
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("schoolgate: queueing alerts again")
+        self._failing = False
+        del self._outgoing[: len(alerts)]
+        log.info("schoolgate: %d alert(s) queued for the e-safety team", len(alerts))
+        return True
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pump()
+            except Exception:  # noqa: BLE001 - the thread must survive
+                log.exception("schoolgate: alert round failed")
+            self._wake.wait(interval)
+            self._wake.clear()
+
+
+def _school_tz(policy: Any):
+    try:
+        return policy.timetables[policy.resolver.default_site].tz
+    except Exception:  # noqa: BLE001 - UTC will do
+        return None
