@@ -85,8 +85,16 @@ def facts_for_url(
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
-    if not parts.hostname:
+    # Browsers read "\" as "/" in http(s) URLs: http://a.com\@b.com/ goes to a.com.
+    scheme, sep, rest = text.partition("://")
+    if scheme.lower() in ("http", "https"):
+        text = scheme + sep + rest.replace("\\", "/")
+    try:
+        parts = urlsplit(text)
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise CommandError(f"not a URL: {url!r} ({exc})") from None
+    if not hostname:
         raise CommandError(f"not a URL: {url!r}")
     path = parts.path or "/"
     if parts.query:

@@ -11,6 +11,8 @@ import re
 from functools import lru_cache
 from urllib.parse import unquote
 
+import idna
+
 # Most hosts on the wire are already normal: a fast check saves the full work (and the cache).
 _ALREADY_NORMAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
 
@@ -27,6 +29,21 @@ def normalize_host(raw: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _normalize_host(raw: str) -> str:
+    # Run to a fixed point, so that normalising twice changes nothing: one pass can uncover
+    # what only a second pass removes ("fa%2563ebook.com" -> "fa%63ebook.com"; a fullwidth
+    # "／" or "＠" that IDNA maps to "/" or "@").
+    host = _normalize_once(raw)
+    for _ in range(4):
+        if _ALREADY_NORMAL(host):
+            break
+        again = _normalize_once(host)
+        if again == host:
+            break
+        host = again
+    return host
+
+
+def _normalize_once(raw: str) -> str:
     host = raw.strip()
     if "%" in host:
         host = unquote(host)
@@ -46,18 +63,30 @@ def _normalize_host(raw: str) -> str:
     if not host:
         return ""
     if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            # Labels the IDNA 2003 codec refuses: encode each label on its own where it can.
-            labels = []
-            for label in host.split("."):
-                try:
-                    labels.append(label.encode("idna").decode("ascii") if label else label)
-                except UnicodeError:
-                    labels.append(label)
-            host = ".".join(labels)
+        host = _to_ascii(host)
     return host
+
+
+def _to_ascii(host: str) -> str:
+    """Punycode as browsers write it: UTS 46, non-transitional (``faß`` stays ``faß``, not
+    IDNA 2003's ``fass``), label by label so that one odd label does not spoil the rest."""
+    try:
+        return idna.encode(host, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        pass
+    labels = []
+    for label in host.split("."):
+        if not label or label.isascii():
+            labels.append(label)
+            continue
+        try:
+            labels.append(idna.encode(label, uts46=True, transitional=False).decode("ascii"))
+        except idna.IDNAError:
+            try:
+                labels.append(label.encode("idna").decode("ascii"))
+            except UnicodeError:
+                labels.append(label)
+    return ".".join(labels)
 
 
 def _ipv6(text: str) -> str:

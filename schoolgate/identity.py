@@ -7,6 +7,7 @@ network gets ``guest``, the most restrictive role (fail closed).
 from __future__ import annotations
 
 import csv
+import io
 import ipaddress
 import re
 import socket
@@ -68,11 +69,24 @@ def load_roster(
     shown = display_path or str(path)
     entries: dict[str, RosterEntry] = {}
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         issues.add(shown, None, "", f"cannot read roster: {exc.strerror or exc}")
         return entries
-    with handle:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel's plain "CSV" on Windows is cp1252: read it as that rather than refuse the MIS
+        # export, and say so (names with accents should then be checked).
+        issues.warn(
+            shown,
+            None,
+            "",
+            f"not UTF-8 ({exc.reason} at byte {exc.start}); read as "
+            "Windows-1252 (save the export as 'CSV UTF-8' to avoid this)",
+        )
+        text = data.decode("cp1252", errors="replace")
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)

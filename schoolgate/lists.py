@@ -303,9 +303,36 @@ def _domain(text: str) -> tuple[str | None, str]:
 
 
 def _norm_path(path: str) -> str:
+    """A path (and query) as path rules compare it: percent-decoded, lower case, and in the
+    path part (before ``?``) empty and ``.`` segments dropped and ``..`` resolved, as web
+    servers do: ``//accounts/./EmailSignup`` is ``/accounts/emailsignup``."""
     if "%" in path:
         path = unquote(path)
+    if "//" in path or "/." in path:
+        query = path.find("?")
+        if query < 0:
+            path = _squash_segments(path)
+        else:
+            path = _squash_segments(path[:query]) + path[query:]
     return path.lower()
+
+
+def _squash_segments(path: str) -> str:
+    if "//" not in path and "/." not in path:
+        return path
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    out = "/".join(segments)
+    if path.startswith("/"):
+        out = "/" + out
+    if segments and (path.endswith("/") or path.endswith("/.") or path.endswith("/..")):
+        out += "/"
+    return out
 
 
 def _read_text(path: Path, issues: Issues, display: str) -> str | None:
@@ -626,9 +653,7 @@ class Matcher:
 
     @staticmethod
     def _request_path(path: str) -> str:
-        if "%" in path:
-            path = unquote(path)
-        return path.lower()
+        return _norm_path(path)
 
     # -- lookups ---------------------------------------------------------------------------
     def lookup(self, host: str, path: str | None) -> ListMatch | None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from schoolgate.hosts import normalize_host
 from schoolgate.identity import GUEST, IdentityResolver, minimum_age
@@ -403,7 +404,7 @@ class Policy:
             return "the connection is not inspected, so reading cannot be told from posting"
         if facts.method.upper() not in READ_METHODS:
             return f"{facts.method.upper()} requests (posting, editing, signing in) are blocked"
-        lowered = facts.path.lower()
+        lowered = unquote(facts.path).lower()  # "Special%3AUserLogin" is Special:UserLogin
         for marker in self.settings.read_only_blocked_paths:
             if marker in lowered:
                 return f"this page ({marker}) is for signing in, signing up or editing"

@@ -168,6 +168,15 @@ def test_read_only_lets_reading_through_and_blocks_posting(policy):
     assert not login.allowed
 
 
+def test_read_only_sign_in_page_cannot_hide_behind_percent_encoding(policy):
+    for path in (
+        "/wiki/Special%3AUserLogin",
+        "/wiki/special%3auserlogin",
+        "/w/index.php?title=X&action%3Dedit",
+    ):
+        assert not ask(policy, f"https://en.wikipedia.org{path}", P2).allowed, path
+
+
 def test_read_only_without_interception_fails_closed(policy):
     d = ask(policy, "https://en.wikipedia.org/", P2, host_only=True)
     assert not d.allowed and "not inspected" in d.reason
