@@ -21,6 +21,6 @@ try:
 except ImportError:
     sys.path.append(os.path.dirname(_here))
 
-from schoolgate.gateway import make_addons  # noqa: E402
+from schoolgate.gateway import make_chain  # noqa: E402
 
-addons = make_addons()
+addons = make_chain()

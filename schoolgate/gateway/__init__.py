@@ -40,6 +40,8 @@ __all__ = [
     "PortalAddon",
     "Recorder",
     "make_addons",
+    "make_chain",
+    "Services",
 ]
 
 
@@ -55,3 +57,30 @@ def make_addons() -> list:
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
     return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts]
+
+
+class Services:
+    """The addons that serve the others (policy, database, jobs, exceptions, own pages, portal)
+    as children of one addon.
+
+    mitmproxy offers every event (about eight a request) to every top-level addon, and each
+    offer costs a coroutine, a context manager and a generator, whether or not the addon has
+    that hook; a child costs a ``getattr``. Grouping six addons here saves ~40 offers a request.
+    The guard, Enforcement and the alerts stay top-level: an exception in one child's hook
+    skips its later siblings for that event, and the decision must never be skipped.
+    """
+
+    name = "schoolgate_services"
+
+    def __init__(self, children: list) -> None:
+        self.addons = children
+
+
+def make_chain(addons: list | None = None) -> list:
+    """The addons as mitmproxy should load them: :class:`Services`, then the guard,
+    Enforcement and the alerts (``make_addons()`` keeps the flat list, for tests)."""
+    addons = addons if addons is not None else make_addons()
+    *services, guard, enforcement, alerts = addons
+    assert isinstance(guard, CircumventionGuard) and isinstance(enforcement, Enforcement)
+    assert isinstance(alerts, AlertsAddon)
+    return [Services(services), guard, enforcement, alerts]

@@ -30,7 +30,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
 from schoolgate.configfile import ConfigError
-from schoolgate.gateway import make_addons
+from schoolgate.gateway import make_addons, make_chain
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def mitm_options(args: argparse.Namespace, data_dir: Path) -> dict:
     )
     if allow_public:
         opts["block_global"] = False
+    if getattr(args, "quiet", False):
+        opts["termlog_verbosity"] = "error"  # as `mitmdump -q`
     return opts
 
 
@@ -108,7 +110,9 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, policy) -> int:
-    logging.getLogger().setLevel(logging.DEBUG)
+    # INFO, not DEBUG as mitmdump has it: mitmproxy logs at debug level on its hot path, and
+    # each such record costs CPU on every request even when nothing prints it.
+    logging.getLogger().setLevel(logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     quiet = bool(getattr(args, "quiet", False))
@@ -119,7 +123,7 @@ async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, po
     holder.preload(policy, config_path, data_dir)
     portal_port = getattr(args, "portal_port", None)
     try:
-        master.addons.add(*addons)
+        master.addons.add(*make_chain(addons))
         if portal_port:
             from schoolgate.gateway.portal_addon import StandalonePortal
 
