@@ -169,6 +169,15 @@ def _user_columns(table: Table) -> list[Any]:
     return [table.c[n] for n in names if n in table.c]
 
 
+def _about(table: Table, name: str) -> list[Any]:
+    """Conditions selecting one person's rows: a user-name column, or the bans' ``subject``
+    (``user:NAME``)."""
+    conds = [c == name for c in _user_columns(table)]
+    if "subject" in table.c:
+        conds.append(table.c.subject == f"user:{name}")
+    return conds
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -413,17 +422,19 @@ def export_user(
     for table_name, key in (
         ("portal_requests", "requests_and_reports"),
         ("bans", "bans"),
+        ("ban_audit", "ban_history"),
+        ("supervision_sessions", "supervision_sessions"),
         ("staff", "staff_account"),
     ):
         table = optional_table(session, table_name)
         if table is None:
             out[key] = "not recorded (this database has no such table)"
             continue
-        cols = _user_columns(table)
-        if not cols:
+        conds = _about(table, name)
+        if not conds:
             out[key] = []
             continue
-        rows = session.execute(select(table).where(or_(*[c == name for c in cols])))
+        rows = session.execute(select(table).where(or_(*conds)))
         items = []
         for row in rows:
             item = _row_dict(row)
@@ -525,13 +536,15 @@ def erase_user(
                 k,
                 "reports of harmful content: " + EVIDENCE_WHY.split(": ", 1)[1],
             )
-    bans = optional_table(session, "bans")
-    if bans is not None and _user_columns(bans):
-        k = n(
-            select(*bans.primary_key.columns).where(or_(*[c == name for c in _user_columns(bans)]))
-        )
-        if k:
-            plan.keep["bans"] = (k, EVIDENCE_WHY)
+    for table_name, label in (
+        ("bans", "bans"),
+        ("ban_audit", "ban history"),
+        ("supervision_sessions", "supervision sessions"),
+    ):
+        table = optional_table(session, table_name)
+        if table is not None and (conds := _about(table, name)):
+            if k := n(select(*table.primary_key.columns).where(or_(*conds))):
+                plan.keep[label] = (k, EVIDENCE_WHY)
     plan.erase = {k: v for k, v in plan.erase.items()}
     if not apply:
         return plan

@@ -332,7 +332,6 @@ def until_page(page, url: str, predicate, timeout: float = 15.0):
 
 
 def test_request_escalate_approve_and_teacher_override(scenario: Scenario) -> None:
-    started = time.monotonic()
     sync_playwright = sync_api.sync_playwright
     proxy = f"http://127.0.0.1:{scenario.port}"
     with sync_playwright() as pw:
@@ -471,4 +470,3 @@ def test_request_escalate_approve_and_teacher_override(scenario: Scenario) -> No
     # Requests for the portal never went anywhere but the gateway.
     log_text = scenario.log.read_text(errors="replace")
     assert "Traceback" not in log_text, log_text
-    assert time.monotonic() - started < 90
