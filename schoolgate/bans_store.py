@@ -338,6 +338,49 @@ def lift_ban(
                 ban_id=other.id,
                 detail=other.lift_reason,
             )
+    # Supervision was only needed because of the ban: sessions still running end now.
+    running = select(SupervisionRow).where(
+        SupervisionRow.subject == row.subject,
+        SupervisionRow.starts <= now,
+        SupervisionRow.ends > now,
+    )
+    for supervision in session.scalars(running):
+        supervision.ends = now
+        _audit(
+            session,
+            at=now,
+            actor=by,
+            action="supervision.end",
+            subject=supervision.subject,
+            ban_id=row.id,
+            detail=f"ended with the lift of {row.kind} #{row.id}",
+            supervision_id=supervision.id,
+        )
+    return row
+
+
+def confirm_ban(
+    session: Session, ban_id: int, *, by: str, note: str = "", now: datetime | None = None
+) -> BanRow:
+    """Record that SLT reviewed a ban (or lockout) in force and upheld it; nothing else changes."""
+    if not by:
+        raise BanError("say who is confirming the ban (--by)")
+    now = now or utcnow()
+    row = get_ban(session, ban_id)
+    status = status_of(row, now)
+    if status == "lifted":
+        raise BanError(f"ban #{ban_id} was already lifted by {row.lifted_by}")
+    if status == "expired":
+        raise BanError(f"ban #{ban_id} has already ended")
+    _audit(
+        session,
+        at=now,
+        actor=by,
+        action=f"{row.kind}.confirm",
+        subject=row.subject,
+        ban_id=row.id,
+        detail=note or "upheld",
+    )
     return row
 
 

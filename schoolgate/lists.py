@@ -302,6 +302,19 @@ def _domain(text: str) -> tuple[str | None, str]:
     return host, ""
 
 
+# What may follow a path rule's last segment in a request that is under it.
+_SEGMENT_END = frozenset("/?.;#")
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or below it, on a segment boundary: the rule ``/edu``
+    covers ``/edu``, ``/edu/maths``, ``/edu?x=1`` and ``/edu.html``, never ``/education``
+    (an allowlist entry must not open more than it says)."""
+    if not path.startswith(prefix):
+        return False
+    return len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] in _SEGMENT_END
+
+
 def _norm_path(path: str) -> str:
     """A path (and query) as path rules compare it: percent-decoded, lower case, and in the
     path part (before ``?``) empty and ``.`` segments dropped and ``..`` resolved, as web
@@ -674,7 +687,7 @@ class Matcher:
                     if lpath is None:
                         lpath = self._request_path(path)
                     for prefix, ref in self._paths[h]:
-                        if lpath.startswith(prefix):
+                        if _under(lpath, prefix):
                             return self._match(ref, h + prefix, "path")
                 if v & 2 and not dom_host:
                     dom_ref = v >> 2
@@ -698,7 +711,7 @@ class Matcher:
             if v & 1 and path is not None:
                 lpath = self._request_path(path)
                 for prefix, ref in self._paths[host]:
-                    if lpath.startswith(prefix):
+                    if _under(lpath, prefix):
                         return self._match(ref, host + prefix, "path")
             if v & 2:
                 return self._match(v >> 2, host, "domain")
@@ -739,7 +752,7 @@ class Matcher:
                         offer(ref, (_DOMAIN, depth, 0), h, "domain")
                 if v & 1 and lpath is not None:
                     for prefix, ref in self._paths[h]:
-                        if lpath.startswith(prefix):
+                        if _under(lpath, prefix):
                             offer(ref, (_PATH, depth, len(prefix)), h + prefix, "path")
             i = h.find(".")
             if is_ip or i < 0:

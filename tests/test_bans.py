@@ -358,9 +358,10 @@ def test_store_ban_lift_supervise_audit(sessions):
         with pytest.raises(BanError, match="already lifted"):
             lift_ban(s, ban_id, by="it.support", reason="again")
         assert bans_current(s, datetime.now(UTC)) == []
+        assert supervisions_current(s, datetime.now(UTC)) == []  # ended with the ban
         assert list_bans(s) == [] and len(list_bans(s, include_ended=True)) == 1
         actions = [a.action for a in ban_history(s, ban_id)]
-        assert actions == ["ban.create", "supervision.start", "ban.lift"]
+        assert actions == ["ban.create", "supervision.start", "ban.lift", "supervision.end"]
 
 
 def test_store_expiry_is_audited_once(sessions):

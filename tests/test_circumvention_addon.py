@@ -263,7 +263,7 @@ def test_ladder_to_ban_then_suspension_supervision_lift(gw: GW):
         lift_ban(s, ban_id, by="it.support", reason="appeal upheld")
         s.commit()
         history = [a.action for a in ban_history(s, ban_id)]
-    assert history == ["ban.create", "supervision.start", "ban.lift"]
+    assert history == ["ban.create", "supervision.start", "ban.lift", "supervision.end"]
     with gw.guard.recorder.sessions() as s:  # the lockout ended with the ban
         assert [a.action for a in ban_history(s, bans[0].id)][-1] == "lockout.lift"
     gw.guard.refresh()

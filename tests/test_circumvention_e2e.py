@@ -170,5 +170,6 @@ def test_attempts_ban_suspension_supervision_restart_lift(gateway: Gateway) -> N
         "ban.create",
         "supervision.start",
         "ban.lift",
+        "supervision.end",  # the running supervision session ends with the ban
     ]
     assert len(shown["evidence"]) == 3

@@ -596,3 +596,15 @@ def test_age_restrictions_yaml():
     m = Matcher.build([("signup", [ig])])
     assert m.lookup("www.instagram.com", "/accounts/emailsignup/").kind == "path"
     assert m.lookup("www.instagram.com", "/explore/") is None
+
+
+def test_path_rules_match_on_segment_boundaries():
+    m = matcher({"social": ["youtube.com/watch", "example.org/games/"]}, allow=["youtube.com/edu"])
+    for path in ("/edu", "/edu/maths", "/edu?x=1", "/edu.html"):
+        assert lookup(m, "www.youtube.com" + path).category == "allowlist", path
+    # a longer first segment is not under the rule, for allowing or blocking
+    assert lookup(m, "www.youtube.com/education-hack") is None
+    assert lookup(m, "www.youtube.com/watchparty") is None
+    assert lookup(m, "www.youtube.com/watch?v=1").category == "social"
+    assert lookup(m, "example.org/games/chess").category == "social"
+    assert lookup(m, "example.org/gamesroom") is None
