@@ -70,7 +70,7 @@ class FakeClock(Clock):
 
 # -- notifications config (validator) -----------------------------------------------------------
 SMTP_KEYS = {
-    "host", "port", "starttls", "username", "password", "from", "sender",
+    "host", "port", "starttls", "ca_file", "username", "password", "from", "sender",
     "it_support", "slt", "esafety", "user_domain", "timeout",
 }  # fmt: skip
 
@@ -103,6 +103,11 @@ def read_notifications(sec: Section | None) -> NotificationSettings:
         smtp.text("host", required=True)
         smtp.number("port", minimum=1, maximum=65535)
         smtp.flag("starttls")
+        ca_file = smtp.text("ca_file")
+        if ca_file and not Path(ca_file).is_absolute():
+            smtp.error("ca_file", f"expected the full path of a PEM file, got {ca_file!r}")
+        elif ca_file and not Path(ca_file).is_file():
+            smtp.error("ca_file", f"file not found: {ca_file}")
         for key in ("it_support", "slt", "esafety"):
             for text, line, field_name in smtp.strings(key):
                 if "@" not in text:

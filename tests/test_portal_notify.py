@@ -3,6 +3,7 @@ never lose a request."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -250,3 +251,76 @@ def test_no_smtp_means_no_mail_but_the_request_is_kept(tmp_path, gateway_config)
     portal = Portal(tmp_path, gateway_config)
     ref = portal.ask()
     assert outbox(portal) == [] and portal.row(ref).status == "open"
+
+
+def _test_ca_and_server_cert(folder):
+    """A CA of the test's own and a certificate it signs for 127.0.0.1 (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("School CA")).issuer_name(name("School CA"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name("smtp.school.test")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(cert.public_bytes(pem))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+def test_starttls_to_a_relay_signed_by_the_schools_own_ca(tmp_path, gateway_config):
+    """A relay that requires STARTTLS: delivered when its CA is configured; with no CA the
+    message stays in the outbox (retried), and nothing is sent in the clear."""
+    import ssl
+
+    ca_file, cert, key = _test_ca_and_server_cert(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, tls_context=server_tls, require_starttls=True
+    )
+    controller.start()
+    try:
+        portal = Portal(tmp_path, gateway_config, smtp=settings(port, starttls=True))
+        ref = portal.ask()
+        sender = portal.app.extensions["schoolgate_portal"].sender
+        assert sender.send_due() == (0, 1)  # the relay's CA is not trusted: not sent
+        assert inbox.messages == []
+        (row,) = outbox(portal)
+        assert row.sent_at is None and "CERTIFICATE_VERIFY_FAILED" in (row.last_error or "")
+
+        # The network manager sets the school's CA: the same message goes at the next retry.
+        sender.smtp = dataclasses.replace(sender.smtp, ca_file=str(ca_file))
+        portal.clock.advance(seconds=31)
+        assert sender.send_due() == (1, 0)
+        assert len(inbox.messages) == 1 and ref in inbox.messages[0][1]["Subject"]
+    finally:
+        controller.stop()

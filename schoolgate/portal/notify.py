@@ -46,6 +46,9 @@ class SmtpSettings:
     host: str
     port: int = 25
     starttls: bool = False
+    # The CA that signed the relay's certificate, when it is the school's own (PEM file);
+    # otherwise the system's trusted CAs are used.
+    ca_file: str | None = None
     username: str | None = None
     password: str | None = None
     sender: str = "schoolgate@localhost"
@@ -72,6 +75,7 @@ def smtp_settings_from(section: Mapping[str, Any] | None) -> SmtpSettings | None
         host=str(section["host"]),
         port=int(section.get("port", 25)),
         starttls=bool(section.get("starttls", False)),
+        ca_file=section.get("ca_file") or None,
         username=section.get("username"),
         password=section.get("password"),
         sender=str(section.get("from", section.get("sender", "schoolgate@localhost"))),
@@ -169,7 +173,7 @@ def send_email(smtp: SmtpSettings, recipients: Iterable[str], subject: str, body
     with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout) as client:
         client.ehlo()
         if smtp.starttls:
-            client.starttls(context=ssl.create_default_context())
+            client.starttls(context=ssl.create_default_context(cafile=smtp.ca_file))
             client.ehlo()
         if smtp.username:
             client.login(smtp.username, smtp.password or "")
