@@ -237,15 +237,12 @@ def escalate_overdue(
 
 
 def _slt_notifier(policy: Any, now: datetime) -> Callable[[Session, dict[str, Any]], None] | None:
-    try:
-        from schoolgate.portal.notify import Notifier, smtp_settings_from
-    except ImportError:  # the portal is not installed
-        return None
+    from schoolgate.portal.notify import notifier_for
+
     settings = notifications_of(policy)
-    smtp = smtp_settings_from(settings.smtp)
-    if smtp is None and not settings.webhook:
+    notifier = notifier_for({"smtp": settings.smtp, "webhook": settings.webhook}, clock=lambda: now)
+    if notifier is None:
         return None
-    notifier = Notifier(smtp=smtp, webhook_url=settings.webhook, clock=lambda: now)
 
     def send(session: Session, row: dict[str, Any]) -> None:
         notifier.notify(

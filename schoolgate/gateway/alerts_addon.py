@@ -172,13 +172,11 @@ class AlertsAddon:
         policy = self.holder.policy
         if sessions is None or policy is None:
             return False
-        from schoolgate.portal.notify import Notifier, smtp_settings_from
+        from schoolgate.portal.notify import notifier_for
 
-        section = policy.settings.extra.get("notifications") or {}
-        smtp = smtp_settings_from(section.get("smtp"))
-        webhook = section.get("webhook")
+        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
         alerts = list(self._outgoing)
-        if smtp is None and not webhook:
+        if notifier is None:
             log.warning(
                 "schoolgate: %d block alert(s) not sent: no notifications configured "
                 "(notifications.smtp or notifications.webhook)",
@@ -188,7 +186,6 @@ class AlertsAddon:
             return True
         tz = _school_tz(policy)
         school = str(policy.settings.extra.get("school_name") or "")
-        notifier = Notifier(smtp=smtp, webhook_url=webhook, clock=self.clock)
         try:
             with sessions() as session:
                 for alert in alerts:

@@ -715,13 +715,11 @@ class CircumventionGuard:
         policy = self.holder.policy
         if sessions is None or policy is None or not self._alerts:
             return True
-        from schoolgate.portal.notify import Notifier, smtp_settings_from
+        from schoolgate.portal.notify import notifier_for
 
-        section = policy.settings.extra.get("notifications") or {}
-        smtp = smtp_settings_from(section.get("smtp"))
-        webhook = section.get("webhook")
+        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
         alerts = list(self._alerts)
-        if smtp is None and not webhook:
+        if notifier is None:
             log.warning(
                 "schoolgate: %d circumvention alert(s) not sent: no notifications "
                 "configured (notifications.smtp or notifications.webhook)",
@@ -730,7 +728,6 @@ class CircumventionGuard:
             for _ in alerts:
                 self._alerts.popleft()
             return True
-        notifier = Notifier(smtp=smtp, webhook_url=webhook, clock=self.clock)
         try:
             with sessions() as session:
                 for alert in alerts:

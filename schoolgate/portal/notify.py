@@ -164,6 +164,19 @@ class Notifier:
             )
 
 
+def notifier_for(
+    notifications: Mapping[str, Any] | None, *, clock: Callable[[], datetime]
+) -> Notifier | None:
+    """A :class:`Notifier` for the config's ``notifications`` section (``smtp``, ``webhook``);
+    None when neither is set, so callers can say that nothing will be sent."""
+    section = notifications or {}
+    smtp = smtp_settings_from(section.get("smtp"))
+    webhook = section.get("webhook") or None
+    if smtp is None and not webhook:
+        return None
+    return Notifier(smtp=smtp, webhook_url=webhook, clock=clock)
+
+
 def send_email(smtp: SmtpSettings, recipients: Iterable[str], subject: str, body: str) -> None:
     message = EmailMessage()
     message["From"] = smtp.sender
