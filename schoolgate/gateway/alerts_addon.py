@@ -27,6 +27,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http, tls
 
 from schoolgate.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, alerts_of, render
+from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 
@@ -56,9 +57,7 @@ class AlertsAddon:
         self._inbox: deque[BlockFact] = deque()  # hooks append, the thread pops
         self._outgoing: list[Alert] = []  # yielded, not yet in the outbox
         self._lock = threading.Lock()  # one pump at a time (the thread, done(), tests)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic("schoolgate-alerts", self.pump, first=True)
         self._failing = False
 
     # -- mitmproxy lifecycle ------------------------------------------------------------------
@@ -77,21 +76,12 @@ class AlertsAddon:
         self._sync()
 
     def running(self) -> None:
-        if self._thread is None:
+        if not self._worker.started:
             self._sync()
-            self._stop.clear()
-            interval = getattr(ctx.options, INTERVAL_OPTION, 5.0)
-            self._thread = threading.Thread(
-                target=self._run, args=(interval,), name="schoolgate-alerts", daemon=True
-            )
-            self._thread.start()
+            self._worker.start(getattr(ctx.options, INTERVAL_OPTION, 5.0))
 
     def done(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._worker.stop(timeout=10)
         self.pump(final=True)
 
     # -- settings -----------------------------------------------------------------------------
@@ -129,7 +119,7 @@ class AlertsAddon:
                 search_term=meta.get("search_term"),
             )
         )
-        self._wake.set()
+        self._worker.wake()
 
     def _hook(self, meta: Any) -> None:
         try:
@@ -210,15 +200,6 @@ class AlertsAddon:
         del self._outgoing[: len(alerts)]
         log.info("schoolgate: %d alert(s) queued for the e-safety team", len(alerts))
         return True
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            try:
-                self.pump()
-            except Exception:  # noqa: BLE001 - the thread must survive
-                log.exception("schoolgate: alert round failed")
-            self._wake.wait(interval)
-            self._wake.clear()
 
 
 def _school_tz(policy: Any):

@@ -49,6 +49,7 @@ from schoolgate.bans import (
 )
 from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
 from schoolgate.eventlog import new_ref
+from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.hosts import normalize_host
@@ -113,9 +114,7 @@ class CircumventionGuard:
         self._unsaved: deque[tuple[BanState, str | None, str | None]] = deque()
         self._saving: list[tuple[BanState, str | None, str | None]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic("schoolgate-bans", self.refresh)
         self._failing = False
         self._replayed = False
 
@@ -134,23 +133,14 @@ class CircumventionGuard:
         self._sync()
 
     def running(self) -> None:
-        if self._thread is None:
+        if not self._worker.started:
             self._sync()
             self.replay_recent()
             self.refresh()
-            self._stop.clear()
-            interval = getattr(ctx.options, "schoolgate_bans_interval", 3.0)
-            self._thread = threading.Thread(
-                target=self._run, args=(interval,), name="schoolgate-bans", daemon=True
-            )
-            self._thread.start()
+            self._worker.start(getattr(ctx.options, "schoolgate_bans_interval", 3.0))
 
     def done(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._worker.stop(timeout=10)
         self.save_pending()  # anything still unwritten
         self.send_alerts()
 
@@ -292,7 +282,7 @@ class CircumventionGuard:
             with self._lock:
                 self.book = self.book.with_ban(outcome.ban)
                 self._unsaved.append((outcome.ban, role, client_ip))
-            self._wake.set()
+            self._worker.wake()
             self._warnings.pop(subject, None)
         elif outcome.action == "warn":
             self._warnings[subject] = (event.summary, ref, at)
@@ -309,7 +299,7 @@ class CircumventionGuard:
                     "ban_ref": outcome.ban.ref if outcome.ban else "",
                 }
             )
-            self._wake.set()
+            self._worker.wake()
         self._record_event(
             event,
             facts,
@@ -828,14 +818,4 @@ class CircumventionGuard:
         return count
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            if not self._stop.is_set():
-                try:
-                    self.refresh()
-                except Exception:  # noqa: BLE001 - the thread must survive
-                    log.exception("schoolgate: ban refresh failed")
+        self._worker.wake()

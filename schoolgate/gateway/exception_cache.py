@@ -9,11 +9,11 @@ the decision itself).
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions
 
+from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.policy import ExceptionSet
 
@@ -27,9 +27,7 @@ class ExceptionCache:
         self.recorder = recorder
         self.current = ExceptionSet()
         self.refreshed_at: datetime | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic("schoolgate-exceptions", self.refresh)
         self._failing = False
 
     def load(self, loader) -> None:
@@ -71,30 +69,12 @@ class ExceptionCache:
         return True
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            if not self._stop.is_set():
-                self.refresh()
+        self._worker.wake()
 
     def running(self) -> None:
-        if self._thread is None:
+        if not self._worker.started:
             self.refresh()  # right away, before the first request is decided
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(ctx.options.schoolgate_exceptions_interval,),
-                name="schoolgate-exceptions",
-                daemon=True,
-            )
-            self._thread.start()
+            self._worker.start(ctx.options.schoolgate_exceptions_interval)
 
     def done(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop(timeout=5)
