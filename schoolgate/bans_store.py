@@ -294,6 +294,17 @@ def get_ban(session: Session, ban_id: int) -> BanRow:
     return row
 
 
+def _ban_in_force(session: Session, ban_id: int, now: datetime) -> BanRow:
+    """The ban, refused if it was lifted or has ended (lifting and confirming need one in force)."""
+    row = get_ban(session, ban_id)
+    status = status_of(row, now)
+    if status == "lifted":
+        raise BanError(f"ban #{ban_id} was already lifted by {row.lifted_by}")
+    if status == "expired":
+        raise BanError(f"ban #{ban_id} has already ended")
+    return row
+
+
 def lift_ban(
     session: Session, ban_id: int, *, by: str, reason: str, now: datetime | None = None
 ) -> BanRow:
@@ -303,12 +314,7 @@ def lift_ban(
     if not reason:
         raise BanError("give a reason for lifting the ban (--reason)")
     now = now or utcnow()
-    row = get_ban(session, ban_id)
-    status = status_of(row, now)
-    if status == "lifted":
-        raise BanError(f"ban #{ban_id} was already lifted by {row.lifted_by}")
-    if status == "expired":
-        raise BanError(f"ban #{ban_id} has already ended")
+    row = _ban_in_force(session, ban_id, now)
     row.lifted_at, row.lifted_by, row.lift_reason = now, by, reason
     _audit(
         session,
@@ -366,12 +372,7 @@ def confirm_ban(
     if not by:
         raise BanError("say who is confirming the ban (--by)")
     now = now or utcnow()
-    row = get_ban(session, ban_id)
-    status = status_of(row, now)
-    if status == "lifted":
-        raise BanError(f"ban #{ban_id} was already lifted by {row.lifted_by}")
-    if status == "expired":
-        raise BanError(f"ban #{ban_id} has already ended")
+    row = _ban_in_force(session, ban_id, now)
     _audit(
         session,
         at=now,
