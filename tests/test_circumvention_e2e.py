@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
+from gateway_process import ROOT, free_port, run_cli, start_gateway
 
 from tests.test_circumvention_addon import add_circumvention_config
-from tests.test_gateway_e2e import ROOT, Origin, free_port, wait_for, wait_port
+from tests.test_gateway_e2e import Origin, wait_for
 
-httpx = pytest.importorskip("httpx")
 HTML = {
     "Accept": "text/html,application/xhtml+xml",
     "Sec-Fetch-Mode": "navigate",
@@ -48,27 +48,7 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                "run",
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-                "--listen-host",
-                "127.0.0.1",
-                "--listen-port",
-                str(self.port),
-                "--quiet",
-            ],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        wait_port(self.port, self.proc, self.log)
+        self.proc = start_gateway(self.config, self.data_dir, self.port, self.log, append_log=True)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -83,24 +63,7 @@ class Gateway:
             return client.get(url, headers={**HTML, **headers})
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                *args,
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-        )
-        assert out.returncode == 0, f"{args}: {out.stderr}"
-        return out.stdout
+        return run_cli(self.config, self.data_dir, *args)
 
 
 @pytest.fixture

@@ -12,20 +12,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
+from gateway_process import ROOT, free_port, run_cli, start_gateway, wait_port
 
-httpx = pytest.importorskip("httpx")
-
-ROOT = Path(__file__).resolve().parents[1]
 HTML = {
     "Accept": "text/html,application/xhtml+xml",
     "Sec-Fetch-Mode": "navigate",
@@ -52,25 +49,6 @@ class Origin(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"gateway did not listen:\n{log.read_text()}")
 
 
 def wait_for(predicate, timeout: float = 8.0, step: float = 0.2):
@@ -101,27 +79,7 @@ class Running:
         self.origin = f"http://127.0.0.1:{self.origins[0].server_address[1]}"
         self.wiki = f"http://127.0.0.3:{self.origins[1].server_address[1]}"
         self.proxy = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                "run",
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-                "--listen-host",
-                "127.0.0.1",
-                "--listen-port",
-                str(self.port),
-                "--quiet",
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        wait_port(self.port, self.proc, self.log)
+        self.proc = start_gateway(self.config, self.data_dir, self.port, self.log)
         self.ca = self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
 
     def client(self, *, http2: bool = False, local_address: str | None = None) -> httpx.Client:
@@ -133,27 +91,8 @@ class Running:
         return httpx.Client(transport=transport, timeout=10)
 
     def events(self) -> list[dict]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                "events",
-                "--json",
-                "--limit",
-                "1000",
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=30,
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        out = run_cli(self.config, self.data_dir, "events", "--json", "--limit", "1000")
+        return json.loads(out)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -33,9 +33,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -43,16 +41,15 @@ from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiosmtpd.controller as aiosmtpd_controller
+import playwright.sync_api as sync_api
 import pytest
-
-sync_api = pytest.importorskip("playwright.sync_api")
-aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
+from gateway_process import ROOT, free_port, run_cli, start_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "portal-e2e"
 PORTAL = "schoolgate.internal"
 PASSWORD = "correct horse battery"
@@ -131,37 +128,8 @@ class Mailbox:
         raise AssertionError(f"no mail to {to} about {subject!r}; got {seen}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"gateway did not listen:\n{log.read_text()}")
-
-
 def cli(*args: str, config: Path, data_dir: Path, stdin: str | None = None) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "schoolgate.cli", *args, "--config", str(config)]
-        + ["--data-dir", str(data_dir)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
-    assert out.returncode == 0, f"schoolgate {' '.join(args)}: {out.stderr}"
-    return out.stdout
+    return run_cli(config, data_dir, *args, stdin=stdin, timeout=30)
 
 
 def spki_hash(ca_pem: Path) -> str:
@@ -245,33 +213,18 @@ class Scenario:
                 args += ["--group", group]
             cli(*args, config=self.config, data_dir=self.data_dir, stdin=PASSWORD + "\n")
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                "run",
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-                "--listen-host",
-                "127.0.0.1",
-                "--listen-port",
-                str(self.port),
-                "--mode",
-                f"upstream:http://127.0.0.1:{self.origin.server_address[1]}",
-                "--set",
-                "proxyauth=any",  # the user name is the proxy login (any password)
-                "--set",
-                "schoolgate_exceptions_interval=1",
-                "--quiet",
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        self.proc = start_gateway(
+            self.config,
+            self.data_dir,
+            self.port,
+            self.log,
+            "--mode",
+            f"upstream:http://127.0.0.1:{self.origin.server_address[1]}",
+            "--set",
+            "proxyauth=any",  # the user name is the proxy login (any password)
+            "--set",
+            "schoolgate_exceptions_interval=1",
         )
-        wait_port(self.port, self.proc, self.log)
         self.ca = self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
 
     def explain(self, url: str, user: str, at: datetime) -> dict:

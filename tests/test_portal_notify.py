@@ -13,14 +13,12 @@ from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from test_portal import Portal, item_id, post
 
 from schoolgate.portal.models import OutboxRow
 from schoolgate.portal.notify import SmtpSettings, backoff, smtp_settings_from
-
-aiosmtpd = pytest.importorskip("aiosmtpd")
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
 
 
 class Inbox:

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,8 +34,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gateway_process import ROOT, free_port, start_gateway
 
-ROOT = Path(__file__).resolve().parents[1]
 ORIGIN_MARK = "schoolgate-test-origin"
 
 
@@ -147,11 +146,6 @@ class Transparent:
         sh(*inside, "ip", "link", "set", self.peer_if, "up")
         sh(*inside, "ip", "route", "add", "default", "via", self.host_ip)
 
-    def _free_port(self) -> int:
-        with socket.socket() as sock:
-            sock.bind((self.host_ip, 0))
-            return sock.getsockname()[1]
-
     def firewall_up(self) -> None:
         # The rules docs/gateway.md gives, in a table of the test's own.
         rules = (
@@ -173,42 +167,21 @@ class Transparent:
         threading.Thread(target=self.origin.serve_forever, daemon=True).start()
 
     def gateway_up(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schoolgate.cli",
-                "run",
-                "--mode",
-                "transparent",
-                "--listen-host",
-                self.host_ip,
-                "--listen-port",
-                str(self.port),
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        self.proc = start_gateway(
+            self.config,
+            self.data_dir,
+            self.port,
+            self.log,
+            "--mode",
+            "transparent",
+            listen_host=self.host_ip,
+            quiet=False,  # the tests read the flow lines in the log
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.logs()}")
-            try:
-                with socket.create_connection((self.host_ip, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"gateway did not listen:\n{self.logs()}")
 
     def start(self) -> None:
         self.network_up()
-        self.port = self._free_port()
+        self.port = free_port(self.host_ip)
         self.firewall_up()
         self.origin_up()
         self.gateway_up()

@@ -1,0 +1,78 @@
+"""The real gateway as end-to-end tests run it: `schoolgate run` as a subprocess on a loopback
+port, and the `schoolgate` CLI on the same config and data dir."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(
+    port: int, proc: subprocess.Popen, log: Path, timeout: float = 30, host: str = "127.0.0.1"
+) -> None:
+    """Until the gateway listens; its log in the failure if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"gateway did not listen:\n{log.read_text()}")
+
+
+def start_gateway(
+    config: Path,
+    data_dir: Path,
+    port: int,
+    log: Path,
+    *extra: str,
+    listen_host: str = "127.0.0.1",
+    quiet: bool = True,
+    append_log: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen:
+    """`schoolgate run` with ``extra`` arguments, returned once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "schoolgate.cli", "run", "--config", str(config)]
+        + ["--data-dir", str(data_dir), "--listen-host", listen_host, "--listen-port", str(port)]
+        + list(extra)
+        + (["--quiet"] if quiet else []),
+        stdout=log.open("ab" if append_log else "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=dict(env) if env is not None else None,
+    )
+    wait_port(port, proc, log, host=listen_host)
+    return proc
+
+
+def run_cli(
+    config: Path, data_dir: Path, *args: str, stdin: str | None = None, timeout: float = 60
+) -> str:
+    """A `schoolgate` command on the gateway's config and data dir; its output (must succeed)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "schoolgate.cli", *args, "--config", str(config)]
+        + ["--data-dir", str(data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, f"schoolgate {' '.join(args)}: {out.stderr}"
+    return out.stdout
