@@ -1,48 +1,127 @@
-"""Requests per second through schoolgate vs bare ``mitmdump -q``, on one loopback origin.
+"""Throughput and added latency of schoolgate vs bare ``mitmdump -q``, on one loopback origin.
 
     python3 bench/gateway_bench.py [--seconds 10] [--concurrency 10]
+        [--scenarios keepalive,https,newconn] [--latency-rate 50]
 
-Needs ``hey`` (Debian: ``apt-get install -y hey``). Runs, in one go: a local origin server,
-bare ``mitmdump -q`` and ``schoolgate run --quiet`` (the test config in tests/data/gateway:
-127.0.0.1 is a student in a lesson, the origin uncategorised), each loaded with HTTP/1.1
-keep-alive requests (``hey -c N -z Ts -x proxy``) for allowed requests to the origin, and
-for schoolgate also blocked requests (block page, logged). Prints requests/s, p50/p99 latency
-and the ratio to bare mitmproxy.
+Needs ``hey`` (Debian: ``apt-get install -y hey``). Runs, in one go, a local origin server and,
+side by side for each scenario, three proxies on it: bare ``mitmdump -q``, ``schoolgate run
+--quiet`` (the test config in tests/data/gateway: 127.0.0.1 is a student in a lesson, the
+origin uncategorised, so allowed) and ``mitmdump -q -s addons/schoolgate.py`` (the same addons
+loaded the mitmproxy way: what the addons cost apart from our runner). Scenarios:
+
+* ``keepalive``: HTTP/1.1 keep-alive requests (``hey -c N -z Ts -x proxy``); schoolgate is
+  also loaded with blocked requests (block page, logged);
+* ``https``: HTTPS with interception, keep-alive, to a TLS origin on loopback with a
+  self-signed certificate (the proxies run with ``ssl_insecure``; hey trusts the proxy's CA
+  through ``SSL_CERT_FILE``);
+* ``newconn``: plain HTTP, a new connection for every request (``hey -disable-keepalive``).
+
+Each proxy is a fresh process with a fresh data folder for each scenario (no state carried
+over). For each it prints requests/s and p50/p99 latency under load (one proxy loaded at a
+time), the proxy's CPU per request, the origin connections it opened, and p50/p99 from a
+separate low-load pass: one connection to each proxy, a request to each in turn,
+``--latency-rate`` rounds a second, timed in microseconds by a client in this process. On a
+small machine the loaded latencies are mostly queueing; the low-load pass is the one that
+shows what the proxy adds to a request, and the "added" lines subtract bare mitmdump's
+figures from schoolgate's.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("keepalive", "https", "newconn")
+BODY = b"hello from the origin\n"
 
 
 class Origin(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes
+    # Connections the origin accepted: a proxy that reconnects upstream (rather than reusing
+    # its connection) pays for it in latency, and over TLS in handshakes, which this shows.
+    connections = 0
+    _lock = threading.Lock()
+
+    def setup(self) -> None:
+        with Origin._lock:
+            Origin.connections += 1
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802
-        body = b"hello from the origin\n"
         self.send_response(200)
         self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
+        self.send_header("content-length", str(len(BODY)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(BODY)
 
     def log_message(self, *args) -> None:
         pass
+
+
+def start_origin(tls_folder: Path | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    if tls_folder is not None:
+        cert, key = self_signed(tls_folder)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (the proxies accept it: they run with ``ssl_insecure``)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench origin")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "origin.pem", folder / "origin-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -64,18 +143,35 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise SystemExit("proxy did not start")
 
 
-def hey(url: str, proxy: str, seconds: int, concurrency: int) -> dict[str, float]:
+def hey(
+    url: str,
+    proxy: str,
+    seconds: int,
+    concurrency: int,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> dict:
     out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-x", proxy, url],
+        ["hey", "-z", f"{seconds}s", "-c", str(concurrency), *extra, "-x", proxy, url],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1))
-    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1))
+    p50 = re.search(r"50%+ in ([\d.]+) secs", out)
+    p99 = re.search(r"99%+ in ([\d.]+) secs", out)
     codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
-    return {"rps": rps, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000, "codes": codes}
+    errors = re.search(r"Error distribution:\n((?:.*\n?)*)", out)
+    result = {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) * 1000 if p50 else float("nan"),
+        "p99_ms": float(p99.group(1)) * 1000 if p99 else float("nan"),
+        "codes": codes,
+    }
+    if errors:
+        result["errors"] = errors.group(1).strip().splitlines()[:3]
+    return result
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,104 +180,379 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_proxy(cmd: list[str], port: int, url: str, args, label: str, warm: int = 2):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        wait_port(port, proc)
-        proxy = f"http://127.0.0.1:{port}"
-        hey(url, proxy, warm, args.concurrency)  # warm up
-        cpu_before = cpu_seconds(proc.pid)
-        result = hey(url, proxy, args.seconds, args.concurrency)
-        requests = sum(int(n) for n in result["codes"].values())
-        # The proxy's own CPU per request: steadier than req/s when the machine is shared, and
-        # what decides throughput for a CPU-bound proxy.
-        result["cpu_us"] = (cpu_seconds(proc.pid) - cpu_before) / max(requests, 1) * 1e6
-        print(
-            f"{label:<34} {result['rps']:>9.1f} req/s   p50 {result['p50_ms']:6.2f} ms   "
-            f"p99 {result['p99_ms']:6.2f} ms   proxy CPU {result['cpu_us']:6.0f} us/request   "
-            f"{result['codes']}"
-        )
-        return result
-    finally:
-        proc.send_signal(signal.SIGTERM)
+# -- the low-load latency probe ---------------------------------------------------------------
+
+
+def read_response(sock: socket.socket | ssl.SSLSocket, buffer: bytes = b"") -> tuple[int, bytes]:
+    """(status, what was read past this response) for one HTTP/1.1 response with a length."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-body")
+        rest += chunk
+    return status, rest[length:]
+
+
+@dataclass
+class Probe:
+    """One client at a fixed, low rate: what a request costs when nothing is queued."""
+
+    proxy_port: int
+    origin: tuple[str, int]
+    mode: str  # "keepalive", "https" or "newconn"
+    ca: Path | None = None
+    times_us: list[float] = field(default_factory=list)
+    codes: dict[int, int] = field(default_factory=dict)
+    _sock: socket.socket | ssl.SSLSocket | None = None
+
+    def _connect(self) -> socket.socket | ssl.SSLSocket:
+        sock = socket.create_connection(("127.0.0.1", self.proxy_port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.mode != "https":
+            return sock
+        host, port = self.origin
+        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        status, _ = read_response(sock)
+        if status != 200:
+            raise ConnectionError(f"CONNECT answered {status}")
+        context = ssl.create_default_context(cafile=str(self.ca))
+        return context.wrap_socket(sock, server_hostname=host)
+
+    def _request(self) -> bytes:
+        host, port = self.origin
+        if self.mode == "https":
+            target = "/page"
+        else:
+            target = f"http://{host}:{port}/page"
+        closing = "Connection: close\r\n" if self.mode == "newconn" else ""
+        return f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{closing}\r\n".encode()
+
+    def one(self) -> None:
+        request = self._request()
+        started = time.perf_counter()
+        if self._sock is None:
+            self._sock = self._connect()
+        self._sock.sendall(request)
+        status, _ = read_response(self._sock)
+        elapsed = (time.perf_counter() - started) * 1e6
+        if self.mode == "newconn":
+            self._sock.close()
+            self._sock = None
+        self.times_us.append(elapsed)
+        self.codes[status] = self.codes.get(status, 0) + 1
+
+    def start(self, warm: int = 20) -> None:
+        """Warm up (and, over TLS, make the handshakes, which are not what is measured)."""
+        for _ in range(warm):
+            self.one()
+        self.times_us.clear()
+        self.codes.clear()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+# -- proxies ----------------------------------------------------------------------------------
+
+
+def proxy_command(kind: str, port: int, folder: Path, conf: Path, https: bool) -> list[str]:
+    """The command line of one proxy; its CA ends up in ``folder/ca``."""
+    listen = ["--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    insecure = ["--set", "ssl_insecure=true"] if https else []
+    if kind in ("bare", "bare-lazy"):
+        # schoolgate forces connection_strategy=lazy; over TLS mitmproxy's default (eager)
+        # behaves differently enough (many more upstream connections) to need its own row
+        lazy = ["--set", "connection_strategy=lazy"] if kind == "bare-lazy" else []
+        return ["mitmdump", "-q", *listen, "--set", f"confdir={folder}/ca", *insecure, *lazy]
+    if kind == "schoolgate":
+        return [
+            sys.executable,
+            "-m",
+            "schoolgate.cli",
+            "run",
+            "--quiet",
+            "--config",
+            str(conf / "config.yaml"),
+            "--data-dir",
+            str(folder),  # the CA goes in <data-dir>/ca
+            *listen,
+            *insecure,
+        ]
+    return [
+        "mitmdump",
+        "-q",
+        "-s",
+        str(ROOT / "addons" / "schoolgate.py"),
+        *listen,
+        "--set",
+        f"schoolgate_config={conf / 'config.yaml'}",
+        "--set",
+        f"schoolgate_data_dir={folder}",
+        "--set",
+        f"confdir={folder}/ca",
+        *insecure,
+    ]
+
+
+LABELS = {
+    "bare": "bare mitmdump -q (allowed)",
+    "bare-lazy": "bare mitmdump -q, lazy (allowed)",
+    "schoolgate": "schoolgate run (allowed)",
+    "addons": "mitmdump -q -s addons (allowed)",
+}
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    url: str
+    origin: tuple[str, int]
+    hey_args: tuple[str, ...] = ()
+    https: bool = False
+    # the bare row the others are compared with: the one connecting upstream as schoolgate does
+    baseline: str = "bare"
+
+
+@dataclass
+class Proxy:
+    """One proxy process with a data folder of its own."""
+
+    kind: str
+    proc: subprocess.Popen
+    port: int
+    ca: Path
+
+    @classmethod
+    def start(cls, kind: str, scenario: Scenario, work: Path, conf: Path) -> Proxy:
+        folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{scenario.name}-", dir=work))
+        port = free_port()
+        cmd = proxy_command(kind, port, folder, conf, scenario.https)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        proxy = cls(kind, proc, port, folder / "ca" / "mitmproxy-ca-cert.pem")
         try:
-            proc.wait(20)
+            wait_port(port, proc)
+        except BaseException:
+            proxy.stop()
+            raise
+        return proxy
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load(
+    proxy: Proxy,
+    scenario: Scenario,
+    args: argparse.Namespace,
+    label: str,
+    url: str | None = None,
+    warm: int = 2,
+) -> dict:
+    """hey against one proxy (the others idle): throughput, loaded latency, CPU/request."""
+    address = f"http://127.0.0.1:{proxy.port}"
+    env = dict(os.environ, SSL_CERT_FILE=str(proxy.ca)) if scenario.https else None
+    target = url or scenario.url
+    hey(target, address, warm, args.concurrency, scenario.hey_args, env)  # warm up
+    cpu_before = cpu_seconds(proxy.proc.pid)
+    connections_before = Origin.connections
+    result = hey(target, address, args.seconds, args.concurrency, scenario.hey_args, env)
+    result["origin_connections"] = Origin.connections - connections_before
+    requests = sum(int(n) for n in result["codes"].values())
+    # The proxy's own CPU per request: steadier than req/s when the machine is shared, and
+    # what decides throughput for a CPU-bound proxy.
+    result["cpu_us"] = (cpu_seconds(proxy.proc.pid) - cpu_before) / max(requests, 1) * 1e6
+    print(
+        f"{label:<34} {result['rps']:>9.1f} req/s   p50 {result['p50_ms']:6.2f} ms   "
+        f"p99 {result['p99_ms']:6.2f} ms   proxy CPU {result['cpu_us']:6.0f} us/request   "
+        f"{result['codes']}"
+    )
+    print(f"{'':<34} origin connections opened: {result['origin_connections']}")
+    for line in result.get("errors", []):
+        print(f"{'':<34} error: {line.strip()}")
+    return result
+
+
+def low_load(
+    proxies: list[Proxy], scenario: Scenario, args: argparse.Namespace
+) -> dict[str, Probe]:
+    """One request to each proxy in turn, ``--latency-rate`` rounds a second: every proxy sees
+    the same moments of the (shared, noisy) machine, so their difference is the proxy's."""
+    probes = {
+        p.kind: Probe(p.port, scenario.origin, scenario.name, p.ca if scenario.https else None)
+        for p in proxies
+    }
+    for probe in probes.values():
+        probe.start()
+    interval = 1 / args.latency_rate
+    deadline = time.monotonic() + (args.latency_seconds or args.seconds)
+    next_at = time.monotonic()
+    order = list(probes.values())
+    while next_at < deadline:
+        for probe in order:
+            probe.one()
+        order.append(order.pop(0))  # no proxy always goes first
+        next_at += interval
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    for probe in probes.values():
+        probe.close()
+    return probes
+
+
+def compare(scenario: Scenario, results: dict[str, dict]) -> None:
+    """The ratio and the added latency of each schoolgate row against bare mitmdump."""
+    bare = results[scenario.baseline]
+    for kind in ("schoolgate", "addons"):
+        ours = results[kind]
+        name = "schoolgate" if kind == "schoolgate" else "addons (-s)"
+        ratio = ours["rps"] / bare["rps"]
+        per_request_us = (1 / ours["rps"] - 1 / bare["rps"]) * 1e6
+        suffix = " (allowed)" if scenario.name == "keepalive" else f" ({scenario.name})"
+        print(
+            f"ratio {name}/bare{suffix}: {ratio:.3f} "
+            f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request)"
+        )
+        cpu_cost = ours["cpu_us"] / bare["cpu_us"] - 1
+        print(
+            f"proxy CPU per request, {name} vs bare{suffix}: {ours['cpu_us']:.0f} vs "
+            f"{bare['cpu_us']:.0f} us ({cpu_cost * 100:+.1f}%: what the addons cost)"
+        )
+        low = (ours["low_p50_ms"] - bare["low_p50_ms"], ours["low_p99_ms"] - bare["low_p99_ms"])
+        loaded = (ours["p50_ms"] - bare["p50_ms"], ours["p99_ms"] - bare["p99_ms"])
+        print(
+            f"added latency, {name} - bare{suffix}: low load p50 {low[0]:+.3f} ms, "
+            f"p99 {low[1]:+.3f} ms; loaded p50 {loaded[0]:+.2f} ms, p99 {loaded[1]:+.2f} ms"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=50,
+        help="requests/s of the low-load latency pass (one connection)",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=int,
+        default=0,
+        help="length of the low-load latency pass (default: --seconds)",
+    )
     args = parser.parse_args()
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown or not chosen:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
     if not shutil.which("hey"):
         print("bench needs hey: apt-get install -y hey", file=sys.stderr)
         return 2
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{origin.server_address[1]}/page"
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "config"
+        work = Path(tmp)
+        conf = work / "config"
         shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
-        print(f"origin {url}; {args.concurrency} connections, keep-alive, {args.seconds}s each")
-        port = free_port()
-        bare = run_proxy(
-            [
-                "mitmdump",
-                "-q",
-                "--listen-host",
-                "127.0.0.1",
-                "--listen-port",
-                str(port),
-                "--set",
-                f"confdir={tmp}/bare-ca",
-            ],
-            port,
-            url,
-            args,
-            "bare mitmdump -q (allowed)",
-        )
-        results = {}
-        for label, target in (
-            ("schoolgate run (allowed)", url),
-            ("schoolgate run (blocked, logged)", "http://social.test/x"),
-        ):
-            port = free_port()
-            results[label] = run_proxy(
-                [
-                    sys.executable,
-                    "-m",
-                    "schoolgate.cli",
-                    "run",
-                    "--quiet",
-                    "--config",
-                    str(conf / "config.yaml"),
-                    "--data-dir",
-                    f"{tmp}/var",
-                    "--listen-host",
-                    "127.0.0.1",
-                    "--listen-port",
-                    str(port),
-                ],
-                port,
-                target,
-                args,
-                label,
+        plain = start_origin()
+        tls = start_origin(work / "origin-tls")
+        plain_at = ("127.0.0.1", plain.server_address[1])
+        tls_at = ("127.0.0.1", tls.server_address[1])
+        scenarios = {
+            "keepalive": Scenario(
+                "keepalive",
+                "keep-alive",
+                f"http://127.0.0.1:{plain_at[1]}/page",
+                plain_at,
+            ),
+            "https": Scenario(
+                "https",
+                "HTTPS with interception, keep-alive",
+                f"https://127.0.0.1:{tls_at[1]}/page",
+                tls_at,
+                https=True,
+                baseline="bare-lazy",
+            ),
+            "newconn": Scenario(
+                "newconn",
+                "a new connection per request",
+                f"http://127.0.0.1:{plain_at[1]}/page",
+                plain_at,
+                ("-disable-keepalive",),
+            ),
+        }
+        for name in chosen:
+            scenario = scenarios[name]
+            print(
+                f"origin {scenario.url}; {args.concurrency} connections, {scenario.title}, "
+                f"{args.seconds}s each"
             )
-        allowed = results["schoolgate run (allowed)"]
-        ratio = allowed["rps"] / bare["rps"]
-        per_request_us = (1 / allowed["rps"] - 1 / bare["rps"]) * 1e6
-        print(
-            f"ratio schoolgate/bare (allowed): {ratio:.3f} "
-            f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request)"
-        )
-        cpu_cost = allowed["cpu_us"] / bare["cpu_us"] - 1
-        print(
-            f"proxy CPU per request, schoolgate vs bare (allowed): {allowed['cpu_us']:.0f} vs "
-            f"{bare['cpu_us']:.0f} us ({cpu_cost * 100:+.1f}%: what the addons cost)"
-        )
-    origin.shutdown()
+            kinds = ["bare", "schoolgate", "addons"]
+            if scenario.baseline != "bare":
+                kinds.insert(1, scenario.baseline)
+                print(f"(compared with {LABELS[scenario.baseline]})")
+            proxies = []
+            try:
+                for kind in kinds:
+                    proxies.append(Proxy.start(kind, scenario, work, conf))
+                results = {p.kind: load(p, scenario, args, LABELS[p.kind]) for p in proxies}
+                # before the blocked load below, whose logging may still be flushing after it
+                probes = low_load(proxies, scenario, args)
+                if name == "keepalive":
+                    load(
+                        proxies[kinds.index("schoolgate")],
+                        scenario,
+                        args,
+                        "schoolgate run (blocked, logged)",
+                        url="http://social.test/x",
+                    )
+            finally:
+                for proxy in proxies:
+                    proxy.stop()
+            print(
+                f"low load: 1 connection to each proxy in turn, {args.latency_rate:g} "
+                f"requests/s each, {args.latency_seconds or args.seconds}s"
+            )
+            for kind, probe in probes.items():
+                result = results[kind]
+                result["low_p50_ms"] = percentile(probe.times_us, 0.5) / 1000
+                result["low_p99_ms"] = percentile(probe.times_us, 0.99) / 1000
+                print(
+                    f"{LABELS[kind]:<34} p50 {result['low_p50_ms']:6.3f} ms   "
+                    f"p99 {result['low_p99_ms']:6.3f} ms   ({len(probe.times_us)} requests) "
+                    f"{probe.codes}"
+                )
+            compare(scenario, results)
+            print()
+        plain.shutdown()
+        tls.shutdown()
     return 0
 
 

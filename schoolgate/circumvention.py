@@ -1371,6 +1371,8 @@ def _odd_port(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[Circumventi
         return None
     if (hi.site, port) in _BENIGN_PORTS:
         return None
+    if hi.ip is not None and det.ip_allowed(hi.ip):
+        return None  # the school's own network: printers, internal apps on odd ports
     protocol, kind, severity = _port_protocol(port)
     likely = f" (likely {protocol})" if protocol != "unknown" else ""
     return [

@@ -54,9 +54,16 @@ def load(args: argparse.Namespace):
 
 
 def open_db(policy):
-    from schoolgate.db import open_database
+    from sqlalchemy.exc import OperationalError
 
-    return open_database(policy.settings.database_url)
+    from schoolgate.db import open_database, safe_url
+
+    url = policy.settings.database_url
+    try:
+        return open_database(url)
+    except OperationalError as exc:  # a server that is down or refuses us: say so, no traceback
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise CommandError(f"cannot open the database {safe_url(url)}: {reason}") from None
 
 
 def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
@@ -487,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the portal on this port (same --listen-host) for an admin network; "
         "there the proxy login is not known, so requesters are identified by address only",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers_count,
+        default=1,
+        metavar="N|auto",
+        help="run N gateway processes on the one listening port (SO_REUSEPORT; the kernel "
+        "spreads connections over them), 'auto' for one per core; default 1",
+    )
+    # A worker under `--workers`: set by the supervisor, not by people.
+    p.add_argument("--worker", type=_worker_slot, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("events", help="list what the gateway recorded")
@@ -507,6 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     register_staff(sub, _common)
     register_ops(sub, _common)
     return parser
+
+
+def _workers_count(text: str) -> int:
+    # Imported here: the gateway package loads mitmproxy, which other commands do not need.
+    from schoolgate.gateway.workers import parse_workers
+
+    return parse_workers(text)
+
+
+def _worker_slot(text: str) -> tuple[int, int]:
+    from schoolgate.gateway.workers import parse_worker
+
+    return parse_worker(text)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

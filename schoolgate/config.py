@@ -162,6 +162,13 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     if database:
         database.check_keys({"url"})
     url = url.replace("{data_dir}", str(data_dir.resolve()))
+    if database and "url" in database:
+        from schoolgate.db import DatabaseURLError, check_database_url
+
+        try:
+            check_database_url(url)
+        except DatabaseURLError as exc:
+            database.error("url", str(exc))
     portal = root.section("portal")
     portal_host = "schoolgate.internal"
     portal_extra: dict = {}

@@ -26,8 +26,9 @@ No event is dropped silently:
 
 Values are normalised by the writer, not by :meth:`record`: missing columns become NULL, a
 naive ``at`` is taken as UTC, an ISO string ``at`` is parsed, a dict ``detail`` is JSON-encoded,
-strings longer than their column (PostgreSQL enforces ``String(n)``) are cut, unknown keys are
-dropped with a warning (once per key).
+strings longer than their column (PostgreSQL enforces ``String(n)``) are cut, NUL characters
+(which PostgreSQL refuses in text) become U+FFFD, unknown keys are dropped with a warning (once
+per key).
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ _LIMITS: tuple[tuple[str, int], ...] = tuple(
     (c.name, c.type.length)
     for c in EVENT_TABLE.columns
     if isinstance(c.type, String) and c.type.length and c.name not in ("ref", "at")
+)
+# Every text column: PostgreSQL refuses a NUL character in text, which a decoded search term
+# (``?q=%00``) can carry; unreplaced, the whole event would be refused and go unlogged. (Text
+# is a String.)
+_TEXT_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in EVENT_TABLE.columns if isinstance(c.type, String)
 )
 SEARCH_TERM_MAX = 500
 
@@ -534,6 +541,10 @@ class EventLog:
             detail = row["detail"]
             if detail is not None and not isinstance(detail, str):
                 row["detail"] = json.dumps(detail, default=str, separators=(",", ":"))
+            for name in _TEXT_COLUMNS:
+                value = row[name]
+                if type(value) is str and "\x00" in value:
+                    row[name] = value.replace("\x00", "\ufffd")
             for name, length in _LIMITS:
                 value = row[name]
                 if type(value) is str and len(value) > length:

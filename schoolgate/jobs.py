@@ -3,7 +3,11 @@
 APScheduler 3.x runs them inside the gateway (``BackgroundScheduler``) with a
 ``SQLAlchemyJobStore`` on the gateway's own database, so each job's next run time survives a
 restart: a purge due at 02:30 while the gateway was down runs once when it comes back
-(``coalesce``, no misfire limit). The CLI runs the same job functions directly
+(``coalesce``, no misfire limit). Gateways sharing a database share the job store too, and only
+the process holding the database's job lease runs the scheduler
+(:mod:`schoolgate.gateway.jobs_addon`): the scheduler stores a job's next run time as it starts
+the job, so a process taking over neither repeats a job that ran nor loses one that fell due
+in between (it runs once, however late). The CLI runs the same job functions directly
 (``schoolgate jobs run NAME``, ``schoolgate purge``, ``schoolgate report``...).
 
 Time comes from a :class:`Clock`. In production that is the system clock and APScheduler's own
@@ -482,9 +486,10 @@ class Jobs:
         self.scheduler.start(paused=paused)
         self.sync()
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop scheduling; ``wait``: also wait for a job that is running to finish."""
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+            self.scheduler.shutdown(wait=wait)
         if _CONTEXTS.get(self.key) is self.context:
             del _CONTEXTS[self.key]
 

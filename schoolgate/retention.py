@@ -215,7 +215,9 @@ def _evidence_refs(session: Session) -> set[str]:
 
 def _is_evidence(cats: Iterable[str], refs: set[str]):
     """A SQL condition: the event is safeguarding evidence."""
-    cond = or_(EventRow.kind == "circumvention", EventRow.category.in_(sorted(cats)))
+    # An event without a category must be false here, not NULL: NOT(NULL) would keep it forever.
+    in_category = and_(EventRow.category.is_not(None), EventRow.category.in_(sorted(cats)))
+    cond = or_(EventRow.kind == "circumvention", in_category)
     if refs:
         cond = or_(cond, EventRow.ref.in_(sorted(refs)))
     return cond

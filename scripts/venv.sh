@@ -20,16 +20,32 @@ ensure_venv() {
 }
 ensure_system_tools() {
 	# Browser tests drive Debian's Chromium; curl is a test client; the transparent-mode test
-	# redirects a network namespace's traffic with nft. Install them when we can.
+	# redirects a network namespace's traffic with nft; the PostgreSQL tests initdb a throwaway
+	# server with the postgresql package's binaries. Install them when we can.
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
 	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
+	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2
-			apt-get update -qq >/dev/null
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+			# Packages must not start services here (postgresql would start its own cluster;
+			# without systemd that can fail or linger): invoke-rc.d asks policy-rc.d first.
+			local policy=/usr/sbin/policy-rc.d made_policy="" status=0
+			if [ ! -e "$policy" ]; then
+				printf '#!/bin/sh\n# schoolgate: no services while test tools install\nexit 101\n' >"$policy"
+				chmod 755 "$policy"
+				made_policy=1
+			fi
+			{
+				apt-get update -qq >/dev/null &&
+					DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+						-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+						"${missing[@]}" >/dev/null
+			} || status=$?
+			[ -z "$made_policy" ] || rm -f "$policy"
+			return "$status"
 		else
 			echo "schoolgate: please install ${missing[*]} (tests that need them will fail)" >&2
 		fi

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mitmproxy import certs, connection, tls
@@ -481,3 +483,104 @@ def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:
     flow = http_flow("example.org", "/proxy.pac")
     gw.pages.request(flow)
     assert flow.response is None
+
+
+# -- all parts as one addon (what `schoolgate run` and addons/schoolgate.py load) -------------
+PART_FIELDS = ("holder", "recorder", "jobs", "exceptions", "pages", "portal", "guard", "enforce",
+               "alerts")  # fmt: skip
+
+
+def one_addon(gw: Gateway):
+    """The parts of ``gw`` (as they are now, monkeypatched or not) as the one addon."""
+    from schoolgate.gateway import make_chain
+
+    (top,) = make_chain([getattr(gw, name) for name in PART_FIELDS])
+    return top
+
+
+@pytest.fixture
+def chain(gateway_config: Path, gateway_data_dir: Path):
+    from schoolgate.gateway import make_chain
+
+    parts = make_addons()
+    (top,) = make_chain(parts)
+    with taddons.context(top) as tctx:
+        tctx.configure(
+            top,
+            schoolgate_config=str(gateway_config),
+            schoolgate_data_dir=str(gateway_data_dir),
+            confdir=str(gateway_data_dir / "ca"),
+        )
+        gateway = Gateway(tctx, *parts, config=gateway_config)
+        gateway.exceptions.refresh()
+        yield gateway
+        gateway.recorder.done()
+
+
+def _through_mitmproxy(gw: Gateway, hook_cls, subject) -> None:
+    """Offer one event the way the proxy does: through mitmproxy's own addon manager."""
+    asyncio.run(gw.tctx.master.addons.handle_lifecycle(hook_cls(subject)))
+
+
+def test_one_addon_blocks_and_allows_through_mitmproxy(chain: Gateway) -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    names = [getattr(a, "name", "") for a in chain.tctx.master.addons.chain]
+    assert [n for n in names if n.startswith("schoolgate")] == ["schoolgate"]
+    blocked = http_flow("social.test", "/feed")
+    allowed = http_flow("example.org", "/page")
+    for flow in (blocked, allowed):
+        flow.client_conn.sni = None  # plain HTTP: tflow's SNI would look like domain fronting
+        _through_mitmproxy(chain, HttpRequestHook, flow)
+    assert blocked.response is not None and blocked.response.status_code == 403
+    assert allowed.response is None
+    assert [(e["kind"], e["host"]) for e in chain.events()] == [("block", "social.test")]
+
+
+def test_a_failing_part_does_not_stop_the_decision(chain: Gateway, monkeypatch, caplog) -> None:
+    def boom(_flow):
+        raise RuntimeError("guard exploded")
+
+    # The guard runs before Enforcement in the same event: its failure is logged with its
+    # name, and the request is still decided.
+    monkeypatch.setattr(chain.guard, "request", boom)
+    flow = http_flow("social.test", "/feed")
+    one_addon(chain).request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "guard exploded" in caplog.text and "schoolgate_circumvention" in caplog.text
+
+
+def test_enforcement_failing_outright_refuses(chain: Gateway, monkeypatch, caplog) -> None:
+    def boom(*_args):
+        raise RuntimeError("enforcement exploded")
+
+    for hook in ("request", "http_connect", "tls_clienthello"):
+        monkeypatch.setattr(chain.enforce, hook, boom)
+    top = one_addon(chain)
+    # An allowed site: without a decision, nothing may pass.
+    flow = http_flow("example.org", "/page")
+    top.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert b"the filter failed" in flow.response.content
+    connect = connect_flow("example.org", ip=VISITOR_IP)
+    top.http_connect(connect)
+    assert connect.response is not None and connect.response.status_code == 403
+    data = hello("example.org", ip=VISITOR_IP, address=("example.org", 443))
+    top.tls_clienthello(data)
+    assert data.ignore_connection and "blocked" in data.context.server.error
+    for hook in ("request", "http_connect", "tls_clienthello"):
+        assert f"schoolgate_enforce failed in its {hook} hook" in caplog.text
+
+
+def test_portal_is_served_through_the_one_addon(chain: Gateway) -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    from schoolgate.blockpage import sign_ref
+
+    signed = quote(sign_ref(chain.recorder.secret, "SG-123"))
+    flow = http_flow("schoolgate.internal", f"/request?url=http%3A%2F%2Fx.test%2F&ref={signed}")
+    flow.client_conn.sni = None
+    _through_mitmproxy(chain, HttpRequestHook, flow)
+    assert flow.response is not None and flow.response.status_code == 200
+    assert b"x.test" in flow.response.content  # the access request form, from the app
+    assert "schoolgate" not in flow.metadata  # the portal itself is never decided or logged

@@ -1079,3 +1079,57 @@ def test_the_app_answers_through_mitmproxys_wsgi_adapter(portal):
     asyncio.run(go())
     (row,) = portal.rows()
     assert (row.requester_user, row.client_ip, row.event_ref) == ("ben", STUDENT_IP, "abc123")
+
+
+def test_the_queue_shows_a_page_of_the_oldest_with_links_to_the_rest(portal):
+    """A school year of requests is too many for one page: 100 at a time, oldest first, with
+    the total, and next/previous links that keep the filters."""
+    start = portal.clock() - timedelta(days=30)
+    with portal.sessions() as s:
+        for n in range(250):
+            at = start + timedelta(minutes=n)
+            s.add(
+                PortalRequestRow(
+                    ref=f"A-Q{n:05d}",
+                    token="t",
+                    kind="report" if n % 50 == 7 else "access",
+                    status="approved" if n % 10 == 3 else "open",
+                    created_at=at,
+                    updated_at=at,
+                    requester_user="ben",
+                    requester_role="student",
+                    requester_site="main",
+                    url=f"http://site{n}.test/",
+                    host=f"site{n}.test",
+                )
+            )
+        s.commit()
+    open_refs = [f"A-Q{n:05d}" for n in range(250) if n % 10 != 3]  # 225, oldest first
+    client = portal.staff("alice")
+
+    def refs_on(page_text: str) -> list[str]:
+        return re.findall(r">(A-Q\d{5})</a>", page_text)
+
+    def link(page_text: str, rel: str) -> str | None:
+        found = re.search(rf'<a href="([^"]+)" rel="{rel}">', page_text)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    first = client.get("/it/").text
+    assert "225 item(s)" in first
+    assert refs_on(first) == open_refs[:100]
+    assert link(first, "prev") is None
+    second = client.get(link(first, "next")).text
+    assert refs_on(second) == open_refs[100:200]
+    assert refs_on(client.get(link(second, "prev")).text) == open_refs[:100]
+    third = client.get(link(second, "next")).text
+    assert refs_on(third) == open_refs[200:] and link(third, "next") is None
+    # past the end shows the last page; nonsense shows the first
+    assert refs_on(client.get("/it/?page=99").text) == open_refs[200:]
+    assert refs_on(client.get("/it/?page=x").text) == open_refs[:100]
+    # filters carry through the links, and the existing filter URLs still work
+    approved = client.get("/it/?status=approved&kind=access").text
+    assert "25 item(s)" in approved and link(approved, "next") is None
+    everything = client.get("/it/?status=all&q=ben").text
+    assert "250 item(s)" in everything
+    last = client.get(link(client.get(link(everything, "next")).text, "next")).text
+    assert refs_on(last) == [f"A-Q{n:05d}" for n in range(200, 250)]

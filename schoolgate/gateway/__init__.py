@@ -1,6 +1,7 @@
 """schoolgate's enforcing gateway: mitmproxy addons, and the runner behind ``schoolgate run``.
 
-One small addon per concern, in this order (each reads the ones before it):
+One small addon per concern, loaded into mitmproxy as one addon (:func:`make_chain`), in
+this order (each reads the ones before it):
 
 * :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change.
 * :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from schoolgate.gateway.alerts_addon import AlertsAddon
 from schoolgate.gateway.circumvention_addon import CircumventionGuard
+from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
@@ -41,7 +43,7 @@ __all__ = [
     "Recorder",
     "make_addons",
     "make_chain",
-    "Services",
+    "Schoolgate",
 ]
 
 
@@ -59,28 +61,11 @@ def make_addons() -> list:
     return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts]
 
 
-class Services:
-    """The addons that serve the others (policy, database, jobs, exceptions, own pages, portal)
-    as children of one addon.
-
-    mitmproxy offers every event (about eight a request) to every top-level addon, and each
-    offer costs a coroutine, a context manager and a generator, whether or not the addon has
-    that hook; a child costs a ``getattr``. Grouping six addons here saves ~40 offers a request.
-    The guard, Enforcement and the alerts stay top-level: an exception in one child's hook
-    skips its later siblings for that event, and the decision must never be skipped.
-    """
-
-    name = "schoolgate_services"
-
-    def __init__(self, children: list) -> None:
-        self.addons = children
-
-
 def make_chain(addons: list | None = None) -> list:
-    """The addons as mitmproxy should load them: :class:`Services`, then the guard,
-    Enforcement and the alerts (``make_addons()`` keeps the flat list, for tests)."""
+    """The addons as mitmproxy should load them: one :class:`~schoolgate.gateway.dispatch.
+    Schoolgate` addon that calls the parts in order, each part's failure kept from the others,
+    and a failure of Enforcement refusing the flow (``make_addons()`` keeps the flat list,
+    for tests)."""
     addons = addons if addons is not None else make_addons()
-    *services, guard, enforcement, alerts = addons
-    assert isinstance(guard, CircumventionGuard) and isinstance(enforcement, Enforcement)
-    assert isinstance(alerts, AlertsAddon)
-    return [Services(services), guard, enforcement, alerts]
+    enforcement = next(a for a in addons if isinstance(a, Enforcement))
+    return [Schoolgate(addons, decider=enforcement)]

@@ -31,6 +31,7 @@ import logging
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,7 @@ from schoolgate.bans import (
 from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
+from schoolgate.gateway.flowinfo import request_view
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.hosts import normalize_host
@@ -83,6 +85,10 @@ def _school_ip(detectors: Detectors, host: str) -> bool:
     except ValueError:
         return False
     return detectors.ip_allowed(ip)
+
+
+def _url_of(request: http.Request) -> Callable[[], str]:
+    return lambda: request.pretty_url
 
 
 def _peer_ip(client: connection.Client) -> str | None:
@@ -227,7 +233,7 @@ class CircumventionGuard:
         identity: Identity | None,
         *,
         user: str | None,
-        url: str | None,
+        url: str | Callable[[], str] | None,
         method: str | None,
     ) -> list[Outcome]:
         detectors = self.detectors
@@ -246,6 +252,8 @@ class CircumventionGuard:
             if event.detector == "odd_port" and _school_ip(detectors, facts.host):
                 continue  # the school's own network (printers, internal apps on odd ports)
             seen.add(event.key)
+            if callable(url):  # built only for evidence: pretty_url costs ~10 us a request
+                url = url()
             outcomes.append(
                 self._handle(event, facts, identity, client, user=user, url=url, method=method)
             )
@@ -478,28 +486,30 @@ class CircumventionGuard:
         try:
             self._sync()
             req = flow.request
-            host = req.pretty_host
+            view = request_view(req)
+            headers = view.headers
+            host = view.named_host or req.host
             policy = self.holder.policy
-            if policy is not None and host.lower() == policy.settings.portal_host:
+            if policy is not None and host == policy.settings.portal_host:
                 return
             user = _user_of(flow)
             client_ip = _peer_ip(flow.client_conn)
             identity = self._identify(client_ip, user)
-            headers = {k.lower(): v for k, v in req.headers.items()}
             facts = TrafficFacts(
                 stage="request",
                 host=req.host,
                 port=req.port,
                 sni=flow.client_conn.sni,
-                http_host=req.headers.get("host"),
+                http_host=headers.get("host") or headers.get(":authority"),
                 method=req.method,
                 path=req.path,
                 headers=headers,
                 scheme=req.scheme,
                 tls_seen=True if req.scheme == "https" else None,
             )
-            url = req.pretty_url
-            self._inspect(flow.client_conn, facts, identity, user=user, url=url, method=req.method)
+            self._inspect(
+                flow.client_conn, facts, identity, user=user, url=_url_of(req), method=req.method
+            )
             if identity is None or self.exempt(host):
                 return
             now = self.clock()

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import weakref
 from datetime import UTC, datetime
+from typing import Any
 
 from mitmproxy import connection, ctx, http, tls
 
@@ -101,6 +102,19 @@ class Enforcement:
             # eager would contact blocked hosts at CONNECT and break HTTPS block pages.
             log.info("schoolgate: setting connection_strategy=lazy (needed for enforcement)")
             ctx.options.update(connection_strategy="lazy")
+
+    def fail_closed(self, hook: str, subject: Any) -> None:
+        """Refuse what a hook of this addon failed on before deciding (called by
+        :class:`~schoolgate.gateway.dispatch.Schoolgate` when an exception escaped)."""
+        if hook in ("request", "http_connect") and isinstance(subject, http.HTTPFlow):
+            if subject.response is None:
+                decision = failed_decision(None, "the enforcement hook failed")
+                if hook == "request":
+                    self._block(subject, decision, None)
+                else:
+                    self._refuse_connect(subject, decision, None)
+        elif hook == "tls_clienthello" and isinstance(subject, tls.ClientHelloData):
+            self._refuse_tls(subject, failed_decision(None, "the enforcement hook failed"), None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _record(

@@ -20,6 +20,7 @@ from mitmproxy import ctx, exceptions
 
 from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
 from schoolgate.configfile import ConfigError
+from schoolgate.gateway.background import settle_heap
 from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,10 @@ class PolicyHolder:
                 policy = load_policy(self.config_path, data_dir=self.data_dir)
             except (ConfigError, OSError) as exc:
                 # Remember the broken state so that it is not retried until a file changes.
+                # A file that vanished (the usual reason for the failure) is no longer found
+                # by watched_files: keep watching it too, or putting it back is never noticed.
+                paths = list(dict.fromkeys(paths + self._paths))
+                stamp = fingerprint(paths)
                 self._paths, self._fingerprint = paths, stamp
                 issues = getattr(exc, "issues", None) or [exc]
                 self.last_error = exc if isinstance(exc, ConfigError) else None
@@ -214,7 +219,8 @@ class PolicyHolder:
             force = self._hup.is_set()
             self._hup.clear()
             try:
-                await asyncio.to_thread(self.reload, force=force)
+                if await asyncio.to_thread(self.reload, force=force):
+                    settle_heap()  # the new policy is built to last; the old one can go
             except Exception:  # noqa: BLE001 - the watcher must survive anything
                 log.exception("schoolgate: policy reload failed")
 

@@ -13,7 +13,9 @@ an upstream: if the app is not ready, the answer is a 503 page.
 * **Policy**: the app reads ``holder.policy`` on every request, so a reload applies at once.
 * **Notifications**: the outbox sender starts with the gateway and stops on shutdown; it uses
   ``notifications.smtp`` / ``notifications.webhook``. When a reload changes them (or
-  ``portal.slt_required``, or the database), the app is rebuilt with the new settings.
+  ``portal.slt_required``, or the database), the app is rebuilt with the new settings. With
+  several workers on one host only one runs the sender (``schoolgate_portal_sender=false`` in
+  the others): they share one outbox.
 
 Served on a port of its own (``schoolgate run --portal-port``), :func:`standalone_app` builds
 the same app without trusting the user header.
@@ -36,6 +38,7 @@ from schoolgate.gateway.recorder import Recorder
 log = logging.getLogger(__name__)
 
 USER_HEADER = "X-Schoolgate-User"
+SENDER_OPTION = "schoolgate_portal_sender"
 _USER_KEY = USER_HEADER.upper().replace("-", "_")
 
 _UNAVAILABLE = (
@@ -146,7 +149,7 @@ class PortalAddon(asgiapp.WSGIApp):
                 log.exception("schoolgate: the portal could not be (re)built")
                 return
             old, self.app, self._key = self.app, app, key
-            if self._running:
+            if self._running and self._sends():
                 self._sender(app).start()
             if old is not None:
                 log.info("schoolgate: portal settings changed; portal rebuilt")
@@ -161,13 +164,29 @@ class PortalAddon(asgiapp.WSGIApp):
         # Joining can take a moment (a send in progress): never on the event loop.
         threading.Thread(target=sender.stop, name="schoolgate-outbox-stop", daemon=True).start()
 
+    @staticmethod
+    def _sends() -> bool:
+        from mitmproxy import ctx
+
+        return bool(getattr(ctx.options, SENDER_OPTION, True))
+
     # -- mitmproxy hooks ----------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option(
+            SENDER_OPTION,
+            bool,
+            True,
+            "Send the portal's notifications (outbox) from this process.",
+        )
+
     def running(self) -> None:
         self._running = True
         self.refresh()
         if self.app is not None:
-            self._sender(self.app).start()
             log.info("schoolgate: portal served at %s", self.holder.policy.settings.portal_host)
+            if self._sends():
+                self._sender(self.app).start()
+                log.info("schoolgate: portal notification sender started")
 
     def configure(self, updated) -> None:
         self.refresh()

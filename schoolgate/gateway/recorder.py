@@ -84,10 +84,16 @@ class Recorder:
         eventlog.record(event)
 
     def done(self) -> None:
-        if self.eventlog is not None:
-            log.info("schoolgate: flushing the decision log")
-            self.eventlog.close(CLOSE_TIMEOUT)
-            self.eventlog = None
+        eventlog = self.eventlog
+        if eventlog is None:
+            return
+        log.info("schoolgate: flushing the decision log")
+        if eventlog.flush(CLOSE_TIMEOUT):
+            # Left open: requests still in flight are decided, and recorded, until the event
+            # loop stops after this hook; closing here dropped those events. The log's own
+            # exit handler closes it, writing them, when the process exits.
+            return
+        eventlog.close(0)  # the database is still failing: spill or log what is left
 
 
 def _safe_url(url: str) -> str:

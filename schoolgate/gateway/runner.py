@@ -9,7 +9,9 @@
   gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off;
 * ``--set NAME=VALUE`` (repeatable): any other mitmproxy option, e.g. ``proxyauth``;
 * ``--portal-port P``: the portal also on a port of its own (for an admin network), where the
-  user header is not trusted (staff sign in; requesters are known by address only).
+  user header is not trusted (staff sign in; requesters are known by address only);
+* ``--workers N`` (or ``auto``: one per core): N processes on the one listening port, under a
+  supervisor (:mod:`schoolgate.gateway.workers`).
 
 SIGTERM and SIGINT shut down cleanly (the decision log flushes everything queued); SIGHUP
 reloads the policy.
@@ -103,13 +105,53 @@ def run_gateway(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"schoolgate: cannot create the data folder {data_dir}: {exc}", file=sys.stderr)
         return 1
+    worker = getattr(args, "worker", None)
+    workers = getattr(args, "workers", None) or 1
     try:
-        return asyncio.run(_serve(args, config_path, data_dir, policy))
+        if worker is None and workers > 1:
+            return _supervise(args, config_path, data_dir, policy, workers)
+        return asyncio.run(_serve(args, config_path, data_dir, policy, worker))
     except KeyboardInterrupt:
         return 130
 
 
-async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, policy) -> int:
+def _supervise(
+    args: argparse.Namespace, config_path: Path, data_dir: Path, policy, count: int
+) -> int:
+    """``--workers N``: check what a worker would only find out N times over, make the state
+    they share, then run the supervisor."""
+    from schoolgate.gateway import workers
+
+    opts = mitm_options(args, data_dir)
+    mode = opts["mode"][0]
+    problem = workers.check_mode(mode)
+    if problem is None:
+        host, port = workers.listen_address(mode, opts["listen_host"], opts["listen_port"])
+        if not port:
+            problem = "--workers needs a fixed --listen-port (not 0)"
+        else:
+            problem = workers.check_port_free(host, port)
+    if problem is not None:
+        print(f"schoolgate: {problem}; the gateway was not started.", file=sys.stderr)
+        return 1
+    try:
+        workers.prepare_shared_state(data_dir, Path(opts["confdir"]), policy.settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - any failure here would stop every worker too
+        print(f"schoolgate: cannot prepare {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    supervisor = workers.Supervisor(
+        count, lambda index: workers.worker_argv(args, data_dir, index, count)
+    )
+    return asyncio.run(supervisor.run())
+
+
+async def _serve(
+    args: argparse.Namespace,
+    config_path: Path,
+    data_dir: Path,
+    policy,
+    worker: tuple[int, int] | None = None,
+) -> int:
     # INFO, not DEBUG as mitmdump has it: mitmproxy logs at debug level on its hot path, and
     # each such record costs CPU on every request even when nothing prints it.
     logging.getLogger().setLevel(logging.INFO)
@@ -122,6 +164,8 @@ async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, po
     holder = addons[0]
     holder.preload(policy, config_path, data_dir)
     portal_port = getattr(args, "portal_port", None)
+    if worker is not None:
+        _become_worker(master, *worker)
     try:
         master.addons.add(*make_chain(addons))
         if portal_port:
@@ -135,6 +179,10 @@ async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, po
         )
         if getattr(args, "set", None):
             set_options(opts, args.set)
+        if worker is not None and worker[0] > 1:
+            # One process runs the jobs and sends the portal's notifications: worker 1 (after
+            # --set, which every worker gets and which must not turn them on here).
+            opts.update(schoolgate_jobs=False, schoolgate_portal_sender=False)
         if portal_port:
             opts.update(schoolgate_portal_port=portal_port)
     except exceptions.OptionsError as exc:
@@ -159,3 +207,17 @@ async def _serve(args: argparse.Namespace, config_path: Path, data_dir: Path, po
     except SystemExit as exc:  # errorcheck: errors logged during startup
         return int(exc.code or 1)
     return 0
+
+
+def _become_worker(master: DumpMaster, index: int, count: int) -> None:
+    """Worker ``index`` of ``count`` under a supervisor: exit with it, join the port's
+    ``SO_REUSEPORT`` group, and tag the log lines (before anything logs)."""
+    from schoolgate.gateway import workers
+
+    parent = os.environ.get("SCHOOLGATE_SUPERVISOR_PID", "")
+    if parent.isdigit():
+        workers.exit_with_parent(int(parent))
+    workers.listen_with_reuse_port(asyncio.get_running_loop())
+    termlog = master.addons.get("termlog")
+    workers.tag_log_lines(getattr(termlog, "logger", None), index)
+    log.info("schoolgate: worker %d of %d (pid %d)", index, count, os.getpid())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, Text
+from sqlalchemy import Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schoolgate.db import Base, UTCDateTime, utcnow
@@ -53,6 +53,11 @@ class PortalRequestRow(Base):
     """An access request (``kind="access"``) or a content report (``kind="report"``)."""
 
     __tablename__ = "portal_requests"
+    # The IT Support queue's filters in its order, oldest first (migration 0004).
+    __table_args__ = (
+        Index("ix_portal_requests_status_created_at", "status", "created_at"),
+        Index("ix_portal_requests_kind_status_created_at", "kind", "status", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ref: Mapped[str] = mapped_column(String(20), unique=True)  # quoted to IT Support
@@ -108,3 +113,7 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Which sender is sending it, until when (migration 0005): several gateways' senders may
+    # share one outbox, and a sender that died mid-send lets the others retry after that time.
+    claimed_by: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,6 +6,11 @@ the same transaction (the ``portal_outbox`` table), and :class:`OutboxSender` (a
 thread) sends what is due, retrying a failure with exponential backoff (30 s, 1 min, 2 min, ...
 capped at 1 hour) for as long as it takes. A failed send never loses the request or the
 message; ``last_error`` on the row says what went wrong.
+
+Several senders may share one outbox (the gateways of a trust on one database): each message
+is claimed with one atomic ``UPDATE`` (``claimed_by``, ``claimed_until``) before it is sent,
+so exactly one sender sends it; a claim left by a sender that died mid-send runs out after
+:data:`CLAIM_FOR` and another sender retries the message.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate.leases import holder_id
 from schoolgate.portal.models import OutboxRow, StaffRow
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 30.0  # seconds
 BACKOFF_MAX = 3600.0
 BATCH = 50
+# How long a sender's claim on a message lasts: far longer than one send (the SMTP and webhook
+# timeouts), so only a sender that died mid-send lets another retry the message after it.
+CLAIM_FOR = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,8 @@ class OutboxSender:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Names this sender's claims on outbox rows (several gateways may send from one outbox).
+        self.sender_id = holder_id()
 
     def _deliver(self, row: OutboxRow) -> None:
         if row.channel == "email":
@@ -245,39 +256,88 @@ class OutboxSender:
         else:
             raise ValueError(f"unknown channel {row.channel!r}")
 
+    def _claim(self, session: Session, row_id: int, now: datetime) -> OutboxRow | None:
+        """Claim the message for this sender (one atomic UPDATE: of several senders on one
+        database exactly one matches); the row if claimed, None if another sender has it, has
+        sent it or has moved it on."""
+        claimed = session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.id == row_id,
+                OutboxRow.sent_at.is_(None),
+                OutboxRow.next_attempt_at <= now,
+                or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now),
+            )
+            .values(claimed_by=self.sender_id, claimed_until=now + CLAIM_FOR)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()  # the claim is seen by the other senders before anything is sent
+        if claimed.rowcount != 1:
+            return None
+        return session.get(OutboxRow, row_id, populate_existing=True)
+
     def send_due(self) -> tuple[int, int]:
         """Try every message that is due once; returns (sent, failed)."""
         sent = failed = 0
         with self._lock, self.sessions() as session:
             now = self.clock()
-            rows = session.scalars(
-                select(OutboxRow)
+            due = session.scalars(
+                select(OutboxRow.id)
                 .where(OutboxRow.sent_at.is_(None), OutboxRow.next_attempt_at <= now)
+                .where(or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now))
                 .order_by(OutboxRow.id)
                 .limit(BATCH)
             ).all()
-            for row in rows:
+            for row_id in due:
+                row = self._claim(session, row_id, self.clock())
+                if row is None:
+                    continue  # another sender's
                 try:
                     self._deliver(row)
                 except Exception as exc:  # noqa: BLE001 - any failure is retried later
-                    row.attempts += 1
-                    row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
-                    row.next_attempt_at = self.clock() + backoff(row.attempts)
+                    error = f"{type(exc).__name__}: {exc}"[:1000]
+                    attempts = row.attempts + 1
+                    next_at = self.clock() + backoff(attempts)
+                    # Only while the claim is still ours: had it expired and another sender
+                    # claimed the message, the retry is that sender's to record.
+                    session.execute(
+                        update(OutboxRow)
+                        .where(OutboxRow.id == row_id, OutboxRow.claimed_by == self.sender_id)
+                        .values(
+                            attempts=attempts,
+                            last_error=error,
+                            next_attempt_at=next_at,
+                            claimed_by=None,
+                            claimed_until=None,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
                     failed += 1
                     log.warning(
                         "portal: %s to %s failed (attempt %d, next at %s): %s",
                         row.channel,
                         row.recipient,
-                        row.attempts,
-                        row.next_attempt_at.isoformat(),
-                        row.last_error,
+                        attempts,
+                        next_at.isoformat(),
+                        error,
                     )
                 else:
-                    row.attempts += 1
-                    row.sent_at = self.clock()
-                    row.last_error = None
+                    # Recorded even if the claim ran out meanwhile: the message did go.
+                    session.execute(
+                        update(OutboxRow)
+                        .where(OutboxRow.id == row_id, OutboxRow.sent_at.is_(None))
+                        .values(
+                            attempts=OutboxRow.attempts + 1,
+                            sent_at=self.clock(),
+                            last_error=None,
+                            claimed_by=None,
+                            claimed_until=None,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
                     sent += 1
                 session.commit()  # one message at a time: a crash never re-sends many
+                session.expunge_all()
         return sent, failed
 
     def wake(self) -> None:

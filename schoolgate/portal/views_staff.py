@@ -23,7 +23,7 @@ from flask import (
     send_file,
     url_for,
 )
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from schoolgate.bans_store import (
     BanAuditRow,
@@ -78,6 +78,7 @@ DURATIONS = {
 _ENTRY = re.compile(r"^[a-z0-9.\-]+(/[A-Za-z0-9._~\-/%]*)?$")
 _CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FILE_LOCK = threading.Lock()
+QUEUE_PAGE_SIZE = 100  # requests and reports per page of the IT Support queue
 BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 
 
@@ -368,18 +369,18 @@ def queue():
     status = request.args.get("status", "open")
     category = request.args.get("category", "")
     text = request.args.get("q", "").strip()[:200]
-    query = select(PortalRequestRow)
+    conditions = []
     if kind in ("access", "report"):
-        query = query.where(PortalRequestRow.kind == kind)
+        conditions.append(PortalRequestRow.kind == kind)
     if status == "open":
-        query = query.where(PortalRequestRow.status.in_(OPEN_STATUSES))
+        conditions.append(PortalRequestRow.status.in_(OPEN_STATUSES))
     elif status in STATUSES:
-        query = query.where(PortalRequestRow.status == status)
+        conditions.append(PortalRequestRow.status == status)
     if category:
-        query = query.where(PortalRequestRow.category == category)
+        conditions.append(PortalRequestRow.category == category)
     if text:
         like = f"%{text}%"
-        query = query.where(
+        conditions.append(
             or_(
                 PortalRequestRow.url.like(like),
                 PortalRequestRow.requester_user.like(like),
@@ -387,14 +388,42 @@ def queue():
                 PortalRequestRow.requester_group.like(like),
             )
         )
-    rows = db().scalars(query.order_by(PortalRequestRow.created_at, PortalRequestRow.id)).all()
+    session_ = db()
+    total = session_.scalar(select(func.count(PortalRequestRow.id)).where(*conditions)) or 0
+    # A year of requests is far too many for one page (tens of megabytes of HTML): a page of
+    # the oldest, with links onwards. Past the last page shows the last page.
+    pages = max(1, -(-total // QUEUE_PAGE_SIZE))
+    page = min(_page_number(request.args.get("page")), pages)
+    rows = session_.scalars(
+        select(PortalRequestRow)
+        .where(*conditions)
+        .order_by(PortalRequestRow.created_at, PortalRequestRow.id)
+        .offset((page - 1) * QUEUE_PAGE_SIZE)
+        .limit(QUEUE_PAGE_SIZE)
+    ).all()
+    filters = {"kind": kind, "status": status, "category": category, "q": text}
+    # Links keep the filters as given, leaving out the empty ones (short, readable URLs).
+    link_args = {k: v for k, v in filters.items() if v}
     return render_template(
         "portal/queue.html",
         rows=rows,
-        filters={"kind": kind, "status": status, "category": category, "q": text},
+        filters=filters,
         statuses=STATUSES,
         categories=list(state().policy.categories),
+        total=total,
+        first=(page - 1) * QUEUE_PAGE_SIZE + 1 if rows else 0,
+        page=page,
+        pages=pages,
+        previous_url=url_for("it.queue", **link_args, page=page - 1) if page > 1 else None,
+        next_url=url_for("it.queue", **link_args, page=page + 1) if page < pages else None,
     )
+
+
+def _page_number(text: str | None) -> int:
+    try:
+        return max(1, int(text or 1))
+    except ValueError:
+        return 1
 
 
 @it_bp.get("/item/<int:request_id>")

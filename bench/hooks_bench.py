@@ -1,0 +1,184 @@
+"""What schoolgate's addons add to mitmproxy's own work for one HTTP request, without sockets.
+
+    python3 bench/hooks_bench.py [--requests 3000] [--host origin.test --port 80]
+    python3 bench/hooks_bench.py --callgrind      # instructions: the same figure on a busy machine
+
+A ``mitmdump``-like master (mitmproxy's default addons, ``flow_detail=0``) is driven through
+the events of an allowed HTTP/1.1 request (requestheaders, request, responseheaders, response,
+each followed by mitmproxy's ``update``), once bare and once with schoolgate loaded as
+``schoolgate run`` loads it (the test config: 127.0.0.1 is a student in a lesson). Prints the
+microseconds per request of each and the difference: the addons' own cost, dispatch included.
+With ``--callgrind`` each configuration runs twice under ``valgrind --tool=callgrind`` (N and
+2N requests) and the difference of the two instruction counts gives instructions per request,
+which other work on the machine does not change.
+
+What it leaves out, and ``bench/gateway_bench.py`` measures: sockets, parsing, the origin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CA_DIR = Path(tempfile.gettempdir()) / "schoolgate-hooks-bench-ca"
+HEADERS = (
+    ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537"),
+    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    ("accept-language", "en-GB,en;q=0.9"),
+    ("accept-encoding", "gzip, deflate"),
+    ("cookie", "session=abc123; theme=light"),
+    ("connection", "keep-alive"),
+)
+
+
+async def drive(
+    with_schoolgate: bool, requests: int, host: str, port: int, reps: int, quiet: bool = False
+) -> float:
+    from mitmproxy import hooks, options
+    from mitmproxy.proxy.layers.http import (
+        HttpRequestHeadersHook,
+        HttpRequestHook,
+        HttpResponseHeadersHook,
+        HttpResponseHook,
+    )
+    from mitmproxy.test import tflow, tutils
+    from mitmproxy.tools import dump
+
+    opts = options.Options()
+    master = dump.DumpMaster(opts, with_termlog=False, with_dumper=True)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        # One CA for every run: generating a key pair costs a random number of instructions.
+        opts.update(confdir=str(CA_DIR), flow_detail=0)
+        if with_schoolgate:
+            from schoolgate.gateway import make_chain
+
+            shutil.copytree(ROOT / "tests" / "data" / "gateway", tmp / "config")
+            master.addons.add(*make_chain())
+            opts.update(
+                schoolgate_config=str(tmp / "config" / "config.yaml"),
+                schoolgate_data_dir=str(tmp / "var"),
+                confdir=str(CA_DIR),
+            )
+            if quiet:  # background re-reads would count by wall time, not by request
+                opts.update(
+                    schoolgate_bans_interval=3600.0,
+                    schoolgate_exceptions_interval=3600.0,
+                    schoolgate_reload_interval=3600.0,
+                )
+        await master.addons.trigger_event(hooks.RunningHook())
+        client = tflow.tclient_conn()
+        client.peername = ("127.0.0.1", 40000)
+        client.sni = None
+        response = tutils.tresp()
+
+        async def one() -> int:
+            flow = tflow.tflow(client_conn=client, resp=False)
+            req = flow.request
+            req.scheme, req.host, req.port, req.path = "http", host, port, "/page"
+            req.headers["host"] = host if port == 80 else f"{host}:{port}"
+            for name, value in HEADERS:
+                req.headers[name] = value
+            lifecycle = master.addons.handle_lifecycle
+            await lifecycle(HttpRequestHeadersHook(flow))
+            await lifecycle(HttpRequestHook(flow))
+            if flow.response is None:
+                flow.response = response.copy()
+                await lifecycle(HttpResponseHeadersHook(flow))
+            await lifecycle(HttpResponseHook(flow))
+            return flow.response.status_code
+
+        status = await one()
+        if status != 200:
+            raise SystemExit(f"the request was not allowed (status {status}): pick another host")
+        best = float("inf")
+        for _ in range(reps):
+            started = time.perf_counter()
+            for _ in range(requests):
+                await one()
+            best = min(best, (time.perf_counter() - started) / requests)
+        await master.addons.trigger_event(hooks.DoneHook())
+        return best * 1e6
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def instructions(args: argparse.Namespace, which: str, requests: int) -> int:
+    out = Path(tempfile.mkdtemp()) / "callgrind.out"
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        __file__,
+        "--only",
+        which,
+        "--requests",
+        str(requests),
+        "--reps",
+        "1",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if run.returncode != 0 or not found:
+        raise SystemExit(f"valgrind failed:\n{run.stderr[-2000:]}")
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--host", default="origin.test")
+    parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--only", choices=("bare", "schoolgate"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        asyncio.run(
+            drive(args.only == "schoolgate", args.requests, args.host, args.port, 1, quiet=True)
+        )
+        return 0
+    print(f"an allowed GET http://{args.host}:{args.port}/page from a student (test config)")
+    if args.callgrind:
+        if not shutil.which("valgrind"):
+            print("--callgrind needs valgrind: apt-get install -y valgrind", file=sys.stderr)
+            return 2
+        asyncio.run(drive(False, 1, args.host, args.port, 1))  # makes the CA, outside valgrind
+        n = max(args.requests // 10, 100)
+        per = {}
+        for which in ("bare", "schoolgate"):
+            low, high = instructions(args, which, n), instructions(args, which, 2 * n)
+            per[which] = (high - low) / n
+            print(f"{which:<11} {per[which]:>12,.0f} instructions per request")
+        extra = per["schoolgate"] - per["bare"]
+        print(
+            f"schoolgate adds {extra:,.0f} instructions per request: "
+            f"{extra / per['bare'] * 100:.1f}% of mitmproxy's own hook work"
+        )
+        return 0
+    bare = asyncio.run(drive(False, args.requests, args.host, args.port, args.reps))
+    ours = asyncio.run(drive(True, args.requests, args.host, args.port, args.reps))
+    print(f"bare mitmproxy hooks   {bare:7.1f} us per request (best of {args.reps})")
+    print(f"with schoolgate        {ours:7.1f} us per request")
+    print(f"schoolgate adds        {ours - bare:7.1f} us per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

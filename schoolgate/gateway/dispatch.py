@@ -1,0 +1,143 @@
+"""All of schoolgate's addons as one mitmproxy addon, with each part's failures kept apart.
+
+mitmproxy offers every event (about eight for each HTTP request, counting the ``update``
+after each flow event) to every top-level addon, and each offer costs a coroutine, a
+``safecall`` context manager and a generator, about 1.4 us, whether or not the addon has
+that hook; an addon's ``addons`` children are walked by a generator for every event too. So
+the parts are not children: :class:`Schoolgate` is the one addon mitmproxy sees, it has an
+attribute only for the hooks its parts define, and it calls those parts itself, in order.
+
+That also gives what mitmproxy's own dispatch does not: an exception in one part is logged
+and the next part still runs (mitmproxy skips the rest of an addon's children), and if the
+part that decides (:class:`~schoolgate.gateway.enforce.Enforcement`) fails, the request or
+connection is refused rather than let through.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+# Importing these registers every hook mitmproxy has in ``hooks.all_hooks``.
+import mitmproxy.addonmanager  # noqa: F401
+import mitmproxy.proxy.layers  # noqa: F401
+import mitmproxy.proxy.server_hooks  # noqa: F401
+from mitmproxy import exceptions, hooks
+
+from schoolgate.gateway.background import settle_heap
+
+log = logging.getLogger(__name__)
+
+Call = tuple[Any, Callable[..., Any]]
+
+# Hooks whose exceptions mitmproxy must see: an option a part refuses (OptionsError) rolls
+# the option back, and a part that cannot load should stop the gateway starting.
+_PROPAGATE = frozenset({"load", "configure"})
+
+
+def _part_name(part: Any) -> str:
+    return getattr(part, "name", None) or type(part).__name__
+
+
+class Schoolgate:
+    """The parts, in order (each reads the ones before it); ``decider`` is the part whose
+    failure must refuse the flow (``decider.fail_closed(hook, *args)``)."""
+
+    name = "schoolgate"
+
+    def __init__(self, parts: Sequence[Any], *, decider: Any = None) -> None:
+        # Not called `addons`: mitmproxy would then offer every event to every part.
+        self.parts = tuple(parts)
+        self.decider = decider
+        names = {
+            n for n in hooks.all_hooks if n != "add_log" and any(hasattr(p, n) for p in self.parts)
+        }
+        for name in sorted(names):
+            calls = self._calls(name)
+            if name == "running":
+                setattr(self, name, self._running(calls))
+            elif name in _PROPAGATE:
+                setattr(self, name, self._propagating(calls))
+            elif name == "done":  # the reverse of start-up: the recorder closes last
+                setattr(self, name, self._isolated(name, calls[::-1]))
+            else:
+                setattr(self, name, self._isolated(name, calls))
+
+    def _calls(self, name: str) -> tuple[Call, ...]:
+        calls = []
+        for part in self.parts:
+            fn = getattr(part, name, None)
+            if not callable(fn):
+                continue
+            if name == "request" and hasattr(part, "should_serve"):
+                fn = _only_when_served(part, fn)
+            calls.append((part, fn))
+        return tuple(calls)
+
+    @staticmethod
+    def _propagating(calls: tuple[Call, ...]) -> Callable[..., None]:
+        def dispatch(*args: Any) -> None:
+            for _part, fn in calls:
+                fn(*args)
+
+        return dispatch
+
+    def _running(self, calls: tuple[Call, ...]) -> Callable[..., None]:
+        def dispatch(*args: Any) -> None:
+            self._run("running", calls, 0, args)  # every part's hook here is synchronous
+            settle_heap()  # everything is built: keep the garbage collector off it
+
+        return dispatch
+
+    def _isolated(self, name: str, calls: tuple[Call, ...]) -> Callable[..., Awaitable | None]:
+        def dispatch(*args: Any) -> Awaitable | None:
+            return self._run(name, calls, 0, args)
+
+        return dispatch
+
+    def _run(self, name: str, calls: tuple[Call, ...], start: int, args: tuple) -> Awaitable | None:
+        for i in range(start, len(calls)):
+            part, fn = calls[i]
+            try:
+                result = fn(*args)
+            except exceptions.AddonHalt:
+                raise
+            except Exception:  # noqa: BLE001 - one part's failure must not skip the rest
+                self._failed(part, name, args)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                # mitmproxy awaits what a hook returns: the later parts run after this one.
+                return self._resume(name, calls, i, args, result)
+        return None
+
+    async def _resume(
+        self, name: str, calls: tuple[Call, ...], i: int, args: tuple, pending: Awaitable
+    ) -> None:
+        try:
+            await pending
+        except Exception:  # noqa: BLE001
+            self._failed(calls[i][0], name, args)
+        rest = self._run(name, calls, i + 1, args)
+        if rest is not None:
+            await rest
+
+    def _failed(self, part: Any, name: str, args: tuple) -> None:
+        log.exception("schoolgate: %s failed in its %s hook", _part_name(part), name)
+        if part is self.decider and self.decider is not None:
+            try:
+                self.decider.fail_closed(name, *args)
+            except Exception:  # noqa: BLE001
+                log.exception("schoolgate: could not refuse after %s failed", _part_name(part))
+
+
+def _only_when_served(part: Any, request: Callable[..., Any]) -> Callable[..., Any]:
+    """An app addon's async ``request`` hook, called only for the flows it serves: creating
+    and awaiting a coroutine for every other request costs the event loop for nothing."""
+    should_serve = part.should_serve
+
+    def maybe_serve(flow: Any) -> Awaitable | None:
+        return request(flow) if should_serve(flow) else None
+
+    return maybe_serve

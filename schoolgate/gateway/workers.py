@@ -1,0 +1,360 @@
+"""Several gateway processes on one listening port: ``schoolgate run --workers N``.
+
+mitmproxy runs one event loop on one core, so one process saturates one core. With
+``--workers N`` the ``schoolgate run`` process becomes a small supervisor that starts N worker
+processes (``schoolgate run ... --worker I/N``, a fresh interpreter each, no fork of a process
+with threads) and each worker listens on the same address with ``SO_REUSEPORT``: the kernel
+gives each worker a listening socket of its own in one group and spreads new connections over
+them by a hash of the connection's addresses. Nothing sits between a client and its worker.
+
+* **Listening**: mitmproxy (11 and 12) opens its TCP listeners with ``asyncio.start_server``,
+  which has a ``reuse_port`` argument that mitmproxy never passes and no option to set.
+  :func:`listen_with_reuse_port` makes the worker's event loop pass it, so every version that
+  calls ``loop.create_server`` is covered without copying mitmproxy's listening code. Linux
+  only lets sockets of the same user join a group, so another user cannot take a share of the
+  port; :func:`check_port_free` refuses to start when anything already listens there (such as
+  a second gateway on the same port), which ``SO_REUSEPORT`` would otherwise join silently.
+* **Shared state**: the supervisor creates the mitmproxy CA, the database schema and the
+  block-page secret before any worker starts (:func:`prepare_shared_state`), so that every
+  worker presents the same CA and no two workers race to migrate the database.
+* **Run once**: the scheduled jobs, the portal's notification sender and the portal on
+  ``--portal-port`` run in worker 1 only (the others get ``schoolgate_jobs=false``,
+  ``schoolgate_portal_sender=false``).
+* **Signals**: SIGTERM and SIGINT go to every worker, each flushes its decision log and exits,
+  then the supervisor exits. SIGHUP goes to every worker (each reloads the policy). A worker
+  that dies is started again (after 1 s, doubling while it keeps dying within
+  ``STABLE_SECONDS`` of its start, up to 30 s); after ``MAX_QUICK_FAILURES`` quick deaths in a
+  row the supervisor stops everything and exits 1, so that systemd's ``Restart=on-failure``
+  or the operator sees the failure instead of a gateway stuck restarting.
+* Each worker's log lines start with ``[worker I pid P]`` (the journal shows the supervisor's
+  PID for all of them), and a worker exits if the supervisor dies (``PR_SET_PDEATHSIG``), so
+  no orphan keeps a share of the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STABLE_SECONDS = 10.0  # a worker that ran this long before dying was not crash-looping
+MAX_QUICK_FAILURES = 5
+FIRST_DELAY = 1.0
+MAX_DELAY = 30.0
+STOP_TIMEOUT = 30.0  # then SIGKILL: the decision log's own flush gives up after 15 s
+
+# Modes whose listener is one asyncio TCP server (the only ones SO_REUSEPORT is set for).
+TCP_MODES = ("regular", "transparent", "upstream", "reverse", "socks5")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (a cgroup or ``taskset`` may allow fewer than all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(text: str) -> int:
+    """``--workers``: a number of processes, or ``auto`` for one per core."""
+    if text.strip().lower() == "auto":
+        return cpu_count()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--workers must be a number or 'auto', not {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be at least 1, not {count}")
+    return count
+
+
+def parse_worker(text: str) -> tuple[int, int]:
+    """The hidden ``--worker I/N`` a supervisor gives each worker."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--worker must be I/N, not {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"--worker {text}: I must be between 1 and N")
+    return index, count
+
+
+# -- the supervisor's checks and preparation -------------------------------------------------
+def check_mode(mode: str) -> str | None:
+    """Why ``mode`` cannot run as several workers, or None if it can."""
+    from mitmproxy.proxy import mode_specs
+
+    try:
+        spec = mode_specs.ProxyMode.parse(mode)
+    except ValueError as exc:
+        return f"invalid --mode {mode!r}: {exc}"
+    if spec.type_name not in TCP_MODES:
+        return (
+            f"--workers supports the modes {', '.join(TCP_MODES)}; "
+            f"not {spec.type_name!r} (run one process for it)"
+        )
+    return None
+
+
+def listen_address(mode: str, host: str, port: int) -> tuple[str, int]:
+    """Where the mode listens (a mode spec may name its own ``@host:port``)."""
+    from mitmproxy.proxy import mode_specs
+
+    spec = mode_specs.ProxyMode.parse(mode)
+    return spec.listen_host(host), spec.listen_port(port) or port
+
+
+def check_port_free(host: str, port: int) -> str | None:
+    """Why nobody may listen on ``host:port`` now (in use, not allowed), or None.
+
+    Binds every address asyncio would listen on, without ``SO_REUSEPORT``: that fails if any
+    socket listens there, with or without the option (so a gateway already running on the
+    port is found, not joined)."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        return f"cannot resolve the listen address {host or '*'}: {exc}"
+    for family, kind, proto, _name, address in {info for info in infos}:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # e.g. no IPv6 on this host: asyncio skips it too
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                sock.listen(1)
+            except OSError as exc:
+                return f"cannot listen on {address[0] or '*'}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def prepare_shared_state(data_dir: Path, confdir: Path, database_url: str) -> None:
+    """What all workers share, made once before they start: the CA (else each worker would
+    create a CA of its own on an empty data folder and clients would see several), the
+    database schema (concurrent migrations of one SQLite file fail) and the page secret."""
+    from mitmproxy import certs
+    from mitmproxy.options import KEY_SIZE
+
+    from schoolgate.blockpage import load_or_create_secret
+    from schoolgate.db import open_database
+
+    certs.CertStore.from_store(confdir, "mitmproxy", KEY_SIZE)
+    load_or_create_secret(data_dir)
+    sessions = open_database(database_url)
+    sessions.kw["bind"].dispose()  # the workers open their own connections
+
+
+def worker_argv(args: argparse.Namespace, data_dir: Path, index: int, count: int) -> list[str]:
+    """The command line of worker ``index`` (1-based) of ``count``: this ``run``'s own
+    options, with the portal port for worker 1 only (one process can bind it)."""
+    argv = [sys.executable, "-m", "schoolgate.cli", "run"]
+    if getattr(args, "config", None):
+        argv += ["--config", str(args.config)]
+    argv += ["--data-dir", str(data_dir)]
+    argv += ["--listen-host", getattr(args, "listen_host", None) or ""]
+    argv += ["--listen-port", str(getattr(args, "listen_port", None) or 8080)]
+    argv += ["--mode", getattr(args, "mode", None) or "regular"]
+    if getattr(args, "quiet", False):
+        argv.append("--quiet")
+    for spec in getattr(args, "set", None) or []:
+        argv += ["--set", spec]
+    if index == 1 and getattr(args, "portal_port", None):
+        argv += ["--portal-port", str(args.portal_port)]
+    argv += ["--worker", f"{index}/{count}"]
+    return argv
+
+
+# -- in a worker -------------------------------------------------------------------------------
+def listen_with_reuse_port(loop: asyncio.AbstractEventLoop) -> None:
+    """Make every TCP server ``loop`` creates from now on join a ``SO_REUSEPORT`` group.
+
+    mitmproxy's servers call ``asyncio.start_server`` -> ``loop.create_server`` without
+    ``reuse_port``; setting the default on the loop (an instance attribute shadowing the
+    method) reaches them in mitmproxy 11 and 12 alike. ``SO_REUSEADDR`` stays as asyncio sets
+    it."""
+    create_server = loop.create_server
+
+    @functools.wraps(create_server)
+    async def create_server_reuse_port(*args, **kwargs):
+        kwargs.setdefault("reuse_port", True)
+        return await create_server(*args, **kwargs)
+
+    loop.create_server = create_server_reuse_port  # type: ignore[method-assign]
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM to this worker when its supervisor dies (Linux), so that a
+    supervisor killed with SIGKILL leaves no worker holding a share of the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: systemd's KillMode still stops the workers with the service
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _TaggedFormatter(logging.Formatter):
+    def __init__(self, inner: logging.Formatter, tag: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tag = tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.tag + self.inner.format(record)
+
+
+def tag_log_lines(handler: logging.Handler | None, index: int) -> None:
+    """Start each line ``handler`` prints with ``[worker I pid P]``; and write lines whole, as
+    several processes share one stdout (a block-buffered file would interleave mid-line)."""
+    if handler is not None and handler.formatter is not None:
+        handler.formatter = _TaggedFormatter(
+            handler.formatter, f"[worker {index} pid {os.getpid()}]"
+        )
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+def say(message: str) -> None:
+    print(f"schoolgate: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Slot:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    quick_failures: int = 0
+    waiter: asyncio.Task | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Starts ``count`` workers with ``argv_for(index)``, keeps them running, passes signals
+    on. :meth:`run` returns the exit status of ``schoolgate run``."""
+
+    def __init__(self, count: int, argv_for: Callable[[int], Sequence[str]]) -> None:
+        self.count = count
+        self.argv_for = argv_for
+        self.slots = [_Slot(index) for index in range(1, count + 1)]
+        self.stopping = False
+        self.failed = False
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        say(f"supervisor (pid {os.getpid()}) starting {self.count} workers")
+        for slot in self.slots:
+            await self._start(slot)
+        await self._stop.wait()
+        await self._stop_all()
+        return 1 if self.failed else 0
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping:
+            say(f"{reason} received; stopping {self.count} workers")
+        self.stopping = True
+        self._stop.set()
+
+    def _forward(self, sig: signal.Signals) -> None:
+        say(f"{sig.name} received; passing it to the workers")
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                slot.proc.send_signal(sig)
+
+    async def _start(self, slot: _Slot) -> None:
+        env = dict(os.environ, SCHOOLGATE_SUPERVISOR_PID=str(os.getpid()))
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(*self.argv_for(slot.index), env=env)
+        except OSError as exc:
+            say(f"cannot start worker {slot.index}: {exc}")
+            self.failed = True
+            self.stop("start failure")
+            return
+        slot.started = time.monotonic()
+        say(f"worker {slot.index} started (pid {slot.proc.pid})")
+        slot.waiter = asyncio.create_task(self._watch(slot, slot.proc))
+
+    async def _watch(self, slot: _Slot, proc: asyncio.subprocess.Process) -> None:
+        status = await proc.wait()
+        if self.stopping:
+            return
+        ran = time.monotonic() - slot.started
+        slot.quick_failures = slot.quick_failures + 1 if ran < STABLE_SECONDS else 1
+        if slot.quick_failures >= MAX_QUICK_FAILURES:
+            say(
+                f"worker {slot.index} (pid {proc.pid}) exited ({_describe(status)}) "
+                f"{slot.quick_failures} times in a row within {STABLE_SECONDS:.0f} s of "
+                "starting; giving up"
+            )
+            self.failed = True
+            self.stop("repeated worker failure")
+            return
+        delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (slot.quick_failures - 1))
+        say(
+            f"worker {slot.index} (pid {proc.pid}) exited ({_describe(status)}); "
+            f"starting it again in {delay:.0f} s"
+        )
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+            return  # told to stop meanwhile
+        except TimeoutError:
+            pass
+        await self._start(slot)
+
+    async def _stop_all(self) -> None:
+        running = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for slot in self.slots:
+            if slot.waiter is not None and slot.waiter is not asyncio.current_task():
+                slot.waiter.cancel()
+        for proc in running:
+            try:
+                status = await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                say(f"worker pid {proc.pid} did not stop within {STOP_TIMEOUT:.0f} s; killing it")
+                proc.kill()
+                status = await proc.wait()
+                self.failed = True
+            if status not in (0, -signal.SIGTERM):
+                say(f"worker pid {proc.pid} stopped with {_describe(status)}")
+                self.failed = True
+        say("all workers stopped")
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "still running"
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"

@@ -1,0 +1,397 @@
+"""``schoolgate run --workers 2`` for real: a supervisor and two worker processes on one loopback
+port, driven by curl over new connections.
+
+Which worker served a connection is read from the gateway's own log: every line a worker
+prints starts with ``[worker I pid P]``, and mitmproxy logs ``[client address] client connect``
+for each connection, so curl's local port (``%{local_port}``) names the worker that took it.
+One gateway serves the module; the tests run in file order (the restart, reload and shutdown
+tests come last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from gateway_process import ROOT, free_port, run_cli, start_gateway
+from test_transparent_e2e import _REASON as TRANSPARENT_UNAVAILABLE
+from test_transparent_e2e import Transparent
+
+REQUESTS = 24  # new connections per check: all on one worker by chance is 2**-23
+
+WORKER_LINE = re.compile(r"^\[worker (\d+) pid (\d+)\]", re.M)
+CONNECT_LINE = re.compile(
+    r"^\[worker (\d+) pid (\d+)\]\[[^\]]*\]\[([\d.]+):(\d+)\] client connect$"
+)
+
+
+class Origin(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = f"origin {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
+    """``predicate()`` once it is truthy, or its last value after ``timeout`` (a bound on a
+    wait for an event, not a check of how fast anything is)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def listening(text: str) -> dict[int, int]:
+    """Worker index -> pid of the newest worker in that slot that logged it listens."""
+    found = {}
+    for line in text.splitlines():
+        match = WORKER_LINE.match(line)
+        if match and "proxy listening at" in line.lower():
+            found[int(match[1])] = int(match[2])
+    return found
+
+
+def worker_of(text: str, address: str, port: int) -> tuple[int, int] | None:
+    """(worker index, pid) that logged the connection from ``address:port`` (the newest)."""
+    for line in reversed(text.splitlines()):
+        match = CONNECT_LINE.match(line)
+        if match and match[3] == address and int(match[4]) == port:
+            return int(match[1]), int(match[2])
+    return None
+
+
+def workers_of(log: Path, address: str, ports: list[int]) -> list[tuple[int, int]]:
+    """The workers that took the connections from ``address`` and ``ports``, in order."""
+
+    def found():
+        text = log.read_text(errors="replace")
+        served = [worker_of(text, address, port) for port in ports]
+        return None if None in served else served
+
+    served = wait_for(found)
+    assert served, f"connections missing from the log:\n{log.read_text()[-4000:]}"
+    return served
+
+
+class Workers:
+    def __init__(self, tmp: Path) -> None:
+        folder = tmp / "config"
+        shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
+        self.config = folder / "config.yaml"
+        self.social_list = folder / "social.txt"
+        self.data_dir = tmp / "var"
+        self.log = tmp / "gateway.log"
+        self.port = free_port()
+        self.proxy = f"http://127.0.0.1:{self.port}"
+        self.origins = {}
+        for host in ("127.0.0.1", "127.0.0.3"):
+            server = ThreadingHTTPServer((host, 0), Origin)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.origins[host] = server
+        self.origin = f"http://127.0.0.1:{self.origins['127.0.0.1'].server_address[1]}"
+        self.other_origin = f"http://127.0.0.3:{self.origins['127.0.0.3'].server_address[1]}"
+        self.proc = start_gateway(
+            self.config,
+            self.data_dir,
+            self.port,
+            self.log,
+            "--workers",
+            "2",
+            # Reload only on SIGHUP: the reload test must see the signal reach each worker.
+            "--set",
+            "schoolgate_reload_interval=0",
+            quiet=False,
+        )
+        self.ca = self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
+        pids = wait_for(lambda: len(self.listening()) == 2 and self.listening())
+        assert pids, f"two workers did not listen:\n{self.text()}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def listening(self) -> dict[int, int]:
+        return listening(self.text())
+
+    def curl(self, url: str, *extra: str) -> tuple[int, int, dict[str, str], str]:
+        """One request over a new connection: status, curl's local port, headers, body."""
+        out = subprocess.run(
+            ["curl", "-s", "-x", self.proxy, "-D", "-", "-w", "\n%{http_code} %{local_port}"]
+            + ["--cacert", str(self.ca), *extra, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, f"curl {url}: exit {out.returncode} {out.stderr}"
+        head, _, tail = out.stdout.rpartition("\n")
+        code, port = (int(part) for part in tail.split())
+        headers = {}
+        for line in head.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and not line.startswith("HTTP/"):
+                headers[name.strip().lower()] = value.strip()
+        return code, port, headers, head
+
+    def workers_of(self, ports: list[int]) -> list[tuple[int, int]]:
+        return workers_of(self.log, "127.0.0.1", ports)
+
+    def events(self) -> list[dict]:
+        return json.loads(
+            run_cli(self.config, self.data_dir, "events", "--json", "--limit", "5000")
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for pid in self.listening().values():  # workers a failed test may have left
+            try:
+                if "schoolgate.cli" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        for server in self.origins.values():
+            server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    running = Workers(tmp_path_factory.mktemp("workers"))
+    yield running
+    running.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_new_connections_are_spread_over_both_workers(gw: Workers) -> None:
+    ports = []
+    for n in range(REQUESTS):
+        code, port, _, body = gw.curl(f"{gw.origin}/page{n}")
+        assert code == 200 and f"origin /page{n}" in body
+        ports.append(port)
+    served = gw.workers_of(ports)
+    assert {index for index, _ in served} == {1, 2}
+    assert {pid for _, pid in served} == set(gw.listening().values())
+    assert gw.proc.pid not in {pid for _, pid in served}  # the supervisor serves nothing
+
+
+def test_blocked_on_every_worker_and_every_block_recorded(gw: Workers) -> None:
+    ports, refs = [], []
+    for n in range(REQUESTS):
+        code, port, headers, body = gw.curl(f"http://social.test/feed{n}")
+        assert code == 403 and "social media" in body.lower()
+        ports.append(port)
+        refs.append(headers["x-schoolgate-ref"])
+    assert {index for index, _ in gw.workers_of(ports)} == {1, 2}
+    recorded = wait_for(lambda: {e["ref"] for e in gw.events()} >= set(refs))
+    assert recorded, "blocks missing from the decision log"
+
+
+def test_every_worker_presents_the_one_ca(gw: Workers) -> None:
+    """HTTPS interception over new connections: curl checks each worker's certificate against
+    the CA in the data folder, so a worker with a CA of its own would fail here."""
+    ports = []
+    for n in range(REQUESTS):
+        code, port, headers, body = gw.curl(f"https://social.test/tls{n}")
+        assert code == 403 and headers.get("x-schoolgate-ref")
+        ports.append(port)
+    assert {index for index, _ in gw.workers_of(ports)} == {1, 2}
+    assert sorted(p.name for p in (gw.data_dir / "ca").glob("mitmproxy-ca*.pem")) == [
+        "mitmproxy-ca-cert.pem",
+        "mitmproxy-ca.pem",
+    ]
+
+
+def test_jobs_and_notifications_run_in_worker_one_only(gw: Workers) -> None:
+    lines = gw.text().splitlines()
+    scheduled = [line for line in lines if "schoolgate jobs scheduled" in line]
+    assert len(scheduled) == 1 and scheduled[0].startswith("[worker 1 ")
+    senders = [line for line in lines if "portal notification sender started" in line]
+    assert len(senders) == 1 and senders[0].startswith("[worker 1 ")
+    # ...while both serve the portal itself.
+    assert {line[:9] for line in lines if "portal served at" in line} == {"[worker 1", "[worker 2"}
+
+
+def test_a_second_gateway_on_the_same_port_is_refused(gw: Workers, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "schoolgate.cli", "run", "--config", str(gw.config)]
+        + ["--data-dir", str(tmp_path / "var"), "--listen-host", "127.0.0.1"]
+        + ["--listen-port", str(gw.port), "--workers", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{gw.port}" in out.stderr
+    assert "not started" in out.stderr
+
+
+def test_bad_workers_value_is_refused() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "schoolgate.cli", "run", "--workers", "none"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--workers must be a number or 'auto', not 'none'" in out.stderr
+
+
+def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(gw: Workers) -> None:
+    before = gw.listening()
+    victim = before[2]
+    os.kill(victim, signal.SIGKILL)
+    # Connections queued for the dying worker are lost with it; once the supervisor has seen
+    # it go, its socket is closed and, until a new worker 2 listens, worker 1 takes them all.
+    gone = f"worker 2 (pid {victim}) exited (signal SIGKILL)"
+    assert wait_for(lambda: gone in gw.text()), gw.text()[-4000:]
+    code, port, _, _ = gw.curl(f"{gw.origin}/during")
+    assert code == 200
+    restarted = wait_for(lambda: gw.listening().get(2, victim) != victim and gw.listening())
+    assert restarted, f"worker 2 was not started again:\n{gw.text()[-4000:]}"
+    assert restarted[1] == before[1]  # worker 1 went on as it was
+    ports = []
+    for n in range(REQUESTS):
+        code, port, _, _ = gw.curl(f"{gw.origin}/after{n}")
+        assert code == 200
+        ports.append(port)
+    assert set(gw.workers_of(ports)) == {(1, restarted[1]), (2, restarted[2])}
+    # The restarted worker 2 still leaves the jobs and the notifications to worker 1.
+    assert gw.text().count("schoolgate jobs scheduled") == 1
+    assert gw.text().count("portal notification sender started") == 1
+
+
+def test_sighup_reloads_every_worker(gw: Workers) -> None:
+    code, _, _, _ = gw.curl(f"{gw.other_origin}/before")
+    assert code == 200
+    reloads = gw.text().count("policy reloaded from")
+    with gw.social_list.open("a") as fh:
+        fh.write("127.0.0.3\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    done = wait_for(lambda: gw.text().count("policy reloaded from") >= reloads + 2)
+    assert done, f"not every worker reloaded:\n{gw.text()[-4000:]}"
+    ports = []
+    for n in range(REQUESTS):
+        code, port, _, body = gw.curl(f"{gw.other_origin}/after{n}")
+        assert code == 403 and "social media" in body.lower()
+        ports.append(port)
+    assert {index for index, _ in gw.workers_of(ports)} == {1, 2}
+
+
+def test_sigterm_stops_all_workers_and_writes_every_event(gw: Workers) -> None:
+    workers = gw.listening()
+    refs = []
+    for n in range(REQUESTS):
+        code, _, headers, _ = gw.curl(f"http://social.test/last{n}")
+        assert code == 403
+        refs.append(headers["x-schoolgate-ref"])
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(60) == 0, gw.text()[-4000:]
+    assert not [pid for pid in workers.values() if alive(pid)]
+    assert "all workers stopped" in gw.text()
+    recorded = {e["ref"] for e in gw.events()}
+    assert set(refs) <= recorded
+
+
+# -- transparent mode: a pupils' network redirected by nftables to two workers ----------------
+
+
+class TransparentWorkers(Transparent):
+    """test_transparent_e2e's namespace, veth and nft redirect, with ``--workers 2``."""
+
+    def gateway_up(self) -> None:
+        self.proc = start_gateway(
+            self.config,
+            self.data_dir,
+            self.port,
+            self.log,
+            "--mode",
+            "transparent",
+            "--workers",
+            "2",
+            listen_host=self.host_ip,
+            quiet=False,
+        )
+        up = wait_for(lambda: len(listening(self.logs())) == 2)
+        assert up, f"two workers did not listen:\n{self.logs()}"
+
+    def get(self, url: str, *extra: str) -> tuple[int, int, str]:
+        """curl as the student from inside the namespace: status, local port, body."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.ns, "curl", "-sS", "--max-time", "20"]
+            + ["--interface", self.student_ip, "-w", "\n%{http_code} %{local_port}"]
+            + [*extra, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, f"curl {url}: {out.stderr}\n{self.logs()[-4000:]}"
+        body, _, tail = out.stdout.rpartition("\n")
+        code, port = (int(part) for part in tail.split())
+        return code, port, body
+
+
+@pytest.fixture(scope="module")
+def tnet(tmp_path_factory):
+    if TRANSPARENT_UNAVAILABLE is not None:
+        pytest.skip(TRANSPARENT_UNAVAILABLE)
+    running = TransparentWorkers(tmp_path_factory.mktemp("transparent-workers"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_transparent_mode_spreads_redirected_connections_over_both_workers(
+    tnet: TransparentWorkers,
+) -> None:
+    ports = []
+    for n in range(REQUESTS):
+        code, port, body = tnet.get(f"http://{tnet.host_ip}/t{n}")
+        assert code == 200 and body.endswith(f"/t{n}")  # the origin's answer
+        ports.append(port)
+    for n in range(REQUESTS):
+        code, port, body = tnet.get(
+            f"https://social.test/s{n}",
+            "--cacert",
+            str(tnet.ca),
+            "--resolve",
+            f"social.test:443:{tnet.host_ip}",
+        )
+        assert code == 403 and "social media" in body.lower()
+        ports.append(port)
+    served = workers_of(tnet.log, tnet.student_ip, ports)
+    assert {index for index, _ in served[:REQUESTS]} == {1, 2}
+    assert {index for index, _ in served[REQUESTS:]} == {1, 2}
