@@ -1,12 +1,14 @@
-"""Shared pytest fixtures. Only the gateway's fixtures live here (other tests build their own
-configs with ``tests/policy_fixtures.py``)."""
+"""Shared pytest fixtures: the gateway's config and data dir, and a PostgreSQL server (other
+tests build their own configs with ``tests/policy_fixtures.py``)."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import PostgresServer
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
@@ -26,3 +28,14 @@ def gateway_data_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "var"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server of the test module's own (Debian's binaries)."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,37 @@ def run_cli(
     )
     assert out.returncode == 0, f"schoolgate {' '.join(args)}: {out.stderr}"
     return out.stdout
+
+
+class Origin(BaseHTTPRequestHandler):
+    """The test's "internet": answers any request with ``origin <METHOD> <path>``."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = f"origin {self.command} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, step: float = 0.2):
+    """``predicate()`` once it is truthy, or its last value after ``timeout``: a bound on a
+    wait for something to happen, never a check of how fast it happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)

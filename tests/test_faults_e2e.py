@@ -23,45 +23,17 @@ import struct
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
 
 HTML = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 # Warnings too: `--quiet` alone keeps only errors, and the event log warns while it retries.
 LOG_WARNINGS = ("--set", "termlog_verbosity=warn")
-
-
-class Origin(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = f"origin {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, step: float = 0.2):
-    """Poll until ``predicate`` is true; its last value (false on timeout). The timeout is
-    only a safety net for a hung run, never what a test asserts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 class Gateway:
@@ -117,7 +89,7 @@ class Gateway:
         with self.client() as client:
             response = client.get(f"{self.origin}/{path}")
         assert response.status_code == 200, response.text
-        assert response.text == f"origin /{path}"
+        assert response.text == f"origin GET /{path}"
 
     def stop(self) -> int | None:
         """SIGTERM and wait: the exit status (None if it had to be killed)."""

@@ -15,49 +15,18 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway, wait_port
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for, wait_port
 
 HTML = {
     "Accept": "text/html,application/xhtml+xml",
     "Sec-Fetch-Mode": "navigate",
     "Sec-Fetch-Dest": "document",
 }
-
-
-class Origin(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        body = f"origin {self.command} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_HEAD = _answer
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def wait_for(predicate, timeout: float = 8.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 class Running:

@@ -38,16 +38,6 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 TAKEOVER_DEADLINE = 90.0  # seconds: generous, for a loaded machine (not a speed check)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path) -> str:
     """A fresh, empty database of each kind (the PostgreSQL server starts on first use)."""

@@ -166,16 +166,6 @@ class Trust:
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
-
-
-@pytest.fixture(scope="module")
 def trust(tmp_path_factory, pg: PostgresServer) -> Iterator[Trust]:
     tmp = tmp_path_factory.mktemp("trust")
     t = Trust(tmp, pg)

@@ -10,7 +10,6 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,16 +30,6 @@ from schoolgate.retention import RetentionSettings, export_user, purge
 from schoolgate.store import add_exception, exceptions_current, revoke_exception
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

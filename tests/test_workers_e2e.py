@@ -18,12 +18,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
 from test_transparent_e2e import _REASON as TRANSPARENT_UNAVAILABLE
 from test_transparent_e2e import Transparent
 
@@ -33,32 +32,6 @@ WORKER_LINE = re.compile(r"^\[worker (\d+) pid (\d+)\]", re.M)
 CONNECT_LINE = re.compile(
     r"^\[worker (\d+) pid (\d+)\]\[[^\]]*\]\[([\d.]+):(\d+)\] client connect$"
 )
-
-
-class Origin(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802
-        body = f"origin {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
-    """``predicate()`` once it is truthy, or its last value after ``timeout`` (a bound on a
-    wait for an event, not a check of how fast anything is)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def listening(text: str) -> dict[int, int]:
@@ -196,7 +169,7 @@ def test_new_connections_are_spread_over_both_workers(gw: Workers) -> None:
     ports = []
     for n in range(REQUESTS):
         code, port, _, body = gw.curl(f"{gw.origin}/page{n}")
-        assert code == 200 and f"origin /page{n}" in body
+        assert code == 200 and f"origin GET /page{n}" in body
         ports.append(port)
     served = gw.workers_of(ports)
     assert {index for index, _ in served} == {1, 2}
