@@ -69,11 +69,14 @@ async def drive(
                 schoolgate_data_dir=str(tmp / "var"),
                 confdir=str(CA_DIR),
             )
-            if quiet:  # background re-reads would count by wall time, not by request
+            if quiet:  # background work would count by wall time, not by request
                 opts.update(
                     schoolgate_bans_interval=3600.0,
                     schoolgate_exceptions_interval=3600.0,
                     schoolgate_reload_interval=3600.0,
+                    schoolgate_alerts_interval=3600.0,
+                    schoolgate_jobs=False,
+                    schoolgate_portal_sender=False,
                 )
         await master.addons.trigger_event(hooks.RunningHook())
         client = tflow.tclient_conn()

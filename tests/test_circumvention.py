@@ -744,6 +744,13 @@ def test_odd_port_stages_and_config() -> None:
     assert fired(connect("www.example.com", 8080), "odd_port", only_443).kind == "odd_port"
 
 
+def test_odd_port_on_the_schools_own_network_is_not_reported() -> None:
+    # Printers and internal apps on odd ports, at addresses the school allows.
+    silent(req("http://10.0.0.5:9100/status"), "odd_port")
+    silent(connect("10.0.0.5", 3389), "odd_port")
+    assert fired(connect("203.0.113.5", 3389), "odd_port").kind == "odd_port"
+
+
 def test_non_tls_tunnel() -> None:
     tunnel = TrafficFacts(stage="tls", host="vpn.example.net", port=443, tls_seen=False)
     event = fired(tunnel, "non_tls_tunnel")

@@ -26,7 +26,6 @@ Anything that fails here is logged and lets the request go on to Enforcement, wh
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import weakref
@@ -77,14 +76,6 @@ _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store
 def _user_of(flow: http.HTTPFlow) -> str | None:
     auth = flow.metadata.get("proxyauth")
     return auth[0] if auth else None  # never the password
-
-
-def _school_ip(detectors: Detectors, host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return detectors.ip_allowed(ip)
 
 
 def _url_of(request: http.Request) -> Callable[[], str]:
@@ -249,8 +240,6 @@ class CircumventionGuard:
         for event in found:
             if event.key in seen:
                 continue
-            if event.detector == "odd_port" and _school_ip(detectors, facts.host):
-                continue  # the school's own network (printers, internal apps on odd ports)
             seen.add(event.key)
             if callable(url):  # built only for evidence: pretty_url costs ~10 us a request
                 url = url()
