@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import yaml
@@ -110,6 +109,8 @@ class PolicyHolder:
         self._hup = threading.Event()
         self._lock = threading.Lock()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -132,8 +133,10 @@ class PolicyHolder:
         )
 
     def configure(self, updated) -> None:
-        if "schoolgate_reload_interval" in updated and ctx.options.schoolgate_reload_interval < 0:
-            raise exceptions.OptionsError("schoolgate_reload_interval must not be negative")
+        if "schoolgate_reload_interval" in updated:
+            if ctx.options.schoolgate_reload_interval < 0:
+                raise exceptions.OptionsError("schoolgate_reload_interval must not be negative")
+            self._wake_watcher()  # a sleeping watcher picks up the new interval
         if not ({"schoolgate_config", "schoolgate_data_dir"} & set(updated)):
             return
         config_path = Path(ctx.options.schoolgate_config or DEFAULT_CONFIG)
@@ -175,6 +178,12 @@ class PolicyHolder:
         """Reload at the next check, whether or not a file changed (SIGHUP)."""
         log.info("schoolgate: reload requested")
         self._hup.set()
+        self._wake_watcher()
+
+    def _wake_watcher(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)  # callable from any thread
 
     def changed(self) -> bool:
         return fingerprint(self._paths) != self._fingerprint
@@ -211,11 +220,17 @@ class PolicyHolder:
             return True
 
     async def _watch(self) -> None:
+        # Sleeps until the interval is up or a reload is asked for: no polling on the event loop.
+        wake = self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         while True:
-            interval = ctx.options.schoolgate_reload_interval
-            deadline = time.monotonic() + (interval or 3600)
-            while time.monotonic() < deadline and not self._hup.is_set():
-                await asyncio.sleep(min(0.25, interval or 0.25))
+            if not self._hup.is_set():
+                interval = ctx.options.schoolgate_reload_interval
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=interval or 3600)
+                except TimeoutError:
+                    pass
+            wake.clear()
             force = self._hup.is_set()
             self._hup.clear()
             try:
