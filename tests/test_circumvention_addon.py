@@ -424,3 +424,23 @@ def test_the_esafety_team_is_told_by_email(gateway_config: Path, gateway_data_di
     assert "reached the 'warn' stage" in message
     assert "Who: device:127.0.0.1 (student)" in message
     assert "circumvention warn for device:127.0.0.1" in message  # the subject line
+
+
+def test_attempts_count_together_across_gateway_processes(gw: GW):
+    """Workers or gateways on one database: a pupil's attempts count on one ladder wherever
+    they land, and none counts twice."""
+    first = gw.guard
+    _attempts(gw, ["proxy1.test"])  # a warning, recorded by the first process
+    first.recorder.eventlog.flush(10)
+    other = CircumventionGuard(first.holder, first.recorder)  # a second process's guard
+    other._sync()
+    assert other.refresh()
+    assert other.ladder.total("device:127.0.0.1") == 1.0
+    gw.guard = other
+    gw.addons = [other if isinstance(a, CircumventionGuard) else a for a in gw.addons]
+    _attempts(gw, ["proxy2.test"])  # the second attempt, at the other process: a lockout
+    assert [e["action"] for e in gw.events("circumvention")] == ["warn", "lockout"]
+    first.recorder.eventlog.flush(10)
+    assert first.refresh() and other.refresh()
+    assert first.ladder.total("device:127.0.0.1") == 2.0  # its own attempt once, the other's
+    assert other.ladder.total("device:127.0.0.1") == 2.0

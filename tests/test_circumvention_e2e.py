@@ -19,10 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
 
 from tests.test_circumvention_addon import add_circumvention_config
-from tests.test_gateway_e2e import Origin, wait_for
 
 HTML = {
     "Accept": "text/html,application/xhtml+xml",
@@ -136,3 +135,27 @@ def test_attempts_ban_suspension_supervision_restart_lift(gateway: Gateway) -> N
         "supervision.end",  # the running supervision session ends with the ban
     ]
     assert len(shown["evidence"]) == 3
+
+
+def test_attempts_at_two_gateways_count_together(tmp_path: Path) -> None:
+    """Two gateways on one database (two workers, or two gateways of a trust): a pupil who
+    spreads attempts between them meets the stage their total reaches."""
+    a = Gateway(tmp_path / "a")
+    b = Gateway(tmp_path / "b")
+    b.config, b.data_dir = a.config, a.data_dir  # the same policy and database
+    a.start()
+    try:
+        assert a.get(a.origin + "/ready").status_code == 200  # a has made the shared state
+        # not --quiet: b's log says when it has counted a's attempt
+        b.proc = start_gateway(b.config, b.data_dir, b.port, b.log, quiet=False)
+        assert a.get("http://proxy1.test/").status_code == 403  # the first attempt: a warning
+        counted = "counted 1 circumvention attempt(s) recorded by another gateway process"
+        assert wait_for(lambda: counted in b.log.read_text(), timeout=30), b.log.read_text()
+        assert b.get("http://proxy2.test/").status_code == 403  # the second, at the other
+        events = json.loads(a.cli("events", "--kind", "circumvention", "--json"))
+        assert [e["action"] for e in events] == ["warn", "lockout"]
+        assert b.get(b.origin + "/homework").status_code == 403  # locked out
+    finally:
+        for gw in (a, b):
+            gw.stop()
+            gw.origin_server.shutdown()

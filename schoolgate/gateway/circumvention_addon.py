@@ -26,6 +26,7 @@ Anything that fails here is logged and lets the request go on to Enforcement, wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
@@ -114,6 +115,12 @@ class CircumventionGuard:
         self._worker = Periodic("schoolgate-bans", self.refresh)
         self._failing = False
         self._replayed = False
+        # Attempts counted on the ladder, by event ref: this process's own and those that other
+        # workers or gateways on the same database recorded (read back by refresh()), so that a
+        # pupil's attempts count together wherever they land, and none counts twice.
+        self._counted: dict[str, datetime] = {}
+        self._remote_since: datetime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- mitmproxy lifecycle ------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -130,6 +137,10 @@ class CircumventionGuard:
         self._sync()
 
     def running(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         if not self._worker.started:
             self._sync()
             self.replay_recent()
@@ -263,6 +274,7 @@ class CircumventionGuard:
         client_ip = _peer_ip(client)
         subject = self.subject_of(identity, user, client_ip) or "device:unknown"
         ref = new_ref()
+        self._counted[ref] = at
         role = identity.role if identity is not None else None
         sanctionable = self.sanctions.enabled and role in self.sanctions.roles
         outcome = self.ladder.observe(
@@ -773,7 +785,75 @@ class CircumventionGuard:
                 )
             self.book = book
         self.refreshed_at = now
+        self._read_others_attempts(sessions, now)
         return True
+
+    def _read_others_attempts(self, sessions, now: datetime) -> None:
+        """Circumvention events recorded since the last look (by any process on this
+        database), handed to the event loop to be counted: the ladder is the loop's alone."""
+        from sqlalchemy import select
+
+        from schoolgate.db import EventRow
+
+        window_start = now - timedelta(minutes=self.sanctions.window_minutes)
+        since = window_start
+        if self._remote_since is not None:
+            # events are written a moment after they happen: look back a little
+            since = max(window_start, self._remote_since - timedelta(minutes=2))
+        try:
+            with sessions() as session:
+                rows = session.execute(
+                    select(EventRow.ref, EventRow.at, EventRow.detail)
+                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
+                    .order_by(EventRow.at, EventRow.id)
+                ).all()
+        except Exception:  # noqa: BLE001 - counted at the next look
+            log.exception("schoolgate: cannot read recent circumvention events")
+            return
+        self._remote_since = now
+        if not rows:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.count_recorded, rows, now)
+        else:
+            self.count_recorded(rows, now)
+
+    def count_recorded(self, rows, now: datetime | None = None) -> int:
+        """Count (quietly: no stage fires for them) the recorded attempts in ``rows`` (ref, at,
+        detail JSON) that this process has not counted yet; the next attempt, wherever it is
+        made, meets the stage the total reaches. Returns how many were new."""
+        import json
+
+        now = now or self.clock()
+        counted = self._counted
+        new = 0
+        for ref, at, text in rows:
+            if ref in counted:
+                continue
+            counted[ref] = at
+            try:
+                detail = json.loads(text or "{}")
+                self.ladder.observe(
+                    detail["sanction"]["subject"],
+                    tuple(detail.get("key") or ()),
+                    int(detail.get("severity", 2)),
+                    at=at,
+                    quiet=True,
+                )
+                new += 1
+            except (ValueError, KeyError, TypeError):
+                continue
+        cutoff = now - timedelta(minutes=self.sanctions.window_minutes + 5)
+        if len(counted) > 256:
+            self._counted = {r: at for r, at in counted.items() if at > cutoff}
+        if new:
+            log.info(
+                "schoolgate: counted %d circumvention attempt(s) recorded by another gateway "
+                "process (or before a restart)",
+                new,
+            )
+        return new
 
     def replay_recent(self) -> int:
         """After a restart: count the circumvention events of the last window again (quietly:
@@ -781,38 +861,24 @@ class CircumventionGuard:
         sessions = self.recorder.sessions
         if sessions is None or self._replayed:
             return 0
-        import json
-
         from sqlalchemy import select
 
         from schoolgate.db import EventRow
 
-        since = self.clock() - timedelta(minutes=self.sanctions.window_minutes)
-        count = 0
+        now = self.clock()
+        since = now - timedelta(minutes=self.sanctions.window_minutes)
         try:
             with sessions() as session:
                 rows = session.execute(
-                    select(EventRow.at, EventRow.detail)
+                    select(EventRow.ref, EventRow.at, EventRow.detail)
                     .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
                     .order_by(EventRow.at, EventRow.id)
                 ).all()
         except Exception:  # noqa: BLE001
             log.exception("schoolgate: cannot read recent circumvention events")
             return 0
-        for at, text in rows:
-            try:
-                detail = json.loads(text or "{}")
-                subject = detail["sanction"]["subject"]
-                self.ladder.observe(
-                    subject,
-                    tuple(detail.get("key") or ()),
-                    int(detail.get("severity", 2)),
-                    at=at,
-                    quiet=True,
-                )
-                count += 1
-            except (ValueError, KeyError, TypeError):
-                continue
+        count = self.count_recorded(rows, now)
+        self._remote_since = now
         self._replayed = True
         return count
 
