@@ -791,25 +791,14 @@ class CircumventionGuard:
     def _read_others_attempts(self, sessions, now: datetime) -> None:
         """Circumvention events recorded since the last look (by any process on this
         database), handed to the event loop to be counted: the ladder is the loop's alone."""
-        from sqlalchemy import select
-
-        from schoolgate.db import EventRow
-
         window_start = now - timedelta(minutes=self.sanctions.window_minutes)
         since = window_start
         if self._remote_since is not None:
             # events are written a moment after they happen: look back a little
             since = max(window_start, self._remote_since - timedelta(minutes=2))
-        try:
-            with sessions() as session:
-                rows = session.execute(
-                    select(EventRow.ref, EventRow.at, EventRow.detail)
-                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
-                    .order_by(EventRow.at, EventRow.id)
-                ).all()
-        except Exception:  # noqa: BLE001 - counted at the next look
-            log.exception("schoolgate: cannot read recent circumvention events")
-            return
+        rows = self._recorded_attempts(sessions, since)
+        if rows is None:
+            return  # counted at the next look
         self._remote_since = now
         if not rows:
             return
@@ -818,6 +807,24 @@ class CircumventionGuard:
             loop.call_soon_threadsafe(self.count_recorded, rows, now)
         else:
             self.count_recorded(rows, now)
+
+    @staticmethod
+    def _recorded_attempts(sessions, since: datetime) -> list | None:
+        """(ref, at, detail) of the circumvention events since ``since``; None if unreadable."""
+        from sqlalchemy import select
+
+        from schoolgate.db import EventRow
+
+        try:
+            with sessions() as session:
+                return session.execute(
+                    select(EventRow.ref, EventRow.at, EventRow.detail)
+                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
+                    .order_by(EventRow.at, EventRow.id)
+                ).all()
+        except Exception:  # noqa: BLE001
+            log.exception("schoolgate: cannot read recent circumvention events")
+            return None
 
     def count_recorded(self, rows, now: datetime | None = None) -> int:
         """Count (quietly: no stage fires for them) the recorded attempts in ``rows`` (ref, at,
@@ -861,21 +868,10 @@ class CircumventionGuard:
         sessions = self.recorder.sessions
         if sessions is None or self._replayed:
             return 0
-        from sqlalchemy import select
-
-        from schoolgate.db import EventRow
-
         now = self.clock()
         since = now - timedelta(minutes=self.sanctions.window_minutes)
-        try:
-            with sessions() as session:
-                rows = session.execute(
-                    select(EventRow.ref, EventRow.at, EventRow.detail)
-                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
-                    .order_by(EventRow.at, EventRow.id)
-                ).all()
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: cannot read recent circumvention events")
+        rows = self._recorded_attempts(sessions, since)
+        if rows is None:
             return 0
         count = self.count_recorded(rows, now)
         self._remote_since = now
