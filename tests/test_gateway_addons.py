@@ -55,21 +55,26 @@ class Gateway:
             return list_events(session, limit=None)
 
 
-@pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path):
-    addons = make_addons()
-    with taddons.context(*addons) as tctx:
-        holder = addons[0]
+def _configured(parts: list, loaded: list, config: Path, data_dir: Path):
+    """``loaded`` (the parts themselves, or the one addon around them) in a mitmproxy test
+    context on the test config; yields the parts as a :class:`Gateway`."""
+    with taddons.context(*loaded) as tctx:
         tctx.configure(
-            holder,
-            schoolgate_config=str(gateway_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
+            loaded[0],
+            schoolgate_config=str(config),
+            schoolgate_data_dir=str(data_dir),
+            confdir=str(data_dir / "ca"),
         )
-        gateway = Gateway(tctx, *addons, config=gateway_config)
+        gateway = Gateway(tctx, *parts, config=config)
         gateway.exceptions.refresh()
         yield gateway
         gateway.recorder.done()
+
+
+@pytest.fixture
+def gw(gateway_config: Path, gateway_data_dir: Path):
+    addons = make_addons()
+    yield from _configured(addons, addons, gateway_config, gateway_data_dir)
 
 
 def http_flow(
@@ -503,18 +508,7 @@ def chain(gateway_config: Path, gateway_data_dir: Path):
     from schoolgate.gateway import make_chain
 
     parts = make_addons()
-    (top,) = make_chain(parts)
-    with taddons.context(top) as tctx:
-        tctx.configure(
-            top,
-            schoolgate_config=str(gateway_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
-        )
-        gateway = Gateway(tctx, *parts, config=gateway_config)
-        gateway.exceptions.refresh()
-        yield gateway
-        gateway.recorder.done()
+    yield from _configured(parts, make_chain(parts), gateway_config, gateway_data_dir)
 
 
 def _through_mitmproxy(gw: Gateway, hook_cls, subject) -> None:

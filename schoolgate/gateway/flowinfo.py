@@ -58,12 +58,6 @@ def _lower_headers(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
     return out
 
 
-def lower_headers(request: http.Request) -> dict[str, str]:
-    """The request's headers as a plain dict with lower-case names, repeated headers joined
-    with ", " as ``Headers.get`` joins them. Shared: do not modify it."""
-    return request_view(request).headers
-
-
 def header_host(request: http.Request) -> str | None:
     """The host named by the Host header (HTTP/2: ``:authority``), lower case, no port."""
     return request_view(request).named_host
