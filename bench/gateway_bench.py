@@ -1,7 +1,7 @@
 """Throughput and added latency of schoolgate vs bare ``mitmdump -q``, on one loopback origin.
 
-    python3 bench/gateway_bench.py [--seconds 10] [--concurrency 10]
-        [--scenarios keepalive,https,newconn] [--latency-rate 50]
+    python3 bench/gateway_bench.py [--seconds 10] [--rounds 3] [--concurrency 10]
+        [--scenarios keepalive,https,newconn] [--latency-rate 50] [--no-pin]
 
 Needs ``hey`` (Debian: ``apt-get install -y hey``). Runs, in one go, a local origin server and,
 side by side for each scenario, three proxies on it: bare ``mitmdump -q``, ``schoolgate run
@@ -17,7 +17,13 @@ loaded the mitmproxy way: what the addons cost apart from our runner). Scenarios
 * ``newconn``: plain HTTP, a new connection for every request (``hey -disable-keepalive``).
 
 Each proxy is a fresh process with a fresh data folder for each scenario (no state carried
-over). For each it prints requests/s and p50/p99 latency under load (one proxy loaded at a
+over). The loads take turns: ``--rounds`` rounds of bare, schoolgate, addons, ..., so that a
+slow moment of the machine falls on every proxy alike, and the figures compared are each
+proxy's median over the rounds. On a machine with two or more CPUs the proxy under load has
+a CPU of its own (``taskset``) and hey, the origin and this script share another
+(``--no-pin`` turns that off): the figures are then the proxy's, not the load generator's.
+
+For each proxy it prints requests/s and p50/p99 latency under load (one proxy loaded at a
 time), the proxy's CPU per request, the origin connections it opened, and p50/p99 from a
 separate low-load pass: one connection to each proxy, a request to each in turn,
 ``--latency-rate`` rounds a second, timed in microseconds by a client in this process. On a
@@ -36,6 +42,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -319,6 +326,28 @@ LABELS = {
 
 
 @dataclass
+class Pinning:
+    """Which CPU the proxies run on, and which the load generator, origin and this script."""
+
+    proxy_cpu: int | None = None
+    load_cpu: int | None = None
+
+    def apply(self, enabled: bool) -> str:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not enabled or len(cpus) < 2 or not shutil.which("taskset"):
+            return "not pinned: proxies, hey and the origin share every CPU"
+        self.load_cpu, self.proxy_cpu = cpus[0], cpus[-1]
+        os.sched_setaffinity(0, {self.load_cpu})  # hey and the origin's threads inherit it
+        return (
+            f"pinned: the proxy under load on CPU {self.proxy_cpu}; hey, the origin and this "
+            f"script on CPU {self.load_cpu}"
+        )
+
+
+PINNING = Pinning()
+
+
+@dataclass
 class Scenario:
     name: str
     title: str
@@ -344,6 +373,8 @@ class Proxy:
         folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{scenario.name}-", dir=work))
         port = free_port()
         cmd = proxy_command(kind, port, folder, conf, scenario.https)
+        if PINNING.proxy_cpu is not None:
+            cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         proxy = cls(kind, proc, port, folder / "ca" / "mitmproxy-ca-cert.pem")
         try:
@@ -374,7 +405,8 @@ def load(
     address = f"http://127.0.0.1:{proxy.port}"
     env = dict(os.environ, SSL_CERT_FILE=str(proxy.ca)) if scenario.https else None
     target = url or scenario.url
-    hey(target, address, warm, args.concurrency, scenario.hey_args, env)  # warm up
+    if warm:
+        hey(target, address, warm, args.concurrency, scenario.hey_args, env)
     cpu_before = cpu_seconds(proxy.proc.pid)
     connections_before = Origin.connections
     result = hey(target, address, args.seconds, args.concurrency, scenario.hey_args, env)
@@ -392,6 +424,31 @@ def load(
     for line in result.get("errors", []):
         print(f"{'':<34} error: {line.strip()}")
     return result
+
+
+def rounds(proxies: list[Proxy], scenario: Scenario, args: argparse.Namespace) -> dict:
+    """``--rounds`` loads of each proxy, taking turns (the order rotates each round); each
+    proxy's figures are its medians over the rounds, with every round's req/s kept."""
+    runs: dict[str, list[dict]] = {p.kind: [] for p in proxies}
+    order = list(proxies)
+    for number in range(1, args.rounds + 1):
+        for proxy in order:
+            label = (
+                f"{LABELS[proxy.kind]}, round {number}" if args.rounds > 1 else LABELS[proxy.kind]
+            )
+            runs[proxy.kind].append(
+                load(proxy, scenario, args, label, warm=2 if number == 1 else 0)
+            )
+        order.append(order.pop(0))
+    results = {}
+    for kind, done in runs.items():
+        results[kind] = {
+            key: statistics.median(run[key] for run in done)
+            for key in ("rps", "cpu_us", "p50_ms", "p99_ms")
+        }
+        results[kind]["each_rps"] = [run["rps"] for run in done]
+        results[kind]["each_cpu_us"] = [run["cpu_us"] for run in done]
+    return results
 
 
 def low_load(
@@ -431,9 +488,13 @@ def compare(scenario: Scenario, results: dict[str, dict]) -> None:
         ratio = ours["rps"] / bare["rps"]
         per_request_us = (1 / ours["rps"] - 1 / bare["rps"]) * 1e6
         suffix = " (allowed)" if scenario.name == "keepalive" else f" ({scenario.name})"
+        each = ", ".join(
+            f"{o / b:.3f}" for o, b in zip(ours["each_rps"], bare["each_rps"], strict=True)
+        )
         print(
-            f"ratio {name}/bare{suffix}: {ratio:.3f} "
-            f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request)"
+            f"ratio {name}/bare{suffix}, medians: {ratio:.3f} "
+            f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request); "
+            f"round by round: {each}"
         )
         cpu_cost = ours["cpu_us"] / bare["cpu_us"] - 1
         print(
@@ -469,6 +530,14 @@ def main() -> int:
         default=0,
         help="length of the low-load latency pass (default: --seconds)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="loads of each proxy, taking turns (default 3)"
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the proxies share CPUs with hey and the origin",
+    )
     args = parser.parse_args()
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
@@ -477,6 +546,7 @@ def main() -> int:
     if not shutil.which("hey"):
         print("bench needs hey: apt-get install -y hey", file=sys.stderr)
         return 2
+    print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         conf = work / "config"
@@ -522,7 +592,7 @@ def main() -> int:
             try:
                 for kind in kinds:
                     proxies.append(Proxy.start(kind, scenario, work, conf))
-                results = {p.kind: load(p, scenario, args, LABELS[p.kind]) for p in proxies}
+                results = rounds(proxies, scenario, args)
                 # before the blocked load below, whose logging may still be flushing after it
                 probes = low_load(proxies, scenario, args)
                 if name == "keepalive":

@@ -406,6 +406,11 @@ class BanBook:
     def __len__(self) -> int:
         return len(self.bans)
 
+    def names(self, subject: str | None) -> bool:
+        """Whether any ban or supervision session (in force or not) is about ``subject``: a
+        dictionary lookup, so that everyone else's requests skip the clock and the checks."""
+        return subject in self._bans or subject in self._sups
+
     def with_ban(self, ban: BanState) -> BanBook:
         return BanBook((*[b for b in self.bans if b.ref != ban.ref], ban), self.supervisions)
 

@@ -58,6 +58,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from schoolgate.hosts import lower_host
+
 try:  # bundled with mitmproxy; the fallback below covers the common cases without it
     import publicsuffix2 as _psl
 except ImportError:  # pragma: no cover - depends on the environment
@@ -90,7 +92,7 @@ KINDS: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrafficFacts:
     """What the gateway saw of one connection or request; None where not known at the stage.
 
@@ -98,6 +100,9 @@ class TrafficFacts:
     known). ``host`` is the host as the client wrote it (CONNECT authority host, Host header or
     URL host), NOT normalised. ``headers`` have lower-case names. ``tls_seen`` says, for a
     CONNECT tunnel, whether the client spoke TLS (None = not known yet).
+
+    Not frozen only because a frozen dataclass costs ~1 microsecond more to build, and one is
+    built for every request; treat it as immutable.
     """
 
     stage: str
@@ -328,7 +333,7 @@ def _normalise(raw: str) -> tuple[str, list[str], IPAddress | None, str | None]:
     if host.endswith("."):
         disguises.append("trailing-dot")
         host = host.rstrip(".")
-    host = host.lower()
+    host = lower_host(host)
     if not host:
         return "", disguises, None, None
     if ".." in host:
@@ -1513,6 +1518,25 @@ def _tor(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[CircumventionEve
 # --------------------------------------------------------------------------------------------
 
 
+# Detectors that look only at where the traffic goes and how it is named (stage, host, port,
+# SNI, Host header, scheme, TLS seen), never at the path or the headers: what they find for one
+# such combination they find for every request with it.
+_NAME_ONLY = frozenset(
+    {
+        "listed_host",
+        "dot",
+        "ip_literal",
+        "domain_fronting",
+        "no_sni",
+        "odd_port",
+        "non_tls_tunnel",
+        "disguised_host",
+        "tor",
+    }
+)
+_CLEAN_NAMES_MAX = 65536
+
+
 class Detectors:
     """The enabled detectors, configured once, run on every request by :meth:`inspect`."""
 
@@ -1522,6 +1546,8 @@ class Detectors:
         "allowed_ports",
         "_allowed_nets",
         "_fns",
+        "_request_fns",
+        "_clean_names",
         "_ip_allowed",
     )
 
@@ -1551,6 +1577,10 @@ class Detectors:
             ipaddress.ip_network(c.strip(), strict=False) for c in allowed_ip_literals
         )
         self._fns = tuple((n, _REGISTRY[n]) for n in names)
+        self._request_fns = tuple((n, fn) for n, fn in self._fns if n not in _NAME_ONLY)
+        # Destinations the name-only detectors found nothing in: a page's next requests to
+        # the same site skip them (this set belongs to one configuration and its lists).
+        self._clean_names: set[tuple] = set()
         self._ip_allowed: dict[IPAddress, bool] = {}
         _registrable("www.example.co.uk")  # load the public suffix list now, not mid-request
 
@@ -1565,13 +1595,31 @@ class Detectors:
     def inspect(self, facts: TrafficFacts) -> list[CircumventionEvent]:
         """Run the enabled detectors; [] for ordinary traffic. A failing detector is logged."""
         hi = _analyse(facts.host) if facts.host else _NO_HOST
+        names = (
+            facts.stage,
+            facts.host,
+            facts.port,
+            facts.sni,
+            facts.http_host,
+            facts.scheme,
+            facts.tls_seen,
+        )
+        clean = names in self._clean_names
         events: list[CircumventionEvent] = []
-        for name, fn in self._fns:
+        name_only_quiet = True
+        for name, fn in self._request_fns if clean else self._fns:
             try:
                 found = fn(self, facts, hi)
             except Exception:
                 log.exception("circumvention detector %s failed on host %r", name, facts.host)
+                name_only_quiet = False
                 continue
             if found:
                 events.extend(found)
+                if name in _NAME_ONLY:
+                    name_only_quiet = False
+        if not clean and name_only_quiet:
+            if len(self._clean_names) >= _CLEAN_NAMES_MAX:
+                self._clean_names.clear()
+            self._clean_names.add(names)
         return events

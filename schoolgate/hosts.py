@@ -17,6 +17,14 @@ import idna
 _ALREADY_NORMAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
 
 
+def lower_host(text: str) -> str:
+    """Lower case as IDNA does it: Python's ``str.lower`` turns a capital sigma at the end of a
+    word into the final form ``ς``, where UTS 46 always gives ``σ`` (``AΣ中`` is ``aσ中``)."""
+    if text.isascii():
+        return text.lower()
+    return text.replace("\u03a3", "\u03c3").lower()
+
+
 def normalize_host(raw: str) -> str:
     """Lower-case ASCII (punycode) host without port, brackets or trailing dot.
 
@@ -59,7 +67,7 @@ def _normalize_once(raw: str) -> str:
         host = host.split(":", 1)[0]
     elif host.count(":") > 1:  # bare IPv6
         return _ipv6(host)
-    host = host.rstrip(".").lower()
+    host = lower_host(host.rstrip("."))
     if not host:
         return ""
     if not host.isascii():

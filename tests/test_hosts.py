@@ -41,3 +41,10 @@ def test_suffixes_walk_label_boundaries():
 def test_ipv6_has_one_spelling():
     assert normalize_host("[2001:DB8:0:0::1]:443") == "2001:db8::1"
     assert normalize_host("2001:0db8:0000::0001") == "2001:db8::1"
+
+
+def test_capital_sigma_lowers_as_browsers_do():
+    # Python lowers a word-final capital sigma to "ς"; IDNA (and so the browser) to "σ".
+    # Found by test_properties.py: "AΣ中.AA" must be the host "aσ中.aa", not "aς中.aa".
+    assert normalize_host("AΣ中.AA") == normalize_host("aσ中.aa") == "xn--a-0mb4628c.aa"
+    assert normalize_host("aς中.aa") == "xn--a-ymb7628c.aa"  # a real final sigma stays one

@@ -489,7 +489,7 @@ class CircumventionGuard:
             req = flow.request
             view = request_view(req)
             headers = view.headers
-            host = view.named_host or req.host
+            host = view.named_host or view.host
             policy = self.holder.policy
             if policy is not None and host == policy.settings.portal_host:
                 return
@@ -498,23 +498,28 @@ class CircumventionGuard:
             identity = self._identify(client_ip, user)
             facts = TrafficFacts(
                 stage="request",
-                host=req.host,
-                port=req.port,
+                host=view.host,
+                port=view.port,
                 sni=flow.client_conn.sni,
                 http_host=headers.get("host") or headers.get(":authority"),
-                method=req.method,
-                path=req.path,
+                method=view.method,
+                path=view.path,
                 headers=headers,
-                scheme=req.scheme,
-                tls_seen=True if req.scheme == "https" else None,
+                scheme=view.scheme,
+                tls_seen=True if view.scheme == "https" else None,
             )
             self._inspect(
-                flow.client_conn, facts, identity, user=user, url=_url_of(req), method=req.method
+                flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
             )
-            if identity is None or self.exempt(host):
+            if identity is None:
+                return
+            subject = self.subject_of(identity, user, client_ip)
+            # Most requests are from someone with no ban, lockout or warning: one lookup each.
+            if not self.book.names(subject) and subject not in self._warnings:
+                return
+            if self.exempt(host):
                 return
             now = self.clock()
-            subject = self.subject_of(identity, user, client_ip)
             ban = self.book.suspended(subject, now)
             if ban is not None:
                 self._suspend(flow, ban, identity, subject, now)

@@ -26,7 +26,7 @@ from schoolgate import safesearch
 from schoolgate.blockpage import block_response_parts, sign_ref
 from schoolgate.eventlog import decision_event, new_ref, search_term_of
 from schoolgate.gateway.exception_cache import ExceptionCache
-from schoolgate.gateway.flowinfo import request_hosts
+from schoolgate.gateway.flowinfo import request_hosts, request_view
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.model import Action, Decision, Identity, RequestFacts
@@ -259,18 +259,18 @@ class Enforcement:
         try:
             policy = self.holder.policy
             req = flow.request
-            host, others = request_hosts(
-                req, flow.client_conn.sni if req.scheme == "https" else None
-            )
+            view = request_view(req)
+            https = view.scheme == "https"
+            host, others = request_hosts(req, flow.client_conn.sni if https else None)
             if policy is not None and host == policy.settings.portal_host:
                 return
             facts = RequestFacts(
                 host=host,
                 at=datetime.now(UTC),
-                path=req.path,
-                method=req.method,
-                port=req.port,
-                scheme=req.scheme,
+                path=view.path,
+                method=view.method,
+                port=view.port,
+                scheme=view.scheme,
                 client_ip=flow.client_conn.peername[0],
                 user=_user_of(flow),
             )

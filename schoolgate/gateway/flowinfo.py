@@ -1,46 +1,74 @@
 """Cheap facts about a request for the hot path.
 
-mitmproxy's ``Headers`` look a name up by scanning every field and lower-casing it, and
+mitmproxy's ``Headers`` look a name up by scanning every field and lower-casing it,
 ``Request.pretty_host``/``host_header`` re-parse and IDNA-check the Host header on every
-access (~8 us). The pages, the circumvention guard and Enforcement each need the Host header
-and the guard needs all the headers, in the same ``request`` event: :func:`request_view`
-reads them once and keeps the answer for as long as the request's headers are the same
-object (mitmproxy replaces the ``fields`` tuple on every change, so an edit is never missed).
+access (~8 us), and ``method``, ``scheme`` and ``path`` decode their bytes on every access.
+The pages, the circumvention guard and Enforcement each need the Host header and the request
+line, and the guard needs all the headers, in the same ``request`` event: :func:`request_view`
+reads them once and keeps the answer for as long as the request's headers and request line
+are the same objects (mitmproxy replaces the ``fields`` tuple, and the bytes of the request
+line, on every change, so an edit is never missed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mitmproxy import http
 
+from schoolgate.hosts import lower_host
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+
+class RequestView(NamedTuple):
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     host_header: str | None  # the Host header (HTTP/2 and 3: the :authority)
     named_host: str | None  # its host: lower case, no port, no trailing dot
+    method: str  # as mitmproxy's Request gives them
+    scheme: str
+    host: str  # where the request goes: the URL's host, the CONNECT target or the address
+    port: int
+    path: str
 
 
-# The last request looked at, its header fields and authority, and the view of them. One slot
-# is enough: a request's hooks run one after another on the event loop.
-_last: tuple = (None, None, None, None)
+# The last request looked at, what its view was made from, and the view. One slot is enough:
+# a request's hooks run one after another on the event loop.
+_last: tuple = (None, None, None)
 
 
 def request_view(request: http.Request) -> RequestView:
     global _last
-    fields = request.headers.fields
-    authority = request.data.authority
-    last_request, last_fields, last_authority, view = _last
-    if last_request is request and last_fields is fields and last_authority is authority:
+    data = request.data
+    made_from = (
+        data.headers.fields,
+        data.authority,
+        data.method,
+        data.scheme,
+        data.host,
+        data.port,
+        data.path,
+        data.http_version,
+    )
+    last_request, last_made_from, view = _last
+    # Tuples compare their items by identity first, so this is cheap; and the view is made
+    # from nothing else, so equal items would give an equal view.
+    if last_request is request and last_made_from == made_from:
         return view
-    headers = _lower_headers(fields)
-    if request.is_http2 or request.is_http3:
+    headers = _lower_headers(made_from[0])
+    if data.http_version in (b"HTTP/2.0", b"HTTP/3"):  # the :authority
         host_header = request.authority or headers.get("host")
     else:
         host_header = headers.get("host")
-    view = RequestView(headers, host_header, authority_host(host_header))
-    _last = (request, fields, authority, view)
+    view = RequestView(
+        headers,
+        host_header,
+        authority_host(host_header),
+        request.method,
+        request.scheme,
+        data.host,
+        data.port,
+        request.path,
+    )
+    _last = (request, made_from, view)
     return view
 
 
@@ -67,7 +95,7 @@ def authority_host(value: str | None) -> str | None:
     """The host of a Host header or ``:authority`` value, lower case, no port."""
     if not value:
         return None
-    value = value.strip().lower()
+    value = lower_host(value.strip())
     if value.startswith("["):  # [v6]:port
         end = value.find("]")
         return value[1:end] if end > 0 else value
@@ -81,8 +109,9 @@ def request_hosts(request: http.Request, sni: str | None = None) -> tuple[str, l
     any other host this request also reaches or names: where the connection goes
     (``request.host``: an absolute URL, the CONNECT target or, transparent, the address) and
     the TLS SNI. Each is decided: a Host header cannot smuggle a request to a blocked host."""
-    target = request.host.lower().rstrip(".")
-    named = header_host(request)
+    view = request_view(request)
+    target = view.host.lower().rstrip(".")
+    named = view.named_host
     primary = named or target
     others = []
     if target != primary:
