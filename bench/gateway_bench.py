@@ -16,20 +16,23 @@ loaded the mitmproxy way: what the addons cost apart from our runner). Scenarios
   through ``SSL_CERT_FILE``);
 * ``newconn``: plain HTTP, a new connection for every request (``hey -disable-keepalive``).
 
-Each proxy is a fresh process with a fresh data folder for each scenario (no state carried
-over). The loads take turns: ``--rounds`` rounds of bare, schoolgate, addons, ..., so that a
-slow moment of the machine falls on every proxy alike, and the figures compared are each
-proxy's median over the rounds. On a machine with two or more CPUs the proxy under load has
-a CPU of its own (``taskset``) and hey, the origin and this script share another
-(``--no-pin`` turns that off): the figures are then the proxy's, not the load generator's.
+Each proxy is a fresh process with a fresh data folder in each round of each scenario (no
+state carried over; and a process's speed depends by a few percent on where its memory
+landed, so one start is not enough). The loads take turns: ``--rounds`` rounds of bare,
+schoolgate, addons, ..., so that a slow moment of the machine falls on every proxy alike, and
+the figures compared are each proxy's median over the rounds. On a machine with two or more
+CPUs the proxy under load has a CPU of its own (``taskset``) and hey, the origin and this
+script share another (``--no-pin`` turns that off): the figures are then the proxy's, not the
+load generator's.
 
-For each proxy it prints requests/s and p50/p99 latency under load (one proxy loaded at a
-time), the proxy's CPU per request, the origin connections it opened, and p50/p99 from a
-separate low-load pass: one connection to each proxy, a request to each in turn,
-``--latency-rate`` rounds a second, timed in microseconds by a client in this process. On a
-small machine the loaded latencies are mostly queueing; the low-load pass is the one that
-shows what the proxy adds to a request, and the "added" lines subtract bare mitmdump's
-figures from schoolgate's.
+For each proxy it prints requests/s (the responses over the run's length; hey's own figure,
+which a single late response can stretch by a second, beside it) and p50/p99 latency under
+load (one proxy loaded at a time), the proxy's CPU per request, the origin connections it
+opened, and p50/p99 from a separate low-load pass: one connection to each proxy, a request to
+each in turn, ``--latency-rate`` rounds a second, timed in microseconds by a client in this
+process. On a small machine the loaded latencies are mostly queueing; the low-load pass is
+the one that shows what the proxy adds to a request, and the "added" lines subtract bare
+mitmdump's figures from schoolgate's.
 """
 
 from __future__ import annotations
@@ -412,11 +415,18 @@ def load(
     result = hey(target, address, args.seconds, args.concurrency, scenario.hey_args, env)
     result["origin_connections"] = Origin.connections - connections_before
     requests = sum(int(n) for n in result["codes"].values())
+    # hey's own req/s divides by the time until its last request returned: one connection
+    # whose SYN was retried (1 s) after the run adds a second to the run. The responses over
+    # the run's length do not have that noise (the ~concurrency requests still in flight at
+    # the end count for every proxy alike).
+    result["hey_rps"] = result["rps"]
+    result["rps"] = requests / args.seconds
     # The proxy's own CPU per request: steadier than req/s when the machine is shared, and
     # what decides throughput for a CPU-bound proxy.
     result["cpu_us"] = (cpu_seconds(proxy.proc.pid) - cpu_before) / max(requests, 1) * 1e6
     print(
-        f"{label:<34} {result['rps']:>9.1f} req/s   p50 {result['p50_ms']:6.2f} ms   "
+        f"{label:<34} {result['rps']:>9.1f} req/s (hey: {result['hey_rps']:.1f})   "
+        f"p50 {result['p50_ms']:6.2f} ms   "
         f"p99 {result['p99_ms']:6.2f} ms   proxy CPU {result['cpu_us']:6.0f} us/request   "
         f"{result['codes']}"
     )
@@ -426,19 +436,34 @@ def load(
     return result
 
 
-def rounds(proxies: list[Proxy], scenario: Scenario, args: argparse.Namespace) -> dict:
-    """``--rounds`` loads of each proxy, taking turns (the order rotates each round); each
-    proxy's figures are its medians over the rounds, with every round's req/s kept."""
-    runs: dict[str, list[dict]] = {p.kind: [] for p in proxies}
-    order = list(proxies)
+def rounds(
+    kinds: list[str], scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
+) -> tuple[dict, list[Proxy]]:
+    """``--rounds`` loads of each proxy, taking turns (the order rotates each round), each
+    round with fresh processes: how fast one process runs depends on where its memory landed
+    (a few percent from one start to the next), so a comparison of single processes measures
+    that luck as much as the code. Each proxy's figures are its medians over the rounds, with
+    every round's kept. Returns them and the last round's proxies, still running."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    order = list(kinds)
+    proxies: list[Proxy] = []
     for number in range(1, args.rounds + 1):
-        for proxy in order:
-            label = (
-                f"{LABELS[proxy.kind]}, round {number}" if args.rounds > 1 else LABELS[proxy.kind]
-            )
-            runs[proxy.kind].append(
-                load(proxy, scenario, args, label, warm=2 if number == 1 else 0)
-            )
+        proxies = []
+        try:
+            for kind in order:
+                proxies.append(Proxy.start(kind, scenario, work, conf))
+            for proxy in proxies:
+                label = LABELS[proxy.kind]
+                if args.rounds > 1:
+                    label = f"{label}, round {number}"
+                runs[proxy.kind].append(load(proxy, scenario, args, label))
+        except BaseException:
+            for proxy in proxies:
+                proxy.stop()
+            raise
+        if number < args.rounds:
+            for proxy in proxies:
+                proxy.stop()
         order.append(order.pop(0))
     results = {}
     for kind, done in runs.items():
@@ -448,7 +473,8 @@ def rounds(proxies: list[Proxy], scenario: Scenario, args: argparse.Namespace) -
         }
         results[kind]["each_rps"] = [run["rps"] for run in done]
         results[kind]["each_cpu_us"] = [run["cpu_us"] for run in done]
-    return results
+    proxies.sort(key=lambda proxy: kinds.index(proxy.kind))
+    return results, proxies
 
 
 def low_load(
@@ -531,7 +557,7 @@ def main() -> int:
         help="length of the low-load latency pass (default: --seconds)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="loads of each proxy, taking turns (default 3)"
+        "--rounds", type=int, default=5, help="loads of each proxy, taking turns (default 5)"
     )
     parser.add_argument(
         "--no-pin",
@@ -590,9 +616,7 @@ def main() -> int:
                 print(f"(compared with {LABELS[scenario.baseline]})")
             proxies = []
             try:
-                for kind in kinds:
-                    proxies.append(Proxy.start(kind, scenario, work, conf))
-                results = rounds(proxies, scenario, args)
+                results, proxies = rounds(kinds, scenario, args, work, conf)
                 # before the blocked load below, whose logging may still be flushing after it
                 probes = low_load(proxies, scenario, args)
                 if name == "keepalive":

@@ -963,3 +963,54 @@ def test_registrable_fallback() -> None:
     assert _registrable_fallback("www.stmarys.kent.sch.uk") == "stmarys.kent.sch.uk"
     assert _registrable_fallback("relay.appspot.com") == "relay.appspot.com"
     assert _registrable_fallback("localhost") == "localhost"
+
+
+# -- the detectors that look only at the destination run once for each clean one ---------------
+
+SAMPLE_TRAFFIC = [
+    *ORDINARY_TRAFFIC,
+    connect("nordvpn.com"),
+    req("https://www.croxyproxy.com/"),
+    tls("www.bbc.co.uk", sni="www.expressvpn.com"),
+    connect("dns.google", 853),
+    req("https://dns.google/resolve?name=example.com&type=A"),
+    req("http://93.184.215.14/"),
+    req("http://0xC0A80101/"),
+    connect("::ffff:93.184.215.14"),
+    req("https://ajax.aspnetcdn.com/", http_host="meek.azureedge.net"),
+    req("https://www.bbc.co.uk/", http_host="www.nordvpn.com"),
+    req("http://example.org:6667/"),
+    req("https://www.bbc.co.uk/", sni=None),
+    tls("www.bbc.co.uk", sni=None),
+]
+
+
+def _described(found: list[CircumventionEvent]) -> list[tuple]:
+    return [(e.detector, e.kind, e.severity, e.summary) for e in found]
+
+
+def test_a_second_look_finds_what_the_first_did() -> None:
+    first = Detectors(circumvention_lookup=lookup, allowed_ip_literals=("10.0.0.0/8",))
+    again = [_described(first.inspect(f)) for f in SAMPLE_TRAFFIC]
+    fresh = [
+        _described(
+            Detectors(circumvention_lookup=lookup, allowed_ip_literals=("10.0.0.0/8",)).inspect(f)
+        )
+        for f in SAMPLE_TRAFFIC
+    ]
+    assert [_described(first.inspect(f)) for f in SAMPLE_TRAFFIC] == again == fresh
+    assert any(again), "the sample holds circumvention"
+
+
+def test_a_clean_destination_still_has_its_paths_and_headers_checked() -> None:
+    detectors = Detectors(circumvention_lookup=lookup)
+    assert detectors.inspect(req("https://www.example.org/")) == []
+    # the same site, now used as a web proxy and by a VPN app: those detectors still run
+    proxied = req("https://www.example.org/browse.php?u=https%3A%2F%2Fwww.instagram.com%2F")
+    assert "web_proxy" in {e.detector for e in detectors.inspect(proxied)}
+    vpn = req("https://www.example.org/", ua="NordVPN/6.12 (Windows)")
+    fresh = {e.detector for e in Detectors(circumvention_lookup=lookup).inspect(vpn)}
+    assert {e.detector for e in detectors.inspect(vpn)} == fresh
+    # a listed destination is never remembered as clean
+    for _ in range(3):
+        assert fired(connect("nordvpn.com"), "listed_host", detectors)
