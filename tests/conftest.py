@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: the gateway's config and data dir, and a PostgreSQL server (other
-tests build their own configs with ``tests/policy_fixtures.py``)."""
+"""Shared pytest fixtures: the gateway's config and data dir, a PostgreSQL server and an SMTP
+server (other tests build their own configs with ``tests/policy_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from gateway_process import free_port
+from mail import Inbox
 from pg_server import PostgresServer
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
@@ -39,3 +42,16 @@ def pg() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def smtp_inbox() -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port: (its inbox, the port)."""
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()

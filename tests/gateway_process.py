@@ -3,6 +3,7 @@ port, and the `schoolgate` CLI on the same config and data dir."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,22 @@ def start_gateway(
     )
     wait_port(port, proc, log, host=listen_host)
     return proc
+
+
+def stop_gateway(proc: subprocess.Popen | None, timeout: float = 30) -> int | None:
+    """SIGTERM (a gateway flushes its decision log on it) and wait: the exit status, or None
+    if it had to be killed after ``timeout`` seconds."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            return None
+    return proc.returncode
 
 
 def run_cli(

@@ -11,7 +11,6 @@ Needs the circumvention addon wired into ``schoolgate.gateway.make_addons`` and
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 from http.server import ThreadingHTTPServer
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
 
 from tests.test_circumvention_addon import add_circumvention_config
 
@@ -50,12 +49,7 @@ class Gateway:
         self.proc = start_gateway(self.config, self.data_dir, self.port, self.log, append_log=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_gateway(self.proc)
 
     def get(self, url: str, **headers) -> httpx.Response:
         with httpx.Client(proxy=f"http://127.0.0.1:{self.port}", timeout=10) as client:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
 
 HTML = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 # Warnings too: `--quiet` alone keeps only errors, and the event log warns while it retries.
@@ -93,18 +93,7 @@ class Gateway:
 
     def stop(self) -> int | None:
         """SIGTERM and wait: the exit status (None if it had to be killed)."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                return None
-        return proc.returncode
+        return stop_gateway(self.proc, 60)
 
     def close(self) -> None:
         self.stop()

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for, wait_port
+from gateway_process import (
+    ROOT,
+    Origin,
+    free_port,
+    run_cli,
+    start_gateway,
+    stop_gateway,
+    wait_for,
+    wait_port,
+)
 
 HTML = {
     "Accept": "text/html,application/xhtml+xml",
@@ -64,12 +73,7 @@ class Running:
         return json.loads(out)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_gateway(self.proc, 20)
         for server in self.origins:
             server.shutdown()
 

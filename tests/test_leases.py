@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from gateway_process import ROOT, free_port, start_gateway
+from gateway_process import ROOT, free_port, start_gateway, stop_gateway
+from mail import Inbox
 from pg_server import PostgresServer, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
-from test_portal_notify import Inbox
 
 from schoolgate.config import load_policy
 from schoolgate.db import AuditRow, open_database
@@ -258,16 +258,6 @@ def test_the_schedule_moves_with_the_lease_without_repeating_jobs(
 
 
 # -- the outbox --------------------------------------------------------------------------------
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
-
-
 def smtp(port: int) -> SmtpSettings:
     return SmtpSettings(host="127.0.0.1", port=port, sender="filter@school.test", timeout=10)
 
@@ -293,8 +283,8 @@ def unsent(sessions: sessionmaker) -> int:
         return len(session.scalars(select(OutboxRow.id).where(OutboxRow.sent_at.is_(None))).all())
 
 
-def test_two_senders_deliver_each_message_exactly_once(gateways, smtp_server) -> None:
-    inbox, port = smtp_server
+def test_two_senders_deliver_each_message_exactly_once(gateways, smtp_inbox) -> None:
+    inbox, port = smtp_inbox
     first, second = gateways(), gateways()
     subjects = [f"Access request R{n:03d}" for n in range(40)]
     queue(first, subjects, datetime.now(UTC))
@@ -318,9 +308,9 @@ class SenderDied(BaseException):
 
 
 def test_a_message_whose_sender_died_mid_send_is_sent_by_another_after_the_claim_ends(
-    gateways, smtp_server
+    gateways, smtp_inbox
 ) -> None:
-    inbox, port = smtp_server
+    inbox, port = smtp_inbox
     now = [T0]
     first, second = gateways(), gateways()
     queue(first, ["Escalated to SLT: R001"], T0)
@@ -418,10 +408,4 @@ def test_two_gateways_run_the_jobs_once_and_the_other_takes_over(
         assert "took the job lease" in log_of(other)
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_gateway(proc, 60)

@@ -32,8 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,7 +42,7 @@ from pathlib import Path
 import aiosmtpd.controller as aiosmtpd_controller
 import playwright.sync_api as sync_api
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway
+from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
@@ -242,12 +240,7 @@ class Scenario:
         return json.loads(out)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_gateway(self.proc, 20)
         self.origin.shutdown()
         self.mailbox.stop()
 

@@ -7,49 +7,23 @@ import dataclasses
 import json
 import socket
 import threading
-import time
 from datetime import timedelta
-from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from mail import Inbox
 from test_portal import Portal, item_id, post
 
 from schoolgate.portal.models import OutboxRow
 from schoolgate.portal.notify import SmtpSettings, backoff, smtp_settings_from
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], object]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
-
-    def wait(self, count: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.messages) >= count, self.messages
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def smtp_server():
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 def outbox(portal: Portal) -> list[OutboxRow]:
@@ -64,9 +38,9 @@ def settings(port: int, **kwargs) -> SmtpSettings:
 
 
 def test_new_requests_go_to_it_support_and_outcomes_to_the_requester(
-    tmp_path, gateway_config, smtp_server
+    tmp_path, gateway_config, smtp_inbox
 ):
-    inbox, port = smtp_server
+    inbox, port = smtp_inbox
     portal = Portal(tmp_path, gateway_config, smtp=settings(port, user_domain="pupils.school.test"))
     ref = portal.ask()
     sender = portal.app.extensions["schoolgate_portal"].sender
@@ -86,8 +60,8 @@ def test_new_requests_go_to_it_support_and_outcomes_to_the_requester(
     assert "rejected" in message["Subject"] and "Use the library copy" in message.get_payload()
 
 
-def test_escalations_go_to_slt_addresses(tmp_path, gateway_config, smtp_server):
-    inbox, port = smtp_server
+def test_escalations_go_to_slt_addresses(tmp_path, gateway_config, smtp_inbox):
+    inbox, port = smtp_inbox
     portal = Portal(
         tmp_path,
         gateway_config,
@@ -134,8 +108,8 @@ def test_backoff_grows_and_is_capped():
     assert backoff(50) == timedelta(hours=1)
 
 
-def test_the_sender_thread_delivers_in_the_background(tmp_path, gateway_config, smtp_server):
-    inbox, port = smtp_server
+def test_the_sender_thread_delivers_in_the_background(tmp_path, gateway_config, smtp_inbox):
+    inbox, port = smtp_inbox
     portal = Portal(tmp_path, gateway_config, smtp=settings(port))
     state = portal.app.extensions["schoolgate_portal"]
     state.sender.interval = 0.1

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_process import ROOT, free_port, start_gateway
+from gateway_process import ROOT, free_port, start_gateway, stop_gateway
 from pg_server import PostgresServer, wait_until
 from sqlalchemy import func, select
 
@@ -69,13 +68,7 @@ class Gateway:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_gateway(self.proc)
 
     def client(self) -> httpx.Client:
         return httpx.Client(proxy=f"http://127.0.0.1:{self.port}", timeout=10, headers=HTML)

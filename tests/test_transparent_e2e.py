@@ -24,17 +24,15 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
-from gateway_process import ROOT, free_port, start_gateway
+from gateway_process import ROOT, free_port, start_gateway, stop_gateway, wait_for
 
 ORIGIN_MARK = "schoolgate-test-origin"
 
@@ -166,6 +164,8 @@ class Transparent:
         self.origin = ThreadingHTTPServer((self.host_ip, 80), Origin)
         threading.Thread(target=self.origin.serve_forever, daemon=True).start()
 
+    gateway_args: tuple[str, ...] = ()  # more `schoolgate run` arguments (a subclass's)
+
     def gateway_up(self) -> None:
         self.proc = start_gateway(
             self.config,
@@ -174,6 +174,7 @@ class Transparent:
             self.log,
             "--mode",
             "transparent",
+            *self.gateway_args,
             listen_host=self.host_ip,
             quiet=False,  # the tests read the flow lines in the log
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -188,13 +189,7 @@ class Transparent:
 
     # -- tear-down ------------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_gateway(self.proc, 15)
         if self.origin is not None:
             self.origin.shutdown()
             self.origin.server_close()
@@ -233,15 +228,6 @@ class Transparent:
         )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
-
-
-def wait_for(predicate, timeout: float = 8.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +284,8 @@ def test_blocked_host_header_gets_the_block_page(net: Transparent) -> None:
     events = wait_for(
         lambda: [
             e for e in net.events() if e["client_ip"] == net.student_ip and e["kind"] == "block"
-        ]
+        ],
+        8,
     )
     assert events, net.logs()
     assert events[-1]["host"] == "social.test" and events[-1]["role"] == "student"
@@ -327,7 +314,8 @@ def test_https_sni_blocked_for_student_gets_the_block_page_over_tls(net: Transpa
             e
             for e in net.events()
             if e["client_ip"] == net.student_ip and (e["url"] or "").startswith("https://")
-        ]
+        ],
+        8,
     )
     assert events and events[-1]["host"] == "social.test", net.logs()
 
@@ -345,7 +333,7 @@ def test_https_sni_blocked_for_visitor_is_refused(net: Transparent) -> None:
     _, status = split(out)
     assert out.returncode == 35, (out.returncode, out.stderr)  # TLS handshake failed
     assert status == "000"
-    events = wait_for(lambda: [e for e in net.events() if e["client_ip"] == net.visitor_ip])
+    events = wait_for(lambda: [e for e in net.events() if e["client_ip"] == net.visitor_ip], 8)
     assert events, net.logs()
     assert events[-1]["role"] == "visitor" and events[-1]["host"] == "social.test"
     assert events[-1]["kind"] == "block"

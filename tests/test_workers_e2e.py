@@ -22,7 +22,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, wait_for
+from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
 from test_transparent_e2e import _REASON as TRANSPARENT_UNAVAILABLE
 from test_transparent_e2e import Transparent
 
@@ -133,12 +133,7 @@ class Workers:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_gateway(self.proc, 60)
         for pid in self.listening().values():  # workers a failed test may have left
             try:
                 if "schoolgate.cli" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
@@ -303,19 +298,10 @@ def test_sigterm_stops_all_workers_and_writes_every_event(gw: Workers) -> None:
 class TransparentWorkers(Transparent):
     """test_transparent_e2e's namespace, veth and nft redirect, with ``--workers 2``."""
 
+    gateway_args = ("--workers", "2")
+
     def gateway_up(self) -> None:
-        self.proc = start_gateway(
-            self.config,
-            self.data_dir,
-            self.port,
-            self.log,
-            "--mode",
-            "transparent",
-            "--workers",
-            "2",
-            listen_host=self.host_ip,
-            quiet=False,
-        )
+        super().gateway_up()
         up = wait_for(lambda: len(listening(self.logs())) == 2)
         assert up, f"two workers did not listen:\n{self.logs()}"
 
