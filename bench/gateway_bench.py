@@ -4,10 +4,14 @@
         [--scenarios keepalive,https,newconn] [--latency-rate 50] [--no-pin]
 
 Needs ``hey`` (Debian: ``apt-get install -y hey``). Runs, in one go, a local origin server and,
-side by side for each scenario, three proxies on it: bare ``mitmdump -q``, ``schoolgate run
---quiet`` (the test config in tests/data/gateway: 127.0.0.1 is a student in a lesson, the
-origin uncategorised, so allowed) and ``mitmdump -q -s addons/schoolgate.py`` (the same addons
-loaded the mitmproxy way: what the addons cost apart from our runner). Scenarios:
+side by side for each scenario, four proxies on it: bare ``mitmdump -q``; "lean", mitmproxy as
+``schoolgate run`` sets it up but without schoolgate's addons (``bench/lean_mitmproxy.py``: no
+Dumper, logging at INFO; the difference between it and bare mitmdump is what the runner saves
+on mitmproxy's own work, and the difference between it and schoolgate run is what the addons
+alone cost); ``schoolgate run --quiet`` (the test config in tests/data/gateway: 127.0.0.1 is a
+student in a lesson, the origin uncategorised, so allowed); and ``mitmdump -q -s
+addons/schoolgate.py`` (the same addons loaded the mitmproxy way, one level deeper in
+mitmproxy's addon chain). Scenarios:
 
 * ``keepalive``: HTTP/1.1 keep-alive requests (``hey -c N -z Ts -x proxy``); schoolgate is
   also loaded with blocked requests (block page, logged);
@@ -19,11 +23,11 @@ loaded the mitmproxy way: what the addons cost apart from our runner). Scenarios
 Each proxy is a fresh process with a fresh data folder in each round of each scenario (no
 state carried over; and a process's speed depends by a few percent on where its memory
 landed, so one start is not enough). The loads take turns: ``--rounds`` rounds of bare,
-schoolgate, addons, ..., so that a slow moment of the machine falls on every proxy alike, and
-the figures compared are each proxy's median over the rounds. On a machine with two or more
-CPUs the proxy under load has a CPU of its own (``taskset``) and hey, the origin and this
-script share another (``--no-pin`` turns that off): the figures are then the proxy's, not the
-load generator's.
+lean, schoolgate, addons, ..., so that a slow moment of the machine falls on every proxy
+alike, and the figures compared are each proxy's median over the rounds. On a machine with
+two or more CPUs the proxy under load has a CPU of its own (``taskset``) and hey, the origin
+and this script share another (``--no-pin`` turns that off): the figures are then the
+proxy's, not the load generator's.
 
 For each proxy it prints requests/s (the responses over the run's length; hey's own figure,
 which a single late response can stretch by a second, beside it) and p50/p99 latency under
@@ -290,6 +294,17 @@ def proxy_command(kind: str, port: int, folder: Path, conf: Path, https: bool) -
         # behaves differently enough (many more upstream connections) to need its own row
         lazy = ["--set", "connection_strategy=lazy"] if kind == "bare-lazy" else []
         return ["mitmdump", "-q", *listen, "--set", f"confdir={folder}/ca", *insecure, *lazy]
+    if kind in ("lean", "switchable"):
+        switchable = ["--switchable", str(conf / "config.yaml")] if kind == "switchable" else []
+        return [
+            sys.executable,
+            str(ROOT / "bench" / "lean_mitmproxy.py"),
+            "--data-dir",
+            str(folder),
+            *listen,
+            *insecure,
+            *switchable,
+        ]
     if kind == "schoolgate":
         return [
             sys.executable,
@@ -323,6 +338,7 @@ def proxy_command(kind: str, port: int, folder: Path, conf: Path, https: bool) -
 LABELS = {
     "bare": "bare mitmdump -q (allowed)",
     "bare-lazy": "bare mitmdump -q, lazy (allowed)",
+    "lean": "lean: schoolgate run's mitmproxy, no addons",
     "schoolgate": "schoolgate run (allowed)",
     "addons": "mitmdump -q -s addons (allowed)",
 }
@@ -360,6 +376,35 @@ class Scenario:
     https: bool = False
     # the bare row the others are compared with: the one connecting upstream as schoolgate does
     baseline: str = "bare"
+
+
+def make_scenarios(plain: ThreadingHTTPServer, tls: ThreadingHTTPServer) -> dict[str, Scenario]:
+    """The scenarios, against a plain and a TLS origin (``start_origin``)."""
+    plain_at = ("127.0.0.1", plain.server_address[1])
+    tls_at = ("127.0.0.1", tls.server_address[1])
+    return {
+        "keepalive": Scenario(
+            "keepalive",
+            "keep-alive",
+            f"http://127.0.0.1:{plain_at[1]}/page",
+            plain_at,
+        ),
+        "https": Scenario(
+            "https",
+            "HTTPS with interception, keep-alive",
+            f"https://127.0.0.1:{tls_at[1]}/page",
+            tls_at,
+            https=True,
+            baseline="bare-lazy",
+        ),
+        "newconn": Scenario(
+            "newconn",
+            "a new connection per request",
+            f"http://127.0.0.1:{plain_at[1]}/page",
+            plain_at,
+            ("-disable-keepalive",),
+        ),
+    }
 
 
 @dataclass
@@ -506,11 +551,17 @@ def low_load(
 
 
 def compare(scenario: Scenario, results: dict[str, dict]) -> None:
-    """The ratio and the added latency of each schoolgate row against bare mitmdump."""
-    bare = results[scenario.baseline]
-    for kind in ("schoolgate", "addons"):
-        ours = results[kind]
-        name = "schoolgate" if kind == "schoolgate" else "addons (-s)"
+    """The ratio and the added latency of each schoolgate row against bare mitmdump, and of
+    ``schoolgate run`` against the lean proxy (the same mitmproxy set-up without the addons:
+    what the addons alone cost, apart from what the runner saves on mitmproxy's own work)."""
+    pairs = (
+        ("schoolgate", scenario.baseline, "schoolgate", "bare"),
+        ("addons", scenario.baseline, "addons (-s)", "bare"),
+        ("schoolgate", "lean", "schoolgate", "lean"),
+        ("lean", scenario.baseline, "lean", "bare"),
+    )
+    for kind, base, name, base_name in pairs:
+        ours, bare = results[kind], results[base]
         ratio = ours["rps"] / bare["rps"]
         per_request_us = (1 / ours["rps"] - 1 / bare["rps"]) * 1e6
         suffix = " (allowed)" if scenario.name == "keepalive" else f" ({scenario.name})"
@@ -518,19 +569,19 @@ def compare(scenario: Scenario, results: dict[str, dict]) -> None:
             f"{o / b:.3f}" for o, b in zip(ours["each_rps"], bare["each_rps"], strict=True)
         )
         print(
-            f"ratio {name}/bare{suffix}, medians: {ratio:.3f} "
+            f"ratio {name}/{base_name}{suffix}, medians: {ratio:.3f} "
             f"({(1 - ratio) * 100:+.1f}% cost; ~{per_request_us:.0f} us per request); "
             f"round by round: {each}"
         )
         cpu_cost = ours["cpu_us"] / bare["cpu_us"] - 1
         print(
-            f"proxy CPU per request, {name} vs bare{suffix}: {ours['cpu_us']:.0f} vs "
-            f"{bare['cpu_us']:.0f} us ({cpu_cost * 100:+.1f}%: what the addons cost)"
+            f"proxy CPU per request, {name} vs {base_name}{suffix}: {ours['cpu_us']:.0f} vs "
+            f"{bare['cpu_us']:.0f} us ({cpu_cost * 100:+.1f}%)"
         )
         low = (ours["low_p50_ms"] - bare["low_p50_ms"], ours["low_p99_ms"] - bare["low_p99_ms"])
         loaded = (ours["p50_ms"] - bare["p50_ms"], ours["p99_ms"] - bare["p99_ms"])
         print(
-            f"added latency, {name} - bare{suffix}: low load p50 {low[0]:+.3f} ms, "
+            f"added latency, {name} - {base_name}{suffix}: low load p50 {low[0]:+.3f} ms, "
             f"p99 {low[1]:+.3f} ms; loaded p50 {loaded[0]:+.2f} ms, p99 {loaded[1]:+.2f} ms"
         )
 
@@ -579,38 +630,14 @@ def main() -> int:
         shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
         plain = start_origin()
         tls = start_origin(work / "origin-tls")
-        plain_at = ("127.0.0.1", plain.server_address[1])
-        tls_at = ("127.0.0.1", tls.server_address[1])
-        scenarios = {
-            "keepalive": Scenario(
-                "keepalive",
-                "keep-alive",
-                f"http://127.0.0.1:{plain_at[1]}/page",
-                plain_at,
-            ),
-            "https": Scenario(
-                "https",
-                "HTTPS with interception, keep-alive",
-                f"https://127.0.0.1:{tls_at[1]}/page",
-                tls_at,
-                https=True,
-                baseline="bare-lazy",
-            ),
-            "newconn": Scenario(
-                "newconn",
-                "a new connection per request",
-                f"http://127.0.0.1:{plain_at[1]}/page",
-                plain_at,
-                ("-disable-keepalive",),
-            ),
-        }
+        scenarios = make_scenarios(plain, tls)
         for name in chosen:
             scenario = scenarios[name]
             print(
                 f"origin {scenario.url}; {args.concurrency} connections, {scenario.title}, "
                 f"{args.seconds}s each"
             )
-            kinds = ["bare", "schoolgate", "addons"]
+            kinds = ["bare", "lean", "schoolgate", "addons"]
             if scenario.baseline != "bare":
                 kinds.insert(1, scenario.baseline)
                 print(f"(compared with {LABELS[scenario.baseline]})")

@@ -2,18 +2,30 @@
 
     python3 bench/workers_bench.py [--workers N] [--seconds 10] [--concurrency 32]
                                    [--targets allowed,blocked] [--client wrk|hey]
-                                   [--origin nginx|python]
+                                   [--origin nginx|python] [--method both|open|confined]
+                                   [--rounds 3]
 
 For each target (``allowed``: a page of a local origin server, proxied; ``blocked``: a
 social-media URL the gateway answers itself with its block page, no upstream) and each load
 (``new-conn``: a new TCP connection per request; ``keep-alive``: ``--concurrency`` HTTP/1.1
-connections reused), it runs ``schoolgate run --quiet`` with one worker, then with N (default:
-one per core), and prints requests/s, the CPU each process used (every worker, the
-supervisor, the load generator, the origin) and the scaling ratio
-``N workers / (N x one worker)`` against the 0.9 target.
+connections reused), it runs ``schoolgate run --quiet`` with one worker and with N (default:
+one per core), taking turns for ``--rounds`` rounds with fresh processes each time (a
+process's speed differs by a few percent from one start to the next), and prints requests/s,
+the CPU each process used (every worker, the supervisor, the load generator, the origin) and
+the scaling ratio ``N workers / (N x one worker)`` of the medians against the 0.9 target.
 
-The load generator and the origin run on the same machine and take CPU from the workers, so
-by default they are the lightest there are: ``wrk`` (Debian: ``apt-get install -y wrk``;
+The load generator and the origin run on the same machine and take CPU from the workers. Two
+ways to run them (``--method``, default both):
+
+* ``open``: they run on any core. One worker then has a core to itself and the load on
+  another, while N workers on N cores share them with it: the ratio is biased low by the
+  share of the machine the load takes (most on a small machine);
+* ``confined``: everything (workers, load generator, origin and the kernel's work for them)
+  runs on the cores given to the workers, one core for one worker and N for N (``taskset``),
+  so that both runs lose the same share of their cores to the load: the ratio then shows
+  what the workers themselves lose by running side by side.
+
+By default they are also the lightest there are: ``wrk`` (Debian: ``apt-get install -y wrk``;
 ``Connection: close`` for new connections) and an ``nginx`` origin (``apt-get install -y
 nginx-light``), each a few percent of a core at these rates. Without them (or with
 ``--client hey --origin python``) it falls back to ``hey`` and a Python origin, which on a
@@ -33,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +59,11 @@ from gateway_bench import Origin, cpu_seconds, free_port, wait_port  # noqa: E40
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.9
+ALL_CPUS = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+METHODS = {
+    "open": "the load generator and origin free to run on any core",
+    "confined": "the load generator and origin confined to the workers' cores",
+}
 
 
 def cores() -> int:
@@ -77,6 +95,28 @@ def listeners(port: int) -> int:
     return count
 
 
+def confine(pids: list[int], cpus: set[int] | None) -> None:
+    """Every thread of these processes onto ``cpus`` (None: every CPU this script may use).
+    Threads made later inherit it from the thread that makes them."""
+    allowed = cpus if cpus is not None else ALL_CPUS
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            tids = [pid]
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, allowed)
+            except OSError:  # the thread ended meanwhile
+                pass
+
+
+def pinned(cmd: list[str], cpus: set[int] | None) -> list[str]:
+    if cpus is None:
+        return cmd
+    return ["taskset", "-c", ",".join(str(c) for c in sorted(cpus)), *cmd]
+
+
 def machine_busy() -> float:
     """CPU seconds all cores spent busy so far (everything on the machine, kernel included)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -84,13 +124,13 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def hey(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool) -> dict:
+def hey(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
     """One ``hey`` run: requests/s, status codes, errors, and hey's own CPU seconds."""
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-x", proxy]
     if not keepalive:
         cmd.append("-disable-keepalive")
     proc = subprocess.Popen(
-        [*cmd, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        pinned([*cmd, url], cpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -115,7 +155,7 @@ request = function() return wrk.format("GET", target) end
 """
 
 
-def wrk(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool) -> dict:
+def wrk(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
     """One ``wrk`` run through the proxy (absolute-form requests, as a browser sends to an
     explicit proxy): requests/s, answers by class, errors, and wrk's own CPU seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -126,7 +166,11 @@ def wrk(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool)
     env = dict(os.environ, SCHOOLGATE_BENCH_TARGET=url)
     try:
         proc = subprocess.Popen(
-            [*cmd, proxy], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            pinned([*cmd, proxy], cpus),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -202,6 +246,9 @@ class PythonOrigin:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
     def cpu(self) -> float:
         return time.process_time()
 
@@ -210,15 +257,20 @@ class PythonOrigin:
 
 
 class Gateway:
-    def __init__(self, workers: int, conf: Path, data_dir: Path) -> None:
+    def __init__(
+        self, workers: int, conf: Path, data_dir: Path, cpus: set[int] | None = None
+    ) -> None:
         self.workers = workers
         self.port = free_port()
         self.proxy = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "schoolgate.cli", "run", "--quiet"]
-            + ["--config", str(conf), "--data-dir", str(data_dir)]
-            + ["--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
-            + ["--workers", str(workers)],
+            pinned(
+                [sys.executable, "-m", "schoolgate.cli", "run", "--quiet"]
+                + ["--config", str(conf), "--data-dir", str(data_dir)]
+                + ["--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
+                + ["--workers", str(workers)],
+                cpus,
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=ROOT,
@@ -243,14 +295,16 @@ class Gateway:
             self.proc.kill()
 
 
-def measure(gateway: Gateway, url: str, args, keepalive: bool, origin) -> dict:
+def measure(
+    gateway: Gateway, url: str, args, keepalive: bool, origin, cpus: set[int] | None = None
+) -> dict:
     client = wrk if args.client == "wrk" else hey
-    client(url, gateway.proxy, args.warmup, args.concurrency, keepalive)
+    client(url, gateway.proxy, args.warmup, args.concurrency, keepalive, cpus)
     pids = gateway.serving_pids()
     before = {pid: cpu_seconds(pid) for pid in [*pids, gateway.proc.pid]}
     origin_before, busy_before = origin.cpu(), machine_busy()
     started = time.monotonic()
-    result = client(url, gateway.proxy, args.seconds, args.concurrency, keepalive)
+    result = client(url, gateway.proxy, args.seconds, args.concurrency, keepalive, cpus)
     result["wall"] = time.monotonic() - started
     result["origin_cpu"] = origin.cpu() - origin_before
     result["machine_cpu"] = machine_busy() - busy_before
@@ -272,7 +326,7 @@ def show(label: str, result: dict) -> None:
     seconds = result["wall"]  # hey's run with its start and exit: what the CPU figures cover
     workers = " ".join(f"{cpu / seconds * 100:3.0f}%" for cpu in result["worker_cpu"])
     line = (
-        f"  {label:<12} {result['rps']:>9.1f} req/s  {us_per_request(result):5.0f} us CPU/req"
+        f"  {label:<20} {result['rps']:>9.1f} req/s  {us_per_request(result):5.0f} us CPU/req"
         f"   CPU: workers [{workers}]"
         f"  supervisor {result['supervisor_cpu'] / seconds * 100:3.0f}%"
         f"  {CLIENT} {result['cpu'] / seconds * 100:3.0f}%"
@@ -290,6 +344,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of each worker count, taking turns, each with fresh processes; the ratio "
+        "is of the medians (default 3)",
+    )
     parser.add_argument("--targets", default="allowed,blocked")
     parser.add_argument(
         "--client",
@@ -303,7 +364,19 @@ def main() -> int:
         default="nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "python",
         help="origin server (default: nginx if installed)",
     )
+    parser.add_argument(
+        "--method",
+        choices=("both", *METHODS),
+        default="both",
+        help="open: the load generator and origin run anywhere (one worker then has a core to "
+        "itself); confined: they share the cores given to the workers, one core for one "
+        "worker and N for N, so that each run loses the same share to them (default: both)",
+    )
     args = parser.parse_args()
+    args.methods = list(METHODS) if args.method == "both" else [args.method]
+    if "confined" in args.methods and (args.workers > len(ALL_CPUS) or not shutil.which("taskset")):
+        print("--method confined needs taskset and N <= the cores", file=sys.stderr)
+        return 2
     global CLIENT
     CLIENT = args.client
     if not shutil.which(args.client):
@@ -321,6 +394,64 @@ def main() -> int:
 CLIENT = "wrk"
 
 
+CEILING_WORK = """
+import time
+data = {str(i): i for i in range(2000)}
+started = time.perf_counter()
+total = 0
+for _ in range(400):
+    for key, value in data.items():
+        total += len(key.upper()) + value % 7
+print(time.perf_counter() - started)
+"""
+
+
+def machine_ceiling(n: int, repeats: int = 3) -> float:
+    """What N CPU-bound Python processes, one per core, get done next to one alone (the same
+    pure-Python work in each: no sockets, no shared state): the most any N workers could
+    scale on this machine. Below 1 when the cores slow each other down (shared caches and
+    memory bandwidth, or virtual CPUs that share a physical core)."""
+
+    def timed(count: int) -> float:
+        procs = [
+            subprocess.Popen(
+                pinned([sys.executable, "-c", CEILING_WORK], {sorted(ALL_CPUS)[i]}),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(count)
+        ]
+        return statistics.mean(float(proc.communicate()[0]) for proc in procs)
+
+    alone = statistics.median(timed(1) for _ in range(repeats))
+    together = statistics.median(timed(n) for _ in range(repeats))
+    return alone / together
+
+
+def one_run(
+    args: argparse.Namespace,
+    conf: Path,
+    tmp: Path,
+    url: str,
+    keepalive: bool,
+    origin,
+    workers: int,
+    method: str,
+) -> dict:
+    """A fresh gateway of ``workers`` workers under one load: a process's speed differs by
+    a few percent from one start to the next, so each round starts new ones."""
+    cpus = set(sorted(ALL_CPUS)[:workers]) if method == "confined" else None
+    confine(origin.pids(), cpus)
+    gateway = Gateway(workers, conf / "config.yaml", tmp / "var", cpus)
+    try:
+        result = measure(gateway, url, args, keepalive, origin, cpus)
+    finally:
+        gateway.stop()
+        confine(origin.pids(), None)
+    result["cpus"] = cpus
+    return result
+
+
 def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
     urls = {
         "allowed": f"http://127.0.0.1:{origin.port}/page",
@@ -335,30 +466,60 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
         f"{cores() * 100}%: more than the others add up to is someone else's load).",
         flush=True,
     )
+    if n <= len(ALL_CPUS) and shutil.which("taskset"):
+        ceiling = machine_ceiling(n)
+        print(
+            f"machine ceiling: {n} CPU-bound Python processes on {n} cores each run at "
+            f"{ceiling:.2f} x the speed of one alone (so {n} workers can give at most about "
+            f"{ceiling:.2f} N)",
+            flush=True,
+        )
     ratios = []
     conf = Path(tmp) / "config"
     shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
     for target in targets:
         for load, keepalive in (("new-conn", False), ("keep-alive", True)):
-            print(f"{target}, {load} ({urls[target]}):", flush=True)
-            rps, cost = {}, {}
-            for workers in (1, n):
-                gateway = Gateway(workers, conf / "config.yaml", tmp / "var")
-                try:
-                    result = measure(gateway, urls[target], args, keepalive, origin)
-                finally:
-                    gateway.stop()
-                rps[workers], cost[workers] = result["rps"], us_per_request(result)
-                show(f"{workers} worker{'s' if workers > 1 else ''}", result)
-            ratio = rps[n] / (n * rps[1]) if rps[1] else 0.0
-            ratios.append((f"{target}, {load}", ratio))
-            verdict = "meets" if ratio >= TARGET else "below"
-            print(
-                f"  ratio {n} workers / ({n} x 1 worker) = {ratio:.2f} "
-                f"({verdict} the {TARGET} target); CPU per request {n} workers / 1 worker"
-                f" = {cost[n] / cost[1] if cost[1] else 0:.2f}",
-                flush=True,
-            )
+            for method in args.methods:
+                print(f"{target}, {load} ({urls[target]}), {METHODS[method]}:", flush=True)
+                runs: dict[int, list[dict]] = {1: [], n: []}
+                order = [1, n]
+                for number in range(1, args.rounds + 1):
+                    for workers in order:
+                        result = one_run(
+                            args, conf, tmp, urls[target], keepalive, origin, workers, method
+                        )
+                        runs[workers].append(result)
+                        cpus = result["cpus"]
+                        where = (
+                            f" on {len(cpus)} core{'s' if len(cpus) > 1 else ''}" if cpus else ""
+                        )
+                        label = f"{workers} worker{'s' if workers > 1 else ''}{where}"
+                        show(f"{label}, round {number}" if args.rounds > 1 else label, result)
+                    order.reverse()  # neither always goes first
+                rps = {w: statistics.median(r["rps"] for r in done) for w, done in runs.items()}
+                cost = {
+                    w: statistics.median(us_per_request(r) for r in done)
+                    for w, done in runs.items()
+                }
+                if args.rounds > 1:
+                    each = ", ".join(
+                        f"{big['rps'] / (n * small['rps']):.2f}"
+                        for small, big in zip(runs[1], runs[n], strict=True)
+                    )
+                    print(
+                        f"  medians over {args.rounds} rounds: 1 worker {rps[1]:.1f} req/s, "
+                        f"{n} workers {rps[n]:.1f} req/s; round by round ratios: {each}",
+                        flush=True,
+                    )
+                ratio = rps[n] / (n * rps[1]) if rps[1] else 0.0
+                ratios.append((f"{target}, {load}, {method}", ratio))
+                verdict = "meets" if ratio >= TARGET else "below"
+                print(
+                    f"  ratio {n} workers / ({n} x 1 worker) = {ratio:.2f} "
+                    f"({verdict} the {TARGET} target); CPU per request {n} workers / 1 worker"
+                    f" = {cost[n] / cost[1] if cost[1] else 0:.2f}",
+                    flush=True,
+                )
     print("summary: " + "; ".join(f"{label} {ratio:.2f}" for label, ratio in ratios))
     return 0
 

@@ -578,3 +578,29 @@ def test_portal_is_served_through_the_one_addon(chain: Gateway) -> None:
     assert flow.response is not None and flow.response.status_code == 200
     assert b"x.test" in flow.response.content  # the access request form, from the app
     assert "schoolgate" not in flow.metadata  # the portal itself is never decided or logged
+
+
+def test_the_gateway_master_skips_debug_records_and_quiet_drops_the_flow_printer():
+    """What ``schoolgate run`` (and the benchmark's lean baseline) saves on mitmproxy's own
+    work: no log record for mitmproxy's debug lines, and with ``--quiet`` no Dumper."""
+    import logging
+
+    from mitmproxy import options
+
+    from schoolgate.gateway.runner import make_master
+
+    root = logging.getLogger()
+    level = root.level
+
+    async def build(quiet: bool):
+        return make_master(options.Options(), quiet=quiet)
+
+    try:
+        quiet = asyncio.run(build(True))
+        loud = asyncio.run(build(False))
+        assert quiet.addons.get("dumper") is None
+        assert loud.addons.get("dumper") is not None
+        assert not logging.getLogger("mitmproxy.proxy.server").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("mitmproxy.proxy.server").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(level)

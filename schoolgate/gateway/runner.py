@@ -81,6 +81,22 @@ def set_options(opts: options.Options, specs: list[str]) -> None:
         opts.set(*plain)
 
 
+def make_master(opts: options.Options, *, quiet: bool) -> DumpMaster:
+    """mitmproxy's master as the gateway runs it, before schoolgate's addons are added. Two
+    things differ from ``mitmdump``, and ``bench/gateway_bench.py`` measures them apart from
+    the addons (its "lean" proxy is this master with no addons):
+
+    * the root logger at INFO, not DEBUG: mitmproxy logs at debug level on its hot path, and
+      each such record costs CPU on every request even when nothing prints it;
+    * ``quiet``: no Dumper, the addon that prints each flow (``mitmdump -q`` keeps it, printing
+      nothing, and mitmproxy still offers it every event of every request).
+    """
+    logging.getLogger().setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return DumpMaster(opts, with_termlog=True, with_dumper=not quiet)
+
+
 def run_gateway(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
@@ -152,14 +168,8 @@ async def _serve(
     policy,
     worker: tuple[int, int] | None = None,
 ) -> int:
-    # INFO, not DEBUG as mitmdump has it: mitmproxy logs at debug level on its hot path, and
-    # each such record costs CPU on every request even when nothing prints it.
-    logging.getLogger().setLevel(logging.INFO)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    quiet = bool(getattr(args, "quiet", False))
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=not quiet)
+    master = make_master(opts, quiet=bool(getattr(args, "quiet", False)))
     addons = make_addons()
     holder = addons[0]
     holder.preload(policy, config_path, data_dir)
