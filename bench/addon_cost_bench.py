@@ -43,13 +43,16 @@ from gateway_bench import (  # noqa: E402
     SCENARIOS,
     Probe,
     Scenario,
+    chosen_scenarios,
     cpu_seconds,
     free_port,
+    have_hey,
     hey,
     make_scenarios,
     percentile,
     proxy_command,
     start_origin,
+    stop_process,
     wait_port,
 )
 
@@ -87,12 +90,7 @@ class Switchable:
         raise SystemExit(f"the proxy did not switch its addons {want}")
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def load(proxy: Switchable, scenario: Scenario, args: argparse.Namespace) -> dict:
@@ -210,12 +208,8 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=50)
     parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args()
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SCENARIOS))
-    if unknown or not chosen:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
-    if not shutil.which("hey"):
-        print("bench needs hey: apt-get install -y hey", file=sys.stderr)
+    chosen = chosen_scenarios(parser, args.scenarios)
+    if not have_hey():
         return 2
     print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,32 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it takes longer than ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def chosen_scenarios(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The ``--scenarios`` list, each checked (``parser.error`` names an unknown one)."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown or not chosen:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
+    return chosen
+
+
+def have_hey() -> bool:
+    if shutil.which("hey"):
+        return True
+    print("bench needs hey: apt-get install -y hey", file=sys.stderr)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -433,12 +459,7 @@ class Proxy:
         return proxy
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def load(
@@ -616,12 +637,8 @@ def main() -> int:
         help="let the proxies share CPUs with hey and the origin",
     )
     args = parser.parse_args()
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SCENARIOS))
-    if unknown or not chosen:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
-    if not shutil.which("hey"):
-        print("bench needs hey: apt-get install -y hey", file=sys.stderr)
+    chosen = chosen_scenarios(parser, args.scenarios)
+    if not have_hey():
         return 2
     print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:

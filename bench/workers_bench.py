@@ -44,7 +44,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,13 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import Origin, cpu_seconds, free_port, wait_port  # noqa: E402
+from gateway_bench import (  # noqa: E402
+    Origin,
+    cpu_seconds,
+    free_port,
+    stop_process,
+    wait_port,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.9
@@ -288,11 +293,7 @@ class Gateway:
         return children(self.proc.pid) if self.workers > 1 else [self.proc.pid]
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 60)
 
 
 def measure(
