@@ -48,3 +48,15 @@ def test_capital_sigma_lowers_as_browsers_do():
     # Found by test_properties.py: "AΣ中.AA" must be the host "aσ中.aa", not "aς中.aa".
     assert normalize_host("AΣ中.AA") == normalize_host("aσ中.aa") == "xn--a-0mb4628c.aa"
     assert normalize_host("aς中.aa") == "xn--a-ymb7628c.aa"  # a real final sigma stays one
+
+
+def test_a_host_with_a_capital_sigma_is_one_host_to_decide():
+    # The URL host and the Host header name the same site: decided once, not as two hosts.
+    from mitmproxy.test import tutils
+
+    from schoolgate.gateway.flowinfo import request_hosts
+
+    request = tutils.treq(host="AΣ中.test", port=80, authority=b"")
+    request.headers["host"] = "AΣ中.test"
+    assert request_hosts(request) == ("aσ中.test", [])
+    assert request_hosts(request, sni="AΣ中.test") == ("aσ中.test", [])

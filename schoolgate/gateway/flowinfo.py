@@ -110,14 +110,14 @@ def request_hosts(request: http.Request, sni: str | None = None) -> tuple[str, l
     (``request.host``: an absolute URL, the CONNECT target or, transparent, the address) and
     the TLS SNI. Each is decided: a Host header cannot smuggle a request to a blocked host."""
     view = request_view(request)
-    target = view.host.lower().rstrip(".")
+    target = lower_host(view.host).rstrip(".")  # as the Host header is lowered
     named = view.named_host
     primary = named or target
     others = []
     if target != primary:
         others.append(target)
     if sni:
-        sni = sni.lower().rstrip(".")
+        sni = lower_host(sni).rstrip(".")
         if sni != primary and sni != target:
             others.append(sni)
     return primary, others
