@@ -62,7 +62,14 @@ def workers_of(log: Path, address: str, ports: list[int]) -> list[tuple[int, int
         return None if None in served else served
 
     served = wait_for(found)
-    assert served, f"connections missing from the log:\n{log.read_text()[-4000:]}"
+    if not served:
+        text = log.read_text(errors="replace")
+        missing = [port for port in ports if worker_of(text, address, port) is None]
+        around = [line for line in text.splitlines() if any(f":{p}" in line for p in missing)]
+        raise AssertionError(
+            f"connections from {address} ports {missing} missing from the log; its lines "
+            "naming them:\n" + "\n".join(around)
+        )
     return served
 
 
@@ -94,6 +101,7 @@ class Workers:
             "--set",
             "schoolgate_reload_interval=0",
             quiet=False,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # as the shipped systemd unit runs it
         )
         self.ca = self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
         pids = wait_for(lambda: len(self.listening()) == 2 and self.listening())
@@ -354,3 +362,64 @@ def test_transparent_mode_spreads_redirected_connections_over_both_workers(
     served = workers_of(tnet.log, tnet.student_ip, ports)
     assert {index for index, _ in served[:REQUESTS]} == {1, 2}
     assert {index for index, _ in served[REQUESTS:]} == {1, 2}
+
+
+# -- log lines from several workers on one stdout ---------------------------------------------
+
+WRITER = """
+import asyncio, logging, sys, time
+from pathlib import Path
+from mitmproxy import options
+from mitmproxy.test import tflow
+from schoolgate.gateway import workers
+from schoolgate.gateway.runner import make_master
+
+index, lines, go = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+
+async def main():
+    master = make_master(options.Options(), quiet=False)  # the flow printer on, as in the tests
+    workers.tag_log_lines(master, index)
+    printer = master.addons.get("dumper")
+    while not go.exists():
+        time.sleep(0.001)
+    for n in range(lines):
+        logging.getLogger("schoolgate.test").info("[10.0.%d.9:%d] client connect", index, n)
+        flow = tflow.tflow(resp=True)
+        flow.request.path = f"/w{index}/{n}"
+        printer.response(flow)
+        print(f"printed by worker {index}: {n}")
+        print(f"warned by worker {index}: {n}", file=sys.stderr)
+
+asyncio.run(main())
+"""
+
+
+def test_lines_of_two_workers_on_one_stdout_never_run_together(tmp_path: Path) -> None:
+    """Two workers print log records, flow lines and plain prints to one shared file, as
+    unbuffered as the shipped systemd unit makes them (``PYTHONUNBUFFERED=1``): each line
+    arrives whole, and a log record's line still starts with its worker's tag."""
+    lines, go, out = 1500, tmp_path / "go", tmp_path / "shared.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with out.open("wb") as shared:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(index), str(lines), str(go)],
+                stdout=shared,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+            )
+            for index in (1, 2)
+        ]
+    go.touch()
+    assert [proc.wait(120) for proc in procs] == [0, 0], out.read_text()[-2000:]
+    whole = re.compile(
+        r"^\[worker (?P<w>[12]) pid \d+\]\[[^\]]*\] ?\[10\.0\.(?P=w)\.9:\d+\] client connect$"
+        r"|^(printed|warned) by worker [12]: \d+$"
+        r"|^\S+: GET http://address:22/w[12]/\d+$"
+        r"|^ +<< 200 OK .*$"
+    )
+    text = out.read_text()
+    broken = [line for line in text.splitlines() if not whole.match(line)]
+    assert not broken, f"{len(broken)} lines run together, such as: {broken[:3]}"
+    assert len(text.splitlines()) == 2 * lines * 5

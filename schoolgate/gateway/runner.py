@@ -228,6 +228,5 @@ def _become_worker(master: DumpMaster, index: int, count: int) -> None:
     if parent.isdigit():
         workers.exit_with_parent(int(parent))
     workers.listen_with_reuse_port(asyncio.get_running_loop())
-    termlog = master.addons.get("termlog")
-    workers.tag_log_lines(getattr(termlog, "logger", None), index)
+    workers.tag_log_lines(master, index)
     log.info("schoolgate: worker %d of %d (pid %d)", index, count, os.getpid())

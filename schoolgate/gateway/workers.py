@@ -42,10 +42,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -225,22 +227,79 @@ class _TaggedFormatter(logging.Formatter):
         return self.tag + self.inner.format(record)
 
 
-def tag_log_lines(handler: logging.Handler | None, index: int) -> None:
-    """Start each line ``handler`` prints with ``[worker I pid P]``; and write lines whole, as
-    several processes share one stdout (a block-buffered file would interleave mid-line)."""
+class WholeLines:
+    """A text stream that passes ``stream`` whole lines only, each batch in one write.
+
+    The workers share one stdout (the journal's socket, or a file). ``print`` writes the text
+    and then the newline in two calls, and with ``PYTHONUNBUFFERED=1`` (set by the shipped
+    systemd unit) each call is a system call of its own, so another worker's line can land
+    between a line and its newline: two lines run together and the second loses its
+    ``[worker I pid P]`` tag at the start. Here each thread's text waits until it ends a line,
+    then goes to ``stream`` in one write and is flushed."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._pending = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._pending, "text", "") + text
+        if pending.endswith("\n"):
+            self._pending.text = ""
+            self.stream.write(pending)
+            self.stream.flush()
+        else:
+            self._pending.text = pending
+        return len(text)
+
+    def flush(self) -> None:
+        pending = getattr(self._pending, "text", "")
+        if pending:
+            self._pending.text = ""
+            self.stream.write(pending)
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> object:  # fileno, isatty, encoding... of the stream
+        return getattr(self.stream, name)
+
+
+def tag_log_lines(master: Any, index: int) -> None:
+    """Start each line mitmproxy's log handler (its ``termlog`` addon) prints with
+    ``[worker I pid P]``, and make every line this process prints reach the shared stdout
+    whole (:class:`WholeLines`): the log handler's, the flow printer's (``dumper``) and
+    anything printed to ``sys.stdout`` and ``sys.stderr``."""
+    handler = getattr(master.addons.get("termlog"), "logger", None)
+    printer = master.addons.get("dumper")
     if handler is not None and handler.formatter is not None:
         handler.formatter = _TaggedFormatter(
             handler.formatter, f"[worker {index} pid {os.getpid()}]"
         )
+    wrapped: dict[int, WholeLines] = {}
+
+    def whole(stream: IO[str]) -> IO[str]:
+        if isinstance(stream, WholeLines):
+            return stream  # type: ignore[return-value]
+        return wrapped.setdefault(id(stream), WholeLines(stream))  # type: ignore[return-value]
+
     for stream in (sys.stdout, sys.stderr):
+        # Anything holding the stream itself (not the wrapper) still prints each line promptly.
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
+    if sys.stdout is not None:
+        sys.stdout = whole(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = whole(sys.stderr)
+    for owner, attribute in ((handler, "file"), (handler, "stream"), (printer, "outfp")):
+        stream = getattr(owner, attribute, None)
+        if owner is not None and stream is not None and hasattr(stream, "write"):
+            setattr(owner, attribute, whole(stream))
 
 
 # -- the supervisor ----------------------------------------------------------------------------
 def say(message: str) -> None:
-    print(f"schoolgate: {message}", file=sys.stderr, flush=True)
+    # One write (not print's two), so that no worker's line lands before the newline.
+    sys.stderr.write(f"schoolgate: {message}\n")
+    sys.stderr.flush()
 
 
 @dataclass
