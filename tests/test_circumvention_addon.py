@@ -73,8 +73,12 @@ class GW:
             hook = getattr(
                 addon, "http_connect" if flow.request.method == "CONNECT" else "request", None
             )
-            if hook is not None and not isinstance(addon, type):
-                hook(flow)
+            if hook is None or isinstance(addon, type):
+                continue
+            # As the dispatch calls an app's async request hook: only for what it serves.
+            if hasattr(addon, "should_serve") and not addon.should_serve(flow):
+                continue
+            hook(flow)
         if flow.request.method != "CONNECT":
             self.guard.response(flow)
 
@@ -324,6 +328,25 @@ def test_connect_stage_detection(gw: GW):
     gw.run(flow)
     kinds = {(e["detail"]["detector"], e["detail"]["stage"]) for e in gw.events("circumvention")}
     assert ("listed_host", "connect") in kinds and ("odd_port", "connect") in kinds
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2.0"])
+def test_domain_fronting_inside_an_intercepted_tunnel(gw: GW, version: str):
+    """A tunnel to an allowed site (CONNECT and SNI www.bbc.co.uk) whose request names another
+    (Host, or HTTP/2's :authority, www.torproject.org): recorded as domain fronting."""
+    flow = http_flow("www.bbc.co.uk", "/news", scheme="https")
+    flow.request.http_version = version
+    if version == "HTTP/2.0":  # as mitmproxy gives an HTTP/2 request: no Host header
+        del flow.request.headers["Host"]
+        flow.request.authority = "www.torproject.org"
+    else:
+        flow.request.headers["Host"] = "www.torproject.org"
+    gw.run(flow)
+    events = [e for e in gw.events("circumvention") if e["detail"]["detector"] == "domain_fronting"]
+    assert len(events) == 1, gw.events("circumvention")
+    assert events[0]["detail"]["evidence"]["http_host"] == "www.torproject.org"
+    assert events[0]["detail"]["evidence"]["sni"] == "www.bbc.co.uk"
+    assert flow.response is not None and flow.response.status_code == 403
 
 
 def test_burst_of_thousands_of_events_nothing_lost(gw: GW):

@@ -153,3 +153,29 @@ def test_attempts_at_two_gateways_count_together(tmp_path: Path) -> None:
         for gw in (a, b):
             gw.stop()
             gw.origin_server.shutdown()
+
+
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_domain_fronting_over_http1_and_http2_is_recorded(gateway: Gateway, version: str) -> None:
+    """curl opens a tunnel to an allowed site and names another inside it: in the Host header
+    (HTTP/1.1) or HTTP/2's :authority, which mitmproxy keeps apart from the headers."""
+    ca = gateway.data_dir / "ca" / "mitmproxy-ca-cert.pem"
+    out = subprocess.run(
+        ["curl", "-sS", version, "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]
+        + ["-x", f"http://127.0.0.1:{gateway.port}", "--cacert", str(ca)]
+        + ["-H", "Host: www.torproject.org", "https://www.bbc.co.uk/news"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    code, http_version = out.stdout.split()
+    assert (code, http_version) == ("403", version.removeprefix("--http")), out.stderr
+
+    def fronting() -> list[dict]:
+        events = json.loads(gateway.cli("events", "--kind", "circumvention", "--json"))
+        return [e for e in events if e["rule"] == "circumvention detector domain_fronting"]
+
+    found = wait_for(fronting, timeout=15)  # the decision log writes in batches
+    assert len(found) == 1, found
+    assert found[0]["host"] == "www.bbc.co.uk"
+    assert "http_host=www.torproject.org" in found[0]["reason"]

@@ -501,7 +501,8 @@ class CircumventionGuard:
                 host=view.host,
                 port=view.port,
                 sni=flow.client_conn.sni,
-                http_host=headers.get("host") or headers.get(":authority"),
+                # HTTP/2 and 3 carry it as :authority, which is not among the headers.
+                http_host=view.host_header,
                 method=view.method,
                 path=view.path,
                 headers=headers,
