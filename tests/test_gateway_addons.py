@@ -23,6 +23,7 @@ from schoolgate.gateway import (
     JobsAddon,
     PolicyHolder,
     PortalAddon,
+    ProxyAuthCache,
     Recorder,
     make_addons,
 )
@@ -45,6 +46,7 @@ class Gateway:
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon
+    logins: ProxyAuthCache
     config: Path
 
     def events(self) -> list[dict]:

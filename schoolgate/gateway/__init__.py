@@ -16,11 +16,14 @@ this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
 * :class:`~schoolgate.gateway.alerts_addon.AlertsAddon`: alerts to the e-safety team for blocks
   in alert and locked categories, batched (after Enforcement).
+* :class:`~schoolgate.gateway.auth_cache.ProxyAuthCache`: proxy logins (``proxyauth``) checked
+  once and remembered, not checked again on every plain-HTTP request.
 """
 
 from __future__ import annotations
 
 from schoolgate.gateway.alerts_addon import AlertsAddon
+from schoolgate.gateway.auth_cache import ProxyAuthCache
 from schoolgate.gateway.circumvention_addon import CircumventionGuard
 from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
@@ -40,6 +43,7 @@ __all__ = [
     "GatewayPages",
     "PolicyHolder",
     "PortalAddon",
+    "ProxyAuthCache",
     "Recorder",
     "make_addons",
     "make_chain",
@@ -58,7 +62,8 @@ def make_addons() -> list:
     guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
-    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts]
+    logins = ProxyAuthCache()
+    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts, logins]
 
 
 def make_chain(addons: list | None = None) -> list:

@@ -1,0 +1,126 @@
+"""Proxy logins checked once, not on every request.
+
+mitmproxy's ``proxyauth`` checks the ``Proxy-Authorization`` of every plain-HTTP request
+again (a CONNECT tunnel is checked once), on the event loop. With an htpasswd file that is a
+bcrypt hash each time (about 2 ms at Apache's default cost 5, 60 ms at cost 10, 240 ms at
+cost 12: the whole gateway waits, for every pupil), and with LDAP a bind to the directory
+for each request. :class:`ProxyAuthCache` wraps mitmproxy's validator so that a user name and
+password that passed are remembered for ``schoolgate_proxyauth_cache`` seconds (default 300;
+0 turns it off): later requests with the same login cost a keyed hash.
+
+What is remembered: the user name and an HMAC-SHA256 of the password under a key made at
+random when the gateway starts, never the password. Failed logins are not remembered (each is
+checked again). A password changed or an account disabled in the directory stops working
+when its entry ends (at most ``schoolgate_proxyauth_cache`` seconds later); setting the
+option (or ``proxyauth``) again forgets everything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addons.proxyauth import AcceptAll, SingleUser
+
+log = logging.getLogger(__name__)
+
+MAX_LOGINS = 100_000  # a trust's users several times over; then the oldest go first
+
+
+class CachedValidator:
+    """mitmproxy's proxyauth validator (``inner``), with logins that passed remembered for
+    ``seconds``."""
+
+    def __init__(
+        self,
+        inner: Callable[[str, str], bool],
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_logins: int = MAX_LOGINS,
+    ) -> None:
+        self.inner = inner
+        self.seconds = seconds
+        self.clock = clock
+        self.max_logins = max_logins
+        self._key = os.urandom(32)
+        self._passed: dict[tuple[str, bytes], float] = {}  # login -> when it ends
+        self._lock = threading.Lock()  # SOCKS5 and HTTP logins may come from mitmproxy threads
+
+    def __call__(self, username: str, password: str) -> bool:
+        digest = hmac.digest(self._key, password.encode("utf-8", "surrogateescape"), "sha256")
+        login = (username, digest)
+        now = self.clock()
+        ends = self._passed.get(login)
+        if ends is not None and ends > now:
+            return True
+        if not self.inner(username, password):
+            return False
+        with self._lock:
+            if len(self._passed) >= self.max_logins:
+                self._make_room(now)
+            self._passed[login] = now + self.seconds
+        return True
+
+    def _make_room(self, now: float) -> None:
+        for login, ends in list(self._passed.items()):
+            if ends <= now:
+                del self._passed[login]
+        if len(self._passed) >= self.max_logins:  # still full: the oldest tenth go
+            for login in list(self._passed)[: max(1, self.max_logins // 10)]:
+                del self._passed[login]
+
+    @property
+    def remembered(self) -> int:
+        # Not __len__: mitmproxy tests `if self.validator:`, and an empty cache must not read
+        # as "no login required".
+        return len(self._passed)
+
+
+def _worth_caching(validator: object) -> bool:
+    # "any" and a single user:password cost less than the keyed hash.
+    return validator is not None and not isinstance(validator, (AcceptAll, SingleUser))
+
+
+class ProxyAuthCache:
+    name = "schoolgate_proxyauth_cache"
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "schoolgate_proxyauth_cache",
+            float,
+            300.0,
+            "Seconds a proxy login (proxyauth: htpasswd or LDAP) that passed is remembered, "
+            "so that it is not checked again on every plain-HTTP request; 0 checks every time.",
+        )
+
+    def configure(self, updated) -> None:
+        if "schoolgate_proxyauth_cache" in updated:
+            seconds = ctx.options.schoolgate_proxyauth_cache
+            if not 0 <= seconds <= 86_400:
+                raise exceptions.OptionsError(
+                    f"schoolgate_proxyauth_cache must be between 0 and 86400 seconds, not {seconds}"
+                )
+        if not updated & {"proxyauth", "schoolgate_proxyauth_cache"}:
+            return
+        auth = ctx.master.addons.get("proxyauth")
+        if auth is None:
+            return
+        validator = getattr(auth, "validator", None)
+        if isinstance(validator, CachedValidator):
+            validator = validator.inner  # a new cache: forget what the old one remembered
+        seconds = ctx.options.schoolgate_proxyauth_cache
+        if seconds > 0 and _worth_caching(validator):
+            auth.validator = CachedValidator(validator, seconds)
+            log.info(
+                "schoolgate: proxy logins that pass are remembered for %g s "
+                "(schoolgate_proxyauth_cache)",
+                seconds,
+            )
+        else:
+            auth.validator = validator
