@@ -20,7 +20,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -49,8 +48,8 @@ class CachedValidator:
         self.clock = clock
         self.max_logins = max_logins
         self._key = os.urandom(32)
-        self._passed: dict[tuple[str, bytes], float] = {}  # login -> when it ends
-        self._lock = threading.Lock()  # SOCKS5 and HTTP logins may come from mitmproxy threads
+        # login -> when it ends; only mitmproxy's hooks use it, all on the event loop
+        self._passed: dict[tuple[str, bytes], float] = {}
 
     def __call__(self, username: str, password: str) -> bool:
         digest = hmac.digest(self._key, password.encode("utf-8", "surrogateescape"), "sha256")
@@ -61,10 +60,9 @@ class CachedValidator:
             return True
         if not self.inner(username, password):
             return False
-        with self._lock:
-            if len(self._passed) >= self.max_logins:
-                self._make_room(now)
-            self._passed[login] = now + self.seconds
+        if len(self._passed) >= self.max_logins:
+            self._make_room(now)
+        self._passed[login] = now + self.seconds
         return True
 
     def _make_room(self, now: float) -> None:
