@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from gateway_bench import (  # noqa: E402
     Probe,
     Scenario,
     chosen_scenarios,
+    copy_test_config,
     cpu_seconds,
     free_port,
     have_hey,
@@ -214,8 +214,7 @@ def main() -> int:
     print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        conf = work / "config"
-        shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+        conf = copy_test_config(work)
         plain, tls = start_origin(), start_origin(work / "origin-tls")
         try:
             scenarios = make_scenarios(plain, tls)

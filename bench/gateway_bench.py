@@ -157,6 +157,14 @@ def chosen_scenarios(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return chosen
 
 
+def copy_test_config(folder: Path) -> Path:
+    """A copy of the tests' gateway config (127.0.0.1 is a student in a lesson; the loopback
+    origins are uncategorised, so allowed) in ``folder/config``; its config.yaml is there."""
+    conf = folder / "config"
+    shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+    return conf
+
+
 def have_hey() -> bool:
     if shutil.which("hey"):
         return True
@@ -643,8 +651,7 @@ def main() -> int:
     print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        conf = work / "config"
-        shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+        conf = copy_test_config(work)
         plain = start_origin()
         tls = start_origin(work / "origin-tls")
         scenarios = make_scenarios(plain, tls)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import (  # noqa: E402
     ROOT,
+    copy_test_config,
     free_port,
     have_hey,
     hey,
@@ -53,8 +53,7 @@ def main() -> int:
     costs = [int(c) for c in args.costs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        conf = work / "config"
-        shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+        conf = copy_test_config(work)
         origin = start_origin()
         url = f"http://127.0.0.1:{origin.server_address[1]}/page"
         login = base64.b64encode(b"pupil1:correct horse").decode()

@@ -56,6 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import (  # noqa: E402
     Origin,
+    copy_test_config,
     cpu_seconds,
     free_port,
     stop_process,
@@ -476,8 +477,7 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
             flush=True,
         )
     ratios = []
-    conf = Path(tmp) / "config"
-    shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+    conf = copy_test_config(Path(tmp))
     for target in targets:
         for load, keepalive in (("new-conn", False), ("keep-alive", True)):
             for method in args.methods:
