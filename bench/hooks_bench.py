@@ -12,6 +12,10 @@ With ``--callgrind`` each configuration runs twice under ``valgrind --tool=callg
 2N requests) and the difference of the two instruction counts gives instructions per request,
 which other work on the machine does not change.
 
+Two reference addons show what any addon costs before it does anything: mitmproxy offers every
+event to every addon in its chain, hook or no hook. "empty" is an addon with no hooks at all,
+"no-op hooks" one whose ``request`` and ``response`` hooks return at once.
+
 What it leaves out, and ``bench/gateway_bench.py`` measures: sockets, parsing, the origin.
 """
 
@@ -40,8 +44,35 @@ HEADERS = (
 )
 
 
+class EmptyAddon:
+    """An addon with no hooks: what mitmproxy's dispatch costs for any addon at all."""
+
+    name = "empty"
+
+
+class NoOpHooks:
+    """An addon whose request and response hooks do nothing (schoolgate's hooks, emptied)."""
+
+    name = "noop_hooks"
+
+    def request(self, flow) -> None:
+        pass
+
+    def response(self, flow) -> None:
+        pass
+
+
+CONFIGS = {"bare": None, "empty": EmptyAddon, "noop": NoOpHooks, "schoolgate": None}
+LABELS = {
+    "bare": "bare mitmproxy",
+    "empty": "+ an empty addon",
+    "noop": "+ no-op hooks",
+    "schoolgate": "+ schoolgate",
+}
+
+
 async def drive(
-    with_schoolgate: bool, requests: int, host: str, port: int, reps: int, quiet: bool = False
+    which: str, requests: int, host: str, port: int, reps: int, quiet: bool = False
 ) -> float:
     from mitmproxy import hooks, options
     from mitmproxy.proxy.layers.http import (
@@ -59,7 +90,9 @@ async def drive(
     try:
         # One CA for every run: generating a key pair costs a random number of instructions.
         opts.update(confdir=str(CA_DIR), flow_detail=0)
-        if with_schoolgate:
+        if CONFIGS[which] is not None:
+            master.addons.add(CONFIGS[which]())
+        if which == "schoolgate":
             from schoolgate.gateway import make_chain
 
             shutil.copytree(ROOT / "tests" / "data" / "gateway", tmp / "config")
@@ -150,36 +183,39 @@ def main() -> int:
     parser.add_argument("--host", default="origin.test")
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--callgrind", action="store_true")
-    parser.add_argument("--only", choices=("bare", "schoolgate"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        asyncio.run(
-            drive(args.only == "schoolgate", args.requests, args.host, args.port, 1, quiet=True)
-        )
+        asyncio.run(drive(args.only, args.requests, args.host, args.port, 1, quiet=True))
         return 0
     print(f"an allowed GET http://{args.host}:{args.port}/page from a student (test config)")
     if args.callgrind:
         if not shutil.which("valgrind"):
             print("--callgrind needs valgrind: apt-get install -y valgrind", file=sys.stderr)
             return 2
-        asyncio.run(drive(False, 1, args.host, args.port, 1))  # makes the CA, outside valgrind
+        asyncio.run(drive("bare", 1, args.host, args.port, 1))  # makes the CA, outside valgrind
         n = max(args.requests // 10, 100)
         per = {}
-        for which in ("bare", "schoolgate"):
+        for which in CONFIGS:
             low, high = instructions(args, which, n), instructions(args, which, 2 * n)
             per[which] = (high - low) / n
-            print(f"{which:<11} {per[which]:>12,.0f} instructions per request")
-        extra = per["schoolgate"] - per["bare"]
-        print(
-            f"schoolgate adds {extra:,.0f} instructions per request: "
-            f"{extra / per['bare'] * 100:.1f}% of mitmproxy's own hook work"
-        )
+            print(f"{LABELS[which]:<18} {per[which]:>12,.0f} instructions per request", end="")
+            if which != "bare":
+                extra = per[which] - per["bare"]
+                print(f"  adds {extra:>9,.0f} ({extra / per['bare'] * 100:.1f}%)", end="")
+            print()
         return 0
-    bare = asyncio.run(drive(False, args.requests, args.host, args.port, args.reps))
-    ours = asyncio.run(drive(True, args.requests, args.host, args.port, args.reps))
-    print(f"bare mitmproxy hooks   {bare:7.1f} us per request (best of {args.reps})")
-    print(f"with schoolgate        {ours:7.1f} us per request")
-    print(f"schoolgate adds        {ours - bare:7.1f} us per request")
+    # Round by round, each configuration in turn: the machine's speed drifts over a run, and
+    # taking turns spreads the drift over all of them instead of favouring the last.
+    per = dict.fromkeys(CONFIGS, float("inf"))
+    for _ in range(args.reps):
+        for which in CONFIGS:
+            us = asyncio.run(drive(which, args.requests, args.host, args.port, 1))
+            per[which] = min(per[which], us)
+    for which, us in per.items():
+        extra = "" if which == "bare" else f"  adds {us - per['bare']:6.1f}"
+        print(f"{LABELS[which]:<18} {us:7.1f} us per request{extra}")
+    print(f"(best of {args.reps} runs of {args.requests} requests each)")
     return 0
 
 
