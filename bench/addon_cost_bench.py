@@ -42,16 +42,12 @@ from gateway_bench import (  # noqa: E402
     SCENARIOS,
     Probe,
     Scenario,
-    chosen_scenarios,
-    copy_test_config,
     cpu_seconds,
     free_port,
-    have_hey,
     hey,
-    make_scenarios,
     percentile,
+    prepared_scenarios,
     proxy_command,
-    start_origin,
     stop_process,
     wait_port,
 )
@@ -208,21 +204,12 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=50)
     parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args()
-    chosen = chosen_scenarios(parser, args.scenarios)
-    if not have_hey():
-        return 2
-    print(PINNING.apply(not args.no_pin))
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        conf = copy_test_config(work)
-        plain, tls = start_origin(), start_origin(work / "origin-tls")
-        try:
-            scenarios = make_scenarios(plain, tls)
-            for name in chosen:
-                measure(scenarios[name], args, work, conf)
-        finally:
-            plain.shutdown()
-            tls.shutdown()
+    with prepared_scenarios(parser, args) as prepared:
+        if prepared is None:
+            return 2
+        work, conf, scenarios = prepared
+        for scenario in scenarios:
+            measure(scenario, args, work, conf)
     return 0
 
 

@@ -55,6 +55,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -412,6 +414,31 @@ class Scenario:
     baseline: str = "bare"
 
 
+@contextmanager
+def prepared_scenarios(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> Iterator[tuple[Path, Path, list[Scenario]] | None]:
+    """What a load benchmark's ``main`` needs: the scenarios ``--scenarios`` names, against a
+    plain and a TLS origin, in a temporary folder holding a copy of the test config; the CPU
+    pinning (``--no-pin``) applied and said. Yields (folder, config, scenarios), or None when
+    ``hey`` is missing (already said); the origins are shut down afterwards."""
+    chosen = chosen_scenarios(parser, args.scenarios)
+    if not have_hey():
+        yield None
+        return
+    print(PINNING.apply(not args.no_pin))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        conf = copy_test_config(work)
+        plain, tls = start_origin(), start_origin(work / "origin-tls")
+        try:
+            scenarios = make_scenarios(plain, tls)
+            yield work, conf, [scenarios[name] for name in chosen]
+        finally:
+            plain.shutdown()
+            tls.shutdown()
+
+
 def make_scenarios(plain: ThreadingHTTPServer, tls: ThreadingHTTPServer) -> dict[str, Scenario]:
     """The scenarios, against a plain and a TLS origin (``start_origin``)."""
     plain_at = ("127.0.0.1", plain.server_address[1])
@@ -645,18 +672,12 @@ def main() -> int:
         help="let the proxies share CPUs with hey and the origin",
     )
     args = parser.parse_args()
-    chosen = chosen_scenarios(parser, args.scenarios)
-    if not have_hey():
-        return 2
-    print(PINNING.apply(not args.no_pin))
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        conf = copy_test_config(work)
-        plain = start_origin()
-        tls = start_origin(work / "origin-tls")
-        scenarios = make_scenarios(plain, tls)
-        for name in chosen:
-            scenario = scenarios[name]
+    with prepared_scenarios(parser, args) as prepared:
+        if prepared is None:
+            return 2
+        work, conf, scenarios = prepared
+        for scenario in scenarios:
+            name = scenario.name
             print(
                 f"origin {scenario.url}; {args.concurrency} connections, {scenario.title}, "
                 f"{args.seconds}s each"
@@ -696,8 +717,6 @@ def main() -> int:
                 )
             compare(scenario, results)
             print()
-        plain.shutdown()
-        tls.shutdown()
     return 0
 
 
