@@ -46,8 +46,8 @@ from gateway_bench import (  # noqa: E402
     free_port,
     hey,
     percentile,
-    prepared_scenarios,
     proxy_command,
+    run_scenarios,
     stop_process,
     wait_port,
 )
@@ -204,13 +204,7 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=50)
     parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args()
-    with prepared_scenarios(parser, args) as prepared:
-        if prepared is None:
-            return 2
-        work, conf, scenarios = prepared
-        for scenario in scenarios:
-            measure(scenario, args, work, conf)
-    return 0
+    return run_scenarios(parser, args, measure)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -414,18 +413,18 @@ class Scenario:
     baseline: str = "bare"
 
 
-@contextmanager
-def prepared_scenarios(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> Iterator[tuple[Path, Path, list[Scenario]] | None]:
-    """What a load benchmark's ``main`` needs: the scenarios ``--scenarios`` names, against a
-    plain and a TLS origin, in a temporary folder holding a copy of the test config; the CPU
-    pinning (``--no-pin``) applied and said. Yields (folder, config, scenarios), or None when
-    ``hey`` is missing (already said); the origins are shut down afterwards."""
+def run_scenarios(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    measure: Callable[[Scenario, argparse.Namespace, Path, Path], None],
+) -> int:
+    """A load benchmark's ``main``, after its arguments: ``measure(scenario, args, folder,
+    config)`` for each scenario ``--scenarios`` names, against a plain and a TLS origin, in a
+    temporary folder holding a copy of the test config, with the CPU pinning (``--no-pin``)
+    applied and said. 2 when ``hey`` is missing (already said), else 0."""
     chosen = chosen_scenarios(parser, args.scenarios)
     if not have_hey():
-        yield None
-        return
+        return 2
     print(PINNING.apply(not args.no_pin))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -433,10 +432,12 @@ def prepared_scenarios(
         plain, tls = start_origin(), start_origin(work / "origin-tls")
         try:
             scenarios = make_scenarios(plain, tls)
-            yield work, conf, [scenarios[name] for name in chosen]
+            for name in chosen:
+                measure(scenarios[name], args, work, conf)
         finally:
             plain.shutdown()
             tls.shutdown()
+    return 0
 
 
 def make_scenarios(plain: ThreadingHTTPServer, tls: ThreadingHTTPServer) -> dict[str, Scenario]:
@@ -642,6 +643,50 @@ def compare(scenario: Scenario, results: dict[str, dict]) -> None:
         )
 
 
+def measure_scenario(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
+    """The four proxies (and the lazy baseline for HTTPS) in turns over ``--rounds``, then low
+    load, then the comparison, for one scenario."""
+    print(
+        f"origin {scenario.url}; {args.concurrency} connections, {scenario.title}, "
+        f"{args.seconds}s each"
+    )
+    kinds = ["bare", "lean", "schoolgate", "addons"]
+    if scenario.baseline != "bare":
+        kinds.insert(1, scenario.baseline)
+        print(f"(compared with {LABELS[scenario.baseline]})")
+    proxies = []
+    try:
+        results, proxies = rounds(kinds, scenario, args, work, conf)
+        # before the blocked load below, whose logging may still be flushing after it
+        probes = low_load(proxies, scenario, args)
+        if scenario.name == "keepalive":
+            load(
+                proxies[kinds.index("schoolgate")],
+                scenario,
+                args,
+                "schoolgate run (blocked, logged)",
+                url="http://social.test/x",
+            )
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+    print(
+        f"low load: 1 connection to each proxy in turn, {args.latency_rate:g} "
+        f"requests/s each, {args.latency_seconds or args.seconds}s"
+    )
+    for kind, probe in probes.items():
+        result = results[kind]
+        result["low_p50_ms"] = percentile(probe.times_us, 0.5) / 1000
+        result["low_p99_ms"] = percentile(probe.times_us, 0.99) / 1000
+        print(
+            f"{LABELS[kind]:<34} p50 {result['low_p50_ms']:6.3f} ms   "
+            f"p99 {result['low_p99_ms']:6.3f} ms   ({len(probe.times_us)} requests) "
+            f"{probe.codes}"
+        )
+    compare(scenario, results)
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -672,52 +717,7 @@ def main() -> int:
         help="let the proxies share CPUs with hey and the origin",
     )
     args = parser.parse_args()
-    with prepared_scenarios(parser, args) as prepared:
-        if prepared is None:
-            return 2
-        work, conf, scenarios = prepared
-        for scenario in scenarios:
-            name = scenario.name
-            print(
-                f"origin {scenario.url}; {args.concurrency} connections, {scenario.title}, "
-                f"{args.seconds}s each"
-            )
-            kinds = ["bare", "lean", "schoolgate", "addons"]
-            if scenario.baseline != "bare":
-                kinds.insert(1, scenario.baseline)
-                print(f"(compared with {LABELS[scenario.baseline]})")
-            proxies = []
-            try:
-                results, proxies = rounds(kinds, scenario, args, work, conf)
-                # before the blocked load below, whose logging may still be flushing after it
-                probes = low_load(proxies, scenario, args)
-                if name == "keepalive":
-                    load(
-                        proxies[kinds.index("schoolgate")],
-                        scenario,
-                        args,
-                        "schoolgate run (blocked, logged)",
-                        url="http://social.test/x",
-                    )
-            finally:
-                for proxy in proxies:
-                    proxy.stop()
-            print(
-                f"low load: 1 connection to each proxy in turn, {args.latency_rate:g} "
-                f"requests/s each, {args.latency_seconds or args.seconds}s"
-            )
-            for kind, probe in probes.items():
-                result = results[kind]
-                result["low_p50_ms"] = percentile(probe.times_us, 0.5) / 1000
-                result["low_p99_ms"] = percentile(probe.times_us, 0.99) / 1000
-                print(
-                    f"{LABELS[kind]:<34} p50 {result['low_p50_ms']:6.3f} ms   "
-                    f"p99 {result['low_p99_ms']:6.3f} ms   ({len(probe.times_us)} requests) "
-                    f"{probe.codes}"
-                )
-            compare(scenario, results)
-            print()
-    return 0
+    return run_scenarios(parser, args, measure_scenario)
 
 
 if __name__ == "__main__":
