@@ -2,7 +2,7 @@
 
     python3 bench/addon_cost_bench.py [--seconds 5] [--pairs 6] [--processes 3]
         [--scenarios keepalive,https,newconn] [--concurrency 10] [--latency-requests 200]
-        [--no-pin]
+        [--addon schoolgate|empty] [--no-pin]
 
 ``bench/gateway_bench.py`` compares separate processes, and the same proxy runs several
 percent faster or slower from one start to the next (where its memory landed), and the
@@ -21,6 +21,10 @@ What it leaves out: the addons' threads and memory are there in both states (the
 background work, about 3.5 ms of CPU a second when idle, counts in both), and what
 ``schoolgate run`` saves on mitmproxy's own work (no Dumper, logging at INFO) is in both
 states too: this is what the addons add to mitmproxy as the gateway runs it. Needs ``hey``.
+
+``--addon empty`` switches an addon with no hooks instead of schoolgate's, by the same
+method: the part of the figure that is mitmproxy's price for any addon in its chain (it
+offers every event to every addon), which no addon's code can take away.
 """
 
 from __future__ import annotations
@@ -56,10 +60,11 @@ from gateway_bench import (  # noqa: E402
 class Switchable:
     """One proxy process whose schoolgate addons can be switched off and on."""
 
-    def __init__(self, scenario: Scenario, work: Path, conf: Path) -> None:
+    def __init__(self, scenario: Scenario, work: Path, conf: Path, addon: str) -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"switchable-{scenario.name}-", dir=work))
         self.port = free_port()
-        cmd = proxy_command("switchable", self.port, folder, conf, scenario.https)
+        kind = "switchable-empty" if addon == "empty" else "switchable"
+        cmd = proxy_command(kind, self.port, folder, conf, scenario.https)
         if PINNING.proxy_cpu is not None:
             cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
         self.proc = subprocess.Popen(
@@ -138,15 +143,16 @@ def latency(
 
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
+    what = "an addon with no hooks" if args.addon == "empty" else "schoolgate's addons"
     print(
-        f"{scenario.title}: {args.processes} processes x {args.pairs} pairs of {args.seconds}s "
-        f"loads ({args.concurrency} connections), {scenario.url}",
+        f"{scenario.title}, {what}: {args.processes} processes x {args.pairs} pairs of "
+        f"{args.seconds}s loads ({args.concurrency} connections), {scenario.url}",
         flush=True,
     )
     costs, extra_us, per_process = [], [], []
     times: dict[bool, list[float]] = {False: [], True: []}
     for number in range(1, args.processes + 1):
-        proxy = Switchable(scenario, work, conf)
+        proxy = Switchable(scenario, work, conf, args.addon)
         try:
             for on in (True, False):  # warm both ways: caches, connections, the policy
                 proxy.switch(on)
@@ -176,7 +182,7 @@ def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
         finally:
             proxy.stop()
     print(
-        f"  cost of the addons, median of {len(costs)} pairs: "
+        f"  cost of {what}, median of {len(costs)} pairs: "
         f"{statistics.median(costs) * 100:+.1f}% of throughput "
         f"(pairs from {min(costs) * 100:+.1f}% to {max(costs) * 100:+.1f}%; each process's "
         f"median: {', '.join(f'{c * 100:+.1f}%' for c in per_process)}); "
@@ -202,6 +208,12 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--latency-rate", type=float, default=50)
+    parser.add_argument(
+        "--addon",
+        choices=("schoolgate", "empty"),
+        default="schoolgate",
+        help="what to switch: schoolgate's addons, or an addon with no hooks (the reference)",
+    )
     parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args()
     return run_scenarios(parser, args, measure)

@@ -329,8 +329,12 @@ def proxy_command(kind: str, port: int, folder: Path, conf: Path, https: bool) -
         # behaves differently enough (many more upstream connections) to need its own row
         lazy = ["--set", "connection_strategy=lazy"] if kind == "bare-lazy" else []
         return ["mitmdump", "-q", *listen, "--set", f"confdir={folder}/ca", *insecure, *lazy]
-    if kind in ("lean", "switchable"):
-        switchable = ["--switchable", str(conf / "config.yaml")] if kind == "switchable" else []
+    if kind in ("lean", "switchable", "switchable-empty"):
+        switchable = {
+            "lean": [],
+            "switchable": ["--switchable", str(conf / "config.yaml")],
+            "switchable-empty": ["--switchable-empty"],
+        }[kind]
         return [
             sys.executable,
             str(ROOT / "bench" / "lean_mitmproxy.py"),

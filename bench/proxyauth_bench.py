@@ -55,38 +55,40 @@ def main() -> int:
         work = Path(tmp)
         conf = copy_test_config(work)
         origin = start_origin()
-        url = f"http://127.0.0.1:{origin.server_address[1]}/page"
-        login = base64.b64encode(b"pupil1:correct horse").decode()
-        header = ("-H", f"Proxy-Authorization: Basic {login}")
-        print(f"origin {url}; {args.concurrency} keep-alive connections, {args.seconds}s each")
-        for cost in costs:
-            hashed = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(rounds=cost)).decode()
-            htpasswd = work / f"htpasswd-{cost}"
-            htpasswd.write_text(f"pupil1:{hashed}\n")
-            for remember in ("0", "300"):
-                port = free_port()
-                folder = work / f"var-{cost}-{remember}"
-                command = proxy_command("schoolgate", port, folder, conf, https=False) + [
-                    "--set",
-                    f"proxyauth=@{htpasswd}",
-                    "--set",
-                    f"schoolgate_proxyauth_cache={remember}",
-                ]
-                proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-                try:
-                    wait_port(port, proc)
-                    proxy = f"http://127.0.0.1:{port}"
-                    hey(url, proxy, 1, 2, header)  # warm up
-                    result = hey(url, proxy, args.seconds, args.concurrency, header)
-                finally:
-                    stop_process(proc)
-                how = "every request checked" if remember == "0" else "logins remembered"
-                codes = ", ".join(f"{n}x{code}" for code, n in sorted(result["codes"].items()))
-                print(
-                    f"bcrypt cost {cost:2d}, {how:22s}: {result['rps']:8.1f} req/s, "
-                    f"p99 {result['p99_ms']:8.1f} ms ({codes})"
-                )
-        origin.shutdown()
+        try:
+            url = f"http://127.0.0.1:{origin.server_address[1]}/page"
+            login = base64.b64encode(b"pupil1:correct horse").decode()
+            header = ("-H", f"Proxy-Authorization: Basic {login}")
+            print(f"origin {url}; {args.concurrency} keep-alive connections, {args.seconds}s each")
+            for cost in costs:
+                hashed = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(rounds=cost)).decode()
+                htpasswd = work / f"htpasswd-{cost}"
+                htpasswd.write_text(f"pupil1:{hashed}\n")
+                for remember in ("0", "300"):
+                    port = free_port()
+                    folder = work / f"var-{cost}-{remember}"
+                    command = proxy_command("schoolgate", port, folder, conf, https=False) + [
+                        "--set",
+                        f"proxyauth=@{htpasswd}",
+                        "--set",
+                        f"schoolgate_proxyauth_cache={remember}",
+                    ]
+                    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    try:
+                        wait_port(port, proc)
+                        proxy = f"http://127.0.0.1:{port}"
+                        hey(url, proxy, 1, 2, header)  # warm up
+                        result = hey(url, proxy, args.seconds, args.concurrency, header)
+                    finally:
+                        stop_process(proc)
+                    how = "every request checked" if remember == "0" else "logins remembered"
+                    codes = ", ".join(f"{n}x{code}" for code, n in sorted(result["codes"].items()))
+                    print(
+                        f"bcrypt cost {cost:2d}, {how:22s}: {result['rps']:8.1f} req/s, "
+                        f"p99 {result['p99_ms']:8.1f} ms ({codes})"
+                    )
+        finally:
+            origin.shutdown()
     return 0
 
 
