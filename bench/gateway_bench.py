@@ -483,10 +483,14 @@ class Proxy:
     ca: Path
 
     @classmethod
-    def start(cls, kind: str, scenario: Scenario, work: Path, conf: Path) -> Proxy:
+    def start(
+        cls, kind: str, scenario: Scenario, work: Path, conf: Path, extra: tuple[str, ...] = ()
+    ) -> Proxy:
+        """Start one proxy (``extra``: more arguments for its command line), pinned if the
+        bench pins, and wait until it listens."""
         folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{scenario.name}-", dir=work))
         port = free_port()
-        cmd = proxy_command(kind, port, folder, conf, scenario.https)
+        cmd = [*proxy_command(kind, port, folder, conf, scenario.https), *extra]
         if PINNING.proxy_cpu is not None:
             cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

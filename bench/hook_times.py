@@ -23,48 +23,30 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import (  # noqa: E402
-    PINNING,
-    ROOT,
     SCENARIOS,
+    Proxy,
     Scenario,
-    free_port,
     hey,
     percentile,
-    proxy_command,
     run_scenarios,
-    stop_process,
-    wait_port,
 )
 
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
-    folder = Path(tempfile.mkdtemp(prefix=f"hook-times-{scenario.name}-", dir=work))
-    times_file = folder / "times.json"
-    port = free_port()
-    cmd = [
-        *proxy_command("switchable", port, folder, conf, scenario.https),
-        "--time-hooks",
-        str(times_file),
-    ]
-    if PINNING.proxy_cpu is not None:
-        cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    address = f"http://127.0.0.1:{port}"
-    ca = folder / "ca" / "mitmproxy-ca-cert.pem"
+    times_file = work / f"hook-times-{scenario.name}.json"
+    proxy = Proxy.start("switchable", scenario, work, conf, ("--time-hooks", str(times_file)))
+    address = f"http://127.0.0.1:{proxy.port}"
+    env = dict(os.environ, SSL_CERT_FILE=str(proxy.ca)) if scenario.https else None
     try:
-        wait_port(port, proc)
-        env = dict(os.environ, SSL_CERT_FILE=str(ca)) if scenario.https else None
         hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
         result = hey(scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env)
     finally:
-        stop_process(proc)
+        proxy.stop()
     if not times_file.exists():
         raise SystemExit("the proxy did not write its hook times (did it stop cleanly?)")
     times: dict[str, list[int]] = json.loads(times_file.read_text())

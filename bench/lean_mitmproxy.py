@@ -55,8 +55,6 @@ async def serve(args: argparse.Namespace) -> int:
             from hooks_bench import EmptyAddon
 
             chain = [EmptyAddon()]
-            master.addons.add(*chain)
-            opts.update(connection_strategy="lazy")
         else:
             from schoolgate.gateway import make_addons, make_chain
 
@@ -67,7 +65,10 @@ async def serve(args: argparse.Namespace) -> int:
             chain = make_chain(parts)
             if args.time_hooks:
                 time_hooks(chain[0], "all parts")
-            master.addons.add(*chain)
+        master.addons.add(*chain)
+        if args.switchable_empty:
+            opts.update(connection_strategy="lazy")  # as schoolgate's addons set it
+        else:
             opts.update(schoolgate_config=args.switchable, schoolgate_data_dir=str(data_dir))
 
         def switch(on: bool) -> None:
