@@ -30,30 +30,23 @@ offers every event to every addon), which no addon's code can take away.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import (  # noqa: E402
-    PINNING,
-    ROOT,
     SCENARIOS,
     Probe,
+    Proxy,
     Scenario,
     cpu_seconds,
-    free_port,
     hey,
     percentile,
-    proxy_command,
     run_scenarios,
-    stop_process,
-    wait_port,
 )
 
 
@@ -61,23 +54,12 @@ class Switchable:
     """One proxy process whose schoolgate addons can be switched off and on."""
 
     def __init__(self, scenario: Scenario, work: Path, conf: Path, addon: str) -> None:
-        folder = Path(tempfile.mkdtemp(prefix=f"switchable-{scenario.name}-", dir=work))
-        self.port = free_port()
         kind = "switchable-empty" if addon == "empty" else "switchable"
-        cmd = proxy_command(kind, self.port, folder, conf, scenario.https)
-        if PINNING.proxy_cpu is not None:
-            cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
-        )
-        self.ca = folder / "ca" / "mitmproxy-ca-cert.pem"
-        self.address = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, SSL_CERT_FILE=str(self.ca)) if scenario.https else None
-        try:
-            wait_port(self.port, self.proc)
-        except BaseException:
-            self.stop()
-            raise
+        # Its stdout is read: it prints "on" or "off" once switched.
+        self.proxy = Proxy.start(kind, scenario, work, conf, stdout=subprocess.PIPE)
+        self.proc, self.port, self.ca = self.proxy.proc, self.proxy.port, self.proxy.ca
+        self.address = self.proxy.address
+        self.env = self.proxy.client_env(scenario.https)
 
     def switch(self, on: bool) -> None:
         self.proc.send_signal(signal.SIGUSR2 if on else signal.SIGUSR1)
@@ -91,7 +73,7 @@ class Switchable:
         raise SystemExit(f"the proxy did not switch its addons {want}")
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        self.proxy.stop()
 
 
 def load(proxy: Switchable, scenario: Scenario, args: argparse.Namespace) -> dict:

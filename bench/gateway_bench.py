@@ -484,16 +484,23 @@ class Proxy:
 
     @classmethod
     def start(
-        cls, kind: str, scenario: Scenario, work: Path, conf: Path, extra: tuple[str, ...] = ()
+        cls,
+        kind: str,
+        scenario: Scenario,
+        work: Path,
+        conf: Path,
+        extra: tuple[str, ...] = (),
+        stdout: int = subprocess.DEVNULL,
     ) -> Proxy:
-        """Start one proxy (``extra``: more arguments for its command line), pinned if the
-        bench pins, and wait until it listens."""
+        """Start one proxy (``extra``: more arguments for its command line; ``stdout``:
+        ``subprocess.PIPE`` to read what it prints, as text), pinned if the bench pins, and
+        wait until it listens."""
         folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{scenario.name}-", dir=work))
         port = free_port()
         cmd = [*proxy_command(kind, port, folder, conf, scenario.https), *extra]
         if PINNING.proxy_cpu is not None:
             cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         proxy = cls(kind, proc, port, folder / "ca" / "mitmproxy-ca-cert.pem")
         try:
             wait_port(port, proc)
@@ -505,6 +512,14 @@ class Proxy:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client_env(self, https: bool) -> dict[str, str] | None:
+        """The environment for a client (hey) of this proxy: over HTTPS, trusting its CA."""
+        return dict(os.environ, SSL_CERT_FILE=str(self.ca)) if https else None
+
 
 def load(
     proxy: Proxy,
@@ -515,8 +530,8 @@ def load(
     warm: int = 2,
 ) -> dict:
     """hey against one proxy (the others idle): throughput, loaded latency, CPU/request."""
-    address = f"http://127.0.0.1:{proxy.port}"
-    env = dict(os.environ, SSL_CERT_FILE=str(proxy.ca)) if scenario.https else None
+    address = proxy.address
+    env = proxy.client_env(scenario.https)
     target = url or scenario.url
     if warm:
         hey(target, address, warm, args.concurrency, scenario.hey_args, env)

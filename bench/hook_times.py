@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -40,8 +39,7 @@ from gateway_bench import (  # noqa: E402
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     times_file = work / f"hook-times-{scenario.name}.json"
     proxy = Proxy.start("switchable", scenario, work, conf, ("--time-hooks", str(times_file)))
-    address = f"http://127.0.0.1:{proxy.port}"
-    env = dict(os.environ, SSL_CERT_FILE=str(proxy.ca)) if scenario.https else None
+    address, env = proxy.address, proxy.client_env(scenario.https)
     try:
         hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
         result = hey(scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env)
