@@ -77,6 +77,7 @@ async def serve(args: argparse.Namespace) -> int:
                     master.addons.chain.append(addon)
                 elif not on and addon in master.addons.chain:
                     master.addons.chain.remove(addon)
+            master.addons.hooks_changed()  # the chain was edited by hand
             print("on" if on else "off", flush=True)
 
         loop.add_signal_handler(signal.SIGUSR1, switch, False)

@@ -33,6 +33,7 @@ from mitmproxy.tools.dump import DumpMaster
 from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
 from schoolgate.configfile import ConfigError
 from schoolgate.gateway import make_addons, make_chain
+from schoolgate.gateway.hook_table import use_hook_table
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,23 @@ def set_options(opts: options.Options, specs: list[str]) -> None:
 
 
 def make_master(opts: options.Options, *, quiet: bool) -> DumpMaster:
-    """mitmproxy's master as the gateway runs it, before schoolgate's addons are added. Two
+    """mitmproxy's master as the gateway runs it, before schoolgate's addons are added. Three
     things differ from ``mitmdump``, and ``bench/gateway_bench.py`` measures them apart from
     the addons (its "lean" proxy is this master with no addons):
 
     * the root logger at INFO, not DEBUG: mitmproxy logs at debug level on its hot path, and
       each such record costs CPU on every request even when nothing prints it;
     * ``quiet``: no Dumper, the addon that prints each flow (``mitmdump -q`` keeps it, printing
-      nothing, and mitmproxy still offers it every event of every request).
+      nothing, and mitmproxy still offers it every event of every request);
+    * events dispatched through a table of the hooks that exist
+      (:mod:`~schoolgate.gateway.hook_table`), not offered to every addon in turn.
     """
     logging.getLogger().setLevel(logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    return DumpMaster(opts, with_termlog=True, with_dumper=not quiet)
+    master = DumpMaster(opts, with_termlog=True, with_dumper=not quiet)
+    use_hook_table(master)
+    return master
 
 
 def run_gateway(args: argparse.Namespace) -> int:
