@@ -16,6 +16,10 @@ Two reference addons show what any addon costs before it does anything: mitmprox
 event to every addon in its chain, hook or no hook. "empty" is an addon with no hooks at all,
 "no-op hooks" one whose ``request`` and ``response`` hooks return at once.
 
+``--dispatch table`` drives the master as ``schoolgate run`` does, its events dispatched
+through a table of the hooks that exist (``schoolgate/gateway/hook_table.py``); the default,
+``mitmproxy``, is mitmproxy's own dispatch, as under ``mitmdump -s``.
+
 What it leaves out, and ``bench/gateway_bench.py`` measures: sockets, parsing, the origin.
 """
 
@@ -71,8 +75,11 @@ LABELS = {
 }
 
 
-async def drive(which: str, requests: int, host: str, port: int, quiet: bool = False) -> float:
-    """Microseconds per request of ``requests`` requests through one configuration."""
+async def drive(
+    which: str, requests: int, host: str, port: int, quiet: bool = False, table: bool = False
+) -> float:
+    """Microseconds per request of ``requests`` requests through one configuration (``table``:
+    events dispatched through the gateway's hook table)."""
     from mitmproxy import hooks, options
     from mitmproxy.proxy.layers.http import (
         HttpRequestHeadersHook,
@@ -85,6 +92,10 @@ async def drive(which: str, requests: int, host: str, port: int, quiet: bool = F
 
     opts = options.Options()
     master = dump.DumpMaster(opts, with_termlog=False, with_dumper=True)
+    if table:
+        from schoolgate.gateway.hook_table import use_hook_table
+
+        use_hook_table(master)
     tmp = Path(tempfile.mkdtemp())
     try:
         # One CA for every run: generating a key pair costs a random number of instructions.
@@ -161,6 +172,8 @@ def instructions(args: argparse.Namespace, which: str, requests: int) -> int:
         args.host,
         "--port",
         str(args.port),
+        "--dispatch",
+        args.dispatch,
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -178,12 +191,23 @@ def main() -> int:
     parser.add_argument("--host", default="origin.test")
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument(
+        "--dispatch",
+        choices=("mitmproxy", "table"),
+        default="mitmproxy",
+        help="mitmproxy's own event dispatch, or schoolgate run's hook table",
+    )
     parser.add_argument("--only", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        asyncio.run(drive(args.only, args.requests, args.host, args.port, quiet=True))
+        table = args.dispatch == "table"
+        asyncio.run(drive(args.only, args.requests, args.host, args.port, quiet=True, table=table))
         return 0
-    print(f"an allowed GET http://{args.host}:{args.port}/page from a student (test config)")
+    table = args.dispatch == "table"
+    print(
+        f"an allowed GET http://{args.host}:{args.port}/page from a student (test config); "
+        f"events dispatched by {'the hook table' if table else 'mitmproxy'}"
+    )
     if args.callgrind:
         if not shutil.which("valgrind"):
             print("--callgrind needs valgrind: apt-get install -y valgrind", file=sys.stderr)
@@ -205,7 +229,7 @@ def main() -> int:
     per = dict.fromkeys(CONFIGS, float("inf"))
     for _ in range(args.reps):
         for which in CONFIGS:
-            us = asyncio.run(drive(which, args.requests, args.host, args.port))
+            us = asyncio.run(drive(which, args.requests, args.host, args.port, table=table))
             per[which] = min(per[which], us)
     for which, us in per.items():
         extra = "" if which == "bare" else f"  adds {us - per['bare']:6.1f}"
