@@ -72,15 +72,14 @@ def chain_of(calls: list) -> list:
     ]
 
 
-def dispatch(manager_class, caplog) -> tuple[list, list]:
+async def dispatch(manager_class, caplog) -> tuple[list, list]:
     calls: list = []
     with taddons.context() as tctx:
         manager = manager_class(tctx.master)
         manager.add(*chain_of(calls))
-        flow = tflow.tflow()
         with caplog.at_level(logging.ERROR):
             caplog.clear()
-            asyncio.run(manager.handle_lifecycle(http_layer.HttpRequestHook(flow)))
+            await manager.handle_lifecycle(http_layer.HttpRequestHook(tflow.tflow()))
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     return calls, errors
 
@@ -89,8 +88,12 @@ def test_calls_the_hooks_mitmproxy_would_in_its_order_with_its_failure_handling(
     expected_calls = ["first", "parent", "async child", "failing child"]
     expected_calls += ["after the failure", "halting"]
 
-    stock_calls, stock_errors = dispatch(addonmanager.AddonManager, caplog)
-    table_calls, table_errors = dispatch(HookTableAddonManager, caplog)
+    # One event loop for both: mitmproxy's test masters log through the loop they were made in.
+    async def both():
+        stock = await dispatch(addonmanager.AddonManager, caplog)
+        return stock, await dispatch(HookTableAddonManager, caplog)
+
+    (stock_calls, stock_errors), (table_calls, table_errors) = asyncio.run(both())
 
     assert stock_calls == expected_calls  # what mitmproxy itself does
     assert table_calls == expected_calls
@@ -113,11 +116,14 @@ def test_a_hook_that_is_not_callable_is_logged_as_mitmproxy_does(caplog):
     class Broken:
         request = "not a function"
 
-    with taddons.context() as tctx:
-        manager = HookTableAddonManager(tctx.master)
-        manager.add(Broken())
-        with caplog.at_level(logging.ERROR):
-            asyncio.run(manager.trigger_event(http_layer.HttpRequestHook(tflow.tflow())))
+    async def run() -> None:
+        with taddons.context() as tctx:
+            manager = HookTableAddonManager(tctx.master)
+            manager.add(Broken())
+            with caplog.at_level(logging.ERROR):
+                await manager.trigger_event(http_layer.HttpRequestHook(tflow.tflow()))
+
+    asyncio.run(run())
     messages = [r.getMessage() for r in caplog.records]
     assert any("request" in m and "not callable" in m for m in messages)
 

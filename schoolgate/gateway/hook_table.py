@@ -19,8 +19,9 @@ What it keeps from mitmproxy's dispatch, exactly:
 
 The table is rebuilt when the addons can have changed: an addon added, registered or removed
 (that is also how a script reload changes the chain), the chain cleared, and options
-configured (a change of ``scripts`` can reorder scripts without registering them). Code that
-edits ``chain`` by hand must call :meth:`HookTableAddonManager.hooks_changed`.
+configured (a change of ``scripts`` can reorder scripts without registering them). An addon's
+hooks are the attributes it had when the table was built: code that edits ``chain`` by hand,
+or gives an addon a hook later, must call :meth:`HookTableAddonManager.hooks_changed`.
 
 ``schoolgate run`` uses it (:func:`use_hook_table`); mitmproxy loading the addons as a script
 (``mitmdump -s addons/schoolgate.py``) keeps its own dispatch.
