@@ -199,11 +199,10 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    table = args.dispatch == "table"
     if args.only:
-        table = args.dispatch == "table"
         asyncio.run(drive(args.only, args.requests, args.host, args.port, quiet=True, table=table))
         return 0
-    table = args.dispatch == "table"
     print(
         f"an allowed GET http://{args.host}:{args.port}/page from a student (test config); "
         f"events dispatched by {'the hook table' if table else 'mitmproxy'}"
