@@ -92,13 +92,20 @@ KINDS: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------
 
 
+# The request headers the detectors read (lower-case names). The gateway hands them only
+# these (building a map of every header costs more than all the detectors' checks):
+# a detector that reads another header must add it here.
+DETECTOR_HEADERS = frozenset({"user-agent", "content-type", "accept", "x-bare-url", "x-bare-host"})
+
+
 @dataclass(slots=True)
 class TrafficFacts:
     """What the gateway saw of one connection or request; None where not known at the stage.
 
     ``stage`` is "connect" (HTTP CONNECT), "tls" (ClientHello seen) or "request" (HTTP request
     known). ``host`` is the host as the client wrote it (CONNECT authority host, Host header or
-    URL host), NOT normalised. ``headers`` have lower-case names. ``tls_seen`` says, for a
+    URL host), NOT normalised. ``headers`` have lower-case names; the gateway passes those in
+    :data:`DETECTOR_HEADERS`. ``tls_seen`` says, for a
     CONNECT tunnel, whether the client spoke TLS (None = not known yet).
 
     Not frozen only because a frozen dataclass costs ~1 microsecond more to build, and one is

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from schoolgate.circumvention import (
+    DETECTOR_HEADERS,
     KINDS,
     CircumventionEvent,
     Detectors,
@@ -1014,3 +1015,41 @@ def test_a_clean_destination_still_has_its_paths_and_headers_checked() -> None:
     # a listed destination is never remembered as clean
     for _ in range(3):
         assert fired(connect("nordvpn.com"), "listed_host", detectors)
+
+
+# -- the gateway passes the detectors only the headers they read -------------------------------
+
+
+class _NotedHeaders(dict):
+    """Headers that note each name a detector asks for."""
+
+    def __init__(self, *args, asked: set[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = asked
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_the_detectors_read_no_header_beyond_those_the_gateway_passes() -> None:
+    asked: set[str] = set()
+    detectors = Detectors(circumvention_lookup=lookup)
+    flagged = [
+        req("https://www.example.org/", headers={"x-bare-url": "https://www.instagram.com/"}),
+        req("https://www.example.org/", ua="NordVPN/6.1 (Windows)"),
+        req("https://cloudflare-dns.com/dns-query", headers={"accept": "application/dns-message"}),
+    ]
+    for facts in [*SAMPLE_TRAFFIC, *flagged]:
+        facts.headers = _NotedHeaders(facts.headers, asked=asked)
+        detectors.inspect(facts)
+    assert {"user-agent", "accept", "x-bare-url"} <= asked
+    assert asked <= DETECTOR_HEADERS, f"add {sorted(asked - DETECTOR_HEADERS)} to DETECTOR_HEADERS"

@@ -175,6 +175,22 @@ def test_event_recorded_with_evidence_and_warning_once(gw: GW):
     assert again.response is None  # no second warning; normal policy (allowed)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "detector"),
+    [
+        ("User-Agent", "NordVPN/6.1 (Windows NT 10.0)", "vpn_client"),
+        ("X-Bare-URL", "https://www.instagram.com/", "web_proxy"),
+        ("Accept", "application/dns-message", "doh"),
+    ],
+)
+def test_headers_reach_the_detectors_whatever_their_case(gw: GW, name, value, detector):
+    flow = http_flow("www.example.org", "/", page=False)
+    flow.request.headers[name] = value
+    gw.run(flow)
+    found = {e["detail"]["detector"] for e in gw.events("circumvention")}
+    assert detector in found
+
+
 def test_dedup_per_connection(gw: GW):
     first = http_flow("proxy1.test", page=False)
     gw.run(first)

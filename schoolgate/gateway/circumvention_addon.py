@@ -496,18 +496,19 @@ class CircumventionGuard:
             user = _user_of(flow)
             client_ip = _peer_ip(flow.client_conn)
             identity = self._identify(client_ip, user)
+            # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
+            # tls_seen): keywords cost a fifth more, on every request.
             facts = TrafficFacts(
-                stage="request",
-                host=view.host,
-                port=view.port,
-                sni=flow.client_conn.sni,
-                # HTTP/2 and 3 carry it as :authority, which is not among the headers.
-                http_host=view.host_header,
-                method=view.method,
-                path=view.path,
-                headers=headers,
-                scheme=view.scheme,
-                tls_seen=True if view.scheme == "https" else None,
+                "request",
+                view.host,
+                view.port,
+                flow.client_conn.sni,
+                view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
+                view.method,
+                view.path,
+                headers,
+                view.scheme,
+                True if view.scheme == "https" else None,
             )
             self._inspect(
                 flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method

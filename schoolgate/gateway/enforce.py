@@ -264,15 +264,17 @@ class Enforcement:
             host, others = request_hosts(req, flow.client_conn.sni if https else None)
             if policy is not None and host == policy.settings.portal_host:
                 return
+            # Positional (host, at, path, method, port, scheme, client_ip, user): keywords
+            # cost a fifth more, on every request.
             facts = RequestFacts(
-                host=host,
-                at=datetime.now(UTC),
-                path=view.path,
-                method=view.method,
-                port=view.port,
-                scheme=view.scheme,
-                client_ip=flow.client_conn.peername[0],
-                user=_user_of(flow),
+                host,
+                datetime.now(UTC),
+                view.path,
+                view.method,
+                view.port,
+                view.scheme,
+                flow.client_conn.peername[0],
+                _user_of(flow),
             )
             decision = self._decide(facts)
             for other in others:

@@ -4,10 +4,10 @@ mitmproxy's ``Headers`` look a name up by scanning every field and lower-casing 
 ``Request.pretty_host``/``host_header`` re-parse and IDNA-check the Host header on every
 access (~8 us), and ``method``, ``scheme`` and ``path`` decode their bytes on every access.
 The pages, the circumvention guard and Enforcement each need the Host header and the request
-line, and the guard needs all the headers, in the same ``request`` event: :func:`request_view`
-reads them once and keeps the answer for as long as the request's headers and request line
-are the same objects (mitmproxy replaces the ``fields`` tuple, and the bytes of the request
-line, on every change, so an edit is never missed).
+line, and the guard needs the headers its detectors read, in the same ``request`` event:
+:func:`request_view` reads them once and keeps the answer for as long as the request's
+headers and request line are the same objects (mitmproxy replaces the ``fields`` tuple, and
+the bytes of the request line, on every change, so an edit is never missed).
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from typing import NamedTuple
 
 from mitmproxy import http
 
+from schoolgate.circumvention import DETECTOR_HEADERS
 from schoolgate.hosts import lower_host
 
 
 class RequestView(NamedTuple):
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    # The headers the circumvention detectors read (DETECTOR_HEADERS): lower-case names,
+    # repeated headers joined with ", ". Only those: a browser sends a dozen or more, and
+    # decoding them all would cost more than every detector's checks together.
+    headers: dict[str, str]
     host_header: str | None  # the Host header (HTTP/2 and 3: the :authority)
     named_host: str | None  # its host: lower case, no port, no trailing dot
     method: str  # as mitmproxy's Request gives them
@@ -53,37 +57,56 @@ def request_view(request: http.Request) -> RequestView:
     # from nothing else, so equal items would give an equal view.
     if last_request is request and last_made_from == made_from:
         return view
-    headers = _lower_headers(made_from[0])
+    headers, host_header = _read_headers(made_from[0])
     if data.http_version in (b"HTTP/2.0", b"HTTP/3"):  # the :authority
-        host_header = request.authority or headers.get("host")
-    else:
-        host_header = headers.get("host")
+        host_header = request.authority or host_header
     view = RequestView(
         headers,
         host_header,
-        authority_host(host_header),
-        request.method,
-        request.scheme,
+        _named_host(host_header),
+        data.method.decode("utf-8", "surrogateescape").upper(),  # as Request.method
+        data.scheme.decode("utf-8", "surrogateescape"),
         data.host,
         data.port,
-        request.path,
+        data.path.decode("utf-8", "surrogateescape"),
     )
     _last = (request, made_from, view)
     return view
 
 
-def _lower_headers(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
-    # Built from the raw fields in one pass: ``Headers.items()`` looks every name up again
-    # (quadratic: ~50 us for ten headers).
+_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS)
+
+
+def _read_headers(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[dict[str, str], str | None]:
+    """The detectors' headers, and the Host header, from the raw fields in one pass
+    (``Headers.items()`` looks every name up again: quadratic, ~50 us for ten headers)."""
     out: dict[str, str] = {}
+    host = None
     for raw_name, raw_value in fields:
-        name = raw_name.decode("utf-8", "surrogateescape").lower()
-        value = raw_value.decode("utf-8", "surrogateescape")
-        if name in out:
-            out[name] = f"{out[name]}, {value}"
-        else:
-            out[name] = value
-    return out
+        raw_name = raw_name.lower()
+        if raw_name in _KEPT:
+            name = raw_name.decode("ascii")
+            value = raw_value.decode("utf-8", "surrogateescape")
+            out[name] = f"{out[name]}, {value}" if name in out else value
+        elif raw_name == b"host":
+            value = raw_value.decode("utf-8", "surrogateescape")
+            host = value if host is None else f"{host}, {value}"
+    return out, host
+
+
+# Host header value -> its host: the same few hundred sites, request after request.
+_named_hosts: dict[str, str | None] = {}
+
+
+def _named_host(value: str | None) -> str | None:
+    try:
+        return _named_hosts[value]
+    except KeyError:
+        named = authority_host(value)
+        if len(_named_hosts) >= 4096:
+            _named_hosts.clear()
+        _named_hosts[value] = named
+        return named
 
 
 def header_host(request: http.Request) -> str | None:
