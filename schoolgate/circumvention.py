@@ -105,8 +105,8 @@ class TrafficFacts:
     ``stage`` is "connect" (HTTP CONNECT), "tls" (ClientHello seen) or "request" (HTTP request
     known). ``host`` is the host as the client wrote it (CONNECT authority host, Host header or
     URL host), NOT normalised. ``headers`` have lower-case names; the gateway passes those in
-    :data:`DETECTOR_HEADERS`. ``tls_seen`` says, for a
-    CONNECT tunnel, whether the client spoke TLS (None = not known yet).
+    :data:`DETECTOR_HEADERS`. ``tls_seen`` says, for a CONNECT tunnel, whether the client
+    spoke TLS (None = not known yet).
 
     Not frozen only because a frozen dataclass costs ~1 microsecond more to build, and one is
     built for every request; treat it as immutable.
