@@ -3,7 +3,8 @@
     python3 bench/workers_bench.py [--workers N] [--seconds 10] [--concurrency 32]
                                    [--targets allowed,blocked] [--client wrk|hey]
                                    [--origin nginx|python] [--method both|open|confined]
-                                   [--rounds 3]
+                                   [--rounds 3] [--loads new-conn,keep-alive]
+                                   [--no-pin | --compare-pinning]
 
 For each target (``allowed``: a page of a local origin server, proxied; ``blocked``: a
 social-media URL the gateway answers itself with its block page, no upstream) and each load
@@ -32,6 +33,13 @@ nginx-light``), each a few percent of a core at these rates. Without them (or wi
 two-core machine take a third of a core or more: then the ratio measures the machine, not the
 gateway. Read the CPU columns: with N workers each should be as busy as the one worker was.
 
+The workers run as ``schoolgate run`` runs them by default: each kept on a core of its own
+(``--pin-workers``, when there are as many cores as workers). ``--no-pin`` runs them with
+``--no-pin-workers`` instead, free to move between cores; ``--compare-pinning`` runs N
+workers both ways in every round (the three runs of a round taking turns to go first) and
+prints the pinned / free ratio round by round, the measure of what pinning gives that the
+machine's drift from one minute to the next disturbs least.
+
 Keep-alive connections stay on the worker that accepted them; the kernel spreads connections
 by a hash of their addresses, so with few connections one worker can get more than its share
 (the per-worker CPU shows it). A long ``new-conn`` run opens tens of thousands of
@@ -50,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -264,7 +273,12 @@ class PythonOrigin:
 
 class Gateway:
     def __init__(
-        self, workers: int, conf: Path, data_dir: Path, cpus: set[int] | None = None
+        self,
+        workers: int,
+        conf: Path,
+        data_dir: Path,
+        cpus: set[int] | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.workers = workers
         self.port = free_port()
@@ -274,7 +288,7 @@ class Gateway:
                 [sys.executable, "-m", "schoolgate.cli", "run", "--quiet"]
                 + ["--config", str(conf), "--data-dir", str(data_dir)]
                 + ["--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
-                + ["--workers", str(workers)],
+                + ["--workers", str(workers), *extra],
                 cpus,
             ),
             stdout=subprocess.DEVNULL,
@@ -354,6 +368,20 @@ def main() -> int:
         "is of the medians (default 3)",
     )
     parser.add_argument("--targets", default="allowed,blocked")
+    parser.add_argument(
+        "--loads", default="new-conn,keep-alive", help="new-conn, keep-alive or both (default)"
+    )
+    pinning = parser.add_mutually_exclusive_group()
+    pinning.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="run the workers with --no-pin-workers (free to move between cores)",
+    )
+    pinning.add_argument(
+        "--compare-pinning",
+        action="store_true",
+        help="in each round also run N workers with --no-pin-workers, and compare",
+    )
     parser.add_argument(
         "--client",
         choices=("wrk", "hey"),
@@ -439,12 +467,14 @@ def one_run(
     origin,
     workers: int,
     method: str,
+    pin: bool = True,
 ) -> dict:
     """A fresh gateway of ``workers`` workers under one load: a process's speed differs by
     a few percent from one start to the next, so each round starts new ones."""
     cpus = set(sorted(ALL_CPUS)[:workers]) if method == "confined" else None
     confine(origin.pids(), cpus)
-    gateway = Gateway(workers, conf / "config.yaml", tmp / "var", cpus)
+    extra = [] if pin else ["--no-pin-workers"]
+    gateway = Gateway(workers, conf / "config.yaml", tmp / "var", cpus, extra)
     try:
         result = measure(gateway, url, args, keepalive, origin, cpus)
     finally:
@@ -462,7 +492,8 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
     n = args.workers
     print(
         f"{cores()} cores; N = {n} workers; {args.client} with {args.concurrency} connections, "
-        f"{args.origin} origin; {args.seconds:g}s per run after {args.warmup:g}s warm-up.\n"
+        f"{args.origin} origin; {args.seconds:g}s per run after {args.warmup:g}s warm-up; "
+        f"workers {'free to move between cores' if args.no_pin else 'each kept on its core'}.\n"
         f"The load generator and the origin share these cores with the workers (CPU as % of "
         "one core over the run; 'machine' is every process and the kernel, out of "
         f"{cores() * 100}%: more than the others add up to is someone else's load).",
@@ -480,23 +511,34 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
     conf = copy_test_config(Path(tmp))
     for target in targets:
         for load, keepalive in (("new-conn", False), ("keep-alive", True)):
+            if load not in args.loads.split(","):
+                continue
             for method in args.methods:
                 print(f"{target}, {load} ({urls[target]}), {METHODS[method]}:", flush=True)
+                # Keys: 1 (one worker), n (N workers, pinned unless --no-pin), 0 (N workers
+                # free to move, with --compare-pinning).
                 runs: dict[int, list[dict]] = {1: [], n: []}
                 order = [1, n]
+                if args.compare_pinning:
+                    runs[0] = []
+                    order.append(0)
                 for number in range(1, args.rounds + 1):
-                    for workers in order:
+                    for key in order:
+                        workers = key or n
+                        pin = key != 0 and not args.no_pin
                         result = one_run(
-                            args, conf, tmp, urls[target], keepalive, origin, workers, method
+                            args, conf, tmp, urls[target], keepalive, origin, workers, method, pin
                         )
-                        runs[workers].append(result)
+                        runs[key].append(result)
                         cpus = result["cpus"]
                         where = (
                             f" on {len(cpus)} core{'s' if len(cpus) > 1 else ''}" if cpus else ""
                         )
                         label = f"{workers} worker{'s' if workers > 1 else ''}{where}"
+                        if args.compare_pinning and workers > 1:
+                            label += ", pinned" if pin else ", free"
                         show(f"{label}, round {number}" if args.rounds > 1 else label, result)
-                    order.reverse()  # neither always goes first
+                    order = order[1:] + order[:1]  # none always goes first
                 rps = {w: statistics.median(r["rps"] for r in done) for w, done in runs.items()}
                 cost = {
                     w: statistics.median(us_per_request(r) for r in done)
@@ -521,6 +563,21 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                     f" = {cost[n] / cost[1] if cost[1] else 0:.2f}",
                     flush=True,
                 )
+                if args.compare_pinning:
+                    free = runs[0]
+                    free_rps = statistics.median(r["rps"] for r in free)
+                    free_cost = statistics.median(us_per_request(r) for r in free)
+                    each = " ".join(
+                        f"{pinned['rps'] / other['rps']:.2f}"
+                        for pinned, other in zip(runs[n], free, strict=True)
+                    )
+                    print(
+                        f"  {n} workers free to move: {free_rps:.1f} req/s, ratio "
+                        f"{free_rps / (n * rps[1]) if rps[1] else 0:.2f}, CPU per request / 1 "
+                        f"worker = {free_cost / cost[1] if cost[1] else 0:.2f}; pinned / free "
+                        f"round by round: {each}",
+                        flush=True,
+                    )
     print("summary: " + "; ".join(f"{label} {ratio:.2f}" for label, ratio in ratios))
     return 0
 

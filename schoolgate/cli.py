@@ -502,8 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N gateway processes on the one listening port (SO_REUSEPORT; the kernel "
         "spreads connections over them), 'auto' for one per core; default 1",
     )
+    p.add_argument(
+        "--pin-workers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --workers: keep each worker on a core of its own (default: yes when there "
+        "are at least as many cores as workers; --pin-workers pins them in turn even then)",
+    )
     # A worker under `--workers`: set by the supervisor, not by people.
     p.add_argument("--worker", type=_worker_slot, help=argparse.SUPPRESS)
+    p.add_argument("--worker-cpu", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("events", help="list what the gateway recorded")

@@ -180,6 +180,39 @@ def test_new_connections_are_spread_over_both_workers(gw: Workers) -> None:
     assert gw.proc.pid not in {pid for _, pid in served}  # the supervisor serves nothing
 
 
+def cores_of(pid: int) -> set[str]:
+    """The cores each thread of ``pid`` may run on, as /proc shows them (e.g. {"1"})."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        found |= {
+            line.split(":", 1)[1].strip()
+            for line in status.splitlines()
+            if line.startswith("Cpus_allowed_list:")
+        }
+    return found
+
+
+def every_core() -> str:
+    return Path(f"/proc/{os.getpid()}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+
+
+def test_each_worker_is_kept_on_a_core_of_its_own(gw: Workers) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    pids = gw.listening()
+    if len(cpus) >= 2:  # a core each: every thread of worker I stays on the I-th core
+        for index, pid in pids.items():
+            assert cores_of(pid) == {str(cpus[index - 1])}
+            assert f"worker {index} of 2 (pid {pid}) on CPU {cpus[index - 1]}" in gw.text()
+    else:  # one core for two workers: left to the scheduler unless --pin-workers
+        for index, pid in pids.items():
+            assert cores_of(pid) == {every_core()}
+            assert f"worker {index} of 2 (pid {pid})\n" in gw.text()
+
+
 def test_blocked_on_every_worker_and_every_block_recorded(gw: Workers) -> None:
     ports, refs = [], []
     for n in range(REQUESTS):
@@ -247,6 +280,7 @@ def test_bad_workers_value_is_refused() -> None:
 def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(gw: Workers) -> None:
     before = gw.listening()
     victim = before[2]
+    cores_before = cores_of(victim)
     os.kill(victim, signal.SIGKILL)
     # Connections queued for the dying worker are lost with it; once the supervisor has seen
     # it go, its socket is closed and, until a new worker 2 listens, worker 1 takes them all.
@@ -257,6 +291,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(gw: Workers) ->
     restarted = wait_for(lambda: gw.listening().get(2, victim) != victim and gw.listening())
     assert restarted, f"worker 2 was not started again:\n{gw.text()[-4000:]}"
     assert restarted[1] == before[1]  # worker 1 went on as it was
+    assert cores_of(restarted[2]) == cores_before  # back on the core worker 2 had
     ports = []
     for n in range(REQUESTS):
         code, port, _, _ = gw.curl(f"{gw.origin}/after{n}")

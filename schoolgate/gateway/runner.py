@@ -180,7 +180,7 @@ async def _serve(
     holder.preload(policy, config_path, data_dir)
     portal_port = getattr(args, "portal_port", None)
     if worker is not None:
-        _become_worker(master, *worker)
+        _become_worker(master, *worker, getattr(args, "worker_cpu", None))
     try:
         master.addons.add(*make_chain(addons))
         if portal_port:
@@ -224,14 +224,29 @@ async def _serve(
     return 0
 
 
-def _become_worker(master: DumpMaster, index: int, count: int) -> None:
-    """Worker ``index`` of ``count`` under a supervisor: exit with it, join the port's
-    ``SO_REUSEPORT`` group, and tag the log lines (before anything logs)."""
+def _become_worker(master: DumpMaster, index: int, count: int, cpu: int | None = None) -> None:
+    """Worker ``index`` of ``count`` under a supervisor: exit with it, move to its core (if
+    the supervisor gave it one), join the port's ``SO_REUSEPORT`` group, and tag the log
+    lines (before anything logs)."""
     from schoolgate.gateway import workers
 
     parent = os.environ.get("SCHOOLGATE_SUPERVISOR_PID", "")
     if parent.isdigit():
         workers.exit_with_parent(int(parent))
+    problem = workers.pin_to_cpu(cpu) if cpu is not None else None
     workers.listen_with_reuse_port(asyncio.get_running_loop())
     workers.tag_log_lines(master, index)
-    log.info("schoolgate: worker %d of %d (pid %d)", index, count, os.getpid())
+    if cpu is None:
+        log.info("schoolgate: worker %d of %d (pid %d)", index, count, os.getpid())
+    elif problem is None:
+        log.info("schoolgate: worker %d of %d (pid %d) on CPU %d", index, count, os.getpid(), cpu)
+    else:
+        log.warning(
+            "schoolgate: worker %d of %d (pid %d) cannot be kept on CPU %d (%s); "
+            "it runs on any core",
+            index,
+            count,
+            os.getpid(),
+            cpu,
+            problem,
+        )
