@@ -73,10 +73,7 @@ _PR_SET_PDEATHSIG = 1
 
 def cpu_count() -> int:
     """The cores this process may run on (a cgroup or ``taskset`` may allow fewer than all)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return len(allowed_cpus()) or max(1, os.cpu_count() or 1)
 
 
 def parse_workers(text: str) -> int:
