@@ -33,6 +33,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select, update
@@ -422,6 +423,22 @@ def _clock_of(text: str) -> tuple[int, int]:
     return int(hours), int(minutes)
 
 
+class _Scheduler(BackgroundScheduler):
+    """APScheduler's background scheduler, except that it starts no job once told to stop.
+
+    On ``shutdown`` APScheduler 3 marks itself stopped, shuts its executors down and wakes its
+    thread, which then processes the due jobs once more (it skips that only when paused): each
+    due job fails to start ("cannot schedule new futures after shutdown") but its next run
+    time is moved on in the job store all the same, so a job due as the gateway stops is lost
+    until its next time, and that stored time comes from the real clock, not :class:`Clock`.
+    """
+
+    def _process_jobs(self):  # noqa: ANN202 - APScheduler's own (private) signature
+        if self.state == STATE_STOPPED:
+            return None
+        return super()._process_jobs()
+
+
 def job_triggers(policy: Any) -> dict[str, Any]:
     """Each job's trigger from the config (times are the default site's local time)."""
     from schoolgate.listupdate import list_updates_of
@@ -471,7 +488,7 @@ class Jobs:
         self.context = JobContext(policy=policy, sessions=self.sessions, clock=self.clock,
                                   jobs=self, progress=progress)  # fmt: skip
         engine = self.sessions.kw["bind"]
-        self.scheduler = BackgroundScheduler(
+        self.scheduler = _Scheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},

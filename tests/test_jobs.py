@@ -240,3 +240,19 @@ def test_notifications_validator_reports_file_line_and_field(tmp_path):
         read_notifications(Section(off, file="x", path="n", issues=Issues())).escalate_after_hours
         is None
     )
+
+
+def test_stopping_the_gateway_neither_skips_nor_moves_a_due_job(school):
+    """Every job is due by the real clock (the schedule is in 2001): stopping must leave each
+    stored run time as it was, for the next start to run the job, not move it on unrun."""
+    policy, sessions = school
+    clock = FakeClock(datetime(2001, 3, 5, 10, 0, tzinfo=UTC))
+    jobs = _jobs(policy, sessions, clock)
+    planned = jobs.next_runs()
+    jobs.shutdown()
+    again = _jobs(policy, open_database(policy.settings.database_url), clock)
+    try:
+        assert again.next_runs() == planned
+        assert planned["purge"] == datetime(2001, 3, 6, 2, 30, tzinfo=UTC)
+    finally:
+        again.shutdown()
