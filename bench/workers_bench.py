@@ -484,6 +484,12 @@ def one_run(
     return result
 
 
+def pinning_of(args: argparse.Namespace) -> str:
+    if args.compare_pinning:
+        return "each kept on its core, and free to move between cores, in every round"
+    return "free to move between cores" if args.no_pin else "each kept on its core"
+
+
 def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
     urls = {
         "allowed": f"http://127.0.0.1:{origin.port}/page",
@@ -493,7 +499,7 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
     print(
         f"{cores()} cores; N = {n} workers; {args.client} with {args.concurrency} connections, "
         f"{args.origin} origin; {args.seconds:g}s per run after {args.warmup:g}s warm-up; "
-        f"workers {'free to move between cores' if args.no_pin else 'each kept on its core'}.\n"
+        f"workers {pinning_of(args)}.\n"
         f"The load generator and the origin share these cores with the workers (CPU as % of "
         "one core over the run; 'machine' is every process and the kernel, out of "
         f"{cores() * 100}%: more than the others add up to is someone else's load).",

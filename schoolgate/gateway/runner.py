@@ -236,17 +236,8 @@ def _become_worker(master: DumpMaster, index: int, count: int, cpu: int | None =
     problem = workers.pin_to_cpu(cpu) if cpu is not None else None
     workers.listen_with_reuse_port(asyncio.get_running_loop())
     workers.tag_log_lines(master, index)
-    if cpu is None:
-        log.info("schoolgate: worker %d of %d (pid %d)", index, count, os.getpid())
-    elif problem is None:
-        log.info("schoolgate: worker %d of %d (pid %d) on CPU %d", index, count, os.getpid(), cpu)
+    worker = f"schoolgate: worker {index} of {count} (pid {os.getpid()})"
+    if problem is not None:
+        log.warning("%s cannot be kept on CPU %d (%s); it runs on any core", worker, cpu, problem)
     else:
-        log.warning(
-            "schoolgate: worker %d of %d (pid %d) cannot be kept on CPU %d (%s); "
-            "it runs on any core",
-            index,
-            count,
-            os.getpid(),
-            cpu,
-            problem,
-        )
+        log.info("%s%s", worker, "" if cpu is None else f" on CPU {cpu}")
