@@ -4,7 +4,8 @@
                                    [--targets allowed,blocked] [--client wrk|hey]
                                    [--origin nginx|python] [--method both|open|confined]
                                    [--rounds 3] [--loads new-conn,keep-alive]
-                                   [--no-pin | --compare-pinning]
+                                   [--no-pin | --compare-pinning | --steer |
+                                    --compare-steering]
 
 For each target (``allowed``: a page of a local origin server, proxied; ``blocked``: a
 social-media URL the gateway answers itself with its block page, no upstream) and each load
@@ -38,7 +39,14 @@ The workers run as ``schoolgate run`` runs them by default: each kept on a core 
 ``--no-pin-workers`` instead, free to move between cores; ``--compare-pinning`` runs N
 workers both ways in every round (the three runs of a round taking turns to go first) and
 prints the pinned / free ratio round by round, the measure of what pinning gives that the
-machine's drift from one minute to the next disturbs least.
+machine's drift from one minute to the next disturbs least. ``--steer`` runs the N workers
+with ``--steer-connections`` (each connection to the worker on the core that received it);
+``--compare-steering`` runs N workers steered and by hash in every round and prints the
+steered / hash ratio round by round. Steering can only spread connections that are
+received on every core: on loopback that is the core of the client that opens them, so with
+either option the client runs as one process per core of the run (one for one worker), each
+kept on its core with a share of the ``--concurrency`` connections, for every run of the
+comparison.
 
 Keep-alive connections stay on the worker that accepted them; the kernel spreads connections
 by a hash of their addresses, so with few connections one worker can get more than its share
@@ -139,7 +147,14 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def hey(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
+def hey(
+    url: str,
+    proxy: str,
+    seconds: float,
+    concurrency: int,
+    keepalive: bool,
+    cpus=None,
+) -> dict:
     """One ``hey`` run: requests/s, status codes, errors, and hey's own CPU seconds."""
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-x", proxy]
     if not keepalive:
@@ -170,7 +185,14 @@ request = function() return wrk.format("GET", target) end
 """
 
 
-def wrk(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
+def wrk(
+    url: str,
+    proxy: str,
+    seconds: float,
+    concurrency: int,
+    keepalive: bool,
+    cpus=None,
+) -> dict:
     """One ``wrk`` run through the proxy (absolute-form requests, as a browser sends to an
     explicit proxy): requests/s, answers by class, errors, and wrk's own CPU seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -311,10 +333,55 @@ class Gateway:
         stop_process(self.proc, 60)
 
 
+def on_each_core(client, cores: Sequence[int]):
+    """``client`` run as one process per core, each kept on its core with a share of the
+    connections, all at once; their figures added up. A connection is received on the core
+    of the process that opens it (loopback), so this is how steering by core can be measured
+    here: one client process left to the scheduler may open every connection from one core
+    (and with keep-alive hand them all to one worker for the whole run)."""
+
+    def run(url, proxy, seconds, concurrency, keepalive, cpus=None) -> dict:
+        shares = [
+            concurrency // len(cores) + (i < concurrency % len(cores)) for i in range(len(cores))
+        ]
+        results: list[dict] = [{} for _ in cores]
+
+        def one(i: int) -> None:
+            results[i] = client(url, proxy, seconds, max(1, shares[i]), keepalive, {cores[i]})
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(cores))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if any(not result for result in results):
+            raise SystemExit(f"{CLIENT} failed on a core")
+        codes: dict[str, int] = {}
+        for result in results:
+            for code, count in result["codes"].items():
+                codes[code] = codes.get(code, 0) + int(count)
+        return {
+            "rps": sum(r["rps"] for r in results),
+            "codes": codes,
+            "errors": "; ".join(r["errors"] for r in results if r["errors"]),
+            "cpu": sum(r["cpu"] for r in results),
+        }
+
+    return run
+
+
 def measure(
-    gateway: Gateway, url: str, args, keepalive: bool, origin, cpus: set[int] | None = None
+    gateway: Gateway,
+    url: str,
+    args,
+    keepalive: bool,
+    origin,
+    cpus: set[int] | None = None,
+    client_cores: Sequence[int] = (),
 ) -> dict:
     client = wrk if args.client == "wrk" else hey
+    if client_cores:
+        client = on_each_core(client, client_cores)
     client(url, gateway.proxy, args.warmup, args.concurrency, keepalive, cpus)
     pids = gateway.serving_pids()
     before = {pid: cpu_seconds(pid) for pid in [*pids, gateway.proc.pid]}
@@ -381,6 +448,17 @@ def main() -> int:
         "--compare-pinning",
         action="store_true",
         help="in each round also run N workers with --no-pin-workers, and compare",
+    )
+    pinning.add_argument(
+        "--steer",
+        action="store_true",
+        help="run the workers with --steer-connections (and a client process on each core)",
+    )
+    pinning.add_argument(
+        "--compare-steering",
+        action="store_true",
+        help="in each round run N workers both by hash and with --steer-connections, and "
+        "compare (a client process on each core in every run)",
     )
     parser.add_argument(
         "--client",
@@ -467,16 +545,19 @@ def one_run(
     origin,
     workers: int,
     method: str,
-    pin: bool = True,
+    variant: str = "pinned",
 ) -> dict:
     """A fresh gateway of ``workers`` workers under one load: a process's speed differs by
-    a few percent from one start to the next, so each round starts new ones."""
+    a few percent from one start to the next, so each round starts new ones. ``variant``:
+    how N workers run (``pinned``, ``free`` or ``steered``; see VARIANTS)."""
     cpus = set(sorted(ALL_CPUS)[:workers]) if method == "confined" else None
     confine(origin.pids(), cpus)
-    extra = [] if pin else ["--no-pin-workers"]
+    extra = VARIANTS[variant][1] if workers > 1 else []
+    # With steering in the comparison every run makes its connections from each of its cores.
+    client_cores = sorted(cpus or ALL_CPUS)[:workers] if steering(args) else []
     gateway = Gateway(workers, conf / "config.yaml", tmp / "var", cpus, extra)
     try:
-        result = measure(gateway, url, args, keepalive, origin, cpus)
+        result = measure(gateway, url, args, keepalive, origin, cpus, client_cores)
     finally:
         gateway.stop()
         confine(origin.pids(), None)
@@ -484,10 +565,40 @@ def one_run(
     return result
 
 
-def pinning_of(args: argparse.Namespace) -> str:
+# How N workers run: a label for the output and the `schoolgate run` options.
+VARIANTS = {
+    "pinned": ("pinned", []),
+    "free": ("free", ["--no-pin-workers"]),
+    "steered": ("steered", ["--steer-connections"]),
+}
+
+
+def steering(args: argparse.Namespace) -> bool:
+    return args.steer or args.compare_steering
+
+
+def variants_of(args: argparse.Namespace) -> list[str]:
+    """How the N workers run in each round: the first is the one the ratio is of."""
     if args.compare_pinning:
-        return "each kept on its core, and free to move between cores, in every round"
-    return "free to move between cores" if args.no_pin else "each kept on its core"
+        return ["pinned", "free"]
+    if args.compare_steering:
+        return ["pinned", "steered"]
+    return ["free" if args.no_pin else "steered" if args.steer else "pinned"]
+
+
+def pinning_of(args: argparse.Namespace) -> str:
+    described = {
+        "pinned": "each kept on its core",
+        "free": "free to move between cores",
+        "steered": "each kept on its core and given the connections its core receives",
+    }
+    variants = variants_of(args)
+    text = ", and ".join(described[v] for v in variants)
+    if len(variants) > 1:
+        text += ", in every round"
+    if steering(args):
+        text += f"; a {args.client} on each core of the run, with a share of the connections"
+    return text
 
 
 def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
@@ -521,39 +632,42 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                 continue
             for method in args.methods:
                 print(f"{target}, {load} ({urls[target]}), {METHODS[method]}:", flush=True)
-                # Keys: 1 (one worker), n (N workers, pinned unless --no-pin), 0 (N workers
-                # free to move, with --compare-pinning).
-                runs: dict[int, list[dict]] = {1: [], n: []}
-                order = [1, n]
-                if args.compare_pinning:
-                    runs[0] = []
-                    order.append(0)
+                # Keys: "one" (one worker), then the ways N workers run (the first is the
+                # ratio's; a second one is compared with it round by round).
+                variants = variants_of(args)
+                order = ["one", *variants]
+                runs: dict[str, list[dict]] = {key: [] for key in order}
                 for number in range(1, args.rounds + 1):
                     for key in order:
-                        workers = key or n
-                        pin = key != 0 and not args.no_pin
+                        workers = 1 if key == "one" else n
+                        variant = "pinned" if key == "one" else key
                         result = one_run(
-                            args, conf, tmp, urls[target], keepalive, origin, workers, method, pin
-                        )
+                            args, conf, tmp, urls[target], keepalive, origin, workers, method,
+                            variant,
+                        )  # fmt: skip
                         runs[key].append(result)
                         cpus = result["cpus"]
                         where = (
                             f" on {len(cpus)} core{'s' if len(cpus) > 1 else ''}" if cpus else ""
                         )
                         label = f"{workers} worker{'s' if workers > 1 else ''}{where}"
-                        if args.compare_pinning and workers > 1:
-                            label += ", pinned" if pin else ", free"
+                        if len(variants) > 1 and workers > 1:
+                            label += f", {VARIANTS[key][0]}"
                         show(f"{label}, round {number}" if args.rounds > 1 else label, result)
                     order = order[1:] + order[:1]  # none always goes first
-                rps = {w: statistics.median(r["rps"] for r in done) for w, done in runs.items()}
+                main_runs = runs[variants[0]]
+                rps = {
+                    1: statistics.median(r["rps"] for r in runs["one"]),
+                    n: statistics.median(r["rps"] for r in main_runs),
+                }
                 cost = {
-                    w: statistics.median(us_per_request(r) for r in done)
-                    for w, done in runs.items()
+                    1: statistics.median(us_per_request(r) for r in runs["one"]),
+                    n: statistics.median(us_per_request(r) for r in main_runs),
                 }
                 if args.rounds > 1:
                     each = ", ".join(
                         f"{big['rps'] / (n * small['rps']):.2f}"
-                        for small, big in zip(runs[1], runs[n], strict=True)
+                        for small, big in zip(runs["one"], main_runs, strict=True)
                     )
                     print(
                         f"  medians over {args.rounds} rounds: 1 worker {rps[1]:.1f} req/s, "
@@ -569,20 +683,27 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                     f" = {cost[n] / cost[1] if cost[1] else 0:.2f}",
                     flush=True,
                 )
-                if args.compare_pinning:
-                    free = runs[0]
-                    free_rps = statistics.median(r["rps"] for r in free)
-                    free_cost = statistics.median(us_per_request(r) for r in free)
-                    each = " ".join(
-                        f"{pinned['rps'] / other['rps']:.2f}"
-                        for pinned, other in zip(runs[n], free, strict=True)
-                    )
+                for other_key in variants[1:]:
+                    other = runs[other_key]
+                    other_rps = statistics.median(r["rps"] for r in other)
+                    other_cost = statistics.median(us_per_request(r) for r in other)
+                    if other_key == "steered":  # the new way over the default, as a gain
+                        pairs, names = zip(other, main_runs, strict=True), "steered / pinned"
+                    else:
+                        pairs, names = zip(main_runs, other, strict=True), "pinned / free"
+                    each = " ".join(f"{a['rps'] / b['rps']:.2f}" for a, b in pairs)
                     print(
-                        f"  {n} workers free to move: {free_rps:.1f} req/s, ratio "
-                        f"{free_rps / (n * rps[1]) if rps[1] else 0:.2f}, CPU per request / 1 "
-                        f"worker = {free_cost / cost[1] if cost[1] else 0:.2f}; pinned / free "
+                        f"  {n} workers {VARIANTS[other_key][0]}: {other_rps:.1f} req/s, ratio "
+                        f"{other_rps / (n * rps[1]) if rps[1] else 0:.2f}, CPU per request / 1 "
+                        f"worker = {other_cost / cost[1] if cost[1] else 0:.2f}; {names} "
                         f"round by round: {each}",
                         flush=True,
+                    )
+                    ratios.append(
+                        (
+                            f"{target}, {load}, {method}, {VARIANTS[other_key][0]}",
+                            other_rps / (n * rps[1]) if rps[1] else 0.0,
+                        )
                     )
     print("summary: " + "; ".join(f"{label} {ratio:.2f}" for label, ratio in ratios))
     return 0

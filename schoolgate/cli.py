@@ -509,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --workers: keep each worker on a core of its own (default: yes when there "
         "are at least as many cores as workers; --pin-workers pins them in turn even then)",
     )
+    p.add_argument(
+        "--steer-connections",
+        action="store_true",
+        help="with --workers: give each new connection to the worker on the core that "
+        "received it (SO_INCOMING_CPU, Linux 6.2+) instead of by hash; for network cards "
+        "that spread receiving over the cores (several queues, or RPS), not for one queue",
+    )
     # A worker under `--workers`: set by the supervisor, not by people.
     p.add_argument("--worker", type=_worker_slot, help=argparse.SUPPRESS)
     p.add_argument("--worker-cpu", type=int, help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,123 @@ def test_a_core_that_is_gone_leaves_the_worker_running_anywhere() -> None:
     report = pin_in_a_process(4095)  # no such core here
     assert report["problem"]  # the reason, which the worker logs
     assert report["threads"] == [allowed] and report["later"] == allowed
+
+
+# -- --steer-connections: each connection to the worker on the core that received it ----------
+def steer_in(argv: list[str]) -> bool:
+    return "--steer-connections" in argv
+
+
+def test_steering_is_passed_to_pinned_workers_only_when_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(workers, "allowed_cpus", lambda: [0, 1])
+    assert not any(steer_in(worker_argv(run_args(), tmp_path, i, 2)) for i in (1, 2))
+    steered = run_args("--steer-connections")
+    assert workers.check_steering(steered, 2) is None
+    for index in (1, 2):
+        argv = worker_argv(steered, tmp_path, index, 2)
+        assert steer_in(argv) and cpu_in(argv) == index - 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "cpus", "reason"),
+    [
+        (["--no-pin-workers"], [0, 1], "not --no-pin-workers"),
+        ([], [0], "2 workers, 1 cores"),  # more workers than cores: not pinned by default
+        ([], [], "2 workers, unknown cores"),
+    ],
+)
+def test_steering_without_a_core_per_worker_is_refused(monkeypatch, extra, cpus, reason):
+    monkeypatch.setattr(workers, "allowed_cpus", lambda: cpus)
+    problem = workers.check_steering(run_args("--steer-connections", *extra), 2)
+    assert problem is not None and "--steer-connections needs" in problem and reason in problem
+    assert workers.check_steering(run_args(*extra), 2) is None  # not asked for: nothing to say
+
+
+def test_steering_more_workers_than_cores_with_pin_workers_shares_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(workers, "allowed_cpus", lambda: [0, 1])
+    args = build_parser().parse_args(
+        ["run", "--workers", "3", "--pin-workers", "--steer-connections"]
+    )
+    assert workers.check_steering(args, 3) is None
+    assert [cpu_in(worker_argv(args, tmp_path, i, 3)) for i in (1, 2, 3)] == [0, 1, 0]
+
+
+def test_a_steered_listening_socket_names_its_core() -> None:
+    with socket.socket() as plain, socket.socket() as steered:
+        for sock in (plain, steered):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", 0))
+        cpu = max(os.sched_getaffinity(0))
+        assert workers.steer_to_cpu(steered, cpu) is None
+        assert workers.steered_cpu(steered) == cpu
+        assert workers.steered_cpu(plain) == -1  # by hash
+
+
+def test_steering_that_the_socket_refuses_is_reported() -> None:
+    sock = socket.socket()
+    sock.close()  # e.g. the listener went away meanwhile
+    assert workers.steer_to_cpu(sock, 0)  # the reason, which the worker logs
+
+
+def card(sysfs: Path, name: str, queues: int, rps: str = "0", state: str = "up", device=True):
+    folder = sysfs / name
+    for n in range(queues):
+        (folder / "queues" / f"rx-{n}").mkdir(parents=True)
+        (folder / "queues" / f"rx-{n}" / "rps_cpus").write_text(rps + "\n")
+    (folder / "operstate").write_text(state + "\n")
+    if device:
+        (folder / "device").mkdir()
+
+
+def test_receive_spread_counts_each_cards_queues_or_rps_cores(tmp_path: Path) -> None:
+    card(tmp_path, "eth0", 1)  # one queue, no RPS: every connection on one core
+    card(tmp_path, "eth1", 4)  # RSS over four queues
+    card(tmp_path, "eth2", 1, rps="0000000f")  # one queue, RPS over four cores
+    card(tmp_path, "eth3", 1, rps="00000000,00000003")  # the mask as Linux prints >32 cores
+    card(tmp_path, "eth4", 8, state="down")  # not receiving anything
+    card(tmp_path, "lo", 1, state="unknown", device=False)
+    card(tmp_path, "br0", 1, state="up", device=False)  # virtual: received on its ports
+    assert workers.receive_spread(tmp_path) == {"eth0": 1, "eth1": 4, "eth2": 4, "eth3": 2}
+    assert workers.receive_spread(tmp_path / "missing") == {}
+
+
+@pytest.mark.parametrize(
+    ("release", "steers"),
+    [("6.18.44-fc", True), ("6.2.0", True), ("6.1.90-amd64", False), ("5.15.0-91", False)],
+)
+def test_steering_needs_linux_6_2(monkeypatch, release: str, steers: bool) -> None:
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, release, real.version, real.machine))
+    monkeypatch.setattr(workers.os, "uname", lambda: fake)
+    monkeypatch.setattr(workers.sys, "platform", "linux")
+    assert workers.kernel_steers() is steers
+
+
+def test_the_supervisor_warns_where_steering_sends_everything_to_one_worker(
+    monkeypatch, capsys
+) -> None:
+    from schoolgate.gateway import runner
+
+    monkeypatch.setattr(workers, "receive_spread", lambda: {"eth0": 1, "eth1": 8})
+    monkeypatch.setattr(workers, "kernel_steers", lambda: False)
+    runner._warn_of_steering_limits()
+    err = capsys.readouterr().err
+    assert "eth0 receives on one queue" in err
+    assert "/sys/class/net/eth0/queues/rx-0/rps_cpus" in err
+    assert "eth1" not in err
+    assert "does not steer within a SO_REUSEPORT group" in err
+
+
+def test_a_gateway_asked_to_steer_unpinned_workers_is_not_started(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "schoolgate.cli", "run", "--data-dir", str(tmp_path / "var")]
+        + ["--listen-host", "127.0.0.1", "--listen-port", "1", "--workers", "2"]
+        + ["--no-pin-workers", "--steer-connections"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "--steer-connections needs the workers kept on their cores" in out.stderr
+    assert "the gateway was not started" in out.stderr

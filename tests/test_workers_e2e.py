@@ -26,6 +26,8 @@ from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, sto
 from test_transparent_e2e import _REASON as TRANSPARENT_UNAVAILABLE
 from test_transparent_e2e import Transparent
 
+from schoolgate.gateway.workers import kernel_steers
+
 REQUESTS = 24  # new connections per check: all on one worker by chance is 2**-23
 
 WORKER_LINE = re.compile(r"^\[worker (\d+) pid (\d+)\]", re.M)
@@ -74,7 +76,7 @@ def workers_of(log: Path, address: str, ports: list[int]) -> list[tuple[int, int
 
 
 class Workers:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         folder = tmp / "config"
         shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
         self.config = folder / "config.yaml"
@@ -100,6 +102,7 @@ class Workers:
             # Reload only on SIGHUP: the reload test must see the signal reach each worker.
             "--set",
             "schoolgate_reload_interval=0",
+            *extra,
             quiet=False,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},  # as the shipped systemd unit runs it
         )
@@ -113,10 +116,15 @@ class Workers:
     def listening(self) -> dict[int, int]:
         return listening(self.text())
 
-    def curl(self, url: str, *extra: str) -> tuple[int, int, dict[str, str], str]:
-        """One request over a new connection: status, curl's local port, headers, body."""
+    def curl(
+        self, url: str, *extra: str, cpu: int | None = None
+    ) -> tuple[int, int, dict[str, str], str]:
+        """One request over a new connection (made from core ``cpu``, if given): status, curl's
+        local port, headers, body."""
+        on_core = [] if cpu is None else ["taskset", "-c", str(cpu)]
         out = subprocess.run(
-            ["curl", "-s", "-x", self.proxy, "-D", "-", "-w", "\n%{http_code} %{local_port}"]
+            on_core
+            + ["curl", "-s", "-x", self.proxy, "-D", "-", "-w", "\n%{http_code} %{local_port}"]
             + ["--cacert", str(self.ca), *extra, url],
             capture_output=True,
             text=True,
@@ -211,6 +219,32 @@ def test_each_worker_is_kept_on_a_core_of_its_own(gw: Workers) -> None:
         for index, pid in pids.items():
             assert cores_of(pid) == {every_core()}
             assert f"worker {index} of 2 (pid {pid})\n" in gw.text()
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or not kernel_steers() or not shutil.which("taskset"),
+    reason="steering needs two cores, Linux 6.2+ and taskset",
+)
+def test_steered_connections_go_to_the_worker_on_the_core_that_made_them(tmp_path: Path) -> None:
+    # On loopback the kernel receives a connection on the core of the process that opened it:
+    # curl on the I-th core stands for a network card queue whose interrupts that core takes.
+    steered = Workers(tmp_path, "--steer-connections")
+    try:
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        pids = steered.listening()
+        for index, cpu in enumerate(cpus, 1):
+            line = f"worker {index} of 2 (pid {pids[index]}) on CPU {cpu}, taking the connections"
+            assert line in steered.text()
+        for index, cpu in enumerate(cpus, 1):
+            ports = []
+            for n in range(REQUESTS // 2):
+                code, port, _, body = steered.curl(f"{steered.origin}/steered{n}", cpu=cpu)
+                assert code == 200 and f"origin GET /steered{n}" in body
+                ports.append(port)
+            # By hash, 12 connections on one chosen worker would be a 1 in 4096 chance.
+            assert {served for served, _ in steered.workers_of(ports)} == {index}
+    finally:
+        steered.stop()
 
 
 def test_blocked_on_every_worker_and_every_block_recorded(gw: Workers) -> None:

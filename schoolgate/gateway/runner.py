@@ -152,9 +152,12 @@ def _supervise(
             problem = "--workers needs a fixed --listen-port (not 0)"
         else:
             problem = workers.check_port_free(host, port)
+    problem = problem or workers.check_steering(args, count)
     if problem is not None:
         print(f"schoolgate: {problem}; the gateway was not started.", file=sys.stderr)
         return 1
+    if getattr(args, "steer_connections", False):
+        _warn_of_steering_limits()
     try:
         workers.prepare_shared_state(data_dir, Path(opts["confdir"]), policy.settings.database_url)
     except Exception as exc:  # noqa: BLE001 - any failure here would stop every worker too
@@ -164,6 +167,25 @@ def _supervise(
         count, lambda index: workers.worker_argv(args, data_dir, index, count)
     )
     return asyncio.run(supervisor.run())
+
+
+def _warn_of_steering_limits() -> None:
+    """``--steer-connections`` where it cannot help: an older kernel ignores it, and a network
+    card that receives on one core would send every connection to one worker."""
+    from schoolgate.gateway import workers
+
+    if not workers.kernel_steers():
+        workers.say(
+            f"--steer-connections: this kernel ({os.uname().release}) does not steer within "
+            "a SO_REUSEPORT group (Linux 6.2 and later do); connections go by hash"
+        )
+    for card, queues in workers.receive_spread().items():
+        if queues < 2:
+            workers.say(
+                f"--steer-connections: {card} receives on one queue, so every connection "
+                "through it goes to one worker; spread it with RPS (echo <mask of the "
+                f"cores> > /sys/class/net/{card}/queues/rx-0/rps_cpus) or leave steering off"
+            )
 
 
 async def _serve(
@@ -180,7 +202,12 @@ async def _serve(
     holder.preload(policy, config_path, data_dir)
     portal_port = getattr(args, "portal_port", None)
     if worker is not None:
-        _become_worker(master, *worker, getattr(args, "worker_cpu", None))
+        _become_worker(
+            master,
+            *worker,
+            getattr(args, "worker_cpu", None),
+            steer=bool(getattr(args, "steer_connections", False)),
+        )
     try:
         master.addons.add(*make_chain(addons))
         if portal_port:
@@ -224,20 +251,25 @@ async def _serve(
     return 0
 
 
-def _become_worker(master: DumpMaster, index: int, count: int, cpu: int | None = None) -> None:
+def _become_worker(
+    master: DumpMaster, index: int, count: int, cpu: int | None = None, steer: bool = False
+) -> None:
     """Worker ``index`` of ``count`` under a supervisor: exit with it, move to its core (if
-    the supervisor gave it one), join the port's ``SO_REUSEPORT`` group, and tag the log
-    lines (before anything logs)."""
+    the supervisor gave it one), join the port's ``SO_REUSEPORT`` group (asking for the
+    connections its core receives, with ``steer``), and tag the log lines (before anything
+    logs)."""
     from schoolgate.gateway import workers
 
     parent = os.environ.get("SCHOOLGATE_SUPERVISOR_PID", "")
     if parent.isdigit():
         workers.exit_with_parent(int(parent))
     problem = workers.pin_to_cpu(cpu) if cpu is not None else None
-    workers.listen_with_reuse_port(asyncio.get_running_loop())
+    steer_cpu = cpu if steer and cpu is not None and problem is None else None
+    workers.listen_with_reuse_port(asyncio.get_running_loop(), steer_cpu)
     workers.tag_log_lines(master, index)
     worker = f"schoolgate: worker {index} of {count} (pid {os.getpid()})"
     if problem is not None:
         log.warning("%s cannot be kept on CPU %d (%s); it runs on any core", worker, cpu, problem)
     else:
-        log.info("%s%s", worker, "" if cpu is None else f" on CPU {cpu}")
+        steered = ", taking the connections that core receives" if steer_cpu is not None else ""
+        log.info("%s%s%s", worker, "" if cpu is None else f" on CPU {cpu}", steered)

@@ -21,10 +21,14 @@ them by a hash of the connection's addresses. Nothing sits between a client and 
   worker I runs on the I-th core this process may use (``sched_setaffinity``; a ``taskset``
   or systemd ``CPUAffinity=`` set is respected), and stays there, with its caches, instead
   of being moved between cores by the scheduler: about 5% more new connections a second on
-  two cores (bench/RESULTS.md). The kernel still chooses the worker of each
-  connection by its hash, not by core: steering by the core that received it
-  (``SO_INCOMING_CPU``) would send every connection to one worker on a network card with one
-  receive queue.
+  two cores (bench/RESULTS.md). By default the kernel chooses the worker of each connection
+  by a hash of its addresses. With ``--steer-connections`` each worker's listening socket
+  also names its core (``SO_INCOMING_CPU``; Linux 6.2+ honours it in a ``SO_REUSEPORT``
+  group), so that a connection goes to the worker on the core whose receive queue took it
+  (hash again when no worker is on that core): the connection's packets, its handshake and
+  its worker then share one core's caches. It is not the default because on a network card
+  with one receive queue (and no RPS) every connection arrives on one core and would go to
+  one worker (see :func:`receive_spread`).
 * **Run once**: the scheduled jobs, the portal's notification sender and the portal on
   ``--portal-port`` run in worker 1 only (the others get ``schoolgate_jobs=false``,
   ``schoolgate_portal_sender=false``).
@@ -47,6 +51,7 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -209,12 +214,79 @@ def worker_argv(args: argparse.Namespace, data_dir: Path, index: int, count: int
     cpus = worker_cpus(count, getattr(args, "pin_workers", None), allowed_cpus())
     if cpus is not None:
         argv += ["--worker-cpu", str(cpus[index - 1])]
+        if getattr(args, "steer_connections", False):
+            argv.append("--steer-connections")
     return argv
 
 
+def check_steering(args: argparse.Namespace, count: int) -> str | None:
+    """Why ``--steer-connections`` cannot work with these options, or None (also when it was
+    not asked for). It needs each worker kept on a core: steering gives a connection to a
+    worker whose socket names the core that received it."""
+    if not getattr(args, "steer_connections", False):
+        return None
+    if getattr(args, "pin_workers", None) is False:
+        return "--steer-connections needs the workers kept on their cores, not --no-pin-workers"
+    cpus = allowed_cpus()
+    if worker_cpus(count, getattr(args, "pin_workers", None), cpus) is None:
+        return (
+            f"--steer-connections needs each worker kept on a core: {count} workers, "
+            f"{len(cpus) or 'unknown'} cores (fewer workers, or --pin-workers to share cores)"
+        )
+    return None
+
+
+def kernel_steers() -> bool:
+    """Whether this kernel honours ``SO_INCOMING_CPU`` when it picks a socket of a
+    ``SO_REUSEPORT`` group (Linux 6.2 and later; before, only without the group)."""
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (
+        sys.platform.startswith("linux")
+        and bool(match)
+        and ((int(match.group(1)), int(match.group(2))) >= (6, 2))
+    )
+
+
+def receive_spread(sysfs: Path = Path("/sys/class/net")) -> dict[str, int]:
+    """For each network card that is up: over how many receive queues (or, with RPS, cores)
+    the kernel spreads what it receives. A card at 1 takes every connection on one core, so
+    steering would give them all to one worker: the supervisor warns of it. Loopback and the
+    virtual interfaces (bridges, VLANs, bonds, ifb: no ``device``) are left out: their
+    packets are received on the core of the card or the process that sent them."""
+    spread: dict[str, int] = {}
+    try:
+        interfaces = sorted(sysfs.iterdir())
+    except OSError:
+        return spread
+    for interface in interfaces:
+        try:
+            up = (interface / "operstate").read_text().strip() != "down"
+        except OSError:
+            up = False
+        if not up or not (interface / "device").exists():
+            continue
+        try:
+            queues = sorted((interface / "queues").glob("rx-*"))
+        except OSError:
+            continue
+        rps_cpus = 0
+        for queue in queues:
+            try:
+                mask = (queue / "rps_cpus").read_text().strip().replace(",", "")
+                rps_cpus = max(rps_cpus, bin(int(mask or "0", 16)).count("1"))
+            except (OSError, ValueError):
+                pass
+        if queues:
+            spread[interface.name] = max(len(queues), rps_cpus)
+    return spread
+
+
 # -- in a worker -------------------------------------------------------------------------------
-def listen_with_reuse_port(loop: asyncio.AbstractEventLoop) -> None:
-    """Make every TCP server ``loop`` creates from now on join a ``SO_REUSEPORT`` group.
+def listen_with_reuse_port(
+    loop: asyncio.AbstractEventLoop, incoming_cpu: int | None = None
+) -> None:
+    """Make every TCP server ``loop`` creates from now on join a ``SO_REUSEPORT`` group, and
+    with ``incoming_cpu`` ask for the connections that core receives (``--steer-connections``).
 
     mitmproxy's servers call ``asyncio.start_server`` -> ``loop.create_server`` without
     ``reuse_port``; setting the default on the loop (an instance attribute shadowing the
@@ -225,9 +297,45 @@ def listen_with_reuse_port(loop: asyncio.AbstractEventLoop) -> None:
     @functools.wraps(create_server)
     async def create_server_reuse_port(*args, **kwargs):
         kwargs.setdefault("reuse_port", True)
-        return await create_server(*args, **kwargs)
+        server = await create_server(*args, **kwargs)
+        if incoming_cpu is not None:
+            for sock in server.sockets:
+                problem = steer_to_cpu(sock, incoming_cpu)
+                if problem is not None:
+                    log.warning(
+                        "schoolgate: cannot steer the connections CPU %d receives on %s to "
+                        "this worker (%s); the kernel spreads them by hash",
+                        incoming_cpu,
+                        _address(sock),
+                        problem,
+                    )
+        return server
 
     loop.create_server = create_server_reuse_port  # type: ignore[method-assign]
+
+
+def steer_to_cpu(sock: Any, cpu: int) -> str | None:
+    """Mark the listening ``sock`` as the one for connections received on core ``cpu``; why
+    it could not, or None."""
+    option = getattr(socket, "SO_INCOMING_CPU", 49)  # 49 on every Linux architecture
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, cpu)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def steered_cpu(sock: Any) -> int:
+    """The core a listening socket asks for (-1: none, connections go by hash)."""
+    return sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49))
+
+
+def _address(sock: Any) -> str:
+    try:
+        host, port, *_ = sock.getsockname()
+    except (OSError, ValueError, TypeError):
+        return "its socket"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def pin_to_cpu(cpu: int) -> str | None:
