@@ -147,14 +147,7 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def hey(
-    url: str,
-    proxy: str,
-    seconds: float,
-    concurrency: int,
-    keepalive: bool,
-    cpus=None,
-) -> dict:
+def hey(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
     """One ``hey`` run: requests/s, status codes, errors, and hey's own CPU seconds."""
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-x", proxy]
     if not keepalive:
@@ -185,14 +178,7 @@ request = function() return wrk.format("GET", target) end
 """
 
 
-def wrk(
-    url: str,
-    proxy: str,
-    seconds: float,
-    concurrency: int,
-    keepalive: bool,
-    cpus=None,
-) -> dict:
+def wrk(url: str, proxy: str, seconds: float, concurrency: int, keepalive: bool, cpus=None) -> dict:
     """One ``wrk`` run through the proxy (absolute-form requests, as a browser sends to an
     explicit proxy): requests/s, answers by class, errors, and wrk's own CPU seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gateway_process import free_port
 
 from schoolgate.cli import build_parser
 from schoolgate.gateway import workers
@@ -220,7 +221,7 @@ def test_the_supervisor_warns_where_steering_sends_everything_to_one_worker(
 def test_a_gateway_asked_to_steer_unpinned_workers_is_not_started(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "schoolgate.cli", "run", "--data-dir", str(tmp_path / "var")]
-        + ["--listen-host", "127.0.0.1", "--listen-port", "1", "--workers", "2"]
+        + ["--listen-host", "127.0.0.1", "--listen-port", str(free_port()), "--workers", "2"]
         + ["--no-pin-workers", "--steer-connections"],
         capture_output=True,
         text=True,

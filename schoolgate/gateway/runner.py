@@ -145,14 +145,13 @@ def _supervise(
 
     opts = mitm_options(args, data_dir)
     mode = opts["mode"][0]
-    problem = workers.check_mode(mode)
+    problem = workers.check_steering(args, count) or workers.check_mode(mode)
     if problem is None:
         host, port = workers.listen_address(mode, opts["listen_host"], opts["listen_port"])
         if not port:
             problem = "--workers needs a fixed --listen-port (not 0)"
         else:
             problem = workers.check_port_free(host, port)
-    problem = problem or workers.check_steering(args, count)
     if problem is not None:
         print(f"schoolgate: {problem}; the gateway was not started.", file=sys.stderr)
         return 1

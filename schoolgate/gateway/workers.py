@@ -317,7 +317,9 @@ def listen_with_reuse_port(
 def steer_to_cpu(sock: Any, cpu: int) -> str | None:
     """Mark the listening ``sock`` as the one for connections received on core ``cpu``; why
     it could not, or None."""
-    option = getattr(socket, "SO_INCOMING_CPU", 49)  # 49 on every Linux architecture
+    option = getattr(socket, "SO_INCOMING_CPU", None)  # Python defines it on Linux
+    if option is None:
+        return "SO_INCOMING_CPU is Linux only"
     try:
         sock.setsockopt(socket.SOL_SOCKET, option, cpu)
     except OSError as exc:
@@ -327,7 +329,7 @@ def steer_to_cpu(sock: Any, cpu: int) -> str | None:
 
 def steered_cpu(sock: Any) -> int:
     """The core a listening socket asks for (-1: none, connections go by hash)."""
-    return sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49))
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_INCOMING_CPU)
 
 
 def _address(sock: Any) -> str:
