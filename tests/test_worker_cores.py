@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gateway_process import free_port
+from gateway_process import free_port, start_gateway, stop_gateway
 
 from schoolgate.cli import build_parser
 from schoolgate.gateway import workers
@@ -231,3 +231,29 @@ def test_a_gateway_asked_to_steer_unpinned_workers_is_not_started(tmp_path: Path
     assert out.returncode == 1
     assert "--steer-connections needs the workers kept on their cores" in out.stderr
     assert "the gateway was not started" in out.stderr
+
+
+def test_steering_one_process_says_it_does_nothing_and_serves(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    proc = start_gateway(
+        ROOT / "tests" / "data" / "gateway" / "config.yaml",
+        tmp_path / "var",
+        port,
+        log,
+        "--workers",
+        "1",
+        "--steer-connections",
+    )
+    try:
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+            + ["-x", f"http://127.0.0.1:{port}", "http://social.test/feed"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout == "403"  # blocked: the one process serves as usual
+    finally:
+        assert stop_gateway(proc) == 0
+    assert "--steer-connections does nothing with one process" in log.read_text()

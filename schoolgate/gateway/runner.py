@@ -128,6 +128,12 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 1
     worker = getattr(args, "worker", None)
     workers = getattr(args, "workers", None) or 1
+    if worker is None and workers == 1 and getattr(args, "steer_connections", False):
+        # Not an error: `--workers auto` on a one-core host gives one process.
+        print(
+            "schoolgate: --steer-connections does nothing with one process (--workers 1)",
+            file=sys.stderr,
+        )
     try:
         if worker is None and workers > 1:
             return _supervise(args, config_path, data_dir, policy, workers)
