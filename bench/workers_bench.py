@@ -551,11 +551,14 @@ def one_run(
     return result
 
 
-# How N workers run: a label for the output and the `schoolgate run` options.
+# How N workers run: what the header says of it, and the `schoolgate run` options.
 VARIANTS = {
-    "pinned": ("pinned", []),
-    "free": ("free", ["--no-pin-workers"]),
-    "steered": ("steered", ["--steer-connections"]),
+    "pinned": ("each kept on its core", []),
+    "free": ("free to move between cores", ["--no-pin-workers"]),
+    "steered": (
+        "each kept on its core and given the connections its core receives",
+        ["--steer-connections"],
+    ),
 }
 
 
@@ -573,13 +576,8 @@ def variants_of(args: argparse.Namespace) -> list[str]:
 
 
 def pinning_of(args: argparse.Namespace) -> str:
-    described = {
-        "pinned": "each kept on its core",
-        "free": "free to move between cores",
-        "steered": "each kept on its core and given the connections its core receives",
-    }
     variants = variants_of(args)
-    text = ", and ".join(described[v] for v in variants)
+    text = ", and ".join(VARIANTS[v][0] for v in variants)
     if len(variants) > 1:
         text += ", in every round"
     if steering(args):
@@ -628,9 +626,16 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                         workers = 1 if key == "one" else n
                         variant = "pinned" if key == "one" else key
                         result = one_run(
-                            args, conf, tmp, urls[target], keepalive, origin, workers, method,
+                            args,
+                            conf,
+                            tmp,
+                            urls[target],
+                            keepalive,
+                            origin,
+                            workers,
+                            method,
                             variant,
-                        )  # fmt: skip
+                        )
                         runs[key].append(result)
                         cpus = result["cpus"]
                         where = (
@@ -638,7 +643,7 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                         )
                         label = f"{workers} worker{'s' if workers > 1 else ''}{where}"
                         if len(variants) > 1 and workers > 1:
-                            label += f", {VARIANTS[key][0]}"
+                            label += f", {key}"
                         show(f"{label}, round {number}" if args.rounds > 1 else label, result)
                     order = order[1:] + order[:1]  # none always goes first
                 main_runs = runs[variants[0]]
@@ -678,19 +683,15 @@ def run(args: argparse.Namespace, targets: list[str], origin, tmp: Path) -> int:
                     else:
                         pairs, names = zip(main_runs, other, strict=True), "pinned / free"
                     each = " ".join(f"{a['rps'] / b['rps']:.2f}" for a, b in pairs)
+                    other_ratio = other_rps / (n * rps[1]) if rps[1] else 0.0
                     print(
-                        f"  {n} workers {VARIANTS[other_key][0]}: {other_rps:.1f} req/s, ratio "
-                        f"{other_rps / (n * rps[1]) if rps[1] else 0:.2f}, CPU per request / 1 "
-                        f"worker = {other_cost / cost[1] if cost[1] else 0:.2f}; {names} "
+                        f"  {n} workers {other_key}: {other_rps:.1f} req/s, ratio "
+                        f"{other_ratio:.2f}, CPU per request / 1 worker = "
+                        f"{other_cost / cost[1] if cost[1] else 0:.2f}; {names} "
                         f"round by round: {each}",
                         flush=True,
                     )
-                    ratios.append(
-                        (
-                            f"{target}, {load}, {method}, {VARIANTS[other_key][0]}",
-                            other_rps / (n * rps[1]) if rps[1] else 0.0,
-                        )
-                    )
+                    ratios.append((f"{target}, {load}, {method}, {other_key}", other_ratio))
     print("summary: " + "; ".join(f"{label} {ratio:.2f}" for label, ratio in ratios))
     return 0
 

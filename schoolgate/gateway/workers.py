@@ -299,14 +299,20 @@ def listen_with_reuse_port(
         kwargs.setdefault("reuse_port", True)
         server = await create_server(*args, **kwargs)
         if incoming_cpu is not None:
+            from mitmproxy.utils import human
+
             for sock in server.sockets:
                 problem = steer_to_cpu(sock, incoming_cpu)
                 if problem is not None:
+                    try:
+                        where = human.format_address(sock.getsockname())
+                    except OSError:  # the socket that refused may be gone
+                        where = "its socket"
                     log.warning(
                         "schoolgate: cannot steer the connections CPU %d receives on %s to "
                         "this worker (%s); the kernel spreads them by hash",
                         incoming_cpu,
-                        _address(sock),
+                        where,
                         problem,
                     )
         return server
@@ -330,14 +336,6 @@ def steer_to_cpu(sock: Any, cpu: int) -> str | None:
 def steered_cpu(sock: Any) -> int:
     """The core a listening socket asks for (-1: none, connections go by hash)."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_INCOMING_CPU)
-
-
-def _address(sock: Any) -> str:
-    try:
-        host, port, *_ = sock.getsockname()
-    except (OSError, ValueError, TypeError):
-        return "its socket"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def pin_to_cpu(cpu: int) -> str | None:
