@@ -34,7 +34,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+from schoolgate.core.destination import RawDestination, parse_raw_destination
 
 if TYPE_CHECKING:  # pragma: no cover
     from schoolgate.configfile import Section
@@ -117,6 +120,36 @@ class CircumventionSettings:
     allowed_ip_literals: tuple[str, ...] = DEFAULT_ALLOWED_IP_LITERALS
     allowed_ports: tuple[int, ...] = DEFAULT_ALLOWED_PORTS
     category: str = "circumvention"
+    # Roles whose tunnels must carry TLS or HTTP, whose destinations must be known and whose
+    # DoH, DoT, web proxies and Tor are blocked (None: every role).
+    filtered_roles: frozenset[str] | None = None
+    # Destinations a filtered role's tunnel may reach with anything (a MIS, a print service).
+    allowed_raw_destinations: tuple[RawDestination, ...] = ()
+    # An address that is not the named site's: "refuse" it (filtered roles), or
+    # "connect_to_name": go to the name's own address instead.
+    destination_mismatch: str = "refuse"
+
+    def filters(self, role: str | None) -> bool:
+        """Whether ``role`` is filtered (an unknown role is)."""
+        return self.filtered_roles is None or role is None or role in self.filtered_roles
+
+    def address_allowed(self, address: str) -> bool:
+        """Whether ``address`` is in ``allowed_ip_literals`` (the school's own networks)."""
+        return _in_networks(_networks(self.allowed_ip_literals), address)
+
+
+@lru_cache(maxsize=16)
+def _networks(texts: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+@lru_cache(maxsize=4096)
+def _in_networks(networks: tuple, address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def _host_entry(text: str) -> str:
@@ -244,13 +277,26 @@ def load_sanctions(
     )
 
 
-def load_circumvention(section: Section | None) -> CircumventionSettings:
+def load_circumvention(
+    section: Section | None, *, known_roles: Iterable[str] | None = None
+) -> CircumventionSettings:
     """Validate the ``circumvention`` section (``None``: every detector, the defaults)."""
     if section is None:
         return CircumventionSettings()
     from schoolgate.circumvention import _REGISTRY
 
-    section.check_keys({"enabled", "detectors", "allowed_ip_literals", "allowed_ports", "category"})
+    section.check_keys(
+        {
+            "enabled",
+            "detectors",
+            "allowed_ip_literals",
+            "allowed_ports",
+            "category",
+            "filtered_roles",
+            "allowed_raw_destinations",
+            "destination_mismatch",
+        }
+    )
     enabled = section.flag("enabled", default=True)
     detectors: tuple[str, ...] | None = None
     raw = section.data.get("detectors")
@@ -294,7 +340,40 @@ def load_circumvention(section: Section | None) -> CircumventionSettings:
             found_ports.append(item)
         ports = tuple(found_ports)
     category = section.text("category") or "circumvention"
-    return CircumventionSettings(enabled, detectors, nets, ports, category)
+    filtered = None
+    raw_roles = section.data.get("filtered_roles")
+    if raw_roles is not None and raw_roles != "*":
+        names = []
+        for text, line, name in section.strings("filtered_roles"):
+            if known_roles is not None and text not in known_roles:
+                section.issues.add(
+                    section.file,
+                    line,
+                    name,
+                    f"unknown role {text!r}; roles are {', '.join(sorted(known_roles))}",
+                )
+            else:
+                names.append(text)
+        filtered = frozenset(names)
+    raw_destinations = []
+    for text, line, name in section.strings("allowed_raw_destinations"):
+        try:
+            raw_destinations.append(parse_raw_destination(text))
+        except ValueError as exc:
+            section.issues.add(section.file, line, name, str(exc))
+    mismatch = section.choice(
+        "destination_mismatch", ("refuse", "connect_to_name"), default="refuse"
+    )
+    return CircumventionSettings(
+        enabled,
+        detectors,
+        nets,
+        ports,
+        category,
+        filtered,
+        tuple(raw_destinations),
+        mismatch or "refuse",
+    )
 
 
 # -- subjects -----------------------------------------------------------------------------------
@@ -474,6 +553,8 @@ class _Track:
     events: deque = field(default_factory=deque)  # (at, points, event ref)
     last_counted: dict = field(default_factory=dict)  # key -> at
     total: float = 0.0
+    warned: bool = False  # the warning page was shown in this climb
+    held: int | None = None  # a lockout/ban stage reached before the warning was shown
 
 
 class Ladder:
@@ -501,6 +582,8 @@ class Ladder:
             track.total -= events.popleft()[1]
         if not events:
             track.total = 0.0
+            track.warned = False  # a new climb starts at the bottom, warning included
+            track.held = None
         repeat_cut = at - timedelta(
             minutes=max(self.settings.repeat_minutes, self.settings.window_minutes)
         )
@@ -513,6 +596,17 @@ class Ladder:
             return 0.0
         self._expire(track, at or self.clock())
         return round(track.total, 6)
+
+    def warning_shown(self, subject: str, at: datetime | None = None) -> None:
+        """The subject has seen the warning page: the next attempt may reach a lockout or ban
+        (including one reached while the warning waited to be shown)."""
+        track = self._tracks.get(subject)
+        if track is not None:
+            self._expire(track, at or self.clock())
+            track.warned = bool(track.events)
+
+    def _warn_index(self) -> int | None:
+        return next((i for i, s in enumerate(self.settings.stages) if s.action == "warn"), None)
 
     def _track(self, subject: str) -> _Track:
         track = self._tracks.pop(subject, None)
@@ -535,6 +629,7 @@ class Ladder:
         reason: str = "",
         event_ref: str | None = None,
         quiet: bool = False,
+        count: bool = True,
     ) -> Outcome:
         """Count one event and say what it leads to.
 
@@ -542,13 +637,21 @@ class Ladder:
         computed and reported as ``alert``, nothing is put in force. ``current``: the ban in
         force for the subject, if any (a ban in force is not made again; a lockout in force is
         replaced by a ban stage). ``quiet``: rebuilding after a restart (no actions).
+        ``count`` False: another finding of the same attempt has counted already (one request
+        counts once), so this one is recorded only.
+
+        With a ``warn`` stage on the ladder, a subject who has not yet seen the warning page
+        (:meth:`warning_shown`) is warned rather than locked out or banned; the stage reached
+        meanwhile is kept, and the next attempt after the warning meets it.
         """
         at = at or self.clock()
         settings = self.settings
         track = self._track(subject)
         self._expire(track, at)
         last = track.last_counted.get(key)
-        if last is not None and at - last < timedelta(minutes=settings.repeat_minutes):
+        if not count or (
+            last is not None and at - last < timedelta(minutes=settings.repeat_minutes)
+        ):
             return Outcome(
                 subject,
                 False,
@@ -569,15 +672,24 @@ class Ladder:
         total = round(after, 6)
         if quiet:
             return Outcome(subject, True, points, total, stage_index, "record")
+        sanctioning = sanctionable and settings.enabled
+        if sanctioning and track.held is not None and track.warned:
+            # Reached before the warning was seen: met now, by the first attempt after it.
+            stage_index = max(stage_index if stage_index is not None else -1, track.held)
+            track.held = None
         if stage_index is None:
             return Outcome(
                 subject, True, points, total, None, "record" if sanctionable else "alert"
             )
         stage = settings.stages[stage_index]
-        if not sanctionable or not settings.enabled:
+        if not sanctioning:
             return Outcome(subject, True, points, total, stage_index, "alert")
         if stage.action == "warn":
             return Outcome(subject, True, points, total, stage_index, "warn")
+        warn_index = self._warn_index()
+        if warn_index is not None and not track.warned:
+            track.held = max(track.held if track.held is not None else -1, stage_index)
+            return Outcome(subject, True, points, total, warn_index, "warn")
         if (
             current is not None
             and current.active(at)

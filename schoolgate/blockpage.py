@@ -42,6 +42,9 @@ SECRET_BYTES = 32
 MAC_BYTES = 16
 AGE_CATEGORY = "age_restricted"
 LOCKED_RULE_PREFIX = "locked category "
+# Rules of the blocks that are ways round the filter (a detector's finding, a destination the
+# filter cannot verify, a tunnel that is neither TLS nor HTTP): no access request opens them.
+CIRCUMVENTION_RULE_PREFIXES = ("circumvention detector ", "destination check", "raw tunnel")
 RULE_VARIANTS = frozenset({"rule", "read_only"})  # the blocks a request for access can open
 
 WINDOW_LABELS = {
@@ -227,6 +230,8 @@ def _variant(decision: Decision, locked: bool | None) -> str:
         return "age"
     if locked or (locked is None and decision.rule.startswith(LOCKED_RULE_PREFIX)):
         return "locked"
+    if decision.rule.startswith(CIRCUMVENTION_RULE_PREFIXES):
+        return "circumvention"
     if "read-only" in decision.reason:
         return "read_only"
     return "rule"

@@ -411,7 +411,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         logging_sec.check_keys({"allowed_categories"})
         log_allowed = logging_sec.flag("allowed_categories", default=False)
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
-    circumvention = load_circumvention(root.section("circumvention"))
+    circumvention = load_circumvention(root.section("circumvention"), known_roles=roles)
     sanctions = load_sanctions(root.section("bans"), known_roles=roles)
     # Checked here so that `check-config` and a reload report them like any other error; the
     # jobs, reports and purge read them again from Settings.extra when they run.

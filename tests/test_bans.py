@@ -62,6 +62,7 @@ def test_ladder_warn_lockout_ban_within_window():
     first = ladder.observe("user:sam", key("a.test"), 2, event_ref="e1")
     assert (first.action, first.total, first.stage) == ("warn", 1.0, 0)
     assert first.ban is None
+    ladder.warning_shown("user:sam")
     clock.tick(minutes=1)
     second = ladder.observe("user:sam", key("b.test"), 2, event_ref="e2")
     assert second.action == "lockout"
@@ -81,6 +82,7 @@ def test_events_leave_the_window():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
     ladder.observe("user:sam", key("a.test"), 2)
+    ladder.warning_shown("user:sam")
     clock.tick(minutes=6)
     ladder.observe("user:sam", key("b.test"), 2)  # lockout at 2 points
     clock.tick(minutes=5)  # the first has left the window
@@ -103,6 +105,7 @@ def test_repeat_of_same_finding_counts_once_per_repeat_minutes():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
     assert ladder.observe("u", key("vpn.test"), 2).counted
+    ladder.warning_shown("u")
     for _ in range(50):  # a VPN app retrying
         clock.tick(seconds=2)
         out = ladder.observe("u", key("vpn.test"), 2)
@@ -115,10 +118,36 @@ def test_repeat_of_same_finding_counts_once_per_repeat_minutes():
 def test_severity_weighting_and_highest_stage_crossed():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
+    ladder.warning_shown("u")  # nothing to show yet: no climb has started
     assert ladder.observe("u", key("a"), 1).action == "record"  # 0.5 points
+    ladder.warning_shown("u")
     out = ladder.observe("u", key("tor"), 3)  # 0.5 -> 2.5 crosses warn and lockout
     assert out.action == "lockout" and out.total == 2.5
     assert ladder.observe("u", key("b"), 1).action == "ban"  # 2.5 -> 3.0
+
+
+def test_the_warning_comes_before_a_lockout():
+    """However fast the points come, a pupil who has not seen the warning page is warned;
+    the stage reached meanwhile waits for the first attempt after the warning."""
+    clock = Clock()
+    ladder = Ladder(SETTINGS, clock=clock)
+    out = ladder.observe("u", key("tor"), 3)  # 0 -> 2: crosses warn and lockout at once
+    assert (out.action, out.stage, out.ban) == ("warn", 0, None)
+    out = ladder.observe("u", key("b"), 2)  # 2 -> 3 crosses ban: still not warned
+    assert out.action == "warn" and out.ban is None
+    ladder.warning_shown("u")
+    out = ladder.observe("u", key("c"), 1)  # 3 -> 3.5 crosses nothing: the held ban fires
+    assert out.action == "ban" and out.ban.kind == "ban"
+    clock.tick(minutes=11)  # a quiet window: the next climb warns first again
+    assert ladder.observe("u", key("d"), 3).action == "warn"
+
+
+def test_one_attempt_counts_once():
+    ladder = Ladder(SETTINGS, clock=Clock())
+    first = ladder.observe("u", key("1.1.1.1"), 2)
+    second = ladder.observe("u", ("doh", "doh", "1.1.1.1", ""), 2, count=False)
+    assert first.counted and not second.counted and second.points == 0
+    assert ladder.total("u") == 1.0
 
 
 def test_not_sanctionable_is_alert_only():
@@ -139,6 +168,7 @@ def test_ban_in_force_is_not_made_again():
     ladder = Ladder(SETTINGS, clock=clock)
     current = BanState("b1", "u", "ban", T0, T0 + timedelta(days=7), "x")
     ladder.observe("u", key("a"), 2)
+    ladder.warning_shown("u")
     ladder.observe("u", key("b"), 2, current=current)
     out = ladder.observe("u", key("c"), 2, current=current)
     assert out.action == "already" and out.ban is None
@@ -149,6 +179,7 @@ def test_quiet_replay_fires_nothing_and_keeps_counting():
     ladder = Ladder(SETTINGS, clock=clock)
     assert ladder.observe("u", key("a"), 2, at=T0, quiet=True).action == "record"
     assert ladder.observe("u", key("b"), 2, at=T0, quiet=True).action == "record"
+    ladder.warning_shown("u", T0)
     assert ladder.observe("u", key("c"), 2).action == "ban"
 
 

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from schoolgate.gateway import (
     AlertsAddon,
     CircumventionGuard,
+    DestinationCheck,
     Enforcement,
     ExceptionCache,
     GatewayPages,
@@ -43,6 +44,7 @@ class Gateway:
     exceptions: ExceptionCache
     pages: GatewayPages
     portal: PortalAddon
+    destinations: DestinationCheck
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon

@@ -166,7 +166,13 @@ class Transparent:
 
     gateway_args: tuple[str, ...] = ()  # more `schoolgate run` arguments (a subclass's)
 
+    # The names the tests use, as the school's DNS would answer them: the gateway checks every
+    # name against the address the client connected to, with its own resolver.
+    hosts_names = ("origin.test", "social.test")
+
     def gateway_up(self) -> None:
+        hosts = self.tmp / "hosts"
+        hosts.write_text(f"{self.host_ip} {' '.join(self.hosts_names)}\n")
         self.proc = start_gateway(
             self.config,
             self.data_dir,
@@ -174,6 +180,8 @@ class Transparent:
             self.log,
             "--mode",
             "transparent",
+            "--set",
+            f"schoolgate_hosts_file={hosts}",
             *self.gateway_args,
             listen_host=self.host_ip,
             quiet=False,  # the tests read the flow lines in the log

@@ -48,12 +48,16 @@ from schoolgate.bans import (
     Supervision,
     subject_for,
 )
-from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
+from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
+from schoolgate.core.destination import Destination, Handling, Verdict
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
-from schoolgate.gateway.flowinfo import request_view
+from schoolgate.gateway.destinations import destination_of
+from schoolgate.gateway.findings import blocking_findings, mark
+from schoolgate.gateway.flowinfo import request_view, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
+from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.hosts import normalize_host
 from schoolgate.model import Identity
 
@@ -71,12 +75,32 @@ ALERT_TEXT = (
 EVENT_KIND = "circumvention"
 SUPERVISED_KIND = "supervised"
 SUSPENDED_KIND = "suspended"
+WARNED_KIND = "warned"  # the warning page was shown to the subject
 _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 
 
-def _user_of(flow: http.HTTPFlow) -> str | None:
-    auth = flow.metadata.get("proxyauth")
-    return auth[0] if auth else None  # never the password
+_user_of = user_of
+
+
+class _Attempt:
+    """One attempt of a pupil's, which counts once on the ladder however many findings it
+    makes: a connection's CONNECT, TLS ClientHello and first request together, or one later
+    request on the connection."""
+
+    __slots__ = ("counted",)
+
+    def __init__(self) -> None:
+        self.counted = False
+
+
+def _refused_destination(subject: Any) -> Destination | None:
+    """The destination check's verdict, when it refused the destination as unknown (not when
+    the resolver merely failed): what the ``unverified_destination`` detector reports."""
+    verdicts = destination_of(subject)
+    if verdicts is None or verdicts[1] is not Handling.REFUSE:
+        return None
+    found = verdicts[0]
+    return None if found.verdict is Verdict.LOOKUP_FAILED else found
 
 
 def _url_of(request: http.Request) -> Callable[[], str]:
@@ -103,6 +127,10 @@ class CircumventionGuard:
         self.refreshed_at: datetime | None = None
         self._generation = -1
         self._seen: weakref.WeakKeyDictionary[connection.Client, set] = weakref.WeakKeyDictionary()
+        self._attempts: weakref.WeakKeyDictionary[connection.Client, _Attempt] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.tunnels = OpenTunnels()
         self._tunnel: weakref.WeakKeyDictionary[connection.Client, tuple[str | None, str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -228,6 +256,16 @@ class CircumventionGuard:
             log.exception("schoolgate: cannot identify %s", client_ip)
             return None
 
+    def _attempt(self, client: connection.Client, stage: str) -> _Attempt:
+        if stage == "request":
+            # The first request of a connection is the attempt its CONNECT and TLS began;
+            # every later request is an attempt of its own.
+            return self._attempts.pop(client, None) or _Attempt()
+        attempt = self._attempts.get(client)
+        if attempt is None:
+            attempt = self._attempts[client] = _Attempt()
+        return attempt
+
     def _inspect(
         self,
         client: connection.Client,
@@ -237,27 +275,57 @@ class CircumventionGuard:
         user: str | None,
         url: str | Callable[[], str] | None,
         method: str | None,
-    ) -> list[Outcome]:
+    ) -> list[CircumventionEvent]:
+        """Run the detectors; record (and count, once an attempt) what is new on this
+        connection; return everything found at this stage. If a detector failed, what the
+        others found is recorded and the failure raised (the traffic is then refused)."""
         detectors = self.detectors
         if detectors is None:
             return []
-        found = detectors.inspect(facts)
-        if not found:
-            return []
+        failure = None
+        try:
+            found = detectors.inspect(facts)
+        except DetectorsFailed as exc:
+            found, failure = exc.events, exc
+        if found:
+            self._handle_new(client, facts, identity, found, user=user, url=url, method=method)
+        if failure is not None:
+            raise failure
+        return found
+
+    def _handle_new(
+        self,
+        client: connection.Client,
+        facts: TrafficFacts,
+        identity: Identity | None,
+        found: list[CircumventionEvent],
+        *,
+        user: str | None,
+        url: str | Callable[[], str] | None,
+        method: str | None,
+    ) -> None:
         seen = self._seen.get(client)
         if seen is None:
             seen = self._seen[client] = set()
-        outcomes = []
-        for event in found:
+        attempt = self._attempt(client, facts.stage)
+        # The most serious finding is the one the attempt counts with.
+        for event in sorted(found, key=lambda e: -e.severity):
             if event.key in seen:
                 continue
             seen.add(event.key)
             if callable(url):  # built only for evidence: pretty_url costs ~10 us a request
                 url = url()
-            outcomes.append(
-                self._handle(event, facts, identity, client, user=user, url=url, method=method)
+            outcome = self._handle(
+                event,
+                facts,
+                identity,
+                client,
+                user=user,
+                url=url,
+                method=method,
+                count=not attempt.counted,
             )
-        return outcomes
+            attempt.counted = attempt.counted or outcome.counted
 
     def _handle(
         self,
@@ -269,6 +337,7 @@ class CircumventionGuard:
         user: str | None,
         url: str | None,
         method: str | None,
+        count: bool = True,
     ) -> Outcome:
         at = self.clock()
         client_ip = _peer_ip(client)
@@ -286,6 +355,7 @@ class CircumventionGuard:
             current=self.book.ban_for(subject, at),
             reason=event.summary,
             event_ref=ref,
+            count=count,
         )
         if outcome.ban is not None:
             with self._lock:
@@ -293,6 +363,7 @@ class CircumventionGuard:
                 self._unsaved.append((outcome.ban, role, client_ip))
             self._worker.wake()
             self._warnings.pop(subject, None)
+            self._cut_tunnels(subject, at)
         elif outcome.action == "warn":
             self._warnings[subject] = (event.summary, ref, at)
         if outcome.action in ALERTED_ACTIONS:
@@ -401,148 +472,206 @@ class CircumventionGuard:
         )
 
     # -- hooks --------------------------------------------------------------------------------
+    # An exception here is not caught: the dispatch refuses the traffic (the filter could not
+    # check it) and Enforcement records that.
+    def _filtered(self, identity: Identity | None) -> bool:
+        return self.circumvention.filters(identity.role if identity is not None else None)
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return
-        try:
-            self._sync()
-            user = _user_of(flow)
-            host = flow.request.host
-            self._tunnel[flow.client_conn] = (user, host)
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(stage="connect", host=host, port=flow.request.port, scheme="https")
-            self._inspect(flow.client_conn, facts, identity, user=user, url=None, method=None)
-            if identity is None or self.exempt(host):
-                return
-            ban = self.book.suspended(self.subject_of(identity, user, client_ip), self.clock())
-            policy = self.holder.policy
-            if ban is not None and not policy.should_intercept(identity, host):
-                ref = new_ref()
-                flow.metadata["schoolgate"] = {
-                    "ref": ref,
-                    "action": "block",
-                    "stage": "connect",
-                    "suspended": ban.ref,
-                }
-                flow.response = http.Response.make(
-                    403,
-                    f"Internet access suspended by the school's filter: {ban.reason}\n"
-                    f"Reference: {ref}\n",
-                    _TEXT,
-                )
-        except Exception:  # noqa: BLE001 - Enforcement still decides
-            log.exception("schoolgate: circumvention check of CONNECT failed")
+        self._sync()
+        user = _user_of(flow)
+        host = flow.request.host
+        client = flow.client_conn
+        self._tunnel[client] = (user, host)
+        client_ip = _peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="connect",
+            host=host,
+            port=flow.request.port,
+            scheme="https",
+            destination=_refused_destination(flow),
+        )
+        found = self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if found:
+            mark(flow, found, filtered=self._filtered(identity))
+        if identity is None or self.exempt(host):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        self.tunnels.opened(subject, client, host)
+        ban = self.book.suspended(subject, self.clock())
+        policy = self.holder.policy
+        if ban is not None and not policy.should_intercept(identity, host):
+            ref = new_ref()
+            flow.metadata["schoolgate"] = {
+                "ref": ref,
+                "action": "block",
+                "stage": "connect",
+                "suspended": ban.ref,
+            }
+            flow.response = http.Response.make(
+                403,
+                f"Internet access suspended by the school's filter: {ban.reason}\n"
+                f"Reference: {ref}\n",
+                _TEXT,
+            )
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        try:
-            self._sync()
-            context = data.context
-            client = context.client
-            sni = data.client_hello.sni
-            address = context.server.address
-            port = address[1] if address else 443
-            tunnel = self._tunnel.get(client)
-            user = tunnel[0] if tunnel else None
-            # Regular mode: the host the client asked the proxy for; transparent: the SNI.
-            host = tunnel[1] if tunnel else (sni or "")
-            client_ip = _peer_ip(client)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(
-                stage="tls", host=host, port=port, sni=sni, scheme="https", tls_seen=True
-            )
-            self._inspect(client, facts, identity, user=user, url=None, method=None)
-            name = sni or host
-            if identity is None or not name or self.exempt(name):
-                return
-            ban = self.book.suspended(self.subject_of(identity, user, client_ip), self.clock())
-            if ban is not None and not self.holder.policy.should_intercept(identity, name):
-                data.ignore_connection = True
-                context.server.error = f"access suspended by schoolgate: {ban.reason}"
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: circumvention check of ClientHello failed")
+        self._sync()
+        context = data.context
+        client = context.client
+        sni = data.client_hello.sni
+        address = context.server.address
+        port = address[1] if address else 443
+        tunnel = self._tunnel.get(client)
+        user = tunnel[0] if tunnel else None
+        # Regular mode: the host the client asked the proxy for; transparent: the SNI.
+        host = tunnel[1] if tunnel else (sni or "")
+        client_ip = _peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="tls",
+            host=host,
+            port=port,
+            sni=sni,
+            scheme="https",
+            tls_seen=True,
+            destination=_refused_destination(data),
+        )
+        found = self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if found:
+            mark(data, found, filtered=self._filtered(identity))
+        name = sni or host
+        if identity is None or not name or self.exempt(name):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        if tunnel is None:
+            self.tunnels.opened(subject, client, name)
+        ban = self.book.suspended(subject, self.clock())
+        if ban is not None and not self.holder.policy.should_intercept(identity, name):
+            data.ignore_connection = True
+            context.server.error = f"access suspended by schoolgate: {ban.reason}"
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A tunnel that carries neither TLS nor HTTP (SSH, OpenVPN over port 443)."""
-        try:
-            if flow.client_conn.tls_established:
-                return
-            self._sync()
-            address = flow.server_conn.address
-            tunnel = self._tunnel.get(flow.client_conn)
-            user = tunnel[0] if tunnel else None
-            host = tunnel[1] if tunnel else (address[0] if address else "")
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(
-                stage="tls", host=host, port=address[1] if address else None, tls_seen=False
-            )
-            self._inspect(flow.client_conn, facts, identity, user=user, url=None, method=None)
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: circumvention check of a TCP tunnel failed")
+        if flow.client_conn.tls_established:
+            return
+        self._sync()
+        client = flow.client_conn
+        address = flow.server_conn.address
+        tunnel = self._tunnel.get(client)
+        user = tunnel[0] if tunnel else None
+        host = tunnel[1] if tunnel else (address[0] if address else "")
+        client_ip = _peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="tls", host=host, port=address[1] if address else None, tls_seen=False
+        )
+        self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if identity is None or self.exempt(host):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        self.tunnels.opened(subject, client, host)
+        ban = self.book.suspended(subject, self.clock())
+        if ban is not None and not flow.server_conn.error:
+            flow.server_conn.error = f"access suspended by schoolgate: {ban.reason}"
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """An open WebSocket is cut, with its connection, if its user is suspended later."""
+        self._sync()
+        client_ip = _peer_ip(flow.client_conn)
+        user = _user_of(flow)
+        identity = self._identify(client_ip, user)
+        host = flow.request.host
+        if identity is None or self.exempt(host):
+            return
+        self.tunnels.opened(self.subject_of(identity, user, client_ip), flow.client_conn, host)
+
+    def _cut_tunnels(self, subject: str | None, at: datetime) -> None:
+        """Close what ``subject`` has open (tunnels, WebSockets, kept-alive connections)
+        now that a lockout or ban is in force for them: a ban is not only for new requests."""
+        if subject is None or self.book.suspended(subject, at) is None:
+            return
+        cut = self.tunnels.cut(subject)
+        if cut:
+            log.info("schoolgate: closed %d open connection(s) of suspended %s", cut, subject)
+
+    def cut_suspended(self) -> int:
+        """Close the open connections of every subject suspended now (after the bans in
+        force were read again: a ban made elsewhere, in the portal or the CLI)."""
+        at = self.clock()
+        total = 0
+        for subject in self.tunnels.subjects():
+            if self.book.suspended(subject, at) is not None:
+                total += self.tunnels.cut(subject)
+        if total:
+            log.info("schoolgate: closed %d open connection(s) of suspended users", total)
+        return total
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        try:
-            self._sync()
-            req = flow.request
-            view = request_view(req)
-            headers = view.headers
-            host = view.named_host or view.host
-            policy = self.holder.policy
-            if policy is not None and host == policy.settings.portal_host:
-                return
-            user = _user_of(flow)
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
-            # tls_seen): keywords cost a fifth more, on every request.
-            facts = TrafficFacts(
-                "request",
-                view.host,
-                view.port,
-                flow.client_conn.sni,
-                view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
-                view.method,
-                view.path,
-                headers,
-                view.scheme,
-                True if view.scheme == "https" else None,
-            )
-            self._inspect(
-                flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
-            )
-            if identity is None:
-                return
-            subject = self.subject_of(identity, user, client_ip)
-            # Most requests are from someone with no ban, lockout or warning: one lookup each.
-            if not self.book.names(subject) and subject not in self._warnings:
-                return
-            if self.exempt(host):
-                return
-            now = self.clock()
-            ban = self.book.suspended(subject, now)
-            if ban is not None:
-                self._suspend(flow, ban, identity, subject, now)
-                return
-            sup = self.book.supervision_for(subject, now)
-            if sup is not None and self.book.ban_for(subject, now) is not None:
-                flow.metadata["schoolgate_supervision"] = {
-                    "id": sup.id,
-                    "ref": sup.ref,
-                    "staff": sup.staff,
-                    "subject": subject,
-                    "user": identity.user or user,
-                    "role": identity.role,
-                    "site": identity.site,
-                    "group": identity.group,
-                }
-                return
-            if subject in self._warnings:
-                self._maybe_warn(flow, subject, identity, now)
-        except Exception:  # noqa: BLE001 - Enforcement still decides
-            log.exception("schoolgate: circumvention check of a request failed")
+        self._sync()
+        req = flow.request
+        view = request_view(req)
+        headers = view.headers
+        host = view.named_host or view.host
+        policy = self.holder.policy
+        if policy is not None and host == policy.settings.portal_host:
+            return
+        user = _user_of(flow)
+        client_ip = _peer_ip(flow.client_conn)
+        identity = self._identify(client_ip, user)
+        # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
+        # tls_seen, destination): keywords cost a fifth more, on every request.
+        facts = TrafficFacts(
+            "request",
+            view.host,
+            view.port,
+            flow.client_conn.sni,
+            view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
+            view.method,
+            view.path,
+            headers,
+            view.scheme,
+            True if view.scheme == "https" else None,
+            _refused_destination(flow) if flow.metadata else None,
+        )
+        found = self._inspect(
+            flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
+        )
+        if found:
+            mark(flow, found, filtered=self._filtered(identity))
+        if identity is None:
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        # Most requests are from someone with no ban, lockout or warning: one lookup each.
+        if not self.book.names(subject) and subject not in self._warnings:
+            return
+        if self.exempt(host):
+            return
+        now = self.clock()
+        ban = self.book.suspended(subject, now)
+        if ban is not None:
+            self._suspend(flow, ban, identity, subject, now)
+            return
+        sup = self.book.supervision_for(subject, now)
+        if sup is not None and self.book.ban_for(subject, now) is not None:
+            flow.metadata["schoolgate_supervision"] = {
+                "id": sup.id,
+                "ref": sup.ref,
+                "staff": sup.staff,
+                "subject": subject,
+                "user": identity.user or user,
+                "role": identity.role,
+                "site": identity.site,
+                "group": identity.group,
+            }
+            return
+        if subject in self._warnings:
+            self._maybe_warn(flow, subject, identity, now)
 
     def _tz(self, identity: Identity):
         policy = self.holder.policy
@@ -615,12 +744,14 @@ class CircumventionGuard:
         if flow.request.method not in ("GET", "HEAD") or not wants_html(flow.request.headers):
             return
         del self._warnings[subject]
+        self.ladder.warning_shown(subject, now)
         policy = self.holder.policy
         portal = policy.settings.portal_host if policy is not None else "schoolgate.internal"
-        blocked = False
-        if policy is not None:
+        blocked = bool(blocking_findings(flow)) or _refused_destination(flow) is not None
+        if policy is not None and not blocked:
             match = policy.matcher.lookup(
-                normalize_host(flow.request.pretty_host), flow.request.path
+                normalize_host(request_view(flow.request).named_host or flow.request.host),
+                flow.request.path,
             )
             blocked = match is not None and match.category == self.circumvention.category
         next_stage = next((s for s in self.sanctions.stages if s.action != "warn"), None)
@@ -642,6 +773,33 @@ class CircumventionGuard:
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}
+        self._record_warned(flow, identity, subject, ref, now)
+
+    def _record_warned(
+        self, flow: http.HTTPFlow, identity: Identity, subject: str, about: str, at: datetime
+    ) -> None:
+        """Evidence that the warning page was shown, which also tells the other gateway
+        processes that this subject has been warned (a lockout may follow)."""
+        self.recorder.record(
+            {
+                "ref": new_ref(),
+                "at": at,
+                "kind": WARNED_KIND,
+                "action": "warn",
+                "client_ip": _peer_ip(flow.client_conn),
+                "user": identity.user,
+                "role": identity.role,
+                "group": identity.group,
+                "site": identity.site,
+                "method": flow.request.method,
+                "scheme": flow.request.scheme,
+                "host": request_view(flow.request).named_host,
+                "category": self.circumvention.category,
+                "rule": "circumvention warning",
+                "reason": "the warning page was shown",
+                "detail": {"subject": subject, "warned_about": about},
+            }
+        )
 
     def response(self, flow: http.HTTPFlow) -> None:
         sup = flow.metadata.get("schoolgate_supervision")
@@ -790,7 +948,10 @@ class CircumventionGuard:
                     len(book.bans),
                     len(book.supervisions),
                 )
+            changed = book.bans != self.book.bans or book.supervisions != self.book.supervisions
             self.book = book
+        if changed and self.tunnels.subjects():
+            self._on_loop(self.cut_suspended)
         self.refreshed_at = now
         self._read_others_attempts(sessions, now)
         return True
@@ -807,17 +968,22 @@ class CircumventionGuard:
         if rows is None:
             return  # counted at the next look
         self._remote_since = now
-        if not rows:
-            return
+        if rows:
+            self._on_loop(self.count_recorded, rows, now)
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the event loop (the ladder, the tunnels and the book's readers are
+        the loop's alone); at once when there is no loop running."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.count_recorded, rows, now)
+            loop.call_soon_threadsafe(fn, *args)
         else:
-            self.count_recorded(rows, now)
+            fn(*args)
 
     @staticmethod
     def _recorded_attempts(sessions, since: datetime) -> list | None:
-        """(ref, at, detail) of the circumvention events since ``since``; None if unreadable."""
+        """(ref, at, detail, kind) of the circumvention events, and of the warnings shown,
+        since ``since``; None if unreadable."""
         from sqlalchemy import select
 
         from schoolgate.db import EventRow
@@ -825,8 +991,8 @@ class CircumventionGuard:
         try:
             with sessions() as session:
                 return session.execute(
-                    select(EventRow.ref, EventRow.at, EventRow.detail)
-                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
+                    select(EventRow.ref, EventRow.at, EventRow.detail, EventRow.kind)
+                    .where(EventRow.kind.in_((EVENT_KIND, WARNED_KIND)), EventRow.at >= since)
                     .order_by(EventRow.at, EventRow.id)
                 ).all()
         except Exception:  # noqa: BLE001
@@ -835,26 +1001,36 @@ class CircumventionGuard:
 
     def count_recorded(self, rows, now: datetime | None = None) -> int:
         """Count (quietly: no stage fires for them) the recorded attempts in ``rows`` (ref, at,
-        detail JSON) that this process has not counted yet; the next attempt, wherever it is
-        made, meets the stage the total reaches. Returns how many were new."""
+        detail JSON[, kind]) that this process has not counted yet; the next attempt, wherever
+        it is made, meets the stage the total reaches. A warning shown (or a lockout or ban
+        reached, which only follow one) tells this ladder the subject has been warned.
+        Returns how many attempts were new."""
         import json
 
         now = now or self.clock()
         counted = self._counted
         new = 0
-        for ref, at, text in rows:
+        for ref, at, text, *kind in rows:
             if ref in counted:
                 continue
             counted[ref] = at
             try:
                 detail = json.loads(text or "{}")
+                if kind and kind[0] == WARNED_KIND:
+                    self.ladder.warning_shown(detail["subject"], at)
+                    continue
+                sanction = detail["sanction"]
+                if sanction.get("counted") is False:
+                    continue  # a repeat, or a finding its attempt already counted with
                 self.ladder.observe(
-                    detail["sanction"]["subject"],
+                    sanction["subject"],
                     tuple(detail.get("key") or ()),
                     int(detail.get("severity", 2)),
                     at=at,
                     quiet=True,
                 )
+                if sanction.get("sanction") in ("lockout", "ban", "already"):
+                    self.ladder.warning_shown(sanction["subject"], at)
                 new += 1
             except (ValueError, KeyError, TypeError):
                 continue
