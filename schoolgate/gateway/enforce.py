@@ -259,8 +259,10 @@ class Enforcement:
                 return  # the gateway's own pages: intercepted and answered here
             decision = self._decide(facts)
             if decision.allowed:
-                decision = self._finding_refusal(facts, flow) or decision
-            if decision.allowed:
+                finding = self._finding_refusal(facts, flow)
+                if finding is not None:  # DoT, a Tor service: no page to show inside
+                    self._refuse_connect(flow, finding, facts)
+                    return
                 return
             if (
                 policy is not None
@@ -448,18 +450,26 @@ class Enforcement:
             if refused is not None and refused.verdict is Verdict.MALFORMED:
                 self._bad_request(flow, self._destination_refusal(facts, refused), facts)
                 return
-            if policy is not None and policy.settings.portal_host in (host, *others):
-                # The gateway's own pages answer their requests before this part: one that is
-                # still unanswered here must not go on to the internet.
-                self._block(flow, failed_decision(facts, "a gateway page was not served"), facts)
-                return
-            decision = self._decide(facts)
-            for other in others:
+            names = (host, *others)
+            portal = policy.settings.portal_host if policy is not None else None
+            decision = None
+            for name in names:
                 # Where the connection really goes (absolute URL, CONNECT target) and the SNI
                 # must pass too: no smuggling through the Host header or domain fronting.
-                if not decision.allowed:
+                if name == portal:
+                    continue
+                found = self._decide(
+                    facts if name == host else dataclasses.replace(facts, host=name)
+                )
+                if decision is None or not found.allowed:
+                    decision = found
+                if not found.allowed:
                     break
-                decision = self._decide(dataclasses.replace(facts, host=other))
+            if portal in names and (decision is None or decision.allowed):
+                # The gateway's own pages answer their requests before this part: one that
+                # names them and is still unanswered here must not go on to the internet.
+                self._block(flow, failed_decision(facts, "a gateway page was not served"), facts)
+                return
             # A name the policy blocks is blocked for that reason; one it allows must also be
             # where the connection goes, and not be a way round the filter.
             if decision.allowed and refused is not None:

@@ -110,7 +110,8 @@ class Resolver:
         """The answer for ``name`` if one is in the cache and fresh (no lookup)."""
         listed = self.hosts.get(name)
         if listed is not None:
-            return DnsAnswer(name, listed, frozenset(listed), None if listed else "no_address")
+            error = None if listed else "no_address"
+            return DnsAnswer(name, listed, frozenset(listed), error, self.clock())
         answer = self._answers.get(name)
         if answer is not None and self._fresh(answer, self.clock()):
             self.hits += 1
