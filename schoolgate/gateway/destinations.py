@@ -171,8 +171,11 @@ class DestinationCheck:
         if flow.response:
             return
         remember_tunnel_user(flow.client_conn, user_of(flow))
+        host = flow.request.host
         try:
-            parse_authority(f"{flow.request.host}:{flow.request.port}")
+            parse_authority(
+                f"[{host}]:{flow.request.port}" if ":" in host else f"{host}:{flow.request.port}"
+            )
         except AuthorityError as exc:
             found = malformed("the CONNECT target", str(exc))
             flow.metadata[DESTINATION] = (found, Handling.REFUSE)
