@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 from gateway_process import ROOT, free_port, start_gateway, stop_gateway, wait_for
+from marker_origins import write_hosts
 
 ORIGIN_MARK = "schoolgate-test-origin"
 
@@ -168,11 +169,11 @@ class Transparent:
 
     # The names the tests use, as the school's DNS would answer them: the gateway checks every
     # name against the address the client connected to, with its own resolver.
-    hosts_names = ("origin.test", "social.test")
+    def hosts(self) -> dict[str, list[str]]:
+        return {name: [self.host_ip] for name in ("origin.test", "social.test")}
 
     def gateway_up(self) -> None:
-        hosts = self.tmp / "hosts"
-        hosts.write_text(f"{self.host_ip} {' '.join(self.hosts_names)}\n")
+        hosts = write_hosts(self.tmp / "hosts", self.hosts())
         self.proc = start_gateway(
             self.config,
             self.data_dir,

@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -250,3 +251,88 @@ def s_client(*args: str, request: bytes, netns: str | None = None, timeout: floa
         data=run.stdout,
         error=run.stderr.decode(errors="replace"),
     )
+
+
+# -- transparent mode: straight to the address (the router redirects it to the gateway) ---------
+
+
+def tls_direct(
+    address: str,
+    port: int,
+    sni: str | None,
+    request: bytes,
+    *,
+    source: str,
+    alpn: list[str] | None = None,
+) -> Outcome:
+    try:
+        sock = open_from((address, port), source)
+    except OSError as exc:
+        return Outcome(error=str(exc))
+    return tls_on(sock, sni, request, alpn=alpn)
+
+
+def raw_direct(address: str, port: int, payload: bytes, *, source: str) -> Outcome:
+    try:
+        sock = open_from((address, port), source)
+    except OSError as exc:
+        return Outcome(error=str(exc))
+    data = raw_on(sock, payload)
+    sock.close()
+    return Outcome(status=_status(data), data=data)
+
+
+def h2_direct(
+    address: str, port: int, sni: str, headers: list[tuple[str, str]], *, source: str
+) -> Outcome:
+    try:
+        tls = tls_wrap(open_from((address, port), source), sni, ["h2"])
+    except (OSError, ssl.SSLError) as exc:
+        return Outcome(tls=False, error=str(exc))
+    return h2_on(tls, [tuple(h) for h in headers])
+
+
+_DIRECT = {"tls_direct": tls_direct, "raw_direct": raw_direct, "h2_direct": h2_direct}
+
+
+def in_netns(netns: str, attack: str, *args, **kwargs) -> Outcome:
+    """Run one of the direct attacks from inside a network namespace (a pupil's VLAN)."""
+    import base64
+    import json
+    import sys
+
+    spec = json.dumps(
+        {
+            "attack": attack,
+            "args": [base64.b64encode(a).decode() if isinstance(a, bytes) else a for a in args],
+            "bytes": [i for i, a in enumerate(args) if isinstance(a, bytes)],
+            "kwargs": kwargs,
+        }
+    )
+    here = str(Path(__file__).resolve().parent)
+    run = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c",
+         f"import sys; sys.path.insert(0, {here!r}); import tunnel_attacks; "
+         "tunnel_attacks._main()"],
+        input=spec.encode(),
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr.decode(errors="replace"))
+    found = json.loads(run.stdout)
+    found["data"] = base64.b64decode(found["data"])
+    return Outcome(**found)
+
+
+def _main() -> None:
+    import base64
+    import json
+    import sys
+    from dataclasses import asdict
+
+    spec = json.loads(sys.stdin.read())
+    args = [base64.b64decode(a) if i in spec["bytes"] else a for i, a in enumerate(spec["args"])]
+    outcome = asdict(_DIRECT[spec["attack"]](*args, **spec["kwargs"]))
+    outcome["data"] = base64.b64encode(outcome["data"]).decode()
+    print(json.dumps(outcome))

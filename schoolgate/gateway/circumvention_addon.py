@@ -54,7 +54,7 @@ from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.destinations import destination_of
 from schoolgate.gateway.findings import blocking_findings, mark
-from schoolgate.gateway.flowinfo import request_view, user_of
+from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.gateway.tunnels import OpenTunnels
@@ -624,11 +624,16 @@ class CircumventionGuard:
         user = _user_of(flow)
         client_ip = _peer_ip(flow.client_conn)
         identity = self._identify(client_ip, user)
+        written = view.host
+        if view.named_host is not None and is_address(target_host(written)):
+            # Transparent mode (or a request to an address): the client wrote no host but the
+            # Host header; the address is the destination check's, not a host to report.
+            written = view.host_header
         # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
         # tls_seen, destination): keywords cost a fifth more, on every request.
         facts = TrafficFacts(
             "request",
-            view.host,
+            written,
             view.port,
             flow.client_conn.sni,
             view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
