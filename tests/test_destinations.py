@@ -297,6 +297,15 @@ def test_an_sni_must_name_the_destination_of_a_tunnel_that_is_not_decrypted(
     assert not by_name.context.server.error
     bare = tls_to(gw, None, ("203.0.113.9", 443))  # no SNI, a public address
     assert bare.context.server.error
+    # no SNI to a name: the server there may serve any site asked for inside
+    unnamed = tls_to(gw, None, ("allowed.test", 443))
+    assert "names no site" in unnamed.context.server.error
+    from schoolgate.gateway.flowinfo import remember_tunnel_user
+
+    staff = hello(None, ip=VISITOR_IP, address=("gov.test", 443))  # never decrypted
+    remember_tunnel_user(staff.context.client, "alice")  # staff: not a filtered role
+    top(gw).tls_clienthello(staff)
+    assert staff.ignore_connection and not staff.context.server.error
     assert {e["detail"]["evidence"]["verdict"] for e in circumvention(gw, "destination")} == {
         "mismatch",
         "no_name",
@@ -317,6 +326,11 @@ def test_a_malformed_sni_is_refused(gw: Gateway) -> None:
     for sni in ("gov.test..", "203.0.113.9", "gov test"):
         data = tls_to(gw, sni, ("gov.test", 443), ip=STUDENT_IP)
         assert data.ignore_connection and data.context.server.error, sni
+    # A server name mitmproxy could not read (it gives none): there, but not a host name.
+    unread = hello(None, ip=STUDENT_IP, address=("gov.test", 443))
+    unread.client_hello.extensions = [(0, b"\x00\x0e\x00\x00\x0b%73ocial.test")]
+    assert top(gw).tls_clienthello(unread) is None
+    assert "not a host name" in unread.context.server.error
 
 
 # -- tunnels that carry neither TLS nor HTTP -------------------------------------------------------

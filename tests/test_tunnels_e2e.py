@@ -185,6 +185,15 @@ def test_class1_tunnels_naming_a_site_they_do_not_go_to(net: Net, refused) -> No
         "visitor, no SNI to an address": tls_through(
             net.proxy, attacker, None, smuggled, source=VISITOR
         ),
+        "visitor, no SNI to an allowed name (a shared server serves any site inside)": (
+            tls_through(
+                net.proxy,
+                f"allowed.test:{net.port_of('allowed_tls')}",
+                None,
+                smuggled,
+                source=VISITOR,
+            )
+        ),
         "visitor, an IPv4-mapped IPv6 address": tls_through(
             net.proxy,
             f"[::ffff:127.0.0.13]:{net.port_of('attacker_tls')}",

@@ -73,6 +73,14 @@ def destination_of(subject: Any) -> Verdicts | None:
     return subject.metadata.get(DESTINATION)
 
 
+def _names_a_server(hello: Any) -> bool:
+    """Whether a ClientHello carries a server name extension (read or not)."""
+    try:
+        return any(kind == 0 for kind, _ in hello.extensions)
+    except Exception:  # noqa: BLE001 - a hello mitmproxy could not take apart names nothing
+        return False
+
+
 def _peer(client: connection.Client) -> str | None:
     peer = client.peername
     return str(peer[0]) if peer else None
@@ -185,6 +193,11 @@ class DestinationCheck:
         context = data.context
         raw_sni = data.client_hello.sni
         sni = None
+        if raw_sni is None and _names_a_server(data.client_hello):
+            # mitmproxy leaves out a server name that is not a host name: it is there, unread.
+            found = malformed("the TLS server name", "not a host name")
+            setattr(data, DESTINATION, (found, Handling.REFUSE))
+            return None
         if raw_sni is not None:
             try:
                 sni = parse_server_name(raw_sni)
@@ -202,8 +215,20 @@ class DestinationCheck:
         if policy.should_intercept(policy.identify(client_ip, user), sni or target):
             return None  # decrypted: each request is checked
         if not is_address(target):
-            if sni is None or sni == target:
+            if sni == target:
                 return None  # the client named it, and the gateway resolves that name
+            if sni is None:
+                # Encrypted, undecrypted and naming no site: the server at the name may be a
+                # shared one that serves any site asked for inside.
+                found = Destination(
+                    Verdict.NO_NAME,
+                    target,
+                    None,
+                    f"an encrypted connection to {target} that names no site (no SNI), which "
+                    "the filter cannot see into",
+                )
+                self._settle_tls(data, found, address[1], client_ip, user)
+                return None
             return self._two_names(data, target, sni, address[1], client_ip, user)
         found = self._verify(target, sni)
         if isinstance(found, Destination):
