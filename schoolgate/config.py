@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
-from schoolgate.bans import load_circumvention, load_sanctions
+from schoolgate.bans import load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.circumvention_settings import load_circumvention
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
 from schoolgate.lists import Matcher, parse_entries, parse_list

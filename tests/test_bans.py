@@ -15,12 +15,12 @@ from schoolgate.bans import (
     SanctionSettings,
     SanctionStage,
     Supervision,
-    load_circumvention,
     load_sanctions,
     parse_subject,
     subject_for,
 )
 from schoolgate.configfile import Issues, Section, load_yaml
+from schoolgate.core.circumvention_settings import load_circumvention
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -329,6 +329,33 @@ circumvention:
     assert c.allowed_ports == (80, 443)
     sec, issues = section_of(tmp_path, "circumvention: {detectors: all}\n", "circumvention")
     assert load_circumvention(sec).detectors is None and not issues
+
+
+def test_load_what_a_filtered_role_may_not_do(tmp_path):
+    sec, issues = section_of(
+        tmp_path,
+        """
+circumvention:
+  filtered_roles: [student, wizard]
+  allowed_raw_destinations: [10.1.2.3, "mis.school.example:1433", "10.0.0.0/33", "a..b"]
+  destination_mismatch: ignore
+""",
+        "circumvention",
+    )
+    c = load_circumvention(sec, known_roles={"student", "staff"})
+    text = "\n".join(str(i) for i in issues.items)
+    assert "circumvention.filtered_roles[1]: unknown role 'wizard'" in text
+    assert "circumvention.allowed_raw_destinations[2]" in text
+    assert "circumvention.allowed_raw_destinations[3]" in text
+    assert "circumvention.destination_mismatch: expected one of refuse, connect_to_name" in text
+    assert all(".yaml:" in str(i) for i in issues.items)  # each names its file and line
+    assert c.filtered_roles == frozenset({"student"})
+    assert c.filters("student") and not c.filters("staff")
+    assert [d.text for d in c.allowed_raw_destinations] == ["10.1.2.3", "mis.school.example:1433"]
+    assert c.destination_mismatch == "refuse"
+    default = load_circumvention(None)
+    assert default.filters("staff") and default.filters(None)  # every role, by default
+    assert default.address_allowed("10.9.8.7") and not default.address_allowed("8.8.8.8")
 
 
 # -- the store ------------------------------------------------------------------------------------

@@ -9,19 +9,27 @@
   configured :class:`~schoolgate.circumvention.Detectors`. A finding is kept once per
   connection (its :attr:`~schoolgate.circumvention.CircumventionEvent.key`), recorded through
   the decision log's queue as an event of kind ``circumvention`` with all its evidence, and
-  counted on the sanction :class:`~schoolgate.bans.Ladder`.
-* A stage that puts a lockout or ban in force does so in memory at once; a background thread
-  writes it to the database and re-reads the bans and supervision sessions in force every
-  ``schoolgate_bans_interval`` seconds (a ban made by another gateway, the portal or the CLI,
-  and a ban lifted, take effect within that time). Hooks never touch the database.
+  counted on the sanction :class:`~schoolgate.bans.Ladder`: once an attempt, however many
+  findings it makes (a connection's CONNECT, ClientHello and first request are one attempt).
+* The findings that block a filtered role (DoH, DoT, a web proxy, Tor) and the sites shown
+  through a wrapper are left on the flow for Enforcement (:mod:`~schoolgate.gateway.findings`).
+* A stage that puts a lockout or ban in force does so in memory at once, and closes the
+  tunnels and WebSockets the subject has open (:mod:`~schoolgate.gateway.tunnels`); a
+  background thread (:mod:`~schoolgate.gateway.ban_sync`) writes it to the database and re-reads
+  the bans and supervision sessions in force every ``schoolgate_bans_interval`` seconds (a ban
+  made by another gateway, the portal or the CLI, and a ban lifted, take effect within that
+  time, and close what is open too). Hooks never touch the database.
 * A suspended subject's requests get the suspension page (``request``); tunnels that are not
   intercepted are refused at the CONNECT or the ClientHello. The portal and the configured
-  essentials stay open. A warning stage shows the warning page once, on the next page load.
+  essentials stay open. A warning stage shows the warning page once, on the next page load,
+  and no lockout or ban comes before the pupil has seen it
+  (:mod:`~schoolgate.gateway.sanction_pages`).
 * While a supervision session runs, the user browses under the normal policy and every request
   is recorded (kind ``supervised``) with the session's id.
 
-Anything that fails here is logged and lets the request go on to Enforcement, which decides it
-(and fails closed itself): a broken detector must not open or close the internet.
+Nothing here catches its own failures: a detector or hook that raises makes the dispatch refuse
+the traffic with the page that says the filter failed (it could not be checked), and a detector
+that failed still has the others' findings recorded.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
@@ -41,7 +49,6 @@ from schoolgate.bans import (
     DISABLED,
     BanBook,
     BanState,
-    CircumventionSettings,
     Ladder,
     Outcome,
     SanctionSettings,
@@ -49,14 +56,19 @@ from schoolgate.bans import (
     subject_for,
 )
 from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
-from schoolgate.core.destination import Destination, Handling, Verdict
+from schoolgate.core.circumvention_settings import CircumventionSettings
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
-from schoolgate.gateway.destinations import destination_of
-from schoolgate.gateway.findings import blocking_findings, mark
+from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
+from schoolgate.gateway.findings import mark
 from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
+from schoolgate.gateway.sanction_pages import (
+    SanctionPages,
+    peer_ip,
+    refused_destination,
+)
 from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.hosts import normalize_host
 from schoolgate.model import Identity
@@ -65,17 +77,7 @@ log = logging.getLogger(__name__)
 
 # Sanction stages the e-safety team is told about (alert: a role that is not sanctioned).
 ALERTED_ACTIONS = frozenset({"alert", "warn", "lockout", "ban"})
-ALERT_TEXT = (
-    "An attempt to get round the school's web filter reached the '{action}' stage.\n\n"
-    "Who: {subject} ({role})\nWhen: {at}\nWhat: {summary} (detector {detector})\n"
-    "Event reference: {ref}\nBan reference: {ban_ref}\n\n"
-    "The evidence is in the decision log: schoolgate events --kind circumvention"
-)
 
-EVENT_KIND = "circumvention"
-SUPERVISED_KIND = "supervised"
-SUSPENDED_KIND = "suspended"
-WARNED_KIND = "warned"  # the warning page was shown to the subject
 _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 
 
@@ -93,26 +95,11 @@ class _Attempt:
         self.counted = False
 
 
-def _refused_destination(subject: Any) -> Destination | None:
-    """The destination check's verdict, when it refused the destination as unknown (not when
-    the resolver merely failed): what the ``unverified_destination`` detector reports."""
-    verdicts = destination_of(subject)
-    if verdicts is None or verdicts[1] is not Handling.REFUSE:
-        return None
-    found = verdicts[0]
-    return None if found.verdict is Verdict.LOOKUP_FAILED else found
-
-
 def _url_of(request: http.Request) -> Callable[[], str]:
     return lambda: request.pretty_url
 
 
-def _peer_ip(client: connection.Client) -> str | None:
-    peer = client.peername
-    return str(peer[0]) if peer else None
-
-
-class CircumventionGuard:
+class CircumventionGuard(SanctionPages, BanSync):
     name = "schoolgate_circumvention"
 
     def __init__(self, holder: PolicyHolder, recorder: Recorder, *, clock=None) -> None:
@@ -340,7 +327,7 @@ class CircumventionGuard:
         count: bool = True,
     ) -> Outcome:
         at = self.clock()
-        client_ip = _peer_ip(client)
+        client_ip = peer_ip(client)
         subject = self.subject_of(identity, user, client_ip) or "device:unknown"
         ref = new_ref()
         self._counted[ref] = at
@@ -485,14 +472,14 @@ class CircumventionGuard:
         host = flow.request.host
         client = flow.client_conn
         self._tunnel[client] = (user, host)
-        client_ip = _peer_ip(client)
+        client_ip = peer_ip(client)
         identity = self._identify(client_ip, user)
         facts = TrafficFacts(
             stage="connect",
             host=host,
             port=flow.request.port,
             scheme="https",
-            destination=_refused_destination(flow),
+            destination=refused_destination(flow),
         )
         found = self._inspect(client, facts, identity, user=user, url=None, method=None)
         if found:
@@ -529,7 +516,7 @@ class CircumventionGuard:
         user = tunnel[0] if tunnel else None
         # Regular mode: the host the client asked the proxy for; transparent: the SNI.
         host = tunnel[1] if tunnel else (sni or "")
-        client_ip = _peer_ip(client)
+        client_ip = peer_ip(client)
         identity = self._identify(client_ip, user)
         facts = TrafficFacts(
             stage="tls",
@@ -538,7 +525,7 @@ class CircumventionGuard:
             sni=sni,
             scheme="https",
             tls_seen=True,
-            destination=_refused_destination(data),
+            destination=refused_destination(data),
         )
         found = self._inspect(client, facts, identity, user=user, url=None, method=None)
         if found:
@@ -564,7 +551,7 @@ class CircumventionGuard:
         tunnel = self._tunnel.get(client)
         user = tunnel[0] if tunnel else None
         host = tunnel[1] if tunnel else (address[0] if address else "")
-        client_ip = _peer_ip(client)
+        client_ip = peer_ip(client)
         identity = self._identify(client_ip, user)
         facts = TrafficFacts(
             stage="tls", host=host, port=address[1] if address else None, tls_seen=False
@@ -581,7 +568,7 @@ class CircumventionGuard:
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         """An open WebSocket is cut, with its connection, if its user is suspended later."""
         self._sync()
-        client_ip = _peer_ip(flow.client_conn)
+        client_ip = peer_ip(flow.client_conn)
         user = _user_of(flow)
         identity = self._identify(client_ip, user)
         host = flow.request.host
@@ -622,7 +609,7 @@ class CircumventionGuard:
         if policy is not None and host == policy.settings.portal_host:
             return
         user = _user_of(flow)
-        client_ip = _peer_ip(flow.client_conn)
+        client_ip = peer_ip(flow.client_conn)
         identity = self._identify(client_ip, user)
         written = view.host
         if view.named_host is not None and is_address(target_host(written)):
@@ -642,7 +629,7 @@ class CircumventionGuard:
             headers,
             view.scheme,
             True if view.scheme == "https" else None,
-            _refused_destination(flow) if flow.metadata else None,
+            refused_destination(flow) if flow.metadata else None,
         )
         found = self._inspect(
             flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
@@ -677,394 +664,3 @@ class CircumventionGuard:
             return
         if subject in self._warnings:
             self._maybe_warn(flow, subject, identity, now)
-
-    def _tz(self, identity: Identity):
-        policy = self.holder.policy
-        timetable = policy.timetables.get(identity.site) if policy is not None else None
-        return timetable.tz if timetable is not None else None
-
-    def _suspend(
-        self, flow: http.HTTPFlow, ban: BanState, identity: Identity, subject: str, now: datetime
-    ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import suspended_response_parts
-
-        ref = new_ref()
-        url = flow.request.pretty_url
-        policy = self.holder.policy
-        portal = policy.settings.portal_host if policy is not None else "schoolgate.internal"
-        status, headers, body = suspended_response_parts(
-            ban,
-            url=url,
-            ref=ref,
-            portal_host=portal,
-            appeal=self.sanctions.appeal,
-            headers=flow.request.headers,
-            essentials=self.sanctions.essentials,
-            tz=self._tz(identity),
-            now=now,
-        )
-        flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
-        if wants_html(flow.request.headers):  # page loads only: not every background request
-            from schoolgate.eventlog import _strip_url
-
-            keep = policy.settings.keep_paths if policy is not None else True
-            self.recorder.record(
-                {
-                    "ref": ref,
-                    "at": now,
-                    "kind": SUSPENDED_KIND,
-                    "action": "block",
-                    "client_ip": _peer_ip(flow.client_conn),
-                    "user": identity.user,
-                    "role": identity.role,
-                    "group": identity.group,
-                    "site": identity.site,
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(url, keep),
-                    "rule": f"{ban.kind} {ban.ref}",
-                    "reason": ban.reason,
-                    "detail": {
-                        "ban_ref": ban.ref,
-                        "ban_id": ban.id,
-                        "subject": subject,
-                        "until": ban.ends.isoformat() if ban.ends else None,
-                    },
-                }
-            )
-
-    def _maybe_warn(
-        self, flow: http.HTTPFlow, subject: str, identity: Identity, now: datetime
-    ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import warning_response_parts
-
-        summary, ref, at = self._warnings[subject]
-        if now - at > timedelta(minutes=self.sanctions.window_minutes):
-            del self._warnings[subject]
-            return
-        if flow.request.method not in ("GET", "HEAD") or not wants_html(flow.request.headers):
-            return
-        del self._warnings[subject]
-        self.ladder.warning_shown(subject, now)
-        policy = self.holder.policy
-        portal = policy.settings.portal_host if policy is not None else "schoolgate.internal"
-        blocked = bool(blocking_findings(flow)) or _refused_destination(flow) is not None
-        if policy is not None and not blocked:
-            match = policy.matcher.lookup(
-                normalize_host(request_view(flow.request).named_host or flow.request.host),
-                flow.request.path,
-            )
-            blocked = match is not None and match.category == self.circumvention.category
-        next_stage = next((s for s in self.sanctions.stages if s.action != "warn"), None)
-        next_step = ""
-        if next_stage is not None:
-            next_step = f"More attempts within {self.sanctions.window_minutes} minutes lead to " + (
-                "a short lockout." if next_stage.action == "lockout" else "a ban."
-            )
-        status, headers, body = warning_response_parts(
-            summary,
-            url=flow.request.pretty_url,
-            ref=ref,
-            portal_host=portal,
-            blocked=blocked,
-            next_step=next_step,
-            who=identity.user,
-            tz=self._tz(identity),
-            now=now,
-        )
-        flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}
-        self._record_warned(flow, identity, subject, ref, now)
-
-    def _record_warned(
-        self, flow: http.HTTPFlow, identity: Identity, subject: str, about: str, at: datetime
-    ) -> None:
-        """Evidence that the warning page was shown, which also tells the other gateway
-        processes that this subject has been warned (a lockout may follow)."""
-        self.recorder.record(
-            {
-                "ref": new_ref(),
-                "at": at,
-                "kind": WARNED_KIND,
-                "action": "warn",
-                "client_ip": _peer_ip(flow.client_conn),
-                "user": identity.user,
-                "role": identity.role,
-                "group": identity.group,
-                "site": identity.site,
-                "method": flow.request.method,
-                "scheme": flow.request.scheme,
-                "host": request_view(flow.request).named_host,
-                "category": self.circumvention.category,
-                "rule": "circumvention warning",
-                "reason": "the warning page was shown",
-                "detail": {"subject": subject, "warned_about": about},
-            }
-        )
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        sup = flow.metadata.get("schoolgate_supervision")
-        if not sup:
-            return
-        try:
-            from schoolgate.eventlog import _strip_url
-
-            policy = self.holder.policy
-            keep = policy.settings.keep_paths if policy is not None else True
-            decided = flow.metadata.get("schoolgate") or {}
-            blocked = decided.get("action") == "block"
-            self.recorder.record(
-                {
-                    "ref": new_ref(),
-                    "at": self.clock(),
-                    "kind": SUPERVISED_KIND,
-                    "action": "block" if blocked else "allow",
-                    "client_ip": _peer_ip(flow.client_conn),
-                    "user": sup.get("user"),
-                    "role": sup.get("role"),
-                    "group": sup.get("group"),
-                    "site": sup.get("site"),
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(flow.request.pretty_url, keep),
-                    "rule": f"supervision #{sup.get('id')} by {sup.get('staff')}",
-                    "reason": f"supervised by {sup.get('staff')}",
-                    "detail": {
-                        "supervision_id": sup.get("id"),
-                        "supervision_ref": sup.get("ref"),
-                        "staff": sup.get("staff"),
-                        "subject": sup.get("subject"),
-                        "status": flow.response.status_code if flow.response else None,
-                        "blocked_ref": decided.get("ref") if blocked else None,
-                    },
-                }
-            )
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: could not record a supervised request")
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("schoolgate_supervision") and flow.response is None:
-            self.response(flow)
-
-    # -- the database (background thread) -----------------------------------------------------
-    def save_pending(self) -> bool:
-        """Write the bans made here that are not in the database yet (blocking)."""
-        sessions = self.recorder.sessions
-        if sessions is None:
-            return False
-        with self._lock:
-            while self._unsaved:
-                self._saving.append(self._unsaved.popleft())
-            items = list(self._saving)
-        if not items:
-            return True
-        from schoolgate.bans_store import save_bans
-
-        try:
-            with sessions() as session:
-                save_bans(session, items)
-                session.commit()
-        except Exception:  # noqa: BLE001 - kept and retried
-            log.exception("schoolgate: cannot save %d ban(s) yet; will retry", len(items))
-            return False
-        with self._lock:
-            self._saving = [i for i in self._saving if i not in items]
-        return True
-
-    def send_alerts(self) -> bool:
-        """Queue e-mails/webhooks to the e-safety team for the stages reached (blocking).
-
-        They go into the portal's outbox in one transaction; its sender retries failures, and
-        alerts that cannot even be queued stay here for the next round.
-        """
-        sessions = self.recorder.sessions
-        policy = self.holder.policy
-        if sessions is None or policy is None or not self._alerts:
-            return True
-        from schoolgate.portal.notify import notifier_for
-
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
-        alerts = list(self._alerts)
-        if notifier is None:
-            log.warning(
-                "schoolgate: %d circumvention alert(s) not sent: no notifications "
-                "configured (notifications.smtp or notifications.webhook)",
-                len(alerts),
-            )
-            for _ in alerts:
-                self._alerts.popleft()
-            return True
-        try:
-            with sessions() as session:
-                for alert in alerts:
-                    notifier.notify(
-                        session,
-                        audience="esafety",
-                        event=f"circumvention.{alert['action']}",
-                        subject=f"schoolgate: circumvention {alert['action']} for "
-                        f"{alert['subject']}",
-                        body=ALERT_TEXT.format(**alert),
-                        ref=alert["ref"],
-                    )
-                session.commit()
-        except Exception:  # noqa: BLE001 - kept and retried
-            log.exception("schoolgate: cannot queue %d alert(s) yet; will retry", len(alerts))
-            return False
-        for _ in alerts:
-            self._alerts.popleft()
-        return True
-
-    def refresh(self) -> bool:
-        """Save what is pending, then read the bans and supervision sessions in force."""
-        sessions = self.recorder.sessions
-        if sessions is None:
-            return False
-        self.save_pending()
-        self.send_alerts()
-        from schoolgate.bans_store import bans_current, note_expired, supervisions_current
-
-        now = self.clock()
-        try:
-            with sessions() as session:
-                bans = bans_current(session, now)
-                sups = supervisions_current(session, now)
-                if note_expired(session, now):
-                    session.commit()
-        except Exception:  # noqa: BLE001 - keep the last good book
-            if not self._failing:
-                log.exception("schoolgate: cannot read bans; keeping the last ones read")
-            self._failing = True
-            return False
-        if self._failing:
-            log.info("schoolgate: reading bans again")
-        self._failing = False
-        with self._lock:
-            stored = {b.ref for b in bans}
-            local = [b for b, _, _ in (*self._saving, *self._unsaved) if b.ref not in stored]
-            book = BanBook((*bans, *local), sups)
-            if (book.bans, book.supervisions) != (self.book.bans, self.book.supervisions):
-                log.info(
-                    "schoolgate: %d ban(s) and %d supervision session(s) in force",
-                    len(book.bans),
-                    len(book.supervisions),
-                )
-            changed = book.bans != self.book.bans or book.supervisions != self.book.supervisions
-            self.book = book
-        if changed and self.tunnels.subjects():
-            self._on_loop(self.cut_suspended)
-        self.refreshed_at = now
-        self._read_others_attempts(sessions, now)
-        return True
-
-    def _read_others_attempts(self, sessions, now: datetime) -> None:
-        """Circumvention events recorded since the last look (by any process on this
-        database), handed to the event loop to be counted: the ladder is the loop's alone."""
-        window_start = now - timedelta(minutes=self.sanctions.window_minutes)
-        since = window_start
-        if self._remote_since is not None:
-            # events are written a moment after they happen: look back a little
-            since = max(window_start, self._remote_since - timedelta(minutes=2))
-        rows = self._recorded_attempts(sessions, since)
-        if rows is None:
-            return  # counted at the next look
-        self._remote_since = now
-        if rows:
-            self._on_loop(self.count_recorded, rows, now)
-
-    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn`` on the event loop (the ladder, the tunnels and the book's readers are
-        the loop's alone); at once when there is no loop running."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
-        else:
-            fn(*args)
-
-    @staticmethod
-    def _recorded_attempts(sessions, since: datetime) -> list | None:
-        """(ref, at, detail, kind) of the circumvention events, and of the warnings shown,
-        since ``since``; None if unreadable."""
-        from sqlalchemy import select
-
-        from schoolgate.db import EventRow
-
-        try:
-            with sessions() as session:
-                return session.execute(
-                    select(EventRow.ref, EventRow.at, EventRow.detail, EventRow.kind)
-                    .where(EventRow.kind.in_((EVENT_KIND, WARNED_KIND)), EventRow.at >= since)
-                    .order_by(EventRow.at, EventRow.id)
-                ).all()
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: cannot read recent circumvention events")
-            return None
-
-    def count_recorded(self, rows, now: datetime | None = None) -> int:
-        """Count (quietly: no stage fires for them) the recorded attempts in ``rows`` (ref, at,
-        detail JSON[, kind]) that this process has not counted yet; the next attempt, wherever
-        it is made, meets the stage the total reaches. A warning shown (or a lockout or ban
-        reached, which only follow one) tells this ladder the subject has been warned.
-        Returns how many attempts were new."""
-        import json
-
-        now = now or self.clock()
-        counted = self._counted
-        new = 0
-        for ref, at, text, *kind in rows:
-            if ref in counted:
-                continue
-            counted[ref] = at
-            try:
-                detail = json.loads(text or "{}")
-                if kind and kind[0] == WARNED_KIND:
-                    self.ladder.warning_shown(detail["subject"], at)
-                    continue
-                sanction = detail["sanction"]
-                if sanction.get("counted") is False:
-                    continue  # a repeat, or a finding its attempt already counted with
-                self.ladder.observe(
-                    sanction["subject"],
-                    tuple(detail.get("key") or ()),
-                    int(detail.get("severity", 2)),
-                    at=at,
-                    quiet=True,
-                )
-                if sanction.get("sanction") in ("lockout", "ban", "already"):
-                    self.ladder.warning_shown(sanction["subject"], at)
-                new += 1
-            except (ValueError, KeyError, TypeError):
-                continue
-        cutoff = now - timedelta(minutes=self.sanctions.window_minutes + 5)
-        if len(counted) > 256:
-            self._counted = {r: at for r, at in counted.items() if at > cutoff}
-        if new:
-            log.info(
-                "schoolgate: counted %d circumvention attempt(s) recorded by another gateway "
-                "process (or before a restart)",
-                new,
-            )
-        return new
-
-    def replay_recent(self) -> int:
-        """After a restart: count the circumvention events of the last window again (quietly:
-        no stage fires for them), so that a restart does not reset the ladder."""
-        sessions = self.recorder.sessions
-        if sessions is None or self._replayed:
-            return 0
-        now = self.clock()
-        since = now - timedelta(minutes=self.sanctions.window_minutes)
-        rows = self._recorded_attempts(sessions, since)
-        if rows is None:
-            return 0
-        count = self.count_recorded(rows, now)
-        self._remote_since = now
-        self._replayed = True
-        return count
-
-    def wake(self) -> None:
-        self._worker.wake()
