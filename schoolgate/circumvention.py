@@ -1330,8 +1330,30 @@ def _wrapped_site(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[Circumv
             wrapper=wrapper,
             decoded=how,
             wrapped_listed_entry=entry,
+            wrapped_path=wrapped_path(f.path, wrapped, wrapper) if wrapped else None,
         )
     ]
+
+
+_AFTER_HOST = re.compile(r"(?::\d{1,5})?(/[^\s&#]*)?")
+
+
+def wrapped_path(path: str | None, wrapped: str, wrapper: str = "") -> str | None:
+    """The path of the wrapped URL in a wrapper's request path, where it can be read (a plain
+    or percent-encoded URL after the wrapped host; a translate.goog path is the site's own), so
+    that the wrapped page is decided with its path. None when it cannot be read."""
+    if not path:
+        return None
+    if wrapper == "google-translate-proxy":
+        base, _, query = path.partition("?")
+        kept = [p for p in query.split("&") if p and not p.startswith("_x_tr_")]
+        return base + ("?" + "&".join(kept) if kept else "")
+    text = unquote(path)
+    at = text.lower().find(wrapped)
+    if at < 0:
+        return None
+    found = _AFTER_HOST.match(text, at + len(wrapped))
+    return (found.group(1) if found else None) or "/"
 
 
 @register_detector("web_proxy")

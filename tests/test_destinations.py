@@ -460,3 +460,16 @@ def test_a_ban_closes_the_tunnels_already_open(gw: Gateway) -> None:
         session.commit()
     gw.guard.refresh()  # the ban as another gateway, the portal or the CLI made it
     assert closed == [tunnel.client_conn]
+
+
+def test_a_wrapped_page_is_decided_with_its_path(gw: Gateway) -> None:
+    """wiki.test is read-only for students: reading passes, its sign-in page does not, also
+    when it is fetched through a translator."""
+    login = http_flow("translate.google.com", "/translate?u=https%3A%2F%2Fwiki.test%2Flogin")
+    login.client_conn.sni = None
+    send(gw, login)
+    assert login.response.status_code == 403 and b"wiki.test" in login.response.content
+    page = http_flow("translate.google.com", "/translate?u=https%3A%2F%2Fwiki.test%2Fwiki%2FCat")
+    page.client_conn.sni = None
+    send(gw, page)
+    assert page.response is None

@@ -223,8 +223,9 @@ class Enforcement:
             return self._refusal(
                 facts, event.summary, f"circumvention detector {event.detector}", circumvention=True
             )
-        for wrapped_host, label in wrapped_findings(subject):
-            decision = self._decide(dataclasses.replace(facts, host=wrapped_host, path="/"))
+        for wrapped_host, wrapped_path, label in wrapped_findings(subject):
+            wrapped = dataclasses.replace(facts, host=wrapped_host, path=wrapped_path, method="GET")
+            decision = self._decide(wrapped)
             if not decision.allowed:
                 reason = f"{wrapped_host}, shown through {label}, is blocked: {decision.reason}"
                 return dataclasses.replace(decision, reason=reason)

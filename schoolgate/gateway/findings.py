@@ -45,7 +45,7 @@ def mark(subject: Any, found: Sequence[CircumventionEvent], *, filtered: bool) -
         e for e in found if filtered and e.detector in BLOCKING_DETECTORS and e.severity >= 2
     )
     wrapped = tuple(
-        (e.wrapped_host, _label(e))
+        (e.wrapped_host, e.evidence.get("wrapped_path") or "/", _label(e))
         for e in found
         if e.wrapped_host
         and (e.detector == "wrapped_site" or (e.detector == "web_proxy" and not filtered))
@@ -67,5 +67,6 @@ def blocking_findings(subject: Any) -> tuple[CircumventionEvent, ...]:
     return _read(subject, FINDINGS)
 
 
-def wrapped_findings(subject: Any) -> tuple[tuple[str, str], ...]:
+def wrapped_findings(subject: Any) -> tuple[tuple[str, str, str], ...]:
+    """(wrapped host, its path or "/", how the wrapper is named) of each wrapped site."""
     return _read(subject, WRAPPED)
