@@ -1093,3 +1093,20 @@ def test_the_detectors_read_no_header_beyond_those_the_gateway_passes() -> None:
         detectors.inspect(replace(facts, headers=_NotedHeaders(facts.headers, asked=asked)))
     assert {"user-agent", "accept", "x-bare-url"} <= asked
     assert asked <= DETECTOR_HEADERS, f"add {sorted(asked - DETECTOR_HEADERS)} to DETECTOR_HEADERS"
+
+
+def test_the_wrapped_page_path_is_read_where_the_wrapper_shows_it() -> None:
+    from schoolgate.circumvention import wrapped_path
+
+    assert wrapped_path("/web/2024/https://social.test/feed?x=1", "social.test") == "/feed?x=1"
+    encoded = "/translate?u=https%3A%2F%2Fwww.instagram.com%2Faccounts%2Femailsignup%2F&sl=auto"
+    assert wrapped_path(encoded, "www.instagram.com") == "/accounts/emailsignup/"
+    goog = "/accounts/emailsignup?_x_tr_sl=auto&_x_tr_tl=en&next=x"
+    assert wrapped_path(goog, "www.instagram.com", "google-translate-proxy") == (
+        "/accounts/emailsignup?next=x"
+    )
+    assert wrapped_path("/newest/http://social.test:8080/x", "social.test") == "/x"
+    assert wrapped_path("/web/2024/social.test", "social.test") == "/"
+    assert wrapped_path("/aHR0cHM6Ly9zb2NpYWwudGVzdC8=", "social.test") is None  # base64
+    event = fired(req("https://web.archive.org/web/2024/https://social.test/feed"), "wrapped_site")
+    assert event.evidence["wrapped_path"] == "/feed"
