@@ -58,7 +58,7 @@ class CircumventionSettings:
 
     def address_allowed(self, address: str) -> bool:
         """Whether ``address`` is in ``allowed_ip_literals`` (the school's own networks)."""
-        return _in_networks(_networks(self.allowed_ip_literals), address)
+        return _in_networks(self.allowed_ip_literals, address)
 
 
 @lru_cache(maxsize=16)
@@ -66,13 +66,14 @@ def _networks(texts: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
     return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
 
+# Keyed by the texts (strings keep their hash; network objects compute theirs every time).
 @lru_cache(maxsize=4096)
-def _in_networks(networks: tuple, address: str) -> bool:
+def _in_networks(texts: tuple[str, ...], address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip.version == net.version and ip in net for net in networks)
+    return any(ip.version == net.version and ip in net for net in _networks(texts))
 
 
 def load_circumvention(

@@ -175,9 +175,19 @@ def target_host(host: str) -> str:
         return spelled
 
 
+_addresses: dict[str, bool] = {}
+
+
 def is_address(host: str) -> bool:
     """Whether a target (as :func:`target_host` spells it) is an IP address."""
-    return ":" in host or (host[-1:].isdigit() and address_host(host) is not None)
+    try:
+        return _addresses[host]
+    except KeyError:
+        found = ":" in host or (host[-1:].isdigit() and address_host(host) is not None)
+        if len(_addresses) >= 4096:
+            _addresses.clear()
+        _addresses[host] = found
+        return found
 
 
 def user_of(flow: http.HTTPFlow) -> str | None:

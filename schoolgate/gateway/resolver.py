@@ -24,6 +24,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ class Resolver:
         self.clock = clock
         self.ttl = ttl
         self.hosts: dict[str, tuple[str, ...]] = {}
+        self._listed: dict[str, DnsAnswer] = {}
         self._answers: dict[str, DnsAnswer] = {}
         self._known: dict[str, dict[str, float]] = {}  # name -> address -> last seen
         self._pending: dict[str, asyncio.Future[DnsAnswer]] = {}
@@ -97,6 +99,11 @@ class Resolver:
         self.ttl = ttl
         if hosts is not None and hosts != self.hosts:
             self.hosts = hosts
+            # Answers that never age (looked up "at" infinity): nothing to ask again.
+            self._listed = {
+                name: DnsAnswer(name, found, frozenset(found), None if found else "no_address", inf)
+                for name, found in hosts.items()
+            }
             self._answers.clear()
 
     def _fresh(self, answer: DnsAnswer, now: float) -> bool:
@@ -108,10 +115,9 @@ class Resolver:
 
     def cached(self, name: str) -> DnsAnswer | None:
         """The answer for ``name`` if one is in the cache and fresh (no lookup)."""
-        listed = self.hosts.get(name)
+        listed = self._listed.get(name)
         if listed is not None:
-            error = None if listed else "no_address"
-            return DnsAnswer(name, listed, frozenset(listed), error, self.clock())
+            return listed
         answer = self._answers.get(name)
         if answer is not None and self._fresh(answer, self.clock()):
             self.hits += 1
