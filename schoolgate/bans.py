@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from schoolgate.core.circumvention_settings import role_names
+
 if TYPE_CHECKING:  # pragma: no cover
     from schoolgate.configfile import Section
 
@@ -189,19 +191,7 @@ def load_sanctions(
             )
     roles = base.roles
     if "roles" in section:
-        named = []
-        known = set(known_roles) if known_roles is not None else None
-        for text, line, name in section.strings("roles"):
-            if known is not None and text not in known:
-                section.issues.add(
-                    section.file,
-                    line,
-                    name,
-                    f"unknown role {text!r}; roles are {', '.join(sorted(known))}",
-                )
-                continue
-            named.append(text)
-        roles = frozenset(named)
+        roles = frozenset(role_names(section, "roles", known_roles))
     appeal = section.text("appeal") or base.appeal
     sup_max = section.number(
         "supervision_max_minutes",

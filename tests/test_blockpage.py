@@ -218,6 +218,18 @@ def test_locked_variant_offers_no_request():
     assert "/request" not in _links(_page(_decision(), locked=True))
 
 
+@pytest.mark.parametrize(
+    "rule", ["circumvention detector doh", "destination check (mismatch)", "raw tunnel"]
+)
+def test_circumvention_variant_offers_no_request(rule: str):
+    reason = "Used DNS-over-HTTPS via doh.example, which hides the sites looked up."
+    page = _page(_decision(category="circumvention", rule=rule, reason=reason, until=None))
+    assert "way round the school" in page and html.escape(reason) in page
+    links = _links(page)
+    assert "/request" not in links and "/report" in links
+    assert "Access cannot be requested" in page
+
+
 def test_age_variant_explains_the_limit():
     page = _page(_decision(**AGE), url="https://www.instagram.com/accounts/emailsignup/")
     assert "age limit" in page

@@ -13,7 +13,6 @@ attacker.test at 127.0.0.13, an allowed raw destination at 127.0.0.20.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway, wait_for
 from marker_origins import MARKER, MarkerOrigin, TestCA, write_hosts
 from tunnel_attacks import (
+    DNS_QUERY,
     Outcome,
     connect,
     curl,
@@ -398,14 +398,6 @@ def test_class4_odd_paths_naming_the_gateway_never_go_upstream(net: Net, refused
 
 # -- 5. wrappers, web proxies, DoH and DoT ---------------------------------------------------------
 
-DNS = (
-    base64.urlsafe_b64encode(
-        bytes.fromhex("abcd01000001000000000000") + b"\x06social\x04test\x00\x00\x01\x00\x01"
-    )
-    .rstrip(b"=")
-    .decode()
-)
-
 
 def test_class5_wrapped_sites_are_decided_on_what_they_wrap(net: Net, refused) -> None:
     p = net.port_of("allowed")
@@ -437,13 +429,13 @@ def test_class5_doh_and_dot_are_blocked(net: Net, refused) -> None:
     base = ["-x", f"http://127.0.0.1:{net.port}", "--cacert", str(net.gateway_ca)]
     before = count(net)
     attempts = {
-        "GET": curl(*base, f"https://doh.test:{p}/dns-query?dns={DNS}&m={m}"),
+        "GET": curl(*base, f"https://doh.test:{p}/dns-query?dns={DNS_QUERY}&m={m}"),
         "POST, HTTP/2": curl(*base, "--http2", "-H", "content-type: application/dns-message",
                              "--data-binary", "@-", f"https://doh.test:{p}/dns-query?m={m}"),
         "JSON": curl(*base, f"https://doh.test:{p}/resolve?name=social.test&type=A&m={m}"),
         "JSON by Accept": curl(*base, "-H", "accept: application/dns-json",
                                f"https://doh.test:{p}/query?name=social.test&m={m}"),
-        "to an address": curl(*base, "-k", f"https://127.0.0.12:{p}/dns-query?dns={DNS}&m={m}"),
+        "to an address": curl(*base, "-k", f"https://127.0.0.12:{p}/dns-query?dns={DNS_QUERY}&m={m}"),
     }  # fmt: skip
     for what, out in attempts.items():
         assert out.status == 403 and b"DNS" in out.data, (what, out)

@@ -13,7 +13,6 @@ Every attempt carries the marker; no origin may ever see it.
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 from gateway_process import wait_for
 from marker_origins import MARKER, MarkerOrigin, TestCA
 from test_transparent_e2e import _REASON, Origin, Transparent, sh, split
-from tunnel_attacks import in_netns, marker_request
+from tunnel_attacks import DNS_QUERY, in_netns, marker_request
 
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
@@ -254,14 +253,6 @@ def test_class4_odd_paths_naming_the_gateway(tnet: Attacked, refused) -> None:
 
 # -- 5. wrappers and DoH ---------------------------------------------------------------------------
 
-DNS = (
-    base64.urlsafe_b64encode(
-        bytes.fromhex("abcd01000001000000000000") + b"\x06social\x04test\x00\x00\x01\x00\x01"
-    )
-    .rstrip(b"=")
-    .decode()
-)
-
 
 def test_class5_wrappers_and_doh(tnet: Attacked, refused) -> None:
     m = MARKER.decode()
@@ -277,7 +268,7 @@ def test_class5_wrappers_and_doh(tnet: Attacked, refused) -> None:
         assert split(out)[1] == "403", (host, out.stdout)
     resolve = ["--cacert", str(tnet.ca), "--resolve", f"doh.test:443:{tnet.school_ip}"]
     doh = {
-        "GET": tnet.curl(tnet.student_ip, *resolve, f"https://doh.test/dns-query?dns={DNS}&m={m}"),
+        "GET": tnet.curl(tnet.student_ip, *resolve, f"https://doh.test/dns-query?dns={DNS_QUERY}&m={m}"),
         "POST": tnet.curl(tnet.student_ip, *resolve, "--http2", "--data-binary", m,
                           "-H", "content-type: application/dns-message",
                           f"https://doh.test/dns-query?m={m}"),

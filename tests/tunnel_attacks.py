@@ -8,6 +8,7 @@ the marker.
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,14 @@ import h2.events
 from marker_origins import MARKER
 
 TIMEOUT = 8.0
+# A DNS query for social.test's address, as DoH sends it (base64url, RFC 8484).
+DNS_QUERY = (
+    base64.urlsafe_b64encode(
+        bytes.fromhex("abcd01000001000000000000") + b"\x06social\x04test\x00\x00\x01\x00\x01"
+    )
+    .rstrip(b"=")
+    .decode()
+)
 
 
 @dataclass

@@ -11,15 +11,17 @@ that is not the named site's (``refuse``, or ``connect_to_name``: go to the name
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from schoolgate.core.destination import RawDestination, parse_raw_destination
 
 if TYPE_CHECKING:  # pragma: no cover
     from schoolgate.configfile import Section
+
+T = TypeVar("T")
 
 DEFAULT_ALLOWED_IP_LITERALS: tuple[str, ...] = (
     "127.0.0.0/8",
@@ -76,6 +78,38 @@ def _in_networks(texts: tuple[str, ...], address: str) -> bool:
     return any(ip.version == net.version and ip in net for net in _networks(texts))
 
 
+def _parse_each(
+    section: Section, key: str, parse: Callable[[str], T], *, expected: str | None = None
+) -> list[T]:
+    """``parse`` applied to each text of a list; a ValueError is an issue with its file, line
+    and field (``expected``, or the error's own message)."""
+    found = []
+    for text, line, name in section.strings(key):
+        try:
+            found.append(parse(text))
+        except ValueError as exc:
+            message = f"{expected}, got {text!r}" if expected else str(exc)
+            section.issues.add(section.file, line, name, message)
+    return found
+
+
+def role_names(section: Section, key: str, known_roles: Iterable[str] | None) -> list[str]:
+    """The roles a list names; an unknown one is an issue (when the roles are known)."""
+    known = set(known_roles) if known_roles is not None else None
+    names = []
+    for text, line, name in section.strings(key):
+        if known is not None and text not in known:
+            section.issues.add(
+                section.file,
+                line,
+                name,
+                f"unknown role {text!r}; roles are {', '.join(sorted(known))}",
+            )
+            continue
+        names.append(text)
+    return names
+
+
 def load_circumvention(
     section: Section | None, *, known_roles: Iterable[str] | None = None
 ) -> CircumventionSettings:
@@ -116,17 +150,14 @@ def load_circumvention(
         detectors = tuple(names)
     nets = DEFAULT_ALLOWED_IP_LITERALS
     if "allowed_ip_literals" in section:
-        found = []
-        for text, line, name in section.strings("allowed_ip_literals"):
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                section.issues.add(
-                    section.file, line, name, f"expected an address or CIDR range, got {text!r}"
-                )
-                continue
-            found.append(text)
-        nets = tuple(found)
+        nets = tuple(
+            _parse_each(
+                section,
+                "allowed_ip_literals",
+                lambda text: ipaddress.ip_network(text, strict=False) and text,
+                expected="expected an address or CIDR range",
+            )
+        )
     ports = DEFAULT_ALLOWED_PORTS
     if "allowed_ports" in section:
         found_ports = []
@@ -142,24 +173,8 @@ def load_circumvention(
     filtered = None
     raw_roles = section.data.get("filtered_roles")
     if raw_roles is not None and raw_roles != "*":
-        names = []
-        for text, line, name in section.strings("filtered_roles"):
-            if known_roles is not None and text not in known_roles:
-                section.issues.add(
-                    section.file,
-                    line,
-                    name,
-                    f"unknown role {text!r}; roles are {', '.join(sorted(known_roles))}",
-                )
-            else:
-                names.append(text)
-        filtered = frozenset(names)
-    raw_destinations = []
-    for text, line, name in section.strings("allowed_raw_destinations"):
-        try:
-            raw_destinations.append(parse_raw_destination(text))
-        except ValueError as exc:
-            section.issues.add(section.file, line, name, str(exc))
+        filtered = frozenset(role_names(section, "filtered_roles", known_roles))
+    raw_destinations = _parse_each(section, "allowed_raw_destinations", parse_raw_destination)
     mismatch = section.choice(
         "destination_mismatch", ("refuse", "connect_to_name"), default="refuse"
     )

@@ -178,6 +178,16 @@ class Enforcement:
         except Exception:  # noqa: BLE001 - a logging failure must not open anything
             log.exception("schoolgate: could not record decision %s", ref)
 
+    def _refused(
+        self, decision: Decision, facts: RequestFacts | None, stage: str
+    ) -> tuple[str, dict]:
+        """Record a refusal at ``stage`` (no page: a CONNECT, a handshake, a tunnel) and give
+        its reference and what the alerts addon reads of it."""
+        ref = new_ref()
+        if facts is not None:
+            self._record(decision, facts, ref=ref, url=None, detail={"stage": stage})
+        return ref, {"ref": ref, "action": "block", "stage": stage, **_alert_keys(decision, facts)}
+
     def _decide(self, facts: RequestFacts) -> Decision:
         policy = self.holder.policy
         if policy is None:
@@ -284,15 +294,7 @@ class Enforcement:
         *,
         status: int = 403,
     ) -> None:
-        ref = new_ref()
-        if facts is not None:
-            self._record(decision, facts, ref=ref, url=None, detail={"stage": "connect"})
-        flow.metadata["schoolgate"] = {
-            "ref": ref,
-            "action": "block",
-            "stage": "connect",
-            **_alert_keys(decision, facts),
-        }
+        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "connect")
         flow.response = http.Response.make(
             status,
             f"Blocked by the school's web filter: {decision.reason}\nReference: {ref}\n",
@@ -351,18 +353,10 @@ class Enforcement:
     def _refuse_tls(
         self, data: tls.ClientHelloData, decision: Decision, facts: RequestFacts | None
     ) -> None:
-        ref = new_ref()
-        if facts is not None:
-            self._record(decision, facts, ref=ref, url=None, detail={"stage": "tls"})
+        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
+        ref, data.schoolgate = self._refused(decision, facts, "tls")
         data.ignore_connection = True
         data.context.server.error = f"blocked by schoolgate ({ref}): {decision.reason}"
-        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
-        data.schoolgate = {
-            "ref": ref,
-            "action": "block",
-            "stage": "tls",
-            **_alert_keys(decision, facts),
-        }
 
     # -- tunnels that carry neither TLS nor HTTP ------------------------------------------------
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
@@ -409,17 +403,9 @@ class Enforcement:
     def _refuse_tcp(
         self, flow: tcp.TCPFlow, decision: Decision, facts: RequestFacts | None
     ) -> None:
-        ref = new_ref()
-        if facts is not None:
-            self._record(decision, facts, ref=ref, url=None, detail={"stage": "tunnel"})
+        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "tunnel")
         # Set before the upstream connection opens (lazy): mitmproxy then never makes it.
         flow.server_conn.error = f"blocked by schoolgate ({ref}): {decision.reason}"
-        flow.metadata["schoolgate"] = {
-            "ref": ref,
-            "action": "block",
-            "stage": "tunnel",
-            **_alert_keys(decision, facts),
-        }
 
     # -- HTTP -----------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:

@@ -49,6 +49,19 @@ def refused_destination(subject: Any) -> Destination | None:
     return None if found.verdict is Verdict.LOOKUP_FAILED else found
 
 
+def _who_and_what(flow: http.HTTPFlow, identity: Identity) -> dict[str, Any]:
+    """The event columns saying who made a request, and what kind of request."""
+    return {
+        "client_ip": peer_ip(flow.client_conn),
+        "user": identity.user,
+        "role": identity.role,
+        "group": identity.group,
+        "site": identity.site,
+        "method": flow.request.method,
+        "scheme": flow.request.scheme,
+    }
+
+
 class SanctionPages:
     """The guard's pages and supervision records (see the module docstring)."""
 
@@ -86,17 +99,11 @@ class SanctionPages:
             keep = policy.settings.keep_paths if policy is not None else True
             self.recorder.record(
                 {
+                    **_who_and_what(flow, identity),
                     "ref": ref,
                     "at": now,
                     "kind": SUSPENDED_KIND,
                     "action": "block",
-                    "client_ip": peer_ip(flow.client_conn),
-                    "user": identity.user,
-                    "role": identity.role,
-                    "group": identity.group,
-                    "site": identity.site,
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
                     "host": normalize_host(flow.request.pretty_host),
                     "url": _strip_url(url, keep),
                     "rule": f"{ban.kind} {ban.ref}",
@@ -161,17 +168,11 @@ class SanctionPages:
         processes that this subject has been warned (a lockout may follow)."""
         self.recorder.record(
             {
+                **_who_and_what(flow, identity),
                 "ref": new_ref(),
                 "at": at,
                 "kind": WARNED_KIND,
                 "action": "warn",
-                "client_ip": peer_ip(flow.client_conn),
-                "user": identity.user,
-                "role": identity.role,
-                "group": identity.group,
-                "site": identity.site,
-                "method": flow.request.method,
-                "scheme": flow.request.scheme,
                 "host": request_view(flow.request).named_host,
                 "category": self.circumvention.category,
                 "rule": "circumvention warning",
