@@ -1600,6 +1600,8 @@ _NAME_ONLY = frozenset(
     }
 )
 _CLEAN_NAMES_MAX = 65536
+# Detectors that look only at a destination the gateway refused: run only when there is one.
+_WHEN_REFUSED = frozenset({"unverified_destination"})
 
 
 def wrapper_label(name: str) -> str:
@@ -1627,6 +1629,7 @@ class Detectors:
         "_allowed_nets",
         "_fns",
         "_request_fns",
+        "_refused_fns",
         "_clean_names",
         "_ip_allowed",
     )
@@ -1656,8 +1659,9 @@ class Detectors:
         self._allowed_nets = tuple(
             ipaddress.ip_network(c.strip(), strict=False) for c in allowed_ip_literals
         )
-        self._fns = tuple((n, _REGISTRY[n]) for n in names)
+        self._fns = tuple((n, _REGISTRY[n]) for n in names if n not in _WHEN_REFUSED)
         self._request_fns = tuple((n, fn) for n, fn in self._fns if n not in _NAME_ONLY)
+        self._refused_fns = tuple((n, _REGISTRY[n]) for n in names if n in _WHEN_REFUSED)
         # Destinations the name-only detectors found nothing in: a page's next requests to
         # the same site skip them (this set belongs to one configuration and its lists).
         self._clean_names: set[tuple] = set()
@@ -1688,14 +1692,17 @@ class Detectors:
         clean = names in self._clean_names
         events: list[CircumventionEvent] = []
         name_only_quiet = True
-        failed: list[str] = []
-        for name, fn in self._request_fns if clean else self._fns:
+        failed: list[str] | None = None
+        fns = self._request_fns if clean else self._fns
+        if facts.destination is not None:
+            fns += self._refused_fns
+        for name, fn in fns:
             try:
                 found = fn(self, facts, hi)
             except Exception:
                 log.exception("circumvention detector %s failed on host %r", name, facts.host)
                 name_only_quiet = False
-                failed.append(name)
+                failed = [*(failed or ()), name]
                 continue
             if found:
                 events.extend(found)

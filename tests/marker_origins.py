@@ -9,7 +9,9 @@ assert that no origin ever received it.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import socket
 import ssl
 import threading
@@ -145,11 +147,12 @@ class MarkerOrigin:
 
     def _handle(self, conn: socket.socket) -> None:
         data = bytearray()
+        upgraded = False
         with self._lock:
             self.received.append(b"")
             index = len(self.received) - 1
         try:
-            conn.settimeout(3)
+            conn.settimeout(30)
             if self.context is not None:
                 try:
                     conn = self.context.wrap_socket(conn, server_side=True)
@@ -165,6 +168,15 @@ class MarkerOrigin:
                 data += chunk
                 with self._lock:
                     self.received[index] = bytes(data)
+                if (
+                    b"\r\n\r\n" in data
+                    and data[:1].isalpha()
+                    and b"upgrade: websocket" in (bytes(data).lower())
+                ):
+                    if not upgraded:
+                        conn.sendall(_websocket_accept(bytes(data)))
+                        upgraded = True
+                    continue  # a WebSocket: stays open, keeping what it is sent
                 if b"\r\n\r\n" in data and data[:1].isalpha():
                     body = ORIGIN_ANSWER
                     conn.sendall(
@@ -186,6 +198,20 @@ class MarkerOrigin:
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
+
+
+def _websocket_accept(request: bytes) -> bytes:
+    """The 101 answer to a WebSocket handshake (RFC 6455)."""
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
 
 
 def write_hosts(path: Path, names: dict[str, Iterable[str]]) -> Path:

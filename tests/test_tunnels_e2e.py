@@ -28,6 +28,7 @@ from tunnel_attacks import (
     h2_on,
     http_via,
     marker_request,
+    open_from,
     raw_through,
     s_client,
     tls_through,
@@ -443,3 +444,47 @@ def test_class5_doh_and_dot_are_blocked(net: Net, refused) -> None:
     assert dot == 403
     events = circumvention_events(net, before, wanted=5)
     assert {"doh", "dot"} <= {e["rule"].rsplit(" ", 1)[-1] for e in events}
+
+
+# -- a ban closes what is already open (last: it bans a device for the rest of the module) -------
+
+BANNED = "127.0.0.3"  # a device no network rule names: a guest (filtered, not decrypted)
+
+
+def test_a_ban_closes_open_tunnels_and_websockets(net: Net) -> None:
+    from schoolgate.bans_store import add_ban
+    from schoolgate.db import open_database
+
+    sock, status = connect(net.proxy, f"gov.test:{net.port_of('gov_tls')}", BANNED)
+    assert status == 200
+    tunnel = tls_wrap(sock, "gov.test")  # a tunnel that is not decrypted, open and idle
+    ws = open_from(net.proxy, BANNED)
+    port = net.port_of("allowed")
+    ws.sendall(
+        f"GET http://allowed.test:{port}/chat HTTP/1.1\r\nHost: allowed.test:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    assert ws.recv(4096).startswith(b"HTTP/1.1 101"), "the WebSocket did not open"
+    sessions = open_database(f"sqlite:///{net.data_dir}/schoolgate.db")
+    with sessions() as session:  # as the portal makes one
+        add_ban(session, BANNED, by="it.support", minutes=60, reason="circumvention (test)")
+        session.commit()
+
+    def closed(sock) -> bool:
+        sock.settimeout(0.5)
+        try:
+            return sock.recv(4096) == b""
+        except (TimeoutError, BlockingIOError):
+            return False
+        except OSError:  # reset, or the TLS layer's view of a cut connection
+            return True
+
+    # the gateway reads the bans in force every few seconds (schoolgate_bans_interval)
+    assert wait_for(lambda: closed(ws), timeout=30), net.log.read_text()[-2000:]
+    assert wait_for(lambda: closed(tunnel), timeout=30), net.log.read_text()[-2000:]
+    assert "open connection(s) of suspended users" in net.log.read_text()
+    # and a new one meets the suspension
+    again = tls_through(net.proxy, f"gov.test:{net.port_of('gov_tls')}", "gov.test",
+                        b"GET / HTTP/1.1\r\nHost: gov.test\r\n\r\n", source=BANNED)  # fmt: skip
+    assert again.refused, again

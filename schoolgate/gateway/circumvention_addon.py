@@ -612,7 +612,8 @@ class CircumventionGuard(SanctionPages, BanSync):
         client_ip = peer_ip(flow.client_conn)
         identity = self._identify(client_ip, user)
         written = view.host
-        if view.named_host is not None and is_address(target_host(written)):
+        named = view.named_host
+        if named is not None and named != written and is_address(target_host(written)):
             # Transparent mode (or a request to an address): the client wrote no host but the
             # Host header; the address is the destination check's, not a host to report.
             written = view.host_header

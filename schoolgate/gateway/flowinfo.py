@@ -144,7 +144,11 @@ def request_hosts(request: http.Request, sni: str | None = None) -> tuple[str, l
     any other host this request also reaches or names: where the connection goes
     (``request.host``: an absolute URL, the CONNECT target or, transparent, the address) and
     the TLS SNI. Each is decided: a Host header cannot smuggle a request to a blocked host."""
-    view = request_view(request)
+    return view_hosts(request_view(request), sni)
+
+
+def view_hosts(view: RequestView, sni: str | None = None) -> tuple[str, list[str]]:
+    """:func:`request_hosts` of a request whose view is at hand."""
     target = target_host(view.host)
     named = view.named_host
     primary = named or target

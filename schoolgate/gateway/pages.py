@@ -193,10 +193,20 @@ class GatewayPages:
         return named
 
     def is_own(self, flow: http.HTTPFlow) -> bool:
+        named = request_view(flow.request).named_host
+        policy = self.holder.policy
+        if (
+            named is not None
+            and policy is not None
+            and named != policy.settings.portal_host
+            and not named.startswith("wpad")
+            and not named[-1:].isdigit()
+            and ":" not in named
+        ):
+            return False  # a site on the internet: the usual case, decided at once
         host = self._own_name(flow)
         if host is None:
             return False
-        policy = self.holder.policy
         if policy is not None and host == policy.settings.portal_host:
             return True
         if (host == "wpad" or host.startswith("wpad.")) and flow.request.path in PAC_PATHS:
