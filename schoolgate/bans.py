@@ -466,6 +466,7 @@ class Ladder:
         event_ref: str | None = None,
         quiet: bool = False,
         count: bool = True,
+        points: float | None = None,
     ) -> Outcome:
         """Count one event and say what it leads to.
 
@@ -474,7 +475,8 @@ class Ladder:
         force for the subject, if any (a ban in force is not made again; a lockout in force is
         replaced by a ban stage). ``quiet``: rebuilding after a restart (no actions).
         ``count`` False: another finding of the same attempt has counted already (one request
-        counts once), so this one is recorded only.
+        counts once), so this one is recorded only; ``points``: what this event counts, when
+        not its severity's points (the rest of an attempt's, or a recorded event's).
 
         With a ``warn`` stage on the ladder, a subject who has not yet seen the warning page
         (:meth:`warning_shown`) is warned rather than locked out or banned; the stage reached
@@ -495,7 +497,8 @@ class Ladder:
                 round(track.total, 6),
                 action="record" if sanctionable else "alert",
             )
-        points = settings.points_for(severity)
+        if points is None:
+            points = settings.points_for(severity)
         before = track.total
         track.events.append((at, points, event_ref))
         track.total += points

@@ -473,3 +473,20 @@ def test_a_wrapped_page_is_decided_with_its_path(gw: Gateway) -> None:
     page.client_conn.sni = None
     send(gw, page)
     assert page.response is None
+
+
+def test_an_attempt_counts_with_its_most_serious_finding(gw: Gateway) -> None:
+    """A tunnel to an odd port (severity 1: half a point) whose first request is DoH
+    (severity 2: a point) is one attempt worth one point, not one and a half."""
+    config = Path(gw.config)
+    config.write_text(config.read_text() + "bans:\n  roles: [student]\n")
+    gw.holder.reload()
+    tunnel = send(gw, connect_flow("doh.test", port=8888))
+    inside = http_flow("doh.test", f"/dns-query?dns={DNS_QUERY.decode()}", scheme="https")
+    inside.request.port = 8888
+    inside.client_conn = tunnel.client_conn  # the same connection: the same attempt
+    inside.client_conn.sni = "doh.test"
+    send(gw, inside)
+    assert gw.guard.ladder.total(f"device:{STUDENT_IP}") == 1.0
+    counted = [e["detail"]["sanction"] for e in gw.events() if e["kind"] == "circumvention"]
+    assert sorted(s["points"] for s in counted if s["counted"]) == [0.5, 0.5]

@@ -214,6 +214,7 @@ class BanSync:
                     int(detail.get("severity", 2)),
                     at=at,
                     quiet=True,
+                    points=sanction.get("points"),  # what it counted (part of an attempt's)
                 )
                 if sanction.get("sanction") in ("lockout", "ban", "already"):
                     self.ladder.warning_shown(sanction["subject"], at)

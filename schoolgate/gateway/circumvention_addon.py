@@ -87,12 +87,13 @@ _user_of = user_of
 class _Attempt:
     """One attempt of a pupil's, which counts once on the ladder however many findings it
     makes: a connection's CONNECT, TLS ClientHello and first request together, or one later
-    request on the connection."""
+    request on the connection. It counts with its most serious finding's points: a finding
+    more serious than those counted so far (found at a later stage) adds only the difference."""
 
-    __slots__ = ("counted",)
+    __slots__ = ("points",)
 
     def __init__(self) -> None:
-        self.counted = False
+        self.points = 0.0
 
 
 def _url_of(request: http.Request) -> Callable[[], str]:
@@ -302,6 +303,7 @@ class CircumventionGuard(SanctionPages, BanSync):
             seen.add(event.key)
             if callable(url):  # built only for evidence: pretty_url costs ~10 us a request
                 url = url()
+            more = self.sanctions.points_for(event.severity) - attempt.points
             outcome = self._handle(
                 event,
                 facts,
@@ -310,9 +312,11 @@ class CircumventionGuard(SanctionPages, BanSync):
                 user=user,
                 url=url,
                 method=method,
-                count=not attempt.counted,
+                count=more > 0,
+                points=more,
             )
-            attempt.counted = attempt.counted or outcome.counted
+            if outcome.counted:
+                attempt.points += outcome.points
 
     def _handle(
         self,
@@ -325,6 +329,7 @@ class CircumventionGuard(SanctionPages, BanSync):
         url: str | None,
         method: str | None,
         count: bool = True,
+        points: float | None = None,
     ) -> Outcome:
         at = self.clock()
         client_ip = peer_ip(client)
@@ -343,6 +348,7 @@ class CircumventionGuard(SanctionPages, BanSync):
             reason=event.summary,
             event_ref=ref,
             count=count,
+            points=points,
         )
         if outcome.ban is not None:
             with self._lock:
