@@ -2,6 +2,7 @@
 upstream connection.
 
     python3 bench/destination_bench.py [--requests 20000] [--connections 2000] [--repeats 5]
+    python3 bench/destination_bench.py --callgrind   # instructions a check: same on a busy machine
 
 1. The destination check's ``request`` hook (``schoolgate/gateway/destinations.py``), in this
    process, on the tests' gateway config (127.0.0.1 a student) with a hosts file, for the
@@ -14,14 +15,21 @@ upstream connection.
    loop's own ``getaddrinfo`` (a thread-pool call every time) and with the gateway's resolver
    installed (one lookup, then the cache). It prints the lookups the resolver made for
    ``--connections`` connections: a warm connection adds none.
+
+``--callgrind`` runs each shape of (1) under ``valgrind --tool=callgrind`` with N and 2N calls
+(N = ``--requests`` / 10, the runs side by side) and prints the difference of the instruction
+counts a call, which other work on the machine does not change.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +55,7 @@ def flow(target: str, host_header: str):
     return made
 
 
-def check_cost(args: argparse.Namespace) -> None:
+def checker() -> DestinationCheck:
     work = Path(tempfile.mkdtemp(prefix="destination-bench-"))
     hosts = work / "hosts"
     hosts.write_text("127.0.0.12 origin.bench\n")
@@ -56,12 +64,54 @@ def check_cost(args: argparse.Namespace) -> None:
     holder.preload(load_policy(config, data_dir=work), config, work)
     check = DestinationCheck(holder)
     check.resolver.configure(hosts=read_hosts_file(hosts), ttl=60)
-    shapes = {
-        "named target (explicit proxy)": flow("origin.bench", "origin.bench"),
-        "an address in the school's network": flow("127.0.0.12", "127.0.0.12"),
-        "an address, Host verified (transparent)": flow("127.0.0.12", "origin.bench"),
-        "an address, Host elsewhere (refused)": flow("127.0.0.13", "origin.bench"),
-    }
+    return check
+
+
+SHAPES = {
+    "named target (explicit proxy)": ("origin.bench", "origin.bench"),
+    "an address in the school's network": ("127.0.0.12", "127.0.0.12"),
+    "an address, Host verified (transparent)": ("127.0.0.12", "origin.bench"),
+    "an address, Host elsewhere (refused)": ("127.0.0.13", "origin.bench"),
+}
+
+
+def run_only(shape: int, calls: int) -> None:
+    """The calls of one shape, for callgrind (one warm call first)."""
+    check = checker()
+    sample = flow(*list(SHAPES.values())[shape])
+    for _ in range(calls + 1):
+        sample.metadata.clear()
+        check.request(sample)
+
+
+def instructions(args: argparse.Namespace) -> None:
+    n = max(args.requests // 10, 100)
+    runs = {}
+    for shape in range(len(SHAPES)):
+        for calls in (n, 2 * n):
+            command = [
+                "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                __file__, "--only", str(shape), "--requests", str(calls),
+            ]  # fmt: skip
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
+            runs[shape, calls] = subprocess.Popen(
+                command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            )
+    print(f"destination check, instructions a call ({n} and {2 * n} calls under callgrind):")
+    for shape, what in enumerate(SHAPES):
+        counts = []
+        for calls in (n, 2 * n):
+            err = runs[shape, calls].communicate()[1]
+            found = re.search(r"Collected : (\d+)", err)
+            if found is None:
+                raise SystemExit(f"valgrind failed:\n{err[-2000:]}")
+            counts.append(int(found.group(1)))
+        print(f"  {what:45s} {(counts[1] - counts[0]) / n:9,.0f}")
+
+
+def check_cost(args: argparse.Namespace) -> None:
+    check = checker()
+    shapes = {what: flow(*shape) for what, shape in SHAPES.items()}
     print(f"destination check, {args.requests} calls, median of {args.repeats} runs:")
     for what, sample in shapes.items():
         timings = []
@@ -120,7 +170,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only is not None:
+        run_only(args.only, args.requests)
+        return
+    if args.callgrind:
+        instructions(args)
+        return
     check_cost(args)
     connection_cost(args)
 

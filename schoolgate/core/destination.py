@@ -76,6 +76,10 @@ class Destination:
 
 
 NAMED = Destination(Verdict.NAMED)
+# The good verdicts, once each: a request to an address gets one of these (no detail to keep),
+# and building a frozen value for every request would cost more than the check itself.
+LOCAL = Destination(Verdict.LOCAL, detail="a local address")
+VERIFIED = Destination(Verdict.VERIFIED, detail="an address of the name")
 
 
 def verify(
@@ -90,7 +94,7 @@ def verify(
     clients reach the address without a name (its own networks)."""
     if name is None or name == address:
         if local(address):
-            return Destination(Verdict.LOCAL, address, None, f"{address} is a local address")
+            return LOCAL
         return Destination(
             Verdict.NO_NAME,
             address,
@@ -112,7 +116,7 @@ def verify(
             f"{name} has no address, yet the connection to {address} claims to be it",
         )
     if answer.has(address):
-        return Destination(Verdict.VERIFIED, address, name, "", answer.addresses)
+        return VERIFIED
     return Destination(
         Verdict.MISMATCH,
         address,

@@ -35,7 +35,9 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 
 from schoolgate.core.authority import AuthorityError, parse_authority, parse_server_name
 from schoolgate.core.destination import (
+    LOCAL,
     NAMED,
+    VERIFIED,
     Destination,
     DnsAnswer,
     Handling,
@@ -309,7 +311,7 @@ class DestinationCheck:
         self._settle(flow, await pending)
 
     def _settle(self, flow: http.HTTPFlow, found: Destination) -> None:
-        if found.verdict is Verdict.LOCAL or found.verdict is Verdict.VERIFIED:
+        if found is LOCAL or found is VERIFIED:
             return  # as NAMED: nothing for the others to do
         action = self._handling(found, _peer(flow.client_conn), user_of(flow))
         if action is Handling.CONNECT_TO_NAME and found.name is not None:
