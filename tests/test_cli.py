@@ -322,8 +322,8 @@ def test_allow_is_audited(config, capsys):
 
 
 def test_bad_lines_in_a_subscribed_list_are_warnings_not_a_refusal(tmp_path, capsys):
-    # UT1's vpn list (real, third-party) has lines that are not valid domains.
-    ut1 = Path(__file__).resolve().parents[2] / "shared" / "list-samples" / "ut1" / "vpn"
+    # UT1's vpn list (real, third-party; shipped as a snapshot) beside a list with a bad line.
+    ut1 = Path(__file__).resolve().parents[1] / "blocklists" / "ut1" / "vpn"
     bad = tmp_path / "bad.txt"
     bad.write_text("good-vpn.example\nnot a domain\n")
     categories = {
