@@ -23,6 +23,10 @@ is a language tag (``en``, ``cy``, ``pl``, ``pt-br``). Every file is a mapping:
     ``lower`` (1 or 2), or drops them (``suppress: true``); never a ``firm`` term.
 ``remove``
     Terms of this theme, shipped in another file, that the school does not want.
+``spellings`` (in a file without ``theme``)
+    Common misspellings and text-speak of single words, ``suicide: [sucide, suiside]``,
+    ``to: ['2']``, ``want to: [wanna]``: the normaliser reads them as the word (or words)
+    wherever they appear, so every term with the word matches them.
 
 Loading never stops at the first problem: every error names the file, the line and the field
 (:class:`~schoolgate.configfile.ConfigError`), and a broken file never loads half a library.
@@ -49,11 +53,15 @@ THEMES: dict[str, str] = {
     "pornography": "Pornography",
 }
 SEVERITIES = (1, 2, 3)
-FILE_KEYS = frozenset({"theme", "title", "language", "terms", "allow", "context", "remove"})
+FILE_KEYS = frozenset(
+    {"theme", "title", "language", "terms", "allow", "context", "remove", "spellings"}
+)
 TERM_KEYS = frozenset({"term", "severity", "firm", "spellings", "note"})
 CONTEXT_KEYS = frozenset({"phrase", "lower", "suppress", "themes"})
 SUPPRESS = 3  # a context rule's lowering that drops any severity
 _THEME_NAME = re.compile(r"[a-z][a-z0-9_]{1,40}")
+_ONE_WORD = re.compile(r"[^\W_]+")
+_WORDS = re.compile(r"[^\W_]+(?: [^\W_]+)*")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")
 
 
@@ -90,6 +98,7 @@ class Library:
     allow: tuple[Allow, ...] = ()
     context: tuple[ContextRule, ...] = ()
     themes: dict[str, str] = field(default_factory=dict)  # name -> title
+    spellings: dict[str, str] = field(default_factory=dict)  # misspelt word -> word
     languages: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
 
@@ -132,6 +141,7 @@ class _Reader:
         self.context: list[ContextRule] = []
         self.removed: list[tuple[str, str, str, str, int, str]] = []
         self.themes: dict[str, str] = dict(THEMES)
+        self.spellings: dict[str, tuple[str, str]] = {}  # misspelt -> (word, where)
         self.context_themes: list[tuple[Section, str, int, str]] = []
         self.files: list[str] = []
         self.languages: set[str] = set()
@@ -162,6 +172,11 @@ class _Reader:
             self.allow.append(Allow(phrase, theme, f"{shown}:{line}"))
         for item in sec.sections("context"):
             self._context(item, theme)
+        if "spellings" in sec:
+            if theme is not None:
+                sec.error("spellings", "word spellings go in a file without 'theme'")
+            else:
+                self._spellings(sec)
         if theme is not None:
             for text, line, name in sec.strings("remove"):
                 self.removed.append((theme, language, text.lower(), shown, line, name))
@@ -200,6 +215,33 @@ class _Reader:
             item.error("term", f"{text!r} is already listed at {self.terms[key].source}")
             return
         self.terms[key] = Term(text, theme, severity, firm, spellings, note, language, source)
+
+    def _spellings(self, sec: Section) -> None:
+        table = sec.section("spellings")
+        if table is None:
+            return
+        for word in table.keys():
+            where = f"{table.file}:{table.line_of(word)}"
+            if not isinstance(word, str) or not _WORDS.fullmatch(word):
+                table.error(word, "spellings belong to a word or words (letters and digits)")
+                continue
+            for wrong, line, name in table.strings(word):
+                wrong = wrong.lower()
+                if not _ONE_WORD.fullmatch(wrong) or wrong == word.lower():
+                    self.issues.add(
+                        table.file, line, name, f"{wrong!r} is not another one-word spelling"
+                    )
+                    continue
+                if wrong in self.spellings and self.spellings[wrong][0] != word.lower():
+                    first, at = self.spellings[wrong]
+                    self.issues.add(
+                        table.file,
+                        line,
+                        name,
+                        f"{wrong!r} is already a spelling of {first!r} ({at})",
+                    )
+                    continue
+                self.spellings[wrong] = (word.lower(), where)
 
     def _context(self, item: Section, theme: str | None) -> None:
         item.check_keys(CONTEXT_KEYS)
@@ -244,6 +286,7 @@ class _Reader:
             allow=tuple(self.allow),
             context=tuple(self.context),
             themes=self.themes,
+            spellings={wrong: word for wrong, (word, _) in self.spellings.items()},
             languages=tuple(sorted(self.languages)),
             files=tuple(self.files),
         )

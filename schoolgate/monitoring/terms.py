@@ -13,8 +13,10 @@ skeleton, so that what a pupil may write to get past a word list still matches:
    ``o i e a s t a s i i`` (``k1ll``, ``$uicide``, ``n4zi``); a word of digits alone stays
    (``1488``). Since ``1`` and ``|`` may also stand for ``l``, each term is also compiled
    with its ``l``\\ s read as ``i`` (``se1f harm``).
-4. **Sound-alike spellings**: ``ph``->``f``, ``ck``->``k``, ``c`` before ``e i y``->``s``,
-   other ``c``->``k``, ``x``->``ks`` (``suiside``, ``extasy``, ``secks``).
+4. **Misspelt words** from the library's ``spellings`` (``sucide``, ``wnat``) read as the
+   word, wherever they are; then **sound-alike spellings**: ``ph``->``f``, ``ck``->``k``,
+   ``c`` before ``e i y``->``s``, other ``c``->``k``, ``x``->``ks`` (``suiside``,
+   ``extasy``, ``secks``).
 5. **Repeated letters** count once (``kiiiill``, ``canabis``).
 
 Matching runs on the words joined without spaces, and a match counts only where it starts and
@@ -128,8 +130,9 @@ def _sound(found: re.Match[str]) -> str:
     return _SOUNDS[found.lastindex or 0] or ""
 
 
-def normalise(text: str) -> Normalised:
-    """The skeleton of ``text`` (see the module's description)."""
+def normalise(text: str, spellings: dict[str, str] | None = None) -> Normalised:
+    """The skeleton of ``text`` (see the module's description). ``spellings``: misspelt
+    word -> word, both as :func:`spelling_table` gives them."""
     text = text[:MAX_TEXT]
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
@@ -147,6 +150,8 @@ def normalise(text: str) -> Normalised:
     if " " in spaced:
         spaced = _SPELLED.sub(lambda m: m.group().replace(" ", ""), spaced)
     spaced = _LEET_WORD.sub(_leet, spaced)
+    if spellings:
+        spaced = " ".join([spellings.get(w, w) for w in spaced.split(" ")])
     spaced = _SOUND.sub(_sound, spaced)
     spaced = _REPEAT.sub(r"\1", spaced)
     words = tuple(w for w in spaced.split(" ") if w)
@@ -158,6 +163,15 @@ def normalise(text: str) -> Normalised:
         at += len(word)
         bounds[at] = 1
     return Normalised(words, joined, bounds)
+
+
+def spelling_table(spellings: dict[str, str]) -> dict[str, str]:
+    """A library's word spellings as :func:`normalise` reads them (after case and leetspeak,
+    before the sound-alike rules)."""
+    out = {}
+    for wrong, word in spellings.items():
+        out[_LEET_WORD.sub(_leet, wrong.lower())] = _LEET_WORD.sub(_leet, word.lower())
+    return out
 
 
 def _l_variants(text: str) -> set[str]:
@@ -260,6 +274,7 @@ class Matcher:
         self.terms: tuple[Term, ...] = library.terms
         self.allows: tuple[Allow, ...] = library.allow
         self.rules: tuple[ContextRule, ...] = library.context
+        self.spellings = spelling_table(library.spellings)
         self.automaton = ahocorasick.Automaton()
         self.patterns = 0
         issues = issues if issues is not None else Issues()
@@ -291,7 +306,7 @@ class Matcher:
         source: str,
         report: bool,
     ) -> bool:
-        norm = normalise(text)
+        norm = normalise(text, self.spellings)
         if len(norm.joined) < MIN_PATTERN:
             if report:
                 file, _, line = source.rpartition(":")
@@ -313,7 +328,7 @@ class Matcher:
     def _warn_idle_allows(self, allows: list[Allow], issues: Issues) -> None:
         """An allow-phrase in which no term of its theme matches does nothing: say so."""
         for allow in allows:
-            terms, _, _ = self._scan(normalise(allow.phrase))
+            terms, _, _ = self._scan(normalise(allow.phrase, self.spellings))
             if any(allow.theme in (None, self.terms[index].theme) for index, _, _ in terms):
                 continue
             file, _, line = allow.source.rpartition(":")
@@ -329,7 +344,7 @@ class Matcher:
         """Every term in ``text`` with its final severity; :data:`NOTHING` for none."""
         if not text or not self.patterns:
             return NOTHING
-        return self.assess_normalised(normalise(text))
+        return self.assess_normalised(normalise(text, self.spellings))
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
         found_terms, found_allows, found_rules = self._scan(norm)
@@ -445,4 +460,5 @@ __all__ = [
     "Normalised",
     "load_matcher",
     "normalise",
+    "spelling_table",
 ]
