@@ -33,11 +33,13 @@ themes, except ``firm`` ones, so a pupil cannot hide "kill myself" behind "macbe
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import ahocorasick
 
@@ -100,14 +102,14 @@ _LEET = str.maketrans(
         "!": "i",
     }
 )
+_LEET_CHAR = re.compile(r"[0-9@$|!]")
 _LETTER = re.compile(r"[^\W\d_]")
-_SOUND = re.compile(r"(ph)|(ck)|(c(?=[eiy]))|(c)|(x)")
-_SOUNDS = (None, "f", "k", "s", "k", "ks")
+_SOFT_C = re.compile(r"c(?=[eiy])")
 _REPEAT = re.compile(r"(.)\1+")
+_FIRST_GROUP = operator.itemgetter(1)  # a C-level callable: no Python call per repeat
 
 
-@dataclass(frozen=True, slots=True)
-class Normalised:
+class Normalised(NamedTuple):
     """A text as the matcher reads it: its words joined, and where each word ends."""
 
     words: tuple[str, ...]
@@ -124,10 +126,6 @@ def _leet(found: re.Match[str]) -> str:
     if _LETTER.search(word):
         return word.translate(_LEET)
     return re.sub(r"[@$|!]", "", word)
-
-
-def _sound(found: re.Match[str]) -> str:
-    return _SOUNDS[found.lastindex or 0] or ""
 
 
 def normalise(text: str, spellings: dict[str, str] | None = None) -> Normalised:
@@ -149,18 +147,23 @@ def normalise(text: str, spellings: dict[str, str] | None = None) -> Normalised:
     spaced = " ".join(_WORD.findall(text))
     if " " in spaced:
         spaced = _SPELLED.sub(lambda m: m.group().replace(" ", ""), spaced)
-    spaced = _LEET_WORD.sub(_leet, spaced)
+    if _LEET_CHAR.search(spaced):
+        spaced = _LEET_WORD.sub(_leet, spaced)
     if spellings:
         spaced = " ".join([spellings.get(w, w) for w in spaced.split(" ")])
-    spaced = _SOUND.sub(_sound, spaced)
-    spaced = _REPEAT.sub(r"\1", spaced)
-    words = tuple(w for w in spaced.split(" ") if w)
+    # sound-alikes: ph -> f, ck -> k, c before e/i/y -> s, other c -> k, x -> ks
+    if "ph" in spaced:
+        spaced = spaced.replace("ph", "f")
+    if "c" in spaced:
+        spaced = _SOFT_C.sub("s", spaced.replace("ck", "k")).replace("c", "k")
+    if "x" in spaced:
+        spaced = spaced.replace("x", "ks")
+    spaced = _REPEAT.sub(_FIRST_GROUP, spaced)
+    words = tuple(spaced.split())
     joined = "".join(words)
     bounds = bytearray(len(joined) + 1)
     bounds[0] = 1
-    at = 0
-    for word in words:
-        at += len(word)
+    for at in itertools.accumulate(map(len, words)):
         bounds[at] = 1
     return Normalised(words, joined, bounds)
 
