@@ -134,10 +134,30 @@ def test_allow_phrases_suppress_and_say_which(tmp_path):
 
 
 def test_allow_phrase_only_for_its_theme(tmp_path):
+    files = {
+        "en/drugs.yaml": "theme: drugs\nterms: [{term: weed, severity: 1}]\n",
+        "en/weapons_violence.yaml": (
+            "theme: weapons_violence\nterms: [{term: kill, severity: 1}]\nallow: [kill weed]\n"
+        ),
+    }
+    found = _matcher(tmp_path / "a", files).assess("how to kill weed")
+    assert [(m.theme, m.active) for m in found.matches] == [
+        ("drugs", True),
+        ("weapons_violence", False),
+    ]
+    everywhere = {**files, "en/context.yaml": "allow: [kill weed]\n"}
+    assert _matcher(tmp_path / "b", everywhere).assess("how to kill weed").severity == 0
+
+
+def test_a_shorter_term_inside_a_longer_one_is_not_reported_again(tmp_path):
     matcher = _matcher(tmp_path, SMALL)
+    found = matcher.assess("how to kill myself")
+    assert [m.term for m in found.matches] == ["kill myself"]  # not "kill" in violence too
     found = matcher.assess("i could kill myself laughing")
-    assert found.severity == 1  # suicide suppressed; "kill" in violence is still there
-    assert {m.suppressed_by for m in found.suppressed} == {"kill myself laughing"}
+    assert found.severity == 0
+    assert [(m.term, m.suppressed_by) for m in found.matches] == [
+        ("kill myself", "kill myself laughing")
+    ]
 
 
 def test_context_lowers_but_never_a_firm_term(tmp_path):

@@ -388,6 +388,8 @@ class Matcher:
     ) -> tuple[Match, ...]:
         best: dict[tuple[str, str], Match] = {}
         for index, start, end in found_terms:
+            if any(s <= start and end <= e and e - s > end - start for _, s, e in found_terms):
+                continue  # the same words as a longer term ("kill" in "kill myself")
             term = self.terms[index]
             match = self._judge(term, start, end, found_allows, found_rules)
             key = (term.theme, term.text)
