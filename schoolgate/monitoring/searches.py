@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, unquote_to_bytes
 
 from schoolgate.hosts import is_google_host, normalize_host
@@ -293,8 +294,10 @@ def _country_host(host: str, name: str) -> bool:
     return 1 <= len(tail) <= 2 and all(0 < len(label) <= 3 for label in tail)
 
 
+@lru_cache(maxsize=8192)
 def engine_of(host: str) -> Engine | None:
-    """The engine and its routes for a normalised host, or None (a couple of string checks)."""
+    """The engine and its routes for a normalised host, or None (a couple of string checks;
+    cached, since a school's requests go to the same hosts again and again)."""
     found = EXACT_HOSTS.get(host)
     if found is not None:
         return found
@@ -412,7 +415,9 @@ def capture(
         texts.append(clean)
     cleaned: list[str] = []
     for text in texts:
-        text = " ".join(text.translate(_CONTROLS).split())
+        if not text.isprintable():
+            text = text.translate(_CONTROLS)
+        text = " ".join(text.split())
         if text and text not in cleaned:
             cleaned.append(text)
     if not cleaned:
@@ -461,7 +466,7 @@ def _pattern_route(
 
 def _hashtag(engine: str, tag: str | None) -> Search | None:
     text, bad = _decode(tag or "", None)
-    text = " ".join(text.translate(_CONTROLS).split())[:MAX_TERM]
+    text = " ".join(text.translate(_CONTROLS).split())[:MAX_TERM]  # a rare path
     if not text:
         return None
     return Search(engine=engine, term=f"#{text}", vertical="hashtags", malformed=bad)
