@@ -55,7 +55,7 @@ from schoolgate.monitoring.library import (
 )
 
 MIN_PATTERN = 3  # a term shorter than this once normalised matches too much
-MAX_TEXT = 2000  # characters of a text that are read
+MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
 MAX_L_VARIANTS = 3  # a term's first three l's are also compiled as i
 
 # -- the normaliser -----------------------------------------------------------------------------
@@ -387,8 +387,9 @@ class Matcher:
         found_rules: list[int],
     ) -> tuple[Match, ...]:
         best: dict[tuple[str, str], Match] = {}
+        covered = _covered_spans({(start, end) for _, start, end in found_terms})
         for index, start, end in found_terms:
-            if any(s <= start and end <= e and e - s > end - start for _, s, e in found_terms):
+            if (start, end) in covered:
                 continue  # the same words as a longer term ("kill" in "kill myself")
             term = self.terms[index]
             match = self._judge(term, start, end, found_allows, found_rules)
@@ -433,6 +434,18 @@ class Matcher:
             term.theme, severity, term.text, term.severity, term.firm, None, by, term.note,
             term.source,
         )  # fmt: skip
+
+
+def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The spans inside a longer one, in one sweep (a pupil's "kill kill kill ..." must not
+    cost quadratic time)."""
+    covered = set()
+    reach = -1  # the furthest end of a span that starts at or before this one
+    for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if reach >= end:
+            covered.add((start, end))
+        reach = max(reach, end)
+    return covered
 
 
 def _aligned(bounds: bytearray, start: int, end: int, inner: frozenset[int]) -> bool:
