@@ -1,0 +1,1 @@
+"""The pure policy core: nothing here imports mitmproxy, SQLAlchemy or Flask."""
