@@ -13,6 +13,7 @@ from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.staff_signin import read_oidc, read_totp
 from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
@@ -186,11 +187,16 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     portal_host = "schoolgate.internal"
     portal_extra: dict = {}
     if portal:
-        portal.check_keys({"host", "port", "secret_key_file", "listen_host", "slt_required"})
+        portal.check_keys(
+            {"host", "port", "secret_key_file", "listen_host", "slt_required", "totp", "oidc"}
+        )
         portal_host = (portal.text("host") or portal_host).lower()
         slt_required = _slt_required(portal.section("slt_required"))
         if slt_required is not None:
             portal_extra["slt_required"] = slt_required
+        # staff sign-in: two-factor codes and the school's identity provider
+        portal_extra["totp"] = read_totp(portal.section("totp"))
+        portal_extra["oidc"] = read_oidc(portal.section("oidc"), base)
 
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}

@@ -11,9 +11,10 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from schoolgate.core.staff_signin import STAFF_ROLES
 from schoolgate.db import Base, UTCDateTime, utcnow
 
-STAFF_ROLES = ("it_support", "slt", "teacher", "network_manager")
+__all__ = ["STAFF_ROLES", "OutboxRow", "PortalRequestRow", "StaffRow"]
 
 # What a request or report can be; "awaiting_slt" holds IT Support's proposed exception until
 # SLT approve it.
