@@ -7,80 +7,27 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 from accessibility import axe_violations, chromium, describe
+from test_blockpage import AGE, ERROR, LOCKED, LONDON, NOW, READ_ONLY, _decision, _page
 from werkzeug.serving import make_server
 
 from schoolgate.bans import BanState
-from schoolgate.blockpage import render_block_page, sign_ref
 from schoolgate.config import load_policy
 from schoolgate.db import open_database
-from schoolgate.model import Action, Decision, Identity, ListMatch, Window
 from schoolgate.portal.app import create_app, make_identify
 from schoolgate.suspension import render_suspended_page, render_warning_page
 
-LONDON = ZoneInfo("Europe/London")
-NOW = datetime(2026, 11, 30, 10, 12, tzinfo=LONDON)
 SECRET = b"k" * 32
 URL = "https://www.facebook.com/groups/year9-chat/posts/1234567890?ref=share&utm_source=x"
-PUPIL = Identity(role="student", site="main", user="ben", group="9B", client_ip="10.20.1.5")
-P2 = Window("lesson", "P2", NOW.replace(minute=0), NOW.replace(hour=11, minute=0), "main")
 # Both widths in light mode; dark mode changes colours only, so once (at 1280 px).
 VIEWS = [(1280, 900, "light"), (320, 640, "light"), (1280, 900, "dark")]
-
-
-def _decision(**kw) -> Decision:
-    values = dict(
-        action=Action.BLOCK,
-        identity=PUPIL,
-        window=P2,
-        category="social_media",
-        reason="social_media is blocked for student in lesson (P2).",
-        rule="rules[0] (mitm_config.yaml:80)",
-        match=ListMatch("social_media", "facebook.com", "social.txt:3", "domain"),
-        until=NOW.replace(hour=11, minute=0),
-    )
-    values.update(kw)
-    return Decision(**values)
-
-
-VARIANTS = {
-    "rule": {},
-    "read_only": dict(
-        category="wikipedia",
-        reason="wikipedia is read-only for student in lesson: POST requests (posting, editing, "
-        "signing in) are blocked.",
-    ),
-    "locked": dict(category="illegal", rule="locked category illegal", until=None),
-    "age": dict(
-        category="age_restricted",
-        until=None,
-        reason="Signing up to Instagram needs you to be at least 13.",
-    ),  # fmt: skip
-    "error": dict(
-        category=None,
-        window=None,
-        until=None,
-        rule="fail closed",
-        error="KeyError",
-        reason="The filter could not evaluate its policy.",
-    ),  # fmt: skip
-}
+VARIANTS = {"rule": {}, "read_only": READ_ONLY, "locked": LOCKED, "age": AGE, "error": ERROR}
 
 
 def _block_page(variant: str) -> str:
-    return render_block_page(
-        _decision(**VARIANTS[variant]),
-        url=URL,
-        ref="0123456789abcdef",
-        signed_ref=sign_ref(SECRET, "0123456789abcdef"),
-        portal_host="schoolgate.internal",
-        advice=("Safe: keep your personal information safe.", "Tell: tell a trusted adult."),
-        tz=LONDON,
-        now=NOW,
-    )
+    return _page(_decision(**VARIANTS[variant]), url=URL)
 
 
 def _ban(kind: str) -> BanState:

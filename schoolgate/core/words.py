@@ -274,14 +274,19 @@ def category_words(name: str | None) -> str:
     return plain(name) or "uncategorised"
 
 
+# What each kind of exception is, for people.
+EXCEPTION_KINDS: Mapping[str, str] = MappingProxyType(
+    {"curriculum": "a teacher's class override", "unlist": "a correction of the list"}
+)
+
+
+def exception_kind(kind: str) -> str:
+    return EXCEPTION_KINDS.get(kind, "an exception")
+
+
 def _open_by(decision: Decision) -> str:
-    kind = decision.rule.split(" #", 1)[0].strip()
-    number = f"#{decision.exception_id}"
-    if kind == "curriculum":
-        return f"a teacher's class override ({number})"
-    if kind == "unlist":
-        return f"a correction of the list ({number})"
-    return f"an exception ({number})"
+    kind = decision.rule.split(" #", 1)[0].strip()  # "curriculum #4: ..." (AccessException)
+    return f"{exception_kind(kind)} (#{decision.exception_id})"
 
 
 def decision_sentence(
@@ -368,9 +373,8 @@ def exception_words(
         lasts = until(exc.ends, now, tz)
     if exc.starts > now:
         lasts = f"from {moment(exc.starts, now, tz)}, {lasts}"
-    kind = {"curriculum": "a teacher's class override", "unlist": "a correction of the list"}
     by = f" by {exc.created_by}" if exc.created_by else ""
-    return f"{what} open for {who} {lasts}; {kind.get(exc.kind, 'an exception')}{by}"
+    return f"{what} open for {who} {lasts}; {exception_kind(exc.kind)}{by}"
 
 
 __all__ = [
