@@ -45,6 +45,11 @@ from schoolgate.portal.auth import find_staff
 from schoolgate.portal.models import StaffRow
 from schoolgate.store import audit
 
+try:  # Authlib 1.7+ validates claims with joserfc (Python 3.12 gets it; 3.11 gets 1.6)
+    from joserfc.errors import JoseError as ClaimsError
+except ImportError:  # pragma: no cover - Authlib 1.6 and older
+    ClaimsError = JoseError
+
 log = logging.getLogger(__name__)
 
 # Asymmetric only: a token signed with a shared secret (HS256 keyed with the public key) or
@@ -268,7 +273,7 @@ class OidcClient:
                     raise
                 claims = self._decode(id_token, self._keys(refresh=True), params, options)
             claims.validate(now=int(self.clock()), leeway=LEEWAY)
-        except (JoseError, ValueError) as exc:
+        except (JoseError, ClaimsError, ValueError) as exc:
             raise OidcError(
                 "The identity the sign-in service sent could not be trusted; start again.",
                 f"ID token refused: {exc}",
