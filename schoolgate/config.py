@@ -7,12 +7,14 @@ expected); a config with any error yields no policy at all, never a half-loaded 
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.staff_signin import read_oidc, read_totp
+from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
 from schoolgate.lists import Matcher, parse_entries, parse_list
@@ -31,6 +33,9 @@ from schoolgate.retention import read_retention
 from schoolgate.timetable import load_timetable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The config a source checkout ships. Which config a command or the gateway uses when none is
+# given is :func:`default_config` (schoolgate.core.locations): the environment, the
+# system-wide /etc/schoolgate/mitm_config.yaml, then this one in a checkout.
 DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
 LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
@@ -66,6 +71,7 @@ TOP_KEYS = frozenset(
         "privacy",
         "logging",
         "advice",
+        "words",
         *EXTRA_SECTIONS,
     }
 )
@@ -82,8 +88,16 @@ DEFAULT_ADVICE = (
 )
 
 
+def default_config() -> Path:
+    """``SCHOOLGATE_CONFIG``, /etc/schoolgate/mitm_config.yaml when installed system-wide, or
+    the checkout's; raises :class:`~schoolgate.core.locations.LocationError` when none."""
+    return find_config().path
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get("SCHOOLGATE_DATA_DIR", "var"))
+    """``SCHOOLGATE_DATA_DIR``, /var/lib/schoolgate when installed system-wide, or the
+    checkout's ``var/`` (absolute, whatever the current folder)."""
+    return find_data_dir().path
 
 
 def _relative(path_text: str, base: Path) -> Path:
@@ -101,7 +115,7 @@ def _display(path: Path, base: Path) -> str:
 
 def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None = None) -> Policy:
     """Read and validate the config; raise :class:`ConfigError` with every issue found."""
-    config_path = Path(path) if path else DEFAULT_CONFIG
+    config_path = Path(path) if path else default_config()
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     issues = Issues()
     shown = str(config_path)
@@ -173,11 +187,16 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     portal_host = "schoolgate.internal"
     portal_extra: dict = {}
     if portal:
-        portal.check_keys({"host", "port", "secret_key_file", "listen_host", "slt_required"})
+        portal.check_keys(
+            {"host", "port", "secret_key_file", "listen_host", "slt_required", "totp", "oidc"}
+        )
         portal_host = (portal.text("host") or portal_host).lower()
         slt_required = _slt_required(portal.section("slt_required"))
         if slt_required is not None:
             portal_extra["slt_required"] = slt_required
+        # staff sign-in: two-factor codes and the school's identity provider
+        portal_extra["totp"] = read_totp(portal.section("totp"))
+        portal_extra["oidc"] = read_oidc(portal.section("oidc"), base)
 
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}
@@ -240,6 +259,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             required=True,
         )
         role = sec.text("role")
+        if role is not None and role not in role_names:
+            role = aliases.get(role.lower(), role)
         rule_site = site or sec.text("site")
         if rule_site and rule_site not in site_names:
             sec.error("site", f"unknown site {rule_site!r}; sites are {', '.join(site_names)}")
@@ -261,19 +282,22 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     identity = root.section("identity")
     roster: dict[str, RosterEntry] = {}
     roster_source = ""
+    # Other names for roles (the MIS's "pupil" for "student"): honoured wherever a role is named.
+    aliases: dict[str, str] = {}
     if identity is not None:
         identity.check_keys({"networks", "roster", "role_aliases"})
-        for sec in identity.sections("networks"):
-            network_rule(sec, None)
-        aliases: dict[str, str] = {}
         alias_sec = identity.section("role_aliases")
         if alias_sec:
             for key in alias_sec.keys():
                 target = alias_sec.text(key)
                 if target not in role_names:
                     alias_sec.error(key, f"unknown role {target!r}")
+                elif str(key) in role_names and str(key) != target:
+                    alias_sec.error(key, f"{key!r} is a role of its own; it cannot mean {target!r}")
                 else:
                     aliases[str(key).lower()] = target
+        for sec in identity.sections("networks"):
+            network_rule(sec, None)
         roster_text = identity.text("roster")
         if roster_text:
             roster_path = _relative(roster_text, base)
@@ -341,6 +365,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     # -- rules ------------------------------------------------------------------------------
     rules: dict[tuple[str, str | None, str, str], RuleRef] = {}
     category_names = list(categories)
+    rule_count = 0
     for index, sec in enumerate(root.sections("rules")):
         sec.check_keys(
             {
@@ -356,7 +381,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
                 "note",
             }
         )
-        rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role")
+        rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role", aliases)
         groups = [g.lower() for g, _, _ in _plain(sec, ("group", "groups"))] or [None]
         windows = _names(sec, ("window", "windows"), list(WINDOW_KINDS), "window kind")
         cats = _names(sec, ("category", "categories"), category_names, "category")
@@ -366,6 +391,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
                 sec.error("action", f"category {cat!r} is locked: no rule can {action} it")
         if not (rule_roles and windows and cats and action):
             continue
+        rule_count += 1
         label = f"rules[{index}] ({sec.file}:{sec.line})"
         if sec.text("note"):
             label += f" {sec.text('note')}"
@@ -412,7 +438,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         log_allowed = logging_sec.flag("allowed_categories", default=False)
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
     circumvention = load_circumvention(root.section("circumvention"))
-    sanctions = load_sanctions(root.section("bans"), known_roles=roles)
+    role_names_and_aliases = {name: name for name in roles} | aliases
+    sanctions = load_sanctions(root.section("bans"), known_roles=role_names_and_aliases)
+    wording = read_wording(root, roles=role_names)
     # Checked here so that `check-config` and a reload report them like any other error; the
     # jobs, reports and purge read them again from Settings.extra when they run.
     read_retention(root.section("retention"))
@@ -436,8 +464,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         circumvention=circumvention,
         sanctions=sanctions,
         extra={key: root.data.get(key) for key in EXTRA_SECTIONS} | {"portal": portal_extra},
+        wording=wording,
     )
-    return Policy(
+    policy = Policy(
         settings=settings,
         roles=roles,
         resolver=resolver,
@@ -450,6 +479,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         age_restrictions=age_restrictions,
         no_intercept_matcher=no_intercept_matcher,
     )
+    policy.role_aliases = dict(aliases)
+    policy.rule_count = rule_count
+    return policy
 
 
 def _lists_of(sec: Section, base: Path, issues: Issues) -> list:
@@ -474,8 +506,15 @@ def _plain(sec: Section, keys: tuple[str, str]) -> list[tuple[str, int, str]]:
     return sec.strings(plural) + sec.strings(single)
 
 
-def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> list[str]:
-    """Names from ``role``/``roles`` (etc.), '*' meaning all; unknown names reported."""
+def _names(
+    sec: Section,
+    keys: tuple[str, str],
+    known: list[str],
+    what: str,
+    aliases: dict[str, str] | None = None,
+) -> list[str]:
+    """Names from ``role``/``roles`` (etc.), '*' meaning all (``aliases``: other names for
+    known ones); unknown names reported."""
     values = _plain(sec, keys)
     if not values:
         sec.error(None, f"missing required field '{keys[1]}' (a list of {what}s, or '*')")
@@ -486,6 +525,8 @@ def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> 
             names.extend(known)
         elif value in known:
             names.append(value)
+        elif aliases and value.lower() in aliases:
+            names.append(aliases[value.lower()])
         else:
             sec.issues.add(
                 sec.file,

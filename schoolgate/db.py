@@ -20,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import URL, make_url
@@ -242,6 +243,24 @@ def upgrade(engine: Engine) -> None:
             )
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def database_exists(url: str | URL) -> bool:
+    """Whether ``url`` names a schoolgate database already made (its migrations have run):
+    an SQLite file is not created by asking, and an empty PostgreSQL database is not one."""
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database
+        if not name or name == ":memory:":
+            return False
+        if not Path(name).is_file():
+            return False
+    engine = make_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            return inspect(connection).has_table("alembic_version")
+    finally:
+        engine.dispose()
 
 
 def open_database(url: str | URL) -> sessionmaker:

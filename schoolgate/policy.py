@@ -101,6 +101,8 @@ class Settings:
     circumvention: Any = None
     sanctions: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The school's words for roles and windows (schoolgate.core.words.Wording); None: defaults.
+    wording: Any = None
 
 
 class ExceptionSet:
@@ -199,6 +201,10 @@ class Policy:
         self.age_restrictions = age_restrictions
         self.no_intercept_matcher = no_intercept_matcher
         self.warnings: tuple[str, ...] = ()  # skipped list lines etc., set by the loader
+        # Set by the loader: other names for roles (identity.role_aliases, lower case), and
+        # how many rules the config wrote (``rules`` holds them expanded).
+        self.role_aliases: dict[str, str] = {}
+        self.rule_count: int | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple, datetime | None] = {}
 
@@ -215,6 +221,16 @@ class Policy:
 
     def role(self, name: str) -> RoleSettings:
         return self.roles.get(name) or self.roles[GUEST]
+
+    def role_named(self, name: str | None) -> str | None:
+        """The role ``name`` means: a role, or one of ``identity.role_aliases`` (any case);
+        None when it is neither."""
+        if not name:
+            return None
+        text = name.strip()
+        if text in self.roles:
+            return text
+        return self.role_aliases.get(text.lower())
 
     def should_intercept(self, identity: Identity, host: str) -> bool:
         """Whether TLS to ``host`` is opened for this client (the school's CA is deployed)."""

@@ -440,7 +440,7 @@ def export_user(
         items = []
         for row in rows:
             item = _row_dict(row)
-            for secret in ("password_hash", "token"):
+            for secret in ("password_hash", "token", "totp_secret", "totp_recovery"):
                 if secret in item:
                     item[secret] = "(withheld: a credential)"
             items.append(item)

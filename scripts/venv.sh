@@ -27,6 +27,8 @@ ensure_system_tools() {
 	command -v curl >/dev/null || missing+=(curl)
 	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
 	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+	# The two-factor test reads the QR code the portal draws, as a phone's camera would.
+	command -v zbarimg >/dev/null || missing+=(zbar-tools)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2

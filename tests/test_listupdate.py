@@ -160,7 +160,10 @@ def test_cli_update_import_stats(school, capsys, tmp_path):
     config, data_dir, www = school
     common = ["--config", str(config), "--data-dir", str(data_dir)]
     (www / "social.txt").write_text(_domains(200_000, "big"))  # a big list
-    assert main(["lists", "update", *common]) == 0
+    assert main(["lists", "update", *common]) == 1  # no database yet: refused, nothing fetched
+    assert "there is no database yet" in capsys.readouterr().err
+    assert (config.parent / "social.txt").read_text() != _domains(200_000, "big")
+    assert main(["lists", "update", "--init", *common]) == 0
     out = capsys.readouterr().out
     assert "OK      social_media: updated: 100 -> 200000 entries" in out
     assert main(["lists", "stats", "--json", *common]) == 0

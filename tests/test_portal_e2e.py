@@ -204,7 +204,8 @@ class Scenario:
         self.origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
         threading.Thread(target=self.origin.serve_forever, daemon=True).start()
         for user, (roles, groups, email) in STAFF.items():
-            args = ["staff", "add", user, "--email", email, "--password-stdin"]
+            # before the gateway's first start: these make the school's database (--init)
+            args = ["staff", "add", user, "--email", email, "--password-stdin", "--init"]
             for role in roles:
                 args += ["--role", role]
             for group in groups:

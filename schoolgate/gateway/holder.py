@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 from mitmproxy import ctx, exceptions
 
-from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
+from schoolgate.config import DEFAULT_CONFIG, default_config, default_data_dir, load_policy
 from schoolgate.configfile import ConfigError
+from schoolgate.core.locations import LocationError
 from schoolgate.gateway.background import settle_heap
 from schoolgate.policy import Policy
 
@@ -117,13 +118,15 @@ class PolicyHolder:
             "schoolgate_config",
             str,
             "",
-            "schoolgate's policy file (default: the shipped mitm_config.yaml).",
+            "schoolgate's policy file (default: SCHOOLGATE_CONFIG, then "
+            "/etc/schoolgate/mitm_config.yaml when installed system-wide, then the checkout's).",
         )
         loader.add_option(
             "schoolgate_data_dir",
             str,
             "",
-            "schoolgate's data folder: database, block-page secret (default: ./var).",
+            "schoolgate's data folder: database, block-page secret (default: SCHOOLGATE_DATA_DIR, "
+            "then /var/lib/schoolgate when installed system-wide, then the checkout's var/).",
         )
         loader.add_option(
             "schoolgate_reload_interval",
@@ -139,7 +142,10 @@ class PolicyHolder:
             self._wake_watcher()  # a sleeping watcher picks up the new interval
         if not ({"schoolgate_config", "schoolgate_data_dir"} & set(updated)):
             return
-        config_path = Path(ctx.options.schoolgate_config or DEFAULT_CONFIG)
+        try:
+            config_path = Path(ctx.options.schoolgate_config or default_config())
+        except LocationError as exc:
+            raise exceptions.OptionsError(f"schoolgate: {exc}") from None
         data_dir = Path(ctx.options.schoolgate_data_dir or default_data_dir())
         if (
             self.policy is not None

@@ -30,8 +30,10 @@ from pathlib import Path
 from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
-from schoolgate.config import DEFAULT_CONFIG, default_data_dir, load_policy
+from schoolgate.config import load_policy
 from schoolgate.configfile import ConfigError
+from schoolgate.core.locations import LocationError, locate
+from schoolgate.db import safe_url
 from schoolgate.gateway import make_addons, make_chain
 from schoolgate.gateway.hook_table import use_hook_table
 
@@ -103,8 +105,12 @@ def make_master(opts: options.Options, *, quiet: bool) -> DumpMaster:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    config_path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
-    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
+    try:
+        where = locate(getattr(args, "config", None), getattr(args, "data_dir", None))
+    except LocationError as exc:
+        print(f"schoolgate: {exc}", file=sys.stderr)
+        return 1
+    config_path, data_dir = where.config.path, where.data_dir.path
     # Validate before bringing anything up: a broken config never starts a gateway.
     try:
         policy = load_policy(config_path, data_dir=data_dir)
@@ -128,6 +134,11 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 1
     worker = getattr(args, "worker", None)
     workers = getattr(args, "workers", None) or 1
+    if worker is None:  # once, not from every worker
+        print(
+            f"schoolgate: {where.describe()}; database {safe_url(policy.settings.database_url)}",
+            file=sys.stderr,
+        )
     if worker is None and workers == 1 and getattr(args, "steer_connections", False):
         # Not an error: `--workers auto` on a one-core host gives one process.
         print(

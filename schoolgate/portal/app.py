@@ -37,6 +37,7 @@ from flask import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate.core import words
 from schoolgate.model import Identity
 from schoolgate.policy import Policy
 from schoolgate.portal.auth import RateLimiter, password_stamp
@@ -312,12 +313,14 @@ def _error_page(error):
     )
 
 
-def _local_time(value: datetime | None, fmt: str = "%a %d %b %Y %H:%M") -> str:
+def _local_time(value: datetime | None, fmt: str | None = None) -> str:
+    """A time in words in the school's zone ("today at 15:10"); with seconds when ``fmt``
+    asks for them (evidence)."""
     if value is None:
         return "no end"
     policy = state().policy
     tz = policy.timetables[policy.resolver.default_site].tz
-    return value.astimezone(tz).strftime(fmt)
+    return words.moment(value, now(), tz, seconds=bool(fmt and "%S" in fmt))
 
 
 def _template_globals() -> dict[str, Any]:
@@ -325,7 +328,7 @@ def _template_globals() -> dict[str, Any]:
 
 
 def label(name: str | None) -> str:
-    return (name or "").replace("_", " ")
+    return words.plain(name)
 
 
 def safe_next(target: str | None, default: str) -> str:

@@ -67,7 +67,7 @@ def cmd_staff(args: argparse.Namespace) -> int:
         if not hasattr(args, name):
             setattr(args, name, None)
     try:
-        sessions = open_db(load(args))
+        sessions = open_db(load(args), args, changes=args.staff_command != "list")
         with sessions() as session:
             if args.staff_command == "list":
                 rows = session.query(StaffRow).order_by(StaffRow.username).all()

@@ -35,6 +35,7 @@ from schoolgate.bans_store import (
     status_of,
     to_state,
 )
+from schoolgate.core import words
 from schoolgate.db import EventRow, ExceptionRow
 from schoolgate.hosts import normalize_host
 from schoolgate.portal.app import (
@@ -307,7 +308,10 @@ def _grant(row: PortalRequestRow, proposal: dict, by: str) -> ExceptionRow:
     row.exception_id = exc.id
     row.decided_by = by
     row.decided_at = now()
-    until = f"until {exc.ends.isoformat()}" if exc.ends else "with no end date"
+    policy = state().policy
+    site = row.requester_site if row.requester_site in policy.timetables else None
+    tz = policy.timetables[site or policy.resolver.default_site].tz
+    until = f"until {words.absolute(exc.ends, tz)}" if exc.ends else "with no end date"
     who = "everyone" if exc.scope == "everyone" else f"{exc.scope} {exc.scope_value}"
     row.outcome = f"Approved: {exc.target_kind} {exc.target} is open for {who} {until}."
     _touch(row)
