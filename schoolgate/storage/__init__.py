@@ -1,0 +1,1 @@
+"""The database: SQLAlchemy models, their queries, and the writers that keep them."""
