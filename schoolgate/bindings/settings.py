@@ -386,11 +386,12 @@ def read_negotiate(sec: Section, base: Path) -> NegotiateSettings | None:
             sec.error("keytab", f"no such file: {keytab} (export it with ktpass or msktutil)")
         elif not os.access(keytab, os.R_OK):
             sec.error("keytab", f"cannot read {keytab}: the gateway's user needs read access")
-    if importlib.util.find_spec("gssapi") is None:
+    missing = [name for name in ("gssapi", "krb5") if importlib.util.find_spec(name) is None]
+    if missing:
         sec.error(
             "keytab",
-            "Kerberos needs python-gssapi: pip install 'schoolgate[kerberos]' (Debian: "
-            "apt-get install libkrb5-dev gcc first)",
+            f"Kerberos needs the Python {' and '.join(missing)} package(s): pip install "
+            "'schoolgate[kerberos]' (Debian: apt-get install libkrb5-dev gcc first)",
         )
     ntlm_file: Path | None = None
     ntlm = sec.section("ntlm")
