@@ -12,6 +12,7 @@ Directory's do. Entries are added over LDAP once the server runs (the overlay on
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import ipaddress
@@ -30,6 +31,8 @@ from cryptography.x509.oid import NameOID
 from gateway_process import free_port
 from ldap3 import NONE, Connection, Server
 
+from schoolgate.bindings.settings import DirectorySettings, RoleGroup
+
 SLAPD = Path("/usr/sbin/slapd")
 INSTALL_HINT = (
     "Debian's slapd was not found (/usr/sbin/slapd). Install it: apt-get install slapd "
@@ -40,6 +43,13 @@ ADMIN_DN = f"cn=admin,{SUFFIX}"
 ADMIN_PASSWORD = "admin-secret"
 SERVICE_DN = f"cn=svc-schoolgate,ou=service,{SUFFIX}"
 SERVICE_PASSWORD = "service-secret"
+# The users of the ``school_directory`` fixture (tests/conftest.py): password, display name.
+DIRECTORY_PASSWORDS = {
+    "pupil1": ("Correct horse 1", "Pupil One"),
+    "pupil2": ("Another pupil 4", "Pupil Two"),
+    "staff1": ("Staff battery 2", "Staff One"),
+    "visitor1": ("Visitor pass 3", "Visitor One"),
+}
 
 
 def ssha(password: str) -> str:
@@ -260,3 +270,22 @@ access to *
             self.stop()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def directory_settings(server: SlapdServer, **changes) -> DirectorySettings:
+    """Sign-in against ``server`` over LDAPS with the service account: group staff gives role
+    staff, group students (by DN) role student."""
+    base = DirectorySettings(
+        servers=(server.ldaps_url,),
+        ca_file=server.ca_file,
+        bind_dn=SERVICE_DN,
+        bind_password=SERVICE_PASSWORD,
+        user_base=f"ou=people,{SUFFIX}",
+        user_filter="(uid={user})",
+        roles=(
+            RoleGroup("staff", "staff"),
+            RoleGroup(f"cn=students,ou=groups,{SUFFIX}", "student"),
+        ),
+        timeout_seconds=5,
+    )
+    return dataclasses.replace(base, **changes)

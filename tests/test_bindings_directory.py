@@ -3,13 +3,11 @@ with a small school in it, reached over LDAPS and StartTLS with a test CA."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gateway_process import free_port
-from slapd_server import SERVICE_DN, SERVICE_PASSWORD, SUFFIX, SlapdServer, make_ca
+from slapd_server import DIRECTORY_PASSWORDS, SUFFIX, SlapdServer, directory_settings, make_ca
 
 from schoolgate.bindings.directory import (
     AccountUnusable,
@@ -20,41 +18,17 @@ from schoolgate.bindings.directory import (
 )
 from schoolgate.bindings.settings import DirectorySettings, RoleGroup
 
-PUPIL_PASSWORD = "Correct horse 1"
-STAFF_PASSWORD = "Staff battery 2"
+PUPIL_PASSWORD = DIRECTORY_PASSWORDS["pupil1"][0]
+STAFF_PASSWORD = DIRECTORY_PASSWORDS["staff1"][0]
 
 
 @pytest.fixture(scope="module")
-def slapd() -> Iterator[SlapdServer]:
-    server = SlapdServer()
-    try:
-        server.start()
-        pupil = server.add_user("pupil1", PUPIL_PASSWORD, "Pupil One")
-        staff = server.add_user("staff1", STAFF_PASSWORD, "Staff One")
-        server.add_user("visitor1", "Visitor pass 3")
-        server.add_user("pupil2", "Another pupil 4")
-        server.add_group("students", [pupil, server.user_dn("pupil2")])
-        server.add_group("staff", [staff])
-        yield server
-    finally:
-        server.remove()
+def slapd(school_directory: SlapdServer) -> SlapdServer:
+    return school_directory
 
 
 def settings(slapd: SlapdServer, **changes) -> DirectorySettings:
-    base = DirectorySettings(
-        servers=(slapd.ldaps_url,),
-        ca_file=slapd.ca_file,
-        bind_dn=SERVICE_DN,
-        bind_password=SERVICE_PASSWORD,
-        user_base=f"ou=people,{SUFFIX}",
-        user_filter="(uid={user})",
-        roles=(
-            RoleGroup("staff", "staff"),
-            RoleGroup(f"cn=students,ou=groups,{SUFFIX}", "student"),
-        ),
-        timeout_seconds=5,
-    )
-    return dataclasses.replace(base, **changes)
+    return directory_settings(slapd, **changes)
 
 
 def binds_for(slapd: SlapdServer, uid: str) -> int:

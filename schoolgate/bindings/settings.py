@@ -68,6 +68,8 @@ class SignInSettings:
     directory: DirectorySettings | None
     idle_minutes: int = 45
     max_minutes: int = 480
+    max_failures: int = 5  # wrong sign-ins per user name and per address ...
+    lockout_minutes: int = 10  # ... in this long, before sign-in waits
 
 
 @dataclass(frozen=True)
@@ -352,7 +354,7 @@ def read_directory(
 def read_sign_in(
     sec: Section, base: Path, *, roles: set[str] | None, aliases: Mapping[str, str]
 ) -> SignInSettings:
-    sec.check_keys({"directory", "idle_minutes", "max_minutes"})
+    sec.check_keys({"directory", "idle_minutes", "max_minutes", "max_failures", "lockout_minutes"})
     directory_sec = sec.section("directory")
     directory = (
         read_directory(directory_sec, base, roles=roles, aliases=aliases)
@@ -363,7 +365,11 @@ def read_sign_in(
     longest = sec.number("max_minutes", default=480, minimum=5, maximum=7 * 24 * 60)
     if idle is not None and longest is not None and longest < idle:
         sec.error("max_minutes", f"the longest session ({longest}) is shorter than idle ({idle})")
-    return SignInSettings(directory, idle or 45, longest or 480)
+    if directory_sec is None:
+        sec.error(None, "missing required field 'directory' (where passwords are checked)")
+    failures = sec.number("max_failures", default=5, minimum=1, maximum=100)
+    lockout = sec.number("lockout_minutes", default=10, minimum=1, maximum=24 * 60)
+    return SignInSettings(directory, idle or 45, longest or 480, failures or 5, lockout or 10)
 
 
 def read_negotiate(sec: Section, base: Path) -> NegotiateSettings | None:

@@ -166,8 +166,22 @@ def bind(
     """Bind ``address`` to a person (or a machine) for ``source``: renews the binding in force
     when it is the same person on the same device, otherwise ends it and starts a new one."""
     version = next_version(db)
-    current = _in_force(db, address, source)
     ended: list[Binding] = []
+    if mac is not None:
+        # The address is now used by this device: what other sources bound to another device
+        # on it is over (a sign-in on a laptop that has since left, say).
+        for other in db.scalars(
+            select(BindingRow).where(
+                BindingRow.address == address,
+                BindingRow.source != source,
+                BindingRow.ended_at.is_(None),
+                BindingRow.mac.is_not(None),
+                BindingRow.mac != mac,
+            )
+        ):
+            reason = f"the address is now used by another device ({mac}, {source})"
+            ended.append(_end(db, other, at=now, reason=reason, actor=actor, version=version))
+    current = _in_force(db, address, source)
     if current is not None and current.expires_at is not None and current.expires_at <= now:
         ended.append(
             _end(
@@ -196,7 +210,7 @@ def bind(
                 )
             current.last_seen = max(current.last_seen, now)
             current.expires_at = expires_at
-            current.ends_by = ends_by if current.ends_by is None else current.ends_by
+            current.ends_by = ends_by  # authenticated again: a new longest end
             current.idle_seconds = idle_seconds
             current.session_id = session_id or current.session_id
             current.origin = origin or current.origin
