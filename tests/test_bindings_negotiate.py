@@ -230,15 +230,30 @@ def test_ntlm_inside_negotiate_from_pyspnego(realm: KerberosRealm) -> None:
 
 
 def test_ntlm_is_refused_unless_configured(realm: KerberosRealm) -> None:
-    for key in ("NTLM_USER_FILE", "LM_COMPAT_LEVEL"):
-        os.environ.pop(key, None)
+    users = realm.base / "inherited-ntlm-users"
+    users.write_text(f"SCHOOL:pupil1:{PUPIL_PASSWORD}\n")
+    os.environ["NTLM_USER_FILE"] = str(users)  # from the service's environment, say
     acceptor = NegotiateAcceptor(settings(realm, ntlm_users_file=None))
     assert acceptor.schemes() == ["Negotiate"]
-    client = spnego.client("SCHOOL\\pupil1", PUPIL_PASSWORD, protocol="ntlm")
-    token = base64.b64encode(client.step()).decode()
+    assert "NTLM_USER_FILE" not in os.environ
     for scheme in ("NTLM", "Negotiate"):
         with pytest.raises(NegotiateFailed):
-            Handshakes(acceptor).step("conn-5", f"{scheme} {token}")
+            ntlm_handshake(Handshakes(acceptor), scheme)
+    # Even if something sets it again later, the config decides.
+    os.environ["NTLM_USER_FILE"] = str(users)
+    try:
+        with pytest.raises(NegotiateFailed, match="NTLM is not enabled"):
+            ntlm_handshake(Handshakes(acceptor), "Negotiate")
+    finally:
+        os.environ.pop("NTLM_USER_FILE", None)
+
+
+def ntlm_handshake(handshakes: Handshakes, scheme: str):
+    client = spnego.client("SCHOOL\\pupil1", PUPIL_PASSWORD, protocol="ntlm")
+    first = handshakes.step("conn-5", f"{scheme} {base64.b64encode(client.step()).decode()}")
+    return handshakes.step(
+        "conn-5", f"{scheme} {base64.b64encode(client.step(first.token)).decode()}"
+    )
 
 
 def test_a_ticket_for_another_service_is_refused(realm: KerberosRealm, pupil_env) -> None:

@@ -203,6 +203,19 @@ def test_a_new_person_on_the_address_replaces_the_old(rig: Rig) -> None:
     assert details and "replaced by pupil3 (radius)" in details[0]
 
 
+def test_a_stop_ends_only_its_own_session(rig: Rig) -> None:
+    client = rig.client()
+    common = dict(User_Name="pupil1", Framed_IP_Address="10.20.1.5")
+    accounting(client, "Start", Acct_Session_Id="first", **common)
+    # The device roams to another access point: a new session for the same pupil, and the
+    # old session's Stop arrives late.
+    accounting(client, "Start", Acct_Session_Id="second", **common)
+    accounting(client, "Stop", Acct_Session_Id="first", **common)
+    assert rig.who("10.20.1.5") == "pupil1"
+    accounting(client, "Stop", Acct_Session_Id="second", **common)
+    assert rig.who("10.20.1.5") is None
+
+
 def test_machine_accounts_bind_a_device_not_a_person(rig: Rig) -> None:
     client = rig.client()
     accounting(

@@ -241,8 +241,8 @@ def test_the_configured_order_decides_between_sources(world, tmp_path: Path) -> 
     cache.refresh()
     assert cache.lookup(ADDRESS).user == "staff1"  # negotiate is first in the order
     sign_in_first = BindingCache(sessions, order=("sign_in", "negotiate"), clock=clock.epoch)
-    sign_in_first.refresh()
+    assert sign_in_first.refresh()
     assert sign_in_first.lookup(ADDRESS).user == "pupil1"
     only_radius = BindingCache(sessions, order=("radius",), clock=clock.epoch)
-    only_radius.refresh()
+    assert only_radius.refresh()
     assert only_radius.lookup(ADDRESS) is None  # sources not configured do not count
