@@ -10,14 +10,13 @@ in :meth:`env`, so the machine's own Kerberos configuration is neither used nor 
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from gateway_process import free_port
+from gateway_process import free_port, stop_gateway
 
 KRB5KDC = Path("/usr/sbin/krb5kdc")
 KDB5_UTIL = Path("/usr/sbin/kdb5_util")
@@ -176,13 +175,7 @@ class KerberosRealm:
         return self.env(ccache)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_gateway(self.proc)  # SIGTERM, then SIGKILL if it hangs
 
     def remove(self) -> None:
         try:

@@ -18,7 +18,6 @@ import hashlib
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gateway_process import free_port
+from gateway_process import free_port, stop_gateway
 from ldap3 import NONE, Connection, Server
 
 from schoolgate.bindings.settings import DirectorySettings, RoleGroup
@@ -257,13 +256,7 @@ access to *
         return dn
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_gateway(self.proc)  # SIGTERM, then SIGKILL if it hangs
 
     def remove(self) -> None:
         try:

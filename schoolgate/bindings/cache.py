@@ -18,12 +18,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import sessionmaker
 
+if TYPE_CHECKING:
+    from schoolgate.gateway.background import Periodic
+
 from schoolgate.bindings.model import SOURCES, Binding
 from schoolgate.bindings.names import normalise_address
-from schoolgate.gateway.background import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,8 @@ class BindingCache:
         self._by_address: dict[str, tuple[_Entry, ...]] = {}
         self._pending: dict[int, float] = {}  # binding id -> traffic time to write
         self._last_sweep = 0.0
-        self._worker = Periodic(name, self.refresh, first=True)
+        self.name = name
+        self._worker: Periodic | None = None
 
     # -- the event loop's side ----------------------------------------------------------------
     def lookup(self, address: str, *, traffic: bool = True) -> Binding | None:
@@ -223,11 +227,17 @@ class BindingCache:
                 self._by_address.pop(binding.address, None)
 
     def start(self) -> None:
+        from schoolgate.gateway.background import Periodic
+
+        if self._worker is None:
+            self._worker = Periodic(self.name, self.refresh, first=True)
         self._worker.start(self.interval)
 
     def wake(self) -> None:
         """Look for changes now (after this process wrote one)."""
-        self._worker.wake()
+        if self._worker is not None:
+            self._worker.wake()
 
     def stop(self, timeout: float = 10) -> None:
-        self._worker.stop(timeout)
+        if self._worker is not None:
+            self._worker.stop(timeout)

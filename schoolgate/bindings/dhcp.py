@@ -27,10 +27,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from schoolgate.bindings.names import clean_device_name, normalise_address, normalise_mac
 from schoolgate.bindings.settings import LeaseFile
-from schoolgate.gateway.background import Periodic
+
+if TYPE_CHECKING:
+    from schoolgate.gateway.background import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +425,7 @@ class LeaseWatcher:
         self.reads = 0  # whole-file reads
         self.appends = 0  # reads of what was appended
         self._states = [_FileState() for _ in self.files]
-        self._worker = Periodic("schoolgate-dhcp", self.check, first=True)
+        self._worker: Periodic | None = None
 
     def lease(self, address: str) -> Lease | None:
         """The lease holding ``address`` now, if any."""
@@ -512,7 +515,12 @@ class LeaseWatcher:
         return True
 
     def start(self) -> None:
+        from schoolgate.gateway.background import Periodic
+
+        if self._worker is None:
+            self._worker = Periodic("schoolgate-dhcp", self.check, first=True)
         self._worker.start(self.check_seconds)
 
     def stop(self, timeout: float = 10) -> None:
-        self._worker.stop(timeout)
+        if self._worker is not None:
+            self._worker.stop(timeout)

@@ -92,6 +92,8 @@ class NegotiateAcceptor:
         if settings.ntlm_users_file is not None:
             os.environ["NTLM_USER_FILE"] = str(settings.ntlm_users_file)
             os.environ["LM_COMPAT_LEVEL"] = "5"  # NTLMv2 only
+        else:
+            os.environ.pop("NTLM_USER_FILE", None)  # an inherited one must not enable NTLM
 
     @property
     def ntlm(self) -> bool:

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +41,7 @@ from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import Principal, normalise_address
 from schoolgate.bindings.settings import NegotiateSettings, SignInSettings
 from schoolgate.db import utcnow
+from schoolgate.portal.auth import RateLimiter
 from schoolgate.storage import bindings as store
 
 log = logging.getLogger(__name__)
@@ -153,54 +151,9 @@ class TooManyAttempts(DirectoryError):
     def __init__(self, detail: str, minutes: int) -> None:
         super().__init__(detail)
         self.message = (
-            f"Too many wrong sign-ins. Wait {minutes} minute{'s' if minutes != 1 else ''} and "
-            "try again, or ask IT Support."
+            f"Too many wrong sign-ins. Wait up to {minutes} minute{'s' if minutes != 1 else ''} "
+            "and try again, or ask IT Support."
         )
-
-
-class SignInThrottle:
-    """At most ``limit`` failed sign-ins per user name and per address in ``window`` seconds."""
-
-    def __init__(
-        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        if not times:
-            self._failures.pop(key, None)
-        return times
-
-    def check(self, *keys: str) -> None:
-        now = self.clock()
-        with self._lock:
-            for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.limit:
-                    wait = max(1, round((self.window - (now - times[0])) / 60 + 0.5))
-                    raise TooManyAttempts(f"{key}: {len(times)} failures", wait)
-
-    def failed(self, *keys: str) -> None:
-        now = self.clock()
-        with self._lock:
-            if len(self._failures) > 100_000:
-                self._failures.clear()  # a flood of made-up names: start again
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
-
-    def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -226,7 +179,7 @@ class SignInService:
         directory: Directory,
         devices: Callable[[str], Lease | None] | None = None,
         clock: Callable[[], datetime] = utcnow,
-        throttle: SignInThrottle | None = None,
+        throttle: RateLimiter | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.sessions = sessions
@@ -234,7 +187,9 @@ class SignInService:
         self.directory = directory
         self.devices = devices
         self.clock = clock
-        self.throttle = throttle or SignInThrottle(
+        # Wrong passwords per user name and per address (the same limiter as the portal's
+        # staff login).
+        self.throttle = throttle or RateLimiter(
             settings.max_failures, settings.lockout_minutes * 60
         )
         self.on_change = on_change
@@ -245,16 +200,20 @@ class SignInService:
         address = normalise_address(address)
         name_key = f"user:{username.strip().lower()}"
         address_key = f"address:{address}"
-        self.throttle.check(name_key, address_key)
+        for key in (name_key, address_key):
+            if not self.throttle.allowed(key):
+                raise TooManyAttempts(f"{key}: too many failures", self.settings.lockout_minutes)
         try:
             user = self.directory.authenticate(username, password)
         except DirectoryError as exc:
             if not isinstance(exc, DirectoryUnavailable):
                 # The directory being down is not the person's failure: it does not count.
-                self.throttle.failed(name_key, address_key)
+                self.throttle.hit(name_key)
+                self.throttle.hit(address_key)
             log.info("schoolgate: sign-in from %s refused: %s", address, exc.detail)
             raise
-        self.throttle.succeeded(name_key, address_key)
+        # The address's count stays: signing in as oneself between guesses clears nothing.
+        self.throttle.reset(name_key)
         lease = self.devices(address) if self.devices is not None else None
         token = secrets.token_urlsafe(18)
         now = self.clock()
