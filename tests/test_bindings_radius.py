@@ -102,16 +102,14 @@ def wait_for(predicate, timeout: float = 20.0):
 
 def test_start_binds_the_address_and_stop_ends_it(rig: Rig) -> None:
     client = rig.client()
-    reply = accounting(
-        client,
-        "Start",
+    session = dict(
         User_Name="SCHOOL\\Pupil1",
         Framed_IP_Address="10.20.1.5",
-        Calling_Station_Id="AA-BB-CC-DD-EE-01",
         Acct_Session_Id="sess-1",
         NAS_IP_Address="10.0.0.2",
         NAS_Identifier="wlc-1",
     )
+    reply = accounting(client, "Start", Calling_Station_Id="AA-BB-CC-DD-EE-01", **session)
     assert reply.code == AccountingResponse
     binding = (rig.cache.refresh(), rig.cache.lookup("10.20.1.5"))[1]
     assert binding is not None
@@ -120,16 +118,7 @@ def test_start_binds_the_address_and_stop_ends_it(rig: Rig) -> None:
     assert binding.device == "aa:bb:cc:dd:ee:01"
     assert rig.who("10.20.1.6") is None
 
-    reply = accounting(
-        client,
-        "Stop",
-        User_Name="SCHOOL\\Pupil1",
-        Framed_IP_Address="10.20.1.5",
-        Acct_Session_Id="sess-1",
-        Acct_Terminate_Cause="User-Request",
-        NAS_IP_Address="10.0.0.2",
-        NAS_Identifier="wlc-1",
-    )
+    reply = accounting(client, "Stop", Acct_Terminate_Cause="User-Request", **session)
     assert reply.code == AccountingResponse
     assert rig.who("10.20.1.5") is None
     actions = audit_actions(rig)
