@@ -125,7 +125,8 @@ def cmd_bans_show(args: argparse.Namespace) -> int:
             print(f"    #{s['id']} {s['starts']} -> {s['ends']} by {s['staff']}: {s['reason']}")
     print("  history:")
     for a in data["history"]:
-        print(f"    {a['at']}  {a['action']:<18} {a['actor']}: {a['detail']}")
+        by = f"{a['actor']} (os user {a['os_user']})" if a["os_user"] else a["actor"]
+        print(f"    {a['at']}  {a['action']:<18} {by}: {a['detail']}")
     return 0
 
 
