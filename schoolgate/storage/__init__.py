@@ -1,0 +1,1 @@
+"""The database: SQLAlchemy models and their queries."""
