@@ -8,8 +8,7 @@ an exception they proposed themselves; escalated requests are for SLT; exception
 from __future__ import annotations
 
 import json
-import re
-import threading
+import math
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
@@ -50,6 +49,8 @@ from schoolgate.portal.app import (
 )
 from schoolgate.portal.auth import authenticate
 from schoolgate.portal.models import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
+from schoolgate.portal.services import listing
+from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
 from schoolgate.store import (
     ExceptionRequestError,
     add_exception,
@@ -75,9 +76,6 @@ DURATIONS = {
     "until": "until a date and time (below)",
     "permanent": "permanently (until revoked)",
 }
-_ENTRY = re.compile(r"^[a-z0-9.\-]+(/[A-Za-z0-9._~\-/%]*)?$")
-_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-_FILE_LOCK = threading.Lock()
 QUEUE_PAGE_SIZE = 100  # requests and reports per page of the IT Support queue
 BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 
@@ -91,24 +89,26 @@ def login():
     if request.method == "GET":
         expired = request.args.get("expired") == "1"
         return render_template("portal/login.html", next=target, expired=expired, error=None)
-    username = request.form.get("username", "").strip().lower()[:200]
+    username = request.form.get("username", "").strip().lower()[:200] or "(blank)"
     password = request.form.get("password", "")[:1000]
-    limiter = state().login_limiter
-    keys = (f"login-ip:{request.remote_addr}", f"login-user:{username}")
-    if not all(limiter.allowed(key) for key in keys):
-        abort(429, description="Too many failed sign-ins. Wait 15 minutes and try again.")
+    at = now()
+    where = {
+        "username": username,
+        "source": _source_of_address(),
+        "client_ip": request.remote_addr or "unknown",
+    }
+    limits = state().login_limits
     session_ = db()
+    # Checked before the password: a refused attempt costs no hash, and says nothing of it.
+    refusal = login_refusal(session_, **where, now=at, limits=limits)
+    if refusal is not None:
+        minutes = max(1, math.ceil((refusal.until - at).total_seconds() / 60))
+        abort(429, description=f"{refusal.reason} Wait {minutes} minutes and try again.")
     row = authenticate(session_, username, password)
+    came_from = f"from {where['client_ip']} ({where['source']})"
     if row is None:
-        for key in keys:
-            limiter.hit(key)
-        audit(
-            session_,
-            username or "(blank)",
-            "staff.login_failed",
-            "portal",
-            f"from {request.remote_addr}",
-        )
+        record_login_failure(session_, **where, now=at, limits=limits)
+        audit(session_, username, "staff.login_failed", "portal", came_from)
         session_.commit()
         return render_template(
             "portal/login.html",
@@ -116,11 +116,21 @@ def login():
             expired=False,
             error="That user name and password do not match.",
         ), 401
-    limiter.reset(keys[1])
+    clear_login_failures(session_, username=username, source=where["source"])
     sign_in(row)
-    audit(session_, row.username, "staff.login", "portal", f"from {request.remote_addr}")
+    audit(session_, row.username, "staff.login", "portal", came_from)
     session_.commit()
     return redirect(target, code=303)
+
+
+def _source_of_address() -> str:
+    """The kind of address a sign-in comes from: the role the policy gives it (``student``,
+    ``staff``, ...). Failures count per account and kind, so pupils cannot lock staff out of
+    the staff network. If the policy cannot say, all such sign-ins share one kind."""
+    try:
+        return state().identify(request.environ).role or "unknown"
+    except Exception:  # noqa: BLE001 - never let a policy error open or break sign-in
+        return "unknown"
 
 
 @staff_bp.post("/logout")
@@ -128,8 +138,8 @@ def logout():
     staff = current_staff()
     if staff is not None:
         audit(db(), staff.username, "staff.logout", "portal", "")
-        db().commit()
     sign_out()
+    db().commit()
     return redirect(url_for("staff.login"), code=303)
 
 
@@ -314,6 +324,23 @@ def _grant(row: PortalRequestRow, proposal: dict, by: str) -> ExceptionRow:
     return exc
 
 
+def _carry_out(row: PortalRequestRow, proposal: dict, by: str) -> str:
+    """Do what a proposal says: an entry added to a category's list, or an exception. Returns
+    what was done, for the audit trail and the flash message."""
+    if proposal["kind"] != "categorise":
+        exc = _grant(row, proposal, by)
+        return f"exception #{exc.id}"
+    policy = state().policy
+    path = listing.add_to_list(policy, proposal, by=by, ref=row.ref, at=now())
+    row.status = "actioned"
+    row.category = proposal["category"]
+    row.decided_by = by
+    row.decided_at = now()
+    row.outcome = "Thank you: the site has been added to the school's filter."
+    _touch(row)
+    return f"{proposal['target']} -> {proposal['category']} ({path.name})"
+
+
 def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
     """Grant now, or (beyond what IT Support may grant alone) hold it for SLT."""
     ends = datetime.fromisoformat(proposal["ends"]) if proposal["ends"] else None
@@ -330,8 +357,8 @@ def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
         audit(
             db(),
             staff.username,
-            "request.propose",
-            f"request {row.ref}",
+            f"{'report' if row.kind == 'report' else 'request'}.propose",
+            _subject(row),
             f"{why_slt}: {json.dumps(proposal)}",
         )
         state().notifier.notify(
@@ -347,10 +374,16 @@ def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
         )
         flash(f"Sent to SLT for approval: {why_slt}.")
         return
-    exc = _grant(row, proposal, staff.username)
-    audit(db(), staff.username, "request.approve", f"request {row.ref}", f"exception #{exc.id}")
+    done = _carry_out(row, proposal, staff.username)
+    action = "report.add_to_category" if proposal["kind"] == "categorise" else "request.approve"
+    audit(db(), staff.username, action, _subject(row), done)
     _notify_outcome(row)
-    flash(f"Approved: exception #{exc.id}.")
+    flash(f"{'Added' if proposal['kind'] == 'categorise' else 'Approved'}: {done}.")
+
+
+def _subject(row: PortalRequestRow) -> str:
+    """How the audit trail names a request or report."""
+    return f"{'report' if row.kind == 'report' else 'request'} {row.ref}"
 
 
 def _done(row: PortalRequestRow):
@@ -497,6 +530,7 @@ def approve(request_id: int):
 @it_bp.post("/item/<int:request_id>/unlist")
 @staff_required(*REVIEWERS)
 def unlist(request_id: int):
+    """Blocked by mistake: the request's own host, for everyone, permanently (SLT approve)."""
     staff = current_staff()
     row = _load(request_id)
     _not_own(row, staff)
@@ -504,30 +538,17 @@ def unlist(request_id: int):
         abort(400, description="Only an access request can be un-listed.")
     _must_be(row, "open", "escalated")
     _require_slt_for_escalated(row, staff)
-    host = normalize_host(request.form.get("host", "") or row.host)
-    proposal = {
-        "scope": "everyone",
-        "scope_value": "",
-        "target_kind": "host",
-        "target": host,
-        "starts": now().isoformat(),
-        "ends": None,
-        "kind": "unlist",
-        "reason": f"erroneous list entry (request {row.ref}): "
-        + request.form.get("note", "").strip()[:500],
-    }
     try:
-        validate_exception(
+        proposal = listing.unlist_proposal(
             state().policy,
-            scope="everyone",
-            scope_value="",
-            target_kind="host",
-            target=host,
-            starts=now(),
-            ends=None,
+            row_host=row.host,
+            given_host=request.form.get("host", ""),
+            ref=row.ref,
+            note=request.form.get("note", "").strip(),
+            at=now(),
         )
-    except ExceptionRequestError as exc:
-        abort(400, description=f"That cannot be un-listed: {exc}.")
+    except listing.ListingError as exc:
+        abort(400, description=str(exc))
     _propose_or_grant(row, staff, proposal)
     return _done(row)
 
@@ -578,54 +599,28 @@ def escalate(request_id: int):
     return _done(row)
 
 
-def local_list_path(category: str) -> Path:
-    """``blocklists/local/<category>.txt`` next to the config file."""
-    config = Path(state().policy.settings.config_path).resolve()
-    return config.parent / "blocklists" / "local" / f"{category}.txt"
-
-
 @it_bp.post("/item/<int:request_id>/add-to-category")
-@staff_required(*IT)
+@staff_required(*REVIEWERS)
 def add_to_category(request_id: int):
+    """A report's host (or a page on it) added to a category for everyone (SLT approve)."""
     staff = current_staff()
     row = _load(request_id)
     _not_own(row, staff)
     if row.kind != "report":
         abort(400, description="Only a content report adds a site to a category.")
     _must_be(row, "open", "escalated")
-    policy = state().policy
-    category = request.form.get("category", "")
-    if category not in policy.categories or not _CATEGORY_NAME.match(category):
-        abort(400, description="Choose one of the configured categories.")
-    entry = request.form.get("entry", "").strip().lower()
-    entry = re.sub(r"^[a-z]+://", "", entry).rstrip("/")
-    if not entry or not _ENTRY.match(entry) or "." not in entry.split("/", 1)[0]:
-        abort(
-            400,
-            description="Give a host (example.com) or a host and path "
-            "(example.com/page), with no spaces.",
+    _require_slt_for_escalated(row, staff)
+    try:
+        proposal = listing.categorise_proposal(
+            state().policy,
+            row_host=row.host,
+            category=request.form.get("category", ""),
+            entry=request.form.get("entry", ""),
+            ref=row.ref,
         )
-    path = local_list_path(category)
-    stamp = now().isoformat(timespec="seconds")
-    with _FILE_LOCK:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(f"# added by {staff.username} at {stamp} for report {row.ref}\n{entry}\n")
-    row.status = "actioned"
-    row.category = category
-    row.decided_by = staff.username
-    row.decided_at = now()
-    row.outcome = "Thank you: the site has been added to the school's filter."
-    _touch(row)
-    audit(
-        db(),
-        staff.username,
-        "report.add_to_category",
-        f"report {row.ref}",
-        f"{entry} -> {category} ({path.name})",
-    )
-    _notify_outcome(row)
-    flash(f"Added {entry} to {label(category)} ({path}).")
+    except listing.ListingError as exc:
+        abort(400, description=str(exc))
+    _propose_or_grant(row, staff, proposal)
     return _done(row)
 
 
@@ -753,16 +748,16 @@ def approve_proposal(request_id: int):
     note = request.form.get("note", "").strip()[:1000]
     if note:
         proposal["reason"] = f"{proposal['reason']} (SLT: {note})"
-    exc = _grant(row, proposal, f"{row.proposed_by}, approved by {staff.username}")
+    done = _carry_out(row, proposal, f"{row.proposed_by}, approved by {staff.username}")
     audit(
         db(),
         staff.username,
-        "request.slt_approve",
-        f"request {row.ref}",
-        f"exception #{exc.id}" + (f": {note}" if note else ""),
+        f"{'report' if row.kind == 'report' else 'request'}.slt_approve",
+        _subject(row),
+        done + (f": {note}" if note else ""),
     )
     _notify_outcome(row)
-    flash(f"Approved: exception #{exc.id}.")
+    flash(f"Approved: {done}.")
     return _done(row)
 
 
