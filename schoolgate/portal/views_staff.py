@@ -24,22 +24,10 @@ from flask import (
 )
 from sqlalchemy import func, or_, select
 
-from schoolgate.bans_store import (
-    BanAuditRow,
-    BanError,
-    BanRow,
-    SupervisionRow,
-    confirm_ban,
-    lift_ban,
-    status_of,
-    to_state,
-)
 from schoolgate.db import EventRow, ExceptionRow
-from schoolgate.hosts import normalize_host
 from schoolgate.portal.app import (
     current_staff,
     db,
-    label,
     now,
     safe_next,
     sign_in,
@@ -63,7 +51,6 @@ from schoolgate.store import (
 staff_bp = Blueprint("staff", __name__, url_prefix="/staff")
 it_bp = Blueprint("it", __name__, url_prefix="/it")
 slt_bp = Blueprint("slt", __name__, url_prefix="/slt")
-teacher_bp = Blueprint("teacher", __name__, url_prefix="/teacher")
 
 REVIEWERS = ("it_support", "network_manager", "slt")
 IT = ("it_support", "network_manager")
@@ -77,7 +64,6 @@ DURATIONS = {
     "permanent": "permanently (until revoked)",
 }
 QUEUE_PAGE_SIZE = 100  # requests and reports per page of the IT Support queue
-BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 
 
 # -- sign-in -----------------------------------------------------------------------------------
@@ -178,7 +164,7 @@ def _require_slt_for_escalated(row: PortalRequestRow, staff: StaffRow) -> None:
         abort(403, description="This request is with SLT: only SLT can decide it now.")
 
 
-def _note(field: str, what: str) -> str:
+def required_note(field: str, what: str) -> str:
     text = request.form.get(field, "").strip()
     if not text:
         abort(400, description=f"Give {what}.")
@@ -561,7 +547,7 @@ def reject(request_id: int):
     _not_own(row, staff)
     _must_be(row, *OPEN_STATUSES)
     _require_slt_for_escalated(row, staff)
-    reason = _note("reason", "a reason (the requester sees it)")
+    reason = required_note("reason", "a reason (the requester sees it)")
     row.status = "rejected"
     row.decided_by = staff.username
     row.decided_at = now()
@@ -580,7 +566,7 @@ def escalate(request_id: int):
     row = _load(request_id)
     _not_own(row, staff)
     _must_be(row, "open")
-    note = _note("note", "a note for SLT")
+    note = required_note("note", "a note for SLT")
     row.status = "escalated"
     row.escalated_by = staff.username
     row.escalation_note = note
@@ -622,96 +608,6 @@ def add_to_category(request_id: int):
         abort(400, description=str(exc))
     _propose_or_grant(row, staff, proposal)
     return _done(row)
-
-
-# -- bans (IT Support and SLT) -------------------------------------------------------------------
-
-
-def _bans_shown(at: datetime) -> list[BanRow]:
-    """Bans and lockouts in force (or starting later), then those ended in the last week."""
-    since = at - BANS_RECENT
-    query = select(BanRow).where(
-        or_(
-            BanRow.lifted_at >= since,
-            (BanRow.lifted_at.is_(None)) & (or_(BanRow.ends.is_(None), BanRow.ends >= since)),
-        )
-    )
-    rows = list(db().scalars(query.order_by(BanRow.id.desc())))
-    in_force = [r for r in rows if status_of(r, at) in ("active", "scheduled")]
-    return in_force + [r for r in rows if r not in in_force]
-
-
-@it_bp.get("/bans")
-@staff_required(*REVIEWERS)
-def bans():
-    session_ = db()
-    at = now()
-    rows = _bans_shown(at)
-    ids = [r.id for r in rows]
-    history: dict[int, list[BanAuditRow]] = {i: [] for i in ids}
-    sessions: dict[int, list[SupervisionRow]] = {i: [] for i in ids}
-    events: dict[str, EventRow] = {}
-    states = {r.id: to_state(r) for r in rows}
-    if ids:
-        for entry in session_.scalars(
-            select(BanAuditRow)
-            .where(BanAuditRow.ban_id.in_(ids))
-            .order_by(BanAuditRow.at, BanAuditRow.id)
-        ):
-            history[entry.ban_id].append(entry)
-        for sup in session_.scalars(
-            select(SupervisionRow).where(SupervisionRow.ban_id.in_(ids)).order_by(SupervisionRow.id)
-        ):
-            sessions[sup.ban_id].append(sup)
-        refs = sorted({ref for st in states.values() for ref in st.events})
-        if refs:
-            events = {
-                e.ref: e for e in session_.scalars(select(EventRow).where(EventRow.ref.in_(refs)))
-            }
-    items = [
-        {
-            "row": r,
-            "state": states[r.id],
-            "status": status_of(r, at),
-            "history": history[r.id],
-            "confirmed": [h for h in history[r.id] if h.action.endswith(".confirm")],
-            "sessions": sessions[r.id],
-            "events": [(ref, events.get(ref)) for ref in states[r.id].events],
-        }
-        for r in rows
-    ]
-    return render_template(
-        "portal/bans.html",
-        items=items,
-        now=at,
-        in_force=sum(1 for i in items if i["status"] in ("active", "scheduled")),
-        recent_days=BANS_RECENT.days,
-    )
-
-
-def _load_ban(ban_id: int) -> BanRow:
-    row = db().get(BanRow, ban_id)
-    if row is None:
-        abort(404, description="No such ban.")
-    return row
-
-
-@it_bp.post("/bans/<int:ban_id>/lift")
-@staff_required(*REVIEWERS)
-def lift(ban_id: int):
-    staff = current_staff()
-    row = _load_ban(ban_id)
-    reason = _note("reason", "a reason for lifting the ban")
-    try:
-        lift_ban(db(), row.id, by=staff.username, reason=reason, now=now())
-    except BanError as exc:
-        abort(400, description=f"{exc}.")
-    db().commit()
-    flash(
-        f"{row.kind.capitalize()} #{row.id} of {row.subject} lifted: the gateway gives access "
-        "back within a few seconds."
-    )
-    return redirect(url_for("it.bans"), code=303)
 
 
 # -- SLT -----------------------------------------------------------------------------------------
@@ -765,7 +661,7 @@ def approve_proposal(request_id: int):
 @staff_required("slt")
 def revoke(exception_id: int):
     staff = current_staff()
-    reason = _note("reason", "a reason")
+    reason = required_note("reason", "a reason")
     try:
         revoke_exception(db(), exception_id, by=staff.username, reason=reason)
     except ExceptionRequestError as exc:
@@ -789,144 +685,3 @@ def confirm(exception_id: int):
     db().commit()
     flash(f"Exception #{exception_id} confirmed.")
     return redirect(url_for("slt.review"), code=303)
-
-
-@slt_bp.post("/bans/<int:ban_id>/confirm")
-@staff_required("slt")
-def confirm_ban_view(ban_id: int):
-    staff = current_staff()
-    row = _load_ban(ban_id)
-    if row.created_by.split(",")[0].strip().lower() == staff.username.lower():
-        abort(403, description="You made this ban: another member of SLT must confirm it.")
-    note = request.form.get("note", "").strip()[:1000]
-    try:
-        confirm_ban(db(), row.id, by=staff.username, note=note, now=now())
-    except BanError as exc:
-        abort(400, description=f"{exc}.")
-    db().commit()
-    flash(f"{row.kind.capitalize()} #{row.id} of {row.subject} confirmed.")
-    return redirect(url_for("it.bans"), code=303)
-
-
-# -- teachers ------------------------------------------------------------------------------------
-
-
-def _teacher_categories() -> list[str]:
-    return [
-        name
-        for name, settings in state().policy.categories.items()
-        if settings.teachers_may_open and not settings.locked
-    ]
-
-
-def _my_overrides(staff: StaffRow) -> list[ExceptionRow]:
-    at = now()
-    return list(
-        db().scalars(
-            select(ExceptionRow)
-            .where(
-                ExceptionRow.kind == "curriculum",
-                ExceptionRow.created_by == staff.username,
-                ExceptionRow.revoked_at.is_(None),
-                or_(ExceptionRow.ends.is_(None), ExceptionRow.ends > at),
-            )
-            .order_by(ExceptionRow.id)
-        )
-    )
-
-
-@teacher_bp.get("/")
-@staff_required("teacher")
-def overrides():
-    staff = current_staff()
-    policy = state().policy
-    site = policy.resolver.default_site
-    return render_template(
-        "portal/teacher.html",
-        groups=staff.group_list,
-        categories=_teacher_categories(),
-        overrides=_my_overrides(staff),
-        sites=policy.sites,
-        window=policy.window(site, now()),
-    )
-
-
-@teacher_bp.post("/open")
-@staff_required("teacher")
-def open_for_class():
-    staff = current_staff()
-    policy = state().policy
-    group = request.form.get("group", "")
-    if group.lower() not in [g_.lower() for g_ in staff.group_list]:
-        abort(403, description="You can only open sites for your own groups.")
-    site = request.form.get("site") or policy.resolver.default_site
-    if site not in policy.timetables:
-        abort(400, description="Unknown site.")
-    allowed = _teacher_categories()
-    target_kind = request.form.get("target_kind", "category")
-    if target_kind == "category":
-        target = request.form.get("category", "")
-        if target not in allowed:
-            abort(403, description="Teachers may not open that category; ask IT Support.")
-    elif target_kind == "host":
-        target = normalize_host(request.form.get("host", "").strip()[:500])
-        match = policy.matcher.lookup(target, None) if target else None
-        if match is None or match.category == "allowlist":
-            abort(400, description="That site is not blocked by a category: nothing to open.")
-        if match.category not in allowed:
-            abort(
-                403,
-                description=f"{target} is in {label(match.category)}, which teachers "
-                "may not open; ask IT Support.",
-            )
-    else:
-        abort(400, description="Choose a category or a site.")
-    at = now()
-    tz = policy.timetables[site].tz
-    until = request.form.get("until", "lesson").strip()
-    if until == "lesson":
-        ends = policy.window(site, at).end
-    else:
-        try:
-            clock_time = time.fromisoformat(until)
-        except ValueError:
-            abort(400, description="Give the end as a time today, e.g. 11:00.")
-        ends = datetime.combine(at.astimezone(tz).date(), clock_time, tzinfo=tz)
-        if ends <= at:
-            abort(400, description="That time has already passed today.")
-    reason = request.form.get("reason", "").strip()[:500] or "curriculum activity"
-    try:
-        add_exception(
-            db(),
-            policy,
-            scope="group",
-            scope_value=group,
-            target_kind=target_kind,
-            target=target,
-            starts=at,
-            ends=ends,
-            created_by=staff.username,
-            reason=reason,
-            kind="curriculum",
-        )
-    except ExceptionRequestError as exc:
-        abort(400, description=str(exc))
-    db().commit()
-    flash(f"Opened {label(target)} for {group} until {ends.astimezone(tz):%H:%M}.")
-    return redirect(url_for("teacher.overrides"), code=303)
-
-
-@teacher_bp.post("/end/<int:exception_id>")
-@staff_required("teacher")
-def end_override(exception_id: int):
-    staff = current_staff()
-    row = db().get(ExceptionRow, exception_id)
-    if row is None or row.kind != "curriculum" or row.created_by != staff.username:
-        abort(403, description="You can only end your own class overrides.")
-    try:
-        revoke_exception(db(), exception_id, by=staff.username, reason="ended early by teacher")
-    except ExceptionRequestError as exc:
-        abort(400, description=str(exc))
-    db().commit()
-    flash("Ended.")
-    return redirect(url_for("teacher.overrides"), code=303)
