@@ -10,8 +10,6 @@ local origin: the gateways run in ``upstream`` mode pointed at it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import pwd
@@ -29,10 +27,13 @@ import httpcore
 import httpx
 import pytest
 from gateway_process import (
+    BROWSER_ARGS,
+    CHROMIUM,
     ROOT,
     Origin,
     free_port,
     run_cli,
+    spki_hash,
     start_gateway,
     stop_gateway,
     wait_for,
@@ -44,7 +45,6 @@ PASSWORD = "correct horse battery"
 PUPIL, STAFF_NET, PUPIL_2, PUPIL_3 = "127.0.0.1", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 IDLE_CONNECTIONS = 3000
 PER_ADDRESS = 20  # the gateway's default open connections per address on the portal port
-CHROMIUM = "/usr/bin/chromium"
 
 
 class Site:
@@ -385,17 +385,6 @@ def test_signing_out_ends_the_session_everywhere(site: Site):
         copied.close()
 
 
-def spki_hash(ca_pem: Path) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium")
 def test_cookies_and_hsts_in_a_browser_over_https(site: Site):
     import playwright.sync_api as sync_api
@@ -405,15 +394,7 @@ def test_cookies_and_hsts_in_a_browser_over_https(site: Site):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={spki_hash(ca)}",
-            ],
+            args=BROWSER_ARGS + [f"--ignore-certificate-errors-spki-list={spki_hash(ca)}"],
             proxy={"server": f"http://127.0.0.1:{proxy}"},
         )
         context = browser.new_context(
