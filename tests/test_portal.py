@@ -682,6 +682,19 @@ def test_wider_or_longer_exceptions_wait_for_slt(portal):
     assert portal.row(ref).status == "awaiting_slt"
 
 
+def test_a_config_cannot_let_it_support_unlist_alone(gateway_config, tmp_path):
+    data = yaml.safe_load(gateway_config.read_text())
+    data["portal"]["slt_required"] = {"scopes": ["everyone"], "unlist": False}
+    gateway_config.write_text(yaml.safe_dump(data))
+    policy = load_policy(gateway_config, data_dir=tmp_path / "var")
+    (warning,) = [w for w in policy.warnings if "unlist" in w]
+    assert "portal.slt_required.unlist" in warning and "ignored" in warning
+    assert "unlist" not in policy.settings.extra["portal"]["slt_required"]
+    data["portal"]["slt_required"]["unlist"] = True
+    gateway_config.write_text(yaml.safe_dump(data))
+    assert not load_policy(gateway_config, data_dir=tmp_path / "var").warnings
+
+
 def test_slt_limits_are_configurable(tmp_path, gateway_config):
     portal = Portal(
         tmp_path, gateway_config, slt_required={"scopes": ["everyone"], "longer_than_days": None}
