@@ -136,8 +136,9 @@ EXCEPTION_SCOPES = ("user", "group", "role", "site", "everyone")
 
 def _slt_required(sec: Section | None) -> dict | None:
     """``portal.slt_required``: which exceptions IT Support may only propose (SLT approves).
-    ``{scopes: [role, site, everyone], longer_than_days: 91, unlist: false}``;
-    ``longer_than_days: false`` (or null) sets no limit on the length."""
+    ``{scopes: [role, site, everyone], longer_than_days: 91}``; ``longer_than_days: false``
+    (or null) sets no limit on the length. Un-listing and adding a site to a category always
+    need SLT: ``unlist`` is still accepted, and ``unlist: false`` is warned of and ignored."""
     if sec is None:
         return None
     sec.check_keys({"scopes", "longer_than_days", "unlist"})
@@ -162,8 +163,13 @@ def _slt_required(sec: Section | None) -> dict | None:
             days = sec.number("longer_than_days", minimum=0)
             if days is not None:
                 out["longer_than_days"] = days
-    if "unlist" in sec:
-        out["unlist"] = sec.flag("unlist")
+    if "unlist" in sec and not sec.flag("unlist", default=True):
+        sec.issues.warn(
+            sec.file,
+            sec.line_of("unlist"),
+            sec.field("unlist"),
+            "un-listing a site for everyone always needs SLT approval: 'unlist: false' is ignored",
+        )
     return out
 
 

@@ -9,7 +9,9 @@
   gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off;
 * ``--set NAME=VALUE`` (repeatable): any other mitmproxy option, e.g. ``proxyauth``;
 * ``--portal-port P``: the portal also on a port of its own (for an admin network), where the
-  user header is not trusted (staff sign in; requesters are known by address only);
+  user header is not trusted (staff sign in; requesters are known by address only), served
+  by waitress with limits (:mod:`schoolgate.gateway.portal_server`) on ``--portal-host``
+  (default 127.0.0.1: never the proxy's address unless given);
 * ``--workers N`` (or ``auto``: one per core): N processes on the one listening port, under a
   supervisor (:mod:`schoolgate.gateway.workers`).
 
@@ -243,6 +245,8 @@ async def _serve(
             opts.update(schoolgate_jobs=False, schoolgate_portal_sender=False)
         if portal_port:
             opts.update(schoolgate_portal_port=portal_port)
+            if getattr(args, "portal_host", None):
+                opts.update(schoolgate_portal_host=args.portal_host)
     except exceptions.OptionsError as exc:
         print(f"schoolgate: {exc}", file=sys.stderr)
         return 1
