@@ -120,7 +120,7 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(50))
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[str] = mapped_column(Text, default="")
-    # The operating system user that ran the command (migration 0008); None from the portal,
+    # The operating system user that ran the command (migration 0009); None from the portal,
     # the gateway and its jobs.
     os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
 

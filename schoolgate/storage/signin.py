@@ -1,4 +1,4 @@
-"""Portal sign-in state in the database (migration ``0008``), so that every worker and every
+"""Portal sign-in state in the database (migration ``0009``), so that every worker and every
 gateway on the database applies the same limits and sees the same sessions.
 
 * **Failed sign-ins** (``login_failures``): each one with its account, its *source* (the role
