@@ -1,0 +1,1 @@
+"""schoolgate's pure policy core: nothing here imports mitmproxy, SQLAlchemy or Flask."""
