@@ -325,3 +325,34 @@ def test_the_compiler_runs_without_the_gateway_installed(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_gateway_reload_switches_version_and_removes_the_old_one(
+    gateway_config: Path, gateway_data_dir: Path
+):
+    from mitmproxy.test import taddons
+
+    from schoolgate.gateway.holder import PolicyHolder
+
+    holder = PolicyHolder()
+    with taddons.context(holder) as tctx:
+        tctx.configure(
+            holder,
+            schoolgate_config=str(gateway_config),
+            schoolgate_data_dir=str(gateway_data_dir),
+        )
+        old = holder.policy.matcher
+        assert isinstance(old, ListStore) and old.path.parent == gateway_data_dir / "lists"
+        old_path = old.path
+        assert old.lookup("social.test", None) is not None
+        social = gateway_config.parent / "social.txt"
+        social.write_text(social.read_text() + "newsocial.test\n")
+        assert holder.reload(force=True) is True
+        new = holder.policy.matcher
+        assert new.path != old_path and new.lookup("x.newsocial.test", None) is not None
+        holder.sweep_lists()
+        assert old_path.exists()  # the old version is still mapped here
+        del old
+        gc.collect()
+        holder.sweep_lists()
+        assert not old_path.exists() and new.path.exists()
