@@ -239,6 +239,21 @@ def store_pss_kb(workers: list[Worker]) -> int:
 
 
 # -- the run ---------------------------------------------------------------------------------------
+def small_list_args(args: argparse.Namespace, listed: Path) -> argparse.Namespace:
+    """A config like the bench's with the first 1,000 domains of the list only."""
+    import engine_bench
+
+    work = args.data_dir.parent / "small"
+    (work / "db" / "social").mkdir(parents=True, exist_ok=True)
+    with open(listed) as src:
+        head = [next(src) for _ in range(1000)]
+    (work / "db" / "social" / "domains").write_text("".join(head))
+    small = argparse.Namespace(**vars(args))
+    small.config = engine_bench.write_config(work, work)
+    small.data_dir = work / "var"
+    return small
+
+
 def compile_fresh(args: argparse.Namespace) -> dict:
     """``compile_lists`` in a fresh process (as ``schoolgate lists update`` runs it)."""
     code = (
@@ -330,6 +345,13 @@ def run(args: argparse.Namespace, squid: dict | None, listed: Path) -> None:
         f"mismatches {result['mismatches']}"
     )
 
+    # The same worker with a 1,000-domain list: what remains of the difference after the same
+    # traffic is what the size of the lists costs each worker of its own memory.
+    small = Worker(small_list_args(args, listed), "small")
+    small.ask("load")
+    small_touched = small.ask("touch")["private_kb"] - small.ready["private_kb"]
+    small.quit()
+
     workers = [Worker(args, str(i + 1)) for i in range(args.workers)]
     empty = [w.ready["private_kb"] for w in workers]
     loaded = [w.ask("load") for w in workers]
@@ -340,6 +362,7 @@ def run(args: argparse.Namespace, squid: dict | None, listed: Path) -> None:
     store = store_pss_kb(workers)
     grown = [t["private_kb"] - e for t, e in zip(touched, empty, strict=True)]
     after_load = [x["private_kb"] - e for x, e in zip(loaded, empty, strict=True)]
+    for_lists = [g - small_touched for g in grown]
     print(
         f"{args.workers} workers: private memory before loading the lists "
         + ", ".join(f"{e / 1024:.1f}" for e in empty)
@@ -349,12 +372,14 @@ def run(args: argparse.Namespace, squid: dict | None, listed: Path) -> None:
         + ", ".join(f"{x['seconds']:.2f}" for x in loaded)
         + " s); after deciding the stream once "
         + ", ".join(f"{g / 1024:.1f}" for g in grown)
-        + " MB (the decision caches: identities, host names, matches)"
+        + f" MB, against {small_touched / 1024:.1f} MB with a 1,000-domain list"
     )
     print(
-        f"{args.workers} workers: store PSS summed {store / 1024:.1f} MB (file {size_mb:.1f} "
-        f"MB); store PSS + private growth {(store + sum(grown)) / 1024:.1f} MB; "
-        f"total PSS of the workers {pss / 1024:.0f} MB"
+        f"{args.workers} workers: private memory for the lists (difference) "
+        + ", ".join(f"{g / 1024:.1f}" for g in for_lists)
+        + f" MB; store PSS summed {store / 1024:.1f} MB (file {size_mb:.1f} MB); "
+        f"store in all {(store + sum(for_lists)) / 1024:.1f} MB; total PSS of the workers "
+        f"{pss / 1024:.0f} MB"
     )
     if squid:
         rate = float(squid.get("rate_median", "nan"))
@@ -366,8 +391,8 @@ def run(args: argparse.Namespace, squid: dict | None, listed: Path) -> None:
         print(
             f"ratios: decisions/s {ours / rate:.2f}x squidGuard's; compile "
             f"{built['seconds'] / float(squid.get('build_s', 'nan')):.2f}x squidGuard's build; "
-            f"store memory over {args.workers} workers "
-            f"{(store + sum(grown)) / int(squid.get('rss_kb', 1)):.2f}x squidGuard's RSS"
+            f"store in all over {args.workers} workers "
+            f"{(store + sum(for_lists)) / int(squid.get('rss_kb', 1)):.2f}x squidGuard's RSS"
         )
     if args.callgrind:
         instructions(args, squid is not None)

@@ -535,6 +535,8 @@ class Matcher:
         "_frozen",
     )
 
+    _cache_size = _CACHE_SIZE  # matches remembered (popular sites cost one dict lookup)
+
     def __init__(self) -> None:  # use Matcher.build
         object.__setattr__(self, "_frozen", False)
 
@@ -659,7 +661,7 @@ class Matcher:
             rest = ref >> self._cat_bits
             src = self._sources[rest & self._src_mask]
             match = ListMatch(self._names[cat], entry, f"{src}:{rest >> self._src_bits}", kind)
-            if len(self._cache) >= _CACHE_SIZE:
+            if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[key] = match
         return match
