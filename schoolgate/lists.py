@@ -44,7 +44,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -733,7 +733,6 @@ class Matcher:
         most specific first (ties in category order, allowlist first)."""
         if not host:
             return []
-        is_ip = host[-1] in _DIGITS or ":" in host
         lpath = self._request_path(path) if path is not None else None
         best: dict[int, tuple[tuple[int, int, int], ListMatch]] = {}
         cat_mask = self._cat_mask
@@ -744,22 +743,15 @@ class Matcher:
             if old is None or score > old[0]:
                 best[cat] = (score, self._match(ref, entry, kind))
 
-        h = host
-        while True:
-            v = self._index.get(h)
-            depth = h.count(".") + 1
-            if v is not None:
-                if v & 2:
-                    for ref in (v >> 2, *self._also.get(h, ())):
-                        offer(ref, (_DOMAIN, depth, 0), h, "domain")
-                if v & 1 and lpath is not None:
-                    for prefix, ref in self._paths[h]:
-                        if _under(lpath, prefix):
-                            offer(ref, (_PATH, depth, len(prefix)), h + prefix, "path")
-            i = h.find(".")
-            if is_ip or i < 0:
-                break
-            h = h[i + 1 :]
+        for entry, v, key in self._listed_under(host):
+            depth = entry.count(".") + 1
+            if v & 2:
+                for ref in (v >> 2, *self._more_categories(key)):
+                    offer(ref, (_DOMAIN, depth, 0), entry, "domain")
+            if v & 1 and lpath is not None:
+                for prefix, ref in self._path_rules(key):
+                    if _under(lpath, prefix):
+                        offer(ref, (_PATH, depth, len(prefix)), entry + prefix, "path")
         if self._regexes:
             target = host if lpath is None else host + lpath
             for pattern, compiled, ref in self._regexes:
@@ -767,6 +759,26 @@ class Matcher:
                     offer(ref, (_REGEX, 0, 0), pattern, "regex")
         ordered = sorted(best.items(), key=lambda item: (tuple(-x for x in item[1][0]), item[0]))
         return [match for _cat, (_score, match) in ordered]
+
+    # What lookup_all reads, by key (a host here; a compiled store has keys of its own).
+    def _listed_under(self, host: str) -> Iterator[tuple[str, int, object]]:
+        """``(entry, packed value, key)`` of each listed host that ``host`` is or is under."""
+        is_ip = host[-1] in _DIGITS or ":" in host
+        h = host
+        while True:
+            v = self._index.get(h)
+            if v is not None:
+                yield h, v, h
+            i = h.find(".")
+            if is_ip or i < 0:
+                break
+            h = h[i + 1 :]
+
+    def _more_categories(self, key) -> tuple[int, ...]:
+        return self._also.get(key, ())
+
+    def _path_rules(self, key) -> Sequence[tuple[str, int]]:
+        return self._paths.get(key, ())
 
     def stats(self) -> dict[str, int]:
         """Distinct entries per category (and ``allowlist`` when it has any), in order."""

@@ -48,15 +48,14 @@ import time
 import weakref
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import marisa_trie
 
 from schoolgate.configfile import Issues
-from schoolgate.lists import _DIGITS, _PATH, _REGEX, FORMATS, Matcher, ParsedList, _under
-from schoolgate.lists import _DOMAIN as _DOMAIN_RANK
+from schoolgate.lists import _DIGITS, FORMATS, Matcher, ParsedList, _under
 from schoolgate.lists import parse_list as _parse_list
 from schoolgate.model import ListMatch
 
@@ -456,7 +455,7 @@ class ListStore(Matcher):
             for j in range(self._aux[4 * i], self._aux[4 * i + 1])
         ]
 
-    def _also_of(self, kid: int) -> tuple[int, ...]:
+    def _more_categories(self, kid: int) -> tuple[int, ...]:
         i = self._aux_of(kid)
         if i < 0:
             return ()
@@ -511,46 +510,16 @@ class ListStore(Matcher):
             return self._lookup_regex(host, path)
         return None
 
-    def lookup_all(self, host: str, path: str | None) -> list[ListMatch]:
-        """Every category (and the allowlist) that matches, each with its most specific entry;
-        most specific first (ties in category order, allowlist first)."""
-        if not host:
-            return []
-        is_ip = host[-1] in _DIGITS or ":" in host
-        lpath = self._request_path(path) if path is not None else None
-        best: dict[int, tuple[tuple[int, int, int], ListMatch]] = {}
-        cat_mask = self._cat_mask
-
-        def offer(ref: int, score: tuple[int, int, int], entry: str, kind: str) -> None:
-            cat = ref & cat_mask
-            old = best.get(cat)
-            if old is None or score > old[0]:
-                best[cat] = (score, self._match(ref, entry, kind))
-
+    def _listed_under(self, host: str) -> Iterator[tuple[str, int, object]]:
         key = host[::-1] + "."
-        if is_ip:
+        if host[-1] in _DIGITS or ":" in host:
             kid = self._trie.get(key)
-            found = [] if kid is None else [(key, kid)]
+            found = [] if kid is None else [key]
         else:
-            found = [(k, self._key_id(k)) for k in self._prefixes(key)]
-        for key, kid in found:
-            v = self._values[kid]
-            entry = host[len(host) - len(key) + 1 :]
-            depth = entry.count(".") + 1
-            if v & 2:
-                for ref in (v >> 2, *self._also_of(kid)):
-                    offer(ref, (_DOMAIN_RANK, depth, 0), entry, "domain")
-            if v & 1 and lpath is not None:
-                for prefix, ref in self._path_rules(kid):
-                    if _under(lpath, prefix):
-                        offer(ref, (_PATH, depth, len(prefix)), entry + prefix, "path")
-        if self._regexes:
-            target = host if lpath is None else host + lpath
-            for pattern, compiled, ref in self._regexes:
-                if compiled.search(target):
-                    offer(ref, (_REGEX, 0, 0), pattern, "regex")
-        ordered = sorted(best.items(), key=lambda item: (tuple(-x for x in item[1][0]), item[0]))
-        return [match for _cat, (_score, match) in ordered]
+            found = self._prefixes(key)
+        for key in found:
+            kid = self._key_id(key)
+            yield host[len(host) - len(key) + 1 :], self._values[kid], kid
 
     def __repr__(self) -> str:
         return f"<ListStore {self.path.name} {self._stats}>"
