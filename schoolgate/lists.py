@@ -708,11 +708,11 @@ class Matcher:
 
     def _lookup_ip(self, host: str, path: str | None) -> ListMatch | None:
         # IPv6 hosts arrive compressed: normalize_host gives every address one spelling.
-        v = self._index.get(host)
+        v, key = self._exact(host)
         if v is not None:
             if v & 1 and path is not None:
                 lpath = self._request_path(path)
-                for prefix, ref in self._paths[host]:
+                for prefix, ref in self._path_rules(key):
                     if _under(lpath, prefix):
                         return self._match(ref, host + prefix, "path")
             if v & 2:
@@ -773,6 +773,10 @@ class Matcher:
             if is_ip or i < 0:
                 break
             h = h[i + 1 :]
+
+    def _exact(self, host: str) -> tuple[int | None, object]:
+        """The packed value of ``host`` itself, and its key."""
+        return self._index.get(host), host
 
     def _more_categories(self, key) -> tuple[int, ...]:
         return self._also.get(key, ())

@@ -495,20 +495,9 @@ class ListStore(Matcher):
             return self._lookup_regex(host, path)
         return None
 
-    def _lookup_ip(self, host: str, path: str | None) -> ListMatch | None:
+    def _exact(self, host: str) -> tuple[int | None, object]:
         kid = self._trie.get(host[::-1] + ".")
-        if kid is not None:
-            v = self._values[kid]
-            if v & 1 and path is not None:
-                lpath = self._request_path(path)
-                for prefix, ref in self._path_rules(kid):
-                    if _under(lpath, prefix):
-                        return self._match(ref, host + prefix, "path")
-            if v & 2:
-                return self._match(v >> 2, host, "domain")
-        if self._regexes:
-            return self._lookup_regex(host, path)
-        return None
+        return (None, None) if kid is None else (self._values[kid], kid)
 
     def _listed_under(self, host: str) -> Iterator[tuple[str, int, object]]:
         key = host[::-1] + "."
