@@ -458,10 +458,19 @@ def instructions(args: argparse.Namespace, with_squidguard: bool) -> None:
 
 
 def reload(args: argparse.Namespace, workers: list[Worker], listed: Path, old: Path) -> None:
-    from schoolgate.core.liststore import remove_unused
 
+    size = listed.stat().st_size
     with open(listed, "a") as f:
         f.write("reload-bench-added.example\n")
+    try:
+        reload_workers(args, workers, old)
+    finally:
+        os.truncate(listed, size)  # the generator's list again, for the next run
+
+
+def reload_workers(args: argparse.Namespace, workers: list[Worker], old: Path) -> None:
+    from schoolgate.core.liststore import remove_unused
+
     built = compile_fresh(args)
     new = max((args.data_dir / "lists").glob("main-*.sgl"), key=lambda p: p.stat().st_mtime)
     new_mb = new.stat().st_size / 1e6

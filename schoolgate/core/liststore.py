@@ -69,7 +69,7 @@ COMPILE_LOCK = ".compile.lock"
 # Lists bigger than this (bytes of list files) are compiled in a subprocess.
 SUBPROCESS_BYTES = 4 << 20
 # One trie level and the largest cache: about 40% faster lookups than marisa's defaults, for
-# a file about 40% bigger (12 MB for a million domains; squidGuard's database is 40 MB).
+# a trie about 40% bigger (12 MB for a million domains; squidGuard's whole database is 40 MB).
 TRIE_OPTIONS = {"num_tries": 1, "cache_size": marisa_trie.HUGE_CACHE}
 SQUIDGUARD_FILES = ("domains", "urls", "expressions")
 
