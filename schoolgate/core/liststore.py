@@ -55,7 +55,7 @@ from pathlib import Path
 import marisa_trie
 
 from schoolgate.configfile import Issues
-from schoolgate.lists import _DIGITS, FORMATS, Matcher, ParsedList, _under
+from schoolgate.lists import _DIGITS, Matcher, ParsedList, _under
 from schoolgate.lists import parse_list as _parse_list
 from schoolgate.model import ListMatch
 
@@ -92,7 +92,7 @@ class ListFile:
     def source(self) -> str:
         """The name its entries are reported under, as :func:`parse_list` gives it."""
         display = self.display or str(self.path)
-        if self.fmt in FORMATS and self.fmt in ("auto", "squidguard") and self.path.is_dir():
+        if self.fmt in ("auto", "squidguard") and self.path.is_dir():
             return f"{display}/domains"
         return display
 
