@@ -149,14 +149,16 @@ def run_gateway(args: argparse.Namespace) -> int:
         )
     try:
         if worker is None and workers > 1:
-            return _supervise(args, config_path, data_dir, policy, workers)
+            database_url = policy.settings.database_url
+            del policy  # the workers map the compiled lists; the supervisor keeps no copy
+            return _supervise(args, config_path, data_dir, database_url, workers)
         return asyncio.run(_serve(args, config_path, data_dir, policy, worker))
     except KeyboardInterrupt:
         return 130
 
 
 def _supervise(
-    args: argparse.Namespace, config_path: Path, data_dir: Path, policy, count: int
+    args: argparse.Namespace, config_path: Path, data_dir: Path, database_url: str, count: int
 ) -> int:
     """``--workers N``: check what a worker would only find out N times over, make the state
     they share, then run the supervisor."""
@@ -177,7 +179,7 @@ def _supervise(
     if getattr(args, "steer_connections", False):
         _warn_of_steering_limits()
     try:
-        workers.prepare_shared_state(data_dir, Path(opts["confdir"]), policy.settings.database_url)
+        workers.prepare_shared_state(data_dir, Path(opts["confdir"]), database_url)
     except Exception as exc:  # noqa: BLE001 - any failure here would stop every worker too
         print(f"schoolgate: cannot prepare {data_dir}: {exc}", file=sys.stderr)
         return 1
