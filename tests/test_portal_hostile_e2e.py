@@ -65,8 +65,11 @@ class Site:
         )
         self.config.write_text(text)
         self.data_dir = tmp / "var"
+        # before the gateway's first start: the first account makes the school's database (--init)
         for user, role in (("it.tech", "it_support"), ("mrs.head", "slt")):
-            self.cli("staff", "add", user, "--role", role, "--password-stdin", stdin=PASSWORD)
+            self.cli(
+                "staff", "add", user, "--role", role, "--password-stdin", "--init", stdin=PASSWORD
+            )
         self.origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
         threading.Thread(target=self.origin.serve_forever, daemon=True).start()
         self.gateways: list[tuple[subprocess.Popen, int]] = []
