@@ -97,3 +97,19 @@ def install(live: LiveIdentity | None) -> None:
 
 def current() -> LiveIdentity | None:
     return _current
+
+
+def read_once(sources: IdentitySources, sessions) -> LiveIdentity:
+    """The bindings in force and the DHCP leases as they are now, read once (blocking): for a
+    command run on its own (``schoolgate explain --ip``), which has no gateway to follow."""
+    from schoolgate.bindings.cache import BindingCache
+    from schoolgate.bindings.dhcp import LeaseWatcher
+
+    cache = BindingCache(sessions, order=sources.sources)
+    if sources.sources and not cache.refresh():
+        raise RuntimeError("cannot read the bindings from the database")
+    leases = None
+    if sources.dhcp is not None and sources.dhcp.files:
+        leases = LeaseWatcher(sources.dhcp.files)
+        leases.check()
+    return LiveIdentity(sources, cache=cache, leases=leases)
