@@ -49,17 +49,18 @@ class LiveIdentity:
         lease = leases.lease(address)
         return lease.device if lease is not None else None
 
-    def wait_for(self, address: str, binding_id: int | None, timeout: float = 3.0) -> bool:
-        """Until this process's copy has ``binding_id`` in force on ``address`` (None: has none
-        there), so that the page that follows a sign-in or sign-out is decided on it. Blocking:
-        for the portal's threads. Whether it happened within ``timeout`` seconds."""
+    def wait_until(
+        self, address: str, done: Callable[[Binding | None], bool], timeout: float = 3.0
+    ) -> bool:
+        """Until ``done(binding in force on address)`` in this process's copy, so that the page
+        after a sign-in or sign-out is decided on it. Blocking: for the portal's threads.
+        Whether it happened within ``timeout`` seconds."""
         cache = self.cache
         if cache is None:
             return False
         deadline = time.monotonic() + timeout
         while True:
-            found = cache.lookup(address, traffic=False)
-            if (found.id if found is not None else None) == binding_id:
+            if done(cache.lookup(address, traffic=False)):
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -226,6 +226,10 @@ def create_app(
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
     app.register_blueprint(views_staff.teacher_bp)
+    from schoolgate.portal.blueprints import signin
+
+    app.register_blueprint(signin.bp)  # devices that must sign in to the network
+    app.register_blueprint(signin.it_signins_bp)
 
     app.before_request(_check_csrf)
     app.after_request(_security_headers)
