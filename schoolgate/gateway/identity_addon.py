@@ -60,7 +60,9 @@ def _sources(policy) -> IdentitySources:
 
 
 def _explicit(flow: http.HTTPFlow) -> bool:
-    return isinstance(flow.client_conn.proxy_mode, (mode_specs.RegularMode,))
+    return isinstance(
+        flow.client_conn.proxy_mode, (mode_specs.RegularMode, mode_specs.UpstreamMode)
+    )
 
 
 def sign_in_url(portal_host: str, target: str | None = None) -> str:
