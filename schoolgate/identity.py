@@ -11,7 +11,7 @@ import io
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -308,7 +308,7 @@ class IdentityResolver:
                     device=device,
                 )
             if device is not None:
-                return _with_device(identity, device)
+                return replace(identity, device=device)
         return identity
 
     def _sign_in_network(self, client_ip: str | None) -> IPNetwork | None:
@@ -404,60 +404,28 @@ class IdentityResolver:
     def _bound(
         self, client_ip: str | None, binding: Binding, network_rule: NetworkRule | None, site: str
     ) -> Identity:
-        """The identity of an address an identity source has bound (no proxy login)."""
+        """The identity of an address an identity source has bound (no proxy login): the
+        roster's for a person it knows, else the directory's role the binding carries, else
+        the network's."""
         via = f"bound to {binding.address} by {binding.source} ({binding.origin})"
         username = binding.user if binding.kind == "person" else None
-        device = binding.device
-        if username:
-            entry = self.roster.get(username)
-            if entry is not None:
-                return Identity(
-                    role=entry.role,
-                    site=entry.site or site,
-                    user=username,
-                    group=entry.group,
-                    date_of_birth=entry.date_of_birth,
-                    client_ip=client_ip,
-                    source="roster",
-                    rule=f"roster {self.roster_source}:{entry.line} ({username}), {via}",
-                    device=device,
-                )
-            if binding.role:
-                return Identity(
-                    role=binding.role,
-                    site=site,
-                    user=username,
-                    client_ip=client_ip,
-                    source="binding",
-                    rule=f"{username} {via}; role {binding.role} from the directory's groups "
-                    "(not on the roster)",
-                    device=device,
-                )
-        who = username or f"machine {device or '?'}"
         identity = self._finish(client_ip, username, network_rule, site)
-        return Identity(
-            role=identity.role,
-            site=identity.site,
-            user=username,
-            client_ip=client_ip,
-            source=identity.source,
-            rule=f"{identity.rule} ({who} {via})",
-            device=device,
-        )
-
-
-def _with_device(identity: Identity, device: str) -> Identity:
-    return Identity(
-        role=identity.role,
-        site=identity.site,
-        user=identity.user,
-        group=identity.group,
-        date_of_birth=identity.date_of_birth,
-        client_ip=identity.client_ip,
-        source=identity.source,
-        rule=identity.rule,
-        device=device,
-    )
+        if username and identity.source != "roster" and binding.role:
+            identity = Identity(
+                role=binding.role,
+                site=site,
+                user=username,
+                client_ip=client_ip,
+                source="binding",
+                rule=f"{username} {via}; role {binding.role} from the directory's groups "
+                "(not on the roster)",
+            )
+        elif identity.source == "roster":
+            identity = replace(identity, rule=f"{identity.rule}, {via}")
+        else:
+            who = username or f"machine {binding.device or '?'}"
+            identity = replace(identity, rule=f"{identity.rule} ({who} {via})")
+        return replace(identity, device=binding.device)
 
 
 def _ipv4_int(text: str) -> int | None:

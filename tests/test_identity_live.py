@@ -319,3 +319,52 @@ def test_the_addon_sends_unknown_devices_to_sign_in(tmp_path: Path) -> None:
         finally:
             identity.done()
             recorder.done()
+
+
+# -- the portal's pages ---------------------------------------------------------------------------
+
+
+def test_sign_in_page_and_the_it_support_list(tmp_path: Path, gateway_config: Path) -> None:
+    from test_portal import PASSWORD, Portal, csrf
+
+    from schoolgate.bindings import live as live_identity
+    from schoolgate.bindings.cache import BindingCache
+    from schoolgate.bindings.live import LiveIdentity
+    from schoolgate.bindings.sessions import SignInService
+    from schoolgate.bindings.settings import IdentitySources, SignInSettings
+
+    portal = Portal(tmp_path, gateway_config)
+    settings = SignInSettings(None, portal_accounts_role="staff")
+    cache = BindingCache(portal.sessions, order=("sign_in",))
+    live = LiveIdentity(IdentitySources(("sign_in",), sign_in=settings), cache=cache)
+    live.sign_in = SignInService(
+        portal.sessions,
+        settings,
+        directory=Passwords(None, PortalAccounts(portal.sessions, "staff")),  # type: ignore[arg-type]
+        on_change=lambda: cache.refresh(),
+    )
+    live_identity.install(live)
+    try:
+        device = portal.client("10.30.1.5")
+        token = csrf(device, "/sign-in")
+        wrong = device.post(
+            "/sign-in", data={"csrf_token": token, "username": "alice", "password": "nope"}
+        )
+        assert wrong.status_code == 401 and "do not match" in wrong.text
+        done = device.post(
+            "/sign-in", data={"csrf_token": token, "username": "alice", "password": PASSWORD}
+        )
+        assert done.status_code == 200 and 'id="signed-in-user">alice<' in done.text
+        assert cache.lookup("10.30.1.5", traffic=False).user == "alice"  # the page waited
+
+        listed = portal.staff("nina").get("/it/sign-ins")
+        assert listed.status_code == 200
+        assert "10.30.1.5" in listed.text and "alice" in listed.text and "sign-in" in listed.text
+        assert "bindings addresses" in listed.text  # the counters
+        assert portal.client("10.30.1.6").get("/it/sign-ins").status_code == 302  # staff only
+
+        out = device.post("/sign-out", data={"csrf_token": token})
+        assert out.status_code == 200 and "You have signed out" in out.text
+        assert cache.lookup("10.30.1.5", traffic=False) is None
+    finally:
+        live_identity.install(None)

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
-from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway, wait_for
+from gateway_process import run_cli, wait_for
+from identity_gateway import UpstreamGateway
 from kdc_server import KerberosRealm
-from test_portal_e2e import Origin
 
 PASSWORD = "Kerberos-teacher-1"
 
@@ -41,41 +37,23 @@ def realm():
         realm.remove()
 
 
-class NegotiateGateway:
+class NegotiateGateway(UpstreamGateway):
     def __init__(self, tmp: Path, realm: KerberosRealm) -> None:
-        folder = tmp / "config"
-        shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
-        users = folder / "ntlm-users"
-        users.write_text(f"SCHOOL:teacher1:{PASSWORD}\n")
-        self.config = folder / "config.yaml"
-        config = yaml.safe_load(self.config.read_text())
-        config["identity"]["networks"].append({"cidr": "127.0.0.0/8", "role": "student"})
-        config["identity"]["sources"] = ["negotiate"]
-        config["identity"]["negotiate"] = {
-            "keytab": str(realm.base / "http.keytab"),
-            "service_host": "localhost",
-            "realms": ["SCHOOL.TEST", "SCHOOL"],
-            "ntlm": {"users_file": str(users)},
-        }
-        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        roster = folder / "roster.csv"
-        roster.write_text(roster.read_text() + "teacher1,staff,,1980-01-01\n")
-        self.data_dir = tmp / "var"
-        self.log = tmp / "gateway.log"
-        self.origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-        threading.Thread(target=self.origin.serve_forever, daemon=True).start()
-        self.port = free_port()
+        def edit(config: dict, folder: Path) -> None:
+            users = folder / "ntlm-users"
+            users.write_text(f"SCHOOL:teacher1:{PASSWORD}\n")
+            config["identity"]["networks"].append({"cidr": "127.0.0.0/8", "role": "student"})
+            config["identity"]["sources"] = ["negotiate"]
+            config["identity"]["negotiate"] = {
+                "keytab": str(realm.base / "http.keytab"),
+                "service_host": "localhost",
+                "realms": ["SCHOOL.TEST", "SCHOOL"],
+                "ntlm": {"users_file": str(users)},
+            }
+
         env = {**os.environ, **realm.env()}  # the realm's krb5.conf and replay cache
         env.pop("KRB5CCNAME")
-        self.proc = start_gateway(
-            self.config,
-            self.data_dir,
-            self.port,
-            self.log,
-            "--mode",
-            f"upstream:http://127.0.0.1:{self.origin.server_address[1]}",
-            env=env,
-        )
+        super().__init__(tmp, edit, roster="teacher1,staff,,1980-01-01\n", env=env)
 
     def curl(self, source: str, path: str, *args: str, env: dict | None = None):
         """curl from ``source`` through the gateway (named ``localhost``: the ticket is for
@@ -92,10 +70,6 @@ class NegotiateGateway:
         )
         text, _, code = out.stdout.rpartition("\n")
         return int(code or 0), text
-
-    def stop(self) -> None:
-        stop_gateway(self.proc, 20)
-        self.origin.shutdown()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import yaml
 from gateway_process import ROOT, wait_for
 from pyrad.client import Client, Timeout
 from pyrad.packet import AccountingResponse
+from test_bindings_radius import accounting
 from test_transparent_e2e import _REASON as TRANSPARENT_UNAVAILABLE
 from test_workers_e2e import TransparentWorkers, workers_of
 
@@ -52,6 +54,12 @@ class RadiusNet(TransparentWorkers):
             "clients": ["127.0.0.0/8"],
         }
         config["identity"]["sources"] = ["radius"]
+        # The DHCP server's lease file names the students' device (dnsmasq's format).
+        leases = path.parent / "dnsmasq.leases"
+        leases.write_text(
+            f"{int(time.time()) + 86400} 02:00:00:00:0a:03 {self.student_ip} lab-pc-3 *\n"
+        )
+        config["identity"]["dhcp"] = {"leases": [{"format": "dnsmasq", "path": str(leases)}]}
         config["age_restrictions"] = [
             {"platform": "Instagram", "min_age": 13, "signup": ["instagram.test/accounts/signup"]}
         ]
@@ -113,17 +121,27 @@ def rnet(tmp_path_factory):
         running.stop()
 
 
-def accounting(client: Client, status: str, **attributes: object):
-    packet = client.CreateAcctPacket()
-    packet["Acct-Status-Type"] = status
-    for name, value in attributes.items():
-        packet[name.replace("_", "-")] = value
-    return client.SendPacket(packet)
-
-
 def latest(rnet: RadiusNet, path: str) -> dict | None:
     events = [e for e in rnet.events() if (e.get("url") or "").endswith(path)]
     return events[-1] if events else None
+
+
+def test_a_device_nobody_is_bound_to_is_named_from_its_dhcp_lease(rnet: RadiusNet) -> None:
+    out = subprocess.run(
+        ["ip", "netns", "exec", rnet.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"]
+        + ["--interface", rnet.student_ip, "--resolve", f"social.test:80:{rnet.host_ip}"]
+        + ["http://social.test/leased"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout == "403", out.stderr
+    event = wait_for(lambda: latest(rnet, "/leased"), 10)
+    assert event and (event["device"], event["user"], event["role"]) == (
+        "lab-pc-3",
+        None,
+        "student",
+    )
 
 
 def test_a_pupil_bound_by_radius_meets_the_pupils_policy_on_both_workers(rnet: RadiusNet) -> None:

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import threading
+from collections.abc import Callable
 from datetime import timedelta
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import playwright.sync_api as sync_api
 import pytest
-import yaml
-from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway, wait_for
+from gateway_process import wait_for
+from identity_gateway import UpstreamGateway
 from slapd_server import DIRECTORY_PASSWORDS, SERVICE_DN, SERVICE_PASSWORD, SUFFIX, SlapdServer
-from test_portal_e2e import BROWSER_ARGS, CHROMIUM, Origin, shot, spki_hash
+from test_portal_e2e import BROWSER_ARGS, CHROMIUM, shot, spki_hash
 
 PORTAL = "schoolgate.internal"
 SIGN_IN = f"http://{PORTAL}/sign-in"
@@ -34,12 +32,8 @@ if not os.path.exists(CHROMIUM):
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-class SignInGateway:
-    def __init__(self, tmp: Path, directory: SlapdServer) -> None:
-        folder = tmp / "config"
-        shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
-        self.config = folder / "config.yaml"
-        config = yaml.safe_load(self.config.read_text())
+def with_sign_in(directory: SlapdServer) -> Callable[[dict, Path], None]:
+    def edit(config: dict, folder: Path) -> None:
         config["identity"]["sources"] = ["sign_in"]
         config["identity"]["sign_in"] = {
             "networks": ["127.0.0.0/8"],
@@ -58,39 +52,15 @@ class SignInGateway:
                 ],
             },
         }
-        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        roster = folder / "roster.csv"
-        roster.write_text(roster.read_text() + "pupil1,student,9B,2012-01-15\n")
-        self.data_dir = tmp / "var"
-        self.log = tmp / "gateway.log"
-        self.origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-        threading.Thread(target=self.origin.serve_forever, daemon=True).start()
-        self.port = free_port()
-        self.proxy = f"http://127.0.0.1:{self.port}"
-        self.proc = start_gateway(
-            self.config,
-            self.data_dir,
-            self.port,
-            self.log,
-            "--mode",
-            f"upstream:http://127.0.0.1:{self.origin.server_address[1]}",
-        )
-        self.ca = self.data_dir / "ca" / "mitmproxy-ca-cert.pem"
 
-    def cli(self, *args: str) -> str:
-        return run_cli(self.config, self.data_dir, *args)
-
-    def events(self) -> list[dict]:
-        return json.loads(self.cli("events", "--json", "--limit", "1000"))
-
-    def stop(self) -> None:
-        stop_gateway(self.proc, 20)
-        self.origin.shutdown()
+    return edit
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, school_directory: SlapdServer):
-    running = SignInGateway(tmp_path, school_directory)
+    running = UpstreamGateway(
+        tmp_path, with_sign_in(school_directory), roster="pupil1,student,9B,2012-01-15\n"
+    )
     yield running
     running.stop()
 
@@ -102,7 +72,7 @@ def sign_in(page, user: str, password: str) -> None:
     page.wait_for_load_state()
 
 
-def lapse(gateway: SignInGateway, user: str) -> None:
+def lapse(gateway: UpstreamGateway, user: str) -> None:
     """The signed-in device's session as it is after ``idle_minutes`` without traffic: its
     renewal and expiry moved back in the database (as the clock would), a change every gateway
     and worker picks up. (The clock itself is not waited for: 20 minutes.)"""
@@ -127,7 +97,7 @@ def lapse(gateway: SignInGateway, user: str) -> None:
 
 
 def test_unknown_device_signs_in_meets_its_policy_signs_out_and_lapses(
-    gateway: SignInGateway, school_directory: SlapdServer
+    gateway: UpstreamGateway, school_directory: SlapdServer
 ) -> None:
     # The captive-portal probe every OS makes over plain HTTP is redirected to sign-in.
     probe = subprocess.run(
