@@ -316,6 +316,11 @@ def test_the_addon_sends_unknown_devices_to_sign_in(tmp_path: Path) -> None:
                     )
                 else:
                     assert flow.response is None
+            # A reload makes a new policy: it is given the bindings before anything decides.
+            assert holder.reload(force=True)
+            assert holder.policy.resolver.live is None
+            identity.tls_clienthello(None)
+            assert holder.policy.resolver.live is identity.live is not None
         finally:
             identity.done()
             recorder.done()

@@ -125,7 +125,7 @@ class IdentitySourcesAddon:
         from schoolgate.bindings.writer import BindingWriter
 
         cache = BindingCache(sessions, order=sources.sources)
-        live = LiveIdentity(sources, cache=cache)
+        live = self.live = LiveIdentity(sources, cache=cache)  # done() stops what started
         writer = BindingWriter(after_write=cache.wake)
         writer.start()
         self._writer = writer
@@ -142,7 +142,6 @@ class IdentitySourcesAddon:
             live.negotiate_counts.update(challenged=0, completed=0, refused=0)
         if sources.radius is not None and getattr(ctx.options, RADIUS_OPTION, True):
             self._start_radius(sources, sessions, writer, live)
-        self.live = live
         install(live)
         self._attach()
         log.info(
@@ -229,10 +228,10 @@ class IdentitySourcesAddon:
             return
         self._generation = generation
         live = self.live
-        if live is not None:
-            live.cache.order = tuple(_sources(policy).sources) or live.cache.order
-        policy.resolver.use_live(live)
         sources = _sources(policy)
+        if live is not None and live.cache is not None and sources.sources:
+            live.cache.reorder(sources.sources)
+        policy.resolver.use_live(live)
         if self.started is not None and _running_parts(sources) != _running_parts(self.started):
             log.warning(
                 "schoolgate: identity.radius, sign_in, negotiate or dhcp changed: the change "
@@ -361,6 +360,14 @@ class IdentitySourcesAddon:
         for name, value in headers:
             response.headers.add(name.decode(), value.decode())
         return response
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._attach()
+
+    def tls_clienthello(self, data) -> None:
+        # Transparent HTTPS is decided here first (Enforcement, after this addon): the policy
+        # a reload made must know the bindings before it.
+        self._attach()
 
     def client_disconnected(self, client: connection.Client) -> None:
         if self._handshakes is not None:
