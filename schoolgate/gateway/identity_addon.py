@@ -35,6 +35,7 @@ import base64
 import html
 import logging
 import weakref
+from collections.abc import Awaitable
 from urllib.parse import quote
 
 from mitmproxy import connection, ctx, exceptions, http
@@ -239,24 +240,30 @@ class IdentitySourcesAddon:
             )
 
     # -- Windows single sign-on -----------------------------------------------------------------
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    # Both hooks return a coroutine only when there is a handshake to step (the dispatcher
+    # awaits it): without Negotiate, nothing is awaited on the request path.
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         self._attach()
         if self._handshakes is not None and flow.response is None and _explicit(flow):
-            await self._negotiate(flow)
-            if flow.response is None:
-                self._tunnels.add(flow.client_conn)
+            return self._negotiate_connect(flow)
+        return None
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def _negotiate_connect(self, flow: http.HTTPFlow) -> None:
+        await self._negotiate(flow)
+        if flow.response is None:
+            self._tunnels.add(flow.client_conn)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         self._attach()
         if self._handshakes is None or flow.response is not None or not _explicit(flow):
-            return
+            return None
         user = self._authenticated.get(flow.client_conn)
         if user is not None:
             flow.metadata["proxyauth"] = (user, "")
-            return
+            return None
         if flow.client_conn in self._tunnels:
-            return  # inside a CONNECT tunnel: the CONNECT was the place to ask
-        await self._negotiate(flow)
+            return None  # inside a CONNECT tunnel: the CONNECT was the place to ask
+        return self._negotiate(flow)
 
     async def _negotiate(self, flow: http.HTTPFlow) -> None:
         from schoolgate.bindings.negotiate import NegotiateFailed
