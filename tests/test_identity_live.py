@@ -373,3 +373,54 @@ def test_sign_in_page_and_the_it_support_list(tmp_path: Path, gateway_config: Pa
         assert cache.lookup("10.30.1.5", traffic=False) is None
     finally:
         live_identity.install(None)
+
+
+def test_a_sign_in_ends_when_its_address_is_leased_to_another_device(tmp_path: Path) -> None:
+    leases = tmp_path / "dnsmasq.leases"
+    expiry = int(datetime.now(UTC).timestamp()) + 3600
+    leases.write_text(f"{expiry} 02:00:00:00:00:0a 10.30.1.5 pupil-tablet *\n")
+    config = identity_config(
+        tmp_path,
+        sign_in=SIGN_IN,
+        sources=["sign_in"],
+        dhcp={"leases": [{"format": "dnsmasq", "path": str(leases)}], "check_seconds": 3600},
+    )
+    from schoolgate.bindings.sessions import bind_session
+    from schoolgate.gateway import make_addons
+
+    addons = make_addons()
+    holder, recorder = addons[0], addons[1]
+    identity = IdentitySourcesAddon(holder, recorder)
+    with taddons.context(holder, recorder, identity) as tctx:
+        tctx.configure(holder, schoolgate_config=str(config), schoolgate_data_dir=str(tmp_path))
+        identity.running()
+        try:
+            live = identity.live
+            assert live is not None and live.device("10.30.1.5") == "pupil-tablet"
+            now = datetime.now(UTC)
+            store.in_transaction(
+                recorder.sessions,
+                lambda db: bind_session(
+                    db,
+                    source="sign_in",
+                    address="10.30.1.5",
+                    user="ben",
+                    mac="02:00:00:00:00:0a",
+                    origin="sign-in page",
+                    actor="ben",
+                    now=now,
+                    idle_minutes=45,
+                    max_minutes=480,
+                ),
+            )
+            assert live.wait_until("10.30.1.5", lambda b: b is not None and b.user == "ben")
+            # Another device is given the address: the sign-in ends (written by the writer).
+            leases.write_text(f"{expiry + 60} 02:00:00:00:00:0b 10.30.1.5 someone-else *\n")
+            assert live.leases.check()
+            assert live.wait_until("10.30.1.5", lambda b: b is None, timeout=20)
+            with recorder.sessions() as db:
+                ended = store.find(db, address="10.30.1.5", include_ended=True)
+            assert "leased to another device (someone-else)" in (ended[0].end_reason or "")
+        finally:
+            identity.done()
+            recorder.done()
