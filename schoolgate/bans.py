@@ -116,6 +116,7 @@ def load_sanctions(
     ``None`` (no section): sanctions are off (events are still recorded and alerted). Unknown
     keys, bad numbers, stages out of order, an unknown action, a lockout or ban without
     ``minutes``, an unknown role (with ``known_roles``) and malformed essentials are reported.
+    ``known_roles`` may map other names (role aliases) to the roles they mean.
     """
     if section is None:
         return DISABLED

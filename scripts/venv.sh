@@ -22,7 +22,9 @@ ensure_system_tools() {
 	# Browser tests drive Debian's Chromium; curl and openssl (s_client) are test clients; the
 	# transparent-mode tests make network namespaces with ip (iproute2) and redirect their
 	# traffic with nft; the PostgreSQL tests initdb a throwaway server with the postgresql
-	# package's binaries. Install them when we can.
+	# package's binaries; the identity tests start their own slapd (directory sign-in) and MIT
+	# Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM through gss-ntlmssp) as
+	# clients, and python-gssapi builds against libkrb5-dev. Install them when we can.
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
@@ -30,6 +32,14 @@ ensure_system_tools() {
 	[ -x /usr/sbin/ip ] || command -v ip >/dev/null || missing+=(iproute2)
 	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
 	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+	# The two-factor test reads the QR code the portal draws, as a phone's camera would.
+	command -v zbarimg >/dev/null || missing+=(zbar-tools)
+	[ -x /usr/sbin/slapd ] || missing+=(slapd)
+	[ -x /usr/sbin/krb5kdc ] || missing+=(krb5-kdc)
+	[ -x /usr/sbin/kadmin.local ] || missing+=(krb5-admin-server)
+	command -v kinit >/dev/null || missing+=(krb5-user)
+	command -v krb5-config >/dev/null || missing+=(libkrb5-dev)
+	[ -e /etc/gss/mech.d/mech.ntlmssp.conf ] || missing+=(gss-ntlmssp)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2

@@ -21,6 +21,7 @@ from schoolgate.gateway import (
     Enforcement,
     ExceptionCache,
     GatewayPages,
+    IdentitySourcesAddon,
     JobsAddon,
     PolicyHolder,
     PortalAddon,
@@ -44,6 +45,7 @@ class Gateway:
     exceptions: ExceptionCache
     pages: GatewayPages
     portal: PortalAddon
+    identity: IdentitySourcesAddon
     destinations: DestinationCheck
     guard: CircumventionGuard
     enforce: Enforcement

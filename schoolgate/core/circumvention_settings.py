@@ -11,7 +11,7 @@ that is not the named site's (``refuse``, or ``connect_to_name``: go to the name
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
@@ -93,17 +93,27 @@ def _parse_each(
     return found
 
 
-def role_names(section: Section, key: str, known_roles: Iterable[str] | None) -> list[str]:
-    """The roles a list names; an unknown one is an issue (when the roles are known)."""
-    known = set(known_roles) if known_roles is not None else None
+def role_names(
+    section: Section, key: str, known_roles: Iterable[str] | Mapping[str, str] | None
+) -> list[str]:
+    """The roles a list names; an unknown one is an issue (when the roles are known).
+    ``known_roles`` may map other names (role aliases) to the roles they mean."""
+    known: dict[str, str] | None = None
+    if isinstance(known_roles, Mapping):
+        known = {str(k).lower(): v for k, v in known_roles.items()}
+        known |= {v: v for v in known_roles.values()}
+    elif known_roles is not None:
+        known = {r: r for r in known_roles}
     names = []
     for text, line, name in section.strings(key):
-        if known is not None and text not in known:
+        if known is not None:
+            text = known.get(text) or known.get(text.lower()) or text
+        if known is not None and text not in known.values():
             section.issues.add(
                 section.file,
                 line,
                 name,
-                f"unknown role {text!r}; roles are {', '.join(sorted(known))}",
+                f"unknown role {text!r}; roles are {', '.join(sorted(set(known.values())))}",
             )
             continue
         names.append(text)
@@ -111,7 +121,7 @@ def role_names(section: Section, key: str, known_roles: Iterable[str] | None) ->
 
 
 def load_circumvention(
-    section: Section | None, *, known_roles: Iterable[str] | None = None
+    section: Section | None, *, known_roles: Iterable[str] | Mapping[str, str] | None = None
 ) -> CircumventionSettings:
     """Validate the ``circumvention`` section (``None``: every detector, the defaults)."""
     if section is None:

@@ -11,6 +11,8 @@ this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download; marks portal requests.
 * :class:`~schoolgate.gateway.portal_addon.PortalAddon`: the portal app at the portal host, and
   its notification sender.
+* :class:`~schoolgate.gateway.identity_addon.IdentitySourcesAddon`: who is on which address
+  (RADIUS, sign-in, Windows single sign-on, DHCP), and the redirect to the sign-in page.
 * :class:`~schoolgate.gateway.destinations.DestinationCheck`: where each connection really
   goes (a Host or SNI checked against the destination with the gateway's own resolver), and
   every upstream connection made to an address that resolver gave.
@@ -33,6 +35,7 @@ from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
@@ -46,6 +49,7 @@ __all__ = [
     "Enforcement",
     "ExceptionCache",
     "GatewayPages",
+    "IdentitySourcesAddon",
     "PolicyHolder",
     "PortalAddon",
     "ProxyAuthCache",
@@ -64,6 +68,7 @@ def make_addons() -> list:
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
     portal = PortalAddon(holder, recorder)
+    identity = IdentitySourcesAddon(holder, recorder)
     destinations = DestinationCheck(holder)
     guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
@@ -76,6 +81,7 @@ def make_addons() -> list:
         exceptions,
         pages,
         portal,
+        identity,
         destinations,
         guard,
         enforcement,

@@ -34,6 +34,7 @@ from mitmproxy import ctx, http, tcp, tls
 from schoolgate import safesearch
 from schoolgate.blockpage import block_response_parts, sign_ref
 from schoolgate.core.destination import Destination, Handling, Verdict, raw_allowed
+from schoolgate.core.words import wording_of
 from schoolgate.eventlog import decision_event, new_ref, search_term_of
 from schoolgate.gateway.destinations import DESTINATION, destination_of
 from schoolgate.gateway.exception_cache import ExceptionCache
@@ -539,6 +540,7 @@ class Enforcement:
                 advice=advice,
                 headers=flow.request.headers,
                 tz=tz,
+                wording=wording_of(policy),
             )
             flow.response = http.Response.make(status, body, headers)
         except Exception:  # noqa: BLE001 - the page failed: still block, in plain text
