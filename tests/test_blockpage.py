@@ -241,8 +241,10 @@ def test_circumvention_variant_offers_no_request(rule: str):
     reason = "Used DNS-over-HTTPS via doh.example, which hides the sites looked up."
     page = _page(_decision(category="circumvention", rule=rule, reason=reason, until=None))
     assert "way round the school" in page and html.escape(reason) in page
-    links = _links(page)
-    assert "/request" not in links and "/report" in links
+    buttons = _buttons(page)
+    assert "Request access to this page" not in buttons
+    problem = buttons["Report a problem with this block"]
+    assert problem["path"] == ["/request"] and problem["purpose"] == ["erroneous"]
     assert "Access cannot be requested" in page
 
 

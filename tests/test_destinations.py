@@ -420,8 +420,9 @@ def test_a_wrapped_site_is_decided_on_what_it_wraps(gw: Gateway, host: str, path
     flow.client_conn.sni = None
     send(gw, flow)
     assert flow.response.status_code == 403
-    assert b"social.test" in flow.response.content
-    assert named(gw, "block", category="social_media")
+    assert b"Social media" in flow.response.content
+    blocks = named(gw, "block", category="social_media")
+    assert blocks and "social.test" in blocks[-1]["reason"]
     for old, new in {"social.test": "allowed.test", "social-test": "allowed-test"}.items():
         host, path = host.replace(old, new), path.replace(old, new)
     allowed = http_flow(host, path)
@@ -468,7 +469,8 @@ def test_a_wrapped_page_is_decided_with_its_path(gw: Gateway) -> None:
     login = http_flow("translate.google.com", "/translate?u=https%3A%2F%2Fwiki.test%2Flogin")
     login.client_conn.sni = None
     send(gw, login)
-    assert login.response.status_code == 403 and b"wiki.test" in login.response.content
+    assert login.response.status_code == 403 and b"read-only" in login.response.content
+    assert "wiki.test" in named(gw, "block", category="wikipedia")[-1]["reason"]
     page = http_flow("translate.google.com", "/translate?u=https%3A%2F%2Fwiki.test%2Fwiki%2FCat")
     page.client_conn.sni = None
     send(gw, page)
