@@ -36,23 +36,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from schoolgate.core.circumvention_settings import role_names
+
 if TYPE_CHECKING:  # pragma: no cover
     from schoolgate.configfile import Section
 
 ACTIONS: tuple[str, ...] = ("warn", "lockout", "ban")
 BAN_KINDS: tuple[str, ...] = ("lockout", "ban")
 DEFAULT_SEVERITY_POINTS: Mapping[int, float] = {1: 0.5, 2: 1.0, 3: 2.0}
-DEFAULT_ALLOWED_IP_LITERALS: tuple[str, ...] = (
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-    "fc00::/7",
-    "fe80::/10",
-)
-DEFAULT_ALLOWED_PORTS: tuple[int, ...] = (80, 443, 8080, 8443)
 DEFAULT_APPEAL = (
     "If you think this is wrong, speak to your tutor or Head of Year, or ask the e-safety lead "
     "to review it. IT Support or the senior leadership team can lift a ban early."
@@ -106,17 +97,6 @@ class SanctionSettings:
 
 
 DISABLED = SanctionSettings(enabled=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CircumventionSettings:
-    """The validated ``circumvention`` section."""
-
-    enabled: bool = True
-    detectors: tuple[str, ...] | None = None  # None: all
-    allowed_ip_literals: tuple[str, ...] = DEFAULT_ALLOWED_IP_LITERALS
-    allowed_ports: tuple[int, ...] = DEFAULT_ALLOWED_PORTS
-    category: str = "circumvention"
 
 
 def _host_entry(text: str) -> str:
@@ -212,26 +192,7 @@ def load_sanctions(
             )
     roles = base.roles
     if "roles" in section:
-        named = []
-        known: dict[str, str] | None = None
-        if isinstance(known_roles, Mapping):
-            known = {str(k).lower(): v for k, v in known_roles.items()}
-            known |= {v: v for v in known_roles.values()}
-        elif known_roles is not None:
-            known = {r: r for r in known_roles}
-        for text, line, name in section.strings("roles"):
-            if known is not None:
-                text = known.get(text) or known.get(text.lower()) or text
-            if known is not None and text not in known.values():
-                section.issues.add(
-                    section.file,
-                    line,
-                    name,
-                    f"unknown role {text!r}; roles are {', '.join(sorted(set(known.values())))}",
-                )
-                continue
-            named.append(text)
-        roles = frozenset(named)
+        roles = frozenset(role_names(section, "roles", known_roles))
     appeal = section.text("appeal") or base.appeal
     sup_max = section.number(
         "supervision_max_minutes",
@@ -250,59 +211,6 @@ def load_sanctions(
         appeal=appeal,
         supervision_max_minutes=sup_max,
     )
-
-
-def load_circumvention(section: Section | None) -> CircumventionSettings:
-    """Validate the ``circumvention`` section (``None``: every detector, the defaults)."""
-    if section is None:
-        return CircumventionSettings()
-    from schoolgate.circumvention import _REGISTRY
-
-    section.check_keys({"enabled", "detectors", "allowed_ip_literals", "allowed_ports", "category"})
-    enabled = section.flag("enabled", default=True)
-    detectors: tuple[str, ...] | None = None
-    raw = section.data.get("detectors")
-    if raw is not None and raw != "all":
-        names = []
-        for text, line, name in section.strings("detectors"):
-            if text == "all":
-                section.issues.add(section.file, line, name, "'all' cannot be in a list")
-            elif text not in _REGISTRY:
-                section.issues.add(
-                    section.file,
-                    line,
-                    name,
-                    f"unknown detector {text!r}; detectors are {', '.join(_REGISTRY)}",
-                )
-            else:
-                names.append(text)
-        detectors = tuple(names)
-    nets = DEFAULT_ALLOWED_IP_LITERALS
-    if "allowed_ip_literals" in section:
-        found = []
-        for text, line, name in section.strings("allowed_ip_literals"):
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                section.issues.add(
-                    section.file, line, name, f"expected an address or CIDR range, got {text!r}"
-                )
-                continue
-            found.append(text)
-        nets = tuple(found)
-    ports = DEFAULT_ALLOWED_PORTS
-    if "allowed_ports" in section:
-        found_ports = []
-        for item, line, name in section.items("allowed_ports"):
-            if isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 65536:
-                section.issues.add(
-                    section.file, line, name, f"expected a port number 1-65535, got {item!r}"
-                )
-                continue
-            found_ports.append(item)
-        ports = tuple(found_ports)
-    category = section.text("category") or "circumvention"
-    return CircumventionSettings(enabled, detectors, nets, ports, category)
 
 
 # -- subjects -----------------------------------------------------------------------------------
@@ -482,6 +390,8 @@ class _Track:
     events: deque = field(default_factory=deque)  # (at, points, event ref)
     last_counted: dict = field(default_factory=dict)  # key -> at
     total: float = 0.0
+    warned: bool = False  # the warning page was shown in this climb
+    held: int | None = None  # a lockout/ban stage reached before the warning was shown
 
 
 class Ladder:
@@ -509,6 +419,8 @@ class Ladder:
             track.total -= events.popleft()[1]
         if not events:
             track.total = 0.0
+            track.warned = False  # a new climb starts at the bottom, warning included
+            track.held = None
         repeat_cut = at - timedelta(
             minutes=max(self.settings.repeat_minutes, self.settings.window_minutes)
         )
@@ -521,6 +433,17 @@ class Ladder:
             return 0.0
         self._expire(track, at or self.clock())
         return round(track.total, 6)
+
+    def warning_shown(self, subject: str, at: datetime | None = None) -> None:
+        """The subject has seen the warning page: the next attempt may reach a lockout or ban
+        (including one reached while the warning waited to be shown)."""
+        track = self._tracks.get(subject)
+        if track is not None:
+            self._expire(track, at or self.clock())
+            track.warned = bool(track.events)
+
+    def _warn_index(self) -> int | None:
+        return next((i for i, s in enumerate(self.settings.stages) if s.action == "warn"), None)
 
     def _track(self, subject: str) -> _Track:
         track = self._tracks.pop(subject, None)
@@ -543,6 +466,8 @@ class Ladder:
         reason: str = "",
         event_ref: str | None = None,
         quiet: bool = False,
+        count: bool = True,
+        points: float | None = None,
     ) -> Outcome:
         """Count one event and say what it leads to.
 
@@ -550,13 +475,22 @@ class Ladder:
         computed and reported as ``alert``, nothing is put in force. ``current``: the ban in
         force for the subject, if any (a ban in force is not made again; a lockout in force is
         replaced by a ban stage). ``quiet``: rebuilding after a restart (no actions).
+        ``count`` False: another finding of the same attempt has counted already (one request
+        counts once), so this one is recorded only; ``points``: what this event counts, when
+        not its severity's points (the rest of an attempt's, or a recorded event's).
+
+        With a ``warn`` stage on the ladder, a subject who has not yet seen the warning page
+        (:meth:`warning_shown`) is warned rather than locked out or banned; the stage reached
+        meanwhile is kept, and the next attempt after the warning meets it.
         """
         at = at or self.clock()
         settings = self.settings
         track = self._track(subject)
         self._expire(track, at)
         last = track.last_counted.get(key)
-        if last is not None and at - last < timedelta(minutes=settings.repeat_minutes):
+        if not count or (
+            last is not None and at - last < timedelta(minutes=settings.repeat_minutes)
+        ):
             return Outcome(
                 subject,
                 False,
@@ -564,7 +498,8 @@ class Ladder:
                 round(track.total, 6),
                 action="record" if sanctionable else "alert",
             )
-        points = settings.points_for(severity)
+        if points is None:
+            points = settings.points_for(severity)
         before = track.total
         track.events.append((at, points, event_ref))
         track.total += points
@@ -577,15 +512,24 @@ class Ladder:
         total = round(after, 6)
         if quiet:
             return Outcome(subject, True, points, total, stage_index, "record")
+        sanctioning = sanctionable and settings.enabled
+        if sanctioning and track.held is not None and track.warned:
+            # Reached before the warning was seen: met now, by the first attempt after it.
+            stage_index = max(stage_index if stage_index is not None else -1, track.held)
+            track.held = None
         if stage_index is None:
             return Outcome(
                 subject, True, points, total, None, "record" if sanctionable else "alert"
             )
         stage = settings.stages[stage_index]
-        if not sanctionable or not settings.enabled:
+        if not sanctioning:
             return Outcome(subject, True, points, total, stage_index, "alert")
         if stage.action == "warn":
             return Outcome(subject, True, points, total, stage_index, "warn")
+        warn_index = self._warn_index()
+        if warn_index is not None and not track.warned:
+            track.held = max(track.held if track.held is not None else -1, stage_index)
+            return Outcome(subject, True, points, total, warn_index, "warn")
         if (
             current is not None
             and current.active(at)

@@ -48,6 +48,9 @@ SECRET_BYTES = 32
 MAC_BYTES = 16
 AGE_CATEGORY = "age_restricted"
 LOCKED_RULE_PREFIX = "locked category "
+# Rules of the blocks that are ways round the filter (a detector's finding, a destination the
+# filter cannot verify, a tunnel that is neither TLS nor HTTP): no access request opens them.
+CIRCUMVENTION_RULE_PREFIXES = ("circumvention detector ", "destination check", "raw tunnel")
 RULE_VARIANTS = frozenset({"rule", "read_only"})  # the blocks a request for access can open
 
 # Headers for every block answer. The page is served on the blocked site's own origin, so a
@@ -202,6 +205,8 @@ def _variant(decision: Decision, locked: bool | None) -> str:
         return "age"
     if locked or (locked is None and decision.rule.startswith(LOCKED_RULE_PREFIX)):
         return "locked"
+    if decision.rule.startswith(CIRCUMVENTION_RULE_PREFIXES):
+        return "circumvention"
     if words.READ_ONLY_MARK in decision.reason:
         return "read_only"
     return "rule"
@@ -281,7 +286,10 @@ def render_block_text(
     else:
         first = f"Blocked by the school's filter: {_label(decision.category) or 'blocked'}"
     now = now or datetime.now(UTC)
-    reason = words.decision_sentence(decision, now=now, tz=tz, wording=wording)
+    if _variant(decision, None) == "circumvention":
+        reason = " ".join(decision.reason.split())  # the finding itself: no rule to explain
+    else:
+        reason = words.decision_sentence(decision, now=now, tz=tz, wording=wording)
     return f"{first} ({ref})\n{reason}\n" if reason else f"{first} ({ref})\n"
 
 

@@ -58,6 +58,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from schoolgate.core.destination import Destination
 from schoolgate.hosts import lower_host
 
 try:  # bundled with mitmproxy; the fallback below covers the common cases without it
@@ -84,6 +85,7 @@ KINDS: tuple[str, ...] = (
     "disguised_host",
     "vpn_client",
     "tor",
+    "unverified_destination",
 )
 
 
@@ -102,8 +104,9 @@ DETECTOR_HEADERS = frozenset({"user-agent", "content-type", "accept", "x-bare-ur
 class TrafficFacts:
     """What the gateway saw of one connection or request; None where not known at the stage.
 
-    ``stage`` is "connect" (HTTP CONNECT), "tls" (ClientHello seen) or "request" (HTTP request
-    known). ``host`` is the host as the client wrote it (CONNECT authority host, Host header or
+    ``stage`` is "connect" (HTTP CONNECT), "tls" (ClientHello seen or, with ``tls_seen``
+    False, a tunnel that carries something else) or "request" (HTTP request known).
+    ``host`` is the host as the client wrote it (CONNECT authority host, Host header or
     URL host), NOT normalised. ``headers`` have lower-case names; the gateway passes those in
     :data:`DETECTOR_HEADERS`. ``tls_seen`` says, for a CONNECT tunnel, whether the client
     spoke TLS (None = not known yet).
@@ -122,6 +125,8 @@ class TrafficFacts:
     headers: Mapping[str, str] = field(default_factory=dict)
     scheme: str | None = None
     tls_seen: bool | None = None
+    # The destination check's verdict when it refused the destination (else None).
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1153,9 +1158,12 @@ def _doh(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[CircumventionEve
             if value and _looks_like_dns_message(value):
                 reasons.append("DNS query in the dns= parameter (RFC 8484 GET)")
     if path and "/resolve" in path and "name=" in path and path.split("?", 1)[0] == "/resolve":
-        reasons.append("DoH JSON API path /resolve?name=")
-        if len(reasons) == 1:
-            severity = 1  # the path alone: a weaker sign
+        if "type" in _query(path):
+            reasons.append("DoH JSON API query /resolve?name=...&type=")
+        else:
+            reasons.append("DoH JSON API path /resolve?name=")
+            if len(reasons) == 1:
+                severity = 1  # the path alone: a weaker sign
     for header in ("content-type", "accept"):
         value = f.headers.get(header)
         if value and "dns-" in value:
@@ -1322,8 +1330,30 @@ def _wrapped_site(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[Circumv
             wrapper=wrapper,
             decoded=how,
             wrapped_listed_entry=entry,
+            wrapped_path=wrapped_path(f.path, wrapped, wrapper) if wrapped else None,
         )
     ]
+
+
+_AFTER_HOST = re.compile(r"(?::\d{1,5})?(/[^\s&#]*)?")
+
+
+def wrapped_path(path: str | None, wrapped: str, wrapper: str = "") -> str | None:
+    """The path of the wrapped URL in a wrapper's request path, where it can be read (a plain
+    or percent-encoded URL after the wrapped host; a translate.goog path is the site's own), so
+    that the wrapped page is decided with its path. None when it cannot be read."""
+    if not path:
+        return None
+    if wrapper == "google-translate-proxy":
+        base, _, query = path.partition("?")
+        kept = [p for p in query.split("&") if p and not p.startswith("_x_tr_")]
+        return base + ("?" + "&".join(kept) if kept else "")
+    text = unquote(path)
+    at = text.lower().find(wrapped)
+    if at < 0:
+        return None
+    found = _AFTER_HOST.match(text, at + len(wrapped))
+    return (found.group(1) if found else None) or "/"
 
 
 @register_detector("web_proxy")
@@ -1404,12 +1434,12 @@ def _odd_port(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[Circumventi
 def _non_tls_tunnel(
     det: Detectors, f: TrafficFacts, hi: HostInfo
 ) -> list[CircumventionEvent] | None:
-    """A CONNECT tunnel on a TLS port that carries something other than TLS."""
-    if f.port not in (443, 8443):
-        return None
+    """A tunnel that carries neither TLS nor HTTP (any port), or plain HTTP on a TLS port."""
     if f.tls_seen is False:
-        what = "something other than TLS"
-    elif f.stage == "request" and f.scheme == "http" and f.tls_seen is None:
+        what = "something that is neither TLS nor HTTP"
+    elif (
+        f.port in (443, 8443) and f.stage == "request" and f.scheme == "http" and f.tls_seen is None
+    ):
         what = "plain HTTP"
     else:
         return None
@@ -1498,6 +1528,34 @@ def _disguised_host(
     return events
 
 
+_DESTINATION_SEVERITY = {"mismatch": 3, "malformed": 2, "unresolvable": 2, "no_name": 1}
+
+
+@register_detector("unverified_destination")
+def _unverified_destination(
+    det: Detectors, f: TrafficFacts, hi: HostInfo
+) -> list[CircumventionEvent] | None:
+    """A destination the gateway refused because it cannot tell where it really goes: an
+    address that is not the named site's, a name with no address, an address with no name, a
+    Host or SNI that is not one host."""
+    found = f.destination
+    if found is None or found.verdict not in _DESTINATION_SEVERITY:
+        return None
+    return [
+        _event(
+            "unverified_destination",
+            "unverified_destination",
+            _DESTINATION_SEVERITY[found.verdict],
+            f"Tried to reach somewhere the filter cannot check: {found.detail}.",
+            f,
+            hi,
+            verdict=str(found.verdict),
+            address=found.address,
+            claimed_name=found.name,
+        )
+    ]
+
+
 @register_detector("tor")
 def _tor(det: Detectors, f: TrafficFacts, hi: HostInfo) -> list[CircumventionEvent] | None:
     """Tor: .onion names, tor2web gateways, bridge and snowflake infrastructure."""
@@ -1542,6 +1600,23 @@ _NAME_ONLY = frozenset(
     }
 )
 _CLEAN_NAMES_MAX = 65536
+# Detectors that look only at a destination the gateway refused: run only when there is one.
+_WHEN_REFUSED = frozenset({"unverified_destination"})
+
+
+def wrapper_label(name: str) -> str:
+    """How the e-safety team and the block page name a wrapper service."""
+    return _WRAPPER_LABELS.get(name, name)
+
+
+class DetectorsFailed(Exception):
+    """Some detectors raised: what the others found is in ``events``, and the traffic must be
+    refused (the filter could not check it)."""
+
+    def __init__(self, events: list[CircumventionEvent], detectors: list[str]) -> None:
+        super().__init__(f"circumvention detector(s) failed: {', '.join(detectors)}")
+        self.events = events
+        self.detectors = detectors
 
 
 class Detectors:
@@ -1554,6 +1629,7 @@ class Detectors:
         "_allowed_nets",
         "_fns",
         "_request_fns",
+        "_refused_fns",
         "_clean_names",
         "_ip_allowed",
     )
@@ -1583,8 +1659,9 @@ class Detectors:
         self._allowed_nets = tuple(
             ipaddress.ip_network(c.strip(), strict=False) for c in allowed_ip_literals
         )
-        self._fns = tuple((n, _REGISTRY[n]) for n in names)
+        self._fns = tuple((n, _REGISTRY[n]) for n in names if n not in _WHEN_REFUSED)
         self._request_fns = tuple((n, fn) for n, fn in self._fns if n not in _NAME_ONLY)
+        self._refused_fns = tuple((n, _REGISTRY[n]) for n in names if n in _WHEN_REFUSED)
         # Destinations the name-only detectors found nothing in: a page's next requests to
         # the same site skip them (this set belongs to one configuration and its lists).
         self._clean_names: set[tuple] = set()
@@ -1600,7 +1677,8 @@ class Detectors:
         return allowed
 
     def inspect(self, facts: TrafficFacts) -> list[CircumventionEvent]:
-        """Run the enabled detectors; [] for ordinary traffic. A failing detector is logged."""
+        """Run the enabled detectors; [] for ordinary traffic. A failing detector is logged,
+        the others still run, and then :class:`DetectorsFailed` is raised with their events."""
         hi = _analyse(facts.host) if facts.host else _NO_HOST
         names = (
             facts.stage,
@@ -1614,12 +1692,17 @@ class Detectors:
         clean = names in self._clean_names
         events: list[CircumventionEvent] = []
         name_only_quiet = True
-        for name, fn in self._request_fns if clean else self._fns:
+        failed: list[str] | None = None
+        fns = self._request_fns if clean else self._fns
+        if facts.destination is not None:
+            fns += self._refused_fns
+        for name, fn in fns:
             try:
                 found = fn(self, facts, hi)
             except Exception:
                 log.exception("circumvention detector %s failed on host %r", name, facts.host)
                 name_only_quiet = False
+                failed = [*(failed or ()), name]
                 continue
             if found:
                 events.extend(found)
@@ -1629,4 +1712,6 @@ class Detectors:
             if len(self._clean_names) >= _CLEAN_NAMES_MAX:
                 self._clean_names.clear()
             self._clean_names.add(names)
+        if failed:
+            raise DetectorsFailed(events, failed)
         return events

@@ -10,13 +10,14 @@ import ipaddress
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
-from schoolgate.bans import load_circumvention, load_sanctions
+from schoolgate.bans import load_sanctions
 from schoolgate.bindings.settings import (
     IDENTITY_SOURCE_KEYS,
     IdentitySources,
     read_identity_sources,
 )
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.circumvention_settings import load_circumvention
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
 from schoolgate.core.staff_signin import read_oidc, read_totp
@@ -470,8 +471,10 @@ def _build(
         logging_sec.check_keys({"allowed_categories"})
         log_allowed = logging_sec.flag("allowed_categories", default=False)
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
-    circumvention = load_circumvention(root.section("circumvention"))
     role_names_and_aliases = {name: name for name in roles} | aliases
+    circumvention = load_circumvention(
+        root.section("circumvention"), known_roles=role_names_and_aliases
+    )
     sanctions = load_sanctions(root.section("bans"), known_roles=role_names_and_aliases)
     wording = read_wording(root, roles=role_names)
     # Checked here so that `check-config` and a reload report them like any other error; the

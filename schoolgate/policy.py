@@ -97,8 +97,9 @@ class Settings:
     read_only_blocked_paths: tuple[str, ...] = ()
     read_only_without_interception: Action = Action.BLOCK
     advice: tuple[str, ...] = ()
-    # Validated by the subsystems that own them (schoolgate.bans): CircumventionSettings and
-    # SanctionSettings. None only for a Settings built by hand (tests): use the defaults.
+    # Validated by the modules that own them: CircumventionSettings
+    # (schoolgate.core.circumvention_settings) and SanctionSettings (schoolgate.bans). None only
+    # for a Settings built by hand (tests): use the defaults.
     circumvention: Any = None
     sanctions: Any = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -19,15 +19,17 @@ ensure_venv() {
 	export PATH="$VENV/bin:$PATH"
 }
 ensure_system_tools() {
-	# Browser tests drive Debian's Chromium; curl is a test client; the transparent-mode test
-	# redirects a network namespace's traffic with nft; the PostgreSQL tests initdb a throwaway
-	# server with the postgresql package's binaries; the identity tests start their own slapd
-	# (directory sign-in) and MIT Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM
-	# through gss-ntlmssp) as clients, and python-gssapi builds against libkrb5-dev. Install
-	# them when we can.
+	# Browser tests drive Debian's Chromium; curl and openssl (s_client) are test clients; the
+	# transparent-mode tests make network namespaces with ip (iproute2) and redirect their
+	# traffic with nft; the PostgreSQL tests initdb a throwaway server with the postgresql
+	# package's binaries; the identity tests start their own slapd (directory sign-in) and MIT
+	# Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM through gss-ntlmssp) as
+	# clients, and python-gssapi builds against libkrb5-dev. Install them when we can.
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
+	command -v openssl >/dev/null || missing+=(openssl)
+	[ -x /usr/sbin/ip ] || command -v ip >/dev/null || missing+=(iproute2)
 	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
 	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 	# The two-factor test reads the QR code the portal draws, as a phone's camera would.

@@ -15,12 +15,12 @@ from schoolgate.bans import (
     SanctionSettings,
     SanctionStage,
     Supervision,
-    load_circumvention,
     load_sanctions,
     parse_subject,
     subject_for,
 )
 from schoolgate.configfile import Issues, Section, load_yaml
+from schoolgate.core.circumvention_settings import load_circumvention
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -62,6 +62,7 @@ def test_ladder_warn_lockout_ban_within_window():
     first = ladder.observe("user:sam", key("a.test"), 2, event_ref="e1")
     assert (first.action, first.total, first.stage) == ("warn", 1.0, 0)
     assert first.ban is None
+    ladder.warning_shown("user:sam")
     clock.tick(minutes=1)
     second = ladder.observe("user:sam", key("b.test"), 2, event_ref="e2")
     assert second.action == "lockout"
@@ -81,6 +82,7 @@ def test_events_leave_the_window():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
     ladder.observe("user:sam", key("a.test"), 2)
+    ladder.warning_shown("user:sam")
     clock.tick(minutes=6)
     ladder.observe("user:sam", key("b.test"), 2)  # lockout at 2 points
     clock.tick(minutes=5)  # the first has left the window
@@ -103,6 +105,7 @@ def test_repeat_of_same_finding_counts_once_per_repeat_minutes():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
     assert ladder.observe("u", key("vpn.test"), 2).counted
+    ladder.warning_shown("u")
     for _ in range(50):  # a VPN app retrying
         clock.tick(seconds=2)
         out = ladder.observe("u", key("vpn.test"), 2)
@@ -115,10 +118,36 @@ def test_repeat_of_same_finding_counts_once_per_repeat_minutes():
 def test_severity_weighting_and_highest_stage_crossed():
     clock = Clock()
     ladder = Ladder(SETTINGS, clock=clock)
+    ladder.warning_shown("u")  # nothing to show yet: no climb has started
     assert ladder.observe("u", key("a"), 1).action == "record"  # 0.5 points
+    ladder.warning_shown("u")
     out = ladder.observe("u", key("tor"), 3)  # 0.5 -> 2.5 crosses warn and lockout
     assert out.action == "lockout" and out.total == 2.5
     assert ladder.observe("u", key("b"), 1).action == "ban"  # 2.5 -> 3.0
+
+
+def test_the_warning_comes_before_a_lockout():
+    """However fast the points come, a pupil who has not seen the warning page is warned;
+    the stage reached meanwhile waits for the first attempt after the warning."""
+    clock = Clock()
+    ladder = Ladder(SETTINGS, clock=clock)
+    out = ladder.observe("u", key("tor"), 3)  # 0 -> 2: crosses warn and lockout at once
+    assert (out.action, out.stage, out.ban) == ("warn", 0, None)
+    out = ladder.observe("u", key("b"), 2)  # 2 -> 3 crosses ban: still not warned
+    assert out.action == "warn" and out.ban is None
+    ladder.warning_shown("u")
+    out = ladder.observe("u", key("c"), 1)  # 3 -> 3.5 crosses nothing: the held ban fires
+    assert out.action == "ban" and out.ban.kind == "ban"
+    clock.tick(minutes=11)  # a quiet window: the next climb warns first again
+    assert ladder.observe("u", key("d"), 3).action == "warn"
+
+
+def test_one_attempt_counts_once():
+    ladder = Ladder(SETTINGS, clock=Clock())
+    first = ladder.observe("u", key("1.1.1.1"), 2)
+    second = ladder.observe("u", ("doh", "doh", "1.1.1.1", ""), 2, count=False)
+    assert first.counted and not second.counted and second.points == 0
+    assert ladder.total("u") == 1.0
 
 
 def test_not_sanctionable_is_alert_only():
@@ -139,6 +168,7 @@ def test_ban_in_force_is_not_made_again():
     ladder = Ladder(SETTINGS, clock=clock)
     current = BanState("b1", "u", "ban", T0, T0 + timedelta(days=7), "x")
     ladder.observe("u", key("a"), 2)
+    ladder.warning_shown("u")
     ladder.observe("u", key("b"), 2, current=current)
     out = ladder.observe("u", key("c"), 2, current=current)
     assert out.action == "already" and out.ban is None
@@ -149,6 +179,7 @@ def test_quiet_replay_fires_nothing_and_keeps_counting():
     ladder = Ladder(SETTINGS, clock=clock)
     assert ladder.observe("u", key("a"), 2, at=T0, quiet=True).action == "record"
     assert ladder.observe("u", key("b"), 2, at=T0, quiet=True).action == "record"
+    ladder.warning_shown("u", T0)
     assert ladder.observe("u", key("c"), 2).action == "ban"
 
 
@@ -298,6 +329,33 @@ circumvention:
     assert c.allowed_ports == (80, 443)
     sec, issues = section_of(tmp_path, "circumvention: {detectors: all}\n", "circumvention")
     assert load_circumvention(sec).detectors is None and not issues
+
+
+def test_load_what_a_filtered_role_may_not_do(tmp_path):
+    sec, issues = section_of(
+        tmp_path,
+        """
+circumvention:
+  filtered_roles: [student, wizard]
+  allowed_raw_destinations: [10.1.2.3, "mis.school.example:1433", "10.0.0.0/33", "a..b"]
+  destination_mismatch: ignore
+""",
+        "circumvention",
+    )
+    c = load_circumvention(sec, known_roles={"student", "staff"})
+    text = "\n".join(str(i) for i in issues.items)
+    assert "circumvention.filtered_roles[1]: unknown role 'wizard'" in text
+    assert "circumvention.allowed_raw_destinations[2]" in text
+    assert "circumvention.allowed_raw_destinations[3]" in text
+    assert "circumvention.destination_mismatch: expected one of refuse, connect_to_name" in text
+    assert all(".yaml:" in str(i) for i in issues.items)  # each names its file and line
+    assert c.filtered_roles == frozenset({"student"})
+    assert c.filters("student") and not c.filters("staff")
+    assert [d.text for d in c.allowed_raw_destinations] == ["10.1.2.3", "mis.school.example:1433"]
+    assert c.destination_mismatch == "refuse"
+    default = load_circumvention(None)
+    assert default.filters("staff") and default.filters(None)  # every role, by default
+    assert default.address_allowed("10.9.8.7") and not default.address_allowed("8.8.8.8")
 
 
 # -- the store ------------------------------------------------------------------------------------

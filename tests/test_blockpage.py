@@ -234,6 +234,20 @@ def test_locked_variant_offers_no_request():
     assert "/request" not in _links(_page(_decision(), locked=True))
 
 
+@pytest.mark.parametrize(
+    "rule", ["circumvention detector doh", "destination check (mismatch)", "raw tunnel"]
+)
+def test_circumvention_variant_offers_no_request(rule: str):
+    reason = "Used DNS-over-HTTPS via doh.example, which hides the sites looked up."
+    page = _page(_decision(category="circumvention", rule=rule, reason=reason, until=None))
+    assert "way round the school" in page and html.escape(reason) in page
+    buttons = _buttons(page)
+    assert "Request access to this page" not in buttons
+    problem = buttons["Report a problem with this block"]
+    assert problem["path"] == ["/request"] and problem["purpose"] == ["erroneous"]
+    assert "Access cannot be requested" in page
+
+
 def test_age_variant_explains_the_limit():
     page = _page(_decision(**AGE), url="https://www.instagram.com/accounts/emailsignup/")
     assert "age limit" in page

@@ -18,11 +18,13 @@ from schoolgate.circumvention import (
     KINDS,
     CircumventionEvent,
     Detectors,
+    DetectorsFailed,
     TrafficFacts,
     _registrable_fallback,
     detector_names,
     normalise_for_detection,
 )
+from schoolgate.core.destination import Destination, Verdict
 from schoolgate.hosts import host_suffixes, normalize_host
 
 # --------------------------------------------------------------------------------------------
@@ -762,8 +764,12 @@ def test_non_tls_tunnel() -> None:
     assert fired(plain, "non_tls_tunnel").kind == "non_tls_tunnel"
     silent(TrafficFacts(stage="connect", host="www.bbc.co.uk", port=443), "non_tls_tunnel")
     silent(tls("www.bbc.co.uk"), "non_tls_tunnel")
-    silent(TrafficFacts(stage="tls", host="ws.example.net", port=80, tls_seen=False),
-           "non_tls_tunnel")  # fmt: skip
+    # Neither TLS nor HTTP is a tunnel on any port (SSH to 22, a VPN on 80).
+    for port in (22, 80, 1194):
+        raw = TrafficFacts(stage="tls", host="home.example.net", port=port, tls_seen=False)
+        assert "neither TLS nor HTTP" in fired(raw, "non_tls_tunnel").summary
+    silent(TrafficFacts(stage="request", host="x.example.net", port=80, method="GET", path="/",
+                        scheme="http"), "non_tls_tunnel")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -944,9 +950,39 @@ def test_all_kinds_can_be_produced() -> None:
         TrafficFacts(stage="tls", host="a.example.com", port=443, tls_seen=False),
         connect("a.example.com."), req("https://a.example.com/", ua="NordVPN/7.0"),
         connect("x.onion"),
+        TrafficFacts(stage="tls", host="", port=443, sni="www.gov.uk", tls_seen=True,
+                     destination=Destination(Verdict.MISMATCH, "203.0.113.9", "www.gov.uk")),
     ]  # fmt: skip
     kinds = {e.kind for f in samples for e in SCHOOL.inspect(f)}
     assert kinds == set(KINDS)
+
+
+def test_unverified_destination_reports_what_was_refused() -> None:
+    facts = TrafficFacts(
+        stage="tls",
+        host="",
+        port=443,
+        sni="www.gov.uk",
+        tls_seen=True,
+        destination=Destination(
+            Verdict.MISMATCH,
+            "203.0.113.9",
+            "www.gov.uk",
+            "the connection goes to 203.0.113.9, which is not an address of www.gov.uk",
+        ),
+    )
+    event = fired(facts, "unverified_destination")
+    assert (event.kind, event.severity) == ("unverified_destination", 3)
+    assert "203.0.113.9" in event.summary and event.evidence["claimed_name"] == "www.gov.uk"
+    no_name = replace(facts, destination=Destination(Verdict.NO_NAME, "203.0.113.9"))
+    assert fired(no_name, "unverified_destination").severity == 1
+    silent(replace(facts, destination=None), "unverified_destination")
+
+
+def test_doh_json_with_a_type_is_a_strong_sign() -> None:
+    strong = fired(req("https://doh.example.net/resolve?name=example.com&type=A"), "doh")
+    weak = fired(req("https://api.example.net/resolve?name=thing"), "doh")
+    assert (strong.severity, weak.severity) == (2, 1)
 
 
 def test_a_failing_lookup_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
@@ -954,8 +990,12 @@ def test_a_failing_lookup_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
         raise RuntimeError("list not loaded")
 
     dets = Detectors(circumvention_lookup=broken)
-    found = dets.inspect(connect("1.1.1.1"))
-    assert {e.detector for e in found} == {"doh", "ip_literal"}
+    with pytest.raises(DetectorsFailed) as failure:
+        dets.inspect(connect("1.1.1.1"))
+    # The others ran and their findings are kept; the failure is raised so that the
+    # gateway refuses what it could not check.
+    assert {e.detector for e in failure.value.events} == {"doh", "ip_literal"}
+    assert failure.value.detectors == ["listed_host"]
     assert "listed_host failed" in caplog.text
 
 
@@ -1053,3 +1093,20 @@ def test_the_detectors_read_no_header_beyond_those_the_gateway_passes() -> None:
         detectors.inspect(replace(facts, headers=_NotedHeaders(facts.headers, asked=asked)))
     assert {"user-agent", "accept", "x-bare-url"} <= asked
     assert asked <= DETECTOR_HEADERS, f"add {sorted(asked - DETECTOR_HEADERS)} to DETECTOR_HEADERS"
+
+
+def test_the_wrapped_page_path_is_read_where_the_wrapper_shows_it() -> None:
+    from schoolgate.circumvention import wrapped_path
+
+    assert wrapped_path("/web/2024/https://social.test/feed?x=1", "social.test") == "/feed?x=1"
+    encoded = "/translate?u=https%3A%2F%2Fwww.instagram.com%2Faccounts%2Femailsignup%2F&sl=auto"
+    assert wrapped_path(encoded, "www.instagram.com") == "/accounts/emailsignup/"
+    goog = "/accounts/emailsignup?_x_tr_sl=auto&_x_tr_tl=en&next=x"
+    assert wrapped_path(goog, "www.instagram.com", "google-translate-proxy") == (
+        "/accounts/emailsignup?next=x"
+    )
+    assert wrapped_path("/newest/http://social.test:8080/x", "social.test") == "/x"
+    assert wrapped_path("/web/2024/social.test", "social.test") == "/"
+    assert wrapped_path("/aHR0cHM6Ly9zb2NpYWwudGVzdC8=", "social.test") is None  # base64
+    event = fired(req("https://web.archive.org/web/2024/https://social.test/feed"), "wrapped_site")
+    assert event.evidence["wrapped_path"] == "/feed"

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
+from marker_origins import MarkerOrigin, TestCA, write_hosts
+from tunnel_attacks import DNS_QUERY
 
 from tests.test_circumvention_addon import add_circumvention_config
 
@@ -43,10 +45,26 @@ class Gateway:
         self.origin_server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
         threading.Thread(target=self.origin_server.serve_forever, daemon=True).start()
         self.origin = f"http://127.0.0.1:{self.origin_server.server_address[1]}"
+        # The "internet" sites the tests name, on loopback: the gateway's resolver is told
+        # where they are, and trusts the test CA that signed their certificates.
+        self.ca = TestCA(tmp / "origins-ca")
+        names = ["www.bbc.co.uk", "www.torproject.org"]
+        self.tls_origin = MarkerOrigin("127.0.0.30", tls=self.ca.leaf(names))
+        self.hosts = write_hosts(tmp / "hosts", {name: ["127.0.0.30"] for name in names})
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = start_gateway(self.config, self.data_dir, self.port, self.log, append_log=True)
+        self.proc = start_gateway(
+            self.config,
+            self.data_dir,
+            self.port,
+            self.log,
+            "--set",
+            f"schoolgate_hosts_file={self.hosts}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={self.ca.pem}",
+            append_log=True,
+        )
 
     def stop(self) -> None:
         stop_gateway(self.proc)
@@ -66,6 +84,7 @@ def gateway(tmp_path):
     yield gw
     gw.stop()
     gw.origin_server.shutdown()
+    gw.tls_origin.close()
 
 
 def test_attempts_ban_suspension_supervision_restart_lift(gateway: Gateway) -> None:
@@ -158,18 +177,22 @@ def test_attempts_at_two_gateways_count_together(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version", ["--http1.1", "--http2"])
 def test_domain_fronting_over_http1_and_http2_is_recorded(gateway: Gateway, version: str) -> None:
     """curl opens a tunnel to an allowed site and names another inside it: in the Host header
-    (HTTP/1.1) or HTTP/2's :authority, which mitmproxy keeps apart from the headers."""
+    (HTTP/1.1) or HTTP/2's :authority, which mitmproxy keeps apart from the headers. Both names
+    are decided (both allowed here), the attempt is recorded, and as the pupil's first it is a
+    warning (curl loads no page to show it on), not a lockout."""
     ca = gateway.data_dir / "ca" / "mitmproxy-ca-cert.pem"
+    port = gateway.tls_origin.port
     out = subprocess.run(
         ["curl", "-sS", version, "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]
         + ["-x", f"http://127.0.0.1:{gateway.port}", "--cacert", str(ca)]
-        + ["-H", "Host: www.torproject.org", "https://www.bbc.co.uk/news"],
+        + ["-H", f"Host: www.torproject.org:{port}", f"https://www.bbc.co.uk:{port}/news"],
         capture_output=True,
         text=True,
         timeout=30,
     )
     code, http_version = out.stdout.split()
-    assert (code, http_version) == ("403", version.removeprefix("--http")), out.stderr
+    assert (code, http_version) == ("200", version.removeprefix("--http")), out.stderr
+    assert gateway.tls_origin.saw(b"GET /news")  # the site the tunnel and the SNI name
 
     def fronting() -> list[dict]:
         events = json.loads(gateway.cli("events", "--kind", "circumvention", "--json"))
@@ -177,5 +200,25 @@ def test_domain_fronting_over_http1_and_http2_is_recorded(gateway: Gateway, vers
 
     found = wait_for(fronting, timeout=15)  # the decision log writes in batches
     assert len(found) == 1, found
-    assert found[0]["host"] == "www.bbc.co.uk"
+    assert found[0]["host"] == "www.bbc.co.uk" and found[0]["action"] == "warn"
     assert "http_host=www.torproject.org" in found[0]["reason"]
+
+
+def test_one_request_counts_once_and_the_warning_comes_first(gateway: Gateway) -> None:
+    """A DoH request to 1.1.1.1 is an IP literal, a public resolver's address, a DNS-over-HTTPS
+    path and a destination with no name: four findings, all recorded, one count on the ladder.
+    The pupil sees the warning page, and is not locked out by that one request."""
+    page = gateway.get(f"http://1.1.1.1/dns-query?dns={DNS_QUERY}")
+    assert page.status_code == 403 and page.headers.get("x-schoolgate-warning") == "circumvention"
+    events = wait_for(
+        lambda: [
+            e
+            for e in json.loads(gateway.cli("events", "--kind", "circumvention", "--json"))
+            if e["host"] == "1.1.1.1"
+        ],
+        timeout=15,
+    )
+    assert len(events) >= 3, events
+    assert [e["detail"]["sanction"]["counted"] for e in events].count(True) == 1
+    assert {e["action"] for e in events} <= {"warn", "record"}
+    assert gateway.get(gateway.origin + "/still-allowed").status_code == 200  # no lockout

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from schoolgate.gateway import (
     AlertsAddon,
     CircumventionGuard,
+    DestinationCheck,
     Enforcement,
     ExceptionCache,
     GatewayPages,
@@ -45,6 +46,7 @@ class Gateway:
     pages: GatewayPages
     portal: PortalAddon
     identity: IdentitySourcesAddon
+    destinations: DestinationCheck
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon
@@ -535,16 +537,17 @@ def test_one_addon_blocks_and_allows_through_mitmproxy(chain: Gateway) -> None:
     assert [(e["kind"], e["host"]) for e in chain.events()] == [("block", "social.test")]
 
 
-def test_a_failing_part_does_not_stop_the_decision(chain: Gateway, monkeypatch, caplog) -> None:
+def test_a_failing_part_refuses_what_it_failed_on(chain: Gateway, monkeypatch, caplog) -> None:
     def boom(_flow):
         raise RuntimeError("guard exploded")
 
     # The guard runs before Enforcement in the same event: its failure is logged with its
-    # name, and the request is still decided.
+    # name, and the request, although allowed, is refused: it was not fully checked.
     monkeypatch.setattr(chain.guard, "request", boom)
-    flow = http_flow("social.test", "/feed")
+    flow = http_flow("example.org", "/page")
     one_addon(chain).request(flow)
     assert flow.response is not None and flow.response.status_code == 403
+    assert b"the filter failed" in flow.response.content
     assert "guard exploded" in caplog.text and "schoolgate_circumvention" in caplog.text
 
 

@@ -23,16 +23,19 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 from gateway_process import ROOT, free_port, start_gateway, stop_gateway, wait_for
+from marker_origins import write_hosts
 
 ORIGIN_MARK = "schoolgate-test-origin"
 
@@ -166,7 +169,13 @@ class Transparent:
 
     gateway_args: tuple[str, ...] = ()  # more `schoolgate run` arguments (a subclass's)
 
+    # The names the tests use, as the school's DNS would answer them: the gateway checks every
+    # name against the address the client connected to, with its own resolver.
+    def hosts(self) -> dict[str, list[str]]:
+        return {name: [self.host_ip] for name in ("origin.test", "social.test")}
+
     def gateway_up(self) -> None:
+        hosts = write_hosts(self.tmp / "hosts", self.hosts())
         self.proc = start_gateway(
             self.config,
             self.data_dir,
@@ -174,6 +183,8 @@ class Transparent:
             self.log,
             "--mode",
             "transparent",
+            "--set",
+            f"schoolgate_hosts_file={hosts}",
             *self.gateway_args,
             listen_host=self.host_ip,
             quiet=False,  # the tests read the flow lines in the log
@@ -345,3 +356,190 @@ def test_allowed_http_by_ip_address_reaches_the_origin(net: Transparent) -> None
     body, status = split(out)
     assert status == "200", (out.stderr, body)
     assert body == f"{ORIGIN_MARK} {path}"
+
+
+# -- the shipped nftables rules: what is not redirected does not leave --------------------------
+
+LISTENER = r"""
+import select, socket, sys
+socks = {}
+for spec in sys.argv[1:]:
+    proto, address, port = spec.split(":")
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, int(port)))
+    if proto == "tcp":
+        s.listen(16)
+    socks[s] = spec
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select(list(socks), [], [])
+    for s in ready:
+        spec = socks[s]
+        if spec.startswith("udp"):
+            data, _ = s.recvfrom(4096)
+        else:
+            conn, _ = s.accept()
+            conn.settimeout(2)
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                data = b""
+            conn.close()
+        print(spec, data.decode(errors="replace"), flush=True)
+"""
+
+SENDER = r"""
+import socket, sys
+for spec in sys.argv[1:]:
+    proto, address, port, word = spec.split(":")
+    if proto == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(word.encode(), (address, int(port)))
+        s.close()
+        print(spec, "sent", flush=True)
+        continue
+    try:
+        s = socket.create_connection((address, int(port)), timeout=3)
+        s.sendall(word.encode())
+        s.close()
+        print(spec, "connected", flush=True)
+    except OSError as exc:
+        print(spec, "refused", type(exc).__name__, flush=True)
+"""
+
+
+class Routed:
+    """Three namespaces of the test's own: a pupils' VLAN, the router that loads the shipped
+    deploy/transparent.nft (its definitions changed to this network), and the internet. The
+    router forwards between them (forwarding on in its namespace only); a listener on the
+    router's GATEWAY_PORT stands for the gateway."""
+
+    def __init__(self, tmp: Path) -> None:
+        tag = f"{os.getpid() % 1000:03d}{random.randrange(16**3):03x}"
+        self.pupil, self.router, self.internet = (f"sgr{tag}{n}" for n in ("p", "r", "i"))
+        third = random.randrange(256)
+        self.pupil_net = f"10.214.{third}"
+        self.internet_net = f"10.215.{third}"
+        self.vlan_if = f"sgr{tag}v"  # the router's end of the VLAN
+        self.wan_if = f"sgr{tag}w"
+        self.tmp = tmp
+        self.gateway_port = 18443
+        self.procs: list[subprocess.Popen] = []
+        self.cleanups: list[tuple[str, ...]] = []
+
+    @property
+    def resolver(self) -> str:  # the school's own DNS server (on the internet side here)
+        return f"{self.internet_net}.3"
+
+    @property
+    def outside(self) -> str:  # anywhere else
+        return f"{self.internet_net}.2"
+
+    def up(self) -> None:
+        for ns in (self.pupil, self.router, self.internet):
+            made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+            if made.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
+            self.cleanups.append(("ip", "netns", "delete", ns))
+        r = ("ip", "netns", "exec", self.router)
+        p = ("ip", "netns", "exec", self.pupil)
+        i = ("ip", "netns", "exec", self.internet)
+        sh("ip", "link", "add", self.vlan_if, "netns", self.router, "type", "veth",
+           "peer", "name", "pupil0", "netns", self.pupil)  # fmt: skip
+        sh("ip", "link", "add", self.wan_if, "netns", self.router, "type", "veth",
+           "peer", "name", "wan0", "netns", self.internet)  # fmt: skip
+        sh(*r, "ip", "addr", "add", f"{self.pupil_net}.1/24", "dev", self.vlan_if)
+        sh(*r, "ip", "addr", "add", f"{self.internet_net}.1/24", "dev", self.wan_if)
+        sh(*p, "ip", "addr", "add", f"{self.pupil_net}.2/24", "dev", "pupil0")
+        sh(*i, "ip", "addr", "add", f"{self.outside}/24", "dev", "wan0")
+        sh(*i, "ip", "addr", "add", f"{self.resolver}/24", "dev", "wan0")
+        for ns, link in ((r, self.vlan_if), (r, self.wan_if), (p, "pupil0"), (i, "wan0")):
+            sh(*ns, "ip", "link", "set", link, "up")
+            sh(*ns, "ip", "link", "set", "lo", "up")
+        sh(*p, "ip", "route", "add", "default", "via", f"{self.pupil_net}.1")
+        sh(*i, "ip", "route", "add", "default", "via", f"{self.internet_net}.1")
+        sh(*r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")  # this namespace's own setting
+        rules = (ROOT / "deploy" / "transparent.nft").read_text()
+        for name, value in (
+            ("PUPIL_IFACES", f'{{ "{self.vlan_if}" }}'),
+            ("GATEWAY_PORT", str(self.gateway_port)),
+            ("NO_REDIRECT", f"{{ {self.pupil_net}.1 }}"),
+            ("SCHOOL_DNS", f"{{ {self.resolver} }}"),
+        ):
+            rules, found = re.subn(rf"^define {name} = .*$", f"define {name} = {value}", rules,
+                                   flags=re.M)  # fmt: skip
+            assert found == 1, f"deploy/transparent.nft no longer defines {name}"
+        loaded = subprocess.run([*r, "nft", "-f", "-"], input=rules, capture_output=True, text=True)
+        if loaded.returncode != 0:
+            pytest.skip(f"nftables is unavailable: {loaded.stderr.strip()}")
+
+    def listen(self, ns: str, *specs: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, *specs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def send(self, *specs: str) -> str:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.pupil, sys.executable, "-c", SENDER, *specs],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return out.stdout
+
+    def down(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        problems = []
+        for command in reversed(self.cleanups):
+            out = subprocess.run(command, capture_output=True, text=True, timeout=20)
+            if out.returncode != 0:
+                problems.append(f"{' '.join(command)}: {out.stderr.strip()}")
+        assert not problems, "clean-up failed: " + "; ".join(problems)
+
+
+def _received(proc: subprocess.Popen) -> str:
+    proc.kill()
+    out, _ = proc.communicate(timeout=10)
+    return out
+
+
+def test_shipped_rules_drop_quic_and_outside_dns_and_redirect_the_web(tmp_path: Path) -> None:
+    net = Routed(tmp_path)
+    try:
+        net.up()
+        out, dns = net.outside, net.resolver
+        internet = net.listen(
+            net.internet,
+            f"udp:{out}:443", f"udp:{out}:4433", f"udp:{out}:53", f"tcp:{out}:53",
+            f"tcp:{out}:853", f"udp:{out}:853", f"tcp:{out}:443", f"tcp:{out}:8443",
+            f"udp:{dns}:53", f"tcp:{dns}:53",
+        )  # fmt: skip
+        gateway = net.listen(net.router, f"tcp:0.0.0.0:{net.gateway_port}")
+        sent = net.send(
+            f"udp:{out}:443:quic", f"udp:{out}:4433:control-udp", f"udp:{out}:53:outside-dns",
+            f"tcp:{out}:53:outside-dns-tcp", f"tcp:{out}:853:dot", f"udp:{out}:853:doq",
+            f"tcp:{out}:443:https", f"tcp:{out}:8443:control-tcp",
+            f"udp:{dns}:53:school-dns", f"tcp:{dns}:53:school-dns-tcp",
+        )  # fmt: skip
+        time.sleep(1)  # datagrams in flight
+        seen, at_gateway = _received(internet), _received(gateway)
+    finally:
+        net.down()
+    # what must arrive: the controls (so forwarding works) and the school's own DNS
+    for word in ("control-udp", "control-tcp", "school-dns", "school-dns-tcp"):
+        assert word in seen, (word, seen, sent)
+    # what must not: QUIC, DNS to anyone else, DNS over TLS or QUIC, and web traffic directly
+    for word in ("quic", "outside-dns", "outside-dns-tcp", "dot", "doq", "https"):
+        assert f" {word}\n" not in seen, (word, seen)
+    assert f"tcp:{out}:853:dot refused" in sent and f"tcp:{out}:53:outside-dns-tcp refused" in sent
+    assert "https" in at_gateway  # redirected to the gateway's port instead

@@ -13,6 +13,9 @@ this order (each reads the ones before it):
   its notification sender.
 * :class:`~schoolgate.gateway.identity_addon.IdentitySourcesAddon`: who is on which address
   (RADIUS, sign-in, Windows single sign-on, DHCP), and the redirect to the sign-in page.
+* :class:`~schoolgate.gateway.destinations.DestinationCheck`: where each connection really
+  goes (a Host or SNI checked against the destination with the gateway's own resolver), and
+  every upstream connection made to an address that resolver gave.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
@@ -27,6 +30,7 @@ from __future__ import annotations
 from schoolgate.gateway.alerts_addon import AlertsAddon
 from schoolgate.gateway.auth_cache import ProxyAuthCache
 from schoolgate.gateway.circumvention_addon import CircumventionGuard
+from schoolgate.gateway.destinations import DestinationCheck
 from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
@@ -41,6 +45,7 @@ __all__ = [
     "AlertsAddon",
     "JobsAddon",
     "CircumventionGuard",
+    "DestinationCheck",
     "Enforcement",
     "ExceptionCache",
     "GatewayPages",
@@ -64,6 +69,7 @@ def make_addons() -> list:
     pages = GatewayPages(holder, recorder)
     portal = PortalAddon(holder, recorder)
     identity = IdentitySourcesAddon(holder, recorder)
+    destinations = DestinationCheck(holder)
     guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
@@ -76,6 +82,7 @@ def make_addons() -> list:
         pages,
         portal,
         identity,
+        destinations,
         guard,
         enforcement,
         alerts,
@@ -86,8 +93,8 @@ def make_addons() -> list:
 def make_chain(addons: list | None = None) -> list:
     """The addons as mitmproxy should load them: one :class:`~schoolgate.gateway.dispatch.
     Schoolgate` addon that calls the parts in order, each part's failure kept from the others,
-    and a failure of Enforcement refusing the flow (``make_addons()`` keeps the flat list,
-    for tests)."""
+    and a failure of any part on the way to a decision refusing the flow (``make_addons()``
+    keeps the flat list, for tests)."""
     addons = addons if addons is not None else make_addons()
     enforcement = next(a for a in addons if isinstance(a, Enforcement))
     return [Schoolgate(addons, decider=enforcement)]

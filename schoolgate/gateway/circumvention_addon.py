@@ -9,19 +9,27 @@
   configured :class:`~schoolgate.circumvention.Detectors`. A finding is kept once per
   connection (its :attr:`~schoolgate.circumvention.CircumventionEvent.key`), recorded through
   the decision log's queue as an event of kind ``circumvention`` with all its evidence, and
-  counted on the sanction :class:`~schoolgate.bans.Ladder`.
-* A stage that puts a lockout or ban in force does so in memory at once; a background thread
-  writes it to the database and re-reads the bans and supervision sessions in force every
-  ``schoolgate_bans_interval`` seconds (a ban made by another gateway, the portal or the CLI,
-  and a ban lifted, take effect within that time). Hooks never touch the database.
+  counted on the sanction :class:`~schoolgate.bans.Ladder`: once an attempt, however many
+  findings it makes (a connection's CONNECT, ClientHello and first request are one attempt).
+* The findings that block a filtered role (DoH, DoT, a web proxy, Tor) and the sites shown
+  through a wrapper are left on the flow for Enforcement (:mod:`~schoolgate.gateway.findings`).
+* A stage that puts a lockout or ban in force does so in memory at once, and closes the
+  tunnels and WebSockets the subject has open (:mod:`~schoolgate.gateway.tunnels`); a
+  background thread (:mod:`~schoolgate.gateway.ban_sync`) writes it to the database and re-reads
+  the bans and supervision sessions in force every ``schoolgate_bans_interval`` seconds (a ban
+  made by another gateway, the portal or the CLI, and a ban lifted, take effect within that
+  time, and close what is open too). Hooks never touch the database.
 * A suspended subject's requests get the suspension page (``request``); tunnels that are not
   intercepted are refused at the CONNECT or the ClientHello. The portal and the configured
-  essentials stay open. A warning stage shows the warning page once, on the next page load.
+  essentials stay open. A warning stage shows the warning page once, on the next page load,
+  and no lockout or ban comes before the pupil has seen it
+  (:mod:`~schoolgate.gateway.sanction_pages`).
 * While a supervision session runs, the user browses under the normal policy and every request
   is recorded (kind ``supervised``) with the session's id.
 
-Anything that fails here is logged and lets the request go on to Enforcement, which decides it
-(and fails closed itself): a broken detector must not open or close the internet.
+Nothing here catches its own failures: a detector or hook that raises makes the dispatch refuse
+the traffic with the page that says the filter failed (it could not be checked), and a detector
+that failed still has the others' findings recorded.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
@@ -41,19 +49,27 @@ from schoolgate.bans import (
     DISABLED,
     BanBook,
     BanState,
-    CircumventionSettings,
     Ladder,
     Outcome,
     SanctionSettings,
     Supervision,
     subject_for,
 )
-from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
+from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
+from schoolgate.core.circumvention_settings import CircumventionSettings
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
-from schoolgate.gateway.flowinfo import request_view
+from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
+from schoolgate.gateway.findings import mark
+from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
+from schoolgate.gateway.sanction_pages import (
+    SanctionPages,
+    peer_ip,
+    refused_destination,
+)
+from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.hosts import normalize_host
 from schoolgate.model import Identity
 
@@ -61,34 +77,30 @@ log = logging.getLogger(__name__)
 
 # Sanction stages the e-safety team is told about (alert: a role that is not sanctioned).
 ALERTED_ACTIONS = frozenset({"alert", "warn", "lockout", "ban"})
-ALERT_TEXT = (
-    "An attempt to get round the school's web filter reached the '{action}' stage.\n\n"
-    "Who: {subject} ({role})\nWhen: {at}\nWhat: {summary} (detector {detector})\n"
-    "Event reference: {ref}\nBan reference: {ban_ref}\n\n"
-    "The evidence is in the decision log: schoolgate events --kind circumvention"
-)
 
-EVENT_KIND = "circumvention"
-SUPERVISED_KIND = "supervised"
-SUSPENDED_KIND = "suspended"
 _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 
 
-def _user_of(flow: http.HTTPFlow) -> str | None:
-    auth = flow.metadata.get("proxyauth")
-    return auth[0] if auth else None  # never the password
+_user_of = user_of
+
+
+class _Attempt:
+    """One attempt of a pupil's, which counts once on the ladder however many findings it
+    makes: a connection's CONNECT, TLS ClientHello and first request together, or one later
+    request on the connection. It counts with its most serious finding's points: a finding
+    more serious than those counted so far (found at a later stage) adds only the difference."""
+
+    __slots__ = ("points",)
+
+    def __init__(self) -> None:
+        self.points = 0.0
 
 
 def _url_of(request: http.Request) -> Callable[[], str]:
     return lambda: request.pretty_url
 
 
-def _peer_ip(client: connection.Client) -> str | None:
-    peer = client.peername
-    return str(peer[0]) if peer else None
-
-
-class CircumventionGuard:
+class CircumventionGuard(SanctionPages, BanSync):
     name = "schoolgate_circumvention"
 
     def __init__(self, holder: PolicyHolder, recorder: Recorder, *, clock=None) -> None:
@@ -103,6 +115,10 @@ class CircumventionGuard:
         self.refreshed_at: datetime | None = None
         self._generation = -1
         self._seen: weakref.WeakKeyDictionary[connection.Client, set] = weakref.WeakKeyDictionary()
+        self._attempts: weakref.WeakKeyDictionary[connection.Client, _Attempt] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.tunnels = OpenTunnels()
         self._tunnel: weakref.WeakKeyDictionary[connection.Client, tuple[str | None, str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -228,6 +244,16 @@ class CircumventionGuard:
             log.exception("schoolgate: cannot identify %s", client_ip)
             return None
 
+    def _attempt(self, client: connection.Client, stage: str) -> _Attempt:
+        if stage == "request":
+            # The first request of a connection is the attempt its CONNECT and TLS began;
+            # every later request is an attempt of its own.
+            return self._attempts.pop(client, None) or _Attempt()
+        attempt = self._attempts.get(client)
+        if attempt is None:
+            attempt = self._attempts[client] = _Attempt()
+        return attempt
+
     def _inspect(
         self,
         client: connection.Client,
@@ -237,27 +263,60 @@ class CircumventionGuard:
         user: str | None,
         url: str | Callable[[], str] | None,
         method: str | None,
-    ) -> list[Outcome]:
+    ) -> list[CircumventionEvent]:
+        """Run the detectors; record (and count, once an attempt) what is new on this
+        connection; return everything found at this stage. If a detector failed, what the
+        others found is recorded and the failure raised (the traffic is then refused)."""
         detectors = self.detectors
         if detectors is None:
             return []
-        found = detectors.inspect(facts)
-        if not found:
-            return []
+        failure = None
+        try:
+            found = detectors.inspect(facts)
+        except DetectorsFailed as exc:
+            found, failure = exc.events, exc
+        if found:
+            self._handle_new(client, facts, identity, found, user=user, url=url, method=method)
+        if failure is not None:
+            raise failure
+        return found
+
+    def _handle_new(
+        self,
+        client: connection.Client,
+        facts: TrafficFacts,
+        identity: Identity | None,
+        found: list[CircumventionEvent],
+        *,
+        user: str | None,
+        url: str | Callable[[], str] | None,
+        method: str | None,
+    ) -> None:
         seen = self._seen.get(client)
         if seen is None:
             seen = self._seen[client] = set()
-        outcomes = []
-        for event in found:
+        attempt = self._attempt(client, facts.stage)
+        # The most serious finding is the one the attempt counts with.
+        for event in sorted(found, key=lambda e: -e.severity):
             if event.key in seen:
                 continue
             seen.add(event.key)
             if callable(url):  # built only for evidence: pretty_url costs ~10 us a request
                 url = url()
-            outcomes.append(
-                self._handle(event, facts, identity, client, user=user, url=url, method=method)
+            more = self.sanctions.points_for(event.severity) - attempt.points
+            outcome = self._handle(
+                event,
+                facts,
+                identity,
+                client,
+                user=user,
+                url=url,
+                method=method,
+                count=more > 0,
+                points=more,
             )
-        return outcomes
+            if outcome.counted:
+                attempt.points += outcome.points
 
     def _handle(
         self,
@@ -269,9 +328,11 @@ class CircumventionGuard:
         user: str | None,
         url: str | None,
         method: str | None,
+        count: bool = True,
+        points: float | None = None,
     ) -> Outcome:
         at = self.clock()
-        client_ip = _peer_ip(client)
+        client_ip = peer_ip(client)
         subject = self.subject_of(identity, user, client_ip) or "device:unknown"
         ref = new_ref()
         self._counted[ref] = at
@@ -286,6 +347,8 @@ class CircumventionGuard:
             current=self.book.ban_for(subject, at),
             reason=event.summary,
             event_ref=ref,
+            count=count,
+            points=points,
         )
         if outcome.ban is not None:
             with self._lock:
@@ -293,6 +356,7 @@ class CircumventionGuard:
                 self._unsaved.append((outcome.ban, role, client_ip))
             self._worker.wake()
             self._warnings.pop(subject, None)
+            self._cut_tunnels(subject, at)
         elif outcome.action == "warn":
             self._warnings[subject] = (event.summary, ref, at)
         if outcome.action in ALERTED_ACTIONS:
@@ -401,489 +465,209 @@ class CircumventionGuard:
         )
 
     # -- hooks --------------------------------------------------------------------------------
+    # An exception here is not caught: the dispatch refuses the traffic (the filter could not
+    # check it) and Enforcement records that.
+    def _filtered(self, identity: Identity | None) -> bool:
+        return self.circumvention.filters(identity.role if identity is not None else None)
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return
-        try:
-            self._sync()
-            user = _user_of(flow)
-            host = flow.request.host
-            self._tunnel[flow.client_conn] = (user, host)
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(stage="connect", host=host, port=flow.request.port, scheme="https")
-            self._inspect(flow.client_conn, facts, identity, user=user, url=None, method=None)
-            if identity is None or self.exempt(host):
-                return
-            ban = self.book.suspended(self.subject_of(identity, user, client_ip), self.clock())
-            policy = self.holder.policy
-            if ban is not None and not policy.should_intercept(identity, host):
-                ref = new_ref()
-                flow.metadata["schoolgate"] = {
-                    "ref": ref,
-                    "action": "block",
-                    "stage": "connect",
-                    "suspended": ban.ref,
-                }
-                flow.response = http.Response.make(
-                    403,
-                    f"Internet access suspended by the school's filter: {ban.reason}\n"
-                    f"Reference: {ref}\n",
-                    _TEXT,
-                )
-        except Exception:  # noqa: BLE001 - Enforcement still decides
-            log.exception("schoolgate: circumvention check of CONNECT failed")
+        self._sync()
+        user = _user_of(flow)
+        host = flow.request.host
+        client = flow.client_conn
+        self._tunnel[client] = (user, host)
+        client_ip = peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="connect",
+            host=host,
+            port=flow.request.port,
+            scheme="https",
+            destination=refused_destination(flow),
+        )
+        found = self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if found:
+            mark(flow, found, filtered=self._filtered(identity))
+        if identity is None or self.exempt(host):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        self.tunnels.opened(subject, client, host)
+        ban = self.book.suspended(subject, self.clock())
+        policy = self.holder.policy
+        if ban is not None and not policy.should_intercept(identity, host):
+            ref = new_ref()
+            flow.metadata["schoolgate"] = {
+                "ref": ref,
+                "action": "block",
+                "stage": "connect",
+                "suspended": ban.ref,
+            }
+            flow.response = http.Response.make(
+                403,
+                f"Internet access suspended by the school's filter: {ban.reason}\n"
+                f"Reference: {ref}\n",
+                _TEXT,
+            )
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        try:
-            self._sync()
-            context = data.context
-            client = context.client
-            sni = data.client_hello.sni
-            address = context.server.address
-            port = address[1] if address else 443
-            tunnel = self._tunnel.get(client)
-            user = tunnel[0] if tunnel else None
-            # Regular mode: the host the client asked the proxy for; transparent: the SNI.
-            host = tunnel[1] if tunnel else (sni or "")
-            client_ip = _peer_ip(client)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(
-                stage="tls", host=host, port=port, sni=sni, scheme="https", tls_seen=True
-            )
-            self._inspect(client, facts, identity, user=user, url=None, method=None)
-            name = sni or host
-            if identity is None or not name or self.exempt(name):
-                return
-            ban = self.book.suspended(self.subject_of(identity, user, client_ip), self.clock())
-            if ban is not None and not self.holder.policy.should_intercept(identity, name):
-                data.ignore_connection = True
-                context.server.error = f"access suspended by schoolgate: {ban.reason}"
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: circumvention check of ClientHello failed")
+        self._sync()
+        context = data.context
+        client = context.client
+        sni = data.client_hello.sni
+        address = context.server.address
+        port = address[1] if address else 443
+        tunnel = self._tunnel.get(client)
+        user = tunnel[0] if tunnel else None
+        # Regular mode: the host the client asked the proxy for; transparent: the SNI.
+        host = tunnel[1] if tunnel else (sni or "")
+        client_ip = peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="tls",
+            host=host,
+            port=port,
+            sni=sni,
+            scheme="https",
+            tls_seen=True,
+            destination=refused_destination(data),
+        )
+        found = self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if found:
+            mark(data, found, filtered=self._filtered(identity))
+        name = sni or host
+        if identity is None or not name or self.exempt(name):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        if tunnel is None:
+            self.tunnels.opened(subject, client, name)
+        ban = self.book.suspended(subject, self.clock())
+        if ban is not None and not self.holder.policy.should_intercept(identity, name):
+            data.ignore_connection = True
+            context.server.error = f"access suspended by schoolgate: {ban.reason}"
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A tunnel that carries neither TLS nor HTTP (SSH, OpenVPN over port 443)."""
-        try:
-            if flow.client_conn.tls_established:
-                return
-            self._sync()
-            address = flow.server_conn.address
-            tunnel = self._tunnel.get(flow.client_conn)
-            user = tunnel[0] if tunnel else None
-            host = tunnel[1] if tunnel else (address[0] if address else "")
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            facts = TrafficFacts(
-                stage="tls", host=host, port=address[1] if address else None, tls_seen=False
-            )
-            self._inspect(flow.client_conn, facts, identity, user=user, url=None, method=None)
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: circumvention check of a TCP tunnel failed")
+        if flow.client_conn.tls_established:
+            return
+        self._sync()
+        client = flow.client_conn
+        address = flow.server_conn.address
+        tunnel = self._tunnel.get(client)
+        user = tunnel[0] if tunnel else None
+        host = tunnel[1] if tunnel else (address[0] if address else "")
+        client_ip = peer_ip(client)
+        identity = self._identify(client_ip, user)
+        facts = TrafficFacts(
+            stage="tls", host=host, port=address[1] if address else None, tls_seen=False
+        )
+        self._inspect(client, facts, identity, user=user, url=None, method=None)
+        if identity is None or self.exempt(host):
+            return
+        subject = self.subject_of(identity, user, client_ip)
+        self.tunnels.opened(subject, client, host)
+        ban = self.book.suspended(subject, self.clock())
+        if ban is not None and not flow.server_conn.error:
+            flow.server_conn.error = f"access suspended by schoolgate: {ban.reason}"
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """An open WebSocket is cut, with its connection, if its user is suspended later."""
+        self._sync()
+        client_ip = peer_ip(flow.client_conn)
+        user = _user_of(flow)
+        identity = self._identify(client_ip, user)
+        host = flow.request.host
+        if identity is None or self.exempt(host):
+            return
+        self.tunnels.opened(self.subject_of(identity, user, client_ip), flow.client_conn, host)
+
+    def _cut_tunnels(self, subject: str | None, at: datetime) -> None:
+        """Close what ``subject`` has open (tunnels, WebSockets, kept-alive connections)
+        now that a lockout or ban is in force for them: a ban is not only for new requests."""
+        if subject is None or self.book.suspended(subject, at) is None:
+            return
+        cut = self.tunnels.cut(subject)
+        if cut:
+            log.info("schoolgate: closed %d open connection(s) of suspended %s", cut, subject)
+
+    def cut_suspended(self) -> int:
+        """Close the open connections of every subject suspended now (after the bans in
+        force were read again: a ban made elsewhere, in the portal or the CLI)."""
+        at = self.clock()
+        total = 0
+        for subject in self.tunnels.subjects():
+            if self.book.suspended(subject, at) is not None:
+                total += self.tunnels.cut(subject)
+        if total:
+            log.info("schoolgate: closed %d open connection(s) of suspended users", total)
+        return total
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        try:
-            self._sync()
-            req = flow.request
-            view = request_view(req)
-            headers = view.headers
-            host = view.named_host or view.host
-            policy = self.holder.policy
-            if policy is not None and host == policy.settings.portal_host:
-                return
-            user = _user_of(flow)
-            client_ip = _peer_ip(flow.client_conn)
-            identity = self._identify(client_ip, user)
-            # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
-            # tls_seen): keywords cost a fifth more, on every request.
-            facts = TrafficFacts(
-                "request",
-                view.host,
-                view.port,
-                flow.client_conn.sni,
-                view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
-                view.method,
-                view.path,
-                headers,
-                view.scheme,
-                True if view.scheme == "https" else None,
-            )
-            self._inspect(
-                flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
-            )
-            if identity is None:
-                return
-            subject = self.subject_of(identity, user, client_ip)
-            # Most requests are from someone with no ban, lockout or warning: one lookup each.
-            if not self.book.names(subject) and subject not in self._warnings:
-                return
-            if self.exempt(host):
-                return
-            now = self.clock()
-            ban = self.book.suspended(subject, now)
-            if ban is not None:
-                self._suspend(flow, ban, identity, subject, now)
-                return
-            sup = self.book.supervision_for(subject, now)
-            if sup is not None and self.book.ban_for(subject, now) is not None:
-                flow.metadata["schoolgate_supervision"] = {
-                    "id": sup.id,
-                    "ref": sup.ref,
-                    "staff": sup.staff,
-                    "subject": subject,
-                    "user": identity.user or user,
-                    "role": identity.role,
-                    "site": identity.site,
-                    "group": identity.group,
-                }
-                return
-            if subject in self._warnings:
-                self._maybe_warn(flow, subject, identity, now)
-        except Exception:  # noqa: BLE001 - Enforcement still decides
-            log.exception("schoolgate: circumvention check of a request failed")
-
-    def _tz(self, identity: Identity):
+        self._sync()
+        req = flow.request
+        view = request_view(req)
+        headers = view.headers
+        host = view.named_host or view.host
         policy = self.holder.policy
-        timetable = policy.timetables.get(identity.site) if policy is not None else None
-        return timetable.tz if timetable is not None else None
-
-    def _suspend(
-        self, flow: http.HTTPFlow, ban: BanState, identity: Identity, subject: str, now: datetime
-    ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import suspended_response_parts
-
-        ref = new_ref()
-        url = flow.request.pretty_url
-        policy = self.holder.policy
-        portal = policy.settings.portal_host if policy is not None else "schoolgate.internal"
-        status, headers, body = suspended_response_parts(
-            ban,
-            url=url,
-            ref=ref,
-            portal_host=portal,
-            appeal=self.sanctions.appeal,
-            headers=flow.request.headers,
-            essentials=self.sanctions.essentials,
-            tz=self._tz(identity),
-            now=now,
+        if policy is not None and host == policy.settings.portal_host:
+            return
+        user = _user_of(flow)
+        client_ip = peer_ip(flow.client_conn)
+        identity = self._identify(client_ip, user)
+        written = view.host
+        named = view.named_host
+        if named is not None and named != written and is_address(target_host(written)):
+            # Transparent mode (or a request to an address): the client wrote no host but the
+            # Host header; the address is the destination check's, not a host to report.
+            written = view.host_header
+        # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
+        # tls_seen, destination): keywords cost a fifth more, on every request.
+        facts = TrafficFacts(
+            "request",
+            written,
+            view.port,
+            flow.client_conn.sni,
+            view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
+            view.method,
+            view.path,
+            headers,
+            view.scheme,
+            True if view.scheme == "https" else None,
+            refused_destination(flow) if flow.metadata else None,
         )
-        flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
-        if wants_html(flow.request.headers):  # page loads only: not every background request
-            from schoolgate.eventlog import _strip_url
-
-            keep = policy.settings.keep_paths if policy is not None else True
-            self.recorder.record(
-                {
-                    "ref": ref,
-                    "at": now,
-                    "kind": SUSPENDED_KIND,
-                    "action": "block",
-                    "client_ip": _peer_ip(flow.client_conn),
-                    "user": identity.user,
-                    "role": identity.role,
-                    "group": identity.group,
-                    "site": identity.site,
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(url, keep),
-                    "rule": f"{ban.kind} {ban.ref}",
-                    "reason": ban.reason,
-                    "detail": {
-                        "ban_ref": ban.ref,
-                        "ban_id": ban.id,
-                        "subject": subject,
-                        "until": ban.ends.isoformat() if ban.ends else None,
-                    },
-                }
-            )
-
-    def _maybe_warn(
-        self, flow: http.HTTPFlow, subject: str, identity: Identity, now: datetime
-    ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import warning_response_parts
-
-        summary, ref, at = self._warnings[subject]
-        if now - at > timedelta(minutes=self.sanctions.window_minutes):
-            del self._warnings[subject]
-            return
-        if flow.request.method not in ("GET", "HEAD") or not wants_html(flow.request.headers):
-            return
-        del self._warnings[subject]
-        policy = self.holder.policy
-        portal = policy.settings.portal_host if policy is not None else "schoolgate.internal"
-        blocked = False
-        if policy is not None:
-            match = policy.matcher.lookup(
-                normalize_host(flow.request.pretty_host), flow.request.path
-            )
-            blocked = match is not None and match.category == self.circumvention.category
-        next_stage = next((s for s in self.sanctions.stages if s.action != "warn"), None)
-        next_step = ""
-        if next_stage is not None:
-            next_step = f"More attempts within {self.sanctions.window_minutes} minutes lead to " + (
-                "a short lockout." if next_stage.action == "lockout" else "a ban."
-            )
-        status, headers, body = warning_response_parts(
-            summary,
-            url=flow.request.pretty_url,
-            ref=ref,
-            portal_host=portal,
-            blocked=blocked,
-            next_step=next_step,
-            who=identity.user,
-            tz=self._tz(identity),
-            now=now,
+        found = self._inspect(
+            flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
         )
-        flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        sup = flow.metadata.get("schoolgate_supervision")
-        if not sup:
+        if found:
+            mark(flow, found, filtered=self._filtered(identity))
+        if identity is None:
             return
-        try:
-            from schoolgate.eventlog import _strip_url
-
-            policy = self.holder.policy
-            keep = policy.settings.keep_paths if policy is not None else True
-            decided = flow.metadata.get("schoolgate") or {}
-            blocked = decided.get("action") == "block"
-            self.recorder.record(
-                {
-                    "ref": new_ref(),
-                    "at": self.clock(),
-                    "kind": SUPERVISED_KIND,
-                    "action": "block" if blocked else "allow",
-                    "client_ip": _peer_ip(flow.client_conn),
-                    "user": sup.get("user"),
-                    "role": sup.get("role"),
-                    "group": sup.get("group"),
-                    "site": sup.get("site"),
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(flow.request.pretty_url, keep),
-                    "rule": f"supervision #{sup.get('id')} by {sup.get('staff')}",
-                    "reason": f"supervised by {sup.get('staff')}",
-                    "detail": {
-                        "supervision_id": sup.get("id"),
-                        "supervision_ref": sup.get("ref"),
-                        "staff": sup.get("staff"),
-                        "subject": sup.get("subject"),
-                        "status": flow.response.status_code if flow.response else None,
-                        "blocked_ref": decided.get("ref") if blocked else None,
-                    },
-                }
-            )
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: could not record a supervised request")
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("schoolgate_supervision") and flow.response is None:
-            self.response(flow)
-
-    # -- the database (background thread) -----------------------------------------------------
-    def save_pending(self) -> bool:
-        """Write the bans made here that are not in the database yet (blocking)."""
-        sessions = self.recorder.sessions
-        if sessions is None:
-            return False
-        with self._lock:
-            while self._unsaved:
-                self._saving.append(self._unsaved.popleft())
-            items = list(self._saving)
-        if not items:
-            return True
-        from schoolgate.bans_store import save_bans
-
-        try:
-            with sessions() as session:
-                save_bans(session, items)
-                session.commit()
-        except Exception:  # noqa: BLE001 - kept and retried
-            log.exception("schoolgate: cannot save %d ban(s) yet; will retry", len(items))
-            return False
-        with self._lock:
-            self._saving = [i for i in self._saving if i not in items]
-        return True
-
-    def send_alerts(self) -> bool:
-        """Queue e-mails/webhooks to the e-safety team for the stages reached (blocking).
-
-        They go into the portal's outbox in one transaction; its sender retries failures, and
-        alerts that cannot even be queued stay here for the next round.
-        """
-        sessions = self.recorder.sessions
-        policy = self.holder.policy
-        if sessions is None or policy is None or not self._alerts:
-            return True
-        from schoolgate.portal.notify import notifier_for
-
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
-        alerts = list(self._alerts)
-        if notifier is None:
-            log.warning(
-                "schoolgate: %d circumvention alert(s) not sent: no notifications "
-                "configured (notifications.smtp or notifications.webhook)",
-                len(alerts),
-            )
-            for _ in alerts:
-                self._alerts.popleft()
-            return True
-        try:
-            with sessions() as session:
-                for alert in alerts:
-                    notifier.notify(
-                        session,
-                        audience="esafety",
-                        event=f"circumvention.{alert['action']}",
-                        subject=f"schoolgate: circumvention {alert['action']} for "
-                        f"{alert['subject']}",
-                        body=ALERT_TEXT.format(**alert),
-                        ref=alert["ref"],
-                    )
-                session.commit()
-        except Exception:  # noqa: BLE001 - kept and retried
-            log.exception("schoolgate: cannot queue %d alert(s) yet; will retry", len(alerts))
-            return False
-        for _ in alerts:
-            self._alerts.popleft()
-        return True
-
-    def refresh(self) -> bool:
-        """Save what is pending, then read the bans and supervision sessions in force."""
-        sessions = self.recorder.sessions
-        if sessions is None:
-            return False
-        self.save_pending()
-        self.send_alerts()
-        from schoolgate.bans_store import bans_current, note_expired, supervisions_current
-
-        now = self.clock()
-        try:
-            with sessions() as session:
-                bans = bans_current(session, now)
-                sups = supervisions_current(session, now)
-                if note_expired(session, now):
-                    session.commit()
-        except Exception:  # noqa: BLE001 - keep the last good book
-            if not self._failing:
-                log.exception("schoolgate: cannot read bans; keeping the last ones read")
-            self._failing = True
-            return False
-        if self._failing:
-            log.info("schoolgate: reading bans again")
-        self._failing = False
-        with self._lock:
-            stored = {b.ref for b in bans}
-            local = [b for b, _, _ in (*self._saving, *self._unsaved) if b.ref not in stored]
-            book = BanBook((*bans, *local), sups)
-            if (book.bans, book.supervisions) != (self.book.bans, self.book.supervisions):
-                log.info(
-                    "schoolgate: %d ban(s) and %d supervision session(s) in force",
-                    len(book.bans),
-                    len(book.supervisions),
-                )
-            self.book = book
-        self.refreshed_at = now
-        self._read_others_attempts(sessions, now)
-        return True
-
-    def _read_others_attempts(self, sessions, now: datetime) -> None:
-        """Circumvention events recorded since the last look (by any process on this
-        database), handed to the event loop to be counted: the ladder is the loop's alone."""
-        window_start = now - timedelta(minutes=self.sanctions.window_minutes)
-        since = window_start
-        if self._remote_since is not None:
-            # events are written a moment after they happen: look back a little
-            since = max(window_start, self._remote_since - timedelta(minutes=2))
-        rows = self._recorded_attempts(sessions, since)
-        if rows is None:
-            return  # counted at the next look
-        self._remote_since = now
-        if not rows:
+        subject = self.subject_of(identity, user, client_ip)
+        # Most requests are from someone with no ban, lockout or warning: one lookup each.
+        if not self.book.names(subject) and subject not in self._warnings:
             return
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.count_recorded, rows, now)
-        else:
-            self.count_recorded(rows, now)
-
-    @staticmethod
-    def _recorded_attempts(sessions, since: datetime) -> list | None:
-        """(ref, at, detail) of the circumvention events since ``since``; None if unreadable."""
-        from sqlalchemy import select
-
-        from schoolgate.db import EventRow
-
-        try:
-            with sessions() as session:
-                return session.execute(
-                    select(EventRow.ref, EventRow.at, EventRow.detail)
-                    .where(EventRow.kind == EVENT_KIND, EventRow.at >= since)
-                    .order_by(EventRow.at, EventRow.id)
-                ).all()
-        except Exception:  # noqa: BLE001
-            log.exception("schoolgate: cannot read recent circumvention events")
-            return None
-
-    def count_recorded(self, rows, now: datetime | None = None) -> int:
-        """Count (quietly: no stage fires for them) the recorded attempts in ``rows`` (ref, at,
-        detail JSON) that this process has not counted yet; the next attempt, wherever it is
-        made, meets the stage the total reaches. Returns how many were new."""
-        import json
-
-        now = now or self.clock()
-        counted = self._counted
-        new = 0
-        for ref, at, text in rows:
-            if ref in counted:
-                continue
-            counted[ref] = at
-            try:
-                detail = json.loads(text or "{}")
-                self.ladder.observe(
-                    detail["sanction"]["subject"],
-                    tuple(detail.get("key") or ()),
-                    int(detail.get("severity", 2)),
-                    at=at,
-                    quiet=True,
-                )
-                new += 1
-            except (ValueError, KeyError, TypeError):
-                continue
-        cutoff = now - timedelta(minutes=self.sanctions.window_minutes + 5)
-        if len(counted) > 256:
-            self._counted = {r: at for r, at in counted.items() if at > cutoff}
-        if new:
-            log.info(
-                "schoolgate: counted %d circumvention attempt(s) recorded by another gateway "
-                "process (or before a restart)",
-                new,
-            )
-        return new
-
-    def replay_recent(self) -> int:
-        """After a restart: count the circumvention events of the last window again (quietly:
-        no stage fires for them), so that a restart does not reset the ladder."""
-        sessions = self.recorder.sessions
-        if sessions is None or self._replayed:
-            return 0
+        if self.exempt(host):
+            return
         now = self.clock()
-        since = now - timedelta(minutes=self.sanctions.window_minutes)
-        rows = self._recorded_attempts(sessions, since)
-        if rows is None:
-            return 0
-        count = self.count_recorded(rows, now)
-        self._remote_since = now
-        self._replayed = True
-        return count
-
-    def wake(self) -> None:
-        self._worker.wake()
+        ban = self.book.suspended(subject, now)
+        if ban is not None:
+            self._suspend(flow, ban, identity, subject, now)
+            return
+        sup = self.book.supervision_for(subject, now)
+        if sup is not None and self.book.ban_for(subject, now) is not None:
+            flow.metadata["schoolgate_supervision"] = {
+                "id": sup.id,
+                "ref": sup.ref,
+                "staff": sup.staff,
+                "subject": subject,
+                "user": identity.user or user,
+                "role": identity.role,
+                "site": identity.site,
+                "group": identity.group,
+            }
+            return
+        if subject in self._warnings:
+            self._maybe_warn(flow, subject, identity, now)

@@ -8,9 +8,10 @@ the parts are not children: :class:`Schoolgate` is the one addon mitmproxy sees,
 attribute only for the hooks its parts define, and it calls those parts itself, in order.
 
 That also gives what mitmproxy's own dispatch does not: an exception in one part is logged
-and the next part still runs (mitmproxy skips the rest of an addon's children), and if the
-part that decides (:class:`~schoolgate.gateway.enforce.Enforcement`) fails, the request or
-connection is refused rather than let through.
+and the next part still runs (mitmproxy skips the rest of an addon's children), and if any part
+fails on the way to a decision (the hooks in :data:`DECISION_HOOKS`), the part that decides
+(:class:`~schoolgate.gateway.enforce.Enforcement`) refuses the request or connection, with the
+page that says the filter failed and an event, rather than let it through undecided.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ Call = tuple[Any, Callable[..., Any]]
 # Hooks whose exceptions mitmproxy must see: an option a part refuses (OptionsError) rolls
 # the option back, and a part that cannot load should stop the gateway starting.
 _PROPAGATE = frozenset({"load", "configure"})
+# Hooks on the way to a decision: a failure in any part refuses what the hook is about.
+DECISION_HOOKS = frozenset(
+    {
+        "requestheaders",
+        "request",
+        "http_connect",
+        "tls_clienthello",
+        "tcp_start",
+        "websocket_start",
+        "server_connect",
+    }
+)
 
 
 def _part_name(part: Any) -> str:
@@ -125,7 +138,7 @@ class Schoolgate:
 
     def _failed(self, part: Any, name: str, args: tuple) -> None:
         log.exception("schoolgate: %s failed in its %s hook", _part_name(part), name)
-        if part is self.decider and self.decider is not None:
+        if self.decider is not None and (part is self.decider or name in DECISION_HOOKS):
             try:
                 self.decider.fail_closed(name, *args)
             except Exception:  # noqa: BLE001

@@ -1,33 +1,52 @@
-"""Enforcement: every CONNECT, TLS ClientHello and HTTP request is decided by the policy.
+"""Enforcement: every CONNECT, TLS ClientHello, raw tunnel and HTTP request is decided.
 
-* ``http_connect``: decided on the host. A blocked host that will not be intercepted is refused
-  at the CONNECT (403), before any upstream contact; one that will be intercepted goes through
-  (``connection_strategy=lazy``: still no upstream contact) and its decrypted requests get the
-  block page.
-* ``tls_clienthello``: connections that are not intercepted are passed through, and decided
-  again on the SNI (a client may CONNECT to an allowed host and name another; in transparent
-  mode the SNI is all there is); blocked ones are refused.
-* ``request``: the full decision (user, path, method), the block page, safe search.
+What it decides on is what the parts before it found: the destination check
+(:mod:`~schoolgate.gateway.destinations`: where the connection really goes) and the
+circumvention guard's findings (:mod:`~schoolgate.gateway.circumvention_addon`: which of them
+block a filtered role, and which sites are shown through a wrapper).
 
-Anything that goes wrong blocks, with a page saying the filter failed: never an open gateway.
+* ``http_connect``: a malformed target gets 400. Otherwise decided on the host: a blocked host
+  that will not be intercepted is refused at the CONNECT (403), before any upstream contact; one
+  that will be intercepted goes through (``connection_strategy=lazy``: still no upstream
+  contact) and its decrypted requests get the block page.
+* ``tls_clienthello``: connections that are not intercepted are passed through only if their
+  destination is verified and their SNI is allowed (a client may CONNECT to an allowed host and
+  name another; in transparent mode the SNI is all there is); others are refused.
+* ``tcp_start``: a tunnel that carries neither TLS nor HTTP is refused for a filtered role,
+  unless its destination is in ``circumvention.allowed_raw_destinations``.
+* ``request``: a Host header that is not one host gets 400; an unverified destination, a
+  blocking finding (DoH, DoT, a web proxy, Tor) and a wrapped site that would be blocked get
+  the block page; then the full decision (user, path, method), the block page, safe search.
+
+Anything that goes wrong blocks, with a page saying the filter failed and an event: never an
+open gateway. :meth:`Enforcement.fail_closed` does the same for a failure in any other part.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from mitmproxy import connection, ctx, http, tls
+from mitmproxy import ctx, http, tcp, tls
 
 from schoolgate import safesearch
 from schoolgate.blockpage import block_response_parts, sign_ref
+from schoolgate.core.destination import Destination, Handling, Verdict, raw_allowed
 from schoolgate.core.words import wording_of
 from schoolgate.eventlog import decision_event, new_ref, search_term_of
+from schoolgate.gateway.destinations import DESTINATION, destination_of
 from schoolgate.gateway.exception_cache import ExceptionCache
-from schoolgate.gateway.flowinfo import request_hosts, request_view
+from schoolgate.gateway.findings import blocking_findings, wrapped_findings
+from schoolgate.gateway.flowinfo import (
+    remember_tunnel_user,
+    request_view,
+    target_host,
+    tunnel_user,
+    user_of,
+    view_hosts,
+)
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.model import Action, Decision, Identity, RequestFacts
@@ -77,10 +96,9 @@ def _alert_keys(decision: Decision, facts: RequestFacts | None) -> dict:
         return {"category": decision.category}
 
 
-def _user_of(flow: http.HTTPFlow) -> str | None:
-    auth = flow.metadata.get("proxyauth")
-    # (user, password): only ever the user; the password is never logged or kept.
-    return auth[0] if auth else None
+def _peer(conn) -> str | None:
+    peer = getattr(conn, "peername", None)
+    return str(peer[0]) if peer else None
 
 
 class Enforcement:
@@ -92,11 +110,6 @@ class Enforcement:
         self.holder = holder
         self.exceptions = exceptions
         self.recorder = recorder
-        # The proxy-authenticated user of each client connection, from its CONNECT, for the
-        # TLS ClientHello that follows (which carries no credentials).
-        self._tunnel_user: weakref.WeakKeyDictionary[connection.Client, str | None] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def configure(self, updated) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -104,18 +117,46 @@ class Enforcement:
             log.info("schoolgate: setting connection_strategy=lazy (needed for enforcement)")
             ctx.options.update(connection_strategy="lazy")
 
-    def fail_closed(self, hook: str, subject: Any) -> None:
-        """Refuse what a hook of this addon failed on before deciding (called by
-        :class:`~schoolgate.gateway.dispatch.Schoolgate` when an exception escaped)."""
-        if hook in ("request", "http_connect") and isinstance(subject, http.HTTPFlow):
-            if subject.response is None:
-                decision = failed_decision(None, "the enforcement hook failed")
-                if hook == "request":
-                    self._block(subject, decision, None)
-                else:
-                    self._refuse_connect(subject, decision, None)
-        elif hook == "tls_clienthello" and isinstance(subject, tls.ClientHelloData):
-            self._refuse_tls(subject, failed_decision(None, "the enforcement hook failed"), None)
+    # -- failures anywhere ------------------------------------------------------------------
+    def fail_closed(self, hook: str, subject: Any = None, *_: Any) -> None:
+        """Refuse what a hook failed on (called by
+        :class:`~schoolgate.gateway.dispatch.Schoolgate` when any part's hook raised on the
+        way to a decision), and record it. What already has an answer keeps it."""
+        why = f"a part of the filter failed in its {hook} hook"
+        if isinstance(subject, http.HTTPFlow):
+            if hook == "websocket_start":
+                subject.kill()
+                return
+            if subject.response is not None or subject.error is not None:
+                return
+            facts = self._minimal_facts(subject.client_conn, subject.request.host)
+            decision = failed_decision(facts, why)
+            if subject.request.method == "CONNECT" or hook == "http_connect":
+                self._refuse_connect(subject, decision, facts)
+            else:
+                self._block(subject, decision, facts)
+        elif isinstance(subject, tls.ClientHelloData):
+            address = subject.context.server.address
+            host = subject.client_hello.sni or (address[0] if address else "")
+            facts = self._minimal_facts(subject.context.client, host)
+            self._refuse_tls(subject, failed_decision(facts, why), facts)
+        elif isinstance(subject, tcp.TCPFlow):
+            address = subject.server_conn.address
+            facts = self._minimal_facts(subject.client_conn, address[0] if address else "")
+            self._refuse_tcp(subject, failed_decision(facts, why), facts)
+        elif hasattr(subject, "server") and hasattr(subject, "client"):  # server_connect
+            subject.server.error = f"blocked by schoolgate: {why}"
+
+    @staticmethod
+    def _minimal_facts(client, host: str) -> RequestFacts:
+        return RequestFacts(
+            host=host or "",
+            at=datetime.now(UTC),
+            path=None,
+            method=None,
+            client_ip=_peer(client),
+            user=tunnel_user(client),
+        )
 
     # -- helpers ----------------------------------------------------------------------------
     def _record(
@@ -138,11 +179,68 @@ class Enforcement:
         except Exception:  # noqa: BLE001 - a logging failure must not open anything
             log.exception("schoolgate: could not record decision %s", ref)
 
+    def _refused(
+        self, decision: Decision, facts: RequestFacts | None, stage: str
+    ) -> tuple[str, dict]:
+        """Record a refusal at ``stage`` (no page: a CONNECT, a handshake, a tunnel) and give
+        its reference and what the alerts addon reads of it."""
+        ref = new_ref()
+        if facts is not None:
+            self._record(decision, facts, ref=ref, url=None, detail={"stage": stage})
+        return ref, {"ref": ref, "action": "block", "stage": stage, **_alert_keys(decision, facts)}
+
     def _decide(self, facts: RequestFacts) -> Decision:
         policy = self.holder.policy
         if policy is None:
             return failed_decision(facts, "no policy loaded")
         return policy.decide(facts, self.exceptions.current)
+
+    def _refusal(self, facts: RequestFacts, reason: str, rule: str, *, circumvention: bool):
+        """A block that is not the policy's lists and rules: who and when, and why."""
+        policy = self.holder.policy
+        if policy is None:
+            return failed_decision(facts, "no policy loaded")
+        identity = policy.identify(facts.client_ip, facts.user)
+        try:
+            window = policy.window(identity.site, facts.at)
+        except Exception:  # noqa: BLE001 - the block stands without its window
+            window = None
+        circ = policy.settings.circumvention
+        category = None
+        if circumvention:
+            category = circ.category if circ is not None else "circumvention"
+        return Decision(Action.BLOCK, identity, window, category, reason, rule=rule)
+
+    def _destination_refusal(self, facts: RequestFacts, found: Destination) -> Decision:
+        if found.verdict is Verdict.LOOKUP_FAILED:
+            reason = (
+                f"The filter could not check where this connection goes ({found.detail}), "
+                "so it is blocked for safety."
+            )
+        elif found.verdict is Verdict.MALFORMED:
+            reason = f"The request does not name one site the filter can check ({found.detail})."
+        else:
+            reason = f"The filter cannot tell where this connection really goes: {found.detail}."
+        circumvention = found.verdict is not Verdict.LOOKUP_FAILED
+        return self._refusal(
+            facts, reason, f"destination check ({found.verdict})", circumvention=circumvention
+        )
+
+    def _finding_refusal(self, facts: RequestFacts, subject: Any) -> Decision | None:
+        """The block a circumvention finding or a wrapped site leads to, if any."""
+        found = blocking_findings(subject)
+        if found:
+            event = found[0]
+            return self._refusal(
+                facts, event.summary, f"circumvention detector {event.detector}", circumvention=True
+            )
+        for wrapped_host, wrapped_path, label in wrapped_findings(subject):
+            wrapped = dataclasses.replace(facts, host=wrapped_host, path=wrapped_path, method="GET")
+            decision = self._decide(wrapped)
+            if not decision.allowed:
+                reason = f"{wrapped_host}, shown through {label}, is blocked: {decision.reason}"
+                return dataclasses.replace(decision, reason=reason)
+        return None
 
     # -- CONNECT --------------------------------------------------------------------------------
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -150,12 +248,9 @@ class Enforcement:
             return
         facts = None
         try:
-            user = _user_of(flow)
-            self._tunnel_user[flow.client_conn] = user
+            user = user_of(flow)
+            remember_tunnel_user(flow.client_conn, user)
             host = flow.request.host
-            policy = self.holder.policy
-            if policy is not None and host.lower() == policy.settings.portal_host:
-                return
             facts = RequestFacts(
                 host=host,
                 at=datetime.now(UTC),
@@ -163,11 +258,23 @@ class Enforcement:
                 method=None,
                 port=flow.request.port,
                 scheme="https",
-                client_ip=flow.client_conn.peername[0],
+                client_ip=_peer(flow.client_conn),
                 user=user,
             )
+            verdicts = destination_of(flow)
+            if verdicts is not None and verdicts[1] is Handling.REFUSE:  # a malformed target
+                decision = self._destination_refusal(facts, verdicts[0])
+                self._refuse_connect(flow, decision, facts, status=400)
+                return
+            policy = self.holder.policy
+            if policy is not None and target_host(host) == policy.settings.portal_host:
+                return  # the gateway's own pages: intercepted and answered here
             decision = self._decide(facts)
             if decision.allowed:
+                finding = self._finding_refusal(facts, flow)
+                if finding is not None:  # DoT, a Tor service: no page to show inside
+                    self._refuse_connect(flow, finding, facts)
+                    return
                 return
             if (
                 policy is not None
@@ -181,19 +288,16 @@ class Enforcement:
             self._refuse_connect(flow, failed_decision(facts, exc), facts)
 
     def _refuse_connect(
-        self, flow: http.HTTPFlow, decision: Decision, facts: RequestFacts | None
+        self,
+        flow: http.HTTPFlow,
+        decision: Decision,
+        facts: RequestFacts | None,
+        *,
+        status: int = 403,
     ) -> None:
-        ref = new_ref()
-        if facts is not None:
-            self._record(decision, facts, ref=ref, url=None, detail={"stage": "connect"})
-        flow.metadata["schoolgate"] = {
-            "ref": ref,
-            "action": "block",
-            "stage": "connect",
-            **_alert_keys(decision, facts),
-        }
+        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "connect")
         flow.response = http.Response.make(
-            403,
+            status,
             f"Blocked by the school's web filter: {decision.reason}\nReference: {ref}\n",
             _TEXT,
         )
@@ -205,23 +309,30 @@ class Enforcement:
         try:
             sni = data.client_hello.sni
             address = context.server.address
-            host = (sni or (address[0] if address else "")).rstrip(".")
-            if not host:
-                return
-            policy = self.holder.policy
-            if policy is not None and host.lower() == policy.settings.portal_host:
-                return
-            user = self._tunnel_user.get(context.client)
+            user = tunnel_user(context.client)
             facts = RequestFacts(
-                host=host,
+                host=(sni or (address[0] if address else "")).rstrip("."),
                 at=datetime.now(UTC),
                 path=None,
                 method=None,
                 port=address[1] if address else 443,
                 scheme="https",
-                client_ip=context.client.peername[0],
+                client_ip=_peer(context.client),
                 user=user,
             )
+            verdicts = destination_of(data)
+            refused = (
+                verdicts[0] if verdicts is not None and verdicts[1] is Handling.REFUSE else None
+            )
+            if refused is not None and refused.verdict is Verdict.MALFORMED:
+                self._refuse_tls(data, self._destination_refusal(facts, refused), facts)
+                return
+            host = facts.host
+            if not host:
+                return
+            policy = self.holder.policy
+            if policy is not None and host.lower() == policy.settings.portal_host:
+                return
             if policy is None:
                 self._refuse_tls(data, failed_decision(facts, "no policy loaded"), facts)
                 return
@@ -230,6 +341,10 @@ class Enforcement:
                 return  # requests are decided (and blocked with a page) once decrypted
             data.ignore_connection = True
             decision = self._decide(facts)
+            if decision.allowed and refused is not None:
+                decision = self._destination_refusal(facts, refused)
+            if decision.allowed:
+                decision = self._finding_refusal(facts, data) or decision
             if not decision.allowed:
                 self._refuse_tls(data, decision, facts)
         except Exception as exc:  # noqa: BLE001 - fail closed
@@ -239,18 +354,59 @@ class Enforcement:
     def _refuse_tls(
         self, data: tls.ClientHelloData, decision: Decision, facts: RequestFacts | None
     ) -> None:
-        ref = new_ref()
-        if facts is not None:
-            self._record(decision, facts, ref=ref, url=None, detail={"stage": "tls"})
+        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
+        ref, data.schoolgate = self._refused(decision, facts, "tls")
         data.ignore_connection = True
         data.context.server.error = f"blocked by schoolgate ({ref}): {decision.reason}"
-        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
-        data.schoolgate = {
-            "ref": ref,
-            "action": "block",
-            "stage": "tls",
-            **_alert_keys(decision, facts),
-        }
+
+    # -- tunnels that carry neither TLS nor HTTP ------------------------------------------------
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        facts = None
+        try:
+            if flow.client_conn.tls_established or flow.server_conn.error:
+                return
+            address = flow.server_conn.address
+            host, port = (target_host(address[0]), address[1]) if address else ("", None)
+            facts = RequestFacts(
+                host=host,
+                at=datetime.now(UTC),
+                path=None,
+                method=None,
+                port=port,
+                scheme="tcp",
+                client_ip=_peer(flow.client_conn),
+                user=tunnel_user(flow.client_conn),
+            )
+            policy = self.holder.policy
+            if policy is None:
+                self._refuse_tcp(flow, failed_decision(facts, "no policy loaded"), facts)
+                return
+            circ = policy.settings.circumvention
+            role = policy.identify(facts.client_ip, facts.user).role
+            if circ is not None and not circ.filters(role):
+                return
+            allowed = circ.allowed_raw_destinations if circ is not None else ()
+            if host and raw_allowed(allowed, host, port):
+                return
+            where = f"{host}:{port}" if host else "an unknown destination"
+            decision = self._refusal(
+                facts,
+                f"The connection to {where} carries neither secure web traffic (TLS) nor web "
+                "pages (HTTP): SSH, VPNs and other tunnels are not allowed through the filter.",
+                "raw tunnel",
+                circumvention=True,
+            )
+            self._refuse_tcp(flow, decision, facts)
+        except Exception as exc:  # noqa: BLE001 - fail closed
+            log.exception("schoolgate: a raw tunnel failed to be decided")
+            self._refuse_tcp(flow, failed_decision(facts, exc), facts)
+
+    def _refuse_tcp(
+        self, flow: tcp.TCPFlow, decision: Decision, facts: RequestFacts | None
+    ) -> None:
+        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "tunnel")
+        # Set before the upstream connection opens (lazy): mitmproxy then never makes it.
+        flow.server_conn.error = f"blocked by schoolgate ({ref}): {decision.reason}"
 
     # -- HTTP -----------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
@@ -262,11 +418,11 @@ class Enforcement:
             req = flow.request
             view = request_view(req)
             https = view.scheme == "https"
-            host, others = request_hosts(req, flow.client_conn.sni if https else None)
-            if policy is not None and host == policy.settings.portal_host:
-                return
+            host, others = view_hosts(view, flow.client_conn.sni if https else None)
             # Positional (host, at, path, method, port, scheme, client_ip, user): keywords
             # cost a fifth more, on every request.
+            metadata = flow.metadata
+            auth = metadata.get("proxyauth")
             facts = RequestFacts(
                 host,
                 datetime.now(UTC),
@@ -275,24 +431,69 @@ class Enforcement:
                 view.port,
                 view.scheme,
                 flow.client_conn.peername[0],
-                _user_of(flow),
+                auth[0] if auth else None,  # the user, never the password
             )
-            decision = self._decide(facts)
-            for other in others:
-                # Where the connection really goes (absolute URL, CONNECT target) and the SNI
-                # must pass too: no smuggling through the Host header or domain fronting.
-                if not decision.allowed:
-                    break
-                decision = self._decide(dataclasses.replace(facts, host=other))
+            refused = None
+            verdicts = metadata.get(DESTINATION)
+            if verdicts is not None and verdicts[1] is Handling.REFUSE:
+                refused = verdicts[0]
+                if refused.verdict is Verdict.MALFORMED:
+                    self._bad_request(flow, self._destination_refusal(facts, refused), facts)
+                    return
+            portal = policy.settings.portal_host if policy is not None else None
+            if others or host == portal:
+                decision = self._decide_names(facts, host, others, portal)
+                if decision is None:
+                    # The gateway's own pages answer their requests before this part: one
+                    # that names them and is still unanswered must not go on to the internet.
+                    failed = failed_decision(facts, "a gateway page was not served")
+                    self._block(flow, failed, facts)
+                    return
+            else:
+                decision = self._decide(facts)
+            # A name the policy blocks is blocked for that reason; one it allows must also be
+            # where the connection goes, and not be a way round the filter.
+            if refused is not None and decision.allowed:
+                decision = self._destination_refusal(facts, refused)
+            if metadata and decision.allowed:
+                decision = self._finding_refusal(facts, flow) or decision
             if decision.allowed:
                 self._allowed(flow, policy, decision, facts)
             else:
                 self._block(flow, decision, facts)
         except Exception as exc:  # noqa: BLE001 - fail closed
-            log.exception(
-                "schoolgate: request to %s failed to be decided", flow.request.pretty_host
-            )
+            log.exception("schoolgate: request to %s failed to be decided", flow.request.host)
             self._block(flow, failed_decision(facts, exc), facts)
+
+    def _decide_names(
+        self, facts: RequestFacts, host: str, others: list[str], portal: str | None
+    ) -> Decision | None:
+        """Every name a request carries decided (where the connection really goes, the SNI:
+        no smuggling through the Host header, no domain fronting): the first that blocks, else
+        the Host's. None: it names the gateway's own pages, and nothing else blocks it."""
+        decision = None
+        for name in (host, *others):
+            if name == portal:
+                continue
+            found = self._decide(facts if name == host else dataclasses.replace(facts, host=name))
+            if not found.allowed:
+                return found
+            if decision is None:
+                decision = found
+        return None if portal in (host, *others) else decision
+
+    def _bad_request(self, flow: http.HTTPFlow, decision: Decision, facts: RequestFacts) -> None:
+        """RFC 9112 3.2: a Host that is not one host (or two of them) gets 400, and is kept."""
+        ref = new_ref()
+        self._record(decision, facts, ref=ref, url=None, detail={"stage": "request"})
+        flow.metadata["schoolgate"] = {
+            "ref": ref,
+            "action": "block",
+            **_alert_keys(decision, facts),
+        }
+        flow.response = http.Response.make(
+            400, f"Bad request: {decision.reason}\nReference: {ref}\n", _TEXT
+        )
 
     def _allowed(
         self, flow: http.HTTPFlow, policy, decision: Decision, facts: RequestFacts
@@ -318,7 +519,7 @@ class Enforcement:
         ref = "-"
         try:
             ref = new_ref()
-            url = flow.request.pretty_url
+            url = _url_of(flow)
             if facts is not None:
                 self._record(decision, facts, ref=ref, url=url)
             policy = self.holder.policy
@@ -343,7 +544,7 @@ class Enforcement:
             )
             flow.response = http.Response.make(status, body, headers)
         except Exception:  # noqa: BLE001 - the page failed: still block, in plain text
-            log.exception("schoolgate: block page failed for %s", flow.request.pretty_host)
+            log.exception("schoolgate: block page failed for %s", flow.request.host)
             reason = decision.reason if decision.error is None else FAILED_REASON
             flow.response = http.Response.make(
                 403, f"Blocked by the school's web filter.\n{reason}\nReference: {ref}\n", _TEXT
@@ -353,3 +554,12 @@ class Enforcement:
             "action": "block",
             **_alert_keys(decision, facts),
         }
+
+
+def _url_of(flow: http.HTTPFlow) -> str:
+    """The URL for the block page and the log (``pretty_url`` re-parses the Host header, which
+    raises on a malformed one)."""
+    try:
+        return flow.request.pretty_url
+    except ValueError:
+        return flow.request.url

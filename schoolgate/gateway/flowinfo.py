@@ -8,15 +8,21 @@ line, and the guard needs the headers its detectors read, in the same ``request`
 :func:`request_view` reads them once and keeps the answer for as long as the request's
 headers and request line are the same objects (mitmproxy replaces the ``fields`` tuple, and
 the bytes of the request line, on every change, so an edit is never missed).
+
+The Host header is read strictly (:mod:`schoolgate.core.authority`): a value that is not
+exactly one host and optional port, or two Host headers, leaves ``named_host`` None and says
+why in ``host_problem`` (the request gets 400).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from schoolgate.circumvention import DETECTOR_HEADERS
+from schoolgate.core.authority import AuthorityError, address_host, parse_authority
 from schoolgate.hosts import lower_host
 
 
@@ -26,12 +32,13 @@ class RequestView(NamedTuple):
     # decoding them all would cost more than every detector's checks together.
     headers: dict[str, str]
     host_header: str | None  # the Host header (HTTP/2 and 3: the :authority)
-    named_host: str | None  # its host: lower case, no port, no trailing dot
+    named_host: str | None  # its host: lower case, no port, no trailing dot (None: unreadable)
     method: str  # as mitmproxy's Request gives them
     scheme: str
     host: str  # where the request goes: the URL's host, the CONNECT target or the address
     port: int
     path: str
+    host_problem: str | None = None  # why the Host header cannot be read (a 400), if it cannot
 
 
 # The last request looked at, what its view was made from, and the view. One slot is enough:
@@ -57,18 +64,26 @@ def request_view(request: http.Request) -> RequestView:
     # from nothing else, so equal items would give an equal view.
     if last_request is request and last_made_from == made_from:
         return view
-    headers, host_header = _read_headers(made_from[0])
-    if data.http_version in (b"HTTP/2.0", b"HTTP/3"):  # the :authority
-        host_header = request.authority or host_header
+    headers, host_header, host_count = _read_headers(made_from[0])
+    if data.http_version in (b"HTTP/2.0", b"HTTP/3") and data.authority:  # the :authority
+        authority = request.authority
+        if host_header is not None and host_header != authority:
+            host_count = 2  # RFC 9113 8.3.1: a Host header must name the :authority
+        host_header = authority
+        host_count = max(host_count, 1)
+    named, problem = _named_host(host_header)
+    if host_count > 1:
+        named, problem = None, "more than one Host header"
     view = RequestView(
         headers,
         host_header,
-        _named_host(host_header),
+        named,
         data.method.decode("utf-8", "surrogateescape").upper(),  # as Request.method
         data.scheme.decode("utf-8", "surrogateescape"),
         data.host,
         data.port,
         data.path.decode("utf-8", "surrogateescape"),
+        problem,
     )
     _last = (request, made_from, view)
     return view
@@ -77,11 +92,15 @@ def request_view(request: http.Request) -> RequestView:
 _KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS)
 
 
-def _read_headers(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[dict[str, str], str | None]:
-    """The detectors' headers, and the Host header, from the raw fields in one pass
-    (``Headers.items()`` looks every name up again: quadratic, ~50 us for ten headers)."""
+def _read_headers(
+    fields: tuple[tuple[bytes, bytes], ...],
+) -> tuple[dict[str, str], str | None, int]:
+    """The detectors' headers, the Host header and how many Host headers there are, from the
+    raw fields in one pass (``Headers.items()`` looks every name up again: quadratic, ~50 us
+    for ten headers)."""
     out: dict[str, str] = {}
     host = None
+    count = 0
     for raw_name, raw_value in fields:
         raw_name = raw_name.lower()
         if raw_name in _KEPT:
@@ -91,20 +110,26 @@ def _read_headers(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[dict[str, st
         elif raw_name == b"host":
             value = raw_value.decode("utf-8", "surrogateescape")
             host = value if host is None else f"{host}, {value}"
-    return out, host
+            count += 1
+    return out, host, count
 
 
-# Host header value -> its host: the same few hundred sites, request after request.
-_named_hosts: dict[str, str | None] = {}
+# Host header value -> (its host, why it cannot be read): the same few hundred sites, request
+# after request.
+_named_hosts: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
 
 
-def _named_host(value: str | None) -> str | None:
+def _named_host(value: str | None) -> tuple[str | None, str | None]:
     try:
         return _named_hosts[value]
     except KeyError:
-        named = authority_host(value)
+        try:
+            named = (parse_authority(value.strip(" \t")).host, None)  # type: ignore[union-attr]
+        except AuthorityError as exc:
+            named = (None, f"the Host header {value[:100]!r} is not one host: {exc}")  # type: ignore[index]
         if len(_named_hosts) >= 4096:
             _named_hosts.clear()
+            _named_hosts[None] = (None, None)
         _named_hosts[value] = named
         return named
 
@@ -114,26 +139,17 @@ def header_host(request: http.Request) -> str | None:
     return request_view(request).named_host
 
 
-def authority_host(value: str | None) -> str | None:
-    """The host of a Host header or ``:authority`` value, lower case, no port."""
-    if not value:
-        return None
-    value = lower_host(value.strip())
-    if value.startswith("["):  # [v6]:port
-        end = value.find("]")
-        return value[1:end] if end > 0 else value
-    if value.count(":") == 1:
-        value = value.split(":", 1)[0]
-    return value.rstrip(".") or None
-
-
 def request_hosts(request: http.Request, sni: str | None = None) -> tuple[str, list[str]]:
     """The host to decide on (as the user sees it: the Host header, else the request's), and
     any other host this request also reaches or names: where the connection goes
     (``request.host``: an absolute URL, the CONNECT target or, transparent, the address) and
     the TLS SNI. Each is decided: a Host header cannot smuggle a request to a blocked host."""
-    view = request_view(request)
-    target = lower_host(view.host).rstrip(".")  # as the Host header is lowered
+    return view_hosts(request_view(request), sni)
+
+
+def view_hosts(view: RequestView, sni: str | None = None) -> tuple[str, list[str]]:
+    """:func:`request_hosts` of a request whose view is at hand."""
+    target = target_host(view.host)
     named = view.named_host
     primary = named or target
     others = []
@@ -144,3 +160,56 @@ def request_hosts(request: http.Request, sni: str | None = None) -> tuple[str, l
         if sni != primary and sni != target:
             others.append(sni)
     return primary, others
+
+
+# Where a request goes (mitmproxy's request.host) -> its spelling as a decision reads it.
+_targets: dict[str, str] = {}
+
+
+def target_host(host: str) -> str:
+    """``request.host`` as the policy reads it: lower case, no trailing dot, and an address in
+    its one spelling (``::ffff:a.b.c.d`` is ``a.b.c.d``)."""
+    try:
+        return _targets[host]
+    except KeyError:
+        spelled = address_host(host) or lower_host(host).rstrip(".")
+        if len(_targets) >= 4096:
+            _targets.clear()
+        _targets[host] = spelled
+        return spelled
+
+
+_addresses: dict[str, bool] = {}
+
+
+def is_address(host: str) -> bool:
+    """Whether a target (as :func:`target_host` spells it) is an IP address."""
+    try:
+        return _addresses[host]
+    except KeyError:
+        found = ":" in host or (host[-1:].isdigit() and address_host(host) is not None)
+        if len(_addresses) >= 4096:
+            _addresses.clear()
+        _addresses[host] = found
+        return found
+
+
+def user_of(flow: http.HTTPFlow) -> str | None:
+    """The proxy-authenticated user of a flow (never the password, which the tuple holds)."""
+    auth = flow.metadata.get("proxyauth")
+    return auth[0] if auth else None
+
+
+# The proxy-authenticated user of each client connection, from its CONNECT, for the TLS
+# ClientHello and raw tunnel that follow (which carry no credentials).
+_tunnel_users: weakref.WeakKeyDictionary[connection.Client, str | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def remember_tunnel_user(client: connection.Client, user: str | None) -> None:
+    _tunnel_users[client] = user
+
+
+def tunnel_user(client: connection.Client) -> str | None:
+    return _tunnel_users.get(client)

@@ -16,11 +16,10 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-from schoolgate.gateway.flowinfo import header_host
+from schoolgate.gateway.flowinfo import request_view, target_host
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 
@@ -87,10 +86,16 @@ sudo update-ca-certificates</code>. Firefox keeps its own store: <em>Settings &g
 PORTAL_MARK = "schoolgate_portal"  # flow.metadata: the portal addon must answer this flow
 
 
+def _path_only(path: str) -> str:
+    """The path of a request target, without query or fragment (never raises: ``urlsplit``
+    does on ``//[x``)."""
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
 def is_gateway_page(path: str) -> bool:
     """``/``, ``/ca``, ``/ca/...`` and the PAC/WPAD files: the gateway's own pages. Everything
     else on the portal host belongs to the portal app."""
-    target = urlsplit(path).path.rstrip("/") or "/"
+    target = _path_only(path).rstrip("/") or "/"
     return target in PAC_PATHS or target in ("/", "/ca") or target.startswith("/ca/")
 
 
@@ -169,9 +174,39 @@ class GatewayPages:
                 )
 
     # -- which requests are ours ------------------------------------------------------------
+    @staticmethod
+    def _own_name(flow: http.HTTPFlow) -> str | None:
+        """The host a request is for, if it could be the gateway's: the Host header (read
+        strictly, so ``SCHOOLGATE.internal.:80`` is the portal), when the request really goes
+        there too. In explicit mode the request goes where its target says (an absolute URL,
+        a CONNECT): ``http://www.facebook.com/`` with ``Host: schoolgate.internal`` is a
+        request for Facebook, decided as one. In transparent mode the Host is all there is.
+        None: not one host (the request gets 400)."""
+        view = request_view(flow.request)
+        if view.host_problem is not None:
+            return None
+        target = target_host(view.host)
+        named = view.named_host or target
+        mode = getattr(flow.client_conn.proxy_mode, "type_name", "regular")
+        if named != target and mode != "transparent":
+            return None
+        return named
+
     def is_own(self, flow: http.HTTPFlow) -> bool:
-        host = header_host(flow.request) or flow.request.host.lower()
+        named = request_view(flow.request).named_host
         policy = self.holder.policy
+        if (
+            named is not None
+            and policy is not None
+            and named != policy.settings.portal_host
+            and not named.startswith("wpad")
+            and not named[-1:].isdigit()
+            and ":" not in named
+        ):
+            return False  # a site on the internet: the usual case, decided at once
+        host = self._own_name(flow)
+        if host is None:
+            return False
         if policy is not None and host == policy.settings.portal_host:
             return True
         if (host == "wpad" or host.startswith("wpad.")) and flow.request.path in PAC_PATHS:
@@ -195,7 +230,7 @@ class GatewayPages:
         policy = self.holder.policy
         if policy is None:
             return False
-        host = header_host(flow.request) or flow.request.host.lower()
+        host = self._own_name(flow)
         return host == policy.settings.portal_host and not is_gateway_page(flow.request.path)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -215,8 +250,7 @@ class GatewayPages:
             )
 
     def answer(self, flow: http.HTTPFlow) -> http.Response:
-        parts = urlsplit(flow.request.path)
-        path = parts.path.rstrip("/") or "/"
+        path = _path_only(flow.request.path).rstrip("/") or "/"
         if path in PAC_PATHS:
             return http.Response.make(
                 200,
