@@ -96,7 +96,7 @@ def suspended_response_parts(
     else:
         body = render_suspended_text(ban, ref=ref, now=now)
         out["content-type"] = "text/plain; charset=utf-8"
-    return SUSPENDED_STATUS, out, body.encode("utf-8")
+    return SUSPENDED_STATUS, out, body.encode("utf-8", "backslashreplace")
 
 
 def render_warning_page(
@@ -151,7 +151,7 @@ def warning_response_parts(
         tz=tz,
         now=now,
     )
-    return (403 if blocked else 200), out, body.encode("utf-8")
+    return (403 if blocked else 200), out, body.encode("utf-8", "backslashreplace")
 
 
 __all__ = [

@@ -32,8 +32,8 @@ import pytest
 from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
 
 HTML = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-# Warnings too: `--quiet` alone keeps only errors, and the event log warns while it retries.
-LOG_WARNINGS = ("--set", "termlog_verbosity=warn")
+# Warnings too (Gateway.start): `--quiet` alone keeps only errors, and the event log warns
+# while it retries.
 
 
 class Gateway:
@@ -54,10 +54,11 @@ class Gateway:
         self.proxy = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str, verbosity: str = "warn") -> None:
         self.proc = start_gateway(
-            self.config, self.data_dir, self.port, self.log, *LOG_WARNINGS, append_log=True
-        )
+            self.config, self.data_dir, self.port, self.log,
+            "--set", f"termlog_verbosity={verbosity}", *extra, append_log=True,
+        )  # fmt: skip
 
     def client(self) -> httpx.Client:
         return httpx.Client(proxy=self.proxy, timeout=30)

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from schoolgate.gateway import (
     AlertsAddon,
     CircumventionGuard,
+    ConnectionLimits,
     Enforcement,
     ExceptionCache,
     GatewayPages,
@@ -39,6 +40,7 @@ class Gateway:
     tctx: taddons.context
     holder: PolicyHolder
     recorder: Recorder
+    limits: ConnectionLimits
     jobs: JobsAddon
     exceptions: ExceptionCache
     pages: GatewayPages
@@ -493,8 +495,8 @@ def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:
 
 
 # -- all parts as one addon (what `schoolgate run` and addons/schoolgate.py load) -------------
-PART_FIELDS = ("holder", "recorder", "jobs", "exceptions", "pages", "portal", "guard", "enforce",
-               "alerts")  # fmt: skip
+PART_FIELDS = ("holder", "recorder", "limits", "jobs", "exceptions", "pages", "portal", "guard",
+               "enforce", "alerts")  # fmt: skip
 
 
 def one_addon(gw: Gateway):

@@ -5,6 +5,8 @@ this order (each reads the ones before it):
 
 * :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change.
 * :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
+* :class:`~schoolgate.gateway.limits.ConnectionLimits`: connections per client address, idle
+  and slow-client timeouts, requests with too many headers (431).
 * :class:`~schoolgate.gateway.jobs_addon.JobsAddon`: the scheduled jobs (expiry, escalation,
   list updates, reports, purge) in this process.
 * :class:`~schoolgate.gateway.exception_cache.ExceptionCache`: exceptions in force.
@@ -30,12 +32,14 @@ from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.jobs_addon import JobsAddon
+from schoolgate.gateway.limits import ConnectionLimits
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
 from schoolgate.gateway.recorder import Recorder
 
 __all__ = [
     "AlertsAddon",
+    "ConnectionLimits",
     "JobsAddon",
     "CircumventionGuard",
     "Enforcement",
@@ -55,6 +59,7 @@ def make_addons() -> list:
     """A fresh, wired set of schoolgate's addons, in the order they must run."""
     holder = PolicyHolder()
     recorder = Recorder(holder)
+    limits = ConnectionLimits()
     jobs = JobsAddon(holder, recorder)
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
@@ -63,14 +68,28 @@ def make_addons() -> list:
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
-    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts, logins]
+    return [
+        holder,
+        recorder,
+        limits,
+        jobs,
+        exceptions,
+        pages,
+        portal,
+        guard,
+        enforcement,
+        alerts,
+        logins,
+    ]
 
 
 def make_chain(addons: list | None = None) -> list:
     """The addons as mitmproxy should load them: one :class:`~schoolgate.gateway.dispatch.
     Schoolgate` addon that calls the parts in order, each part's failure kept from the others,
-    and a failure of Enforcement refusing the flow (``make_addons()`` keeps the flat list,
-    for tests)."""
+    a failure of Enforcement refusing the flow, and an answer waiting for the sanction events
+    the recorder must sync first (``make_addons()`` keeps the flat list, for tests)."""
     addons = addons if addons is not None else make_addons()
     enforcement = next(a for a in addons if isinstance(a, Enforcement))
-    return [Schoolgate(addons, decider=enforcement)]
+    recorder = next((a for a in addons if isinstance(a, Recorder)), None)
+    barrier = recorder.durable_barrier if recorder is not None else None
+    return [Schoolgate(addons, decider=enforcement, barrier=barrier)]

@@ -336,7 +336,7 @@ class Enforcement:
                 signed_ref=sign_ref(self.recorder.secret, ref),
                 portal_host=portal_host,
                 advice=advice,
-                headers=flow.request.headers,
+                headers=request_view(flow.request).headers,
                 tz=tz,
             )
             flow.response = http.Response.make(status, body, headers)

@@ -153,6 +153,7 @@ class EventLog:
         self._markers = 0  # markers in the queue
         self._recorded = 0
         self._handled = 0  # written, skipped as already written, or dead-lettered
+        self._replay_count = 0
         self._wake = threading.Event()
         self._give_up = threading.Event()
         self._sync_wake = threading.Event()
@@ -528,6 +529,17 @@ class EventLog:
                     log.exception("event log: post-flush action failed")
             marker.done.set()
 
+    def _replayed(self, count: int) -> None:
+        self._replay_count += count
+        if not self._replay and not self._replay_paths:
+            log.warning(
+                "event log: the %d event(s) an earlier run left in the spool are in the database "
+                "(%d of them were already)",
+                self._replay_count,
+                self._batches.skipped,
+            )
+            self._replay_count = 0
+
     def _run(self) -> None:
         backoff = BACKOFF_START
         failing_since: float | None = None
@@ -573,6 +585,8 @@ class EventLog:
                 last_warning = -WARN_EVERY
             backoff = BACKOFF_START
             self._finish(markers)
+            if replay:
+                self._replayed(len(rows))
             if self._over_high_water and len(self._queue) < self.high_water // 2:
                 self._over_high_water = False
                 self.peak = len(self._queue)
