@@ -28,7 +28,6 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,19 +106,27 @@ def overlong_entry(value: str, kept: int) -> dict[str, Any]:
     return entry
 
 
-@dataclass(frozen=True)
 class Columns:
     """The layout of the events table: its columns (in order, without the id), which hold
     text, which are ``String(n)`` (and n), which are integers."""
 
-    names: tuple[str, ...]
-    text: frozenset[str]
-    limits: dict[str, int] = field(default_factory=dict)
-    integers: frozenset[str] = frozenset()
-
-    @property
-    def name_set(self) -> frozenset[str]:
-        return frozenset(self.names)
+    def __init__(
+        self,
+        names: Iterable[str],
+        text: Iterable[str],
+        limits: dict[str, int] | None = None,
+        integers: Iterable[str] = (),
+    ) -> None:
+        self.names = tuple(names)
+        self.name_set = frozenset(self.names)
+        self.integers = tuple(integers)
+        limits = limits or {}
+        # (column, characters kept) for every text column but detail: worked out once here.
+        self.text_limits = tuple(
+            (name, min(limits.get(name, FIELD_MAX), FIELD_MAX))
+            for name in self.names
+            if name in set(text) and name != "detail"
+        )
 
 
 class _Notes:
@@ -233,13 +240,12 @@ def storable_row(event: dict[str, Any], columns: Columns, now: datetime) -> dict
     """The column values of one event, every one of them storable (see the module's
     documentation). ``now``: the time for an event without a readable one."""
     notes = _Notes()
-    names = columns.names
-    known = columns.name_set
-    if not known.issuperset(event):
+    if not columns.name_set.issuperset(event):
         for key in event:
-            if key not in known:
+            if key not in columns.name_set:
                 notes.extra[escape_text(_as_text(key))] = event[key]
-    row = {name: event.get(name) for name in names}
+    get = event.get
+    row = {name: get(name) for name in columns.names}
     row["at"] = _time(row.get("at"), now, notes)
     if not row.get("ref"):
         row["ref"] = new_ref()
@@ -248,20 +254,21 @@ def storable_row(event: dict[str, Any], columns: Columns, now: datetime) -> dict
     if row.get("action") is None:
         row["action"] = ""
     for name in columns.integers:
-        row[name] = _integer(name, row[name], notes)
-    limits = columns.limits
-    for name in columns.text:
-        if name == "detail":
-            continue
+        value = row[name]
+        if value is not None and type(value) is not int:
+            row[name] = _integer(name, value, notes)
+        elif value is not None and not INT_MIN <= value <= INT_MAX:
+            row[name] = _integer(name, value, notes)
+    for name, limit in columns.text_limits:
         value = row[name]
         if value is None:
             continue
         if type(value) is not str:
             value = _as_text(value)
-        if _UNSTORABLE.search(value) is not None:
+        # isascii() is a fast scan: most values are plain ASCII without NUL.
+        if not (value.isascii() and "\x00" not in value) and _UNSTORABLE.search(value):
             value = escape_text(value)
             notes.escaped.append(name)
-        limit = min(limits.get(name, FIELD_MAX), FIELD_MAX)
         if len(value) > limit:
             notes.overlong[name] = overlong_entry(value, limit)
             value = value[:limit]

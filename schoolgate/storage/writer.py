@@ -441,15 +441,19 @@ class EventLog:
         events: list[dict[str, Any]] = []
         markers: list[Any] = []
         limit = self.batch_size
-        with self._qlock:
-            while len(events) < limit and source:
+        # Without the lock: popleft is atomic, and record() must never wait for this loop.
+        while len(events) < limit:
+            try:
                 item = source.popleft()
-                if type(item) in _MARKERS:
-                    markers.append(item)
-                    if source is self._queue:
-                        self._markers -= 1
-                else:
-                    events.append(item)
+            except IndexError:
+                break
+            if type(item) in _MARKERS:
+                markers.append(item)
+            else:
+                events.append(item)
+        if markers and source is self._queue:
+            with self._qlock:
+                self._markers -= len(markers)
         return events, markers
 
     def _next_batch(self) -> _Batch | None:
