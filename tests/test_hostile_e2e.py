@@ -14,14 +14,17 @@ these take is measured by ``bench/hostile_bench.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -241,6 +244,65 @@ def test_thousands_of_idle_connections_from_one_address_while_another_is_served(
     assert re.search(r"\d+ connection\(s\) closed: no complete request within 20 s", text)
     attacker_lines = [line for line in text.splitlines() if f"[{ATTACKER}:" in line]
     assert len(attacker_lines) <= 1300, attacker_lines[-5:]  # the refused ones leave no line
+
+
+class Echo:
+    """A TCP server that sends back whatever it receives (the far end of a tunnel)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+def _client_hello(name: str) -> bytes:
+    tls = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (more := sock.recv(size - len(data))):
+        data += more
+    return data
+
+
+def test_a_tunnel_passed_through_outlives_the_header_timeout(gateway: Gateway) -> None:
+    """A visitor's HTTPS is not intercepted: after its ClientHello the bytes pass through and
+    no request is ever seen. A pause longer than the header timeout is not a slow client:
+    the tunnel stays open."""
+    echo = Echo()
+    gateway.start("--set", "schoolgate_header_timeout=2")
+    with socket.create_connection(("127.0.0.1", gateway.port), 30, ("127.0.0.2", 0)) as sock:
+        target = f"127.0.0.1:{echo.port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert b" 200 " in sock.recv(4096).split(b"\r\n")[0]
+        hello = _client_hello("echo.test")
+        sock.sendall(hello)
+        assert _read(sock, len(hello)) == hello  # passed through to the far end and back
+        time.sleep(5)  # a pause past the header timeout (this waits; it measures nothing)
+        sock.sendall(b"still here")
+        assert _read(sock, 10) == b"still here"
+    echo.sock.close()
+    assert gateway.stop() == 0
 
 
 # -- kill -9 with the database locked -------------------------------------------------------------

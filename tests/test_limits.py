@@ -10,7 +10,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from mitmproxy import connection, exceptions
+from mitmproxy import connection, exceptions, tls
+from mitmproxy.proxy import context, layer, layers
 from mitmproxy.test import taddons, tflow, tutils
 
 from schoolgate.gateway.limits import ConnectionLimits, fd_headroom
@@ -191,6 +192,43 @@ def test_tunnels_are_left_to_the_inactivity_timeout(limits):
     connect.request.method = "CONNECT"
     limits.http_connect(connect)
     limits.tcp_start(tflow.ttcpflow(client_conn=conn))
+    limits.sweep(time.monotonic() + 10_000)
+    assert task.cancelled is None
+
+
+def _hello(conn: connection.Client, options) -> tls.ClientHelloData:
+    ctx = context.Context(conn, options)
+    ctx.server = connection.Server(address=("bank.example", 443))
+    return tls.ClientHelloData(ctx, SimpleNamespace(sni="bank.example"))  # type: ignore
+
+
+def test_a_tunnel_passed_through_after_its_clienthello_is_left_alone(limits):
+    """A site that is not intercepted: Enforcement (after this part) passes the connection
+    through, and mitmproxy starts no hook for it again. It is not a slow client."""
+    passed, inspected = client(port=1), client(port=2)
+    tasks = [limits.server.add(passed), limits.server.add(inspected)]
+    for conn in (passed, inspected):
+        limits.client_connected(conn)
+        connect = request_flow(conn)
+        connect.request.method = "CONNECT"
+        limits.http_connect(connect)
+    hellos = [_hello(conn, limits.tctx.options) for conn in (passed, inspected)]
+    for hello in hellos:
+        limits.tls_clienthello(hello)
+    hellos[0].ignore_connection = True  # as Enforcement does for a site not intercepted
+    limits.sweep(time.monotonic() + 10_000)
+    assert tasks[0].cancelled is None
+    assert tasks[1].cancelled is not None  # a ClientHello and then nothing: closed
+
+
+def test_a_tunnel_mitmproxy_passes_through_is_left_alone(limits):
+    conn = client()
+    task = limits.server.add(conn)
+    limits.client_connected(conn)
+    ctx = context.Context(conn, limits.tctx.options)
+    nextlayer = layer.NextLayer(ctx)
+    nextlayer.layer = layers.TCPLayer(ctx, ignore=True)  # ignore_hosts: no tcp_start
+    limits.next_layer(nextlayer)
     limits.sweep(time.monotonic() + 10_000)
     assert task.cancelled is None
 

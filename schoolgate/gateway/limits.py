@@ -10,7 +10,9 @@ size DoS"), so :class:`ConnectionLimits` does, with options a network manager ca
   0: no cap.
 * ``schoolgate_header_timeout`` (default 30 s): a new connection must send a complete request
   (or, through a tunnel, its TLS ClientHello and then its first request) within this time: a
-  client that connects and sends nothing, or half a request line, is closed.
+  client that connects and sends nothing, or half a request line, is closed. A tunnel passed
+  through uninspected (a site not intercepted, ``ignore_hosts``, a protocol that is neither
+  TLS nor HTTP) is left to the idle timeout.
 * ``schoolgate_idle_timeout`` (default 300 s): a connection with no traffic for this long is
   closed (mitmproxy's own timeout, 600 s by default: ``tcp_timeout`` on mitmproxy 12); and
   after an answer, the next request must be complete within it, however slowly its bytes
@@ -39,6 +41,7 @@ from itertools import chain
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy import layer, layers
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ class ConnectionLimits:
         self._refused_ids: set[str] = set()
         self._in_flight: Counter[str] = Counter()
         self._tunnels: set[str] = set()
+        self._hellos: dict[str, tls.ClientHelloData] = {}
         self._clients: dict[str, connection.Client] = {}
         self._counts: Counter[str] = Counter()  # what was refused or closed, to report
         self._reported = -REPORT_EVERY  # the first at once, then once a minute
@@ -220,6 +224,7 @@ class ConnectionLimits:
         self._waiting.pop(cid, None)
         self._in_flight.pop(cid, None)
         self._tunnels.discard(cid)
+        self._hellos.pop(cid, None)
 
     def _wait(self, cid: str, seconds: float, why: str) -> None:
         self._waiting[cid] = (time.monotonic() + seconds, why)
@@ -251,6 +256,7 @@ class ConnectionLimits:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         cid = flow.client_conn.id
         self._waiting.pop(cid, None)
+        self._hellos.pop(cid, None)
         self._in_flight[cid] += 1
         if flow.response is None:
             self._too_large(flow)
@@ -266,6 +272,15 @@ class ConnectionLimits:
         cid = data.context.client.id
         if cid in self._clients and cid not in self._tunnels and not self._in_flight[cid]:
             self._wait(cid, self.header_timeout, "no complete request")
+            # Enforcement, after this part, may pass the connection through uninspected
+            # (``ignore_connection``): mitmproxy then starts no hook for it; the sweep looks.
+            self._hellos[cid] = data
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Bytes passed through as they are (mitmproxy's ``ignore_hosts``, a tunnel that is
+        neither TLS nor HTTP): no request will come."""
+        if isinstance(nextlayer.layer, (layers.TCPLayer, layers.UDPLayer)):
+            self._tunnel(nextlayer.context.client.id)
 
     def _answered(self, flow: http.HTTPFlow) -> None:
         cid = flow.client_conn.id
@@ -288,6 +303,7 @@ class ConnectionLimits:
         inactivity timeout is all that applies."""
         self._tunnels.add(cid)
         self._waiting.pop(cid, None)
+        self._hellos.pop(cid, None)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self._tunnel(flow.client_conn.id)
@@ -316,6 +332,10 @@ class ConnectionLimits:
         late = [(cid, why) for cid, (deadline, why) in self._waiting.items() if deadline <= now]
         for cid, why in late:
             del self._waiting[cid]
+            hello = self._hellos.pop(cid, None)
+            if hello is not None and hello.ignore_connection:
+                self._tunnels.add(cid)  # passed through after its ClientHello
+                continue
             client = self._clients.get(cid)
             if client is not None and _close(client):
                 self.quiet_peers.add(client.peername)
