@@ -367,3 +367,16 @@ def test_processes_sharing_a_data_dir_each_have_a_folder(db, tmp_path):
     assert _count(db) == 2
     assert not any(p.suffix == ".jsonl" for p in spool.rglob("*"))
     assert all(oct(os.stat(p).st_mode)[-3:] == "700" for p in spool.iterdir())
+
+
+def test_a_spool_that_cannot_be_made_leaves_the_log_working(db, tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spool should go")
+    log = EventLog(db, flush_interval=0.02, spool_dir=blocker / "spool")
+    log.start()
+    assert log.record(_event(1), durable=True).result(10) is False  # nowhere to sync
+    log.record(_event(2))
+    assert log.flush(10)
+    log.close()
+    assert _count(db) == 2
+    assert "cannot use the spool" in caplog.text

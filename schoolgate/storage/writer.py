@@ -270,6 +270,7 @@ class EventLog:
                 self.spool.root,
                 exc,
             )
+            self.spool = None  # its lock stays the queue's lock
             return
         if left:
             log.warning(
