@@ -78,17 +78,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="propagation-"))
     trust = Trust(tmp, pg)
     try:
-        trust.a.start()
-        trust.b.data_dir.mkdir()
-        shutil.copy2(trust.a.data_dir / "secret.key", trust.b.data_dir / "secret.key")
-        trust.b.start()
+        trust.start()
         rounds = [one_round(trust, n) for n in range(args.rounds)]
     finally:
-        trust.a.stop()
-        trust.b.stop()
-        for server in trust.servers:
-            server.shutdown()
-        trust.sessions.kw["bind"].dispose()
+        trust.stop()
         pg.remove()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.rounds} rounds, two gateways on PostgreSQL (refresh every 3 s):")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from gateway_process import wait_for
-from test_faults_e2e import HTML, LOCKER, Gateway
+from test_faults_e2e import HTML, Gateway, database_locked
 
 ATTACKER = "127.0.0.5"
 
@@ -315,14 +315,7 @@ def test_kill_9_under_an_exclusive_database_lock_then_restart_logs_every_answere
     wait for the lock); the gateway is killed with SIGKILL straight after the last answer.
     Restarted, it writes every one of them once the lock is gone."""
     gateway.start()
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(gateway.db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert locker.stdout.readline().strip() == "locked"
+    with database_locked(gateway.db):
         answered = gateway.block_refs("killed", 300)
         os.kill(gateway.proc.pid, signal.SIGKILL)
         assert gateway.proc.wait(60) == -signal.SIGKILL
@@ -332,8 +325,6 @@ def test_kill_9_under_an_exclusive_database_lock_then_restart_logs_every_answere
             after = client.get("http://social.test/killed-after-restart", headers=HTML)
         assert after.status_code == 403
         answered.add(after.headers["x-schoolgate-ref"])
-    finally:
-        locker.communicate("\n", timeout=60)
     assert wait_for(lambda: gateway.refs("killed") == answered), gateway.log_text()[-3000:]
     assert len(gateway.events("killed")) == 301  # each once
     assert gateway.stop() == 0

@@ -128,6 +128,20 @@ class Trust:
         self.b = Gateway("b", self.config, tmp, "--set", "schoolgate_jobs=false")
         self.sessions = open_database(pg.url)
 
+    def start(self) -> None:
+        self.a.start()
+        # One block-page secret for the trust (links and portal sign-ins work on either).
+        self.b.data_dir.mkdir()
+        shutil.copy2(self.a.data_dir / "secret.key", self.b.data_dir / "secret.key")
+        self.b.start()
+
+    def stop(self) -> None:
+        self.a.stop()
+        self.b.stop()
+        for server in self.servers:
+            server.shutdown()
+        self.sessions.kw["bind"].dispose()
+
     def cli(self, *args: str, stdin: str | None = None, data_dir: Path | None = None) -> str:
         """A `schoolgate` command on the shared config (its own data folder: only the database
         is shared)."""
@@ -163,18 +177,10 @@ def trust(tmp_path_factory, pg: PostgresServer) -> Iterator[Trust]:
     tmp = tmp_path_factory.mktemp("trust")
     t = Trust(tmp, pg)
     try:
-        t.a.start()
-        # One block-page secret for the trust (links and portal sign-ins work on either).
-        t.b.data_dir.mkdir()
-        shutil.copy2(t.a.data_dir / "secret.key", t.b.data_dir / "secret.key")
-        t.b.start()
+        t.start()
         yield t
     finally:
-        t.a.stop()
-        t.b.stop()
-        for server in t.servers:
-            server.shutdown()
-        t.sessions.kw["bind"].dispose()
+        t.stop()
 
 
 def eventually(predicate) -> bool:
