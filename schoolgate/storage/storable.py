@@ -67,10 +67,6 @@ def escape_text(text: str) -> str:
     return "".join(out)
 
 
-def needs_escape(text: str) -> bool:
-    return _UNSTORABLE.search(text) is not None
-
-
 def json_default(value: Any) -> Any:
     """For :func:`json.dumps`: times as ISO 8601, bytes as text (bytes that are not UTF-8
     as surrogates, escaped later), anything else as ``str()``."""
@@ -276,9 +272,3 @@ def storable_row(event: dict[str, Any], columns: Columns, now: datetime) -> dict
     if "detail" in row:
         row["detail"] = storable_detail(row["detail"], notes)
     return row
-
-
-def rows_equal_enough(stored: Iterable[Any], row: dict[str, Any]) -> bool:
-    """Whether a stored (at, host) is this row's: the same event written before."""
-    at, host = tuple(stored)
-    return at == row["at"] and host == row["host"]
