@@ -131,6 +131,7 @@ class ConnectionLimits:
         self._counts: Counter[str] = Counter()  # what was refused or closed, to report
         self._reported = -REPORT_EVERY  # the first at once, then once a minute
         self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._filter = _QuietRefused(self)
 
     # -- options --------------------------------------------------------------------------
@@ -184,10 +185,14 @@ class ConnectionLimits:
             log.warning("schoolgate: %s", warning)
         log.info("schoolgate: up to %d open files", limit)
         logging.getLogger("mitmproxy.proxy.server").addFilter(self._filter)
-        self._schedule()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def done(self) -> None:
         logging.getLogger("mitmproxy.proxy.server").removeFilter(self._filter)
+        self._loop = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -204,6 +209,8 @@ class ConnectionLimits:
             self._refused_ids.add(client.id)
             self.quiet_peers.add(client.peername)
             self._counts[f"refused: more than {self.max_connections} open ({MAX_CONNECTIONS})"] += 1
+            if self._sweeper is None and self._loop is not None:
+                self._sweeper = self._loop.call_later(0, self._sweep)  # report it now
             return
         self.open[address] += 1
         self._clients[client.id] = client
@@ -228,6 +235,8 @@ class ConnectionLimits:
 
     def _wait(self, cid: str, seconds: float, why: str) -> None:
         self._waiting[cid] = (time.monotonic() + seconds, why)
+        if self._sweeper is None and self._loop is not None:
+            self._sweeper = self._loop.call_later(SWEEP_EVERY, self._sweep)
 
     # -- requests -------------------------------------------------------------------------
     def _too_large(self, flow: http.HTTPFlow) -> bool:
@@ -312,20 +321,16 @@ class ConnectionLimits:
         self._tunnel(flow.client_conn.id)
 
     # -- the sweep ------------------------------------------------------------------------
-    def _schedule(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._sweeper = loop.call_later(SWEEP_EVERY, self._sweep)
-
     def _sweep(self) -> None:
+        """Every second while connections wait (or counts wait to be reported)."""
         try:
             self.sweep(time.monotonic())
             self._report()
         except Exception:  # noqa: BLE001 - the sweep must go on
             log.exception("schoolgate: connection limits sweep failed")
-        self._schedule()
+        self._sweeper = None
+        if self._loop is not None and (self._waiting or self._counts):
+            self._sweeper = self._loop.call_later(SWEEP_EVERY, self._sweep)
 
     def sweep(self, now: float) -> int:
         """Close the connections past their deadline; how many."""

@@ -107,6 +107,7 @@ class Spool:
         self._seq = itertools.count(1)
         self._rotated: list[tuple[int, Path]] = []  # closed for writing; to fsync and close
         self._dirty = False
+        self.woke = False
         self._last_warning = -WARN_EVERY
         self.failures = 0
         self.last_error: str | None = None
@@ -170,6 +171,20 @@ class Spool:
         self._fd, self._path, self._size = None, None, 0
         return closed
 
+    @property
+    def dirty(self) -> bool:
+        """Written since the last sync."""
+        return self._dirty
+
+    def next_due(self) -> float | None:
+        """Seconds until the sync thread has work (lock held): None when there is none until
+        something is written."""
+        if self._dirty or self._rotated:
+            return 0.0
+        if self._fd is not None:
+            return max(0.0, self._opened + self.segment_seconds - time.monotonic())
+        return None
+
     def rotate_if_idle(self) -> Path | None:
         """Close the segment if it is older than ``segment_seconds`` (lock held)."""
         if self._fd is not None and time.monotonic() - self._opened >= self.segment_seconds:
@@ -177,7 +192,8 @@ class Spool:
         return None
 
     def append(self, line: bytes) -> tuple[bool, Path | None]:
-        """Write one line (lock held). (whether it was written, a segment this closed)."""
+        """Write one line (lock held). (whether it was written, a segment this closed).
+        :attr:`woke` says whether this was the first since the last sync."""
         if self.folder is None:
             return False, None
         closed = None
@@ -197,6 +213,7 @@ class Spool:
             self._failed("write", exc)
             return False, closed
         self._size += written
+        self.woke = not self._dirty
         self._dirty = True
         return True, closed
 

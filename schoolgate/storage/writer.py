@@ -203,10 +203,12 @@ class EventLog:
                 self._unspoolable(event)
         waiter = None
         queue = self._queue
+        woke = False
         with self._qlock:
             spooled = False
             if line is not None:
                 spooled, closed = spool.append(line)
+                woke = spool.woke
                 if closed is not None:
                     queue.append(_SegmentDone(closed))
                     self._markers += 1
@@ -219,8 +221,8 @@ class EventLog:
                     self._waiters.append(waiter)
                 else:
                     waiter.set_result(False)
-        if spooled and waiter is not None:
-            self._sync_wake.set()
+        if spooled and (waiter is not None or woke):
+            self._sync_wake.set()  # the sync thread sleeps while there is nothing to sync
         if size > self.peak:
             self.peak = size
             if size > self.high_water and not self._over_high_water:
@@ -408,11 +410,20 @@ class EventLog:
     # -- the spool's sync thread ------------------------------------------------------------------
     def _sync_loop(self) -> None:
         spool = self.spool
+        wake = self._sync_wake
         while True:
             stopping = self._sync_stop.is_set()
             if not stopping:
-                self._sync_wake.wait(self.sync_interval)
-                self._sync_wake.clear()
+                with self._qlock:
+                    due, dirty, waiting = spool.next_due(), spool.dirty, bool(self._waiters)
+                if not waiting:
+                    if due is None or due > 0:  # nothing to sync: sleep until written
+                        wake.wait(due)
+                        wake.clear()
+                        continue
+                    if dirty:  # batch: what is recorded meanwhile goes in the same fsync
+                        wake.wait(self.sync_interval)
+                        wake.clear()
             with self._qlock:
                 waiters, self._waiters = self._waiters, []
                 closed = spool.rotate_if_idle()
