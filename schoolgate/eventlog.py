@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from schoolgate.hosts import is_google_host, normalize_host
+from schoolgate.hosts import normalize_host
 from schoolgate.model import Decision, RequestFacts
+from schoolgate.monitoring.searches import capture
 from schoolgate.storage.storable import new_ref
 from schoolgate.storage.writer import COLUMNS, EVENT_TABLE, EventLog
 
@@ -37,67 +38,13 @@ SEARCH_TERM_MAX = 500
 # -- building events ---------------------------------------------------------------------------
 
 
-def _param(query: str, names: tuple[str, ...]) -> str | None:
-    for key, value in parse_qsl(query, keep_blank_values=False):
-        if key in names:
-            value = " ".join(value.split())
-            if value:
-                return value[:SEARCH_TERM_MAX]
-    return None
-
-
 def search_term_of(host: str, path: str | None) -> str | None:
-    """The search term in a search engine's results URL, or None.
-
-    Google (``/search``, ``/images``, ``/webhp``: ``q``), Bing (``/search``,
-    ``/images/search``, ``/videos/search``, ``/news/search``: ``q``), DuckDuckGo (``q``), Yahoo
-    (``search.yahoo.com``: ``p``), Ecosia, Brave, Qwant, Startpage (``q``/``query``), Yandex
-    (``text``), Baidu (``wd``), YouTube (``/results``: ``search_query``), Wikipedia
-    (``search``). Autocomplete requests (one per keystroke) are not search terms here. ``host``
-    may carry a port or capitals; the term is whitespace-collapsed and cut to 500 characters.
-    """
-    if not path or "?" not in path:
-        return None
-    route, _, query = path.partition("?")
-    query = query.partition("#")[0]
-    route = route.lower()
-    host = normalize_host(host)
-    if host.startswith("www."):
-        host = host[4:]
-    if "google." in host:
-        if is_google_host(host) and route in ("/search", "/images", "/webhp", "/", "/imghp"):
-            return _param(query, ("q",))
-        return None
-    if host in ("bing.com", "cn.bing.com"):
-        if route in ("/search", "/images/search", "/videos/search", "/news/search", "/shop"):
-            return _param(query, ("q",))
-        return None
-    if host in (
-        "duckduckgo.com",
-        "html.duckduckgo.com",
-        "lite.duckduckgo.com",
-        "safe.duckduckgo.com",
-    ):
-        if route in ("/", "/html", "/html/", "/lite", "/lite/"):
-            return _param(query, ("q",))
-        return None
-    if host in ("youtube.com", "m.youtube.com", "music.youtube.com"):
-        if route in ("/results", "/search"):
-            return _param(query, ("search_query", "q"))
-        return None
-    if host.endswith("search.yahoo.com"):
-        return _param(query, ("p", "q")) if route.startswith("/search") else None
-    if host in ("ecosia.org", "search.brave.com", "qwant.com", "ask.com"):
-        return _param(query, ("q",)) if route.startswith("/search") or route == "/" else None
-    if host.endswith("startpage.com"):
-        return _param(query, ("query", "q")) if route.startswith(("/do/", "/sp/search")) else None
-    if host.startswith("yandex."):
-        return _param(query, ("text",)) if route.startswith("/search") else None
-    if host == "baidu.com":
-        return _param(query, ("wd", "word")) if route == "/s" else None
-    if host.endswith(".wikipedia.org"):
-        return _param(query, ("search",)) if route.startswith("/w/index.php") else None
-    return None
+    """The search term in a search engine's results URL, or None: the engines and decoding of
+    :func:`schoolgate.monitoring.searches.capture` (autocomplete requests, one per keystroke,
+    are not search terms here). ``host`` may carry a port or capitals; the term is
+    whitespace-collapsed and cut to 500 characters."""
+    found = capture(host, path)
+    return found.term[:SEARCH_TERM_MAX] if found is not None else None
 
 
 def _strip_url(url: str, keep_paths: bool) -> str:
@@ -176,7 +123,7 @@ def decision_event(
         "kind": kind,
         "action": str(decision.action),
         "client_ip": facts.client_ip or ident.client_ip,
-        "device": device,
+        "device": device or ident.device,
         "user": user.lower() if user else None,
         "role": ident.role,
         "group": ident.group,

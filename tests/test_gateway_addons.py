@@ -21,6 +21,7 @@ from schoolgate.gateway import (
     Enforcement,
     ExceptionCache,
     GatewayPages,
+    IdentitySourcesAddon,
     JobsAddon,
     PolicyHolder,
     PortalAddon,
@@ -45,6 +46,7 @@ class Gateway:
     exceptions: ExceptionCache
     pages: GatewayPages
     portal: PortalAddon
+    identity: IdentitySourcesAddon
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon

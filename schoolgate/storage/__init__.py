@@ -1,4 +1,5 @@
-"""Storage: what the gateway keeps on disk and in the database, and how it gets there safely.
+"""Storage: the database models, their queries and the writers that keep them. It imports the
+core and nothing above it.
 
 * :mod:`schoolgate.storage.storable`: text from the network made storable (escaped, never
   dropped) before it reaches a database row;

@@ -1,0 +1,292 @@
+"""The risk-term library: YAML files a school can read, extend and correct.
+
+Layout: ``blocklists/safeguarding/<language>/<theme>.yaml`` (``en/self_harm.yaml``), plus any
+number of files a school adds beside them (two files of one theme add up). A language folder
+is a language tag (``en``, ``cy``, ``pl``, ``pt-br``). Every file is a mapping:
+
+``theme`` (a theme file)
+    One of :data:`THEMES`, or a school's own (``lower_snake_case``, with a ``title``).
+``language``
+    Optional; when given it must be the folder's.
+``terms``
+    A list of ``{term, severity, firm, spellings, note}``: ``severity`` 1 (worth a look),
+    2 (a concern) or 3 (the DSL is told at once); ``firm: true`` for what no context word may
+    lower (first-person intent, methods, grooming); ``spellings``: other ways pupils write it
+    that the normaliser does not reach; ``note``: why it matters, for the DSL.
+``allow``
+    Phrases that contain a term and are not a concern (``kill the lights``): a term inside one
+    is not counted. In a theme file they apply to that theme, in a file without ``theme`` to
+    every theme.
+``context``
+    A list of ``{phrase, lower | suppress, themes}``: a phrase anywhere in the same search or
+    title (``macbeth``, ``history of``) lowers the severity of the listed themes' terms by
+    ``lower`` (1 or 2), or drops them (``suppress: true``); never a ``firm`` term.
+``remove``
+    Terms of this theme, shipped in another file, that the school does not want.
+``spellings`` (in a file without ``theme``)
+    Common misspellings and text-speak of single words, ``suicide: [sucide, suiside]``,
+    ``to: ['2']``, ``want to: [wanna]``: the normaliser reads them as the word (or words)
+    wherever they appear, so every term with the word matches them.
+
+Loading never stops at the first problem: every error names the file, the line and the field
+(:class:`~schoolgate.configfile.ConfigError`), and a broken file never loads half a library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schoolgate.configfile import Issues, Section, load_yaml
+
+# The UK Safer Internet Centre's monitoring themes, as the shipped files name them.
+THEMES: dict[str, str] = {
+    "self_harm": "Self-harm",
+    "suicide": "Suicide",
+    "eating_disorders": "Eating disorders",
+    "extremism": "Radicalisation and extremism",
+    "sexual_exploitation": "Child sexual exploitation and grooming",
+    "bullying": "Bullying",
+    "drugs": "Drugs",
+    "weapons_violence": "Weapons and violence",
+    "pornography": "Pornography",
+}
+SEVERITIES = (1, 2, 3)
+FILE_KEYS = frozenset(
+    {"theme", "title", "language", "terms", "allow", "context", "remove", "spellings"}
+)
+TERM_KEYS = frozenset({"term", "severity", "firm", "spellings", "note"})
+CONTEXT_KEYS = frozenset({"phrase", "lower", "suppress", "themes"})
+SUPPRESS = 3  # a context rule's lowering that drops any severity
+_THEME_NAME = re.compile(r"[a-z][a-z0-9_]{1,40}")
+_ONE_WORD = re.compile(r"[^\W_]+")
+_WORDS = re.compile(r"[^\W_]+(?: [^\W_]+)*")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    text: str
+    theme: str
+    severity: int
+    firm: bool = False
+    spellings: tuple[str, ...] = ()
+    note: str = ""
+    language: str = "en"
+    source: str = ""  # file:line
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    phrase: str
+    theme: str | None  # None: every theme
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRule:
+    phrase: str
+    lower: int  # 1, 2, or SUPPRESS
+    themes: frozenset[str] | None  # None: every theme
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Library:
+    terms: tuple[Term, ...] = ()
+    allow: tuple[Allow, ...] = ()
+    context: tuple[ContextRule, ...] = ()
+    themes: dict[str, str] = field(default_factory=dict)  # name -> title
+    spellings: dict[str, str] = field(default_factory=dict)  # misspelt word -> word
+    languages: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+def default_root() -> Path:
+    """The shipped library: ``blocklists/safeguarding`` beside the package."""
+    return Path(__file__).resolve().parents[2] / "blocklists" / "safeguarding"
+
+
+def load_library(
+    roots: list[Path] | tuple[Path, ...],
+    issues: Issues,
+    *,
+    languages: tuple[str, ...] | None = None,
+) -> Library:
+    """Read every ``<root>/<language>/*.yaml``; later roots add to (and ``remove`` from)
+    earlier ones. ``languages``: only these folders (None: every folder). Problems go to
+    ``issues``; the caller raises once all files are read."""
+    reader = _Reader(issues)
+    for root in roots:
+        if not root.is_dir():
+            issues.add(root, None, "", "not a folder (the risk-term library is a folder)")
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if languages is not None and folder.name not in languages:
+                continue
+            if not _LANGUAGE.fullmatch(folder.name):
+                issues.add(folder, None, "", "a language folder is a tag such as en, cy or pt-br")
+                continue
+            for path in sorted(folder.glob("*.yaml")):
+                reader.read(path, folder.name)
+    return reader.library()
+
+
+class _Reader:
+    def __init__(self, issues: Issues) -> None:
+        self.issues = issues
+        self.terms: dict[tuple[str, str, str], Term] = {}  # (theme, language, text)
+        self.allow: list[Allow] = []
+        self.context: list[ContextRule] = []
+        self.removed: list[tuple[str, str, str, str, int, str]] = []
+        self.themes: dict[str, str] = dict(THEMES)
+        self.spellings: dict[str, tuple[str, str]] = {}  # misspelt -> (word, where)
+        self.context_themes: list[tuple[Section, str, int, str]] = []
+        self.files: list[str] = []
+        self.languages: set[str] = set()
+
+    def read(self, path: Path, language: str) -> None:
+        shown = str(path)
+        data = load_yaml(path, self.issues, shown=shown)
+        if data is None:
+            return
+        self.files.append(shown)
+        self.languages.add(language)
+        sec = Section(data, file=shown, path="", issues=self.issues)
+        sec.check_keys(FILE_KEYS)
+        declared = sec.text("language")
+        if declared is not None and declared.lower() != language:
+            sec.error("language", f"this file is in the {language!r} folder, not {declared!r}")
+        theme = sec.text("theme")
+        if theme is not None:
+            theme = self._theme(sec, theme)
+        elif "terms" in sec or "remove" in sec:
+            sec.error(None, "missing required field 'theme' (terms belong to a theme)")
+        for item in sec.sections("terms"):
+            self._term(item, theme, language)
+        for phrase, line, name in sec.strings("allow"):
+            if not phrase:
+                self.issues.add(shown, line, name, "an empty allow-phrase")
+                continue
+            self.allow.append(Allow(phrase, theme, f"{shown}:{line}"))
+        for item in sec.sections("context"):
+            self._context(item, theme)
+        if "spellings" in sec:
+            if theme is not None:
+                sec.error("spellings", "word spellings go in a file without 'theme'")
+            else:
+                self._spellings(sec)
+        if theme is not None:
+            for text, line, name in sec.strings("remove"):
+                self.removed.append((theme, language, text.lower(), shown, line, name))
+
+    def _theme(self, sec: Section, name: str) -> str | None:
+        if not _THEME_NAME.fullmatch(name):
+            sec.error("theme", f"a theme is a lower_snake_case name, got {name!r}")
+            return None
+        if name not in self.themes:
+            title = sec.text("title")
+            if not title:
+                known = ", ".join(THEMES)
+                sec.error(
+                    "theme",
+                    f"{name!r} is not one of the shipped themes ({known}); a theme of the "
+                    "school's own needs a 'title'",
+                )
+                return None
+            self.themes[name] = title
+        return name
+
+    def _term(self, item: Section, theme: str | None, language: str) -> None:
+        item.check_keys(TERM_KEYS)
+        text = item.text("term", required=True)
+        severity = item.number("severity", required=True, minimum=1, maximum=3)
+        firm = item.flag("firm")
+        spellings = tuple(s for s, line, name in item.strings("spellings") if s)
+        note = item.text("note") or ""
+        if not text or severity is None or theme is None:
+            if text == "":
+                item.error("term", "an empty term")
+            return
+        key = (theme, language, text.lower())
+        source = f"{item.file}:{item.line}"
+        if key in self.terms:
+            item.error("term", f"{text!r} is already listed at {self.terms[key].source}")
+            return
+        self.terms[key] = Term(text, theme, severity, firm, spellings, note, language, source)
+
+    def _spellings(self, sec: Section) -> None:
+        table = sec.section("spellings")
+        if table is None:
+            return
+        for word in table.keys():
+            where = f"{table.file}:{table.line_of(word)}"
+            if not isinstance(word, str) or not _WORDS.fullmatch(word):
+                table.error(word, "spellings belong to a word or words (letters and digits)")
+                continue
+            for wrong, line, name in table.strings(word):
+                wrong = wrong.lower()
+                if not _ONE_WORD.fullmatch(wrong) or wrong == word.lower():
+                    self.issues.add(
+                        table.file, line, name, f"{wrong!r} is not another one-word spelling"
+                    )
+                    continue
+                if wrong in self.spellings and self.spellings[wrong][0] != word.lower():
+                    first, at = self.spellings[wrong]
+                    self.issues.add(
+                        table.file,
+                        line,
+                        name,
+                        f"{wrong!r} is already a spelling of {first!r} ({at})",
+                    )
+                    continue
+                self.spellings[wrong] = (word.lower(), where)
+
+    def _context(self, item: Section, theme: str | None) -> None:
+        item.check_keys(CONTEXT_KEYS)
+        phrase = item.text("phrase", required=True)
+        lower = item.number("lower", minimum=1, maximum=2)
+        suppress = item.flag("suppress")
+        if lower is not None and suppress:
+            item.error("suppress", "give either 'lower' or 'suppress: true', not both")
+            return
+        if lower is None and not suppress:
+            if "lower" not in item:
+                item.error(None, "a context rule needs 'lower: 1', 'lower: 2' or 'suppress: true'")
+            return
+        themes: frozenset[str] | None = frozenset({theme}) if theme else None
+        if "themes" in item:
+            if theme is not None:
+                item.error("themes", "in a theme file a context rule applies to its own theme")
+                return
+            listed = item.strings("themes")
+            for name, line, field_name in listed:
+                self.context_themes.append((item, name, line, field_name))
+            themes = frozenset(name for name, _, _ in listed)
+        if not phrase:
+            return
+        lowering = SUPPRESS if suppress else lower or 0
+        self.context.append(ContextRule(phrase, lowering, themes, f"{item.file}:{item.line}"))
+
+    def library(self) -> Library:
+        for item, name, line, field_name in self.context_themes:
+            if name not in self.themes:
+                known = ", ".join(sorted(self.themes))
+                self.issues.add(
+                    item.file, line, field_name, f"unknown theme {name!r}; expected one of: {known}"
+                )
+        for theme, language, text, file, line, name in self.removed:
+            if self.terms.pop((theme, language, text), None) is None:
+                self.issues.add(
+                    file, line, name, f"{text!r} is not a term of {theme} in {language}"
+                )
+        return Library(
+            terms=tuple(self.terms.values()),
+            allow=tuple(self.allow),
+            context=tuple(self.context),
+            themes=self.themes,
+            spellings={wrong: word for wrong, (word, _) in self.spellings.items()},
+            languages=tuple(sorted(self.languages)),
+            files=tuple(self.files),
+        )

@@ -1,0 +1,592 @@
+"""Recognising a search in a request and decoding its term.
+
+:func:`capture` takes what the gateway sees of a request (host, path with its query, method,
+and for the few engines that POST a search, the body) and answers a :class:`Search` or None.
+It covers the engines pupils use: Google (web, images, videos, news; every country domain),
+Bing, DuckDuckGo (``html.`` and ``lite.`` included, GET or POST), Yahoo (``p``), Ecosia, Brave
+Search, YouTube (``search_query``, YouTube Music, and the apps' ``youtubei/v1/search`` JSON
+POST), the in-app searches of TikTok, Instagram, Pinterest and Reddit, and Qwant, Startpage,
+Yandex, Baidu, Ask and Wikipedia.
+
+Decisions, for what a pupil may send:
+
+* **Decoding**: ``+`` and percent escapes; parameter *names* are decoded too (``%71=`` is
+  ``q=``). A value that is not UTF-8 is read in the charset the engine was told (Google's
+  ``ie``, Yahoo's ``ei``), else with replacement characters and ``malformed`` set. Control
+  characters become spaces and whitespace is collapsed.
+* **Repeated parameters**: engines differ (first or last wins) and none documents it, so a
+  pupil could hide a term behind a harmless one. Every distinct value is kept, in order, joined
+  with `` | ``, and ``repeated`` is set: the matcher sees all of them.
+* **Length**: a term is cut to :data:`MAX_TERM` characters (``truncated``); at most
+  :data:`MAX_RAW` characters of a raw value are decoded, so a megabyte of query costs nothing.
+* **Counting once**: a further page of results, infinite scroll, or the images tab of the same
+  search is the same search. ``continuation`` marks further pages, and :attr:`Search.key` is
+  the same across an engine's tabs; :class:`SearchDeduper` drops repeats within a few minutes.
+* **Suggestions** (autocomplete, one request per keystroke) are what a pupil typed and did not
+  submit. They are recognised and marked ``suggestion`` (so they are never counted as
+  searches), but :func:`capture` only returns them when asked (``suggestions=True``); the
+  documented use is to record a suggestion only when it matches a risk term.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import unquote, unquote_to_bytes
+
+from schoolgate.hosts import is_google_host, normalize_host
+
+MAX_TERM = 500
+MAX_RAW = MAX_TERM * 12  # a 4-byte character percent-encoded is 12 characters
+MAX_JSON_BODY = 256 * 1024
+SEPARATOR = " | "
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One search: the engine, the decoded term and how it was made."""
+
+    engine: str
+    term: str
+    vertical: str = "web"  # web, images, videos, news, shopping, users, hashtags, music
+    suggestion: bool = False  # typed, not submitted (autocomplete)
+    continuation: bool = False  # a further page of results of the same search
+    truncated: bool = False
+    repeated: bool = False  # the parameter came more than once: every value is in the term
+    malformed: bool = False  # not valid in its charset: replacement characters in the term
+    scope: str | None = None  # where inside a site, e.g. "r/selfharm" on Reddit
+
+    @property
+    def key(self) -> tuple[str, str, bool]:
+        """The same for every page and tab of one search (for :class:`SearchDeduper`)."""
+        return (self.engine, " ".join(self.term.casefold().split()), self.suggestion)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"engine": self.engine, "term": self.term}
+        out["vertical"] = self.vertical
+        for name in ("suggestion", "continuation", "truncated", "repeated", "malformed"):
+            if getattr(self, name):
+                out[name] = True
+        if self.scope:
+            out["scope"] = self.scope
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one engine endpoint carries a search.
+
+    ``params``: the term's parameter names, the engine's own first. ``pages``: parameters that
+    mark a further page, with the value of the first page (a value above it is a further page;
+    ``None``: any non-empty value is). ``body``: ``"form"`` or ``"json"`` for a POSTed search;
+    ``json``: where the term is in a JSON value (a body, or the ``data`` parameter).
+    """
+
+    params: tuple[str, ...] = ("q",)
+    vertical: str = "web"
+    suggestion: bool = False
+    pages: tuple[tuple[str, int | None], ...] = ()
+    body: str | None = None
+    json_param: str | None = None
+    json_path: tuple[str, ...] = ()
+    json_more: tuple[str, ...] = ()  # JSON keys that mark a continuation
+    charset_param: str | None = None
+    vertical_by: tuple[str, dict[str, str]] | None = None
+
+
+# Routes are lower case, without a trailing slash or Yahoo's ";_ylt=..." path parameters.
+_GOOGLE_VERTICALS = {
+    "isch": "images",
+    "vid": "videos",
+    "nws": "news",
+    "shop": "shopping",
+    "bks": "books",
+    "2": "images",
+    "7": "videos",
+    "12": "news",
+    "14": "web",
+    "28": "shopping",
+    "36": "books",
+}
+_GOOGLE_PAGE = (("start", 0),)
+GOOGLE = {
+    "/search": Route(
+        pages=_GOOGLE_PAGE, charset_param="ie", vertical_by=("tbm", _GOOGLE_VERTICALS)
+    ),
+    "/": Route(pages=_GOOGLE_PAGE, charset_param="ie"),
+    "/webhp": Route(pages=_GOOGLE_PAGE, charset_param="ie"),
+    "/images": Route(vertical="images", charset_param="ie"),
+    "/m/search": Route(pages=_GOOGLE_PAGE, charset_param="ie"),
+    "/complete/search": Route(suggestion=True),
+}
+_BING_PAGE = (("first", 1),)
+BING = {
+    "/search": Route(pages=_BING_PAGE),
+    "/images/search": Route(vertical="images", pages=_BING_PAGE),
+    "/images/async": Route(vertical="images", pages=_BING_PAGE),
+    "/videos/search": Route(vertical="videos", pages=_BING_PAGE),
+    "/videos/asyncv2": Route(vertical="videos", pages=_BING_PAGE),
+    "/news/search": Route(vertical="news", pages=_BING_PAGE),
+    "/shop": Route(vertical="shopping", pages=_BING_PAGE),
+    "/as/suggestions": Route(("qry",), suggestion=True),
+    "/osjson.aspx": Route(("query",), suggestion=True),
+}
+_DDG_PAGE = (("s", 0),)
+_DDG_VERTICALS = ("ia", {"images": "images", "videos": "videos", "news": "news"})
+DUCKDUCKGO = {
+    "/": Route(vertical_by=_DDG_VERTICALS),
+    "/html": Route(pages=_DDG_PAGE, body="form"),
+    "/lite": Route(pages=_DDG_PAGE, body="form"),
+    "/d.js": Route(pages=_DDG_PAGE),
+    "/i.js": Route(vertical="images", pages=_DDG_PAGE),
+    "/v.js": Route(vertical="videos", pages=_DDG_PAGE),
+    "/news.js": Route(vertical="news", pages=_DDG_PAGE),
+    "/ac": Route(suggestion=True),
+}
+_YAHOO_PAGE = (("b", 1),)
+YAHOO = {
+    "/search": Route(("p", "q"), pages=_YAHOO_PAGE, charset_param="ei"),
+    "/search/images": Route(("p", "q"), "images", pages=_YAHOO_PAGE, charset_param="ei"),
+    "/search/video": Route(("p", "q"), "videos", pages=_YAHOO_PAGE, charset_param="ei"),
+    "/search/news": Route(("p", "q"), "news", pages=_YAHOO_PAGE, charset_param="ei"),
+}
+_ECOSIA_PAGE = (("p", 0),)
+ECOSIA = {
+    "/search": Route(pages=_ECOSIA_PAGE),
+    "/images": Route(vertical="images", pages=_ECOSIA_PAGE),
+    "/videos": Route(vertical="videos", pages=_ECOSIA_PAGE),
+    "/news": Route(vertical="news", pages=_ECOSIA_PAGE),
+}
+ECOSIA_SUGGEST = {"/autocomplete": Route(suggestion=True), "/": Route(suggestion=True)}
+_BRAVE_PAGE = (("offset", 0),)
+BRAVE = {
+    "/search": Route(pages=_BRAVE_PAGE),
+    "/images": Route(vertical="images", pages=_BRAVE_PAGE),
+    "/videos": Route(vertical="videos", pages=_BRAVE_PAGE),
+    "/news": Route(vertical="news", pages=_BRAVE_PAGE),
+    "/api/suggest": Route(suggestion=True),
+}
+YOUTUBE = {
+    "/results": Route(("search_query", "q"), "videos"),
+    "/search": Route(("search_query", "q"), "videos"),
+    "/youtubei/v1/search": Route(
+        (), "videos", body="json", json_path=("query",), json_more=("continuation",)
+    ),
+}
+YOUTUBE_MUSIC = {**YOUTUBE, "/search": Route(("q",), "music")}
+YOUTUBE_SUGGEST = {"/complete/search": Route(suggestion=True)}
+_TIKTOK_PAGE = (("offset", 0), ("cursor", 0))
+TIKTOK = {
+    "/search": Route(),
+    "/search/video": Route(vertical="videos"),
+    "/search/user": Route(vertical="users"),
+    "/search/live": Route(vertical="live"),
+    "/search/photo": Route(vertical="images"),
+    "/api/search/general/full": Route(("keyword",), pages=_TIKTOK_PAGE),
+    "/api/search/item/full": Route(("keyword",), "videos", pages=_TIKTOK_PAGE),
+    "/api/search/user/full": Route(("keyword",), "users", pages=_TIKTOK_PAGE),
+    "/api/search/general/sug": Route(("keyword",), suggestion=True),
+}
+INSTAGRAM = {
+    "/explore/search/keyword": Route(),
+    "/web/search/topsearch": Route(("query",), suggestion=True),
+    "/api/v1/web/search/topsearch": Route(("query",), suggestion=True),
+}
+PINTEREST = {
+    "/search/pins": Route(),
+    "/search/boards": Route(vertical="boards"),
+    "/search/users": Route(vertical="users"),
+    "/search/videos": Route(vertical="videos"),
+    "/resource/basesearchresource/get": Route(
+        (), json_param="data", json_path=("options", "query"), json_more=("bookmarks",)
+    ),
+    "/resource/advancedtypeaheadresource/get": Route(
+        (), suggestion=True, json_param="data", json_path=("options", "term")
+    ),
+}
+_REDDIT_PAGE = (("after", None),)
+REDDIT = {
+    "/search": Route(pages=_REDDIT_PAGE),
+    "/search.json": Route(pages=_REDDIT_PAGE),
+    "/api/subreddit_autocomplete_v2.json": Route(("query",), suggestion=True),
+}
+QWANT = {
+    "/": Route(vertical_by=("t", {"images": "images", "videos": "videos", "news": "news"})),
+    "/search": Route(),
+}
+STARTPAGE = {
+    "/do/search": Route(("query", "q"), body="form"),
+    "/do/dsearch": Route(("query", "q"), body="form"),
+    "/sp/search": Route(("query", "q"), body="form"),
+}
+YANDEX = {"/search": Route(("text",)), "/images/search": Route(("text",), "images")}
+BAIDU = {"/s": Route(("wd", "word"), charset_param="ie")}
+ASK = {"/web": Route(), "/search": Route()}
+WIKIPEDIA = {
+    "/w/index.php": Route(("search",)),
+    "/wiki/special:search": Route(("search",)),
+    "/w/api.php": Route(("search",), suggestion=True),
+}
+
+Engine = tuple[str, dict[str, Route]]
+EXACT_HOSTS: dict[str, Engine] = {
+    **dict.fromkeys(("bing.com", "www.bing.com", "cn.bing.com"), ("bing", BING)),
+    **dict.fromkeys(
+        (
+            "duckduckgo.com",
+            "www.duckduckgo.com",
+            "html.duckduckgo.com",
+            "lite.duckduckgo.com",
+            "links.duckduckgo.com",
+            "start.duckduckgo.com",
+            "safe.duckduckgo.com",
+        ),
+        ("duckduckgo", DUCKDUCKGO),
+    ),
+    **dict.fromkeys(("ecosia.org", "www.ecosia.org"), ("ecosia", ECOSIA)),
+    "ac.ecosia.org": ("ecosia", ECOSIA_SUGGEST),
+    "search.brave.com": ("brave", BRAVE),
+    **dict.fromkeys(
+        ("youtube.com", "www.youtube.com", "m.youtube.com", "youtubei.googleapis.com"),
+        ("youtube", YOUTUBE),
+    ),
+    "music.youtube.com": ("youtube", YOUTUBE_MUSIC),
+    "suggestqueries-clients6.youtube.com": ("youtube", YOUTUBE_SUGGEST),
+    **dict.fromkeys(("tiktok.com", "www.tiktok.com", "m.tiktok.com"), ("tiktok", TIKTOK)),
+    **dict.fromkeys(("instagram.com", "www.instagram.com"), ("instagram", INSTAGRAM)),
+    **dict.fromkeys(
+        (
+            "reddit.com",
+            "www.reddit.com",
+            "old.reddit.com",
+            "new.reddit.com",
+            "np.reddit.com",
+            "sh.reddit.com",
+            "m.reddit.com",
+        ),
+        ("reddit", REDDIT),
+    ),
+    **dict.fromkeys(("qwant.com", "www.qwant.com"), ("qwant", QWANT)),
+    **dict.fromkeys(
+        ("startpage.com", "www.startpage.com", "eu.startpage.com"), ("startpage", STARTPAGE)
+    ),
+    **dict.fromkeys(("baidu.com", "www.baidu.com", "m.baidu.com"), ("baidu", BAIDU)),
+    **dict.fromkeys(("ask.com", "www.ask.com"), ("ask", ASK)),
+}
+_SUBREDDIT = re.compile(r"/r/([a-z0-9_]{2,32})(/search(?:\.json)?)")
+_INSTAGRAM_TAG = re.compile(r"/explore/tags/([^/]{1,200})")
+_NOT_JSON = object()
+
+
+def _country_host(host: str, name: str) -> bool:
+    """``pinterest.com``, ``uk.pinterest.com``, ``pinterest.co.uk``: like Google's domains."""
+    parts = host.split(".")
+    try:
+        index = parts.index(name)
+    except ValueError:
+        return False
+    tail = parts[index + 1 :]
+    return 1 <= len(tail) <= 2 and all(0 < len(label) <= 3 for label in tail)
+
+
+@lru_cache(maxsize=8192)
+def engine_of(host: str) -> Engine | None:
+    """The engine and its routes for a normalised host, or None (a couple of string checks;
+    cached, since a school's requests go to the same hosts again and again)."""
+    found = EXACT_HOSTS.get(host)
+    if found is not None:
+        return found
+    if "google" in host:
+        if host == "suggestqueries.google.com":
+            return ("google", {"/complete/search": Route(suggestion=True)})
+        if is_google_host(host):
+            return ("google", GOOGLE)
+        return None
+    if host.endswith("search.yahoo.com"):
+        return ("yahoo", YAHOO)
+    if "pinterest." in host and _country_host(host, "pinterest"):
+        return ("pinterest", PINTEREST)
+    if host.startswith(("yandex.", "www.yandex.")) and _country_host(host, "yandex"):
+        return ("yandex", YANDEX)
+    if host.endswith(".wikipedia.org"):
+        return ("wikipedia", WIKIPEDIA)
+    return None
+
+
+def needs_body(host: str, path: str | None, method: str) -> bool:
+    """Whether :func:`capture` reads this request's body (a search POSTed as a form or JSON)."""
+    if method.upper() != "POST" or not path:
+        return False
+    found = engine_of(normalize_host(host))
+    if found is None:
+        return False
+    route = found[1].get(_route_of(path))
+    return route is not None and route.body is not None
+
+
+def _route_of(path: str) -> str:
+    route = path.partition("?")[0].partition("#")[0].partition(";")[0].lower()
+    if len(route) > 1 and route.endswith("/"):
+        route = route.rstrip("/") or "/"
+    return route
+
+
+def capture(
+    host: str,
+    path: str | None,
+    method: str = "GET",
+    body: bytes | None = None,
+    content_type: str | None = None,
+    *,
+    suggestions: bool = False,
+) -> Search | None:
+    """The search this request makes, or None.
+
+    ``host`` as sent (a port or capitals are fine); ``path`` with its query; ``body`` only
+    matters for a POST that :func:`needs_body` names. ``suggestions``: also return
+    autocomplete requests (marked ``suggestion``).
+    """
+    if not path:
+        return None
+    found = engine_of(normalize_host(host))
+    if found is None:
+        return None
+    engine, routes = found
+    route_name = _route_of(path)
+    route = routes.get(route_name)
+    scope = None
+    vertical_override = None
+    if route is None:
+        route, scope, vertical_override = _pattern_route(engine, route_name, routes)
+        if route is None:
+            return None
+        if vertical_override == "hashtags":
+            return _hashtag(engine, scope)
+    if route.suggestion and not suggestions:
+        return None
+    query = path.partition("?")[2].partition("#")[0]
+    params = _parse(query)
+    is_post = method.upper() == "POST"
+    if route.body == "form" and is_post and body:
+        if content_type is None or "form" in content_type.lower():
+            form = body[: MAX_RAW * 4].decode("utf-8", errors="replace")
+            for key, values in _parse(form).items():
+                params.setdefault(key, []).extend(values)
+    raw_values: list[str] = []
+    decoded_json: list[str] = []
+    more = False
+    if route.json_param or (route.body == "json" and is_post):
+        source = None
+        if route.json_param:
+            source = (params.get(route.json_param) or [""])[0]
+            source = _unquote_value(source)
+        elif body:
+            source = body
+        if source:
+            value = _json_value(source, route.json_path)
+            if isinstance(value, str):
+                decoded_json.append(value)
+            more = _json_has_any(source, route.json_more)
+    else:
+        for name in route.params:
+            values = [v for v in params.get(name, ()) if v.strip(" +")]
+            if values:
+                raw_values = values
+                break
+    if not raw_values and not decoded_json:
+        return None
+    charset = None
+    if route.charset_param:
+        charset = (params.get(route.charset_param) or [None])[0]
+    malformed = False
+    texts: list[str] = []
+    for raw in raw_values:
+        text, bad = _decode(raw, charset)
+        malformed |= bad
+        texts.append(text)
+    for text in decoded_json:
+        clean = _no_surrogates(text)
+        malformed |= clean != text
+        texts.append(clean)
+    cleaned: list[str] = []
+    for text in texts:
+        if not text.isprintable():
+            text = text.translate(_CONTROLS)
+        text = " ".join(text.split())
+        if text and text not in cleaned:
+            cleaned.append(text)
+    if not cleaned:
+        return None
+    term = SEPARATOR.join(cleaned)
+    truncated = len(term) > MAX_TERM
+    if truncated:
+        term = term[:MAX_TERM].rstrip()
+    vertical = vertical_override or route.vertical
+    if route.vertical_by:
+        name, table = route.vertical_by
+        for value in params.get(name, ()):
+            vertical = table.get(value.lower(), vertical)
+        if engine == "google" and "udm" in params:
+            vertical = _GOOGLE_VERTICALS.get(params["udm"][0], vertical)
+    return Search(
+        engine=engine,
+        term=term,
+        vertical=vertical,
+        suggestion=route.suggestion,
+        continuation=more or _further_page(params, route.pages),
+        truncated=truncated,
+        repeated=len(cleaned) > 1,
+        malformed=malformed,
+        scope=scope,
+    )
+
+
+def _pattern_route(
+    engine: str, route_name: str, routes: dict[str, Route]
+) -> tuple[Route | None, str | None, str | None]:
+    """Routes with a name in the path: a subreddit's search, an Instagram hashtag, Yahoo's
+    suggestions."""
+    if engine == "reddit":
+        found = _SUBREDDIT.fullmatch(route_name)
+        if found:
+            return routes[found.group(2)], f"r/{found.group(1)}", None
+    elif engine == "instagram":
+        found = _INSTAGRAM_TAG.fullmatch(route_name)
+        if found:
+            return Route(), found.group(1), "hashtags"
+    elif engine == "yahoo" and route_name.startswith("/sugg/"):
+        return Route(("command",), suggestion=True), None, None
+    return None, None, None
+
+
+def _hashtag(engine: str, tag: str | None) -> Search | None:
+    text, bad = _decode(tag or "", None)
+    text = " ".join(text.translate(_CONTROLS).split())[:MAX_TERM]  # a rare path
+    if not text:
+        return None
+    return Search(engine=engine, term=f"#{text}", vertical="hashtags", malformed=bad)
+
+
+def _parse(query: str) -> dict[str, list[str]]:
+    """Parameter name (decoded) -> raw values in order. Values stay encoded until needed."""
+    out: dict[str, list[str]] = {}
+    if not query:
+        return out
+    for item in query.split("&"):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if "%" in key or "+" in key:
+            key = unquote(key.replace("+", " "), errors="replace")
+        out.setdefault(key.strip(), []).append(value)
+    return out
+
+
+_CONTROLS = {c: " " for c in (*range(32), 127)}
+
+
+def _decode(raw: str, charset: str | None) -> tuple[str, bool]:
+    """Percent-decoding and ``+``; UTF-8, or ``charset`` when the engine was told one."""
+    # A path mitmproxy could not decode as UTF-8 carries surrogate escapes: back to bytes.
+    data = unquote_to_bytes(raw[:MAX_RAW].replace("+", " ").encode("utf-8", "surrogateescape"))
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        pass
+    if charset:
+        try:
+            return data.decode(charset.strip()), False
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return data.decode("utf-8", errors="replace"), True
+
+
+def _no_surrogates(text: str) -> str:
+    """JSON escapes can carry lone surrogates (``\\ud800``), which no database stores."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _unquote_value(raw: str) -> str:
+    return _decode(raw, None)[0]
+
+
+def _json_value(source: str | bytes, path: tuple[str, ...]) -> object:
+    """The value at ``path`` in a JSON document; a document too big to parse is searched for
+    the last key's first string value instead, so padding cannot hide a search."""
+    if len(source) <= MAX_JSON_BODY:
+        try:
+            value: object = json.loads(source)
+        except (ValueError, UnicodeDecodeError):
+            value = _NOT_JSON
+        if value is not _NOT_JSON:
+            for key in path:
+                if not isinstance(value, dict):
+                    return None
+                value = value.get(key)
+            return value
+    text = source if isinstance(source, str) else source.decode("utf-8", errors="replace")
+    pattern = '"' + re.escape(path[-1]) + r'"\s*:\s*("(?:[^"\\]|\\.){0,' + str(MAX_RAW) + '}")'
+    found = re.search(pattern, text)
+    if not found:
+        return None
+    try:
+        return json.loads(found.group(1))
+    except ValueError:
+        return None
+
+
+def _json_has_any(source: str | bytes, keys: tuple[str, ...]) -> bool:
+    if not keys:
+        return False
+    needle = source if isinstance(source, str) else source.decode("utf-8", errors="replace")
+    present = r'"\s*:\s*(?!null|""|\[\]|\{\})'
+    return any(re.search('"' + re.escape(key) + present, needle) for key in keys)
+
+
+def _further_page(params: dict[str, list[str]], pages: tuple[tuple[str, int | None], ...]) -> bool:
+    for name, first in pages:
+        for value in params.get(name, ()):
+            if first is None:
+                if value:
+                    return True
+                continue
+            try:
+                if int(value) > first:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+class SearchDeduper:
+    """Counts a search once: the same person's same search on the same engine again within
+    ``window_seconds`` (further pages, another tab, a reload) is a repeat. The window slides
+    with each repeat. Memory is bounded (the least recently seen are forgotten first)."""
+
+    def __init__(
+        self,
+        window_seconds: float = 300.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._seen: OrderedDict[tuple[object, ...], float] = OrderedDict()
+
+    def first_time(self, who: str, search: Search) -> bool:
+        """True when this is a new search to record; False for a repeat."""
+        now = self.clock()
+        key = (who, *search.key)
+        last = self._seen.pop(key, None)
+        self._seen[key] = now
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        return last is None or now - last > self.window

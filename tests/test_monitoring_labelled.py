@@ -1,0 +1,140 @@
+"""The shipped risk-term library against the labelled set of pupils' searches.
+
+``tests/data/monitoring/searches.tsv``: risky searches with the themes and severity a
+safeguarding lead would give them, and ordinary school work that shares their words. The
+issue's targets: recall at least 0.95 for severity 3, and no severity-3 alert on ordinary
+work. ``bench/monitoring_bench.py`` prints the same figures per split, with precision per theme
+and the cost of matching.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from schoolgate.monitoring.library import THEMES
+from schoolgate.monitoring.terms import Matcher, load_matcher
+
+LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
+SPLITS = ("dev", "heldout-1", "heldout-2")
+# The library was tuned on these; heldout-2 never was (its recall is the bench's to print: a
+# test asserting it would make it one more set to tune on).
+TUNED = ("dev", "heldout-1")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    split: str
+    themes: frozenset[str]  # empty: ordinary school work
+    severity: int
+    text: str
+    line: int
+
+
+def load_labelled(path: Path = LABELLED) -> list[Labelled]:
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        split, themes, severity, text = line.split("\t")
+        assert split in SPLITS, f"{path}:{number}: split {split!r}"
+        names = frozenset() if themes == "-" else frozenset(themes.split("|"))
+        assert names <= set(THEMES), f"{path}:{number}: themes {themes!r}"
+        assert (int(severity) == 0) == (not names), f"{path}:{number}: severity {severity}"
+        out.append(Labelled(split, names, int(severity), text.strip(), number))
+    return out
+
+
+@dataclass
+class Scores:
+    severe_total: int = 0
+    severe_found: int = 0
+    ordinary_total: int = 0
+    ordinary_severe: int = 0  # ordinary searches that would alert the DSL at once
+    ordinary_any: int = 0  # ordinary searches with any active match
+    risky_total: int = 0
+    risky_found: int = 0  # a risky search matched in one of its themes, any severity
+    reported: Counter[str] | None = None  # theme -> searches reported in it
+    correct: Counter[str] | None = None  # theme -> of those, labelled with it
+    misses: list[tuple[Labelled, str]] | None = None
+
+    @property
+    def severe_recall(self) -> float:
+        return self.severe_found / self.severe_total if self.severe_total else 1.0
+
+
+def score(matcher: Matcher, items: list[Labelled]) -> Scores:
+    scores = Scores(reported=Counter(), correct=Counter(), misses=[])
+    for item in items:
+        found = matcher.assess(item.text)
+        active = found.active
+        for theme in {m.theme for m in active}:
+            scores.reported[theme] += 1
+            if theme in item.themes:
+                scores.correct[theme] += 1
+        if not item.themes:
+            scores.ordinary_total += 1
+            scores.ordinary_any += bool(active)
+            if found.severity >= 3:
+                scores.ordinary_severe += 1
+                scores.misses.append((item, f"severity 3 on ordinary work: {_show(found)}"))
+            continue
+        scores.risky_total += 1
+        mine = [m for m in active if m.theme in item.themes]
+        scores.risky_found += bool(mine)
+        if item.severity >= 3:
+            scores.severe_total += 1
+            if any(m.severity >= 3 for m in mine):
+                scores.severe_found += 1
+            else:
+                scores.misses.append((item, f"not severity 3: {_show(found)}"))
+        elif not mine:
+            scores.misses.append((item, f"not found: {_show(found)}"))
+    return scores
+
+
+def _show(found) -> str:
+    return (
+        ", ".join(
+            f"{m.theme}/{m.term}={m.severity}"
+            + (f" ({m.suppressed_by})" if m.suppressed_by else "")
+            for m in found.matches
+        )
+        or "nothing"
+    )
+
+
+@pytest.fixture(scope="module")
+def matcher() -> Matcher:
+    return load_matcher()
+
+
+def test_the_set_is_large_and_balanced():
+    items = load_labelled()
+    risky = [i for i in items if i.themes]
+    ordinary = [i for i in items if not i.themes]
+    assert len(items) >= 300
+    assert abs(len(risky) - len(ordinary)) <= len(items) // 10
+    assert {theme for i in risky for theme in i.themes} == set(THEMES)
+    assert len({i.text.lower() for i in items}) == len(items)  # no search twice
+    for split in SPLITS:
+        assert sum(i.severity == 3 for i in items if i.split == split) >= 30
+
+
+def _misses(scores: Scores) -> str:
+    return "\n".join(f"  line {item.line}: {item.text!r}: {why}" for item, why in scores.misses)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_no_severity_3_alert_on_school_work(matcher, split):
+    scores = score(matcher, [i for i in load_labelled() if i.split == split and not i.themes])
+    assert scores.ordinary_total > 0
+    assert scores.ordinary_severe == 0, _misses(scores)
+
+
+def test_severity_3_recall(matcher):
+    scores = score(matcher, [i for i in load_labelled() if i.split in TUNED])
+    assert scores.severe_recall >= 0.95, _misses(scores)
