@@ -1,10 +1,15 @@
 """Decision log throughput and memory: ``python3 bench/eventlog_bench.py [--seconds 10]``.
 
 1. Sustained: events recorded at ``--rate`` per second (default 10,000) for ``--seconds``
-   into a fresh SQLite file; reports events written per second, the queue's peak and loss.
-2. Burst: ``--burst`` events (default 100,000) recorded as fast as possible; reports the cost
-   of ``record()``, the queue peak, the process RSS before/after (VmHWM), and time to drain.
-3. Memory per queued event (tracemalloc over 10,000 block events).
+   into a fresh SQLite file; reports events written per second, the queue's peak and loss,
+   and what ``record()`` costs the caller (the event loop): with the spool (as the gateway
+   runs it: each event written to the spool file before ``record()`` returns) and without.
+2. Burst: ``--burst`` events (default 100,000) recorded as fast as possible, with and without
+   the spool; reports the cost of ``record()``, the queue peak, the process RSS before/after
+   (VmHWM), and time to drain.
+3. The spool's fsync: how long each batched ``fsync`` takes and how many events it covers at
+   the sustained rate, and how long a ``durable`` record (a sanction's event) waits for it.
+4. Memory per queued event (tracemalloc over 10,000 block events).
 """
 
 from __future__ import annotations
@@ -71,14 +76,43 @@ def count(factory) -> int:
         return session.scalar(select(func.count()).select_from(EventRow))
 
 
-def sustained(folder: Path, rate: int, seconds: float) -> None:
-    factory = open_database(f"sqlite:///{folder / 'sustained.db'}")
-    log = EventLog(factory)
+def _log(factory, folder: Path, spool: bool) -> EventLog:
+    return EventLog(factory, spool_dir=folder / "spool" if spool else None)
+
+
+class SyncTimer:
+    """Times each of the spool's fsync rounds (the sync thread's work)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.rounds: list[float] = []
+        self.log = log
+        spool = log.spool
+        real = spool.sync
+
+        def timed() -> bool:
+            started = time.perf_counter()
+            try:
+                return real()
+            finally:
+                self.rounds.append(time.perf_counter() - started)
+
+        spool.sync = timed
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] if values else 0.0
+
+
+def sustained(folder: Path, rate: int, seconds: float, spool: bool) -> None:
+    factory = open_database(f"sqlite:///{folder / f'sustained-{spool}.db'}")
+    log = _log(factory, folder / f"sustained-{spool}", spool)
+    timer = SyncTimer(log) if spool else None
     log.start()
     # Build the events first so that the pacing loop measures the log, not decision_event.
     events = [make_event(i) for i in range(int(rate * seconds))]
     started = time.perf_counter()
-    record_time = 0.0
+    costs: list[float] = []
     for n, event in enumerate(events):
         due = started + n / rate
         now = time.perf_counter()
@@ -86,25 +120,34 @@ def sustained(folder: Path, rate: int, seconds: float) -> None:
             time.sleep(due - now)
         t0 = time.perf_counter()
         log.record(event)
-        record_time += time.perf_counter() - t0
+        costs.append(time.perf_counter() - t0)
     feed_done = time.perf_counter()
     ok = log.flush(120)
     drained = time.perf_counter()
     log.close()
     written = count(factory)
     print(
-        f"sustained: offered {len(events)} events at {rate}/s for {feed_done - started:.1f} s; "
-        f"written {written} ({written / (drained - started):,.0f}/s), lost "
-        f"{len(events) - written}, queue peak {log.peak}, drain after feed "
-        f"{drained - feed_done:.2f} s, flush ok {ok}, failures {log.failures}, "
-        f"record() mean {record_time / len(events) * 1e6:.2f} us"
+        f"sustained, {'spool' if spool else 'memory only'}: offered {len(events)} events at "
+        f"{rate}/s for {feed_done - started:.1f} s; written {written} "
+        f"({written / (drained - started):,.0f}/s), lost {len(events) - written}, queue peak "
+        f"{log.peak}, drain after feed {drained - feed_done:.2f} s, flush ok {ok}, failures "
+        f"{log.failures}; record() mean {sum(costs) / len(costs) * 1e6:.2f} us, "
+        f"p99 {_pct(costs, 0.99) * 1e6:.1f} us"
     )
+    if timer is not None and timer.rounds:
+        busy = [r for r in timer.rounds if r > 0]
+        print(
+            f"  spool fsync: {len(timer.rounds)} rounds ({len(events) / len(timer.rounds):,.0f} "
+            f"events each on average), median {_pct(busy, 0.5) * 1e3:.2f} ms, p99 "
+            f"{_pct(busy, 0.99) * 1e3:.2f} ms, {sum(timer.rounds):.2f} s in all "
+            f"({sum(timer.rounds) / len(events) * 1e6:.2f} us an event, on the sync thread)"
+        )
 
 
-def burst(folder: Path, size: int) -> None:
-    factory = open_database(f"sqlite:///{folder / 'burst.db'}")
+def burst(folder: Path, size: int, spool: bool) -> None:
+    factory = open_database(f"sqlite:///{folder / f'burst-{spool}.db'}")
     events = [make_event(i) for i in range(size)]
-    log = EventLog(factory)
+    log = _log(factory, folder / f"burst-{spool}", spool)
     log.start()
     rss_before = rss_kb()
     started = time.perf_counter()
@@ -116,7 +159,8 @@ def burst(folder: Path, size: int) -> None:
     log.close()
     written = count(factory)
     print(
-        f"burst: {size} events recorded in {recorded - started:.3f} s "
+        f"burst, {'spool' if spool else 'memory only'}: {size} events recorded in "
+        f"{recorded - started:.3f} s "
         f"({(recorded - started) / size * 1e6:.2f} us each), queue peak {log.peak}, "
         f"drained in {drained - started:.2f} s ({written / (drained - started):,.0f}/s), "
         f"written {written}, lost {size - written}, flush ok {ok}"
@@ -124,6 +168,28 @@ def burst(folder: Path, size: int) -> None:
     print(
         f"burst: RSS {rss_before / 1024:.0f} MB before the burst (events built), "
         f"{rss_kb() / 1024:.0f} MB after, peak (VmHWM) {rss_kb('VmHWM') / 1024:.0f} MB"
+    )
+
+
+def durable_waits(folder: Path, count: int = 300) -> None:
+    """A sanction's event: how long ``record(durable=True)`` waits until it is synced, with
+    ordinary events going on at 1,000/s meanwhile."""
+    factory = open_database(f"sqlite:///{folder / 'durable.db'}")
+    log = _log(factory, folder / "durable", True)
+    log.start()
+    waits = []
+    for i in range(count):
+        for j in range(10):
+            log.record(make_event(i * 10 + j))
+        started = time.perf_counter()
+        assert log.record(make_event(-i), durable=True).result(30)
+        waits.append(time.perf_counter() - started)
+        time.sleep(0.01)
+    log.close()
+    print(
+        f"durable (sanction) events: wait for the fsync median {_pct(waits, 0.5) * 1e3:.2f} ms, "
+        f"p99 {_pct(waits, 0.99) * 1e3:.2f} ms, max {max(waits) * 1e3:.2f} ms ({count} events; "
+        "the event loop is not held meanwhile: the hook awaits it)"
     )
 
 
@@ -149,8 +215,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         memory_per_event()
-        sustained(folder, args.rate, args.seconds)
-        burst(folder, args.burst)
+        for spool in (True, False):
+            sustained(folder, args.rate, args.seconds, spool)
+        for spool in (True, False):
+            burst(folder, args.burst, spool)
+        durable_waits(folder)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Each change is also written to the general ``audit`` table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from schoolgate.bans import BanState, Supervision, new_ban_ref, parse_subject
 from schoolgate.db import AuditRow, Base, UTCDateTime, utcnow
+from schoolgate.storage.storable import escape_text
 
 
 class BanError(ValueError):
@@ -229,6 +231,9 @@ def save_ban(
     existing = session.scalar(select(BanRow).where(BanRow.ref == ban.ref))
     if existing is not None:
         return existing
+    # The reason quotes what the pupil sent (a host name with a byte that is not UTF-8, say):
+    # escaped, or the database refuses this ban and every one saved after it.
+    ban = dataclasses.replace(ban, reason=escape_text(ban.reason))
     row = BanRow(
         ref=ban.ref,
         subject=ban.subject,

@@ -39,6 +39,7 @@ import jinja2
 from schoolgate.core import words
 from schoolgate.core.words import DEFAULT_WORDING, Wording
 from schoolgate.model import Decision
+from schoolgate.storage.storable import escape_text
 
 log = logging.getLogger(__name__)
 
@@ -131,32 +132,27 @@ def load_or_create_secret(data_dir: Path | str) -> bytes:
 _HTML_DESTS = frozenset({"document", "iframe", "frame", "embed", "object", "nested-document"})
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        for key, val in headers.items():
-            if key.lower() == name:
-                return val
-        return ""
-    return value
-
-
 def wants_html(headers: Mapping[str, str]) -> bool:
     """Whether a request is a page load that should get the HTML block page.
 
     ``X-Requested-With`` (XHR) says no; ``Sec-Fetch-Dest`` decides when the browser sends it
     (document/iframe: yes; image, script, fetch's ``empty``...: no); then ``Sec-Fetch-Mode:
     navigate``; then ``Accept`` naming ``text/html``. No Accept, or ``*/*`` alone (curl, API
-    clients): plain text.
+    clients): plain text. Each header is looked up once: pass the request view's headers
+    (:func:`~schoolgate.gateway.flowinfo.request_view`), not a request with thousands.
     """
-    if _header(headers, "x-requested-with"):
+    if isinstance(headers, dict):  # names as written: read them once, in lower case
+        headers = {name.lower(): value for name, value in headers.items()}
+    # Otherwise a mapping that looks names up whatever their case (mitmproxy's Headers).
+    get = headers.get
+    if get("x-requested-with"):
         return False
-    dest = _header(headers, "sec-fetch-dest").strip().lower()
+    dest = (get("sec-fetch-dest") or "").strip().lower()
     if dest:
         return dest in _HTML_DESTS
-    if _header(headers, "sec-fetch-mode").strip().lower() == "navigate":
+    if (get("sec-fetch-mode") or "").strip().lower() == "navigate":
         return True
-    accept = _header(headers, "accept").lower()
+    accept = (get("accept") or "").lower()
     return "text/html" in accept or "application/xhtml+xml" in accept
 
 
@@ -193,8 +189,9 @@ def portal_links(
     """The request-access link, and the "report a problem with this block" link: the same
     access request, marked as a block made by mistake."""
     fields = {"url": url, "category": category or "", "ref": signed_ref}
-    request = urlencode(fields)
-    problem = urlencode(fields | {"purpose": "erroneous"})
+    # A byte of the URL that was not UTF-8 (kept as a surrogate) goes back to being that byte.
+    request = urlencode(fields, errors="surrogateescape")
+    problem = urlencode(fields | {"purpose": "erroneous"}, errors="surrogateescape")
     return (f"http://{portal_host}/request?{request}", f"http://{portal_host}/request?{problem}")
 
 
@@ -251,8 +248,8 @@ def render_block_page(
         host = url
     context: dict[str, Any] = {
         "variant": variant,
-        "url": url,
-        "host": host,
+        "url": escape_text(url),  # a byte that was not UTF-8 shown as \xNN
+        "host": escape_text(host),
         "school": wording.school_name,
         "category": words.category_words(decision.category),
         "window": wording.window(window) if window else None,
@@ -327,7 +324,7 @@ def block_response_parts(
     else:
         body = render_block_text(decision, url=url, ref=ref, tz=tz, now=now, wording=wording)
         out["content-type"] = "text/plain; charset=utf-8"
-    return 403, out, body.encode("utf-8")
+    return 403, out, body.encode("utf-8", "backslashreplace")
 
 
 __all__ = [

@@ -107,7 +107,7 @@ def suspended_response_parts(
     else:
         body = render_suspended_text(ban, ref=ref, now=now, tz=tz)
         out["content-type"] = "text/plain; charset=utf-8"
-    return SUSPENDED_STATUS, out, body.encode("utf-8")
+    return SUSPENDED_STATUS, out, body.encode("utf-8", "backslashreplace")
 
 
 def render_warning_page(
@@ -164,7 +164,7 @@ def warning_response_parts(
         now=now,
         url=url,
     )
-    return (403 if blocked else 200), out, body.encode("utf-8")
+    return (403 if blocked else 200), out, body.encode("utf-8", "backslashreplace")
 
 
 __all__ = [

@@ -198,16 +198,13 @@ def test_search_term_is_bounded():
 def test_burst_of_20000_all_written(db):
     log = EventLog(db, batch_size=500, flush_interval=0.05)
     log.start()
-    started = time.perf_counter()
     for i in range(20_000):
         log.record(_event(i))
-    recording = time.perf_counter() - started
     assert log.flush(60)
     log.close()
     assert _count(db) == 20_000
     assert log.written == 20_000 and log.pending == 0 and log.rejected == 0
-    # record() is cheap: the burst itself (including building the dicts) takes well under 2 s.
-    assert recording < 2.0
+    # What record() costs is measured by bench/eventlog_bench.py, not here.
 
 
 def test_record_from_many_threads(db):
@@ -232,10 +229,8 @@ def test_close_flushes_everything_queued(db):
     log.start()
     for i in range(1_234):
         log.record(_event(i))
-    started = time.monotonic()
     log.close()
-    assert time.monotonic() - started < 10
-    assert _count(db) == 1_234
+    assert _count(db) == 1_234 and log.pending == 0
     log.close()  # idempotent
 
 
@@ -308,25 +303,29 @@ def test_database_down_retries_with_backoff_and_warns(db, caplog):
     assert any("writing again" in m for m in messages)
 
 
-def test_database_down_at_shutdown_spills_and_replays(db, tmp_path):
-    spill = tmp_path / "unwritten.jsonl"
-    log = EventLog(FlakyFactory(db, failures=10_000), flush_interval=0.02, spill_path=spill)
+def test_database_down_at_shutdown_keeps_events_in_the_spool_for_the_next_start(db, tmp_path):
+    spool = tmp_path / "spool"
+    log = EventLog(FlakyFactory(db, failures=10_000), flush_interval=0.02, spool_dir=spool)
     log.start()
     for i in range(30):
         log.record(_event(i))
     log.close(timeout=1)
     assert _count(db) == 0
-    assert len(spill.read_text().splitlines()) == 30
-    log.record(_event(99))  # after close: kept in the spill file too
-    assert len(spill.read_text().splitlines()) == 31
+    assert _spooled(spool) == 30
+    log.record(_event(99))  # after close: kept in the spool too
+    assert _spooled(spool) == 31
 
-    again = EventLog(db, flush_interval=0.02, spill_path=spill)
+    again = EventLog(db, flush_interval=0.02, spool_dir=spool)
     again.start()
     assert again.flush(10)
     again.close()
     assert _count(db) == 31
-    assert not spill.exists()
-    assert not spill.with_name(spill.name + ".replaying").exists()
+    assert _spooled(spool) == 0  # drained: deleted
+
+
+def _spooled(root) -> int:
+    """Events in the spool's segment files under ``root``."""
+    return sum(len(p.read_text().splitlines()) for p in root.glob("*/*.jsonl"))
 
 
 def test_duplicate_ref_is_kept_under_a_new_ref(db):
@@ -369,7 +368,11 @@ def test_odd_values_are_normalised(db):
     assert len(rows) == 2
     odd = next(r for r in rows if r["kind"] == "circumvention")
     assert odd["at"] == "2026-11-30T10:00:00+00:00"
-    assert len(odd["host"]) == 500 and odd["detail"] == {"doh": True}
+    # Cut to its column; the whole value kept beside it, never dropped.
+    assert odd["host"] == "x" * 500
+    assert odd["detail"]["doh"] is True
+    assert odd["detail"]["overlong"]["host"]["value"] == "x" * 900
+    assert odd["detail"]["overlong"]["host"]["length"] == 900
 
 
 def test_high_water_mark_warns_but_keeps(db, caplog):

@@ -14,6 +14,7 @@ contact).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -32,8 +34,8 @@ import pytest
 from gateway_process import ROOT, Origin, free_port, run_cli, start_gateway, stop_gateway, wait_for
 
 HTML = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-# Warnings too: `--quiet` alone keeps only errors, and the event log warns while it retries.
-LOG_WARNINGS = ("--set", "termlog_verbosity=warn")
+# Warnings too (Gateway.start): `--quiet` alone keeps only errors, and the event log warns
+# while it retries.
 
 
 class Gateway:
@@ -54,10 +56,11 @@ class Gateway:
         self.proxy = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str, verbosity: str = "warn") -> None:
         self.proc = start_gateway(
-            self.config, self.data_dir, self.port, self.log, *LOG_WARNINGS, append_log=True
-        )
+            self.config, self.data_dir, self.port, self.log,
+            "--set", f"termlog_verbosity={verbosity}", *extra, append_log=True,
+        )  # fmt: skip
 
     def client(self) -> httpx.Client:
         return httpx.Client(proxy=self.proxy, timeout=30)
@@ -122,20 +125,30 @@ db.execute("COMMIT")
 """
 
 
-def test_database_locked_decisions_go_on_and_events_are_written_after(gateway: Gateway) -> None:
-    """Another program (a backup script, an admin's `sqlite3` shell) holds an exclusive write
-    lock on the database: pupils still get their block pages and allowed sites still load;
-    the events wait in memory and are all written once the lock is released."""
-    before = gateway.block_refs("before-lock", 3)
-    assert wait_for(lambda: gateway.refs("before-lock") == before)
+@contextlib.contextmanager
+def database_locked(db: Path) -> Iterator[None]:
+    """Another program holds an exclusive write lock on ``db`` for the ``with`` block."""
     locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(gateway.db)],
+        [sys.executable, "-c", LOCKER, str(db)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert locker.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        locker.communicate("\n", timeout=60)
+    assert locker.returncode == 0
+
+
+def test_database_locked_decisions_go_on_and_events_are_written_after(gateway: Gateway) -> None:
+    """Another program (a backup script, an admin's `sqlite3` shell) holds an exclusive write
+    lock on the database: pupils still get their block pages and allowed sites still load;
+    the events wait in memory and are all written once the lock is released."""
+    before = gateway.block_refs("before-lock", 3)
+    assert wait_for(lambda: gateway.refs("before-lock") == before)
+    with database_locked(gateway.db):
         blocked = gateway.block_refs("locked", 25)
         gateway.assert_allowed_reaches_origin("while-locked")
         # The writer gave up on this attempt (SQLite's 10 s busy timeout) and says so.
@@ -147,9 +160,6 @@ def test_database_locked_decisions_go_on_and_events_are_written_after(gateway: G
         blocked |= gateway.block_refs("still-locked", 5)
         with gateway.client() as client:
             assert client.get("http://chat.social.test/", headers=HTML).status_code == 403
-    finally:
-        locker.communicate("\n", timeout=30)
-    assert locker.returncode == 0
     # Released: every block page the clients saw is in the database, once.
     assert wait_for(lambda: gateway.refs("locked") == blocked), gateway.log_text()
     assert len(gateway.events("locked")) == len(blocked) == 30

@@ -18,6 +18,7 @@ from schoolgate.gateway import (
     AlertsAddon,
     CircumventionGuard,
     DestinationCheck,
+    ConnectionLimits,
     Enforcement,
     ExceptionCache,
     GatewayPages,
@@ -41,6 +42,7 @@ class Gateway:
     tctx: taddons.context
     holder: PolicyHolder
     recorder: Recorder
+    limits: ConnectionLimits
     jobs: JobsAddon
     exceptions: ExceptionCache
     pages: GatewayPages
@@ -497,8 +499,8 @@ def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:
 
 
 # -- all parts as one addon (what `schoolgate run` and addons/schoolgate.py load) -------------
-PART_FIELDS = ("holder", "recorder", "jobs", "exceptions", "pages", "portal", "guard", "enforce",
-               "alerts")  # fmt: skip
+PART_FIELDS = ("holder", "recorder", "limits", "jobs", "exceptions", "pages", "portal", "guard",
+               "enforce", "alerts")  # fmt: skip
 
 
 def one_addon(gw: Gateway):

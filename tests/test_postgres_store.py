@@ -83,7 +83,7 @@ def test_gateways_starting_together_migrate_once(url: str) -> None:
         factory.kw["bind"].dispose()
 
 
-def test_event_log_cuts_long_values_keeps_a_duplicate_ref_and_nul_searches(sessions) -> None:
+def test_event_log_keeps_long_values_a_duplicate_ref_and_unstorable_text(sessions) -> None:
     taken = new_ref()
     with sessions.begin() as session:
         session.execute(EventRow.__table__.insert(), [_event(ref=taken, host="first.test")])
@@ -95,9 +95,11 @@ def test_event_log_cuts_long_values_keeps_a_duplicate_ref_and_nul_searches(sessi
     log.record(_event(host="third.test", at=(T0 + timedelta(seconds=2)).replace(tzinfo=None)))
     # a search for "vape%00shop": PostgreSQL refuses NUL in text; the search is still logged
     log.record(_event(host="www.google.com", search_term="vape\x00shop"))
+    # a Host header with a byte that is not UTF-8 (read as a surrogate): stored escaped
+    log.record(_event(host="odd.test\udcff", url="http://odd.test\udcff/"))
     assert log.flush(30)
     log.close()
-    assert log.rejected == 0 and log.written == 4
+    assert log.rejected == 0 and log.written == 5
     with sessions() as session:
         rows = {r["host"]: r for r in list_events(session, limit=None)}
     assert rows["long.test"]["device"] == "d" * 200
@@ -105,7 +107,10 @@ def test_event_log_cuts_long_values_keeps_a_duplicate_ref_and_nul_searches(sessi
     assert rows["second.test"]["ref"].startswith(taken + "-")
     assert rows["second.test"]["detail"]["original_ref"] == taken
     assert rows["third.test"]["at"] == (T0 + timedelta(seconds=2)).isoformat()
-    assert rows["www.google.com"]["search_term"] == "vape\ufffdshop"
+    assert rows["www.google.com"]["search_term"] == "vape\\x00shop"  # kept, escaped
+    assert rows["www.google.com"]["detail"]["escaped"] == ["search_term"]
+    assert rows["long.test"]["detail"]["overlong"]["device"]["value"] == long_device
+    assert rows["odd.test\\xff"]["url"] == "http://odd.test\\xff/"
 
 
 def test_exceptions_added_listed_and_revoked(sessions, policy) -> None:

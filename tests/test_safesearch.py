@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
@@ -217,16 +216,8 @@ def test_force_params():
     assert force_params("/a?x=2", {"x": None}) == "/a"
 
 
-def test_non_search_hosts_are_fast():
-    hosts = [
-        "www.example.com",
-        "cdn.jsdelivr.net",
-        "static.xx.fbcdn.net",
-        "i.ytimg.com",
-        "fonts.gstatic.com",
-    ] * 20_000
-    started = time.perf_counter()
-    for host in hosts:
-        enforce(host, "/some/path?x=1", safe_search=True, youtube_restrict="strict")
-    per_call = (time.perf_counter() - started) / len(hosts)
-    assert per_call < 5e-6, f"{per_call * 1e6:.2f} us per call"
+def test_non_search_hosts_are_left_alone():
+    # What a call costs for them is measured by bench/safesearch_bench.py, not here.
+    for host in ("www.example.com", "cdn.jsdelivr.net", "static.xx.fbcdn.net", "i.ytimg.com",
+                 "fonts.gstatic.com"):  # fmt: skip
+        assert enforce(host, "/some/path?x=1", safe_search=True, youtube_restrict="strict") is None

@@ -5,6 +5,8 @@ this order (each reads the ones before it):
 
 * :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change.
 * :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
+* :class:`~schoolgate.gateway.limits.ConnectionLimits`: connections per client address, idle
+  and slow-client timeouts, requests with too many headers (431).
 * :class:`~schoolgate.gateway.jobs_addon.JobsAddon`: the scheduled jobs (expiry, escalation,
   list updates, reports, purge) in this process.
 * :class:`~schoolgate.gateway.exception_cache.ExceptionCache`: exceptions in force.
@@ -37,12 +39,14 @@ from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
+from schoolgate.gateway.limits import ConnectionLimits
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
 from schoolgate.gateway.recorder import Recorder
 
 __all__ = [
     "AlertsAddon",
+    "ConnectionLimits",
     "JobsAddon",
     "CircumventionGuard",
     "DestinationCheck",
@@ -64,6 +68,7 @@ def make_addons() -> list:
     """A fresh, wired set of schoolgate's addons, in the order they must run."""
     holder = PolicyHolder()
     recorder = Recorder(holder)
+    limits = ConnectionLimits()
     jobs = JobsAddon(holder, recorder)
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
@@ -77,6 +82,7 @@ def make_addons() -> list:
     return [
         holder,
         recorder,
+        limits,
         jobs,
         exceptions,
         pages,
@@ -93,8 +99,11 @@ def make_addons() -> list:
 def make_chain(addons: list | None = None) -> list:
     """The addons as mitmproxy should load them: one :class:`~schoolgate.gateway.dispatch.
     Schoolgate` addon that calls the parts in order, each part's failure kept from the others,
-    and a failure of any part on the way to a decision refusing the flow (``make_addons()``
-    keeps the flat list, for tests)."""
+    a failure of any part on the way to a decision refusing the flow, and an answer waiting for
+    the sanction events the recorder must sync first (``make_addons()`` keeps the flat list,
+    for tests)."""
     addons = addons if addons is not None else make_addons()
     enforcement = next(a for a in addons if isinstance(a, Enforcement))
-    return [Schoolgate(addons, decider=enforcement)]
+    recorder = next((a for a in addons if isinstance(a, Recorder)), None)
+    barrier = recorder.durable_barrier if recorder is not None else None
+    return [Schoolgate(addons, decider=enforcement, barrier=barrier)]

@@ -12,6 +12,10 @@ and the next part still runs (mitmproxy skips the rest of an addon's children), 
 fails on the way to a decision (the hooks in :data:`DECISION_HOOKS`), the part that decides
 (:class:`~schoolgate.gateway.enforce.Enforcement`) refuses the request or connection, with the
 page that says the filter failed and an event, rather than let it through undecided.
+
+After the parts have run for a flow's event, ``barrier()`` (the recorder's
+:meth:`~schoolgate.gateway.recorder.Recorder.durable_barrier`) may give something to wait for:
+an event that put a sanction in force is then on disk before mitmproxy sends the answer.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ DECISION_HOOKS = frozenset(
         "server_connect",
     }
 )
+# Hooks that are not about a flow or a connection: nothing is answered after them.
+_LIFECYCLE = frozenset({"load", "configure", "running", "done", "update"})
 
 
 def _part_name(part: Any) -> str:
@@ -56,14 +62,22 @@ def _part_name(part: Any) -> str:
 
 class Schoolgate:
     """The parts, in order (each reads the ones before it); ``decider`` is the part whose
-    failure must refuse the flow (``decider.fail_closed(hook, *args)``)."""
+    failure must refuse the flow (``decider.fail_closed(hook, *args)``); ``barrier()``, after
+    the parts of a flow's event, returns None or an awaitable to finish before the answer."""
 
     name = "schoolgate"
 
-    def __init__(self, parts: Sequence[Any], *, decider: Any = None) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Any],
+        *,
+        decider: Any = None,
+        barrier: Callable[[], Awaitable | None] | None = None,
+    ) -> None:
         # Not called `addons`: mitmproxy would then offer every event to every part.
         self.parts = tuple(parts)
         self.decider = decider
+        self.barrier = barrier
         names = {
             n for n in hooks.all_hooks if n != "add_log" and any(hasattr(p, n) for p in self.parts)
         }
@@ -105,10 +119,21 @@ class Schoolgate:
         return dispatch
 
     def _isolated(self, name: str, calls: tuple[Call, ...]) -> Callable[..., Awaitable | None]:
-        def dispatch(*args: Any) -> Awaitable | None:
-            return self._run(name, calls, 0, args)
+        barrier = self.barrier if name not in _LIFECYCLE else None
+        if barrier is None:
 
-        return dispatch
+            def dispatch(*args: Any) -> Awaitable | None:
+                return self._run(name, calls, 0, args)
+
+            return dispatch
+
+        def dispatch_then_wait(*args: Any) -> Awaitable | None:
+            pending = self._run(name, calls, 0, args)
+            if pending is None:
+                return barrier()
+            return _then(pending, barrier)
+
+        return dispatch_then_wait
 
     def _run(self, name: str, calls: tuple[Call, ...], start: int, args: tuple) -> Awaitable | None:
         for i in range(start, len(calls)):
@@ -143,6 +168,13 @@ class Schoolgate:
                 self.decider.fail_closed(name, *args)
             except Exception:  # noqa: BLE001
                 log.exception("schoolgate: could not refuse after %s failed", _part_name(part))
+
+
+async def _then(pending: Awaitable, barrier: Callable[[], Awaitable | None]) -> None:
+    await pending
+    wait = barrier()
+    if wait is not None:
+        await wait
 
 
 def _only_when_served(part: Any, request: Callable[..., Any]) -> Callable[..., Any]:

@@ -538,7 +538,7 @@ class Enforcement:
                 signed_ref=sign_ref(self.recorder.secret, ref),
                 portal_host=portal_host,
                 advice=advice,
-                headers=flow.request.headers,
+                headers=request_view(flow.request).headers,
                 tz=tz,
                 wording=wording_of(policy),
             )

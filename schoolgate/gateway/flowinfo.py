@@ -27,9 +27,11 @@ from schoolgate.hosts import lower_host
 
 
 class RequestView(NamedTuple):
-    # The headers the circumvention detectors read (DETECTOR_HEADERS): lower-case names,
-    # repeated headers joined with ", ". Only those: a browser sends a dozen or more, and
-    # decoding them all would cost more than every detector's checks together.
+    # The headers the circumvention detectors read (DETECTOR_HEADERS) and those that say
+    # whether a block page is HTML (PAGE_HEADERS): lower-case names, repeated headers joined
+    # with ", ". Only those: a browser sends a dozen or more, and decoding them all would
+    # cost more than every detector's checks together. Read in one pass, however many there
+    # are: looking a name up in mitmproxy's Headers scans them all.
     headers: dict[str, str]
     host_header: str | None  # the Host header (HTTP/2 and 3: the :authority)
     named_host: str | None  # its host: lower case, no port, no trailing dot (None: unreadable)
@@ -89,7 +91,9 @@ def request_view(request: http.Request) -> RequestView:
     return view
 
 
-_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS)
+# What blockpage.wants_html reads (Accept is a detector header too).
+PAGE_HEADERS = frozenset({"accept", "sec-fetch-dest", "sec-fetch-mode", "x-requested-with"})
+_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS | PAGE_HEADERS)
 
 
 def _read_headers(

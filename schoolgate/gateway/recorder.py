@@ -1,21 +1,47 @@
 """The database and the decision log of the running gateway.
 
 Opens the policy's database when the policy is (re)loaded, starts the background
-:class:`~schoolgate.eventlog.EventLog` writer, and on shutdown flushes everything queued.
-Hooks only ever call :meth:`Recorder.record`, which never blocks.
+:class:`~schoolgate.eventlog.EventLog` writer with its spool in the data dir
+(``<data-dir>/eventlog/spool``) and its dead-letter file (``<data-dir>/eventlog/
+dead-letter.jsonl``), and on shutdown flushes everything queued. Hooks only ever call
+:meth:`Recorder.record`, which never waits for the database.
+
+* A circumvention event that puts a sanction in force (a warning, a lockout, a ban) must be
+  on disk before the pupil is answered: :meth:`record` asks the log for an ``fsync``, and
+  :meth:`durable_barrier` (which :class:`~schoolgate.gateway.dispatch.Schoolgate` calls at the
+  end of each hook) gives the hook an awaitable that ends once it is done.
+* Events the database refuses even alone go to the dead-letter file; IT Support is told
+  through the portal's outbox (at most one message every :data:`DEAD_LETTER_ALERT_EVERY`,
+  counting what came since the last).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import Awaitable
+from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from mitmproxy import exceptions
 
+from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 15.0
+# Circumvention stages that are a sanction: their events are synced before the answer.
+SANCTIONS = frozenset({"warn", "lockout", "ban"})
+DURABLE_WAIT = 5.0  # seconds a hook waits for the spool's sync at most
+MAX_WAITING = 1000
+DEAD_LETTER_ALERT_EVERY = timedelta(minutes=15)
+
+
+def eventlog_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "eventlog"
 
 
 class Recorder:
@@ -28,6 +54,9 @@ class Recorder:
         self.secret: bytes = b""
         self._url: str | None = None
         self._data_dir = None
+        self._durable: list[Future] = []
+        self._sync_slow_logged = False
+        self._dead = _DeadLetterAlerts(self)
 
     def configure(self, updated) -> None:
         policy = self.holder.policy
@@ -69,7 +98,13 @@ class Recorder:
             ) from None
         old = self.eventlog
         self.sessions = sessions
-        self.eventlog = EventLog(sessions)
+        folder = eventlog_dir(self.holder.data_dir)
+        self.eventlog = EventLog(
+            sessions,
+            spool_dir=folder / "spool",
+            dead_letter_path=folder / "dead-letter.jsonl",
+            on_dead_letter=self._dead.note,
+        )
         self.eventlog.start()
         self._url = url
         if old is not None:
@@ -81,9 +116,39 @@ class Recorder:
         if eventlog is None:
             log.warning("schoolgate: no decision log open; event %s not recorded", event.get("ref"))
             return
+        if event.get("kind") == "circumvention" and event.get("action") in SANCTIONS:
+            waiting = eventlog.record(event, durable=True)
+            if waiting is not None and not waiting.done() and len(self._durable) < MAX_WAITING:
+                self._durable.append(waiting)
+            return
         eventlog.record(event)
 
+    def durable_barrier(self) -> Awaitable | None:
+        """What the hook that recorded a sanction must wait for before it answers (None:
+        nothing to wait for). Called on the event loop after every hook: O(1)."""
+        if not self._durable:
+            return None
+        waiting, self._durable = self._durable, []
+        return self._synced(waiting)
+
+    async def _synced(self, waiting: list[Future]) -> None:
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in waiting)), DURABLE_WAIT
+            )
+        except TimeoutError:
+            done = [False]
+        if not all(done) and not self._sync_slow_logged:
+            self._sync_slow_logged = True
+            log.error(
+                "schoolgate: a sanction's event could not be synced to the spool within %.0f s "
+                "(is the disk of %s failing?); answered anyway",
+                DURABLE_WAIT,
+                self.holder.data_dir,
+            )
+
     def done(self) -> None:
+        self._dead.stop()
         eventlog = self.eventlog
         if eventlog is None:
             return
@@ -93,7 +158,91 @@ class Recorder:
             # loop stops after this hook; closing here dropped those events. The log's own
             # exit handler closes it, writing them, when the process exits.
             return
-        eventlog.close(0)  # the database is still failing: spill or log what is left
+        eventlog.close(0)  # the database is still failing: the spool keeps what is left
+
+
+class _DeadLetterAlerts:
+    """Tells IT Support (the portal's outbox) that events went to the dead-letter file: at
+    once for the first, then at most once every :data:`DEAD_LETTER_ALERT_EVERY`."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.count = 0
+        self.error = ""
+        self.since: datetime | None = None
+        self.last_sent: datetime | None = None
+        self._lock = threading.Lock()
+        self._worker = Periodic("schoolgate-deadletter-alerts", self.send)
+
+    def note(self, count: int, error: str) -> None:
+        """From the writer thread: ``count`` more events went to the dead-letter file."""
+        with self._lock:
+            self.count += count
+            self.error = error
+            self.since = self.since or datetime.now(UTC)
+        if not self._worker.started:
+            self._worker.start(60.0)
+        self.send()
+
+    def stop(self) -> None:
+        self._worker.stop(timeout=5)
+        self.send(final=True)
+
+    def send(self, final: bool = False) -> bool:
+        now = datetime.now(UTC)
+        with self._lock:
+            if not self.count:
+                return True
+            due = self.last_sent is None or now - self.last_sent >= DEAD_LETTER_ALERT_EVERY
+            if not (due or final):
+                return True
+            count, error, since = self.count, self.error, self.since
+        recorder = self.recorder
+        policy, sessions = recorder.holder.policy, recorder.sessions
+        if policy is None or sessions is None:
+            return False
+        from schoolgate.portal.notify import notifier_for
+
+        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=lambda: now)
+        path = eventlog_dir(recorder.holder.data_dir) / "dead-letter.jsonl"
+        if notifier is not None:
+            try:
+                with sessions() as session:
+                    notifier.notify(
+                        session,
+                        audience="it_support",
+                        event="eventlog.dead_letter",
+                        subject=f"schoolgate: {count} event(s) could not be stored in the log",
+                        body=DEAD_LETTER_TEXT.format(
+                            count=count, since=since.isoformat(), error=error, path=path
+                        ),
+                        ref=f"dead-letter-{now:%Y%m%d%H%M%S}",
+                    )
+                    session.commit()
+            except Exception:  # noqa: BLE001 - kept, sent at the next round
+                log.exception("schoolgate: cannot queue the dead-letter alert yet; will retry")
+                return False
+        else:
+            log.warning(
+                "schoolgate: %d event(s) are in %s; no notifications configured to say so "
+                "(notifications.smtp or notifications.webhook)",
+                count,
+                path,
+            )
+        with self._lock:
+            self.count -= count
+            self.since = None if not self.count else now
+            self.last_sent = now
+        return True
+
+
+DEAD_LETTER_TEXT = (
+    "The web filter's decision log refused {count} event(s) since {since}, even one by one.\n"
+    "They are kept, with the database's error, in the dead-letter file on the gateway:\n\n"
+    "  {path}\n\nLast error: {error}\n\n"
+    "The rest of the log is written as usual. Reports and the portal do not show these events "
+    "until they are put into the database; see docs/gateway.md (the decision log)."
+)
 
 
 def _safe_url(url: str) -> str:

@@ -86,14 +86,14 @@ class SanctionPages:
             ref=ref,
             portal_host=portal,
             appeal=self.sanctions.appeal,
-            headers=flow.request.headers,
+            headers=request_view(flow.request).headers,
             essentials=self.sanctions.essentials,
             tz=self._tz(identity),
             now=now,
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
-        if wants_html(flow.request.headers):  # page loads only: not every background request
+        if wants_html(request_view(flow.request).headers):  # page loads: not every request
             from schoolgate.eventlog import _strip_url
 
             keep = policy.settings.keep_paths if policy is not None else True
@@ -127,7 +127,9 @@ class SanctionPages:
         if now - at > timedelta(minutes=self.sanctions.window_minutes):
             del self._warnings[subject]
             return
-        if flow.request.method not in ("GET", "HEAD") or not wants_html(flow.request.headers):
+        if flow.request.method not in ("GET", "HEAD") or not wants_html(
+            request_view(flow.request).headers
+        ):
             return
         del self._warnings[subject]
         self.ladder.warning_shown(subject, now)

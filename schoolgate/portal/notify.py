@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.leases import holder_id
 from schoolgate.portal.models import OutboxRow, StaffRow
+from schoolgate.storage.storable import escape_text
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class Notifier:
         link: str = "",
     ) -> None:
         now = self.clock()
+        # Text from the network (a host, a search term) may hold bytes that were not UTF-8 or
+        # a NUL: escaped, or the database refuses the message and every one queued with it.
+        subject, body = escape_text(subject), escape_text(body)
         to = self.recipients(session, audience, user)
         if to:
             text = body + (f"\n\n{self.base_url}{link}\n" if link else "\n")
