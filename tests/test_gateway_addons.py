@@ -17,8 +17,8 @@ from mitmproxy.test import taddons, tflow, tutils
 from schoolgate.gateway import (
     AlertsAddon,
     CircumventionGuard,
-    DestinationCheck,
     ConnectionLimits,
+    DestinationCheck,
     Enforcement,
     ExceptionCache,
     GatewayPages,
