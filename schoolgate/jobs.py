@@ -22,6 +22,7 @@ cleans up, and it is scheduled to run at the earliest coming end time as well as
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate import borrowed
 from schoolgate.configfile import Issues, Section
 from schoolgate.db import AuditRow, ExceptionRow, open_database
 from schoolgate.retention import extra_section, optional_table
@@ -484,10 +486,35 @@ class _Scheduler(BackgroundScheduler):
     until its next time, and that stored time comes from the real clock, not :class:`Clock`.
     """
 
-    def _process_jobs(self):  # noqa: ANN202 - APScheduler's own (private) signature
+    def _process_jobs(self) -> float | None:  # seconds until the next round, as APScheduler
         if self.state == STATE_STOPPED:
             return None
         return super()._process_jobs()
+
+
+def _process_jobs_shape_problem() -> str | None:
+    """Whether APScheduler's scheduler still has the ``_process_jobs(self)`` that
+    :class:`_Scheduler` overrides: what differs, or None."""
+    process = getattr(BackgroundScheduler, "_process_jobs", None)
+    if not callable(process):
+        return "BackgroundScheduler has no _process_jobs()"
+    if list(inspect.signature(process).parameters) != ["self"]:
+        return "BackgroundScheduler._process_jobs() takes arguments"
+    return None
+
+
+def scheduler_class() -> type[BackgroundScheduler]:
+    """:class:`_Scheduler` on the APScheduler versions the tests cover; APScheduler's own
+    scheduler (with one WARNING) on any other."""
+    if borrowed.borrow(
+        "the scheduler that starts no job once stopped (APScheduler's _process_jobs)",
+        "APScheduler",
+        _process_jobs_shape_problem,
+        "APScheduler's own scheduler is used: a job falling due as the gateway stops may be "
+        "skipped until its next time",
+    ):
+        return _Scheduler
+    return BackgroundScheduler
 
 
 # Interval jobs run on whole minutes (a fixed start, so the schedule is the same every time).
@@ -591,7 +618,7 @@ class Jobs:
         self.context = JobContext(policy=policy, sessions=self.sessions, clock=self.clock,
                                   jobs=self, progress=progress)  # fmt: skip
         engine = self.sessions.kw["bind"]
-        self.scheduler = _Scheduler(
+        self.scheduler = scheduler_class()(
             jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},

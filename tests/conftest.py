@@ -13,7 +13,15 @@ from gateway_process import free_port
 from mail import Inbox
 from pg_server import PostgresServer
 
+from schoolgate import borrowed
+
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
+
+
+@pytest.fixture(autouse=True)
+def _borrowed_warnings_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """schoolgate.borrowed warns once per process; each test starts as a fresh process would."""
+    monkeypatch.setattr(borrowed, "_warned", set())
 
 
 @pytest.fixture

@@ -72,8 +72,8 @@ def set_options(opts: options.Options, specs: list[str]) -> None:
     plain = []
     for spec in specs:
         name, sep, value = spec.partition("=")
-        option = opts._options.get(name)
-        if sep and option is not None and option.typespec is float:
+        # mitmproxy checks a default against its option's type: a float default, a float option.
+        if sep and name in opts and isinstance(opts.default(name), float):
             try:
                 opts.update(**{name: float(value)})
             except ValueError:
@@ -160,6 +160,8 @@ def _supervise(
     they share, then run the supervisor."""
     from schoolgate.gateway import workers
 
+    if not workers.can_share_port():
+        return asyncio.run(_serve(args, config_path, data_dir, policy))
     opts = mitm_options(args, data_dir)
     mode = opts["mode"][0]
     problem = workers.check_steering(args, count) or workers.check_mode(mode)
