@@ -217,11 +217,19 @@ def test_an_untested_apscheduler_runs_the_jobs_with_its_own_scheduler(
         jobs.shutdown()
 
 
-def test_a_tested_apscheduler_gets_the_scheduler_that_stops_cleanly() -> None:
-    from schoolgate.jobs import _process_jobs_shape_problem, _Scheduler, scheduler_class
+def test_the_scheduler_that_stops_cleanly_needs_apschedulers_process_jobs(
+    monkeypatch, caplog
+) -> None:
+    from apscheduler.schedulers.base import BaseScheduler
 
-    assert _process_jobs_shape_problem() is None
-    assert scheduler_class() is _Scheduler
+    from schoolgate.jobs import _Scheduler, scheduler_class
+
+    assert scheduler_class() is _Scheduler  # a tested APScheduler, as it is
+    monkeypatch.delattr(BaseScheduler, "_process_jobs")
+    with caplog.at_level(logging.WARNING):
+        assert scheduler_class() is BackgroundScheduler
+    [warning] = warnings_of(caplog)
+    assert "BackgroundScheduler has no _process_jobs(self)" in warning
 
 
 # -- options set on the command line -----------------------------------------------------------
