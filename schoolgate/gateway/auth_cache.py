@@ -145,7 +145,7 @@ class ProxyAuthCache:
         if isinstance(validator, CachedValidator):
             validator = validator.inner  # a new cache: forget what the old one remembered
         seconds = ctx.options.schoolgate_proxyauth_cache
-        if seconds > 0 and _worth_caching(validator):
+        if seconds > 0 and validator is not None and _worth_caching(validator):
             auth.validator = CachedValidator(validator, seconds)
             log.info(
                 "schoolgate: proxy logins that pass are remembered for %g s "

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -136,9 +135,8 @@ class HookTableAddonManager(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as exc:  # noqa: BLE001 - as mitmproxy's safecall
-                etype, value, tb = sys.exc_info()
-                tb = addonmanager.cut_traceback(tb, "trigger_event")
-                addonmanager.logger.error(f"Addon error: {exc}", exc_info=(etype, value, tb))
+                tb = addonmanager.cut_traceback(exc.__traceback__, "trigger_event")
+                addonmanager.logger.error(f"Addon error: {exc}", exc_info=(type(exc), exc, tb))
 
 
 def manager_shape_problem(addons: Any) -> str | None:
@@ -183,5 +181,6 @@ def use_hook_table(master: Master) -> bool:
     ):
         return False
     addons.__class__ = HookTableAddonManager
+    assert isinstance(addons, HookTableAddonManager)
     addons.hooks_changed()
     return True

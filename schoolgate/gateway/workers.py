@@ -242,11 +242,9 @@ def kernel_steers() -> bool:
     """Whether this kernel honours ``SO_INCOMING_CPU`` when it picks a socket of a
     ``SO_REUSEPORT`` group (Linux 6.2 and later; before, only without the group)."""
     match = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (
-        sys.platform.startswith("linux")
-        and bool(match)
-        and ((int(match.group(1)), int(match.group(2))) >= (6, 2))
-    )
+    if match is None or not sys.platform.startswith("linux"):
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= (6, 2)
 
 
 def receive_spread(sysfs: Path = Path("/sys/class/net")) -> dict[str, int]:
