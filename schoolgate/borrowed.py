@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 Version = tuple[int, int]
 
-# (lowest, highest) major.minor release the tests cover, both included.
+# (lowest, highest) major.minor release the tests cover, both included. Run on mitmproxy
+# 11.0.2, 11.1.3, 12.0.1, 12.1.2, 12.2.3 and 12.3.1, and APScheduler 3.10.4 and 3.11.3.
 SUPPORTED_MITMPROXY: tuple[Version, Version] = ((11, 0), (12, 3))
 SUPPORTED_APSCHEDULER: tuple[Version, Version] = ((3, 10), (3, 11))
 TESTED: dict[str, tuple[Version, Version]] = {

@@ -23,8 +23,12 @@ from mitmproxy.test import taddons, tflow
 from schoolgate import borrowed
 from schoolgate.gateway import workers
 from schoolgate.gateway.auth_cache import CachedValidator, ProxyAuthCache
-from schoolgate.gateway.hook_table import HookTableAddonManager, manager_shape_problem
-from schoolgate.gateway.runner import make_master, set_options
+from schoolgate.gateway.hook_table import (
+    HookTableAddonManager,
+    manager_shape_problem,
+    use_hook_table,
+)
+from schoolgate.gateway.runner import set_options
 
 
 @pytest.fixture
@@ -84,39 +88,35 @@ class Deciding:
         flow.response = flow.response or tflow.tresp(status_code=403)
 
 
-async def _gateway_master_deciding() -> tuple[object, int]:
-    master = make_master(options.Options(), quiet=True)
-    master.addons.add(Deciding())
-    flow = tflow.tflow()
-    await master.addons.handle_lifecycle(http_layer.HttpRequestHook(flow))
-    return master, flow.response.status_code
+def _dispatching(caplog: pytest.LogCaptureFixture) -> tuple[type, int]:
+    """use_hook_table on a master, then a request through it: (the manager's class, the
+    status the request was answered with)."""
 
+    async def run() -> tuple[type, int]:
+        with taddons.context() as tctx:
+            use_hook_table(tctx.master)
+            tctx.master.addons.add(Deciding())
+            flow = tflow.tflow()
+            await tctx.master.addons.handle_lifecycle(http_layer.HttpRequestHook(flow))
+            return type(tctx.master.addons), flow.response.status_code
 
-def _gateway_master(caplog: pytest.LogCaptureFixture) -> tuple[object, int]:
-    root = logging.getLogger()
-    level = root.level
-    try:
-        with caplog.at_level(logging.WARNING):
-            return asyncio.run(_gateway_master_deciding())
-    finally:
-        root.setLevel(level)
+    with caplog.at_level(logging.WARNING):
+        return asyncio.run(run())
 
 
 def test_the_hook_table_is_used_on_a_tested_mitmproxy(caplog) -> None:
     with taddons.context() as tctx:
         assert manager_shape_problem(addonmanager.AddonManager(tctx.master)) is None
-    master, status = _gateway_master(caplog)
-    assert type(master.addons) is HookTableAddonManager and status == 403
+    assert _dispatching(caplog) == (HookTableAddonManager, 403)
     assert not [w for w in warnings_of(caplog) if "hook table" in w]
 
 
 def test_an_untested_mitmproxy_keeps_its_own_dispatch_and_requests_are_decided(
     untested_versions, caplog
 ) -> None:
-    master, status = _gateway_master(caplog)
-    assert type(master.addons) is addonmanager.AddonManager
-    assert status == 403  # the request was still decided, by mitmproxy's own dispatch
-    master, status = _gateway_master(caplog)  # a second master: no second warning
+    # The request is still decided, by mitmproxy's own dispatch; a second master: no more said.
+    assert _dispatching(caplog) == (addonmanager.AddonManager, 403)
+    assert _dispatching(caplog) == (addonmanager.AddonManager, 403)
     [warning] = [w for w in warnings_of(caplog) if "hook table" in w]
     assert "mitmproxy 99.0.0 is not a version schoolgate is tested with" in warning
     assert "keeping its own event dispatch" in warning
@@ -124,8 +124,7 @@ def test_an_untested_mitmproxy_keeps_its_own_dispatch_and_requests_are_decided(
 
 def test_a_missing_internal_keeps_mitmproxy_dispatch(monkeypatch, caplog) -> None:
     monkeypatch.delattr(addonmanager, "cut_traceback")
-    master, status = _gateway_master(caplog)
-    assert type(master.addons) is addonmanager.AddonManager and status == 403
+    assert _dispatching(caplog) == (addonmanager.AddonManager, 403)
     [warning] = [w for w in warnings_of(caplog) if "hook table" in w]
     assert "mitmproxy.addonmanager has no cut_traceback()" in warning
 
