@@ -134,6 +134,11 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 1
     worker = getattr(args, "worker", None)
     workers = getattr(args, "workers", None) or 1
+    if worker is None and workers > 1:
+        from schoolgate.gateway.workers import can_share_port
+
+        if not can_share_port():
+            workers = 1  # one process serves everything; the warning says why
     if worker is None:  # once, not from every worker
         print(
             f"schoolgate: {where.describe()}; database {safe_url(policy.settings.database_url)}",
@@ -160,8 +165,6 @@ def _supervise(
     they share, then run the supervisor."""
     from schoolgate.gateway import workers
 
-    if not workers.can_share_port():
-        return asyncio.run(_serve(args, config_path, data_dir, policy))
     opts = mitm_options(args, data_dir)
     mode = opts["mode"][0]
     problem = workers.check_steering(args, count) or workers.check_mode(mode)
