@@ -28,7 +28,8 @@ from schoolgate import borrowed
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
 # -- the e2e marker --------------------------------------------------------------------------
-E2E_FIXTURES = frozenset({"pg"})  # fixtures that start a real server for the test
+# Fixtures that start a real server for the test: PostgreSQL, slapd, a Kerberos KDC.
+E2E_FIXTURES = frozenset({"pg", "school_directory", "realm"})
 # Programs that are a real server, a browser or a network namespace.
 SERVER_PROGRAMS = frozenset(
     {"mitmdump", "mitmproxy", "mitmweb", "initdb", "pg_ctl", "postgres", "slapd", "krb5kdc"}
