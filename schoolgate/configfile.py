@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 
-class MarkedDict(dict):
+class MarkedDict(dict[Any, Any]):
     """A mapping from YAML that remembers the line of each key (1-based)."""
 
     line: int = 0
@@ -31,7 +31,7 @@ class MarkedDict(dict):
         self.duplicates = []
 
 
-class MarkedList(list):
+class MarkedList(list[Any]):
     """A sequence from YAML that remembers the line of each item (1-based)."""
 
     line: int = 0
@@ -238,7 +238,7 @@ class Section:
     """
 
     def __init__(
-        self, data: MarkedDict, *, file: str | Path, path: str, issues: Issues, line: int = 0
+        self, data: dict[Any, Any], *, file: str | Path, path: str, issues: Issues, line: int = 0
     ) -> None:
         self.data = data
         self.file = str(file)
@@ -317,7 +317,7 @@ class Section:
         minimum: int | None = None,
         maximum: int | None = None,
     ) -> int | None:
-        value = self.get(key, int, "a whole number", required=required, default=default)
+        value: int | None = self.get(key, int, "a whole number", required=required, default=default)
         if value is None or value is default:
             return value
         if minimum is not None and value < minimum:
@@ -329,7 +329,8 @@ class Section:
         return value
 
     def flag(self, key: str, *, default: bool = False) -> bool:
-        return self.get(key, bool, "true or false", default=default)
+        value: bool = self.get(key, bool, "true or false", default=default)
+        return value
 
     def choice(
         self,

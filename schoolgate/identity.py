@@ -231,7 +231,7 @@ class IdentityResolver:
         self.default_site = default_site
         self.site_networks = tuple(site_networks)
         self.roster_source = roster_source
-        self._cache: dict[tuple[str | None, str | None], Identity] = {}
+        self._cache: dict[tuple[object, ...], Identity] = {}
         # IPv4 rules as (network, mask, rule) integers: a cache miss costs ~1 us, not ~10.
         self._v4_rules = tuple(
             (int(r.network.network_address), int(r.network.netmask), r)
@@ -264,7 +264,7 @@ class IdentityResolver:
             binding = live.binding(client_ip)
             if binding is None:
                 device = live.device(client_ip)
-                key: tuple = (client_ip, None, device)
+                key: tuple[object, ...] = (client_ip, None, device)
             else:
                 key = (client_ip, binding.id, binding.user, binding.role, binding.device)
         elif not user and self.sign_in_networks:

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Connection, String, insert, or_, select, text, update
+from sqlalchemy import Connection, String, Table, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
@@ -58,7 +59,7 @@ class LeaseRow(Base):
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-LEASES = LeaseRow.__table__
+LEASES = cast(Table, LeaseRow.__table__)  # a mapped class's table is a Table
 DatabaseClock = Callable[[Connection], datetime]
 
 

@@ -414,21 +414,8 @@ def register(sub: Any, common: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m schoolgate.ops_cli ...``: the same commands before ``cli.py`` wires them."""
-    cli = _cli()
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "report" not in sub.choices:
-        register(sub, cli._common)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except cli.CommandError as exc:
-        print(f"schoolgate: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 0
+    """``python -m schoolgate.ops_cli ...``: the ``schoolgate`` command, which wires these."""
+    return _cli().main(argv)
 
 
 if __name__ == "__main__":

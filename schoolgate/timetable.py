@@ -516,11 +516,11 @@ def _load_week(root: Section, issues: Issues) -> tuple[tuple[Period, ...], ...]:
     if not any(days) and len(issues) == before:
         root.error("week", "expected at least one weekday with periods")
     # a period running past midnight must end before the next day's first period starts
-    for index, periods in enumerate(days):
-        if not periods or not periods[-1].crosses_midnight:
+    for index, day_periods in enumerate(days):
+        if not day_periods or not day_periods[-1].crosses_midnight:
             continue
         following = days[(index + 1) % 7]
-        last = periods[-1]
+        last = day_periods[-1]
         if following and following[0].start < last.end - DAY_MINUTES:
             key = given[index][1]
             week_sec.error(

@@ -1,10 +1,20 @@
 """Shared pytest fixtures: the gateway's config and data dir, a PostgreSQL server and an SMTP
-server (other tests build their own configs with ``tests/policy_fixtures.py``)."""
+server (other tests build their own configs with ``tests/policy_fixtures.py``); and the ``e2e``
+marker, which ``./run-tests -m "not e2e"`` leaves out for a quick loop.
+
+A test is ``e2e`` when it starts a real gateway, Chromium, PostgreSQL, a network namespace or
+another real server in a process of its own: every test of a module named ``*_e2e.py``, every
+test using a fixture in :data:`E2E_FIXTURES`, and any test marked ``pytest.mark.e2e`` (one
+test, or a module with ``pytestmark``). A test not marked that starts such a process fails,
+naming it, so the quick loop stays quick and nothing real is skipped by accident.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +24,95 @@ from mail import Inbox
 from pg_server import PostgresServer
 from slapd_server import DIRECTORY_PASSWORDS, SlapdServer
 
+from schoolgate import borrowed
+
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
+
+# -- the e2e marker --------------------------------------------------------------------------
+# Fixtures that start a real server for the test: PostgreSQL, slapd, a Kerberos KDC.
+E2E_FIXTURES = frozenset({"pg", "school_directory", "realm"})
+# Programs that are a real server, a browser or a network namespace.
+SERVER_PROGRAMS = frozenset(
+    {"mitmdump", "mitmproxy", "mitmweb", "initdb", "pg_ctl", "postgres", "slapd", "krb5kdc"}
+    | {"kadmind", "nginx", "dnsmasq", "unshare", "nsenter", "chromium", "chrome"}
+)
+# Programs that run another (as another user, on a core...): what they run is what counts.
+WRAPPERS = frozenset({"runuser", "sudo", "su", "setpriv", "env", "taskset", "nice", "timeout"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        named_e2e = module is not None and module.__name__.endswith("_e2e")
+        if named_e2e or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+def starts_a_server(argv: Sequence[str]) -> str | None:
+    """What real server ``argv`` starts (a gateway, a browser, a database, a namespace...),
+    or None for an ordinary command (``schoolgate events``, ``curl``, ``openssl``...)."""
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    if program in WRAPPERS:  # `runuser -u postgres -- initdb ...`: the command it runs
+        if "--" in argv:
+            return starts_a_server(argv[argv.index("--") + 1 :])
+        found = (starts_a_server(argv[i:]) for i in range(1, len(argv)))
+        return next((what for what in found if what is not None), None)
+    if program in SERVER_PROGRAMS or program.startswith("chrom"):
+        return program
+    if program == "ip" and "netns" in argv:
+        return "a network namespace (ip netns)"
+    if "run-driver" in argv:  # Playwright's driver, which starts Chromium
+        return "Playwright (Chromium)"
+    command = None  # the schoolgate subcommand, however it is started
+    if program == "schoolgate":
+        command = 1
+    elif "-m" in argv and argv[argv.index("-m") + 1 :][:1] in (["schoolgate.cli"], ["schoolgate"]):
+        command = argv.index("-m") + 2
+    elif "-c" in argv and "schoolgate.cli" in argv[argv.index("-c") + 1]:
+        command = argv.index("-c") + 2
+    if command is not None and argv[command : command + 1] == ["run"]:
+        return "a gateway (schoolgate run)"
+    return None
+
+
+_running: list[pytest.Item] = []
+
+
+def _refuse_servers_outside_e2e(event: str, args: tuple) -> None:
+    if event != "subprocess.Popen" or not _running:
+        return
+    item = _running[-1]
+    if item.get_closest_marker("e2e") is not None:
+        return
+    argv = args[1]
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        argv = [argv]
+    what = starts_a_server([os.fsdecode(a) for a in argv])
+    if what is not None:
+        raise RuntimeError(
+            f"{item.nodeid} starts {what} but is not marked e2e: mark it (pytest.mark.e2e, "
+            "a module-level pytestmark, or a module named *_e2e.py)"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    _running.append(item)
+    try:
+        yield
+    finally:
+        _running.remove(item)
+
+
+sys.addaudithook(_refuse_servers_outside_e2e)
+
+
+@pytest.fixture(autouse=True)
+def _borrowed_warnings_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """schoolgate.borrowed warns once per process; each test starts as a fresh process would."""
+    monkeypatch.setattr(borrowed, "_warned", set())
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from schoolgate.db import open_database
 from schoolgate.portal.app import create_app, make_identify
 from schoolgate.suspension import render_suspended_page, render_warning_page
 
+pytestmark = pytest.mark.e2e  # every test renders in Chromium
+
 SECRET = b"k" * 32
 URL = "https://www.facebook.com/groups/year9-chat/posts/1234567890?ref=share&utm_source=x"
 # Both widths in light mode; dark mode changes colours only, so once (at 1280 px).

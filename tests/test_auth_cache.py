@@ -151,6 +151,7 @@ def test_nothing_is_remembered_when_turned_off_or_not_worth_it(htpasswd: Path) -
 # -- through the real gateway ------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_gateway_remembers_htpasswd_logins_and_still_refuses_wrong_ones(
     tmp_path: Path, htpasswd: Path
 ) -> None:

@@ -38,7 +38,7 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 TAKEOVER_DEADLINE = 90.0  # seconds: generous, for a loaded machine (not a speed check)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def db_url(request, tmp_path: Path) -> str:
     """A fresh, empty database of each kind (the PostgreSQL server starts on first use)."""
     if request.param == "sqlite":
@@ -138,6 +138,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_holder_is_taken_over_after_its_lease_expires(db_url: str, gateways) -> None:
     """A gateway killed outright (no chance to release) holds the lease until it expires;
     then the other takes it and starts the jobs."""
@@ -180,6 +181,7 @@ class FakeMonotonic:
         return self.now
 
 
+@pytest.mark.e2e
 def test_a_holder_that_cannot_renew_stops_before_its_lease_could_expire(tmp_path: Path) -> None:
     """The database stops answering (here: the PostgreSQL server goes down): the holder keeps
     its jobs through a short outage, and stops them RENEW margin before the lease runs out, so
@@ -359,6 +361,7 @@ def test_a_failed_send_is_retried_by_whichever_sender_finds_it_due(gateways) -> 
 
 
 # -- two real gateways on one PostgreSQL database ------------------------------------------------
+@pytest.mark.e2e
 def test_two_gateways_run_the_jobs_once_and_the_other_takes_over(
     tmp_path: Path, pg: PostgresServer
 ) -> None:

@@ -126,6 +126,7 @@ def _schoolgate(*args: str, cwd: Path, env: dict[str, str], stdin: str | None = 
     )
 
 
+@pytest.mark.e2e
 def test_staff_add_from_another_folder_after_the_gateway_made_the_database(tmp_path):
     """The README's first steps: the gateway (here with its data folder from the environment,
     the checkout's config) makes the database; `schoolgate staff add`, run from any folder,
@@ -236,6 +237,7 @@ def _namespace_reason() -> str | None:
 
 
 @pytest.mark.skipif(_namespace_reason() is not None, reason=_namespace_reason() or "")
+@pytest.mark.e2e  # a mount namespace of its own
 def test_installed_system_wide_uses_etc_and_var_lib(installed, tmp_path):
     """/etc/schoolgate/mitm_config.yaml and /var/lib/schoolgate, in a mount namespace of the
     test's own whose /etc and /var/lib are overlays (the machine's are not touched)."""

@@ -198,6 +198,7 @@ def test_csv(week):
     assert any(r["section"] == "access requests" and r["item"] == "median hours" for r in table)
 
 
+@pytest.mark.e2e
 def test_html_is_self_contained_and_looks_right_in_chromium(week, tmp_path):
     _policy, _sessions, report, _inside, _ = week
     html = render_html(report)

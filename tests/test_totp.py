@@ -161,6 +161,7 @@ def test_the_secret_needs_the_gateways_key(db):
         assert not totp.verify(session, row, _code(secret, later), secret_key=KEY, at=later)
 
 
+@pytest.mark.e2e
 def test_the_qr_code_reads_back_as_the_uri(tmp_path):
     """What the portal will show, rendered by Chromium and read by zbar (as a phone would)."""
     uri = totp.provisioning_uri("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP", "mrs.khan", "Hillside")

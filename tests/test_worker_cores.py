@@ -218,6 +218,7 @@ def test_the_supervisor_warns_where_steering_sends_everything_to_one_worker(
     assert "does not steer within a SO_REUSEPORT group" in err
 
 
+@pytest.mark.e2e
 def test_a_gateway_asked_to_steer_unpinned_workers_is_not_started(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "schoolgate.cli", "run", "--data-dir", str(tmp_path / "var")]
@@ -233,6 +234,7 @@ def test_a_gateway_asked_to_steer_unpinned_workers_is_not_started(tmp_path: Path
     assert "the gateway was not started" in out.stderr
 
 
+@pytest.mark.e2e
 def test_steering_one_process_says_it_does_nothing_and_serves(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "gateway.log"

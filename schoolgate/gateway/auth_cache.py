@@ -13,6 +13,10 @@ random when the gateway starts, never the password. Failed logins are not rememb
 checked again). A password changed or an account disabled in the directory stops working
 when its entry ends (at most ``schoolgate_proxyauth_cache`` seconds later); setting the
 option (or ``proxyauth``) again forgets everything.
+
+Replacing the ``proxyauth`` addon's ``validator`` reaches inside mitmproxy, so it is done only on
+the mitmproxy versions the tests cover (:mod:`schoolgate.borrowed`); on another, every login is
+checked by mitmproxy as it would be without schoolgate, and a warning says so.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import time
 from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
-from mitmproxy.addons.proxyauth import AcceptAll, SingleUser
+from mitmproxy.addons import proxyauth
+
+from schoolgate import borrowed
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,25 @@ class CachedValidator:
 
 def _worth_caching(validator: object) -> bool:
     # "any" and a single user:password cost less than the keyed hash.
-    return validator is not None and not isinstance(validator, (AcceptAll, SingleUser))
+    return validator is not None and not isinstance(
+        validator, (proxyauth.AcceptAll, proxyauth.SingleUser)
+    )
+
+
+def validator_shape_problem(auth: object) -> str | None:
+    """What in mitmproxy's ``proxyauth`` addon ``auth`` differs from what the cache relies on
+    (a ``validator`` attribute, None or called with the user name and password), or None."""
+    if not isinstance(auth, proxyauth.ProxyAuth):
+        return f"the proxyauth addon is a {type(auth).__name__}, not mitmproxy's ProxyAuth"
+    if "validator" not in getattr(proxyauth.ProxyAuth, "__annotations__", {}):
+        return "ProxyAuth has no validator attribute"
+    for name in ("Validator", "AcceptAll", "SingleUser"):
+        if not isinstance(getattr(proxyauth, name, None), type):
+            return f"mitmproxy.addons.proxyauth has no {name}"
+    validator = getattr(auth, "validator", None)
+    if validator is not None and not callable(validator):
+        return "ProxyAuth.validator is not callable"
+    return None
 
 
 class ProxyAuthCache:
@@ -109,11 +133,19 @@ class ProxyAuthCache:
         auth = ctx.master.addons.get("proxyauth")
         if auth is None:
             return
+        if not borrowed.borrow(
+            "the proxy login cache (mitmproxy's ProxyAuth.validator)",
+            "mitmproxy",
+            lambda: validator_shape_problem(auth),
+            "mitmproxy checks every proxy login itself (a plain-HTTP request is checked again "
+            "each time)",
+        ):
+            return
         validator = getattr(auth, "validator", None)
         if isinstance(validator, CachedValidator):
             validator = validator.inner  # a new cache: forget what the old one remembered
         seconds = ctx.options.schoolgate_proxyauth_cache
-        if seconds > 0 and _worth_caching(validator):
+        if seconds > 0 and validator is not None and _worth_caching(validator):
             auth.validator = CachedValidator(validator, seconds)
             log.info(
                 "schoolgate: proxy logins that pass are remembered for %g s "

@@ -24,20 +24,24 @@ hooks are the attributes it had when the table was built: code that edits ``chai
 or gives an addon a hook later, must call :meth:`HookTableAddonManager.hooks_changed`.
 
 ``schoolgate run`` uses it (:func:`use_hook_table`); mitmproxy loading the addons as a script
-(``mitmdump -s addons/schoolgate.py``) keeps its own dispatch.
+(``mitmdump -s addons/schoolgate.py``) keeps its own dispatch. It is built on mitmproxy's
+internals, so it is used only on the mitmproxy versions the tests cover, and only if the
+manager still has the shape it was written against (:mod:`schoolgate.borrowed`); otherwise
+mitmproxy's own dispatch is kept, with a warning.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import sys
 import types
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, hooks
 from mitmproxy.master import Master
+
+from schoolgate import borrowed
 
 log = logging.getLogger(__name__)
 
@@ -131,24 +135,52 @@ class HookTableAddonManager(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as exc:  # noqa: BLE001 - as mitmproxy's safecall
-                etype, value, tb = sys.exc_info()
-                tb = addonmanager.cut_traceback(tb, "trigger_event")
-                addonmanager.logger.error(f"Addon error: {exc}", exc_info=(etype, value, tb))
+                tb = addonmanager.cut_traceback(exc.__traceback__, "trigger_event")
+                addonmanager.logger.error(f"Addon error: {exc}", exc_info=(type(exc), exc, tb))
+
+
+def manager_shape_problem(addons: Any) -> str | None:
+    """What in mitmproxy's addon manager ``addons`` differs from what the hook table relies
+    on, or None."""
+    manager = addonmanager.AddonManager
+    if type(addons) is not manager:
+        return f"the addon manager is a {type(addons).__name__}, not mitmproxy's AddonManager"
+    if not isinstance(getattr(addons, "chain", None), list):
+        return "AddonManager.chain is not a list"
+    if not inspect.iscoroutinefunction(getattr(manager, "trigger_event", None)):
+        return "AddonManager.trigger_event is not a coroutine function"
+    for name in ("register", "remove", "add", "clear", "trigger"):
+        if not callable(getattr(manager, name, None)):
+            return f"AddonManager has no {name}()"
+    for name in ("traverse", "cut_traceback"):
+        if not callable(getattr(addonmanager, name, None)):
+            return f"mitmproxy.addonmanager has no {name}()"
+    if len(inspect.signature(addonmanager.cut_traceback).parameters) != 2:
+        return "mitmproxy.addonmanager.cut_traceback() does not take (traceback, function name)"
+    if not isinstance(getattr(addonmanager, "logger", None), logging.Logger):
+        return "mitmproxy.addonmanager.logger is not a logger"
+    if not isinstance(getattr(hooks, "ConfigureHook", None), type):
+        return "mitmproxy.hooks has no ConfigureHook"
+    return None
 
 
 def use_hook_table(master: Master) -> bool:
     """Make ``master`` dispatch events through a hook table (before or after addons are
-    added). False, and mitmproxy's own dispatch kept, if its addon manager is not the plain
-    ``AddonManager`` this was written against."""
+    added). False, and mitmproxy's own dispatch kept (with a warning), on a mitmproxy version
+    the tests do not cover or an addon manager that is not the plain ``AddonManager`` this was
+    written against."""
     addons = master.addons
     if type(addons) is HookTableAddonManager:
         return True
-    if type(addons) is not addonmanager.AddonManager:
-        log.warning(
-            "schoolgate: mitmproxy's addon manager is a %s: keeping its own event dispatch",
-            type(addons).__name__,
-        )
+    if not borrowed.borrow(
+        "the hook table (mitmproxy's addon manager internals)",
+        "mitmproxy",
+        lambda: manager_shape_problem(addons),
+        "mitmproxy is keeping its own event dispatch (every event offered to every addon, "
+        "which costs CPU on every request)",
+    ):
         return False
     addons.__class__ = HookTableAddonManager
+    assert isinstance(addons, HookTableAddonManager)
     addons.hooks_changed()
     return True

@@ -74,8 +74,8 @@ def set_options(opts: options.Options, specs: list[str]) -> None:
     plain = []
     for spec in specs:
         name, sep, value = spec.partition("=")
-        option = opts._options.get(name)
-        if sep and option is not None and option.typespec is float:
+        # mitmproxy checks a default against its option's type: a float default, a float option.
+        if sep and name in opts and isinstance(opts.default(name), float):
             try:
                 opts.update(**{name: float(value)})
             except ValueError:
@@ -136,6 +136,11 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 1
     worker = getattr(args, "worker", None)
     workers = getattr(args, "workers", None) or 1
+    if worker is None and workers > 1:
+        from schoolgate.gateway.workers import can_share_port
+
+        if not can_share_port():
+            workers = 1  # one process serves everything; the warning says why
     if worker is None:  # once, not from every worker
         print(
             f"schoolgate: {where.describe()}; database {safe_url(policy.settings.database_url)}",

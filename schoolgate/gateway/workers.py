@@ -10,7 +10,9 @@ them by a hash of the connection's addresses. Nothing sits between a client and 
 * **Listening**: mitmproxy (11 and 12) opens its TCP listeners with ``asyncio.start_server``,
   which has a ``reuse_port`` argument that mitmproxy never passes and no option to set.
   :func:`listen_with_reuse_port` makes the worker's event loop pass it, so every version that
-  calls ``loop.create_server`` is covered without copying mitmproxy's listening code. Linux
+  calls ``loop.create_server`` is covered without copying mitmproxy's listening code. That
+  is mitmproxy's inside, so ``--workers`` runs several processes only on the mitmproxy
+  versions the tests cover (:func:`can_share_port`; otherwise one process, with a warning). Linux
   only lets sockets of the same user join a group, so another user cannot take a share of the
   port; :func:`check_port_free` refuses to start when anything already listens there (such as
   a second gateway on the same port), which ``SO_REUSEPORT`` would otherwise join silently.
@@ -242,11 +244,9 @@ def kernel_steers() -> bool:
     """Whether this kernel honours ``SO_INCOMING_CPU`` when it picks a socket of a
     ``SO_REUSEPORT`` group (Linux 6.2 and later; before, only without the group)."""
     match = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (
-        sys.platform.startswith("linux")
-        and bool(match)
-        and ((int(match.group(1)), int(match.group(2))) >= (6, 2))
-    )
+    if match is None or not sys.platform.startswith("linux"):
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= (6, 2)
 
 
 def receive_spread(sysfs: Path = Path("/sys/class/net")) -> dict[str, int]:
@@ -284,6 +284,31 @@ def receive_spread(sysfs: Path = Path("/sys/class/net")) -> dict[str, int]:
 
 
 # -- in a worker -------------------------------------------------------------------------------
+def listening_shape_problem() -> str | None:
+    """Whether mitmproxy's servers still listen through ``asyncio.start_server`` (which
+    :func:`listen_with_reuse_port` relies on): what differs, or None."""
+    import inspect
+
+    from mitmproxy.proxy import mode_servers
+
+    if "asyncio.start_server(self.handle_stream" not in inspect.getsource(mode_servers):
+        return "mitmproxy's servers no longer listen through asyncio.start_server"
+    return None
+
+
+def can_share_port() -> bool:
+    """May several processes share the listening port (:func:`listen_with_reuse_port`)? Only
+    on the mitmproxy versions the tests cover; otherwise one WARNING, and one process."""
+    from schoolgate import borrowed
+
+    return borrowed.borrow(
+        "several worker processes (mitmproxy listening through loop.create_server)",
+        "mitmproxy",
+        listening_shape_problem,
+        "one process serves every connection (--workers 1)",
+    )
+
+
 def listen_with_reuse_port(
     loop: asyncio.AbstractEventLoop, incoming_cpu: int | None = None
 ) -> None:

@@ -8,7 +8,10 @@ connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic` run by hand with sqlalchemy.url in an ini file
     from schoolgate.db import make_engine
 
-    connection = make_engine(context.config.get_main_option("sqlalchemy.url")).connect()
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise SystemExit("alembic: no sqlalchemy.url in the ini file, and no connection given")
+    connection = make_engine(url).connect()
 
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
 with context.begin_transaction():

@@ -381,7 +381,7 @@ def capture(
     decoded_json: list[str] = []
     more = False
     if route.json_param or (route.body == "json" and is_post):
-        source = None
+        source: str | bytes | None = None
         if route.json_param:
             source = (params.get(route.json_param) or [""])[0]
             source = _unquote_value(source)
@@ -402,7 +402,8 @@ def capture(
         return None
     charset = None
     if route.charset_param:
-        charset = (params.get(route.charset_param) or [None])[0]
+        given = params.get(route.charset_param)
+        charset = given[0] if given else None
     malformed = False
     texts: list[str] = []
     for raw in raw_values:

@@ -30,6 +30,7 @@ import html
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 DEFAULT_LIMIT = 32 * 1024
 MAX_TITLE = 300
@@ -120,7 +121,7 @@ class TitleSniffer:
         self._first = True
         self._skip_until: bytes | None = None  # a closing tag a skipped element ends with
 
-    def _decompressor_for(self, encoding: str | None) -> object | None:
+    def _decompressor_for(self, encoding: str | None) -> _Decompressor | None:
         names = [e.strip().lower() for e in (encoding or "").split(",") if e.strip()]
         names = [n for n in names if n != "identity"]
         if not names:
@@ -181,10 +182,10 @@ class TitleSniffer:
         buf = self._buf
         while not self.done:
             if self._skip_until is not None:
-                end = _find_close(buf, self._skip_until, self._pos)
-                if end is None:
+                span = _find_close(buf, self._skip_until, self._pos)
+                if span is None:
                     return
-                self._pos, self._skip_until = end, None
+                self._pos, self._skip_until = span[1], None
                 continue
             lt = buf.find(b"<", self._pos)
             if lt < 0:
@@ -245,7 +246,7 @@ class TitleSniffer:
         return True
 
     def _read_title(self, buf: bytearray, lt: int, start: int, final: bool) -> bool:
-        end = _find_close(buf, b"title", start, want_start=True)
+        end = _find_close(buf, b"title", start)
         if end is None:
             if not final:
                 self._pos = lt  # back to "<title", wait for more
@@ -273,8 +274,8 @@ class TitleSniffer:
             return
         label = attrs.get(b"charset")
         if label is None and attrs.get(b"http-equiv", b"").lower() == b"content-type":
-            found = _CHARSET.search(attrs.get(b"content", b""))
-            label = found.group(1) if found else None
+            said = _CHARSET.search(attrs.get(b"content", b""))
+            label = said.group(1) if said else None
         if label:
             codec = codec_of(label.decode("ascii", "replace"))
             if codec and not codec.startswith("utf-16"):  # a UTF-16 page says so in its BOM
@@ -297,10 +298,8 @@ class TitleSniffer:
         return text[:MAX_TITLE] or None
 
 
-def _find_close(
-    buf: bytearray, name: bytes, start: int, *, want_start: bool = False
-) -> int | tuple[int, int] | None:
-    """Where ``</name ...>`` ends (and, with ``want_start``, where it starts), or None."""
+def _find_close(buf: bytearray, name: bytes, start: int) -> tuple[int, int] | None:
+    """Where ``</name ...>`` starts and ends, or None."""
     pattern = _CLOSERS.get(name)
     if pattern is None:
         pattern = _CLOSERS[name] = re.compile(b"</" + re.escape(name) + rb"[\s/>]", re.I)
@@ -310,10 +309,14 @@ def _find_close(
     end = buf.find(b">", found.start())
     if end < 0:
         return None
-    return (found.start(), end + 1) if want_start else end + 1
+    return found.start(), end + 1
 
 
 _CLOSERS: dict[bytes, re.Pattern[bytes]] = {}
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
 
 
 class _Deflate:

@@ -45,10 +45,18 @@ from schoolgate.portal.auth import find_staff
 from schoolgate.portal.models import StaffRow
 from schoolgate.store import audit
 
-try:  # Authlib 1.7+ validates claims with joserfc (Python 3.12 gets it; 3.11 gets 1.6)
-    from joserfc.errors import JoseError as ClaimsError
-except ImportError:  # pragma: no cover - Authlib 1.6 and older
-    ClaimsError = JoseError
+
+def _claims_error() -> type[Exception]:
+    """What a bad ID token claim raises: Authlib 1.7+ validates claims with joserfc (Python
+    3.12 gets it; 3.11 gets Authlib 1.6, which raises its own)."""
+    try:
+        from joserfc.errors import JoseError as claims_error
+    except ImportError:  # pragma: no cover - Authlib 1.6 and older
+        return JoseError
+    return claims_error
+
+
+ClaimsError = _claims_error()
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,14 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
 import pyotp
 import segno
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, Update, or_, update
 from sqlalchemy.orm import Session
 
 from schoolgate.portal.models import StaffRow
@@ -124,16 +125,22 @@ def _matching_step(secret: str, code: str, at: datetime, after: int | None) -> i
     return found
 
 
+def _rows_updated(session: Session, statement: Update) -> int:
+    """How many rows ``statement`` changed (an UPDATE's result is a cursor result)."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
+
+
 def _claim_step(session: Session, row: StaffRow, step: int) -> bool:
     """Store ``step`` as the last used, only if no later or equal one was (atomic)."""
-    done = session.execute(
+    done = _rows_updated(
+        session,
         update(StaffRow)
         .where(StaffRow.id == row.id)
         .where(or_(StaffRow.totp_last_step.is_(None), StaffRow.totp_last_step < step))
         .values(totp_last_step=step)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if done.rowcount != 1:
+    if done != 1:
         return False
     row.totp_last_step = step
     return True
@@ -210,13 +217,14 @@ def use_recovery_code(session: Session, row: StaffRow, code: str) -> bool:
     if match is None:
         return False
     left = json.dumps([d for d in digests if d != match])
-    done = session.execute(
+    done = _rows_updated(
+        session,
         update(StaffRow)
         .where(StaffRow.id == row.id, StaffRow.totp_recovery == stored)
         .values(totp_recovery=left)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if done.rowcount != 1:
+    if done != 1:
         return False
     row.totp_recovery = left
     return True

@@ -364,7 +364,7 @@ def _circumvention(session: Session, in_period: list[Any], top: int) -> dict[str
     where = [*in_period, EventRow.kind == "circumvention"]
     by_detector: Counter[str] = Counter()
     users: Counter[str] = Counter()
-    recent = []
+    recent: list[dict[str, Any]] = []
     for row in session.scalars(select(EventRow).where(*where).order_by(EventRow.at.desc())):
         detail = _json(row.detail)
         by_detector[str(detail.get("detector") or row.category or "unknown")] += 1
@@ -504,6 +504,8 @@ def _at_risk(
         .where(*base, EventRow.kind == "block", EventRow.category.in_(concern))
         .group_by(EventRow.user, EventRow.category)
     ):
+        if user is None:  # not selected (base has users only); for the type checker
+            continue
         p = people[user]
         p["group"] = group or p["group"]
         p["score"] += 3 + min(int(n), 10)
@@ -516,6 +518,8 @@ def _at_risk(
             *base, EventRow.search_term.is_not(None)
         )
     ):
+        if user is None:
+            continue
         text = (term or "").lower()
         for word in terms:
             if word in text:
@@ -537,6 +541,8 @@ def _at_risk(
         .group_by(EventRow.user)
         .having(func.count() >= CIRCUMVENTION_REPEATS)
     ):
+        if user is None:
+            continue
         p = people[user]
         p["group"] = p["group"] or group or ""
         p["score"] += 2 + min(int(n), 5)
@@ -548,6 +554,8 @@ def _at_risk(
         .group_by(EventRow.user)
         .having(func.count() >= threshold)
     ):
+        if user is None:
+            continue
         p = people[user]
         p["group"] = p["group"] or group or ""
         p["score"] += 2

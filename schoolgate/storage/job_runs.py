@@ -41,7 +41,7 @@ def _has_table(session: Session) -> bool:
 
 
 def record_run(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     name: str,
     *,
     started: datetime,
