@@ -7,6 +7,7 @@ expected); a config with any error yields no policy at all, never a half-loaded 
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
@@ -14,7 +15,14 @@ from schoolgate.bans import load_circumvention, load_sanctions
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.platforms import Platforms, load_platforms
 from schoolgate.core.staff_signin import read_oidc, read_totp
+from schoolgate.core.subscriptions import (
+    Subscription,
+    empty_warning,
+    read_subscriptions,
+    state_of,
+)
 from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
@@ -73,6 +81,8 @@ TOP_KEYS = frozenset(
         "logging",
         "advice",
         "words",
+        "platforms",
+        "fediverse",
         *EXTRA_SECTIONS,
     }
 )
@@ -345,6 +355,9 @@ def _build(
 
     # -- categories and lists -----------------------------------------------------------------
     categories: dict[str, CategorySettings] = {}
+    subscriptions: list[Subscription] = []
+    now = datetime.now(UTC)
+    update_shrink = _update_shrink(root)
     normal: list[tuple[str, list]] = []
     locked: list[tuple[str, list]] = []
     for name, sec in root.named_sections("categories", required=True):
@@ -359,12 +372,21 @@ def _build(
                 "format",
                 "update_url",
                 "update_urls",
+                "subscriptions",
             }
         )
         if name == "allowlist":
             sec.error(None, "'allowlist' is reserved; use the top-level allowlist section")
             continue
         parsed = _lists_of(sec, base, issues)
+        subs = read_subscriptions(sec, name, base, data_dir, max_shrink=update_shrink)
+        for sub in subs:
+            if state_of(sub, now).present:
+                parsed.append(ListFile(sub.file, sub.list_format, _display(sub.file, base)))
+            else:  # a new gateway: the scheduler fetches it at once
+                issues.warn(sec.file, sec.line_of("subscriptions"), sec.field("subscriptions"),
+                            empty_warning(sub))  # fmt: skip
+        subscriptions.extend(subs)
         default = sec.choice("default", ("allow", "block", "read_only"), default="block")
         settings = CategorySettings(
             name=name,
@@ -472,9 +494,11 @@ def _build(
     read_notifications(root.section("notifications"))
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
+    platforms = _platforms(root, base, issues, categories)
+    fediverse_category = _fediverse(root.section("fediverse"), categories)
 
     matcher = _matcher("main", normal, allow_lists, data_dir, issues, list_progress)
-    locked_matcher = _matcher("locked", locked, [], data_dir, issues) if locked else None
+    locked_matcher = _locked_matcher(locked, data_dir, issues) if locked else None
     if issues:
         return None
     settings = Settings(
@@ -507,7 +531,63 @@ def _build(
     )
     policy.role_aliases = dict(aliases)
     policy.rule_count = rule_count
+    policy.subscriptions = tuple(subscriptions)
+    policy.platforms = platforms
+    policy.fediverse_category = fediverse_category
     return policy
+
+
+def _locked_matcher(locked: list, data_dir: Path, issues: Issues) -> Matcher | None:
+    """The locked categories' store. Their lists (IWF, CTIRU) are confidential: a line the
+    parser reports is named by file and line only, never quoted."""
+    found = Issues()
+    matcher = _matcher("locked", locked, [], data_dir, found)
+    for kept, problems in ((issues.items, found.items), (issues.warnings, found.warnings)):
+        for issue in problems:
+            message = "an entry of this confidential list could not be read (not shown)"
+            if issue.line == 0:  # the file itself (missing, unreadable): nothing of its content
+                message = issue.message
+            kept.append(type(issue)(issue.file, issue.line, issue.field, message))
+    return matcher
+
+
+def _update_shrink(root: Section) -> float:
+    """``list_updates.max_shrink`` (checked with its section): every subscription's default."""
+    sec = root.data.get("list_updates")
+    value = sec.get("max_shrink") if isinstance(sec, dict) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return float(value) if ok else 0.2
+
+
+def _platforms(root: Section, base: Path, issues: Issues, categories: dict) -> Platforms | None:
+    """``platforms: blocklists/platforms.yaml``: the families of hosts that make up each
+    platform (a block, an exception or a page approval covers the family)."""
+    text = root.text("platforms")
+    if not text:
+        return None
+    path = _relative(text, base)
+    if not path.is_file():
+        root.error("platforms", f"file not found: {_display(path, base)}")
+        return None
+    return load_platforms(path, issues, shown=_display(path, base), categories=list(categories))
+
+
+def _fediverse(sec: Section | None, categories: dict) -> str | None:
+    """``fediverse: {category: social_media}``: the category an unlisted Fediverse server
+    recognised from its traffic is put in (``detect: false`` switches recognition off)."""
+    if sec is None:
+        return None
+    sec.check_keys({"category", "detect"})
+    if not sec.flag("detect", default=True):
+        return None
+    name = sec.text("category", required=True)
+    if name is not None and name not in categories:
+        sec.error("category", f"unknown category {name!r}; categories are {', '.join(categories)}")
+        return None
+    if name is not None and categories[name].locked:
+        sec.error("category", f"category {name!r} is locked: it is for the IWF and CTIRU lists")
+        return None
+    return name
 
 
 def _matcher(label, categories, allowlist, data_dir, issues, progress=None) -> Matcher | None:

@@ -13,6 +13,8 @@ this order (each reads the ones before it):
   its notification sender.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
+* :class:`~schoolgate.gateway.fediverse_addon.FediverseWatch`: unlisted Fediverse servers
+  recognised from their responses, treated as social media from then on.
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
 * :class:`~schoolgate.gateway.alerts_addon.AlertsAddon`: alerts to the e-safety team for blocks
   in alert and locked categories, batched (after Enforcement).
@@ -28,6 +30,7 @@ from schoolgate.gateway.circumvention_addon import CircumventionGuard
 from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
+from schoolgate.gateway.fediverse_addon import FediverseWatch
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
@@ -40,6 +43,7 @@ __all__ = [
     "CircumventionGuard",
     "Enforcement",
     "ExceptionCache",
+    "FediverseWatch",
     "GatewayPages",
     "PolicyHolder",
     "PortalAddon",
@@ -60,10 +64,14 @@ def make_addons() -> list:
     pages = GatewayPages(holder, recorder)
     portal = PortalAddon(holder, recorder)
     guard = CircumventionGuard(holder, recorder)
-    enforcement = Enforcement(holder, exceptions, recorder)
+    fediverse = FediverseWatch(holder, recorder)
+    enforcement = Enforcement(holder, exceptions, recorder, detected=fediverse)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
-    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts, logins]
+    return [
+        holder, recorder, jobs, exceptions, pages, portal, guard, fediverse, enforcement, alerts,
+        logins,
+    ]  # fmt: skip
 
 
 def make_chain(addons: list | None = None) -> list:

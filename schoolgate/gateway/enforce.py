@@ -87,11 +87,18 @@ class Enforcement:
     name = "schoolgate_enforce"
 
     def __init__(
-        self, holder: PolicyHolder, exceptions: ExceptionCache, recorder: Recorder
+        self,
+        holder: PolicyHolder,
+        exceptions: ExceptionCache,
+        recorder: Recorder,
+        *,
+        detected: Any = None,
     ) -> None:
         self.holder = holder
         self.exceptions = exceptions
         self.recorder = recorder
+        # Hosts recognised from their traffic (FediverseWatch.current: host -> category).
+        self.detected = detected
         # The proxy-authenticated user of each client connection, from its CONNECT, for the
         # TLS ClientHello that follows (which carries no credentials).
         self._tunnel_user: weakref.WeakKeyDictionary[connection.Client, str | None] = (
@@ -142,7 +149,8 @@ class Enforcement:
         policy = self.holder.policy
         if policy is None:
             return failed_decision(facts, "no policy loaded")
-        return policy.decide(facts, self.exceptions.current)
+        detected = self.detected.current if self.detected is not None else None
+        return policy.decide(facts, self.exceptions.current, detected=detected)
 
     # -- CONNECT --------------------------------------------------------------------------------
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -277,6 +285,9 @@ class Enforcement:
                 flow.client_conn.peername[0],
                 _user_of(flow),
             )
+            if self.exceptions.current.pages:  # a page approval opens the page's own calls
+                facts.referer = req.headers.get("referer")
+                facts.fetch_dest = req.headers.get("sec-fetch-dest")
             decision = self._decide(facts)
             for other in others:
                 # Where the connection really goes (absolute URL, CONNECT target) and the SNI
