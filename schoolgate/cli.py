@@ -371,8 +371,12 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
     from schoolgate.store import ExceptionRequestError, add_exception
 
     policy = load(args)
-    if bool(args.host) == bool(args.category):
-        raise CommandError("give either --host HOST or --category NAME")
+    targets = {"host": args.host, "page": args.page, "platform": args.platform,
+               "category": args.category}  # fmt: skip
+    given = [(kind, value) for kind, value in targets.items() if value]
+    if len(given) != 1:
+        raise CommandError("give one of --host HOST, --page HOST/PATH, --platform KEY, "
+                           "--category NAME")  # fmt: skip
     scope, value = _scope(args.scope)
     starts = parse_when(args.start, policy) if args.start else datetime.now(UTC)
     if args.permanent:
@@ -390,8 +394,8 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
                 policy,
                 scope=scope,
                 scope_value=value,
-                target_kind="host" if args.host else "category",
-                target=args.host or args.category,
+                target_kind=given[0][0],
+                target=given[0][1],
                 starts=starts,
                 ends=ends,
                 created_by=args.by,
@@ -510,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     allow_sub = allow.add_subparsers(dest="allow_command", metavar="ACTION", required=True)
     p = allow_sub.add_parser("add", help="open a host or category for someone for a time")
     _common(p)
-    p.add_argument("--host")
+    p.add_argument("--host", help="a site (a platform's site opens its family)")
+    p.add_argument("--page", help="one page, e.g. tiktok.com/@bbcnews (docs/lists.md)")
+    p.add_argument("--platform", help="a platform by its key in the platforms file")
     p.add_argument("--category")
     p.add_argument(
         "--for",

@@ -19,6 +19,7 @@ from schoolgate.gateway import (
     CircumventionGuard,
     Enforcement,
     ExceptionCache,
+    FediverseWatch,
     GatewayPages,
     JobsAddon,
     PolicyHolder,
@@ -44,6 +45,7 @@ class Gateway:
     pages: GatewayPages
     portal: PortalAddon
     guard: CircumventionGuard
+    fediverse: FediverseWatch
     enforce: Enforcement
     alerts: AlertsAddon
     logins: ProxyAuthCache
@@ -493,8 +495,8 @@ def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:
 
 
 # -- all parts as one addon (what `schoolgate run` and addons/schoolgate.py load) -------------
-PART_FIELDS = ("holder", "recorder", "jobs", "exceptions", "pages", "portal", "guard", "enforce",
-               "alerts")  # fmt: skip
+PART_FIELDS = ("holder", "recorder", "jobs", "exceptions", "pages", "portal", "guard",
+               "fediverse", "enforce", "alerts")  # fmt: skip
 
 
 def one_addon(gw: Gateway):
