@@ -2,11 +2,11 @@
 """How much of the public category lists the policy blocks, and how much education it leaves open.
 
 For each configuration (default: the shipped ``mitm_config.yaml``, with its shipped snapshots
-only: a fresh data folder, so no subscription has been fetched), a pupil (``--role student``) at a lesson time found in the
-default site's timetable asks for every host of every measurement list, and every host of
-every site in ``tests/data/education_sites.txt``. The decisions are the policy's own
-(:meth:`schoolgate.policy.Policy.decide`, no exceptions in force), so what is measured is what
-the gateway would answer.
+only: a fresh data folder, so no subscription has been fetched), a pupil (``--role
+student``) at a lesson time found in the default site's timetable asks for every host of
+every measurement list, and every host of every site in ``tests/data/education_sites.txt``.
+The decisions are the policy's own (:meth:`schoolgate.policy.Policy.decide`, no exceptions in
+force), so what is measured is what the gateway would answer.
 
 A list host counts as blocked when ``GET https://HOST/`` is refused (a pupil's HTTPS is
 decrypted). An education site counts as open only when every one of its hosts is allowed both
