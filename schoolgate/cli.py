@@ -261,9 +261,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "init", False) or database_exists(policy.settings.database_url):
         from schoolgate.storage.detected import detected_hosts
 
-        with open_db(policy, args)() as session:
+        sessions = open_db(policy, args)
+        with sessions() as session:
             exceptions = ExceptionSet(exceptions_current(session, at))
             detected = {row.host: row.category for row in detected_hosts(session)}
+        if args.ip and not args.user and override is None:
+            _use_live_bindings(policy, sessions)
     else:  # before the gateway's first start: the policy alone still answers
         print(f"schoolgate: no database yet ({_where(args, policy)}): no exceptions applied",
               file=sys.stderr)  # fmt: skip
@@ -314,6 +317,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  seen as:  the host name only ({notes[args.url]}): the gateway decides on "
                   "the host alone, and this is that decision")  # fmt: skip
     return EXIT_OK
+
+
+def _use_live_bindings(policy, sessions) -> None:
+    """``explain --ip``: decide on who the address is bound to now (RADIUS, sign-in, single
+    sign-on), as the gateway would."""
+    from schoolgate.bindings.live import read_once
+    from schoolgate.config import identity_sources_of
+
+    sources = identity_sources_of(policy)
+    if not (sources.sources or sources.dhcp):
+        return
+    try:
+        policy.resolver.use_live(read_once(sources, sessions))
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _open_text(path: str):
@@ -616,8 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     from schoolgate.bans_cli import register as register_bans
     from schoolgate.ops_cli import register as register_ops
     from schoolgate.portal.commands import register as register_staff
+    from schoolgate.who_cli import register as register_who
 
     register_bans(sub, _common)
+    register_who(sub, _common)
     register_staff(sub, _common)
     register_ops(sub, _common)
     register_audit(sub, _common)

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
+from schoolgate.bindings.settings import (
+    IDENTITY_SOURCE_KEYS,
+    IdentitySources,
+    read_identity_sources,
+)
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
@@ -317,7 +322,7 @@ def _build(
     # Other names for roles (the MIS's "pupil" for "student"): honoured wherever a role is named.
     aliases: dict[str, str] = {}
     if identity is not None:
-        identity.check_keys({"networks", "roster", "role_aliases"})
+        identity.check_keys({"networks", "roster", "role_aliases", *IDENTITY_SOURCE_KEYS})
         alias_sec = identity.section("role_aliases")
         if alias_sec:
             for key in alias_sec.keys():
@@ -345,12 +350,16 @@ def _build(
     for name, sec in site_rule_lists:
         for net in sec.sections("networks"):
             network_rule(net, name)
+    # Who is on which address without a proxy login: RADIUS, sign-in, Negotiate, DHCP.
+    identity_sources = read_identity_sources(identity, base=base, roles=role_names, aliases=aliases)
+    sign_in = identity_sources.sign_in
     resolver = IdentityResolver(
         network_rules,
         roster,
         default_site=default_site,
         site_networks=site_networks,
         roster_source=roster_source,
+        sign_in_networks=sign_in.networks if sign_in is not None else (),
     )
 
     # -- categories and lists -----------------------------------------------------------------
@@ -513,7 +522,8 @@ def _build(
         advice=advice,
         circumvention=circumvention,
         sanctions=sanctions,
-        extra={key: root.data.get(key) for key in EXTRA_SECTIONS} | {"portal": portal_extra},
+        extra={key: root.data.get(key) for key in EXTRA_SECTIONS}
+        | {"portal": portal_extra, "identity_sources": identity_sources},
         wording=wording,
     )
     policy = Policy(
@@ -688,6 +698,12 @@ def _age_restrictions(root: Section, base: Path, issues: Issues):
     if not categories:
         return None, {}
     return Matcher.build(categories), restrictions
+
+
+def identity_sources_of(policy: Policy) -> IdentitySources:
+    """The identity sources a policy was loaded with (none for a policy built by hand)."""
+    found = (policy.settings.extra or {}).get("identity_sources")
+    return found if isinstance(found, IdentitySources) else IdentitySources()
 
 
 def check_config(path: Path | str | None = None) -> list[str]:

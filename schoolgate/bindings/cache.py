@@ -226,6 +226,15 @@ class BindingCache:
             else:
                 self._by_address.pop(binding.address, None)
 
+    def reorder(self, order: Sequence[str]) -> None:
+        """A new order of sources (a reload): every binding is read again, ranked by it."""
+        order = tuple(order)
+        if order != self.order:
+            self.order = order
+            self._rank = {source: index for index, source in enumerate(order)}
+            self.version = -1  # the next refresh reads every binding not ended
+            self.wake()
+
     def start(self) -> None:
         from schoolgate.gateway.background import Periodic
 

@@ -70,6 +70,10 @@ class SignInSettings:
     max_minutes: int = 480
     max_failures: int = 5  # wrong sign-ins per user name and per address ...
     lockout_minutes: int = 10  # ... in this long, before sign-in waits
+    # Networks whose unknown devices must sign in (never the guest policy); others may.
+    networks: tuple[IPNetwork, ...] = ()
+    # The portal's own staff accounts may sign in too, with this role (None: they may not).
+    portal_accounts_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,17 @@ def read_directory(
 def read_sign_in(
     sec: Section, base: Path, *, roles: set[str] | None, aliases: Mapping[str, str]
 ) -> SignInSettings:
-    sec.check_keys({"directory", "idle_minutes", "max_minutes", "max_failures", "lockout_minutes"})
+    sec.check_keys(
+        {
+            "directory",
+            "idle_minutes",
+            "max_minutes",
+            "max_failures",
+            "lockout_minutes",
+            "networks",
+            "portal_accounts",
+        }
+    )
     directory_sec = sec.section("directory")
     directory = (
         read_directory(directory_sec, base, roles=roles, aliases=aliases)
@@ -365,11 +379,43 @@ def read_sign_in(
     longest = sec.number("max_minutes", default=480, minimum=5, maximum=7 * 24 * 60)
     if idle is not None and longest is not None and longest < idle:
         sec.error("max_minutes", f"the longest session ({longest}) is shorter than idle ({idle})")
-    if directory_sec is None:
-        sec.error(None, "missing required field 'directory' (where passwords are checked)")
+    accounts_role: str | None = None
+    accounts = sec.section("portal_accounts")
+    if accounts is not None:
+        accounts.check_keys({"role"})
+        text = accounts.text("role", required=True)
+        if text:
+            name = (aliases or {}).get(text.lower(), text.lower())
+            if roles is not None and name not in roles:
+                known = ", ".join(sorted(roles))
+                accounts.error("role", f"unknown role {text!r}; roles are {known}")
+            else:
+                accounts_role = name
+    if directory_sec is None and accounts is None:
+        sec.error(
+            None,
+            "missing required field 'directory' (where passwords are checked), or "
+            "portal_accounts (the portal's own accounts)",
+        )
+    networks: list[IPNetwork] = []
+    for item, line, field_name in sec.items("networks"):
+        try:
+            networks.append(_network(item))
+        except ValueError as exc:
+            sec.issues.add(
+                sec.file, line, field_name, f"expected a network such as 10.30.0.0/16: {exc}"
+            )
     failures = sec.number("max_failures", default=5, minimum=1, maximum=100)
     lockout = sec.number("lockout_minutes", default=10, minimum=1, maximum=24 * 60)
-    return SignInSettings(directory, idle or 45, longest or 480, failures or 5, lockout or 10)
+    return SignInSettings(
+        directory,
+        idle or 45,
+        longest or 480,
+        failures or 5,
+        lockout or 10,
+        tuple(networks),
+        accounts_role,
+    )
 
 
 def read_negotiate(sec: Section, base: Path) -> NegotiateSettings | None:

@@ -11,6 +11,8 @@ this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download; marks portal requests.
 * :class:`~schoolgate.gateway.portal_addon.PortalAddon`: the portal app at the portal host, and
   its notification sender.
+* :class:`~schoolgate.gateway.identity_addon.IdentitySourcesAddon`: who is on which address
+  (RADIUS, sign-in, Windows single sign-on, DHCP), and the redirect to the sign-in page.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
 * :class:`~schoolgate.gateway.fediverse_addon.FediverseWatch`: unlisted Fediverse servers
@@ -32,6 +34,7 @@ from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.fediverse_addon import FediverseWatch
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
@@ -45,6 +48,7 @@ __all__ = [
     "ExceptionCache",
     "FediverseWatch",
     "GatewayPages",
+    "IdentitySourcesAddon",
     "PolicyHolder",
     "PortalAddon",
     "ProxyAuthCache",
@@ -63,15 +67,26 @@ def make_addons() -> list:
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
     portal = PortalAddon(holder, recorder)
+    identity = IdentitySourcesAddon(holder, recorder)
     guard = CircumventionGuard(holder, recorder)
     fediverse = FediverseWatch(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder, detected=fediverse)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
     return [
-        holder, recorder, jobs, exceptions, pages, portal, guard, fediverse, enforcement, alerts,
+        holder,
+        recorder,
+        jobs,
+        exceptions,
+        pages,
+        portal,
+        identity,
+        guard,
+        fediverse,
+        enforcement,
+        alerts,
         logins,
-    ]  # fmt: skip
+    ]
 
 
 def make_chain(addons: list | None = None) -> list:

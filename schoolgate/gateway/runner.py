@@ -244,7 +244,11 @@ async def _serve(
         if worker is not None and worker[0] > 1:
             # One process runs the jobs and sends the portal's notifications: worker 1 (after
             # --set, which every worker gets and which must not turn them on here).
-            opts.update(schoolgate_jobs=False, schoolgate_portal_sender=False)
+            # RADIUS accounting too: one listener on the port (every worker reads the
+            # bindings it stores).
+            opts.update(
+                schoolgate_jobs=False, schoolgate_portal_sender=False, schoolgate_radius=False
+            )
         if portal_port:
             opts.update(schoolgate_portal_port=portal_port)
             if getattr(args, "portal_host", None):

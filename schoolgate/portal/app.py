@@ -243,13 +243,15 @@ def create_app(
     app.extensions["schoolgate_portal"] = state
 
     from schoolgate.portal import views_public, views_staff
-    from schoolgate.portal.blueprints import bans, teacher  # noqa: F401 - bans adds routes
+    from schoolgate.portal.blueprints import bans, signin, teacher  # noqa: F401 - bans adds routes
 
     app.register_blueprint(views_public.bp)
     app.register_blueprint(views_staff.staff_bp)
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
     app.register_blueprint(teacher.teacher_bp)
+    app.register_blueprint(signin.bp)  # devices that must sign in to the network
+    app.register_blueprint(signin.it_signins_bp)
 
     app.before_request(_check_csrf)
     app.after_request(_security_headers)
