@@ -18,9 +18,10 @@ from schoolgate.bindings.settings import (
     read_identity_sources,
 )
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.fediverse_settings import read_fediverse
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
-from schoolgate.core.platforms import Platforms, load_platforms
+from schoolgate.core.platforms import read_platforms
 from schoolgate.core.staff_signin import read_oidc, read_totp
 from schoolgate.core.subscriptions import (
     Subscription,
@@ -503,8 +504,8 @@ def _build(
     read_notifications(root.section("notifications"))
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
-    platforms = _platforms(root, base, issues, categories)
-    fediverse_category = _fediverse(root.section("fediverse"), categories)
+    platforms = read_platforms(root, base, issues, categories)
+    fediverse_category = read_fediverse(root.section("fediverse"), categories)
 
     matcher = _matcher("main", normal, allow_lists, data_dir, issues, list_progress)
     locked_matcher = _locked_matcher(locked, data_dir, issues) if locked else None
@@ -567,37 +568,6 @@ def _update_shrink(root: Section) -> float:
     value = sec.get("max_shrink") if isinstance(sec, dict) else None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
     return float(value) if ok else 0.2
-
-
-def _platforms(root: Section, base: Path, issues: Issues, categories: dict) -> Platforms | None:
-    """``platforms: blocklists/platforms.yaml``: the families of hosts that make up each
-    platform (a block, an exception or a page approval covers the family)."""
-    text = root.text("platforms")
-    if not text:
-        return None
-    path = _relative(text, base)
-    if not path.is_file():
-        root.error("platforms", f"file not found: {_display(path, base)}")
-        return None
-    return load_platforms(path, issues, shown=_display(path, base), categories=list(categories))
-
-
-def _fediverse(sec: Section | None, categories: dict) -> str | None:
-    """``fediverse: {category: social_media}``: the category an unlisted Fediverse server
-    recognised from its traffic is put in (``detect: false`` switches recognition off)."""
-    if sec is None:
-        return None
-    sec.check_keys({"category", "detect"})
-    if not sec.flag("detect", default=True):
-        return None
-    name = sec.text("category", required=True)
-    if name is not None and name not in categories:
-        sec.error("category", f"unknown category {name!r}; categories are {', '.join(categories)}")
-        return None
-    if name is not None and categories[name].locked:
-        sec.error("category", f"category {name!r} is locked: it is for the IWF and CTIRU lists")
-        return None
-    return name
 
 
 def _matcher(label, categories, allowlist, data_dir, issues, progress=None) -> Matcher | None:

@@ -2,7 +2,7 @@
 with the evidence, treated as social media from then on. What an access request asks to have
 opened (``portal_requests.wants``: this page or the whole site).
 
-Revision ID: 0015
+Revision ID: 0011
 Revises: 0009
 Create Date: 2026-12-02
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 from schoolgate.db import UTCDateTime
 
-revision = "0015"
+revision = "0011"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
