@@ -9,6 +9,7 @@ says which config and database it used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -19,12 +20,13 @@ from urllib.parse import urlsplit
 from schoolgate.cli_words import (
     describe_exception,
     exception_status,
+    identity_override,
     print_decision,
     site_tz,
 )
 from schoolgate.configfile import ConfigError
 from schoolgate.core import words
-from schoolgate.model import Decision, Identity, RequestFacts
+from schoolgate.model import Decision, RequestFacts
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -219,9 +221,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         print(f"{len(exc.issues)} error(s); the configuration was not loaded.", file=sys.stderr)
         return EXIT_FAIL
+    from schoolgate.core.subscriptions import list_warnings
+
     stats = policy.matcher.stats()
     for warning in policy.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for line in list_warnings(policy):
+        if not any(line in warning for warning in policy.warnings):
+            print(f"warning: {line}", file=sys.stderr)
     print(
         f"OK: {policy.settings.config_path}"
         + (f" ({len(policy.warnings)} warning(s))" if policy.warnings else "")
@@ -237,61 +244,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # -- explain ------------------------------------------------------------------------------
-def _identity_override(args: argparse.Namespace, policy) -> Identity | None:
-    if not args.role:
-        return None
-    role = policy.role_named(args.role)  # a role alias ("teacher") means its role ("staff")
-    if role is None:
-        aliases = ", ".join(f"{a} = {r}" for a, r in sorted(policy.role_aliases.items()))
-        raise CommandError(
-            f"unknown role {args.role!r}; roles are {', '.join(policy.roles)}"
-            + (f" (aliases: {aliases})" if aliases else "")
-        )
-    site = args.site or policy.resolver.default_site
-    if site not in policy.timetables:
-        raise CommandError(f"unknown site {site!r}; sites are {', '.join(policy.sites)}")
-    dob = None
-    if args.date_of_birth:
-        try:
-            dob = date.fromisoformat(args.date_of_birth)
-        except ValueError:
-            raise CommandError(f"not a date: {args.date_of_birth!r}") from None
-    given = args.role if role == args.role else f"{args.role} (= {role})"
-    return Identity(
-        role=role,
-        site=site,
-        user=args.user,
-        group=args.group,
-        date_of_birth=dob,
-        client_ip=args.ip,
-        source="given",
-        rule=f"--role {given} given on the command line",
-    )
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     if not (args.user or args.role or args.ip):
         raise CommandError("say whose request it is: --user NAME, --role ROLE or --ip ADDR")
     if bool(args.url) == bool(args.batch):
         raise CommandError("give either a URL or --batch FILE")
     policy = load(args)
-    override = _identity_override(args, policy)
+    override = identity_override(args, policy)
     site = override.site if override else None
     at = parse_when(args.at, policy, site)
     from schoolgate.db import database_exists
     from schoolgate.policy import ExceptionSet
     from schoolgate.store import exceptions_current
 
+    detected: dict[str, str] = {}
     if getattr(args, "init", False) or database_exists(policy.settings.database_url):
+        from schoolgate.storage.detected import detected_hosts
+
         sessions = open_db(policy, args)
         with sessions() as session:
             exceptions = ExceptionSet(exceptions_current(session, at))
+            detected = {row.host: row.category for row in detected_hosts(session)}
         if args.ip and not args.user and override is None:
             _use_live_bindings(policy, sessions)
     else:  # before the gateway's first start: the policy alone still answers
         print(f"schoolgate: no database yet ({_where(args, policy)}): no exceptions applied",
               file=sys.stderr)  # fmt: skip
         exceptions = ExceptionSet()
+
+    notes: dict[str, str] = {}
 
     def decide(url: str) -> tuple[Decision, RequestFacts]:
         facts = facts_for_url(
@@ -302,7 +283,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
             user=args.user,
             host_only=args.host_only,
         )
-        return policy.decide(facts, exceptions, identity=override), facts
+        # What the gateway sees: only the host name of HTTPS it does not decrypt.
+        identity = override or policy.identify(facts.client_ip, facts.user)
+        why = policy.host_only_reason(identity, facts)
+        notes[url] = why or ""
+        if why:
+            facts = dataclasses.replace(facts, path=None, method=None)
+        return policy.decide(facts, exceptions, identity=override, detected=detected), facts
+
+    def seen(url: str) -> dict:
+        why = notes.get(url)
+        return {"decided_on": "host" if why else "request", "host_only_reason": why or None}
 
     if args.batch:
         stream = sys.stdin if args.batch == "-" else _open_text(args.batch)
@@ -315,13 +306,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
             except CommandError as exc:
                 print(json.dumps({"url": url, "line": number, "error": str(exc)}))
                 continue
-            print(json.dumps({"url": url, **decision.to_json()}))
+            print(json.dumps({"url": url, **decision.to_json(), **seen(url)}))
         return EXIT_OK
     decision, _ = decide(args.url)
     if args.json:
-        print(json.dumps({"url": args.url, **decision.to_json()}, indent=2))
+        print(json.dumps({"url": args.url, **decision.to_json(), **seen(args.url)}, indent=2))
     else:
         print_decision(decision, policy, args.url, None if args.at else at)
+        if notes.get(args.url):
+            print(f"  seen as:  the host name only ({notes[args.url]}): the gateway decides on "
+                  "the host alone, and this is that decision")  # fmt: skip
     return EXIT_OK
 
 
@@ -395,8 +389,12 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
     from schoolgate.store import ExceptionRequestError, add_exception
 
     policy = load(args)
-    if bool(args.host) == bool(args.category):
-        raise CommandError("give either --host HOST or --category NAME")
+    targets = {"host": args.host, "page": args.page, "platform": args.platform,
+               "category": args.category}  # fmt: skip
+    given = [(kind, value) for kind, value in targets.items() if value]
+    if len(given) != 1:
+        raise CommandError("give one of --host HOST, --page HOST/PATH, --platform KEY, "
+                           "--category NAME")  # fmt: skip
     scope, value = _scope(args.scope)
     starts = parse_when(args.start, policy) if args.start else datetime.now(UTC)
     if args.permanent:
@@ -414,8 +412,8 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
                 policy,
                 scope=scope,
                 scope_value=value,
-                target_kind="host" if args.host else "category",
-                target=args.host or args.category,
+                target_kind=given[0][0],
+                target=given[0][1],
                 starts=starts,
                 ends=ends,
                 created_by=args.by,
@@ -534,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     allow_sub = allow.add_subparsers(dest="allow_command", metavar="ACTION", required=True)
     p = allow_sub.add_parser("add", help="open a host or category for someone for a time")
     _common(p)
-    p.add_argument("--host")
+    p.add_argument("--host", help="a site (a platform's site opens its family)")
+    p.add_argument("--page", help="one page, e.g. tiktok.com/@bbcnews (docs/lists.md)")
+    p.add_argument("--platform", help="a platform by its key in the platforms file")
     p.add_argument("--category")
     p.add_argument(
         "--for",

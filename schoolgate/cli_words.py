@@ -5,10 +5,10 @@ internal names and ISO times; they are not made here.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from schoolgate.core import words
-from schoolgate.model import Decision
+from schoolgate.model import Decision, Identity
 
 
 def site_tz(policy, site: str | None):
@@ -78,3 +78,43 @@ def exception_status(row, now: datetime) -> str:
     if row.ends is not None and row.ends <= now:
         return "ended"
     return "future" if row.starts > now else "active"
+
+
+def _command_error(message: str) -> Exception:
+    from schoolgate.cli import CommandError
+
+    return CommandError(message)
+
+
+def identity_override(args, policy) -> Identity | None:
+    """The identity ``explain --role`` (and its --site, --user, --group, --ip, date of birth)
+    gives, or None when the request's own address and user decide."""
+    if not args.role:
+        return None
+    role = policy.role_named(args.role)  # a role alias ("teacher") means its role ("staff")
+    if role is None:
+        aliases = ", ".join(f"{a} = {r}" for a, r in sorted(policy.role_aliases.items()))
+        raise _command_error(
+            f"unknown role {args.role!r}; roles are {', '.join(policy.roles)}"
+            + (f" (aliases: {aliases})" if aliases else "")
+        )
+    site = args.site or policy.resolver.default_site
+    if site not in policy.timetables:
+        raise _command_error(f"unknown site {site!r}; sites are {', '.join(policy.sites)}")
+    dob = None
+    if args.date_of_birth:
+        try:
+            dob = date.fromisoformat(args.date_of_birth)
+        except ValueError:
+            raise _command_error(f"not a date: {args.date_of_birth!r}") from None
+    given = args.role if role == args.role else f"{args.role} (= {role})"
+    return Identity(
+        role=role,
+        site=site,
+        user=args.user,
+        group=args.group,
+        date_of_birth=dob,
+        client_ip=args.ip,
+        source="given",
+        rule=f"--role {given} given on the command line",
+    )

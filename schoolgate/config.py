@@ -7,6 +7,7 @@ expected); a config with any error yields no policy at all, never a half-loaded 
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
@@ -18,9 +19,17 @@ from schoolgate.bindings.settings import (
 )
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.core.circumvention_settings import load_circumvention
+from schoolgate.core.fediverse_settings import read_fediverse
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.platforms import read_platforms
 from schoolgate.core.staff_signin import read_oidc, read_totp
+from schoolgate.core.subscriptions import (
+    Subscription,
+    empty_warning,
+    read_subscriptions,
+    state_of,
+)
 from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
@@ -79,6 +88,8 @@ TOP_KEYS = frozenset(
         "logging",
         "advice",
         "words",
+        "platforms",
+        "fediverse",
         *EXTRA_SECTIONS,
     }
 )
@@ -355,6 +366,9 @@ def _build(
 
     # -- categories and lists -----------------------------------------------------------------
     categories: dict[str, CategorySettings] = {}
+    subscriptions: list[Subscription] = []
+    now = datetime.now(UTC)
+    update_shrink = _update_shrink(root)
     normal: list[tuple[str, list]] = []
     locked: list[tuple[str, list]] = []
     for name, sec in root.named_sections("categories", required=True):
@@ -369,12 +383,21 @@ def _build(
                 "format",
                 "update_url",
                 "update_urls",
+                "subscriptions",
             }
         )
         if name == "allowlist":
             sec.error(None, "'allowlist' is reserved; use the top-level allowlist section")
             continue
         parsed = _lists_of(sec, base, issues)
+        subs = read_subscriptions(sec, name, base, data_dir, max_shrink=update_shrink)
+        for sub in subs:
+            if state_of(sub, now).present:
+                parsed.append(ListFile(sub.file, sub.list_format, _display(sub.file, base)))
+            else:  # a new gateway: the scheduler fetches it at once
+                issues.warn(sec.file, sec.line_of("subscriptions"), sec.field("subscriptions"),
+                            empty_warning(sub))  # fmt: skip
+        subscriptions.extend(subs)
         default = sec.choice("default", ("allow", "block", "read_only"), default="block")
         settings = CategorySettings(
             name=name,
@@ -484,9 +507,11 @@ def _build(
     read_notifications(root.section("notifications"))
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
+    platforms = read_platforms(root, base, issues, categories)
+    fediverse_category = read_fediverse(root.section("fediverse"), categories)
 
     matcher = _matcher("main", normal, allow_lists, data_dir, issues, list_progress)
-    locked_matcher = _matcher("locked", locked, [], data_dir, issues) if locked else None
+    locked_matcher = _locked_matcher(locked, data_dir, issues) if locked else None
     if issues:
         return None
     settings = Settings(
@@ -520,7 +545,32 @@ def _build(
     )
     policy.role_aliases = dict(aliases)
     policy.rule_count = rule_count
+    policy.subscriptions = tuple(subscriptions)
+    policy.platforms = platforms
+    policy.fediverse_category = fediverse_category
     return policy
+
+
+def _locked_matcher(locked: list, data_dir: Path, issues: Issues) -> Matcher | None:
+    """The locked categories' store. Their lists (IWF, CTIRU) are confidential: a line the
+    parser reports is named by file and line only, never quoted."""
+    found = Issues()
+    matcher = _matcher("locked", locked, [], data_dir, found)
+    for kept, problems in ((issues.items, found.items), (issues.warnings, found.warnings)):
+        for issue in problems:
+            message = "an entry of this confidential list could not be read (not shown)"
+            if issue.line == 0:  # the file itself (missing, unreadable): nothing of its content
+                message = issue.message
+            kept.append(type(issue)(issue.file, issue.line, issue.field, message))
+    return matcher
+
+
+def _update_shrink(root: Section) -> float:
+    """``list_updates.max_shrink`` (checked with its section): every subscription's default."""
+    sec = root.data.get("list_updates")
+    value = sec.get("max_shrink") if isinstance(sec, dict) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return float(value) if ok else 0.2
 
 
 def _matcher(label, categories, allowlist, data_dir, issues, progress=None) -> Matcher | None:

@@ -320,11 +320,11 @@ def job_escalate(ctx: JobContext) -> dict[str, Any]:
 
 
 def job_lists(ctx: JobContext) -> dict[str, Any]:
-    from schoolgate.listupdate import list_updates_of, update_all
+    from schoolgate.listupdate import list_updates_of, refresh_lists
 
     settings = list_updates_of(ctx.policy())
     with ctx.sessions.begin() as session:
-        results = update_all(settings, session=session, progress=ctx.progress)
+        results = refresh_lists(settings, now=ctx.now(), session=session, progress=ctx.progress)
     for r in results:
         (log.info if r.accepted else log.warning)("list %s: %s", r.category, r.message)
     return {"results": [r.as_dict() for r in results]}
@@ -547,7 +547,7 @@ class Schedule:
 JOB_PURPOSES = {
     "expire": "records exceptions, overrides and bans that have ended",
     "escalate": "sends access requests IT Support have not handled in time to SLT",
-    "lists": "refreshes category lists from their URLs",
+    "lists": "refreshes category lists from their URLs (subscriptions when due)",
     "report_day": "the e-safety report for the day before",
     "report_week": "the e-safety report for the week before",
     "purge": "deletes records past their retention period",
@@ -564,7 +564,9 @@ def job_schedules(policy: Any) -> dict[str, Schedule]:
     if notifications_of(policy).escalate_after_hours is not None:
         schedules["escalate"] = Schedule(every_minutes=5)
     lists = list_updates_of(policy)
-    if lists.sources:
+    if lists.subscriptions:  # each is fetched when due: looked at every quarter of an hour
+        schedules["lists"] = Schedule(every_minutes=15)
+    elif lists.sources:
         schedules["lists"] = Schedule(at=lists.at)
     reports = reports_of(policy)
     if reports.daily_at:

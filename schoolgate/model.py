@@ -82,6 +82,10 @@ class RequestFacts:
     scheme: str = "http"
     client_ip: str | None = None
     user: str | None = None
+    # For page-level approvals: the request's Referer and Sec-Fetch-Dest headers (a script's
+    # call from the approved page, or a page load), when decrypted.
+    referer: str | None = None
+    fetch_dest: str | None = None
 
     @property
     def host_only(self) -> bool:

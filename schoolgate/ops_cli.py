@@ -181,16 +181,22 @@ def _print_results(results, as_json: bool) -> int:
 
 
 def cmd_lists_update(args: argparse.Namespace) -> int:
-    from schoolgate.listupdate import list_updates_of, update_all
+    from schoolgate.listupdate import list_updates_of, refresh_subscriptions, update_all
 
     policy, ctx = _context(args, changes=True)
     settings = _settings(list_updates_of, policy)
-    if not settings.sources:
-        raise _fail("no list sources configured (list_updates.sources in the config)")
+    if not settings.sources and not settings.subscriptions:
+        raise _fail("no list sources configured (a category's subscriptions, or "
+                    "list_updates.sources, in the config)")  # fmt: skip
+    progress = None if not args.no_progress else False
+    actor = args.by or "schoolgate lists update"
     with ctx.sessions.begin() as session:
         results = update_all(settings, session=session, categories=args.category or None,
-                             progress=None if not args.no_progress else False,
-                             actor=args.by or "schoolgate lists update")  # fmt: skip
+                             progress=progress, actor=actor)  # fmt: skip
+        results += refresh_subscriptions(
+            settings, now=ctx.now(), session=session, categories=args.category or None,
+            due_only=False, progress=progress, actor=actor,
+        )  # fmt: skip
     if not results:
         raise _fail(f"no configured source for {', '.join(args.category)}")
     if any(r.accepted for r in results):
@@ -238,8 +244,9 @@ def cmd_lists_stats(args: argparse.Namespace) -> int:
     from schoolgate.listupdate import list_stats, list_updates_of
 
     policy = _cli().load(args)
-    rows = list_stats(policy)
-    sources = {s.category: s.url for s in _settings(list_updates_of, policy).sources}
+    settings = _settings(list_updates_of, policy)
+    rows = list_stats(policy, settings)
+    sources = {s.category: s.url for s in settings.sources}
     for row in rows:
         row["update_url"] = sources.get(row["category"])
     if args.json:
@@ -252,6 +259,10 @@ def cmd_lists_stats(args: argparse.Namespace) -> int:
             print(f"{'':<18}{src}")
         if row["update_url"]:
             print(f"{'':<18}updated from {row['update_url']}")
+        for sub in row.get("subscriptions", ()):
+            print(f"{'':<18}subscription {sub['name']}: {sub['url']} ({sub['schedule']}, "
+                  f"{sub['licence'] or 'licence not given'})")  # fmt: skip
+            print(f"{'':<20}{sub['status']}")
     return 0
 
 

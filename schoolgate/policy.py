@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from schoolgate.core.pages import PageTarget, parse_page
 from schoolgate.hosts import normalize_host
 from schoolgate.identity import GUEST, SIGN_IN_REQUIRED, IdentityResolver, minimum_age
 from schoolgate.model import (
@@ -41,11 +42,14 @@ from schoolgate.model import (
 )
 
 if TYPE_CHECKING:
+    from schoolgate.core.platforms import Platforms
     from schoolgate.lists import Matcher
     from schoolgate.timetable import Timetable
 
 log = logging.getLogger(__name__)
 
+# What a locked (confidential) list's match shows in place of its entry.
+WITHHELD = "(withheld: confidential list)"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # How far ahead "until when does this block last" looks before saying "no end in sight".
 UNTIL_LOOKAHEAD_WINDOWS = 400
@@ -108,23 +112,64 @@ class Settings:
 
 
 class ExceptionSet:
-    """The exceptions in force, indexed for the decision (built whenever they change)."""
+    """The exceptions in force, indexed for the decision (built whenever they change).
+
+    Targets: a host (with its sub-domains; a host of a platform opens the platform's whole
+    family), a category, a platform (by its key in the platforms file) or a page
+    (``tiktok.com/@bbcnews``: see :mod:`schoolgate.core.pages` for what that opens)."""
 
     def __init__(self, exceptions: Iterable[AccessException] = ()) -> None:
         self.items = tuple(exceptions)
         self.by_host: dict[str, list[AccessException]] = {}
         self.by_category: dict[str, list[AccessException]] = {}
+        self.by_platform: dict[str, list[AccessException]] = {}
+        self.pages: list[tuple[PageTarget, AccessException]] = []
         for exc in self.items:
             if exc.target_kind == "host":
                 self.by_host.setdefault(normalize_host(exc.target), []).append(exc)
+            elif exc.target_kind == "platform":
+                self.by_platform.setdefault(exc.target, []).append(exc)
+            elif exc.target_kind == "page":
+                page = parse_page(exc.target)
+                if page is not None:
+                    self.pages.append((page, exc))
             else:
                 self.by_category.setdefault(exc.target, []).append(exc)
+        # Per platforms file: platform key -> exceptions opening its whole family, and ->
+        # page approvals on it (which open its static hosts).
+        self._families: tuple[Any, dict, dict] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _family_index(self, platforms: Platforms) -> tuple[dict, dict]:
+        cached = self._families
+        if cached is not None and cached[0] is platforms:
+            return cached[1], cached[2]
+        whole: dict[str, list[AccessException]] = {
+            key: list(excs) for key, excs in self.by_platform.items()
+        }
+        static: dict[str, list[AccessException]] = {}
+        for host, excs in self.by_host.items():
+            found = platforms.lookup(host)
+            if found is not None and not found.static:  # a platform's own host: its family
+                whole.setdefault(found.platform.key, []).extend(excs)
+        for page, exc in self.pages:
+            found = platforms.lookup(page.host)
+            if found is not None and not found.static:
+                static.setdefault(found.platform.key, []).append(exc)
+        self._families = (platforms, whole, static)
+        return whole, static
+
     def find(
-        self, identity: Identity, host: str, category: str | None, at: datetime
+        self,
+        identity: Identity,
+        host: str,
+        category: str | None,
+        at: datetime,
+        *,
+        facts: RequestFacts | None = None,
+        platforms: Platforms | None = None,
     ) -> AccessException | None:
         if not self.items:
             return None
@@ -139,6 +184,20 @@ class ExceptionSet:
                 name = name[dot + 1 :]
         if category is not None:
             candidates.extend(self.by_category.get(category, ()))
+        if platforms is not None and (self.by_host or self.by_platform or self.pages):
+            found = platforms.lookup(host)
+            if found is not None:
+                whole, static = self._family_index(platforms)
+                for platform in found.platforms:
+                    candidates.extend(whole.get(platform.key, ()))
+                    if found.static:
+                        candidates.extend(static.get(platform.key, ()))
+        if self.pages and facts is not None:
+            for page, exc in self.pages:
+                if page.covers(host, facts.path) or page.opened_by_page(
+                    host, facts.referer, facts.fetch_dest
+                ):
+                    candidates.append(exc)
         for exc in candidates:
             if (
                 exc.starts <= at
@@ -207,6 +266,11 @@ class Policy:
         # how many rules the config wrote (``rules`` holds them expanded).
         self.role_aliases: dict[str, str] = {}
         self.rule_count: int | None = None
+        # Set by the loader: list subscriptions (schoolgate.core.subscriptions), the platform
+        # families (schoolgate.core.platforms) and the category of recognised Fediverse servers.
+        self.subscriptions: tuple = ()
+        self.platforms: Platforms | None = None
+        self.fediverse_category: str | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple, datetime | None] = {}
 
@@ -242,6 +306,20 @@ class Policy:
             return self.no_intercept_matcher.lookup(normalize_host(host), None) is None
         return True
 
+    def host_only_reason(self, identity: Identity, facts: RequestFacts) -> str | None:
+        """Why the gateway sees only the host name of this request (HTTPS it does not
+        decrypt), or None when it sees the whole request."""
+        if facts.path is None or facts.scheme != "https":
+            return None
+        if not self.role(identity.role).intercept:
+            role = self.role(identity.role).name
+            return f"HTTPS for role {role} is not decrypted (roles.{role}.intercept: false)"
+        if self.no_intercept_matcher is not None:
+            match = self.no_intercept_matcher.lookup(normalize_host(facts.host), None)
+            if match is not None:
+                return f"{match.entry} is in interception.no_intercept"
+        return None
+
     def rule_for(self, identity: Identity, window_kind: str, category: str) -> RuleRef:
         if identity.group and identity.role in self._roles_with_group_rules:
             ref = self.rules.get((identity.role, identity.group.lower(), window_kind, category))
@@ -265,15 +343,18 @@ class Policy:
         exceptions: ExceptionSet | Sequence[AccessException] | None = None,
         *,
         identity: Identity | None = None,
+        detected: Mapping[str, str] | None = None,
     ) -> Decision:
         """Decide one request; never raises (a failure blocks and says so).
 
         ``identity`` overrides the resolution from client IP and user (``explain --role``).
+        ``detected``: hosts recognised from their traffic (a Fediverse server) -> category,
+        applied to hosts no list names.
         """
         try:
             if exceptions is not None and not isinstance(exceptions, ExceptionSet):
                 exceptions = ExceptionSet(exceptions)
-            return self._decide(facts, exceptions, identity)
+            return self._decide(facts, exceptions, identity, detected)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             log.exception("policy evaluation failed for %s", facts.host)
             identity = Identity(role=GUEST, site="", user=facts.user, client_ip=facts.client_ip)
@@ -289,7 +370,11 @@ class Policy:
             )
 
     def _decide(
-        self, facts: RequestFacts, exceptions: ExceptionSet | None, identity: Identity | None
+        self,
+        facts: RequestFacts,
+        exceptions: ExceptionSet | None,
+        identity: Identity | None,
+        detected: Mapping[str, str] | None = None,
     ) -> Decision:
         if identity is None:
             identity = self.resolver.resolve(facts.client_ip, facts.user)
@@ -313,6 +398,11 @@ class Policy:
         if self.locked_matcher is not None:
             locked = self.locked_matcher.lookup(host, path)
             if locked is not None:
+                # The IWF and CTIRU lists are confidential: which entry matched is never shown
+                # (explain, the decision log, the portal), only the category.
+                locked = ListMatch(
+                    locked.category, WITHHELD, f"{locked.category} lists (confidential)", "withheld"
+                )
                 return Decision(
                     Action.BLOCK,
                     identity,
@@ -348,8 +438,13 @@ class Policy:
                         match=signup,
                     )
 
-        # 3. Lists.
+        # 3. Lists, then the platform families (a host of a platform's family that its lists
+        # miss is still the platform's), then hosts recognised from their traffic.
         match = self.matcher.lookup(host, path)
+        if match is None and self.platforms is not None:
+            match = self._family_match(host)
+        if match is None and detected:
+            match = _detected_match(host, detected)
         if match is None or match.category == "allowlist":
             if match is not None:
                 reason = f"{host} is on the allowlist ({match.entry})."
@@ -362,7 +457,9 @@ class Policy:
 
         # 4. Exceptions in force.
         if exceptions is not None:
-            exc = exceptions.find(identity, host, category, at)
+            exc = exceptions.find(
+                identity, host, category, at, facts=facts, platforms=self.platforms
+            )
             if exc is not None:
                 return Decision(
                     Action.ALLOW,
@@ -425,6 +522,17 @@ class Policy:
             until=until,
         )
 
+    def _family_match(self, host: str) -> ListMatch | None:
+        found = self.platforms.lookup(host) if self.platforms is not None else None
+        if found is None:
+            return None
+        platform = found.platform
+        if platform.category is None or platform.category not in self.categories:
+            return None
+        return ListMatch(
+            platform.category, found.entry, f"{platform.name} family ({platform.source})", "family"
+        )
+
     def _read_only_refusal(self, facts: RequestFacts) -> str | None:
         """Why a request to a read-only site is not reading, or None if it is."""
         if facts.method is None or facts.path is None:
@@ -458,6 +566,19 @@ class Policy:
             self._until_cache.clear()
         self._until_cache[key] = until
         return until
+
+
+def _detected_match(host: str, detected: Mapping[str, str]) -> ListMatch | None:
+    """The category of ``host`` (or a parent of it) recognised from its traffic."""
+    name = host
+    while True:
+        category = detected.get(name)
+        if category is not None:
+            return ListMatch(category, name, "recognised from its traffic", "detected")
+        dot = name.find(".")
+        if dot < 0:
+            return None
+        name = name[dot + 1 :]
 
 
 def describe_match(match: ListMatch | None) -> str:

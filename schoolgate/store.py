@@ -13,7 +13,9 @@ from schoolgate.model import AccessException
 from schoolgate.policy import Policy
 
 SCOPES = ("user", "group", "role", "network", "site", "everyone")
-TARGET_KINDS = ("host", "category")
+# host: a site (a platform's host opens the platform's family); page: one page
+# (tiktok.com/@bbcnews, see schoolgate.core.pages); platform: a platform by its key.
+TARGET_KINDS = ("host", "category", "page", "platform")
 
 
 class ExceptionRequestError(ValueError):
@@ -64,8 +66,25 @@ def validate_exception(
         except ValueError as exc:
             raise ExceptionRequestError(f"not a network: {scope_value!r}") from exc
     if target_kind not in TARGET_KINDS:
-        raise ExceptionRequestError(f"target must be a host or a category, not {target_kind!r}")
-    if target_kind == "category":
+        raise ExceptionRequestError(
+            f"target must be a host, page, platform or category, not {target_kind!r}"
+        )
+    if target_kind == "platform":
+        if policy.platforms is None or target not in policy.platforms:
+            known = ", ".join(p.key for p in policy.platforms or ())
+            raise ExceptionRequestError(f"unknown platform {target!r}; platforms are {known}")
+    elif target_kind == "page":
+        from schoolgate.core.pages import parse_page
+
+        page = parse_page(target)
+        if page is None:
+            raise ExceptionRequestError(
+                f"not a page: {target!r} (a host and a path, such as tiktok.com/@bbcnews)"
+            )
+        locked = policy.locked_matcher
+        if locked is not None and locked.lookup(page.host, page.prefix):
+            raise ExceptionRequestError(f"{target} is in a locked category: it can never be opened")
+    elif target_kind == "category":
         settings = policy.categories.get(target)
         if settings is None:
             raise ExceptionRequestError(
@@ -119,6 +138,10 @@ def add_exception(
         from schoolgate.hosts import normalize_host
 
         target = normalize_host(target)
+    elif target_kind == "page":
+        from schoolgate.core.pages import parse_page
+
+        target = parse_page(target).text  # type: ignore[union-attr] - validated above
     row = ExceptionRow(
         kind=kind,
         scope=scope,

@@ -108,13 +108,13 @@ def _bench():
 
 @pytest.fixture(scope="module")
 def trial():
-    """The trial config's decisions for a pupil in a lesson (no measurement lists)."""
+    """The shipped config's decisions for a pupil in a lesson (no measurement lists)."""
     bench = _bench()
     with tempfile.TemporaryDirectory() as data_dir:
         listed = Path(data_dir) / "measured.txt"
         listed.write_text("0.0.0.0 www.facebook.com\n0.0.0.0 www.tiktok.com\n0.0.0.0 example.org\n")
         return bench.measure(
-            ROOT / "bench" / "coverage_config.yaml",
+            ROOT / "mitm_config.yaml",
             [("social", "fixture", listed)],
             "student",
             datetime(2026, 11, 23, 8, 0),

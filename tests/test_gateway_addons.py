@@ -21,6 +21,7 @@ from schoolgate.gateway import (
     DestinationCheck,
     Enforcement,
     ExceptionCache,
+    FediverseWatch,
     GatewayPages,
     IdentitySourcesAddon,
     JobsAddon,
@@ -50,6 +51,7 @@ class Gateway:
     identity: IdentitySourcesAddon
     destinations: DestinationCheck
     guard: CircumventionGuard
+    fediverse: FediverseWatch
     enforce: Enforcement
     alerts: AlertsAddon
     logins: ProxyAuthCache
@@ -500,7 +502,7 @@ def test_pages_do_not_answer_other_hosts(gw: Gateway) -> None:
 
 # -- all parts as one addon (what `schoolgate run` and addons/schoolgate.py load) -------------
 PART_FIELDS = ("holder", "recorder", "limits", "jobs", "exceptions", "pages", "portal", "guard",
-               "enforce", "alerts")  # fmt: skip
+               "fediverse", "enforce", "alerts")  # fmt: skip
 
 
 def one_addon(gw: Gateway):

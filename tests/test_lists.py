@@ -454,7 +454,6 @@ def test_shipped_lists_have_headers():
         "bere.al",
         "quora.com",
         "wattpad.com",
-        "ome.tv",
         "ask.fm",
     ],
 )

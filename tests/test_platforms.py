@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKLISTS = ROOT / "blocklists"
 PLATFORMS = BLOCKLISTS / "platforms.yaml"
 
-# The shipped lists of each category a platform may name (as bench/coverage_config.yaml
+# The shipped lists of each category a platform may name (as mitm_config.yaml
 # builds them).
 CATEGORY_LISTS = {
     "social_media": ["social_media.txt", "ut1/social_networks"],

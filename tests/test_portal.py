@@ -1238,3 +1238,32 @@ def test_the_queue_shows_a_page_of_the_oldest_with_links_to_the_rest(portal):
     assert "250 item(s)" in everything
     last = client.get(link(client.get(link(everything, "next")).text, "next")).text
     assert refs_on(last) == [f"A-Q{n:05d}" for n in range(200, 250)]
+
+
+def test_this_page_is_the_narrowest_choice_when_asking_and_approving(portal):
+    client = portal.client(STUDENT_IP, "ben")
+    form = client.get("/request?url=http://www.social.test/@bbcnews/video/1").text
+    narrow = form.index('value="page"')
+    assert narrow < form.index('value="site"') and "Only this page (social.test/@bbcnews" in form
+    assert 'id="wants-page" name="wants" value="page" checked' in form
+    ref = portal.ask(url="http://www.social.test/@bbcnews", wants="page", ref="")
+    assert portal.row(ref).wants == "page"
+    staff = portal.staff("alice")
+    page = f"/it/item/{item_id(portal, ref)}"
+    item = staff.get(page).text
+    assert '<option value="page" selected>this page only' in item
+    assert 'name="target" value="social.test/@bbcnews"' in item
+    answer = post(staff, page, f"{page}/approve", scope="user", scope_value="ben",
+                  target_kind="page", target="social.test/@bbcnews", duration="7d")  # fmt: skip
+    assert answer.status_code == 303, answer.text
+    (exc,) = portal.exceptions()
+    assert (exc.target_kind, exc.target) == ("page", "social.test/@bbcnews")
+    with portal.sessions() as s:
+        current = exceptions_current(s, datetime.now(UTC))
+
+    def allowed(path: str) -> bool:
+        facts = RequestFacts("www.social.test", datetime.now(UTC), path, "GET", 80, "http",
+                             STUDENT_IP, "ben")  # fmt: skip
+        return portal.policy.decide(facts, current).allowed
+
+    assert allowed("/@bbcnews") and not allowed("/@other")

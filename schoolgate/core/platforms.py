@@ -310,3 +310,23 @@ def load_platforms(
             )
         )
     return Platforms(platforms)
+
+
+def read_platforms(
+    root: Section, base: Path, issues: Issues, categories: Collection[str]
+) -> Platforms | None:
+    """The config's ``platforms: blocklists/platforms.yaml``: the families of hosts that make up
+    each platform (a block, an exception or a page approval covers the family)."""
+    text = root.text("platforms")
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        shown = str(path.resolve().relative_to(base))
+    except ValueError:
+        shown = str(path)
+    if not path.is_file():
+        root.error("platforms", f"file not found: {shown}")
+        return None
+    return load_platforms(path, issues, shown=shown, categories=list(categories))

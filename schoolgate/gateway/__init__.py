@@ -20,6 +20,8 @@ this order (each reads the ones before it):
   every upstream connection made to an address that resolver gave.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
+* :class:`~schoolgate.gateway.fediverse_addon.FediverseWatch`: unlisted Fediverse servers
+  recognised from their responses, treated as social media from then on.
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
 * :class:`~schoolgate.gateway.alerts_addon.AlertsAddon`: alerts to the e-safety team for blocks
   in alert and locked categories, batched (after Enforcement).
@@ -36,6 +38,7 @@ from schoolgate.gateway.destinations import DestinationCheck
 from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
+from schoolgate.gateway.fediverse_addon import FediverseWatch
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
@@ -52,6 +55,7 @@ __all__ = [
     "DestinationCheck",
     "Enforcement",
     "ExceptionCache",
+    "FediverseWatch",
     "GatewayPages",
     "IdentitySourcesAddon",
     "PolicyHolder",
@@ -76,7 +80,8 @@ def make_addons() -> list:
     identity = IdentitySourcesAddon(holder, recorder)
     destinations = DestinationCheck(holder)
     guard = CircumventionGuard(holder, recorder)
-    enforcement = Enforcement(holder, exceptions, recorder)
+    fediverse = FediverseWatch(holder, recorder)
+    enforcement = Enforcement(holder, exceptions, recorder, detected=fediverse)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
     return [
@@ -90,6 +95,7 @@ def make_addons() -> list:
         identity,
         destinations,
         guard,
+        fediverse,
         enforcement,
         alerts,
         logins,

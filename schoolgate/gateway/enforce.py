@@ -105,11 +105,18 @@ class Enforcement:
     name = "schoolgate_enforce"
 
     def __init__(
-        self, holder: PolicyHolder, exceptions: ExceptionCache, recorder: Recorder
+        self,
+        holder: PolicyHolder,
+        exceptions: ExceptionCache,
+        recorder: Recorder,
+        *,
+        detected: Any = None,
     ) -> None:
         self.holder = holder
         self.exceptions = exceptions
         self.recorder = recorder
+        # Hosts recognised from their traffic (FediverseWatch.current: host -> category).
+        self.detected = detected
 
     def configure(self, updated) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -193,7 +200,8 @@ class Enforcement:
         policy = self.holder.policy
         if policy is None:
             return failed_decision(facts, "no policy loaded")
-        return policy.decide(facts, self.exceptions.current)
+        detected = self.detected.current if self.detected is not None else None
+        return policy.decide(facts, self.exceptions.current, detected=detected)
 
     def _refusal(self, facts: RequestFacts, reason: str, rule: str, *, circumvention: bool):
         """A block that is not the policy's lists and rules: who and when, and why."""
@@ -433,6 +441,9 @@ class Enforcement:
                 flow.client_conn.peername[0],
                 auth[0] if auth else None,  # the user, never the password
             )
+            if self.exceptions.current.pages:  # a page approval opens the page's own calls
+                facts.referer = view.headers.get("referer")
+                facts.fetch_dest = view.headers.get("sec-fetch-dest")
             refused = None
             verdicts = metadata.get(DESTINATION)
             if verdicts is not None and verdicts[1] is Handling.REFUSE:

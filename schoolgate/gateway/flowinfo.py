@@ -93,7 +93,9 @@ def request_view(request: http.Request) -> RequestView:
 
 # What blockpage.wants_html reads (Accept is a detector header too).
 PAGE_HEADERS = frozenset({"accept", "sec-fetch-dest", "sec-fetch-mode", "x-requested-with"})
-_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS | PAGE_HEADERS)
+# What a page approval reads to open the approved page's own calls (Enforcement).
+APPROVAL_HEADERS = frozenset({"referer"})
+_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS | PAGE_HEADERS | APPROVAL_HEADERS)
 
 
 def _read_headers(

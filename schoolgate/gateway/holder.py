@@ -77,6 +77,32 @@ def watched_files(config_path: Path) -> list[Path]:
     return list(found)
 
 
+def _with_subscriptions(
+    policy: Policy, paths: list[Path], stamp: Fingerprint
+) -> tuple[list[Path], Fingerprint]:
+    """Watch the subscriptions' files too, fetched or not ("{data_dir}" paths, and files that
+    do not exist yet are not found by :func:`watched_files`): the first fetch of one, or a
+    refresh, reloads the policy."""
+    extra: list[Path] = []
+    for sub in policy.subscriptions:
+        extra.append(sub.file)
+        if sub.file.is_dir():
+            extra.extend(sub.file / name for name in ("domains", "urls", "expressions"))
+    extra = [p for p in extra if p not in set(paths)]
+    if not extra:
+        return paths, stamp
+    return paths + extra, stamp + fingerprint(extra)
+
+
+def log_list_warnings(policy: Policy) -> None:
+    """At start: every empty category and stale subscription, loudly (see
+    :func:`schoolgate.core.subscriptions.list_warnings`)."""
+    from schoolgate.core.subscriptions import list_warnings
+
+    for line in list_warnings(policy):
+        log.warning("schoolgate: LISTS: %s", line)
+
+
 def _strings(value):
     if isinstance(value, str):
         yield value
@@ -163,6 +189,7 @@ class PolicyHolder:
         stamp = fingerprint(paths)
         try:
             policy = load_policy(config_path, data_dir=data_dir)
+            paths, stamp = _with_subscriptions(policy, paths, stamp)
         except ConfigError as exc:
             raise exceptions.OptionsError(
                 f"schoolgate: {config_path} has {len(exc.issues)} error(s); not starting:\n{exc}"
@@ -172,12 +199,15 @@ class PolicyHolder:
         self.config_path, self.data_dir = config_path, data_dir
         self._install(policy, paths, stamp)
         log.info("schoolgate: policy loaded from %s (%d files watched)", config_path, len(paths))
+        log_list_warnings(policy)
 
     def preload(self, policy: Policy, config_path: Path, data_dir: Path) -> None:
         """Use a policy already loaded (by the runner's check) from these paths."""
         self.config_path, self.data_dir = Path(config_path), Path(data_dir)
         paths = watched_files(self.config_path)
-        self._install(policy, paths, fingerprint(paths))
+        paths, stamp = _with_subscriptions(policy, paths, fingerprint(paths))
+        self._install(policy, paths, stamp)
+        log_list_warnings(policy)
 
     def _install(self, policy: Policy, paths: list[Path], stamp: Fingerprint) -> None:
         self.policy = policy
@@ -217,6 +247,7 @@ class PolicyHolder:
             stamp = fingerprint(paths)
             try:
                 policy = load_policy(self.config_path, data_dir=self.data_dir)
+                paths, stamp = _with_subscriptions(policy, paths, stamp)
             except (ConfigError, OSError) as exc:
                 # Remember the broken state so that it is not retried until a file changes.
                 # A file that vanished (the usual reason for the failure) is no longer found

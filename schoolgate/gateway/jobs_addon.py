@@ -83,6 +83,7 @@ class JobsAddon:
             jobs = Jobs(lambda: self.holder.policy, sessions=self.keeper.lease.sessions)
             jobs.start()
             self.jobs, self._policy = jobs, policy
+            _fetch_missing_lists(jobs, policy)
         log.info("schoolgate jobs scheduled: %s", jobs.next_runs())
 
     def _drop(self, reason: str) -> None:
@@ -108,6 +109,7 @@ class JobsAddon:
             self._policy = policy
             try:
                 self.jobs.sync()
+                _fetch_missing_lists(self.jobs, policy)  # a subscription the reload added
             except Exception:  # noqa: BLE001 - a bad reload must not stop the gateway
                 log.exception("could not reschedule jobs after a reload")
 
@@ -117,3 +119,24 @@ class JobsAddon:
         if self.keeper is not None:
             self.keeper.stop()
             self.keeper = None
+
+
+def _fetch_missing_lists(jobs: Any, policy: Any) -> None:
+    """A subscription never fetched (a new gateway, a new subscription) is an empty list:
+    run the lists job now rather than at its next quarter hour."""
+    from datetime import UTC, datetime
+
+    from schoolgate.core.subscriptions import state_of
+
+    now = datetime.now(UTC)
+    missing = [s for s in getattr(policy, "subscriptions", ()) if not state_of(s, now).present]
+    if missing:
+        log.warning(
+            "schoolgate: %d list subscription(s) not fetched yet (%s): fetching now",
+            len(missing),
+            ", ".join(f"{s.category}/{s.name}" for s in missing),
+        )
+        try:
+            jobs.run_no_later_than("lists", now)
+        except Exception:  # noqa: BLE001 - the quarter-hourly run still fetches them
+            log.exception("schoolgate: could not bring the list subscriptions' fetch forward")

@@ -86,6 +86,8 @@ class PortalRequestRow(Base):
     category: Mapped[str | None] = mapped_column(String(100), nullable=True)
     event_ref: Mapped[str | None] = mapped_column(String(40), nullable=True)  # verified only
     purpose: Mapped[str] = mapped_column(String(30), default="")  # curriculum, erroneous, ...
+    # what the requester asks to have opened: "page" (only this page) or "site" (0015)
+    wants: Mapped[str | None] = mapped_column(String(20), nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
     screenshot_file: Mapped[str | None] = mapped_column(String(100), nullable=True)
     screenshot_type: Mapped[str | None] = mapped_column(String(50), nullable=True)

@@ -107,6 +107,28 @@ def _who(row: PortalRequestRow) -> str:
 # -- request access ----------------------------------------------------------------------------
 
 
+def wants_choices(url: str) -> dict[str, str]:
+    """What a requester may ask to have opened, narrowest first: this page (when the address
+    names one), then the whole site, or the whole platform when the site is one's."""
+    from schoolgate.core.pages import parse_page
+
+    choices: dict[str, str] = {}
+    page = parse_page(url) if url else None
+    if page is not None:
+        choices["page"] = f"Only this page ({page.text} and what it shows)"
+    try:
+        host = normalize_host(urlsplit(url if "://" in url else "http://" + url).hostname or "")
+    except ValueError:
+        host = ""
+    platforms = state().policy.platforms
+    found = platforms.lookup(host) if platforms is not None and host else None
+    if found is not None and not found.static:
+        choices["site"] = f"All of {found.platform.name}"
+    else:
+        choices["site"] = f"The whole site ({host})" if host else "The whole site"
+    return choices
+
+
 @bp.get("/request")
 def request_form():
     signed = request.args.get("ref", "")[:200]
@@ -120,6 +142,7 @@ def request_form():
         signed_ref=signed if event_ref else "",
         event_ref=event_ref,
         purposes=PURPOSES,
+        wants=wants_choices(url),
         # "Report a problem with this block" on the block page comes here as "erroneous"
         form={"purpose": purpose} if (purpose := request.args.get("purpose")) in PURPOSES else {},
     )
@@ -137,7 +160,11 @@ def request_submit():
     )
     purpose = request.form.get("purpose", "")
     message = request.form.get("message", "").strip()
+    wants = wants_choices(url)
+    wanted = request.form.get("wants") or next(iter(wants))
     errors = []
+    if wanted not in wants:
+        errors.append("Choose what you need opened.")
     if purpose not in PURPOSES:
         errors.append("Choose why you need the page.")
     if not message:
@@ -158,6 +185,7 @@ def request_submit():
             signed_ref=signed if event_ref else "",
             event_ref=event_ref,
             purposes=PURPOSES,
+            wants=wants,
             form=request.form,
             errors=errors,
         ), 400
@@ -170,6 +198,7 @@ def request_submit():
     row.category = category
     row.event_ref = event_ref
     row.purpose = purpose
+    row.wants = wanted
     row.message = message
     session = db()
     session.add(row)
@@ -184,7 +213,7 @@ def request_submit():
         body=(
             f"{_who(row)} ({row.requester_role}"
             + (f", {row.requester_group}" if row.requester_group else "")
-            + f") asks for access to\n{url}\ncategory: {category or 'none'}\n"
+            + f") asks for access to\n{url}\n({wants[wanted]})\ncategory: {category or 'none'}\n"
             f"why: {PURPOSES[purpose]}\n\n{message}"
         ),
         link=url_for("it.item", request_id=row.id),

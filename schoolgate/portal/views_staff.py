@@ -133,7 +133,10 @@ def logout():
 @staff_bp.get("/")
 @staff_required()
 def home():
-    return render_template("portal/staff_home.html")
+    from schoolgate.core.subscriptions import list_warnings
+
+    # The lists' health: what a network manager must act on (empty, unfetched, stale lists).
+    return render_template("portal/staff_home.html", list_warnings=list_warnings(state().policy))
 
 
 # -- shared: loading, checks, evidence ----------------------------------------------------------
@@ -251,6 +254,8 @@ def _proposal_from_form(row: PortalRequestRow) -> dict:
     scope_value = request.form.get("scope_value", "").strip()[:200]
     target_kind = request.form.get("target_kind", "host")
     target = request.form.get("target", "").strip()[:500]
+    if target_kind == "host" and "/" in target:  # "this site" of a page's address
+        target = target.split("://", 1)[-1].split("/", 1)[0]
     site = (
         row.requester_site
         if row.requester_site in policy.timetables
@@ -456,9 +461,16 @@ def item(request_id: int):
     policy = state().policy
     proposal = json.loads(row.proposal) if row.proposal else None
     exception = db().get(ExceptionRow, row.exception_id) if row.exception_id else None
+    from schoolgate.core.pages import parse_page
+
+    page = parse_page(row.url) if row.kind == "access" and row.url else None
+    found = policy.platforms.lookup(row.host) if policy.platforms is not None else None
+    platform = found.platform if found is not None and not found.static else None
     return render_template(
         "portal/item.html",
         row=row,
+        page_target=page.text if page is not None else None,
+        platform=platform,
         evidence=_evidence(row),
         proposal=proposal,
         exception=exception,

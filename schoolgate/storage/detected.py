@@ -1,0 +1,89 @@
+"""Hosts recognised from their traffic (an unlisted Fediverse server), kept with the evidence.
+
+One row per host: the category it is treated as from then on, the software and what its
+traffic showed (:meth:`schoolgate.core.fediverse.Finding.describe`), when it was first and
+last recognised, and by which client's request. Every gateway worker reads them back (the
+decision applies them to hosts no list names); IT Support see them in
+``schoolgate lists detected`` and can put a host in a list of their own, or on the allowlist,
+which then wins. Created by migration 0015; a database without the table keeps nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import String, Text, inspect, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from schoolgate.db import Base, UTCDateTime
+
+log = logging.getLogger(__name__)
+
+MAX_EVIDENCE = 2000
+
+
+class DetectedHostRow(Base):
+    __tablename__ = "detected_hosts"
+
+    host: Mapped[str] = mapped_column(String(300), primary_key=True)
+    category: Mapped[str] = mapped_column(String(100))
+    software: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    evidence: Mapped[str] = mapped_column(Text, default="")
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    host: str
+    category: str
+    software: str | None
+    evidence: str
+    at: datetime
+    client_ip: str | None = None
+
+
+def _has_table(session: Session) -> bool:
+    return inspect(session.connection()).has_table(DetectedHostRow.__tablename__)
+
+
+def save_detection(session: Session, found: Detection) -> bool:
+    """Keep (or refresh) a recognised host; True when it is new."""
+    if not _has_table(session):
+        return False
+    row = session.get(DetectedHostRow, found.host)
+    if row is not None:
+        row.last_seen = found.at
+        if found.evidence and found.evidence not in row.evidence:
+            row.evidence = (row.evidence + "\n" + found.evidence)[-MAX_EVIDENCE:]
+        row.software = row.software or found.software
+        return False
+    session.add(
+        DetectedHostRow(
+            host=found.host,
+            category=found.category,
+            software=found.software,
+            evidence=found.evidence[:MAX_EVIDENCE],
+            first_seen=found.at,
+            last_seen=found.at,
+            client_ip=found.client_ip,
+        )
+    )
+    return True
+
+
+def detected_hosts(session: Session) -> list[DetectedHostRow]:
+    if not _has_table(session):
+        return []
+    return list(session.scalars(select(DetectedHostRow).order_by(DetectedHostRow.first_seen)))
+
+
+def forget_host(session: Session, host: str) -> bool:
+    row = session.get(DetectedHostRow, host) if _has_table(session) else None
+    if row is None:
+        return False
+    session.delete(row)
+    return True
