@@ -30,6 +30,8 @@ import bisect
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from pathlib import Path
 from typing import NamedTuple
 
@@ -159,7 +161,8 @@ class _Hits(NamedTuple):
     terms: _Found
     allows: _Found
     context: _Found  # (context rule, start, end)
-    words: _Found  # rule phrases: (phrase id, start, end)
+    words: _Found  # rule phrases of several words, and stems: (phrase id, start, end)
+    word_ids: list[int | None]  # for each word of the text: the one word rule phrase it is
 
 
 class Matcher:
@@ -235,8 +238,9 @@ class Matcher:
         """Every phrase of every rule gets an id; one word phrases are looked up by word,
         longer ones and stems go in the automaton."""
         ids: dict[tuple[str, bool], int] = {}
-        usage: list[list[tuple[int, int]]] = []  # phrase id -> (rule, group or -1 for unless)
-        self.phrases: list[str] = []  # phrase id -> the phrase as the library writes it
+        # phrase id -> (rule, group or -1 for unless); id 0 is no phrase, so ids are true
+        usage: list[list[tuple[int, int]]] = [[]]
+        self.phrases: list[str] = [""]  # phrase id -> the phrase as the library writes it
         self._single: dict[str, int] = {}  # normalised word -> phrase id
         for number, rule in enumerate(self.cooccurrence):
             for group, phrases in (*enumerate(rule.groups), *((-1, p) for p in [rule.unless])):
@@ -322,7 +326,8 @@ class Matcher:
             hits = self._scan(normalise(allow.phrase, self.spellings))
             if any(allow.theme in (None, self.terms[index].theme) for index, _, _ in hits.terms):
                 continue
-            themes = {self.cooccurrence[rule].theme for phrase, _, _ in hits.words
+            phrases = [phrase for phrase, _, _ in hits.words] + [p for p in hits.word_ids if p]
+            themes = {self.cooccurrence[rule].theme for phrase in phrases
                       for rule, group in self._usage[phrase] if group >= 0}  # fmt: skip
             if allow.theme is None and themes or allow.theme in themes:
                 continue
@@ -356,11 +361,8 @@ class Matcher:
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
         hits = self._scan(norm)
-        terms, words = hits.terms, hits.words
-        if not terms and not words:
-            return NOTHING
-        matches = self._resolve(hits) if terms else []
-        if words and self.cooccurrence:
+        matches = self._resolve(hits) if hits.terms else []
+        if self.cooccurrence and (hits.words or any(hits.word_ids)):
             more = self._apply_rules(norm, hits)
             if more:
                 matches = self._merge(matches, more) if matches else more
@@ -369,11 +371,16 @@ class Matcher:
         return Assessment(_ordered(matches) if len(matches) > 1 else (matches[0],))
 
     def _scan(self, norm: Normalised) -> _Hits:
-        """One pass of the automaton, then the one word rule phrases by word."""
-        joined, bounds = norm.joined, norm.bounds
-        hits = _Hits([], [], [], [])
-        by_kind = hits[:2] + (hits.context, hits.words)
-        for end_index, (needs_end, patterns) in self.automaton.iter(joined):
+        """One pass of the automaton, and a look-up of every word among the one word rule
+        phrases."""
+        bounds = norm.bounds
+        find = bounds.find
+        terms: _Found = []
+        allows: _Found = []
+        context: _Found = []
+        words: _Found = []
+        by_kind = (terms, allows, context, words)
+        for end_index, (needs_end, patterns) in self.automaton.iter(norm.joined):
             end = end_index + 1
             at_end = bounds[end]
             if needs_end and not at_end:
@@ -382,23 +389,12 @@ class Matcher:
                 start = end - length
                 if not (at_end or stem) or not bounds[start]:
                     continue
-                if inner:
-                    if not _aligned(bounds, start, end, inner):
-                        continue
-                elif bounds.find(1, start + 1, end) >= 0:
-                    continue
-                by_kind[kind].append((index, start, end))
-        single = self._single
-        if single:
-            words = norm.words
-            found = single.keys() & set(words)
-            if found:
-                starts = word_starts(norm)
-                for position, word in enumerate(words):
-                    if word in found:
-                        start = starts[position]
-                        hits.words.append((single[word], start, start + len(word)))
-        return hits
+                at = find(1, start + 1, end)
+                while at >= 0 and at - start in inner:  # a break the pattern has too
+                    at = find(1, at + 1, end)
+                if at < 0:
+                    by_kind[kind].append((index, start, end))
+        return _Hits(terms, allows, context, words, list(map(self._single.get, norm.words)))
 
     def _resolve(self, hits: _Hits) -> list[Match]:
         terms = hits.terms
@@ -456,16 +452,13 @@ class Matcher:
         return match
 
     def _apply_rules(self, norm: Normalised, hits: _Hits) -> list[Match]:
-        """The rules whose every group was found, judged like terms."""
-        masks, wakes = self._phrase_masks, self._phrase_wakes
-        found_mask = 0
-        candidates: set[int] = set()
-        for phrase, _, _ in hits.words:
-            found_mask |= masks[phrase]
-            if wakes[phrase]:
-                candidates.update(wakes[phrase])
+        """The rules whose every group was found, judged like terms. The bits of the
+        phrases found rule out almost every rule without a loop over them."""
+        found = [phrase for phrase, _, _ in hits.words]
+        found += filter(None, hits.word_ids)
+        found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
         out = []
-        for number in candidates:
+        for number in set().union(*map(self._phrase_wakes.__getitem__, found)):
             rule_mask = self._rule_masks[number]
             if found_mask & rule_mask == rule_mask:
                 match = self._apply_rule(number, norm, hits)
@@ -477,7 +470,13 @@ class Matcher:
         rule = self.cooccurrence[number]
         found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
         vetoed = None
-        for phrase, start, end in hits.words:
+        starts = word_starts(norm)
+        spans = [*hits.words]
+        for position, phrase in enumerate(hits.word_ids):
+            if phrase:
+                start = starts[position]
+                spans.append((phrase, start, start + len(norm.words[position])))
+        for phrase, start, end in spans:
             for user, group in self._usage[phrase]:
                 if user == number:
                     if group < 0:
@@ -492,8 +491,8 @@ class Matcher:
         allowed_by = None
         if hits.allows:
             kept: list[list[tuple[int, int]]] = [[] for _ in found]
-            for group, spans in enumerate(found):
-                for start, end in spans:
+            for group, group_spans in enumerate(found):
+                for start, end in group_spans:
                     by = self._allowed(rule.theme, start, end, hits)
                     if by is None:
                         kept[group].append((start, end))
@@ -553,16 +552,6 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
             covered.add((start, end))
         reach = max(reach, end)
     return covered
-
-
-def _aligned(bounds: bytearray, start: int, end: int, inner: tuple[int, ...]) -> bool:
-    """No word break inside ``start..end`` that the pattern does not have."""
-    at = bounds.find(1, start + 1, end)
-    while at != -1:
-        if at - start not in inner:
-            return False
-        at = bounds.find(1, at + 1, end)
-    return True
 
 
 def load_matcher(
