@@ -136,6 +136,7 @@ def load_sanctions(
     ``None`` (no section): sanctions are off (events are still recorded and alerted). Unknown
     keys, bad numbers, stages out of order, an unknown action, a lockout or ban without
     ``minutes``, an unknown role (with ``known_roles``) and malformed essentials are reported.
+    ``known_roles`` may map other names (role aliases) to the roles they mean.
     """
     if section is None:
         return DISABLED
@@ -212,14 +213,21 @@ def load_sanctions(
     roles = base.roles
     if "roles" in section:
         named = []
-        known = set(known_roles) if known_roles is not None else None
+        known: dict[str, str] | None = None
+        if isinstance(known_roles, Mapping):
+            known = {str(k).lower(): v for k, v in known_roles.items()}
+            known |= {v: v for v in known_roles.values()}
+        elif known_roles is not None:
+            known = {r: r for r in known_roles}
         for text, line, name in section.strings("roles"):
-            if known is not None and text not in known:
+            if known is not None:
+                text = known.get(text) or known.get(text.lower()) or text
+            if known is not None and text not in known.values():
                 section.issues.add(
                     section.file,
                     line,
                     name,
-                    f"unknown role {text!r}; roles are {', '.join(sorted(known))}",
+                    f"unknown role {text!r}; roles are {', '.join(sorted(set(known.values())))}",
                 )
                 continue
             named.append(text)

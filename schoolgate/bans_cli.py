@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from schoolgate.core import words
+
 
 def _fail(message: str):
     from schoolgate.cli import CommandError
@@ -19,11 +21,11 @@ def _fail(message: str):
     return CommandError(message)
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, *, changes: bool = False):
     from schoolgate.cli import load, open_db
 
     policy = load(args)
-    return policy, open_db(policy)
+    return policy, open_db(policy, args, changes=changes)
 
 
 def _settings(policy):
@@ -32,19 +34,34 @@ def _settings(policy):
     return policy.settings.sanctions or SanctionSettings()
 
 
-def _local(value: datetime | None, policy) -> str:
+def _tz(policy):
+    return policy.timetables[policy.resolver.default_site].tz
+
+
+def _local(value: datetime | None, policy, now: datetime | None = None) -> str:
+    """A time in words in the school's zone: ``today at 15:10``."""
     if value is None:
         return "no end"
-    tz = policy.timetables[policy.resolver.default_site].tz
-    return value.astimezone(tz).strftime("%a %d %b %Y %H:%M %Z")
+    return words.moment(value, now or datetime.now(UTC), _tz(policy))
+
+
+def _iso(text: str | None, policy) -> str:
+    """An ISO time from the JSON form, in words."""
+    return _local(datetime.fromisoformat(text), policy) if text else "-"
 
 
 def _line(row, policy, now: datetime) -> str:
     from schoolgate.bans_store import status_of
 
+    if row.ends is None:
+        lasts = "no end"
+    elif row.ends > now:
+        lasts = words.until(row.ends, now, _tz(policy))
+    else:
+        lasts = f"ended {_local(row.ends, policy, now)}"
     return (
         f"#{row.id:<5} {status_of(row, now):<9} {row.kind:<8} {row.subject:<28} "
-        f"{_local(row.starts, policy)} -> {_local(row.ends, policy)}  {row.reason}"
+        f"since {_local(row.starts, policy, now)}, {lasts}  {row.reason}"
     )
 
 
@@ -118,21 +135,24 @@ def cmd_bans_show(args: argparse.Namespace) -> int:
         print("  evidence:")
         for e in evidence:
             target = e["url"] or e["host"] or "-"
-            print(f"    {e['at']}  {e['client_ip'] or '-'}  {target}  [{e['ref']}] {e['reason']}")
+            at = _iso(e["at"], policy)
+            print(f"    {at}  {e['client_ip'] or '-'}  {target}  [{e['ref']}] {e['reason']}")
     if data["supervision_sessions"]:
         print("  supervision sessions:")
         for s in data["supervision_sessions"]:
-            print(f"    #{s['id']} {s['starts']} -> {s['ends']} by {s['staff']}: {s['reason']}")
+            span = f"{_iso(s['starts'], policy)} to {_iso(s['ends'], policy)}"
+            print(f"    #{s['id']} {span} by {s['staff']}: {s['reason']}")
     print("  history:")
     for a in data["history"]:
-        print(f"    {a['at']}  {a['action']:<18} {a['actor']}: {a['detail']}")
+        by = f"{a['actor']} (os user {a['os_user']})" if a["os_user"] else a["actor"]
+        print(f"    {_iso(a['at'], policy)}  {a['action']:<18} {by}: {a['detail']}")
     return 0
 
 
 def cmd_bans_lift(args: argparse.Namespace) -> int:
     from schoolgate.bans_store import BanError, ban_json, lift_ban
 
-    _, sessions = _open(args)
+    _, sessions = _open(args, changes=True)
     with sessions() as session:
         try:
             row = lift_ban(session, args.id, by=args.by, reason=args.reason or "")
@@ -149,7 +169,7 @@ def cmd_bans_lift(args: argparse.Namespace) -> int:
 def cmd_supervise(args: argparse.Namespace) -> int:
     from schoolgate.bans_store import BanError, start_supervision, supervision_json
 
-    policy, sessions = _open(args)
+    policy, sessions = _open(args, changes=True)
     sanctions = _settings(policy)
     with sessions() as session:
         try:
@@ -169,7 +189,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         else:
             print(
                 f"supervision session #{row.id}: {row.subject} supervised by {row.staff} "
-                f"until {_local(row.ends, policy)}"
+                f"{words.until(row.ends, datetime.now(UTC), _tz(policy))}"
             )
     return 0
 

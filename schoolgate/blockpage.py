@@ -12,7 +12,11 @@ user sees the plain reference to quote to IT Support.
 
 Variants: a failed policy evaluation ("the filter failed, blocked for safety"); a locked
 category and an age-restricted sign-up page, which nothing can open, get no "request access"
-link (reporting a problem is always offered).
+link. "Report a problem with this block" opens the same access request, marked as a block made
+by mistake (the content-report form is for pages that should be blocked, not for this); a
+locked category offers no form, only the reference to quote to IT Support.
+
+Every time and window is in words, in the site's time zone (:mod:`schoolgate.core.words`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 
+from schoolgate.core import words
+from schoolgate.core.words import DEFAULT_WORDING, Wording
 from schoolgate.model import Decision
 
 log = logging.getLogger(__name__)
@@ -43,16 +49,6 @@ MAC_BYTES = 16
 AGE_CATEGORY = "age_restricted"
 LOCKED_RULE_PREFIX = "locked category "
 RULE_VARIANTS = frozenset({"rule", "read_only"})  # the blocks a request for access can open
-
-WINDOW_LABELS = {
-    "lesson": "lesson time",
-    "registration": "registration",
-    "break": "break time",
-    "lunch": "lunchtime",
-    "before_school": "before school",
-    "after_school": "after school",
-    "closed": "outside school hours",
-}
 
 # Headers for every block answer. The page is served on the blocked site's own origin, so a
 # strict CSP makes sure nothing in it (or injected into it) can run or load anything.
@@ -165,26 +161,11 @@ def wants_html(headers: Mapping[str, str]) -> bool:
 
 
 def describe_until(until: datetime | None, now: datetime, tz: tzinfo | None = None) -> str:
-    """``until 11:00 today``, ``until 08:40 tomorrow (Tue 1 Dec)``, ``until Mon 7 Dec 08:40``,
-    ``no end in sight`` (None), in the site's local time ``tz``."""
+    """``until 11:00 today``, ``until 15:10 tomorrow``, ``until Wednesday 9 December, 15:10``,
+    ``until 9 December 2027``; ``no end in sight`` (None), in the site's local time ``tz``."""
     if until is None:
         return "no end in sight"
-    if tz is not None:
-        until, now = until.astimezone(tz), now.astimezone(tz)
-    elif until.tzinfo is not None and now.tzinfo is not None:
-        now = now.astimezone(until.tzinfo)
-    if until <= now:
-        return "for now"
-    clock = f"{until:%H:%M}"
-    days = (until.date() - now.date()).days
-    day = f"{until:%a} {until.day} {until:%b}"
-    if days == 0:
-        return f"until {clock} today"
-    if days == 1:
-        return f"until {clock} tomorrow ({day})"
-    if until.year != now.year:
-        return f"until {day} {until.year} {clock}"
-    return f"until {day} {clock}"
+    return words.until(until, now, tz)
 
 
 def _label(name: str | None) -> str:
@@ -203,21 +184,15 @@ def _advice_items(advice: Sequence[str]) -> list[tuple[str, str]]:
     return items
 
 
-def _readable_reason(decision: Decision) -> str:
-    """The decision's reason with ``social_media`` written as ``social media``."""
-    category = decision.category
-    if category and "_" in category:
-        return decision.reason.replace(category, _label(category))
-    return decision.reason
-
-
 def portal_links(
     *, portal_host: str, url: str, category: str | None, signed_ref: str
 ) -> tuple[str, str]:
-    """The request-access and report-a-problem links on the portal."""
-    request = urlencode({"url": url, "category": category or "", "ref": signed_ref})
-    report = urlencode({"url": url, "ref": signed_ref})
-    return (f"http://{portal_host}/request?{request}", f"http://{portal_host}/report?{report}")
+    """The request-access link, and the "report a problem with this block" link: the same
+    access request, marked as a block made by mistake."""
+    fields = {"url": url, "category": category or "", "ref": signed_ref}
+    request = urlencode(fields)
+    problem = urlencode(fields | {"purpose": "erroneous"})
+    return (f"http://{portal_host}/request?{request}", f"http://{portal_host}/request?{problem}")
 
 
 def _variant(decision: Decision, locked: bool | None) -> str:
@@ -227,7 +202,7 @@ def _variant(decision: Decision, locked: bool | None) -> str:
         return "age"
     if locked or (locked is None and decision.rule.startswith(LOCKED_RULE_PREFIX)):
         return "locked"
-    if "read-only" in decision.reason:
+    if words.READ_ONLY_MARK in decision.reason:
         return "read_only"
     return "rule"
 
@@ -254,14 +229,15 @@ def render_block_page(
     tz: tzinfo | None = None,
     now: datetime | None = None,
     locked: bool | None = None,
+    wording: Wording = DEFAULT_WORDING,
 ) -> str:
     """The HTML block page. ``tz``: the site's zone for times; ``locked``: whether the category
-    is locked (None: read from the decision's rule)."""
+    is locked (None: read from the decision's rule); ``wording``: the school's words."""
     now = now or datetime.now(UTC)
     local_now = now.astimezone(tz) if tz is not None else now
     variant = _variant(decision, locked)
     window = decision.window
-    request_link, report_link = portal_links(
+    request_link, problem_link = portal_links(
         portal_host=portal_host, url=url, category=decision.category, signed_ref=signed_ref
     )
     try:
@@ -272,30 +248,40 @@ def render_block_page(
         "variant": variant,
         "url": url,
         "host": host,
-        "category": _label(decision.category) or "uncategorised",
-        "window_kind": WINDOW_LABELS.get(window.kind, _label(window.kind)) if window else None,
-        "window_name": window.name if window else None,
+        "school": wording.school_name,
+        "category": words.category_words(decision.category),
+        "window": wording.window(window) if window else None,
         "until": describe_until(decision.until, now, tz) if variant in RULE_VARIANTS else None,
         "until_known": decision.until is not None,
-        "reason": _readable_reason(decision),
-        "role": decision.identity.role,
+        "sentence": words.decision_sentence(decision, now=now, tz=tz, wording=wording),
+        "reason": " ".join(decision.reason.split()),
+        "role": wording.people(decision.identity.role),
         "user": decision.identity.user,
         "ref": ref,
-        "when": f"{local_now:%H:%M} on {local_now:%a} {local_now.day} {local_now:%b %Y}",
+        "when": words.absolute(local_now),
         "advice": _advice_items(advice),
         "request_link": request_link if variant in RULE_VARIANTS else None,
-        "report_link": report_link,
+        "problem_link": problem_link if variant != "locked" else None,
     }
     return _environment().get_template("block.html").render(context)
 
 
-def render_block_text(decision: Decision, *, url: str, ref: str) -> str:
+def render_block_text(
+    decision: Decision,
+    *,
+    url: str,
+    ref: str,
+    tz: tzinfo | None = None,
+    now: datetime | None = None,
+    wording: Wording = DEFAULT_WORDING,
+) -> str:
     """The short answer for XHR, images and API clients: one or two lines."""
     if decision.error:
         first = "Blocked by the school's filter: the filter failed, so access is blocked for safety"
     else:
         first = f"Blocked by the school's filter: {_label(decision.category) or 'blocked'}"
-    reason = " ".join(decision.reason.split())
+    now = now or datetime.now(UTC)
+    reason = words.decision_sentence(decision, now=now, tz=tz, wording=wording)
     return f"{first} ({ref})\n{reason}\n" if reason else f"{first} ({ref})\n"
 
 
@@ -311,6 +297,7 @@ def block_response_parts(
     tz: tzinfo | None = None,
     now: datetime | None = None,
     locked: bool | None = None,
+    wording: Wording = DEFAULT_WORDING,
 ) -> tuple[int, dict[str, str], bytes]:
     """Status, response headers and body for a blocked request (HTML or plain text)."""
     out = dict(SECURITY_HEADERS)
@@ -326,10 +313,11 @@ def block_response_parts(
             tz=tz,
             now=now,
             locked=locked,
+            wording=wording,
         )
         out["content-type"] = "text/html; charset=utf-8"
     else:
-        body = render_block_text(decision, url=url, ref=ref)
+        body = render_block_text(decision, url=url, ref=ref, tz=tz, now=now, wording=wording)
         out["content-type"] = "text/plain; charset=utf-8"
     return 403, out, body.encode("utf-8")
 

@@ -1,6 +1,9 @@
 """The ``schoolgate`` command: run the gateway, check the config, explain decisions, manage
 exceptions, list recorded events. Every command takes ``--config`` and ``--data-dir``, so it
-works on the same policy and database as the running gateway.
+works on the same policy and database as the running gateway; without them it finds them as the
+gateway does (:mod:`schoolgate.core.locations`). A command never creates a new database unless
+given ``--init`` (the gateway creates it on its first start), and one that changes something
+says which config and database it used.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from schoolgate.cli_words import (
+    describe_exception,
+    exception_status,
+    print_decision,
+    site_tz,
+)
 from schoolgate.configfile import ConfigError
+from schoolgate.core import words
 from schoolgate.model import Decision, Identity, RequestFacts
 
 EXIT_OK = 0
@@ -40,30 +50,101 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
         "--data-dir",
         type=Path,
         default=default,
-        help="folder for the database and the CA (default: ./var)",
+        help="folder for the database and the CA (default: SCHOOLGATE_DATA_DIR, then "
+        "/var/lib/schoolgate when installed system-wide, then the checkout's var/)",
+    )
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="create the database if there is none yet (the gateway makes it on first start)",
     )
 
 
 def load(args: argparse.Namespace):
     from schoolgate.config import load_policy
+    from schoolgate.core.locations import LocationError, locate
 
     try:
-        return load_policy(args.config, data_dir=args.data_dir)
+        where = locate(getattr(args, "config", None), getattr(args, "data_dir", None))
+    except LocationError as exc:
+        raise CommandError(str(exc)) from None
+    args.locations = where
+    try:
+        return load_policy(where.config.path, data_dir=where.data_dir.path)
     except ConfigError as exc:
         raise CommandError(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
 
 
-def open_db(policy):
+def _where(args: argparse.Namespace | None, policy) -> str:
+    from schoolgate.db import safe_url
+
+    where = getattr(args, "locations", None)
+    places = where.describe() if where is not None else f"config {policy.settings.config_path}"
+    return f"{places}; database {safe_url(policy.settings.database_url)}"
+
+
+def open_db(policy, args: argparse.Namespace | None = None, *, changes: bool = False):
+    """The database's sessions, with every audit row written through them recording the
+    operating system user that ran the command (beside its ``--by``). Refuses a database that
+    does not exist yet unless ``--init`` was given (a command run with the wrong folder must not
+    start a database the gateway never reads); ``changes``: the command changes state, so say
+    which config and database."""
     from sqlalchemy.exc import OperationalError
 
-    from schoolgate.db import open_database, safe_url
+    from schoolgate.db import database_exists, open_database, record_os_user, safe_url
 
     url = policy.settings.database_url
     try:
-        return open_database(url)
+        if not getattr(args, "init", False) and not database_exists(url):
+            raise CommandError(
+                f"there is no database yet: {_where(args, policy)}.\n"
+                "The gateway creates it when it first starts (./gateway or schoolgate run). "
+                "If that is the gateway's, give the same --config/--data-dir (or "
+                "SCHOOLGATE_CONFIG/SCHOOLGATE_DATA_DIR) as it has; to create a new database "
+                "here, add --init."
+            )
+        if changes:
+            print(f"schoolgate: using {_where(args, policy)}", file=sys.stderr)
+        sessions = open_database(url)
     except OperationalError as exc:  # a server that is down or refuses us: say so, no traceback
         reason = str(exc.orig or exc).strip().splitlines()[0]
         raise CommandError(f"cannot open the database {safe_url(url)}: {reason}") from None
+    return record_os_user(sessions, operating_system_user())
+
+
+NO_LOGIN_UID = 4294967295  # the kernel's "not set" (a service, a container without PAM)
+
+
+def operating_system_user() -> str:
+    """Who ran this command on the server: the effective user, and the person who logged in
+    when that differs: the kernel's login uid, which ``sudo`` and ``su`` keep and the user
+    cannot change (``root (login alice)``), else ``sudo``'s ``SUDO_USER`` as sudo set it
+    (``schoolgate (sudo from alice)``). ``USER`` and ``LOGNAME`` are not read: anyone can set
+    them."""
+    import os
+
+    uid = os.geteuid()
+    name = _user_name(uid)
+    try:
+        login_uid = int(Path("/proc/self/loginuid").read_text().strip())
+    except (OSError, ValueError):
+        login_uid = NO_LOGIN_UID
+    if login_uid != NO_LOGIN_UID and login_uid != uid:
+        return f"{name} (login {_user_name(login_uid)})"
+    sudo_user = os.environ.get("SUDO_USER", "").strip()
+    if sudo_user and sudo_user != name and login_uid == NO_LOGIN_UID:
+        return f"{name} (sudo from {sudo_user[:100]})"
+    return name
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid)
+        return f"uid {uid}"
 
 
 def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
@@ -122,19 +203,17 @@ def facts_for_url(
     )
 
 
-def _local(value: datetime | None, policy, site: str) -> str:
-    if value is None:
-        return "no end in sight"
-    return value.astimezone(policy.timetables[site].tz).strftime("%a %d %b %Y %H:%M %Z")
-
-
 # -- check-config ------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
     from schoolgate.config import load_policy
+    from schoolgate.core.locations import LocationError, locate
 
-    path = args.path or args.config
     try:
-        policy = load_policy(path, data_dir=args.data_dir)
+        where = locate(args.path or args.config, args.data_dir)
+    except LocationError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        policy = load_policy(where.config.path, data_dir=where.data_dir.path)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -148,7 +227,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         + (f" ({len(policy.warnings)} warning(s))" if policy.warnings else "")
     )
     print(f"  sites: {', '.join(policy.sites)}; roles: {', '.join(policy.roles)}")
-    print(f"  categories: {', '.join(policy.categories)}; rules: {len(policy.rules)} entries")
+    written = policy.rule_count if policy.rule_count is not None else len(policy.rules)
+    print(
+        f"  categories: {', '.join(policy.categories)}; rules: {written} "
+        f"({len(policy.rules)} role x window x category combinations)"
+    )
     print(f"  list entries: {json.dumps(stats)}")
     return EXIT_OK
 
@@ -157,8 +240,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _identity_override(args: argparse.Namespace, policy) -> Identity | None:
     if not args.role:
         return None
-    if args.role not in policy.roles:
-        raise CommandError(f"unknown role {args.role!r}; roles are {', '.join(policy.roles)}")
+    role = policy.role_named(args.role)  # a role alias ("teacher") means its role ("staff")
+    if role is None:
+        aliases = ", ".join(f"{a} = {r}" for a, r in sorted(policy.role_aliases.items()))
+        raise CommandError(
+            f"unknown role {args.role!r}; roles are {', '.join(policy.roles)}"
+            + (f" (aliases: {aliases})" if aliases else "")
+        )
     site = args.site or policy.resolver.default_site
     if site not in policy.timetables:
         raise CommandError(f"unknown site {site!r}; sites are {', '.join(policy.sites)}")
@@ -168,45 +256,17 @@ def _identity_override(args: argparse.Namespace, policy) -> Identity | None:
             dob = date.fromisoformat(args.date_of_birth)
         except ValueError:
             raise CommandError(f"not a date: {args.date_of_birth!r}") from None
+    given = args.role if role == args.role else f"{args.role} (= {role})"
     return Identity(
-        role=args.role,
+        role=role,
         site=site,
         user=args.user,
         group=args.group,
         date_of_birth=dob,
         client_ip=args.ip,
         source="given",
-        rule=f"--role {args.role} given on the command line",
+        rule=f"--role {given} given on the command line",
     )
-
-
-def _print_decision(decision: Decision, policy, url: str) -> None:
-    ident = decision.identity
-    verdict = "ALLOW" if decision.allowed else "BLOCK"
-    print(f"{verdict}  {url}")
-    print(f"  reason:   {decision.reason}")
-    who = ident.user or ident.client_ip or "(no user)"
-    group = f", group {ident.group}" if ident.group else ""
-    print(f"  identity: {who} -> role {ident.role}{group} at site {ident.site or '-'}")
-    print(f"            by {ident.rule}")
-    if decision.window:
-        w = decision.window
-        print(
-            f"  window:   {w.kind} ({w.name}) {_local(w.start, policy, w.site)} -> "
-            f"{_local(w.end, policy, w.site)}"
-        )
-    if decision.match:
-        m = decision.match
-        print(f"  list:     {m.category}: {m.entry} ({m.source})")
-    else:
-        print("  list:     no list entry matches")
-    print(f"  decided:  {decision.rule}")
-    if not decision.allowed and decision.window:
-        print(f"  until:    {_local(decision.until, policy, ident.site or decision.window.site)}")
-    elif decision.until:
-        print(f"  until:    {_local(decision.until, policy, ident.site)}")
-    if decision.error:
-        print(f"  error:    {decision.error}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -218,11 +278,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     override = _identity_override(args, policy)
     site = override.site if override else None
     at = parse_when(args.at, policy, site)
+    from schoolgate.db import database_exists
     from schoolgate.policy import ExceptionSet
     from schoolgate.store import exceptions_current
 
-    with open_db(policy)() as session:
-        exceptions = ExceptionSet(exceptions_current(session, at))
+    if getattr(args, "init", False) or database_exists(policy.settings.database_url):
+        sessions = open_db(policy, args)
+        with sessions() as session:
+            exceptions = ExceptionSet(exceptions_current(session, at))
+        if args.ip and not args.user and override is None:
+            _use_live_bindings(policy, sessions)
+    else:  # before the gateway's first start: the policy alone still answers
+        print(f"schoolgate: no database yet ({_where(args, policy)}): no exceptions applied",
+              file=sys.stderr)  # fmt: skip
+        exceptions = ExceptionSet()
 
     def decide(url: str) -> tuple[Decision, RequestFacts]:
         facts = facts_for_url(
@@ -252,8 +321,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"url": args.url, **decision.to_json()}, indent=2))
     else:
-        _print_decision(decision, policy, args.url)
+        print_decision(decision, policy, args.url, None if args.at else at)
     return EXIT_OK
+
+
+def _use_live_bindings(policy, sessions) -> None:
+    """``explain --ip``: decide on who the address is bound to now (RADIUS, sign-in, single
+    sign-on), as the gateway would."""
+    from schoolgate.bindings.live import read_once
+    from schoolgate.config import identity_sources_of
+
+    sources = identity_sources_of(policy)
+    if not (sources.sources or sources.dhcp):
+        return
+    try:
+        policy.resolver.use_live(read_once(sources, sessions))
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _open_text(path: str):
@@ -323,7 +407,7 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
         ends = starts + timedelta(minutes=args.minutes)
     else:
         raise CommandError("say how long: --until TIME, --minutes N or --permanent")
-    with open_db(policy)() as session:
+    with open_db(policy, args, changes=True)() as session:
         try:
             row = add_exception(
                 session,
@@ -340,17 +424,11 @@ def cmd_allow_add(args: argparse.Namespace) -> int:
         except ExceptionRequestError as exc:
             raise CommandError(str(exc)) from None
         session.commit()
-        print(f"added exception #{row.id}: {_describe_row(row)}")
+        print(f"added exception #{row.id}: {describe_exception(row, policy, datetime.now(UTC))}")
     return EXIT_OK
 
 
-def _describe_row(row) -> str:
-    from schoolgate.store import to_plain
-
-    return to_plain(row).describe()
-
-
-def _row_json(row) -> dict[str, Any]:
+def _row_json(row, now: datetime) -> dict[str, Any]:
     return {
         "id": row.id,
         "kind": row.kind,
@@ -363,6 +441,8 @@ def _row_json(row) -> dict[str, Any]:
         "created_by": row.created_by,
         "reason": row.reason,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "revoked_by": row.revoked_by,
+        "status": exception_status(row, now),
     }
 
 
@@ -371,17 +451,28 @@ def cmd_allow_list(args: argparse.Namespace) -> int:
 
     policy = load(args)
     now = datetime.now(UTC)
-    with open_db(policy)() as session:
-        rows = list_exceptions(session, at=None if args.all else now)
+    tz = site_tz(policy, None)
+    with open_db(policy, args)() as session:
+        rows = list_exceptions(session, at=None if args.all else now, revoked=args.all)
         if not args.all:
             rows = [r for r in rows if r.ends is None or r.ends > now]
         if args.json:
-            print(json.dumps([_row_json(r) for r in rows], indent=2))
+            print(json.dumps([_row_json(r, now) for r in rows], indent=2))
             return EXIT_OK
         if not rows:
-            print("no exceptions in force")
+            print("no exceptions in force" if not args.all else "no exceptions recorded")
         for row in rows:
-            print(f"#{row.id}  {_describe_row(row)}" + (f"  ({row.reason})" if row.reason else ""))
+            status = exception_status(row, now)
+            mark = ""
+            if status == "revoked":
+                by = f" by {row.revoked_by}" if row.revoked_by else ""
+                mark = f"[REVOKED {words.moment(row.revoked_at, now, tz)}{by}]  "
+            elif status == "ended":
+                mark = "[ENDED]  "
+            elif status == "future":
+                mark = "[LATER]  "
+            reason = f"  ({row.reason})" if row.reason else ""
+            print(f"#{row.id}  {mark}{describe_exception(row, policy, now)}{reason}")
     return EXIT_OK
 
 
@@ -389,7 +480,7 @@ def cmd_allow_revoke(args: argparse.Namespace) -> int:
     from schoolgate.store import ExceptionRequestError, revoke_exception
 
     policy = load(args)
-    with open_db(policy)() as session:
+    with open_db(policy, args, changes=True)() as session:
         try:
             row = revoke_exception(session, args.id, by=args.by, reason=args.reason or "")
         except ExceptionRequestError as exc:
@@ -461,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_allow_add)
     p = allow_sub.add_parser("list", help="exceptions in force")
     _common(p)
-    p.add_argument("--all", action="store_true", help="include ended ones (not revoked)")
+    p.add_argument(
+        "--all", action="store_true", help="also those ended, revoked or starting later, marked"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_allow_list)
     p = allow_sub.add_parser("revoke", help="end an exception now")
@@ -491,8 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--portal-port",
         type=int,
         metavar="PORT",
-        help="also serve the portal on this port (same --listen-host) for an admin network; "
+        help="also serve the portal on this port (on --portal-host) for an admin network; "
         "there the proxy login is not known, so requesters are identified by address only",
+    )
+    p.add_argument(
+        "--portal-host",
+        metavar="ADDRESS",
+        help="the IP address the --portal-port listens on (default 127.0.0.1, loopback only; "
+        "the admin network's address of this host, or 0.0.0.0 / :: for all)",
     )
     p.add_argument(
         "--workers",
@@ -531,13 +630,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_events)
 
     # Commands that live beside their subsystem.
+    from schoolgate.audit_cli import register as register_audit
     from schoolgate.bans_cli import register as register_bans
     from schoolgate.ops_cli import register as register_ops
     from schoolgate.portal.commands import register as register_staff
+    from schoolgate.who_cli import register as register_who
 
     register_bans(sub, _common)
+    register_who(sub, _common)
     register_staff(sub, _common)
     register_ops(sub, _common)
+    register_audit(sub, _common)
     return parser
 
 
@@ -568,18 +671,20 @@ def cmd_events(args: argparse.Namespace) -> int:
         since = parse_since(args.since, policy)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    with open_db(policy)() as session:
+    with open_db(policy, args)() as session:
         rows = list_events(session, since=since, kind=args.kind, user=args.user, limit=args.limit)
     if args.json:
         print(json.dumps([row for row in rows], indent=2))
         return EXIT_OK
     if not rows:
         print("no events recorded" + (" in that period" if since else ""))
+    now, tz = datetime.now(UTC), site_tz(policy, None)
     for row in rows:
         who = row["user"] or row["client_ip"] or "-"
         target = row["url"] or row["host"] or "-"
+        at = words.moment(datetime.fromisoformat(row["at"]), now, tz, seconds=True)
         print(
-            f"{row['at']}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
+            f"{at:<22}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
             f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}"
         )
     return EXIT_OK

@@ -7,15 +7,23 @@ expected); a config with any error yields no policy at all, never a half-loaded 
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
+from schoolgate.bindings.settings import (
+    IDENTITY_SOURCE_KEYS,
+    IdentitySources,
+    read_identity_sources,
+)
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.liststore import ListFile, Progress, load_store
+from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.staff_signin import read_oidc, read_totp
+from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
-from schoolgate.lists import Matcher, parse_entries, parse_list
+from schoolgate.lists import Matcher, parse_entries
 from schoolgate.listupdate import read_list_updates
 from schoolgate.model import WINDOW_KINDS, Action
 from schoolgate.policy import (
@@ -31,6 +39,9 @@ from schoolgate.retention import read_retention
 from schoolgate.timetable import load_timetable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The config a source checkout ships. Which config a command or the gateway uses when none is
+# given is :func:`default_config` (schoolgate.core.locations): the environment, the
+# system-wide /etc/schoolgate/mitm_config.yaml, then this one in a checkout.
 DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
 LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
@@ -66,6 +77,7 @@ TOP_KEYS = frozenset(
         "privacy",
         "logging",
         "advice",
+        "words",
         *EXTRA_SECTIONS,
     }
 )
@@ -82,8 +94,16 @@ DEFAULT_ADVICE = (
 )
 
 
+def default_config() -> Path:
+    """``SCHOOLGATE_CONFIG``, /etc/schoolgate/mitm_config.yaml when installed system-wide, or
+    the checkout's; raises :class:`~schoolgate.core.locations.LocationError` when none."""
+    return find_config().path
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get("SCHOOLGATE_DATA_DIR", "var"))
+    """``SCHOOLGATE_DATA_DIR``, /var/lib/schoolgate when installed system-wide, or the
+    checkout's ``var/`` (absolute, whatever the current folder)."""
+    return find_data_dir().path
 
 
 def _relative(path_text: str, base: Path) -> Path:
@@ -99,9 +119,17 @@ def _display(path: Path, base: Path) -> str:
         return str(path)
 
 
-def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None = None) -> Policy:
-    """Read and validate the config; raise :class:`ConfigError` with every issue found."""
-    config_path = Path(path) if path else DEFAULT_CONFIG
+def load_policy(
+    path: Path | str | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    list_progress: Progress | None = None,
+) -> Policy:
+    """Read and validate the config; raise :class:`ConfigError` with every issue found.
+
+    The category lists are mapped from their compiled store in ``<data_dir>/lists``, compiled
+    first when they changed (``list_progress`` is told how that goes)."""
+    config_path = Path(path) if path else default_config()
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     issues = Issues()
     shown = str(config_path)
@@ -110,7 +138,7 @@ def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None =
         issues.raise_if_any()
     root = Section(data, file=shown, path="", issues=issues)
     base = config_path.resolve().parent
-    policy = _build(root, base, data_dir, config_path, issues)
+    policy = _build(root, base, data_dir, config_path, issues, list_progress)
     issues.raise_if_any()
     assert policy is not None
     policy.warnings = tuple(str(w) for w in sorted(issues.warnings))
@@ -122,8 +150,9 @@ EXCEPTION_SCOPES = ("user", "group", "role", "site", "everyone")
 
 def _slt_required(sec: Section | None) -> dict | None:
     """``portal.slt_required``: which exceptions IT Support may only propose (SLT approves).
-    ``{scopes: [role, site, everyone], longer_than_days: 91, unlist: false}``;
-    ``longer_than_days: false`` (or null) sets no limit on the length."""
+    ``{scopes: [role, site, everyone], longer_than_days: 91}``; ``longer_than_days: false``
+    (or null) sets no limit on the length. Un-listing and adding a site to a category always
+    need SLT: ``unlist`` is still accepted, and ``unlist: false`` is warned of and ignored."""
     if sec is None:
         return None
     sec.check_keys({"scopes", "longer_than_days", "unlist"})
@@ -148,12 +177,24 @@ def _slt_required(sec: Section | None) -> dict | None:
             days = sec.number("longer_than_days", minimum=0)
             if days is not None:
                 out["longer_than_days"] = days
-    if "unlist" in sec:
-        out["unlist"] = sec.flag("unlist")
+    if "unlist" in sec and not sec.flag("unlist", default=True):
+        sec.issues.warn(
+            sec.file,
+            sec.line_of("unlist"),
+            sec.field("unlist"),
+            "un-listing a site for everyone always needs SLT approval: 'unlist: false' is ignored",
+        )
     return out
 
 
-def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues: Issues):
+def _build(
+    root: Section,
+    base: Path,
+    data_dir: Path,
+    config_path: Path,
+    issues: Issues,
+    list_progress: Progress | None = None,
+):
     root.check_keys(TOP_KEYS)
 
     # -- database and portal --------------------------------------------------------------
@@ -173,11 +214,16 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     portal_host = "schoolgate.internal"
     portal_extra: dict = {}
     if portal:
-        portal.check_keys({"host", "port", "secret_key_file", "listen_host", "slt_required"})
+        portal.check_keys(
+            {"host", "port", "secret_key_file", "listen_host", "slt_required", "totp", "oidc"}
+        )
         portal_host = (portal.text("host") or portal_host).lower()
         slt_required = _slt_required(portal.section("slt_required"))
         if slt_required is not None:
             portal_extra["slt_required"] = slt_required
+        # staff sign-in: two-factor codes and the school's identity provider
+        portal_extra["totp"] = read_totp(portal.section("totp"))
+        portal_extra["oidc"] = read_oidc(portal.section("oidc"), base)
 
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}
@@ -240,6 +286,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             required=True,
         )
         role = sec.text("role")
+        if role is not None and role not in role_names:
+            role = aliases.get(role.lower(), role)
         rule_site = site or sec.text("site")
         if rule_site and rule_site not in site_names:
             sec.error("site", f"unknown site {rule_site!r}; sites are {', '.join(site_names)}")
@@ -261,19 +309,22 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     identity = root.section("identity")
     roster: dict[str, RosterEntry] = {}
     roster_source = ""
+    # Other names for roles (the MIS's "pupil" for "student"): honoured wherever a role is named.
+    aliases: dict[str, str] = {}
     if identity is not None:
-        identity.check_keys({"networks", "roster", "role_aliases"})
-        for sec in identity.sections("networks"):
-            network_rule(sec, None)
-        aliases: dict[str, str] = {}
+        identity.check_keys({"networks", "roster", "role_aliases", *IDENTITY_SOURCE_KEYS})
         alias_sec = identity.section("role_aliases")
         if alias_sec:
             for key in alias_sec.keys():
                 target = alias_sec.text(key)
                 if target not in role_names:
                     alias_sec.error(key, f"unknown role {target!r}")
+                elif str(key) in role_names and str(key) != target:
+                    alias_sec.error(key, f"{key!r} is a role of its own; it cannot mean {target!r}")
                 else:
                     aliases[str(key).lower()] = target
+        for sec in identity.sections("networks"):
+            network_rule(sec, None)
         roster_text = identity.text("roster")
         if roster_text:
             roster_path = _relative(roster_text, base)
@@ -289,12 +340,16 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     for name, sec in site_rule_lists:
         for net in sec.sections("networks"):
             network_rule(net, name)
+    # Who is on which address without a proxy login: RADIUS, sign-in, Negotiate, DHCP.
+    identity_sources = read_identity_sources(identity, base=base, roles=role_names, aliases=aliases)
+    sign_in = identity_sources.sign_in
     resolver = IdentityResolver(
         network_rules,
         roster,
         default_site=default_site,
         site_networks=site_networks,
         roster_source=roster_source,
+        sign_in_networks=sign_in.networks if sign_in is not None else (),
     )
 
     # -- categories and lists -----------------------------------------------------------------
@@ -341,6 +396,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     # -- rules ------------------------------------------------------------------------------
     rules: dict[tuple[str, str | None, str, str], RuleRef] = {}
     category_names = list(categories)
+    rule_count = 0
     for index, sec in enumerate(root.sections("rules")):
         sec.check_keys(
             {
@@ -356,7 +412,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
                 "note",
             }
         )
-        rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role")
+        rule_roles = _names(sec, ("role", "roles"), sorted(role_names), "role", aliases)
         groups = [g.lower() for g, _, _ in _plain(sec, ("group", "groups"))] or [None]
         windows = _names(sec, ("window", "windows"), list(WINDOW_KINDS), "window kind")
         cats = _names(sec, ("category", "categories"), category_names, "category")
@@ -366,6 +422,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
                 sec.error("action", f"category {cat!r} is locked: no rule can {action} it")
         if not (rule_roles and windows and cats and action):
             continue
+        rule_count += 1
         label = f"rules[{index}] ({sec.file}:{sec.line})"
         if sec.text("note"):
             label += f" {sec.text('note')}"
@@ -398,7 +455,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             ni.check_keys({"lists", "entries", "format"})
             parsed = _lists_of(ni, base, issues)
             if parsed:
-                no_intercept_matcher = Matcher.build([("no_intercept", parsed)])
+                no_intercept_matcher = _matcher(
+                    "no_intercept", [("no_intercept", parsed)], [], data_dir, issues
+                )
 
     privacy = root.section("privacy")
     keep_paths = True
@@ -412,7 +471,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         log_allowed = logging_sec.flag("allowed_categories", default=False)
     advice = tuple(t for t, _, _ in root.strings("advice")) or DEFAULT_ADVICE
     circumvention = load_circumvention(root.section("circumvention"))
-    sanctions = load_sanctions(root.section("bans"), known_roles=roles)
+    role_names_and_aliases = {name: name for name in roles} | aliases
+    sanctions = load_sanctions(root.section("bans"), known_roles=role_names_and_aliases)
+    wording = read_wording(root, roles=role_names)
     # Checked here so that `check-config` and a reload report them like any other error; the
     # jobs, reports and purge read them again from Settings.extra when they run.
     read_retention(root.section("retention"))
@@ -421,6 +482,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
 
+    matcher = _matcher("main", normal, allow_lists, data_dir, issues, list_progress)
+    locked_matcher = _matcher("locked", locked, [], data_dir, issues) if locked else None
     if issues:
         return None
     settings = Settings(
@@ -435,32 +498,49 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         advice=advice,
         circumvention=circumvention,
         sanctions=sanctions,
-        extra={key: root.data.get(key) for key in EXTRA_SECTIONS} | {"portal": portal_extra},
+        extra={key: root.data.get(key) for key in EXTRA_SECTIONS}
+        | {"portal": portal_extra, "identity_sources": identity_sources},
+        wording=wording,
     )
-    return Policy(
+    policy = Policy(
         settings=settings,
         roles=roles,
         resolver=resolver,
         timetables=timetables,
         categories=categories,
-        matcher=Matcher.build(normal, allow_lists),
-        locked_matcher=Matcher.build(locked) if locked else None,
+        matcher=matcher,
+        locked_matcher=locked_matcher,
         rules=rules,
         age_matcher=age_matcher,
         age_restrictions=age_restrictions,
         no_intercept_matcher=no_intercept_matcher,
     )
+    policy.role_aliases = dict(aliases)
+    policy.rule_count = rule_count
+    return policy
+
+
+def _matcher(label, categories, allowlist, data_dir, issues, progress=None) -> Matcher | None:
+    """The compiled store of these lists (a plain Matcher when all are inline entries)."""
+    try:
+        return load_store(
+            label, categories, allowlist, data_dir=data_dir, issues=issues, progress=progress
+        )
+    except OSError as exc:
+        issues.add(str(data_dir), None, "", str(exc))
+        return None
 
 
 def _lists_of(sec: Section, base: Path, issues: Issues) -> list:
+    """The lists a section names (read when compiled) and its inline entries (read now)."""
     fmt = sec.choice("format", LIST_FORMATS, default="auto")
-    parsed = []
+    parsed: list = []
     for text, line, field in sec.strings("lists"):
         path = _relative(text, base)
         if not path.exists():
             issues.add(sec.file, line, field, f"list file not found: {_display(path, base)}")
             continue
-        parsed.append(parse_list(path, issues, fmt=fmt, display_path=_display(path, base)))
+        parsed.append(ListFile(path, fmt or "auto", _display(path, base)))
     entries = [(text, line) for text, line, _ in sec.strings("entries") if text]
     if entries:
         parsed.append(parse_entries(entries, issues, source=sec.file))
@@ -474,8 +554,15 @@ def _plain(sec: Section, keys: tuple[str, str]) -> list[tuple[str, int, str]]:
     return sec.strings(plural) + sec.strings(single)
 
 
-def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> list[str]:
-    """Names from ``role``/``roles`` (etc.), '*' meaning all; unknown names reported."""
+def _names(
+    sec: Section,
+    keys: tuple[str, str],
+    known: list[str],
+    what: str,
+    aliases: dict[str, str] | None = None,
+) -> list[str]:
+    """Names from ``role``/``roles`` (etc.), '*' meaning all (``aliases``: other names for
+    known ones); unknown names reported."""
     values = _plain(sec, keys)
     if not values:
         sec.error(None, f"missing required field '{keys[1]}' (a list of {what}s, or '*')")
@@ -486,6 +573,8 @@ def _names(sec: Section, keys: tuple[str, str], known: list[str], what: str) -> 
             names.extend(known)
         elif value in known:
             names.append(value)
+        elif aliases and value.lower() in aliases:
+            names.append(aliases[value.lower()])
         else:
             sec.issues.add(
                 sec.file,
@@ -529,6 +618,12 @@ def _age_restrictions(root: Section, base: Path, issues: Issues):
     if not categories:
         return None, {}
     return Matcher.build(categories), restrictions
+
+
+def identity_sources_of(policy: Policy) -> IdentitySources:
+    """The identity sources a policy was loaded with (none for a policy built by hand)."""
+    found = (policy.settings.extra or {}).get("identity_sources")
+    return found if isinstance(found, IdentitySources) else IdentitySources()
 
 
 def check_config(path: Path | str | None = None) -> list[str]:

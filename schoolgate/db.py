@@ -20,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import URL, make_url
@@ -119,6 +120,27 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(50))
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The operating system user that ran the command (migration 0009); None from the portal,
+    # the gateway and its jobs.
+    os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+def record_os_user(sessions: sessionmaker, name: str) -> sessionmaker:
+    """Every audit row written through ``sessions`` (any table with an ``os_user`` column:
+    ``audit``, ``ban_audit``) records ``name`` as the operating system user, beside the actor
+    the command was given (``--by``). What the ``schoolgate`` command opens its database with."""
+    sessions.configure(info={"os_user": name})
+    event.listen(sessions, "before_flush", _stamp_os_user)
+    return sessions
+
+
+def _stamp_os_user(session: Any, _context: Any, _instances: Any) -> None:
+    name = session.info.get("os_user")
+    if not name:
+        return
+    for row in session.new:
+        if hasattr(row, "os_user") and row.os_user is None:
+            row.os_user = name
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -242,6 +264,24 @@ def upgrade(engine: Engine) -> None:
             )
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def database_exists(url: str | URL) -> bool:
+    """Whether ``url`` names a schoolgate database already made (its migrations have run):
+    an SQLite file is not created by asking, and an empty PostgreSQL database is not one."""
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database
+        if not name or name == ":memory:":
+            return False
+        if not Path(name).is_file():
+            return False
+    engine = make_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            return inspect(connection).has_table("alembic_version")
+    finally:
+        engine.dispose()
 
 
 def open_database(url: str | URL) -> sessionmaker:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -414,7 +415,57 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
 def run_job(name: str, key: str) -> dict[str, Any]:
     """What the job store keeps a reference to (module-level and picklable)."""
     ctx = _CONTEXTS.get(key) or _context_from_key(key)
-    return JOBS[name](ctx)
+    return run_recorded(name, ctx)
+
+
+def run_recorded(name: str, ctx: JobContext) -> dict[str, Any]:
+    """Run a job and keep how it went as its last run (``job_runs``); a failure is kept and
+    raised again."""
+    import socket
+
+    from schoolgate.storage.job_runs import FAILED, OK, record_run
+
+    started = ctx.now()
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        result = JOBS[name](ctx)
+    except Exception as exc:
+        record_run(ctx.sessions, name, started=started, finished=ctx.now(), outcome=FAILED,
+                   error=f"{type(exc).__name__}: {exc}", host=host)  # fmt: skip
+        raise
+    record_run(ctx.sessions, name, started=started, finished=ctx.now(), outcome=OK,
+               summary=summarise(name, result), host=host)  # fmt: skip
+    return result
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
+def summarise(name: str, result: dict[str, Any]) -> str:
+    """What a job did, in a line: "2 exceptions ended", "deleted 14 events"."""
+    if name == "expire":
+        ended = len(result.get("ended") or []) + int(result.get("other") or 0)
+        return f"{ended} recorded as ended" if ended else "nothing had ended"
+    if name == "escalate":
+        return _count(len(result.get("escalated") or []), "request") + " escalated to SLT"
+    if name == "lists":
+        results = result.get("results") or []
+        refused = [r for r in results if not r.get("accepted")]
+        text = _count(len(results) - len(refused), "list") + " updated"
+        if refused:
+            text += f", {len(refused)} refused ({', '.join(r['category'] for r in refused)})"
+        return text
+    if name.startswith("report"):
+        return (
+            f"report for {result.get('period')}: {_count(len(result.get('files') or []), 'file')}"
+        )
+    if name == "purge":
+        deleted = result.get("deleted") or {}
+        if not any(deleted.values()):
+            return "nothing past its retention period"
+        return "deleted " + ", ".join(f"{n} {key}" for key, n in deleted.items() if n)
+    return ""
 
 
 # -- the scheduler ------------------------------------------------------------------------------
@@ -439,35 +490,87 @@ class _Scheduler(BackgroundScheduler):
         return super()._process_jobs()
 
 
-def job_triggers(policy: Any) -> dict[str, Any]:
-    """Each job's trigger from the config (times are the default site's local time)."""
+# Interval jobs run on whole minutes (a fixed start, so the schedule is the same every time).
+_EPOCH = datetime(2020, 1, 6, tzinfo=UTC)
+_WEEKDAYS = {"mon": "Monday"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a job runs: every N minutes, or daily (or weekly) at a local time."""
+
+    every_minutes: int | None = None
+    at: str | None = None  # "02:30", the default site's local time
+    weekday: str | None = None  # "mon" for weekly
+
+    def words(self) -> str:
+        if self.every_minutes is not None:
+            n = self.every_minutes
+            return "every minute" if n == 1 else f"every {n} minutes"
+        if self.weekday:
+            return f"every {_WEEKDAYS.get(self.weekday, self.weekday)} at {self.at}"
+        return f"every day at {self.at}"
+
+    def trigger(self, tz: Any) -> Any:
+        if self.every_minutes is not None:
+            return IntervalTrigger(minutes=self.every_minutes, start_date=_EPOCH, timezone=UTC)
+        h, m = _clock_of(self.at or "00:00")
+        if self.weekday:
+            return CronTrigger(day_of_week=self.weekday, hour=h, minute=m, timezone=tz)
+        return CronTrigger(hour=h, minute=m, timezone=tz)
+
+
+# What each job does, for people (``schoolgate jobs list``).
+JOB_PURPOSES = {
+    "expire": "records exceptions, overrides and bans that have ended",
+    "escalate": "sends access requests IT Support have not handled in time to SLT",
+    "lists": "refreshes category lists from their URLs",
+    "report_day": "the e-safety report for the day before",
+    "report_week": "the e-safety report for the week before",
+    "purge": "deletes records past their retention period",
+}
+
+
+def job_schedules(policy: Any) -> dict[str, Schedule]:
+    """Each job's schedule from the config (jobs switched off by the config are left out)."""
     from schoolgate.listupdate import list_updates_of
     from schoolgate.reports.build import reports_of
     from schoolgate.retention import retention_of
 
-    tz = policy.timetables[policy.resolver.default_site].tz
-    # Interval jobs run on whole minutes (a fixed start, so the schedule is the same every time)
-    epoch = datetime(2020, 1, 6, tzinfo=UTC)
-    triggers: dict[str, Any] = {
-        "expire": IntervalTrigger(minutes=1, start_date=epoch, timezone=UTC)
-    }
-    notifications = notifications_of(policy)
-    if notifications.escalate_after_hours is not None:
-        triggers["escalate"] = IntervalTrigger(minutes=5, start_date=epoch, timezone=UTC)
+    schedules: dict[str, Schedule] = {"expire": Schedule(every_minutes=1)}
+    if notifications_of(policy).escalate_after_hours is not None:
+        schedules["escalate"] = Schedule(every_minutes=5)
     lists = list_updates_of(policy)
     if lists.sources:
-        h, m = _clock_of(lists.at)
-        triggers["lists"] = CronTrigger(hour=h, minute=m, timezone=tz)
+        schedules["lists"] = Schedule(at=lists.at)
     reports = reports_of(policy)
     if reports.daily_at:
-        h, m = _clock_of(reports.daily_at)
-        triggers["report_day"] = CronTrigger(hour=h, minute=m, timezone=tz)
+        schedules["report_day"] = Schedule(at=reports.daily_at)
     if reports.weekly_at:
-        h, m = _clock_of(reports.weekly_at)
-        triggers["report_week"] = CronTrigger(day_of_week="mon", hour=h, minute=m, timezone=tz)
-    h, m = _clock_of(retention_of(policy).purge_at)
-    triggers["purge"] = CronTrigger(hour=h, minute=m, timezone=tz)
-    return triggers
+        schedules["report_week"] = Schedule(at=reports.weekly_at, weekday="mon")
+    schedules["purge"] = Schedule(at=retention_of(policy).purge_at)
+    return schedules
+
+
+def job_triggers(policy: Any) -> dict[str, Any]:
+    """Each job's trigger from the config (times are the default site's local time)."""
+    tz = policy.timetables[policy.resolver.default_site].tz
+    return {name: schedule.trigger(tz) for name, schedule in job_schedules(policy).items()}
+
+
+def stored_next_runs(sessions: sessionmaker) -> dict[str, datetime]:
+    """The next run time of each job as the gateway's scheduler stored it (none before the
+    gateway first scheduled them)."""
+    from sqlalchemy import Column, Float, MetaData, String, Table, inspect
+
+    with sessions() as session:
+        if not inspect(session.connection()).has_table(JOBSTORE_TABLE):
+            return {}
+        table = Table(
+            JOBSTORE_TABLE, MetaData(), Column("id", String), Column("next_run_time", Float)
+        )
+        rows = session.execute(select(table.c.id, table.c.next_run_time)).all()
+    return {name: datetime.fromtimestamp(ts, UTC) for name, ts in rows if ts is not None}
 
 
 class Jobs:
@@ -557,7 +660,7 @@ class Jobs:
 
     def run(self, name: str) -> Any:
         try:
-            self.results[name] = JOBS[name](self.context)
+            self.results[name] = run_recorded(name, self.context)
         except Exception as exc:  # a failing job must not stop the others
             log.exception("job %s failed", name)
             self.results[name] = {"error": str(exc)}

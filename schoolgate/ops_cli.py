@@ -25,13 +25,13 @@ def _fail(message: str) -> Exception:
     return _cli().CommandError(message)
 
 
-def _context(args: argparse.Namespace, *, progress: bool | None = False):
+def _context(args: argparse.Namespace, *, progress: bool | None = False, changes: bool = False):
     from schoolgate.jobs import JobContext
 
     cli = _cli()
     policy = cli.load(args)
-    return policy, JobContext(policy=lambda: policy, sessions=cli.open_db(policy),
-                              progress=progress)  # fmt: skip
+    sessions = cli.open_db(policy, args, changes=changes)
+    return policy, JobContext(policy=lambda: policy, sessions=sessions, progress=progress)
 
 
 def _settings(fn, policy):
@@ -75,6 +75,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     policy, ctx = _context(args)
     with ctx.sessions() as session:
         data = export_user(session, args.user, policy=policy, now=ctx.now())
+    if "roster" not in data and not any(data.get("counts", {}).values()):
+        # Nothing at all: most often a misspelt name. Say so rather than print an empty record.
+        raise _fail(
+            f"nothing is held about {data['subject']!r}: not on the roster, and no events, "
+            "exceptions, audit entries, requests, bans or staff account name them. Check the "
+            "spelling (the proxy login or roster user name); if it is right, that is the answer "
+            "to the request."
+        )
     if args.html:
         text = render_export_html(data)
     else:
@@ -138,7 +146,7 @@ def render_export_html(data: dict[str, Any]) -> str:
 def cmd_erase(args: argparse.Namespace) -> int:
     from schoolgate.retention import erase_user, retention_of
 
-    policy, ctx = _context(args)
+    policy, ctx = _context(args, changes=args.yes)
     settings = _settings(retention_of, policy)
     with ctx.sessions.begin() as session:
         plan = erase_user(session, args.user, policy=policy, settings=settings, apply=args.yes,
@@ -175,7 +183,7 @@ def _print_results(results, as_json: bool) -> int:
 def cmd_lists_update(args: argparse.Namespace) -> int:
     from schoolgate.listupdate import list_updates_of, update_all
 
-    policy, ctx = _context(args)
+    policy, ctx = _context(args, changes=True)
     settings = _settings(list_updates_of, policy)
     if not settings.sources:
         raise _fail("no list sources configured (list_updates.sources in the config)")
@@ -185,13 +193,25 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
                              actor=args.by or "schoolgate lists update")  # fmt: skip
     if not results:
         raise _fail(f"no configured source for {', '.join(args.category)}")
+    if any(r.accepted for r in results):
+        _compile_lists(args)
     return _print_results(results, args.json)
+
+
+def _compile_lists(args: argparse.Namespace) -> None:
+    """Compile the updated lists now, with a progress bar, rather than in each gateway."""
+    from schoolgate.listupdate import compile_lists
+
+    try:
+        compile_lists(args.config, args.data_dir, progress=False if args.no_progress else None)
+    except ConfigError as exc:
+        raise _fail(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
 
 
 def cmd_lists_import(args: argparse.Namespace) -> int:
     from schoolgate.listupdate import audit_result, fetch_and_install, list_updates_of
 
-    policy, ctx = _context(args)
+    policy, ctx = _context(args, changes=True)
     settings = _settings(list_updates_of, policy)
     target = args.into
     fmt = args.format
@@ -209,6 +229,8 @@ def cmd_lists_import(args: argparse.Namespace) -> int:
     )  # fmt: skip
     with ctx.sessions.begin() as session:
         audit_result(session, result, args.by or "schoolgate lists import")
+    if result.accepted:
+        _compile_lists(args)
     return _print_results([result], args.json)
 
 
@@ -237,7 +259,7 @@ def cmd_lists_stats(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     from schoolgate.jobs import job_purge
 
-    _policy, ctx = _context(args)
+    _policy, ctx = _context(args, changes=True)
     result = job_purge(ctx)
     deleted = result["deleted"]
     if args.json:
@@ -251,19 +273,70 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from schoolgate.jobs import job_triggers
+    """Each job: what it does, when it runs (in words), its next run and how its last went."""
+    from datetime import UTC, datetime
 
-    policy = _cli().load(args)
-    for name, trigger in job_triggers(policy).items():
-        print(f"{name:<12} {trigger}")
+    from schoolgate.core import words
+    from schoolgate.db import database_exists
+    from schoolgate.jobs import JOB_PURPOSES, job_schedules, job_triggers, stored_next_runs
+    from schoolgate.storage.job_runs import last_runs
+
+    cli = _cli()
+    policy = cli.load(args)
+    now = datetime.now(UTC)
+    tz = policy.timetables[policy.resolver.default_site].tz
+    stored: dict = {}
+    last: dict = {}
+    if database_exists(policy.settings.database_url):
+        sessions = cli.open_db(policy, args)
+        stored = stored_next_runs(sessions)
+        with sessions() as session:
+            last = last_runs(session)
+    triggers = job_triggers(policy)
+    out = []
+    for name, schedule in job_schedules(policy).items():
+        next_run = stored.get(name) or triggers[name].get_next_fire_time(None, now)
+        run = last.get(name)
+        out.append(
+            {
+                "name": name,
+                "does": JOB_PURPOSES.get(name, ""),
+                "schedule": schedule.words(),
+                "next_run": next_run.isoformat() if next_run else None,
+                "next_run_stored": name in stored,
+                "last_started": run.started_at.isoformat() if run else None,
+                "last_finished": run.finished_at.isoformat() if run else None,
+                "outcome": run.outcome if run else None,
+                "summary": run.summary if run else None,
+                "error": run.error if run else None,
+                "ran_on": run.host if run else None,
+            }
+        )
+        if args.json:
+            continue
+        due = words.moment(next_run, now, tz) if next_run else "not scheduled"
+        if next_run is not None and next_run <= now:
+            due = f"due since {due} (runs when the gateway is running)"
+        if run is None:
+            done = "never run"
+        else:
+            said = run.summary if run.outcome == "ok" else run.error
+            done = f"{words.moment(run.started_at, now, tz)}, {run.outcome}" + (
+                f": {said}" if said else ""
+            )
+        print(f"{name}: {JOB_PURPOSES.get(name, '')}")
+        print(f"  runs {schedule.words()}; next {due}")
+        print(f"  last {done}")
+    if args.json:
+        print(json.dumps(out, indent=2))
     return 0
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
-    from schoolgate.jobs import JOBS
+    from schoolgate.jobs import run_recorded
 
-    _policy, ctx = _context(args, progress=None)
-    result = JOBS[args.name](ctx)
+    _policy, ctx = _context(args, progress=None, changes=True)
+    result = run_recorded(args.name, ctx)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -328,8 +401,9 @@ def register(sub: Any, common: Any) -> None:
 
     jobs = sub.add_parser("jobs", help="the scheduled jobs: list them, run one now")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
-    p = jobs_sub.add_parser("list", help="each job and when it runs")
+    p = jobs_sub.add_parser("list", help="each job, when it runs, and how its last run went")
     common(p)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_jobs_list)
     p = jobs_sub.add_parser("run", help="run one job now")
     common(p)

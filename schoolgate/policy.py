@@ -5,6 +5,7 @@
 force, as plain input) into a :class:`~schoolgate.model.Decision`. The order of checks is the
 policy itself, so it is spelled out once, here:
 
+0. **Sign-in**: a device that must sign in (identity ``sign_in_required``) is refused.
 1. **Locked categories** (IWF, CTIRU, ...): nothing can open them, not even an exception.
 2. **Age restrictions**: a sign-up page whose minimum age is above the person's age is
    blocked at all times; no rule or exception opens it.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from schoolgate.hosts import normalize_host
-from schoolgate.identity import GUEST, IdentityResolver, minimum_age
+from schoolgate.identity import GUEST, SIGN_IN_REQUIRED, IdentityResolver, minimum_age
 from schoolgate.model import (
     AccessException,
     Action,
@@ -101,6 +102,8 @@ class Settings:
     circumvention: Any = None
     sanctions: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The school's words for roles and windows (schoolgate.core.words.Wording); None: defaults.
+    wording: Any = None
 
 
 class ExceptionSet:
@@ -199,6 +202,10 @@ class Policy:
         self.age_restrictions = age_restrictions
         self.no_intercept_matcher = no_intercept_matcher
         self.warnings: tuple[str, ...] = ()  # skipped list lines etc., set by the loader
+        # Set by the loader: other names for roles (identity.role_aliases, lower case), and
+        # how many rules the config wrote (``rules`` holds them expanded).
+        self.role_aliases: dict[str, str] = {}
+        self.rule_count: int | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple, datetime | None] = {}
 
@@ -215,6 +222,16 @@ class Policy:
 
     def role(self, name: str) -> RoleSettings:
         return self.roles.get(name) or self.roles[GUEST]
+
+    def role_named(self, name: str | None) -> str | None:
+        """The role ``name`` means: a role, or one of ``identity.role_aliases`` (any case);
+        None when it is neither."""
+        if not name:
+            return None
+        text = name.strip()
+        if text in self.roles:
+            return text
+        return self.role_aliases.get(text.lower())
 
     def should_intercept(self, identity: Identity, host: str) -> bool:
         """Whether TLS to ``host`` is opened for this client (the school's CA is deployed)."""
@@ -279,6 +296,17 @@ class Policy:
         path = facts.path
         at = facts.at
         window = self.timetables[identity.site].window_at(at)
+
+        # 0. A device that must sign in gets nothing until it has (never the guest policy).
+        if identity.source == SIGN_IN_REQUIRED:
+            return Decision(
+                Action.BLOCK,
+                identity,
+                window,
+                None,
+                "This device is not signed in. Sign in to the school's network first.",
+                rule="sign-in required",
+            )
 
         # 1. Locked categories come first: nothing opens them.
         if self.locked_matcher is not None:

@@ -366,8 +366,8 @@ def _exception_dict(row: ExceptionRow) -> dict[str, Any]:
 
 
 def _audit_dict(row: AuditRow) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-            "subject": row.subject, "detail": row.detail}  # fmt: skip
+    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "os_user": row.os_user,
+            "action": row.action, "subject": row.subject, "detail": row.detail}  # fmt: skip
 
 
 def _audit_about(name: str):
@@ -440,7 +440,7 @@ def export_user(
         items = []
         for row in rows:
             item = _row_dict(row)
-            for secret in ("password_hash", "token"):
+            for secret in ("password_hash", "token", "totp_secret", "totp_recovery"):
                 if secret in item:
                     item[secret] = "(withheld: a credential)"
             items.append(item)

@@ -50,7 +50,7 @@ def validate_exception(
         raise ExceptionRequestError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     if scope != "everyone" and not scope_value:
         raise ExceptionRequestError(f"scope {scope} needs a value (e.g. {scope}=...)")
-    if scope == "role" and scope_value not in policy.roles:
+    if scope == "role" and policy.role_named(scope_value) is None:
         raise ExceptionRequestError(
             f"unknown role {scope_value!r}; roles are {', '.join(sorted(policy.roles))}"
         )
@@ -104,6 +104,8 @@ def add_exception(
     """Validate, store and audit a new exception."""
     if not created_by:
         raise ExceptionRequestError("say who is granting it (--by)")
+    if scope == "role":  # a role alias ("teacher") is stored as the role it means ("staff")
+        scope_value = policy.role_named(scope_value) or scope_value
     validate_exception(
         policy,
         scope=scope,
@@ -154,9 +156,14 @@ def revoke_exception(session: Session, exception_id: int, *, by: str, reason: st
     return row
 
 
-def list_exceptions(session: Session, *, at: datetime | None = None) -> list[ExceptionRow]:
-    """Exceptions not revoked; with ``at``, only those in force at that moment."""
-    query = select(ExceptionRow).where(ExceptionRow.revoked_at.is_(None))
+def list_exceptions(
+    session: Session, *, at: datetime | None = None, revoked: bool = False
+) -> list[ExceptionRow]:
+    """Exceptions not revoked (``revoked``: those too); with ``at``, only those in force at
+    that moment."""
+    query = select(ExceptionRow)
+    if not revoked:
+        query = query.where(ExceptionRow.revoked_at.is_(None))
     if at is not None:
         query = query.where(ExceptionRow.starts <= at).where(
             or_(ExceptionRow.ends.is_(None), ExceptionRow.ends > at)

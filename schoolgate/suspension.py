@@ -4,23 +4,32 @@ warning page of the first sanction stage.
 Same rules as the block page (:mod:`schoolgate.blockpage`): inline CSS only, no scripts or any
 other request, Jinja2 autoescape, strict CSP headers; an HTML page for browser navigations and
 one or two lines of text for everything else. The suspension page names the reason, since and
-until when, how to appeal, and the references to quote.
+until when, how to appeal, and the references to quote. Times are in words, in the site's time
+zone (:mod:`schoolgate.core.words`). "Tell IT Support this is a mistake" opens the portal's
+access request for the page asked for, marked as a block made by mistake.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
+from urllib.parse import urlencode
 
 from schoolgate.bans import BanState
-from schoolgate.blockpage import SECURITY_HEADERS, _environment, describe_until, wants_html
+from schoolgate.blockpage import SECURITY_HEADERS, _environment, wants_html
+from schoolgate.core import words
 
 SUSPENDED_STATUS = 403
 
 
 def _when(value: datetime, tz: tzinfo | None) -> str:
-    local = value.astimezone(tz) if tz is not None else value
-    return f"{local:%H:%M} on {local:%a} {local.day} {local:%b %Y}"
+    return words.absolute(value, tz)
+
+
+def _mistake_link(portal_host: str, url: str | None) -> str:
+    """The access request for ``url``, marked as blocked by mistake (the portal's form)."""
+    fields = {"url": url, "purpose": "erroneous"} if url else {"purpose": "erroneous"}
+    return f"http://{portal_host}/request?{urlencode(fields)}"
 
 
 def _who(ban: BanState) -> str:
@@ -44,12 +53,12 @@ def render_suspended_page(
     context = {
         "kind": ban.kind,
         "reason": ban.reason,
-        "since": _when(ban.starts, tz),
-        "until": describe_until(ban.ends, now, tz) if ban.ends else "until it is lifted",
+        "since": words.moment(ban.starts, now, tz),
+        "until": words.until(ban.ends, now, tz) if ban.ends else "until it is lifted",
         "url": url,
         "appeal": appeal,
         "essentials": list(essentials),
-        "portal_link": f"http://{portal_host}/",
+        "portal_link": _mistake_link(portal_host, url),
         "ban_ref": f"#{ban.id}" if ban.id is not None else ban.ref,
         "ref": ref,
         "when": _when(now, tz),
@@ -58,10 +67,12 @@ def render_suspended_page(
     return _environment().get_template("suspended.html").render(context)
 
 
-def render_suspended_text(ban: BanState, *, ref: str, now: datetime | None = None) -> str:
+def render_suspended_text(
+    ban: BanState, *, ref: str, now: datetime | None = None, tz: tzinfo | None = None
+) -> str:
     now = now or datetime.now(UTC)
     what = "suspended (supervised use only)" if ban.kind == "ban" else "paused"
-    until = describe_until(ban.ends, now, UTC) if ban.ends else "until lifted"
+    until = words.until(ban.ends, now, tz) if ban.ends else "until lifted"
     return f"Internet access {what} by the school's filter, {until} ({ref})\n{ban.reason}\n"
 
 
@@ -94,7 +105,7 @@ def suspended_response_parts(
         )
         out["content-type"] = "text/html; charset=utf-8"
     else:
-        body = render_suspended_text(ban, ref=ref, now=now)
+        body = render_suspended_text(ban, ref=ref, now=now, tz=tz)
         out["content-type"] = "text/plain; charset=utf-8"
     return SUSPENDED_STATUS, out, body.encode("utf-8")
 
@@ -109,12 +120,13 @@ def render_warning_page(
     who: str | None = None,
     tz: tzinfo | None = None,
     now: datetime | None = None,
+    url: str | None = None,
 ) -> str:
     now = now or datetime.now(UTC)
     context = {
         "summary": summary,
         "ref": ref,
-        "portal_link": f"http://{portal_host}/report?ref={ref}",
+        "portal_link": _mistake_link(portal_host, url or continue_url),
         "continue_url": continue_url,
         "next_step": next_step,
         "who": who,
@@ -150,6 +162,7 @@ def warning_response_parts(
         who=who,
         tz=tz,
         now=now,
+        url=url,
     )
     return (403 if blocked else 200), out, body.encode("utf-8")
 

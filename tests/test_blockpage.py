@@ -113,6 +113,15 @@ def _links(page: str) -> dict[str, str]:
     return found
 
 
+def _buttons(page: str) -> dict[str, dict[str, list[str]]]:
+    """Each link's text -> its path and query (``{"path": [...], **query}``)."""
+    found = {}
+    for href, text in re.findall(r'<a [^>]*href="([^"]+)"[^>]*>([^<]+)</a>', page):
+        parts = urlsplit(html.unescape(href))
+        found[text.strip()] = {"path": [parts.path], **parse_qs(parts.query)}
+    return found
+
+
 def test_page_says_what_why_and_until_when():
     page = _page()
     assert '<html lang="en-GB">' in page
@@ -120,9 +129,12 @@ def test_page_says_what_why_and_until_when():
     assert "<h1" in page and "<h2" in page
     assert "https://www.facebook.com/groups/x" in page
     assert "social media" in page.lower()
-    assert "lesson time" in page and "(P2)" in page
+    assert "Lesson (P2)" in page
     assert "until 11:00 today" in page
-    assert "social media is blocked for student in lesson (P2)." in page
+    # the reason in words: no internal names, no ISO times
+    assert "Social media is blocked for pupils during lessons (P2, until 11:00 today)." in page
+    assert "social_media" not in page.split("<body>")[1].split("href")[0]
+    assert "for student" not in page and "T11:00" not in page
     assert "0123456789abcdef" in page  # the reference to quote
     assert "<strong>Safe:</strong> keep your personal information safe." in page
     assert "Report a problem" in page and "Request access" in page
@@ -151,16 +163,19 @@ def test_url_is_escaped():
 
 def test_links_carry_url_category_and_a_signed_ref():
     page = _page(url="https://www.facebook.com/groups/x?a=1&b=2")
-    links = _links(page)
-    request = parse_qs(urlsplit(links["/request"]).query)
-    report = parse_qs(urlsplit(links["/report"]).query)
-    assert links["/request"].startswith("http://schoolgate.internal/request?")
-    assert links["/report"].startswith("http://schoolgate.internal/report?")
+    assert _links(page)["/request"].startswith("http://schoolgate.internal/request?")
+    buttons = _buttons(page)
+    request = buttons["Request access to this page"]
+    problem = buttons["Report a problem with this block"]
     assert request["url"] == ["https://www.facebook.com/groups/x?a=1&b=2"]
     assert request["category"] == ["social_media"]
-    assert report["url"] == request["url"]
     assert verify_ref(SECRET, request["ref"][0]) == "0123456789abcdef"
-    assert verify_ref(SECRET, report["ref"][0]) == "0123456789abcdef"
+    # "report a problem with this block" is the access request for this block, marked as a
+    # mistake: not the content-report form (that is for pages that should be blocked)
+    assert problem["path"] == ["/request"] and problem["purpose"] == ["erroneous"]
+    assert problem["url"] == request["url"] and problem["category"] == ["social_media"]
+    assert verify_ref(SECRET, problem["ref"][0]) == "0123456789abcdef"
+    assert "/report" not in _links(page)
 
 
 def test_signed_refs():
@@ -210,7 +225,8 @@ def test_secret_created_once_with_mode_0600(tmp_path):
 def test_locked_variant_offers_no_request():
     page = _page(_decision(**LOCKED))
     links = _links(page)
-    assert "/request" not in links and "/report" in links
+    assert "/request" not in links and "/report" not in links
+    assert "tell IT Support and quote the reference number" in page
     assert "Request access" not in page
     assert "blocked for everyone" in page
     assert "cannot be requested" in page
@@ -222,8 +238,10 @@ def test_age_variant_explains_the_limit():
     page = _page(_decision(**AGE), url="https://www.instagram.com/accounts/emailsignup/")
     assert "age limit" in page
     assert "Signing up to Instagram needs you to be at least 13." in page
-    links = _links(page)
-    assert "/request" not in links and "/report" in links
+    buttons = _buttons(page)
+    assert "Request access to this page" not in buttons
+    problem = buttons["Report a problem with this block"]
+    assert problem["path"] == ["/request"] and problem["purpose"] == ["erroneous"]
 
 
 def test_error_variant_says_the_filter_failed():
@@ -231,7 +249,7 @@ def test_error_variant_says_the_filter_failed():
     assert "The filter could not check this page" in page
     assert "blocked for safety" in page
     assert "failed" in page
-    assert "/report" in _links(page)
+    assert _buttons(page)["Report a problem with this block"]["path"] == ["/request"]
     text = render_block_text(_decision(**ERROR), url="https://x.example/", ref="abc")
     assert text.startswith("Blocked by the school's filter: the filter failed")
     assert "(abc)" in text
@@ -252,9 +270,13 @@ def test_no_end_in_sight():
     ("until", "text"),
     [
         (NOW.replace(hour=11, minute=0), "until 11:00 today"),
-        (NOW.replace(hour=8, minute=40) + timedelta(days=1), "until 08:40 tomorrow (Tue 1 Dec)"),
-        (NOW.replace(hour=8, minute=40) + timedelta(days=7), "until Mon 7 Dec 08:40"),
-        (NOW.replace(hour=8, minute=40) + timedelta(days=40), "until Sat 9 Jan 2027 08:40"),
+        (NOW.replace(hour=8, minute=40) + timedelta(days=1), "until 08:40 tomorrow"),
+        (NOW.replace(hour=8, minute=40) + timedelta(days=7), "until Monday 7 December, 08:40"),
+        (
+            NOW.replace(hour=8, minute=40) + timedelta(days=40),
+            "until Saturday 9 January 2027, 08:40",
+        ),
+        (NOW.replace(hour=8, minute=40) + timedelta(days=374), "until 9 December 2027"),
         (None, "no end in sight"),
         (NOW - timedelta(minutes=1), "for now"),
     ],
@@ -269,7 +291,7 @@ def test_until_in_the_sites_local_time():
     assert describe_until(until, now, LONDON) == "until 11:00 today"
     # 23:30 UTC is already tomorrow in London in summer
     assert describe_until(datetime(2026, 6, 1, 23, 30, tzinfo=UTC), now, LONDON) == (
-        "until 00:30 tomorrow (Tue 2 Jun)"
+        "until 00:30 tomorrow"
     )
 
 

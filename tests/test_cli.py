@@ -107,9 +107,17 @@ def test_explain_text_names_identity_window_list_and_rule(config, capsys):
     assert out.startswith("BLOCK")
     assert "role student, group 9B" in out and "roster" in out
     assert "lesson (P2)" in out
-    assert "social_media: facebook.com" in out
+    assert "social media: facebook.com" in out
     assert "rules[0]" in out
-    assert "until:    Tue 24 Nov 2026 11:00" in out
+    # another time than now (--at): full dates in words, never an ISO timestamp
+    assert (
+        "reason:   Social media is blocked for pupils during lessons (P2, until 11:00 on "
+        "Tuesday 24 November 2026)." in out
+    )
+    assert "window:   lesson (P2), 10:00 to 11:00 on Tuesday 24 November 2026" in out
+    assert "until:    11:00 on Tuesday 24 November 2026" in out
+    people_lines = [line for line in out.splitlines() if line.startswith(("  reason", "  window"))]
+    assert all("_" not in line and "2026-11-24T" not in line for line in people_lines)
 
 
 def test_explain_by_role_and_null_category(config, capsys):
@@ -213,10 +221,12 @@ def test_allow_add_list_revoke_changes_explain(config, capsys):
         "mrs.khan",
         "--reason",
         "Media studies",
+        "--init",
         *base,
     )
     assert code == 0, err
     assert "exception #1" in out
+    assert "social media open for group 9B until " in out and "by mrs.khan" in out
     code, out, _ = run(capsys, *ask)
     data = json.loads(out)
     assert data["action"] == "allow" and data["exception_id"] == 1
@@ -231,10 +241,14 @@ def test_allow_add_list_revoke_changes_explain(config, capsys):
     assert json.loads(out)["exception_id"] is None
     code, out, _ = run(capsys, "allow", "list", *base)
     assert "no exceptions in force" in out
+    code, out, _ = run(capsys, "allow", "list", "--all", *base)
+    assert out.startswith("#1  [REVOKED today at ") and " by it.support]" in out
+    code, out, _ = run(capsys, "allow", "list", "--all", "--json", *base)
+    assert json.loads(out)[0]["status"] == "revoked"
 
 
 def test_allow_refuses_locked_unknown_and_past(config, capsys):
-    base = ["--config", config, "--by", "it.support"]
+    base = ["--config", config, "--by", "it.support", "--init"]
     code, _, err = run(
         capsys, "allow", "add", "--category", "illegal", "--for", "everyone", "--permanent", *base
     )
@@ -308,6 +322,7 @@ def test_allow_is_audited(config, capsys):
         "Revision video",
         "--config",
         config,
+        "--init",
     )
     run(
         capsys, "allow", "revoke", "1", "--by", "it.support", "--reason", "done", "--config", config

@@ -20,6 +20,7 @@ from schoolgate.gateway import (
     Enforcement,
     ExceptionCache,
     GatewayPages,
+    IdentitySourcesAddon,
     JobsAddon,
     PolicyHolder,
     PortalAddon,
@@ -43,6 +44,7 @@ class Gateway:
     exceptions: ExceptionCache
     pages: GatewayPages
     portal: PortalAddon
+    identity: IdentitySourcesAddon
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon

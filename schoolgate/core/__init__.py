@@ -1,2 +1,3 @@
-"""The pure policy core: settings, lists, platforms and decisions, with no mitmproxy, database
-or web framework."""
+"""The pure policy core: config reading, the policy and its decision, lists, platforms,
+timetables, identity, hosts and the values passed between them. Nothing here imports
+mitmproxy, SQLAlchemy or Flask."""

@@ -24,6 +24,7 @@ from mitmproxy import connection, ctx, http, tls
 
 from schoolgate import safesearch
 from schoolgate.blockpage import block_response_parts, sign_ref
+from schoolgate.core.words import wording_of
 from schoolgate.eventlog import decision_event, new_ref, search_term_of
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.flowinfo import request_hosts, request_view
@@ -338,6 +339,7 @@ class Enforcement:
                 advice=advice,
                 headers=flow.request.headers,
                 tz=tz,
+                wording=wording_of(policy),
             )
             flow.response = http.Response.make(status, body, headers)
         except Exception:  # noqa: BLE001 - the page failed: still block, in plain text

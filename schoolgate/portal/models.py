@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from schoolgate.core.staff_signin import STAFF_ROLES
 from schoolgate.db import Base, UTCDateTime, utcnow
 
-STAFF_ROLES = ("it_support", "slt", "teacher", "network_manager")
+__all__ = ["STAFF_ROLES", "OutboxRow", "PortalRequestRow", "StaffRow"]
 
 # What a request or report can be; "awaiting_slt" holds IT Support's proposed exception until
 # SLT approve it.
@@ -36,6 +37,13 @@ class StaffRow(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Two-factor sign-in (migration 0006, schoolgate.portal.totp): the secret encrypted with a
+    # key derived from secret.key; enabled once a first code confirmed it; the last time step
+    # accepted (a code is never accepted twice); the recovery codes, hashed (JSON).
+    totp_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    totp_recovery: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def role_list(self) -> list[str]:

@@ -120,7 +120,8 @@ def request_form():
         signed_ref=signed if event_ref else "",
         event_ref=event_ref,
         purposes=PURPOSES,
-        form={},
+        # "Report a problem with this block" on the block page comes here as "erroneous"
+        form={"purpose": purpose} if (purpose := request.args.get("purpose")) in PURPOSES else {},
     )
 
 

@@ -7,6 +7,7 @@ tables exist, and marked "not recorded" otherwise. An empty database gives an ho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -134,6 +135,10 @@ def reports_of(policy: Any) -> ReportSettings:
     issues = Issues()
     settings = read_reports(extra_section(policy, "reports", issues))
     issues.raise_if_any()
+    named = getattr(policy, "role_named", None)
+    if named is not None:  # role aliases ("pupil") name the roles they mean
+        roles = tuple(named(role) or role for role in settings.at_risk_roles)
+        settings = dataclasses.replace(settings, at_risk_roles=roles)
     return settings
 
 

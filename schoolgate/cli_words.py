@@ -1,0 +1,80 @@
+"""How the ``schoolgate`` commands print decisions, windows, times and exceptions for people:
+in words, in the site's time zone (:mod:`schoolgate.core.words`). ``--json`` outputs keep the
+internal names and ISO times; they are not made here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schoolgate.core import words
+from schoolgate.model import Decision
+
+
+def site_tz(policy, site: str | None):
+    timetable = policy.timetables.get(site or "") or policy.timetables[policy.resolver.default_site]
+    return timetable.tz
+
+
+def ends_words(value: datetime | None, policy, site: str | None, now: datetime | None) -> str:
+    """When something ends, in words in the site's zone: ``11:00 today`` from ``now``, or the
+    full date when ``now`` is None (an explanation for another time than now)."""
+    if value is None:
+        return "no end in sight"
+    tz = site_tz(policy, site)
+    if now is None:
+        return words.absolute(value, tz)
+    return words.until(value, now, tz).removeprefix("until ")
+
+
+def print_decision(decision: Decision, policy, url: str, now: datetime | None) -> None:
+    """``now``: the time now when the decision is for now (times are said from it: "11:00
+    today"); None for a decision at another time (full dates)."""
+    ident = decision.identity
+    verdict = "ALLOW" if decision.allowed else "BLOCK"
+    tz = site_tz(policy, ident.site or (decision.window.site if decision.window else None))
+    sentence = words.decision_sentence(
+        decision,
+        now=now or datetime.now(UTC),
+        tz=tz,
+        wording=words.wording_of(policy),
+        relative=now is not None,
+    )
+    print(f"{verdict}  {url}")
+    print(f"  reason:   {sentence}")
+    who = ident.user or ident.client_ip or "(no user)"
+    group = f", group {ident.group}" if ident.group else ""
+    print(f"  identity: {who} -> role {ident.role}{group} at site {ident.site or '-'}")
+    print(f"            by {ident.rule}")
+    if decision.window:
+        w = decision.window
+        wording = words.wording_of(policy)
+        when = words.span(w.start, w.end, site_tz(policy, w.site))
+        print(f"  window:   {wording.window(w)}, {when}")
+    if decision.match:
+        m = decision.match
+        print(f"  list:     {words.plain(m.category)}: {m.entry} ({m.source})")
+    else:
+        print("  list:     no list entry matches")
+    print(f"  decided:  {decision.rule}")
+    site = ident.site or (decision.window.site if decision.window else None)
+    if (not decision.allowed and decision.window) or decision.until:
+        print(f"  until:    {ends_words(decision.until, policy, site, now)}")
+    if decision.error:
+        print(f"  error:    {decision.error}")
+
+
+def describe_exception(row, policy, now: datetime) -> str:
+    from schoolgate.store import to_plain
+
+    wording = words.wording_of(policy)
+    return words.exception_words(to_plain(row), now=now, tz=site_tz(policy, None), wording=wording)
+
+
+def exception_status(row, now: datetime) -> str:
+    """``revoked``, ``ended``, ``future`` (starts later) or ``active``."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.ends is not None and row.ends <= now:
+        return "ended"
+    return "future" if row.starts > now else "active"

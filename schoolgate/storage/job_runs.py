@@ -1,0 +1,77 @@
+"""The last run of each scheduled job, and how it went (``schoolgate jobs list``, and the
+console's health view).
+
+One row per job, replaced at every run: when it started and finished, ``ok`` or ``failed``,
+a line saying what it did, and the error when it failed. Created by migration 0007; a database
+without the table records nothing (and reports no last run) rather than failing the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import String, Text, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from schoolgate.db import Base, UTCDateTime
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+FAILED = "failed"
+MAX_TEXT = 2000
+
+
+class JobRunRow(Base):
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(10))  # "ok" or "failed"
+    summary: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str] = mapped_column(String(300), default="")  # which process ran it
+
+
+def _has_table(session: Session) -> bool:
+    return inspect(session.connection()).has_table(JobRunRow.__tablename__)
+
+
+def record_run(
+    sessions: sessionmaker,
+    name: str,
+    *,
+    started: datetime,
+    finished: datetime,
+    outcome: str,
+    summary: str = "",
+    error: str | None = None,
+    host: str = "",
+) -> bool:
+    """Keep this run as the job's last one; False when it could not be kept (never raises: a
+    job's work must not be undone by its bookkeeping)."""
+    try:
+        with sessions.begin() as session:
+            if not _has_table(session):
+                return False
+            row = session.get(JobRunRow, name) or JobRunRow(name=name)
+            row.started_at, row.finished_at = started, finished
+            row.outcome = outcome
+            row.summary = summary[:MAX_TEXT]
+            row.error = error[:MAX_TEXT] if error else None
+            row.host = host[:300]
+            session.add(row)
+        return True
+    except SQLAlchemyError:
+        log.warning("could not record the run of job %s", name, exc_info=True)
+        return False
+
+
+def last_runs(session: Session) -> dict[str, JobRunRow]:
+    """Each job's last run, by name (empty when the table does not exist)."""
+    if not _has_table(session):
+        return {}
+    return {row.name: row for row in session.scalars(select(JobRunRow))}

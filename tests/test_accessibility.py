@@ -1,0 +1,140 @@
+"""The pages pupils meet pass an automated accessibility check (axe-core in Chromium, WCAG 2.1
+A and AA and axe's best practices) and read without sideways scrolling, at 1280 px and at
+320 px, in light and dark mode: the block page in each variant, the suspension and warning
+pages, and the portal's request form as the block page opens it."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from accessibility import axe_violations, chromium, describe
+from test_blockpage import AGE, ERROR, LOCKED, LONDON, NOW, READ_ONLY, _decision, _page
+from werkzeug.serving import make_server
+
+from schoolgate.bans import BanState
+from schoolgate.config import load_policy
+from schoolgate.db import open_database
+from schoolgate.portal.app import create_app, make_identify
+from schoolgate.suspension import render_suspended_page, render_warning_page
+
+SECRET = b"k" * 32
+URL = "https://www.facebook.com/groups/year9-chat/posts/1234567890?ref=share&utm_source=x"
+# Both widths in light mode; dark mode changes colours only, so once (at 1280 px).
+VIEWS = [(1280, 900, "light"), (320, 640, "light"), (1280, 900, "dark")]
+VARIANTS = {"rule": {}, "read_only": READ_ONLY, "locked": LOCKED, "age": AGE, "error": ERROR}
+
+
+def _block_page(variant: str) -> str:
+    return _page(_decision(**VARIANTS[variant]), url=URL)
+
+
+def _ban(kind: str) -> BanState:
+    return BanState(
+        id=7,
+        ref="B-7",
+        kind=kind,
+        subject="user:ben",
+        starts=NOW - timedelta(hours=1),
+        ends=NOW + timedelta(days=6),
+        reason="repeated attempts to use a web proxy",
+    )
+
+
+PAGES = {
+    **{f"block-{v}": (lambda v=v: _block_page(v)) for v in VARIANTS},
+    "suspended-ban": lambda: render_suspended_page(
+        _ban("ban"),
+        url=URL,
+        ref="abc",
+        portal_host="schoolgate.internal",
+        appeal="Speak to your Head of Year.",
+        essentials=["classroom.google.com"],
+        tz=LONDON,
+        now=NOW,
+    ),  # fmt: skip
+    "suspended-lockout": lambda: render_suspended_page(
+        _ban("lockout"),
+        url=URL,
+        ref="abc",
+        portal_host="schoolgate.internal",
+        appeal="Speak to your Head of Year.",
+        tz=LONDON,
+        now=NOW,
+    ),  # fmt: skip
+    "warning": lambda: render_warning_page(
+        "A web proxy (proxy.example) was used to get round the filter.",
+        ref="abc",
+        portal_host="schoolgate.internal",
+        continue_url=URL,
+        next_step="More attempts lead to a short lockout.",
+        who="ben",
+        tz=LONDON,
+        now=NOW,
+        url=URL,
+    ),  # fmt: skip
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as found:
+        yield found
+
+
+@pytest.mark.parametrize(("width", "height", "scheme"), VIEWS)
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_gateway_pages_pass_axe(browser, name, width, height, scheme):
+    found = axe_violations(
+        browser, html=PAGES[name](), width=width, height=height, color_scheme=scheme
+    )
+    assert not found, f"{name} at {width}px ({scheme}):\n{describe(found)}"
+
+
+@pytest.fixture(scope="module")
+def portal_url(tmp_path_factory):
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("portal")
+    shutil.copytree(Path(__file__).parent / "data" / "gateway", folder / "config")
+    policy = load_policy(folder / "config" / "config.yaml", data_dir=folder / "var")
+    app = create_app(
+        policy_getter=lambda: policy,
+        session_factory=open_database(policy.settings.database_url),
+        secret=SECRET,
+        data_dir=folder / "var",
+        identify=make_identify(lambda: policy, trust_user_header=False),
+        start_sender=False,
+        clock=lambda: datetime.now(UTC),
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+@pytest.mark.parametrize(("width", "height", "scheme"), VIEWS)
+def test_the_request_form_from_a_block_page_passes_axe(browser, portal_url, width, height, scheme):
+    query = "url=https%3A%2F%2Fsocial.test%2Fpage&category=social_media&purpose=erroneous"
+    found = axe_violations(
+        browser, url=f"{portal_url}/request?{query}", width=width, height=height,
+        color_scheme=scheme,
+    )  # fmt: skip
+    assert not found, f"/request at {width}px ({scheme}):\n{describe(found)}"
+
+
+def test_the_check_finds_what_is_wrong(browser):
+    """The rig itself: a page with known faults is not passed."""
+    bad = (
+        "<!doctype html><html><head><title>x</title></head><body>"
+        "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw='>"
+        "<p style='color:#777;background:#888'>faint</p>"
+        "<div style='width:900px'>wide</div></body></html>"
+    )
+    found = {v["id"] for v in axe_violations(browser, html=bad, width=320)}
+    assert {"image-alt", "color-contrast", "html-has-lang", "horizontal-scroll"} <= found
