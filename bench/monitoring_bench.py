@@ -1,26 +1,40 @@
 """Safeguarding monitoring: how well the shipped risk-term library does on the labelled searches,
 and what matching costs per request.
 
-    python3 bench/monitoring_bench.py [--rounds 50]
+    python3 bench/monitoring_bench.py [--rounds 50] [--instructions] [--cost-only]
 
-Quality, per split of ``tests/data/monitoring/searches.tsv`` (dev: tuned on; heldout-1: tuned on
-after one untouched measurement; heldout-2: never tuned on) and for the whole set:
-recall of severity-3 searches (found at severity 3 in one of their themes; target >= 0.95),
-severity-3 alerts on ordinary school work (target 0), and per theme the precision (of the
-searches reported in a theme, how many are labelled with it) and recall (any severity).
+Quality, per split of ``tests/data/monitoring/searches.tsv`` and for the whole set: recall of
+severity-3 searches (found at severity 3 in one of their themes; target >= 0.95), severity-3
+alerts on ordinary school work (target 0), and per theme the precision (of the searches
+reported in a theme, how many are labelled with it) and recall (any severity). The splits:
+dev, heldout-1 and heldout-2 were tuned on; heldout-3 never was (the file's header says how
+each was made), so its row is the figure for searches phrased in ways the library has not seen.
 
-Cost, in microseconds per call, median and p99 over every labelled search x rounds:
-``assess`` (normalise + one automaton pass + resolution) alone; a search request end to end
-(``capture`` of a Google results URL + ``assess`` of its term); ``capture`` of a request that is
-not a search (what every other request pays); a page's titles read from its first bytes.
-Target: under 20 us per request.
+Cost, in microseconds per call, median and p99 over every labelled search x rounds, and the
+mean CPU time of this thread (which waiting for the shared machine's cores does not inflate):
+
+* ``assess`` of a search not seen before (the matcher's memory of texts off; its memory of
+  words warm, as in a running gateway), of one whose words were never seen either, and of the
+  same search again (remembered);
+* a search request end to end: ``capture`` of a Google results URL + ``assess`` of its term
+  (target: under 20 us);
+* ``capture`` of a request that is not a search (what every other request pays);
+* a page's titles read from its first bytes: a small head, a 32 KB head of links and metas,
+  and a 30 KB script before the title (per KB too).
+
+``--instructions`` also counts the instructions of each row with ``valgrind --tool=callgrind``
+(the same on a loaded machine as on an idle one): each row runs under valgrind twice, for 1
+and 3 rounds, and the difference is divided by the calls of 2 rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +43,11 @@ from urllib.parse import quote_plus
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_monitoring_labelled import SPLITS, load_labelled, score  # noqa: E402
+from test_monitoring_labelled import SPLITS, TUNED, load_labelled, score  # noqa: E402
 
 from schoolgate.monitoring.library import THEMES  # noqa: E402
 from schoolgate.monitoring.searches import capture  # noqa: E402
-from schoolgate.monitoring.terms import load_matcher  # noqa: E402
+from schoolgate.monitoring.terms import Matcher, load_matcher  # noqa: E402
 from schoolgate.monitoring.titles import extract_titles  # noqa: E402
 
 OTHER_REQUESTS = [
@@ -44,13 +58,27 @@ OTHER_REQUESTS = [
     ("www.youtube.com", "/watch?v=dQw4w9WgXcQ&t=42s"),
     ("en.wikipedia.org", "/wiki/Photosynthesis"),
 ]
-PAGE = (ROOT / "tests" / "test_monitoring_titles.py").read_text().split('NEWS = b"""')[1]
-PAGE_BYTES = PAGE.split('"""')[0].encode() + b"x" * 30_000
+_NEWS = (ROOT / "tests" / "test_monitoring_titles.py").read_text().split('NEWS = b"""')[1]
+SMALL_PAGE = _NEWS.split('"""')[0].encode()
+# A news site's head: a charset, 60 metas, 200 links and preloads, then the titles.
+BIG_HEAD = (
+    b'<!DOCTYPE html><html lang="en-GB"><head><meta charset="utf-8">'
+    + b'<meta name="robots" content="max-image-preview:large">' * 60
+    + b'<link rel="preload" href="https://static.files.example/font/Reith.woff2" as="font"'
+    b' type="font/woff2" crossorigin="anonymous">'
+    * 200
+    + b"<title>Teenagers and social media - BBC News</title>"
+    b'<meta property="og:title" content="Teenagers and social media">'
+)
+BIG_HEAD += b"<!-- -->" * ((32 * 1024 - len(BIG_HEAD)) // 8)
+SCRIPT_FIRST = (
+    b"<html><head><script>" + b"window.dataLayer.push({'event':'x'});" * 800 + b"</script>"
+    b"<title>Late title</title></head>"
+)
 
 
 def _timed(calls: list, rounds: int) -> tuple[float, float, float]:
-    """Wall-clock p50 and p99 per call, and the mean CPU time per call of this thread (which
-    time spent waiting for the shared machine's cores does not inflate)."""
+    """Wall-clock p50 and p99 per call, and the mean CPU time per call of this thread."""
     samples = []
     clock = time.perf_counter_ns
     gc.disable()
@@ -75,8 +103,12 @@ def quality(matcher, items) -> None:
         f"{'split':<10} {'searches':>8} {'sev-3 recall':>16} {'sev-3 on ordinary':>18} "
         f"{'any match on ordinary':>22} {'risky found':>12}"
     )
-    for name in (*SPLITS, "all"):
-        part = [i for i in items if name == "all" or i.split == name]
+    tuned = [i for i in items if i.split in TUNED]
+    for name, part in (
+        *((split, [i for i in items if i.split == split]) for split in SPLITS),
+        ("tuned", tuned),
+        ("all", items),
+    ):
         s = score(matcher, part)
         print(
             f"{name:<10} {len(part):>8} {s.severe_recall:>7.3f} ({s.severe_found:>3}/"
@@ -96,46 +128,125 @@ def quality(matcher, items) -> None:
         precision = f"{correct / reported:.2f} ({correct}/{reported})" if reported else "-"
         recall = f"{found / labelled[theme]:.2f} ({found}/{labelled[theme]})"
         print(f"{theme:<22} {precision:>14} {recall:>22}")
+    rules = sum(m.rule for i in items for m in matcher.assess(i.text).active if m.severity >= 3)
+    print(f"\nseverity-3 matches that came from co-occurrence rules: {rules}")
 
 
-def cost(matcher, items, rounds: int) -> None:
+def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
+    """Each cost row: its calls, and the bytes each call reads (titles) or 0."""
     texts = [i.text for i in items]
+    paths = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in texts]
+    fresh = Matcher(matcher.library, cache_size=0)  # remembers words, not texts
     for text in texts:  # warm up, as a running gateway would be
         matcher.assess(text)
-    paths = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in texts]
+        fresh.assess(text)
+
+    def never_seen(text: str) -> None:
+        fresh.normaliser.forget()
+        fresh.assess(text)
 
     def search_request(path: str) -> None:
         found = capture("www.google.co.uk", path)
         if found is not None:
-            matcher.assess(found.term)
+            fresh.assess(found.term)
 
-    rows = [
-        ("assess(term)", [(matcher.assess, (t,)) for t in texts]),
-        ("search request: capture + assess", [(search_request, (p,)) for p in paths]),
-        ("other request: capture", [(capture, hp) for hp in OTHER_REQUESTS] * 60),
-        ("page titles (first 32 KB)", [(extract_titles, (PAGE_BYTES,))] * 5),
-    ]
-    print(f"\n{'cost per call (us)':<36} {'p50':>8} {'p99':>8} {'CPU mean':>9}")
-    for name, calls in rows:
+    def search_request_words_unseen(path: str) -> None:
+        found = capture("www.google.co.uk", path)
+        if found is not None:
+            fresh.normaliser.forget()
+            fresh.assess(found.term)
+
+    return {
+        "assess: a new search": ([(fresh.assess, (t,)) for t in texts], 0),
+        "assess: words never seen": ([(never_seen, (t,)) for t in texts], 0),
+        "assess: the same search again": ([(matcher.assess, (t,)) for t in texts], 0),
+        "search request: capture + assess": ([(search_request, (p,)) for p in paths], 0),
+        "search request, words never seen": (
+            [(search_request_words_unseen, (p,)) for p in paths],
+            0,
+        ),
+        "other request: capture": ([(capture, hp) for hp in OTHER_REQUESTS] * 60, 0),
+        "page titles: 1 KB page": ([(extract_titles, (SMALL_PAGE,))] * 100, len(SMALL_PAGE)),
+        "page titles: 32 KB head": ([(extract_titles, (BIG_HEAD,))] * 10, len(BIG_HEAD)),
+        "page titles: 30 KB script first": (
+            [(extract_titles, (SCRIPT_FIRST,))] * 10,
+            len(SCRIPT_FIRST),
+        ),
+    }
+
+
+def cost(matcher, items, rounds: int, instructions: bool) -> None:
+    table = rows(matcher, items)
+    head = f"\n{'cost per call (us)':<36} {'p50':>8} {'p99':>8} {'CPU mean':>9} {'p50 per KB':>10}"
+    print(head + (f" {'instructions':>13}" if instructions else ""))
+    for name, (calls, size) in table.items():
         p50, p99, cpu = _timed(calls, rounds)
-        print(f"{name:<36} {p50:>8.2f} {p99:>8.2f} {cpu:>9.2f}")
+        per_kb = f"{p50 / (size / 1024):>10.2f}" if size else f"{'':>10}"
+        line = f"{name:<36} {p50:>8.2f} {p99:>8.2f} {cpu:>9.2f} {per_kb}"
+        if instructions:
+            line += f" {count_instructions(name, len(calls)):>13,}"
+        print(line, flush=True)
+
+
+def count_instructions(row: str, calls: int) -> int:
+    """Instructions per call of ``row``: run under callgrind for 1 and 3 rounds."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    totals = []
+    for rounds in (1, 3):
+        done = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                __file__,
+                "--row",
+                row,
+                "--rounds",
+                str(rounds),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if not found:
+            raise SystemExit(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+        totals.append(int(found.group(1)))
+    return round((totals[1] - totals[0]) / (2 * calls))
+
+
+def run_row(row: str, rounds: int) -> None:
+    """What ``--instructions`` runs under valgrind: one row, ``rounds`` times, untimed."""
+    calls, _ = rows(load_matcher(), load_labelled())[row]
+    for _ in range(rounds):
+        for fn, arg in calls:
+            fn(*arg)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--instructions", action="store_true", help="count with callgrind")
+    parser.add_argument("--cost-only", action="store_true", help="skip the quality figures")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.row:
+        run_row(args.row, args.rounds)
+        return
     start = time.perf_counter()
     matcher = load_matcher()
     loaded = time.perf_counter() - start
     items = load_labelled()
     print(
-        f"library: {len(matcher.terms)} terms, {len(matcher.allows)} allow-phrases, "
-        f"{len(matcher.rules)} context rules, {matcher.patterns} patterns; "
-        f"loaded in {loaded * 1000:.0f} ms\n"
+        f"library: {len(matcher.terms)} terms, {len(matcher.cooccurrence)} rules, "
+        f"{len(matcher.allows)} allow-phrases, {len(matcher.rules)} context rules, "
+        f"{matcher.patterns} patterns; loaded in {loaded * 1000:.0f} ms\n"
     )
-    quality(matcher, items)
-    cost(matcher, items, args.rounds)
+    if not args.cost_only:
+        quality(matcher, items)
+    cost(matcher, items, args.rounds, args.instructions)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from schoolgate.monitoring.library import THEMES
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
-SPLITS = ("dev", "heldout-1", "heldout-2")
-# The library was tuned on these; heldout-2 never was (its recall is the bench's to print: a
-# test asserting it would make it one more set to tune on).
-TUNED = ("dev", "heldout-1")
+SPLITS = ("dev", "heldout-1", "heldout-2", "heldout-3")
+# The library was tuned on these; heldout-3 never was (its figures are the bench's to print: a
+# test asserting them would make it one more set to tune on).
+TUNED = ("dev", "heldout-1", "heldout-2")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _misses(scores: Scores) -> str:
     return "\n".join(f"  line {item.line}: {item.text!r}: {why}" for item, why in scores.misses)
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", TUNED)
 def test_no_severity_3_alert_on_school_work(matcher, split):
     scores = score(matcher, [i for i in load_labelled() if i.split == split and not i.themes])
     assert scores.ordinary_total > 0

@@ -319,7 +319,7 @@ def test_unknown_theme_and_language_mismatch(tmp_path):
     assert "a.yaml:2: language: this file is in the 'en' folder, not 'fr'" in joined
     assert "b.yaml:1: context[0].themes[0]: unknown theme 'nope'" in joined
     assert "c.yaml:1: missing required field 'theme'" in joined
-    assert "d.yaml:2: remove[0]: 'not a shipped term' is not a term of drugs in en" in joined
+    assert "d.yaml:2: remove[0]: 'not a shipped term' is not a term or rule of drugs" in joined
     assert "e.yaml:3: spellings.need to[0]: 'wanna' is already a spelling of 'want to'" in joined
     assert "f.yaml:2: invalid YAML" in joined
 

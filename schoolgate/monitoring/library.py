@@ -21,8 +21,19 @@ is a language tag (``en``, ``cy``, ``pl``, ``pt-br``). Every file is a mapping:
     A list of ``{phrase, lower | suppress, themes}``: a phrase anywhere in the same search or
     title (``macbeth``, ``history of``) lowers the severity of the listed themes' terms by
     ``lower`` (1 or 2), or drops them (``suppress: true``); never a ``firm`` term.
+``rules`` (a theme file)
+    Co-occurrence rules, for what pupils phrase in more ways than a list of terms can hold: a
+    list of ``{rule, all, severity, firm, within, ordered, unless, note}``. ``all`` is a list
+    of word groups; the rule matches when one phrase of **every** group is in the text (at word
+    boundaries, normalised like terms), ``within`` words of each other if given, in the groups'
+    order if ``ordered``, and no phrase of ``unless`` is anywhere in the text. A phrase ending
+    in ``*`` is a stem (``overdos*`` is ``overdose``, ``overdosing``); ``<name>`` stands for a
+    named group. ``rule`` names it for the DSL, as a term's text does.
+``groups`` (in any file)
+    Named word groups the rules of every theme can use: ``first_person: [i, im, me, my]``;
+    a group may name another (``<first_person>``).
 ``remove``
-    Terms of this theme, shipped in another file, that the school does not want.
+    Terms or rules of this theme, shipped in another file, that the school does not want.
 ``spellings`` (in a file without ``theme``)
     Common misspellings and text-speak of single words, ``suicide: [sucide, suiside]``,
     ``to: ['2']``, ``want to: [wanna]``: the normaliser reads them as the word (or words)
@@ -34,6 +45,7 @@ Loading never stops at the first problem: every error names the file, the line a
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +66,31 @@ THEMES: dict[str, str] = {
 }
 SEVERITIES = (1, 2, 3)
 FILE_KEYS = frozenset(
-    {"theme", "title", "language", "terms", "allow", "context", "remove", "spellings"}
+    {
+        "theme",
+        "title",
+        "language",
+        "terms",
+        "rules",
+        "groups",
+        "allow",
+        "context",
+        "remove",
+        "spellings",
+    }
 )
 TERM_KEYS = frozenset({"term", "severity", "firm", "spellings", "note"})
+RULE_KEYS = frozenset({"rule", "all", "severity", "firm", "within", "ordered", "unless", "note"})
+MAX_GROUPS = 5  # word groups in one rule
+MAX_WITHIN = 30
 CONTEXT_KEYS = frozenset({"phrase", "lower", "suppress", "themes"})
 SUPPRESS = 3  # a context rule's lowering that drops any severity
 _THEME_NAME = re.compile(r"[a-z][a-z0-9_]{1,40}")
 _ONE_WORD = re.compile(r"[^\W_]+")
 _WORDS = re.compile(r"[^\W_]+(?: [^\W_]+)*")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")
+_GROUP_NAME = re.compile(r"[a-z][a-z0-9_]{0,40}")
+_GROUP_REF = re.compile(r"<([^<>]*)>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,24 @@ class Term:
     severity: int
     firm: bool = False
     spellings: tuple[str, ...] = ()
+    note: str = ""
+    language: str = "en"
+    source: str = ""  # file:line
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Words from every group in one text: ``groups`` hold phrases (``*`` at the end of a
+    stem), named groups already expanded."""
+
+    name: str
+    theme: str
+    severity: int
+    groups: tuple[tuple[str, ...], ...]
+    firm: bool = False
+    within: int | None = None  # the words found span at most this many words
+    ordered: bool = False  # found in the order of the groups
+    unless: tuple[str, ...] = ()  # any of these anywhere in the text: the rule does not match
     note: str = ""
     language: str = "en"
     source: str = ""  # file:line
@@ -95,12 +141,14 @@ class ContextRule:
 @dataclass(frozen=True)
 class Library:
     terms: tuple[Term, ...] = ()
+    rules: tuple[Rule, ...] = ()
     allow: tuple[Allow, ...] = ()
     context: tuple[ContextRule, ...] = ()
     themes: dict[str, str] = field(default_factory=dict)  # name -> title
     spellings: dict[str, str] = field(default_factory=dict)  # misspelt word -> word
     languages: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # expanded
 
 
 def default_root() -> Path:
@@ -133,10 +181,37 @@ def load_library(
     return reader.library()
 
 
+@dataclass(slots=True)
+class _PendingGroup:
+    phrases: list[tuple[str, int, str]]  # (phrase or <name>, line, field)
+    file: str
+    source: str
+
+
+@dataclass(slots=True)
+class _PendingRule:
+    """A rule as read: its groups may name groups defined in a later file."""
+
+    name: str
+    theme: str
+    severity: int
+    groups: list[list[tuple[str, int, str]]]
+    firm: bool
+    within: int | None
+    ordered: bool
+    unless: list[tuple[str, int, str]]
+    note: str
+    language: str
+    source: str
+    file: str
+
+
 class _Reader:
     def __init__(self, issues: Issues) -> None:
         self.issues = issues
         self.terms: dict[tuple[str, str, str], Term] = {}  # (theme, language, text)
+        self.rules: dict[tuple[str, str, str], _PendingRule] = {}  # (theme, language, name)
+        self.groups: dict[str, _PendingGroup] = {}
         self.allow: list[Allow] = []
         self.context: list[ContextRule] = []
         self.removed: list[tuple[str, str, str, str, int, str]] = []
@@ -161,10 +236,14 @@ class _Reader:
         theme = sec.text("theme")
         if theme is not None:
             theme = self._theme(sec, theme)
-        elif "terms" in sec or "remove" in sec:
-            sec.error(None, "missing required field 'theme' (terms belong to a theme)")
+        elif "terms" in sec or "rules" in sec or "remove" in sec:
+            sec.error(None, "missing required field 'theme' (terms and rules belong to a theme)")
         for item in sec.sections("terms"):
             self._term(item, theme, language)
+        for item in sec.sections("rules"):
+            self._rule(item, theme, language)
+        if "groups" in sec:
+            self._groups(sec)
         for phrase, line, name in sec.strings("allow"):
             if not phrase:
                 self.issues.add(shown, line, name, "an empty allow-phrase")
@@ -211,10 +290,170 @@ class _Reader:
             return
         key = (theme, language, text.lower())
         source = f"{item.file}:{item.line}"
-        if key in self.terms:
-            item.error("term", f"{text!r} is already listed at {self.terms[key].source}")
+        if key in self.terms or key in self.rules:
+            first = self.terms[key].source if key in self.terms else self.rules[key].source
+            item.error("term", f"{text!r} is already listed at {first}")
             return
         self.terms[key] = Term(text, theme, severity, firm, spellings, note, language, source)
+
+    def _rule(self, item: Section, theme: str | None, language: str) -> None:
+        item.check_keys(RULE_KEYS)
+        name = item.text("rule", required=True)
+        severity = item.number("severity", required=True, minimum=1, maximum=3)
+        firm = item.flag("firm")
+        within = item.number("within", minimum=1, maximum=MAX_WITHIN)
+        ordered = item.flag("ordered")
+        note = item.text("note") or ""
+        unless = self._phrases(item, "unless")
+        groups: list[list[tuple[str, int, str]]] = []
+        for group, line, field_name in item.items("all", required=True):
+            listed = group if isinstance(group, list) else [group]
+            lines = getattr(group, "item_lines", [])
+            phrases = []
+            for index, phrase in enumerate(listed):
+                at = lines[index] if index < len(lines) else line
+                where = f"{field_name}[{index}]" if isinstance(group, list) else field_name
+                if isinstance(phrase, bool) or not isinstance(phrase, (str, int, float)):
+                    self.issues.add(item.file, at, where, "expected a phrase or <group name>")
+                    continue
+                if not str(phrase).strip():
+                    self.issues.add(item.file, at, where, "an empty phrase")
+                    continue
+                phrases.append((str(phrase).strip(), at, where))
+            if not phrases:
+                self.issues.add(item.file, line, field_name, "an empty word group")
+                continue
+            groups.append(phrases)
+        if "all" in item and len(groups) > MAX_GROUPS:
+            item.error("all", f"at most {MAX_GROUPS} word groups in one rule")
+            return
+        if name == "":
+            item.error("rule", "an empty rule name")
+        if not name or severity is None or theme is None or not groups:
+            return
+        key = (theme, language, name.lower())
+        source = f"{item.file}:{item.line}"
+        if key in self.rules or key in self.terms:
+            first = self.rules[key].source if key in self.rules else self.terms[key].source
+            item.error("rule", f"{name!r} is already a term or rule of {theme} at {first}")
+            return
+        self.rules[key] = _PendingRule(
+            name, theme, severity, groups, firm, within, ordered, unless, note, language, source,
+            item.file,
+        )  # fmt: skip
+
+    def _phrases(self, item: Section, key: str) -> list[tuple[str, int, str]]:
+        out = []
+        for phrase, line, name in item.strings(key):
+            if phrase:
+                out.append((phrase, line, name))
+            else:
+                self.issues.add(item.file, line, name, "an empty phrase")
+        return out
+
+    def _groups(self, sec: Section) -> None:
+        table = sec.section("groups")
+        if table is None:
+            return
+        for name in table.keys():
+            where = f"{table.file}:{table.line_of(name)}"
+            if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+                table.error(name, "a group name is lower_snake_case")
+                continue
+            if name in self.groups:
+                table.error(
+                    name, f"group {name!r} is already defined at {self.groups[name].source}"
+                )
+                continue
+            phrases = self._phrases(table, name)
+            if not phrases:
+                table.error(name, "an empty word group")
+                continue
+            self.groups[name] = _PendingGroup(phrases, table.file, where)
+
+    def _check_phrase(self, phrase: str, file: str, line: int, field_name: str) -> bool:
+        if "<" in phrase or ">" in phrase:
+            self.issues.add(file, line, field_name, f"{phrase!r}: write a group as <name>")
+        elif "*" in phrase[:-1]:
+            self.issues.add(file, line, field_name, f"{phrase!r}: '*' only ends a stem (overdos*)")
+        else:
+            return True
+        return False
+
+    def _expand_groups(self) -> dict[str, tuple[str, ...]]:
+        """Every named group with the groups it names expanded (each problem reported once)."""
+        done: dict[str, tuple[str, ...]] = {}
+
+        def visit(name: str, stack: tuple[str, ...]) -> tuple[str, ...]:
+            if name in done:
+                return done[name]
+            group = self.groups[name]
+            out: list[str] = []
+            for phrase, line, field_name in group.phrases:
+                ref = _GROUP_REF.fullmatch(phrase)
+                if ref is None:
+                    if self._check_phrase(phrase, group.file, line, field_name):
+                        out.append(phrase)
+                    continue
+                inner = ref.group(1).strip()
+                if inner in stack:
+                    self.issues.add(
+                        group.file, line, field_name, f"group <{inner}> contains itself"
+                    )
+                elif inner not in self.groups:
+                    self._unknown_group(inner, group.file, line, field_name)
+                else:
+                    out.extend(visit(inner, (*stack, inner)))
+            done[name] = tuple(dict.fromkeys(out))
+            return done[name]
+
+        for name in self.groups:
+            visit(name, (name,))
+        return done
+
+    def _unknown_group(self, name: str, file: str, line: int, field_name: str) -> None:
+        close = difflib.get_close_matches(name, sorted(self.groups), n=1)
+        hint = f" (did you mean <{close[0]}>?)" if close else ""
+        self.issues.add(file, line, field_name, f"unknown group <{name}>{hint}")
+
+    def _expand(
+        self, phrases: list[tuple[str, int, str]], file: str, groups: dict[str, tuple[str, ...]]
+    ) -> tuple[str, ...]:
+        out: list[str] = []
+        for phrase, line, field_name in phrases:
+            ref = _GROUP_REF.fullmatch(phrase)
+            if ref is None:
+                if self._check_phrase(phrase, file, line, field_name):
+                    out.append(phrase)
+            elif ref.group(1).strip() in groups:
+                out.extend(groups[ref.group(1).strip()])
+            else:
+                self._unknown_group(ref.group(1).strip(), file, line, field_name)
+        return tuple(dict.fromkeys(out))
+
+    def _resolve_rules(self, groups: dict[str, tuple[str, ...]]) -> tuple[Rule, ...]:
+        out = []
+        for pending in self.rules.values():
+            expanded = tuple(self._expand(group, pending.file, groups) for group in pending.groups)
+            unless = self._expand(pending.unless, pending.file, groups)
+            if not all(expanded):
+                continue
+            out.append(
+                Rule(
+                    pending.name,
+                    pending.theme,
+                    pending.severity,
+                    expanded,
+                    pending.firm,
+                    pending.within,
+                    pending.ordered,
+                    unless,
+                    pending.note,
+                    pending.language,
+                    pending.source,
+                )  # fmt: skip
+            )
+        return tuple(out)
 
     def _spellings(self, sec: Section) -> None:
         table = sec.section("spellings")
@@ -277,12 +516,16 @@ class _Reader:
                     item.file, line, field_name, f"unknown theme {name!r}; expected one of: {known}"
                 )
         for theme, language, text, file, line, name in self.removed:
-            if self.terms.pop((theme, language, text), None) is None:
+            key = (theme, language, text)
+            if self.terms.pop(key, None) is None and self.rules.pop(key, None) is None:
                 self.issues.add(
-                    file, line, name, f"{text!r} is not a term of {theme} in {language}"
+                    file, line, name, f"{text!r} is not a term or rule of {theme} in {language}"
                 )
+        groups = self._expand_groups()
         return Library(
             terms=tuple(self.terms.values()),
+            rules=self._resolve_rules(groups),
+            groups=groups,
             allow=tuple(self.allow),
             context=tuple(self.context),
             themes=self.themes,

@@ -47,9 +47,11 @@ MAX_JSON_BODY = 256 * 1024
 SEPARATOR = " | "
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Search:
-    """One search: the engine, the decoded term and how it was made."""
+    """One search: the engine, the decoded term and how it was made. (Not ``slots``: capture
+    builds it by filling its ``__dict__`` at once, which costs a third of the frozen
+    ``__init__``'s nine ``object.__setattr__`` calls.)"""
 
     engine: str
     term: str
@@ -434,17 +436,22 @@ def capture(
             vertical = table.get(value.lower(), vertical)
         if engine == "google" and "udm" in params:
             vertical = _GOOGLE_VERTICALS.get(params["udm"][0], vertical)
-    return Search(
+    search = _new(Search)
+    search.__dict__.update(
         engine=engine,
         term=term,
         vertical=vertical,
         suggestion=route.suggestion,
-        continuation=more or _further_page(params, route.pages),
+        continuation=more or (route.pages and _further_page(params, route.pages)) or False,
         truncated=truncated,
         repeated=len(cleaned) > 1,
         malformed=malformed,
         scope=scope,
     )
+    return search
+
+
+_new = object.__new__
 
 
 def _pattern_route(
@@ -493,6 +500,8 @@ _CONTROLS = {c: " " for c in (*range(32), 127)}
 
 def _decode(raw: str, charset: str | None) -> tuple[str, bool]:
     """Percent-decoding and ``+``; UTF-8, or ``charset`` when the engine was told one."""
+    if "%" not in raw and raw.isascii():
+        return raw[:MAX_RAW].replace("+", " "), False
     # A path mitmproxy could not decode as UTF-8 carries surrogate escapes: back to bytes.
     data = unquote_to_bytes(raw[:MAX_RAW].replace("+", " ").encode("utf-8", "surrogateescape"))
     try:

@@ -1,43 +1,37 @@
-"""Risk-term matching: a normaliser, then one multi-pattern automaton (``pyahocorasick``).
+"""Risk-term matching: the normaliser, then one multi-pattern automaton (``pyahocorasick``).
 
-The normaliser turns a search or a page title, and every term of the library, into the same
-skeleton, so that what a pupil may write to get past a word list still matches:
-
-1. **Unicode**: NFKC (fullwidth, mathematical and circled letters), look-alike Cyrillic and
-   Greek letters inside Latin words (``suіcide`` with a Cyrillic ``і``), accents dropped,
-   zero-width and format characters removed, then case folded.
-2. **Words**: letters and digits make words; ``.``, ``-``, ``_``, ``/`` and spaces separate
-   them; apostrophes inside a word vanish (``don't``). Three or more one-letter words in a
-   row are one word (``s u i c i d e``, ``k.i.l.l``).
-3. **Leetspeak** inside words that have letters: ``0 1 3 4 5 7 @ $ | !`` read as
-   ``o i e a s t a s i i`` (``k1ll``, ``$uicide``, ``n4zi``); a word of digits alone stays
-   (``1488``). Since ``1`` and ``|`` may also stand for ``l``, each term is also compiled
-   with its ``l``\\ s read as ``i`` (``se1f harm``).
-4. **Misspelt words** from the library's ``spellings`` (``sucide``, ``wnat``) read as the
-   word, wherever they are; then **sound-alike spellings**: ``ph``->``f``, ``ck``->``k``,
-   ``c`` before ``e i y``->``s``, other ``c``->``k``, ``x``->``ks`` (``suiside``,
-   ``extasy``, ``secks``).
-5. **Repeated letters** count once (``kiiiill``, ``canabis``).
+Every term, allow-phrase, context phrase and rule phrase of the library is normalised
+(:mod:`.normaliser`) and compiled into one automaton; a text is normalised the same way and
+read in one pass. Since ``1`` and ``|`` may also stand for ``l``, each term is also compiled
+with its ``l``\\ s read as ``i`` (``se1f harm``).
 
 Matching runs on the words joined without spaces, and a match counts only where it starts and
 ends at word boundaries and the text has no word break the term does not have (so
 ``killmyself`` and ``kill my self`` match ``kill myself``; ``skill`` never matches ``kill``,
-``the hero in`` never matches ``heroin``). Allow-phrases and context phrases are patterns in
-the same automaton: one pass over the text finds everything.
+``the hero in`` never matches ``heroin``). A stem (``overdos*``) need not end at a boundary.
 
 A term inside an allow-phrase of its theme is not counted (``kill the lights``); a context
 phrase anywhere in the text (``macbeth``, ``history of``) lowers or drops the terms of its
 themes, except ``firm`` ones, so a pupil cannot hide "kill myself" behind "macbeth".
+
+**Rules** (co-occurrence, :class:`~schoolgate.monitoring.library.Rule`) reach what a list of
+terms cannot: "most painless way to go", "is hanging painful". A rule matches when a phrase of
+each of its word groups is found (outside allow-phrases of its theme), within its ``within``
+words and in order if it says so, and none of its ``unless`` phrases is in the text; it is
+then graded like a term (context lowers it unless it is firm) and reported under its name.
+
+A school's searches repeat (a class searches the same set text), so the matcher remembers the
+last few thousand texts it assessed, and its normaliser the words it has read.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
-import operator
-import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,132 +43,26 @@ from schoolgate.monitoring.library import (
     Allow,
     ContextRule,
     Library,
+    Rule,
     Term,
     default_root,
     load_library,
 )
+from schoolgate.monitoring.normaliser import (
+    MAX_TEXT,
+    Normalised,
+    Normaliser,
+    normalise,
+    spelling_table,
+    word_starts,
+)
+from schoolgate.monitoring.rules import satisfied
 
 MIN_PATTERN = 3  # a term shorter than this once normalised matches too much
-MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
+MIN_STEM = 4  # likewise a stem
 MAX_L_VARIANTS = 3  # a term's first three l's are also compiled as i
-
-# -- the normaliser -----------------------------------------------------------------------------
-
-_CONFUSABLES = str.maketrans(
-    {
-        # Cyrillic
-        "а": "a", "в": "b", "г": "r", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h",
-        "о": "o", "п": "n", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ь": "b",
-        "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ү": "y",
-        "һ": "h", "ӏ": "l", "ʏ": "y",
-        # Greek
-        "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
-        "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ς": "s",
-        # Latin look-alikes and small capitals
-        "ɑ": "a", "ɡ": "g", "ı": "i", "ɩ": "i", "ʟ": "l", "ᴀ": "a", "ʙ": "b", "ᴄ": "c",
-        "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i", "ᴊ": "j", "ᴋ": "k",
-        "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ʀ": "r", "ꜱ": "s", "ᴛ": "t", "ᴜ": "u",
-        "ᴠ": "v", "ᴡ": "w", "ᴢ": "z",
-    }
-)  # fmt: skip
-# Format and zero-width characters, combining marks, and the replacement character of a
-# term that was not valid UTF-8: dropped, so that they cannot split a word.
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffd\u0300-\u036f\u1ab0-\u1aff"
-    "\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]"
-)
-_APOSTROPHE = re.compile(r"(?<=[^\W_])['’`´](?=[^\W_])")
-_WORD = re.compile(r"(?:[^\W_]|[@$|!](?=[^\W_@$|!]|[@$|!]+[^\W_]))+")
-_SPELLED = re.compile(r"(?<![^ ])(?:[^ ] ){2,}[^ ](?![^ ])")
-_LEET_WORD = re.compile(r"[^ ]*[0-9@$|!][^ ]*")
-_LEET = str.maketrans(
-    {
-        "0": "o",
-        "1": "i",
-        "3": "e",
-        "4": "a",
-        "5": "s",
-        "7": "t",
-        "@": "a",
-        "$": "s",
-        "|": "i",
-        "!": "i",
-    }
-)
-_LEET_CHAR = re.compile(r"[0-9@$|!]")
-_LETTER = re.compile(r"[^\W\d_]")
-_SOFT_C = re.compile(r"c(?=[eiy])")
-_REPEAT = re.compile(r"(.)\1+")
-_FIRST_GROUP = operator.itemgetter(1)  # a C-level callable: no Python call per repeat
-
-
-class Normalised(NamedTuple):
-    """A text as the matcher reads it: its words joined, and where each word ends."""
-
-    words: tuple[str, ...]
-    joined: str
-    bounds: bytearray  # bounds[i] == 1 where a word starts or ends at offset i of ``joined``
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words)
-
-
-def _leet(found: re.Match[str]) -> str:
-    word = found.group()
-    if _LETTER.search(word):
-        return word.translate(_LEET)
-    return re.sub(r"[@$|!]", "", word)
-
-
-def normalise(text: str, spellings: dict[str, str] | None = None) -> Normalised:
-    """The skeleton of ``text`` (see the module's description). ``spellings``: misspelt
-    word -> word, both as :func:`spelling_table` gives them."""
-    text = text[:MAX_TEXT]
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-        text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
-        text = unicodedata.normalize("NFC", text).casefold()
-        if not text.isascii():
-            text = " ".join(
-                w.translate(_CONFUSABLES) if re.search("[a-z]", w) else w for w in text.split()
-            )
-    else:
-        text = text.lower()
-    if "'" in text or "’" in text or "`" in text or "´" in text:
-        text = _APOSTROPHE.sub("", text)
-    spaced = " ".join(_WORD.findall(text))
-    if " " in spaced:
-        spaced = _SPELLED.sub(lambda m: m.group().replace(" ", ""), spaced)
-    if _LEET_CHAR.search(spaced):
-        spaced = _LEET_WORD.sub(_leet, spaced)
-    if spellings:
-        spaced = " ".join([spellings.get(w, w) for w in spaced.split(" ")])
-    # sound-alikes: ph -> f, ck -> k, c before e/i/y -> s, other c -> k, x -> ks
-    if "ph" in spaced:
-        spaced = spaced.replace("ph", "f")
-    if "c" in spaced:
-        spaced = _SOFT_C.sub("s", spaced.replace("ck", "k")).replace("c", "k")
-    if "x" in spaced:
-        spaced = spaced.replace("x", "ks")
-    spaced = _REPEAT.sub(_FIRST_GROUP, spaced)
-    words = tuple(spaced.split())
-    joined = "".join(words)
-    bounds = bytearray(len(joined) + 1)
-    bounds[0] = 1
-    for at in itertools.accumulate(map(len, words)):
-        bounds[at] = 1
-    return Normalised(words, joined, bounds)
-
-
-def spelling_table(spellings: dict[str, str]) -> dict[str, str]:
-    """A library's word spellings as :func:`normalise` reads them (after case and leetspeak,
-    before the sound-alike rules)."""
-    out = {}
-    for wrong, word in spellings.items():
-        out[_LEET_WORD.sub(_leet, wrong.lower())] = _LEET_WORD.sub(_leet, word.lower())
-    return out
+CACHE_SIZE = 4096  # texts whose assessment is remembered
+MAX_MATCHES = 100_000  # distinct matches remembered (terms x allow-phrases x context phrases)
 
 
 def _l_variants(text: str) -> set[str]:
@@ -207,6 +95,7 @@ class Match:
     lowered_by: str | None = None  # the context phrase that lowered it
     note: str = ""
     source: str = ""
+    rule: bool = False  # ``term`` names a co-occurrence rule of the library
 
     @property
     def active(self) -> bool:
@@ -224,6 +113,8 @@ class Match:
             out["suppressed_by"] = self.suppressed_by
         if self.lowered_by:
             out["lowered_by"] = self.lowered_by
+        if self.rule:
+            out["rule"] = True
         return out
 
 
@@ -258,28 +149,39 @@ NOTHING = Assessment()
 
 # -- the matcher --------------------------------------------------------------------------------
 
-_TERM, _ALLOW, _CONTEXT = 0, 1, 2
+_TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
+
+# What the automaton holds for a key: (whether every pattern must end at a word boundary,
+# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem).
+_Pattern = tuple[int, int, int, tuple[int, ...], bool]
+_Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 
 
-@dataclass(frozen=True, slots=True)
-class _Pattern:
-    kind: int
-    index: int  # into the matcher's terms, allows or rules
-    length: int
-    inner: frozenset[int]  # word breaks inside the pattern, as offsets from its start
+class _Hits(NamedTuple):
+    terms: _Found
+    allows: _Found
+    context: _Found  # (context rule, start, end)
+    words: _Found  # rule phrases of several words, and stems: (phrase id, start, end)
+    word_ids: list[int | None]  # for each word of the text: the one word rule phrase it is
 
 
 class Matcher:
     """The library compiled into one automaton. Build once; :meth:`assess` is thread-safe."""
 
-    def __init__(self, library: Library, issues: Issues | None = None) -> None:
+    def __init__(
+        self, library: Library, issues: Issues | None = None, *, cache_size: int = CACHE_SIZE
+    ) -> None:
         self.library = library
         self.terms: tuple[Term, ...] = library.terms
         self.allows: tuple[Allow, ...] = library.allow
         self.rules: tuple[ContextRule, ...] = library.context
+        self.cooccurrence: tuple[Rule, ...] = library.rules
         self.spellings = spelling_table(library.spellings)
+        self.normaliser = Normaliser(self.spellings)
+        self.cache_size = cache_size
+        self._cache: dict[str, Assessment] = {}
+        self._matches: dict[tuple[bool, int, str | None, str | None, int], Match] = {}
         self.automaton = ahocorasick.Automaton()
-        self.patterns = 0
         issues = issues if issues is not None else Issues()
         table: dict[str, list[_Pattern]] = {}
         compiled_allows: list[Allow] = []
@@ -292,12 +194,16 @@ class Matcher:
                 compiled_allows.append(allow)
         for index, rule in enumerate(self.rules):
             self._add(table, _CONTEXT, index, rule.phrase, issues, rule.source, True)
+        self._compile_rules(table, issues)
         for key, patterns in table.items():
-            self.automaton.add_word(key, tuple(patterns))
-        self.patterns = len(table)
+            needs_end = not any(stem for *_, stem in patterns)
+            self.automaton.add_word(key, (needs_end, tuple(patterns)))
+        self.patterns = len(table) + len(self._single)
         if table:
             self.automaton.make_automaton()
         self._warn_idle_allows(compiled_allows, issues)
+
+    # -- compiling ------------------------------------------------------------------------
 
     def _add(
         self,
@@ -308,132 +214,332 @@ class Matcher:
         issues: Issues,
         source: str,
         report: bool,
+        stem: bool = False,
     ) -> bool:
         norm = normalise(text, self.spellings)
-        if len(norm.joined) < MIN_PATTERN:
+        shortest = MIN_STEM if stem else MIN_PATTERN if kind != _WORD else 2
+        if len(norm.joined) < shortest:
             if report:
-                file, _, line = source.rpartition(":")
-                issues.add(
-                    file or source,
-                    int(line) if line.isdigit() else None,
-                    "term" if kind == _TERM else "phrase" if kind == _CONTEXT else "allow",
+                what = "stem" if stem else "term" if kind == _TERM else "phrase"
+                _report(
+                    issues, source, "allow" if kind == _ALLOW else what,
                     f"{text!r} is too short once normalised ({norm.joined!r}): it would match "
                     "too much",
-                )
+                )  # fmt: skip
             return False
-        inner = frozenset(i for i in range(1, len(norm.joined)) if norm.bounds[i])
-        pattern = _Pattern(kind, index, len(norm.joined), inner)
+        inner = tuple(i for i in range(1, len(norm.joined)) if norm.bounds[i])
+        pattern = (kind, index, len(norm.joined), inner, stem)
         patterns = table.setdefault(norm.joined, [])
         if pattern not in patterns:
             patterns.append(pattern)
         return True
 
+    def _compile_rules(self, table: dict[str, list[_Pattern]], issues: Issues) -> None:
+        """Every phrase of every rule gets an id; one word phrases are looked up by word,
+        longer ones and stems go in the automaton."""
+        ids: dict[tuple[str, bool], int] = {}
+        # phrase id -> (rule, group or -1 for unless); id 0 is no phrase, so ids are true
+        usage: list[list[tuple[int, int]]] = [[]]
+        self.phrases: list[str] = [""]  # phrase id -> the phrase as the library writes it
+        self._single: dict[str, int] = {}  # normalised word -> phrase id
+        for number, rule in enumerate(self.cooccurrence):
+            for group, phrases in (*enumerate(rule.groups), *((-1, p) for p in [rule.unless])):
+                for phrase in phrases:
+                    stem = phrase.endswith("*")
+                    text = phrase[:-1] if stem else phrase
+                    norm = normalise(text, self.spellings)
+                    key = (norm.text, stem)
+                    if key not in ids:
+                        if stem and norm.joined.endswith("k") and text.lower().endswith("c"):
+                            _report(
+                                issues, rule.source, "all",
+                                f"{phrase!r}: a stem cannot end in 'c' (how it sounds depends "
+                                "on the next letter)",
+                            )  # fmt: skip
+                            continue
+                        ids[key] = len(usage)
+                        usage.append([])
+                        self.phrases.append(phrase)
+                        if len(norm.words) == 1 and not stem:
+                            if len(norm.joined) < min(2, len(text.strip())):
+                                _report(
+                                    issues, rule.source, "all",
+                                    f"{phrase!r} is too short once normalised "
+                                    f"({norm.joined!r}): it would match too much",
+                                )  # fmt: skip
+                                continue
+                            self._single[norm.joined] = ids[key]
+                        elif not self._add(
+                            table, _WORD, ids[key], text, issues, rule.source, True, stem
+                        ):
+                            continue
+                    if (number, group) not in usage[ids[key]]:
+                        usage[ids[key]].append((number, group))
+        self._usage = tuple(tuple(uses) for uses in usage)
+        self._rule_terms = tuple(
+            Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
+            for r in self.cooccurrence
+        )
+        self._index_rules()
+
+    def _index_rules(self) -> None:
+        """Bits and anchors, so that a text's phrases rule out almost every rule at once.
+
+        Each (rule, group) is a bit: a text has the bits of the phrases found in it, and a
+        rule can match only when all its groups' bits are there. A rule is looked at only
+        when a phrase of its *anchor* is found: the group whose phrases the fewest rules use
+        (the least common words, so "how to" or "i" rarely wake a rule up).
+        """
+        offsets, bit = [], 0
+        for rule in self.cooccurrence:
+            offsets.append(bit)
+            bit += len(rule.groups)
+        self._rule_masks = tuple(
+            ((1 << len(rule.groups)) - 1) << offsets[number]
+            for number, rule in enumerate(self.cooccurrence)
+        )
+        shared = [len(uses) for uses in self._usage]
+        anchors = []
+        for number, _ in enumerate(self.cooccurrence):
+            groups: dict[int, int] = {}
+            for phrase, uses in enumerate(self._usage):
+                for rule, group in uses:
+                    if rule == number and group >= 0:
+                        groups[group] = groups.get(group, 0) + shared[phrase]
+            anchors.append(min(groups, key=lambda g: (groups[g], g)))
+        masks, woken, vetoes = [], [], []
+        for uses in self._usage:
+            mask = 0
+            for rule, group in uses:
+                if group >= 0:
+                    mask |= 1 << (offsets[rule] + group)
+            masks.append(mask)
+            woken.append(tuple(rule for rule, group in uses if group == anchors[rule]))
+            vetoes.append(tuple(rule for rule, group in uses if group < 0))
+        self._phrase_masks = tuple(masks)
+        self._phrase_wakes = tuple(woken)
+        self._phrase_vetoes = tuple(vetoes)
+
     def _warn_idle_allows(self, allows: list[Allow], issues: Issues) -> None:
         """An allow-phrase in which no term of its theme matches does nothing: say so."""
         for allow in allows:
-            terms, _, _ = self._scan(normalise(allow.phrase, self.spellings))
-            if any(allow.theme in (None, self.terms[index].theme) for index, _, _ in terms):
+            hits = self._scan(normalise(allow.phrase, self.spellings))
+            if any(allow.theme in (None, self.terms[index].theme) for index, _, _ in hits.terms):
                 continue
-            file, _, line = allow.source.rpartition(":")
-            issues.warn(
-                file,
-                int(line) if line.isdigit() else None,
-                "allow",
+            phrases = [phrase for phrase, _, _ in hits.words] + [p for p in hits.word_ids if p]
+            themes = {self.cooccurrence[rule].theme for phrase in phrases
+                      for rule, group in self._usage[phrase] if group >= 0}  # fmt: skip
+            if allow.theme is None and themes or allow.theme in themes:
+                continue
+            _report_warning(
+                issues, allow.source, "allow",
                 f"{allow.phrase!r} contains no term of {allow.theme or 'any theme'}: "
                 "it has no effect",
-            )
+            )  # fmt: skip
+
+    # -- assessing ------------------------------------------------------------------------
 
     def assess(self, text: str | None) -> Assessment:
-        """Every term in ``text`` with its final severity; :data:`NOTHING` for none."""
+        """Every term and rule in ``text`` with its final severity; :data:`NOTHING` for none."""
         if not text or not self.patterns:
             return NOTHING
-        return self.assess_normalised(normalise(text, self.spellings))
+        if len(text) > MAX_TEXT:
+            text = text[:MAX_TEXT]
+        found = self._cache.get(text)
+        if found is None:
+            found = self.assess_normalised(self.normaliser(text))
+            if self.cache_size:
+                if len(self._cache) >= self.cache_size:
+                    self._cache = {}  # start again: cheaper than keeping an order
+                self._cache[text] = found
+        return found
+
+    def forget(self) -> None:
+        """Forget the texts assessed and the words read (to measure the cost of new ones)."""
+        self._cache = {}
+        self.normaliser.forget()
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
-        found_terms, found_allows, found_rules = self._scan(norm)
-        if not found_terms:
+        hits = self._scan(norm)
+        matches = self._resolve(hits) if hits.terms else []
+        if self.cooccurrence and (hits.words or any(hits.word_ids)):
+            more = self._apply_rules(norm, hits)
+            if more:
+                matches = self._merge(matches, more) if matches else more
+        if not matches:
             return NOTHING
-        return Assessment(self._resolve(found_terms, found_allows, found_rules))
+        return Assessment(_ordered(matches) if len(matches) > 1 else (matches[0],))
 
-    def _scan(
-        self, norm: Normalised
-    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[int]]:
-        """One pass of the automaton: the terms and allow-phrases found, with where they are
-        in ``norm.joined``, and the context rules whose phrase is there."""
-        joined, bounds = norm.joined, norm.bounds
-        found_terms: list[tuple[int, int, int]] = []  # (term index, start, end)
-        found_allows: list[tuple[int, int, int]] = []
-        found_rules: list[int] = []
-        for end_index, patterns in self.automaton.iter(joined):
+    def _scan(self, norm: Normalised) -> _Hits:
+        """One pass of the automaton, and a look-up of every word among the one word rule
+        phrases."""
+        bounds = norm.bounds
+        find = bounds.find
+        terms: _Found = []
+        allows: _Found = []
+        context: _Found = []
+        words: _Found = []
+        by_kind = (terms, allows, context, words)
+        for end_index, (needs_end, patterns) in self.automaton.iter(norm.joined):
             end = end_index + 1
-            if not bounds[end]:
+            at_end = bounds[end]
+            if needs_end and not at_end:
                 continue
-            for pattern in patterns:
-                start = end - pattern.length
-                if not bounds[start] or not _aligned(bounds, start, end, pattern.inner):
+            for kind, index, length, inner, stem in patterns:
+                start = end - length
+                if not (at_end or stem) or not bounds[start]:
                     continue
-                if pattern.kind == _TERM:
-                    found_terms.append((pattern.index, start, end))
-                elif pattern.kind == _ALLOW:
-                    found_allows.append((pattern.index, start, end))
-                else:
-                    found_rules.append(pattern.index)
-        return found_terms, found_allows, found_rules
+                at = find(1, start + 1, end)
+                while at >= 0 and at - start in inner:  # a break the pattern has too
+                    at = find(1, at + 1, end)
+                if at < 0:
+                    by_kind[kind].append((index, start, end))
+        return _Hits(terms, allows, context, words, list(map(self._single.get, norm.words)))
 
-    def _resolve(
-        self,
-        found_terms: list[tuple[int, int, int]],
-        found_allows: list[tuple[int, int, int]],
-        found_rules: list[int],
-    ) -> tuple[Match, ...]:
+    def _resolve(self, hits: _Hits) -> list[Match]:
+        terms = hits.terms
+        if len(terms) == 1:
+            index, start, end = terms[0]
+            term = self.terms[index]
+            return [self._judge(term, index, self._allowed(term.theme, start, end, hits), hits)]
         best: dict[tuple[str, str], Match] = {}
-        covered = _covered_spans({(start, end) for _, start, end in found_terms})
-        for index, start, end in found_terms:
+        covered = _covered_spans({(start, end) for _, start, end in terms})
+        for index, start, end in terms:
             if (start, end) in covered:
                 continue  # the same words as a longer term ("kill" in "kill myself")
             term = self.terms[index]
-            match = self._judge(term, start, end, found_allows, found_rules)
+            match = self._judge(term, index, self._allowed(term.theme, start, end, hits), hits)
             key = (term.theme, term.text)
             old = best.get(key)
             if old is None or (match.active, match.severity) > (old.active, old.severity):
                 best[key] = match
-        return tuple(
-            sorted(best.values(), key=lambda m: (not m.active, -m.severity, m.theme, m.term))
-        )
+        return list(best.values())
+
+    def _allowed(self, theme: str, start: int, end: int, hits: _Hits) -> str | None:
+        """The allow-phrase of ``theme`` (or of every theme) around ``start..end``, if any."""
+        for index, a_start, a_end in hits.allows:
+            allow = self.allows[index]
+            if a_start <= start and end <= a_end and allow.theme in (None, theme):
+                return allow.phrase
+        return None
 
     def _judge(
-        self,
-        term: Term,
-        start: int,
-        end: int,
-        found_allows: list[tuple[int, int, int]],
-        found_rules: list[int],
+        self, term: Term, index: int, allowed_by: str | None, hits: _Hits, rule: bool = False
     ) -> Match:
-        for index, a_start, a_end in found_allows:
-            allow = self.allows[index]
-            if a_start <= start and end <= a_end and allow.theme in (None, term.theme):
-                return Match(
-                    term.theme, 0, term.text, term.severity, term.firm, allow.phrase,
-                    None, term.note, term.source,
-                )  # fmt: skip
+        """The match of ``term`` (``index``: of it among the terms, or the rules), allowed
+        or lowered by context. Matches are immutable, so each is built once."""
         lowering, by = 0, None
-        if not term.firm:
-            for index in found_rules:
-                rule = self.rules[index]
-                if rule.themes is not None and term.theme not in rule.themes:
+        if allowed_by is None and hits.context and not term.firm:
+            for context_index, _, _ in hits.context:
+                context = self.rules[context_index]
+                if context.themes is not None and term.theme not in context.themes:
                     continue
-                if rule.lower > lowering:
-                    lowering, by = rule.lower, rule.phrase
-        severity = max(term.severity - lowering, 0)
-        if lowering and severity == 0:
-            return Match(
-                term.theme, 0, term.text, term.severity, term.firm, by, None, term.note,
-                term.source,
+                if context.lower > lowering:
+                    lowering, by = context.lower, context.phrase
+        key = (rule, index, allowed_by, by, lowering)
+        match = self._matches.get(key)
+        if match is None:
+            severity = 0 if allowed_by else max(term.severity - lowering, 0)
+            if allowed_by is None and lowering and severity == 0:
+                allowed_by, by = by, None
+            match = Match(
+                term.theme, severity, term.text, term.severity, term.firm, allowed_by, by,
+                term.note, term.source, rule,
             )  # fmt: skip
-        return Match(
-            term.theme, severity, term.text, term.severity, term.firm, None, by, term.note,
-            term.source,
-        )  # fmt: skip
+            if len(self._matches) >= MAX_MATCHES:
+                self._matches = {}
+            self._matches[key] = match
+        return match
+
+    def _apply_rules(self, norm: Normalised, hits: _Hits) -> list[Match]:
+        """The rules whose every group was found, judged like terms. The bits of the
+        phrases found rule out almost every rule without a loop over them."""
+        found = [phrase for phrase, _, _ in hits.words]
+        found += filter(None, hits.word_ids)
+        found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
+        out = []
+        for number in set().union(*map(self._phrase_wakes.__getitem__, found)):
+            rule_mask = self._rule_masks[number]
+            if found_mask & rule_mask == rule_mask:
+                match = self._apply_rule(number, norm, hits)
+                if match is not None:
+                    out.append(match)
+        return out
+
+    def _apply_rule(self, number: int, norm: Normalised, hits: _Hits) -> Match | None:
+        rule = self.cooccurrence[number]
+        found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
+        vetoed = None
+        starts = word_starts(norm)
+        spans = [*hits.words]
+        for position, phrase in enumerate(hits.word_ids):
+            if phrase:
+                start = starts[position]
+                spans.append((phrase, start, start + len(norm.words[position])))
+        for phrase, start, end in spans:
+            for user, group in self._usage[phrase]:
+                if user == number:
+                    if group < 0:
+                        vetoed = vetoed or self.phrases[phrase]
+                    else:
+                        found[group].append((start, end))
+        if not _satisfied(norm, found, rule):
+            return None
+        term = self._rule_terms[number]
+        if vetoed is not None:
+            return self._judge(term, number, vetoed, hits, True)
+        allowed_by = None
+        if hits.allows:
+            kept: list[list[tuple[int, int]]] = [[] for _ in found]
+            for group, group_spans in enumerate(found):
+                for start, end in group_spans:
+                    by = self._allowed(rule.theme, start, end, hits)
+                    if by is None:
+                        kept[group].append((start, end))
+                    else:
+                        allowed_by = by
+            if _satisfied(norm, kept, rule):
+                allowed_by = None
+        return self._judge(term, number, allowed_by, hits, True)
+
+    @staticmethod
+    def _merge(matches: list[Match], more: list[Match]) -> list[Match]:
+        best = {(m.theme, m.term): m for m in matches}
+        for match in more:
+            key = (match.theme, match.term)
+            old = best.get(key)
+            if old is None or (match.active, match.severity) > (old.active, old.severity):
+                best[key] = match
+        return list(best.values())
+
+
+def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
+    return tuple(sorted(matches, key=lambda m: (not m.active, -m.severity, m.theme, m.term)))
+
+
+def _satisfied(norm: Normalised, found: list[list[tuple[int, int]]], rule: Rule) -> bool:
+    """``found`` holds offsets in ``norm.joined``; rules count words."""
+    if rule.within is None and not rule.ordered:
+        return all(found)
+    starts = word_starts(norm)
+    words = [
+        [
+            (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
+            for start, end in spans
+        ]
+        for spans in found
+    ]
+    return satisfied(words, rule.within, rule.ordered)
+
+
+def _report(issues: Issues, source: str, field_name: str, message: str) -> None:
+    file, _, line = source.rpartition(":")
+    issues.add(file or source, int(line) if line.isdigit() else None, field_name, message)
+
+
+def _report_warning(issues: Issues, source: str, field_name: str, message: str) -> None:
+    file, _, line = source.rpartition(":")
+    issues.warn(file or source, int(line) if line.isdigit() else None, field_name, message)
 
 
 def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -446,16 +552,6 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
             covered.add((start, end))
         reach = max(reach, end)
     return covered
-
-
-def _aligned(bounds: bytearray, start: int, end: int, inner: frozenset[int]) -> bool:
-    """No word break inside ``start..end`` that the pattern does not have."""
-    at = bounds.find(1, start + 1, end)
-    while at != -1:
-        if at - start not in inner:
-            return False
-        at = bounds.find(1, at + 1, end)
-    return True
 
 
 def load_matcher(

@@ -34,6 +34,30 @@ from typing import Protocol
 
 DEFAULT_LIMIT = 32 * 1024
 MAX_TITLE = 300
+# Everything that cannot change what the sniffer reads, consumed in one C-level match: text,
+# comments, doctypes, end tags other than </head>, and start tags other than the few that
+# matter (a <meta> only when it names og:title or a charset). What is left at the match's end
+# is a construct :meth:`TitleSniffer._step` reads, an incomplete one, or the end of the data.
+_ATTRS = rb"""[^>"']*+(?:(?:"[^"]*+"|'[^']*+')[^>"']*+)*+"""  # attributes, quotes and all
+_NAMED = rb"(?:og:title|charset)"
+# A <meta> whose attributes, quoted or not, nowhere name og:title or a charset.
+_PLAIN_META = (
+    rb"<meta(?=[\s/>\x00])(?!(?:[^>\"']|\"[^\"]*\"|'[^']*')*?(?:%s|\"[^\"]*?%s|'[^']*?%s))%s>"
+    % (_NAMED, _NAMED, _NAMED, _ATTRS)
+)
+_READ = rb"title|meta|body|script|style|textarea|xmp|iframe|noembed|noframes|template|svg|math"
+_SKIPPABLE = re.compile(
+    rb"(?i)(?:[^<]++|<(?:"  # text, or after a "<":
+    rb"(?!(?:%s)[\s/>\x00])[a-zA-Z][^\s/>\x00]*+%s>"
+    % (_READ, _ATTRS)  # a start tag
+    + rb"|/(?!head[\s/>\x00])[a-zA-Z][^>]*+>"  # an end tag, not </head>
+    + rb"|!--.*?-->|!\[CDATA\[.*?\]\]>|!(?!--|\[CDATA\[)[^>]*+>|\?[^>]*+>"
+    + rb"|(?=[^a-zA-Z!?/])"  # nothing: a "<" that starts nothing
+    + rb"|"
+    + _PLAIN_META[1:]
+    + rb"))*+",
+    re.DOTALL,
+)
 _TAG = re.compile(rb"<([a-zA-Z][^\s/>\x00]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
 _END_TAG = re.compile(rb"</([a-zA-Z][^\s/>\x00]*)[^>]*>")
 _ATTR = re.compile(rb"([^\s=/>\"']+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>\"']+)))?")
@@ -187,9 +211,8 @@ class TitleSniffer:
                     return
                 self._pos, self._skip_until = span[1], None
                 continue
-            lt = buf.find(b"<", self._pos)
-            if lt < 0:
-                self._pos = len(buf)
+            self._pos = lt = _SKIPPABLE.match(buf, self._pos).end()
+            if lt >= len(buf):
                 return
             self._pos = lt
             if not self._step(buf, lt, final):
