@@ -20,6 +20,7 @@ from schoolgate.gateway import (
     Enforcement,
     ExceptionCache,
     GatewayPages,
+    HealthAddon,
     JobsAddon,
     PolicyHolder,
     PortalAddon,
@@ -47,6 +48,7 @@ class Gateway:
     enforce: Enforcement
     alerts: AlertsAddon
     logins: ProxyAuthCache
+    health: HealthAddon
     config: Path
 
     def events(self) -> list[dict]:

@@ -18,6 +18,8 @@ this order (each reads the ones before it):
   in alert and locked categories, batched (after Enforcement).
 * :class:`~schoolgate.gateway.auth_cache.ProxyAuthCache`: proxy logins (``proxyauth``) checked
   once and remembered, not checked again on every plain-HTTP request.
+* :class:`~schoolgate.gateway.health.HealthAddon`: counts requests and blocks (last, once they
+  are decided), the event loop's pulse, and this process's heartbeat in the database.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from schoolgate.gateway.circumvention_addon import CircumventionGuard
 from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
+from schoolgate.gateway.health import HealthAddon
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
@@ -41,6 +44,7 @@ __all__ = [
     "Enforcement",
     "ExceptionCache",
     "GatewayPages",
+    "HealthAddon",
     "PolicyHolder",
     "PortalAddon",
     "ProxyAuthCache",
@@ -63,7 +67,20 @@ def make_addons() -> list:
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
-    return [holder, recorder, jobs, exceptions, pages, portal, guard, enforcement, alerts, logins]
+    health = HealthAddon(holder, recorder, jobs, portal)
+    return [
+        holder,
+        recorder,
+        jobs,
+        exceptions,
+        pages,
+        portal,
+        guard,
+        enforcement,
+        alerts,
+        logins,
+        health,
+    ]
 
 
 def make_chain(addons: list | None = None) -> list:

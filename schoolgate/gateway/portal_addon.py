@@ -31,6 +31,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.addons import asgiapp
 
+from schoolgate.gateway.health import OPS_PATHS
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.pages import PORTAL_MARK
 from schoolgate.gateway.recorder import Recorder
@@ -67,6 +68,7 @@ def build_app(
     settings: dict[str, Any],
     *,
     trust_user_header: bool = True,
+    admin: bool = False,
 ):
     """The portal's Flask app for the policy in ``holder`` (the sender is not started)."""
     from schoolgate.portal.app import create_app, make_identify
@@ -85,6 +87,7 @@ def build_app(
         webhook_url=settings["webhook"],
         slt_required=settings["slt_required"],
         start_sender=False,
+        admin=admin,
     )
 
 
@@ -231,13 +234,22 @@ class StandalonePortal:
     """The portal on a port of its own (``schoolgate run --portal-port P``), for staff on an
     admin network. A plain WSGI server in a thread; the user header is not trusted there
     (``make_identify(..., trust_user_header=False)``). It does not send notifications itself:
-    the gateway's :class:`PortalAddon` sender does (within its 5-second poll)."""
+    the gateway's :class:`PortalAddon` sender does (within its 5-second poll).
+
+    Only here: ``/healthz`` and ``/metrics`` (:mod:`schoolgate.gateway.health`, given the
+    gateway's ``health`` addon), and the console's live stream (the app is built with
+    ``admin=True``: this server sends answers as they are made)."""
 
     name = "schoolgate_portal_standalone"
 
-    def __init__(self, holder: PolicyHolder, recorder: Recorder) -> None:
+    def __init__(self, holder: PolicyHolder, recorder: Recorder, health=None) -> None:
         self.holder = holder
         self.recorder = recorder
+        self.ops = None
+        if health is not None:
+            from schoolgate.gateway.health import ops_app
+
+            self.ops = ops_app(health)
         self.server = None
         self._thread: threading.Thread | None = None
         self._app = None
@@ -268,12 +280,15 @@ class StandalonePortal:
                     self.recorder.secret,
                     settings,
                     trust_user_header=False,
+                    admin=True,
                 )
                 self._key = key
             return self._app
 
     def _wsgi(self, environ, start_response):
         environ.pop("HTTP_" + _USER_KEY, None)
+        if self.ops is not None and environ.get("PATH_INFO", "") in OPS_PATHS:
+            return self.ops(environ, start_response)
         return self._current()(environ, start_response)
 
     def running(self) -> None:

@@ -132,6 +132,9 @@ class PortalState:
     max_upload_bytes: int
     submit_limiter: RateLimiter
     login_limiter: RateLimiter
+    # Served on the portal's own port (not through the proxy, which buffers every answer):
+    # the live view may stream (server-sent events) there.
+    admin: bool = False
     upload_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +179,7 @@ def create_app(
     submit_limit: tuple[int, float] = (10, 600.0),
     login_limit: tuple[int, float] = (5, 900.0),
     monotonic: Callable[[], float] = time.monotonic,
+    admin: bool = False,
 ) -> Flask:
     """The portal app. ``secret`` is the gateway's secret (``load_or_create_secret``): it
     verifies block-page references and (derived) signs the session cookie.
@@ -216,13 +220,18 @@ def create_app(
         max_upload_bytes=max_upload_bytes,
         submit_limiter=RateLimiter(*submit_limit, clock=monotonic),
         login_limiter=RateLimiter(*login_limit, clock=monotonic),
+        admin=admin,
     )
     app.extensions["schoolgate_portal"] = state
 
     from schoolgate.portal import views_public, views_staff
+    from schoolgate.portal.blueprints import console, signin, supervision
 
     app.register_blueprint(views_public.bp)
     app.register_blueprint(views_staff.staff_bp)
+    app.register_blueprint(signin.bp)
+    app.register_blueprint(console.bp)
+    app.register_blueprint(supervision.bp)
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
     app.register_blueprint(views_staff.teacher_bp)
@@ -324,7 +333,17 @@ def _local_time(value: datetime | None, fmt: str | None = None) -> str:
 
 
 def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "staff": current_staff(), "label": label}
+    return {
+        "csrf_token": csrf_token,
+        "staff": current_staff(),
+        "label": label,
+        "school": school_name(),
+    }
+
+
+def school_name() -> str:
+    """The school's name (``school_name`` in the config), or "" when it is not set."""
+    return words.wording_of(state().policy).school_name
 
 
 def label(name: str | None) -> str:

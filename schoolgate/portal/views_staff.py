@@ -50,6 +50,7 @@ from schoolgate.portal.app import (
     state,
 )
 from schoolgate.portal.auth import authenticate
+from schoolgate.portal.blueprints.signin import after_password
 from schoolgate.portal.models import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
 from schoolgate.store import (
     ExceptionRequestError,
@@ -118,6 +119,9 @@ def login():
             error="That user name and password do not match.",
         ), 401
     limiter.reset(keys[1])
+    second_step = after_password(row, target)  # two-factor code (or set-up) still to come
+    if second_step is not None:
+        return second_step
     sign_in(row)
     audit(session_, row.username, "staff.login", "portal", f"from {request.remote_addr}")
     session_.commit()
@@ -872,9 +876,12 @@ def open_for_class():
     if site not in policy.timetables:
         abort(400, description="Unknown site.")
     allowed = _teacher_categories()
-    target_kind = request.form.get("target_kind", "category")
+    # Nothing is chosen for the teacher: one click must never open a whole category.
+    target_kind = request.form.get("target_kind", "")
     if target_kind == "category":
         target = request.form.get("category", "")
+        if not target:
+            abort(400, description="Choose which category to open.")
         if target not in allowed:
             abort(403, description="Teachers may not open that category; ask IT Support.")
     elif target_kind == "host":

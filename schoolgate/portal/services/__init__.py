@@ -1,0 +1,1 @@
+"""Workflow the portal's views call, apart from Flask."""

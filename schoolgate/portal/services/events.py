@@ -1,0 +1,301 @@
+"""The decision log for the console: searchable history and the live view.
+
+Queries are indexed, never a ``LIKE`` scan over the whole log: a person (``user``), a group, a
+category, a kind and a site (``host``) each have an index, and the newest rows come first by
+primary key; a page is "the next N older than row X" (keyset), never an ``OFFSET`` into
+millions. A site with its subdomains (``*.example.com``) is the one pattern search, and it is
+always bounded by a time range (the ``at`` index).
+
+The live view reads what was written after a cursor (the last row id seen). PostgreSQL may make
+a row with a smaller id visible after a larger one (two writers committing out of order), so
+:class:`LiveCursor` looks back over a small overlap of recent rows and skips those it has seen.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schoolgate.core import words
+from schoolgate.db import EventRow
+from schoolgate.hosts import normalize_host
+
+PAGE_SIZE = 50
+MAX_TEXT = 200
+LIVE_BATCH = 200
+LIVE_OVERLAP = 100  # rows looked back over for ones committed out of order
+POLL_OVERLAP = 50
+SUBDOMAIN_SPAN = timedelta(days=31)  # the longest range a subdomain search may cover
+_NAME = re.compile(r"^[\w.@+\-]{1,200}$", re.UNICODE)
+KINDS = ("block", "allow", "error", "circumvention", "suspended", "supervised", "warning")
+
+
+class FilterError(ValueError):
+    """A search the console cannot run as given (the message says why)."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    user: str = ""
+    group: str = ""
+    category: str = ""
+    kind: str = ""
+    action: str = ""
+    host: str = ""
+    subdomains: bool = False
+    ref: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def is_empty(self) -> bool:
+        return not any(
+            (self.user, self.group, self.category, self.kind, self.action, self.host, self.ref,
+             self.since, self.until)
+        )  # fmt: skip
+
+    def args(self) -> dict[str, str]:
+        """The filter as query arguments (empty ones left out), for links."""
+        out = {
+            "user": self.user,
+            "group": self.group,
+            "category": self.category,
+            "kind": self.kind,
+            "action": self.action,
+            "host": ("*." + self.host) if self.subdomains else self.host,
+            "ref": self.ref,
+        }
+        return {k: v for k, v in out.items() if v}
+
+    def conditions(self) -> list[Any]:
+        found: list[Any] = []
+        if self.ref:
+            found.append(EventRow.ref == self.ref)
+        if self.user:
+            found.append(EventRow.user == self.user)
+        if self.group:
+            found.append(EventRow.group == self.group)
+        if self.category:
+            found.append(EventRow.category == self.category)
+        if self.kind == "circumvention":
+            found.append(EventRow.kind.in_(("circumvention", "circumvention_warning")))
+        elif self.kind:
+            found.append(EventRow.kind == self.kind)
+        if self.action:
+            found.append(EventRow.action == self.action)
+        if self.host and self.subdomains:
+            found.append((EventRow.host == self.host) | EventRow.host.like(f"%.{self.host}"))
+        elif self.host:
+            found.append(EventRow.host == self.host)
+        if self.since is not None:
+            found.append(EventRow.at >= self.since)
+        if self.until is not None:
+            found.append(EventRow.at < self.until)
+        return found
+
+
+def _name(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        return ""
+    if not _NAME.match(value):
+        raise FilterError(f"{what}: letters, digits and . _ - @ + only, at most 200")
+    return value
+
+
+def _when(value: str, tz: tzinfo, what: str) -> datetime | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{what}: a date and time such as 2026-12-09T10:30") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def parse_filter(args: Any, tz: tzinfo, *, categories: Any = (), now: datetime | None = None
+                 ) -> EventFilter:  # fmt: skip
+    """The filter from a form or query string; :class:`FilterError` with the reason."""
+    host_text = (args.get("host") or "").strip().lower()[:MAX_TEXT]
+    subdomains = host_text.startswith("*.")
+    host = normalize_host(host_text[2:] if subdomains else host_text) if host_text else ""
+    if host and not re.match(r"^[a-z0-9.\-:\[\]]+$", host):
+        raise FilterError("site: a host name such as www.example.com or *.example.com")
+    category = (args.get("category") or "").strip()
+    if category and category not in categories:
+        raise FilterError(f"category: one of {', '.join(categories)}")
+    kind = (args.get("kind") or "").strip()
+    if kind and kind not in KINDS:
+        raise FilterError(f"kind: one of {', '.join(KINDS)}")
+    action = (args.get("action") or "").strip()
+    if action and action not in ("block", "allow"):
+        raise FilterError("action: block or allow")
+    since = _when(args.get("since", ""), tz, "from")
+    until = _when(args.get("until", ""), tz, "until")
+    if subdomains and host:
+        now = now or datetime.now(tz)
+        if since is None:
+            since = (until or now) - timedelta(days=7)
+        if (until or now) - since > SUBDOMAIN_SPAN:
+            raise FilterError(
+                f"a site with its subdomains is searched over at most {SUBDOMAIN_SPAN.days} "
+                "days: narrow the dates, or search for the site alone"
+            )
+    ref = (args.get("ref") or "").strip()
+    if ref and not re.match(r"^[A-Za-z0-9\-]{1,40}$", ref):
+        raise FilterError("reference: the letters and digits of a block page's reference")
+    return EventFilter(
+        user=_name(args.get("user", ""), "person").lower(),
+        group=_name(args.get("group", ""), "group"),
+        category=category,
+        kind=kind,
+        action=action,
+        host=host,
+        subdomains=subdomains and bool(host),
+        ref=ref,
+        since=since,
+        until=until,
+    )
+
+
+@dataclass
+class Page:
+    rows: list[EventRow]
+    older: int | None  # the ``before`` of the next page, None on the last
+    newer: int | None  # the ``before`` of the page before, None on the first
+
+
+def history(
+    session: Session, where: EventFilter, *, before: int | None = None, size: int = PAGE_SIZE
+) -> Page:
+    """A page of events, newest first, older than row ``before``."""
+    query = select(EventRow).where(*where.conditions())
+    if before is not None:
+        query = query.where(EventRow.id < before)
+    rows = list(session.scalars(query.order_by(EventRow.id.desc()).limit(size + 1)))
+    older = rows[size - 1].id if len(rows) > size else None
+    rows = rows[:size]
+    newer = None
+    if before is not None and rows:
+        newer_rows = list(
+            session.scalars(
+                select(EventRow.id)
+                .where(*where.conditions(), EventRow.id >= before)
+                .order_by(EventRow.id)
+                .limit(size)
+            )
+        )
+        newer = newer_rows[-1] + 1 if len(newer_rows) == size else None
+        if newer is None and newer_rows:
+            newer = 0  # the first page
+    return Page(rows=rows, older=older, newer=newer)
+
+
+def latest_id(session: Session) -> int:
+    return session.scalar(select(EventRow.id).order_by(EventRow.id.desc()).limit(1)) or 0
+
+
+@dataclass
+class LiveCursor:
+    """Where a live view is: rows above ``last`` are new; ``seen`` holds the ids at most
+    ``LIVE_OVERLAP`` below it that were already there or shown (a row committed late, below
+    ``last``, is new if it is not among them)."""
+
+    last: int = 0
+    seen: set[int] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, session: Session, last: int | None = None) -> LiveCursor:
+        """From row ``last`` (None: the newest now): what is there already is not new."""
+        if last is None:
+            last = latest_id(session)
+        low = max(0, last - LIVE_OVERLAP)
+        seen = set(
+            session.scalars(select(EventRow.id).where(EventRow.id > low, EventRow.id <= last))
+        )
+        return cls(last=last, seen=seen)
+
+    def take(self, session: Session, where: EventFilter, limit: int = LIVE_BATCH) -> list[EventRow]:
+        """The new rows for this filter, oldest first; moves the cursor past them."""
+        low = max(0, self.last - LIVE_OVERLAP)
+        rows = session.scalars(
+            select(EventRow)
+            .where(EventRow.id > low, *where.conditions())
+            .order_by(EventRow.id)
+            .limit(limit + LIVE_OVERLAP)
+        )
+        fresh = [row for row in rows if row.id not in self.seen][:limit]
+        for row in fresh:
+            self.seen.add(row.id)
+            self.last = max(self.last, row.id)
+        floor = self.last - LIVE_OVERLAP
+        self.seen = {i for i in self.seen if i > floor}
+        return fresh
+
+
+def recent_for_poll(
+    session: Session, where: EventFilter, after: int, now: datetime, limit: int = LIVE_BATCH
+) -> list[EventRow]:
+    """For a live view that polls (through the proxy): rows after ``after``, and the last
+    minute's rows a little below it (committed late); the page skips the ids it has shown."""
+    low = max(0, after - POLL_OVERLAP)
+    query = (
+        select(EventRow)
+        .where(EventRow.id > low, *where.conditions())
+        .where((EventRow.id > after) | (EventRow.at >= now - timedelta(minutes=1)))
+        .order_by(EventRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def event_view(row: EventRow, *, now: datetime, tz: tzinfo) -> dict[str, Any]:
+    """An event as the console shows it (and sends it to the live view): words, not codes."""
+    detail: dict[str, Any] = {}
+    if row.detail:
+        try:
+            loaded = json.loads(row.detail)
+            detail = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            detail = {}
+    return {
+        "id": row.id,
+        "ref": row.ref,
+        "at": row.at.isoformat(),
+        "when": words.moment(row.at, now, tz, seconds=True),
+        "kind": row.kind,
+        "action": row.action,
+        "user": row.user or "",
+        "who": row.user or (f"device {row.client_ip}" if row.client_ip else "unknown"),
+        "client_ip": row.client_ip or "",
+        "role": row.role or "",
+        "group": row.group or "",
+        "host": row.host or "",
+        "url": (row.url or "")[:300],
+        "category": row.category or "",
+        "category_words": words.category_words(row.category) if row.category else "",
+        "window": words.plain(row.window) if row.window else "",
+        "search_term": row.search_term or "",
+        "reason": row.reason or "",
+        "list_entry": detail.get("list_entry", ""),
+    }
+
+
+__all__ = [
+    "EventFilter",
+    "FilterError",
+    "KINDS",
+    "LiveCursor",
+    "Page",
+    "event_view",
+    "history",
+    "latest_id",
+    "parse_filter",
+    "recent_for_poll",
+]
