@@ -49,6 +49,7 @@ from schoolgate.bans import (
     subject_for,
 )
 from schoolgate.circumvention import CircumventionEvent, Detectors, TrafficFacts
+from schoolgate.core.words import wording_of
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.flowinfo import request_view
@@ -569,6 +570,8 @@ class CircumventionGuard:
             essentials=self.sanctions.essentials,
             tz=self._tz(identity),
             now=now,
+            school=wording_of(policy).school_name,
+            group=identity.group,
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
@@ -639,6 +642,7 @@ class CircumventionGuard:
             who=identity.user,
             tz=self._tz(identity),
             now=now,
+            school=wording_of(policy).school_name,
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}
