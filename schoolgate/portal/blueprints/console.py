@@ -181,8 +181,9 @@ def live_poll():
     if error is not None:
         return Response(json.dumps({"error": error}), status=400, mimetype="application/json")
     after = _before(request.args.get("after")) or 0
+    start = _before(request.args.get("start")) or 0
     at, tz = now(), _tz()
-    rows = events_service.recent_for_poll(db(), where, after, at)
+    rows = events_service.recent_for_poll(db(), where, after, at, start=min(start, after))
     body = {"events": [events_service.event_view(r, now=at, tz=tz) for r in rows]}
     return Response(json.dumps(body), mimetype="application/json")
 
@@ -217,7 +218,7 @@ def live_stream():
             while time.monotonic() - started < STREAM_SECONDS:
                 try:
                     with sessions() as session:
-                        rows = cursor.take(session, where)
+                        rows = cursor.take(session, where.conditions())
                         at = clock()
                         views = [events_service.event_view(r, now=at, tz=tz) for r in rows]
                 except SQLAlchemyError:

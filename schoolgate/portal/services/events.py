@@ -6,16 +6,15 @@ primary key; a page is "the next N older than row X" (keyset), never an ``OFFSET
 millions. A site with its subdomains (``*.example.com``) is the one pattern search, and it is
 always bounded by a time range (the ``at`` index).
 
-The live view reads what was written after a cursor (the last row id seen). PostgreSQL may make
-a row with a smaller id visible after a larger one (two writers committing out of order), so
-:class:`LiveCursor` looks back over a small overlap of recent rows and skips those it has seen.
+The live view reads what was written after a cursor (the last row id seen), with
+:class:`schoolgate.events.LiveCursor` (as ``schoolgate events --follow`` does).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -24,13 +23,13 @@ from sqlalchemy.orm import Session
 
 from schoolgate.core import words
 from schoolgate.db import EventRow
+from schoolgate.events import LiveCursor, latest_id
 from schoolgate.hosts import normalize_host
 
 PAGE_SIZE = 50
 MAX_TEXT = 200
 LIVE_BATCH = 200
-LIVE_OVERLAP = 100  # rows looked back over for ones committed out of order
-POLL_OVERLAP = 50
+POLL_OVERLAP = 50  # rows below the page's cursor looked at again (committed late)
 SUBDOMAIN_SPAN = timedelta(days=31)  # the longest range a subdomain search may cover
 _NAME = re.compile(r"^[\w.@+\-]{1,200}$", re.UNICODE)
 KINDS = ("block", "allow", "error", "circumvention", "suspended", "supervised", "warning")
@@ -197,54 +196,19 @@ def history(
     return Page(rows=rows, older=older, newer=newer)
 
 
-def latest_id(session: Session) -> int:
-    return session.scalar(select(EventRow.id).order_by(EventRow.id.desc()).limit(1)) or 0
-
-
-@dataclass
-class LiveCursor:
-    """Where a live view is: rows above ``last`` are new; ``seen`` holds the ids at most
-    ``LIVE_OVERLAP`` below it that were already there or shown (a row committed late, below
-    ``last``, is new if it is not among them)."""
-
-    last: int = 0
-    seen: set[int] = field(default_factory=set)
-
-    @classmethod
-    def start(cls, session: Session, last: int | None = None) -> LiveCursor:
-        """From row ``last`` (None: the newest now): what is there already is not new."""
-        if last is None:
-            last = latest_id(session)
-        low = max(0, last - LIVE_OVERLAP)
-        seen = set(
-            session.scalars(select(EventRow.id).where(EventRow.id > low, EventRow.id <= last))
-        )
-        return cls(last=last, seen=seen)
-
-    def take(self, session: Session, where: EventFilter, limit: int = LIVE_BATCH) -> list[EventRow]:
-        """The new rows for this filter, oldest first; moves the cursor past them."""
-        low = max(0, self.last - LIVE_OVERLAP)
-        rows = session.scalars(
-            select(EventRow)
-            .where(EventRow.id > low, *where.conditions())
-            .order_by(EventRow.id)
-            .limit(limit + LIVE_OVERLAP)
-        )
-        fresh = [row for row in rows if row.id not in self.seen][:limit]
-        for row in fresh:
-            self.seen.add(row.id)
-            self.last = max(self.last, row.id)
-        floor = self.last - LIVE_OVERLAP
-        self.seen = {i for i in self.seen if i > floor}
-        return fresh
-
-
 def recent_for_poll(
-    session: Session, where: EventFilter, after: int, now: datetime, limit: int = LIVE_BATCH
+    session: Session,
+    where: EventFilter,
+    after: int,
+    now: datetime,
+    *,
+    start: int = 0,
+    limit: int = LIVE_BATCH,
 ) -> list[EventRow]:
     """For a live view that polls (through the proxy): rows after ``after``, and the last
-    minute's rows a little below it (committed late); the page skips the ids it has shown."""
-    low = max(0, after - POLL_OVERLAP)
+    minute's rows a little below it (committed late), but never one at or below ``start`` (the
+    newest row when the page was made); the page skips the ids it shows already."""
+    low = max(start, after - POLL_OVERLAP, 0)
     query = (
         select(EventRow)
         .where(EventRow.id > low, *where.conditions())

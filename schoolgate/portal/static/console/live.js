@@ -13,7 +13,8 @@
   var historyBase = document.querySelector("nav[aria-label=Console] a[href$='/history']");
   var historyUrl = historyBase ? historyBase.getAttribute("href") : "/console/history";
   var seen = {};
-  var after = parseInt(state.getAttribute("data-after") || "0", 10) || 0;
+  var start = parseInt(state.getAttribute("data-after") || "0", 10) || 0;
+  var after = start;
   var MAX_ROWS = 500;
 
   Array.prototype.forEach.call(body.rows, function (row) {
@@ -94,7 +95,7 @@
   var poll = state.getAttribute("data-poll");
   var every = parseInt(state.getAttribute("data-every") || "2000", 10) || 2000;
   function check() {
-    var url = poll + (poll.indexOf("?") < 0 ? "?" : "&") + "after=" + after;
+    var url = poll + (poll.indexOf("?") < 0 ? "?" : "&") + "start=" + start + "&after=" + after;
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (answer) {
         if (!answer.ok) {
