@@ -76,6 +76,9 @@ def test_the_dashboard_shows_todays_blocks_and_what_is_switched_off(portal):
     assert "old.test" not in top  # three days ago is not today
     assert "3 blocks today" in text
     assert "blk3" in page.text  # the latest blocks, with their references
+    # In words: the category, the people and the part of the day, not internal names.
+    assert "Blocked: social media, for pupils during lessons (All day)." in text
+    assert "social_media is blocked" not in text
     # Switched off: this test config has no mail relay and no webhook.
     assert "No mail relay or webhook is set up" in text
     assert "illegal" not in text.split("Switched off")[1].split("At a glance")[0]  # has an entry

@@ -69,6 +69,12 @@ def _tz():
     return console_service.school_tz(state().policy)
 
 
+def _views(rows, at) -> list[dict]:
+    """Events as the console shows them: words in the school's zone and language."""
+    tz, wording = _tz(), words.wording_of(state().policy)
+    return [events_service.event_view(r, now=at, tz=tz, wording=wording) for r in rows]
+
+
 # -- the dashboard -----------------------------------------------------------------------------
 
 
@@ -83,10 +89,14 @@ def dashboard():
     return render_template(
         "portal/console/dashboard.html",
         d=data,
-        recent=[events_service.event_view(r, now=at, tz=data["tz"]) for r in data["recent_blocks"]],
+        recent=_views(data["recent_blocks"], at),
         last_minute=last,
-        requests_chart=column_chart(chart["requests"], title="Requests per minute, last hour"),
-        blocks_chart=column_chart(chart["blocks"], title="Blocks per minute, last hour"),
+        requests_chart=column_chart(
+            chart["requests"], title="Requests per minute, last hour", label_every=10
+        ),
+        blocks_chart=column_chart(
+            chart["blocks"], title="Blocks per minute, last hour", label_every=10
+        ),
         categories_chart=bar_chart(
             [(words.category_words(c), n) for c, n in data["top_categories"]],
             title="Blocks by category today",
@@ -122,7 +132,7 @@ def history():
     page = events_service.Page(rows=[], older=None, newer=None)
     if error is None:
         page = events_service.history(db(), where, before=_before(request.args.get("before")))
-    at, tz = now(), _tz()
+    at = now()
     args = where.args()
     if where.since:
         args["since"] = request.args.get("since", "")
@@ -132,7 +142,7 @@ def history():
         "portal/console/history.html",
         error=error,
         form=request.args,
-        rows=[events_service.event_view(r, now=at, tz=tz) for r in page.rows],
+        rows=_views(page.rows, at),
         older_url=url_for("console.history", **args, before=page.older) if page.older else None,
         newer_url=(
             url_for("console.history", **args, **({"before": page.newer} if page.newer else {}))
@@ -151,7 +161,7 @@ def history():
 @staff_required(*IT)
 def live():
     where, error = _filter(request.args)
-    at, tz = now(), _tz()
+    at = now()
     rows = []
     if error is None:
         rows = events_service.history(db(), where, size=25).rows
@@ -161,7 +171,7 @@ def live():
         "portal/console/live.html",
         error=error,
         form=request.args,
-        rows=[events_service.event_view(r, now=at, tz=tz) for r in rows],
+        rows=_views(rows, at),
         cursor=cursor,
         stream_url=url_for("console.live_stream", **args) if state().admin else "",
         poll_url=url_for("console.live_poll", **args),
@@ -182,9 +192,9 @@ def live_poll():
         return Response(json.dumps({"error": error}), status=400, mimetype="application/json")
     after = _before(request.args.get("after")) or 0
     start = _before(request.args.get("start")) or 0
-    at, tz = now(), _tz()
+    at = now()
     rows = events_service.recent_for_poll(db(), where, after, at, start=min(start, after))
-    body = {"events": [events_service.event_view(r, now=at, tz=tz) for r in rows]}
+    body = {"events": _views(rows, at)}
     return Response(json.dumps(body), mimetype="application/json")
 
 
@@ -208,6 +218,7 @@ def live_stream():
         )  # the browser tries again in 5 s
     resume = _before(request.headers.get("Last-Event-ID") or request.args.get("after"))
     sessions, tz, clock = st.sessions, _tz(), st.clock
+    wording = words.wording_of(st.policy)
 
     def stream():
         try:
@@ -220,7 +231,10 @@ def live_stream():
                     with sessions() as session:
                         rows = cursor.take(session, where.conditions())
                         at = clock()
-                        views = [events_service.event_view(r, now=at, tz=tz) for r in rows]
+                        views = [
+                            events_service.event_view(r, now=at, tz=tz, wording=wording)
+                            for r in rows
+                        ]
                 except SQLAlchemyError:
                     views = []  # the database is busy: try again on the next round
                 for view in views:

@@ -219,7 +219,39 @@ def recent_for_poll(
     return list(session.scalars(query))
 
 
-def event_view(row: EventRow, *, now: datetime, tz: tzinfo) -> dict[str, Any]:
+KIND_WORDS = {
+    "block": "Blocked",
+    "allow": "Allowed",
+    "error": "Blocked (the filter failed)",
+    "circumvention": "Attempt to get round the filter",
+    "circumvention_warning": "Warned about getting round the filter",
+    "suspended": "Suspended",
+    "supervised": "Supervised",
+}
+
+
+def why(row: EventRow, wording: words.Wording = words.DEFAULT_WORDING) -> str:
+    """The decision in words: ``Blocked: social media, for pupils during lessons.`` for a rule's
+    decision (the log keeps its category, role and window); otherwise the logged reason."""
+    kind = KIND_WORDS.get(row.kind, words.plain(row.kind).capitalize())
+    rule = row.rule or ""
+    reason = " ".join((row.reason or "").split())
+    if rule.startswith(words.LOCKED_RULE_PREFIX):
+        return f"{kind}: {words.category_words(row.category)}, for everyone, at all times."
+    by_rule = rule.startswith(("rules[", "no rule for"))
+    if row.kind in ("block", "allow") and row.category and row.window and by_rule:
+        if words.READ_ONLY_MARK in reason:
+            return reason
+        people = wording.people(row.role)
+        during = wording.during(row.window)
+        name = f" ({row.window_name})" if row.window_name and row.window_name != row.window else ""
+        return f"{kind}: {words.category_words(row.category)}, for {people} {during}{name}."
+    return f"{kind}: {reason}" if reason else kind
+
+
+def event_view(
+    row: EventRow, *, now: datetime, tz: tzinfo, wording: words.Wording = words.DEFAULT_WORDING
+) -> dict[str, Any]:
     """An event as the console shows it (and sends it to the live view): words, not codes."""
     detail: dict[str, Any] = {}
     if row.detail:
@@ -247,6 +279,7 @@ def event_view(row: EventRow, *, now: datetime, tz: tzinfo) -> dict[str, Any]:
         "window": words.plain(row.window) if row.window else "",
         "search_term": row.search_term or "",
         "reason": row.reason or "",
+        "why": why(row, wording),
         "list_entry": detail.get("list_entry", ""),
     }
 

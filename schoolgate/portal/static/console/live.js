@@ -44,9 +44,9 @@
     row.setAttribute("data-id", key);
     row.className = "new";
     cell(row, e.when);
-    cell(row, e.action && e.action !== e.kind ? e.kind + " (" + e.action + ")" : e.kind);
-    cell(row, e.who + (e.group ? ", " + e.group : "") + (e.role ? " (" + e.role + ")" : ""));
+    cell(row, e.who + (e.group ? ", " + e.group : ""));
     var site = cell(row, e.host || "-");
+    site.className = "site";
     if (e.search_term) {
       var term = document.createElement("span");
       term.className = "muted";
@@ -54,8 +54,7 @@
       site.appendChild(document.createElement("br"));
       site.appendChild(term);
     }
-    cell(row, e.category_words || "-");
-    cell(row, e.reason);
+    cell(row, e.why);
     var link = document.createElement("a");
     link.href = historyUrl + "?ref=" + encodeURIComponent(e.ref);
     var code = document.createElement("code");
