@@ -269,8 +269,12 @@ class HealthAddon:
         )
 
     def _sends_mail(self) -> bool:
+        """Whether this process sends the portal's notifications (and there is somewhere to
+        send them)."""
         app = getattr(self.portal, "app", None)
-        if app is None:
+        policy = self.holder.policy
+        notifications = (policy.settings.extra.get("notifications") or {}) if policy else {}
+        if app is None or not (notifications.get("smtp") or notifications.get("webhook")):
             return False
         sender = app.extensions["schoolgate_portal"].sender
         thread = getattr(sender, "_thread", None)

@@ -244,9 +244,18 @@ def why(row: EventRow, wording: words.Wording = words.DEFAULT_WORDING) -> str:
             return reason
         people = wording.people(row.role)
         during = wording.during(row.window)
-        name = f" ({row.window_name})" if row.window_name and row.window_name != row.window else ""
+        name = _window_name(row.window_name, row.window, wording)
         return f"{kind}: {words.category_words(row.category)}, for {people} {during}{name}."
     return f"{kind}: {reason}" if reason else kind
+
+
+def _window_name(name: str | None, kind: str, wording: words.Wording) -> str:
+    """`` (P2)`` when the window's name says more than its kind ("Before school" does not)."""
+    name = " ".join((name or "").split())
+    said = {wording.kind(kind).casefold(), words.plain(kind).casefold()}
+    if not name or name.casefold() in said or any(name.casefold() in k for k in said):
+        return ""
+    return f" ({name})"
 
 
 def event_view(
