@@ -448,6 +448,15 @@ def start_supervision(
     return row
 
 
+def _running_supervision(session: Session, supervision_id: int, now: datetime) -> SupervisionRow:
+    row = session.get(SupervisionRow, supervision_id)
+    if row is None:
+        raise BanError(f"no supervision session #{supervision_id}")
+    if row.ended_at is not None or row.ends <= now:
+        raise BanError(f"supervision session #{supervision_id} has already ended")
+    return row
+
+
 def extend_supervision(
     session: Session,
     supervision_id: int,
@@ -464,11 +473,7 @@ def extend_supervision(
     if minutes <= 0 or minutes > max_minutes:
         raise BanError(f"a supervision session is extended by 1 to {max_minutes} minutes")
     now = now or utcnow()
-    row = session.get(SupervisionRow, supervision_id)
-    if row is None:
-        raise BanError(f"no supervision session #{supervision_id}")
-    if row.ended_at is not None or row.ends <= now:
-        raise BanError(f"supervision session #{supervision_id} has already ended")
+    row = _running_supervision(session, supervision_id, now)
     ban = active_ban(session, row.subject, now)
     if ban is None or ban.kind != "ban":
         raise BanError("the ban it supervises is no longer in force: nothing to extend")
@@ -493,11 +498,7 @@ def end_supervision(
     session: Session, supervision_id: int, *, by: str, now: datetime | None = None
 ) -> SupervisionRow:
     now = now or utcnow()
-    row = session.get(SupervisionRow, supervision_id)
-    if row is None:
-        raise BanError(f"no supervision session #{supervision_id}")
-    if row.ended_at is not None or row.ends <= now:
-        raise BanError(f"supervision session #{supervision_id} has already ended")
+    row = _running_supervision(session, supervision_id, now)
     row.ended_at, row.ended_by = now, by
     _audit(
         session,

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +29,7 @@ import pyotp
 import pytest
 from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway
 from oidc_provider import TENANT, Provider
-from test_portal_e2e import BROWSER_ARGS, CHROMIUM, Origin, spki_hash
+from test_portal_e2e import BROWSER_ARGS, CHROMIUM, Origin, spki_hash, until_page
 
 from schoolgate.bans_store import add_ban
 from schoolgate.db import open_database
@@ -139,15 +138,6 @@ def sign_in(page, base: str, user: str) -> None:
     assert "/staff/login" not in page.url, page.content()
 
 
-def until_page(page, url: str, predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        response = page.goto(url)
-        if predicate(response, page) or time.monotonic() > deadline:
-            return response
-        time.sleep(0.5)
-
-
 def test_the_live_view_and_the_dashboard_show_a_block_made_a_moment_before(tmp_path, browser):
     gateway = Gateway(tmp_path)
     try:
@@ -203,7 +193,7 @@ def test_a_teacher_supervises_a_banned_pupil_who_then_browses(tmp_path, browser)
         chromium = _launch(browser, gateway)
         student = _context(chromium, gateway, "ben").new_page()
         page = "http://origin.test/lesson"
-        response = until_page(student, page, lambda r, p: r.status == 403)
+        response = until_page(student, page, lambda r, p: r.status == 403, 30)
         assert response.status == 403
         text = student.inner_text("main")
         assert "ask your teacher" in text and "A teacher of 9B" in text
@@ -220,7 +210,7 @@ def test_a_teacher_supervises_a_banned_pupil_who_then_browses(tmp_path, browser)
         assert "Supervision session #" in teacher.inner_text("main")
         shot(teacher, "12-teacher-started")
 
-        response = until_page(student, page, lambda r, p: r.status == 200)
+        response = until_page(student, page, lambda r, p: r.status == 200, 30)
         assert (
             response.status == 200 and "origin GET http://origin.test/lesson" in student.content()
         )
@@ -229,7 +219,7 @@ def test_a_teacher_supervises_a_banned_pupil_who_then_browses(tmp_path, browser)
         teacher.goto(f"http://{PORTAL}/supervision/")
         teacher.click("button:text-is('End now')")
         teacher.wait_for_load_state()
-        response = until_page(student, page, lambda r, p: r.status == 403)
+        response = until_page(student, page, lambda r, p: r.status == 403, 30)
         assert response.status == 403
         chromium.close()
         shown = json.loads(

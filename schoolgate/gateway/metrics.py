@@ -131,24 +131,21 @@ class SchoolgateCollector:
             if row.instance == mine.instance:
                 continue  # this process's own figures are the live ones below
             labels = _labels(row.host, row.port, row.worker)
-            families["up"].add_metric(labels, 1.0 if row.is_up(now) else 0.0)
-            families["seen"].add_metric(labels, row.seen_at.timestamp())
-            families["requests"].add_metric(labels, float(row.requests))
-            families["blocks"].add_metric(labels, float(row.blocks))
-            families["backlog"].add_metric(labels, float(row.events_pending))
-            families["written"].add_metric(labels, float(row.events_written))
-            families["rejected"].add_metric(labels, float(row.events_rejected))
-            families["reload"].add_metric(labels, 1.0 if row.policy_error else 0.0)
-        labels = _labels(mine.host, mine.port, mine.worker)
-        families["up"].add_metric(labels, 1.0)
-        families["seen"].add_metric(labels, now.timestamp())
-        families["requests"].add_metric(labels, float(mine.requests))
-        families["blocks"].add_metric(labels, float(mine.blocks))
-        families["backlog"].add_metric(labels, float(mine.events_pending))
-        families["written"].add_metric(labels, float(mine.events_written))
-        families["rejected"].add_metric(labels, float(mine.events_rejected))
-        families["reload"].add_metric(labels, 1.0 if mine.policy_error else 0.0)
+            _add(families, labels, row, up=row.is_up(now), seen=row.seen_at)
+        _add(families, _labels(mine.host, mine.port, mine.worker), mine, up=True, seen=now)
         yield from families.values()
+
+
+def _add(families: dict, labels: list[str], beat: Any, *, up: bool, seen: datetime) -> None:
+    """One process's samples, from its heartbeat row or its live :class:`Beat`."""
+    families["up"].add_metric(labels, 1.0 if up else 0.0)
+    families["seen"].add_metric(labels, seen.timestamp())
+    families["requests"].add_metric(labels, float(beat.requests))
+    families["blocks"].add_metric(labels, float(beat.blocks))
+    families["backlog"].add_metric(labels, float(beat.events_pending))
+    families["written"].add_metric(labels, float(beat.events_written))
+    families["rejected"].add_metric(labels, float(beat.events_rejected))
+    families["reload"].add_metric(labels, 1.0 if beat.policy_error else 0.0)
 
 
 def _school(session: Any, policy: Any, now: datetime):

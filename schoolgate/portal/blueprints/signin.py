@@ -21,7 +21,6 @@ identity provider (OpenID Connect: Microsoft Entra ID, Google Workspace).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import (
@@ -72,7 +71,7 @@ def after_password(row: StaffRow, target: str):
     session[PENDING] = {
         "staff_id": row.id,
         "stamp": password_stamp(row),
-        "at": time.time(),
+        "at": now().timestamp(),
         "next": target,
         "enrol": enrol,
     }
@@ -92,7 +91,7 @@ def _pending() -> tuple[StaffRow, dict] | None:
     data = session.get(PENDING)
     if not isinstance(data, dict):
         return None
-    if time.time() - float(data.get("at", 0)) > PENDING_SECONDS:
+    if now().timestamp() - float(data.get("at", 0)) > PENDING_SECONDS:
         session.pop(PENDING, None)
         return None
     row = db().get(StaffRow, data.get("staff_id"))

@@ -5,7 +5,9 @@ today's events by the ``at`` index, the newest rows by primary key).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -154,31 +156,60 @@ def list_freshness(policy: Any, now: datetime) -> list[dict[str, Any]]:
 # -- the dashboard ---------------------------------------------------------------------------------
 
 
-def _top(session: Session, column: Any, where: list[Any], limit: int = TOP) -> list[tuple]:
-    return list(
-        session.execute(
-            select(column, func.count().label("n"))
-            .where(*where)
-            .group_by(column)
-            .order_by(func.count().desc(), column)
-            .limit(limit)
-        )
+@dataclass
+class Today:
+    """Today's blocks and attempts to get round the filter, counted in one pass."""
+
+    blocks: int = 0
+    circumvention: int = 0
+    hosts: Counter = field(default_factory=Counter)
+    categories: Counter = field(default_factory=Counter)
+    circumventors: Counter = field(default_factory=Counter)
+
+
+def today(session: Session, midnight: datetime) -> Today:
+    """One pass over today's rows. They are found by row id (ids grow with time: the first of
+    today is one step down the ``at`` index) and read in id order, a range of the table: not
+    one index lookup a row, which is what grouping by ``at`` costs (4.5 s for 110,000 rows of
+    a day in ``bench/console_bench.py``, against about a fifth of that this way)."""
+    # The first row of today by the ``at`` index (min(id) would walk the ids from the start).
+    first = session.scalar(
+        select(EventRow.id).where(EventRow.at >= midnight).order_by(EventRow.at).limit(1)
     )
+    found = Today()
+    if first is None:
+        return found
+    # coalesce(): compared as an expression, so that SQLite reads the id range, not the index.
+    table = EventRow.__table__.c
+    rows = session.connection().execute(  # Core rows: no ORM work per row
+        select(table.kind, table.action, table.host, table.category, table.user)
+        .where(table.id >= first, func.coalesce(table.at, table.at) >= midnight)
+        .execution_options(yield_per=5000)
+    )
+    for kind, action, host, category, user in rows:
+        if action == "block":
+            found.blocks += 1
+            found.hosts[host or "-"] += 1
+            found.categories[category] += 1
+        if kind.startswith("circumvention"):
+            found.circumvention += 1
+            found.circumventors[user or ""] += 1
+    return found
+
+
+def _most(counter: Counter, limit: int = TOP) -> list[tuple]:
+    return heapq.nsmallest(limit, counter.items(), key=lambda item: (-item[1], str(item[0])))
 
 
 def dashboard(session: Session, policy: Any, now: datetime) -> dict[str, Any]:
-    """Everything the dashboard shows, from indexed queries."""
+    """Everything the dashboard shows, from indexed queries and one pass over today."""
     tz = school_tz(policy)
-    midnight = local_midnight(now, tz)
-    today_blocks = [EventRow.at >= midnight, EventRow.action == "block"]
-    blocks_today = session.scalar(select(func.count()).where(*today_blocks)) or 0
-    top_hosts = [(host or "-", n) for host, n in _top(session, EventRow.host, today_blocks)]
-    top_categories = [
-        (category, n) for category, n in _top(session, EventRow.category, today_blocks)
-    ]
-    circumvention = [EventRow.at >= midnight, EventRow.kind.like("circumvention%")]
-    circumvention_today = session.scalar(select(func.count()).where(*circumvention)) or 0
-    top_circumvention = _top(session, EventRow.user, circumvention, 5)
+    day = today(session, local_midnight(now, tz))
+    blocks_today = day.blocks
+    top_hosts = _most(day.hosts)
+    top_categories = _most(day.categories)
+    circumvention_today = day.circumvention
+    top_circumvention = [(user or None, n) for user, n in _most(day.circumventors, 5)]
     recent = list(
         session.scalars(
             select(EventRow)
@@ -241,7 +272,9 @@ def database_state(
             for suffix in ("", "-wal")
             if name and Path(name + suffix).exists()
         )
-    oldest, newest = session.execute(select(func.min(EventRow.at), func.max(EventRow.at))).one()
+    # Two queries: each is one step down the ``at`` index (together, SQLite reads every row).
+    oldest = session.scalar(select(func.min(EventRow.at)))
+    newest = session.scalar(select(func.max(EventRow.at)))
     running = [b for b in beats if b.is_up(now)]
     return {
         "backend": backend,
