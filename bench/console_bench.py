@@ -7,7 +7,7 @@ Builds a fresh SQLite database in a temporary folder with the real migrations, f
 categories, a few circumvention attempts; one row in 50 today), and times the console's pages
 through the real Flask app (its test client) signed in as IT Support: the dashboard, the
 history with each filter (first page and a page deep in the log), a site with its subdomains,
-a block page's reference, and the live view's poll. Then it drops the indexes migration 0013
+a block page's reference, and the live view's poll. Then it drops the indexes migration 0010
 adds (``group``, ``category``) and times those filters again (a small group is where the
 index counts: without it, every row is read to find its 200). Prints median/p95 per page.
 """
@@ -156,7 +156,7 @@ def main() -> int:
         with sessions.kw["bind"].begin() as connection:
             connection.execute(text("DROP INDEX ix_events_category"))
             connection.execute(text("DROP INDEX ix_events_group"))
-        print("\nwithout the indexes of migration 0013:")
+        print("\nwithout the indexes of migration 0010:")
         for name, path in pages[5:8]:
             median, p95, size = timed(client, path, max(3, args.repeat // 4))
             print(f"{name:<44} {median:>7.1f}ms {p95:>7.1f}ms {size // 1024:>7} KB")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHOR = ROOT.parent / "shared" / "bench-anchors" / "squidguard"
+# shared/ beside the checkout (or beside the folder of worktrees that holds it)
+ANCHOR = next(
+    (
+        folder / "shared" / "bench-anchors" / "squidguard"
+        for folder in (ROOT.parent, ROOT.parent.parent)
+        if (folder / "shared" / "bench-anchors").is_dir()
+    ),
+    ROOT.parent / "shared" / "bench-anchors" / "squidguard",
+)
 sys.path.insert(0, str(ROOT))
 
 from schoolgate.config import load_policy  # noqa: E402
@@ -49,6 +58,20 @@ def rss_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def inputs_ready(work: Path, n: int, m: int) -> bool:
+    """Whether ``work`` already holds the generator's output for these sizes (same seed)."""
+    try:
+        meta = json.loads((work / "urls.txt.meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        meta.get("synthetic_domains") == n
+        and meta.get("urls") == m
+        and meta.get("seed") == 20240601
+        and (work / "db" / "social" / "domains").is_file()
+    )
+
+
 def run_squidguard(work: Path, n: int, m: int, runs: int) -> dict[str, str]:
     env = dict(
         os.environ,
@@ -58,6 +81,7 @@ def run_squidguard(work: Path, n: int, m: int, runs: int) -> dict[str, str]:
         RUNS=str(runs),
         TIMEMODE="emulate",
         CONTROL="0",
+        SKIP_GEN="1" if inputs_ready(work, n, m) else "0",
     )
     done = subprocess.run(["bash", str(ANCHOR / "run.sh")], env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -79,6 +103,8 @@ def run_squidguard(work: Path, n: int, m: int, runs: int) -> dict[str, str]:
 
 
 def generate_only(work: Path, n: int, m: int) -> None:
+    if inputs_ready(work, n, m):
+        return
     (work / "db").mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
@@ -120,41 +146,26 @@ rules:
     return config
 
 
+def parse_stream_line(line: str) -> RequestFacts:
+    """One line of the anchor's stream (``URL client/fqdn ident method ...``) as facts."""
+    url, src, _ident, method = line.split(" ", 4)[:4]
+    ip = src.split("/", 1)[0]
+    if method == "CONNECT":
+        host = url.rsplit(":", 1)[0]
+        return RequestFacts(
+            host=host, at=LESSON, path=None, method=None, port=443, scheme="https", client_ip=ip
+        )
+    rest = url.split("://", 1)[1]
+    slash = rest.find("/")
+    host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    return RequestFacts(
+        host=host, at=LESSON, path=path, method=method, port=80, scheme="http", client_ip=ip
+    )
+
+
 def parse_stream(path: Path) -> list[RequestFacts]:
-    facts = []
     with open(path) as stream:
-        for line in stream:
-            url, src, _ident, method = line.split(" ", 4)[:4]
-            ip = src.split("/", 1)[0]
-            if method == "CONNECT":
-                host = url.rsplit(":", 1)[0]
-                facts.append(
-                    RequestFacts(
-                        host=host,
-                        at=LESSON,
-                        path=None,
-                        method=None,
-                        port=443,
-                        scheme="https",
-                        client_ip=ip,
-                    )
-                )
-            else:
-                rest = url.split("://", 1)[1]
-                slash = rest.find("/")
-                host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-                facts.append(
-                    RequestFacts(
-                        host=host,
-                        at=LESSON,
-                        path=path,
-                        method=method,
-                        port=80,
-                        scheme="http",
-                        client_ip=ip,
-                    )
-                )
-    return facts
+        return [parse_stream_line(line) for line in stream]
 
 
 def main() -> None:

@@ -8,15 +8,31 @@ a backlog still open, a few with SLT) and ``--events`` logged decisions (the blo
 circumvention events the request page shows for a requester), then times the pages through the
 real Flask app (its test client), signed in as IT Support and as SLT: the IT Support queue
 and its filters, a request's page, the SLT page. Prints median/p95/p99 per page.
+
+    python3 bench/portal_bench.py --idle 3000 [--samples 200] [--root DIR]
+
+instead runs a real ``schoolgate run --portal-port`` and opens ``--idle`` connections to the
+portal's own port, each sending half a request line: first none, then all from one address,
+then spread over 100 addresses (127.0.1.x). In each phase it times ``--samples`` block pages
+through the proxy (one keep-alive connection) and ``--samples`` portal sign-in pages on the
+portal port from a staff address (a new connection each), and prints p50/p99, failures, and
+what the gateway process holds: the idle connections still open, threads, file descriptors
+and memory. ``--root DIR`` runs the ``schoolgate`` of another checkout (to compare with an
+older version); ``--nofile N`` gives the gateway that open files limit (1,024 is a Linux
+service's default without ``LimitNOFILE``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import re
 import secrets
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -243,6 +259,202 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
+# -- the portal's own port under idle connections (--idle) ----------------------------------------
+
+STAFF_ADDRESS = "127.0.0.3"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited ({proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def _open_idle(port: int, count: int, sources: list[str]) -> list[socket.socket]:
+    """Up to ``count`` connections with half a request line (stopping after 10 connection
+    attempts in a row time out: the server no longer takes any)."""
+    out, timed_out = [], 0
+    for n in range(count):
+        if timed_out >= 10:
+            break
+        sock = socket.socket()
+        sock.settimeout(2)
+        out.append(sock)
+        try:
+            sock.bind((sources[n % len(sources)], 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /staff/login HT")
+            timed_out = 0
+        except TimeoutError:
+            timed_out += 1
+        except OSError:
+            timed_out = 0
+    return out
+
+
+def _held(socks: list[socket.socket]) -> int:
+    count = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            count += sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def _status(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Threads", "VmRSS"):
+            fields[name] = float(value.split()[0])
+    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return fields
+
+
+def _http(sock: socket.socket, request: bytes) -> int:
+    """Send a request and read its response to the end; its status code."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        body += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def _sample(proxy_port: int, portal_port: int, samples: int) -> dict[str, tuple]:
+    """p50, p99 (ms) and failures of block pages through the proxy and portal pages (a side
+    that fails 5 times in a row is not tried further: its other samples count as failed)."""
+    block = b"GET http://social.test/feed HTTP/1.1\r\nHost: social.test\r\n\r\n"
+    page = b"GET /staff/login HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n"
+    results = {}
+    for name in ("proxy", "portal"):
+        times, failed, in_a_row, proxy = [], 0, 0, None
+        for _ in range(samples):
+            if in_a_row >= 5:
+                failed += 1
+                continue
+            started = time.perf_counter()
+            try:
+                if name == "proxy":
+                    proxy = proxy or socket.create_connection(("127.0.0.1", proxy_port), 5)
+                    ok = _http(proxy, block) == 403
+                else:
+                    with socket.create_connection(
+                        ("127.0.0.1", portal_port), timeout=5, source_address=(STAFF_ADDRESS, 0)
+                    ) as sock:
+                        ok = _http(sock, page) == 200
+            except (OSError, AttributeError):
+                ok = False
+                if proxy is not None:
+                    proxy.close()
+                    proxy = None
+            times.append((time.perf_counter() - started) * 1000)
+            failed += not ok
+            in_a_row = 0 if ok else in_a_row + 1
+        if proxy is not None:
+            proxy.close()
+        times = times or [float("nan")]
+        results[name] = (statistics.median(times), percentile(times, 0.99), failed)
+    return results
+
+
+def idle_bench(args) -> int:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle + 2000)), hard))
+    root = Path(args.root).resolve() if args.root else ROOT
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "config"
+        shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)
+        proxy_port, portal_port = _free_port(), _free_port()
+        env = dict(os.environ, PYTHONPATH=str(root))
+        cmd = [sys.executable, "-m", "schoolgate.cli", "run", "--config", str(conf / "config.yaml")]
+        cmd += ["--data-dir", str(Path(tmp) / "var"), "--listen-host", "127.0.0.1"]
+        cmd += ["--listen-port", str(proxy_port), "--portal-port", str(portal_port), "--quiet"]
+        limit = args.nofile
+
+        def gateway_limits() -> None:  # in the gateway's process, before it starts
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=gateway_limits,
+        )
+        try:
+            _wait_port(proxy_port, proc)
+            _wait_port(portal_port, proc)
+            _sample(proxy_port, portal_port, 20)  # warm up
+            print(
+                f"schoolgate from {root}; {args.idle} idle connections; {args.samples} samples; "
+                f"gateway's open files limit {limit or soft}"
+            )
+            print(
+                f"{'phase':<28} {'proxy p50':>9} {'p99':>8} {'fail':>5} {'portal p50':>10} "
+                f"{'p99':>8} {'fail':>5} {'held':>6} {'threads':>7} {'fds':>6} {'RSS MB':>7}"
+            )
+            phases = [
+                ("no idle connections", []),
+                ("from one address", ["127.0.0.1"]),
+                ("from 100 addresses", [f"127.0.1.{n}" for n in range(1, 101)]),
+            ]
+            for name, sources in phases:
+                idle = _open_idle(portal_port, args.idle, sources) if sources else []
+                time.sleep(2)  # let the server take them off its listening queue
+                try:
+                    result = _sample(proxy_port, portal_port, args.samples)
+                    status = _status(proc.pid)
+                    held = _held(idle)
+                finally:
+                    for sock in idle:
+                        sock.close()
+                (pp50, pp99, pfail), (op50, op99, ofail) = result["proxy"], result["portal"]
+                print(
+                    f"{name:<28} {pp50:7.1f}ms {pp99:6.1f}ms {pfail:5d} {op50:8.1f}ms "
+                    f"{op99:6.1f}ms {ofail:5d} {held:6d} {status['Threads']:7.0f} "
+                    f"{status['fds']:6.0f} {status['VmRSS'] / 1024:7.1f}"
+                )
+                time.sleep(3)  # the gateway closes what the clients left
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
@@ -256,7 +468,15 @@ def main() -> int:
         help="build the database in DIR and keep it; a later run with the same DIR reuses it "
         "(upgraded by any newer migrations) instead of filling a new one",
     )
+    parser.add_argument("--idle", type=int, help="the portal port under N idle connections")
+    parser.add_argument("--samples", type=int, default=200, help="with --idle")
+    parser.add_argument("--root", help="with --idle: the checkout whose schoolgate to run")
+    parser.add_argument(
+        "--nofile", type=int, help="with --idle: the gateway's open files limit (ulimit -n)"
+    )
     args = parser.parse_args()
+    if args.idle:
+        return idle_bench(args)
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "config"
         shutil.copytree(ROOT / "tests" / "data" / "gateway", conf)

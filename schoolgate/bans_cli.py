@@ -144,7 +144,8 @@ def cmd_bans_show(args: argparse.Namespace) -> int:
             print(f"    #{s['id']} {span} by {s['staff']}: {s['reason']}")
     print("  history:")
     for a in data["history"]:
-        print(f"    {_iso(a['at'], policy)}  {a['action']:<18} {a['actor']}: {a['detail']}")
+        by = f"{a['actor']} (os user {a['os_user']})" if a["os_user"] else a["actor"]
+        print(f"    {_iso(a['at'], policy)}  {a['action']:<18} {by}: {a['detail']}")
     return 0
 
 

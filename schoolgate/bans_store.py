@@ -61,6 +61,9 @@ class BanAuditRow(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(40))  # ban.create, ban.lift, ban.expire, ...
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The operating system user that ran the command (migration 0008), beside ``actor`` (its
+    # ``--by``); None from the portal and the gateway.
+    os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class SupervisionRow(Base):
@@ -178,6 +181,7 @@ def audit_json(row: BanAuditRow) -> dict[str, Any]:
         "supervision_id": row.supervision_id,
         "subject": row.subject,
         "actor": row.actor,
+        "os_user": row.os_user,
         "action": row.action,
         "detail": row.detail,
     }

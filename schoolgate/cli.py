@@ -85,12 +85,14 @@ def _where(args: argparse.Namespace | None, policy) -> str:
 
 
 def open_db(policy, args: argparse.Namespace | None = None, *, changes: bool = False):
-    """The database's sessions. Refuses a database that does not exist yet unless ``--init``
-    was given (a command run with the wrong folder must not start a database the gateway never
-    reads); ``changes``: the command changes state, so say which config and database."""
+    """The database's sessions, with every audit row written through them recording the
+    operating system user that ran the command (beside its ``--by``). Refuses a database that
+    does not exist yet unless ``--init`` was given (a command run with the wrong folder must not
+    start a database the gateway never reads); ``changes``: the command changes state, so say
+    which config and database."""
     from sqlalchemy.exc import OperationalError
 
-    from schoolgate.db import database_exists, open_database, safe_url
+    from schoolgate.db import database_exists, open_database, record_os_user, safe_url
 
     url = policy.settings.database_url
     try:
@@ -104,10 +106,45 @@ def open_db(policy, args: argparse.Namespace | None = None, *, changes: bool = F
             )
         if changes:
             print(f"schoolgate: using {_where(args, policy)}", file=sys.stderr)
-        return open_database(url)
+        sessions = open_database(url)
     except OperationalError as exc:  # a server that is down or refuses us: say so, no traceback
         reason = str(exc.orig or exc).strip().splitlines()[0]
         raise CommandError(f"cannot open the database {safe_url(url)}: {reason}") from None
+    return record_os_user(sessions, operating_system_user())
+
+
+NO_LOGIN_UID = 4294967295  # the kernel's "not set" (a service, a container without PAM)
+
+
+def operating_system_user() -> str:
+    """Who ran this command on the server: the effective user, and the person who logged in
+    when that differs: the kernel's login uid, which ``sudo`` and ``su`` keep and the user
+    cannot change (``root (login alice)``), else ``sudo``'s ``SUDO_USER`` as sudo set it
+    (``schoolgate (sudo from alice)``). ``USER`` and ``LOGNAME`` are not read: anyone can set
+    them."""
+    import os
+
+    uid = os.geteuid()
+    name = _user_name(uid)
+    try:
+        login_uid = int(Path("/proc/self/loginuid").read_text().strip())
+    except (OSError, ValueError):
+        login_uid = NO_LOGIN_UID
+    if login_uid != NO_LOGIN_UID and login_uid != uid:
+        return f"{name} (login {_user_name(login_uid)})"
+    sudo_user = os.environ.get("SUDO_USER", "").strip()
+    if sudo_user and sudo_user != name and login_uid == NO_LOGIN_UID:
+        return f"{name} (sudo from {sudo_user[:100]})"
+    return name
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid)
+        return f"uid {uid}"
 
 
 def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
@@ -250,8 +287,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from schoolgate.store import exceptions_current
 
     if getattr(args, "init", False) or database_exists(policy.settings.database_url):
-        with open_db(policy, args)() as session:
+        sessions = open_db(policy, args)
+        with sessions() as session:
             exceptions = ExceptionSet(exceptions_current(session, at))
+        if args.ip and not args.user and override is None:
+            _use_live_bindings(policy, sessions)
     else:  # before the gateway's first start: the policy alone still answers
         print(f"schoolgate: no database yet ({_where(args, policy)}): no exceptions applied",
               file=sys.stderr)  # fmt: skip
@@ -287,6 +327,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print_decision(decision, policy, args.url, None if args.at else at)
     return EXIT_OK
+
+
+def _use_live_bindings(policy, sessions) -> None:
+    """``explain --ip``: decide on who the address is bound to now (RADIUS, sign-in, single
+    sign-on), as the gateway would."""
+    from schoolgate.bindings.live import read_once
+    from schoolgate.config import identity_sources_of
+
+    sources = identity_sources_of(policy)
+    if not (sources.sources or sources.dhcp):
+        return
+    try:
+        policy.resolver.use_live(read_once(sources, sessions))
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _open_text(path: str):
@@ -533,8 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--portal-port",
         type=int,
         metavar="PORT",
-        help="also serve the portal on this port (same --listen-host) for an admin network; "
+        help="also serve the portal on this port (on --portal-host) for an admin network; "
         "there the proxy login is not known, so requesters are identified by address only",
+    )
+    p.add_argument(
+        "--portal-host",
+        metavar="ADDRESS",
+        help="the IP address the --portal-port listens on (default 127.0.0.1, loopback only; "
+        "the admin network's address of this host, or 0.0.0.0 / :: for all)",
     )
     p.add_argument(
         "--workers",
@@ -579,13 +640,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_events)
 
     # Commands that live beside their subsystem.
+    from schoolgate.audit_cli import register as register_audit
     from schoolgate.bans_cli import register as register_bans
     from schoolgate.ops_cli import register as register_ops
     from schoolgate.portal.commands import register as register_staff
+    from schoolgate.who_cli import register as register_who
 
     register_bans(sub, _common)
+    register_who(sub, _common)
     register_staff(sub, _common)
     register_ops(sub, _common)
+    register_audit(sub, _common)
     return parser
 
 

@@ -11,13 +11,19 @@ from pathlib import Path
 
 from schoolgate.alerts import read_alerts
 from schoolgate.bans import load_circumvention, load_sanctions
+from schoolgate.bindings.settings import (
+    IDENTITY_SOURCE_KEYS,
+    IdentitySources,
+    read_identity_sources,
+)
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
+from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
 from schoolgate.core.staff_signin import read_oidc, read_totp
 from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
 from schoolgate.jobs import read_notifications
-from schoolgate.lists import Matcher, parse_entries, parse_list
+from schoolgate.lists import Matcher, parse_entries
 from schoolgate.listupdate import read_list_updates
 from schoolgate.model import WINDOW_KINDS, Action
 from schoolgate.policy import (
@@ -113,8 +119,16 @@ def _display(path: Path, base: Path) -> str:
         return str(path)
 
 
-def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None = None) -> Policy:
-    """Read and validate the config; raise :class:`ConfigError` with every issue found."""
+def load_policy(
+    path: Path | str | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    list_progress: Progress | None = None,
+) -> Policy:
+    """Read and validate the config; raise :class:`ConfigError` with every issue found.
+
+    The category lists are mapped from their compiled store in ``<data_dir>/lists``, compiled
+    first when they changed (``list_progress`` is told how that goes)."""
     config_path = Path(path) if path else default_config()
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     issues = Issues()
@@ -124,7 +138,7 @@ def load_policy(path: Path | str | None = None, *, data_dir: Path | str | None =
         issues.raise_if_any()
     root = Section(data, file=shown, path="", issues=issues)
     base = config_path.resolve().parent
-    policy = _build(root, base, data_dir, config_path, issues)
+    policy = _build(root, base, data_dir, config_path, issues, list_progress)
     issues.raise_if_any()
     assert policy is not None
     policy.warnings = tuple(str(w) for w in sorted(issues.warnings))
@@ -136,8 +150,9 @@ EXCEPTION_SCOPES = ("user", "group", "role", "site", "everyone")
 
 def _slt_required(sec: Section | None) -> dict | None:
     """``portal.slt_required``: which exceptions IT Support may only propose (SLT approves).
-    ``{scopes: [role, site, everyone], longer_than_days: 91, unlist: false}``;
-    ``longer_than_days: false`` (or null) sets no limit on the length."""
+    ``{scopes: [role, site, everyone], longer_than_days: 91}``; ``longer_than_days: false``
+    (or null) sets no limit on the length. Un-listing and adding a site to a category always
+    need SLT: ``unlist`` is still accepted, and ``unlist: false`` is warned of and ignored."""
     if sec is None:
         return None
     sec.check_keys({"scopes", "longer_than_days", "unlist"})
@@ -162,12 +177,24 @@ def _slt_required(sec: Section | None) -> dict | None:
             days = sec.number("longer_than_days", minimum=0)
             if days is not None:
                 out["longer_than_days"] = days
-    if "unlist" in sec:
-        out["unlist"] = sec.flag("unlist")
+    if "unlist" in sec and not sec.flag("unlist", default=True):
+        sec.issues.warn(
+            sec.file,
+            sec.line_of("unlist"),
+            sec.field("unlist"),
+            "un-listing a site for everyone always needs SLT approval: 'unlist: false' is ignored",
+        )
     return out
 
 
-def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues: Issues):
+def _build(
+    root: Section,
+    base: Path,
+    data_dir: Path,
+    config_path: Path,
+    issues: Issues,
+    list_progress: Progress | None = None,
+):
     root.check_keys(TOP_KEYS)
 
     # -- database and portal --------------------------------------------------------------
@@ -285,7 +312,7 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     # Other names for roles (the MIS's "pupil" for "student"): honoured wherever a role is named.
     aliases: dict[str, str] = {}
     if identity is not None:
-        identity.check_keys({"networks", "roster", "role_aliases"})
+        identity.check_keys({"networks", "roster", "role_aliases", *IDENTITY_SOURCE_KEYS})
         alias_sec = identity.section("role_aliases")
         if alias_sec:
             for key in alias_sec.keys():
@@ -313,12 +340,16 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     for name, sec in site_rule_lists:
         for net in sec.sections("networks"):
             network_rule(net, name)
+    # Who is on which address without a proxy login: RADIUS, sign-in, Negotiate, DHCP.
+    identity_sources = read_identity_sources(identity, base=base, roles=role_names, aliases=aliases)
+    sign_in = identity_sources.sign_in
     resolver = IdentityResolver(
         network_rules,
         roster,
         default_site=default_site,
         site_networks=site_networks,
         roster_source=roster_source,
+        sign_in_networks=sign_in.networks if sign_in is not None else (),
     )
 
     # -- categories and lists -----------------------------------------------------------------
@@ -424,7 +455,9 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
             ni.check_keys({"lists", "entries", "format"})
             parsed = _lists_of(ni, base, issues)
             if parsed:
-                no_intercept_matcher = Matcher.build([("no_intercept", parsed)])
+                no_intercept_matcher = _matcher(
+                    "no_intercept", [("no_intercept", parsed)], [], data_dir, issues
+                )
 
     privacy = root.section("privacy")
     keep_paths = True
@@ -449,6 +482,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
 
+    matcher = _matcher("main", normal, allow_lists, data_dir, issues, list_progress)
+    locked_matcher = _matcher("locked", locked, [], data_dir, issues) if locked else None
     if issues:
         return None
     settings = Settings(
@@ -463,7 +498,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         advice=advice,
         circumvention=circumvention,
         sanctions=sanctions,
-        extra={key: root.data.get(key) for key in EXTRA_SECTIONS} | {"portal": portal_extra},
+        extra={key: root.data.get(key) for key in EXTRA_SECTIONS}
+        | {"portal": portal_extra, "identity_sources": identity_sources},
         wording=wording,
     )
     policy = Policy(
@@ -472,8 +508,8 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
         resolver=resolver,
         timetables=timetables,
         categories=categories,
-        matcher=Matcher.build(normal, allow_lists),
-        locked_matcher=Matcher.build(locked) if locked else None,
+        matcher=matcher,
+        locked_matcher=locked_matcher,
         rules=rules,
         age_matcher=age_matcher,
         age_restrictions=age_restrictions,
@@ -484,15 +520,27 @@ def _build(root: Section, base: Path, data_dir: Path, config_path: Path, issues:
     return policy
 
 
+def _matcher(label, categories, allowlist, data_dir, issues, progress=None) -> Matcher | None:
+    """The compiled store of these lists (a plain Matcher when all are inline entries)."""
+    try:
+        return load_store(
+            label, categories, allowlist, data_dir=data_dir, issues=issues, progress=progress
+        )
+    except OSError as exc:
+        issues.add(str(data_dir), None, "", str(exc))
+        return None
+
+
 def _lists_of(sec: Section, base: Path, issues: Issues) -> list:
+    """The lists a section names (read when compiled) and its inline entries (read now)."""
     fmt = sec.choice("format", LIST_FORMATS, default="auto")
-    parsed = []
+    parsed: list = []
     for text, line, field in sec.strings("lists"):
         path = _relative(text, base)
         if not path.exists():
             issues.add(sec.file, line, field, f"list file not found: {_display(path, base)}")
             continue
-        parsed.append(parse_list(path, issues, fmt=fmt, display_path=_display(path, base)))
+        parsed.append(ListFile(path, fmt or "auto", _display(path, base)))
     entries = [(text, line) for text, line, _ in sec.strings("entries") if text]
     if entries:
         parsed.append(parse_entries(entries, issues, source=sec.file))
@@ -570,6 +618,12 @@ def _age_restrictions(root: Section, base: Path, issues: Issues):
     if not categories:
         return None, {}
     return Matcher.build(categories), restrictions
+
+
+def identity_sources_of(policy: Policy) -> IdentitySources:
+    """The identity sources a policy was loaded with (none for a policy built by hand)."""
+    found = (policy.settings.extra or {}).get("identity_sources")
+    return found if isinstance(found, IdentitySources) else IdentitySources()
 
 
 def check_config(path: Path | str | None = None) -> list[str]:

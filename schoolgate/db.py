@@ -120,6 +120,27 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(50))
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The operating system user that ran the command (migration 0009); None from the portal,
+    # the gateway and its jobs.
+    os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+def record_os_user(sessions: sessionmaker, name: str) -> sessionmaker:
+    """Every audit row written through ``sessions`` (any table with an ``os_user`` column:
+    ``audit``, ``ban_audit``) records ``name`` as the operating system user, beside the actor
+    the command was given (``--by``). What the ``schoolgate`` command opens its database with."""
+    sessions.configure(info={"os_user": name})
+    event.listen(sessions, "before_flush", _stamp_os_user)
+    return sessions
+
+
+def _stamp_os_user(session: Any, _context: Any, _instances: Any) -> None:
+    name = session.info.get("os_user")
+    if not name:
+        return
+    for row in session.new:
+        if hasattr(row, "os_user") and row.os_user is None:
+            row.os_user = name
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -177,7 +177,7 @@ def decision_event(
         "kind": kind,
         "action": str(decision.action),
         "client_ip": facts.client_ip or ident.client_ip,
-        "device": device,
+        "device": device or ident.device,
         "user": user.lower() if user else None,
         "role": ident.role,
         "group": ident.group,

@@ -11,14 +11,31 @@ import io
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from schoolgate.configfile import Issues
 from schoolgate.model import Identity
 
+if TYPE_CHECKING:
+    from schoolgate.bindings.model import Binding
+
 GUEST = "guest"
+# Identity.source of a device on a network that requires sign-in which no source knows: it is
+# sent to the sign-in page, never given the network's (or the guest) policy.
+SIGN_IN_REQUIRED = "sign_in_required"
+
+
+class LiveBindings(Protocol):
+    """Who each address is bound to now (the gateway's in-memory copy of the bindings table,
+    and the DHCP leases): read on every request, so both answers are dictionary look-ups."""
+
+    def binding(self, address: str) -> Binding | None: ...
+
+    def device(self, address: str) -> str | None: ...
+
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -186,7 +203,16 @@ def minimum_age(identity: Identity, on: date) -> int | None:
 
 
 class IdentityResolver:
-    """Maps (client IP, authenticated user) to an :class:`Identity`; memoised, immutable."""
+    """Maps (client IP, authenticated user) to an :class:`Identity`; memoised.
+
+    The order: a proxy login (or Windows single sign-on) names the user; else the address's
+    binding in ``live`` (RADIUS accounting, the sign-in page, in the configured order of
+    sources) does; the roster gives a named user's role, group and date of birth, else the
+    directory's role of the binding, else the network's. An address no source knows on one of
+    ``sign_in_networks`` must sign in (:data:`SIGN_IN_REQUIRED`); elsewhere it gets its
+    network's role, or guest. ``live`` is set by the gateway (None: no bindings are known,
+    as for a command run on its own).
+    """
 
     def __init__(
         self,
@@ -196,7 +222,10 @@ class IdentityResolver:
         default_site: str,
         site_networks: list[tuple[IPNetwork, str]],
         roster_source: str = "",
+        sign_in_networks: tuple[IPNetwork, ...] | list[IPNetwork] = (),
     ) -> None:
+        self.live: LiveBindings | None = None
+        self.sign_in_networks = tuple(sign_in_networks)
         self.rules = tuple(rules)
         self.roster = roster
         self.default_site = default_site
@@ -222,18 +251,83 @@ class IdentityResolver:
                     return site
         return self.default_site
 
+    def use_live(self, live: LiveBindings | None) -> None:
+        """Consult ``live`` for addresses with no proxy login from now on."""
+        if live is not self.live:
+            self.live = live
+            self._cache = {}
+
     def resolve(self, client_ip: str | None, user: str | None) -> Identity:
-        key = (client_ip, user)
+        live = self.live
+        binding = device = None
+        if live is not None and not user and client_ip:
+            binding = live.binding(client_ip)
+            if binding is None:
+                device = live.device(client_ip)
+                key: tuple = (client_ip, None, device)
+            else:
+                key = (client_ip, binding.id, binding.user, binding.role, binding.device)
+        elif not user and self.sign_in_networks:
+            key = (client_ip, None, None)  # no bindings known at all: none for this address
+        else:
+            key = (client_ip, user)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        identity = self._resolve(client_ip, user)
+        if len(key) == 3:
+            identity = self._resolve(client_ip, None, unknown=True, device=device)
+        elif binding is not None:
+            identity = self._resolve(client_ip, None, binding=binding)
+        else:
+            identity = self._resolve(client_ip, user)
         if len(self._cache) >= 100_000:
             self._cache.clear()
         self._cache[key] = identity
         return identity
 
-    def _resolve(self, client_ip: str | None, user: str | None) -> Identity:
+    def _resolve(
+        self,
+        client_ip: str | None,
+        user: str | None,
+        *,
+        binding: Binding | None = None,
+        unknown: bool = False,
+        device: str | None = None,
+    ) -> Identity:
+        identity = self._resolve_network(client_ip, user, binding)
+        if binding is None and unknown:
+            net = self._sign_in_network(client_ip)
+            if net is not None:
+                return Identity(
+                    role=identity.role,
+                    site=identity.site,
+                    client_ip=client_ip,
+                    source=SIGN_IN_REQUIRED,
+                    rule=f"{client_ip} is on {net}, where devices must sign in, and no "
+                    "identity source knows it",
+                    device=device,
+                )
+            if device is not None:
+                return replace(identity, device=device)
+        return identity
+
+    def _sign_in_network(self, client_ip: str | None) -> IPNetwork | None:
+        if not self.sign_in_networks or not client_ip:
+            return None
+        try:
+            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        except ValueError:
+            return self.sign_in_networks[0]  # not an address: fail closed
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        for network in self.sign_in_networks:
+            if address.version == network.version and address in network:
+                return network
+        return None
+
+    def _resolve_network(
+        self, client_ip: str | None, user: str | None, binding: Binding | None = None
+    ) -> Identity:
         address = None
         as_int = _ipv4_int(client_ip) if client_ip else None
         if as_int is not None:
@@ -244,7 +338,7 @@ class IdentityResolver:
             site = (network_rule.site if network_rule and network_rule.site else None) or (
                 site or self.default_site
             )
-            return self._finish(client_ip, user, network_rule, site)
+            return self._finish(client_ip, user, network_rule, site, binding)
         if client_ip:
             try:
                 address = ipaddress.ip_address(client_ip.split("%", 1)[0])
@@ -261,11 +355,18 @@ class IdentityResolver:
         site = (
             network_rule.site if network_rule and network_rule.site else None
         ) or self._site_for(address)
-        return self._finish(client_ip, user, network_rule, site)
+        return self._finish(client_ip, user, network_rule, site, binding)
 
     def _finish(
-        self, client_ip: str | None, user: str | None, network_rule: NetworkRule | None, site: str
+        self,
+        client_ip: str | None,
+        user: str | None,
+        network_rule: NetworkRule | None,
+        site: str,
+        binding: Binding | None = None,
     ) -> Identity:
+        if binding is not None:
+            return self._bound(client_ip, binding, network_rule, site)
         username = user.strip().lower() if user else None
         if username:
             entry = self.roster.get(username)
@@ -299,6 +400,32 @@ class IdentityResolver:
             source="default",
             rule=f"no network rule matches {client_ip or 'an unknown client'}: guest{note}",
         )
+
+    def _bound(
+        self, client_ip: str | None, binding: Binding, network_rule: NetworkRule | None, site: str
+    ) -> Identity:
+        """The identity of an address an identity source has bound (no proxy login): the
+        roster's for a person it knows, else the directory's role the binding carries, else
+        the network's."""
+        via = f"bound to {binding.address} by {binding.source} ({binding.origin})"
+        username = binding.user if binding.kind == "person" else None
+        identity = self._finish(client_ip, username, network_rule, site)
+        if username and identity.source != "roster" and binding.role:
+            identity = Identity(
+                role=binding.role,
+                site=site,
+                user=username,
+                client_ip=client_ip,
+                source="binding",
+                rule=f"{username} {via}; role {binding.role} from the directory's groups "
+                "(not on the roster)",
+            )
+        elif identity.source == "roster":
+            identity = replace(identity, rule=f"{identity.rule}, {via}")
+        else:
+            who = username or f"machine {binding.device or '?'}"
+            identity = replace(identity, rule=f"{identity.rule} ({who} {via})")
+        return replace(identity, device=binding.device)
 
 
 def _ipv4_int(text: str) -> int | None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -535,6 +535,8 @@ class Matcher:
         "_frozen",
     )
 
+    _cache_size = _CACHE_SIZE  # matches remembered (popular sites cost one dict lookup)
+
     def __init__(self) -> None:  # use Matcher.build
         object.__setattr__(self, "_frozen", False)
 
@@ -659,7 +661,7 @@ class Matcher:
             rest = ref >> self._cat_bits
             src = self._sources[rest & self._src_mask]
             match = ListMatch(self._names[cat], entry, f"{src}:{rest >> self._src_bits}", kind)
-            if len(self._cache) >= _CACHE_SIZE:
+            if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[key] = match
         return match
@@ -706,11 +708,11 @@ class Matcher:
 
     def _lookup_ip(self, host: str, path: str | None) -> ListMatch | None:
         # IPv6 hosts arrive compressed: normalize_host gives every address one spelling.
-        v = self._index.get(host)
+        v, key = self._exact(host)
         if v is not None:
             if v & 1 and path is not None:
                 lpath = self._request_path(path)
-                for prefix, ref in self._paths[host]:
+                for prefix, ref in self._path_rules(key):
                     if _under(lpath, prefix):
                         return self._match(ref, host + prefix, "path")
             if v & 2:
@@ -731,7 +733,6 @@ class Matcher:
         most specific first (ties in category order, allowlist first)."""
         if not host:
             return []
-        is_ip = host[-1] in _DIGITS or ":" in host
         lpath = self._request_path(path) if path is not None else None
         best: dict[int, tuple[tuple[int, int, int], ListMatch]] = {}
         cat_mask = self._cat_mask
@@ -742,22 +743,15 @@ class Matcher:
             if old is None or score > old[0]:
                 best[cat] = (score, self._match(ref, entry, kind))
 
-        h = host
-        while True:
-            v = self._index.get(h)
-            depth = h.count(".") + 1
-            if v is not None:
-                if v & 2:
-                    for ref in (v >> 2, *self._also.get(h, ())):
-                        offer(ref, (_DOMAIN, depth, 0), h, "domain")
-                if v & 1 and lpath is not None:
-                    for prefix, ref in self._paths[h]:
-                        if _under(lpath, prefix):
-                            offer(ref, (_PATH, depth, len(prefix)), h + prefix, "path")
-            i = h.find(".")
-            if is_ip or i < 0:
-                break
-            h = h[i + 1 :]
+        for entry, v, key in self._listed_under(host):
+            depth = entry.count(".") + 1
+            if v & 2:
+                for ref in (v >> 2, *self._more_categories(key)):
+                    offer(ref, (_DOMAIN, depth, 0), entry, "domain")
+            if v & 1 and lpath is not None:
+                for prefix, ref in self._path_rules(key):
+                    if _under(lpath, prefix):
+                        offer(ref, (_PATH, depth, len(prefix)), entry + prefix, "path")
         if self._regexes:
             target = host if lpath is None else host + lpath
             for pattern, compiled, ref in self._regexes:
@@ -765,6 +759,30 @@ class Matcher:
                     offer(ref, (_REGEX, 0, 0), pattern, "regex")
         ordered = sorted(best.items(), key=lambda item: (tuple(-x for x in item[1][0]), item[0]))
         return [match for _cat, (_score, match) in ordered]
+
+    # What lookup_all reads, by key (a host here; a compiled store has keys of its own).
+    def _listed_under(self, host: str) -> Iterator[tuple[str, int, object]]:
+        """``(entry, packed value, key)`` of each listed host that ``host`` is or is under."""
+        is_ip = host[-1] in _DIGITS or ":" in host
+        h = host
+        while True:
+            v = self._index.get(h)
+            if v is not None:
+                yield h, v, h
+            i = h.find(".")
+            if is_ip or i < 0:
+                break
+            h = h[i + 1 :]
+
+    def _exact(self, host: str) -> tuple[int | None, object]:
+        """The packed value of ``host`` itself, and its key."""
+        return self._index.get(host), host
+
+    def _more_categories(self, key) -> tuple[int, ...]:
+        return self._also.get(key, ())
+
+    def _path_rules(self, key) -> Sequence[tuple[str, int]]:
+        return self._paths.get(key, ())
 
     def stats(self) -> dict[str, int]:
         """Distinct entries per category (and ``allowlist`` when it has any), in order."""

@@ -116,9 +116,10 @@ class Progress:
     """A simple progress bar on stderr (only when it is a terminal, or when forced)."""
 
     def __init__(self, label: str, total: int | None, stream: IO[str] | None = None,
-                 enabled: bool | None = None) -> None:  # fmt: skip
+                 enabled: bool | None = None, *, in_bytes: bool = True) -> None:  # fmt: skip
         self.label = label
         self.total = total
+        self.in_bytes = in_bytes  # False: count steps, show no MiB
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.done = 0
@@ -132,13 +133,13 @@ class Progress:
             self._draw()
 
     def _draw(self, end: str = "") -> None:
-        mib = self.done / 1048576
+        amount = f" {self.done / 1048576:.1f} MiB" if self.in_bytes else ""
         if self.total:
             frac = min(1.0, self.done / self.total)
             bar = "#" * int(frac * 30)
-            text = f"\r{self.label} [{bar:<30}] {frac:4.0%} {mib:.1f} MiB"
+            text = f"\r{self.label} [{bar:<30}] {frac:4.0%}{amount}"
         else:
-            text = f"\r{self.label} {mib:.1f} MiB"
+            text = f"\r{self.label}{amount}"
         self.stream.write(text + end)
         self.stream.flush()
 
@@ -337,6 +338,47 @@ def audit_result(session: Any, result: UpdateResult, actor: str = "schoolgate") 
         f"list {result.category}",
         json.dumps(result.as_dict()),
     )
+
+
+class CompileProgress:
+    """Draws the list compiler's phases (``load_policy(list_progress=...)``) as bars."""
+
+    def __init__(self, enabled: bool | None = None, stream: IO[str] | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self.bar: Progress | None = None
+        self.phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = Progress(
+                f"compiling lists: {phase}",
+                total,
+                self.stream,
+                enabled=self.enabled,
+                in_bytes=phase == "reading lists",
+            )
+        assert self.bar is not None
+        self.bar.update(done - self.bar.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def compile_lists(config_path: Any, data_dir: Any, *, progress: bool | None = None) -> Any:
+    """Compile the lists of the config as it now is (so that the gateways, reloading, find
+    them compiled), with a progress bar; returns the policy."""
+    from schoolgate.config import load_policy
+
+    bar = CompileProgress(progress)
+    try:
+        return load_policy(config_path, data_dir=data_dir, list_progress=bar)
+    finally:
+        bar.close()
 
 
 def list_stats(policy: Any) -> list[dict[str, Any]]:

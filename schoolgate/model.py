@@ -58,8 +58,9 @@ class Identity:
     group: str | None = None
     date_of_birth: date | None = None
     client_ip: str | None = None
-    source: str = "default"  # "roster", "network" or "default"
+    source: str = "default"  # "roster", "binding", "network", "sign_in_required" or "default"
     rule: str = ""  # which identity rule matched, for explanations
+    device: str | None = None  # the device's name, from a binding or a DHCP lease
 
 
 @dataclass(slots=True)

@@ -193,7 +193,19 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
                              actor=args.by or "schoolgate lists update")  # fmt: skip
     if not results:
         raise _fail(f"no configured source for {', '.join(args.category)}")
+    if any(r.accepted for r in results):
+        _compile_lists(args)
     return _print_results(results, args.json)
+
+
+def _compile_lists(args: argparse.Namespace) -> None:
+    """Compile the updated lists now, with a progress bar, rather than in each gateway."""
+    from schoolgate.listupdate import compile_lists
+
+    try:
+        compile_lists(args.config, args.data_dir, progress=False if args.no_progress else None)
+    except ConfigError as exc:
+        raise _fail(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
 
 
 def cmd_lists_import(args: argparse.Namespace) -> int:
@@ -217,6 +229,8 @@ def cmd_lists_import(args: argparse.Namespace) -> int:
     )  # fmt: skip
     with ctx.sessions.begin() as session:
         audit_result(session, result, args.by or "schoolgate lists import")
+    if result.accepted:
+        _compile_lists(args)
     return _print_results([result], args.json)
 
 

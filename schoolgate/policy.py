@@ -5,6 +5,7 @@
 force, as plain input) into a :class:`~schoolgate.model.Decision`. The order of checks is the
 policy itself, so it is spelled out once, here:
 
+0. **Sign-in**: a device that must sign in (identity ``sign_in_required``) is refused.
 1. **Locked categories** (IWF, CTIRU, ...): nothing can open them, not even an exception.
 2. **Age restrictions**: a sign-up page whose minimum age is above the person's age is
    blocked at all times; no rule or exception opens it.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from schoolgate.hosts import normalize_host
-from schoolgate.identity import GUEST, IdentityResolver, minimum_age
+from schoolgate.identity import GUEST, SIGN_IN_REQUIRED, IdentityResolver, minimum_age
 from schoolgate.model import (
     AccessException,
     Action,
@@ -295,6 +296,17 @@ class Policy:
         path = facts.path
         at = facts.at
         window = self.timetables[identity.site].window_at(at)
+
+        # 0. A device that must sign in gets nothing until it has (never the guest policy).
+        if identity.source == SIGN_IN_REQUIRED:
+            return Decision(
+                Action.BLOCK,
+                identity,
+                window,
+                None,
+                "This device is not signed in. Sign in to the school's network first.",
+                rule="sign-in required",
+            )
 
         # 1. Locked categories come first: nothing opens them.
         if self.locked_matcher is not None:

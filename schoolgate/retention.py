@@ -366,8 +366,8 @@ def _exception_dict(row: ExceptionRow) -> dict[str, Any]:
 
 
 def _audit_dict(row: AuditRow) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-            "subject": row.subject, "detail": row.detail}  # fmt: skip
+    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "os_user": row.os_user,
+            "action": row.action, "subject": row.subject, "detail": row.detail}  # fmt: skip
 
 
 def _audit_about(name: str):

@@ -21,7 +21,10 @@ ensure_venv() {
 ensure_system_tools() {
 	# Browser tests drive Debian's Chromium; curl is a test client; the transparent-mode test
 	# redirects a network namespace's traffic with nft; the PostgreSQL tests initdb a throwaway
-	# server with the postgresql package's binaries. Install them when we can.
+	# server with the postgresql package's binaries; the identity tests start their own slapd
+	# (directory sign-in) and MIT Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM
+	# through gss-ntlmssp) as clients, and python-gssapi builds against libkrb5-dev. Install
+	# them when we can.
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
@@ -29,6 +32,12 @@ ensure_system_tools() {
 	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 	# The two-factor test reads the QR code the portal draws, as a phone's camera would.
 	command -v zbarimg >/dev/null || missing+=(zbar-tools)
+	[ -x /usr/sbin/slapd ] || missing+=(slapd)
+	[ -x /usr/sbin/krb5kdc ] || missing+=(krb5-kdc)
+	[ -x /usr/sbin/kadmin.local ] || missing+=(krb5-admin-server)
+	command -v kinit >/dev/null || missing+=(krb5-user)
+	command -v krb5-config >/dev/null || missing+=(libkrb5-dev)
+	[ -e /etc/gss/mech.d/mech.ntlmssp.conf ] || missing+=(gss-ntlmssp)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2

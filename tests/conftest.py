@@ -12,6 +12,7 @@ from aiosmtpd.controller import Controller
 from gateway_process import free_port
 from mail import Inbox
 from pg_server import PostgresServer
+from slapd_server import DIRECTORY_PASSWORDS, SlapdServer
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
@@ -55,3 +56,22 @@ def smtp_inbox() -> Iterator[tuple[Inbox, int]]:
         yield inbox, port
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="module")
+def school_directory() -> Iterator[SlapdServer]:
+    """A throwaway OpenLDAP server (Debian's slapd) of the test module's own, holding a small
+    school: pupil1 and pupil2 in group students, staff1 in group staff, visitor1 in none (the
+    passwords are ``DIRECTORY_PASSWORDS``)."""
+    server = SlapdServer()
+    try:
+        server.start()
+        dns = {
+            uid: server.add_user(uid, password, display)
+            for uid, (password, display) in DIRECTORY_PASSWORDS.items()
+        }
+        server.add_group("students", [dns["pupil1"], dns["pupil2"]])
+        server.add_group("staff", [dns["staff1"]])
+        yield server
+    finally:
+        server.remove()

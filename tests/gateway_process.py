@@ -13,6 +13,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"  # Debian's, driven by Playwright (never `playwright install`)
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,3 +137,21 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, step: float
         if value or time.monotonic() > deadline:
             return value
         time.sleep(step)
+
+
+def spki_hash(ca_pem: Path) -> str:
+    """The SHA-256 of the CA's public key, for Chromium's
+    ``--ignore-certificate-errors-spki-list``: mitmproxy signs every certificate it makes with a
+    key pair equal to the CA's, so the browser accepts the gateway's certificates and no
+    others."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()

@@ -21,6 +21,7 @@ from schoolgate.gateway import (
     ExceptionCache,
     GatewayPages,
     HealthAddon,
+    IdentitySourcesAddon,
     JobsAddon,
     PolicyHolder,
     PortalAddon,
@@ -44,6 +45,7 @@ class Gateway:
     exceptions: ExceptionCache
     pages: GatewayPages
     portal: PortalAddon
+    identity: IdentitySourcesAddon
     guard: CircumventionGuard
     enforce: Enforcement
     alerts: AlertsAddon

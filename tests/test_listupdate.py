@@ -166,6 +166,9 @@ def test_cli_update_import_stats(school, capsys, tmp_path):
     assert main(["lists", "update", "--init", *common]) == 0
     out = capsys.readouterr().out
     assert "OK      social_media: updated: 100 -> 200000 entries" in out
+    # compiled by the update: a gateway reloading now maps that version, compiling nothing
+    compiled = sorted((data_dir / "lists").glob("main-*.sgl"), key=lambda p: p.stat().st_mtime)
+    assert load_policy(config, data_dir=data_dir).matcher.path == compiled[-1]
     assert main(["lists", "stats", "--json", *common]) == 0
     import json
 
@@ -179,6 +182,21 @@ def test_cli_update_import_stats(school, capsys, tmp_path):
     assert main(["lists", "import", str(small), "--category", "social_media", "--force",
                  *common]) == 0  # fmt: skip
     assert (config.parent / "social.txt").read_text() == _domains(5)
+
+
+def test_compiling_shows_each_phase_as_a_bar(school):
+    from schoolgate.listupdate import CompileProgress
+
+    config, data_dir, _www = school
+    (config.parent / "social.txt").write_text(_domains(1000, "other"))
+    out = io.StringIO()
+    bar = CompileProgress(enabled=True, stream=out)
+    policy = load_policy(config, data_dir=data_dir, list_progress=bar)
+    bar.close()
+    assert policy.matcher.stats()["social_media"] == 1000
+    text = out.getvalue()
+    assert "compiling lists: reading lists [" in text and "MiB" in text
+    assert "compiling lists: indexing [##############################] 100%\n" in text
 
 
 def test_progress_bar():

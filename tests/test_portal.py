@@ -399,24 +399,49 @@ def test_screenshots_must_be_small_images(tmp_path, gateway_config):
 # -- staff sign-in and sessions ----------------------------------------------------------------
 
 
-def test_sign_in_needs_the_right_password_and_is_rate_limited(portal):
-    client = portal.client(STAFF_IP)
+def sign_in_status(client, username: str, password: str = PASSWORD) -> int:
     token = csrf(client, "/staff/login")
+    answer = client.post(
+        "/staff/login", data={"username": username, "password": password, "csrf_token": token}
+    )
+    return answer.status_code
+
+
+def test_sign_in_needs_the_right_password_and_is_rate_limited(portal):
+    # A pupil (ben, on a pupils' address) guesses IT Support's password.
+    pupil = portal.client(STUDENT_IP, "ben")
     for _ in range(5):
-        answer = client.post(
-            "/staff/login", data={"username": "alice", "password": "wrong", "csrf_token": token}
-        )
-        assert answer.status_code == 401
-    answer = client.post(
-        "/staff/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token}
-    )
-    assert answer.status_code == 429
+        assert sign_in_status(pupil, "alice", "wrong") == 401
+    assert sign_in_status(pupil, "alice") == 429  # even the right password, from there
     assert ("alice", "staff.login_failed", "portal") in portal.audit()
-    portal.ticker.now += 901
-    answer = client.post(
-        "/staff/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token}
+    # The account is locked for every pupils' address (the count is in the database) ...
+    assert sign_in_status(portal.client("10.20.0.8"), "alice") == 429
+    # ... but not from the staff network.
+    assert sign_in_status(portal.client(STAFF_IP), "alice") == 303
+    # After the window, the pupil's device may try again.
+    portal.clock.advance(seconds=901)
+    assert sign_in_status(pupil, "alice") == 303
+
+
+def test_sign_in_is_limited_per_address_whatever_the_account(portal):
+    device = portal.client("10.20.0.9")
+    for name in ("a1", "a2", "a3", "sam", "a5"):
+        assert sign_in_status(device, name, "wrong") == 401
+    assert sign_in_status(device, "nina") == 429  # no failure for nina: the address is out
+    assert sign_in_status(portal.client(STAFF_IP), "sam") == 303
+    # Another app on the same database (another worker or gateway) refuses it too.
+    other = create_app(
+        policy_getter=lambda: portal.policy,
+        session_factory=portal.sessions,
+        secret=SECRET,
+        data_dir=portal.data_dir,
+        identify=make_identify(lambda: portal.policy),
+        clock=portal.clock,
+        start_sender=False,
     )
-    assert answer.status_code == 303
+    client = other.test_client()
+    client.environ_base["REMOTE_ADDR"] = "10.20.0.9"
+    assert sign_in_status(client, "nina") == 429
 
 
 def test_sign_in_without_csrf_is_refused_and_next_must_be_local(portal):
@@ -468,9 +493,36 @@ def test_sessions_end_after_the_maximum_even_when_busy(portal):
 
 def test_sign_out(portal):
     client = portal.staff("alice")
+    copy = portal.client(STAFF_IP)
+    cookie = client.get_cookie("schoolgate_portal")
+    copy.set_cookie("schoolgate_portal", cookie.value)
+    assert copy.get("/it/").status_code == 200  # a copied cookie works while signed in
     answer = post(client, "/staff/", "/staff/logout")
     assert answer.status_code == 303
     assert client.get("/it/").status_code == 302
+    assert copy.get("/it/").status_code == 302  # and not once signed out: ended on the server
+    assert ("alice", "staff.logout", "portal") in portal.audit()
+
+
+def test_a_new_password_ends_every_session(portal):
+    client = portal.staff("alice")
+    with portal.sessions() as s:
+        set_password(s, "alice", "a brand new password")
+        s.commit()
+    answer = client.get("/it/")
+    assert answer.status_code == 302 and "expired=1" in answer.headers["Location"]
+
+
+def test_cookies_are_strict_and_secure_over_https_with_hsts(portal):
+    client = portal.client(STAFF_IP)
+    answer = client.get("/staff/login", base_url="https://schoolgate.internal")
+    cookie = answer.headers["Set-Cookie"]
+    assert "; Secure" in cookie and "; HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"
+    answer = portal.client(STAFF_IP).get("/staff/login")  # plain HTTP
+    cookie = answer.headers["Set-Cookie"]
+    assert "Secure" not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Strict-Transport-Security" not in answer.headers
 
 
 # -- IT Support --------------------------------------------------------------------------------
@@ -630,6 +682,19 @@ def test_wider_or_longer_exceptions_wait_for_slt(portal):
     assert portal.row(ref).status == "awaiting_slt"
 
 
+def test_a_config_cannot_let_it_support_unlist_alone(gateway_config, tmp_path):
+    data = yaml.safe_load(gateway_config.read_text())
+    data["portal"]["slt_required"] = {"scopes": ["everyone"], "unlist": False}
+    gateway_config.write_text(yaml.safe_dump(data))
+    policy = load_policy(gateway_config, data_dir=tmp_path / "var")
+    (warning,) = [w for w in policy.warnings if "unlist" in w]
+    assert "portal.slt_required.unlist" in warning and "ignored" in warning
+    assert "unlist" not in policy.settings.extra["portal"]["slt_required"]
+    data["portal"]["slt_required"]["unlist"] = True
+    gateway_config.write_text(yaml.safe_dump(data))
+    assert not load_policy(gateway_config, data_dir=tmp_path / "var").warnings
+
+
 def test_slt_limits_are_configurable(tmp_path, gateway_config):
     portal = Portal(
         tmp_path, gateway_config, slt_required={"scopes": ["everyone"], "longer_than_days": None}
@@ -648,26 +713,57 @@ def test_slt_limits_are_configurable(tmp_path, gateway_config):
         duration="permanent",
     )
     assert portal.row(ref).status == "approved"
-    assert SltRequired().reason(scope="user", ends=None, now=portal.clock(), kind="unlist") is None
+    # Un-listing and categorising need SLT, whatever the limits say.
+    relaxed = SltRequired(scopes=(), longer_than_days=None)
+    for kind in ("unlist", "categorise"):
+        assert relaxed.reason(scope="everyone", ends=None, now=portal.clock(), kind=kind)
 
 
-def test_unlisting_an_erroneous_entry_is_a_permanent_host_exception_for_everyone(portal):
+def test_unlisting_is_the_requests_own_host_for_everyone_once_slt_approve(portal):
     ref = portal.ask(purpose="erroneous")
     client = portal.staff("alice")
     page = f"/it/item/{item_id(portal, ref)}"
-    answer = post(client, page, f"{page}/unlist", host="chat.social.test", note="a school club")
+    # The form cannot name another site than the request's (social.test).
+    for other in ("chat.social.test", "google.com", "test"):
+        answer = post(client, page, f"{page}/unlist", host=other, note="a school club")
+        assert answer.status_code == 400, other
+    assert portal.exceptions() == []
+    # IT Support alone only propose it.
+    answer = post(client, page, f"{page}/unlist", note="a school club")
+    assert answer.status_code == 303
+    assert portal.exceptions() == [] and portal.row(ref).status == "awaiting_slt"
+    assert ("alice", "request.propose", f"request {ref}") in portal.audit()
+    # SLT approve; nobody approves their own proposal.
+    assert (
+        post(client, page, f"/slt/item/{item_id(portal, ref)}/approve-proposal").status_code == 403
+    )
+    answer = post(portal.staff("sam"), page, f"/slt/item/{item_id(portal, ref)}/approve-proposal")
     assert answer.status_code == 303
     (exc,) = portal.exceptions()
     assert (exc.kind, exc.scope, exc.target_kind, exc.target, exc.ends) == (
         "unlist",
         "everyone",
         "host",
-        "chat.social.test",
+        "social.test",
         None,
     )
-    ref = portal.ask()
+    assert exc.created_by == "alice, approved by sam"
+    # A member of SLT un-lists directly (the same form, from a request of its own).
+    ref = portal.ask(purpose="erroneous")
     page = f"/it/item/{item_id(portal, ref)}"
-    assert post(client, page, f"{page}/unlist", host="www.bad.test").status_code == 400
+    assert post(portal.staff("sam"), page, f"{page}/unlist", host="social.test").status_code == 303
+    assert portal.row(ref).status == "approved"
+
+
+def test_unlisting_needs_a_listed_host(portal):
+    """(A request for a host in a locked category cannot even be made.)"""
+    client = portal.staff("sam")
+    url = "http://nowhere.test/"
+    ref = portal.ask(ref=portal.event(ref="ev-nowhere", url=url, host="nowhere.test"), url=url)
+    page = f"/it/item/{item_id(portal, ref)}"
+    answer = post(client, page, f"{page}/unlist")
+    assert answer.status_code == 400 and "nothing to un-list" in answer.text
+    assert portal.exceptions() == []
 
 
 def test_reject_needs_a_reason_that_the_requester_sees(portal):
@@ -767,49 +863,58 @@ def test_slt_ends_or_confirms_standing_exceptions(portal):
     assert portal.exceptions()[0].revoked_by == "sam"
 
 
-def test_a_report_adds_the_site_to_a_category_file(portal):
+def test_a_report_adds_its_site_to_a_category_file_once_slt_approve(portal):
     ref = portal.report()
     client = portal.staff("alice")
     page = f"/it/item/{item_id(portal, ref)}"
-    assert (
-        post(
-            client,
-            page,
-            f"{page}/add-to-category",
-            category="social_media",
-            entry="nasty.test\nevil.test",
-        ).status_code
-        == 400
-    )
-    assert (
-        post(
-            client, page, f"{page}/add-to-category", category="nope", entry="nasty.test"
-        ).status_code
-        == 400
-    )
-    answer = post(
-        client,
-        page,
-        f"{page}/add-to-category",
-        category="social_media",
-        entry="https://Nasty.test/",
-    )
-    assert answer.status_code == 303
     listed = portal.config.parent / "blocklists" / "local" / "social_media.txt"
+
+    def add(staff_client, entry: str, category: str = "social_media") -> int:
+        return post(
+            staff_client, page, f"{page}/add-to-category", category=category, entry=entry
+        ).status_code
+
+    assert add(client, "nasty.test\nevil.test") == 400
+    assert add(client, "nasty.test", category="nope") == 400
+    # Only the report's own site (or a page on it): not another one, nor its parent domain.
+    assert add(client, "google.com") == 400
+    assert add(client, "test") == 400
+    assert add(client, "www.nasty.test") == 400
+    assert not listed.exists()
+    # IT Support propose; nothing is written until SLT approve.
+    assert add(client, "https://Nasty.test/") == 303
+    assert portal.row(ref).status == "awaiting_slt" and not listed.exists()
+    assert ("alice", "report.propose", f"report {ref}") in portal.audit()
+    slt = portal.staff("sam")
+    answer = post(slt, page, f"/slt/item/{item_id(portal, ref)}/approve-proposal")
+    assert answer.status_code == 303
     lines = listed.read_text().splitlines()
-    assert lines[0].startswith("# added by alice at ") and lines[0].endswith(f"report {ref}")
+    assert lines[0].startswith("# added by alice, approved by sam at ")
+    assert lines[0].endswith(f"report {ref}")
     assert lines[1] == "nasty.test"
     assert portal.row(ref).status == "actioned"
-    assert ("alice", "report.add_to_category", f"report {ref}") in portal.audit()
-    # SLT may not edit lists; a request is not a report
+    assert ("sam", "report.slt_approve", f"report {ref}") in portal.audit()
+    # A member of SLT adds a page of the reported site directly.
     other = portal.report()
+    other_page = f"/it/item/{item_id(portal, other)}"
+    answer = post(
+        slt,
+        other_page,
+        f"{other_page}/add-to-category",
+        category="social_media",
+        entry="nasty.test/x",
+    )
+    assert answer.status_code == 303
+    assert listed.read_text().splitlines()[-1] == "nasty.test/x"
+    assert portal.row(other).status == "actioned"
+    # Teachers cannot; a request is not a report
     assert (
         post(
-            portal.staff("sam"),
-            f"/it/item/{item_id(portal, other)}",
-            f"/it/item/{item_id(portal, other)}/add-to-category",
+            portal.staff("tina"),
+            "/teacher/",
+            f"{other_page}/add-to-category",
             category="social_media",
-            entry="x.test",
+            entry="nasty.test",
         ).status_code
         == 403
     )

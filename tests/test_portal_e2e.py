@@ -27,8 +27,6 @@ E-mail goes to a real local SMTP server (aiosmtpd). Screenshots of each page are
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import shutil
@@ -42,9 +40,17 @@ from pathlib import Path
 import aiosmtpd.controller as aiosmtpd_controller
 import playwright.sync_api as sync_api
 import pytest
-from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gateway
+from gateway_process import (
+    BROWSER_ARGS,
+    CHROMIUM,
+    ROOT,
+    free_port,
+    run_cli,
+    spki_hash,
+    start_gateway,
+    stop_gateway,
+)
 
-CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
@@ -57,14 +63,6 @@ STAFF = {
     "mrs.head": (["slt"], [], "mrs.head@school.test"),
     "mr.jones": (["teacher"], ["9B"], "mr.jones@school.test"),
 }
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 class Origin(BaseHTTPRequestHandler):
@@ -128,17 +126,6 @@ class Mailbox:
 
 def cli(*args: str, config: Path, data_dir: Path, stdin: str | None = None) -> str:
     return run_cli(config, data_dir, *args, stdin=stdin, timeout=30)
-
-
-def spki_hash(ca_pem: Path) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def write_config(folder: Path, smtp_port: int, lesson_end: str) -> Path:

@@ -11,6 +11,8 @@ this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.pages.GatewayPages`: PAC file, CA download; marks portal requests.
 * :class:`~schoolgate.gateway.portal_addon.PortalAddon`: the portal app at the portal host, and
   its notification sender.
+* :class:`~schoolgate.gateway.identity_addon.IdentitySourcesAddon`: who is on which address
+  (RADIUS, sign-in, Windows single sign-on, DHCP), and the redirect to the sign-in page.
 * :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`: circumvention detection,
   sanctions, and the suspension page for banned users (before any other decision).
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
@@ -32,6 +34,7 @@ from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.health import HealthAddon
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
@@ -45,6 +48,7 @@ __all__ = [
     "ExceptionCache",
     "GatewayPages",
     "HealthAddon",
+    "IdentitySourcesAddon",
     "PolicyHolder",
     "PortalAddon",
     "ProxyAuthCache",
@@ -63,6 +67,7 @@ def make_addons() -> list:
     exceptions = ExceptionCache(recorder)
     pages = GatewayPages(holder, recorder)
     portal = PortalAddon(holder, recorder)
+    identity = IdentitySourcesAddon(holder, recorder)
     guard = CircumventionGuard(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder)
     alerts = AlertsAddon(holder, recorder)
@@ -75,6 +80,7 @@ def make_addons() -> list:
         exceptions,
         pages,
         portal,
+        identity,
         guard,
         enforcement,
         alerts,

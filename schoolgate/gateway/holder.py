@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,7 @@ from mitmproxy import ctx, exceptions
 
 from schoolgate.config import DEFAULT_CONFIG, default_config, default_data_dir, load_policy
 from schoolgate.configfile import ConfigError
+from schoolgate.core.liststore import remove_unused
 from schoolgate.core.locations import LocationError
 from schoolgate.gateway.background import settle_heap
 from schoolgate.policy import Policy
@@ -26,6 +28,9 @@ from schoolgate.policy import Policy
 log = logging.getLogger(__name__)
 
 MAX_WATCHED_FILES = 20_000
+# After a policy is installed, compiled list versions no process maps any more are removed at
+# each check for this long (other workers move to the new version at their own pace).
+SWEEP_SECONDS = 600.0
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
@@ -112,6 +117,7 @@ class PolicyHolder:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._sweep_until = 0.0
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -178,6 +184,13 @@ class PolicyHolder:
         self._paths, self._fingerprint = paths, stamp
         self.generation += 1
         self.last_error = None
+        self._sweep_until = time.monotonic() + SWEEP_SECONDS
+
+    def sweep_lists(self) -> None:
+        """Remove the compiled list versions that no process maps (blocking: off the loop)."""
+        removed, _in_use = remove_unused(self.data_dir)
+        if removed:
+            log.info("schoolgate: removed %d compiled list version(s) no longer in use", removed)
 
     # -- reloading -------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -242,6 +255,8 @@ class PolicyHolder:
             try:
                 if await asyncio.to_thread(self.reload, force=force):
                     settle_heap()  # the new policy is built to last; the old one can go
+                if time.monotonic() < self._sweep_until:
+                    await asyncio.to_thread(self.sweep_lists)
             except Exception:  # noqa: BLE001 - the watcher must survive anything
                 log.exception("schoolgate: policy reload failed")
 

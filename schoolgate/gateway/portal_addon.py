@@ -17,12 +17,14 @@ an upstream: if the app is not ready, the answer is a 503 page.
   several workers on one host only one runs the sender (``schoolgate_portal_sender=false`` in
   the others): they share one outbox.
 
-Served on a port of its own (``schoolgate run --portal-port``), :func:`standalone_app` builds
-the same app without trusting the user header.
+Served on a port of its own (``schoolgate run --portal-port``), :class:`StandalonePortal` builds
+the same app without trusting the user header and serves it with
+:class:`~schoolgate.gateway.portal_server.PortalHTTPServer`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -34,12 +36,14 @@ from mitmproxy.addons import asgiapp
 from schoolgate.gateway.health import OPS_PATHS
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.pages import PORTAL_MARK
+from schoolgate.gateway.portal_server import PortalHTTPServer, PortalServerLimits
 from schoolgate.gateway.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
 USER_HEADER = "X-Schoolgate-User"
 SENDER_OPTION = "schoolgate_portal_sender"
+DEFAULT_PORTAL_HOST = "127.0.0.1"  # the portal's own port: loopback unless told otherwise
 _USER_KEY = USER_HEADER.upper().replace("-", "_")
 
 _UNAVAILABLE = (
@@ -231,8 +235,11 @@ def prepare(flow: http.HTTPFlow) -> None:
 
 
 class StandalonePortal:
-    """The portal on a port of its own (``schoolgate run --portal-port P``), for staff on an
-    admin network. A plain WSGI server in a thread; the user header is not trusted there
+    """The portal on a port of its own (``schoolgate run --portal-port P [--portal-host A]``),
+    for staff on an admin network: :class:`~schoolgate.gateway.portal_server.PortalHTTPServer`
+    (waitress: a fixed pool of worker threads, connection limits and timeouts) in the gateway's
+    process. It listens on ``schoolgate_portal_host`` (default loopback), never on the proxy's
+    address unless that is given. The user header is not trusted there
     (``make_identify(..., trust_user_header=False)``). It does not send notifications itself:
     the gateway's :class:`PortalAddon` sender does (within its 5-second poll).
 
@@ -251,7 +258,6 @@ class StandalonePortal:
 
             self.ops = ops_app(health)
         self.server = None
-        self._thread: threading.Thread | None = None
         self._app = None
         self._key: tuple | None = None
         self._lock = threading.Lock()
@@ -262,6 +268,65 @@ class StandalonePortal:
             int,
             0,
             "Also serve the portal on this port (0: only at the portal host through the proxy).",
+        )
+        loader.add_option(
+            "schoolgate_portal_host",
+            str,
+            DEFAULT_PORTAL_HOST,
+            "The address the portal's own port listens on (an IP address; :: or 0.0.0.0 for "
+            "all). Default: loopback only.",
+        )
+        loader.add_option(
+            "schoolgate_portal_threads", int, 4, "Worker threads of the portal's own port."
+        )
+        loader.add_option(
+            "schoolgate_portal_connections",
+            int,
+            500,
+            "Open connections to the portal's own port, in all (when full, the idlest closes).",
+        )
+        loader.add_option(
+            "schoolgate_portal_connections_per_address",
+            int,
+            20,
+            "Open connections to the portal's own port from one client address.",
+        )
+        loader.add_option(
+            "schoolgate_portal_idle_timeout",
+            int,
+            60,
+            "Seconds before an idle connection to the portal's own port is closed.",
+        )
+        loader.add_option(
+            "schoolgate_portal_header_timeout",
+            int,
+            20,
+            "Seconds a request to the portal's own port has to send its line and headers.",
+        )
+
+    def configure(self, updated) -> None:
+        from mitmproxy import ctx, exceptions
+
+        if "schoolgate_portal_host" in updated:
+            try:
+                ipaddress.ip_address(ctx.options.schoolgate_portal_host)
+            except ValueError:
+                raise exceptions.OptionsError(
+                    "schoolgate_portal_host (--portal-host) must be an IP address, not "
+                    f"{ctx.options.schoolgate_portal_host!r}"
+                ) from None
+        problems = self.limits(ctx.options).problems()
+        if problems:
+            raise exceptions.OptionsError("portal port: " + "; ".join(problems))
+
+    @staticmethod
+    def limits(options) -> PortalServerLimits:
+        return PortalServerLimits(
+            threads=options.schoolgate_portal_threads,
+            connections=options.schoolgate_portal_connections,
+            per_address=options.schoolgate_portal_connections_per_address,
+            idle_timeout=float(options.schoolgate_portal_idle_timeout),
+            header_timeout=float(options.schoolgate_portal_header_timeout),
         )
 
     def _current(self):
@@ -293,25 +358,25 @@ class StandalonePortal:
 
     def running(self) -> None:
         from mitmproxy import ctx
-        from werkzeug.serving import make_server
 
         port = ctx.options.schoolgate_portal_port
         if not port or self.server is not None or self.holder.policy is None:
             return
-        host = ctx.options.listen_host or "0.0.0.0"
+        host = ctx.options.schoolgate_portal_host
         self._current()
         try:
-            self.server = make_server(host, port, self._wsgi, threaded=True)
+            self.server = PortalHTTPServer(self._wsgi, host, port, self.limits(ctx.options))
         except OSError as exc:
-            log.error("schoolgate: cannot serve the portal on %s:%d: %s", host, port, exc)
+            log.error("schoolgate: cannot serve the portal on %s: %s", _url(host, port), exc)
             return
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="schoolgate-portal", daemon=True
-        )
-        self._thread.start()
-        log.info("schoolgate: portal also served at http://%s:%d/", host, port)
+        self.server.start()
+        log.info("schoolgate: portal also served at %s", _url(host, port))
 
     def done(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
+            self.server.stop()
             self.server = None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"

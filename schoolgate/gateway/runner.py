@@ -9,7 +9,9 @@
   gateway serves the school LAN. ``SCHOOLGATE_ALLOW_PUBLIC_CLIENTS=1`` turns that off;
 * ``--set NAME=VALUE`` (repeatable): any other mitmproxy option, e.g. ``proxyauth``;
 * ``--portal-port P``: the portal also on a port of its own (for an admin network), where the
-  user header is not trusted (staff sign in; requesters are known by address only);
+  user header is not trusted (staff sign in; requesters are known by address only), served
+  by waitress with limits (:mod:`schoolgate.gateway.portal_server`) on ``--portal-host``
+  (default 127.0.0.1: never the proxy's address unless given);
 * ``--workers N`` (or ``auto``: one per core): N processes on the one listening port, under a
   supervisor (:mod:`schoolgate.gateway.workers`).
 
@@ -147,14 +149,16 @@ def run_gateway(args: argparse.Namespace) -> int:
         )
     try:
         if worker is None and workers > 1:
-            return _supervise(args, config_path, data_dir, policy, workers)
+            database_url = policy.settings.database_url
+            del policy  # the workers map the compiled lists; the supervisor keeps no copy
+            return _supervise(args, config_path, data_dir, database_url, workers)
         return asyncio.run(_serve(args, config_path, data_dir, policy, worker))
     except KeyboardInterrupt:
         return 130
 
 
 def _supervise(
-    args: argparse.Namespace, config_path: Path, data_dir: Path, policy, count: int
+    args: argparse.Namespace, config_path: Path, data_dir: Path, database_url: str, count: int
 ) -> int:
     """``--workers N``: check what a worker would only find out N times over, make the state
     they share, then run the supervisor."""
@@ -175,7 +179,7 @@ def _supervise(
     if getattr(args, "steer_connections", False):
         _warn_of_steering_limits()
     try:
-        workers.prepare_shared_state(data_dir, Path(opts["confdir"]), policy.settings.database_url)
+        workers.prepare_shared_state(data_dir, Path(opts["confdir"]), database_url)
     except Exception as exc:  # noqa: BLE001 - any failure here would stop every worker too
         print(f"schoolgate: cannot prepare {data_dir}: {exc}", file=sys.stderr)
         return 1
@@ -244,9 +248,15 @@ async def _serve(
         if worker is not None and worker[0] > 1:
             # One process runs the jobs and sends the portal's notifications: worker 1 (after
             # --set, which every worker gets and which must not turn them on here).
-            opts.update(schoolgate_jobs=False, schoolgate_portal_sender=False)
+            # RADIUS accounting too: one listener on the port (every worker reads the
+            # bindings it stores).
+            opts.update(
+                schoolgate_jobs=False, schoolgate_portal_sender=False, schoolgate_radius=False
+            )
         if portal_port:
             opts.update(schoolgate_portal_port=portal_port)
+            if getattr(args, "portal_host", None):
+                opts.update(schoolgate_portal_host=args.portal_host)
     except exceptions.OptionsError as exc:
         print(f"schoolgate: {exc}", file=sys.stderr)
         return 1

@@ -210,6 +210,8 @@ def worker_argv(args: argparse.Namespace, data_dir: Path, index: int, count: int
         argv += ["--set", spec]
     if index == 1 and getattr(args, "portal_port", None):
         argv += ["--portal-port", str(args.portal_port)]
+        if getattr(args, "portal_host", None):
+            argv += ["--portal-host", args.portal_host]
     argv += ["--worker", f"{index}/{count}"]
     cpus = worker_cpus(count, getattr(args, "pin_workers", None), allowed_cpus())
     if cpus is not None:

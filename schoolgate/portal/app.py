@@ -35,6 +35,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.core import words
@@ -43,6 +44,12 @@ from schoolgate.policy import Policy
 from schoolgate.portal.auth import RateLimiter, password_stamp
 from schoolgate.portal.models import StaffRow
 from schoolgate.portal.notify import Notifier, OutboxSender, SmtpSettings
+from schoolgate.storage.signin import (
+    LoginLimits,
+    end_staff_session,
+    find_staff_session,
+    start_staff_session,
+)
 
 USER_HEADER_ENVIRON = "HTTP_X_SCHOOLGATE_USER"  # the gateway's X-Schoolgate-User header
 
@@ -70,6 +77,10 @@ SECURITY_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
+# Over HTTPS only (a browser ignores it over HTTP, and over HTTPS with a certificate error).
+HSTS = "max-age=31536000"
+# A session's last-seen time is written at most this often (a write per page is not needed).
+SEEN_STEP = timedelta(seconds=15)
 
 
 def _utcnow() -> datetime:
@@ -81,19 +92,18 @@ class SltRequired:
     """Which exceptions need SLT approval even when IT Support grant them.
 
     ``scopes``: exceptions for a whole role, site or everyone; ``longer_than_days``: longer
-    than this (and permanent ones); None for no limit. ``unlist``: whether un-listing an
-    erroneous entry (a permanent host exception for everyone) also needs SLT (default no: it
-    corrects a list, which is IT Support's job; locked categories can never be un-listed).
+    than this (and permanent ones); None for no limit. Whatever they say, un-listing a site
+    (a permanent host exception for everyone, kind ``unlist``) and adding a site to a category
+    (kind ``categorise``: it changes what everyone may reach) always need SLT.
     """
 
     scopes: tuple[str, ...] = ("role", "site", "everyone")
     longer_than_days: int | None = 91
-    unlist: bool = False
 
     def reason(self, *, scope: str, ends: datetime | None, now: datetime, kind: str) -> str | None:
         """Why SLT must approve this exception, or None if IT Support may grant it."""
-        if kind == "unlist" and not self.unlist:
-            return None
+        if kind in ALWAYS_SLT:
+            return ALWAYS_SLT[kind]
         if scope in self.scopes:
             return f"an exception for {scope} needs SLT approval"
         if self.longer_than_days is not None:
@@ -107,11 +117,17 @@ class SltRequired:
     def from_config(cls, section: dict[str, Any] | None) -> SltRequired:
         if not section:
             return cls()
+        # ``unlist`` may still be in a config: un-listing needs SLT whatever it says.
         return cls(
             scopes=tuple(section.get("scopes", cls.scopes)),
             longer_than_days=section.get("longer_than_days", cls.longer_than_days),
-            unlist=bool(section.get("unlist", False)),
         )
+
+
+ALWAYS_SLT = {
+    "unlist": "un-listing a site for everyone needs SLT approval",
+    "categorise": "adding a site to a category changes it for everyone: it needs SLT approval",
+}
 
 
 @dataclass
@@ -131,7 +147,7 @@ class PortalState:
     max_session: timedelta
     max_upload_bytes: int
     submit_limiter: RateLimiter
-    login_limiter: RateLimiter
+    login_limits: LoginLimits
     # Served on the portal's own port (not through the proxy, which buffers every answer):
     # the live view may stream (server-sent events) there.
     admin: bool = False
@@ -186,17 +202,20 @@ def create_app(
 
     ``slt_required``: a :class:`SltRequired` or the config mapping (``{scopes: [...],
     longer_than_days: 91}``). ``base_url`` for links in notifications (default
-    ``http://<portal host>``). ``submit_limit``/``login_limit``: (count, seconds) per person.
+    ``http://<portal host>``). ``submit_limit``: (count, seconds) per person, in memory.
+    ``login_limit``: (count, seconds) of failed sign-ins per account from one kind of source
+    address, and per address, kept in the database (:mod:`schoolgate.storage.signin`).
     """
     if isinstance(slt_required, dict) or slt_required is None:
         slt_required = SltRequired.from_config(slt_required)
     data_dir = Path(data_dir)
     app = Flask(__name__)
     app.secret_key = hmac.new(secret, b"schoolgate portal session", "sha256").digest()
+    app.session_interface = PortalSessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME="schoolgate_portal",
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=session_max_hours),
         MAX_CONTENT_LENGTH=max_upload_bytes + 64 * 1024,
         TEMPLATES_AUTO_RELOAD=False,
@@ -219,22 +238,35 @@ def create_app(
         max_session=timedelta(hours=session_max_hours),
         max_upload_bytes=max_upload_bytes,
         submit_limiter=RateLimiter(*submit_limit, clock=monotonic),
-        login_limiter=RateLimiter(*login_limit, clock=monotonic),
+        login_limits=LoginLimits(
+            per_account=login_limit[0],
+            per_address=login_limit[0],
+            window=timedelta(seconds=login_limit[1]),
+        ),
         admin=admin,
     )
     app.extensions["schoolgate_portal"] = state
 
     from schoolgate.portal import views_public, views_staff
-    from schoolgate.portal.blueprints import console, signin, supervision
+    from schoolgate.portal.blueprints import (  # noqa: F401 - bans adds routes
+        bans,
+        console,
+        signin,
+        staff_signin,
+        supervision,
+        teacher,
+    )
 
     app.register_blueprint(views_public.bp)
     app.register_blueprint(views_staff.staff_bp)
-    app.register_blueprint(signin.bp)
+    app.register_blueprint(staff_signin.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(supervision.bp)
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
-    app.register_blueprint(views_staff.teacher_bp)
+    app.register_blueprint(teacher.teacher_bp)
+    app.register_blueprint(signin.bp)  # devices that must sign in to the network
+    app.register_blueprint(signin.it_signins_bp)
 
     app.before_request(_check_csrf)
     app.after_request(_security_headers)
@@ -300,7 +332,18 @@ def _check_csrf() -> None:
 def _security_headers(response):
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     return response
+
+
+class PortalSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, ``Secure`` when the request came over HTTPS (through the
+    gateway at ``https://<portal host>``) and not over plain HTTP, where a browser would
+    drop a ``Secure`` cookie and no form could be sent."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure
 
 
 def _error_page(error):
@@ -362,50 +405,57 @@ def safe_next(target: str | None, default: str) -> str:
 
 
 def sign_in(row: StaffRow) -> None:
+    """A new session on the server for ``row`` (the caller commits), and a new cookie."""
     session.clear()
     session.permanent = True
-    stamp = now().timestamp()
-    session.update(
-        staff_id=row.id,
-        stamp=password_stamp(row),
-        login_at=stamp,
-        seen_at=stamp,
-        csrf=secrets.token_urlsafe(32),
-    )
+    token = start_staff_session(db(), staff_id=row.id, client_ip=request.remote_addr, now=now())
+    session.update(sid=token, stamp=password_stamp(row), csrf=secrets.token_urlsafe(32))
 
 
 def sign_out() -> None:
+    """End the session on the server (a copy of the cookie stops working; the caller
+    commits) and forget the cookie."""
+    token = session.get("sid")
+    if token:
+        end_staff_session(db(), token, now=now(), reason="signed out")
     session.clear()
 
 
 def current_staff() -> StaffRow | None:
-    """The signed-in member of staff, or None (also when the session expired: ``g.expired``)."""
+    """The signed-in member of staff, or None (also when the session expired or was ended:
+    ``g.expired``). The session is the server's row, not what the cookie says."""
     if "staff" in g:
         return g.staff
     g.staff = None
-    staff_id = session.get("staff_id")
-    if staff_id is None:
+    token = session.get("sid")
+    if not token:
         return None
     st = state()
-    at = now().timestamp()
-    login_at = float(session.get("login_at", 0))
-    seen_at = float(session.get("seen_at", 0))
-    if (
-        at - seen_at > st.idle_timeout.total_seconds()
-        or at - login_at > st.max_session.total_seconds()
-    ):
+    session_ = db()
+    at = now()
+    row = find_staff_session(session_, token)
+    staff = session_.get(StaffRow, row.staff_id) if row is not None else None
+    ended = None
+    if row is None:
+        ended = "ended"
+    elif at - row.seen_at > st.idle_timeout or at - row.created_at > st.max_session:
+        ended = "expired"
+    elif staff is None or not staff.active or session.get("stamp") != password_stamp(staff):
+        ended = "account changed"
+    if ended is not None:
+        if row is not None:
+            row.ended_at, row.end_reason = at, ended
+            session_.commit()
         g.expired = True
-        for key in ("staff_id", "stamp", "login_at", "seen_at"):
+        # The form token stays: a form sent after expiry is answered "sign in again" (403).
+        for key in ("sid", "stamp"):
             session.pop(key, None)
         return None
-    row = db().get(StaffRow, staff_id)
-    if row is None or not row.active or session.get("stamp") != password_stamp(row):
-        g.expired = True
-        session.clear()
-        return None
-    session["seen_at"] = at
-    g.staff = row
-    return row
+    if at - row.seen_at >= SEEN_STEP:
+        row.seen_at = at
+        session_.commit()
+    g.staff = staff
+    return staff
 
 
 def staff_required(*roles: str):

@@ -1,4 +1,5 @@
-"""Staff sign-in: password hashes, staff accounts, rate limits.
+"""Staff sign-in: password hashes, staff accounts, the submissions' rate limit (failed
+sign-ins and sessions are kept in the database: :mod:`schoolgate.storage.signin`).
 
 Passwords are hashed with **scrypt** from the standard library (``hashlib.scrypt``, N=2**14,
 r=8, p=1, 16-byte salt): ``bcrypt`` is not installed alongside mitmproxy, and passlib's bcrypt
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.db import utcnow
 from schoolgate.portal.models import STAFF_ROLES, StaffRow
+from schoolgate.storage.signin import end_sessions_of
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -151,6 +153,8 @@ def set_password(session: Session, username: str, password: str) -> StaffRow:
     check_password_rules(password)
     row.password_hash = hash_password(password)
     row.password_changed_at = utcnow()
+    # Whoever was signed in with the old password is signed out, on every gateway.
+    end_sessions_of(session, row.id, now=row.password_changed_at, reason="password changed")
     return row
 
 

@@ -1,6 +1,7 @@
 """``schoolgate staff add|passwd|list``: the portal's staff accounts.
 
-Wired into :mod:`schoolgate.cli` with ``register(subparsers, _common)``. Passwords are read
+Wired into :mod:`schoolgate.cli` with ``register(subparsers, _common)``. Each change is in the
+audit trail with ``--by`` (default ``cli``) and the operating system user. Passwords are read
 from the terminal (asked twice) or, with ``--password-stdin``, one line from standard input
 (for scripts); never from the command line, where ``ps`` and shell history would show them.
 """
@@ -35,12 +36,14 @@ def register(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> N
     p.add_argument("--email", default="", help="for notifications")
     p.add_argument("--name", default="", help="the name shown in the portal")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--by", default="cli", help="who makes the account (kept in the audit trail)")
     p.set_defaults(handler=cmd_staff, func=cmd_staff)
 
     p = staff_sub.add_parser("passwd", help="set a staff member's password")
     common(p)
     p.add_argument("username")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--by", default="cli", help="who sets it (kept in the audit trail)")
     p.set_defaults(handler=cmd_staff, func=cmd_staff)
 
     p = staff_sub.add_parser(
@@ -111,7 +114,7 @@ def cmd_staff(args: argparse.Namespace) -> int:
                 action = "staff.passwd"
             from schoolgate.store import audit
 
-            audit(session, "cli", action, f"staff {args.username.lower()}", "")
+            audit(session, args.by or "cli", action, f"staff {args.username.lower()}", "")
             session.commit()
             print(f"{action.split('.')[1]}: {args.username.lower()}: done")
             return 0

@@ -8,8 +8,7 @@ an exception they proposed themselves; escalated requests are for SLT; exception
 from __future__ import annotations
 
 import json
-import re
-import threading
+import math
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
@@ -25,23 +24,11 @@ from flask import (
 )
 from sqlalchemy import func, or_, select
 
-from schoolgate.bans_store import (
-    BanAuditRow,
-    BanError,
-    BanRow,
-    SupervisionRow,
-    confirm_ban,
-    lift_ban,
-    status_of,
-    to_state,
-)
 from schoolgate.core import words
 from schoolgate.db import EventRow, ExceptionRow
-from schoolgate.hosts import normalize_host
 from schoolgate.portal.app import (
     current_staff,
     db,
-    label,
     now,
     safe_next,
     sign_in,
@@ -50,8 +37,10 @@ from schoolgate.portal.app import (
     state,
 )
 from schoolgate.portal.auth import authenticate
-from schoolgate.portal.blueprints.signin import after_password
+from schoolgate.portal.blueprints.staff_signin import after_password
 from schoolgate.portal.models import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
+from schoolgate.portal.services import listing
+from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
 from schoolgate.store import (
     ExceptionRequestError,
     add_exception,
@@ -64,7 +53,6 @@ from schoolgate.store import (
 staff_bp = Blueprint("staff", __name__, url_prefix="/staff")
 it_bp = Blueprint("it", __name__, url_prefix="/it")
 slt_bp = Blueprint("slt", __name__, url_prefix="/slt")
-teacher_bp = Blueprint("teacher", __name__, url_prefix="/teacher")
 
 REVIEWERS = ("it_support", "network_manager", "slt")
 IT = ("it_support", "network_manager")
@@ -77,11 +65,7 @@ DURATIONS = {
     "until": "until a date and time (below)",
     "permanent": "permanently (until revoked)",
 }
-_ENTRY = re.compile(r"^[a-z0-9.\-]+(/[A-Za-z0-9._~\-/%]*)?$")
-_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-_FILE_LOCK = threading.Lock()
 QUEUE_PAGE_SIZE = 100  # requests and reports per page of the IT Support queue
-BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 
 
 # -- sign-in -----------------------------------------------------------------------------------
@@ -93,24 +77,26 @@ def login():
     if request.method == "GET":
         expired = request.args.get("expired") == "1"
         return render_template("portal/login.html", next=target, expired=expired, error=None)
-    username = request.form.get("username", "").strip().lower()[:200]
+    username = request.form.get("username", "").strip().lower()[:200] or "(blank)"
     password = request.form.get("password", "")[:1000]
-    limiter = state().login_limiter
-    keys = (f"login-ip:{request.remote_addr}", f"login-user:{username}")
-    if not all(limiter.allowed(key) for key in keys):
-        abort(429, description="Too many failed sign-ins. Wait 15 minutes and try again.")
+    at = now()
+    where = {
+        "username": username,
+        "source": _source_of_address(),
+        "client_ip": request.remote_addr or "unknown",
+    }
+    limits = state().login_limits
     session_ = db()
+    # Checked before the password: a refused attempt costs no hash, and says nothing of it.
+    refusal = login_refusal(session_, **where, now=at, limits=limits)
+    if refusal is not None:
+        minutes = max(1, math.ceil((refusal.until - at).total_seconds() / 60))
+        abort(429, description=f"{refusal.reason} Wait {minutes} minutes and try again.")
     row = authenticate(session_, username, password)
+    came_from = f"from {where['client_ip']} ({where['source']})"
     if row is None:
-        for key in keys:
-            limiter.hit(key)
-        audit(
-            session_,
-            username or "(blank)",
-            "staff.login_failed",
-            "portal",
-            f"from {request.remote_addr}",
-        )
+        record_login_failure(session_, **where, now=at, limits=limits)
+        audit(session_, username, "staff.login_failed", "portal", came_from)
         session_.commit()
         return render_template(
             "portal/login.html",
@@ -118,14 +104,24 @@ def login():
             expired=False,
             error="That user name and password do not match.",
         ), 401
-    limiter.reset(keys[1])
+    clear_login_failures(session_, username=username, source=where["source"])
     second_step = after_password(row, target)  # two-factor code (or set-up) still to come
     if second_step is not None:
         return second_step
     sign_in(row)
-    audit(session_, row.username, "staff.login", "portal", f"from {request.remote_addr}")
+    audit(session_, row.username, "staff.login", "portal", came_from)
     session_.commit()
     return redirect(target, code=303)
+
+
+def _source_of_address() -> str:
+    """The kind of address a sign-in comes from: the role the policy gives it (``student``,
+    ``staff``, ...). Failures count per account and kind, so pupils cannot lock staff out of
+    the staff network. If the policy cannot say, all such sign-ins share one kind."""
+    try:
+        return state().identify(request.environ).role or "unknown"
+    except Exception:  # noqa: BLE001 - never let a policy error open or break sign-in
+        return "unknown"
 
 
 @staff_bp.post("/logout")
@@ -133,8 +129,8 @@ def logout():
     staff = current_staff()
     if staff is not None:
         audit(db(), staff.username, "staff.logout", "portal", "")
-        db().commit()
     sign_out()
+    db().commit()
     return redirect(url_for("staff.login"), code=303)
 
 
@@ -173,7 +169,7 @@ def _require_slt_for_escalated(row: PortalRequestRow, staff: StaffRow) -> None:
         abort(403, description="This request is with SLT: only SLT can decide it now.")
 
 
-def _note(field: str, what: str) -> str:
+def required_note(field: str, what: str) -> str:
     text = request.form.get(field, "").strip()
     if not text:
         abort(400, description=f"Give {what}.")
@@ -322,6 +318,23 @@ def _grant(row: PortalRequestRow, proposal: dict, by: str) -> ExceptionRow:
     return exc
 
 
+def _carry_out(row: PortalRequestRow, proposal: dict, by: str) -> str:
+    """Do what a proposal says: an entry added to a category's list, or an exception. Returns
+    what was done, for the audit trail and the flash message."""
+    if proposal["kind"] != "categorise":
+        exc = _grant(row, proposal, by)
+        return f"exception #{exc.id}"
+    policy = state().policy
+    path = listing.add_to_list(policy, proposal, by=by, ref=row.ref, at=now())
+    row.status = "actioned"
+    row.category = proposal["category"]
+    row.decided_by = by
+    row.decided_at = now()
+    row.outcome = "Thank you: the site has been added to the school's filter."
+    _touch(row)
+    return f"{proposal['target']} -> {proposal['category']} ({path.name})"
+
+
 def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
     """Grant now, or (beyond what IT Support may grant alone) hold it for SLT."""
     ends = datetime.fromisoformat(proposal["ends"]) if proposal["ends"] else None
@@ -338,8 +351,8 @@ def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
         audit(
             db(),
             staff.username,
-            "request.propose",
-            f"request {row.ref}",
+            f"{'report' if row.kind == 'report' else 'request'}.propose",
+            _subject(row),
             f"{why_slt}: {json.dumps(proposal)}",
         )
         state().notifier.notify(
@@ -355,10 +368,16 @@ def _propose_or_grant(row: PortalRequestRow, staff: StaffRow, proposal: dict):
         )
         flash(f"Sent to SLT for approval: {why_slt}.")
         return
-    exc = _grant(row, proposal, staff.username)
-    audit(db(), staff.username, "request.approve", f"request {row.ref}", f"exception #{exc.id}")
+    done = _carry_out(row, proposal, staff.username)
+    action = "report.add_to_category" if proposal["kind"] == "categorise" else "request.approve"
+    audit(db(), staff.username, action, _subject(row), done)
     _notify_outcome(row)
-    flash(f"Approved: exception #{exc.id}.")
+    flash(f"{'Added' if proposal['kind'] == 'categorise' else 'Approved'}: {done}.")
+
+
+def _subject(row: PortalRequestRow) -> str:
+    """How the audit trail names a request or report."""
+    return f"{'report' if row.kind == 'report' else 'request'} {row.ref}"
 
 
 def _done(row: PortalRequestRow):
@@ -505,6 +524,7 @@ def approve(request_id: int):
 @it_bp.post("/item/<int:request_id>/unlist")
 @staff_required(*REVIEWERS)
 def unlist(request_id: int):
+    """Blocked by mistake: the request's own host, for everyone, permanently (SLT approve)."""
     staff = current_staff()
     row = _load(request_id)
     _not_own(row, staff)
@@ -512,30 +532,17 @@ def unlist(request_id: int):
         abort(400, description="Only an access request can be un-listed.")
     _must_be(row, "open", "escalated")
     _require_slt_for_escalated(row, staff)
-    host = normalize_host(request.form.get("host", "") or row.host)
-    proposal = {
-        "scope": "everyone",
-        "scope_value": "",
-        "target_kind": "host",
-        "target": host,
-        "starts": now().isoformat(),
-        "ends": None,
-        "kind": "unlist",
-        "reason": f"erroneous list entry (request {row.ref}): "
-        + request.form.get("note", "").strip()[:500],
-    }
     try:
-        validate_exception(
+        proposal = listing.unlist_proposal(
             state().policy,
-            scope="everyone",
-            scope_value="",
-            target_kind="host",
-            target=host,
-            starts=now(),
-            ends=None,
+            row_host=row.host,
+            given_host=request.form.get("host", ""),
+            ref=row.ref,
+            note=request.form.get("note", "").strip(),
+            at=now(),
         )
-    except ExceptionRequestError as exc:
-        abort(400, description=f"That cannot be un-listed: {exc}.")
+    except listing.ListingError as exc:
+        abort(400, description=str(exc))
     _propose_or_grant(row, staff, proposal)
     return _done(row)
 
@@ -548,7 +555,7 @@ def reject(request_id: int):
     _not_own(row, staff)
     _must_be(row, *OPEN_STATUSES)
     _require_slt_for_escalated(row, staff)
-    reason = _note("reason", "a reason (the requester sees it)")
+    reason = required_note("reason", "a reason (the requester sees it)")
     row.status = "rejected"
     row.decided_by = staff.username
     row.decided_at = now()
@@ -567,7 +574,7 @@ def escalate(request_id: int):
     row = _load(request_id)
     _not_own(row, staff)
     _must_be(row, "open")
-    note = _note("note", "a note for SLT")
+    note = required_note("note", "a note for SLT")
     row.status = "escalated"
     row.escalated_by = staff.username
     row.escalation_note = note
@@ -586,145 +593,29 @@ def escalate(request_id: int):
     return _done(row)
 
 
-def local_list_path(category: str) -> Path:
-    """``blocklists/local/<category>.txt`` next to the config file."""
-    config = Path(state().policy.settings.config_path).resolve()
-    return config.parent / "blocklists" / "local" / f"{category}.txt"
-
-
 @it_bp.post("/item/<int:request_id>/add-to-category")
-@staff_required(*IT)
+@staff_required(*REVIEWERS)
 def add_to_category(request_id: int):
+    """A report's host (or a page on it) added to a category for everyone (SLT approve)."""
     staff = current_staff()
     row = _load(request_id)
     _not_own(row, staff)
     if row.kind != "report":
         abort(400, description="Only a content report adds a site to a category.")
     _must_be(row, "open", "escalated")
-    policy = state().policy
-    category = request.form.get("category", "")
-    if category not in policy.categories or not _CATEGORY_NAME.match(category):
-        abort(400, description="Choose one of the configured categories.")
-    entry = request.form.get("entry", "").strip().lower()
-    entry = re.sub(r"^[a-z]+://", "", entry).rstrip("/")
-    if not entry or not _ENTRY.match(entry) or "." not in entry.split("/", 1)[0]:
-        abort(
-            400,
-            description="Give a host (example.com) or a host and path "
-            "(example.com/page), with no spaces.",
-        )
-    path = local_list_path(category)
-    stamp = now().isoformat(timespec="seconds")
-    with _FILE_LOCK:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(f"# added by {staff.username} at {stamp} for report {row.ref}\n{entry}\n")
-    row.status = "actioned"
-    row.category = category
-    row.decided_by = staff.username
-    row.decided_at = now()
-    row.outcome = "Thank you: the site has been added to the school's filter."
-    _touch(row)
-    audit(
-        db(),
-        staff.username,
-        "report.add_to_category",
-        f"report {row.ref}",
-        f"{entry} -> {category} ({path.name})",
-    )
-    _notify_outcome(row)
-    flash(f"Added {entry} to {label(category)} ({path}).")
-    return _done(row)
-
-
-# -- bans (IT Support and SLT) -------------------------------------------------------------------
-
-
-def _bans_shown(at: datetime) -> list[BanRow]:
-    """Bans and lockouts in force (or starting later), then those ended in the last week."""
-    since = at - BANS_RECENT
-    query = select(BanRow).where(
-        or_(
-            BanRow.lifted_at >= since,
-            (BanRow.lifted_at.is_(None)) & (or_(BanRow.ends.is_(None), BanRow.ends >= since)),
-        )
-    )
-    rows = list(db().scalars(query.order_by(BanRow.id.desc())))
-    in_force = [r for r in rows if status_of(r, at) in ("active", "scheduled")]
-    return in_force + [r for r in rows if r not in in_force]
-
-
-@it_bp.get("/bans")
-@staff_required(*REVIEWERS)
-def bans():
-    session_ = db()
-    at = now()
-    rows = _bans_shown(at)
-    ids = [r.id for r in rows]
-    history: dict[int, list[BanAuditRow]] = {i: [] for i in ids}
-    sessions: dict[int, list[SupervisionRow]] = {i: [] for i in ids}
-    events: dict[str, EventRow] = {}
-    states = {r.id: to_state(r) for r in rows}
-    if ids:
-        for entry in session_.scalars(
-            select(BanAuditRow)
-            .where(BanAuditRow.ban_id.in_(ids))
-            .order_by(BanAuditRow.at, BanAuditRow.id)
-        ):
-            history[entry.ban_id].append(entry)
-        for sup in session_.scalars(
-            select(SupervisionRow).where(SupervisionRow.ban_id.in_(ids)).order_by(SupervisionRow.id)
-        ):
-            sessions[sup.ban_id].append(sup)
-        refs = sorted({ref for st in states.values() for ref in st.events})
-        if refs:
-            events = {
-                e.ref: e for e in session_.scalars(select(EventRow).where(EventRow.ref.in_(refs)))
-            }
-    items = [
-        {
-            "row": r,
-            "state": states[r.id],
-            "status": status_of(r, at),
-            "history": history[r.id],
-            "confirmed": [h for h in history[r.id] if h.action.endswith(".confirm")],
-            "sessions": sessions[r.id],
-            "events": [(ref, events.get(ref)) for ref in states[r.id].events],
-        }
-        for r in rows
-    ]
-    return render_template(
-        "portal/bans.html",
-        items=items,
-        now=at,
-        in_force=sum(1 for i in items if i["status"] in ("active", "scheduled")),
-        recent_days=BANS_RECENT.days,
-    )
-
-
-def _load_ban(ban_id: int) -> BanRow:
-    row = db().get(BanRow, ban_id)
-    if row is None:
-        abort(404, description="No such ban.")
-    return row
-
-
-@it_bp.post("/bans/<int:ban_id>/lift")
-@staff_required(*REVIEWERS)
-def lift(ban_id: int):
-    staff = current_staff()
-    row = _load_ban(ban_id)
-    reason = _note("reason", "a reason for lifting the ban")
+    _require_slt_for_escalated(row, staff)
     try:
-        lift_ban(db(), row.id, by=staff.username, reason=reason, now=now())
-    except BanError as exc:
-        abort(400, description=f"{exc}.")
-    db().commit()
-    flash(
-        f"{row.kind.capitalize()} #{row.id} of {row.subject} lifted: the gateway gives access "
-        "back within a few seconds."
-    )
-    return redirect(url_for("it.bans"), code=303)
+        proposal = listing.categorise_proposal(
+            state().policy,
+            row_host=row.host,
+            category=request.form.get("category", ""),
+            entry=request.form.get("entry", ""),
+            ref=row.ref,
+        )
+    except listing.ListingError as exc:
+        abort(400, description=str(exc))
+    _propose_or_grant(row, staff, proposal)
+    return _done(row)
 
 
 # -- SLT -----------------------------------------------------------------------------------------
@@ -761,16 +652,16 @@ def approve_proposal(request_id: int):
     note = request.form.get("note", "").strip()[:1000]
     if note:
         proposal["reason"] = f"{proposal['reason']} (SLT: {note})"
-    exc = _grant(row, proposal, f"{row.proposed_by}, approved by {staff.username}")
+    done = _carry_out(row, proposal, f"{row.proposed_by}, approved by {staff.username}")
     audit(
         db(),
         staff.username,
-        "request.slt_approve",
-        f"request {row.ref}",
-        f"exception #{exc.id}" + (f": {note}" if note else ""),
+        f"{'report' if row.kind == 'report' else 'request'}.slt_approve",
+        _subject(row),
+        done + (f": {note}" if note else ""),
     )
     _notify_outcome(row)
-    flash(f"Approved: exception #{exc.id}.")
+    flash(f"Approved: {done}.")
     return _done(row)
 
 
@@ -778,7 +669,7 @@ def approve_proposal(request_id: int):
 @staff_required("slt")
 def revoke(exception_id: int):
     staff = current_staff()
-    reason = _note("reason", "a reason")
+    reason = required_note("reason", "a reason")
     try:
         revoke_exception(db(), exception_id, by=staff.username, reason=reason)
     except ExceptionRequestError as exc:
@@ -802,147 +693,3 @@ def confirm(exception_id: int):
     db().commit()
     flash(f"Exception #{exception_id} confirmed.")
     return redirect(url_for("slt.review"), code=303)
-
-
-@slt_bp.post("/bans/<int:ban_id>/confirm")
-@staff_required("slt")
-def confirm_ban_view(ban_id: int):
-    staff = current_staff()
-    row = _load_ban(ban_id)
-    if row.created_by.split(",")[0].strip().lower() == staff.username.lower():
-        abort(403, description="You made this ban: another member of SLT must confirm it.")
-    note = request.form.get("note", "").strip()[:1000]
-    try:
-        confirm_ban(db(), row.id, by=staff.username, note=note, now=now())
-    except BanError as exc:
-        abort(400, description=f"{exc}.")
-    db().commit()
-    flash(f"{row.kind.capitalize()} #{row.id} of {row.subject} confirmed.")
-    return redirect(url_for("it.bans"), code=303)
-
-
-# -- teachers ------------------------------------------------------------------------------------
-
-
-def _teacher_categories() -> list[str]:
-    return [
-        name
-        for name, settings in state().policy.categories.items()
-        if settings.teachers_may_open and not settings.locked
-    ]
-
-
-def _my_overrides(staff: StaffRow) -> list[ExceptionRow]:
-    at = now()
-    return list(
-        db().scalars(
-            select(ExceptionRow)
-            .where(
-                ExceptionRow.kind == "curriculum",
-                ExceptionRow.created_by == staff.username,
-                ExceptionRow.revoked_at.is_(None),
-                or_(ExceptionRow.ends.is_(None), ExceptionRow.ends > at),
-            )
-            .order_by(ExceptionRow.id)
-        )
-    )
-
-
-@teacher_bp.get("/")
-@staff_required("teacher")
-def overrides():
-    staff = current_staff()
-    policy = state().policy
-    site = policy.resolver.default_site
-    return render_template(
-        "portal/teacher.html",
-        groups=staff.group_list,
-        categories=_teacher_categories(),
-        overrides=_my_overrides(staff),
-        sites=policy.sites,
-        window=policy.window(site, now()),
-    )
-
-
-@teacher_bp.post("/open")
-@staff_required("teacher")
-def open_for_class():
-    staff = current_staff()
-    policy = state().policy
-    group = request.form.get("group", "")
-    if group.lower() not in [g_.lower() for g_ in staff.group_list]:
-        abort(403, description="You can only open sites for your own groups.")
-    site = request.form.get("site") or policy.resolver.default_site
-    if site not in policy.timetables:
-        abort(400, description="Unknown site.")
-    allowed = _teacher_categories()
-    # Nothing is chosen for the teacher: one click must never open a whole category.
-    target_kind = request.form.get("target_kind", "")
-    if target_kind == "category":
-        target = request.form.get("category", "")
-        if not target:
-            abort(400, description="Choose which category to open.")
-        if target not in allowed:
-            abort(403, description="Teachers may not open that category; ask IT Support.")
-    elif target_kind == "host":
-        target = normalize_host(request.form.get("host", "").strip()[:500])
-        match = policy.matcher.lookup(target, None) if target else None
-        if match is None or match.category == "allowlist":
-            abort(400, description="That site is not blocked by a category: nothing to open.")
-        if match.category not in allowed:
-            abort(
-                403,
-                description=f"{target} is in {label(match.category)}, which teachers "
-                "may not open; ask IT Support.",
-            )
-    else:
-        abort(400, description="Choose a category or a site.")
-    at = now()
-    tz = policy.timetables[site].tz
-    until = request.form.get("until", "lesson").strip()
-    if until == "lesson":
-        ends = policy.window(site, at).end
-    else:
-        try:
-            clock_time = time.fromisoformat(until)
-        except ValueError:
-            abort(400, description="Give the end as a time today, e.g. 11:00.")
-        ends = datetime.combine(at.astimezone(tz).date(), clock_time, tzinfo=tz)
-        if ends <= at:
-            abort(400, description="That time has already passed today.")
-    reason = request.form.get("reason", "").strip()[:500] or "curriculum activity"
-    try:
-        add_exception(
-            db(),
-            policy,
-            scope="group",
-            scope_value=group,
-            target_kind=target_kind,
-            target=target,
-            starts=at,
-            ends=ends,
-            created_by=staff.username,
-            reason=reason,
-            kind="curriculum",
-        )
-    except ExceptionRequestError as exc:
-        abort(400, description=str(exc))
-    db().commit()
-    flash(f"Opened {label(target)} for {group} until {ends.astimezone(tz):%H:%M}.")
-    return redirect(url_for("teacher.overrides"), code=303)
-
-
-@teacher_bp.post("/end/<int:exception_id>")
-@staff_required("teacher")
-def end_override(exception_id: int):
-    staff = current_staff()
-    row = db().get(ExceptionRow, exception_id)
-    if row is None or row.kind != "curriculum" or row.created_by != staff.username:
-        abort(403, description="You can only end your own class overrides.")
-    try:
-        revoke_exception(db(), exception_id, by=staff.username, reason="ended early by teacher")
-    except ExceptionRequestError as exc:
-        abort(400, description=str(exc))
-    db().commit()
-    flash("Ended.")
-    return redirect(url_for("teacher.overrides"), code=303)

@@ -1,2 +1,2 @@
-"""The database side: SQLAlchemy models and their queries (the older ones are still in
-``schoolgate/db.py``, ``store.py`` and ``portal/models.py``)."""
+"""Storage: the database models, their queries and the writers that keep them. It imports the
+core and nothing above it."""

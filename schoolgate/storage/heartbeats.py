@@ -6,7 +6,7 @@ A process's background thread replaces its own row (``host:port/worker``) every 
 log's backlog and counters, and its requests and blocks per minute of the last hour. A process
 that stops cleanly marks its row stopped; one that dies simply stops being seen, and the console
 says so after three missed beats. Rows not seen for a week are removed. Created by migration
-0013; a database without the table records nothing rather than failing.
+0010; a database without the table records nothing rather than failing.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ One row per gateway process (``host:port/worker``), replaced every few seconds b
 thread of that process: when it started and was last seen, its policy, its decision log's
 backlog and counters, and its requests and blocks per minute of the last hour (JSON).
 
-Revision ID: 0013
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-09
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from schoolgate.db import UTCDateTime
 
-revision = "0013"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,432 @@
+"""The table of address -> person bindings (migration 0008), its queries and its audit trail.
+
+Every change bumps one counter, the single row of ``binding_version``, in the same
+transaction, and stamps the rows it changed with the new value. The counter's row lock is held
+to the commit, so versions become visible in order: a process that has read every row up to
+version N has seen every change up to N, and asks only for ``version > N`` next time (one
+indexed query that usually returns nothing; see :mod:`schoolgate.bindings.cache`).
+
+At most one binding per (address, source) is in force (a partial unique index makes two
+gateways racing for the same address fail rather than both win). Starts, ends, expiries and
+changes of device go to the audit trail; a renewal that changes nothing but the time does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Index, Integer, String, Text, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from schoolgate.bindings.model import Binding
+from schoolgate.db import Base, UTCDateTime
+from schoolgate.store import audit
+
+SYSTEM_ACTOR = "schoolgate"
+T = TypeVar("T")
+
+
+class BindingRow(Base):
+    __tablename__ = "bindings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(10), default="person")
+    user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    role: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    origin: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    idle_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ends_by: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, index=True)
+
+    __table_args__ = (
+        Index(
+            "uq_bindings_in_force",
+            "address",
+            "source",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+
+
+class BindingVersionRow(Base):
+    """One row (id 1): the number of the last change to ``bindings``."""
+
+    __tablename__ = "binding_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+VERSION = BindingVersionRow.__table__
+
+
+def to_plain(row: BindingRow) -> Binding:
+    return Binding(
+        id=row.id,
+        address=row.address,
+        source=row.source,
+        kind=row.kind,
+        user=row.user,
+        role=row.role,
+        device=row.device,
+        mac=row.mac,
+        session_id=row.session_id,
+        origin=row.origin,
+        started_at=row.started_at,
+        last_seen=row.last_seen,
+        expires_at=row.expires_at,
+        idle_seconds=row.idle_seconds,
+        ends_by=row.ends_by,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+        version=row.version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BindOutcome:
+    binding: Binding
+    change: str  # "started", "renewed" (same person, same device) or "replaced"
+    ended: tuple[Binding, ...] = ()  # what it ended on the address (replaced, expired)
+
+
+def next_version(db: Session) -> int:
+    """Take the next change number (locks the counter row to the end of the transaction)."""
+    db.execute(update(VERSION).where(VERSION.c.id == 1).values(version=VERSION.c.version + 1))
+    value = db.scalar(select(VERSION.c.version).where(VERSION.c.id == 1))
+    if value is None:  # a database migrated without the seed row (never by 0008)
+        db.execute(VERSION.insert().values(id=1, version=1))
+        value = 1
+    return int(value)
+
+
+def current_version(db: Session) -> int:
+    return int(db.scalar(select(VERSION.c.version).where(VERSION.c.id == 1)) or 0)
+
+
+def _audit_subject(address: str) -> str:
+    return f"address {address}"
+
+
+def _end(
+    db: Session, row: BindingRow, *, at: datetime, reason: str, actor: str, version: int
+) -> Binding:
+    row.ended_at = at
+    row.end_reason = reason
+    row.version = version
+    action = "binding.expire" if reason.startswith("expired") else "binding.end"
+    audit(db, actor, action, _audit_subject(row.address), f"{to_plain(row).describe()}: {reason}")
+    return to_plain(row)
+
+
+def _in_force(db: Session, address: str, source: str) -> BindingRow | None:
+    return db.scalars(
+        select(BindingRow).where(
+            BindingRow.address == address,
+            BindingRow.source == source,
+            BindingRow.ended_at.is_(None),
+        )
+    ).first()
+
+
+def bind(
+    db: Session,
+    *,
+    address: str,
+    source: str,
+    user: str | None,
+    kind: str = "person",
+    role: str | None = None,
+    device: str | None = None,
+    mac: str | None = None,
+    session_id: str | None = None,
+    origin: str = "",
+    now: datetime,
+    expires_at: datetime | None,
+    idle_seconds: int | None = None,
+    ends_by: datetime | None = None,
+    actor: str,
+) -> BindOutcome:
+    """Bind ``address`` to a person (or a machine) for ``source``: renews the binding in force
+    when it is the same person on the same device, otherwise ends it and starts a new one."""
+    version = next_version(db)
+    ended: list[Binding] = []
+    if mac is not None:
+        # The address is now used by this device: what other sources bound to another device
+        # on it is over (a sign-in on a laptop that has since left, say).
+        for other in db.scalars(
+            select(BindingRow).where(
+                BindingRow.address == address,
+                BindingRow.source != source,
+                BindingRow.ended_at.is_(None),
+                BindingRow.mac.is_not(None),
+                BindingRow.mac != mac,
+            )
+        ):
+            reason = f"the address is now used by another device ({mac}, {source})"
+            ended.append(_end(db, other, at=now, reason=reason, actor=actor, version=version))
+    current = _in_force(db, address, source)
+    if current is not None and current.expires_at is not None and current.expires_at <= now:
+        ended.append(
+            _end(
+                db,
+                current,
+                at=current.expires_at,
+                reason="expired",
+                actor=SYSTEM_ACTOR,
+                version=version,
+            )
+        )
+        current = None
+    if current is not None:
+        same_who = current.kind == kind and current.user == user
+        if kind == "machine":
+            same_who = same_who and current.device == device
+        same_device = mac is None or current.mac is None or current.mac == mac
+        if same_who and same_device:
+            if mac is not None and current.mac is None:
+                audit(
+                    db,
+                    actor,
+                    "binding.device",
+                    _audit_subject(address),
+                    f"{to_plain(current).describe()}: device MAC {mac}",
+                )
+            current.last_seen = max(current.last_seen, now)
+            current.expires_at = expires_at
+            current.ends_by = ends_by  # authenticated again: a new longest end
+            current.idle_seconds = idle_seconds
+            current.session_id = session_id or current.session_id
+            current.origin = origin or current.origin
+            current.role = role or current.role
+            current.device = device or current.device
+            current.mac = mac or current.mac
+            current.version = version
+            db.flush()
+            return BindOutcome(to_plain(current), "renewed", tuple(ended))
+        who = f"machine {device}" if kind == "machine" else user
+        ended.append(
+            _end(
+                db,
+                current,
+                at=now,
+                reason=f"replaced by {who} ({source})",
+                actor=actor,
+                version=version,
+            )
+        )
+        db.flush()  # the partial unique index must see the old row ended first
+    row = BindingRow(
+        address=address,
+        source=source,
+        kind=kind,
+        user=user,
+        role=role,
+        device=device,
+        mac=mac,
+        session_id=session_id,
+        origin=origin,
+        started_at=now,
+        last_seen=now,
+        expires_at=expires_at,
+        idle_seconds=idle_seconds,
+        ends_by=ends_by,
+        version=version,
+    )
+    db.add(row)
+    db.flush()
+    plain = to_plain(row)
+    audit(db, actor, "binding.start", _audit_subject(address), plain.describe())
+    return BindOutcome(plain, "replaced" if ended else "started", tuple(ended))
+
+
+def end_bindings(
+    db: Session,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    address: str | None = None,
+    source: str | None = None,
+    session_id: str | None = None,
+    origin: str | None = None,
+    user: str | None = None,
+    mac: str | None = None,
+    other_mac_than: str | None = None,
+    binding_id: int | None = None,
+) -> list[Binding]:
+    """End the bindings in force that match every criterion given (at least one)."""
+    query = select(BindingRow).where(BindingRow.ended_at.is_(None))
+    criteria = 0
+    for column, value in (
+        (BindingRow.address, address),
+        (BindingRow.source, source),
+        (BindingRow.session_id, session_id),
+        (BindingRow.origin, origin),
+        (BindingRow.user, user),
+        (BindingRow.mac, mac),
+        (BindingRow.id, binding_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+            criteria += 1
+    if other_mac_than is not None:
+        query = query.where(BindingRow.mac.is_not(None), BindingRow.mac != other_mac_than)
+        criteria += 1
+    if not criteria:
+        raise ValueError("say which bindings to end")
+    rows = list(db.scalars(query.order_by(BindingRow.id)))
+    if not rows:
+        return []
+    version = next_version(db)
+    return [_end(db, row, at=now, reason=reason, actor=actor, version=version) for row in rows]
+
+
+def touch(db: Session, seen: dict[int, datetime]) -> int:
+    """Traffic seen from bound addresses: renew bindings that last while in use (``idle_seconds``
+    set), never past their ``ends_by``. Returns how many were renewed."""
+    if not seen:
+        return 0
+    rows = list(
+        db.scalars(
+            select(BindingRow).where(
+                BindingRow.id.in_(list(seen)),
+                BindingRow.ended_at.is_(None),
+                BindingRow.idle_seconds.is_not(None),
+            )
+        )
+    )
+    renewed = []
+    for row in rows:
+        at = seen[row.id]
+        if at <= row.last_seen or (row.expires_at is not None and row.expires_at <= at):
+            continue  # nothing new, or it had lapsed before this traffic
+        assert row.idle_seconds is not None
+        expires = at + timedelta(seconds=row.idle_seconds)
+        if row.ends_by is not None:
+            expires = min(expires, row.ends_by)
+        row.last_seen = at
+        row.expires_at = expires
+        renewed.append(row)
+    if renewed:
+        version = next_version(db)
+        for row in renewed:
+            row.version = version
+    return len(renewed)
+
+
+def expire_due(db: Session, now: datetime, *, actor: str = SYSTEM_ACTOR) -> list[Binding]:
+    """End (and audit, once each even with several gateways) the bindings that have lapsed."""
+    rows = list(
+        db.scalars(
+            select(BindingRow).where(
+                BindingRow.ended_at.is_(None),
+                BindingRow.expires_at.is_not(None),
+                BindingRow.expires_at <= now,
+            )
+        )
+    )
+    if not rows:
+        return []
+    version = next_version(db)
+    ended = []
+    for row in rows:
+        assert row.expires_at is not None
+        why = "expired (no traffic)" if row.idle_seconds else "expired"
+        if row.ends_by is not None and row.expires_at >= row.ends_by:
+            why = "expired (the longest a session may last)"
+        claimed = db.execute(
+            update(BindingRow)
+            .where(BindingRow.id == row.id, BindingRow.ended_at.is_(None))
+            .values(ended_at=row.expires_at, end_reason=why, version=version)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if claimed:
+            db.refresh(row)
+            audit(
+                db, actor, "binding.expire", _audit_subject(row.address), to_plain(row).describe()
+            )
+            ended.append(to_plain(row))
+    return ended
+
+
+def changed_since(db: Session, version: int, limit: int = 5000) -> list[Binding]:
+    """Rows changed after ``version``, oldest change first (at most ``limit``)."""
+    rows = db.scalars(
+        select(BindingRow)
+        .where(BindingRow.version > version)
+        .order_by(BindingRow.version, BindingRow.id)
+        .limit(limit)
+    )
+    return [to_plain(row) for row in rows]
+
+
+def in_force(db: Session, now: datetime) -> list[Binding]:
+    rows = db.scalars(
+        select(BindingRow)
+        .where(BindingRow.ended_at.is_(None))
+        .where(or_(BindingRow.expires_at.is_(None), BindingRow.expires_at > now))
+        .order_by(BindingRow.address, BindingRow.source)
+    )
+    return [to_plain(row) for row in rows]
+
+
+def not_ended(db: Session) -> tuple[int, list[Binding]]:
+    """The change number, then every binding not ended: what a cache starts from. The number is
+    read first, so a change committed in between is read again, never missed."""
+    version = current_version(db)
+    rows = db.scalars(select(BindingRow).where(BindingRow.ended_at.is_(None)))
+    return version, [to_plain(row) for row in rows]
+
+
+def find(
+    db: Session,
+    *,
+    address: str | None = None,
+    user: str | None = None,
+    include_ended: bool = False,
+    limit: int = 200,
+) -> list[Binding]:
+    """Bindings of an address or a user (newest first); only those not ended unless asked."""
+    query = select(BindingRow)
+    if address is not None:
+        query = query.where(BindingRow.address == address)
+    if user is not None:
+        query = query.where(func.lower(BindingRow.user) == user.lower())
+    if not include_ended:
+        query = query.where(BindingRow.ended_at.is_(None))
+    rows = db.scalars(
+        query.order_by(BindingRow.started_at.desc(), BindingRow.id.desc()).limit(limit)
+    )
+    return [to_plain(row) for row in rows]
+
+
+def in_transaction(sessions: sessionmaker, work: Callable[[Session], T], attempts: int = 3) -> T:
+    """Run ``work`` in a transaction of its own and commit; a transaction that lost a race for
+    the same address (the unique index refused it) is run again on what the winner wrote."""
+    for attempt in range(attempts):
+        try:
+            with sessions() as db:
+                result = work(db)
+                db.commit()
+                return result
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
