@@ -73,6 +73,7 @@ def build_app(
     *,
     trust_user_header: bool = True,
     admin: bool = False,
+    live_streams: int = 2,
 ):
     """The portal's Flask app for the policy in ``holder`` (the sender is not started)."""
     from schoolgate.portal.app import create_app, make_identify
@@ -92,6 +93,7 @@ def build_app(
         slt_required=settings["slt_required"],
         start_sender=False,
         admin=admin,
+        live_streams=live_streams,
     )
 
 
@@ -258,6 +260,7 @@ class StandalonePortal:
 
             self.ops = ops_app(health)
         self.server = None
+        self._live_streams = 2
         self._app = None
         self._key: tuple | None = None
         self._lock = threading.Lock()
@@ -315,9 +318,12 @@ class StandalonePortal:
                     "schoolgate_portal_host (--portal-host) must be an IP address, not "
                     f"{ctx.options.schoolgate_portal_host!r}"
                 ) from None
-        problems = self.limits(ctx.options).problems()
+        limits = self.limits(ctx.options)
+        problems = limits.problems()
         if problems:
             raise exceptions.OptionsError("portal port: " + "; ".join(problems))
+        # The console's live streams may hold at most half the server's threads.
+        self._live_streams = max(1, limits.threads // 2)
 
     @staticmethod
     def limits(options) -> PortalServerLimits:
@@ -346,6 +352,7 @@ class StandalonePortal:
                     settings,
                     trust_user_header=False,
                     admin=True,
+                    live_streams=self._live_streams,
                 )
                 self._key = key
             return self._app

@@ -151,6 +151,9 @@ class PortalState:
     # Served on the portal's own port (not through the proxy, which buffers every answer):
     # the live view may stream (server-sent events) there.
     admin: bool = False
+    # Live streams open at once in this process: each holds one of the server's threads for
+    # up to a minute, so fewer than the server has (the rest serve every other page).
+    live_streams: int = 2
     upload_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -196,6 +199,7 @@ def create_app(
     login_limit: tuple[int, float] = (5, 900.0),
     monotonic: Callable[[], float] = time.monotonic,
     admin: bool = False,
+    live_streams: int = 2,
 ) -> Flask:
     """The portal app. ``secret`` is the gateway's secret (``load_or_create_secret``): it
     verifies block-page references and (derived) signs the session cookie.
@@ -244,6 +248,7 @@ def create_app(
             window=timedelta(seconds=login_limit[1]),
         ),
         admin=admin,
+        live_streams=live_streams,
     )
     app.extensions["schoolgate_portal"] = state
 

@@ -26,6 +26,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     render_template,
     request,
     send_file,
@@ -48,7 +49,6 @@ STATIC = Path(__file__).resolve().parent.parent / "static" / "console"
 STREAM_SECONDS = 55.0  # a stream ends after this; the browser resumes from the last event
 STREAM_POLL = 1.0  # seconds between reads of the log while streaming
 KEEPALIVE = 15.0
-MAX_STREAMS = 8  # open streams per process (each holds a thread of the portal's server)
 POLL_EVERY_MS = 2000
 LIVE_CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
@@ -62,7 +62,16 @@ bp = Blueprint(
     static_folder=str(STATIC),
     static_url_path="/static",
 )
-_streams = threading.BoundedSemaphore(MAX_STREAMS)
+
+_slots_lock = threading.Lock()
+
+
+def _stream_slots() -> threading.BoundedSemaphore:
+    """This app's open live streams (``live_streams`` of :func:`create_app`)."""
+    with _slots_lock:
+        return current_app.extensions.setdefault(
+            "schoolgate_live_streams", threading.BoundedSemaphore(state().live_streams)
+        )
 
 
 def _tz():
@@ -212,7 +221,8 @@ def live_stream():
     where, error = _filter(request.args)
     if error is not None:
         abort(400, description=error)
-    if not _streams.acquire(blocking=False):
+    slots = _stream_slots()
+    if not slots.acquire(blocking=False):
         return Response(
             "retry: 5000\n\n", status=503, mimetype="text/event-stream"
         )  # the browser tries again in 5 s
@@ -245,7 +255,7 @@ def live_stream():
                     last_sent = time.monotonic()
                 time.sleep(STREAM_POLL)
         finally:
-            _streams.release()
+            slots.release()
 
     response = Response(stream_with_context(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
