@@ -150,6 +150,7 @@ STAFF_PAGES = {
     "console-history": ("it", "/console/history?user=ben"),
     "console-explain": ("it", "/console/explain?url=http%3A%2F%2Fsocial.test%2F&user=ben"),
     "console-reports": ("it", "/console/reports"),
+    "console-who": ("it", "/console/who?history=1"),
     "supervision-it": ("it", "/supervision/"),
     "staff-home": ("it", "/staff/"),
     "two-factor-setup": ("it", "/staff/two-factor/setup"),
@@ -209,6 +210,11 @@ def staff_portal(tmp_path_factory, browser):
                          rule="rules[0]", reason="social_media is blocked for student in lesson.")
             )  # fmt: skip
         add_ban(s, "ben", by="schoolgate", minutes=600, reason="web proxy used")
+        from schoolgate.storage import bindings as store
+
+        store.bind(s, address="10.20.1.5", source="radius", user="ben", device="laptop-7",
+                   mac="aa:bb:cc:dd:ee:07", origin="radius 10.0.0.2 (wlc-1)", now=now,
+                   expires_at=now + timedelta(hours=1), actor="radius")  # fmt: skip
         s.commit()
     reports = folder / "var" / "reports"
     reports.mkdir(parents=True, exist_ok=True)

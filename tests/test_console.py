@@ -405,3 +405,42 @@ def test_the_schools_name_is_on_every_portal_page(tmp_path, gateway_config):
         assert "<title>" in answer.text and "Hillside Academy web filter</title>" in answer.text
         assert "<strong>Hillside Academy web filter</strong>" in answer.text
     assert "Hillside Academy" in portal.staff("alice").get("/console/").text
+
+
+# -- who is on which address --------------------------------------------------------------------
+
+
+def test_who_is_on_which_address_is_read_from_the_bindings(portal):
+    from schoolgate.storage import bindings as store
+
+    at = portal.clock()
+    with portal.sessions() as s:
+        for address, user, device in (
+            ("10.20.1.5", "pupil1", "laptop-7"),
+            ("10.20.1.9", "cara", None),
+        ):
+            store.bind(
+                s,
+                address=address,
+                source="radius",
+                user=user,
+                device=device,
+                origin="radius 10.0.0.2 (wlc-1)",
+                now=at - timedelta(minutes=5),
+                expires_at=at + timedelta(hours=1),
+                actor="radius",
+            )
+        store.end_bindings(s, address="10.20.1.9", reason="left the Wi-Fi", actor="radius", now=at)
+        s.commit()
+    alice = portal.staff("alice")
+    rows = _text(alice.get("/console/who"))
+    assert "10.20.1.5 pupil1 radius" in rows and "laptop-7" in rows
+    assert "cara" not in rows  # ended: only with the history
+    one = _text(alice.get("/console/who?q=pupil1"))
+    assert "10.20.1.5" in one and "10.20.1.9" not in one
+    ended = _text(alice.get("/console/who?q=10.20.1.9&history=1"))
+    assert "cara" in ended and "left the Wi-Fi" in ended
+    assert "Nobody is bound to 10.20.1.9." in _text(alice.get("/console/who?q=10.20.1.9"))
+    page = alice.get("/console/who").text
+    assert "<form" not in page.split('id="bindings"')[1]  # read only: nothing to end here
+    assert portal.staff("tina").get("/console/who").status_code == 403

@@ -35,6 +35,7 @@ from flask import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from schoolgate.config import identity_sources_of
 from schoolgate.core import words
 from schoolgate.portal.app import db, now, staff_required, state
 from schoolgate.portal.services import console as console_service
@@ -160,6 +161,30 @@ def history():
         ),
         categories=list(state().policy.categories),
         kinds=events_service.KINDS,
+    )
+
+
+# -- who is on which address ---------------------------------------------------------------------
+
+
+@bp.get("/who")
+@staff_required(*IT)
+def who():
+    """The identity sources' bindings (``schoolgate who``), read only: ending one is on the
+    sign-ins page, which says what it does."""
+    from schoolgate.storage.bindings import lookup
+
+    target = request.args.get("q", "").strip()[:200]
+    history = request.args.get("history") == "1"
+    at = now()
+    bindings = lookup(db(), target or None, history=history, now=at)
+    return render_template(
+        "portal/console/who.html",
+        q=target,
+        history=history,
+        bindings=bindings,
+        at=at,
+        sources=identity_sources_of(state().policy).sources,
     )
 
 
