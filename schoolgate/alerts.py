@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from schoolgate.configfile import Issues, Section
+from schoolgate.core import words
 
 DEFAULT_BATCH_MINUTES = 15
 MAX_BATCH_MINUTES = 24 * 60
@@ -337,8 +338,18 @@ class AlertBatcher:
 
 # -- the message ----------------------------------------------------------------------------------
 def _when(at: datetime, tz: tzinfo | None) -> str:
-    local = at.astimezone(tz) if tz is not None else at.astimezone(UTC)
-    return local.strftime("%a %d %b %Y %H:%M:%S %Z")
+    """``10:31:05 on Tuesday 24 November 2026`` in the school's zone: read long after."""
+    return words.absolute(at, tz if tz is not None else UTC, seconds=True)
+
+
+def _span(start: datetime, end: datetime, tz: tzinfo | None) -> str:
+    zone = tz if tz is not None else UTC
+    if start.astimezone(zone).date() == end.astimezone(zone).date():
+        day = words.day(start.astimezone(zone).date(), year=True)
+        return (
+            f"{words.clock(start.astimezone(zone))} to {words.clock(end.astimezone(zone))} on {day}"
+        )
+    return f"{_when(start, tz)} to {_when(end, tz)}"
 
 
 def _listing(items: tuple[tuple[str, int], ...]) -> str:
@@ -348,16 +359,22 @@ def _listing(items: tuple[tuple[str, int], ...]) -> str:
 
 
 def render(alert: Alert, *, tz: tzinfo | None = None, school: str = "") -> tuple[str, str]:
-    """(subject, body) of the e-mail (the webhook carries the same text)."""
+    """(subject, body) of the e-mail (the webhook carries the same text), in plain words: the
+    category as people say it, times in the school's zone."""
     minutes = int((alert.end - alert.start).total_seconds() // 60)
     where = f" at {school}" if school else ""
+    category = words.category_words(alert.category)
+    evidence = (
+        "The evidence is in the decision log: in the portal's console (History, by reference) "
+        "or with schoolgate events --kind block"
+    )
     if alert.kind == "immediate":
         f = alert.first
         who = alert.who[0][0] if alert.who else f.who
-        role = f" ({f.role})" if f.role else ""
-        subject = f"[schoolgate] Alert: {f.category} blocked for {f.who}{role}"
+        role = f" ({words.plain(f.role)})" if f.role else ""
+        subject = f"[schoolgate] Alert: {category} blocked for {f.who}{role}"
         lines = [
-            f"The web filter{where} blocked content in the category '{f.category}'.",
+            f"The web filter{where} blocked a page in the category {category}.",
             "",
             f"Who:      {who}{role}",
             f"When:     {_when(f.at, tz)}",
@@ -368,19 +385,19 @@ def render(alert: Alert, *, tz: tzinfo | None = None, school: str = "") -> tuple
         lines += [
             f"Reference: {f.ref}",
             "",
-            f"Further blocks in '{f.category}' in the next {minutes} minutes will be sent "
-            "together in one digest.",
-            f"The evidence is in the decision log: schoolgate events --kind block ({f.ref})",
+            f"Further blocks in {category} in the next {minutes} minutes will be sent "
+            "together in one summary.",
+            f"{evidence} ({f.ref}).",
         ]
         return subject, "\n".join(lines)
     plural = "s" if alert.count != 1 else ""
     subject = (
-        f"[schoolgate] Alert digest: {alert.count} more block{plural} in {alert.category} "
-        f"({_when(alert.start, tz)} - {_when(alert.end, tz)})"
+        f"[schoolgate] Alert summary: {alert.count} more block{plural} in {category} "
+        f"({_span(alert.start, alert.end, tz)})"
     )
     lines = [
         f"The web filter{where} blocked {alert.count} more request{plural} in the category "
-        f"'{alert.category}' between {_when(alert.start, tz)} and {_when(alert.end, tz)}"
+        f"{category} from {_span(alert.start, alert.end, tz)}"
         + (
             f", after the alert sent at once (reference {alert.lead_ref})."
             if alert.lead_ref
@@ -395,7 +412,7 @@ def render(alert: Alert, *, tz: tzinfo | None = None, school: str = "") -> tuple
         _listing(alert.who),
         "",
         "Roles:",
-        _listing(alert.roles),
+        _listing(tuple((words.plain(r), n) for r, n in alert.roles)),
         "",
         "Sites:",
         _listing(alert.hosts),
@@ -408,5 +425,5 @@ def render(alert: Alert, *, tz: tzinfo | None = None, school: str = "") -> tuple
         + ":",
     ]
     lines += [f"  {_when(at, tz)}  {ref}" for at, ref in zip(alert.times, alert.refs, strict=False)]
-    lines += ["", "The evidence is in the decision log: schoolgate events --kind block"]
+    lines += ["", f"{evidence}."]
     return subject, "\n".join(lines)

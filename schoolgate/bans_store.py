@@ -457,15 +457,57 @@ def start_supervision(
     return row
 
 
-def end_supervision(
-    session: Session, supervision_id: int, *, by: str, now: datetime | None = None
-) -> SupervisionRow:
-    now = now or utcnow()
+def _running_supervision(session: Session, supervision_id: int, now: datetime) -> SupervisionRow:
     row = session.get(SupervisionRow, supervision_id)
     if row is None:
         raise BanError(f"no supervision session #{supervision_id}")
     if row.ended_at is not None or row.ends <= now:
         raise BanError(f"supervision session #{supervision_id} has already ended")
+    return row
+
+
+def extend_supervision(
+    session: Session,
+    supervision_id: int,
+    *,
+    by: str,
+    minutes: int,
+    max_minutes: int = 480,
+    now: datetime | None = None,
+) -> SupervisionRow:
+    """Give a running supervision session ``minutes`` more (it never ends more than
+    ``max_minutes`` from now, and only while the ban it supervises is in force)."""
+    if not by:
+        raise BanError("say who is extending the supervision (--by)")
+    if minutes <= 0 or minutes > max_minutes:
+        raise BanError(f"a supervision session is extended by 1 to {max_minutes} minutes")
+    now = now or utcnow()
+    row = _running_supervision(session, supervision_id, now)
+    ban = active_ban(session, row.subject, now)
+    if ban is None or ban.kind != "ban":
+        raise BanError("the ban it supervises is no longer in force: nothing to extend")
+    ends = min(row.ends + timedelta(minutes=minutes), now + timedelta(minutes=max_minutes))
+    if ends <= row.ends:
+        raise BanError(f"a supervision session ends at most {max_minutes} minutes from now")
+    row.ends = ends
+    _audit(
+        session,
+        at=now,
+        actor=by,
+        action="supervision.extend",
+        subject=row.subject,
+        ban_id=row.ban_id,
+        supervision_id=row.id,
+        detail=f"{minutes} more minutes, until {ends.isoformat()}",
+    )
+    return row
+
+
+def end_supervision(
+    session: Session, supervision_id: int, *, by: str, now: datetime | None = None
+) -> SupervisionRow:
+    now = now or utcnow()
+    row = _running_supervision(session, supervision_id, now)
     row.ended_at, row.ended_by = now, by
     _audit(
         session,

@@ -240,6 +240,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"({len(policy.rules)} role x window x category combinations)"
     )
     print(f"  list entries: {json.dumps(stats)}")
+    from schoolgate.portal.services.console import switched_off_for_url
+
+    for item in switched_off_for_url(policy):
+        print(f"switched off: {item.what}\n  {item.fix}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -627,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true", help="a JSON array of events")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="then keep printing events as they are recorded, until interrupted (with --json: "
+        "one JSON object a line)",
+    )
     p.set_defaults(handler=cmd_events)
 
     # Commands that live beside their subsystem.
@@ -664,30 +674,48 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from schoolgate.events import list_events, parse_since
+    from schoolgate.events import follow_events, latest_id, list_events, parse_since
 
     policy = load(args)
     try:
         since = parse_since(args.since, policy)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    with open_db(policy, args)() as session:
+    sessions = open_db(policy, args)
+    with sessions() as session:
         rows = list_events(session, since=since, kind=args.kind, user=args.user, limit=args.limit)
+        last = latest_id(session)
+    tz = site_tz(policy, None)
+    if args.follow:
+        # One JSON object a line (an array cannot be streamed), or a line of words each.
+        for row in rows:
+            _print_event(row, tz, args.json)
+        sys.stdout.flush()
+        for row in follow_events(sessions, after=last, kind=args.kind, user=args.user):
+            _print_event(row, tz, args.json)
+            sys.stdout.flush()
+        return EXIT_OK
     if args.json:
         print(json.dumps([row for row in rows], indent=2))
         return EXIT_OK
     if not rows:
         print("no events recorded" + (" in that period" if since else ""))
-    now, tz = datetime.now(UTC), site_tz(policy, None)
     for row in rows:
-        who = row["user"] or row["client_ip"] or "-"
-        target = row["url"] or row["host"] or "-"
-        at = words.moment(datetime.fromisoformat(row["at"]), now, tz, seconds=True)
-        print(
-            f"{at:<22}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
-            f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}"
-        )
+        _print_event(row, tz, False)
     return EXIT_OK
+
+
+def _print_event(row: dict, tz, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row))
+        return
+    who = row["user"] or row["client_ip"] or "-"
+    target = row["url"] or row["host"] or "-"
+    at = words.moment(datetime.fromisoformat(row["at"]), datetime.now(UTC), tz, seconds=True)
+    print(
+        f"{at:<22}  {row['kind']:<13} {who:<16} {row['role'] or '-':<8} "
+        f"{row['category'] or '-':<14} {target}  [{row['ref']}] {row['reason'] or ''}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,12 @@ def ends_words(value: datetime | None, policy, site: str | None, now: datetime |
 def print_decision(decision: Decision, policy, url: str, now: datetime | None) -> None:
     """``now``: the time now when the decision is for now (times are said from it: "11:00
     today"); None for a decision at another time (full dates)."""
+    for line in decision_lines(decision, policy, url, now):
+        print(line)
+
+
+def decision_lines(decision: Decision, policy, url: str, now: datetime | None) -> list[str]:
+    """What ``schoolgate explain`` prints (the console's explain form shows the same)."""
     ident = decision.identity
     verdict = "ALLOW" if decision.allowed else "BLOCK"
     tz = site_tz(policy, ident.site or (decision.window.site if decision.window else None))
@@ -40,28 +46,28 @@ def print_decision(decision: Decision, policy, url: str, now: datetime | None) -
         wording=words.wording_of(policy),
         relative=now is not None,
     )
-    print(f"{verdict}  {url}")
-    print(f"  reason:   {sentence}")
+    lines = [f"{verdict}  {url}", f"  reason:   {sentence}"]
     who = ident.user or ident.client_ip or "(no user)"
     group = f", group {ident.group}" if ident.group else ""
-    print(f"  identity: {who} -> role {ident.role}{group} at site {ident.site or '-'}")
-    print(f"            by {ident.rule}")
+    lines.append(f"  identity: {who} -> role {ident.role}{group} at site {ident.site or '-'}")
+    lines.append(f"            by {ident.rule}")
     if decision.window:
         w = decision.window
         wording = words.wording_of(policy)
         when = words.span(w.start, w.end, site_tz(policy, w.site))
-        print(f"  window:   {wording.window(w)}, {when}")
+        lines.append(f"  window:   {wording.window(w)}, {when}")
     if decision.match:
         m = decision.match
-        print(f"  list:     {words.plain(m.category)}: {m.entry} ({m.source})")
+        lines.append(f"  list:     {words.plain(m.category)}: {m.entry} ({m.source})")
     else:
-        print("  list:     no list entry matches")
-    print(f"  decided:  {decision.rule}")
+        lines.append("  list:     no list entry matches")
+    lines.append(f"  decided:  {decision.rule}")
     site = ident.site or (decision.window.site if decision.window else None)
     if (not decision.allowed and decision.window) or decision.until:
-        print(f"  until:    {ends_words(decision.until, policy, site, now)}")
+        lines.append(f"  until:    {ends_words(decision.until, policy, site, now)}")
     if decision.error:
-        print(f"  error:    {decision.error}")
+        lines.append(f"  error:    {decision.error}")
+    return lines
 
 
 def describe_exception(row, policy, now: datetime) -> str:

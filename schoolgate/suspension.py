@@ -48,9 +48,15 @@ def render_suspended_page(
     essentials: Sequence[str] = (),
     tz: tzinfo | None = None,
     now: datetime | None = None,
+    school: str = "",
+    group: str | None = None,
 ) -> str:
+    """``school``: the school's name; ``group``: the pupil's class or year group (the page
+    then says a teacher of that group can supervise them, as the portal lets them)."""
     now = now or datetime.now(UTC)
     context = {
+        "school": school,
+        "group": group if ban.subject_kind == "user" else None,
         "kind": ban.kind,
         "reason": ban.reason,
         "since": words.moment(ban.starts, now, tz),
@@ -87,6 +93,8 @@ def suspended_response_parts(
     essentials: Sequence[str] = (),
     tz: tzinfo | None = None,
     now: datetime | None = None,
+    school: str = "",
+    group: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body for a request from a suspended user (HTML or plain text)."""
     out = dict(SECURITY_HEADERS)
@@ -102,6 +110,8 @@ def suspended_response_parts(
             essentials=essentials,
             tz=tz,
             now=now,
+            school=school,
+            group=group,
         )
         out["content-type"] = "text/html; charset=utf-8"
     else:
@@ -121,9 +131,11 @@ def render_warning_page(
     tz: tzinfo | None = None,
     now: datetime | None = None,
     url: str | None = None,
+    school: str = "",
 ) -> str:
     now = now or datetime.now(UTC)
     context = {
+        "school": school,
         "summary": summary,
         "ref": ref,
         "portal_link": _mistake_link(portal_host, url or continue_url),
@@ -146,6 +158,7 @@ def warning_response_parts(
     who: str | None = None,
     tz: tzinfo | None = None,
     now: datetime | None = None,
+    school: str = "",
 ) -> tuple[int, dict[str, str], bytes]:
     """The warning page (HTML only: it is shown on a page load). ``blocked``: the page asked
     for is itself blocked (403, no "continue" link); otherwise 200 with a link to continue."""
@@ -163,6 +176,7 @@ def warning_response_parts(
         tz=tz,
         now=now,
         url=url,
+        school=school,
     )
     return (403 if blocked else 200), out, body.encode("utf-8", "backslashreplace")
 

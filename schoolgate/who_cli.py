@@ -10,18 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from schoolgate.bindings.names import normalise_address
-
-
-def _target(text: str | None) -> tuple[str | None, str | None]:
-    """(address, user): an address when it reads as one, else a user name."""
-    if not text:
-        return None, None
-    try:
-        return normalise_address(text), None
-    except ValueError:
-        return None, text.strip().lower()
-
 
 def _when(value: datetime | None, now: datetime, tz) -> str:
     from schoolgate.core import words
@@ -32,18 +20,12 @@ def _when(value: datetime | None, now: datetime, tz) -> str:
 def cmd_who(args: argparse.Namespace) -> int:
     from schoolgate.cli import EXIT_OK, load, open_db
     from schoolgate.cli_words import site_tz
-    from schoolgate.storage import bindings as store
+    from schoolgate.storage.bindings import lookup
 
     policy = load(args)
-    address, user = _target(args.target)
     now = datetime.now(UTC)
     with open_db(policy, args)() as db:
-        found = store.find(
-            db, address=address, user=user, include_ended=args.history, limit=args.limit
-        )
-    if not args.history:
-        found = [b for b in found if b.in_force(now)]
-    found.sort(key=lambda b: (b.address, b.started_at))
+        found = lookup(db, args.target, history=args.history, now=now, limit=args.limit)
     if args.json:
         print(json.dumps([b.to_json() for b in found], indent=2))
         return EXIT_OK

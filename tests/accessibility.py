@@ -53,15 +53,19 @@ def axe_violations(
     height: int = 900,
     color_scheme: str = "light",
     tags: tuple[str, ...] = TAGS,
+    storage_state: Any = None,
 ) -> list[dict[str, Any]]:
     """axe-core's violations on ``url`` (or the page ``html``) at this width: a list of
     ``{id, impact, help, nodes: [{target, html, summary}]}``; empty when it passes. Also fails
-    (as a violation ``horizontal-scroll``) when the page scrolls sideways at this width."""
+    (as a violation ``horizontal-scroll``) when the page scrolls sideways at this width.
+    ``storage_state``: cookies to open the page with (a signed-in member of staff), as
+    Playwright's ``BrowserContext.storage_state()`` gives them."""
     context = browser.new_context(
         viewport={"width": width, "height": height},
         color_scheme=color_scheme,
         bypass_csp=True,
         java_script_enabled=True,
+        storage_state=storage_state,
     )
     try:
         page = context.new_page()

@@ -140,3 +140,124 @@ def test_the_check_finds_what_is_wrong(browser):
     )
     found = {v["id"] for v in axe_violations(browser, html=bad, width=320)}
     assert {"image-alt", "color-contrast", "html-has-lang", "horizontal-scroll"} <= found
+
+
+# -- the console and the staff pages --------------------------------------------------------------
+
+STAFF_PASSWORD = "correct horse battery"
+STAFF_PAGES = {
+    # name: (who, path)
+    "console-dashboard": ("it", "/console/"),
+    "console-live": ("it", "/console/live"),
+    "console-history": ("it", "/console/history?user=ben"),
+    "console-explain": ("it", "/console/explain?url=http%3A%2F%2Fsocial.test%2F&user=ben"),
+    "console-reports": ("it", "/console/reports"),
+    "console-who": ("it", "/console/who?history=1"),
+    "supervision-it": ("it", "/supervision/"),
+    "staff-home": ("it", "/staff/"),
+    "two-factor-setup": ("it", "/staff/two-factor/setup"),
+    "teacher-classes": ("teacher", "/teacher/"),
+    "supervision-teacher": ("teacher", "/supervision/"),
+    "two-factor-code": ("second-step", "/staff/two-factor"),
+    "login-with-provider": ("anyone", "/staff/login"),
+}
+
+
+@pytest.fixture(scope="module")
+def staff_portal(tmp_path_factory, browser):
+    """The portal with a school's worth of state (blocks, a ban, a kept report, a sign-in
+    provider), and the signed-in browser state of each kind of visitor."""
+    import shutil
+    from pathlib import Path
+
+    from schoolgate.bans_store import add_ban
+    from schoolgate.db import EventRow
+    from schoolgate.portal import totp
+    from schoolgate.portal.auth import add_staff
+
+    folder = tmp_path_factory.mktemp("console")
+    shutil.copytree(Path(__file__).parent / "data" / "gateway", folder / "config")
+    config = folder / "config" / "config.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "  host: schoolgate.internal\n",
+            "  host: schoolgate.internal\n"
+            "  oidc:\n"
+            "    providers:\n"
+            "      - {name: entra, kind: entra, label: Sign in with Microsoft,"
+            " issuer: 'http://127.0.0.1:9/tenant/v2.0', client_id: x, client_secret: y,"
+            " allowed_tenants: [tenant]}\n",
+        )
+        + "school_name: Hillside Academy\n"
+    )
+    policy = load_policy(config, data_dir=folder / "var")
+    sessions = open_database(policy.settings.database_url)
+    now = datetime.now(UTC)
+    with sessions() as s:
+        add_staff(s, username="it", password=STAFF_PASSWORD, roles=["it_support"])
+        add_staff(s, username="teacher", password=STAFF_PASSWORD, roles=["teacher"], groups=["9B"])
+        second = add_staff(s, username="second", password=STAFF_PASSWORD, roles=["slt"])
+        enrolment = totp.begin_enrolment(second, secret_key=SECRET, issuer="x")
+        import pyotp
+
+        totp.confirm_enrolment(
+            s, second, pyotp.TOTP(enrolment.secret).now(), secret_key=SECRET, at=now
+        )
+        for n, host in enumerate(["social.test", "social.test", "wiki.test", "proxy.test"]):
+            s.add(
+                EventRow(ref=f"a11y{n}", at=now - timedelta(minutes=n), kind="block",
+                         action="block", user="ben", role="student", group="9B", site="main",
+                         host=host, url=f"http://{host}/page?with=a+long+query+string+{n}",
+                         category="social_media", window="lesson", window_name="All day",
+                         rule="rules[0]", reason="social_media is blocked for student in lesson.")
+            )  # fmt: skip
+        add_ban(s, "ben", by="schoolgate", minutes=600, reason="web proxy used")
+        from schoolgate.storage import bindings as store
+
+        store.bind(s, address="10.20.1.5", source="radius", user="ben", device="laptop-7",
+                   mac="aa:bb:cc:dd:ee:07", origin="radius 10.0.0.2 (wlc-1)", now=now,
+                   expires_at=now + timedelta(hours=1), actor="radius")  # fmt: skip
+        s.commit()
+    reports = folder / "var" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "report-day-2026-12-07.html").write_text("<h1>Report</h1>")
+    (reports / "report-day-2026-12-07.csv").write_text("section,item\n")
+    app = create_app(
+        policy_getter=lambda: policy,
+        session_factory=sessions,
+        secret=SECRET,
+        data_dir=folder / "var",
+        identify=make_identify(lambda: policy, trust_user_header=False),
+        start_sender=False,
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    states = {"anyone": None}
+    for who, user in (("it", "it"), ("teacher", "teacher"), ("second-step", "second")):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{base}/staff/login")
+        page.fill("#username", user)
+        page.fill("#password", STAFF_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        states[who] = context.storage_state()
+        context.close()
+    yield base, states
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+@pytest.mark.parametrize(("width", "height", "scheme"), VIEWS)
+@pytest.mark.parametrize("name", sorted(STAFF_PAGES))
+def test_console_and_staff_pages_pass_axe(browser, staff_portal, name, width, height, scheme):
+    base, states = staff_portal
+    who, path = STAFF_PAGES[name]
+    found = axe_violations(
+        browser, url=f"{base}{path}", width=width, height=height, color_scheme=scheme,
+        storage_state=states[who],
+    )  # fmt: skip
+    assert not found, f"{name} ({path}) at {width}px ({scheme}):\n{describe(found)}"

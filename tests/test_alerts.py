@@ -67,8 +67,10 @@ def test_first_block_is_immediate_with_its_details():
     )
     assert alert.end == T0 + timedelta(minutes=15)
     subject, body = render(alert)
-    assert "self_harm blocked for ben (student)" in subject
+    assert "self harm blocked for ben (student)" in subject  # words, not internal names
     assert "harm.test" in body and "Searched: how to" in body and "ref0000" in body
+    assert "When:     10:00:00 on Tuesday 24 November 2026" in body
+    assert "self_harm" not in subject + body
     assert batcher.due() == []  # sent once
 
 
@@ -98,7 +100,7 @@ def test_a_burst_of_500_in_15_minutes_is_one_immediate_and_one_digest():
     assert len(digest.refs) == MAX_LISTED and digest.refs[0] == "ref0001"
     assert digest.first.at == T0 + timedelta(seconds=1.7)
     subject, body = render(digest)
-    assert "499 more blocks in self_harm" in subject
+    assert "499 more blocks in self harm (10:00 to 10:15 on Tuesday 24 November 2026)" in subject
     assert "Count: 499" in body and "user1 (127.0.0.1)" in body and "term2" in body
     assert "ref0001" in body and "reference ref0000" in body
     # nothing more, ever, for that burst
@@ -369,7 +371,7 @@ def test_a_block_in_an_alert_category_emails_the_esafety_team(gw: GW, smtp_serve
     assert gw.send() == (1, 0)
     [(recipients, message)] = received
     assert recipients == [DSL]
-    assert "Alert: self_harm blocked for device 127.0.0.1 (student)" in message
+    assert "Alert: self harm blocked for device 127.0.0.1 (student)" in message
     assert meta["ref"] in message and "harm.test" in message
 
 
@@ -388,8 +390,8 @@ def test_a_burst_is_one_immediate_mail_and_one_digest(gw: GW, smtp_server):
     assert gw.send() == (1, 0)
     assert len(received) == 2
     first, digest = (message for _, message in received)
-    assert "Alert: self_harm blocked for pupil0" in first
-    assert "499 more blocks in self_harm" in digest and "Count: 499" in digest
+    assert "Alert: self harm blocked for pupil0" in first
+    assert "499 more blocks in self harm" in digest and "Count: 499" in digest
     assert "pupil3 (127.0.0.1): 100" in digest
     gw.clock.advance(hours=1)
     assert gw.alerts.pump() and gw.send() == (0, 0)
@@ -454,7 +456,7 @@ def test_done_sends_the_digest_still_gathering(gw: GW, smtp_server):
         gw.clock.advance(seconds=10)
     gw.alerts.done()
     assert gw.send() == (2, 0)
-    assert "2 more blocks in self_harm" in received[1][1]
+    assert "2 more blocks in self harm" in received[1][1]
 
 
 def test_the_background_thread_queues_an_alert(gw: GW, smtp_server):

@@ -23,6 +23,7 @@ from schoolgate.gateway import (
     ExceptionCache,
     FediverseWatch,
     GatewayPages,
+    HealthAddon,
     IdentitySourcesAddon,
     JobsAddon,
     PolicyHolder,
@@ -55,6 +56,7 @@ class Gateway:
     enforce: Enforcement
     alerts: AlertsAddon
     logins: ProxyAuthCache
+    health: HealthAddon
     config: Path
 
     def events(self) -> list[dict]:

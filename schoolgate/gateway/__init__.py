@@ -27,6 +27,8 @@ this order (each reads the ones before it):
   in alert and locked categories, batched (after Enforcement).
 * :class:`~schoolgate.gateway.auth_cache.ProxyAuthCache`: proxy logins (``proxyauth``) checked
   once and remembered, not checked again on every plain-HTTP request.
+* :class:`~schoolgate.gateway.health.HealthAddon`: counts requests and blocks (last, once they
+  are decided), the event loop's pulse, and this process's heartbeat in the database.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from schoolgate.gateway.dispatch import Schoolgate
 from schoolgate.gateway.enforce import Enforcement
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.fediverse_addon import FediverseWatch
+from schoolgate.gateway.health import HealthAddon
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
@@ -57,6 +60,7 @@ __all__ = [
     "ExceptionCache",
     "FediverseWatch",
     "GatewayPages",
+    "HealthAddon",
     "IdentitySourcesAddon",
     "PolicyHolder",
     "PortalAddon",
@@ -84,6 +88,7 @@ def make_addons() -> list:
     enforcement = Enforcement(holder, exceptions, recorder, detected=fediverse)
     alerts = AlertsAddon(holder, recorder)
     logins = ProxyAuthCache()
+    health = HealthAddon(holder, recorder, jobs, portal)
     return [
         holder,
         recorder,
@@ -99,6 +104,7 @@ def make_addons() -> list:
         enforcement,
         alerts,
         logins,
+        health,
     ]
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.addons import asgiapp
 
+from schoolgate.gateway.health import OPS_PATHS
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.pages import PORTAL_MARK
 from schoolgate.gateway.portal_server import PortalHTTPServer, PortalServerLimits
@@ -71,6 +72,8 @@ def build_app(
     settings: dict[str, Any],
     *,
     trust_user_header: bool = True,
+    admin: bool = False,
+    live_streams: int = 2,
 ):
     """The portal's Flask app for the policy in ``holder`` (the sender is not started)."""
     from schoolgate.portal.app import create_app, make_identify
@@ -89,6 +92,8 @@ def build_app(
         webhook_url=settings["webhook"],
         slt_required=settings["slt_required"],
         start_sender=False,
+        admin=admin,
+        live_streams=live_streams,
     )
 
 
@@ -238,14 +243,24 @@ class StandalonePortal:
     process. It listens on ``schoolgate_portal_host`` (default loopback), never on the proxy's
     address unless that is given. The user header is not trusted there
     (``make_identify(..., trust_user_header=False)``). It does not send notifications itself:
-    the gateway's :class:`PortalAddon` sender does (within its 5-second poll)."""
+    the gateway's :class:`PortalAddon` sender does (within its 5-second poll).
+
+    Only here: ``/healthz`` and ``/metrics`` (:mod:`schoolgate.gateway.health`, given the
+    gateway's ``health`` addon), and the console's live stream (the app is built with
+    ``admin=True``: this server sends answers as they are made)."""
 
     name = "schoolgate_portal_standalone"
 
-    def __init__(self, holder: PolicyHolder, recorder: Recorder) -> None:
+    def __init__(self, holder: PolicyHolder, recorder: Recorder, health=None) -> None:
         self.holder = holder
         self.recorder = recorder
+        self.ops = None
+        if health is not None:
+            from schoolgate.gateway.health import ops_app
+
+            self.ops = ops_app(health)
         self.server = None
+        self._live_streams = 2
         self._app = None
         self._key: tuple | None = None
         self._lock = threading.Lock()
@@ -303,9 +318,12 @@ class StandalonePortal:
                     "schoolgate_portal_host (--portal-host) must be an IP address, not "
                     f"{ctx.options.schoolgate_portal_host!r}"
                 ) from None
-        problems = self.limits(ctx.options).problems()
+        limits = self.limits(ctx.options)
+        problems = limits.problems()
         if problems:
             raise exceptions.OptionsError("portal port: " + "; ".join(problems))
+        # The console's live streams may hold at most half the server's threads.
+        self._live_streams = max(1, limits.threads // 2)
 
     @staticmethod
     def limits(options) -> PortalServerLimits:
@@ -333,12 +351,16 @@ class StandalonePortal:
                     self.recorder.secret,
                     settings,
                     trust_user_header=False,
+                    admin=True,
+                    live_streams=self._live_streams,
                 )
                 self._key = key
             return self._app
 
     def _wsgi(self, environ, start_response):
         environ.pop("HTTP_" + _USER_KEY, None)
+        if self.ops is not None and environ.get("PATH_INFO", "") in OPS_PATHS:
+            return self.ops(environ, start_response)
         return self._current()(environ, start_response)
 
     def running(self) -> None:

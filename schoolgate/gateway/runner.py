@@ -236,9 +236,11 @@ async def _serve(
     try:
         master.addons.add(*make_chain(addons))
         if portal_port:
+            from schoolgate.gateway.health import HealthAddon
             from schoolgate.gateway.portal_addon import StandalonePortal
 
-            master.addons.add(StandalonePortal(addons[0], addons[1]))
+            health = next((a for a in addons if isinstance(a, HealthAddon)), None)
+            master.addons.add(StandalonePortal(addons[0], addons[1], health))
         opts.update(
             **mitm_options(args, data_dir),
             schoolgate_config=str(config_path),
@@ -246,6 +248,8 @@ async def _serve(
         )
         if getattr(args, "set", None):
             set_options(opts, args.set)
+        if worker is not None:
+            opts.update(schoolgate_worker=worker[0])
         if worker is not None and worker[0] > 1:
             # One process runs the jobs and sends the portal's notifications: worker 1 (after
             # --set, which every worker gets and which must not turn them on here).

@@ -20,6 +20,7 @@ from mitmproxy import connection, http
 
 from schoolgate.bans import BanState
 from schoolgate.core.destination import Destination, Handling, Verdict
+from schoolgate.core.words import wording_of
 from schoolgate.eventlog import new_ref
 from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
@@ -90,6 +91,8 @@ class SanctionPages:
             essentials=self.sanctions.essentials,
             tz=self._tz(identity),
             now=now,
+            school=wording_of(policy).school_name,
+            group=identity.group,
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
@@ -158,6 +161,7 @@ class SanctionPages:
             who=identity.user,
             tz=self._tz(identity),
             now=now,
+            school=wording_of(policy).school_name,
         )
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}

@@ -148,6 +148,12 @@ class PortalState:
     max_upload_bytes: int
     submit_limiter: RateLimiter
     login_limits: LoginLimits
+    # Served on the portal's own port (not through the proxy, which buffers every answer):
+    # the live view may stream (server-sent events) there.
+    admin: bool = False
+    # Live streams open at once in this process: each holds one of the server's threads for
+    # up to a minute, so fewer than the server has (the rest serve every other page).
+    live_streams: int = 2
     upload_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +198,8 @@ def create_app(
     submit_limit: tuple[int, float] = (10, 600.0),
     login_limit: tuple[int, float] = (5, 900.0),
     monotonic: Callable[[], float] = time.monotonic,
+    admin: bool = False,
+    live_streams: int = 2,
 ) -> Flask:
     """The portal app. ``secret`` is the gateway's secret (``load_or_create_secret``): it
     verifies block-page references and (derived) signs the session cookie.
@@ -239,14 +247,26 @@ def create_app(
             per_address=login_limit[0],
             window=timedelta(seconds=login_limit[1]),
         ),
+        admin=admin,
+        live_streams=live_streams,
     )
     app.extensions["schoolgate_portal"] = state
 
     from schoolgate.portal import views_public, views_staff
-    from schoolgate.portal.blueprints import bans, signin, teacher  # noqa: F401 - bans adds routes
+    from schoolgate.portal.blueprints import (  # noqa: F401 - bans adds routes
+        bans,
+        console,
+        signin,
+        staff_signin,
+        supervision,
+        teacher,
+    )
 
     app.register_blueprint(views_public.bp)
     app.register_blueprint(views_staff.staff_bp)
+    app.register_blueprint(staff_signin.bp)
+    app.register_blueprint(console.bp)
+    app.register_blueprint(supervision.bp)
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
     app.register_blueprint(teacher.teacher_bp)
@@ -361,7 +381,17 @@ def _local_time(value: datetime | None, fmt: str | None = None) -> str:
 
 
 def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "staff": current_staff(), "label": label}
+    return {
+        "csrf_token": csrf_token,
+        "staff": current_staff(),
+        "label": label,
+        "school": school_name(),
+    }
+
+
+def school_name() -> str:
+    """The school's name (``school_name`` in the config), or "" when it is not set."""
+    return words.wording_of(state().policy).school_name
 
 
 def label(name: str | None) -> str:

@@ -197,3 +197,11 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         with self._lock:
             self._hits.pop(key, None)
+
+
+def active_staff_roles(session: Session) -> set[str]:
+    """Every role held by at least one active staff account (empty: no one can sign in)."""
+    roles: set[str] = set()
+    for text in session.scalars(select(StaffRow.roles).where(StaffRow.active.is_(True))):
+        roles.update(r for r in (text or "").split(",") if r)
+    return roles

@@ -46,6 +46,15 @@ def register(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> N
     p.add_argument("--by", default="cli", help="who sets it (kept in the audit trail)")
     p.set_defaults(handler=cmd_staff, func=cmd_staff)
 
+    p = staff_sub.add_parser(
+        "reset-two-factor",
+        help="turn two-factor sign-in off for an account (a lost phone); it is set up again "
+        "at the next sign-in when the role needs it, or from the staff home page",
+    )
+    common(p)
+    p.add_argument("username")
+    p.set_defaults(handler=cmd_staff, func=cmd_staff)
+
     p = staff_sub.add_parser("list", help="list staff accounts")
     common(p)
     p.add_argument("--json", action="store_true")
@@ -86,6 +95,8 @@ def cmd_staff(args: argparse.Namespace) -> int:
                         f"{row.email or '-'}{state}"
                     )
                 return 0
+            if args.staff_command == "reset-two-factor":
+                return _reset_two_factor(session, args.username)
             password = _password(args)
             if args.staff_command == "add":
                 add_staff(
@@ -112,6 +123,27 @@ def cmd_staff(args: argparse.Namespace) -> int:
         return 1
 
 
+def _reset_two_factor(session, username: str) -> int:
+    from schoolgate.cli import CommandError
+    from schoolgate.portal import totp
+    from schoolgate.portal.auth import find_staff
+    from schoolgate.store import audit
+
+    row = find_staff(session, username)
+    if row is None:
+        raise CommandError(f"no staff account {username!r}")
+    was_on = totp.is_enabled(row)
+    totp.disable(row)
+    audit(session, "cli", "staff.totp_reset", f"staff {row.username}", "two-factor sign-in off")
+    session.commit()
+    if was_on:
+        print(f"two-factor sign-in turned off for {row.username}: they set it up again at their "
+              "next sign-in (when their role needs it) or from the staff home page")  # fmt: skip
+    else:
+        print(f"two-factor sign-in was not on for {row.username}: nothing to reset")
+    return 0
+
+
 def _row_json(row) -> dict:
     return {
         "username": row.username,
@@ -120,5 +152,6 @@ def _row_json(row) -> dict:
         "roles": row.role_list,
         "groups": row.group_list,
         "active": row.active,
+        "two_factor": bool(row.totp_enabled_at and row.totp_secret),
         "created_at": row.created_at.isoformat(),
     }

@@ -85,9 +85,10 @@ def is_enabled(row: StaffRow) -> bool:
 
 
 def qr_svg(uri: str, *, title: str = "QR code for your authenticator app") -> str:
-    """The QR code of ``uri`` as an inline SVG element (dark on light, with its quiet zone)."""
+    """The QR code of ``uri`` as an inline SVG element (dark on light, with its quiet zone),
+    with a ``viewBox`` and no fixed size: the page sets its width (it fits a 320 px screen)."""
     code = segno.make(uri, error="m")
-    return code.svg_inline(scale=5, border=4, dark="#000", light="#fff", title=title)
+    return code.svg_inline(scale=5, border=4, dark="#000", light="#fff", title=title, omitsize=True)
 
 
 def provisioning_uri(secret: str, username: str, issuer: str) -> str:

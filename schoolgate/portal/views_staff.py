@@ -37,6 +37,7 @@ from schoolgate.portal.app import (
     state,
 )
 from schoolgate.portal.auth import authenticate
+from schoolgate.portal.blueprints.staff_signin import after_password
 from schoolgate.portal.models import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
 from schoolgate.portal.services import listing
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
@@ -104,6 +105,9 @@ def login():
             error="That user name and password do not match.",
         ), 401
     clear_login_failures(session_, username=username, source=where["source"])
+    second_step = after_password(row, target)  # two-factor code (or set-up) still to come
+    if second_step is not None:
+        return second_step
     sign_in(row)
     audit(session_, row.username, "staff.login", "portal", came_from)
     session_.commit()

@@ -57,8 +57,9 @@ def bar_chart(
 
 
 def column_chart(items: list[tuple[str, int]], *, title: str, width: int = 520,
-                 height: int = 160) -> Markup:  # fmt: skip
-    """Vertical columns (days of a week, hours of a day) as inline SVG."""
+                 height: int = 160, label_every: int | None = None) -> Markup:  # fmt: skip
+    """Vertical columns (days of a week, hours of a day) as inline SVG; ``label_every``: name
+    every so many columns (default: all up to 12, else every third)."""
     if not items or not any(v for _, v in items):
         return Markup('<p class="empty">Nothing recorded.</p>')
     n = len(items)
@@ -71,7 +72,7 @@ def column_chart(items: list[tuple[str, int]], *, title: str, width: int = 520,
         f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>",
     ]
-    every = 1 if n <= 12 else 3
+    every = label_every or (1 if n <= 12 else 3)
     for i, (key, value) in enumerate(items):
         h = 0 if not value else max(1, round(plot_h * value / top))
         x = 5 + i * slot

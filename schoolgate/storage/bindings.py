@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from schoolgate.bindings.model import Binding
+from schoolgate.bindings.names import normalise_address
 from schoolgate.db import Base, UTCDateTime
 from schoolgate.store import audit
 
@@ -415,6 +416,28 @@ def find(
         query.order_by(BindingRow.started_at.desc(), BindingRow.id.desc()).limit(limit)
     )
     return [to_plain(row) for row in rows]
+
+
+def target_of(target: str | None) -> tuple[str | None, str | None]:
+    """(address, user): an address when it reads as one, else a user name."""
+    if not target:
+        return None, None
+    try:
+        return normalise_address(target), None
+    except ValueError:
+        return None, target.strip().lower()
+
+
+def lookup(
+    db: Session, target: str | None, *, history: bool, now: datetime, limit: int = 500
+) -> list[Binding]:
+    """The bindings of ``target`` (an address or a user; every address if empty) in force at
+    ``now``, or with ``history`` also those that ended; by address, then oldest first."""
+    address, user = target_of(target)
+    found = find(db, address=address, user=user, include_ended=history, limit=limit)
+    if not history:
+        found = [b for b in found if b.in_force(now)]
+    return sorted(found, key=lambda b: (b.address, b.started_at))
 
 
 def in_transaction(sessions: sessionmaker, work: Callable[[Session], T], attempts: int = 3) -> T:

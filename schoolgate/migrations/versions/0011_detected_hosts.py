@@ -3,7 +3,7 @@ with the evidence, treated as social media from then on. What an access request 
 opened (``portal_requests.wants``: this page or the whole site).
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from schoolgate.db import UTCDateTime
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -72,9 +72,12 @@ def open_for_class():
     if site not in policy.timetables:
         abort(400, description="Unknown site.")
     allowed = _teacher_categories()
-    target_kind = request.form.get("target_kind", "category")
+    # Nothing is chosen for the teacher: one click must never open a whole category.
+    target_kind = request.form.get("target_kind", "")
     if target_kind == "category":
         target = request.form.get("category", "")
+        if not target:
+            abort(400, description="Choose which category to open.")
         if target not in allowed:
             abort(403, description="Teachers may not open that category; ask IT Support.")
     elif target_kind == "host":

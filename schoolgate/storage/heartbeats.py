@@ -1,0 +1,181 @@
+"""Each gateway process's heartbeat: the console's health view, ``/healthz`` (the other
+workers) and ``/metrics`` read them.
+
+A process's background thread replaces its own row (``host:port/worker``) every few seconds
+(:mod:`schoolgate.gateway.health`): when it started and was last seen, its policy, its decision
+log's backlog and counters, and its requests and blocks per minute of the last hour. A process
+that stops cleanly marks its row stopped; one that dies simply stops being seen, and the console
+says so after three missed beats. Rows not seen for a week are removed. Created by migration
+0010; a database without the table records nothing rather than failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text, delete, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from schoolgate.db import Base, UTCDateTime
+
+log = logging.getLogger(__name__)
+
+MISSED_BEATS = 3  # a process not seen for this many intervals is down
+KEEP_FOR = timedelta(days=7)
+
+
+class HeartbeatRow(Base):
+    __tablename__ = "gateway_heartbeats"
+
+    instance: Mapped[str] = mapped_column(String(300), primary_key=True)  # host:port/worker
+    host: Mapped[str] = mapped_column(String(200), default="")
+    port: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[int] = mapped_column(Integer, default=0)  # 0: a gateway of one process
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[str] = mapped_column(String(50), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    interval: Mapped[float] = mapped_column(Float, default=10.0)
+    policy_loaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    policy_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    runs_jobs: Mapped[bool] = mapped_column(Boolean, default=False)
+    sends_mail: Mapped[bool] = mapped_column(Boolean, default=False)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    blocks: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_pending: Mapped[int] = mapped_column(Integer, default=0)
+    events_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    minutes: Mapped[str] = mapped_column(Text, default="[]")  # [[epoch minute, req, blocks]]
+
+    def is_up(self, now: datetime) -> bool:
+        """Seen within its last few beats and not stopped."""
+        if self.stopped_at is not None:
+            return False
+        return now - self.seen_at <= timedelta(seconds=MISSED_BEATS * max(self.interval, 1.0))
+
+    def per_minute(self) -> list[tuple[int, int, int]]:
+        try:
+            return [(int(m), int(r), int(b)) for m, r, b in json.loads(self.minutes or "[]")]
+        except (ValueError, TypeError):
+            return []
+
+    @property
+    def label(self) -> str:
+        """``gw1:8080`` or ``gw1:8080 worker 2``."""
+        where = f"{self.host}:{self.port}"
+        return f"{where} worker {self.worker}" if self.worker else where
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What one process reports about itself."""
+
+    host: str
+    port: int
+    worker: int
+    pid: int
+    started_at: datetime
+    seen_at: datetime
+    interval: float
+    version: str = ""
+    stopped: bool = False
+    policy_loaded_at: datetime | None = None
+    policy_error: str | None = None
+    runs_jobs: bool = False
+    sends_mail: bool = False
+    requests: int = 0
+    blocks: int = 0
+    events_pending: int = 0
+    events_written: int = 0
+    events_rejected: int = 0
+    events_error: str | None = None
+    minutes: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def instance(self) -> str:
+        return instance_key(self.host, self.port, self.worker)
+
+
+def instance_key(host: str, port: int, worker: int) -> str:
+    return f"{host}:{port}/{worker}"
+
+
+def has_table(session: Session) -> bool:
+    return inspect(session.connection()).has_table(HeartbeatRow.__tablename__)
+
+
+def record_beat(sessions: sessionmaker, beat: Beat, *, prune: bool = False) -> bool:
+    """Replace this process's row; ``prune`` also removes rows not seen for a week. False when
+    it could not be written (never raises: the gateway must go on without its heartbeat)."""
+    try:
+        with sessions.begin() as session:
+            if not has_table(session):
+                return False
+            row = session.get(HeartbeatRow, beat.instance) or HeartbeatRow(instance=beat.instance)
+            row.host, row.port, row.worker, row.pid = beat.host, beat.port, beat.worker, beat.pid
+            row.version = beat.version[:50]
+            row.started_at, row.seen_at = beat.started_at, beat.seen_at
+            row.stopped_at = beat.seen_at if beat.stopped else None
+            row.interval = beat.interval
+            row.policy_loaded_at = beat.policy_loaded_at
+            row.policy_error = beat.policy_error[:2000] if beat.policy_error else None
+            row.runs_jobs, row.sends_mail = beat.runs_jobs, beat.sends_mail
+            row.requests, row.blocks = beat.requests, beat.blocks
+            row.events_pending = beat.events_pending
+            row.events_written, row.events_rejected = beat.events_written, beat.events_rejected
+            row.events_error = beat.events_error[:2000] if beat.events_error else None
+            row.minutes = json.dumps([list(m) for m in beat.minutes], separators=(",", ":"))
+            session.add(row)
+            if prune:
+                session.execute(
+                    delete(HeartbeatRow).where(HeartbeatRow.seen_at < beat.seen_at - KEEP_FOR)
+                )
+        return True
+    except SQLAlchemyError as exc:
+        log.debug("heartbeat not recorded: %s", exc)
+        return False
+
+
+def recent_beats(
+    session: Session, now: datetime, within: timedelta = KEEP_FOR
+) -> list[HeartbeatRow]:
+    """The processes seen within ``within`` (a week: those that died show as down), running
+    ones first, then by gateway and worker."""
+    if not has_table(session):
+        return []
+    rows = list(session.scalars(select(HeartbeatRow).where(HeartbeatRow.seen_at >= now - within)))
+    rows.sort(key=lambda r: (not r.is_up(now), r.host, r.port, r.worker))
+    return rows
+
+
+def minutes_total(
+    rows: list[HeartbeatRow], now: datetime, span: int = 60
+) -> list[tuple[int, int, int]]:
+    """Requests and blocks per minute over the last ``span`` minutes, summed over processes:
+    ``[(epoch minute, requests, blocks)]``, oldest first, every minute present."""
+    last = int(now.timestamp()) // 60
+    first = last - span + 1
+    totals = {m: [0, 0] for m in range(first, last + 1)}
+    for row in rows:
+        for minute, requests, blocks in row.per_minute():
+            if minute in totals:
+                totals[minute][0] += requests
+                totals[minute][1] += blocks
+    return [(m, r, b) for m, (r, b) in sorted(totals.items())]
+
+
+__all__ = [
+    "Beat",
+    "HeartbeatRow",
+    "MISSED_BEATS",
+    "instance_key",
+    "minutes_total",
+    "recent_beats",
+    "record_beat",
+]
