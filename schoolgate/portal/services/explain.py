@@ -28,8 +28,8 @@ class Explained:
 def explain(session: Session, policy: Any, form: Any, *, now: datetime) -> Explained:
     """``form``: a mapping with the command's options (``url``, ``user``, ``role``, ``group``,
     ``site``, ``ip``, ``at``, ``method``, ``date_of_birth``, ``host_only``)."""
-    from schoolgate.cli import CommandError, _identity_override, facts_for_url, parse_when
-    from schoolgate.cli_words import decision_lines
+    from schoolgate.cli import CommandError, facts_for_url, parse_when
+    from schoolgate.cli_words import decision_lines, identity_override
     from schoolgate.policy import ExceptionSet
     from schoolgate.store import exceptions_current
 
@@ -40,7 +40,7 @@ def explain(session: Session, policy: Any, form: Any, *, now: datetime) -> Expla
     if not (args.user or args.role or args.ip):
         raise ExplainError("say whose request it is: a user name, a role or an address")
     try:
-        override = _identity_override(args, policy)
+        override = identity_override(args, policy)
         at = parse_when(args.at, policy, override.site if override else None) if args.at else now
         facts = facts_for_url(
             args.url,
