@@ -59,6 +59,8 @@ def starts_a_server(argv: Sequence[str]) -> str | None:
             return starts_a_server(argv[argv.index("--") + 1 :])
         found = (starts_a_server(argv[i:]) for i in range(1, len(argv)))
         return next((what for what in found if what is not None), None)
+    if program == "pg_ctl":  # stopping the server (a module's `pg` after its last test) is not
+        return program if {"start", "restart"} & set(argv) else None
     if program in SERVER_PROGRAMS or program.startswith("chrom"):
         return program
     if program == "ip" and "netns" in argv:

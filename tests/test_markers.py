@@ -43,6 +43,7 @@ def test_these_start_a_real_server(argv: list[str], server: str) -> None:
         ["zbarimg", "--raw", "qr.png"],
         ["ip", "addr", "show"],
         ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/createdb", "school"],
+        ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", "d", "stop"],
         [sys.executable, "-c", "print('run')", "run"],
         [],
     ],
