@@ -72,6 +72,7 @@ def _through(gw: dict, url: str) -> httpx.Response:
         return client.get(url)
 
 
+@pytest.mark.e2e
 def test_healthz_turns_unready_while_the_database_is_locked_and_ready_after(gateway):
     ready = httpx.get(f"{gateway['admin']}/healthz", timeout=15)
     assert ready.status_code == 200, ready.text
@@ -107,6 +108,7 @@ def test_healthz_turns_unready_while_the_database_is_locked_and_ready_after(gate
     assert again, httpx.get(f"{gateway['admin']}/healthz", timeout=15).text
 
 
+@pytest.mark.e2e
 def test_metrics_parse_and_count_requests_and_blocks(gateway):
     def samples() -> dict:
         text = httpx.get(f"{gateway['admin']}/metrics", timeout=15).text
@@ -136,6 +138,7 @@ def test_metrics_parse_and_count_requests_and_blocks(gateway):
     assert _through(gateway, "http://schoolgate.internal/metrics").status_code == 404
 
 
+@pytest.mark.e2e
 def test_each_process_writes_a_heartbeat_and_the_start_log_says_what_is_switched_off(gateway):
     import sqlite3
 
@@ -170,6 +173,7 @@ def test_check_config_says_what_is_switched_off():
     assert "There is no staff account yet" in out.stderr and "no database yet" in out.stderr
 
 
+@pytest.mark.e2e
 def test_events_follow_prints_events_as_they_are_recorded(gateway):
     follower = subprocess.Popen(
         [sys.executable, "-m", "schoolgate.cli", "events", "--follow", "--json", "--limit", "5"]

@@ -21,6 +21,8 @@ from marker_origins import MARKER
 from test_tunnels_e2e import STUDENT, VISITOR, Net
 from tunnel_attacks import http_via, tls_through
 
+pytestmark = pytest.mark.e2e  # a real gateway, in a network namespace
+
 BLOCKED = ("social.test", "chat.social.test")
 BLOCKED_ADDRESS = "127.0.0.10"
 
