@@ -82,6 +82,10 @@ def test_a_fresh_clone_gateway_and_one_staff_account_show_the_school_in_the_cons
             for address in ("https://www.facebook.com/", "http://www.facebook.com/"):
                 with pytest.raises(Error, match="ERR_TUNNEL_CONNECTION_FAILED"):
                     page.goto(address)
+            # A fresh tab: the refused page's own error navigation may land late in that one.
+            page.close()
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(20000)
             page.goto("http://schoolgate.internal/console/")
             page.fill("#username", "head.of.it")
             page.fill("#password", PASSWORD)
