@@ -2,7 +2,7 @@
 accounts, bans, portal decisions, sign-ins, list updates, purges), with the operating system
 user beside the actor for changes made with the ``schoolgate`` command.
 
-Wired into :mod:`schoolgate.cli` with ``register(sub, _common)``.
+Wired into :mod:`schoolgate.cli` with ``register(sub, add_common_options)``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def audit_json(row) -> dict[str, Any]:
 def cmd_audit(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from schoolgate.cli import CommandError, load, open_db
+    from schoolgate.cli_common import CommandError, load, open_db
     from schoolgate.db import AuditRow
     from schoolgate.events import parse_since
 

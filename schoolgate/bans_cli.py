@@ -1,8 +1,8 @@
 """``schoolgate bans list|show|lift`` and ``schoolgate supervise``.
 
-Wired into :mod:`schoolgate.cli` with ``register(sub, _common)``. Every change goes through
-:mod:`schoolgate.bans_store`, which keeps it in the ban audit trail; a running gateway picks it
-up within ``schoolgate_bans_interval`` seconds.
+Wired into :mod:`schoolgate.cli` with ``register(sub, add_common_options)``. Every change goes
+through :mod:`schoolgate.bans_store`, which keeps it in the ban audit trail; a running gateway
+picks it up within ``schoolgate_bans_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from schoolgate.core import words
 
 
 def _fail(message: str):
-    from schoolgate.cli import CommandError
+    from schoolgate.cli_common import CommandError
 
     return CommandError(message)
 
 
 def _open(args: argparse.Namespace, *, changes: bool = False):
-    from schoolgate.cli import load, open_db
+    from schoolgate.cli_common import load, open_db
 
     policy = load(args)
     return policy, open_db(policy, args, changes=changes)

@@ -15,8 +15,18 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from schoolgate.cli_common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    CommandError,
+    add_common_options,
+    facts_for_url,
+    load,
+    open_db,
+    parse_when,
+    where_described,
+)
 from schoolgate.cli_words import (
     describe_exception,
     exception_status,
@@ -27,182 +37,6 @@ from schoolgate.cli_words import (
 from schoolgate.configfile import ConfigError
 from schoolgate.core import words
 from schoolgate.model import Decision, RequestFacts
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A clear message for the user; exits non-zero."""
-
-
-# -- shared helpers --------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    # On subcommands the default is SUPPRESS so that `schoolgate --config X explain ...` and
-    # `schoolgate explain --config X ...` both work (a subparser default would overwrite X).
-    default = None if top else argparse.SUPPRESS
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=default,
-        help="the policy file (default: the shipped mitm_config.yaml)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default,
-        help="folder for the database and the CA (default: SCHOOLGATE_DATA_DIR, then "
-        "/var/lib/schoolgate when installed system-wide, then the checkout's var/)",
-    )
-    parser.add_argument(
-        "--init",
-        action="store_true",
-        default=False if top else argparse.SUPPRESS,
-        help="create the database if there is none yet (the gateway makes it on first start)",
-    )
-
-
-def load(args: argparse.Namespace):
-    from schoolgate.config import load_policy
-    from schoolgate.core.locations import LocationError, locate
-
-    try:
-        where = locate(getattr(args, "config", None), getattr(args, "data_dir", None))
-    except LocationError as exc:
-        raise CommandError(str(exc)) from None
-    args.locations = where
-    try:
-        return load_policy(where.config.path, data_dir=where.data_dir.path)
-    except ConfigError as exc:
-        raise CommandError(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
-
-
-def _where(args: argparse.Namespace | None, policy) -> str:
-    from schoolgate.db import safe_url
-
-    where = getattr(args, "locations", None)
-    places = where.describe() if where is not None else f"config {policy.settings.config_path}"
-    return f"{places}; database {safe_url(policy.settings.database_url)}"
-
-
-def open_db(policy, args: argparse.Namespace | None = None, *, changes: bool = False):
-    """The database's sessions, with every audit row written through them recording the
-    operating system user that ran the command (beside its ``--by``). Refuses a database that
-    does not exist yet unless ``--init`` was given (a command run with the wrong folder must not
-    start a database the gateway never reads); ``changes``: the command changes state, so say
-    which config and database."""
-    from sqlalchemy.exc import OperationalError
-
-    from schoolgate.db import database_exists, open_database, record_os_user, safe_url
-
-    url = policy.settings.database_url
-    try:
-        if not getattr(args, "init", False) and not database_exists(url):
-            raise CommandError(
-                f"there is no database yet: {_where(args, policy)}.\n"
-                "The gateway creates it when it first starts (./gateway or schoolgate run). "
-                "If that is the gateway's, give the same --config/--data-dir (or "
-                "SCHOOLGATE_CONFIG/SCHOOLGATE_DATA_DIR) as it has; to create a new database "
-                "here, add --init."
-            )
-        if changes:
-            print(f"schoolgate: using {_where(args, policy)}", file=sys.stderr)
-        sessions = open_database(url)
-    except OperationalError as exc:  # a server that is down or refuses us: say so, no traceback
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        raise CommandError(f"cannot open the database {safe_url(url)}: {reason}") from None
-    return record_os_user(sessions, operating_system_user())
-
-
-NO_LOGIN_UID = 4294967295  # the kernel's "not set" (a service, a container without PAM)
-
-
-def operating_system_user() -> str:
-    """Who ran this command on the server: the effective user, and the person who logged in
-    when that differs: the kernel's login uid, which ``sudo`` and ``su`` keep and the user
-    cannot change (``root (login alice)``), else ``sudo``'s ``SUDO_USER`` as sudo set it
-    (``schoolgate (sudo from alice)``). ``USER`` and ``LOGNAME`` are not read: anyone can set
-    them."""
-    import os
-
-    uid = os.geteuid()
-    name = _user_name(uid)
-    try:
-        login_uid = int(Path("/proc/self/loginuid").read_text().strip())
-    except (OSError, ValueError):
-        login_uid = NO_LOGIN_UID
-    if login_uid != NO_LOGIN_UID and login_uid != uid:
-        return f"{name} (login {_user_name(login_uid)})"
-    sudo_user = os.environ.get("SUDO_USER", "").strip()
-    if sudo_user and sudo_user != name and login_uid == NO_LOGIN_UID:
-        return f"{name} (sudo from {sudo_user[:100]})"
-    return name
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:  # no passwd entry (a container's arbitrary uid)
-        return f"uid {uid}"
-
-
-def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
-    """ISO-8601; without a zone it is the site's local time."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-24T10:30)") from None
-    if value.tzinfo is None:
-        site = site or policy.resolver.default_site
-        value = value.replace(tzinfo=policy.timetables[site].tz)
-    return value
-
-
-def facts_for_url(
-    url: str,
-    *,
-    at: datetime,
-    method: str | None,
-    client_ip: str | None,
-    user: str | None,
-    host_only: bool = False,
-) -> RequestFacts:
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    # Browsers read "\" as "/" in http(s) URLs: http://a.com\@b.com/ goes to a.com.
-    scheme, sep, rest = text.partition("://")
-    if scheme.lower() in ("http", "https"):
-        text = scheme + sep + rest.replace("\\", "/")
-    try:
-        parts = urlsplit(text)
-        hostname = parts.hostname
-    except ValueError as exc:
-        raise CommandError(f"not a URL: {url!r} ({exc})") from None
-    if not hostname:
-        raise CommandError(f"not a URL: {url!r}")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    try:
-        port = parts.port
-    except ValueError:
-        raise CommandError(f"bad port in {url!r}") from None
-    return RequestFacts(
-        host=parts.hostname,
-        at=at,
-        path=None if host_only else path,
-        method=None if host_only else (method or "GET").upper(),
-        port=port or (443 if parts.scheme == "https" else 80),
-        scheme=parts.scheme,
-        client_ip=client_ip,
-        user=user,
-    )
 
 
 # -- check-config ------------------------------------------------------------------------------
@@ -272,8 +106,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.ip and not args.user and override is None:
             _use_live_bindings(policy, sessions)
     else:  # before the gateway's first start: the policy alone still answers
-        print(f"schoolgate: no database yet ({_where(args, policy)}): no exceptions applied",
-              file=sys.stderr)  # fmt: skip
+        where = where_described(args, policy)
+        print(f"schoolgate: no database yet ({where}): no exceptions applied", file=sys.stderr)
         exceptions = ExceptionSet()
 
     notes: dict[str, str] = {}
@@ -497,16 +331,16 @@ def cmd_allow_revoke(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="schoolgate", description=__doc__.split("\n\n")[0])
-    _common(parser, top=True)
+    add_common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("check-config", help="validate the configuration and print every error")
-    _common(p)
+    add_common_options(p)
     p.add_argument("path", nargs="?", type=Path, help="config file (default: --config)")
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser("explain", help="why a URL is allowed or blocked for someone")
-    _common(p)
+    add_common_options(p)
     p.add_argument("url", nargs="?")
     p.add_argument("--batch", metavar="FILE", help="one URL a line ('-' for standard input)")
     p.add_argument("--user", help="a user name (roster)")
@@ -526,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_explain)
 
     p = sub.add_parser("timetable", help="print a day's windows")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--date", help="YYYY-MM-DD (default: today)")
     p.add_argument("--site")
     p.add_argument("--json", action="store_true")
@@ -535,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     allow = sub.add_parser("allow", help="time-limited exceptions (create, list, revoke)")
     allow_sub = allow.add_subparsers(dest="allow_command", metavar="ACTION", required=True)
     p = allow_sub.add_parser("add", help="open a host or category for someone for a time")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--host", help="a site (a platform's site opens its family)")
     p.add_argument("--page", help="one page, e.g. tiktok.com/@bbcnews (docs/lists.md)")
     p.add_argument("--platform", help="a platform by its key in the platforms file")
@@ -555,21 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why (curriculum activity, erroneous block, ...)")
     p.set_defaults(handler=cmd_allow_add)
     p = allow_sub.add_parser("list", help="exceptions in force")
-    _common(p)
+    add_common_options(p)
     p.add_argument(
         "--all", action="store_true", help="also those ended, revoked or starting later, marked"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_allow_list)
     p = allow_sub.add_parser("revoke", help="end an exception now")
-    _common(p)
+    add_common_options(p)
     p.add_argument("id", type=int)
     p.add_argument("--by", required=True)
     p.add_argument("--reason")
     p.set_defaults(handler=cmd_allow_revoke)
 
     p = sub.add_parser("run", help="run the gateway (mitmproxy with schoolgate's addons)")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--listen-host", default="0.0.0.0")
     p.add_argument("--listen-port", type=int, default=8080)
     p.add_argument(
@@ -625,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("events", help="list what the gateway recorded")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--since", help="ISO-8601 time or a duration such as 2h, 30m, 7d")
     p.add_argument("--kind", help="block, allow, error, circumvention, ...")
     p.add_argument("--user")
@@ -646,11 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     from schoolgate.portal.commands import register as register_staff
     from schoolgate.who_cli import register as register_who
 
-    register_bans(sub, _common)
-    register_who(sub, _common)
-    register_staff(sub, _common)
-    register_ops(sub, _common)
-    register_audit(sub, _common)
+    register_bans(sub, add_common_options)
+    register_who(sub, add_common_options)
+    register_staff(sub, add_common_options)
+    register_ops(sub, add_common_options)
+    register_audit(sub, add_common_options)
     return parser
 
 

@@ -87,7 +87,7 @@ def exception_status(row, now: datetime) -> str:
 
 
 def _command_error(message: str) -> Exception:
-    from schoolgate.cli import CommandError
+    from schoolgate.cli_common import CommandError
 
     return CommandError(message)
 

@@ -1,6 +1,6 @@
 """Operations commands: reports, subject access and erasure, list updates, purge, jobs.
 
-Wired into ``schoolgate.cli.build_parser`` with ``ops_cli.register(sub, _common)``.
+Wired into ``schoolgate.cli.build_parser`` with ``ops_cli.register(sub, add_common_options)``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from schoolgate.configfile import ConfigError
 
 
 def _cli():
-    from schoolgate import cli
+    import schoolgate.cli_common
 
-    return cli
+    return schoolgate.cli_common
 
 
 def _fail(message: str) -> Exception:
@@ -422,12 +422,3 @@ def register(sub: Any, common: Any) -> None:
         "name", choices=("expire", "escalate", "lists", "report_day", "report_week", "purge")
     )
     p.set_defaults(handler=cmd_jobs_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m schoolgate.ops_cli ...``: the ``schoolgate`` command, which wires these."""
-    return _cli().main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ def _when(value: datetime | None, now: datetime, tz) -> str:
 
 
 def cmd_who(args: argparse.Namespace) -> int:
-    from schoolgate.cli import EXIT_OK, load, open_db
+    from schoolgate.cli_common import EXIT_OK, load, open_db
     from schoolgate.cli_words import site_tz
     from schoolgate.storage.bindings import lookup
 

@@ -155,7 +155,7 @@ def test_the_job_refreshes_lists_at_the_configured_time_and_reports_refusals(sch
 
 
 def test_cli_update_import_stats(school, capsys, tmp_path):
-    from schoolgate.ops_cli import main
+    from schoolgate.cli import main
 
     config, data_dir, www = school
     common = ["--config", str(config), "--data-dir", str(data_dir)]

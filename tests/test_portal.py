@@ -1064,7 +1064,7 @@ def test_a_teacher_form_without_csrf_is_refused(portal):
 def test_staff_command_adds_lists_and_changes_passwords(portal, capsys, monkeypatch):
     import io
 
-    from schoolgate.cli import _common
+    from schoolgate.cli_common import add_common_options as _common
     from schoolgate.portal import commands
 
     parser = argparse.ArgumentParser()

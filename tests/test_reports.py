@@ -252,7 +252,7 @@ def test_empty_database_gives_an_honest_empty_report(tmp_path):
 
 
 def test_report_command(week, capsys):
-    from schoolgate.ops_cli import main
+    from schoolgate.cli import main
 
     policy, _sessions, _report, _inside, folder = week
     common = ["--config", str(folder / "config" / "config.yaml"), "--data-dir", str(folder / "var")]

@@ -110,7 +110,7 @@ def _cli(config: Path, data_dir: Path, *args: str) -> subprocess.CompletedProces
         [
             sys.executable,
             "-m",
-            "schoolgate.ops_cli",
+            "schoolgate.cli",
             *args,
             "--config",
             str(config),

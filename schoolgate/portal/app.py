@@ -14,58 +14,43 @@ Blueprints, one per audience: ``public`` (``/request``, ``/report``, ``/status/.
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import wraps
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Flask,
     abort,
-    current_app,
-    g,
-    redirect,
     render_template,
     request,
     session,
-    url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from schoolgate.core import words
 from schoolgate.model import Identity
 from schoolgate.policy import Policy
-from schoolgate.portal.auth import RateLimiter, password_stamp
-from schoolgate.portal.models import StaffRow
+from schoolgate.portal.auth import RateLimiter
+from schoolgate.portal.context import (
+    PortalState,
+    SltRequired,
+    close_db,
+    csrf_token,
+    current_staff,
+    label,
+    now,
+    school_name,
+    state,
+)
 from schoolgate.portal.notify import Notifier, OutboxSender, SmtpSettings
 from schoolgate.storage.signin import (
     LoginLimits,
-    end_staff_session,
-    find_staff_session,
-    start_staff_session,
 )
 
 USER_HEADER_ENVIRON = "HTTP_X_SCHOOLGATE_USER"  # the gateway's X-Schoolgate-User header
-
-# Screenshots: the type is decided from the file's first bytes, never from the browser.
-IMAGE_TYPES: dict[str, tuple[bytes, ...]] = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/gif": (b"GIF87a", b"GIF89a"),
-    "image/webp": (b"RIFF",),  # and "WEBP" at offset 8, checked below
-}
-IMAGE_EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/gif": "gif",
-    "image/webp": "webp",
-}
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -79,89 +64,10 @@ SECURITY_HEADERS = {
 }
 # Over HTTPS only (a browser ignores it over HTTP, and over HTTPS with a certificate error).
 HSTS = "max-age=31536000"
-# A session's last-seen time is written at most this often (a write per page is not needed).
-SEEN_STEP = timedelta(seconds=15)
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class SltRequired:
-    """Which exceptions need SLT approval even when IT Support grant them.
-
-    ``scopes``: exceptions for a whole role, site or everyone; ``longer_than_days``: longer
-    than this (and permanent ones); None for no limit. Whatever they say, un-listing a site
-    (a permanent host exception for everyone, kind ``unlist``) and adding a site to a category
-    (kind ``categorise``: it changes what everyone may reach) always need SLT.
-    """
-
-    scopes: tuple[str, ...] = ("role", "site", "everyone")
-    longer_than_days: int | None = 91
-
-    def reason(self, *, scope: str, ends: datetime | None, now: datetime, kind: str) -> str | None:
-        """Why SLT must approve this exception, or None if IT Support may grant it."""
-        if kind in ALWAYS_SLT:
-            return ALWAYS_SLT[kind]
-        if scope in self.scopes:
-            return f"an exception for {scope} needs SLT approval"
-        if self.longer_than_days is not None:
-            if ends is None:
-                return "a permanent exception needs SLT approval"
-            if ends - now > timedelta(days=self.longer_than_days):
-                return f"an exception longer than {self.longer_than_days} days needs SLT approval"
-        return None
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any] | None) -> SltRequired:
-        if not section:
-            return cls()
-        # ``unlist`` may still be in a config: un-listing needs SLT whatever it says.
-        return cls(
-            scopes=tuple(section.get("scopes", cls.scopes)),
-            longer_than_days=section.get("longer_than_days", cls.longer_than_days),
-        )
-
-
-ALWAYS_SLT = {
-    "unlist": "un-listing a site for everyone needs SLT approval",
-    "categorise": "adding a site to a category changes it for everyone: it needs SLT approval",
-}
-
-
-@dataclass
-class PortalState:
-    """What the views share (``current_app.extensions["schoolgate_portal"]``)."""
-
-    policy_getter: Callable[[], Policy]
-    sessions: sessionmaker
-    secret: bytes
-    data_dir: Path
-    identify: Callable[[dict], Identity]
-    clock: Callable[[], datetime]
-    notifier: Notifier
-    sender: OutboxSender
-    slt_required: SltRequired
-    idle_timeout: timedelta
-    max_session: timedelta
-    max_upload_bytes: int
-    submit_limiter: RateLimiter
-    login_limits: LoginLimits
-    # Served on the portal's own port (not through the proxy, which buffers every answer):
-    # the live view may stream (server-sent events) there.
-    admin: bool = False
-    # Live streams open at once in this process: each holds one of the server's threads for
-    # up to a minute, so fewer than the server has (the rest serve every other page).
-    live_streams: int = 2
-    upload_dir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.upload_dir = self.data_dir / "portal_uploads"
-
-    @property
-    def policy(self) -> Policy:
-        return self.policy_getter()
 
 
 def make_identify(
@@ -275,7 +181,7 @@ def create_app(
 
     app.before_request(_check_csrf)
     app.after_request(_security_headers)
-    app.teardown_appcontext(_close_db)
+    app.teardown_appcontext(close_db)
     app.context_processor(_template_globals)
     app.jinja_env.filters["local"] = _local_time
     app.register_error_handler(400, _error_page)
@@ -287,38 +193,6 @@ def create_app(
     if start_sender and (smtp is not None or webhook_url):
         sender.start()
     return app
-
-
-# -- helpers the views share -------------------------------------------------------------------
-
-
-def state() -> PortalState:
-    return current_app.extensions["schoolgate_portal"]
-
-
-def db() -> Session:
-    """The request's database session (closed at the end of the request)."""
-    if "db" not in g:
-        g.db = state().sessions()
-    return g.db
-
-
-def _close_db(_exc: BaseException | None) -> None:
-    session_ = g.pop("db", None)
-    if session_ is not None:
-        session_.close()
-
-
-def now() -> datetime:
-    return state().clock()
-
-
-def csrf_token() -> str:
-    token = session.get("csrf")
-    if not token:
-        token = secrets.token_urlsafe(32)
-        session["csrf"] = token
-    return token
 
 
 def _check_csrf() -> None:
@@ -387,110 +261,3 @@ def _template_globals() -> dict[str, Any]:
         "label": label,
         "school": school_name(),
     }
-
-
-def school_name() -> str:
-    """The school's name (``school_name`` in the config), or "" when it is not set."""
-    return words.wording_of(state().policy).school_name
-
-
-def label(name: str | None) -> str:
-    return words.plain(name)
-
-
-def safe_next(target: str | None, default: str) -> str:
-    """Only a path on this site (no ``//host`` or ``scheme:``) to go back to after sign-in."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    parts = urlsplit(target)
-    return default if parts.scheme or parts.netloc else target
-
-
-# -- staff sessions ----------------------------------------------------------------------------
-
-
-def sign_in(row: StaffRow) -> None:
-    """A new session on the server for ``row`` (the caller commits), and a new cookie."""
-    session.clear()
-    session.permanent = True
-    token = start_staff_session(db(), staff_id=row.id, client_ip=request.remote_addr, now=now())
-    session.update(sid=token, stamp=password_stamp(row), csrf=secrets.token_urlsafe(32))
-
-
-def sign_out() -> None:
-    """End the session on the server (a copy of the cookie stops working; the caller
-    commits) and forget the cookie."""
-    token = session.get("sid")
-    if token:
-        end_staff_session(db(), token, now=now(), reason="signed out")
-    session.clear()
-
-
-def current_staff() -> StaffRow | None:
-    """The signed-in member of staff, or None (also when the session expired or was ended:
-    ``g.expired``). The session is the server's row, not what the cookie says."""
-    if "staff" in g:
-        return g.staff
-    g.staff = None
-    token = session.get("sid")
-    if not token:
-        return None
-    st = state()
-    session_ = db()
-    at = now()
-    row = find_staff_session(session_, token)
-    staff = session_.get(StaffRow, row.staff_id) if row is not None else None
-    ended = None
-    if row is None:
-        ended = "ended"
-    elif at - row.seen_at > st.idle_timeout or at - row.created_at > st.max_session:
-        ended = "expired"
-    elif staff is None or not staff.active or session.get("stamp") != password_stamp(staff):
-        ended = "account changed"
-    if ended is not None:
-        if row is not None:
-            row.ended_at, row.end_reason = at, ended
-            session_.commit()
-        g.expired = True
-        # The form token stays: a form sent after expiry is answered "sign in again" (403).
-        for key in ("sid", "stamp"):
-            session.pop(key, None)
-        return None
-    if at - row.seen_at >= SEEN_STEP:
-        row.seen_at = at
-        session_.commit()
-    g.staff = staff
-    return staff
-
-
-def staff_required(*roles: str):
-    """Only for signed-in staff with one of ``roles`` (none given: any member of staff)."""
-
-    def decorate(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            row = current_staff()
-            if row is None:
-                if request.method != "GET":
-                    abort(
-                        403,
-                        description=(
-                            "Your session has expired. Sign in again, then repeat what you did."
-                            if g.get("expired")
-                            else "Sign in first."
-                        ),
-                    )
-                return redirect(
-                    url_for(
-                        "staff.login",
-                        next=request.full_path.rstrip("?"),
-                        expired="1" if g.get("expired") else None,
-                    )
-                )
-            if roles and not row.has_role(*roles):
-                abort(403, description="Your account does not have the role this page needs.")
-            return view(*args, **kwargs)
-
-        return wrapper
-
-    return decorate

@@ -1,9 +1,10 @@
 """``schoolgate staff add|passwd|list``: the portal's staff accounts.
 
-Wired into :mod:`schoolgate.cli` with ``register(subparsers, _common)``. Each change is in the
-audit trail with ``--by`` (default ``cli``) and the operating system user. Passwords are read
-from the terminal (asked twice) or, with ``--password-stdin``, one line from standard input
-(for scripts); never from the command line, where ``ps`` and shell history would show them.
+Wired into :mod:`schoolgate.cli` with ``register(subparsers, add_common_options)``. Each change
+is in the audit trail with ``--by`` (default ``cli``) and the operating system user. Passwords
+are read from the terminal (asked twice) or, with ``--password-stdin``, one line from standard
+input (for scripts); never from the command line, where ``ps`` and shell history would show
+them.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def cmd_staff(args: argparse.Namespace) -> int:
-    from schoolgate.cli import CommandError, load, open_db
+    from schoolgate.cli_common import CommandError, load, open_db
     from schoolgate.portal.auth import AccountError, add_staff, set_password
     from schoolgate.portal.models import StaffRow
 
@@ -124,7 +125,7 @@ def cmd_staff(args: argparse.Namespace) -> int:
 
 
 def _reset_two_factor(session, username: str) -> int:
-    from schoolgate.cli import CommandError
+    from schoolgate.cli_common import CommandError
     from schoolgate.portal import totp
     from schoolgate.portal.auth import find_staff
     from schoolgate.store import audit

@@ -15,7 +15,7 @@ from schoolgate.blockpage import verify_ref
 from schoolgate.db import EventRow
 from schoolgate.hosts import normalize_host
 from schoolgate.model import Identity
-from schoolgate.portal.app import IMAGE_EXTENSIONS, IMAGE_TYPES, db, now, state
+from schoolgate.portal.context import IMAGE_EXTENSIONS, IMAGE_TYPES, db, now, state
 from schoolgate.portal.models import PortalRequestRow
 from schoolgate.store import audit
 

@@ -26,18 +26,19 @@ from sqlalchemy import func, or_, select
 
 from schoolgate.core import words
 from schoolgate.db import EventRow, ExceptionRow
-from schoolgate.portal.app import (
+from schoolgate.portal.auth import authenticate
+from schoolgate.portal.blueprints.staff_signin import after_password
+from schoolgate.portal.context import (
     current_staff,
     db,
     now,
     safe_next,
     sign_in,
     sign_out,
+    source_of_address,
     staff_required,
     state,
 )
-from schoolgate.portal.auth import authenticate
-from schoolgate.portal.blueprints.staff_signin import after_password
 from schoolgate.portal.models import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
 from schoolgate.portal.services import listing
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
@@ -82,7 +83,7 @@ def login():
     at = now()
     where = {
         "username": username,
-        "source": _source_of_address(),
+        "source": source_of_address(),
         "client_ip": request.remote_addr or "unknown",
     }
     limits = state().login_limits
@@ -112,16 +113,6 @@ def login():
     audit(session_, row.username, "staff.login", "portal", came_from)
     session_.commit()
     return redirect(target, code=303)
-
-
-def _source_of_address() -> str:
-    """The kind of address a sign-in comes from: the role the policy gives it (``student``,
-    ``staff``, ...). Failures count per account and kind, so pupils cannot lock staff out of
-    the staff network. If the policy cannot say, all such sign-ins share one kind."""
-    try:
-        return state().identify(request.environ).role or "unknown"
-    except Exception:  # noqa: BLE001 - never let a policy error open or break sign-in
-        return "unknown"
 
 
 @staff_bp.post("/logout")

@@ -22,7 +22,7 @@ from schoolgate.bans_store import (
     to_state,
 )
 from schoolgate.db import EventRow
-from schoolgate.portal.app import current_staff, db, now, staff_required
+from schoolgate.portal.context import current_staff, db, now, staff_required
 from schoolgate.portal.views_staff import REVIEWERS, it_bp, required_note, slt_bp
 
 BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently

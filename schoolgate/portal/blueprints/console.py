@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schoolgate.config import identity_sources_of
 from schoolgate.core import words
-from schoolgate.portal.app import db, now, staff_required, state
+from schoolgate.portal.context import db, now, staff_required, state
 from schoolgate.portal.services import console as console_service
 from schoolgate.portal.services import events as events_service
 from schoolgate.portal.services import reports as reports_service

@@ -25,7 +25,7 @@ from schoolgate.bindings import live as live_identity
 from schoolgate.bindings.directory import DirectoryError, DirectoryUnavailable
 from schoolgate.bindings.names import normalise_address
 from schoolgate.bindings.sessions import TooManyAttempts
-from schoolgate.portal.app import current_staff, now, staff_required, state
+from schoolgate.portal.context import current_staff, now, staff_required, state
 
 bp = Blueprint("signin", __name__)
 it_signins_bp = Blueprint("it_signins", __name__, url_prefix="/it")

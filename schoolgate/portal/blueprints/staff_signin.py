@@ -37,16 +37,17 @@ from flask import (
 
 from schoolgate.core.staff_signin import signin_of
 from schoolgate.portal import totp
-from schoolgate.portal.app import (
+from schoolgate.portal.auth import password_stamp
+from schoolgate.portal.context import (
     current_staff,
     db,
     now,
     safe_next,
     school_name,
     sign_in,
+    source_of_address,
     state,
 )
-from schoolgate.portal.auth import password_stamp
 from schoolgate.portal.models import StaffRow
 from schoolgate.portal.oidc import OidcClient, OidcError, PendingLogin, staff_for
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
@@ -106,9 +107,7 @@ def _pending() -> tuple[StaffRow, dict] | None:
 def _where(username: str) -> dict[str, str]:
     """The account and where the attempt came from, as the password step counts them: wrong
     codes count towards the same sign-in limits (``schoolgate.storage.signin``)."""
-    from schoolgate.portal.views_staff import _source_of_address  # it imports this module
-
-    return {"username": username, "source": _source_of_address(), "client_ip": _ip()}
+    return {"username": username, "source": source_of_address(), "client_ip": _ip()}
 
 
 def _issuer() -> str:

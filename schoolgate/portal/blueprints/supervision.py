@@ -8,7 +8,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from schoolgate.bans_store import BanError, BanRow, SupervisionRow
 from schoolgate.core import words
-from schoolgate.portal.app import current_staff, db, now, staff_required, state
+from schoolgate.portal.context import current_staff, db, now, staff_required, state
 from schoolgate.portal.services import supervision as service
 
 WHO = ("teacher", "slt", "it_support", "network_manager")

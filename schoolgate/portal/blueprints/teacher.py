@@ -13,7 +13,7 @@ from sqlalchemy import or_, select
 
 from schoolgate.db import ExceptionRow
 from schoolgate.hosts import normalize_host
-from schoolgate.portal.app import current_staff, db, label, now, staff_required, state
+from schoolgate.portal.context import current_staff, db, label, now, staff_required, state
 from schoolgate.portal.models import StaffRow
 from schoolgate.store import ExceptionRequestError, add_exception, revoke_exception
 
