@@ -20,8 +20,10 @@ from schoolgate.bindings.settings import (
 from schoolgate.configfile import ConfigError, Issues, Section, load_yaml, load_yaml_value, wrap
 from schoolgate.core.circumvention_settings import load_circumvention
 from schoolgate.core.fediverse_settings import read_fediverse
+from schoolgate.core.list_update_settings import read_list_updates
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
+from schoolgate.core.notification_settings import read_notifications
 from schoolgate.core.platforms import read_platforms
 from schoolgate.core.staff_signin import read_oidc, read_totp
 from schoolgate.core.subscriptions import (
@@ -32,9 +34,7 @@ from schoolgate.core.subscriptions import (
 )
 from schoolgate.core.words import read_wording
 from schoolgate.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
-from schoolgate.jobs import read_notifications
 from schoolgate.lists import Matcher, parse_entries
-from schoolgate.listupdate import read_list_updates
 from schoolgate.model import WINDOW_KINDS, Action
 from schoolgate.policy import (
     AgeRestriction,

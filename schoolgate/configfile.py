@@ -445,3 +445,15 @@ class Section:
             detail = f": {exc}" if str(exc) else ""
             self.error(key, f"expected {what}, got {_kind(value)}{detail}")
             return default
+
+
+def parse_clock(value: Any) -> str:
+    """``"02:30"`` -> ``"02:30"`` (a time of day, local to the default site)."""
+    text = str(value).strip()
+    hours, _, minutes = text.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError("a time of day such as 02:30")
+    h, m = int(hours), int(minutes)
+    if not (0 <= h <= 23 and 0 <= m <= 59):
+        raise ValueError("a time of day between 00:00 and 23:59")
+    return f"{h:02d}:{m:02d}"

@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from schoolgate.configfile import Issues, MarkedDict, Section
+from schoolgate.configfile import Issues, MarkedDict, Section, parse_clock  # noqa: F401
 from schoolgate.db import AuditRow, EventRow, ExceptionRow, UTCDateTime, utcnow
 
 ACTOR = "schoolgate"
@@ -90,18 +90,6 @@ def extra_section(policy: Any, key: str, issues: Issues) -> Section | None:
     if not isinstance(raw, MarkedDict):
         raw = MarkedDict(raw)
     return Section(raw, file=file, path=key, issues=issues, line=getattr(raw, "line", 0))
-
-
-def parse_clock(value: Any) -> str:
-    """``"02:30"`` -> ``"02:30"`` (a time of day, local to the default site)."""
-    text = str(value).strip()
-    hours, _, minutes = text.partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
-        raise ValueError("a time of day such as 02:30")
-    h, m = int(hours), int(minutes)
-    if not (0 <= h <= 23 and 0 <= m <= 59):
-        raise ValueError("a time of day between 00:00 and 23:59")
-    return f"{h:02d}:{m:02d}"
 
 
 def read_retention(sec: Section | None) -> RetentionSettings:
