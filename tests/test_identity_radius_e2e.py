@@ -52,6 +52,9 @@ class RadiusNet(TransparentWorkers):
         "schoolgate_bans_interval=1",
     )
 
+    def hosts(self) -> dict[str, list[str]]:
+        return {**super().hosts(), "instagram.test": [self.host_ip]}
+
     def _write_config(self) -> Path:
         path = super()._write_config()
         self.radius_port = free_udp_port()
