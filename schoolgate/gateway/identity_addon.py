@@ -25,7 +25,8 @@ never be offered).
 
 Changes to ``identity.radius``, ``sign_in``, ``negotiate`` or ``dhcp`` take effect when the
 gateway restarts (a reload logs that); ``identity.sources``' order and the sign-in networks
-follow a reload.
+follow a reload: a new policy is given this process's bindings before it is in force
+(:meth:`IdentitySourcesAddon.policy_changed`), so no hook decides without them.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ class IdentitySourcesAddon:
         self.recorder = recorder
         self.live: LiveIdentity | None = None
         self.started: IdentitySources | None = None
-        self._generation = -1
         self._writer = None
         self._radius = None
         self._handshakes = None
@@ -91,6 +91,7 @@ class IdentitySourcesAddon:
             weakref.WeakKeyDictionary()
         )
         self._tunnels: weakref.WeakSet[connection.Client] = weakref.WeakSet()
+        holder.subscribe(self)
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -102,7 +103,7 @@ class IdentitySourcesAddon:
         )
 
     def configure(self, updated) -> None:
-        if "proxyauth" in updated or self._generation < 0:
+        if "proxyauth" in updated or self.started is None:
             sources = _sources(self.holder.policy)
             if sources.negotiate is not None and getattr(ctx.options, "proxyauth", None):
                 raise exceptions.OptionsError(
@@ -113,11 +114,16 @@ class IdentitySourcesAddon:
 
     # -- starting and stopping ------------------------------------------------------------------
     def running(self) -> None:
+        # Under the holder's install lock: a policy being installed meanwhile gets the
+        # bindings too (its listeners run under that lock, before it is in force).
+        with self.holder.install_lock:
+            self._start()
+
+    def _start(self) -> None:
         policy = self.holder.policy
         sources = _sources(policy)
         self.started = sources
         if not (sources.sources or sources.dhcp):
-            self._attach()
             return
         sessions = self.recorder.sessions
         if sessions is None:
@@ -144,7 +150,8 @@ class IdentitySourcesAddon:
         if sources.radius is not None and getattr(ctx.options, RADIUS_OPTION, True):
             self._start_radius(sources, sessions, writer, live)
         install(live)
-        self._attach()
+        if policy is not None:
+            policy.resolver.use_live(live)
         log.info(
             "schoolgate: identity sources %s%s",
             ", ".join(sources.sources) or "none",
@@ -221,18 +228,13 @@ class IdentitySourcesAddon:
             self._writer.stop()
             self._writer = None
 
-    def _attach(self) -> None:
-        """Give the policy in force (a reload makes a new one) this process's bindings."""
-        policy = self.holder.policy
-        generation = self.holder.generation
-        if policy is None or generation == self._generation:
-            return
-        self._generation = generation
+    def policy_changed(self, old, new) -> None:
+        """Give a new policy this process's bindings, before it is in force."""
         live = self.live
-        sources = _sources(policy)
+        sources = _sources(new)
         if live is not None and live.cache is not None and sources.sources:
             live.cache.reorder(sources.sources)
-        policy.resolver.use_live(live)
+        new.resolver.use_live(live)
         if self.started is not None and _running_parts(sources) != _running_parts(self.started):
             log.warning(
                 "schoolgate: identity.radius, sign_in, negotiate or dhcp changed: the change "
@@ -243,7 +245,6 @@ class IdentitySourcesAddon:
     # Both hooks return a coroutine only when there is a handshake to step (the dispatcher
     # awaits it): without Negotiate, nothing is awaited on the request path.
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        self._attach()
         if self._handshakes is not None and flow.response is None and _explicit(flow):
             return self._negotiate_connect(flow)
         return None
@@ -254,7 +255,6 @@ class IdentitySourcesAddon:
             self._tunnels.add(flow.client_conn)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        self._attach()
         if self._handshakes is None or flow.response is not None or not _explicit(flow):
             return None
         user = self._authenticated.get(flow.client_conn)
@@ -368,21 +368,12 @@ class IdentitySourcesAddon:
             response.headers.add(name.decode(), value.decode())
         return response
 
-    def client_connected(self, client: connection.Client) -> None:
-        self._attach()
-
-    def tls_clienthello(self, data) -> None:
-        # Transparent HTTPS is decided here first (Enforcement, after this addon): the policy
-        # a reload made must know the bindings before it.
-        self._attach()
-
     def client_disconnected(self, client: connection.Client) -> None:
         if self._handshakes is not None:
             self._handshakes.forget(client.id)
 
     # -- the sign-in page -----------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
-        self._attach()
         policy = self.holder.policy
         if (
             flow.response is not None

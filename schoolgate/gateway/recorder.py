@@ -1,8 +1,10 @@
 """The database and the decision log of the running gateway.
 
-Opens the policy's database when the policy is (re)loaded, starts the background
+Opens the policy's database when the gateway starts, starts the background
 :class:`~schoolgate.eventlog.EventLog` writer, and on shutdown flushes everything queued.
-Hooks only ever call :meth:`Recorder.record`, which never blocks.
+Hooks only ever call :meth:`Recorder.record`, which never blocks. A new policy that names
+another database (``database.url``) moves the log there: the decisions from then on are
+recorded in the new database, and what was queued for the old one is written there first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from mitmproxy import exceptions
 
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +31,15 @@ class Recorder:
         self.secret: bytes = b""
         self._url: str | None = None
         self._data_dir = None
+        holder.subscribe(self)
 
     def configure(self, updated) -> None:
         policy = self.holder.policy
         if policy is None:
             return
-        self._open(policy.settings.database_url)
+        if self.eventlog is None:
+            # At start-up a database that cannot be opened stops the gateway starting.
+            self._open(policy.settings.database_url)
         if self._data_dir != self.holder.data_dir:
             from schoolgate.blockpage import load_or_create_secret
 
@@ -46,14 +52,19 @@ class Recorder:
                 ) from None
             self._data_dir = self.holder.data_dir
 
-    def check_database(self) -> None:
-        """After a reload: follow a changed database URL (a failure keeps the old one)."""
-        policy = self.holder.policy
-        if policy is not None and policy.settings.database_url != self._url:
-            try:
-                self._open(policy.settings.database_url)
-            except exceptions.OptionsError as exc:
-                log.error("%s; still recording to the previous database", exc)
+    @property
+    def url(self) -> str | None:
+        """The URL of the database the decisions are recorded in (None: none open yet)."""
+        return self._url
+
+    def policy_changed(self, old: Policy | None, new: Policy) -> None:
+        """Follow a changed database URL (a failure keeps the old database)."""
+        if self.eventlog is None:
+            return  # nothing open yet: configure opens it, and refuses to start without it
+        try:
+            self._open(new.settings.database_url)
+        except exceptions.OptionsError as exc:
+            log.error("%s; still recording to the previous database", exc)
 
     def _open(self, url: str) -> None:
         if url == self._url:
