@@ -132,7 +132,7 @@ class JobsAddon:
                 return
             self._policy = policy
             try:
-                self.jobs.sync(policy)
+                self.jobs.sync()  # reads the newest policy (_policy_now)
             except Exception:  # noqa: BLE001 - a bad reload must not stop the gateway
                 log.exception("could not reschedule jobs after a reload")
                 return
