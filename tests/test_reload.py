@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mitmproxy.test import taddons, tflow, tutils
 
-from schoolgate.gateway import AlertsAddon, PolicyHolder, Recorder, make_addons
+from schoolgate.gateway import AlertsAddon, PolicyHolder, PortalAddon, Recorder, make_addons
 from schoolgate.policy import Policy
 
 
@@ -136,7 +136,7 @@ def test_the_watcher_tells_listeners_off_the_event_loop(
     assert told[0][4] is not loop_thread
 
 
-def test_the_recorder_follows_a_changed_database(
+def test_the_recorder_and_the_portal_follow_a_changed_database(
     gateway_config: Path, gateway_data_dir: Path
 ) -> None:
     from test_gateway_addons import http_flow
@@ -161,6 +161,8 @@ def test_the_recorder_follows_a_changed_database(
         gateway_config.write_text(text.replace("{data_dir}/schoolgate.db", "{data_dir}/second.db"))
         assert holder.reload() is True
         assert recorder.url is not None and recorder.url.endswith("second.db")
+        portal = next(a for a in addons if isinstance(a, PortalAddon))
+        assert portal.app.extensions["schoolgate_portal"].sessions is recorder.sessions
         enforce.request(http_flow("social.test", "/after"))
         assert recorder.eventlog.flush(10)
         with first() as session:
@@ -190,3 +192,29 @@ def test_alerts_follow_the_new_policy_without_polling(
         alerts.request(flow)
         recorder.done()
     assert [fact.ref for fact in alerts._inbox] == ["A1"]
+
+
+def test_the_bindings_follow_a_changed_database(tmp_path: Path) -> None:
+    from test_identity_live import SIGN_IN, bind, identity_config
+
+    from schoolgate.gateway import IdentitySourcesAddon
+    from schoolgate.identity import SIGN_IN_REQUIRED
+
+    config = identity_config(tmp_path, sign_in=SIGN_IN, sources=["sign_in"])
+    addons = make_addons()
+    holder, recorder = addons[0], addons[1]
+    identity = next(a for a in addons if isinstance(a, IdentitySourcesAddon))
+    with taddons.context(holder, recorder, identity) as tctx:
+        _load(tctx, holder, config, tmp_path)
+        identity.running()
+        try:
+            assert holder.policy.identify("10.30.1.5", None).source == SIGN_IN_REQUIRED
+            # Ben signs in on the new database's gateway; this one is told to move there.
+            config.write_text(config.read_text().replace("schoolgate.db", "second.db"))
+            bind(config, "10.30.1.5", "ben", source="sign_in")
+            assert holder.reload() is True
+            assert recorder.url is not None and recorder.url.endswith("second.db")
+            assert holder.policy.identify("10.30.1.5", None).user == "ben"
+        finally:
+            identity.done()
+            recorder.done()

@@ -82,6 +82,7 @@ class IdentitySourcesAddon:
         self.recorder = recorder
         self.live: LiveIdentity | None = None
         self.started: IdentitySources | None = None
+        self._sessions = None  # the database the sources were started on
         self._writer = None
         self._radius = None
         self._handshakes = None
@@ -117,10 +118,9 @@ class IdentitySourcesAddon:
         # Under the holder's install lock: a policy being installed meanwhile gets the
         # bindings too (its listeners run under that lock, before it is in force).
         with self.holder.install_lock:
-            self._start()
+            self._start(self.holder.policy)
 
-    def _start(self) -> None:
-        policy = self.holder.policy
+    def _start(self, policy) -> None:
         sources = _sources(policy)
         self.started = sources
         if not (sources.sources or sources.dhcp):
@@ -128,6 +128,7 @@ class IdentitySourcesAddon:
         sessions = self.recorder.sessions
         if sessions is None:
             raise RuntimeError("the identity sources need the database, which is not open")
+        self._sessions = sessions
         from schoolgate.bindings.cache import BindingCache
         from schoolgate.bindings.writer import BindingWriter
 
@@ -214,6 +215,9 @@ class IdentitySourcesAddon:
         log.info("schoolgate: RADIUS accounting on %s:%d (UDP)", *(listener.address or ("?", 0)))
 
     def done(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         install(None)
         if self._radius is not None:
             self._radius.stop()
@@ -227,9 +231,18 @@ class IdentitySourcesAddon:
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
+        self._handshakes = None
 
     def policy_changed(self, old, new) -> None:
-        """Give a new policy this process's bindings, before it is in force."""
+        """Give a new policy this process's bindings, before it is in force; a new database
+        (``database.url``) restarts the sources on it."""
+        if self.live is not None and self.recorder.sessions is not self._sessions:
+            log.info("schoolgate: the database changed; the identity sources restart on it")
+            self._stop()
+            self.live = None
+            self._start(new)
+            new.resolver.use_live(self.live)
+            return
         live = self.live
         sources = _sources(new)
         if live is not None and live.cache is not None and sources.sources:
