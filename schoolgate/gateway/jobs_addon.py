@@ -133,10 +133,9 @@ class JobsAddon:
             self._policy = policy
             try:
                 self.jobs.sync()  # reads the newest policy (_policy_now)
+                log.info("schoolgate jobs rescheduled: %s", self.jobs.next_runs())
             except Exception:  # noqa: BLE001 - a bad reload must not stop the gateway
                 log.exception("could not reschedule jobs after a reload")
-                return
-        log.info("schoolgate jobs rescheduled: %s", self.jobs.next_runs())
 
     def _move(self, policy: Any) -> None:
         """The database changed: release the old one's lease (stopping the scheduler) and
