@@ -316,10 +316,10 @@ def test_the_addon_sends_unknown_devices_to_sign_in(tmp_path: Path) -> None:
                     )
                 else:
                     assert flow.response is None
-            # A reload makes a new policy: it is given the bindings before anything decides.
+            # A reload makes a new policy: it is given the bindings before it is in force.
+            before = holder.policy
             assert holder.reload(force=True)
-            assert holder.policy.resolver.live is None
-            identity.tls_clienthello(None)
+            assert holder.policy is not before
             assert holder.policy.resolver.live is identity.live is not None
         finally:
             identity.done()

@@ -3,7 +3,9 @@
 One small addon per concern, loaded into mitmproxy as one addon (:func:`make_chain`), in
 this order (each reads the ones before it):
 
-* :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change.
+* :class:`~schoolgate.gateway.holder.PolicyHolder`: the policy in force; reloads on change and
+  tells each new policy to the parts that subscribed (``policy_changed(old, new)``), in this
+  order, before it is in force.
 * :class:`~schoolgate.gateway.recorder.Recorder`: the database and the decision log.
 * :class:`~schoolgate.gateway.limits.ConnectionLimits`: connections per client address, idle
   and slow-client timeouts, requests with too many headers (431).

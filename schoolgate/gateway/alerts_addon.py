@@ -30,6 +30,7 @@ from schoolgate.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, ale
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
+from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ class AlertsAddon:
         self.batcher = AlertBatcher(clock=self.clock)
         # Read by the hooks; replaced whole (never mutated) when the policy changes.
         self._wanted: frozenset[str] = frozenset()
-        self._generation = -1
         self._inbox: deque[BlockFact] = deque()  # hooks append, the thread pops
         self._outgoing: list[Alert] = []  # yielded, not yet in the outbox
         self._lock = threading.Lock()  # one pump at a time (the thread, done(), tests)
         self._worker = Periodic("schoolgate-alerts", self.pump, first=True)
         self._failing = False
+        holder.subscribe(self)
 
     # -- mitmproxy lifecycle ------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -73,11 +74,9 @@ class AlertsAddon:
     def configure(self, updated) -> None:
         if INTERVAL_OPTION in updated and getattr(ctx.options, INTERVAL_OPTION) <= 0:
             raise exceptions.OptionsError(f"{INTERVAL_OPTION} must be positive")
-        self._sync()
 
     def running(self) -> None:
         if not self._worker.started:
-            self._sync()
             self._worker.start(getattr(ctx.options, INTERVAL_OPTION, 5.0))
 
     def done(self) -> None:
@@ -85,19 +84,15 @@ class AlertsAddon:
         self.pump(final=True)
 
     # -- settings -----------------------------------------------------------------------------
-    def _sync(self) -> None:
-        """Follow the policy in force (re-read when the holder loads a new one)."""
-        policy = self.holder.policy
-        if policy is None or self.holder.generation == self._generation:
-            return
-        self._generation = self.holder.generation
+    def policy_changed(self, old: Policy | None, new: Policy) -> None:
+        """Alert the categories ``new`` alerts, batched as it says."""
         try:
-            settings = alerts_of(policy)
+            settings = alerts_of(new)
         except Exception:  # noqa: BLE001 - validated at load; never stop alerting locked ones
             log.exception("schoolgate: alerts section unreadable; alerting locked categories")
             settings = AlertSettings()
         self.settings = settings
-        self._wanted = settings.alerted(policy)
+        self._wanted = settings.alerted(new)
 
     # -- hooks (event loop: O(1), no database) ------------------------------------------------
     def _offer(self, meta: Any) -> None:
@@ -123,8 +118,6 @@ class AlertsAddon:
 
     def _hook(self, meta: Any) -> None:
         try:
-            if self.holder.generation != self._generation:
-                self._sync()
             self._offer(meta)
         except Exception:  # noqa: BLE001 - an alert failure must never touch the traffic
             log.exception("schoolgate: could not take a block for alerting")
@@ -143,8 +136,7 @@ class AlertsAddon:
         """Feed the batcher, take what is due (everything with ``final``) and queue it in the
         outbox. False if some alerts could not be queued yet (they are kept)."""
         with self._lock:
-            self._sync()
-            self.batcher.configure(self.settings.alerted(self.holder.policy), self._batch())
+            self.batcher.configure(self._wanted, self._batch())
             while self._inbox:
                 self.batcher.offer(self._inbox.popleft())
             now = now or self.clock()

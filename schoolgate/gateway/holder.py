@@ -3,6 +3,11 @@
 A config that is broken when the gateway starts stops it from starting (``OptionsError`` with
 every issue): there is never an open gateway. A reload that fails validation is logged with all
 its errors and the last good policy stays in force.
+
+A new policy is an event: every part that subscribed (:meth:`PolicyHolder.subscribe`, a
+:class:`PolicyListener`) is told ``policy_changed(old, new)``, as mitmproxy's script loader
+re-sends ``configure`` to a reloaded script. See :meth:`PolicyHolder.subscribe` for the order,
+the thread and what a failing listener does.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 from mitmproxy import ctx, exceptions
@@ -32,6 +38,13 @@ MAX_WATCHED_FILES = 20_000
 # each check for this long (other workers move to the new version at their own pace).
 SWEEP_SECONDS = 600.0
 Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class PolicyListener(Protocol):
+    """A part that follows the policy in force (see :meth:`PolicyHolder.subscribe`)."""
+
+    def policy_changed(self, old: Policy | None, new: Policy) -> None:
+        """``new`` is about to be the policy in force (``old`` is None at the first load)."""
 
 
 def watched_files(config_path: Path) -> list[Path]:
@@ -134,7 +147,7 @@ class PolicyHolder:
         self.policy: Policy | None = None
         self.config_path: Path = DEFAULT_CONFIG
         self.data_dir: Path = default_data_dir()
-        self.generation = 0  # bumped on every successful (re)load
+        self.generation = 0  # bumped on every successful (re)load, after the listeners
         self.last_error: ConfigError | None = None
         self._paths: list[Path] = []
         self._fingerprint: Fingerprint = ()
@@ -144,6 +157,45 @@ class PolicyHolder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._sweep_until = 0.0
+        self._listeners: list[PolicyListener] = []
+        # Held while listeners are told of a policy and it is put in force (re-entrant: a
+        # listener may read through the holder). A part that starts (``running``) takes it to
+        # attach itself to the policy in force without missing one being installed.
+        self.install_lock = threading.RLock()
+
+    # -- listeners -------------------------------------------------------------------------
+    def subscribe(self, listener: PolicyListener) -> None:
+        """Tell ``listener`` of every policy from now on (and of the one in force, at once).
+
+        Each load that succeeds (the first, a file change, SIGHUP, a changed
+        ``schoolgate_config``/``schoolgate_data_dir`` option) calls ``policy_changed(old, new)``
+        of every listener **in the order they subscribed** (:func:`schoolgate.gateway.
+        make_addons` subscribes the parts in the chain's order, so the recorder has the new
+        database before the parts that use it hear of the policy), **before** ``holder.policy``
+        becomes ``new``: no hook decides with a policy whose parts are not ready for it.
+        Listeners therefore read the new settings from ``new``, not from ``holder.policy``.
+
+        The thread: a reload (file change, SIGHUP) calls them on the watcher's worker thread,
+        never on the event loop; the first load and a load from a changed option call them on
+        the thread that runs ``configure`` (mitmproxy's event loop, while it starts or as the
+        option is set), and :meth:`preload` on the runner's thread. A listener whose work takes
+        long (writing to a database) hands it to a thread of its own.
+
+        A listener that raises is logged with its name; the other listeners are still told and
+        the policy is still put in force. Refused reloads tell nobody.
+        """
+        with self.install_lock:
+            self._listeners.append(listener)
+            if self.policy is not None:
+                self._tell(listener, None, self.policy)
+
+    @staticmethod
+    def _tell(listener: PolicyListener, old: Policy | None, new: Policy) -> None:
+        try:
+            listener.policy_changed(old, new)
+        except Exception:  # noqa: BLE001 - one part's failure must not stop the others
+            name = getattr(listener, "name", None) or type(listener).__name__
+            log.exception("schoolgate: %s failed to follow the new policy", name)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -210,9 +262,14 @@ class PolicyHolder:
         log_list_warnings(policy)
 
     def _install(self, policy: Policy, paths: list[Path], stamp: Fingerprint) -> None:
-        self.policy = policy
+        with self.install_lock:
+            old = self.policy
+            for listener in tuple(self._listeners):
+                self._tell(listener, old, policy)
+            self.policy = policy
+            # Still read by the circumvention guard, which compares it on its own.
+            self.generation += 1
         self._paths, self._fingerprint = paths, stamp
-        self.generation += 1
         self.last_error = None
         self._sweep_until = time.monotonic() + SWEEP_SECONDS
 

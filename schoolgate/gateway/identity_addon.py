@@ -25,7 +25,8 @@ never be offered).
 
 Changes to ``identity.radius``, ``sign_in``, ``negotiate`` or ``dhcp`` take effect when the
 gateway restarts (a reload logs that); ``identity.sources``' order and the sign-in networks
-follow a reload.
+follow a reload: a new policy is given this process's bindings before it is in force
+(:meth:`IdentitySourcesAddon.policy_changed`), so no hook decides without them.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class IdentitySourcesAddon:
         self.recorder = recorder
         self.live: LiveIdentity | None = None
         self.started: IdentitySources | None = None
-        self._generation = -1
+        self._sessions = None  # the database the sources were started on
         self._writer = None
         self._radius = None
         self._handshakes = None
@@ -91,6 +92,7 @@ class IdentitySourcesAddon:
             weakref.WeakKeyDictionary()
         )
         self._tunnels: weakref.WeakSet[connection.Client] = weakref.WeakSet()
+        holder.subscribe(self)
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -102,7 +104,7 @@ class IdentitySourcesAddon:
         )
 
     def configure(self, updated) -> None:
-        if "proxyauth" in updated or self._generation < 0:
+        if "proxyauth" in updated or self.started is None:
             sources = _sources(self.holder.policy)
             if sources.negotiate is not None and getattr(ctx.options, "proxyauth", None):
                 raise exceptions.OptionsError(
@@ -113,15 +115,20 @@ class IdentitySourcesAddon:
 
     # -- starting and stopping ------------------------------------------------------------------
     def running(self) -> None:
-        policy = self.holder.policy
+        # Under the holder's install lock: a policy being installed meanwhile gets the
+        # bindings too (its listeners run under that lock, before it is in force).
+        with self.holder.install_lock:
+            self._start(self.holder.policy)
+
+    def _start(self, policy) -> None:
         sources = _sources(policy)
         self.started = sources
         if not (sources.sources or sources.dhcp):
-            self._attach()
             return
         sessions = self.recorder.sessions
         if sessions is None:
             raise RuntimeError("the identity sources need the database, which is not open")
+        self._sessions = sessions
         from schoolgate.bindings.cache import BindingCache
         from schoolgate.bindings.writer import BindingWriter
 
@@ -144,7 +151,8 @@ class IdentitySourcesAddon:
         if sources.radius is not None and getattr(ctx.options, RADIUS_OPTION, True):
             self._start_radius(sources, sessions, writer, live)
         install(live)
-        self._attach()
+        if policy is not None:
+            policy.resolver.use_live(live)
         log.info(
             "schoolgate: identity sources %s%s",
             ", ".join(sources.sources) or "none",
@@ -207,6 +215,9 @@ class IdentitySourcesAddon:
         log.info("schoolgate: RADIUS accounting on %s:%d (UDP)", *(listener.address or ("?", 0)))
 
     def done(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         install(None)
         if self._radius is not None:
             self._radius.stop()
@@ -220,19 +231,23 @@ class IdentitySourcesAddon:
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
+        self._handshakes = None
 
-    def _attach(self) -> None:
-        """Give the policy in force (a reload makes a new one) this process's bindings."""
-        policy = self.holder.policy
-        generation = self.holder.generation
-        if policy is None or generation == self._generation:
+    def policy_changed(self, old, new) -> None:
+        """Give a new policy this process's bindings, before it is in force; a new database
+        (``database.url``) restarts the sources on it."""
+        if self.live is not None and self.recorder.sessions is not self._sessions:
+            log.info("schoolgate: the database changed; the identity sources restart on it")
+            self._stop()
+            self.live = None
+            self._start(new)
+            new.resolver.use_live(self.live)
             return
-        self._generation = generation
         live = self.live
-        sources = _sources(policy)
+        sources = _sources(new)
         if live is not None and live.cache is not None and sources.sources:
             live.cache.reorder(sources.sources)
-        policy.resolver.use_live(live)
+        new.resolver.use_live(live)
         if self.started is not None and _running_parts(sources) != _running_parts(self.started):
             log.warning(
                 "schoolgate: identity.radius, sign_in, negotiate or dhcp changed: the change "
@@ -243,7 +258,6 @@ class IdentitySourcesAddon:
     # Both hooks return a coroutine only when there is a handshake to step (the dispatcher
     # awaits it): without Negotiate, nothing is awaited on the request path.
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        self._attach()
         if self._handshakes is not None and flow.response is None and _explicit(flow):
             return self._negotiate_connect(flow)
         return None
@@ -254,7 +268,6 @@ class IdentitySourcesAddon:
             self._tunnels.add(flow.client_conn)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        self._attach()
         if self._handshakes is None or flow.response is not None or not _explicit(flow):
             return None
         user = self._authenticated.get(flow.client_conn)
@@ -368,21 +381,12 @@ class IdentitySourcesAddon:
             response.headers.add(name.decode(), value.decode())
         return response
 
-    def client_connected(self, client: connection.Client) -> None:
-        self._attach()
-
-    def tls_clienthello(self, data) -> None:
-        # Transparent HTTPS is decided here first (Enforcement, after this addon): the policy
-        # a reload made must know the bindings before it.
-        self._attach()
-
     def client_disconnected(self, client: connection.Client) -> None:
         if self._handshakes is not None:
             self._handshakes.forget(client.id)
 
     # -- the sign-in page -----------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
-        self._attach()
         policy = self.holder.policy
         if (
             flow.response is not None

@@ -8,9 +8,12 @@ it holds it. Losing the lease (another process took it after it expired, or rene
 stops the scheduler here; a job already running finishes. With ``schoolgate_jobs=false`` the
 process never tries, which pins the jobs to the gateways that keep it on.
 
-Jobs always read the policy in force (``holder.policy``), so a reloaded config reschedules
-them. Nothing here runs on the event loop: the lease, the scheduler's start and stop and the
-rescheduling run on background threads.
+Jobs read the policy in force (``holder.policy``) when they run. A new policy
+(:meth:`JobsAddon.policy_changed`) reschedules them: a changed time moves the job's next run,
+a job switched off is removed, one switched on is added. A new policy that names another
+database (``database.url``) moves the lease and the scheduler there: this process gives up the
+lease on the old database and competes for the new one's. Nothing here runs on the event loop:
+the lease, the scheduler's start and stop and the rescheduling run on background threads.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ class JobsAddon:
         self.recorder = recorder
         self.jobs: Any = None  # a running schoolgate.jobs.Jobs while this process holds the lease
         self.keeper: Any = None
-        self._policy: Any = None
+        self._policy: Any = None  # the policy the scheduler was last synced with
+        self._latest: Any = None  # the newest policy (told before it is in force)
+        self._enabled = False  # running() started a keeper (schoolgate_jobs)
+        self._database: str | None = None  # the database URL of the keeper's lease
         # Held while the scheduler is started, stopped or rescheduled (keeper and reload threads).
         self._lock = threading.Lock()
+        self._move_lock = threading.Lock()  # one move of the lease at a time
+        holder.subscribe(self)
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -50,37 +58,47 @@ class JobsAddon:
             return
         if self.holder.policy is None:
             return
+        self._enabled = True
+        self._start_keeper(self.holder.policy.settings.database_url)
+
+    def _start_keeper(self, database: str) -> None:
         from schoolgate.leases import LeaseKeeper
 
-        self.keeper = LeaseKeeper(
-            self._lease,
-            on_acquired=self._take,
+        self._database = database
+        keeper = LeaseKeeper(
+            lambda: self._lease(database),
+            on_acquired=lambda: self._take(keeper),
             on_lost=self._drop,
             name="schoolgate-jobs-lease",
         )
-        self.keeper.start()
+        self.keeper = keeper
+        keeper.start()
 
-    def _sessions(self) -> Any:
+    def _policy_now(self) -> Any:
+        return self._latest or self.holder.policy
+
+    def _sessions(self, database: str) -> Any:
+        # The recorder's, when it has that database open (one engine per database).
         sessions = getattr(self.recorder, "sessions", None)
-        if sessions is None:
+        if sessions is None or getattr(self.recorder, "url", None) != database:
             from schoolgate.db import open_database
 
-            sessions = open_database(self.holder.policy.settings.database_url)
+            sessions = open_database(database)
         return sessions
 
-    def _lease(self) -> Any:
+    def _lease(self, database: str) -> Any:
         from schoolgate.leases import Lease
 
-        return Lease(self._sessions(), LEASE_NAME)
+        return Lease(self._sessions(database), LEASE_NAME)
 
-    def _take(self) -> None:
+    def _take(self, keeper: Any) -> None:
         """This process took the lease: start the scheduler (on the keeper's thread)."""
         from schoolgate.jobs import Jobs
 
-        log.info("schoolgate: this process (%s) took the job lease", self.keeper.lease.holder)
+        log.info("schoolgate: this process (%s) took the job lease", keeper.lease.holder)
         with self._lock:
-            policy = self.holder.policy
-            jobs = Jobs(lambda: self.holder.policy, sessions=self.keeper.lease.sessions)
+            policy = self._policy_now()
+            jobs = Jobs(self._policy_now, sessions=keeper.lease.sessions)
             jobs.start()
             self.jobs, self._policy = jobs, policy
             _fetch_missing_lists(jobs, policy)
@@ -95,30 +113,53 @@ class JobsAddon:
                 jobs.shutdown(wait=False)
         log.info("schoolgate: this process gave up the job lease (%s); jobs stopped here", reason)
 
-    def configure(self, updated: Any) -> None:
-        # The holder reloads the policy; reschedule if the config changed job times (off the
-        # event loop: rescheduling writes to the job store).
-        if self.jobs is not None and self.holder.policy is not self._policy:
-            threading.Thread(target=self._resync, name="schoolgate-jobs-sync", daemon=True).start()
+    def policy_changed(self, old: Any, new: Any) -> None:
+        """Reschedule for ``new``, or move to its database (on a thread of its own: both
+        write to the database, and this may be called on the event loop)."""
+        self._latest = new
+        if not self._enabled:
+            return
+        if new.settings.database_url != self._database:
+            target, name = self._move, "schoolgate-jobs-move"
+        elif self.jobs is not None:
+            target, name = self._resync, "schoolgate-jobs-sync"
+        else:
+            return
+        threading.Thread(target=target, args=(new,), name=name, daemon=True).start()
 
-    def _resync(self) -> None:
+    def _resync(self, policy: Any) -> None:
         with self._lock:
-            policy = self.holder.policy
             if self.jobs is None or policy is self._policy:
                 return
             self._policy = policy
             try:
-                self.jobs.sync()
+                self.jobs.sync()  # reads the newest policy (_policy_now)
                 _fetch_missing_lists(self.jobs, policy)  # a subscription the reload added
+                log.info("schoolgate jobs rescheduled: %s", self.jobs.next_runs())
             except Exception:  # noqa: BLE001 - a bad reload must not stop the gateway
                 log.exception("could not reschedule jobs after a reload")
+
+    def _move(self, policy: Any) -> None:
+        """The database changed: release the old one's lease (stopping the scheduler) and
+        compete for the new one's, whose scheduler takes its job times from its own store."""
+        with self._move_lock:
+            url = policy.settings.database_url
+            if url == self._database or not self._enabled:
+                return
+            old, self.keeper = self.keeper, None
+            if old is not None:
+                old.stop()
+            log.info("schoolgate: the database changed; the job lease follows it")
+            self._start_keeper(url)
 
     def done(self) -> None:
         # Stops the scheduler if held and releases the lease, so another gateway takes over at
         # its next attempt rather than when the lease expires.
-        if self.keeper is not None:
-            self.keeper.stop()
-            self.keeper = None
+        with self._move_lock:
+            self._enabled = False
+            if self.keeper is not None:
+                self.keeper.stop()
+                self.keeper = None
 
 
 def _fetch_missing_lists(jobs: Any, policy: Any) -> None:

@@ -12,8 +12,9 @@ an upstream: if the app is not ready, the answer is a 503 page.
   ``identify`` reads ``REMOTE_ADDR`` and that header.
 * **Policy**: the app reads ``holder.policy`` on every request, so a reload applies at once.
 * **Notifications**: the outbox sender starts with the gateway and stops on shutdown; it uses
-  ``notifications.smtp`` / ``notifications.webhook``. When a reload changes them (or
-  ``portal.slt_required``, or the database), the app is rebuilt with the new settings. With
+  ``notifications.smtp`` / ``notifications.webhook``. When a new policy changes them (or
+  ``portal.slt_required``, or the database), the app is rebuilt with the new settings
+  (:meth:`PortalAddon.policy_changed`). With
   several workers on one host only one runs the sender (``schoolgate_portal_sender=false`` in
   the others): they share one outbox.
 
@@ -116,10 +117,10 @@ class PortalAddon(asgiapp.WSGIApp):
         self.recorder = recorder
         self.app = None
         self._key: tuple | None = None  # (sessions, secret, settings json) the app was built for
-        self._generation = -1
         self._running = False
         self._lock = threading.Lock()
         super().__init__(_scheme_fix(self._wsgi), "", None)
+        holder.subscribe(self)
 
     @property
     def name(self) -> str:  # one instance; not asgiapp's host:port name
@@ -133,14 +134,16 @@ class PortalAddon(asgiapp.WSGIApp):
             return [_UNAVAILABLE]
         return app(environ, start_response)
 
-    def refresh(self) -> None:
+    def policy_changed(self, old, new) -> None:
+        """A new policy: rebuild the app if its settings or the database changed."""
+        self.refresh(new)
+
+    def refresh(self, policy=None) -> None:
         """Build (or rebuild) the app if the database, the secret or the portal's settings
-        changed since it was built. Cheap when nothing did (compares the policy generation)."""
-        policy = self.holder.policy
+        (of ``policy``, by default the one in force) changed since it was built."""
+        policy = policy or self.holder.policy
         sessions = self.recorder.sessions
         if policy is None or sessions is None or not self.recorder.secret:
-            return
-        if self.holder.generation == self._generation and self.app is not None:
             return
         with self._lock:
             settings = portal_settings(policy)
@@ -149,7 +152,6 @@ class PortalAddon(asgiapp.WSGIApp):
                 self.recorder.secret,
                 json.dumps(settings, sort_keys=True, default=str),
             )
-            self._generation = self.holder.generation
             if key == self._key and self.app is not None:
                 return
             try:
@@ -211,7 +213,6 @@ class PortalAddon(asgiapp.WSGIApp):
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.should_serve(flow):
             return
-        self.refresh()
         if self.app is None:
             flow.response = http.Response.make(
                 503, _UNAVAILABLE, {"content-type": "text/html; charset=utf-8"}

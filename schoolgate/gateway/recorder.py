@@ -13,6 +13,10 @@ dead-letter.jsonl``), and on shutdown flushes everything queued. Hooks only ever
 * Events the database refuses even alone go to the dead-letter file; IT Support is told
   through the portal's outbox (at most one message every :data:`DEAD_LETTER_ALERT_EVERY`,
   counting what came since the last).
+
+A new policy that names another database (``database.url``) moves the log there: the
+decisions from then on are recorded in the new database, and what was queued for the old one
+is written there first.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from mitmproxy import exceptions
 
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +62,15 @@ class Recorder:
         self._durable: list[Future] = []
         self._sync_slow_logged = False
         self._dead = _DeadLetterAlerts(self)
+        holder.subscribe(self)
 
     def configure(self, updated) -> None:
         policy = self.holder.policy
         if policy is None:
             return
-        self._open(policy.settings.database_url)
+        if self.eventlog is None:
+            # At start-up a database that cannot be opened stops the gateway starting.
+            self._open(policy.settings.database_url)
         if self._data_dir != self.holder.data_dir:
             from schoolgate.blockpage import load_or_create_secret
 
@@ -75,14 +83,19 @@ class Recorder:
                 ) from None
             self._data_dir = self.holder.data_dir
 
-    def check_database(self) -> None:
-        """After a reload: follow a changed database URL (a failure keeps the old one)."""
-        policy = self.holder.policy
-        if policy is not None and policy.settings.database_url != self._url:
-            try:
-                self._open(policy.settings.database_url)
-            except exceptions.OptionsError as exc:
-                log.error("%s; still recording to the previous database", exc)
+    @property
+    def url(self) -> str | None:
+        """The URL of the database the decisions are recorded in (None: none open yet)."""
+        return self._url
+
+    def policy_changed(self, old: Policy | None, new: Policy) -> None:
+        """Follow a changed database URL (a failure keeps the old database)."""
+        if self.eventlog is None:
+            return  # nothing open yet: configure opens it, and refuses to start without it
+        try:
+            self._open(new.settings.database_url)
+        except exceptions.OptionsError as exc:
+            log.error("%s; still recording to the previous database", exc)
 
     def _open(self, url: str) -> None:
         if url == self._url:
