@@ -382,7 +382,6 @@ def test_restart_keeps_ladder_and_bans(gw: GW):
     _attempts(gw, ["proxy1.test", "proxy2.test"])  # warn, lockout: 2 points
     gw.guard.done()  # writes the lockout
     fresh = CircumventionGuard(gw.guard.holder, gw.guard.recorder)
-    fresh._sync()
     gw.guard.recorder.eventlog.flush(10)
     assert fresh.replay_recent() == 2
     assert fresh.ladder.total("device:127.0.0.1") == 2.0
@@ -470,7 +469,6 @@ def test_attempts_count_together_across_gateway_processes(gw: GW):
     _attempts(gw, ["proxy1.test"])  # a warning, recorded by the first process
     first.recorder.eventlog.flush(10)
     other = CircumventionGuard(first.holder, first.recorder)  # a second process's guard
-    other._sync()
     assert other.refresh()
     assert other.ladder.total("device:127.0.0.1") == 1.0
     gw.guard = other

@@ -72,6 +72,7 @@ from schoolgate.gateway.sanction_pages import (
 from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.hosts import normalize_host
 from schoolgate.model import Identity
+from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         self.detectors: Detectors | None = None
         self.ladder = Ladder(DISABLED, clock=self.clock)
         self.refreshed_at: datetime | None = None
-        self._generation = -1
         self._seen: weakref.WeakKeyDictionary[connection.Client, set] = weakref.WeakKeyDictionary()
         self._attempts: weakref.WeakKeyDictionary[connection.Client, _Attempt] = (
             weakref.WeakKeyDictionary()
@@ -137,6 +137,7 @@ class CircumventionGuard(SanctionPages, BanSync):
         self._counted: dict[str, datetime] = {}
         self._remote_since: datetime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        holder.subscribe(self)
 
     # -- mitmproxy lifecycle ------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -150,7 +151,6 @@ class CircumventionGuard(SanctionPages, BanSync):
     def configure(self, updated) -> None:
         if "schoolgate_bans_interval" in updated and ctx.options.schoolgate_bans_interval <= 0:
             raise exceptions.OptionsError("schoolgate_bans_interval must be positive")
-        self._sync()
 
     def running(self) -> None:
         try:
@@ -158,7 +158,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         except RuntimeError:
             self._loop = None
         if not self._worker.started:
-            self._sync()
             self.replay_recent()
             self.refresh()
             self._worker.start(getattr(ctx.options, "schoolgate_bans_interval", 3.0))
@@ -169,12 +168,8 @@ class CircumventionGuard(SanctionPages, BanSync):
         self.send_alerts()
 
     # -- settings -----------------------------------------------------------------------------
-    def _sync(self) -> None:
-        """Follow the policy in force (rebuilt when the holder loads a new one)."""
-        policy = self.holder.policy
-        if policy is None or self.holder.generation == self._generation:
-            return
-        self._generation = self.holder.generation
+    def policy_changed(self, old: Policy | None, policy: Policy) -> None:
+        """Follow a new policy (the holder tells its listeners before it is in force)."""
         circ = policy.settings.circumvention or CircumventionSettings()
         sanctions = policy.settings.sanctions or SanctionSettings()
         category = circ.category
@@ -473,7 +468,6 @@ class CircumventionGuard(SanctionPages, BanSync):
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return
-        self._sync()
         user = _user_of(flow)
         host = flow.request.host
         client = flow.client_conn
@@ -512,7 +506,6 @@ class CircumventionGuard(SanctionPages, BanSync):
             )
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        self._sync()
         context = data.context
         client = context.client
         sni = data.client_hello.sni
@@ -551,7 +544,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         """A tunnel that carries neither TLS nor HTTP (SSH, OpenVPN over port 443)."""
         if flow.client_conn.tls_established:
             return
-        self._sync()
         client = flow.client_conn
         address = flow.server_conn.address
         tunnel = self._tunnel.get(client)
@@ -573,7 +565,6 @@ class CircumventionGuard(SanctionPages, BanSync):
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         """An open WebSocket is cut, with its connection, if its user is suspended later."""
-        self._sync()
         client_ip = peer_ip(flow.client_conn)
         user = _user_of(flow)
         identity = self._identify(client_ip, user)
@@ -606,7 +597,6 @@ class CircumventionGuard(SanctionPages, BanSync):
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        self._sync()
         req = flow.request
         view = request_view(req)
         headers = view.headers

@@ -137,7 +137,7 @@ class HealthAddon:
         self.interval = 10.0
         self.max_backlog = 10_000
         self.policy_loaded_at: datetime | None = None
-        self._generation = -1
+        holder.subscribe(self)
         self._beats = 0
         self._lock = threading.Lock()
         self._ticker: asyncio.Task | None = None
@@ -235,14 +235,15 @@ class HealthAddon:
         if first and not stopped:
             self._log_switched_off(sessions)
 
+    def policy_changed(self, old: Any, new: Any) -> None:
+        """A policy was loaded: its time goes into the next heartbeat."""
+        self.policy_loaded_at = _utcnow()
+
     def snapshot(self, now: datetime | None = None, *, stopped: bool = False):
         """This process's heartbeat now (what :func:`record_beat` stores)."""
         from schoolgate.storage.heartbeats import Beat
 
         now = now or _utcnow()
-        if self.holder.generation != self._generation:
-            self._generation = self.holder.generation
-            self.policy_loaded_at = now
         eventlog = self.recorder.eventlog
         error = self.holder.last_error
         return Beat(
