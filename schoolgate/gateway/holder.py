@@ -147,7 +147,6 @@ class PolicyHolder:
         self.policy: Policy | None = None
         self.config_path: Path = DEFAULT_CONFIG
         self.data_dir: Path = default_data_dir()
-        self.generation = 0  # bumped on every successful (re)load, after the listeners
         self.last_error: ConfigError | None = None
         self._paths: list[Path] = []
         self._fingerprint: Fingerprint = ()
@@ -268,7 +267,6 @@ class PolicyHolder:
                 self._tell(listener, old, policy)
             self.policy = policy
             # Still read by the circumvention guard, which compares it on its own.
-            self.generation += 1
         self._paths, self._fingerprint = paths, stamp
         self.last_error = None
         self._sweep_until = time.monotonic() + SWEEP_SECONDS
