@@ -49,8 +49,8 @@ from schoolgate.bindings.radius import (  # noqa: E402
 )
 from schoolgate.bindings.settings import LeaseFile, RadiusSettings  # noqa: E402
 from schoolgate.bindings.writer import BindingWriter  # noqa: E402
-from schoolgate.db import open_database  # noqa: E402
 from schoolgate.storage import bindings as store  # noqa: E402
+from schoolgate.storage.db import open_database  # noqa: E402
 
 SECRET = b"bench-shared-secret-0123456789"
 

@@ -5,7 +5,7 @@ For each configuration (default: the shipped ``mitm_config.yaml``, with its ship
 only: a fresh data folder, so no subscription has been fetched), a pupil (``--role
 student``) at a lesson time found in the default site's timetable asks for every host of
 every measurement list, and every host of every site in ``tests/data/education_sites.txt``.
-The decisions are the policy's own (:meth:`schoolgate.policy.Policy.decide`, no exceptions in
+The decisions are the policy's own (:meth:`schoolgate.core.policy.Policy.decide`, no exceptions in
 force), so what is measured is what the gateway would answer.
 
 A list host counts as blocked when ``GET https://HOST/`` is refused (a pupil's HTTPS is
@@ -42,10 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schoolgate.config import load_policy  # noqa: E402
-from schoolgate.configfile import Issues  # noqa: E402
-from schoolgate.lists import parse_list  # noqa: E402
-from schoolgate.model import Identity, RequestFacts  # noqa: E402
+from schoolgate.core.config import load_policy  # noqa: E402
+from schoolgate.core.configfile import Issues  # noqa: E402
+from schoolgate.core.lists import parse_list  # noqa: E402
+from schoolgate.core.model import Identity, RequestFacts  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 

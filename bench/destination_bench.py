@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from mitmproxy.test import tflow, tutils  # noqa: E402
 
-from schoolgate.config import load_policy  # noqa: E402
+from schoolgate.core.config import load_policy  # noqa: E402
 from schoolgate.gateway.destinations import DestinationCheck  # noqa: E402
 from schoolgate.gateway.holder import PolicyHolder  # noqa: E402
 from schoolgate.gateway.resolver import Resolver, read_hosts_file  # noqa: E402

@@ -41,8 +41,8 @@ ANCHOR = next(
 )
 sys.path.insert(0, str(ROOT))
 
-from schoolgate.config import load_policy  # noqa: E402
-from schoolgate.model import RequestFacts  # noqa: E402
+from schoolgate.core.config import load_policy  # noqa: E402
+from schoolgate.core.model import RequestFacts  # noqa: E402
 
 LESSON = datetime(2026, 11, 24, 10, 30, tzinfo=ZoneInfo("Europe/London"))  # a Tuesday, P2
 

@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from schoolgate.cli import CommandError, facts_for_url
-    from schoolgate.config import load_policy
-    from schoolgate.configfile import ConfigError, Issues
-    from schoolgate.hosts import normalize_host
-    from schoolgate.lists import Matcher, parse_entries
+    from schoolgate.cli.main import CommandError, facts_for_url
+    from schoolgate.core.config import load_policy
+    from schoolgate.core.configfile import ConfigError, Issues
+    from schoolgate.core.hosts import normalize_host
+    from schoolgate.core.lists import Matcher, parse_entries
 
-from schoolgate.model import Action, RequestFacts  # noqa: E402
+from schoolgate.core.model import Action, RequestFacts  # noqa: E402
 from tests.policy_fixtures import local, write_config  # noqa: E402
 
 TARGETS = ("host", "url", "entries", "policy", "config")

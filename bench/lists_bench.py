@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark schoolgate.lists on a 1M-domain squidGuard list and a request stream.
+"""Benchmark schoolgate.core.lists on a 1M-domain squidGuard list and a request stream.
 
 By default it runs the squidGuard anchor's seeded generator
 (``/work/shared/bench-anchors/squidguard/gen.py``, beside the checkout as ``../shared``) into a
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schoolgate.configfile import Issues  # noqa: E402
-from schoolgate.lists import Matcher, parse_list  # noqa: E402
+from schoolgate.core.configfile import Issues  # noqa: E402
+from schoolgate.core.lists import Matcher, parse_list  # noqa: E402
 
 GEN = ROOT.parent / "shared" / "bench-anchors" / "squidguard" / "gen.py"
 

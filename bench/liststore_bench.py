@@ -9,7 +9,7 @@ One run does, in order:
 1. squidGuard (``../shared/bench-anchors/squidguard/run.sh``): generates N domains, a stream
    of M requests and their expected answers, builds its database and decides the stream
    (``--runs`` times): decisions/s, build time, RSS, mismatches.
-2. The store is compiled from the same list by ``schoolgate.listupdate.compile_lists`` (what
+2. The store is compiled from the same list by ``schoolgate.jobs.listupdate.compile_lists`` (what
    ``schoolgate lists update`` runs) in a fresh process: wall time, peak RSS of the compiler.
 3. One worker process maps the store and decides the whole stream with ``Policy.decide``
    (``--runs`` passes): decisions/s, p99 of one decision, mismatches against the labels.
@@ -81,7 +81,7 @@ def worker(args: argparse.Namespace) -> None:
     """Answers commands on stdin with one JSON line each: load, decide, serve, reload, quit."""
     import engine_bench
 
-    import schoolgate.config  # noqa: F401 - the code is loaded before the baseline is taken
+    import schoolgate.core.config  # noqa: F401 - the code is loaded before the baseline is taken
 
     stream_path = args.work / "urls.txt"
     labels = (args.work / "urls.txt.labels").read_text()
@@ -114,7 +114,7 @@ def reply(**fields) -> None:
 
 
 def _load(state: dict, facts, args: argparse.Namespace, labels: str) -> dict:
-    from schoolgate.config import load_policy
+    from schoolgate.core.config import load_policy
 
     started = time.perf_counter()
     state["policy"] = load_policy(args.config, data_dir=args.data_dir)
@@ -157,7 +157,7 @@ def _touch(state: dict, facts, args: argparse.Namespace, labels: str) -> dict:
 
 def _reload_while_serving(state: dict, facts, args: argparse.Namespace, labels: str) -> dict:
     """Reload in a thread (as the gateway's holder does) while this thread decides."""
-    from schoolgate.config import load_policy
+    from schoolgate.core.config import load_policy
 
     clock = time.perf_counter_ns
     done = threading.Event()
@@ -259,7 +259,7 @@ def compile_fresh(args: argparse.Namespace) -> dict:
     code = (
         "import json, resource, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from schoolgate.listupdate import compile_lists\n"
+        "from schoolgate.jobs.listupdate import compile_lists\n"
         "t = time.perf_counter()\n"
         f"compile_lists({str(args.config)!r}, {str(args.data_dir)!r}, progress=False)\n"
         "s = time.perf_counter() - t\n"
@@ -407,7 +407,7 @@ def count(args: argparse.Namespace) -> None:
     times over (0, 1 or 2: the differences are what a first and a later pass cost)."""
     import engine_bench
 
-    from schoolgate.config import load_policy
+    from schoolgate.core.config import load_policy
 
     with open(args.work / "urls.txt") as lines:
         facts = [engine_bench.parse_stream_line(next(lines)) for _ in range(args.callgrind)]

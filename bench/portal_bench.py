@@ -44,12 +44,12 @@ from sqlalchemy import func, insert, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schoolgate.config import load_policy  # noqa: E402
-from schoolgate.db import EventRow, open_database  # noqa: E402
+from schoolgate.core.config import load_policy  # noqa: E402
 from schoolgate.portal.app import create_app, make_identify  # noqa: E402
 from schoolgate.portal.auth import add_staff  # noqa: E402
-from schoolgate.portal.models import PortalRequestRow  # noqa: E402
-from schoolgate.portal.views_public import new_ref  # noqa: E402
+from schoolgate.portal.blueprints.public import new_ref  # noqa: E402
+from schoolgate.storage.db import EventRow, open_database  # noqa: E402
+from schoolgate.storage.portal import PortalRequestRow  # noqa: E402
 
 PASSWORD = "correct horse battery"
 YEAR_START = datetime(2025, 9, 3, 8, 30, tzinfo=UTC)

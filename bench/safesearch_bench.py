@@ -1,6 +1,6 @@
 """What safe search enforcement costs a request: ``python3 bench/safesearch_bench.py``.
 
-:func:`schoolgate.safesearch.enforce` runs for every allowed request of a role with safe search
+:func:`schoolgate.core.safesearch.enforce` runs for every allowed request of a role with safe search
 or YouTube Restricted Mode on. Most hosts are not search engines and should cost a couple of
 string checks; search pages are parsed and rewritten. Best of five runs of 100,000 calls each.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schoolgate.safesearch import enforce  # noqa: E402
+from schoolgate.core.safesearch import enforce  # noqa: E402
 
 OTHER_HOSTS = [
     "www.example.com",

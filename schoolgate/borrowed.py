@@ -11,8 +11,8 @@ costs every pupil's request (or loses a job):
 * :mod:`schoolgate.gateway.workers` relies on mitmproxy's servers listening through
   ``loop.create_server`` (several processes share the port with ``SO_REUSEPORT``), and reaches
   into its ``termlog`` and ``dumper`` addons to tag each worker's lines;
-* :mod:`schoolgate.jobs` overrides APScheduler's ``_process_jobs`` so that no job starts after
-  the scheduler was told to stop.
+* :mod:`schoolgate.jobs.scheduler` overrides APScheduler's ``_process_jobs`` so that no job
+  starts after the scheduler was told to stop.
 
 Each is used only where the installed library is a version the tests cover (:data:`TESTED`)
 and the internal still has the shape it was written against. Otherwise the library's own

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schoolgate.bindings.cache import BindingCache  # noqa: E402
-from schoolgate.db import open_database  # noqa: E402
+from schoolgate.storage.db import open_database  # noqa: E402
 
 
 def main(url: str, order: str) -> None:

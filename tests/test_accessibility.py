@@ -13,11 +13,11 @@ from accessibility import axe_violations, chromium, describe
 from test_blockpage import AGE, ERROR, LOCKED, LONDON, NOW, READ_ONLY, _decision, _page
 from werkzeug.serving import make_server
 
-from schoolgate.bans import BanState
-from schoolgate.config import load_policy
-from schoolgate.db import open_database
+from schoolgate.core.config import load_policy
+from schoolgate.core.sanctions import BanState
+from schoolgate.gateway.suspension import render_suspended_page, render_warning_page
 from schoolgate.portal.app import create_app, make_identify
-from schoolgate.suspension import render_suspended_page, render_warning_page
+from schoolgate.storage.db import open_database
 
 pytestmark = pytest.mark.e2e  # every test renders in Chromium
 
@@ -170,10 +170,10 @@ def staff_portal(tmp_path_factory, browser):
     import shutil
     from pathlib import Path
 
-    from schoolgate.bans_store import add_ban
-    from schoolgate.db import EventRow
     from schoolgate.portal import totp
     from schoolgate.portal.auth import add_staff
+    from schoolgate.storage.bans import add_ban
+    from schoolgate.storage.db import EventRow
 
     folder = tmp_path_factory.mktemp("console")
     shutil.copytree(Path(__file__).parent / "data" / "gateway", folder / "config")

@@ -14,7 +14,11 @@ import pytest
 import yaml
 from mitmproxy.test import taddons, tflow, tutils
 
-from schoolgate.alerts import (
+from schoolgate.core.configfile import ConfigError, Issues, Section, load_yaml
+from schoolgate.gateway import make_addons
+from schoolgate.gateway.alerts_addon import AlertsAddon
+from schoolgate.gateway.enforce import Enforcement
+from schoolgate.jobs.alerts import (
     MAX_LISTED,
     AlertBatcher,
     AlertSettings,
@@ -22,10 +26,6 @@ from schoolgate.alerts import (
     read_alerts,
     render,
 )
-from schoolgate.configfile import ConfigError, Issues, Section, load_yaml
-from schoolgate.gateway import make_addons
-from schoolgate.gateway.alerts_addon import AlertsAddon
-from schoolgate.gateway.enforce import Enforcement
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 STUDENT_IP = "127.0.0.1"
@@ -299,7 +299,7 @@ class GW:
 
     def send(self) -> tuple[int, int]:
         """What the outbox sender would deliver now (through the real SMTP server)."""
-        from schoolgate.portal.notify import OutboxSender, smtp_settings_from
+        from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
 
         policy = self.addons[0].policy
         smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
@@ -473,10 +473,10 @@ def test_the_background_thread_queues_an_alert(gw: GW, smtp_server):
 
 # -- content reports ---------------------------------------------------------------------------
 def _portal(tmp_path: Path, config: Path, port: int, content_reports: bool):
-    from schoolgate.config import load_policy
-    from schoolgate.db import open_database
+    from schoolgate.core.config import load_policy
+    from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
     from schoolgate.portal.app import create_app, make_identify
-    from schoolgate.portal.notify import OutboxSender, smtp_settings_from
+    from schoolgate.storage.db import open_database
 
     data = yaml.safe_load(config.read_text())
     data["alerts"]["content_reports"] = content_reports

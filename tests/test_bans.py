@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.bans import (
+from schoolgate.core.circumvention_settings import load_circumvention
+from schoolgate.core.configfile import Issues, Section, load_yaml
+from schoolgate.core.sanctions import (
     DISABLED,
     BanBook,
     BanState,
@@ -19,8 +21,6 @@ from schoolgate.bans import (
     parse_subject,
     subject_for,
 )
-from schoolgate.configfile import Issues, Section, load_yaml
-from schoolgate.core.circumvention_settings import load_circumvention
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -184,7 +184,7 @@ def test_quiet_replay_fires_nothing_and_keeps_counting():
 
 
 def test_ladder_memory_is_bounded(monkeypatch):
-    import schoolgate.bans as bans
+    import schoolgate.core.sanctions as bans
 
     monkeypatch.setattr(bans, "MAX_SUBJECTS", 100)
     ladder = Ladder(SETTINGS, clock=Clock())
@@ -363,13 +363,13 @@ circumvention:
 
 @pytest.fixture
 def sessions(tmp_path):
-    from schoolgate.db import open_database
+    from schoolgate.storage.db import open_database
 
     return open_database(f"sqlite:///{tmp_path}/bans.db")
 
 
 def test_store_ban_lift_supervise_audit(sessions):
-    from schoolgate.bans_store import (
+    from schoolgate.storage.bans import (
         BanError,
         ban_history,
         bans_current,
@@ -423,7 +423,7 @@ def test_store_ban_lift_supervise_audit(sessions):
 
 
 def test_store_expiry_is_audited_once(sessions):
-    from schoolgate.bans_store import ban_history, note_expired, save_ban
+    from schoolgate.storage.bans import ban_history, note_expired, save_ban
 
     now = datetime.now(UTC)
     with sessions() as s:

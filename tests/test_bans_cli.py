@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate import cli
-from schoolgate.bans import BanState
+import schoolgate.cli.main as cli
+from schoolgate.core.sanctions import BanState
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "bans" not in sub.choices:  # until the lead wires bans_cli into cli.py
-        from schoolgate.bans_cli import register
+        from schoolgate.cli.bans import register
 
         register(sub, cli._common)
     args = parser.parse_args(list(argv))
@@ -32,9 +32,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def env(gateway_config: Path, gateway_data_dir: Path):
-    from schoolgate.bans_store import save_ban
-    from schoolgate.config import load_policy
-    from schoolgate.db import EventRow, open_database
+    from schoolgate.core.config import load_policy
+    from schoolgate.storage.bans import save_ban
+    from schoolgate.storage.db import EventRow, open_database
 
     policy = load_policy(gateway_config, data_dir=gateway_data_dir)
     sessions = open_database(policy.settings.database_url)

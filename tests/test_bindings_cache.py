@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from schoolgate.bindings.cache import BindingCache
-from schoolgate.db import open_database
 from schoolgate.storage import bindings as store
+from schoolgate.storage.db import open_database
 
 PEER = Path(__file__).resolve().parent / "binding_peer.py"
 

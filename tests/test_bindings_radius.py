@@ -19,8 +19,8 @@ from schoolgate.bindings.cache import BindingCache
 from schoolgate.bindings.radius import RadiusListener, accounting_store, radius_dictionary
 from schoolgate.bindings.settings import RadiusSettings
 from schoolgate.bindings.writer import BindingWriter
-from schoolgate.db import AuditRow, open_database
 from schoolgate.storage import bindings as store
+from schoolgate.storage.db import AuditRow, open_database
 
 SECRET = b"a-long-shared-secret-for-tests-0123"
 

@@ -23,8 +23,8 @@ from schoolgate.bindings.sessions import (
     record_negotiate,
 )
 from schoolgate.bindings.settings import LeaseFile, NegotiateSettings, SignInSettings
-from schoolgate.db import AuditRow, open_database
 from schoolgate.storage import bindings as store
+from schoolgate.storage.db import AuditRow, open_database
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PUPIL_PASSWORD = DIRECTORY_PASSWORDS["pupil1"][0]

@@ -20,7 +20,7 @@ from schoolgate.bindings.settings import (
     parse_listen,
     read_identity_sources,
 )
-from schoolgate.configfile import Issues, Section, load_yaml
+from schoolgate.core.configfile import Issues, Section, load_yaml
 
 ROLES = {"student", "staff", "guest", "sixth_form"}
 

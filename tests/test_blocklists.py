@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from schoolgate import circumvention
-from schoolgate.configfile import Issues
-from schoolgate.lists import Matcher, parse_list
+from schoolgate.core.configfile import Issues
+from schoolgate.core.lists import Matcher, parse_list
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKLISTS = ROOT / "blocklists"

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schoolgate.blockpage import (
+from schoolgate.core.model import Action, Decision, Identity, ListMatch, Window
+from schoolgate.gateway.blockpage import (
     block_response_parts,
     describe_until,
     load_or_create_secret,
@@ -27,7 +28,6 @@ from schoolgate.blockpage import (
     verify_ref,
     wants_html,
 )
-from schoolgate.model import Action, Decision, Identity, ListMatch, Window
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -190,9 +190,9 @@ def test_workers_share_the_port_only_on_a_tested_mitmproxy(monkeypatch, caplog) 
 def test_an_untested_apscheduler_runs_the_jobs_with_its_own_scheduler(
     untested_versions, gateway_config, gateway_data_dir, caplog
 ) -> None:
-    from schoolgate.config import load_policy
-    from schoolgate.db import open_database
-    from schoolgate.jobs import Jobs
+    from schoolgate.core.config import load_policy
+    from schoolgate.jobs.scheduler import Jobs
+    from schoolgate.storage.db import open_database
     from schoolgate.storage.job_runs import last_runs
 
     policy = load_policy(gateway_config, data_dir=gateway_data_dir)
@@ -221,7 +221,7 @@ def test_the_scheduler_that_stops_cleanly_needs_apschedulers_process_jobs(
 ) -> None:
     from apscheduler.schedulers.base import BaseScheduler
 
-    from schoolgate.jobs import _Scheduler, scheduler_class
+    from schoolgate.jobs.scheduler import _Scheduler, scheduler_class
 
     assert scheduler_class() is _Scheduler  # a tested APScheduler, as it is
     monkeypatch.delattr(BaseScheduler, "_process_jobs")

@@ -24,7 +24,7 @@ real = importlib.metadata.version
 def version(name):
     return "99.0.0" if name.lower() in ("mitmproxy", "apscheduler") else real(name)
 importlib.metadata.version = version
-from schoolgate.cli import main
+from schoolgate.cli.main import main
 sys.exit(main())
 """
 

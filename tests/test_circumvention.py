@@ -25,7 +25,7 @@ from schoolgate.circumvention import (
     normalise_for_detection,
 )
 from schoolgate.core.destination import Destination, Verdict
-from schoolgate.hosts import host_suffixes, normalize_host
+from schoolgate.core.hosts import host_suffixes, normalize_host
 
 # --------------------------------------------------------------------------------------------
 # Helpers

@@ -59,7 +59,7 @@ class GW:
     enforce: Enforcement
 
     def events(self, kind: str | None = None) -> list[dict]:
-        from schoolgate.events import list_events
+        from schoolgate.storage.events import list_events
 
         recorder = self.guard.recorder
         assert recorder.eventlog.flush(30)
@@ -207,7 +207,7 @@ def _attempts(gw: GW, hosts, *, ip: str = STUDENT_IP, user: str | None = None):
 
 
 def test_ladder_to_ban_then_suspension_supervision_lift(gw: GW):
-    from schoolgate.bans_store import (
+    from schoolgate.storage.bans import (
         ban_history,
         lift_ban,
         list_bans,
@@ -328,7 +328,7 @@ def test_user_ban_follows_the_user_not_the_device(gw: GW):
 
 
 def test_suspended_device_not_intercepted_is_refused_at_connect(gw: GW):
-    from schoolgate.bans_store import add_ban
+    from schoolgate.storage.bans import add_ban
 
     with gw.guard.recorder.sessions() as s:
         add_ban(s, VISITOR_IP, by="it.support", minutes=60, reason="by hand")
@@ -410,7 +410,7 @@ def test_the_esafety_team_is_told_by_email(gateway_config: Path, gateway_data_di
 
     from aiosmtpd.controller import Controller
 
-    from schoolgate.portal.notify import OutboxSender, smtp_settings_from
+    from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
 
     received = []
 

@@ -4,7 +4,7 @@ page on an otherwise allowed site; a supervision session lets them through and i
 gateway restarts and the ban holds; the ban is lifted and access returns.
 
 Needs the circumvention addon wired into ``schoolgate.gateway.make_addons`` and
-``schoolgate.bans_cli.register`` into ``schoolgate.cli`` (it fails, not skips, until then).
+``schoolgate.cli.bans.register`` into ``schoolgate.cli`` (it fails, not skips, until then).
 127.0.0.1 is a student by network (tests/data/gateway/config.yaml).
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from policy_fixtures import write_config
 
-from schoolgate.cli import main
+from schoolgate.cli.main import main
 
 SCRIPT = shutil.which("schoolgate", path=str(Path(sys.executable).parent)) or shutil.which(
     "schoolgate"
@@ -303,8 +303,8 @@ def test_allow_refuses_locked_unknown_and_past(config, capsys):
 def test_allow_is_audited(config, capsys):
     from sqlalchemy import select
 
-    from schoolgate.config import load_policy
-    from schoolgate.db import AuditRow, open_database
+    from schoolgate.core.config import load_policy
+    from schoolgate.storage.db import AuditRow, open_database
 
     run(
         capsys,

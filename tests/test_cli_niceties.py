@@ -11,10 +11,10 @@ import pytest
 import yaml
 from policy_fixtures import write_config
 
-from schoolgate.cli import main
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError
-from schoolgate.db import ExceptionRow, open_database
+from schoolgate.cli.main import main
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError
+from schoolgate.storage.db import ExceptionRow, open_database
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -137,7 +137,7 @@ def test_jobs_list_in_words_with_next_and_last_runs(tmp_path, capsys, monkeypatc
                      r"nothing had ended", out), out  # fmt: skip
 
     # a job that fails is shown with its error
-    import schoolgate.jobs as jobs
+    import schoolgate.jobs.scheduler as jobs
 
     def broken(ctx):
         raise RuntimeError("the list server said no")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from policy_fixtures import DEFAULT_TIMETABLE, ROOT, write_config
 
-from schoolgate.config import DEFAULT_CONFIG, load_policy
-from schoolgate.configfile import ConfigError
+from schoolgate.core.config import DEFAULT_CONFIG, load_policy
+from schoolgate.core.configfile import ConfigError
 
 GOOD = f"""\
 roles:

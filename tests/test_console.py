@@ -13,12 +13,12 @@ from datetime import timedelta
 import pytest
 from test_portal import PASSWORD, Portal, csrf, post
 
-from schoolgate.bans_store import BanAuditRow, SupervisionRow, add_ban
-from schoolgate.db import AuditRow, EventRow
-from schoolgate.events import LiveCursor, follow_events
 from schoolgate.portal.app import create_app, make_identify
 from schoolgate.portal.auth import add_staff
 from schoolgate.portal.services.events import EventFilter, history
+from schoolgate.storage.bans import BanAuditRow, SupervisionRow, add_ban
+from schoolgate.storage.db import AuditRow, EventRow
+from schoolgate.storage.events import LiveCursor, follow_events
 from schoolgate.storage.heartbeats import Beat, record_beat
 
 
@@ -258,7 +258,7 @@ def test_the_stream_is_only_on_the_portals_own_port(portal, tmp_path):
 
 
 def test_explain_in_the_console_says_what_the_command_says(portal):
-    from schoolgate import cli
+    import schoolgate.cli.main as cli
 
     out = io.StringIO()
     with redirect_stdout(out):

@@ -31,8 +31,8 @@ from gateway_process import ROOT, free_port, run_cli, start_gateway, stop_gatewa
 from oidc_provider import TENANT, Provider
 from test_portal_e2e import BROWSER_ARGS, CHROMIUM, Origin, spki_hash, until_page
 
-from schoolgate.bans_store import add_ban
-from schoolgate.db import open_database
+from schoolgate.storage.bans import add_ban
+from schoolgate.storage.db import open_database
 
 ARTIFACTS = ROOT / "test-artifacts" / "console-e2e"
 PORTAL = "schoolgate.internal"

@@ -459,7 +459,7 @@ def test_a_ban_closes_the_tunnels_already_open(gw: Gateway) -> None:
     other = connect_flow("gov.test", ip="127.0.0.9")
     send(gw, other)
     assert closed == []
-    from schoolgate.bans_store import add_ban
+    from schoolgate.storage.bans import add_ban
 
     with gw.recorder.sessions() as session:
         add_ban(session, VISITOR_IP, by="it.support", minutes=60, reason="by hand")

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from schoolgate.db import EventRow, open_database
-from schoolgate.eventlog import EVENT_TABLE, EventLog, new_ref
-from schoolgate.events import list_events
 from schoolgate.storage.batches import BatchWriter, TransientFailure
+from schoolgate.storage.db import EventRow, open_database
 from schoolgate.storage.deadletter import DeadLetters
+from schoolgate.storage.eventlog import EVENT_TABLE, EventLog, new_ref
+from schoolgate.storage.events import list_events
 from schoolgate.storage.storable import FIELD_MAX, escape_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,7 @@ CRASH = """
 import json, os, signal, sys
 from datetime import UTC, datetime
 from sqlalchemy.exc import OperationalError
-from schoolgate.eventlog import EventLog, new_ref
+from schoolgate.storage.eventlog import EventLog, new_ref
 
 class Locked:
     kw = {}

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from schoolgate.db import EventRow, open_database
-from schoolgate.eventlog import EventLog, decision_event, new_ref, search_term_of
-from schoolgate.events import list_events
-from schoolgate.model import Action, Decision, Identity, ListMatch, RequestFacts, Window
+from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window
+from schoolgate.storage.db import EventRow, open_database
+from schoolgate.storage.eventlog import EventLog, decision_event, new_ref, search_term_of
+from schoolgate.storage.events import list_events
 
 AT = datetime(2026, 11, 30, 10, 15, tzinfo=UTC)
 WINDOW = Window("lesson", "P2", AT - timedelta(minutes=15), AT + timedelta(minutes=45), "main")
@@ -289,7 +289,7 @@ class FlakyFactory:
 
 
 def test_database_down_retries_with_backoff_and_warns(db, caplog):
-    caplog.set_level(logging.WARNING, logger="schoolgate.eventlog")
+    caplog.set_level(logging.WARNING, logger="schoolgate.storage.eventlog")
     log = EventLog(FlakyFactory(db, failures=4), batch_size=50, flush_interval=0.02)
     log.start()
     for i in range(120):
@@ -376,7 +376,7 @@ def test_odd_values_are_normalised(db):
 
 
 def test_high_water_mark_warns_but_keeps(db, caplog):
-    caplog.set_level(logging.ERROR, logger="schoolgate.eventlog")
+    caplog.set_level(logging.ERROR, logger="schoolgate.storage.eventlog")
     log = EventLog(db, high_water=100, batch_size=50)  # not started: everything stays queued
     for i in range(300):
         log.record(_event(i))

@@ -60,7 +60,7 @@ class Gateway:
     config: Path
 
     def events(self) -> list[dict]:
-        from schoolgate.events import list_events
+        from schoolgate.storage.events import list_events
 
         assert self.recorder.eventlog.flush(10)
         with self.recorder.sessions() as session:
@@ -203,7 +203,7 @@ def test_proxyauth_user_beats_network(gw: Gateway, caplog) -> None:
 
 
 def test_exception_from_cache_opens_site(gw: Gateway) -> None:
-    from schoolgate.store import add_exception
+    from schoolgate.storage.exceptions import add_exception
 
     now = datetime.now(UTC)
     with gw.recorder.sessions() as session:
@@ -430,7 +430,7 @@ def test_portal_paths_go_to_the_app(gw: Gateway) -> None:
     import asyncio
     from urllib.parse import quote
 
-    from schoolgate.blockpage import sign_ref
+    from schoolgate.gateway.blockpage import sign_ref
 
     signed = sign_ref(gw.recorder.secret, "SG-123")
     flow = http_flow(
@@ -582,7 +582,7 @@ def test_enforcement_failing_outright_refuses(chain: Gateway, monkeypatch, caplo
 def test_portal_is_served_through_the_one_addon(chain: Gateway) -> None:
     from mitmproxy.proxy.layers.http import HttpRequestHook
 
-    from schoolgate.blockpage import sign_ref
+    from schoolgate.gateway.blockpage import sign_ref
 
     signed = quote(sign_ref(chain.recorder.secret, "SG-123"))
     flow = http_flow("schoolgate.internal", f"/request?url=http%3A%2F%2Fx.test%2F&ref={signed}")

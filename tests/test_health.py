@@ -19,7 +19,7 @@ import pytest
 from gateway_process import ROOT, free_port, start_gateway, stop_gateway, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from schoolgate.config import load_policy
+from schoolgate.core.config import load_policy
 from schoolgate.core.switched_off import switched_off
 from schoolgate.gateway.health import MinuteSeries
 from schoolgate.storage.heartbeats import Beat, minutes_total

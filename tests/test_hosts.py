@@ -2,7 +2,7 @@
 
 import pytest
 
-from schoolgate.hosts import host_suffixes, normalize_host
+from schoolgate.core.hosts import host_suffixes, normalize_host
 
 
 @pytest.mark.parametrize(

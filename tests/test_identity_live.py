@@ -18,16 +18,16 @@ from policy_fixtures import write_config
 from schoolgate.bindings.accounts import Passwords, PortalAccounts
 from schoolgate.bindings.directory import DirectoryUnavailable, DirectoryUser, WrongPassword
 from schoolgate.bindings.model import Binding
-from schoolgate.cli import main
-from schoolgate.config import identity_sources_of, load_policy
-from schoolgate.configfile import ConfigError
-from schoolgate.db import open_database
-from schoolgate.eventlog import decision_event
+from schoolgate.cli.main import main
+from schoolgate.core.config import identity_sources_of, load_policy
+from schoolgate.core.configfile import ConfigError
+from schoolgate.core.identity import SIGN_IN_REQUIRED
+from schoolgate.core.model import RequestFacts
 from schoolgate.gateway.identity_addon import IdentitySourcesAddon
-from schoolgate.identity import SIGN_IN_REQUIRED
-from schoolgate.model import RequestFacts
 from schoolgate.portal.auth import add_staff
 from schoolgate.storage import bindings as store
+from schoolgate.storage.db import open_database
+from schoolgate.storage.eventlog import decision_event
 
 NOW = datetime(2026, 11, 24, 10, 30, tzinfo=UTC)  # a Tuesday, lesson time
 SIGN_IN = {"networks": ["10.30.0.0/16"], "portal_accounts": {"role": "staff"}}

@@ -222,8 +222,8 @@ def test_a_pupil_bound_by_radius_meets_the_pupils_policy_on_both_workers(rnet: R
         assert rnet.visit("http://instagram.test/accounts/signup?n=forged")[0] == 403
 
     # A ban on dev (the person) suspends the bound device.
-    from schoolgate.bans_store import add_ban
-    from schoolgate.db import open_database
+    from schoolgate.storage.bans import add_ban
+    from schoolgate.storage.db import open_database
 
     sessions = open_database(f"sqlite:///{rnet.data_dir / 'schoolgate.db'}")
     with sessions() as db:

@@ -78,8 +78,8 @@ def lapse(gateway: UpstreamGateway, user: str) -> None:
     and worker picks up. (The clock itself is not waited for: 20 minutes.)"""
     from sqlalchemy import select
 
-    from schoolgate.db import open_database
     from schoolgate.storage import bindings as store
+    from schoolgate.storage.db import open_database
 
     sessions = open_database(f"sqlite:///{gateway.data_dir / 'schoolgate.db'}")
     with sessions() as db:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, Table, select
 
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError, Issues, MarkedDict, Section
-from schoolgate.db import AuditRow, ExceptionRow, open_database
-from schoolgate.jobs import FakeClock, Jobs, read_notifications
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError, Issues, MarkedDict, Section
+from schoolgate.jobs.scheduler import FakeClock, Jobs, read_notifications
+from schoolgate.storage.db import AuditRow, ExceptionRow, open_database
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # a Tuesday (the test timetable is UTC)
 
@@ -200,7 +200,7 @@ def test_escalation_to_slt_after_the_configured_time(school):
 
 def test_a_failing_job_does_not_stop_the_others(school, monkeypatch):
     policy, sessions = school
-    from schoolgate import jobs as jobs_module
+    import schoolgate.jobs.scheduler as jobs_module
 
     def boom(ctx):
         raise RuntimeError("disk full")
@@ -218,7 +218,7 @@ def test_a_failing_job_does_not_stop_the_others(school, monkeypatch):
 
 
 def test_notifications_validator_reports_file_line_and_field(tmp_path):
-    from schoolgate.configfile import load_yaml
+    from schoolgate.core.configfile import load_yaml
 
     path = tmp_path / "c.yaml"
     path.write_text(

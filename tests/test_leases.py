@@ -1,6 +1,6 @@
 """The gateways of a trust share one database and do once-per-database work once: exactly one
-process holds the job lease (``schoolgate.leases``) and another takes over when it stops, and
-several notification senders deliver each queued message exactly once. On SQLite files and on a
+process holds the job lease (``schoolgate.storage.leases``) and another takes over when it stops,
+and several notification senders deliver each queued message exactly once. On SQLite files and on a
 real PostgreSQL server (``tests/pg_server.py``), with a real SMTP server (aiosmtpd) and, at the
 end, two real ``schoolgate run`` gateways.
 """
@@ -27,12 +27,12 @@ from pg_server import PostgresServer, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from schoolgate.config import load_policy
-from schoolgate.db import AuditRow, open_database
-from schoolgate.jobs import FakeClock, Jobs
-from schoolgate.leases import Lease, LeaseKeeper, LeaseRow
-from schoolgate.portal.models import OutboxRow
-from schoolgate.portal.notify import CLAIM_FOR, OutboxSender, SmtpSettings
+from schoolgate.core.config import load_policy
+from schoolgate.jobs.notify import CLAIM_FOR, OutboxSender, SmtpSettings
+from schoolgate.jobs.scheduler import FakeClock, Jobs
+from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.leases import Lease, LeaseKeeper, LeaseRow
+from schoolgate.storage.portal import OutboxRow
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 TAKEOVER_DEADLINE = 90.0  # seconds: generous, for a loaded machine (not a speed check)
@@ -125,10 +125,10 @@ def test_gateways_starting_together_get_exactly_one_holder(gateways) -> None:
 
 HOLDER_SCRIPT = """
 import sys, time
-from schoolgate.config import load_policy
-from schoolgate.db import AuditRow, open_database
-from schoolgate.jobs import FakeClock, Jobs
-from schoolgate.leases import Lease, LeaseKeeper
+from schoolgate.core.config import load_policy
+from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.jobs.scheduler import FakeClock, Jobs
+from schoolgate.storage.leases import Lease, LeaseKeeper
 
 lease = Lease(open_database(sys.argv[1]), "jobs", ttl=10, holder="doomed-gateway")
 keeper = LeaseKeeper(lease, interval=1, on_acquired=lambda: print("held", flush=True),

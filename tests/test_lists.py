@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schoolgate.configfile import Issues
-from schoolgate.hosts import normalize_host
-from schoolgate.lists import ALLOWLIST, MAX_ISSUES_PER_FILE, Matcher, parse_entries, parse_list
+from schoolgate.core.configfile import Issues
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.lists import ALLOWLIST, MAX_ISSUES_PER_FILE, Matcher, parse_entries, parse_list
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "lists"

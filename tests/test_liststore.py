@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schoolgate.configfile import Issues
 from schoolgate.core import liststore
+from schoolgate.core.configfile import Issues
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.lists import Matcher, parse_entries, parse_list
 from schoolgate.core.liststore import ListFile, ListStore, StoreError, load_store, remove_unused
-from schoolgate.hosts import normalize_host
-from schoolgate.lists import Matcher, parse_entries, parse_list
 
 DIFF = settings(
     max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck)
@@ -230,7 +230,7 @@ def test_workers_reloading_at_once_compile_a_version_once(tmp_path):
         """
         import logging, sys
         from pathlib import Path
-        from schoolgate.configfile import Issues
+        from schoolgate.core.configfile import Issues
         from schoolgate.core.liststore import ListFile, load_store
         records = []
         logging.basicConfig(level=logging.INFO, handlers=[logging.Handler()])

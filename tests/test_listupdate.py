@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from schoolgate.config import load_policy
-from schoolgate.db import AuditRow, open_database
-from schoolgate.jobs import FakeClock, Jobs
-from schoolgate.listupdate import Progress, fetch_and_install, list_updates_of
+from schoolgate.core.config import load_policy
+from schoolgate.jobs.listupdate import Progress, fetch_and_install, list_updates_of
+from schoolgate.jobs.scheduler import FakeClock, Jobs
+from schoolgate.storage.db import AuditRow, open_database
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "lists"
 
@@ -155,7 +155,7 @@ def test_the_job_refreshes_lists_at_the_configured_time_and_reports_refusals(sch
 
 
 def test_cli_update_import_stats(school, capsys, tmp_path):
-    from schoolgate.cli import main
+    from schoolgate.cli.main import main
 
     config, data_dir, www = school
     common = ["--config", str(config), "--data-dir", str(data_dir)]
@@ -185,7 +185,7 @@ def test_cli_update_import_stats(school, capsys, tmp_path):
 
 
 def test_compiling_shows_each_phase_as_a_bar(school):
-    from schoolgate.listupdate import CompileProgress
+    from schoolgate.jobs.listupdate import CompileProgress
 
     config, data_dir, _www = school
     (config.parent / "social.txt").write_text(_domains(1000, "other"))

@@ -15,7 +15,10 @@ from conftest import starts_a_server
     [
         ([sys.executable, "-m", "schoolgate.cli", "run", "--config", "c.yaml"], "a gateway"),
         (["/usr/bin/schoolgate", "run", "--workers", "2"], "a gateway"),
-        ([sys.executable, "-c", "from schoolgate.cli import main; main()", "run"], "a gateway"),
+        (
+            [sys.executable, "-c", "from schoolgate.cli.main import main; main()", "run"],
+            "a gateway",
+        ),
         (["/usr/bin/chromium", "--headless", "--screenshot=x.png", "page.html"], "chromium"),
         (["/usr/lib/postgresql/15/bin/initdb", "-D", "/tmp/pg"], "initdb"),
         (["ip", "netns", "add", "pupil"], "network namespace"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.configfile import ConfigError
+from schoolgate.core.configfile import ConfigError
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LIBRARY = {

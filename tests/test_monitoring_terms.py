@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.configfile import ConfigError, Issues
+from schoolgate.core.configfile import ConfigError, Issues
 from schoolgate.monitoring.library import load_library
 from schoolgate.monitoring.terms import Matcher, load_matcher, normalise
 

@@ -17,13 +17,13 @@ import pytest
 from oidc_provider import TENANT, Provider
 from policy_fixtures import write_config
 
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError
 from schoolgate.core.staff_signin import signin_of
-from schoolgate.db import AuditRow, open_database
 from schoolgate.portal.auth import add_staff
-from schoolgate.portal.models import StaffRow
 from schoolgate.portal.oidc import OidcClient, OidcError, PendingLogin, staff_for
+from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.portal import StaffRow
 
 CALLBACK = "https://schoolgate.internal/staff/oidc/entra/callback"
 CLIENT_ID = "schoolgate-portal"

@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from policy_fixtures import local, write_config
 
-from schoolgate.config import load_policy
+from schoolgate.core.config import load_policy
+from schoolgate.core.model import AccessException, RequestFacts
 from schoolgate.core.pages import parse_page
-from schoolgate.model import AccessException, RequestFacts
-from schoolgate.policy import WITHHELD, ExceptionSet
-from schoolgate.store import ExceptionRequestError, validate_exception
+from schoolgate.core.policy import WITHHELD, ExceptionSet
+from schoolgate.storage.exceptions import ExceptionRequestError, validate_exception
 
 STUDENT_IP = "10.20.1.5"
 P2 = local("2026-11-24T10:30")  # a lesson: social media blocked for pupils
@@ -149,7 +149,7 @@ def test_a_confidential_list_never_shows_which_entry_matched(policy):
 
 
 def test_explain_decides_on_the_host_alone_where_https_is_not_decrypted(policy):
-    from schoolgate.model import Identity
+    from schoolgate.core.model import Identity
 
     guest = Identity("guest", "main")
     facts = RequestFacts("en.wikipedia.org", P2, "/wiki/X", "GET", 443, "https")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.configfile import Issues
+from schoolgate.core.configfile import Issues
+from schoolgate.core.lists import Matcher, parse_list
 from schoolgate.core.platforms import (
     SHARED_INFRASTRUCTURE,
     Platform,
     Platforms,
     load_platforms,
 )
-from schoolgate.lists import Matcher, parse_list
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKLISTS = ROOT / "blocklists"

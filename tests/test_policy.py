@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from policy_fixtures import ROOT, local, write_config
 
-from schoolgate.config import load_policy
-from schoolgate.model import AccessException, Action, RequestFacts
-from schoolgate.policy import ExceptionSet
+from schoolgate.core.config import load_policy
+from schoolgate.core.model import AccessException, Action, RequestFacts
+from schoolgate.core.policy import ExceptionSet
 
 STUDENT_IP = "10.20.1.5"
 STAFF_IP = "10.10.1.5"

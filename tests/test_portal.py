@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schoolgate.blockpage import sign_ref
-from schoolgate.config import load_policy
-from schoolgate.db import AuditRow, EventRow, ExceptionRow, open_database
-from schoolgate.model import RequestFacts
+from schoolgate.core.config import load_policy
+from schoolgate.core.model import RequestFacts
+from schoolgate.gateway.blockpage import sign_ref
 from schoolgate.portal.app import SltRequired, create_app, make_identify
 from schoolgate.portal.auth import add_staff, hash_password, set_password, verify_password
-from schoolgate.portal.models import PortalRequestRow, StaffRow
-from schoolgate.store import exceptions_current
+from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, open_database
+from schoolgate.storage.exceptions import exceptions_current
+from schoolgate.storage.portal import PortalRequestRow, StaffRow
 
 SECRET = b"s" * 32
 PASSWORD = "correct horse battery"
@@ -1064,8 +1064,8 @@ def test_a_teacher_form_without_csrf_is_refused(portal):
 def test_staff_command_adds_lists_and_changes_passwords(portal, capsys, monkeypatch):
     import io
 
-    from schoolgate.cli_common import add_common_options as _common
-    from schoolgate.portal import commands
+    import schoolgate.cli.staff as commands
+    from schoolgate.cli.common import add_common_options as _common
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

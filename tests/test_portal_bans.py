@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from test_portal import STUDENT_IP, Portal, csrf, post
 
-from schoolgate.bans import BanState
-from schoolgate.bans_store import (
+from schoolgate.core.sanctions import BanState
+from schoolgate.storage.bans import (
     BanAuditRow,
     BanRow,
     add_ban,

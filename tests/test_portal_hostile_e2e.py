@@ -464,9 +464,9 @@ def test_commands_record_the_operating_system_user(site: Site):
 
 def make_ban(site: Site, user: str) -> int:
     """A ban as the gateway makes one (no command makes bans)."""
-    from schoolgate.bans_store import add_ban
-    from schoolgate.config import load_policy
-    from schoolgate.db import open_database
+    from schoolgate.core.config import load_policy
+    from schoolgate.storage.bans import add_ban
+    from schoolgate.storage.db import open_database
 
     policy = load_policy(site.config, data_dir=site.data_dir)
     with open_database(policy.settings.database_url)() as session:

@@ -16,8 +16,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from mail import Inbox
 from test_portal import Portal, item_id, post
 
-from schoolgate.portal.models import OutboxRow
-from schoolgate.portal.notify import SmtpSettings, backoff, smtp_settings_from
+from schoolgate.jobs.notify import SmtpSettings, backoff, smtp_settings_from
+from schoolgate.storage.portal import OutboxRow
 
 
 def free_port() -> int:

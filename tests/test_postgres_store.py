@@ -19,15 +19,15 @@ from gateway_process import ROOT, free_port
 from pg_server import PostgresServer
 from sqlalchemy import inspect, select, text
 
-from schoolgate.bans_store import add_ban, note_expired
-from schoolgate.config import load_policy
-from schoolgate.db import MIGRATIONS_DIR, AuditRow, EventRow, ExceptionRow, open_database
-from schoolgate.eventlog import EventLog, new_ref
-from schoolgate.events import list_events
-from schoolgate.jobs import FakeClock, Jobs
+from schoolgate.core.config import load_policy
+from schoolgate.jobs.retention import RetentionSettings, export_user, purge
+from schoolgate.jobs.scheduler import FakeClock, Jobs
 from schoolgate.reports.build import build_report, period_for
-from schoolgate.retention import RetentionSettings, export_user, purge
-from schoolgate.store import add_exception, exceptions_current, revoke_exception
+from schoolgate.storage.bans import add_ban, note_expired
+from schoolgate.storage.db import MIGRATIONS_DIR, AuditRow, EventRow, ExceptionRow, open_database
+from schoolgate.storage.eventlog import EventLog, new_ref
+from schoolgate.storage.events import list_events
+from schoolgate.storage.exceptions import add_exception, exceptions_current, revoke_exception
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

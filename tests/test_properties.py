@@ -22,15 +22,15 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schoolgate.cli import CommandError, facts_for_url
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError, Issues
-from schoolgate.hosts import normalize_host
-from schoolgate.identity import load_roster
-from schoolgate.lists import Matcher, parse_entries
-from schoolgate.model import Action, RequestFacts
-from schoolgate.policy import Policy
-from schoolgate.timetable import Timetable, load_timetable
+from schoolgate.cli.main import CommandError, facts_for_url
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError, Issues
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.identity import load_roster
+from schoolgate.core.lists import Matcher, parse_entries
+from schoolgate.core.model import Action, RequestFacts
+from schoolgate.core.policy import Policy
+from schoolgate.core.timetable import Timetable, load_timetable
 from tests.policy_fixtures import BASE, DEFAULT_TIMETABLE, ROSTER, local, write_config
 
 # database=None: no .hypothesis folder in the checkout; failures print their example.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mitmproxy.test import taddons, tflow, tutils
 
+from schoolgate.core.policy import Policy
 from schoolgate.gateway import AlertsAddon, PolicyHolder, PortalAddon, Recorder, make_addons
-from schoolgate.policy import Policy
 
 
 class Listener:
@@ -141,8 +141,8 @@ def test_the_recorder_and_the_portal_follow_a_changed_database(
 ) -> None:
     from test_gateway_addons import http_flow
 
-    from schoolgate.events import list_events
     from schoolgate.gateway import Enforcement
+    from schoolgate.storage.events import list_events
 
     addons = make_addons()
     holder, recorder = addons[0], addons[1]
@@ -197,8 +197,8 @@ def test_alerts_follow_the_new_policy_without_polling(
 def test_the_bindings_follow_a_changed_database(tmp_path: Path) -> None:
     from test_identity_live import SIGN_IN, bind, identity_config
 
+    from schoolgate.core.identity import SIGN_IN_REQUIRED
     from schoolgate.gateway import IdentitySourcesAddon
-    from schoolgate.identity import SIGN_IN_REQUIRED
 
     config = identity_config(tmp_path, sign_in=SIGN_IN, sources=["sign_in"])
     addons = make_addons()

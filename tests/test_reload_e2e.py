@@ -26,8 +26,8 @@ def _stored_purge_at(config: Path, data_dir: Path) -> str | None:
 
 
 def _stored_jobs(db: Path) -> set[str]:
-    from schoolgate.db import database_exists, open_database
-    from schoolgate.jobs import stored_next_runs
+    from schoolgate.jobs.scheduler import stored_next_runs
+    from schoolgate.storage.db import database_exists, open_database
 
     url = f"sqlite:///{db}"
     if not database_exists(url):
@@ -68,16 +68,16 @@ def test_a_changed_schedule_reschedules_the_running_jobs(
 
 
 def _urls(db: Path) -> set[str]:
-    from schoolgate.db import open_database
-    from schoolgate.events import list_events
+    from schoolgate.storage.db import open_database
+    from schoolgate.storage.events import list_events
 
     with open_database(f"sqlite:///{db}")() as session:
         return {e["url"] for e in list_events(session, limit=None)}
 
 
 def _lease_holder(db: Path) -> str | None:
-    from schoolgate.db import database_exists, open_database
-    from schoolgate.leases import Lease
+    from schoolgate.storage.db import database_exists, open_database
+    from schoolgate.storage.leases import Lease
 
     url = f"sqlite:///{db}"
     if not database_exists(url):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, Table, insert
 
-from schoolgate.config import load_policy
-from schoolgate.db import EventRow, ExceptionRow, open_database
+from schoolgate.core.config import load_policy
 from schoolgate.reports.build import build_report, period_for, report_as_dict
 from schoolgate.reports.render import render_csv, render_html
+from schoolgate.storage.db import EventRow, ExceptionRow, open_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -252,7 +252,7 @@ def test_empty_database_gives_an_honest_empty_report(tmp_path):
 
 
 def test_report_command(week, capsys):
-    from schoolgate.cli import main
+    from schoolgate.cli.main import main
 
     policy, _sessions, _report, _inside, folder = week
     common = ["--config", str(folder / "config" / "config.yaml"), "--data-dir", str(folder / "var")]

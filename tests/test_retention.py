@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, Table, func, select
 
-from schoolgate.bans_store import BanRow, SupervisionRow
-from schoolgate.config import load_policy
-from schoolgate.configfile import Issues, Section, load_yaml
-from schoolgate.db import AuditRow, EventRow, ExceptionRow, open_database, utcnow
-from schoolgate.retention import RetentionSettings, purge, read_retention
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import Issues, Section, load_yaml
+from schoolgate.jobs.retention import RetentionSettings, purge, read_retention
+from schoolgate.storage.bans import BanRow, SupervisionRow
+from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, open_database, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

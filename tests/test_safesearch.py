@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
-from schoolgate.safesearch import SafeSearchChange, enforce, force_params
+from schoolgate.core.safesearch import SafeSearchChange, enforce, force_params
 
 
 def _on(host: str, path: str, youtube: str | None = "strict") -> SafeSearchChange | None:

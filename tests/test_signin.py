@@ -12,9 +12,9 @@ import pyotp
 import pytest
 from test_portal import PASSWORD, SECRET, Portal, csrf
 
-from schoolgate.db import AuditRow
 from schoolgate.portal import totp
-from schoolgate.portal.models import StaffRow
+from schoolgate.storage.db import AuditRow
+from schoolgate.storage.portal import StaffRow
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from policy_fixtures import BASE, write_config
 
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError
 from schoolgate.core.subscriptions import list_warnings, parse_period, state_of
-from schoolgate.listupdate import (
+from schoolgate.jobs.listupdate import (
     fetch_subscription,
     list_stats,
     list_updates_of,

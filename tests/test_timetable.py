@@ -1,4 +1,4 @@
-"""Tests for schoolgate.timetable: the shipped timetables, DST, midnight, and every error."""
+"""Tests for schoolgate.core.timetable: the shipped timetables, DST, midnight, and every error."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schoolgate.configfile import ConfigIssue, Issues
-from schoolgate.model import WINDOW_KINDS
-from schoolgate.timetable import Timetable, load_timetable
+from schoolgate.core.configfile import ConfigIssue, Issues
+from schoolgate.core.model import WINDOW_KINDS
+from schoolgate.core.timetable import Timetable, load_timetable
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULES = ROOT / "schedules"

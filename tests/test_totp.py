@@ -14,10 +14,10 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from schoolgate.db import open_database
 from schoolgate.portal import totp
 from schoolgate.portal.auth import add_staff
-from schoolgate.portal.models import StaffRow
+from schoolgate.storage.db import open_database
+from schoolgate.storage.portal import StaffRow
 
 KEY = b"k" * 32
 AT = datetime(2026, 12, 7, 10, 12, 5, tzinfo=UTC)

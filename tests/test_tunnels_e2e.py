@@ -453,8 +453,8 @@ BANNED = "127.0.0.3"  # a device no network rule names: a guest (filtered, not d
 
 
 def test_a_ban_closes_open_tunnels_and_websockets(net: Net) -> None:
-    from schoolgate.bans_store import add_ban
-    from schoolgate.db import open_database
+    from schoolgate.storage.bans import add_ban
+    from schoolgate.storage.db import open_database
 
     sock, status = connect(net.proxy, f"gov.test:{net.port_of('gov_tls')}", BANNED)
     assert status == 200

@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from policy_fixtures import BASE, local, write_config
 
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError
 from schoolgate.core import words
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError
+from schoolgate.core.model import AccessException, Action, Decision, Identity, ListMatch, Window
+from schoolgate.core.policy import ExceptionSet
 from schoolgate.core.words import DEFAULT_WORDING, Wording, decision_sentence, wording_of
-from schoolgate.model import AccessException, Action, Decision, Identity, ListMatch, Window
-from schoolgate.policy import ExceptionSet
 
 LONDON = ZoneInfo("Europe/London")
 NOW = datetime(2026, 12, 7, 10, 12, tzinfo=LONDON)  # Monday 7 December 2026, in P2
@@ -275,7 +275,7 @@ def test_config_words_are_read_and_checked(tmp_path):
 
 
 def _facts(url: str, at: datetime, ip: str):
-    from schoolgate.cli import facts_for_url
+    from schoolgate.cli.main import facts_for_url
 
     return facts_for_url(url, at=at, method="GET", client_ip=ip, user=None)
 

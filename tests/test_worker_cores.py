@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from gateway_process import free_port, start_gateway, stop_gateway
 
-from schoolgate.cli import build_parser
+from schoolgate.cli.main import build_parser
 from schoolgate.gateway import workers
 from schoolgate.gateway.workers import worker_argv, worker_cpus
 

@@ -41,7 +41,7 @@ from schoolgate.bindings.names import (
 )
 from schoolgate.bindings.settings import RadiusSettings
 from schoolgate.bindings.writer import BindingWriter
-from schoolgate.db import utcnow
+from schoolgate.storage.db import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from schoolgate.bindings.directory import (
 from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import Principal, normalise_address
 from schoolgate.bindings.settings import NegotiateSettings, SignInSettings
-from schoolgate.db import utcnow
 from schoolgate.portal.auth import RateLimiter
 from schoolgate.storage import bindings as store
+from schoolgate.storage.db import utcnow
 
 log = logging.getLogger(__name__)
 

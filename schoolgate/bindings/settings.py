@@ -1,8 +1,8 @@
 """Reading the identity sources' configuration: ``identity.sources``, ``identity.radius``,
 ``identity.sign_in``, ``identity.negotiate`` and ``identity.dhcp``.
 
-A pure reader: a :class:`~schoolgate.configfile.Section` in, frozen dataclasses out, every
-problem reported into the section's :class:`~schoolgate.configfile.Issues` with the file, line
+A pure reader: a :class:`~schoolgate.core.configfile.Section` in, frozen dataclasses out, every
+problem reported into the section's :class:`~schoolgate.core.configfile.Issues` with the file, line
 and field (the config loader raises them all at once). Secrets may be given in a file of their
 own (``secret_file``, ``bind_password_file``) so that the config can be shown to others.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from schoolgate.bindings.model import SOURCES
-from schoolgate.configfile import Section
+from schoolgate.core.configfile import Section
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

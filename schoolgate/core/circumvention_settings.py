@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from schoolgate.core.destination import RawDestination, parse_raw_destination
 
 if TYPE_CHECKING:  # pragma: no cover
-    from schoolgate.configfile import Section
+    from schoolgate.core.configfile import Section
 
 T = TypeVar("T")
 

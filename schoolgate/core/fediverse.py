@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from schoolgate.hosts import normalize_host
+from schoolgate.core.hosts import normalize_host
 
 __all__ = ["MAX_BODY", "Evidence", "Finding", "Observation", "detect", "software_is_social"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schoolgate.configfile import Section
+from schoolgate.core.configfile import Section
 
 
 def read_fediverse(sec: Section | None, categories: Mapping[str, Any]) -> str | None:

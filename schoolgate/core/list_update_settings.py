@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schoolgate.configfile import Section, parse_clock
-from schoolgate.lists import FORMATS
+from schoolgate.core.configfile import Section, parse_clock
+from schoolgate.core.lists import FORMATS
 
 SECTION = "list_updates"
 TEXT_FORMATS = tuple(f for f in FORMATS if f != "squidguard")

@@ -12,11 +12,11 @@ written backwards with a final dot (``example.co.uk`` is ``ku.oc.elpmaxe.``): th
 are prefixes of a request's host written the same way are exactly the entries the host is
 on or under, on label boundaries, found by one call. A trie key's id indexes an array of
 64-bit *refs* (category, source file, line, and whether the host has a domain entry and path
-rules) packed as :class:`schoolgate.lists.Matcher` packs them; path rules, a domain listed in
+rules) packed as :class:`schoolgate.core.lists.Matcher` packs them; path rules, a domain listed in
 several categories, and the sources' names follow in arrays of their own. Regular
 expressions (a few, from squidGuard ``expressions`` files) are compiled by each process.
 
-Semantics are :class:`~schoolgate.lists.Matcher`'s, which stays the reference (and what tiny
+Semantics are :class:`~schoolgate.core.lists.Matcher`'s, which stays the reference (and what tiny
 inline lists use): the compiler builds a ``Matcher`` from the parsed lists and writes out its
 index, so the two cannot disagree on what a list says; ``tests/test_liststore.py`` compares
 their answers on random lists and requests.
@@ -54,10 +54,10 @@ from pathlib import Path
 
 import marisa_trie
 
-from schoolgate.configfile import Issues
-from schoolgate.lists import _DIGITS, Matcher, ParsedList, _under
-from schoolgate.lists import parse_list as _parse_list
-from schoolgate.model import ListMatch
+from schoolgate.core.configfile import Issues
+from schoolgate.core.lists import _DIGITS, Matcher, ParsedList, _under
+from schoolgate.core.lists import parse_list as _parse_list
+from schoolgate.core.model import ListMatch
 
 log = logging.getLogger(__name__)
 

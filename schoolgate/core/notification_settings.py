@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schoolgate.configfile import Section
+from schoolgate.core.configfile import Section
 
 # -- the section's keys -----------------------------------------------------------
 SMTP_KEYS = {

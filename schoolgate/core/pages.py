@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from schoolgate.hosts import normalize_host
-from schoolgate.lists import _norm_path, _under
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.lists import _norm_path, _under
 
 __all__ = ["PageTarget", "parse_page", "script_request"]
 

@@ -27,8 +27,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from schoolgate.configfile import Issues, Section, load_yaml
-from schoolgate.hosts import normalize_host
+from schoolgate.core.configfile import Issues, Section, load_yaml
+from schoolgate.core.hosts import normalize_host
 
 __all__ = [
     "SHARED_INFRASTRUCTURE",

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from schoolgate.configfile import Section
+from schoolgate.core.configfile import Section
 
 STAFF_ROLES = ("it_support", "slt", "teacher", "network_manager")
 KINDS = ("entra", "google", "generic")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from schoolgate.configfile import Section
+from schoolgate.core.configfile import Section
 
 __all__ = [
     "SUBSCRIPTION_FORMATS",

@@ -22,8 +22,8 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any
 
-from schoolgate.configfile import Section
-from schoolgate.model import WINDOW_KINDS, AccessException, Decision, Window
+from schoolgate.core.configfile import Section
+from schoolgate.core.model import WINDOW_KINDS, AccessException, Decision, Window
 
 # What each window kind is called, and how a sentence says "in that window".
 WINDOW_LABELS: Mapping[str, str] = MappingProxyType(

@@ -4,10 +4,10 @@
 Its ``request``, ``http_connect`` and ``tls_clienthello`` hooks read the block Enforcement
 describes (``flow.metadata["schoolgate"]``; ``ClientHelloData.schoolgate`` for a refused
 ClientHello) and, when its category is alerted (the ``alerts.categories`` and every locked
-category), put a :class:`~schoolgate.alerts.BlockFact` on an in-memory queue: O(1), no lock
+category), put a :class:`~schoolgate.jobs.alerts.BlockFact` on an in-memory queue: O(1), no lock
 held, no database.
 
-A background thread feeds the :class:`~schoolgate.alerts.AlertBatcher` from that queue, and
+A background thread feeds the :class:`~schoolgate.jobs.alerts.AlertBatcher` from that queue, and
 queues what it yields (the first block at once, then one digest per ``batch_minutes``) into
 the portal's outbox in one transaction (``Notifier.notify(audience="esafety")``), from where
 the outbox sender e-mails and posts them with retries. If the database cannot be reached the
@@ -26,11 +26,11 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http, tls
 
-from schoolgate.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, alerts_of, render
+from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.policy import Policy
+from schoolgate.jobs.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, alerts_of, render
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class AlertsAddon:
         policy = self.holder.policy
         if sessions is None or policy is None:
             return False
-        from schoolgate.portal.notify import notifier_for
+        from schoolgate.jobs.notify import notifier_for
 
         notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
         alerts = list(self._outgoing)

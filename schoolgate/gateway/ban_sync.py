@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from schoolgate.bans import BanBook
+from schoolgate.core.sanctions import BanBook
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class BanSync:
             items = list(self._saving)
         if not items:
             return True
-        from schoolgate.bans_store import save_bans
+        from schoolgate.storage.bans import save_bans
 
         try:
             with sessions() as session:
@@ -67,7 +67,7 @@ class BanSync:
         policy = self.holder.policy
         if sessions is None or policy is None or not self._alerts:
             return True
-        from schoolgate.portal.notify import notifier_for
+        from schoolgate.jobs.notify import notifier_for
 
         notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
         alerts = list(self._alerts)
@@ -107,7 +107,7 @@ class BanSync:
             return False
         self.save_pending()
         self.send_alerts()
-        from schoolgate.bans_store import bans_current, note_expired, supervisions_current
+        from schoolgate.storage.bans import bans_current, note_expired, supervisions_current
 
         now = self.clock()
         try:
@@ -172,7 +172,7 @@ class BanSync:
         since ``since``; None if unreadable."""
         from sqlalchemy import select
 
-        from schoolgate.db import EventRow
+        from schoolgate.storage.db import EventRow
 
         try:
             with sessions() as session:

@@ -9,7 +9,7 @@
   configured :class:`~schoolgate.circumvention.Detectors`. A finding is kept once per
   connection (its :attr:`~schoolgate.circumvention.CircumventionEvent.key`), recorded through
   the decision log's queue as an event of kind ``circumvention`` with all its evidence, and
-  counted on the sanction :class:`~schoolgate.bans.Ladder`: once an attempt, however many
+  counted on the sanction :class:`~schoolgate.core.sanctions.Ladder`: once an attempt, however many
   findings it makes (a connection's CONNECT, ClientHello and first request are one attempt).
 * The findings that block a filtered role (DoH, DoT, a web proxy, Tor) and the sites shown
   through a wrapper are left on the flow for Enforcement (:mod:`~schoolgate.gateway.findings`).
@@ -45,7 +45,12 @@ from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 
-from schoolgate.bans import (
+from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
+from schoolgate.core.circumvention_settings import CircumventionSettings
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.model import Identity
+from schoolgate.core.policy import Policy
+from schoolgate.core.sanctions import (
     DISABLED,
     BanBook,
     BanState,
@@ -55,9 +60,6 @@ from schoolgate.bans import (
     Supervision,
     subject_for,
 )
-from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
-from schoolgate.core.circumvention_settings import CircumventionSettings
-from schoolgate.eventlog import new_ref
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
 from schoolgate.gateway.findings import mark
@@ -70,9 +72,7 @@ from schoolgate.gateway.sanction_pages import (
     refused_destination,
 )
 from schoolgate.gateway.tunnels import OpenTunnels
-from schoolgate.hosts import normalize_host
-from schoolgate.model import Identity
-from schoolgate.policy import Policy
+from schoolgate.storage.eventlog import new_ref
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ class CircumventionGuard(SanctionPages, BanSync):
         url: str | None,
         method: str | None,
     ) -> None:
-        from schoolgate.eventlog import _strip_url
+        from schoolgate.storage.eventlog import _strip_url
 
         policy = self.holder.policy
         keep_paths = policy.settings.keep_paths if policy is not None else True

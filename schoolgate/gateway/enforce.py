@@ -31,11 +31,11 @@ from typing import Any
 
 from mitmproxy import ctx, http, tcp, tls
 
-from schoolgate import safesearch
-from schoolgate.blockpage import block_response_parts, sign_ref
+import schoolgate.core.safesearch as safesearch
 from schoolgate.core.destination import Destination, Handling, Verdict, raw_allowed
+from schoolgate.core.model import Action, Decision, Identity, RequestFacts
 from schoolgate.core.words import wording_of
-from schoolgate.eventlog import decision_event, new_ref, search_term_of
+from schoolgate.gateway.blockpage import block_response_parts, sign_ref
 from schoolgate.gateway.destinations import DESTINATION, destination_of
 from schoolgate.gateway.exception_cache import ExceptionCache
 from schoolgate.gateway.findings import blocking_findings, wrapped_findings
@@ -49,7 +49,7 @@ from schoolgate.gateway.flowinfo import (
 )
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.model import Action, Decision, Identity, RequestFacts
+from schoolgate.storage.eventlog import decision_event, new_ref, search_term_of
 
 log = logging.getLogger(__name__)
 

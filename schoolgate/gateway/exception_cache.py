@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions
 
+from schoolgate.core.policy import ExceptionSet
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.policy import ExceptionSet
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ExceptionCache:
         sessions = self.recorder.sessions
         if sessions is None:
             return False
-        from schoolgate.store import exceptions_current
+        from schoolgate.storage.exceptions import exceptions_current
 
         now = datetime.now(UTC)
         try:

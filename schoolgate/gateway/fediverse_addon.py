@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, exceptions, http
 
 from schoolgate.core.fediverse import MAX_BODY, Observation, detect
+from schoolgate.core.hosts import normalize_host
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.hosts import normalize_host
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class FediverseWatch:
         if sessions is None:
             return
         from schoolgate.storage.detected import Detection, detected_hosts, save_detection
-        from schoolgate.store import audit
+        from schoolgate.storage.exceptions import audit
 
         while True:
             try:

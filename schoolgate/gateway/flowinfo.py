@@ -23,7 +23,7 @@ from mitmproxy import connection, http
 
 from schoolgate.circumvention import DETECTOR_HEADERS
 from schoolgate.core.authority import AuthorityError, address_host, parse_authority
-from schoolgate.hosts import lower_host
+from schoolgate.core.hosts import lower_host
 
 
 class RequestView(NamedTuple):

@@ -24,12 +24,12 @@ from typing import Protocol
 import yaml
 from mitmproxy import ctx, exceptions
 
-from schoolgate.config import DEFAULT_CONFIG, default_config, default_data_dir, load_policy
-from schoolgate.configfile import ConfigError
+from schoolgate.core.config import DEFAULT_CONFIG, default_config, default_data_dir, load_policy
+from schoolgate.core.configfile import ConfigError
 from schoolgate.core.liststore import remove_unused
 from schoolgate.core.locations import LocationError
+from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import settle_heap
-from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 

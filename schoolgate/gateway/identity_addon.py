@@ -44,9 +44,9 @@ from mitmproxy.proxy import mode_specs
 
 from schoolgate.bindings.live import LiveIdentity, install
 from schoolgate.bindings.settings import IdentitySources
+from schoolgate.core.identity import SIGN_IN_REQUIRED
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.identity import SIGN_IN_REQUIRED
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-store"
 
 
 def _sources(policy) -> IdentitySources:
-    from schoolgate.config import identity_sources_of
+    from schoolgate.core.config import identity_sources_of
 
     return identity_sources_of(policy) if policy is not None else IdentitySources()
 
@@ -162,8 +162,8 @@ class IdentitySourcesAddon:
     def _start_leases(self, sources, sessions, writer):
         from schoolgate.bindings.dhcp import LeaseWatcher
         from schoolgate.bindings.sessions import apply_lease_changes
-        from schoolgate.db import utcnow
         from schoolgate.storage.bindings import in_transaction
+        from schoolgate.storage.db import utcnow
 
         def on_change(old, new) -> None:
             def work() -> None:
@@ -325,8 +325,8 @@ class IdentitySourcesAddon:
             return
         from schoolgate.bindings.names import normalise_address
         from schoolgate.bindings.sessions import record_negotiate
-        from schoolgate.db import utcnow
         from schoolgate.storage.bindings import in_transaction
+        from schoolgate.storage.db import utcnow
 
         try:
             address = normalise_address(address)

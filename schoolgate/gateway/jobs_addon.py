@@ -1,10 +1,10 @@
-"""The scheduled jobs inside the gateway process (see :mod:`schoolgate.jobs`).
+"""The scheduled jobs inside the gateway process (see :mod:`schoolgate.jobs.scheduler`).
 
 Wire it after the recorder: ``JobsAddon(holder, recorder)``. The gateways of a trust (and the
 workers of ``--workers N``) share one database, and the jobs must run once per database, not
 once per process: when mitmproxy is running, the addon keeps trying to hold the database's
-``jobs`` lease (:mod:`schoolgate.leases`) and runs APScheduler's background thread only while
-it holds it. Losing the lease (another process took it after it expired, or renewals failed)
+``jobs`` lease (:mod:`schoolgate.storage.leases`) and runs APScheduler's background thread only
+while it holds it. Losing the lease (another process took it after it expired, or renewals failed)
 stops the scheduler here; a job already running finishes. With ``schoolgate_jobs=false`` the
 process never tries, which pins the jobs to the gateways that keep it on.
 
@@ -31,7 +31,9 @@ class JobsAddon:
     def __init__(self, holder: Any, recorder: Any = None) -> None:
         self.holder = holder
         self.recorder = recorder
-        self.jobs: Any = None  # a running schoolgate.jobs.Jobs while this process holds the lease
+        self.jobs: Any = (
+            None  # a running schoolgate.jobs.scheduler.Jobs while this process holds the lease
+        )
         self.keeper: Any = None
         self._policy: Any = None  # the policy the scheduler was last synced with
         self._latest: Any = None  # the newest policy (told before it is in force)
@@ -62,7 +64,7 @@ class JobsAddon:
         self._start_keeper(self.holder.policy.settings.database_url)
 
     def _start_keeper(self, database: str) -> None:
-        from schoolgate.leases import LeaseKeeper
+        from schoolgate.storage.leases import LeaseKeeper
 
         self._database = database
         keeper = LeaseKeeper(
@@ -81,19 +83,19 @@ class JobsAddon:
         # The recorder's, when it has that database open (one engine per database).
         sessions = getattr(self.recorder, "sessions", None)
         if sessions is None or getattr(self.recorder, "url", None) != database:
-            from schoolgate.db import open_database
+            from schoolgate.storage.db import open_database
 
             sessions = open_database(database)
         return sessions
 
     def _lease(self, database: str) -> Any:
-        from schoolgate.leases import Lease
+        from schoolgate.storage.leases import Lease
 
         return Lease(self._sessions(database), LEASE_NAME)
 
     def _take(self, keeper: Any) -> None:
         """This process took the lease: start the scheduler (on the keeper's thread)."""
-        from schoolgate.jobs import Jobs
+        from schoolgate.jobs.scheduler import Jobs
 
         log.info("schoolgate: this process (%s) took the job lease", keeper.lease.holder)
         with self._lock:

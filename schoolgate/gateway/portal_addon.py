@@ -77,8 +77,8 @@ def build_app(
     live_streams: int = 2,
 ):
     """The portal's Flask app for the policy in ``holder`` (the sender is not started)."""
+    from schoolgate.jobs.notify import smtp_settings_from
     from schoolgate.portal.app import create_app, make_identify
-    from schoolgate.portal.notify import smtp_settings_from
 
     def policy_getter():
         return holder.policy

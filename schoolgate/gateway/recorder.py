@@ -1,7 +1,7 @@
 """The database and the decision log of the running gateway.
 
 Opens the policy's database when the policy is (re)loaded, starts the background
-:class:`~schoolgate.eventlog.EventLog` writer with its spool in the data dir
+:class:`~schoolgate.storage.eventlog.EventLog` writer with its spool in the data dir
 (``<data-dir>/eventlog/spool``) and its dead-letter file (``<data-dir>/eventlog/
 dead-letter.jsonl``), and on shutdown flushes everything queued. Hooks only ever call
 :meth:`Recorder.record`, which never waits for the database.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 from mitmproxy import exceptions
 
+from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
-from schoolgate.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Recorder:
             # At start-up a database that cannot be opened stops the gateway starting.
             self._open(policy.settings.database_url)
         if self._data_dir != self.holder.data_dir:
-            from schoolgate.blockpage import load_or_create_secret
+            from schoolgate.gateway.blockpage import load_or_create_secret
 
             try:
                 self.holder.data_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +100,8 @@ class Recorder:
     def _open(self, url: str) -> None:
         if url == self._url:
             return
-        from schoolgate.db import open_database
-        from schoolgate.eventlog import EventLog
+        from schoolgate.storage.db import open_database
+        from schoolgate.storage.eventlog import EventLog
 
         try:
             sessions = open_database(url)
@@ -214,7 +214,7 @@ class _DeadLetterAlerts:
         policy, sessions = recorder.holder.policy, recorder.sessions
         if policy is None or sessions is None:
             return False
-        from schoolgate.portal.notify import notifier_for
+        from schoolgate.jobs.notify import notifier_for
 
         notifier = notifier_for(policy.settings.extra.get("notifications"), clock=lambda: now)
         path = eventlog_dir(recorder.holder.data_dir) / "dead-letter.jsonl"

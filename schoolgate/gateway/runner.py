@@ -32,12 +32,12 @@ from pathlib import Path
 from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
-from schoolgate.config import load_policy
-from schoolgate.configfile import ConfigError
+from schoolgate.core.config import load_policy
+from schoolgate.core.configfile import ConfigError
 from schoolgate.core.locations import LocationError, locate
-from schoolgate.db import safe_url
 from schoolgate.gateway import make_addons, make_chain
 from schoolgate.gateway.hook_table import use_hook_table
+from schoolgate.storage.db import safe_url
 
 log = logging.getLogger(__name__)
 

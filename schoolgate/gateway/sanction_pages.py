@@ -18,16 +18,16 @@ from typing import Any
 
 from mitmproxy import connection, http
 
-from schoolgate.bans import BanState
 from schoolgate.core.destination import Destination, Handling, Verdict
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.model import Identity
+from schoolgate.core.sanctions import BanState
 from schoolgate.core.words import wording_of
-from schoolgate.eventlog import new_ref
 from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
 from schoolgate.gateway.findings import blocking_findings
 from schoolgate.gateway.flowinfo import request_view
-from schoolgate.hosts import normalize_host
-from schoolgate.model import Identity
+from schoolgate.storage.eventlog import new_ref
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ class SanctionPages:
     def _suspend(
         self, flow: http.HTTPFlow, ban: BanState, identity: Identity, subject: str, now: datetime
     ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import suspended_response_parts
+        from schoolgate.gateway.blockpage import wants_html
+        from schoolgate.gateway.suspension import suspended_response_parts
 
         ref = new_ref()
         url = flow.request.pretty_url
@@ -97,7 +97,7 @@ class SanctionPages:
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
         if wants_html(request_view(flow.request).headers):  # page loads: not every request
-            from schoolgate.eventlog import _strip_url
+            from schoolgate.storage.eventlog import _strip_url
 
             keep = policy.settings.keep_paths if policy is not None else True
             self.recorder.record(
@@ -123,8 +123,8 @@ class SanctionPages:
     def _maybe_warn(
         self, flow: http.HTTPFlow, subject: str, identity: Identity, now: datetime
     ) -> None:
-        from schoolgate.blockpage import wants_html
-        from schoolgate.suspension import warning_response_parts
+        from schoolgate.gateway.blockpage import wants_html
+        from schoolgate.gateway.suspension import warning_response_parts
 
         summary, ref, at = self._warnings[subject]
         if now - at > timedelta(minutes=self.sanctions.window_minutes):
@@ -192,7 +192,7 @@ class SanctionPages:
         if not sup:
             return
         try:
-            from schoolgate.eventlog import _strip_url
+            from schoolgate.storage.eventlog import _strip_url
 
             policy = self.holder.policy
             keep = policy.settings.keep_paths if policy is not None else True

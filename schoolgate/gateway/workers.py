@@ -187,8 +187,8 @@ def prepare_shared_state(data_dir: Path, confdir: Path, database_url: str) -> No
     from mitmproxy import certs
     from mitmproxy.options import KEY_SIZE
 
-    from schoolgate.blockpage import load_or_create_secret
-    from schoolgate.db import open_database
+    from schoolgate.gateway.blockpage import load_or_create_secret
+    from schoolgate.storage.db import open_database
 
     certs.CertStore.from_store(confdir, "mitmproxy", KEY_SIZE)
     load_or_create_secret(data_dir)

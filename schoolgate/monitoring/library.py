@@ -40,7 +40,7 @@ is a language tag (``en``, ``cy``, ``pl``, ``pt-br``). Every file is a mapping:
     wherever they appear, so every term with the word matches them.
 
 Loading never stops at the first problem: every error names the file, the line and the field
-(:class:`~schoolgate.configfile.ConfigError`), and a broken file never loads half a library.
+(:class:`~schoolgate.core.configfile.ConfigError`), and a broken file never loads half a library.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schoolgate.configfile import Issues, Section, load_yaml
+from schoolgate.core.configfile import Issues, Section, load_yaml
 
 # The UK Safer Internet Centre's monitoring themes, as the shipped files name them.
 THEMES: dict[str, str] = {

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, unquote_to_bytes
 
-from schoolgate.hosts import is_google_host, normalize_host
+from schoolgate.core.hosts import is_google_host, normalize_host
 
 MAX_TERM = 500
 MAX_RAW = MAX_TERM * 12  # a 4-byte character percent-encoded is 12 characters

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import ahocorasick
 
-from schoolgate.configfile import Issues
+from schoolgate.core.configfile import Issues
 from schoolgate.monitoring.library import (
     SUPPRESS,
     Allow,
@@ -558,7 +558,7 @@ def load_matcher(
     roots: Iterable[Path] | None = None, *, languages: tuple[str, ...] | None = None
 ) -> Matcher:
     """The matcher for the shipped library (and any school folders after it); raises
-    :class:`~schoolgate.configfile.ConfigError` naming every problem."""
+    :class:`~schoolgate.core.configfile.ConfigError` naming every problem."""
     issues = Issues()
     library = load_library(list(roots) if roots else [default_root()], issues, languages=languages)
     matcher = Matcher(library, issues)

@@ -31,8 +31,9 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import sessionmaker
 
 from schoolgate.core import words
-from schoolgate.model import Identity
-from schoolgate.policy import Policy
+from schoolgate.core.model import Identity
+from schoolgate.core.policy import Policy
+from schoolgate.jobs.notify import Notifier, OutboxSender, SmtpSettings
 from schoolgate.portal.auth import RateLimiter
 from schoolgate.portal.context import (
     PortalState,
@@ -45,7 +46,6 @@ from schoolgate.portal.context import (
     school_name,
     state,
 )
-from schoolgate.portal.notify import Notifier, OutboxSender, SmtpSettings
 from schoolgate.storage.signin import (
     LoginLimits,
 )
@@ -158,7 +158,8 @@ def create_app(
     )
     app.extensions["schoolgate_portal"] = state
 
-    from schoolgate.portal import views_public, views_staff
+    import schoolgate.portal.blueprints.public as views_public
+    import schoolgate.portal.blueprints.staff as views_staff
     from schoolgate.portal.blueprints import (  # noqa: F401 - bans adds routes
         bans,
         console,

@@ -19,11 +19,11 @@ from flask import abort, current_app, g, redirect, request, session, url_for
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.core import words
-from schoolgate.model import Identity
-from schoolgate.policy import Policy
+from schoolgate.core.model import Identity
+from schoolgate.core.policy import Policy
+from schoolgate.jobs.notify import Notifier, OutboxSender
 from schoolgate.portal.auth import RateLimiter, password_stamp
-from schoolgate.portal.models import StaffRow
-from schoolgate.portal.notify import Notifier, OutboxSender
+from schoolgate.storage.portal import StaffRow
 from schoolgate.storage.signin import (
     LoginLimits,
     end_staff_session,

@@ -42,8 +42,8 @@ from sqlalchemy.orm import Session
 
 from schoolgate.core.staff_signin import OidcProvider
 from schoolgate.portal.auth import find_staff
-from schoolgate.portal.models import StaffRow
-from schoolgate.store import audit
+from schoolgate.storage.exceptions import audit
+from schoolgate.storage.portal import StaffRow
 
 
 def _claims_error() -> type[Exception]:

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.configfile import Issues, Section
-from schoolgate.db import AuditRow, EventRow, utcnow
-from schoolgate.retention import extra_section, optional_table, parse_clock
-from schoolgate.store import list_exceptions
+from schoolgate.core.configfile import Issues, Section
+from schoolgate.jobs.retention import extra_section, optional_table, parse_clock
+from schoolgate.storage.db import AuditRow, EventRow, utcnow
+from schoolgate.storage.exceptions import list_exceptions
 
 PERIODS = ("day", "week", "term")
 # One attempt to get round the filter is curiosity; repeated attempts are worth a look.

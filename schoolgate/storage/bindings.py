@@ -24,8 +24,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import normalise_address
-from schoolgate.db import Base, UTCDateTime
-from schoolgate.store import audit
+from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.exceptions import audit
 
 SYSTEM_ACTOR = "schoolgate"
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import String, Text, inspect, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from schoolgate.db import Base, UTCDateTime
+from schoolgate.storage.db import Base, UTCDateTime
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text, delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from schoolgate.db import Base, UTCDateTime
+from schoolgate.storage.db import Base, UTCDateTime
 
 log = logging.getLogger(__name__)
 

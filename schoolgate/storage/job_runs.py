@@ -15,7 +15,7 @@ from sqlalchemy import String, Text, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from schoolgate.db import Base, UTCDateTime
+from schoolgate.storage.db import Base, UTCDateTime
 
 log = logging.getLogger(__name__)
 

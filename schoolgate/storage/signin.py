@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ForeignKey, Integer, String, delete, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from schoolgate.db import Base, UTCDateTime
+from schoolgate.storage.db import Base, UTCDateTime
 
 SESSIONS_KEPT = timedelta(days=2)  # ended or idle session rows are deleted after this
 

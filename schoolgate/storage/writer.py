@@ -21,7 +21,7 @@ No event is dropped, silently or otherwise:
   a future that the sync thread resolves once the event is ``fsync``-ed, for the gateway to
   wait on before it answers;
 * the queue past ``high_water`` events: an ERROR is logged (once per crossing), the events are
-  kept. Memory: a :func:`~schoolgate.eventlog.decision_event` dict of a block takes about
+  kept. Memory: a :func:`~schoolgate.storage.eventlog.decision_event` dict of a block takes about
   1.5 KB in the queue (1,432 bytes measured by ``bench/eventlog_bench.py`` with tracemalloc),
   so the default high-water mark of 1,000,000 events is about 1.4 GB: lower it on small
   machines;
@@ -47,8 +47,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Integer, String
 
-from schoolgate.db import EventRow
 from schoolgate.storage.batches import BatchWriter, TransientFailure, first_line
+from schoolgate.storage.db import EventRow
 from schoolgate.storage.deadletter import DeadLetters
 from schoolgate.storage.spool import SYNC_INTERVAL, Spool, read_segment
 from schoolgate.storage.storable import Columns, json_default, new_ref, storable_row
@@ -124,8 +124,8 @@ class EventLog:
         on_dead_letter: Callable[[int, str], None] | None = None,
         sync_interval: float = SYNC_INTERVAL,
     ) -> None:
-        """``session_factory``: the sessionmaker from :func:`schoolgate.db.open_database` (or an
-        Engine). ``spool_dir``: where the spool's folders go (None: events wait in memory
+        """``session_factory``: the sessionmaker from :func:`schoolgate.storage.db.open_database`
+        (or an Engine). ``spool_dir``: where the spool's folders go (None: events wait in memory
         only). ``dead_letter_path``: the JSON-lines file for events the database refuses
         (None: logged at ERROR). ``on_dead_letter(count, error)`` is called from the writer
         thread when events went there."""

@@ -1,7 +1,7 @@
 """Bans and lockouts in the portal (``/it/bans``): those in force and those ended in the last
 week, with their evidence, supervision sessions and history; IT Support, network managers and
 SLT **lift** one (with a reason), SLT **confirm** one (``/slt/bans/<id>/confirm``). Changes go
-through :mod:`schoolgate.bans_store`, so they are in the ban audit trail.
+through :mod:`schoolgate.storage.bans`, so they are in the ban audit trail.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
-from schoolgate.bans_store import (
+from schoolgate.portal.blueprints.staff import REVIEWERS, it_bp, required_note, slt_bp
+from schoolgate.portal.context import current_staff, db, now, staff_required
+from schoolgate.storage.bans import (
     BanAuditRow,
     BanError,
     BanRow,
@@ -21,9 +23,7 @@ from schoolgate.bans_store import (
     status_of,
     to_state,
 )
-from schoolgate.db import EventRow
-from schoolgate.portal.context import current_staff, db, now, staff_required
-from schoolgate.portal.views_staff import REVIEWERS, it_bp, required_note, slt_bp
+from schoolgate.storage.db import EventRow
 
 BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 

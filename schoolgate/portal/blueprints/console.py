@@ -35,8 +35,8 @@ from flask import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from schoolgate.config import identity_sources_of
 from schoolgate.core import words
+from schoolgate.core.config import identity_sources_of
 from schoolgate.portal.context import db, now, staff_required, state
 from schoolgate.portal.services import console as console_service
 from schoolgate.portal.services import events as events_service

@@ -48,10 +48,10 @@ from schoolgate.portal.context import (
     source_of_address,
     state,
 )
-from schoolgate.portal.models import StaffRow
 from schoolgate.portal.oidc import OidcClient, OidcError, PendingLogin, staff_for
+from schoolgate.storage.exceptions import audit
+from schoolgate.storage.portal import StaffRow
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
-from schoolgate.store import audit
 
 PENDING = "second_factor"  # session key: who gave a right password, waiting for their code
 PENDING_SECONDS = 300

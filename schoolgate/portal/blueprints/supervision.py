@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-from schoolgate.bans_store import BanError, BanRow, SupervisionRow
 from schoolgate.core import words
 from schoolgate.portal.context import current_staff, db, now, staff_required, state
 from schoolgate.portal.services import supervision as service
+from schoolgate.storage.bans import BanError, BanRow, SupervisionRow
 
 WHO = ("teacher", "slt", "it_support", "network_manager")
 CHOICES = (15, 30, 45, 60, 90, 120)

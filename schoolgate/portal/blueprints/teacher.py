@@ -11,11 +11,11 @@ from datetime import datetime, time
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
-from schoolgate.db import ExceptionRow
-from schoolgate.hosts import normalize_host
+from schoolgate.core.hosts import normalize_host
 from schoolgate.portal.context import current_staff, db, label, now, staff_required, state
-from schoolgate.portal.models import StaffRow
-from schoolgate.store import ExceptionRequestError, add_exception, revoke_exception
+from schoolgate.storage.db import ExceptionRow
+from schoolgate.storage.exceptions import ExceptionRequestError, add_exception, revoke_exception
+from schoolgate.storage.portal import StaffRow
 
 teacher_bp = Blueprint("teacher", __name__, url_prefix="/teacher")
 

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.bans_store import BanRow, SupervisionRow
 from schoolgate.core.switched_off import SwitchedOff, switched_off
-from schoolgate.db import EventRow, database_exists, safe_url
 from schoolgate.portal.auth import active_staff_roles
-from schoolgate.portal.models import OPEN_STATUSES, OutboxRow, PortalRequestRow
+from schoolgate.storage.bans import BanRow, SupervisionRow
+from schoolgate.storage.db import EventRow, database_exists, safe_url
 from schoolgate.storage.heartbeats import HeartbeatRow, minutes_total, recent_beats
 from schoolgate.storage.job_runs import last_runs
+from schoolgate.storage.portal import OPEN_STATUSES, OutboxRow, PortalRequestRow
 
 TOP = 10
 RECENT_BLOCKS = 10
@@ -51,7 +51,7 @@ def read_switched_off(policy: Any, sessions: sessionmaker | None) -> list[Switch
 
 def switched_off_for_url(policy: Any) -> list[SwitchedOff]:
     """For ``check-config``: the database named by the policy, without creating it."""
-    from schoolgate.db import open_database
+    from schoolgate.storage.db import open_database
 
     url = policy.settings.database_url
     try:

@@ -7,7 +7,7 @@ millions. A site with its subdomains (``*.example.com``) is the one pattern sear
 always bounded by a time range (the ``at`` index).
 
 The live view reads what was written after a cursor (the last row id seen), with
-:class:`schoolgate.events.LiveCursor` (as ``schoolgate events --follow`` does).
+:class:`schoolgate.storage.events.LiveCursor` (as ``schoolgate events --follow`` does).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schoolgate.core import words
-from schoolgate.db import EventRow
-from schoolgate.events import LiveCursor, latest_id
-from schoolgate.hosts import normalize_host
+from schoolgate.core.hosts import normalize_host
+from schoolgate.storage.db import EventRow
+from schoolgate.storage.events import LiveCursor, latest_id
 
 PAGE_SIZE = 50
 MAX_TEXT = 200

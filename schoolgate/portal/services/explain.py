@@ -28,10 +28,10 @@ class Explained:
 def explain(session: Session, policy: Any, form: Any, *, now: datetime) -> Explained:
     """``form``: a mapping with the command's options (``url``, ``user``, ``role``, ``group``,
     ``site``, ``ip``, ``at``, ``method``, ``date_of_birth``, ``host_only``)."""
-    from schoolgate.cli_common import CommandError, facts_for_url, parse_when
-    from schoolgate.cli_words import decision_lines, identity_override
-    from schoolgate.policy import ExceptionSet
-    from schoolgate.store import exceptions_current
+    from schoolgate.cli.common import CommandError, facts_for_url, parse_when
+    from schoolgate.cli.words import decision_lines, identity_override
+    from schoolgate.core.policy import ExceptionSet
+    from schoolgate.storage.exceptions import exceptions_current
 
     values = {name: (form.get(name) or "").strip()[:2000] for name in FIELDS}
     args = SimpleNamespace(**{k: (v or None) for k, v in values.items()})

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from schoolgate.hosts import normalize_host
-from schoolgate.policy import Policy
-from schoolgate.store import ExceptionRequestError, validate_exception
+from schoolgate.core.hosts import normalize_host
+from schoolgate.core.policy import Policy
+from schoolgate.storage.exceptions import ExceptionRequestError, validate_exception
 
 _ENTRY = re.compile(r"^[a-z0-9.\-]+(/[A-Za-z0-9._~\-/%]*)?$")
 _CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -25,7 +25,7 @@ class ReportFile:
 
 
 def folder(policy: Any) -> Path:
-    from schoolgate.jobs import reports_folder
+    from schoolgate.jobs.scheduler import reports_folder
     from schoolgate.reports.build import reports_of
 
     return reports_folder(policy, reports_of(policy))

@@ -4,7 +4,7 @@ A **teacher** supervises a banned pupil in one of their teaching groups: the gro
 staff account (the same as their class overrides) against the pupil's group in the school's
 roster (the MIS export the policy reads). A device ban, or a pupil not in the roster, has no
 group: only **SLT**, **IT Support** and **network managers** (anyone's) supervise those. Every
-change goes through :mod:`schoolgate.bans_store`, as ``schoolgate supervise`` does, so it is in
+change goes through :mod:`schoolgate.storage.bans`, as ``schoolgate supervise`` does, so it is in
 the ban audit trail and the general audit trail, and the gateways pick it up within a few
 seconds.
 """
@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from schoolgate.bans import SanctionSettings
-from schoolgate.bans_store import (
+from schoolgate.core.sanctions import SanctionSettings
+from schoolgate.storage.bans import (
     BanRow,
     SupervisionRow,
     end_supervision,
@@ -27,7 +27,7 @@ from schoolgate.bans_store import (
     start_supervision,
     to_state,
 )
-from schoolgate.portal.models import StaffRow
+from schoolgate.storage.portal import StaffRow
 
 ANYONE = ("slt", "it_support", "network_manager")
 

@@ -1,0 +1,1 @@
+"""Background work: scheduled jobs, retention, list updates, alerts and notifications."""

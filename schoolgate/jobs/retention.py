@@ -1,0 +1,554 @@
+"""Data protection: how long each kind of record is kept, the purge, and a person's data.
+
+* :func:`read_retention` validates the ``retention`` config section (every error reported with
+  file, line and field) into :class:`RetentionSettings`.
+* :func:`purge` deletes what is past its retention period (the nightly job and
+  ``schoolgate purge``), and says what it deleted in the audit trail.
+* :func:`export_user` gathers everything held about one person (a subject access request);
+  :func:`erase_user` erases it, except what is kept as **safeguarding evidence** or as the
+  audit trail the school must keep (see ``docs/data-protection.md``).
+
+Tables that other parts of schoolgate add later (the portal's requests, bans) are used only if
+they exist in the database, through reflection, so that this module never depends on their
+models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    event,
+    inspect,
+    not_,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from schoolgate.core.configfile import Issues, MarkedDict, Section, parse_clock  # noqa: F401
+from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, UTCDateTime, utcnow
+
+ACTOR = "schoolgate"
+
+# Kinds of record, the config key for each, the default in days, and what it covers.
+RETENTION_KINDS: dict[str, tuple[int, str]] = {
+    "decisions_days": (90, "the decision log: blocks, allowed requests, errors"),
+    "safeguarding_days": (
+        2190,
+        "safeguarding evidence: circumvention attempts, blocks in safeguarding categories, "
+        "events named in a content report or a ban",
+    ),
+    "requests_days": (365, "closed access requests and content reports"),
+    "exceptions_days": (365, "exceptions and curriculum overrides, counted from their end"),
+    "bans_days": (730, "ended bans and their supervision records"),
+    "audit_days": (2190, "the audit trail (who changed the filtering, and when)"),
+    "reports_days": (400, "report files kept under the reports folder"),
+    "outbox_days": (30, "notifications already sent"),
+}
+DEFAULT_SAFEGUARDING_CATEGORIES = ("illegal", "circumvention")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    decisions_days: int = 90
+    safeguarding_days: int = 2190
+    requests_days: int = 365
+    exceptions_days: int = 365
+    bans_days: int = 730
+    audit_days: int = 2190
+    reports_days: int = 400
+    outbox_days: int = 30
+    safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES
+    purge_at: str = "02:30"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# -- config -------------------------------------------------------------------------------------
+def extra_section(policy: Any, key: str, issues: Issues) -> Section | None:
+    """The raw ``key`` section of the config (``Policy.settings.extra``) as a :class:`Section`."""
+    raw = policy.settings.extra.get(key) if policy is not None else None
+    if raw is None:
+        return None
+    file = policy.settings.config_path
+    if not isinstance(raw, dict):
+        issues.add(file, 0, key, "expected a mapping")
+        return None
+    if not isinstance(raw, MarkedDict):
+        raw = MarkedDict(raw)
+    return Section(raw, file=file, path=key, issues=issues, line=getattr(raw, "line", 0))
+
+
+def read_retention(sec: Section | None) -> RetentionSettings:
+    """Validate the ``retention`` section; problems go to ``sec.issues`` (defaults kept)."""
+    if sec is None:
+        return RetentionSettings()
+    sec.check_keys({*RETENTION_KINDS, "safeguarding_categories", "purge_at"})
+    values: dict[str, Any] = {}
+    for key, (default, _what) in RETENTION_KINDS.items():
+        values[key] = sec.number(key, default=default, minimum=1, maximum=36500)
+    cats = [text for text, _, _ in sec.strings("safeguarding_categories")]
+    if "safeguarding_categories" in sec:
+        values["safeguarding_categories"] = tuple(cats)
+    values["purge_at"] = sec.parse("purge_at", parse_clock, "a time such as 02:30", default="02:30")
+    settings = RetentionSettings(**values)
+    if settings.safeguarding_days < settings.decisions_days:
+        sec.error(
+            "safeguarding_days",
+            "safeguarding evidence must be kept at least as long as the decision log "
+            f"({settings.decisions_days} days)",
+        )
+    return settings
+
+
+def retention_of(policy: Any) -> RetentionSettings:
+    """The policy's retention settings (errors raise ConfigError: the config is wrong)."""
+    issues = Issues()
+    settings = read_retention(extra_section(policy, "retention", issues))
+    issues.raise_if_any()
+    return settings
+
+
+def safeguarding_categories(policy: Any, settings: RetentionSettings) -> set[str]:
+    """Configured safeguarding categories plus every locked one (illegal content lists)."""
+    cats = set(settings.safeguarding_categories)
+    if policy is not None:
+        cats |= {name for name, c in policy.categories.items() if getattr(c, "locked", False)}
+    return cats
+
+
+# -- optional tables ------------------------------------------------------------------------------
+def engine_of(session: Session) -> Engine:
+    return session.get_bind()
+
+
+def optional_table(session: Session, name: str) -> Table | None:
+    """A table another part of schoolgate adds (portal, bans), if this database has it."""
+    bind = session.connection()
+    if not inspect(bind).has_table(name):
+        return None
+    metadata = MetaData()
+    event.listen(metadata, "column_reflect", _aware_datetimes)
+    return Table(name, metadata, autoload_with=bind)
+
+
+def _aware_datetimes(_inspector: Any, _table: Any, column_info: dict[str, Any]) -> None:
+    # Times are stored as naive UTC (db.UTCDateTime); reflect them as aware UTC again.
+    if isinstance(column_info["type"], DateTime):
+        column_info["type"] = UTCDateTime()
+
+
+def _user_columns(table: Table) -> list[Any]:
+    """Columns of an optional table that name a person (``user``, ``requester_user``...)."""
+    names = ("user", "username", "requester_user", "student", "subject_user")
+    return [table.c[n] for n in names if n in table.c]
+
+
+def _about(table: Table, name: str) -> list[Any]:
+    """Conditions selecting one person's rows: a user-name column, or the bans' ``subject``
+    (``user:NAME``)."""
+    conds = [c == name for c in _user_columns(table)]
+    if "subject" in table.c:
+        conds.append(table.c.subject == f"user:{name}")
+    return conds
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {key: _jsonable(value) for key, value in row._mapping.items()}
+
+
+# -- safeguarding evidence ----------------------------------------------------------------------
+def _evidence_refs(session: Session) -> set[str]:
+    """Event refs named by a content report or a ban: kept as evidence."""
+    refs: set[str] = set()
+    requests = optional_table(session, "portal_requests")
+    if requests is not None and "event_ref" in requests.c:
+        refs |= {
+            r
+            for (r,) in session.execute(
+                select(requests.c.event_ref).where(requests.c.event_ref.is_not(None))
+            )
+        }
+    bans = optional_table(session, "bans")
+    if bans is not None:
+        for col in ("event_ref", "evidence_ref"):
+            if col in bans.c:
+                refs |= {
+                    r
+                    for (r,) in session.execute(select(bans.c[col]).where(bans.c[col].is_not(None)))
+                }
+    return refs
+
+
+def _is_evidence(cats: Iterable[str], refs: set[str]):
+    """A SQL condition: the event is safeguarding evidence."""
+    # An event without a category must be false here, not NULL: NOT(NULL) would keep it forever.
+    in_category = and_(EventRow.category.is_not(None), EventRow.category.in_(sorted(cats)))
+    cond = or_(EventRow.kind == "circumvention", in_category)
+    if refs:
+        cond = or_(cond, EventRow.ref.in_(sorted(refs)))
+    return cond
+
+
+# -- purge --------------------------------------------------------------------------------------
+@dataclass
+class PurgeResult:
+    at: datetime
+    deleted: dict[str, int] = field(default_factory=dict)
+    not_recorded: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+    def summary(self) -> str:
+        parts = [f"{k}: {v}" for k, v in self.deleted.items()]
+        return "deleted " + (", ".join(parts) if parts else "nothing")
+
+
+def purge(
+    session: Session,
+    settings: RetentionSettings,
+    *,
+    now: datetime | None = None,
+    policy: Any = None,
+    reports_dir: Path | None = None,
+    actor: str = ACTOR,
+) -> PurgeResult:
+    """Delete every record past its retention period; audit what was deleted (not who)."""
+    now = now or utcnow()
+    result = PurgeResult(at=now)
+    days = timedelta(days=1)
+    cats = safeguarding_categories(policy, settings)
+    refs = _evidence_refs(session)
+    evidence = _is_evidence(cats, refs)
+
+    def count(name: str, res: Any) -> None:
+        result.deleted[name] = result.deleted.get(name, 0) + (res.rowcount or 0)
+
+    count(
+        "decision events",
+        session.execute(
+            delete(EventRow).where(
+                EventRow.at < now - settings.decisions_days * days, not_(evidence)
+            )
+        ),
+    )
+    count(
+        "safeguarding events",
+        session.execute(
+            delete(EventRow).where(EventRow.at < now - settings.safeguarding_days * days, evidence)
+        ),
+    )
+    ex_cut = now - settings.exceptions_days * days
+    count(
+        "exceptions",
+        session.execute(
+            delete(ExceptionRow).where(
+                or_(
+                    and_(ExceptionRow.ends.is_not(None), ExceptionRow.ends < ex_cut),
+                    and_(ExceptionRow.revoked_at.is_not(None), ExceptionRow.revoked_at < ex_cut),
+                )
+            )
+        ),
+    )
+    count(
+        "audit entries",
+        session.execute(delete(AuditRow).where(AuditRow.at < now - settings.audit_days * days)),
+    )
+    requests = optional_table(session, "portal_requests")
+    if requests is None:
+        result.not_recorded.append("portal_requests")
+    else:
+        open_statuses = ("open", "escalated", "awaiting_slt")
+        count(
+            "access requests and content reports",
+            session.execute(
+                delete(requests).where(
+                    requests.c.updated_at < now - settings.requests_days * days,
+                    requests.c.status.not_in(open_statuses),
+                )
+            ),
+        )
+    outbox = optional_table(session, "portal_outbox")
+    if outbox is not None:
+        count(
+            "notifications sent",
+            session.execute(
+                delete(outbox).where(
+                    outbox.c.sent_at.is_not(None),
+                    outbox.c.sent_at < now - settings.outbox_days * days,
+                )
+            ),
+        )
+    bans = optional_table(session, "bans")
+    if bans is None:
+        result.not_recorded.append("bans")
+    else:
+        end_col = next((bans.c[c] for c in ("ends", "ends_at", "until") if c in bans.c), None)
+        if end_col is not None:
+            count(
+                "bans",
+                session.execute(
+                    delete(bans).where(
+                        end_col.is_not(None), end_col < now - settings.bans_days * days
+                    )
+                ),
+            )
+    if reports_dir is not None and reports_dir.is_dir():
+        cut = (now - settings.reports_days * days).timestamp()
+        removed = 0
+        for path in reports_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".html", ".csv") and path.stat().st_mtime < cut:
+                path.unlink()
+                removed += 1
+        result.deleted["report files"] = removed
+    result.deleted = {k: v for k, v in result.deleted.items() if v}
+    session.add(
+        AuditRow(
+            at=now,
+            actor=actor,
+            action="retention.purge",
+            subject="records past their retention period",
+            detail=json.dumps(
+                {"deleted": result.deleted, "retention": settings.as_dict()}, default=str
+            ),
+        )
+    )
+    return result
+
+
+# -- subject access -----------------------------------------------------------------------------
+def _event_dict(row: EventRow) -> dict[str, Any]:
+    from schoolgate.storage.events import event_json
+
+    return event_json(row)
+
+
+def _exception_dict(row: ExceptionRow) -> dict[str, Any]:
+    return {
+        c.key: _jsonable(getattr(row, c.key))
+        for c in ExceptionRow.__table__.columns  # type: ignore[attr-defined]
+    }
+
+
+def _audit_dict(row: AuditRow) -> dict[str, Any]:
+    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "os_user": row.os_user,
+            "action": row.action, "subject": row.subject, "detail": row.detail}  # fmt: skip
+
+
+def _audit_about(name: str):
+    return or_(
+        AuditRow.actor == name,
+        AuditRow.subject == name,
+        AuditRow.subject.like(f"%user={name}%"),
+        AuditRow.detail.like(f"%user={name}%"),
+        AuditRow.subject == f"user {name}",
+    )
+
+
+def export_user(
+    session: Session, username: str, *, policy: Any = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Everything schoolgate holds about ``username`` (a subject access request)."""
+    name = username.strip().lower()
+    now = now or utcnow()
+    out: dict[str, Any] = {
+        "subject": name,
+        "generated_at": now.isoformat(),
+        "controller_note": (
+            "Held by the school as data controller for online safety (public task; "
+            "legal obligation under Keeping Children Safe in Education). See the school's "
+            "record of processing (docs/data-protection.md)."
+        ),
+    }
+    if policy is not None:
+        entry = None
+        roster = getattr(policy.resolver, "roster", None)
+        if isinstance(roster, dict):
+            entry = roster.get(name)
+        if entry is not None:
+            out["roster"] = {
+                k: _jsonable(getattr(entry, k, None))
+                for k in ("username", "role", "group", "date_of_birth", "site")
+            }
+    events = session.scalars(select(EventRow).where(EventRow.user == name).order_by(EventRow.at))
+    out["events"] = [_event_dict(r) for r in events]
+    exc = session.scalars(
+        select(ExceptionRow)
+        .where(
+            or_(
+                and_(ExceptionRow.scope == "user", ExceptionRow.scope_value == name),
+                ExceptionRow.created_by == name,
+                ExceptionRow.revoked_by == name,
+            )
+        )
+        .order_by(ExceptionRow.id)
+    )
+    out["exceptions"] = [_exception_dict(r) for r in exc]
+    audit_rows = session.scalars(select(AuditRow).where(_audit_about(name)).order_by(AuditRow.at))
+    out["audit"] = [_audit_dict(r) for r in audit_rows]
+    for table_name, key in (
+        ("portal_requests", "requests_and_reports"),
+        ("bans", "bans"),
+        ("ban_audit", "ban_history"),
+        ("supervision_sessions", "supervision_sessions"),
+        ("staff", "staff_account"),
+    ):
+        table = optional_table(session, table_name)
+        if table is None:
+            out[key] = "not recorded (this database has no such table)"
+            continue
+        conds = _about(table, name)
+        if not conds:
+            out[key] = []
+            continue
+        rows = session.execute(select(table).where(or_(*conds)))
+        items = []
+        for row in rows:
+            item = _row_dict(row)
+            for secret in ("password_hash", "token", "totp_secret", "totp_recovery"):
+                if secret in item:
+                    item[secret] = "(withheld: a credential)"
+            items.append(item)
+        out[key] = items
+    out["counts"] = {
+        k: len(v) for k, v in out.items() if isinstance(v, list) and k not in ("counts",)
+    }
+    return out
+
+
+# -- erasure ------------------------------------------------------------------------------------
+@dataclass
+class ErasePlan:
+    """What an erasure removes, and what it keeps and why."""
+
+    subject: str
+    erase: dict[str, int] = field(default_factory=dict)
+    keep: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "erased": self.erase,
+            "kept": {k: {"count": n, "why": why} for k, (n, why) in self.keep.items()},
+        }
+
+
+EVIDENCE_WHY = (
+    "safeguarding evidence: exempt from erasure (UK GDPR Art. 17(3)(b) and (e); DPA 2018 "
+    "Sch. 2 para 3 / KCSIE: the school must keep what a designated safeguarding lead may need)"
+)
+AUDIT_WHY = (
+    "audit trail of changes to the filtering: kept for the legal obligation to show who "
+    "opened what (DfE filtering standard); purged at the end of its retention period"
+)
+OPEN_WHY = "still being handled (open request, ban or exception in force): erased when closed"
+
+
+def erase_user(
+    session: Session,
+    username: str,
+    *,
+    policy: Any = None,
+    settings: RetentionSettings | None = None,
+    apply: bool = False,
+    now: datetime | None = None,
+    actor: str = ACTOR,
+) -> ErasePlan:
+    """Erase what is held about ``username``, except safeguarding evidence and the audit trail.
+
+    With ``apply=False`` nothing changes: the plan says what would happen.
+    """
+    name = username.strip().lower()
+    now = now or utcnow()
+    settings = settings or (retention_of(policy) if policy is not None else RetentionSettings())
+    plan = ErasePlan(subject=name)
+    cats = safeguarding_categories(policy, settings)
+    evidence = _is_evidence(cats, _evidence_refs(session))
+    mine = EventRow.user == name
+
+    def n(query: Any) -> int:
+        return len(session.execute(query).all())
+
+    plan.erase["events"] = n(select(EventRow.id).where(mine, not_(evidence)))
+    kept_events = n(select(EventRow.id).where(mine, evidence))
+    if kept_events:
+        plan.keep["safeguarding events"] = (kept_events, EVIDENCE_WHY)
+    ended = and_(
+        ExceptionRow.scope == "user",
+        ExceptionRow.scope_value == name,
+        or_(ExceptionRow.revoked_at.is_not(None), and_(ExceptionRow.ends.is_not(None),
+                                                       ExceptionRow.ends <= now)),
+    )  # fmt: skip
+    live = and_(ExceptionRow.scope == "user", ExceptionRow.scope_value == name, not_(ended))
+    plan.erase["exceptions for this person (ended)"] = n(select(ExceptionRow.id).where(ended))
+    live_n = n(select(ExceptionRow.id).where(live))
+    if live_n:
+        plan.keep["exceptions in force"] = (live_n, OPEN_WHY)
+    audit_n = n(select(AuditRow.id).where(_audit_about(name)))
+    if audit_n:
+        plan.keep["audit entries"] = (audit_n, AUDIT_WHY)
+    requests = optional_table(session, "portal_requests")
+    req_closed = req_open = req_evidence = None
+    if requests is not None:
+        open_statuses = ("open", "escalated", "awaiting_slt")
+        who = requests.c.requester_user == name
+        req_evidence = and_(who, requests.c.kind == "report")
+        req_open = and_(who, requests.c.kind != "report", requests.c.status.in_(open_statuses))
+        req_closed = and_(who, requests.c.kind != "report", requests.c.status.not_in(open_statuses))
+        plan.erase["access requests (closed)"] = n(select(requests.c.id).where(req_closed))
+        if (k := n(select(requests.c.id).where(req_open))) > 0:
+            plan.keep["access requests (open)"] = (k, OPEN_WHY)
+        if (k := n(select(requests.c.id).where(req_evidence))) > 0:
+            plan.keep["content reports"] = (
+                k,
+                "reports of harmful content: " + EVIDENCE_WHY.split(": ", 1)[1],
+            )
+    for table_name, label in (
+        ("bans", "bans"),
+        ("ban_audit", "ban history"),
+        ("supervision_sessions", "supervision sessions"),
+    ):
+        table = optional_table(session, table_name)
+        if table is not None and (conds := _about(table, name)):
+            if k := n(select(*table.primary_key.columns).where(or_(*conds))):
+                plan.keep[label] = (k, EVIDENCE_WHY)
+    plan.erase = {k: v for k, v in plan.erase.items()}
+    if not apply:
+        return plan
+    session.execute(delete(EventRow).where(mine, not_(evidence)))
+    session.execute(delete(ExceptionRow).where(ended))
+    if requests is not None and req_closed is not None:
+        session.execute(delete(requests).where(req_closed))
+    session.add(
+        AuditRow(
+            at=now,
+            actor=actor,
+            action="data.erase",
+            subject=f"user {name}",
+            detail=json.dumps(plan.as_dict()),
+        )
+    )
+    return plan
