@@ -194,7 +194,7 @@ def installed(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    assert (target / "schoolgate" / "templates" / "block.html").is_file()
+    assert (target / "schoolgate" / "gateway" / "templates" / "block.html").is_file()
     return target
 
 
