@@ -15,6 +15,9 @@ import idna
 
 # Most hosts on the wire are already normal: a fast check saves the full work (and the cache).
 _ALREADY_NORMAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
+# Public for the hot path: a true answer means ``normalize_host(raw) == raw``, so a caller
+# that tests this first saves the call (the policy does, on every request).
+is_normal_host = _ALREADY_NORMAL
 
 
 def lower_host(text: str) -> str:

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from schoolgate.core.hosts import normalize_host
+from schoolgate.core.hosts import is_normal_host, normalize_host
 from schoolgate.core.identity import GUEST, SIGN_IN_REQUIRED, IdentityResolver, minimum_age
 from schoolgate.core.model import (
     AccessException,
@@ -38,6 +38,7 @@ from schoolgate.core.model import (
     ListMatch,
     RequestFacts,
     Window,
+    new_decision,
 )
 from schoolgate.core.pages import PageTarget, parse_page
 
@@ -273,6 +274,7 @@ class Policy:
         self.fediverse_category: str | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple, datetime | None] = {}
+        self._ruled_cache: dict[tuple, tuple[RuleRef, str, datetime | None]] = {}
 
     # -- helpers the adapters use ---------------------------------------------------------
     @property
@@ -378,14 +380,16 @@ class Policy:
     ) -> Decision:
         if identity is None:
             identity = self.resolver.resolve(facts.client_ip, facts.user)
-        host = normalize_host(facts.host)
+        host = facts.host
+        if not is_normal_host(host):  # most are: this saves the call
+            host = normalize_host(host)
         path = facts.path
         at = facts.at
         window = self.timetables[identity.site].window_at(at)
 
         # 0. A device that must sign in gets nothing until it has (never the guest policy).
         if identity.source == SIGN_IN_REQUIRED:
-            return Decision(
+            return new_decision(
                 Action.BLOCK,
                 identity,
                 window,
@@ -403,7 +407,7 @@ class Policy:
                 locked = ListMatch(
                     locked.category, WITHHELD, f"{locked.category} lists (confidential)", "withheld"
                 )
-                return Decision(
+                return new_decision(
                     Action.BLOCK,
                     identity,
                     window,
@@ -421,7 +425,7 @@ class Policy:
                 restriction = self.age_restrictions[signup.category]
                 age = minimum_age(identity, at.date())
                 if age is None or age < restriction.min_age:
-                    return Decision(
+                    return new_decision(
                         Action.BLOCK,
                         identity,
                         window,
@@ -452,7 +456,9 @@ class Policy:
             else:
                 reason = f"{host} is in no filtered category."
                 rule = "uncategorised"
-            return Decision(Action.ALLOW, identity, window, None, reason, rule=rule, match=match)
+            return new_decision(
+                Action.ALLOW, identity, window, None, reason, rule=rule, match=match
+            )
         category = match.category
 
         # 4. Exceptions in force.
@@ -461,7 +467,7 @@ class Policy:
                 identity, host, category, at, facts=facts, platforms=self.platforms
             )
             if exc is not None:
-                return Decision(
+                return new_decision(
                     Action.ALLOW,
                     identity,
                     window,
@@ -475,21 +481,15 @@ class Policy:
                 )
 
         # 5. Rules.
-        ref = self.rule_for(identity, window.kind, category)
+        ref, reason, until = self._ruled(identity, window, category)
         if ref.action is Action.ALLOW:
-            return Decision(
-                Action.ALLOW,
-                identity,
-                window,
-                category,
-                f"{category} is allowed for {identity.role} in {window.kind}.",
-                rule=ref.label,
-                match=match,
+            return new_decision(
+                Action.ALLOW, identity, window, category, reason, rule=ref.label, match=match
             )
         if ref.action is Action.READ_ONLY:
             blocked_why = self._read_only_refusal(facts)
             if blocked_why is None:
-                return Decision(
+                return new_decision(
                     Action.ALLOW,
                     identity,
                     window,
@@ -500,7 +500,7 @@ class Policy:
                     match=match,
                 )
             until = self._until(identity, window, category, Action.READ_ONLY)
-            return Decision(
+            return new_decision(
                 Action.BLOCK,
                 identity,
                 window,
@@ -510,13 +510,12 @@ class Policy:
                 match=match,
                 until=until,
             )
-        until = self._until(identity, window, category, Action.BLOCK)
-        return Decision(
+        return new_decision(
             Action.BLOCK,
             identity,
             window,
             category,
-            f"{category} is blocked for {identity.role} in {window.kind} ({window.name}).",
+            reason,
             rule=ref.label,
             match=match,
             until=until,
@@ -532,6 +531,40 @@ class Policy:
         return ListMatch(
             platform.category, found.entry, f"{platform.name} family ({platform.source})", "family"
         )
+
+    def _ruled(
+        self, identity: Identity, window: Window, category: str
+    ) -> tuple[RuleRef, str, datetime | None]:
+        """The rule for this role (and group), window and category, with the reason an allow
+        or a block gives and until when a block lasts (read-only: no reason, no end; the
+        request decides). The same for every request in the window: worked out once."""
+        key = (
+            identity.site,
+            window.start,
+            window.kind,
+            window.name,
+            identity.role,
+            identity.group,
+            category,
+        )
+        found = self._ruled_cache.get(key)
+        if found is not None:
+            return found
+        ref = self.rule_for(identity, window.kind, category)
+        if ref.action is Action.ALLOW:
+            found = (ref, f"{category} is allowed for {identity.role} in {window.kind}.", None)
+        elif ref.action is Action.BLOCK:
+            found = (
+                ref,
+                f"{category} is blocked for {identity.role} in {window.kind} ({window.name}).",
+                self._until(identity, window, category, Action.BLOCK),
+            )
+        else:
+            found = (ref, "", None)
+        if len(self._ruled_cache) > 50_000:
+            self._ruled_cache.clear()
+        self._ruled_cache[key] = found
+        return found
 
     def _read_only_refusal(self, facts: RequestFacts) -> str | None:
         """Why a request to a read-only site is not reading, or None if it is."""
