@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from schoolgate.core.configfile import ConfigError
-from schoolgate.core.model import RequestFacts
+from schoolgate.core.explain import InputError, facts_for_url, parse_when  # noqa: F401
 
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 
-class CommandError(Exception):
-    """A clear message for the user; exits non-zero."""
+# A clear message for the user; the command exits non-zero. The same class as the core's
+# InputError, which the explanation helpers raise for what a person typed.
+CommandError = InputError
 
 
 # -- options every subcommand takes ---------------------------------------------------------
@@ -133,59 +132,3 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # no passwd entry (a container's arbitrary uid)
         return f"uid {uid}"
-
-
-def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
-    """ISO-8601; without a zone it is the site's local time."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-24T10:30)") from None
-    if value.tzinfo is None:
-        site = site or policy.resolver.default_site
-        value = value.replace(tzinfo=policy.timetables[site].tz)
-    return value
-
-
-def facts_for_url(
-    url: str,
-    *,
-    at: datetime,
-    method: str | None,
-    client_ip: str | None,
-    user: str | None,
-    host_only: bool = False,
-) -> RequestFacts:
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    # Browsers read "\" as "/" in http(s) URLs: http://a.com\@b.com/ goes to a.com.
-    scheme, sep, rest = text.partition("://")
-    if scheme.lower() in ("http", "https"):
-        text = scheme + sep + rest.replace("\\", "/")
-    try:
-        parts = urlsplit(text)
-        hostname = parts.hostname
-    except ValueError as exc:
-        raise CommandError(f"not a URL: {url!r} ({exc})") from None
-    if not hostname:
-        raise CommandError(f"not a URL: {url!r}")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    try:
-        port = parts.port
-    except ValueError:
-        raise CommandError(f"bad port in {url!r}") from None
-    return RequestFacts(
-        host=parts.hostname,
-        at=at,
-        path=None if host_only else path,
-        method=None if host_only else (method or "GET").upper(),
-        port=port or (443 if parts.scheme == "https" else 80),
-        scheme=parts.scheme,
-        client_ip=client_ip,
-        user=user,
-    )

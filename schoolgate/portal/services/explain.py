@@ -28,8 +28,13 @@ class Explained:
 def explain(session: Session, policy: Any, form: Any, *, now: datetime) -> Explained:
     """``form``: a mapping with the command's options (``url``, ``user``, ``role``, ``group``,
     ``site``, ``ip``, ``at``, ``method``, ``date_of_birth``, ``host_only``)."""
-    from schoolgate.cli.common import CommandError, facts_for_url, parse_when
-    from schoolgate.cli.words import decision_lines, identity_override
+    from schoolgate.core.explain import (
+        InputError,
+        decision_lines,
+        facts_for_url,
+        identity_override,
+        parse_when,
+    )
     from schoolgate.core.policy import ExceptionSet
     from schoolgate.storage.exceptions import exceptions_current
 
@@ -50,7 +55,7 @@ def explain(session: Session, policy: Any, form: Any, *, now: datetime) -> Expla
             user=args.user,
             host_only=bool(form.get("host_only")),
         )
-    except CommandError as exc:
+    except InputError as exc:
         raise ExplainError(str(exc)) from None
     exceptions = ExceptionSet(exceptions_current(session, at))
     decision = policy.decide(facts, exceptions, identity=override)
