@@ -15,7 +15,7 @@ its name (``CONNECT``/SNI: a device without the school's certificate, or a no_in
 
 Measurement lists are public lists the project does not ship as blocklists (the shipped UT1
 snapshots would measure themselves): ``bench/data/`` (see its README for upstreams and
-licences) and ``../shared/list-samples/``. More can be given as ``--list KIND:NAME:PATH``
+licences) and ``tests/data/list-samples/``. More can be given as ``--list KIND:NAME:PATH``
 (KIND ``social`` or ``circumvention``; PATH a list file in any format the gateway reads).
 
 Prints, per configuration: one line per list (hosts, blocked, share), the pooled share of each
@@ -51,11 +51,8 @@ DATA = ROOT / "bench" / "data"
 
 
 def _shared_samples() -> Path:
-    """``shared/list-samples`` beside the checkout (or beside the folder of worktrees)."""
-    for parent in ROOT.parents:
-        if (parent / "shared" / "list-samples").is_dir():
-            return parent / "shared" / "list-samples"
-    return ROOT.parent / "shared" / "list-samples"
+    """The public list samples the tests use (``tests/data/list-samples``)."""
+    return ROOT / "tests" / "data" / "list-samples"
 
 
 SHARED = _shared_samples()
