@@ -174,6 +174,17 @@ def test_parent_and_child_entries_block_every_host_under_them(tmp_path):
     assert store.lookup("example.com.evil.org", None) is None
 
 
+def test_a_host_that_is_not_text_is_in_no_list_and_breaks_nothing(tmp_path):
+    """A Host header's raw bytes (0xFF read as a surrogate escape) cannot be a listed name: the
+    lookup says so instead of raising, which once failed the circumvention detectors."""
+    store = _store(tmp_path, "social.test\n")
+    for host in ("social.test\udcff", "\udcffsocial.test", "x.social.test\udcff"):
+        assert store.lookup(host, None) is None
+        assert store.lookup(host, "/") is None
+        assert store.lookup_all(host, "/") == []
+    assert store.lookup("social.test", None) is not None
+
+
 def test_matches_name_their_entry_file_and_line(tmp_path):
     store = _store(tmp_path, "# social\nfacebook.com\nbücher.de\n||tiktok.com/login^\n")
     assert store.lookup("m.facebook.com", "/").source == "list.txt:2"

@@ -468,7 +468,10 @@ class ListStore(Matcher):
             return None
         if host[-1] in _DIGITS or ":" in host:  # an IP literal matches only itself
             return self._lookup_ip(host, path)
-        hits = self._prefixes(host[::-1] + ".")
+        try:
+            hits = self._prefixes(host[::-1] + ".")
+        except UnicodeEncodeError:  # not text (a Host header's raw bytes): no name matches it
+            hits = []
         if hits:
             values, key_id = self._values, self._key_id
             dom_ref = -1
@@ -496,16 +499,22 @@ class ListStore(Matcher):
         return None
 
     def _exact(self, host: str) -> tuple[int | None, object]:
-        kid = self._trie.get(host[::-1] + ".")
+        try:
+            kid = self._trie.get(host[::-1] + ".")
+        except UnicodeEncodeError:  # not text: in no list
+            return None, None
         return (None, None) if kid is None else (self._values[kid], kid)
 
     def _listed_under(self, host: str) -> Iterator[tuple[str, int, object]]:
         key = host[::-1] + "."
-        if host[-1] in _DIGITS or ":" in host:
-            kid = self._trie.get(key)
-            found = [] if kid is None else [key]
-        else:
-            found = self._prefixes(key)
+        try:
+            if host[-1] in _DIGITS or ":" in host:
+                kid = self._trie.get(key)
+                found = [] if kid is None else [key]
+            else:
+                found = self._prefixes(key)
+        except UnicodeEncodeError:  # not text: in no list
+            return
         for key in found:
             kid = self._key_id(key)
             yield host[len(host) - len(key) + 1 :], self._values[kid], kid

@@ -502,8 +502,11 @@ class Enforcement:
             "action": "block",
             **_alert_keys(decision, facts),
         }
+        # The reference in a header too, as on every block page: IT Support find it either way.
         flow.response = http.Response.make(
-            400, f"Bad request: {decision.reason}\nReference: {ref}\n", _TEXT
+            400,
+            f"Bad request: {decision.reason}\nReference: {ref}\n",
+            {**_TEXT, "x-schoolgate-ref": ref},
         )
 
     def _allowed(
