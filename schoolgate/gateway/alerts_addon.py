@@ -156,7 +156,7 @@ class AlertsAddon:
             return False
         from schoolgate.jobs.notify import notifier_for
 
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
+        notifier = notifier_for(policy.settings.notifications, clock=self.clock)
         alerts = list(self._outgoing)
         if notifier is None:
             log.warning(
@@ -167,7 +167,7 @@ class AlertsAddon:
             self._outgoing.clear()
             return True
         tz = _school_tz(policy)
-        school = str(policy.settings.extra.get("school_name") or "")
+        school = policy.settings.wording.school_name
         try:
             with sessions() as session:
                 for alert in alerts:
