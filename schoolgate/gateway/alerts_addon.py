@@ -86,11 +86,7 @@ class AlertsAddon:
     # -- settings -----------------------------------------------------------------------------
     def policy_changed(self, old: Policy | None, new: Policy) -> None:
         """Alert the categories ``new`` alerts, batched as it says."""
-        try:
-            settings = alerts_of(new)
-        except Exception:  # noqa: BLE001 - validated at load; never stop alerting locked ones
-            log.exception("schoolgate: alerts section unreadable; alerting locked categories")
-            settings = AlertSettings()
+        settings = alerts_of(new)  # read when the config was loaded: nothing to fail here
         self.settings = settings
         self._wanted = settings.alerted(new)
 
