@@ -299,10 +299,10 @@ class GW:
 
     def send(self) -> tuple[int, int]:
         """What the outbox sender would deliver now (through the real SMTP server)."""
-        from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
+        from schoolgate.jobs.notify import OutboxSender
 
         policy = self.addons[0].policy
-        smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
+        smtp = policy.settings.notifications.smtp
         return OutboxSender(self.alerts.recorder.sessions, smtp=smtp, clock=self.clock).send_due()
 
 
@@ -474,7 +474,7 @@ def test_the_background_thread_queues_an_alert(gw: GW, smtp_server):
 # -- content reports ---------------------------------------------------------------------------
 def _portal(tmp_path: Path, config: Path, port: int, content_reports: bool):
     from schoolgate.core.config import load_policy
-    from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
+    from schoolgate.jobs.notify import OutboxSender
     from schoolgate.portal.app import create_app, make_identify
     from schoolgate.storage.db import open_database
 
@@ -483,7 +483,7 @@ def _portal(tmp_path: Path, config: Path, port: int, content_reports: bool):
     config.write_text(yaml.safe_dump(data))
     policy = load_policy(config, data_dir=tmp_path / "var")
     sessions = open_database(policy.settings.database_url)
-    smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
+    smtp = policy.settings.notifications.smtp
     app = create_app(
         policy_getter=lambda: policy,
         session_factory=sessions,

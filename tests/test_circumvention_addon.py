@@ -410,7 +410,7 @@ def test_the_esafety_team_is_told_by_email(gateway_config: Path, gateway_data_di
 
     from aiosmtpd.controller import Controller
 
-    from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
+    from schoolgate.jobs.notify import OutboxSender
 
     received = []
 
@@ -447,7 +447,7 @@ def test_the_esafety_team_is_told_by_email(gateway_config: Path, gateway_data_di
             gw.run(http_flow("proxy1.test"))  # severity 2 = 1 point: the warn stage
             assert guard.send_alerts()
             policy = addons[0].policy
-            smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
+            smtp = policy.settings.notifications.smtp
             sender = OutboxSender(guard.recorder.sessions, smtp=smtp)
             assert sender.send_due() == (1, 0)
             guard.done()

@@ -242,6 +242,47 @@ def test_notifications_validator_reports_file_line_and_field(tmp_path):
     )
 
 
+def test_the_mail_relay_is_read_when_the_config_is_loaded(tmp_path):
+    from schoolgate.core.configfile import load_yaml
+    from schoolgate.core.notification_settings import SmtpSettings
+
+    path = tmp_path / "c.yaml"
+    relay = "notifications:\n  smtp:\n    host: mail\n    port: 2525\n    from: f@school.test\n"
+    path.write_text(relay + "    timeout: soon\n")
+    issues = Issues()
+    root = Section(load_yaml(path, issues), file=path, path="", issues=issues)
+    assert read_notifications(root.section("notifications")).smtp is None
+    text = "\n".join(str(i) for i in issues.items)
+    assert f"{path}:6: notifications.smtp.timeout: expected a number of seconds" in text
+
+    path.write_text(relay + "    slt: [slt@school.test]\n    password: s3cret\n")
+    issues = Issues()
+    root = Section(load_yaml(path, issues), file=path, path="", issues=issues)
+    smtp = read_notifications(root.section("notifications")).smtp
+    assert not issues
+    assert smtp == SmtpSettings(
+        host="mail", port=2525, sender="f@school.test", slt=("slt@school.test",), password="s3cret"
+    )
+    assert "s3cret" not in repr(smtp)  # settings may be logged; the password never is
+
+
+def test_the_jobs_use_the_settings_read_with_the_policy(school):
+    import dataclasses
+
+    from schoolgate.jobs.scheduler import job_schedules
+
+    policy, _ = school
+    settings = policy.settings
+    assert settings.retention.decisions_days == 30
+    assert settings.reports.email == ("esafety@school.example",)
+    assert settings.notifications.escalate_after_hours == 2.0
+    assert settings.list_updates.data_dir == Path(settings.data_dir)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.retention = settings.retention  # type: ignore[misc]
+    schedules = job_schedules(policy)
+    assert schedules["purge"].at == "02:30" and schedules["report_day"].at == "07:00"
+
+
 def test_stopping_the_gateway_neither_skips_nor_moves_a_due_job(school):
     """Every job is due by the real clock (the schedule is in 2001): stopping must leave each
     stored run time as it was, for the next start to run the job, not move it on unrun."""

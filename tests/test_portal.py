@@ -689,7 +689,9 @@ def test_a_config_cannot_let_it_support_unlist_alone(gateway_config, tmp_path):
     policy = load_policy(gateway_config, data_dir=tmp_path / "var")
     (warning,) = [w for w in policy.warnings if "unlist" in w]
     assert "portal.slt_required.unlist" in warning and "ignored" in warning
-    assert "unlist" not in policy.settings.extra["portal"]["slt_required"]
+    slt = policy.settings.portal.slt_required  # the scopes as given, nothing of 'unlist'
+    assert slt == SltRequired(scopes=("everyone",), longer_than_days=91)
+    assert slt.reason(scope="user", ends=None, now=datetime.now(UTC), kind="unlist")
     data["portal"]["slt_required"]["unlist"] = True
     gateway_config.write_text(yaml.safe_dump(data))
     assert not load_policy(gateway_config, data_dir=tmp_path / "var").warnings

@@ -34,13 +34,6 @@ def _context(args: argparse.Namespace, *, progress: bool | None = False, changes
     return policy, JobContext(policy=lambda: policy, sessions=sessions, progress=progress)
 
 
-def _settings(fn, policy):
-    try:
-        return fn(policy)
-    except ConfigError as exc:
-        raise _fail(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
-
-
 # -- report -------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from schoolgate.jobs.scheduler import reports_folder
@@ -48,7 +41,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from schoolgate.reports.render import render_csv, write_report
 
     policy, ctx = _context(args)
-    settings = _settings(reports_of, policy)
+    settings = reports_of(policy)
     try:
         on = date.fromisoformat(args.date) if args.date else None
     except ValueError:
@@ -147,7 +140,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from schoolgate.jobs.retention import erase_user, retention_of
 
     policy, ctx = _context(args, changes=args.yes)
-    settings = _settings(retention_of, policy)
+    settings = retention_of(policy)
     with ctx.sessions.begin() as session:
         plan = erase_user(session, args.user, policy=policy, settings=settings, apply=args.yes,
                           now=ctx.now(), actor=args.by or "schoolgate erase")  # fmt: skip
@@ -184,7 +177,7 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
     from schoolgate.jobs.listupdate import list_updates_of, refresh_subscriptions, update_all
 
     policy, ctx = _context(args, changes=True)
-    settings = _settings(list_updates_of, policy)
+    settings = list_updates_of(policy)
     if not settings.sources and not settings.subscriptions:
         raise _fail("no list sources configured (a category's subscriptions, or "
                     "list_updates.sources, in the config)")  # fmt: skip
@@ -218,7 +211,7 @@ def cmd_lists_import(args: argparse.Namespace) -> int:
     from schoolgate.jobs.listupdate import audit_result, fetch_and_install, list_updates_of
 
     policy, ctx = _context(args, changes=True)
-    settings = _settings(list_updates_of, policy)
+    settings = list_updates_of(policy)
     target = args.into
     fmt = args.format
     if target is None and not args.category:
@@ -244,7 +237,7 @@ def cmd_lists_stats(args: argparse.Namespace) -> int:
     from schoolgate.jobs.listupdate import list_stats, list_updates_of
 
     policy = _cli().load(args)
-    settings = _settings(list_updates_of, policy)
+    settings = list_updates_of(policy)
     rows = list_stats(policy, settings)
     sources = {s.category: s.url for s in settings.sources}
     for row in rows:

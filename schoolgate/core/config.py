@@ -7,6 +7,8 @@ expected); a config with any error yields no policy at all, never a half-loaded 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from schoolgate.bindings.settings import (
     IdentitySources,
     read_identity_sources,
 )
+from schoolgate.core.alert_settings import read_alerts
 from schoolgate.core.circumvention_settings import load_circumvention
 from schoolgate.core.configfile import (
     ConfigError,
@@ -41,8 +44,10 @@ from schoolgate.core.policy import (
     RuleRef,
     Settings,
 )
+from schoolgate.core.portal_settings import read_portal
+from schoolgate.core.report_settings import RoleNamed, read_reports
+from schoolgate.core.retention_settings import read_retention
 from schoolgate.core.sanctions import load_sanctions
-from schoolgate.core.staff_signin import read_oidc, read_totp
 from schoolgate.core.subscriptions import (
     Subscription,
     empty_warning,
@@ -51,9 +56,6 @@ from schoolgate.core.subscriptions import (
 )
 from schoolgate.core.timetable import load_timetable
 from schoolgate.core.words import read_wording
-from schoolgate.jobs.alerts import read_alerts
-from schoolgate.jobs.retention import read_retention
-from schoolgate.reports.build import read_reports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The config a source checkout ships. Which config a command or the gateway uses when none is
@@ -63,9 +65,10 @@ DEFAULT_CONFIG = PROJECT_ROOT / "mitm_config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///{data_dir}/schoolgate.db"
 LIST_FORMATS = ("auto", "domains", "hosts", "adblock", "squidguard")
 
-# Sections read by the subsystems that own them (circumvention, bans, reports, ...); the policy
-# carries them as given in Settings.extra.
-EXTRA_SECTIONS = (
+# Sections read by the readers of the parts that own them (circumvention, bans, reports, ...:
+# see schoolgate.core.settings) into typed fields of Settings; ``teachers`` and ``safe_search``
+# are accepted for older configs and not used.
+OWNED_SECTIONS = (
     "circumvention",
     "bans",
     "notifications",
@@ -97,7 +100,7 @@ TOP_KEYS = frozenset(
         "words",
         "platforms",
         "fediverse",
-        *EXTRA_SECTIONS,
+        *OWNED_SECTIONS,
     }
 )
 
@@ -164,48 +167,6 @@ def load_policy(
     return policy
 
 
-EXCEPTION_SCOPES = ("user", "group", "role", "site", "everyone")
-
-
-def _slt_required(sec: Section | None) -> dict | None:
-    """``portal.slt_required``: which exceptions IT Support may only propose (SLT approves).
-    ``{scopes: [role, site, everyone], longer_than_days: 91}``; ``longer_than_days: false``
-    (or null) sets no limit on the length. Un-listing and adding a site to a category always
-    need SLT: ``unlist`` is still accepted, and ``unlist: false`` is warned of and ignored."""
-    if sec is None:
-        return None
-    sec.check_keys({"scopes", "longer_than_days", "unlist"})
-    out: dict = {}
-    if "scopes" in sec:
-        scopes = []
-        for text, line, field_name in sec.strings("scopes"):
-            if text not in EXCEPTION_SCOPES:
-                sec.issues.add(
-                    sec.file,
-                    line,
-                    field_name,
-                    f"expected one of {', '.join(EXCEPTION_SCOPES)}, got {text!r}",
-                )
-            elif text not in scopes:
-                scopes.append(text)
-        out["scopes"] = scopes
-    if "longer_than_days" in sec:
-        if sec.data.get("longer_than_days") in (None, False):
-            out["longer_than_days"] = None
-        else:
-            days = sec.number("longer_than_days", minimum=0)
-            if days is not None:
-                out["longer_than_days"] = days
-    if "unlist" in sec and not sec.flag("unlist", default=True):
-        sec.issues.warn(
-            sec.file,
-            sec.line_of("unlist"),
-            sec.field("unlist"),
-            "un-listing a site for everyone always needs SLT approval: 'unlist: false' is ignored",
-        )
-    return out
-
-
 def _build(
     root: Section,
     base: Path,
@@ -230,19 +191,7 @@ def _build(
         except DatabaseURLError as exc:
             database.error("url", str(exc))
     portal = root.section("portal")
-    portal_host = "schoolgate.internal"
-    portal_extra: dict = {}
-    if portal:
-        portal.check_keys(
-            {"host", "port", "secret_key_file", "listen_host", "slt_required", "totp", "oidc"}
-        )
-        portal_host = (portal.text("host") or portal_host).lower()
-        slt_required = _slt_required(portal.section("slt_required"))
-        if slt_required is not None:
-            portal_extra["slt_required"] = slt_required
-        # staff sign-in: two-factor codes and the school's identity provider
-        portal_extra["totp"] = read_totp(portal.section("totp"))
-        portal_extra["oidc"] = read_oidc(portal.section("oidc"), base)
+    portal_settings = read_portal(portal, base)
 
     # -- roles ------------------------------------------------------------------------------
     roles: dict[str, RoleSettings] = {}
@@ -507,13 +456,11 @@ def _build(
     )
     sanctions = load_sanctions(root.section("bans"), known_roles=role_names_and_aliases)
     wording = read_wording(root, roles=role_names)
-    # Checked here so that `check-config` and a reload report them like any other error; the
-    # jobs, reports and purge read them again from Settings.extra when they run.
-    read_retention(root.section("retention"))
-    read_reports(root.section("reports"))
-    read_notifications(root.section("notifications"))
-    read_alerts(root.section("alerts"), categories)
-    read_list_updates(root.section("list_updates"), base, categories)
+    retention = read_retention(root.section("retention"))
+    reports = read_reports(root.section("reports"), _role_named(roles, aliases))
+    notifications = read_notifications(root.section("notifications"))
+    alerts = read_alerts(root.section("alerts"), categories)
+    list_updates = read_list_updates(root.section("list_updates"), base, categories)
     platforms = read_platforms(root, base, issues, categories)
     fediverse_category = read_fediverse(root.section("fediverse"), categories)
 
@@ -525,7 +472,7 @@ def _build(
         config_path=str(config_path),
         data_dir=str(data_dir),
         database_url=url,
-        portal_host=portal_host,
+        portal_host=portal_settings.host,
         keep_paths=keep_paths,
         log_allowed_categories=log_allowed,
         read_only_blocked_paths=blocked_paths,
@@ -533,9 +480,16 @@ def _build(
         advice=advice,
         circumvention=circumvention,
         sanctions=sanctions,
-        extra={key: root.data.get(key) for key in EXTRA_SECTIONS}
-        | {"portal": portal_extra, "identity_sources": identity_sources},
         wording=wording,
+        notifications=notifications,
+        alerts=alerts,
+        reports=reports,
+        retention=retention,
+        list_updates=replace(
+            list_updates, subscriptions=tuple(subscriptions), data_dir=Path(data_dir)
+        ),
+        portal=portal_settings,
+        identity_sources=identity_sources,
     )
     policy = Policy(
         settings=settings,
@@ -556,6 +510,16 @@ def _build(
     policy.platforms = platforms
     policy.fediverse_category = fediverse_category
     return policy
+
+
+def _role_named(roles: Mapping[str, object], aliases: Mapping[str, str]) -> RoleNamed:
+    """The role a name means, as :meth:`Policy.role_named` will say once the policy is built."""
+
+    def named(name: str) -> str | None:
+        text = name.strip()
+        return text if text in roles else aliases.get(text.lower())
+
+    return named
 
 
 def _locked_matcher(locked: list, data_dir: Path, issues: Issues) -> Matcher | None:
@@ -682,8 +646,7 @@ def _age_restrictions(root: Section, base: Path, issues: Issues):
 
 def identity_sources_of(policy: Policy) -> IdentitySources:
     """The identity sources a policy was loaded with (none for a policy built by hand)."""
-    found = (policy.settings.extra or {}).get("identity_sources")
-    return found if isinstance(found, IdentitySources) else IdentitySources()
+    return policy.settings.identity_sources
 
 
 def check_config(path: Path | str | None = None) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from schoolgate.core.configfile import Section, parse_clock
 from schoolgate.core.lists import FORMATS
+from schoolgate.core.subscriptions import Subscription
 
 SECTION = "list_updates"
 TEXT_FORMATS = tuple(f for f in FORMATS if f != "squidguard")
@@ -31,7 +32,7 @@ class ListUpdateSettings:
     at: str = "04:15"
     timeout_seconds: int = 60
     # The categories' subscriptions (schoolgate.core.subscriptions), from the policy.
-    subscriptions: tuple = ()
+    subscriptions: tuple[Subscription, ...] = ()
     data_dir: Path | None = None
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -41,6 +41,7 @@ from schoolgate.core.model import (
     new_decision,
 )
 from schoolgate.core.pages import PageTarget, parse_page
+from schoolgate.core.settings import Settings
 
 if TYPE_CHECKING:
     from schoolgate.core.lists import Matcher
@@ -87,29 +88,6 @@ class AgeRestriction:
     platform: str
     min_age: int
     label: str
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything else the adapters need from the config."""
-
-    config_path: str
-    data_dir: str
-    database_url: str
-    portal_host: str = "schoolgate.internal"
-    keep_paths: bool = True
-    log_allowed_categories: bool = False
-    read_only_blocked_paths: tuple[str, ...] = ()
-    read_only_without_interception: Action = Action.BLOCK
-    advice: tuple[str, ...] = ()
-    # Validated by the modules that own them: CircumventionSettings
-    # (schoolgate.core.circumvention_settings) and SanctionSettings (schoolgate.core.sanctions).
-    # None only for a Settings built by hand (tests): use the defaults.
-    circumvention: Any = None
-    sanctions: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The school's words for roles and windows (schoolgate.core.words.Wording); None: defaults.
-    wording: Any = None
 
 
 class ExceptionSet:

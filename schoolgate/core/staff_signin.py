@@ -252,10 +252,7 @@ def read_oidc(sec: Section | None, base: Path) -> OidcSettings:
 
 def signin_of(policy: Any) -> tuple[TotpSettings, OidcSettings]:
     """The policy's ``portal.totp`` and ``portal.oidc`` (defaults when not configured)."""
-    portal = (getattr(getattr(policy, "settings", None), "extra", None) or {}).get("portal") or {}
-    totp = portal.get("totp")
-    oidc = portal.get("oidc")
-    return (
-        totp if isinstance(totp, TotpSettings) else TotpSettings(),
-        oidc if isinstance(oidc, OidcSettings) else OidcSettings(),
-    )
+    settings = getattr(policy, "settings", None)
+    if settings is None:
+        return TotpSettings(), OidcSettings()
+    return settings.portal.totp, settings.portal.oidc

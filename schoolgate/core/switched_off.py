@@ -33,9 +33,8 @@ class SwitchedOff:
 
 
 def _notifications_configured(policy: Any) -> bool:
-    extra = getattr(policy.settings, "extra", None) or {}
-    notifications = extra.get("notifications") or {}
-    return bool(notifications.get("smtp") or notifications.get("webhook"))
+    notifications = policy.settings.notifications
+    return bool(notifications.smtp or notifications.webhook)
 
 
 def _empty_locked(policy: Any) -> list[str]:

@@ -86,11 +86,7 @@ class AlertsAddon:
     # -- settings -----------------------------------------------------------------------------
     def policy_changed(self, old: Policy | None, new: Policy) -> None:
         """Alert the categories ``new`` alerts, batched as it says."""
-        try:
-            settings = alerts_of(new)
-        except Exception:  # noqa: BLE001 - validated at load; never stop alerting locked ones
-            log.exception("schoolgate: alerts section unreadable; alerting locked categories")
-            settings = AlertSettings()
+        settings = alerts_of(new)  # read when the config was loaded: nothing to fail here
         self.settings = settings
         self._wanted = settings.alerted(new)
 
@@ -156,7 +152,7 @@ class AlertsAddon:
             return False
         from schoolgate.jobs.notify import notifier_for
 
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
+        notifier = notifier_for(policy.settings.notifications, clock=self.clock)
         alerts = list(self._outgoing)
         if notifier is None:
             log.warning(
@@ -167,7 +163,7 @@ class AlertsAddon:
             self._outgoing.clear()
             return True
         tz = _school_tz(policy)
-        school = str(policy.settings.extra.get("school_name") or "")
+        school = policy.settings.wording.school_name
         try:
             with sessions() as session:
                 for alert in alerts:

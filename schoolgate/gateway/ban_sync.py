@@ -69,7 +69,7 @@ class BanSync:
             return True
         from schoolgate.jobs.notify import notifier_for
 
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
+        notifier = notifier_for(policy.settings.notifications, clock=self.clock)
         alerts = list(self._alerts)
         if notifier is None:
             log.warning(

@@ -274,8 +274,10 @@ class HealthAddon:
         send them)."""
         app = getattr(self.portal, "app", None)
         policy = self.holder.policy
-        notifications = (policy.settings.extra.get("notifications") or {}) if policy else {}
-        if app is None or not (notifications.get("smtp") or notifications.get("webhook")):
+        if app is None or policy is None:
+            return False
+        notifications = policy.settings.notifications
+        if not (notifications.smtp or notifications.webhook):
             return False
         sender = app.extensions["schoolgate_portal"].sender
         thread = getattr(sender, "_thread", None)

@@ -56,13 +56,11 @@ _UNAVAILABLE = (
 
 def portal_settings(policy) -> dict[str, Any]:
     """What the app is built from (besides the database and the secret), from the policy."""
-    extra = policy.settings.extra or {}
-    notifications = extra.get("notifications") or {}
-    portal = extra.get("portal") or {}
+    notifications = policy.settings.notifications
     return {
-        "smtp": notifications.get("smtp") or None,
-        "webhook": notifications.get("webhook") or None,
-        "slt_required": portal.get("slt_required") or None,
+        "smtp": notifications.smtp,
+        "webhook": notifications.webhook,
+        "slt_required": policy.settings.portal.slt_required,
     }
 
 
@@ -77,7 +75,6 @@ def build_app(
     live_streams: int = 2,
 ):
     """The portal's Flask app for the policy in ``holder`` (the sender is not started)."""
-    from schoolgate.jobs.notify import smtp_settings_from
     from schoolgate.portal.app import create_app, make_identify
 
     def policy_getter():
@@ -89,7 +86,7 @@ def build_app(
         secret=secret,
         data_dir=holder.data_dir,
         identify=make_identify(policy_getter, trust_user_header=trust_user_header),
-        smtp=smtp_settings_from(settings["smtp"]),
+        smtp=settings["smtp"],
         webhook_url=settings["webhook"],
         slt_required=settings["slt_required"],
         start_sender=False,

@@ -216,7 +216,7 @@ class _DeadLetterAlerts:
             return False
         from schoolgate.jobs.notify import notifier_for
 
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=lambda: now)
+        notifier = notifier_for(policy.settings.notifications, clock=lambda: now)
         path = eventlog_dir(recorder.holder.data_dir) / "dead-letter.jsonl"
         if notifier is not None:
             try:

@@ -28,11 +28,14 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from schoolgate.core import words
-from schoolgate.core.configfile import Issues, Section
+from schoolgate.core.alert_settings import (  # noqa: F401 - read here by callers
+    ALERT_KEYS,
+    DEFAULT_BATCH_MINUTES,
+    MAX_BATCH_MINUTES,
+    AlertSettings,
+    read_alerts,
+)
 
-DEFAULT_BATCH_MINUTES = 15
-MAX_BATCH_MINUTES = 24 * 60
-ALERT_KEYS = frozenset({"categories", "batch_minutes", "content_reports"})
 # A digest names at most this many references and times, and this many distinct people,
 # devices, hosts and search terms (the rest are counted): memory stays bounded in any burst.
 MAX_LISTED = 50
@@ -40,74 +43,9 @@ MAX_DISTINCT = 100
 OTHERS = "(others)"
 
 
-# -- configuration ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AlertSettings:
-    """The ``alerts:`` section. ``categories``: alerted as well as the locked ones."""
-
-    categories: frozenset[str] = frozenset()
-    batch_minutes: int = DEFAULT_BATCH_MINUTES
-    content_reports: bool = True
-
-    def alerted(self, policy: Any = None) -> frozenset[str]:
-        """The categories alerted under ``policy``: the configured ones and the locked ones."""
-        locked: set[str] = set()
-        categories = getattr(policy, "categories", None) or {}
-        for name, settings in categories.items():
-            if getattr(settings, "locked", False):
-                locked.add(name)
-        return frozenset(self.categories | locked)
-
-
-def read_alerts(sec: Section | None, categories: Iterable[str] | None = None) -> AlertSettings:
-    """Validate the ``alerts`` section; problems go to ``sec.issues`` with file, line and field.
-
-    ``categories``: the policy's category names (a mapping's keys will do); an alert category
-    that is not one of them is an error. None: not checked.
-    """
-    if sec is None:
-        return AlertSettings()
-    sec.check_keys(ALERT_KEYS)
-    known = list(categories) if categories is not None else None
-    chosen: set[str] = set()
-    for name, line, field_name in sec.strings("categories"):
-        if known is not None and name not in known:
-            expected = ", ".join(sorted(known)) or "(no categories are defined)"
-            sec.issues.add(
-                sec.file,
-                line,
-                field_name,
-                f"unknown category {name!r}; expected one of: {expected}",
-            )
-            continue
-        chosen.add(name)
-    minutes = sec.number(
-        "batch_minutes", default=DEFAULT_BATCH_MINUTES, minimum=1, maximum=MAX_BATCH_MINUTES
-    )
-    reports = sec.flag("content_reports", default=True)
-    return AlertSettings(
-        categories=frozenset(chosen),
-        batch_minutes=minutes if minutes is not None else DEFAULT_BATCH_MINUTES,
-        content_reports=reports,
-    )
-
-
 def alerts_of(policy: Any) -> AlertSettings:
-    """The loaded policy's alert settings (from ``Settings.extra``; defaults when absent).
-
-    Raises :class:`~schoolgate.core.configfile.ConfigError` if the section is invalid (a loaded
-    policy has been validated already, so that only happens for a hand-built one).
-    """
-    from schoolgate.jobs.retention import extra_section
-
-    if policy is None:
-        return AlertSettings()
-    issues = Issues()
-    settings = read_alerts(
-        extra_section(policy, "alerts", issues), getattr(policy, "categories", None)
-    )
-    issues.raise_if_any()
-    return settings
+    """The loaded policy's alert settings (the defaults without a policy)."""
+    return policy.settings.alerts if policy is not None else AlertSettings()
 
 
 # -- what is alerted ----------------------------------------------------------------------------

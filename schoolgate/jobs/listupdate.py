@@ -50,19 +50,9 @@ CHUNK = 64 * 1024
 
 
 def list_updates_of(policy: Any) -> ListUpdateSettings:
-    from schoolgate.jobs.retention import extra_section
-
-    issues = Issues()
-    sec = extra_section(policy, SECTION, issues)
-    settings = read_list_updates(
-        sec, Path(policy.settings.config_path).resolve().parent, policy.categories
-    )
-    issues.raise_if_any()
-    return dataclasses.replace(
-        settings,
-        subscriptions=tuple(getattr(policy, "subscriptions", ())),
-        data_dir=Path(policy.settings.data_dir),
-    )
+    """The policy's ``list_updates`` settings, with its categories' subscriptions."""
+    settings: ListUpdateSettings = policy.settings.list_updates
+    return settings
 
 
 # -- progress -----------------------------------------------------------------------------------

@@ -21,15 +21,19 @@ import smtplib
 import ssl
 import threading
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate.core.notification_settings import (  # noqa: F401 - read here by callers
+    NotificationSettings,
+    SmtpSettings,
+    smtp_settings_from,
+)
 from schoolgate.storage.leases import holder_id
 from schoolgate.storage.portal import OutboxRow, StaffRow
 from schoolgate.storage.storable import escape_text
@@ -42,59 +46,6 @@ BATCH = 50
 # How long a sender's claim on a message lasts: far longer than one send (the SMTP and webhook
 # timeouts), so only a sender that died mid-send lets another retry the message after it.
 CLAIM_FOR = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """The school's SMTP relay and who gets what.
-
-    ``it_support`` and ``slt`` are addresses; when empty, the e-mail addresses of active staff
-    accounts with that role are used. ``user_domain``: outcomes go to ``<user>@<user_domain>``
-    (leave empty to tell requesters on their status page only).
-    """
-
-    host: str
-    port: int = 25
-    starttls: bool = False
-    # The CA that signed the relay's certificate, when it is the school's own (PEM file);
-    # otherwise the system's trusted CAs are used.
-    ca_file: str | None = None
-    username: str | None = None
-    password: str | None = None
-    sender: str = "schoolgate@localhost"
-    it_support: tuple[str, ...] = ()
-    slt: tuple[str, ...] = ()
-    # The designated safeguarding lead and e-safety team (circumvention alerts, bans); when
-    # empty, the SLT addresses.
-    esafety: tuple[str, ...] = ()
-    user_domain: str = ""
-    timeout: float = 20.0
-
-
-def smtp_settings_from(section: Mapping[str, Any] | None) -> SmtpSettings | None:
-    """Build settings from a config mapping (e.g. the ``notifications.smtp`` section)."""
-    if not section or not section.get("host"):
-        return None
-
-    def addresses(value: Any) -> tuple[str, ...]:
-        if not value:
-            return ()
-        return (value,) if isinstance(value, str) else tuple(value)
-
-    return SmtpSettings(
-        host=str(section["host"]),
-        port=int(section.get("port", 25)),
-        starttls=bool(section.get("starttls", False)),
-        ca_file=section.get("ca_file") or None,
-        username=section.get("username"),
-        password=section.get("password"),
-        sender=str(section.get("from", section.get("sender", "schoolgate@localhost"))),
-        it_support=addresses(section.get("it_support")),
-        slt=addresses(section.get("slt")),
-        esafety=addresses(section.get("esafety")),
-        user_domain=str(section.get("user_domain", "")),
-        timeout=float(section.get("timeout", 20.0)),
-    )
 
 
 @dataclass
@@ -178,16 +129,13 @@ class Notifier:
 
 
 def notifier_for(
-    notifications: Mapping[str, Any] | None, *, clock: Callable[[], datetime]
+    notifications: NotificationSettings, *, clock: Callable[[], datetime]
 ) -> Notifier | None:
     """A :class:`Notifier` for the config's ``notifications`` section (``smtp``, ``webhook``);
     None when neither is set, so callers can say that nothing will be sent."""
-    section = notifications or {}
-    smtp = smtp_settings_from(section.get("smtp"))
-    webhook = section.get("webhook") or None
-    if smtp is None and not webhook:
+    if notifications.smtp is None and not notifications.webhook:
         return None
-    return Notifier(smtp=smtp, webhook_url=webhook, clock=clock)
+    return Notifier(smtp=notifications.smtp, webhook_url=notifications.webhook, clock=clock)
 
 
 def send_email(smtp: SmtpSettings, recipients: Iterable[str], subject: str, body: str) -> None:

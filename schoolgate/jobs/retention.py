@@ -1,7 +1,7 @@
 """Data protection: how long each kind of record is kept, the purge, and a person's data.
 
-* :func:`read_retention` validates the ``retention`` config section (every error reported with
-  file, line and field) into :class:`RetentionSettings`.
+* :class:`RetentionSettings` (the ``retention`` config section, read when the config is loaded:
+  :mod:`schoolgate.core.retention_settings`) says how long each kind is kept.
 * :func:`purge` deletes what is past its retention period (the nightly job and
   ``schoolgate purge``), and says what it deleted in the audit trail.
 * :func:`export_user` gathers everything held about one person (a subject access request);
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,89 +37,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from schoolgate.core.configfile import Issues, MarkedDict, Section, parse_clock  # noqa: F401
+from schoolgate.core.configfile import parse_clock  # noqa: F401 - read here by callers
+from schoolgate.core.retention_settings import (  # noqa: F401 - read here by callers
+    DEFAULT_SAFEGUARDING_CATEGORIES,
+    RETENTION_KINDS,
+    RetentionSettings,
+    read_retention,
+)
 from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, UTCDateTime, utcnow
 
 ACTOR = "schoolgate"
 
-# Kinds of record, the config key for each, the default in days, and what it covers.
-RETENTION_KINDS: dict[str, tuple[int, str]] = {
-    "decisions_days": (90, "the decision log: blocks, allowed requests, errors"),
-    "safeguarding_days": (
-        2190,
-        "safeguarding evidence: circumvention attempts, blocks in safeguarding categories, "
-        "events named in a content report or a ban",
-    ),
-    "requests_days": (365, "closed access requests and content reports"),
-    "exceptions_days": (365, "exceptions and curriculum overrides, counted from their end"),
-    "bans_days": (730, "ended bans and their supervision records"),
-    "audit_days": (2190, "the audit trail (who changed the filtering, and when)"),
-    "reports_days": (400, "report files kept under the reports folder"),
-    "outbox_days": (30, "notifications already sent"),
-}
-DEFAULT_SAFEGUARDING_CATEGORIES = ("illegal", "circumvention")
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    decisions_days: int = 90
-    safeguarding_days: int = 2190
-    requests_days: int = 365
-    exceptions_days: int = 365
-    bans_days: int = 730
-    audit_days: int = 2190
-    reports_days: int = 400
-    outbox_days: int = 30
-    safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES
-    purge_at: str = "02:30"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 # -- config -------------------------------------------------------------------------------------
-def extra_section(policy: Any, key: str, issues: Issues) -> Section | None:
-    """The raw ``key`` section of the config (``Policy.settings.extra``) as a :class:`Section`."""
-    raw = policy.settings.extra.get(key) if policy is not None else None
-    if raw is None:
-        return None
-    file = policy.settings.config_path
-    if not isinstance(raw, dict):
-        issues.add(file, 0, key, "expected a mapping")
-        return None
-    if not isinstance(raw, MarkedDict):
-        raw = MarkedDict(raw)
-    return Section(raw, file=file, path=key, issues=issues, line=getattr(raw, "line", 0))
-
-
-def read_retention(sec: Section | None) -> RetentionSettings:
-    """Validate the ``retention`` section; problems go to ``sec.issues`` (defaults kept)."""
-    if sec is None:
-        return RetentionSettings()
-    sec.check_keys({*RETENTION_KINDS, "safeguarding_categories", "purge_at"})
-    values: dict[str, Any] = {}
-    for key, (default, _what) in RETENTION_KINDS.items():
-        values[key] = sec.number(key, default=default, minimum=1, maximum=36500)
-    cats = [text for text, _, _ in sec.strings("safeguarding_categories")]
-    if "safeguarding_categories" in sec:
-        values["safeguarding_categories"] = tuple(cats)
-    values["purge_at"] = sec.parse("purge_at", parse_clock, "a time such as 02:30", default="02:30")
-    settings = RetentionSettings(**values)
-    if settings.safeguarding_days < settings.decisions_days:
-        sec.error(
-            "safeguarding_days",
-            "safeguarding evidence must be kept at least as long as the decision log "
-            f"({settings.decisions_days} days)",
-        )
-    return settings
-
-
 def retention_of(policy: Any) -> RetentionSettings:
-    """The policy's retention settings (errors raise ConfigError: the config is wrong)."""
-    issues = Issues()
-    settings = read_retention(extra_section(policy, "retention", issues))
-    issues.raise_if_any()
-    return settings
+    """The policy's retention settings (the defaults without a policy)."""
+    return policy.settings.retention if policy is not None else RetentionSettings()
 
 
 def safeguarding_categories(policy: Any, settings: RetentionSettings) -> set[str]:

@@ -42,13 +42,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate import borrowed
-from schoolgate.core.configfile import Issues
 from schoolgate.core.notification_settings import (  # noqa: F401 - read here by callers
     SMTP_KEYS,
     NotificationSettings,
     read_notifications,
 )
-from schoolgate.jobs.retention import extra_section, optional_table
+from schoolgate.jobs.retention import optional_table
 from schoolgate.storage.db import AuditRow, ExceptionRow, open_database
 from schoolgate.storage.exceptions import to_plain
 
@@ -82,10 +81,8 @@ class FakeClock(Clock):
 
 
 def notifications_of(policy: Any) -> NotificationSettings:
-    issues = Issues()
-    settings = read_notifications(extra_section(policy, "notifications", issues))
-    issues.raise_if_any()
-    return settings
+    """The policy's ``notifications`` settings (the defaults without a policy)."""
+    return policy.settings.notifications if policy is not None else NotificationSettings()
 
 
 # -- the jobs' work (plain functions, usable without a scheduler) --------------------------------
@@ -197,8 +194,7 @@ def escalate_overdue(
 def _slt_notifier(policy: Any, now: datetime) -> Callable[[Session, dict[str, Any]], None] | None:
     from schoolgate.jobs.notify import notifier_for
 
-    settings = notifications_of(policy)
-    notifier = notifier_for({"smtp": settings.smtp, "webhook": settings.webhook}, clock=lambda: now)
+    notifier = notifier_for(notifications_of(policy), clock=lambda: now)
     if notifier is None:
         return None
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, redirect, request, session, url_for
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schoolgate.core import words
 from schoolgate.core.model import Identity
 from schoolgate.core.policy import Policy
+from schoolgate.core.portal_settings import ALWAYS_SLT, SltRequired  # noqa: F401 - read here
 from schoolgate.jobs.notify import Notifier, OutboxSender
 from schoolgate.portal.auth import RateLimiter, password_stamp
 from schoolgate.storage.portal import StaffRow
@@ -47,49 +47,6 @@ IMAGE_EXTENSIONS = {
 
 # A session's last-seen time is written at most this often (a write per page is not needed).
 SEEN_STEP = timedelta(seconds=15)
-
-
-@dataclass(frozen=True)
-class SltRequired:
-    """Which exceptions need SLT approval even when IT Support grant them.
-
-    ``scopes``: exceptions for a whole role, site or everyone; ``longer_than_days``: longer
-    than this (and permanent ones); None for no limit. Whatever they say, un-listing a site
-    (a permanent host exception for everyone, kind ``unlist``) and adding a site to a category
-    (kind ``categorise``: it changes what everyone may reach) always need SLT.
-    """
-
-    scopes: tuple[str, ...] = ("role", "site", "everyone")
-    longer_than_days: int | None = 91
-
-    def reason(self, *, scope: str, ends: datetime | None, now: datetime, kind: str) -> str | None:
-        """Why SLT must approve this exception, or None if IT Support may grant it."""
-        if kind in ALWAYS_SLT:
-            return ALWAYS_SLT[kind]
-        if scope in self.scopes:
-            return f"an exception for {scope} needs SLT approval"
-        if self.longer_than_days is not None:
-            if ends is None:
-                return "a permanent exception needs SLT approval"
-            if ends - now > timedelta(days=self.longer_than_days):
-                return f"an exception longer than {self.longer_than_days} days needs SLT approval"
-        return None
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any] | None) -> SltRequired:
-        if not section:
-            return cls()
-        # ``unlist`` may still be in a config: un-listing needs SLT whatever it says.
-        return cls(
-            scopes=tuple(section.get("scopes", cls.scopes)),
-            longer_than_days=section.get("longer_than_days", cls.longer_than_days),
-        )
-
-
-ALWAYS_SLT = {
-    "unlist": "un-listing a site for everyone needs SLT approval",
-    "categorise": "adding a site to a category changes it for everyone: it needs SLT approval",
-}
 
 
 @dataclass

@@ -7,7 +7,6 @@ tables exist, and marked "not recorded" otherwise. An empty database gives an ho
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -19,8 +18,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.core.configfile import Issues, Section
-from schoolgate.jobs.retention import extra_section, optional_table, parse_clock
+from schoolgate.core.report_settings import (  # noqa: F401 - read here by callers
+    DEFAULT_CONCERN_CATEGORIES,
+    DEFAULT_CONCERN_TERMS,
+    ReportSettings,
+    read_reports,
+)
+from schoolgate.jobs.retention import optional_table
 from schoolgate.storage.db import AuditRow, EventRow, utcnow
 from schoolgate.storage.exceptions import list_exceptions
 
@@ -29,117 +33,10 @@ PERIODS = ("day", "week", "term")
 CIRCUMVENTION_REPEATS = 3
 OPEN_STATUSES = ("open", "escalated", "awaiting_slt")
 
-DEFAULT_CONCERN_CATEGORIES = (
-    "illegal",
-    "self_harm",
-    "suicide",
-    "extremism",
-    "radicalisation",
-    "weapons",
-    "drugs",
-    "adult",
-    "pornography",
-    "violence",
-    "gambling",
-)
-# Search terms that a designated safeguarding lead would want to see. A match is a prompt to
-# look, never a judgement.
-DEFAULT_CONCERN_TERMS = (
-    "suicide",
-    "kill myself",
-    "self harm",
-    "self-harm",
-    "how to die",
-    "overdose",
-    "cutting myself",
-    "want to die",
-    "anorexia",
-    "pro ana",
-    "make a bomb",
-    "buy a knife",
-    "buy drugs",
-    "nudes",
-    "groomed",
-    "run away from home",
-)
-
-
-# -- settings -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReportSettings:
-    folder: str = "reports"  # under the data dir unless absolute
-    email: tuple[str, ...] = ()
-    daily_at: str | None = "07:00"
-    weekly_at: str | None = "07:30"  # Mondays, for the week before
-    top: int = 20
-    at_risk_roles: tuple[str, ...] = ("student",)
-    concern_categories: tuple[str, ...] = DEFAULT_CONCERN_CATEGORIES
-    concern_terms: tuple[str, ...] = DEFAULT_CONCERN_TERMS
-    many_blocks_per_day: int = 40
-    at_risk_max: int = 15
-    escalate_after_hours: float = 24.0  # for "overdue" open requests
-
-
-def read_reports(sec: Section | None) -> ReportSettings:
-    """Validate the ``reports`` section; problems go to ``sec.issues`` (defaults kept)."""
-    if sec is None:
-        return ReportSettings()
-    sec.check_keys(
-        {"folder", "email", "daily_at", "weekly_at", "top", "at_risk", "escalate_after_hours"}
-    )
-    values: dict[str, Any] = {}
-    folder = sec.text("folder")
-    if folder:
-        values["folder"] = folder
-    emails = []
-    for text, line, field_name in sec.strings("email"):
-        if "@" not in text:
-            sec.issues.add(sec.file, line, field_name, f"expected an e-mail address, got {text!r}")
-        else:
-            emails.append(text)
-    values["email"] = tuple(emails)
-    for key in ("daily_at", "weekly_at"):
-        if sec.data.get(key) is False:
-            values[key] = None  # "daily_at: false" turns that report off
-        else:
-            values[key] = sec.parse(
-                key, parse_clock, "a time such as 07:00 (or false)", default=getattr(
-                    ReportSettings, key)
-            )  # fmt: skip
-    values["top"] = sec.number("top", default=20, minimum=1, maximum=500)
-    hours = sec.get("escalate_after_hours", (int, float), "a number of hours", default=24)
-    values["escalate_after_hours"] = float(hours)
-    risk = sec.section("at_risk")
-    if risk is not None:
-        risk.check_keys(
-            {"roles", "concern_categories", "concern_terms", "many_blocks_per_day", "max"}
-        )
-        if "roles" in risk:
-            values["at_risk_roles"] = tuple(t for t, _, _ in risk.strings("roles"))
-        if "concern_categories" in risk:
-            values["concern_categories"] = tuple(
-                t for t, _, _ in risk.strings("concern_categories")
-            )
-        if "concern_terms" in risk:
-            values["concern_terms"] = tuple(
-                t.lower() for t, _, _ in risk.strings("concern_terms") if t
-            )
-        values["many_blocks_per_day"] = risk.number("many_blocks_per_day", default=40, minimum=1)
-        values["at_risk_max"] = risk.number("max", default=15, minimum=1, maximum=200)
-    return ReportSettings(**values)
-
 
 def reports_of(policy: Any) -> ReportSettings:
-    if policy is None:
-        return ReportSettings()
-    issues = Issues()
-    settings = read_reports(extra_section(policy, "reports", issues))
-    issues.raise_if_any()
-    named = getattr(policy, "role_named", None)
-    if named is not None:  # role aliases ("pupil") name the roles they mean
-        roles = tuple(named(role) or role for role in settings.at_risk_roles)
-        settings = dataclasses.replace(settings, at_risk_roles=roles)
-    return settings
+    """The policy's report settings (the defaults without a policy)."""
+    return policy.settings.reports if policy is not None else ReportSettings()
 
 
 # -- periods --------------------------------------------------------------------------------------
@@ -271,7 +168,7 @@ def build_report(
     now = now or utcnow()
     report = Report(period=period, generated_at=now, settings=settings)
     if policy is not None:
-        report.school = str(policy.settings.extra.get("school_name") or "")
+        report.school = policy.settings.wording.school_name
     in_period = [EventRow.at >= period.start, EventRow.at < period.end]
     blocks = [*in_period, EventRow.kind == "block"]
     totals: dict[str, int] = {

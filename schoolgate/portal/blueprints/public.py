@@ -321,10 +321,7 @@ def _esafety_hears_of_reports() -> bool:
     """``alerts.content_reports`` (default true: when in doubt, the DSL is told)."""
     from schoolgate.jobs.alerts import alerts_of
 
-    try:
-        return alerts_of(state().policy).content_reports
-    except Exception:  # noqa: BLE001 - a bad section must not lose a safeguarding report
-        return True
+    return alerts_of(state().policy).content_reports
 
 
 # -- the requester's view ----------------------------------------------------------------------
