@@ -195,3 +195,63 @@ def test_the_cycle_check_sees_imports_inside_functions_and_relative_ones(tmp_pat
     assert cycles(graph) == [{"pkg.a", "pkg.b", "pkg.sub.c"}]
     text = describe({"pkg.a", "pkg.b", "pkg.sub.c"}, graph, modules, tmp_path)
     assert "pkg.a -> pkg.b (pkg/a.py:1)" in text and "pkg.sub.c -> pkg.a (pkg/sub/c.py:1)" in text
+
+
+# -- layers (docs/architecture.md) -------------------------------------------------------------
+# What each layer may import of schoolgate, besides itself. The pure parts (core, and the
+# detectors, monitoring and bindings above it) know nothing of the database, mitmproxy or the
+# web; storage knows the core; nothing but the command line imports the command line.
+PURE = {"core"}
+MAY_IMPORT = {
+    "core": PURE,
+    "circumvention": PURE | {"circumvention"},
+    "monitoring": PURE | {"monitoring"},
+    "storage": PURE | {"storage", "bindings", "monitoring"},
+}
+# Imports across layers as of today, each a strict xfail until it is gone.
+KNOWN_LAYER_BREACHES = {
+    ("schoolgate.core.circumvention_settings", "schoolgate.circumvention"),
+    ("schoolgate.core.config", "schoolgate.bindings.settings"),
+    ("schoolgate.core.config", "schoolgate.storage.db"),
+    ("schoolgate.core.identity", "schoolgate.bindings.model"),
+    ("schoolgate.core.settings", "schoolgate.bindings.settings"),
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer_breaches() -> set[tuple[str, str]]:
+    graph = import_graph(module_files())
+    found = set()
+    for module, imported in graph.items():
+        allowed = MAY_IMPORT.get(_layer(module))
+        for other in imported:
+            if other == "schoolgate":  # the package itself (its version, its folder)
+                continue
+            if allowed is not None and _layer(other) not in allowed:
+                found.add((module, other))
+            elif _layer(other) == "cli" and _layer(module) != "cli":
+                found.add((module, other))
+    return found
+
+
+def test_no_layer_imports_what_is_above_it_beyond_the_known_ones() -> None:
+    new = layer_breaches() - KNOWN_LAYER_BREACHES
+    assert not new, "imports across layers (docs/architecture.md):\n" + "\n".join(
+        f"  {a} -> {b}" for a, b in sorted(new)
+    )
+
+
+@pytest.mark.parametrize(
+    "breach",
+    [
+        pytest.param(b, marks=pytest.mark.xfail(strict=True, reason="imported across layers"))
+        for b in sorted(KNOWN_LAYER_BREACHES)
+    ],
+    ids=lambda b: f"{b[0].removeprefix('schoolgate.')}->{b[1].removeprefix('schoolgate.')}",
+)
+def test_a_known_layer_breach_is_gone(breach: tuple[str, str]) -> None:
+    assert breach not in layer_breaches()
