@@ -14,9 +14,19 @@ import dataclasses
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from schoolgate.core.sanctions import BanState, Supervision, new_ban_ref, parse_subject
@@ -541,12 +551,14 @@ def note_expired(
     )
     count = 0
     for row in rows:
-        claimed = session.execute(
+        result = session.execute(
             update(BanRow)
             .where(BanRow.id == row.id, BanRow.expiry_noted_at.is_(None))
             .values(expiry_noted_at=now)
-        ).rowcount
+        )
+        claimed = cast(CursorResult[Any], result).rowcount  # an UPDATE's result has one
         if claimed:
+            assert row.ends is not None  # only bans that end were read
             _audit(
                 session,
                 at=row.ends,
