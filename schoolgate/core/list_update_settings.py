@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schoolgate.core.configfile import Section, parse_clock
 from schoolgate.core.lists import FORMATS
+
+if TYPE_CHECKING:
+    from schoolgate.core.subscriptions import Subscription
 
 SECTION = "list_updates"
 TEXT_FORMATS = tuple(f for f in FORMATS if f != "squidguard")
@@ -31,7 +34,7 @@ class ListUpdateSettings:
     at: str = "04:15"
     timeout_seconds: int = 60
     # The categories' subscriptions (schoolgate.core.subscriptions), from the policy.
-    subscriptions: tuple = ()
+    subscriptions: tuple[Subscription, ...] = ()
     data_dir: Path | None = None
 
 

@@ -294,10 +294,13 @@ def add_ban(
         raise BanError("kind is lockout or ban")
     if minutes <= 0:
         raise BanError("minutes must be positive")
+    subject = parse_subject(who)
+    if subject is None:
+        raise BanError(f"{who!r} names no user or device")
     now = now or utcnow()
     state = BanState(
         ref=new_ban_ref(),
-        subject=parse_subject(who),
+        subject=subject,
         kind=kind,
         starts=now,
         ends=now + timedelta(minutes=minutes),
@@ -438,6 +441,8 @@ def start_supervision(
         raise BanError(f"a supervision session lasts 1 to {max_minutes} minutes")
     now = now or utcnow()
     subject = parse_subject(who)
+    if subject is None:
+        raise BanError(f"{who!r} names no user or device")
     ban = active_ban(session, subject, now)
     if ban is None:
         raise BanError(f"{who} is not banned: there is nothing to supervise")
