@@ -337,24 +337,9 @@ class ListStore(Matcher):
     Holds a shared lock on its file while it is alive (see :func:`remove_unused`).
     """
 
-    __slots__ = (
-        "path",
-        "size",
-        "warnings",
-        "_mm",
-        "_trie",
-        "_prefixes",
-        "_key_id",
-        "_values",
-        "_aux_ids",
-        "_aux",
-        "_path_refs",
-        "_path_off",
-        "_path_blob",
-        "_also_refs",
-        "_has_paths",
-        "_release",
-        "__weakref__",
+    __slots__ = tuple(
+        "path size warnings _mm _trie _prefixes _key_id _values _aux_ids _aux _path_refs"
+        " _path_off _path_blob _also_refs _has_paths _release __weakref__".split()
     )
     # The slots' types (set once, by open()).
     path: Path
