@@ -443,3 +443,17 @@ def test_store_expiry_is_audited_once(sessions):
         assert note_expired(s, now) == 0
         s.commit()
         assert [a.action for a in ban_history(s, row.id)] == ["lockout.create", "lockout.expire"]
+
+
+def test_a_ban_for_a_text_that_names_no_one_is_refused(sessions):
+    from schoolgate.storage.bans import BanError, add_ban, list_bans, start_supervision
+
+    assert parse_subject("user:") is None
+    with sessions() as s:
+        for who in ("user:", "device:", ""):
+            with pytest.raises(BanError, match="names no user or device"):
+                add_ban(s, who, by="it.support", minutes=60, reason="proxy")
+            with pytest.raises(BanError, match="names no user or device"):
+                start_supervision(s, who, by="mr.jones", minutes=30, reason="lesson")
+        s.commit()
+        assert list_bans(s, include_ended=True) == []

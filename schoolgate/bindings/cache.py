@@ -121,7 +121,7 @@ class BindingCache:
     def snapshot(self) -> list[Binding]:
         """Every binding in force in this copy, by address then source order."""
         now = self.clock()
-        out = []
+        out: list[Binding] = []
         for address in sorted(self._by_address):
             out.extend(e.binding for e in self._by_address[address] if now < e.expires)
         return out

@@ -51,10 +51,10 @@ def parse_principal(raw: str, *, keep_realm: bool = False) -> Principal:
         raise UnusableName("control characters in the user name")
     lowered = text.lower()
     if lowered.startswith("host/"):
-        host, _, realm = lowered[5:].partition("@")
+        host, _, host_realm = lowered[5:].partition("@")
         if not host:
             raise UnusableName("machine account without a host name")
-        return Principal("machine", host, realm or None)
+        return Principal("machine", host, host_realm or None)
     mac = normalise_mac(lowered)
     if mac is not None:
         return Principal("machine", mac)  # MAC authentication: a device, not a person

@@ -78,6 +78,12 @@ def _in_networks(texts: tuple[str, ...], address: str) -> bool:
     return any(ip.version == net.version and ip in net for net in _networks(texts))
 
 
+def _network_text(text: str) -> str:
+    """``text`` itself, once it is known to be an address or CIDR range (else ValueError)."""
+    ipaddress.ip_network(text, strict=False)
+    return text
+
+
 def _parse_each(
     section: Section, key: str, parse: Callable[[str], T], *, expected: str | None = None
 ) -> list[T]:
@@ -164,7 +170,7 @@ def load_circumvention(
             _parse_each(
                 section,
                 "allowed_ip_literals",
-                lambda text: ipaddress.ip_network(text, strict=False) and text,
+                _network_text,
                 expected="expected an address or CIDR range",
             )
         )

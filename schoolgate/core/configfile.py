@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -280,7 +280,7 @@ class Section:
     # -- getters --------------------------------------------------------------------------
     def get(
         self,
-        key: str,
+        key: str | int,  # YAML mappings may have numbers as keys
         types: type | tuple[type, ...],
         what: str,
         *,
@@ -304,10 +304,34 @@ class Section:
             return default
         return value
 
+    @overload
+    def text(self, key: str, *, required: bool = False, default: str) -> str: ...
+    @overload
+    def text(self, key: str, *, required: bool = False, default: None = None) -> str | None: ...
     def text(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         value = self.get(key, (str, int, float), "text", required=required, default=default)
         return str(value).strip() if value is not None else None
 
+    @overload
+    def number(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        default: int,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int: ...
+    @overload
+    def number(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        default: None = None,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int | None: ...
     def number(
         self,
         key: str,

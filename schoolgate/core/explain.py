@@ -61,7 +61,7 @@ def facts_for_url(
     except ValueError:
         raise InputError(f"bad port in {url!r}") from None
     return RequestFacts(
-        host=parts.hostname,
+        host=hostname,
         at=at,
         path=None if host_only else path,
         method=None if host_only else (method or "GET").upper(),

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schoolgate.core.configfile import Section, parse_clock
 from schoolgate.core.lists import FORMATS
 from schoolgate.core.subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from schoolgate.core.subscriptions import Subscription
 
 SECTION = "list_updates"
 TEXT_FORMATS = tuple(f for f in FORMATS if f != "squidguard")

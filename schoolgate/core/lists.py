@@ -47,6 +47,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from schoolgate.core.configfile import Issues
@@ -99,7 +100,7 @@ class ParsedList:
 
     source: str
     domains: list[str] = field(default_factory=list)
-    domain_lines: array = field(default_factory=lambda: array("L"))
+    domain_lines: array[int] = field(default_factory=lambda: array("L"))
     paths: list[tuple[str, str, int]] = field(default_factory=list)
     regexes: list[tuple[str, re.Pattern[str], int]] = field(default_factory=list)
     skipped: int = 0  # invalid or unsupported lines (each reported)
@@ -534,6 +535,20 @@ class Matcher:
         "_cache",
         "_frozen",
     )
+    # The slots' types (set once, by build() or a store's open()).
+    _names: tuple[str, ...]
+    _sources: tuple[str, ...]
+    _cat_bits: int
+    _cat_mask: int
+    _src_bits: int
+    _src_mask: int
+    _index: dict[str, int]
+    _also: dict[str, tuple[int, ...]]
+    _paths: dict[str, tuple[tuple[str, int], ...]]
+    _regexes: tuple[tuple[str, re.Pattern[str], int], ...]
+    _stats: dict[str, int]
+    _cache: dict[tuple[int, str], ListMatch]
+    _frozen: bool
 
     _cache_size = _CACHE_SIZE  # matches remembered (popular sites cost one dict lookup)
 
@@ -778,10 +793,11 @@ class Matcher:
         """The packed value of ``host`` itself, and its key."""
         return self._index.get(host), host
 
-    def _more_categories(self, key) -> tuple[int, ...]:
+    # A key is a host here, a key id in a store (schoolgate.core.liststore).
+    def _more_categories(self, key: Any) -> tuple[int, ...]:
         return self._also.get(key, ())
 
-    def _path_rules(self, key) -> Sequence[tuple[str, int]]:
+    def _path_rules(self, key: Any) -> Sequence[tuple[str, int]]:
         return self._paths.get(key, ())
 
     def stats(self) -> dict[str, int]:

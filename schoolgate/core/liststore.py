@@ -51,10 +51,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import marisa_trie
 
-from schoolgate.core.configfile import Issues
+from schoolgate.core.configfile import ConfigIssue, Issues
 from schoolgate.core.lists import _DIGITS, Matcher, ParsedList, _under
 from schoolgate.core.lists import parse_list as _parse_list
 from schoolgate.core.model import ListMatch
@@ -111,7 +112,7 @@ Groups = Sequence[tuple[str, Sequence[ListInput]]]
 
 
 # -- recipes: what a store is compiled from ---------------------------------------------------
-def _input_json(item: ListInput) -> dict:
+def _input_json(item: ListInput) -> dict[str, Any]:
     if isinstance(item, ListFile):
         return {"file": str(item.path), "fmt": item.fmt, "display": item.display}
     return {
@@ -127,7 +128,7 @@ def _input_json(item: ListInput) -> dict:
     }
 
 
-def _input_from_json(data: dict) -> ListInput:
+def _input_from_json(data: dict[str, Any]) -> ListInput:
     if "file" in data:
         return ListFile(Path(data["file"]), data["fmt"], data["display"])
     raw = data["inline"]
@@ -142,7 +143,7 @@ def _input_from_json(data: dict) -> ListInput:
     )
 
 
-def make_recipe(categories: Groups, allowlist: Sequence[ListInput] = ()) -> dict:
+def make_recipe(categories: Groups, allowlist: Sequence[ListInput] = ()) -> dict[str, Any]:
     """Everything a store is compiled from, as JSON (list files by name)."""
     return {
         "format": STORE_FORMAT,
@@ -151,7 +152,9 @@ def make_recipe(categories: Groups, allowlist: Sequence[ListInput] = ()) -> dict
     }
 
 
-def _recipe_groups(recipe: dict) -> tuple[list[tuple[str, list[ListInput]]], list[ListInput]]:
+def _recipe_groups(
+    recipe: dict[str, Any],
+) -> tuple[list[tuple[str, list[ListInput]]], list[ListInput]]:
     categories = [
         (name, [_input_from_json(i) for i in lists]) for name, lists in recipe["categories"]
     ]
@@ -163,7 +166,7 @@ def _list_files(categories: Groups, allowlist: Sequence[ListInput]) -> list[List
     return [i for i in items if isinstance(i, ListFile)]
 
 
-def recipe_digest(recipe: dict, files: Sequence[ListFile]) -> str:
+def recipe_digest(recipe: dict[str, Any], files: Sequence[ListFile]) -> str:
     """A name for the compiled version: the recipe and the content of every list file."""
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for item in files:
@@ -235,7 +238,7 @@ def write_store(
     matcher: Matcher,
     dest: Path,
     *,
-    warnings: Sequence = (),
+    warnings: Sequence[ConfigIssue] = (),
     progress: Progress | None = None,
 ) -> int:
     """Write ``matcher``'s index as a store file (atomically); returns its size."""
@@ -334,25 +337,27 @@ class ListStore(Matcher):
     Holds a shared lock on its file while it is alive (see :func:`remove_unused`).
     """
 
-    __slots__ = (
-        "path",
-        "size",
-        "warnings",
-        "_mm",
-        "_trie",
-        "_prefixes",
-        "_key_id",
-        "_values",
-        "_aux_ids",
-        "_aux",
-        "_path_refs",
-        "_path_off",
-        "_path_blob",
-        "_also_refs",
-        "_has_paths",
-        "_release",
-        "__weakref__",
+    __slots__ = tuple(
+        "path size warnings _mm _trie _prefixes _key_id _values _aux_ids _aux _path_refs"
+        " _path_off _path_blob _also_refs _has_paths _release __weakref__".split()
     )
+    # The slots' types (set once, by open()).
+    path: Path
+    size: int
+    warnings: tuple[tuple[Any, ...], ...]
+    _mm: mmap.mmap
+    _trie: Any  # a marisa_trie.Trie (the library has no type information)
+    _prefixes: Callable[[str], list[str]]
+    _key_id: Callable[[str], int]
+    _values: memoryview
+    _aux_ids: memoryview
+    _aux: memoryview
+    _path_refs: memoryview
+    _path_off: memoryview
+    _path_blob: memoryview
+    _also_refs: memoryview
+    _has_paths: bool
+    _release: Callable[[], None] | None
 
     # A worker's own memory for its lists is mostly this cache of matches (about 300 bytes
     # each): kept to a few MB, enough for the blocked sites a school's pupils keep trying.

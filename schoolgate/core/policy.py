@@ -46,6 +46,7 @@ from schoolgate.core.settings import Settings
 if TYPE_CHECKING:
     from schoolgate.core.lists import Matcher
     from schoolgate.core.platforms import Platforms
+    from schoolgate.core.subscriptions import Subscription
     from schoolgate.core.timetable import Timetable
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,16 @@ class ExceptionSet:
                 self.by_category.setdefault(exc.target, []).append(exc)
         # Per platforms file: platform key -> exceptions opening its whole family, and ->
         # page approvals on it (which open its static hosts).
-        self._families: tuple[Any, dict, dict] | None = None
+        self._families: (
+            tuple[Any, dict[str, list[AccessException]], dict[str, list[AccessException]]] | None
+        ) = None
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _family_index(self, platforms: Platforms) -> tuple[dict, dict]:
+    def _family_index(
+        self, platforms: Platforms
+    ) -> tuple[dict[str, list[AccessException]], dict[str, list[AccessException]]]:
         cached = self._families
         if cached is not None and cached[0] is platforms:
             return cached[1], cached[2]
@@ -247,12 +252,12 @@ class Policy:
         self.rule_count: int | None = None
         # Set by the loader: list subscriptions (schoolgate.core.subscriptions), the platform
         # families (schoolgate.core.platforms) and the category of recognised Fediverse servers.
-        self.subscriptions: tuple = ()
+        self.subscriptions: tuple[Subscription, ...] = ()
         self.platforms: Platforms | None = None
         self.fediverse_category: str | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
-        self._until_cache: dict[tuple, datetime | None] = {}
-        self._ruled_cache: dict[tuple, tuple[RuleRef, str, datetime | None]] = {}
+        self._until_cache: dict[tuple[Any, ...], datetime | None] = {}
+        self._ruled_cache: dict[tuple[Any, ...], tuple[RuleRef, str, datetime | None]] = {}
 
     # -- helpers the adapters use ---------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -226,8 +226,9 @@ def subject_for(user: str | None, client_ip: str | None) -> str | None:
     return None
 
 
-def parse_subject(text: str) -> str:
-    """``alice`` / ``user:alice`` / ``device:10.1.2.3`` / ``10.1.2.3`` -> a subject key."""
+def parse_subject(text: str) -> str | None:
+    """``alice`` / ``user:alice`` / ``device:10.1.2.3`` / ``10.1.2.3`` -> a subject key (None
+    for a text that names no one, such as ``user:``)."""
     text = text.strip()
     kind, sep, value = text.partition(":")
     if sep and kind in ("user", "device"):
@@ -387,8 +388,10 @@ class Outcome:
 
 @dataclass
 class _Track:
-    events: deque = field(default_factory=deque)  # (at, points, event ref)
-    last_counted: dict = field(default_factory=dict)  # key -> at
+    events: deque[tuple[datetime, float, str | None]] = field(
+        default_factory=deque
+    )  # (at, points, event ref)
+    last_counted: dict[str, datetime] = field(default_factory=dict)  # key -> at
     total: float = 0.0
     warned: bool = False  # the warning page was shown in this climb
     held: int | None = None  # a lockout/ban stage reached before the warning was shown
@@ -401,7 +404,9 @@ class Ladder:
     :meth:`observe` is given no time.
     """
 
-    def __init__(self, settings: SanctionSettings, *, clock=None) -> None:
+    def __init__(
+        self, settings: SanctionSettings, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or (lambda: datetime.now(UTC))
         self._tracks: dict[str, _Track] = {}

@@ -150,8 +150,8 @@ def _refreshed(path: Path) -> datetime | None:
 def state_of(sub: Subscription, now: datetime) -> SubscriptionState:
     refreshed = _refreshed(sub.file)
     present = refreshed is not None
-    due = not present or now - refreshed >= sub.schedule
-    stale = not present or now - refreshed > sub.stale_after
+    due = refreshed is None or now - refreshed >= sub.schedule
+    stale = refreshed is None or now - refreshed > sub.stale_after
     return SubscriptionState(sub, present, refreshed, due, stale)
 
 
@@ -294,7 +294,7 @@ def list_warnings(policy: object, now: datetime | None = None) -> list[str]:
         state = state_of(sub, now)
         if not state.present:
             out.append(empty_warning(sub))
-        elif state.stale:
+        elif state.stale and state.refreshed is not None:  # present: it has a time
             age = now - state.refreshed
             out.append(
                 f"subscription {sub.name} of category {sub.category} has not been refreshed "

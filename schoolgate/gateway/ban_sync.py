@@ -10,12 +10,21 @@ attempts count together wherever they land. Hooks never touch the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from schoolgate.core.sanctions import BanBook
+from schoolgate.core.sanctions import BanBook, BanState, Ladder, SanctionSettings
+
+if TYPE_CHECKING:
+    from schoolgate.gateway.background import Periodic
+    from schoolgate.gateway.holder import PolicyHolder
+    from schoolgate.gateway.recorder import Recorder
+    from schoolgate.gateway.tunnels import OpenTunnels
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,29 @@ ALERT_TEXT = (
 class BanSync:
     """Mixed into :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`, whose
     state (book, ladder, queues, lock, worker) it reads and writes."""
+
+    # The guard's state, set by its __init__.
+    holder: PolicyHolder
+    recorder: Recorder
+    clock: Callable[[], datetime]
+    book: BanBook
+    sanctions: SanctionSettings
+    ladder: Ladder
+    tunnels: OpenTunnels
+    refreshed_at: datetime | None
+    _alerts: deque[dict[str, str]]
+    _unsaved: deque[tuple[BanState, str | None, str | None]]
+    _saving: list[tuple[BanState, str | None, str | None]]
+    _lock: threading.Lock
+    _worker: Periodic
+    _failing: bool
+    _replayed: bool
+    _counted: dict[str, datetime]
+    _remote_since: datetime | None
+    _loop: asyncio.AbstractEventLoop | None
+
+    def cut_suspended(self) -> int:
+        raise NotImplementedError  # the guard's own
 
     def save_pending(self) -> bool:
         """Write the bans made here that are not in the database yet (blocking)."""

@@ -490,7 +490,7 @@ class CircumventionGuard(SanctionPages, BanSync):
         self.tunnels.opened(subject, client, host)
         ban = self.book.suspended(subject, self.clock())
         policy = self.holder.policy
-        if ban is not None and not policy.should_intercept(identity, host):
+        if ban is not None and (policy is None or not policy.should_intercept(identity, host)):
             ref = new_ref()
             flow.metadata["schoolgate"] = {
                 "ref": ref,
@@ -536,7 +536,8 @@ class CircumventionGuard(SanctionPages, BanSync):
         if tunnel is None:
             self.tunnels.opened(subject, client, name)
         ban = self.book.suspended(subject, self.clock())
-        if ban is not None and not self.holder.policy.should_intercept(identity, name):
+        policy = self.holder.policy
+        if ban is not None and (policy is None or not policy.should_intercept(identity, name)):
             data.ignore_connection = True
             context.server.error = f"access suspended by schoolgate: {ban.reason}"
 
@@ -609,10 +610,12 @@ class CircumventionGuard(SanctionPages, BanSync):
         identity = self._identify(client_ip, user)
         written = view.host
         named = view.named_host
-        if named is not None and named != written and is_address(target_host(written)):
-            # Transparent mode (or a request to an address): the client wrote no host but the
-            # Host header; the address is the destination check's, not a host to report.
-            written = view.host_header
+        header = view.host_header  # (not None when it names a host)
+        if named is not None and header is not None and named != written:
+            if is_address(target_host(written)):
+                # Transparent mode (or a request to an address): the client wrote no host but
+                # the Host header; the address is the destination check's, not one to report.
+                written = header
         # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
         # tls_seen, destination): keywords cost a fifth more, on every request.
         facts = TrafficFacts(
@@ -636,6 +639,8 @@ class CircumventionGuard(SanctionPages, BanSync):
         if identity is None:
             return
         subject = self.subject_of(identity, user, client_ip)
+        if subject is None:  # no user and no address: no one with a ban or warning
+            return
         # Most requests are from someone with no ban, lockout or warning: one lookup each.
         if not self.book.names(subject) and subject not in self._warnings:
             return

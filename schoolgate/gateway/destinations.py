@@ -157,8 +157,8 @@ class DestinationCheck:
         is cached and settles it, else a coroutine that looks it up."""
         if name is None or is_address(name):
             if name is not None and name != address:
-                answer = DnsAnswer(name, (name,), frozenset({name}))
-                return verify(address, name, answer, local=self._local)
+                literal = DnsAnswer(name, (name,), frozenset({name}))
+                return verify(address, name, literal, local=self._local)
             return verify(address, None, None, local=self._local)
         answer = self.resolver.cached(name)
         if answer is not None:
@@ -232,11 +232,11 @@ class DestinationCheck:
                 self._settle_tls(data, found, address[1], client_ip, user)
                 return None
             return self._two_names(data, target, sni, address[1], client_ip, user)
-        found = self._verify(target, sni)
-        if isinstance(found, Destination):
-            self._settle_tls(data, found, address[1], client_ip, user)
+        verdict = self._verify(target, sni)
+        if isinstance(verdict, Destination):
+            self._settle_tls(data, verdict, address[1], client_ip, user)
             return None
-        return self._settle_tls_later(data, found, address[1], client_ip, user)
+        return self._settle_tls_later(data, verdict, address[1], client_ip, user)
 
     async def _settle_tls_later(self, data, pending, port, client_ip, user) -> None:
         self._settle_tls(data, await pending, port, client_ip, user)

@@ -363,7 +363,7 @@ class Enforcement:
         self, data: tls.ClientHelloData, decision: Decision, facts: RequestFacts | None
     ) -> None:
         # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
-        ref, data.schoolgate = self._refused(decision, facts, "tls")
+        ref, data.schoolgate = self._refused(decision, facts, "tls")  # type: ignore[attr-defined]
         data.ignore_connection = True
         data.context.server.error = f"blocked by schoolgate ({ref}): {decision.reason}"
 

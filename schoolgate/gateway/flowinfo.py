@@ -129,6 +129,7 @@ def _named_host(value: str | None) -> tuple[str | None, str | None]:
     try:
         return _named_hosts[value]
     except KeyError:
+        named: tuple[str | None, str | None]
         try:
             named = (parse_authority(value.strip(" \t")).host, None)  # type: ignore[union-attr]
         except AuthorityError as exc:

@@ -365,9 +365,11 @@ class HealthAddon:
         return all(c["ok"] for c in checks.values()), checks
 
 
-def _blocked(metadata: dict) -> bool:
+def _blocked(metadata: dict[str, Any]) -> bool:
     decided = metadata.get("schoolgate")
-    return bool(decided) and decided.get("action") == "block"
+    if not decided:
+        return False
+    return bool(decided.get("action") == "block")
 
 
 def _failing(eventlog: Any) -> str | None:
@@ -391,7 +393,7 @@ def ops_app(health: HealthAddon):
             return _answer(start_response, 405, "text/plain", b"GET only\n")
         if path == "/healthz/live":
             live = health.loop_turning()
-            body = {"status": "live" if live else "stalled", "live": live}
+            body: dict[str, Any] = {"status": "live" if live else "stalled", "live": live}
             return _json(start_response, 200 if live else 503, body)
         if path in ("/healthz", "/healthz/ready"):
             ready, checks = health.readiness()

@@ -37,6 +37,7 @@ import html
 import logging
 import weakref
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from mitmproxy import connection, ctx, exceptions, http
@@ -47,6 +48,13 @@ from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.identity import SIGN_IN_REQUIRED
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from schoolgate.bindings.negotiate import Handshakes
+    from schoolgate.bindings.radius import RadiusListener
+    from schoolgate.bindings.writer import BindingWriter
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +90,10 @@ class IdentitySourcesAddon:
         self.recorder = recorder
         self.live: LiveIdentity | None = None
         self.started: IdentitySources | None = None
-        self._sessions = None  # the database the sources were started on
-        self._writer = None
-        self._radius = None
-        self._handshakes = None
+        self._sessions: sessionmaker[Session] | None = None  # the sources were started on it
+        self._writer: BindingWriter | None = None
+        self._radius: RadiusListener | None = None
+        self._handshakes: Handshakes | None = None
         # Connections that completed a Negotiate handshake: their user, for every later
         # request on them (the requests inside a CONNECT tunnel included).
         self._authenticated: weakref.WeakKeyDictionary[connection.Client, str] = (
@@ -304,6 +312,7 @@ class IdentitySourcesAddon:
             flow.response = self._challenge(None, refused=True)
             return
         if not result.complete:
+            assert result.token is not None  # an unfinished handshake answers with a token
             scheme = value.split(" ", 1)[0]
             flow.response = self._challenge(f"{scheme} {base64.b64encode(result.token).decode()}")
             return
@@ -335,6 +344,8 @@ class IdentitySourcesAddon:
         lease = live.leases.lease(address) if live.leases is not None else None
         sessions = self.recorder.sessions
         settings = sources.negotiate
+        if sessions is None:  # never: the sources started on an open database
+            return
 
         def work() -> None:
             in_transaction(

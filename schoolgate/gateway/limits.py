@@ -396,4 +396,5 @@ def _set_mitmproxy_idle_timeout(seconds: int) -> None:
         return
     from mitmproxy.proxy import server
 
-    server.TCP_TIMEOUT = int(seconds)
+    # mitmproxy 11 only (12 has the option above), so unknown to 12's types.
+    server.TCP_TIMEOUT = int(seconds)  # type: ignore[attr-defined]

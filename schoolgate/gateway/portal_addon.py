@@ -257,7 +257,7 @@ class StandalonePortal:
             from schoolgate.gateway.health import ops_app
 
             self.ops = ops_app(health)
-        self.server = None
+        self.server: PortalHTTPServer | None = None
         self._live_streams = 2
         self._app = None
         self._key: tuple | None = None

@@ -28,12 +28,18 @@ from collections.abc import Awaitable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import exceptions
 
 from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from schoolgate.storage.writer import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +60,11 @@ class Recorder:
 
     def __init__(self, holder: PolicyHolder) -> None:
         self.holder = holder
-        self.sessions = None  # a sessionmaker once the database is open
-        self.eventlog = None
+        self.sessions: sessionmaker[Session] | None = None  # once the database is open
+        self.eventlog: EventLog | None = None
         self.secret: bytes = b""
         self._url: str | None = None
-        self._data_dir = None
+        self._data_dir: Path | None = None
         self._durable: list[Future] = []
         self._sync_slow_logged = False
         self._dead = _DeadLetterAlerts(self)
@@ -204,7 +210,7 @@ class _DeadLetterAlerts:
     def send(self, final: bool = False) -> bool:
         now = datetime.now(UTC)
         with self._lock:
-            if not self.count:
+            if not self.count or self.since is None:  # (events counted: since is set)
                 return True
             due = self.last_sent is None or now - self.last_sent >= DEAD_LETTER_ALERT_EVERY
             if not (due or final):

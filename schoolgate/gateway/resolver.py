@@ -188,7 +188,7 @@ class Resolver:
         loop = asyncio.get_running_loop()
         lookup = self._installed[1] if self._installed is not None else loop.getaddrinfo
         infos = await lookup(name, None, type=socket.SOCK_STREAM)
-        return [info[4][0] for info in infos]
+        return [str(info[4][0]) for info in infos]
 
     # -- the event loop's resolver ----------------------------------------------------------
     def install(self, loop: asyncio.AbstractEventLoop) -> None:

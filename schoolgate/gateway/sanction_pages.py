@@ -13,21 +13,27 @@ Mixed into :class:`~schoolgate.gateway.circumvention_addon.CircumventionGuard`:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, http
 
 from schoolgate.core.destination import Destination, Handling, Verdict
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
-from schoolgate.core.sanctions import BanState
+from schoolgate.core.sanctions import BanState, Ladder, SanctionSettings
 from schoolgate.core.words import wording_of
 from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
 from schoolgate.gateway.findings import blocking_findings
 from schoolgate.gateway.flowinfo import request_view
 from schoolgate.storage.eventlog import new_ref
+
+if TYPE_CHECKING:
+    from schoolgate.core.circumvention_settings import CircumventionSettings
+    from schoolgate.gateway.holder import PolicyHolder
+    from schoolgate.gateway.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,15 @@ def _who_and_what(flow: http.HTTPFlow, identity: Identity) -> dict[str, Any]:
 
 class SanctionPages:
     """The guard's pages and supervision records (see the module docstring)."""
+
+    # The guard's state, set by its __init__.
+    holder: PolicyHolder
+    recorder: Recorder
+    clock: Callable[[], datetime]
+    circumvention: CircumventionSettings
+    sanctions: SanctionSettings
+    ladder: Ladder
+    _warnings: dict[str, tuple[str, str, datetime]]  # subject -> summary, ref, at
 
     def _tz(self, identity: Identity):
         policy = self.holder.policy

@@ -375,7 +375,7 @@ def list_stats(policy: Any, settings: ListUpdateSettings | None = None) -> list[
                 continue
             state = state_of(sub, now)
             last = tried.get(f"{sub.category}/{sub.name}", {})
-            if not state.present:
+            if not state.present or state.refreshed is None:  # (present: it has a time)
                 status = "not fetched yet: an empty list"
             else:
                 status = f"refreshed {age_words(now - state.refreshed)} ago" + (

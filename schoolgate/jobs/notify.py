@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.core.notification_settings import (  # noqa: F401 - read here by callers
@@ -224,7 +225,7 @@ class OutboxSender:
             .execution_options(synchronize_session=False)
         )
         session.commit()  # the claim is seen by the other senders before anything is sent
-        if claimed.rowcount != 1:
+        if cast(CursorResult[Any], claimed).rowcount != 1:  # an UPDATE's result has one
             return None
         return session.get(OutboxRow, row_id, populate_existing=True)
 

@@ -24,7 +24,6 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
-    Engine,
     MetaData,
     Table,
     and_,
@@ -64,10 +63,6 @@ def safeguarding_categories(policy: Any, settings: RetentionSettings) -> set[str
 
 
 # -- optional tables ------------------------------------------------------------------------------
-def engine_of(session: Session) -> Engine:
-    return session.get_bind()
-
-
 def optional_table(session: Session, name: str) -> Table | None:
     """A table another part of schoolgate adds (portal, bans), if this database has it."""
     bind = session.connection()

@@ -291,12 +291,12 @@ class Matcher:
         (the least common words, so "how to" or "i" rarely wake a rule up).
         """
         offsets, bit = [], 0
-        for rule in self.cooccurrence:
+        for cooccurring in self.cooccurrence:
             offsets.append(bit)
-            bit += len(rule.groups)
+            bit += len(cooccurring.groups)
         self._rule_masks = tuple(
-            ((1 << len(rule.groups)) - 1) << offsets[number]
-            for number, rule in enumerate(self.cooccurrence)
+            ((1 << len(cooccurring.groups)) - 1) << offsets[number]
+            for number, cooccurring in enumerate(self.cooccurrence)
         )
         shared = [len(uses) for uses in self._usage]
         anchors = []

@@ -211,7 +211,9 @@ class TitleSniffer:
                     return
                 self._pos, self._skip_until = span[1], None
                 continue
-            self._pos = lt = _SKIPPABLE.match(buf, self._pos).end()
+            skipped = _SKIPPABLE.match(buf, self._pos)
+            assert skipped is not None  # it matches the empty string too
+            self._pos = lt = skipped.end()
             if lt >= len(buf):
                 return
             self._pos = lt

@@ -173,7 +173,7 @@ def current_staff() -> StaffRow | None:
         ended = "expired"
     elif staff is None or not staff.active or session.get("stamp") != password_stamp(staff):
         ended = "account changed"
-    if ended is not None:
+    if ended is not None or row is None:  # (no row: ended)
         if row is not None:
             row.ended_at, row.end_reason = at, ended
             session_.commit()
@@ -186,6 +186,15 @@ def current_staff() -> StaffRow | None:
         row.seen_at = at
         session_.commit()
     g.staff = staff
+    return staff
+
+
+def signed_in_staff() -> StaffRow:
+    """The signed-in member of staff, in a view that :func:`staff_required` guards (it has
+    turned everyone else away already)."""
+    staff = current_staff()
+    if staff is None:  # never behind staff_required
+        abort(403)
     return staff
 
 

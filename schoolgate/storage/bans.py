@@ -14,9 +14,19 @@ import dataclasses
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from schoolgate.core.sanctions import BanState, Supervision, new_ban_ref, parse_subject
@@ -284,10 +294,13 @@ def add_ban(
         raise BanError("kind is lockout or ban")
     if minutes <= 0:
         raise BanError("minutes must be positive")
+    subject = parse_subject(who)
+    if subject is None:
+        raise BanError(f"{who!r} names no user or device")
     now = now or utcnow()
     state = BanState(
         ref=new_ban_ref(),
-        subject=parse_subject(who),
+        subject=subject,
         kind=kind,
         starts=now,
         ends=now + timedelta(minutes=minutes),
@@ -428,6 +441,8 @@ def start_supervision(
         raise BanError(f"a supervision session lasts 1 to {max_minutes} minutes")
     now = now or utcnow()
     subject = parse_subject(who)
+    if subject is None:
+        raise BanError(f"{who!r} names no user or device")
     ban = active_ban(session, subject, now)
     if ban is None:
         raise BanError(f"{who} is not banned: there is nothing to supervise")
@@ -541,12 +556,14 @@ def note_expired(
     )
     count = 0
     for row in rows:
-        claimed = session.execute(
+        result = session.execute(
             update(BanRow)
             .where(BanRow.id == row.id, BanRow.expiry_noted_at.is_(None))
             .values(expiry_noted_at=now)
-        ).rowcount
+        )
+        claimed = cast(CursorResult[Any], result).rowcount  # an UPDATE's result has one
         if claimed:
+            assert row.ends is not None  # only bans that end were read
             _audit(
                 session,
                 at=row.ends,

@@ -23,6 +23,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Table, insert, select
@@ -177,7 +178,7 @@ class BatchWriter:
             refs = [row["ref"] for row in rows[start : start + LOOKUP_CHUNK]]
             statement = select(table.c.ref, table.c.at, table.c.host).where(table.c.ref.in_(refs))
             try:
-                found = self.run(lambda execute, s=statement: execute(s, None).all())
+                found = self.run(partial(_all_rows, statement))
             except Exception as exc:  # noqa: BLE001
                 if transient(exc):
                     raise TransientFailure(rows, exc) from None
@@ -188,6 +189,10 @@ class BatchWriter:
         fresh = [row for row in rows if stored.get(row["ref"]) != (row["at"], row["host"])]
         self.skipped += len(rows) - len(fresh)
         return fresh
+
+
+def _all_rows(statement: Any, execute: Execute) -> Any:
+    return execute(statement, None).all()
 
 
 def _renamed(row: Row) -> Row:

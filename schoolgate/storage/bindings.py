@@ -16,9 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Index, Integer, String, Text, func, or_, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -74,7 +86,7 @@ class BindingVersionRow(Base):
     version: Mapped[int] = mapped_column(Integer)
 
 
-VERSION = BindingVersionRow.__table__
+VERSION = cast(Table, BindingVersionRow.__table__)  # a mapped class's table is a Table
 
 
 def to_plain(row: BindingRow) -> Binding:
@@ -352,12 +364,13 @@ def expire_due(db: Session, now: datetime, *, actor: str = SYSTEM_ACTOR) -> list
         why = "expired (no traffic)" if row.idle_seconds else "expired"
         if row.ends_by is not None and row.expires_at >= row.ends_by:
             why = "expired (the longest a session may last)"
-        claimed = db.execute(
+        result = db.execute(
             update(BindingRow)
             .where(BindingRow.id == row.id, BindingRow.ended_at.is_(None))
             .values(ended_at=row.expires_at, end_reason=why, version=version)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
+        claimed = cast(CursorResult[Any], result).rowcount  # an UPDATE's result has one
         if claimed:
             db.refresh(row)
             audit(
@@ -440,7 +453,9 @@ def lookup(
     return sorted(found, key=lambda b: (b.address, b.started_at))
 
 
-def in_transaction(sessions: sessionmaker, work: Callable[[Session], T], attempts: int = 3) -> T:
+def in_transaction(
+    sessions: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3
+) -> T:
     """Run ``work`` in a transaction of its own and commit; a transaction that lost a race for
     the same address (the unique index refused it) is run again on what the winner wrote."""
     for attempt in range(attempts):

@@ -25,12 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out, on every backend (SQLite has no zones)."""
 
     impl = DateTime
@@ -125,7 +125,7 @@ class AuditRow(Base):
     os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
-def record_os_user(sessions: sessionmaker, name: str) -> sessionmaker:
+def record_os_user(sessions: sessionmaker[Session], name: str) -> sessionmaker[Session]:
     """Every audit row written through ``sessions`` (any table with an ``os_user`` column:
     ``audit``, ``ban_audit``) records ``name`` as the operating system user, beside the actor
     the command was given (``--by``). What the ``schoolgate`` command opens its database with."""
@@ -284,7 +284,7 @@ def database_exists(url: str | URL) -> bool:
         engine.dispose()
 
 
-def open_database(url: str | URL) -> sessionmaker:
+def open_database(url: str | URL) -> sessionmaker[Session]:
     """Engine + migrations + a session factory: what every command and addon starts with."""
     engine = make_engine(url)
     upgrade(engine)

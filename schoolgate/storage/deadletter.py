@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetters:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
         self.count = 0
 
@@ -39,15 +39,15 @@ class DeadLetters:
             entry["raw" if isinstance(item, str) else "event"] = item
             lines.append(_line(entry))
         self.count += len(items)
-        if self.path is not None and self._append(lines):
+        if self.path is not None and self._append(self.path, lines):
             return
         for line in lines:
             log.error("event log: event refused by the database: %s", line.rstrip("\n"))
 
-    def _append(self, lines: list[str]) -> bool:
+    def _append(self, path: Path, lines: list[str]) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.write(fd, "".join(lines).encode("ascii"))

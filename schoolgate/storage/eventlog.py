@@ -71,7 +71,7 @@ def decision_event(
     search_term: str | None = None,
     keep_paths: bool = True,
     kind: str | None = None,
-    detail: dict | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The :class:`~schoolgate.storage.db.EventRow` column values for one decision.
 

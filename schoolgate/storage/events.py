@@ -156,7 +156,7 @@ class LiveCursor:
 
 
 def follow_events(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     *,
     after: int | None = None,
     kind: str | None = None,
@@ -172,7 +172,14 @@ def follow_events(
     return _follow(sessions, cursor, event_conditions(kind=kind, user=user), poll, sleep, rounds)
 
 
-def _follow(sessions, cursor, conditions, poll, sleep, rounds) -> Iterator[dict[str, Any]]:
+def _follow(
+    sessions: sessionmaker[Session],
+    cursor: LiveCursor,
+    conditions: list[Any],
+    poll: float,
+    sleep: Callable[[float], None],
+    rounds: int | None,
+) -> Iterator[dict[str, Any]]:
     from sqlalchemy.exc import OperationalError
 
     done = 0

@@ -141,7 +141,7 @@ def add_exception(
     elif target_kind == "page":
         from schoolgate.core.pages import parse_page
 
-        target = parse_page(target).text  # type: ignore[union-attr] - validated above
+        target = parse_page(target).text  # type: ignore[union-attr]  # validated above
     row = ExceptionRow(
         kind=kind,
         scope=scope,

@@ -110,7 +110,7 @@ def has_table(session: Session) -> bool:
     return inspect(session.connection()).has_table(HeartbeatRow.__tablename__)
 
 
-def record_beat(sessions: sessionmaker, beat: Beat, *, prune: bool = False) -> bool:
+def record_beat(sessions: sessionmaker[Session], beat: Beat, *, prune: bool = False) -> bool:
     """Replace this process's row; ``prune`` also removes rows not seen for a week. False when
     it could not be written (never raises: the gateway must go on without its heartbeat)."""
     try:

@@ -38,7 +38,7 @@ from typing import cast
 
 from sqlalchemy import Connection, String, Table, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from schoolgate.storage.db import Base, UTCDateTime
 
@@ -72,7 +72,7 @@ def database_now(connection: Connection) -> datetime:
     """The time every process of the trust agrees on: the PostgreSQL server's clock (in UTC,
     whatever the server's time zone), or this host's clock for SQLite (a file on one host)."""
     if connection.dialect.name == "postgresql":
-        value = connection.scalar(text("SELECT now() AT TIME ZONE 'UTC'"))
+        value: datetime = connection.scalar(text("SELECT now() AT TIME ZONE 'UTC'"))
         return value.replace(tzinfo=UTC)
     return datetime.now(UTC)
 
@@ -82,7 +82,7 @@ class Lease:
 
     def __init__(
         self,
-        sessions: sessionmaker,
+        sessions: sessionmaker[Session],
         name: str,
         *,
         ttl: float = LEASE_TTL,
@@ -146,7 +146,7 @@ class Lease:
                 .where(LEASES.c.name == self.name, LEASES.c.holder == self.holder)
                 .values(expires_at=now - timedelta(seconds=1))
             )
-        return result.rowcount == 1
+        return bool(result.rowcount == 1)
 
     def current(self) -> tuple[str, datetime] | None:
         """Who holds the lease and until when (possibly expired); None if never taken."""
@@ -188,7 +188,7 @@ class LeaseKeeper:
         self.held = False
         self.valid_until = 0.0  # monotonic time by which this process stops if not renewed
         self._attempts = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-db")
-        self._pending: Future | None = None
+        self._pending: Future[bool] | None = None
         self._pending_started = 0.0
         self._failing = False
         self._announced: str | None = None  # the other holder last logged
@@ -201,7 +201,7 @@ class LeaseKeeper:
         if self.lease is None:
             factory = self._lease_or_factory
             assert callable(factory)
-            self.lease = factory()  # type: ignore[call-arg]
+            self.lease = factory()
         return self.lease
 
     def _attempt(self) -> bool:

@@ -127,12 +127,12 @@ class Spool:
         else:
             raise OSError(errno.EMFILE, f"no free spool folder under {self.root}")
         for other in sorted(self.root.iterdir()):
-            if other == self.folder or not other.is_dir():
+            if other == folder or not other.is_dir():
                 continue
-            self._adopt(other)
-        return segments(self.folder)
+            self._adopt(other, folder)
+        return segments(folder)
 
-    def _adopt(self, other: Path) -> None:
+    def _adopt(self, other: Path, folder: Path) -> None:
         try:
             fd = _lock(other / ".lock")
         except OSError as exc:
@@ -142,7 +142,7 @@ class Spool:
             return  # a running process holds it
         try:
             for path in segments(other):
-                path.rename(self.folder / path.name)
+                path.rename(folder / path.name)
                 log.info("event spool: took over %s from a process that is gone", path.name)
         except OSError as exc:
             log.warning("event spool: cannot take over the segments in %s: %s", other, exc)
@@ -150,21 +150,21 @@ class Spool:
             os.close(fd)
 
     # -- writing ----------------------------------------------------------------------------
-    def _new_segment(self) -> None:
+    def _new_segment(self) -> int:
         assert self.folder is not None
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{SUFFIX}"
         path = self.folder / name
-        self._fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_EXCL, 0o600
-        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_EXCL, 0o600)
+        self._fd = fd
         self._path = path
         self._size = 0
         self._opened = time.monotonic()
+        return fd
 
     def rotate(self) -> Path | None:
         """Close the segment being written (call with :attr:`lock` held): its path, once it
         holds events, for the caller to delete when they are all in the database."""
-        if self._fd is None:
+        if self._fd is None or self._path is None:  # both set, or neither
             return None
         closed = self._path
         self._rotated.append((self._fd, closed))
@@ -203,11 +203,10 @@ class Spool:
         ):
             closed = self.rotate()
         try:
-            if self._fd is None:
-                self._new_segment()
-            written = os.write(self._fd, line)
+            fd = self._fd if self._fd is not None else self._new_segment()
+            written = os.write(fd, line)
             if written != len(line):  # a full disk: never leave half a line behind
-                os.ftruncate(self._fd, self._size)
+                os.ftruncate(fd, self._size)
                 raise OSError(errno.ENOSPC, "short write to the event spool")
         except OSError as exc:
             self._failed("write", exc)

@@ -43,9 +43,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, Integer, String
+from sqlalchemy import Engine, Integer, String, Table
 
 from schoolgate.storage.batches import BatchWriter, TransientFailure, first_line
 from schoolgate.storage.db import EventRow
@@ -55,7 +55,7 @@ from schoolgate.storage.storable import Columns, json_default, new_ref, storable
 
 log = logging.getLogger(__name__)
 
-EVENT_TABLE = EventRow.__table__
+EVENT_TABLE = cast(Table, EventRow.__table__)  # a mapped class's table is a Table
 COLUMNS: tuple[str, ...] = tuple(c.name for c in EVENT_TABLE.columns if c.name != "id")
 COLUMN_LAYOUT = Columns(
     names=COLUMNS,
@@ -103,8 +103,8 @@ _MARKERS = (_Marker, _SegmentDone)
 _Batch = tuple[list[dict[str, Any]], list[Any], bool]
 
 
-def _resolved(value: bool) -> Future:
-    future: Future = Future()
+def _resolved(value: bool) -> Future[bool]:
+    future: Future[bool] = Future()
     future.set_result(value)
     return future
 
@@ -149,7 +149,7 @@ class EventLog:
         self._replay_paths: deque[Path] = deque()
         self._replay: deque[Any] = deque()
         self._retry: _Batch | None = None
-        self._waiters: list[Future] = []
+        self._waiters: list[Future[bool]] = []
         self._markers = 0  # markers in the queue
         self._recorded = 0
         self._handled = 0  # written, skipped as already written, or dead-lettered
@@ -180,7 +180,7 @@ class EventLog:
         return self.dead_letters.count
 
     # -- the hot path ---------------------------------------------------------------------------
-    def record(self, event: dict[str, Any], *, durable: bool = False) -> Future | None:
+    def record(self, event: dict[str, Any], *, durable: bool = False) -> Future[bool] | None:
         """Queue one event (a dict of column values), after writing it to the spool.
         Non-blocking (a write into the page cache), thread-safe, O(size of the event).
 
@@ -201,12 +201,12 @@ class EventLog:
                 line = (_dumps(event) + "\n").encode("ascii")
             except (TypeError, ValueError, RecursionError):
                 self._unspoolable(event)
-        waiter = None
+        waiter: Future[bool] | None = None
         queue = self._queue
         woke = False
         with self._qlock:
             spooled = False
-            if line is not None:
+            if spool is not None and line is not None:
                 spooled, closed = spool.append(line)
                 woke = spool.woke
                 if closed is not None:
@@ -260,16 +260,16 @@ class EventLog:
             if self._thread is not None or self._closed:
                 return
             if self.spool is not None:
-                self._open_spool()
+                self._open_spool(self.spool)
             self._start_thread()
 
-    def _open_spool(self) -> None:
+    def _open_spool(self, spool: Spool) -> None:
         try:
-            left = self.spool.open()
+            left = spool.open()
         except OSError as exc:
             log.error(
                 "event log: cannot use the spool in %s (%s); events wait in memory only",
-                self.spool.root,
+                spool.root,
                 exc,
             )
             self.spool = None  # its lock stays the queue's lock
@@ -278,11 +278,11 @@ class EventLog:
             log.warning(
                 "event log: replaying %d spool segment(s) left by an earlier run (%s)",
                 len(left),
-                self.spool.folder,
+                spool.folder,
             )
             self._replay_paths.extend(left)
         self._syncer = threading.Thread(
-            target=self._sync_loop, name="schoolgate-eventlog-sync", daemon=True
+            target=self._sync_loop, args=(spool,), name="schoolgate-eventlog-sync", daemon=True
         )
         self._syncer.start()
 
@@ -408,8 +408,7 @@ class EventLog:
             log.error("event log: unwritten event: %s", _dumps(event, safe=True))
 
     # -- the spool's sync thread ------------------------------------------------------------------
-    def _sync_loop(self) -> None:
-        spool = self.spool
+    def _sync_loop(self, spool: Spool) -> None:
         wake = self._sync_wake
         while True:
             stopping = self._sync_stop.is_set()
@@ -441,7 +440,10 @@ class EventLog:
         if self._engine is not None:
             with self._engine.begin() as connection:
                 return fn(connection.execute)
-        with self._session_factory() as session:
+        factory = self._session_factory
+        if factory is None:  # never: without an Engine, there is a session factory
+            raise RuntimeError("event log: no database to write to")
+        with factory() as session:
             result = fn(session.execute)
             session.commit()
             return result

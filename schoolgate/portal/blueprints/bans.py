@@ -12,7 +12,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
 from schoolgate.portal.blueprints.staff import REVIEWERS, it_bp, required_note, slt_bp
-from schoolgate.portal.context import current_staff, db, now, staff_required
+from schoolgate.portal.context import db, now, signed_in_staff, staff_required
 from schoolgate.storage.bans import (
     BanAuditRow,
     BanError,
@@ -44,13 +44,13 @@ def _bans_shown(at: datetime) -> list[BanRow]:
 
 @it_bp.get("/bans")
 @staff_required(*REVIEWERS)
-def bans():
+def bans() -> str:
     session_ = db()
     at = now()
     rows = _bans_shown(at)
     ids = [r.id for r in rows]
-    history: dict[int, list[BanAuditRow]] = {i: [] for i in ids}
-    sessions: dict[int, list[SupervisionRow]] = {i: [] for i in ids}
+    history: dict[int | None, list[BanAuditRow]] = {i: [] for i in ids}
+    sessions: dict[int | None, list[SupervisionRow]] = {i: [] for i in ids}
     events: dict[str, EventRow] = {}
     states = {r.id: to_state(r) for r in rows}
     if ids:
@@ -100,7 +100,7 @@ def _load_ban(ban_id: int) -> BanRow:
 @it_bp.post("/bans/<int:ban_id>/lift")
 @staff_required(*REVIEWERS)
 def lift(ban_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load_ban(ban_id)
     reason = required_note("reason", "a reason for lifting the ban")
     try:
@@ -118,7 +118,7 @@ def lift(ban_id: int):
 @slt_bp.post("/bans/<int:ban_id>/confirm")
 @staff_required("slt")
 def confirm_ban_view(ban_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load_ban(ban_id)
     if row.created_by.split(",")[0].strip().lower() == staff.username.lower():
         abort(403, description="You made this ban: another member of SLT must confirm it.")

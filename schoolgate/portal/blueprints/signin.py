@@ -25,7 +25,7 @@ from schoolgate.bindings import live as live_identity
 from schoolgate.bindings.directory import DirectoryError, DirectoryUnavailable
 from schoolgate.bindings.names import normalise_address
 from schoolgate.bindings.sessions import TooManyAttempts
-from schoolgate.portal.context import current_staff, now, staff_required, state
+from schoolgate.portal.context import now, signed_in_staff, staff_required, state
 
 bp = Blueprint("signin", __name__)
 it_signins_bp = Blueprint("it_signins", __name__, url_prefix="/it")
@@ -134,7 +134,7 @@ def sign_ins():
 def end_binding(binding_id: int):
     from schoolgate.storage import bindings as store
 
-    staff = current_staff()
+    staff = signed_in_staff()
     assert staff is not None
     at = now()
     ended = store.in_transaction(

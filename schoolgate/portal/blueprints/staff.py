@@ -34,6 +34,7 @@ from schoolgate.portal.context import (
     safe_next,
     sign_in,
     sign_out,
+    signed_in_staff,
     source_of_address,
     staff_required,
     state,
@@ -473,8 +474,9 @@ def item(request_id: int):
         scopes=SCOPE_CHOICES,
         categories=[c for c, s in policy.categories.items() if not s.locked],
         all_categories=list(policy.categories),
-        own=bool(row.requester_user)
-        and row.requester_user.lower() == current_staff().username.lower(),
+        own=bool(
+            row.requester_user and row.requester_user.lower() == signed_in_staff().username.lower()
+        ),
     )
 
 
@@ -501,7 +503,7 @@ def screenshot(request_id: int):
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    audit(db(), current_staff().username, "report.screenshot_view", f"report {row.ref}", "")
+    audit(db(), signed_in_staff().username, "report.screenshot_view", f"report {row.ref}", "")
     db().commit()
     return response
 
@@ -509,7 +511,7 @@ def screenshot(request_id: int):
 @it_bp.post("/item/<int:request_id>/approve")
 @staff_required(*REVIEWERS)
 def approve(request_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     if row.kind != "access":
@@ -528,7 +530,7 @@ def approve(request_id: int):
 @staff_required(*REVIEWERS)
 def unlist(request_id: int):
     """Blocked by mistake: the request's own host, for everyone, permanently (SLT approve)."""
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     if row.kind != "access":
@@ -553,7 +555,7 @@ def unlist(request_id: int):
 @it_bp.post("/item/<int:request_id>/reject")
 @staff_required(*REVIEWERS)
 def reject(request_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     _must_be(row, *OPEN_STATUSES)
@@ -573,7 +575,7 @@ def reject(request_id: int):
 @it_bp.post("/item/<int:request_id>/escalate")
 @staff_required(*IT)
 def escalate(request_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     _must_be(row, "open")
@@ -600,7 +602,7 @@ def escalate(request_id: int):
 @staff_required(*REVIEWERS)
 def add_to_category(request_id: int):
     """A report's host (or a page on it) added to a category for everyone (SLT approve)."""
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     if row.kind != "report":
@@ -643,7 +645,7 @@ def review():
 @slt_bp.post("/item/<int:request_id>/approve-proposal")
 @staff_required("slt")
 def approve_proposal(request_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = _load(request_id)
     _not_own(row, staff)
     _must_be(row, "awaiting_slt")
@@ -671,7 +673,7 @@ def approve_proposal(request_id: int):
 @slt_bp.post("/exception/<int:exception_id>/revoke")
 @staff_required("slt")
 def revoke(exception_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     reason = required_note("reason", "a reason")
     try:
         revoke_exception(db(), exception_id, by=staff.username, reason=reason)
@@ -685,7 +687,7 @@ def revoke(exception_id: int):
 @slt_bp.post("/exception/<int:exception_id>/confirm")
 @staff_required("slt")
 def confirm(exception_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = db().get(ExceptionRow, exception_id)
     if row is None or row.revoked_at is not None:
         abort(404, description="No such exception in force.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from schoolgate.core import words
-from schoolgate.portal.context import current_staff, db, now, staff_required, state
+from schoolgate.portal.context import db, now, signed_in_staff, staff_required, state
 from schoolgate.portal.services import supervision as service
 from schoolgate.storage.bans import BanError, BanRow, SupervisionRow
 
@@ -36,7 +36,7 @@ def _minutes(limit: int) -> int:
 @staff_required(*WHO)
 def index():
     policy = state().policy
-    staff = current_staff()
+    staff = signed_in_staff()
     limit = service.max_minutes(policy)
     return render_template(
         "portal/console/supervision.html",
@@ -57,7 +57,7 @@ def _done(message: str):
 @staff_required(*WHO)
 def start(ban_id: int):
     policy = state().policy
-    staff = current_staff()
+    staff = signed_in_staff()
     ban = db().get(BanRow, ban_id)
     if ban is None:
         abort(404, description="No such ban.")
@@ -92,7 +92,7 @@ def extend(session_id: int):
     row = _session(session_id)
     minutes = _minutes(service.max_minutes(policy))
     try:
-        service.extend(db(), policy, current_staff(), row, minutes=minutes, now=now())
+        service.extend(db(), policy, signed_in_staff(), row, minutes=minutes, now=now())
     except service.NotAllowed as exc:
         abort(403, description=str(exc))
     except BanError as exc:
@@ -106,7 +106,7 @@ def end(session_id: int):
     policy = state().policy
     row = _session(session_id)
     try:
-        service.end(db(), policy, current_staff(), row, now=now())
+        service.end(db(), policy, signed_in_staff(), row, now=now())
     except service.NotAllowed as exc:
         abort(403, description=str(exc))
     except BanError as exc:

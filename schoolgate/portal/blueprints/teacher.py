@@ -12,7 +12,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from sqlalchemy import or_, select
 
 from schoolgate.core.hosts import normalize_host
-from schoolgate.portal.context import current_staff, db, label, now, staff_required, state
+from schoolgate.portal.context import db, label, now, signed_in_staff, staff_required, state
 from schoolgate.storage.db import ExceptionRow
 from schoolgate.storage.exceptions import ExceptionRequestError, add_exception, revoke_exception
 from schoolgate.storage.portal import StaffRow
@@ -47,7 +47,7 @@ def _my_overrides(staff: StaffRow) -> list[ExceptionRow]:
 @teacher_bp.get("/")
 @staff_required("teacher")
 def overrides():
-    staff = current_staff()
+    staff = signed_in_staff()
     policy = state().policy
     site = policy.resolver.default_site
     return render_template(
@@ -63,7 +63,7 @@ def overrides():
 @teacher_bp.post("/open")
 @staff_required("teacher")
 def open_for_class():
-    staff = current_staff()
+    staff = signed_in_staff()
     policy = state().policy
     group = request.form.get("group", "")
     if group.lower() not in [g_.lower() for g_ in staff.group_list]:
@@ -131,7 +131,7 @@ def open_for_class():
 @teacher_bp.post("/end/<int:exception_id>")
 @staff_required("teacher")
 def end_override(exception_id: int):
-    staff = current_staff()
+    staff = signed_in_staff()
     row = db().get(ExceptionRow, exception_id)
     if row is None or row.kind != "curriculum" or row.created_by != staff.username:
         abort(403, description="You can only end your own class overrides.")

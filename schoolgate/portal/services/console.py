@@ -67,7 +67,7 @@ def switched_off_for_url(policy: Any) -> list[SwitchedOff]:
 def school_state(session: Session, policy: Any, now: datetime) -> dict[str, Any]:
     """Open requests by (kind, status), the outbox, bans in force by kind, supervision sessions
     running, each job's last run, what is switched off."""
-    requests = Counter()
+    requests: Counter[tuple[str, str]] = Counter()
     for kind, status, count in session.execute(
         select(PortalRequestRow.kind, PortalRequestRow.status, func.count())
         .where(PortalRequestRow.status.in_(OPEN_STATUSES))
@@ -89,7 +89,7 @@ def school_state(session: Session, policy: Any, now: datetime) -> dict[str, Any]
         .order_by(OutboxRow.id.desc())
         .limit(1)
     )
-    bans = Counter()
+    bans: Counter[str] = Counter()
     for kind, count in session.execute(
         select(BanRow.kind, func.count())
         .where(BanRow.lifted_at.is_(None), BanRow.starts <= now)
@@ -266,7 +266,7 @@ def database_state(
     backend = session.get_bind().dialect.name
     size = None
     if backend == "sqlite":
-        name = session.get_bind().url.database or ""
+        name = session.get_bind().engine.url.database or ""
         size = sum(
             Path(name + suffix).stat().st_size
             for suffix in ("", "-wal")
