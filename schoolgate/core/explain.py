@@ -5,18 +5,22 @@ same."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from schoolgate.core import words
 from schoolgate.core.model import Decision, Identity, RequestFacts
+
+if TYPE_CHECKING:
+    from schoolgate.core.policy import Policy
 
 
 class InputError(Exception):
     """What a person typed cannot be read; the message says what is wrong."""
 
 
-def parse_when(text: str | None, policy, site: str | None = None) -> datetime:
+def parse_when(text: str | None, policy: Policy, site: str | None = None) -> datetime:
     """ISO-8601; without a zone it is the site's local time."""
     if text is None:
         return datetime.now(UTC)
@@ -72,12 +76,14 @@ def facts_for_url(
     )
 
 
-def site_tz(policy, site: str | None):
+def site_tz(policy: Policy, site: str | None) -> tzinfo:
     timetable = policy.timetables.get(site or "") or policy.timetables[policy.resolver.default_site]
     return timetable.tz
 
 
-def ends_words(value: datetime | None, policy, site: str | None, now: datetime | None) -> str:
+def ends_words(
+    value: datetime | None, policy: Policy, site: str | None, now: datetime | None
+) -> str:
     """When something ends, in words in the site's zone: ``11:00 today`` from ``now``, or the
     full date when ``now`` is None (an explanation for another time than now)."""
     if value is None:
@@ -88,7 +94,7 @@ def ends_words(value: datetime | None, policy, site: str | None, now: datetime |
     return words.until(value, now, tz).removeprefix("until ")
 
 
-def decision_lines(decision: Decision, policy, url: str, now: datetime | None) -> list[str]:
+def decision_lines(decision: Decision, policy: Policy, url: str, now: datetime | None) -> list[str]:
     """What ``schoolgate explain`` prints (the console's explain form shows the same)."""
     ident = decision.identity
     verdict = "ALLOW" if decision.allowed else "BLOCK"
@@ -124,7 +130,8 @@ def decision_lines(decision: Decision, policy, url: str, now: datetime | None) -
     return lines
 
 
-def identity_override(args, policy) -> Identity | None:
+def identity_override(args: Any, policy: Policy) -> Identity | None:
+    # ``args``: the command's options (an argparse namespace, or the console form's values).
     """The identity ``explain --role`` (and its --site, --user, --group, --ip, date of birth)
     gives, or None when the request's own address and user decide."""
     if not args.role:
