@@ -34,7 +34,6 @@ old version is removed once the last process using it has moved on.
 from __future__ import annotations
 
 import fcntl
-import gc
 import hashlib
 import json
 import logging
@@ -152,7 +151,7 @@ def make_recipe(categories: Groups, allowlist: Sequence[ListInput] = ()) -> dict
     }
 
 
-def _recipe_groups(
+def recipe_groups(
     recipe: dict[str, Any],
 ) -> tuple[list[tuple[str, list[ListInput]]], list[ListInput]]:
     categories = [
@@ -651,7 +650,7 @@ def _compile_in_subprocess(
     env = dict(os.environ)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "schoolgate.core.liststore", str(dest)],
+        [sys.executable, "-m", "schoolgate.core.liststore_compiler", str(dest)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -677,27 +676,3 @@ def _compile_in_subprocess(
     for file, line, field_name, message in result["warnings"]:
         issues.warn(file, line, field_name, message)
     return bool(result["written"])
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m schoolgate.core.liststore DEST``: compile the recipe on stdin into DEST."""
-    recipe = json.load(sys.stdin)
-    categories, allowlist = _recipe_groups(recipe)
-    issues = Issues()
-
-    def report(phase: str, done: int, total: int) -> None:
-        print(json.dumps({"progress": [phase, done, total]}), flush=True)
-
-    gc.disable()  # millions of new objects that all live until the end: nothing to collect
-    written = compile_store(categories, allowlist, Path(argv[0]), issues, report)
-    rows = {
-        "errors": [[i.file, i.line, i.field, i.message] for i in issues.items],
-        "warnings": [[w.file, w.line, w.field, w.message] for w in issues.warnings],
-        "written": written,
-    }
-    print(json.dumps({"result": rows}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
