@@ -54,6 +54,10 @@ RETENTION_KINDS: dict[str, tuple[int, str]] = {
     "exceptions_days": (365, "exceptions and curriculum overrides, counted from their end"),
     "bans_days": (730, "ended bans and their supervision records"),
     "audit_days": (2190, "the audit trail (who changed the filtering, and when)"),
+    "safeguarding_cases_days": (
+        2190,
+        "safeguarding cases (notes, outcome, the matches linked), counted from their closing",
+    ),
     "reports_days": (400, "report files kept under the reports folder"),
     "outbox_days": (30, "notifications already sent"),
 }
@@ -68,6 +72,7 @@ class RetentionSettings:
     exceptions_days: int = 365
     bans_days: int = 730
     audit_days: int = 2190
+    safeguarding_cases_days: int = 2190
     reports_days: int = 400
     outbox_days: int = 30
     safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES
@@ -198,6 +203,15 @@ def _evidence_refs(session: Session) -> set[str]:
                     r
                     for (r,) in session.execute(select(bans.c[col]).where(bans.c[col].is_not(None)))
                 }
+    matches = optional_table(session, "safeguarding_matches")
+    if matches is not None:
+        # A match the DSL put in a case is evidence for as long as the case is kept.
+        refs |= {
+            r
+            for (r,) in session.execute(
+                select(matches.c.event_ref).where(matches.c.case_id.is_not(None))
+            )
+        }
     return refs
 
 
@@ -316,6 +330,9 @@ def purge(
                     )
                 ),
             )
+    cases = optional_table(session, "safeguarding_cases")
+    if cases is not None:
+        _purge_cases(session, cases, now - settings.safeguarding_cases_days * days, count)
     if reports_dir is not None and reports_dir.is_dir():
         cut = (now - settings.reports_days * days).timestamp()
         removed = 0
@@ -337,6 +354,20 @@ def purge(
         )
     )
     return result
+
+
+def _purge_cases(session: Session, cases: Table, cut: datetime, count: Any) -> None:
+    """Closed cases past their retention period, with their notes and matches (the events
+    they linked are evidence no longer, and go with the decision log's own period)."""
+    old = select(cases.c.id).where(cases.c.closed_at.is_not(None), cases.c.closed_at < cut)
+    ids = [i for (i,) in session.execute(old)]
+    if not ids:
+        return
+    for name in ("safeguarding_case_notes", "safeguarding_matches"):
+        table = optional_table(session, name)
+        if table is not None:
+            session.execute(delete(table).where(table.c.case_id.in_(ids)))
+    count("safeguarding cases", session.execute(delete(cases).where(cases.c.id.in_(ids))))
 
 
 # -- subject access -----------------------------------------------------------------------------
@@ -414,6 +445,7 @@ def export_user(
         ("bans", "bans"),
         ("ban_audit", "ban_history"),
         ("supervision_sessions", "supervision_sessions"),
+        ("safeguarding_cases", "safeguarding_cases"),
         ("staff", "staff_account"),
     ):
         table = optional_table(session, table_name)
@@ -530,6 +562,7 @@ def erase_user(
         ("bans", "bans"),
         ("ban_audit", "ban history"),
         ("supervision_sessions", "supervision sessions"),
+        ("safeguarding_cases", "safeguarding cases"),
     ):
         table = optional_table(session, table_name)
         if table is not None and (conds := _about(table, name)):
