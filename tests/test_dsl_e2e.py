@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from accessibility import chromium
+from accessibility import chromium, serving
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from schoolgate.core.config import load_policy
 from schoolgate.portal.app import create_app, make_identify
@@ -56,13 +54,8 @@ def portal(tmp_path):
         identify=make_identify(lambda: policy, trust_user_header=False),
         start_sender=False,
     )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", sessions
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(app) as base:
+        yield base, sessions
 
 
 def test_the_dsl_reviews_a_severe_search_and_closes_the_case(portal):

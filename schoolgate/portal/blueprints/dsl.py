@@ -192,14 +192,7 @@ def export_html(case_id: int):
         exported_by=_me(),
         exported_at=now(),
     )
-    return Response(
-        page,
-        mimetype="text/html",
-        headers={
-            "Content-Disposition": f'attachment; filename="safeguarding-case-{row.id}.html"',
-            "Cache-Control": "no-store",
-        },
-    )
+    return _download(page, "text/html", f"safeguarding-case-{row.id}.html")
 
 
 @bp.get("/cases/<int:case_id>/export.csv")
@@ -208,11 +201,16 @@ def export_csv(case_id: int):
     row = _case(case_id)
     record = service.case_record(db(), row, viewer=_me(), how="csv")
     db().commit()
+    return _download(service.case_csv(record), "text/csv", f"safeguarding-case-{row.id}.csv")
+
+
+def _download(body: str, mimetype: str, filename: str) -> Response:
+    """A file to save (never kept in a cache: it is a safeguarding record)."""
     return Response(
-        service.case_csv(record),
-        mimetype="text/csv",
+        body,
+        mimetype=mimetype,
         headers={
-            "Content-Disposition": f'attachment; filename="safeguarding-case-{row.id}.csv"',
+            "Content-Disposition": f'attachment; filename="{filename}"',
             "Cache-Control": "no-store",
         },
     )
