@@ -119,3 +119,21 @@ def describe(violations: list[dict[str, Any]]) -> str:
         for node in v["nodes"][:5]:
             lines.append(f"    {node['target']}: {node['html'][:160]}")
     return "\n".join(lines)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """A WSGI app (the portal) served on a free loopback port in a thread: its base URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

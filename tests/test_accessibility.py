@@ -160,6 +160,10 @@ STAFF_PAGES = {
     "supervision-teacher": ("teacher", "/supervision/"),
     "two-factor-code": ("second-step", "/staff/two-factor"),
     "login-with-provider": ("anyone", "/staff/login"),
+    "dsl-queue": ("dsl", "/dsl/"),
+    "dsl-timeline": ("dsl", "/dsl/pupil/ben"),
+    "dsl-cases": ("dsl", "/dsl/cases"),
+    "dsl-case": ("dsl", "/dsl/cases/1"),
 }
 
 
@@ -212,6 +216,8 @@ def staff_portal(tmp_path_factory, browser):
                          rule="rules[0]", reason="social_media is blocked for student in lesson.")
             )  # fmt: skip
         add_ban(s, "ben", by="schoolgate", minutes=600, reason="web proxy used")
+        add_staff(s, username="dsl", password=STAFF_PASSWORD, roles=["dsl"])
+        _risk_matches(s, now)
         from schoolgate.storage import bindings as store
 
         store.bind(s, address="10.20.1.5", source="radius", user="ben", device="laptop-7",
@@ -235,7 +241,12 @@ def staff_portal(tmp_path_factory, browser):
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
     states = {"anyone": None}
-    for who, user in (("it", "it"), ("teacher", "teacher"), ("second-step", "second")):
+    for who, user in (
+        ("it", "it"),
+        ("teacher", "teacher"),
+        ("second-step", "second"),
+        ("dsl", "dsl"),
+    ):
         context = browser.new_context()
         page = context.new_page()
         page.goto(f"{base}/staff/login")
@@ -249,6 +260,48 @@ def staff_portal(tmp_path_factory, browser):
     server.shutdown()
     server.server_close()
     thread.join(10)
+
+
+def _risk_matches(session, now: datetime) -> None:
+    """Searches that matched the risk-term library, one of them already in a case with a note."""
+    import json
+
+    from schoolgate.storage import cases
+    from schoolgate.storage.db import EventRow
+
+    terms = [("how to kill myself without pain tonight", 3, "suicide"),
+             ("best pro ana thinspiration diet", 2, "eating_disorders"),
+             ("vape shop that sells to under 18s", 1, "drugs")]  # fmt: skip
+    for n, (term, severity, theme) in enumerate(terms):
+        detail = {"engine": "google", "term": term, "severity": severity, "theme": theme,
+                  "rule": "en/x.yaml:1"}  # fmt: skip
+        session.add(
+            EventRow(ref=f"risk{n}", at=now - timedelta(minutes=10 + n), kind="search",
+                     action="allow", user="ben", role="student", group="9B", site="main",
+                     host="www.google.com", url="https://www.google.com/search?q=x",
+                     search_term=term, detail=json.dumps(detail))
+        )  # fmt: skip
+    session.flush()
+    case, _ = cases.open_case(session, "risk2", actor="dsl", now=now)
+    cases.add_note(session, case, "Spoke to Ben's tutor; no concern at home.", actor="dsl",
+                   now=now)  # fmt: skip
+
+
+def test_a_case_export_passes_axe(browser, staff_portal):
+    """The export is a download (so not opened as a page above): checked as the file it is."""
+    base, states = staff_portal
+    context = browser.new_context(storage_state=states["dsl"])
+    try:
+        answer = context.request.get(f"{base}/dsl/cases/1/export.html")
+        assert answer.ok
+        html = answer.text()
+    finally:
+        context.close()
+    assert "Spoke to Ben" in html
+    for width, height, scheme in VIEWS:
+        found = axe_violations(browser, html=html, width=width, height=height,
+                               color_scheme=scheme)  # fmt: skip
+        assert not found, f"case export at {width}px ({scheme}):\n{describe(found)}"
 
 
 @pytest.mark.parametrize(("width", "height", "scheme"), VIEWS)

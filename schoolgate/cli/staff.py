@@ -31,7 +31,7 @@ def register(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> N
         action="append",
         required=True,
         choices=STAFF_ROLES,
-        help="it_support, slt, teacher or network_manager (repeat for several)",
+        help="it_support, slt, teacher, network_manager or dsl (repeat for several)",
     )
     p.add_argument("--group", action="append", default=[], help="a teaching group (repeat)")
     p.add_argument("--email", default="", help="for notifications")

@@ -21,6 +21,10 @@ RETENTION_KINDS: dict[str, tuple[int, str]] = {
     "exceptions_days": (365, "exceptions and curriculum overrides, counted from their end"),
     "bans_days": (730, "ended bans and their supervision records"),
     "audit_days": (2190, "the audit trail (who changed the filtering, and when)"),
+    "safeguarding_cases_days": (
+        2190,
+        "safeguarding cases (notes, outcome, the matches linked), counted from their closing",
+    ),
     "reports_days": (400, "report files kept under the reports folder"),
     "outbox_days": (30, "notifications already sent"),
 }
@@ -35,6 +39,7 @@ class RetentionSettings:
     exceptions_days: int = 365
     bans_days: int = 730
     audit_days: int = 2190
+    safeguarding_cases_days: int = 2190
     reports_days: int = 400
     outbox_days: int = 30
     safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES

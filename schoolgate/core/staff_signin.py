@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from schoolgate.core.configfile import Section
 
-STAFF_ROLES = ("it_support", "slt", "teacher", "network_manager")
+STAFF_ROLES = ("it_support", "slt", "teacher", "network_manager", "dsl")
 KINDS = ("entra", "google", "generic")
 ROLE_SOURCES = ("staff_table", "groups")
 GOOGLE_ISSUER = "https://accounts.google.com"

@@ -126,6 +126,15 @@ def _evidence_refs(session: Session) -> set[str]:
                     r
                     for (r,) in session.execute(select(bans.c[col]).where(bans.c[col].is_not(None)))
                 }
+    matches = optional_table(session, "safeguarding_matches")
+    if matches is not None:
+        # A match the DSL put in a case is evidence for as long as the case is kept.
+        refs |= {
+            r
+            for (r,) in session.execute(
+                select(matches.c.event_ref).where(matches.c.case_id.is_not(None))
+            )
+        }
     return refs
 
 
@@ -244,6 +253,9 @@ def purge(
                     )
                 ),
             )
+    cases = optional_table(session, "safeguarding_cases")
+    if cases is not None:
+        _purge_cases(session, cases, now - settings.safeguarding_cases_days * days, count)
     if reports_dir is not None and reports_dir.is_dir():
         cut = (now - settings.reports_days * days).timestamp()
         removed = 0
@@ -265,6 +277,20 @@ def purge(
         )
     )
     return result
+
+
+def _purge_cases(session: Session, cases: Table, cut: datetime, count: Any) -> None:
+    """Closed cases past their retention period, with their notes and matches (the events
+    they linked are evidence no longer, and go with the decision log's own period)."""
+    old = select(cases.c.id).where(cases.c.closed_at.is_not(None), cases.c.closed_at < cut)
+    ids = [i for (i,) in session.execute(old)]
+    if not ids:
+        return
+    for name in ("safeguarding_case_notes", "safeguarding_matches"):
+        table = optional_table(session, name)
+        if table is not None:
+            session.execute(delete(table).where(table.c.case_id.in_(ids)))
+    count("safeguarding cases", session.execute(delete(cases).where(cases.c.id.in_(ids))))
 
 
 # -- subject access -----------------------------------------------------------------------------
@@ -342,6 +368,7 @@ def export_user(
         ("bans", "bans"),
         ("ban_audit", "ban_history"),
         ("supervision_sessions", "supervision_sessions"),
+        ("safeguarding_cases", "safeguarding_cases"),
         ("staff", "staff_account"),
     ):
         table = optional_table(session, table_name)
@@ -458,6 +485,7 @@ def erase_user(
         ("bans", "bans"),
         ("ban_audit", "ban history"),
         ("supervision_sessions", "supervision sessions"),
+        ("safeguarding_cases", "safeguarding cases"),
     ):
         table = optional_table(session, table_name)
         if table is not None and (conds := _about(table, name)):

@@ -163,6 +163,7 @@ def create_app(
     from schoolgate.portal.blueprints import (  # noqa: F401 - bans adds routes
         bans,
         console,
+        dsl,
         signin,
         staff_signin,
         supervision,
@@ -174,6 +175,7 @@ def create_app(
     app.register_blueprint(staff_signin.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(supervision.bp)
+    app.register_blueprint(dsl.bp)  # the designated safeguarding lead's pages
     app.register_blueprint(views_staff.it_bp)
     app.register_blueprint(views_staff.slt_bp)
     app.register_blueprint(teacher.teacher_bp)
