@@ -126,6 +126,22 @@ def test_history_pages_through_a_filter_newest_first_without_repeats(portal):
     assert "cara" in group and "ben-" not in group
 
 
+def test_what_pupils_search_for_is_not_in_the_console(portal):
+    """Searches and risky page titles are for the safeguarding lead's pages only: IT Support
+    and network managers see the blocks, never the terms."""
+    portal.event(ref="searched1", kind="search", action="allow", search_term="secret term")
+    portal.event(ref="risky1", kind="page_risk", action="allow")
+    portal.event(ref="blocked1")
+    client = portal.staff("alice")
+    for url in ("/console/history", "/console/history?ref=searched1"):
+        page = client.get(url).text
+        assert "<code>searched1</code>" not in page and "<code>risky1</code>" not in page
+        assert "secret term" not in page
+    poll = client.get("/console/live/poll").text  # the live view's JSON
+    assert "searched1" not in poll and "risky1" not in poll and "secret term" not in poll
+    assert "<code>blocked1</code>" in client.get("/console/history").text
+
+
 def test_history_filters_are_checked(portal):
     client = portal.staff("alice")
     assert "category: one of" in client.get("/console/history?category=nope").text

@@ -33,6 +33,9 @@ POLL_OVERLAP = 50  # rows below the page's cursor looked at again (committed lat
 SUBDOMAIN_SPAN = timedelta(days=31)  # the longest range a subdomain search may cover
 _NAME = re.compile(r"^[\w.@+\-]{1,200}$", re.UNICODE)
 KINDS = ("block", "allow", "error", "circumvention", "suspended", "supervised", "warning")
+# What pupils searched for and the risky pages they opened: only the safeguarding lead sees them
+# (their own pages, /dsl/), never the console's history or live view.
+DSL_ONLY_KINDS = ("search", "page_risk")
 
 
 class FilterError(ValueError):
@@ -72,7 +75,7 @@ class EventFilter:
         return {k: v for k, v in out.items() if v}
 
     def conditions(self) -> list[Any]:
-        found: list[Any] = []
+        found: list[Any] = [EventRow.kind.not_in(DSL_ONLY_KINDS)]
         if self.ref:
             found.append(EventRow.ref == self.ref)
         if self.user:
