@@ -31,6 +31,7 @@ from schoolgate.core.lists import Matcher, parse_entries
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
 from schoolgate.core.model import WINDOW_KINDS, Action
+from schoolgate.core.monitoring_settings import read_monitoring
 from schoolgate.core.notification_settings import read_notifications
 from schoolgate.core.platforms import read_platforms
 from schoolgate.core.policy import (
@@ -76,6 +77,7 @@ EXTRA_SECTIONS = (
     "list_updates",
     "school_name",
     "alerts",
+    "monitoring",
 )
 TOP_KEYS = frozenset(
     {
@@ -514,6 +516,7 @@ def _build(
     read_notifications(root.section("notifications"))
     read_alerts(root.section("alerts"), categories)
     read_list_updates(root.section("list_updates"), base, categories)
+    read_monitoring(root.section("monitoring"), base)
     platforms = read_platforms(root, base, issues, categories)
     fediverse_category = read_fediverse(root.section("fediverse"), categories)
 

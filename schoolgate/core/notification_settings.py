@@ -13,7 +13,7 @@ from schoolgate.core.configfile import Section
 # -- the section's keys -----------------------------------------------------------
 SMTP_KEYS = {
     "host", "port", "starttls", "ca_file", "username", "password", "from", "sender",
-    "it_support", "slt", "esafety", "user_domain", "timeout",
+    "it_support", "slt", "esafety", "dsl", "user_domain", "timeout",
 }  # fmt: skip
 
 
@@ -50,7 +50,7 @@ def read_notifications(sec: Section | None) -> NotificationSettings:
             smtp.error("ca_file", f"expected the full path of a PEM file, got {ca_file!r}")
         elif ca_file and not Path(ca_file).is_file():
             smtp.error("ca_file", f"file not found: {ca_file}")
-        for key in ("it_support", "slt", "esafety"):
+        for key in ("it_support", "slt", "esafety", "dsl"):
             for text, line, field_name in smtp.strings(key):
                 if "@" not in text:
                     smtp.issues.add(smtp.file, line, field_name, f"not an e-mail address: {text!r}")

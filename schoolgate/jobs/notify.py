@@ -67,6 +67,9 @@ class SmtpSettings:
     # The designated safeguarding lead and e-safety team (circumvention alerts, bans); when
     # empty, the SLT addresses.
     esafety: tuple[str, ...] = ()
+    # The designated safeguarding lead (risk terms in searches and page titles); when empty,
+    # the e-safety addresses.
+    dsl: tuple[str, ...] = ()
     user_domain: str = ""
     timeout: float = 20.0
 
@@ -92,6 +95,7 @@ def smtp_settings_from(section: Mapping[str, Any] | None) -> SmtpSettings | None
         it_support=addresses(section.get("it_support")),
         slt=addresses(section.get("slt")),
         esafety=addresses(section.get("esafety")),
+        dsl=addresses(section.get("dsl")),
         user_domain=str(section.get("user_domain", "")),
         timeout=float(section.get("timeout", 20.0)),
     )
@@ -120,6 +124,13 @@ class Notifier:
             return list(self.smtp.slt) or self._staff_addresses(session, "slt")
         if audience == "esafety":
             return list(self.smtp.esafety or self.smtp.slt) or self._staff_addresses(session, "slt")
+        if audience == "dsl":
+            found = list(self.smtp.dsl or self.smtp.esafety or self.smtp.slt)
+            return (
+                found
+                or self._staff_addresses(session, "dsl")
+                or self.recipients(session, "esafety")
+            )
         if audience == "requester" and user and self.smtp.user_domain:
             return [f"{user}@{self.smtp.user_domain}"]
         return []

@@ -56,7 +56,14 @@ RETENTION_KINDS: dict[str, tuple[int, str]] = {
     "audit_days": (2190, "the audit trail (who changed the filtering, and when)"),
     "reports_days": (400, "report files kept under the reports folder"),
     "outbox_days": (30, "notifications already sent"),
+    "search_days": (30, "searches that matched no risk term (monitoring)"),
+    "page_risk_days": (
+        365,
+        "searches and page titles that matched a risk term, or could not be graded (monitoring)",
+    ),
 }
+# Kinds of event that the monitoring records, each kept for its own period, not the log's.
+MONITORING_KINDS = ("search", "page_risk")
 DEFAULT_SAFEGUARDING_CATEGORIES = ("illegal", "circumvention")
 
 
@@ -70,6 +77,8 @@ class RetentionSettings:
     audit_days: int = 2190
     reports_days: int = 400
     outbox_days: int = 30
+    search_days: int = 30
+    page_risk_days: int = 365
     safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES
     purge_at: str = "02:30"
 
@@ -247,11 +256,36 @@ def purge(
     def count(name: str, res: Any) -> None:
         result.deleted[name] = result.deleted.get(name, 0) + (res.rowcount or 0)
 
+    monitored = EventRow.kind.in_(MONITORING_KINDS)
     count(
         "decision events",
         session.execute(
             delete(EventRow).where(
-                EventRow.at < now - settings.decisions_days * days, not_(evidence)
+                EventRow.at < now - settings.decisions_days * days,
+                not_(evidence),
+                not_(monitored),
+            )
+        ),
+    )
+    # A search event's ``rule`` is the risk term it matched (or why it could not be graded):
+    # without one it is an ordinary search, kept for the shorter period.
+    plain_search = and_(EventRow.kind == "search", EventRow.rule.is_(None))
+    count(
+        "searches",
+        session.execute(
+            delete(EventRow).where(
+                EventRow.at < now - settings.search_days * days, plain_search, not_(evidence)
+            )
+        ),
+    )
+    count(
+        "risk matches",
+        session.execute(
+            delete(EventRow).where(
+                EventRow.at < now - settings.page_risk_days * days,
+                monitored,
+                not_(plain_search),
+                not_(evidence),
             )
         ),
     )
