@@ -272,3 +272,17 @@ def test_lower_severities_are_batched_into_one_digest_per_period():
     assert digest.kind == "digest" and len(digest.facts) == 5
     subject, body = render(digest)
     assert "5 risk matches" in subject and "term 4" in body and "term 9" not in body
+
+
+def test_a_burst_of_risky_searches_is_one_alert_and_one_follow_up(gw: GW, smtp_server):  # noqa: F811
+    _port, received = smtp_server
+    gw.run(search_flow("www.google.com", "/search?q=how+to+kill+myself", user="pupil4"))
+    gw.run(search_flow("www.google.com", "/search?q=i+want+to+die", user="pupil4"))
+    gw.run(search_flow("www.google.com", "/search?q=how+to+hang+myself", user="pupil4"))
+    assert len(gw.mails(received)) == 1
+    assert len(gw.events("search")) == 3  # every one is in the log
+    gw.clock.advance(minutes=6)
+    mails = gw.mails(received)
+    assert len(mails) == 2
+    follow = mails[1][1]
+    assert "i want to die" in follow and "how to hang myself" in follow and "severity 3" in follow

@@ -44,10 +44,18 @@ from schoolgate.core.policy import Policy
 from schoolgate.gateway.alerts_addon import _school_tz
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.fediverse_addon import _telling
-from schoolgate.gateway.flowinfo import user_of
+from schoolgate.gateway.flowinfo import request_view, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.jobs.dsl_alerts import DslAlert, DslAlerts, RecentSearches, RiskFact, Seen, render
+from schoolgate.jobs.dsl_alerts import (
+    MAX_AFTER,
+    DslAlert,
+    DslAlerts,
+    RecentSearches,
+    RiskFact,
+    Seen,
+    render,
+)
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from schoolgate.monitoring.titles import TitleSniffer, is_html
@@ -57,6 +65,7 @@ log = logging.getLogger(__name__)
 
 ERROR_LOG_EVERY = 60.0  # seconds between logged matching failures
 UNGRADED = "not graded: matching failed"
+MAX_OPEN = 10_000  # people with an alert still gathering what they searched next
 
 
 class MonitoringAddon:
@@ -135,22 +144,23 @@ class MonitoringAddon:
     # -- searches -------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
+        # Enforcement read this request's view already: here it is a cached look-up.
+        view = request_view(req)
         if self._titles:
-            encodings = req.headers.get("accept-encoding", "")
-            if "br" in encodings or "zstd" in encodings:
-                _gzip_for_pages(req)
+            headers = view.headers
+            dest = headers.get("sec-fetch-dest")
+            if dest == "document" or (dest is None and "text/html" in headers.get("accept", "")):
+                encodings = headers.get("accept-encoding", "")
+                if "br" in encodings or "zstd" in encodings:
+                    req.headers["accept-encoding"] = "gzip, deflate"
         if not self._searches:
             return
-        host = req.host
-        if engine_of(normalize_host(host)) is None:
-            if not host[:1].isdigit() and ":" not in host:
-                return
-            host = req.pretty_host  # transparent mode: the address; the Host names the site
-            if engine_of(normalize_host(host)) is None:
-                return
+        host = view.named_host or normalize_host(view.host)
+        if engine_of(host) is None:  # the one check every other request pays
+            return
         try:
-            body = req.raw_content if needs_body(host, req.path, req.method) else None
-            search = capture(host, req.path, req.method, body, req.headers.get("content-type"))
+            body = req.raw_content if needs_body(host, view.path, view.method) else None
+            search = capture(host, view.path, view.method, body, req.headers.get("content-type"))
             if search is not None:
                 self._searched(flow, host, search)
         except Exception:  # noqa: BLE001 - monitoring is not filtering: never touch the request
@@ -219,7 +229,8 @@ class MonitoringAddon:
             return
         still = [f for f in waiting if seen.at < f.at + self.alerts.context]
         for fact in still:
-            fact.after.append(seen)
+            if len(fact.after) < MAX_AFTER:
+                fact.after.append(seen)
         if still:
             self._open[person] = still
         else:
@@ -289,6 +300,7 @@ class MonitoringAddon:
             rule=top.term,
             reason=f"opened a page titled {title!r}",
         )
+        self._follow(person, Seen(at, f"page on {host}", title, top.severity))
         if self.alerts.level(top.severity) is not None:
             before = tuple(self.recent.since(person, at - self.alerts.context))
             fact = RiskFact(
@@ -384,9 +396,21 @@ class MonitoringAddon:
 
     def _offer(self, person: str, fact: RiskFact) -> None:
         if self.alerts.level(fact.severity) == "immediate":
-            self._open.setdefault(person, []).append(fact)
+            if self._open.get(person):
+                # An alert about this person went at once within the last few minutes: this
+                # match is in its follow-up (with its severity), not an e-mail of its own, so
+                # a pupil's burst of searches is one alert and one follow-up.
+                return
+            if len(self._open) >= MAX_OPEN:
+                self._forget_closed(fact.at)
+            self._open[person] = [fact]
         self._inbox.append(fact)
         self._worker.wake()
+
+    def _forget_closed(self, now: datetime) -> None:
+        context = self.alerts.context
+        for person in [p for p, facts in self._open.items() if now >= facts[-1].at + context]:
+            del self._open[person]
 
     def _log_failure(self, what: str) -> None:
         now = time.monotonic()
@@ -472,15 +496,6 @@ class _Tap:
                 self.finished = True
                 self.addon._log_failure("a page title could not be graded")
         return self.then(chunk) if self.then is not None else chunk
-
-
-def _gzip_for_pages(req: http.Request) -> None:
-    """A browser's page request (not its images or scripts) asks for gzip or deflate only, so
-    the page's title can be read in bounded memory."""
-    headers = req.headers
-    dest = headers.get("sec-fetch-dest")
-    if dest == "document" or (dest is None and headers.get("accept", "").startswith("text/html")):
-        headers["accept-encoding"] = "gzip, deflate"
 
 
 def _person(identity: Identity | None, user: str | None, client_ip: str | None) -> str:
