@@ -159,8 +159,10 @@ class MonitoringAddon:
         if engine_of(host) is None:  # the one check every other request pays
             return
         try:
-            body = req.raw_content if needs_body(host, view.path, view.method) else None
-            search = capture(host, view.path, view.method, body, req.headers.get("content-type"))
+            body = ctype = None
+            if needs_body(host, view.path, view.method):  # a search POSTed as a form or JSON
+                body, ctype = req.raw_content, req.headers.get("content-type")
+            search = capture(host, view.path, view.method, body, ctype)
             if search is not None:
                 self._searched(flow, host, search)
         except Exception:  # noqa: BLE001 - monitoring is not filtering: never touch the request
