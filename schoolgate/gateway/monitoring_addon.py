@@ -41,7 +41,7 @@ from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.core.monitoring_settings import MonitoringSettings, monitoring_of
 from schoolgate.core.policy import Policy
-from schoolgate.gateway.alerts_addon import _school_tz
+from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.fediverse_addon import _telling
 from schoolgate.gateway.flowinfo import request_view, user_of
@@ -96,7 +96,9 @@ class MonitoringAddon:
         self._lock = threading.Lock()
         self._worker = Periodic("schoolgate-dsl-alerts", self.pump, first=True)
         self._interval = interval
-        self._failing = False
+        self._outbox = OutboxQueue(
+            holder, recorder, audience="dsl", what="safeguarding alert", clock=lambda: self.clock()
+        )
         self._last_error = -ERROR_LOG_EVERY
         holder.subscribe(self)
 
@@ -430,49 +432,12 @@ class MonitoringAddon:
             return self._send()
 
     def _send(self) -> bool:
-        if not self._outgoing:
-            return True
-        sessions = self.recorder.sessions
-        policy = self.holder.policy
-        if sessions is None or policy is None:
-            return False
-        from schoolgate.jobs.notify import notifier_for
-
-        notifier = notifier_for(policy.settings.extra.get("notifications"), clock=self.clock)
-        alerts = list(self._outgoing)
-        if notifier is None:
-            log.warning(
-                "schoolgate: %d safeguarding alert(s) not sent: no notifications configured "
-                "(notifications.smtp or notifications.webhook)",
-                len(alerts),
-            )
-            self._outgoing.clear()
-            return True
-        tz = _school_tz(policy)
-        school = str(policy.settings.extra.get("school_name") or "")
         minutes = self.settings.context_minutes
-        try:
-            with sessions() as session:
-                for alert in alerts:
-                    subject, body = render(alert, tz=tz, school=school, context_minutes=minutes)
-                    notifier.notify(
-                        session,
-                        audience="dsl",
-                        event=f"monitoring.{alert.kind}",
-                        subject=subject,
-                        body=body,
-                        ref=alert.ref,
-                    )
-                session.commit()
-        except Exception:  # noqa: BLE001 - kept and retried on the next round
-            if not self._failing:
-                log.exception("schoolgate: cannot queue %d safeguarding alert(s) yet", len(alerts))
-            self._failing = True
-            return False
-        self._failing = False
-        del self._outgoing[: len(alerts)]
-        log.info("schoolgate: %d safeguarding alert(s) queued for the DSL", len(alerts))
-        return True
+        return self._outbox.queue(
+            self._outgoing,
+            lambda alert, tz, school: render(alert, tz=tz, school=school, context_minutes=minutes),
+            event=lambda alert: f"monitoring.{alert.kind}",
+        )
 
 
 class _Tap:
