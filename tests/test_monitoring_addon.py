@@ -286,3 +286,26 @@ def test_a_burst_of_risky_searches_is_one_alert_and_one_follow_up(gw: GW, smtp_s
     assert len(mails) == 2
     follow = mails[1][1]
     assert "i want to die" in follow and "how to hang myself" in follow and "severity 3" in follow
+
+
+def test_the_monitoring_section_is_read_and_its_mistakes_named(tmp_path: Path):
+    from schoolgate.core.configfile import Issues, Section, load_yaml
+    from schoolgate.core.monitoring_settings import MonitoringSettings, read_monitoring
+
+    (tmp_path / "local").mkdir()
+    path = tmp_path / "mitm_config.yaml"
+    path.write_text(
+        "monitoring:\n  titles: false\n  library: [local]\n  context_minutes: 10\n"
+        "  immediate_severity: 4\n  librar: [x]\n  dedupe_minutes: 0\n",
+        encoding="utf-8",
+    )
+    issues = Issues()
+    root = Section(load_yaml(path, issues), file="mitm_config.yaml", path="", issues=issues)
+    settings = read_monitoring(root.section("monitoring"), tmp_path)
+    assert settings.titles is False and settings.context_minutes == 10
+    assert settings.library == (str(tmp_path / "local"),) and settings.dedupe_minutes == 0
+    assert settings.immediate_severity == 3  # the wrong value is reported, the default kept
+    found = {(i.file, i.line, i.field): i.message for i in issues.items}
+    assert "at most 3" in found["mitm_config.yaml", 5, "monitoring.immediate_severity"]
+    assert "unknown key" in found["mitm_config.yaml", 6, "monitoring.librar"]
+    assert read_monitoring(None) == MonitoringSettings()
