@@ -309,3 +309,16 @@ def test_the_monitoring_section_is_read_and_its_mistakes_named(tmp_path: Path):
     assert "at most 3" in found["mitm_config.yaml", 5, "monitoring.immediate_severity"]
     assert "unknown key" in found["mitm_config.yaml", 6, "monitoring.librar"]
     assert read_monitoring(None) == MonitoringSettings()
+
+
+def test_a_failure_in_the_hook_never_refuses_the_request(gw: GW, monkeypatch):
+    import schoolgate.gateway.monitoring_addon as addon_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture exploded")
+
+    monkeypatch.setattr(addon_module, "capture", broken)
+    chain = __import__("schoolgate.gateway", fromlist=["make_chain"]).make_chain(gw.addons)[0]
+    flow = search_flow("www.google.com", "/search?q=rivers")
+    chain.request(flow)
+    assert flow.response is None  # allowed, unanswered: on its way upstream

@@ -145,6 +145,12 @@ class MonitoringAddon:
 
     # -- searches -------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._request(flow)
+        except Exception:  # noqa: BLE001 - monitoring is not filtering: never refuse a request
+            self._log_failure("a search could not be recorded")
+
+    def _request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         # Enforcement read this request's view already: here it is a cached look-up.
         view = request_view(req)
@@ -160,15 +166,12 @@ class MonitoringAddon:
         host = view.named_host or normalize_host(view.host)
         if engine_of(host) is None:  # the one check every other request pays
             return
-        try:
-            body = ctype = None
-            if needs_body(host, view.path, view.method):  # a search POSTed as a form or JSON
-                body, ctype = req.raw_content, req.headers.get("content-type")
-            search = capture(host, view.path, view.method, body, ctype)
-            if search is not None:
-                self._searched(flow, host, search)
-        except Exception:  # noqa: BLE001 - monitoring is not filtering: never touch the request
-            self._log_failure("a search could not be recorded")
+        body = ctype = None
+        if needs_body(host, view.path, view.method):  # a search POSTed as a form or JSON
+            body, ctype = req.raw_content, req.headers.get("content-type")
+        search = capture(host, view.path, view.method, body, ctype)
+        if search is not None:
+            self._searched(flow, host, search)
 
     def _searched(self, flow: http.HTTPFlow, host: str, search: Search) -> None:
         identity, user, client_ip = self._who(flow)
