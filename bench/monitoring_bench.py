@@ -19,6 +19,10 @@ mean CPU time of this thread (which waiting for the shared machine's cores does 
 * a search request end to end: ``capture`` of a Google results URL + ``assess`` of its term
   (target: under 20 us);
 * ``capture`` of a request that is not a search (what every other request pays);
+* the gateway's hook (:class:`~schoolgate.gateway.monitoring_addon.MonitoringAddon`'s
+  ``request``, on mitmproxy test flows with a browser's headers) for a request that is not a
+  search (target: almost nothing), and for a search, graded and recorded (the event handed to
+  a recorder that keeps nothing, the person's recent searches kept);
 * a page's titles read from its first bytes: a small head, a 32 KB head of links and metas,
   and a 30 KB script before the title (per KB too).
 
@@ -156,6 +160,7 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             fresh.normaliser.forget()
             fresh.assess(found.term)
 
+    hook_other, hook_search = _hook_rows(matcher, paths)
     return {
         "assess: a new search": ([(fresh.assess, (t,)) for t in texts], 0),
         "assess: words never seen": ([(never_seen, (t,)) for t in texts], 0),
@@ -166,6 +171,8 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             0,
         ),
         "other request: capture": ([(capture, hp) for hp in OTHER_REQUESTS] * 60, 0),
+        "gateway hook: other request": (hook_other, 0),
+        "gateway hook: a search, recorded": (hook_search, 0),
         "page titles: 1 KB page": ([(extract_titles, (SMALL_PAGE,))] * 100, len(SMALL_PAGE)),
         "page titles: 32 KB head": ([(extract_titles, (BIG_HEAD,))] * 10, len(BIG_HEAD)),
         "page titles: 30 KB script first": (
@@ -173,6 +180,55 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             len(SCRIPT_FIRST),
         ),
     }
+
+
+def _hook_rows(matcher: Matcher, paths: list[str]) -> tuple[list, list]:
+    """Calls of the monitoring addon's ``request`` hook: requests that are not searches, and
+    searches (every one recorded: the same-search window is off)."""
+    from mitmproxy.test import tflow, tutils
+
+    from schoolgate.core.model import Identity
+    from schoolgate.gateway.monitoring_addon import MonitoringAddon
+
+    class Policy:
+        settings = type("S", (), {"keep_paths": True, "extra": {}})()
+
+        def identify(self, client_ip, user):
+            return Identity(role="student", site="main", user=user, client_ip=client_ip)
+
+    class Holder:
+        policy = Policy()
+
+        def subscribe(self, listener) -> None:
+            pass
+
+    class Recorder:
+        def record(self, event) -> None:
+            pass
+
+    addon = MonitoringAddon(Holder(), Recorder())  # type: ignore[arg-type]
+    addon.matcher = matcher
+    addon._searches = addon._titles = True
+    addon._dedupe.window = 0
+
+    def flow(host: str, path: str, dest: str):
+        req = tutils.treq(host=host, port=443, scheme=b"https", path=path.encode())
+        req.headers["host"] = host
+        req.headers["accept"] = "image/avif,image/webp,*/*" if dest == "image" else "text/html"
+        req.headers["accept-encoding"] = "gzip, deflate, br, zstd"
+        req.headers["sec-fetch-dest"] = dest
+        made = tflow.tflow(req=req)
+        made.client_conn.peername = ("10.20.1.2", 40000)
+        return made
+
+    other = [flow(h, p, "image") for h, p in OTHER_REQUESTS]
+    searches = [flow("www.google.co.uk", p, "document") for p in paths]
+    # In the gateway, Enforcement has just read the request's view (one cached slot): each
+    # request here is hooked 60 times in a row, so all but the first find it cached too. A
+    # search's row builds its view each time (a few us more than in the gateway).
+    return [(addon.request, (f,)) for f in other for _ in range(60)], [
+        (addon.request, (f,)) for f in searches
+    ]
 
 
 def cost(matcher, items, rounds: int, instructions: bool) -> None:

@@ -33,6 +33,7 @@ from schoolgate.gateway import (
     make_addons,
 )
 from schoolgate.gateway.holder import watched_files
+from schoolgate.gateway.monitoring_addon import MonitoringAddon
 from schoolgate.gateway.pages import pac_script
 
 STUDENT_IP = "127.0.0.1"
@@ -55,6 +56,7 @@ class Gateway:
     fediverse: FediverseWatch
     enforce: Enforcement
     alerts: AlertsAddon
+    monitoring: MonitoringAddon
     logins: ProxyAuthCache
     health: HealthAddon
     config: Path

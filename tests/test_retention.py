@@ -105,6 +105,29 @@ def test_purge_keeps_each_kind_for_its_own_period(tmp_path):
 
 
 # -- end to end through the CLI --------------------------------------------------------------
+def test_searches_and_risk_matches_are_kept_for_their_own_periods(tmp_path):
+    sessions = open_database(f"sqlite:///{tmp_path}/db.sqlite")
+    settings = RetentionSettings(decisions_days=90, search_days=30, page_risk_days=365)
+    search = dict(kind="search", action="allow", category=None, search_term="volcanoes")
+    with sessions.begin() as s:
+        s.add_all(
+            [
+                _event(1, NOW - timedelta(days=29), **search),  # recent: kept
+                _event(2, NOW - timedelta(days=31), **search),  # an old plain search: purged
+                _event(3, NOW - timedelta(days=200), **search, rule="kill myself"),  # a match
+                _event(4, NOW - timedelta(days=366), **search, rule="kill myself"),  # too old
+                _event(5, NOW - timedelta(days=200), kind="page_risk", category=None,
+                       rule="kill myself"),  # a risky title: kept
+                _event(6, NOW - timedelta(days=60)),  # a block: the log's own 90 days
+            ]
+        )  # fmt: skip
+    with sessions.begin() as s:
+        result = purge(s, settings, now=NOW)
+    assert result.deleted == {"searches": 1, "risk matches": 1}
+    with sessions() as s:
+        assert sorted(s.scalars(select(EventRow.ref))) == ["ev1", "ev3", "ev5", "ev6"]
+
+
 def _cli(config: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [

@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", help="list what the gateway recorded")
     add_common_options(p)
     p.add_argument("--since", help="ISO-8601 time or a duration such as 2h, 30m, 7d")
-    p.add_argument("--kind", help="block, allow, error, circumvention, ...")
+    p.add_argument("--kind", help="block, allow, error, circumvention, search, page_risk, ...")
     p.add_argument("--user")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true", help="a JSON array of events")

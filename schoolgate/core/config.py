@@ -34,6 +34,7 @@ from schoolgate.core.lists import Matcher, parse_entries
 from schoolgate.core.liststore import ListFile, Progress, load_store
 from schoolgate.core.locations import find_config, find_data_dir
 from schoolgate.core.model import WINDOW_KINDS, Action
+from schoolgate.core.monitoring_settings import read_monitoring
 from schoolgate.core.notification_settings import read_notifications
 from schoolgate.core.platforms import read_platforms
 from schoolgate.core.policy import (
@@ -79,6 +80,7 @@ OWNED_SECTIONS = (
     "list_updates",
     "school_name",
     "alerts",
+    "monitoring",
 )
 TOP_KEYS = frozenset(
     {
@@ -461,6 +463,7 @@ def _build(
     notifications = read_notifications(root.section("notifications"))
     alerts = read_alerts(root.section("alerts"), categories)
     list_updates = read_list_updates(root.section("list_updates"), base, categories)
+    monitoring = read_monitoring(root.section("monitoring"), base)
     platforms = read_platforms(root, base, issues, categories)
     fediverse_category = read_fediverse(root.section("fediverse"), categories)
 
@@ -490,6 +493,7 @@ def _build(
         ),
         portal=portal_settings,
         identity_sources=identity_sources,
+        monitoring=monitoring,
     )
     policy = Policy(
         settings=settings,

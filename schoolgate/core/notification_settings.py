@@ -15,7 +15,7 @@ from schoolgate.core.configfile import Section
 # -- the section's keys -----------------------------------------------------------
 SMTP_KEYS = {
     "host", "port", "starttls", "ca_file", "username", "password", "from", "sender",
-    "it_support", "slt", "esafety", "user_domain", "timeout",
+    "it_support", "slt", "esafety", "dsl", "user_domain", "timeout",
 }  # fmt: skip
 
 
@@ -42,6 +42,9 @@ class SmtpSettings:
     # The designated safeguarding lead and e-safety team (circumvention alerts, bans); when
     # empty, the SLT addresses.
     esafety: tuple[str, ...] = ()
+    # The designated safeguarding lead (risk terms in searches and page titles); when empty,
+    # the e-safety addresses.
+    dsl: tuple[str, ...] = ()
     user_domain: str = ""
     timeout: float = 20.0
 
@@ -67,6 +70,7 @@ def smtp_settings_from(section: Mapping[str, Any] | None) -> SmtpSettings | None
         it_support=addresses(section.get("it_support")),
         slt=addresses(section.get("slt")),
         esafety=addresses(section.get("esafety")),
+        dsl=addresses(section.get("dsl")),
         user_domain=str(section.get("user_domain", "")),
         timeout=float(section.get("timeout", 20.0)),
     )
@@ -106,7 +110,7 @@ def read_notifications(sec: Section | None) -> NotificationSettings:
             smtp.error("ca_file", f"expected the full path of a PEM file, got {ca_file!r}")
         elif ca_file and not Path(ca_file).is_file():
             smtp.error("ca_file", f"file not found: {ca_file}")
-        for key in ("it_support", "slt", "esafety"):
+        for key in ("it_support", "slt", "esafety", "dsl"):
             for text, line, field_name in smtp.strings(key):
                 if "@" not in text:
                     smtp.issues.add(smtp.file, line, field_name, f"not an e-mail address: {text!r}")

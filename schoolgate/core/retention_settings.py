@@ -27,6 +27,11 @@ RETENTION_KINDS: dict[str, tuple[int, str]] = {
     ),
     "reports_days": (400, "report files kept under the reports folder"),
     "outbox_days": (30, "notifications already sent"),
+    "search_days": (30, "searches that matched no risk term (monitoring)"),
+    "page_risk_days": (
+        365,
+        "searches and page titles that matched a risk term, or could not be graded (monitoring)",
+    ),
 }
 DEFAULT_SAFEGUARDING_CATEGORIES = ("illegal", "circumvention")
 
@@ -42,6 +47,8 @@ class RetentionSettings:
     safeguarding_cases_days: int = 2190
     reports_days: int = 400
     outbox_days: int = 30
+    search_days: int = 30
+    page_risk_days: int = 365
     safeguarding_categories: tuple[str, ...] = DEFAULT_SAFEGUARDING_CATEGORIES
     purge_at: str = "02:30"
 

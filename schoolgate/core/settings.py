@@ -32,6 +32,7 @@ from schoolgate.core.alert_settings import AlertSettings
 from schoolgate.core.circumvention_settings import CircumventionSettings
 from schoolgate.core.list_update_settings import ListUpdateSettings
 from schoolgate.core.model import Action
+from schoolgate.core.monitoring_settings import MonitoringSettings
 from schoolgate.core.notification_settings import NotificationSettings
 from schoolgate.core.portal_settings import PortalSettings
 from schoolgate.core.report_settings import ReportSettings
@@ -64,3 +65,4 @@ class Settings:
     list_updates: ListUpdateSettings = field(default_factory=ListUpdateSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     identity_sources: IdentitySources = field(default_factory=IdentitySources)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)

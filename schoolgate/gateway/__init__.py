@@ -27,6 +27,9 @@ this order (each reads the ones before it):
 * :class:`~schoolgate.gateway.enforce.Enforcement`: CONNECT, TLS and request decisions.
 * :class:`~schoolgate.gateway.alerts_addon.AlertsAddon`: alerts to the e-safety team for blocks
   in alert and locked categories, batched (after Enforcement).
+* :class:`~schoolgate.gateway.monitoring_addon.MonitoringAddon`: searches and page titles
+  graded against the risk-term library and recorded (``search``, ``page_risk``); the DSL told
+  of risk terms (after Enforcement, so that it knows what was blocked).
 * :class:`~schoolgate.gateway.auth_cache.ProxyAuthCache`: proxy logins (``proxyauth``) checked
   once and remembered, not checked again on every plain-HTTP request.
 * :class:`~schoolgate.gateway.health.HealthAddon`: counts requests and blocks (last, once they
@@ -48,6 +51,7 @@ from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.identity_addon import IdentitySourcesAddon
 from schoolgate.gateway.jobs_addon import JobsAddon
 from schoolgate.gateway.limits import ConnectionLimits
+from schoolgate.gateway.monitoring_addon import MonitoringAddon
 from schoolgate.gateway.pages import GatewayPages
 from schoolgate.gateway.portal_addon import PortalAddon
 from schoolgate.gateway.recorder import Recorder
@@ -56,6 +60,7 @@ __all__ = [
     "AlertsAddon",
     "ConnectionLimits",
     "JobsAddon",
+    "MonitoringAddon",
     "CircumventionGuard",
     "DestinationCheck",
     "Enforcement",
@@ -89,6 +94,7 @@ def make_addons() -> list:
     fediverse = FediverseWatch(holder, recorder)
     enforcement = Enforcement(holder, exceptions, recorder, detected=fediverse)
     alerts = AlertsAddon(holder, recorder)
+    monitoring = MonitoringAddon(holder, recorder)
     logins = ProxyAuthCache()
     health = HealthAddon(holder, recorder, jobs, portal)
     return [
@@ -105,6 +111,7 @@ def make_addons() -> list:
         fediverse,
         enforcement,
         alerts,
+        monitoring,
         logins,
         health,
     ]

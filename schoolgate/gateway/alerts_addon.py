@@ -58,7 +58,9 @@ class AlertsAddon:
         self._outgoing: list[Alert] = []  # yielded, not yet in the outbox
         self._lock = threading.Lock()  # one pump at a time (the thread, done(), tests)
         self._worker = Periodic("schoolgate-alerts", self.pump, first=True)
-        self._failing = False
+        self._outbox = OutboxQueue(
+            holder, recorder, audience="esafety", what="block alert", clock=self.clock
+        )
         holder.subscribe(self)
 
     # -- mitmproxy lifecycle ------------------------------------------------------------------
@@ -144,7 +146,38 @@ class AlertsAddon:
         return self.settings.batch_minutes
 
     def _send(self) -> bool:
-        if not self._outgoing:
+        return self._outbox.queue(
+            self._outgoing,
+            lambda alert, tz, school: render(alert, tz=tz, school=school),
+            event=lambda alert: f"alert.{alert.kind}",
+        )
+
+
+class OutboxQueue:
+    """Queues alerts in the portal's outbox for one audience, in one transaction, rendered
+    in the school's zone: what :class:`AlertsAddon` and the monitoring's DSL alerts share.
+    The alerts it queued are taken off the list it is given; if the database cannot be
+    reached they stay there, to be tried again (the failure logged once, until it works)."""
+
+    def __init__(
+        self, holder: PolicyHolder, recorder: Recorder, *, audience: str, what: str, clock
+    ) -> None:
+        self.holder = holder
+        self.recorder = recorder
+        self.audience = audience
+        self.what = what  # "block alert", for the log
+        self.clock = clock
+        self._failing = False
+
+    def queue(
+        self,
+        pending: list[Any],
+        render_one: Callable[[Any, Any, str], tuple[str, str]],
+        *,
+        event: Callable[[Any], str],
+    ) -> bool:
+        """False if some could not be queued yet (they are kept in ``pending``)."""
+        if not pending:
             return True
         sessions = self.recorder.sessions
         policy = self.holder.policy
@@ -153,25 +186,26 @@ class AlertsAddon:
         from schoolgate.jobs.notify import notifier_for
 
         notifier = notifier_for(policy.settings.notifications, clock=self.clock)
-        alerts = list(self._outgoing)
+        alerts = list(pending)
         if notifier is None:
             log.warning(
-                "schoolgate: %d block alert(s) not sent: no notifications configured "
+                "schoolgate: %d %s(s) not sent: no notifications configured "
                 "(notifications.smtp or notifications.webhook)",
                 len(alerts),
+                self.what,
             )
-            self._outgoing.clear()
+            pending.clear()
             return True
         tz = _school_tz(policy)
         school = policy.settings.wording.school_name
         try:
             with sessions() as session:
                 for alert in alerts:
-                    subject, body = render(alert, tz=tz, school=school)
+                    subject, body = render_one(alert, tz, school)
                     notifier.notify(
                         session,
-                        audience="esafety",
-                        event=f"alert.{alert.kind}",
+                        audience=self.audience,
+                        event=event(alert),
                         subject=subject,
                         body=body,
                         ref=alert.ref,
@@ -179,14 +213,16 @@ class AlertsAddon:
                 session.commit()
         except Exception:  # noqa: BLE001 - kept and retried on the next round
             if not self._failing:
-                log.exception("schoolgate: cannot queue %d alert(s) yet; will retry", len(alerts))
+                log.exception(
+                    "schoolgate: cannot queue %d %s(s) yet; will retry", len(alerts), self.what
+                )
             self._failing = True
             return False
         if self._failing:
-            log.info("schoolgate: queueing alerts again")
+            log.info("schoolgate: queueing %ss again", self.what)
         self._failing = False
-        del self._outgoing[: len(alerts)]
-        log.info("schoolgate: %d alert(s) queued for the e-safety team", len(alerts))
+        del pending[: len(alerts)]
+        log.info("schoolgate: %d %s(s) queued for %s", len(alerts), self.what, self.audience)
         return True
 
 

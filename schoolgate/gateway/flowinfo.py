@@ -95,7 +95,12 @@ def request_view(request: http.Request) -> RequestView:
 PAGE_HEADERS = frozenset({"accept", "sec-fetch-dest", "sec-fetch-mode", "x-requested-with"})
 # What a page approval reads to open the approved page's own calls (Enforcement).
 APPROVAL_HEADERS = frozenset({"referer"})
-_KEPT = frozenset(name.encode() for name in DETECTOR_HEADERS | PAGE_HEADERS | APPROVAL_HEADERS)
+# What the monitoring reads to ask for page encodings it can read titles from.
+MONITORING_HEADERS = frozenset({"accept-encoding"})
+_KEPT = frozenset(
+    name.encode()
+    for name in DETECTOR_HEADERS | PAGE_HEADERS | APPROVAL_HEADERS | MONITORING_HEADERS
+)
 
 
 def _read_headers(

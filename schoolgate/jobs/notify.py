@@ -72,6 +72,13 @@ class Notifier:
             return list(self.smtp.slt) or self._staff_addresses(session, "slt")
         if audience == "esafety":
             return list(self.smtp.esafety or self.smtp.slt) or self._staff_addresses(session, "slt")
+        if audience == "dsl":
+            found = list(self.smtp.dsl or self.smtp.esafety or self.smtp.slt)
+            return (
+                found
+                or self._staff_addresses(session, "dsl")
+                or self.recipients(session, "esafety")
+            )
         if audience == "requester" and user and self.smtp.user_domain:
             return [f"{user}@{self.smtp.user_domain}"]
         return []

@@ -47,6 +47,9 @@ from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, UTCDateTime,
 
 ACTOR = "schoolgate"
 
+# Kinds of event that the monitoring records, each kept for its own period, not the log's.
+MONITORING_KINDS = ("search", "page_risk")
+
 
 # -- config -------------------------------------------------------------------------------------
 def retention_of(policy: Any) -> RetentionSettings:
@@ -184,11 +187,36 @@ def purge(
     def count(name: str, res: Any) -> None:
         result.deleted[name] = result.deleted.get(name, 0) + (res.rowcount or 0)
 
+    monitored = EventRow.kind.in_(MONITORING_KINDS)
     count(
         "decision events",
         session.execute(
             delete(EventRow).where(
-                EventRow.at < now - settings.decisions_days * days, not_(evidence)
+                EventRow.at < now - settings.decisions_days * days,
+                not_(evidence),
+                not_(monitored),
+            )
+        ),
+    )
+    # A search event's ``rule`` is the risk term it matched (or why it could not be graded):
+    # without one it is an ordinary search, kept for the shorter period.
+    plain_search = and_(EventRow.kind == "search", EventRow.rule.is_(None))
+    count(
+        "searches",
+        session.execute(
+            delete(EventRow).where(
+                EventRow.at < now - settings.search_days * days, plain_search, not_(evidence)
+            )
+        ),
+    )
+    count(
+        "risk matches",
+        session.execute(
+            delete(EventRow).where(
+                EventRow.at < now - settings.page_risk_days * days,
+                monitored,
+                not_(plain_search),
+                not_(evidence),
             )
         ),
     )
