@@ -37,6 +37,7 @@ def search(portal: Portal, ref: str, term: str, severity: int, *, ago: int = 0, 
     values = dict(kind="search", action="allow", host="www.google.com", category=None,
                   url=f"https://www.google.com/search?q={term.replace(' ', '+')}",
                   search_term=term, detail=json.dumps(detail), reason=None,
+                  rule=detail["rule"] if severity else None,  # as the gateway: the term matched
                   at=portal.clock() - timedelta(minutes=ago))  # fmt: skip
     values.update(fields)
     portal.event(ref=ref, **values)
@@ -255,7 +256,8 @@ def test_a_cases_matches_outlive_the_decision_log_and_closed_cases_go_after_thei
     dsl = portal.staff("dara")
     post(dsl, "/dsl/", "/dsl/match/s1/case")
     _status(dsl, 1, "closed", outcome="Parents informed")
-    settings = RetentionSettings(decisions_days=1, safeguarding_cases_days=30)
+    # Searches that matched nothing have their own period (search_days), shorter here too.
+    settings = RetentionSettings(decisions_days=1, search_days=1, safeguarding_cases_days=30)
     with portal.sessions() as s:
         purge(s, settings, now=portal.clock() + timedelta(days=2), policy=portal.policy)
         s.commit()

@@ -53,11 +53,11 @@ class GW:
             return list_events(session, kind=kind)
 
     def mails(self, received) -> list[tuple[list[str], str]]:
-        from schoolgate.jobs.notify import OutboxSender, smtp_settings_from
+        from schoolgate.jobs.notify import OutboxSender
 
         self.monitoring.pump()
         policy = self.addons[0].policy
-        smtp = smtp_settings_from(policy.settings.extra["notifications"]["smtp"])
+        smtp = policy.settings.notifications.smtp
         OutboxSender(self.addons[1].sessions, smtp=smtp, clock=self.clock).send_due()
         return [m for m in received if m[1].count("[schoolgate] Safeguarding")]
 

@@ -2,7 +2,7 @@
 which risk-term library grades them, and when the designated safeguarding lead is told.
 
 Read by the config check (every mistake with its file, line and field) and by the gateway's
-monitoring part (:mod:`schoolgate.gateway.monitoring_addon`) from ``Settings.extra``.
+monitoring part (:mod:`schoolgate.gateway.monitoring_addon`) from ``Settings.monitoring``.
 """
 
 from __future__ import annotations
