@@ -1,4 +1,7 @@
-"""How a rule's path is compared with a request's path (list path rules, portal pages).
+"""URLs as the product compares and records them.
+
+A rule's path is compared with a request's path (list path rules, portal pages) by
+:func:`normalize_path` and :func:`path_under`; :func:`strip_url` is a URL as logs keep it.
 
 Both sides are percent-decoded, lower-cased and have empty and ``.`` segments dropped and
 ``..`` resolved, as web servers do, so that a pupil cannot step around a rule by spelling the
@@ -8,9 +11,9 @@ boundary, never a longer name that merely starts the same.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["normalize_path", "path_under"]
+__all__ = ["normalize_path", "path_under", "strip_url"]
 
 # What may follow a path rule's last segment in a request that is under it.
 _SEGMENT_END = frozenset("/?.;#")
@@ -56,3 +59,19 @@ def _squash_segments(path: str) -> str:
     if segments and (path.endswith("/") or path.endswith("/.") or path.endswith("/..")):
         out += "/"
     return out
+
+
+def strip_url(url: str, keep_paths: bool) -> str:
+    """``url`` as the decision log and the sanction records keep it: never with credentials
+    (``user:password@``) or a fragment, and without ``keep_paths`` only
+    ``scheme://host[:port]/`` (a school that records no paths keeps none anywhere)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url if keep_paths else ""
+    netloc = parts.netloc.rpartition("@")[2]
+    if not keep_paths:
+        return urlunsplit((parts.scheme, netloc, "/", "", ""))
+    if netloc != parts.netloc or parts.fragment:
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return url

@@ -60,6 +60,7 @@ from schoolgate.core.sanctions import (
     Supervision,
     subject_for,
 )
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
 from schoolgate.gateway.findings import mark
@@ -418,8 +419,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         url: str | None,
         method: str | None,
     ) -> None:
-        from schoolgate.storage.eventlog import _strip_url
-
         policy = self.holder.policy
         keep_paths = policy.settings.keep_paths if policy is not None else True
         window, window_name = self._window(identity, at)
@@ -449,7 +448,7 @@ class CircumventionGuard(SanctionPages, BanSync):
                 "method": method,
                 "scheme": facts.scheme,
                 "host": normalize_host(facts.host) if facts.host else None,
-                "url": _strip_url(url, keep_paths) if url else None,
+                "url": strip_url(url, keep_paths) if url else None,
                 "category": EVENT_KIND,
                 "window": window,
                 "window_name": window_name,

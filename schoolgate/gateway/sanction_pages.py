@@ -22,6 +22,7 @@ from schoolgate.core.destination import Destination, Handling, Verdict
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.core.sanctions import BanState
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.core.words import wording_of
 from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
@@ -97,8 +98,6 @@ class SanctionPages:
         flow.response = http.Response.make(status, body, headers)
         flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
         if wants_html(request_view(flow.request).headers):  # page loads: not every request
-            from schoolgate.storage.eventlog import _strip_url
-
             keep = policy.settings.keep_paths if policy is not None else True
             self.recorder.record(
                 {
@@ -108,7 +107,7 @@ class SanctionPages:
                     "kind": SUSPENDED_KIND,
                     "action": "block",
                     "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(url, keep),
+                    "url": strip_url(url, keep),
                     "rule": f"{ban.kind} {ban.ref}",
                     "reason": ban.reason,
                     "detail": {
@@ -192,8 +191,6 @@ class SanctionPages:
         if not sup:
             return
         try:
-            from schoolgate.storage.eventlog import _strip_url
-
             policy = self.holder.policy
             keep = policy.settings.keep_paths if policy is not None else True
             decided = flow.metadata.get("schoolgate") or {}
@@ -212,7 +209,7 @@ class SanctionPages:
                     "method": flow.request.method,
                     "scheme": flow.request.scheme,
                     "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(flow.request.pretty_url, keep),
+                    "url": strip_url(flow.request.pretty_url, keep),
                     "rule": f"supervision #{sup.get('id')} by {sup.get('staff')}",
                     "reason": f"supervised by {sup.get('staff')}",
                     "detail": {
