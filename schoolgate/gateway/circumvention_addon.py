@@ -65,6 +65,7 @@ from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
 from schoolgate.gateway.findings import mark
 from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
+from schoolgate.gateway.flowmark import BLOCK, FlowMark, SupervisionMark, put_mark, supervise
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.gateway.sanction_pages import (
@@ -491,12 +492,9 @@ class CircumventionGuard(SanctionPages, BanSync):
         policy = self.holder.policy
         if ban is not None and not policy.should_intercept(identity, host):
             ref = new_ref()
-            flow.metadata["schoolgate"] = {
-                "ref": ref,
-                "action": "block",
-                "stage": "connect",
-                "suspended": ban.ref,
-            }
+            put_mark(
+                flow.metadata, FlowMark(action=BLOCK, ref=ref, stage="connect", suspended=ban.ref)
+            )
             flow.response = http.Response.make(
                 403,
                 f"Internet access suspended by the school's filter: {ban.reason}\n"
@@ -647,16 +645,19 @@ class CircumventionGuard(SanctionPages, BanSync):
             return
         sup = self.book.supervision_for(subject, now)
         if sup is not None and self.book.ban_for(subject, now) is not None:
-            flow.metadata["schoolgate_supervision"] = {
-                "id": sup.id,
-                "ref": sup.ref,
-                "staff": sup.staff,
-                "subject": subject,
-                "user": identity.user or user,
-                "role": identity.role,
-                "site": identity.site,
-                "group": identity.group,
-            }
+            supervise(
+                flow.metadata,
+                SupervisionMark(
+                    id=sup.id,
+                    ref=sup.ref,
+                    staff=sup.staff,
+                    subject=subject,
+                    user=identity.user or user,
+                    role=identity.role,
+                    site=identity.site,
+                    group=identity.group,
+                ),
+            )
             return
         if subject in self._warnings:
             self._maybe_warn(flow, subject, identity, now)

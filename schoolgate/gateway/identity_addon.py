@@ -45,6 +45,7 @@ from mitmproxy.proxy import mode_specs
 from schoolgate.bindings.live import LiveIdentity, install
 from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.identity import SIGN_IN_REQUIRED
+from schoolgate.gateway.flowmark import SIGN_IN, FlowMark, put_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 
@@ -403,7 +404,7 @@ class IdentitySourcesAddon:
         portal = policy.settings.portal_host
         target = flow.request.pretty_url if flow.request.method in ("GET", "HEAD") else None
         url = sign_in_url(portal, target)
-        flow.metadata["schoolgate"] = {"action": "sign_in", "client_ip": identity.client_ip}
+        put_mark(flow.metadata, FlowMark(action=SIGN_IN, client_ip=identity.client_ip))
         flow.response = http.Response.make(
             302 if flow.request.method in ("GET", "HEAD") else 303,
             (
