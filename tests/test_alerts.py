@@ -18,6 +18,7 @@ from schoolgate.core.configfile import ConfigError, Issues, Section, load_yaml
 from schoolgate.gateway import make_addons
 from schoolgate.gateway.alerts_addon import AlertsAddon
 from schoolgate.gateway.enforce import Enforcement
+from schoolgate.gateway.flowmark import flow_mark
 from schoolgate.jobs.alerts import (
     MAX_LISTED,
     AlertBatcher,
@@ -360,8 +361,8 @@ def test_a_block_in_an_alert_category_emails_the_esafety_team(gw: GW, smtp_serve
     flow = http_flow("harm.test", "/page")
     gw.run(flow)
     assert flow.response.status_code == 403
-    meta = flow.metadata["schoolgate"]
-    assert (meta["category"], meta["client_ip"], meta["host"], meta["role"]) == (
+    meta = flow_mark(flow.metadata)
+    assert (meta.category, meta.client_ip, meta.host, meta.role) == (
         "self_harm",
         STUDENT_IP,
         "harm.test",
@@ -372,7 +373,7 @@ def test_a_block_in_an_alert_category_emails_the_esafety_team(gw: GW, smtp_serve
     [(recipients, message)] = received
     assert recipients == [DSL]
     assert "Alert: self harm blocked for device 127.0.0.1 (student)" in message
-    assert meta["ref"] in message and "harm.test" in message
+    assert meta.ref in message and "harm.test" in message
 
 
 def test_a_burst_is_one_immediate_mail_and_one_digest(gw: GW, smtp_server):
@@ -401,7 +402,7 @@ def test_search_terms_and_users_reach_the_alert(gw: GW, smtp_server):
     _port, received = smtp_server
     flow = http_flow("bing.com", "/search?q=join+the+cause", user="Ben")
     gw.run(flow)
-    assert flow.metadata["schoolgate"]["search_term"] == "join the cause"
+    assert flow_mark(flow.metadata).search_term == "join the cause"
     assert gw.alerts.pump() and gw.send() == (1, 0)
     message = received[0][1]
     assert "extremism blocked for ben" in message and "Searched: join the cause" in message
@@ -426,7 +427,7 @@ def test_locked_categories_are_always_alerted_and_connect_refusals_count(gw: GW,
     flow = connect_flow("iwf.test")  # a visitor: not intercepted, refused at the CONNECT
     gw.run(flow)
     assert flow.response.status_code == 403
-    assert flow.metadata["schoolgate"]["stage"] == "connect"
+    assert flow_mark(flow.metadata).stage == "connect"
     assert gw.alerts.pump() and gw.send() == (1, 0)
     assert "Alert: illegal blocked for device 127.0.0.2 (visitor)" in received[0][1]
 

@@ -11,6 +11,7 @@ from mitmproxy.test import tutils
 from test_gateway_addons import Gateway, _configured, http_flow
 
 from schoolgate.gateway import make_addons
+from schoolgate.gateway.flowmark import flow_mark
 
 NODEINFO = {
     "version": "2.0",
@@ -41,7 +42,7 @@ def test_an_unlisted_mastodon_server_is_recognised_kept_and_blocked(gw):
     flow = http_flow("toot.example", path="/@someone")
     gw.enforce.request(flow)
     assert flow.response is not None and flow.response.status_code == 403
-    assert flow.metadata["schoolgate"]["category"] == "social_media"
+    assert flow_mark(flow.metadata).category == "social_media"
     # kept with the evidence, and read back by every worker
     gw.fediverse.sync()
     from schoolgate.storage.detected import detected_hosts

@@ -32,6 +32,7 @@ from schoolgate.gateway import (
     Recorder,
     make_addons,
 )
+from schoolgate.gateway.flowmark import flow_mark
 from schoolgate.gateway.holder import watched_files
 from schoolgate.gateway.monitoring_addon import MonitoringAddon
 from schoolgate.gateway.pages import pac_script
@@ -149,8 +150,8 @@ def test_plain_http_block_page(gw: Gateway) -> None:
     gw.pages.request(flow)
     gw.enforce.request(flow)
     assert flow.response is not None and flow.response.status_code == 403
-    assert flow.metadata["schoolgate"]["action"] == "block"
-    ref = flow.metadata["schoolgate"]["ref"]
+    assert flow_mark(flow.metadata).action == "block"
+    ref = flow_mark(flow.metadata).ref
     assert ref.encode() in flow.response.content
     assert flow.response.headers["content-type"].startswith("text/html")
     assert b"Social Media" in flow.response.content or b"social_media" in flow.response.content

@@ -1,7 +1,8 @@
 """The package's shape: no import cycle between its modules (an import inside a function counts:
-it only hides the cycle until that function runs) and no module over 700 lines. Modules still
-over the limit are listed, each as a strict xfail: when one is split its test turns red, to be
-taken off the list; anything new fails at once."""
+it only hides the cycle until that function runs), no module over 700 lines, and no private
+name (``_name``) of one module used by another. Modules still over the limit are listed, each
+as a strict xfail: when one is split its test turns red, to be taken off the list; anything new
+fails at once."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ KNOWN_CYCLES: list[set[str]] = []
 # Modules over MAX_LINES as of today (issue 21 splits them).
 KNOWN_LONG = [
     "schoolgate/circumvention/__init__.py",
-    "schoolgate/core/lists.py",
-    "schoolgate/core/timetable.py",
 ]
 
 
@@ -145,6 +144,64 @@ def describe(component: set[str], graph: Graph, modules: dict[str, Path], root: 
     return f"  {', '.join(sorted(component))}:\n" + "\n".join(steps)
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def private_uses(modules: dict[str, Path], root: Path = ROOT) -> list[str]:
+    """Where a module imports, or reads as an attribute of an imported module, a private name
+    of another of ``modules`` (a private module may be used by its own package only)."""
+
+    def may_use_module(user: str, target: str) -> bool:
+        package, _, last = target.rpartition(".")
+        return not _private(last) or user == package or user.startswith(package + ".")
+
+    found = []
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = f"{path.relative_to(root)}"
+        bound: dict[str, str] = {}  # local name -> module it is
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules and not may_use_module(name, alias.name):
+                        found.append(f"{where}:{node.lineno} imports {alias.name}")
+                    if alias.asname and alias.name in modules:
+                        bound[alias.asname] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                source = _imported(node, name, is_package)[-1]
+                if source not in modules or source == name:
+                    continue
+                for alias in node.names:
+                    full = f"{source}.{alias.name}"
+                    if full in modules:
+                        bound[alias.asname or alias.name] = full
+                        if may_use_module(name, full):
+                            continue
+                    elif not _private(alias.name):
+                        continue
+                    found.append(f"{where}:{node.lineno} imports {full}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                owner = _dotted(node.value)
+                owner = bound.get(owner or "", owner)
+                if owner in modules and owner != name:
+                    found.append(f"{where}:{node.lineno} reads {owner}.{node.attr}")
+    return sorted(set(found))
+
+
 # -- the tests ---------------------------------------------------------------------------------
 def test_no_import_cycle_beyond_the_known_ones() -> None:
     modules = module_files()
@@ -152,6 +209,14 @@ def test_no_import_cycle_beyond_the_known_ones() -> None:
     new = [c for c in cycles(graph) if not any(c <= known for known in KNOWN_CYCLES)]
     assert not new, "import cycles (imports inside functions count):\n" + "\n".join(
         describe(c, graph, modules) for c in new
+    )
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    used = private_uses(module_files())
+    assert not used, (
+        "private names used across modules (make them public, with a docstring, in the module "
+        "where they belong):\n  " + "\n  ".join(used)
     )
 
 
@@ -255,3 +320,26 @@ def test_no_layer_imports_what_is_above_it_beyond_the_known_ones() -> None:
 )
 def test_a_known_layer_breach_is_gone(breach: tuple[str, str]) -> None:
     assert breach not in layer_breaches()
+
+
+def test_the_private_name_check_sees_imports_and_attributes(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("_secret = 1\nshared = 2\n__all__ = ['shared']\n")
+    (package / "b.py").write_text(
+        "from pkg.a import shared, __all__\ndef later():\n    from .a import _secret\n"
+    )
+    (package / "c.py").write_text("import pkg.a as m\nfrom pkg import a\nx = m._secret + a._x\n")
+    (package / "d.py").write_text("import pkg.a\nx = pkg.a._secret\n")
+    (package / "sub" / "__init__.py").write_text("from pkg.sub import _impl\n")
+    (package / "sub" / "_impl.py").write_text("")
+    (package / "e.py").write_text("from pkg.sub import _impl\n")
+    (package / "f.py").write_text("class F:\n    def g(self):\n        return self._own\n")
+    assert private_uses(module_files(package), tmp_path) == [
+        "pkg/b.py:3 imports pkg.a._secret",
+        "pkg/c.py:3 reads pkg.a._secret",
+        "pkg/c.py:3 reads pkg.a._x",
+        "pkg/d.py:2 reads pkg.a._secret",
+        "pkg/e.py:1 imports pkg.sub._impl",
+    ]

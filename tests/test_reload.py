@@ -11,6 +11,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from schoolgate.core.policy import Policy
 from schoolgate.gateway import AlertsAddon, PolicyHolder, PortalAddon, Recorder, make_addons
+from schoolgate.gateway.flowmark import FlowMark, put_mark
 
 
 class Listener:
@@ -188,7 +189,7 @@ def test_alerts_follow_the_new_policy_without_polling(
         )
         assert holder.reload() is True
         flow = tflow.tflow(req=tutils.treq())
-        flow.metadata["schoolgate"] = {"action": "block", "category": "social_media", "ref": "A1"}
+        put_mark(flow.metadata, FlowMark(action="block", category="social_media", ref="A1"))
         alerts.request(flow)
         recorder.done()
     assert [fact.ref for fact in alerts._inbox] == ["A1"]

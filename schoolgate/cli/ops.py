@@ -89,51 +89,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def render_export_html(data: dict[str, Any]) -> str:
-    from markupsafe import escape
+    from schoolgate.reports.render import render_subject_access
 
-    parts = [
-        "<!doctype html><html lang='en-GB'><head><meta charset='utf-8'>",
-        f"<title>Data held about {escape(data['subject'])}</title><style>"
-        "body{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:auto;padding:1rem}"
-        "table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccd;"
-        "padding:.2rem .4rem;text-align:left;vertical-align:top}th{background:#eef}"
-        "</style></head><body>",
-        f"<h1>Data held about {escape(data['subject'])}</h1>",
-        f"<p>Generated {escape(data['generated_at'])}. {escape(data['controller_note'])}</p>",
-    ]
-    if "roster" in data:
-        parts.append("<h2>School roster</h2><table>")
-        parts += [f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
-                  for k, v in data["roster"].items()]  # fmt: skip
-        parts.append("</table>")
-    titles = {
-        "events": "What the gateway recorded",
-        "exceptions": "Exceptions (allowed access) for or by this person",
-        "audit": "Audit trail entries about this person",
-        "requests_and_reports": "Access requests and content reports",
-        "bans": "Bans",
-        "staff_account": "Staff account",
-    }
-    for key, title in titles.items():
-        value = data.get(key)
-        parts.append(f"<h2>{escape(title)}</h2>")
-        if isinstance(value, str):
-            parts.append(f"<p><i>{escape(value)}</i></p>")
-            continue
-        if not value:
-            parts.append("<p><i>None held.</i></p>")
-            continue
-        columns = [c for c in value[0] if any(row.get(c) not in (None, "") for row in value)]
-        parts.append("<table><tr>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>")
-        for row in value:
-            cells = "".join(
-                f"<td>{escape(json.dumps(row.get(c)) if isinstance(row.get(c), dict) else row.get(c) if row.get(c) is not None else '')}</td>"  # noqa: E501
-                for c in columns
-            )
-            parts.append(f"<tr>{cells}</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return render_subject_access(data)
 
 
 def cmd_erase(args: argparse.Namespace) -> int:

@@ -55,9 +55,10 @@ from typing import Any
 import marisa_trie
 
 from schoolgate.core.configfile import ConfigIssue, Issues
-from schoolgate.core.lists import _DIGITS, Matcher, ParsedList, _under
+from schoolgate.core.lists import Matcher, ParsedList
 from schoolgate.core.lists import parse_list as _parse_list
 from schoolgate.core.model import ListMatch
+from schoolgate.core.urlpaths import path_under
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ SUBPROCESS_BYTES = 4 << 20
 # a trie about 40% bigger (12 MB for a million domains; squidGuard's whole database is 40 MB).
 TRIE_OPTIONS = {"num_tries": 1, "cache_size": marisa_trie.HUGE_CACHE}
 SQUIDGUARD_FILES = ("domains", "urls", "expressions")
+_DIGITS = frozenset("0123456789")  # a host ending in a digit is an IPv4 literal
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -488,7 +490,7 @@ class ListStore(Matcher):
                     if lpath is None:
                         lpath = self._request_path(path)
                     for prefix, ref in self._path_rules(kid):
-                        if _under(lpath, prefix):
+                        if path_under(lpath, prefix):
                             entry = host[len(host) - len(key) + 1 :]
                             return self._match(ref, entry + prefix, "path")
                 if v & 2 and dom_ref < 0:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from schoolgate.core.hosts import normalize_host
-from schoolgate.core.lists import _norm_path, _under
+from schoolgate.core.urlpaths import normalize_path, path_under
 
 __all__ = ["PageTarget", "parse_page", "script_request"]
 
@@ -53,7 +53,7 @@ class PageTarget:
         """Whether a request for ``host`` and ``path`` is the page or below it."""
         if path is None or not self.host_matches(host):
             return False
-        return _under(_norm_path(path), self.prefix)
+        return path_under(normalize_path(path), self.prefix)
 
     def opened_by_page(self, host: str, referer: str | None, fetch_dest: str | None) -> bool:
         """Whether a request to ``host`` is the approved page's own script calling its host."""
@@ -88,7 +88,7 @@ def parse_page(text: str) -> PageTarget | None:
         host = host[4:]  # the page is the same on tiktok.com and www.tiktok.com
     if not host or "." not in host:
         return None
-    prefix = _norm_path(parts.path or "/").rstrip("/")
+    prefix = normalize_path(parts.path or "/").rstrip("/")
     if not prefix:
         return None
     return PageTarget(host, prefix)

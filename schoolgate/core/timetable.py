@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from schoolgate.core.configfile import Issues, Section, load_yaml
 from schoolgate.core.model import WINDOW_KINDS, Window
+from schoolgate.core.schoolyear import load_days_off, load_terms
 
 __all__ = ["Timetable", "load_timetable", "WEEKDAYS"]
 
@@ -48,11 +49,7 @@ _TOP_KEYS = frozenset(
     {"name", "description", "timezone", "week", "terms", "inset_days", "closures"}
 )
 _PERIOD_KEYS = frozenset({"name", "kind", "start", "end"})
-_TERM_KEYS = frozenset({"name", "start", "end", "half_term"})
-_RANGE_KEYS = frozenset({"start", "end"})
-_CLOSURE_KEYS = frozenset({"name", "date", "start", "end"})
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
-_MAX_CLOSURE_DAYS = 366
 _MAX_CACHED_DAYS = 1024
 _MARGIN = 3 * 3600  # seconds; more than any clock change
 
@@ -361,22 +358,6 @@ def _parse_time(value: Any, *, allow_24: bool = False) -> int:
     return hours * 60 + minutes
 
 
-def _parse_date(value: Any) -> date:
-    if isinstance(value, datetime):
-        raise ValueError("a date without a time")
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return date.fromisoformat(text)
-        except ValueError as exc:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                raise ValueError(f"{text} is not a real date ({exc})") from None
-            raise ValueError("write it as YYYY-MM-DD") from None
-    raise ValueError("write it as YYYY-MM-DD")
-
-
 def _clock(minutes: int) -> str:
     if minutes != DAY_MINUTES:
         minutes %= DAY_MINUTES
@@ -533,129 +514,6 @@ def _load_week(root: Section, issues: Issues) -> tuple[tuple[Period, ...], ...]:
     return tuple(days)
 
 
-def _load_range(sec: Section, what: str) -> tuple[date, date] | None:
-    start = sec.parse("start", _parse_date, "a date YYYY-MM-DD", required=True)
-    end = sec.parse("end", _parse_date, "a date YYYY-MM-DD", required=True)
-    if start is None or end is None:
-        return None
-    if end < start:
-        sec.error(
-            "end",
-            f"the {what} ends ({end}) before it starts ({start}); expected an end "
-            f"on or after {start}",
-        )
-        return None
-    return start, end
-
-
-def _load_terms(root: Section) -> tuple[list[tuple[date, date]], list[tuple[date, date]]]:
-    terms: list[tuple[date, date, str, Section]] = []
-    half_terms: list[tuple[date, date]] = []
-    before = len(root.issues)
-    for position, sec in enumerate(root.sections("terms", required=True)):
-        sec.check_keys(_TERM_KEYS)
-        name = sec.text("name") or f"term {position + 1}"
-        span = _load_range(sec, "term")
-        half = sec.section("half_term")
-        half_span = None
-        if half is not None:
-            half.check_keys(_RANGE_KEYS)
-            half_span = _load_range(half, "half term")
-        if span is None:
-            continue
-        terms.append((span[0], span[1], name, sec))
-        if half_span is not None and half is not None:
-            if half_span[0] < span[0]:
-                half.error(
-                    "start",
-                    f"the half term starts ({half_span[0]}) before its term "
-                    f"{name!r} ({span[0]} to {span[1]}); expected a date "
-                    f"within the term",
-                )
-            elif half_span[1] > span[1]:
-                half.error(
-                    "end",
-                    f"the half term ends ({half_span[1]}) after its term "
-                    f"{name!r} ({span[0]} to {span[1]}); expected a date within "
-                    f"the term",
-                )
-            else:
-                half_terms.append(half_span)
-    terms.sort(key=lambda t: t[0])
-    for earlier, later in zip(terms, terms[1:], strict=False):
-        if later[0] <= earlier[1]:
-            later[3].error(
-                "start",
-                f"term {later[2]!r} starts ({later[0]}) before term "
-                f"{earlier[2]!r} ends ({earlier[1]}); expected terms not "
-                f"to overlap",
-            )
-    if "terms" in root and not terms and len(root.issues) == before:
-        root.error("terms", "expected at least one term with start and end dates")
-    return [(start, end) for start, end, _, _ in terms], half_terms
-
-
-def _in_terms(day: date, terms: list[tuple[date, date]]) -> bool:
-    return any(start <= day <= end for start, end in terms)
-
-
-def _load_days_off(
-    root: Section, terms: list[tuple[date, date]], check_terms: bool
-) -> tuple[list[date], dict[date, str]]:
-    inset: list[date] = []
-    for item, line, field_name in root.items("inset_days"):
-        try:
-            day = _parse_date(item)
-        except ValueError as exc:
-            root.issues.add(
-                root.file, line, field_name, f"expected a date YYYY-MM-DD, got {item!r}: {exc}"
-            )
-            continue
-        if check_terms and not _in_terms(day, terms):
-            root.issues.add(
-                root.file,
-                line,
-                field_name,
-                f"INSET day {day} is not in any term; expected a date within a "
-                f"term (check the year)",
-            )
-            continue
-        inset.append(day)
-    closures: dict[date, str] = {}
-    for sec in root.sections("closures"):
-        sec.check_keys(_CLOSURE_KEYS)
-        name = sec.text("name", required=True)
-        if "date" in sec:
-            if "start" in sec or "end" in sec:
-                sec.error("date", "give either 'date' (one day) or 'start' and 'end', not both")
-                continue
-            day = sec.parse("date", _parse_date, "a date YYYY-MM-DD")
-            span = (day, day) if day is not None else None
-        elif "start" in sec or "end" in sec:
-            span = _load_range(sec, "closure")
-        else:
-            sec.error(
-                None,
-                "missing required field 'date' (a date YYYY-MM-DD), or 'start' and "
-                "'end' for several days",
-            )
-            continue
-        if span is None or not name:
-            continue
-        if (span[1] - span[0]).days >= _MAX_CLOSURE_DAYS:
-            sec.error(
-                "end",
-                f"a closure of more than {_MAX_CLOSURE_DAYS} days; expected an end "
-                f"within a year of the start (holidays are the gaps between terms)",
-            )
-            continue
-        day = span[0]
-        while day <= span[1]:
-            closures[day] = name
-            day += timedelta(days=1)
-    return inset, closures
-
-
 def _load_timezone(root: Section) -> ZoneInfo | None:
     name = root.text("timezone", required=True)
     if name is None:
@@ -690,8 +548,8 @@ def load_timetable(
     root.text("description")
     tz = _load_timezone(root)
     week = _load_week(root, issues)
-    terms, half_terms = _load_terms(root)
-    inset, closures = _load_days_off(root, terms, check_terms=bool(terms))
+    terms, half_terms = load_terms(root)
+    inset, closures = load_days_off(root, terms, check_terms=bool(terms))
     if len(issues) > before or tz is None:
         return None
     return Timetable(

@@ -2,10 +2,11 @@
 
 :class:`AlertsAddon` is placed **after** :class:`~schoolgate.gateway.enforce.Enforcement`.
 Its ``request``, ``http_connect`` and ``tls_clienthello`` hooks read the block Enforcement
-describes (``flow.metadata["schoolgate"]``; ``ClientHelloData.schoolgate`` for a refused
-ClientHello) and, when its category is alerted (the ``alerts.categories`` and every locked
-category), put a :class:`~schoolgate.jobs.alerts.BlockFact` on an in-memory queue: O(1), no lock
-held, no database.
+describes (its :class:`~schoolgate.gateway.flowmark.FlowMark`, on the flow or, for a refused
+ClientHello, on the ``ClientHelloData``) and, when its category is alerted (the
+``alerts.categories`` and every locked category), put a
+:class:`~schoolgate.jobs.alerts.BlockFact` on an in-memory queue: O(1), no lock held, no
+database.
 
 A background thread feeds the :class:`~schoolgate.jobs.alerts.AlertBatcher` from that queue, and
 queues what it yields (the first block at once, then one digest per ``batch_minutes``) into
@@ -28,6 +29,7 @@ from mitmproxy import ctx, exceptions, http, tls
 
 from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import Periodic
+from schoolgate.gateway.flowmark import FlowMark, flow_mark, hello_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.jobs.alerts import Alert, AlertBatcher, AlertSettings, BlockFact, alerts_of, render
@@ -93,41 +95,47 @@ class AlertsAddon:
         self._wanted = settings.alerted(new)
 
     # -- hooks (event loop: O(1), no database) ------------------------------------------------
-    def _offer(self, meta: Any) -> None:
-        if not isinstance(meta, dict) or meta.get("action") != "block":
+    def _offer(self, mark: FlowMark) -> None:
+        if not mark.blocked:
             return
-        category = meta.get("category")
-        if category is None or category not in self._wanted or meta.get("alert_offered"):
+        category = mark.category
+        if category is None or category not in self._wanted or mark.alert_offered:
             return
-        meta["alert_offered"] = True
+        mark.alert_offered = True
         self._inbox.append(
             BlockFact(
                 category=category,
                 at=self.clock(),
-                ref=str(meta.get("ref") or "-"),
-                host=meta.get("host"),
-                user=meta.get("user"),
-                client_ip=meta.get("client_ip"),
-                role=meta.get("role"),
-                search_term=meta.get("search_term"),
+                ref=mark.ref or "-",
+                host=mark.host,
+                user=mark.user,
+                client_ip=mark.client_ip,
+                role=mark.role,
+                search_term=mark.search_term,
             )
         )
         self._worker.wake()
 
-    def _hook(self, meta: Any) -> None:
+    def _hook(self, mark: FlowMark) -> None:
         try:
-            self._offer(meta)
+            self._offer(mark)
         except Exception:  # noqa: BLE001 - an alert failure must never touch the traffic
             log.exception("schoolgate: could not take a block for alerting")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        self._hook(flow.metadata.get("schoolgate"))
+        mark = flow_mark(flow.metadata)
+        if mark is not None:  # an allowed request has none: nothing more to do
+            self._hook(mark)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._hook(flow.metadata.get("schoolgate"))
+        mark = flow_mark(flow.metadata)
+        if mark is not None:
+            self._hook(mark)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        self._hook(getattr(data, "schoolgate", None))
+        mark = hello_mark(data)
+        if mark is not None:
+            self._hook(mark)
 
     # -- the background thread ----------------------------------------------------------------
     def pump(self, now: datetime | None = None, *, final: bool = False) -> bool:

@@ -210,7 +210,9 @@ def _variant(decision: Decision, locked: bool | None) -> str:
 
 
 @lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
+    """The Jinja environment of the gateway's own pages (``gateway/templates``): HTML-escaped,
+    and an undefined name is an error rather than an empty string. Made once."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every template here is HTML
@@ -265,7 +267,7 @@ def render_block_page(
         "request_link": request_link if variant in RULE_VARIANTS else None,
         "problem_link": problem_link if variant != "locked" else None,
     }
-    return _environment().get_template("block.html").render(context)
+    return template_environment().get_template("block.html").render(context)
 
 
 def render_block_text(

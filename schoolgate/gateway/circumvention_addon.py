@@ -60,10 +60,12 @@ from schoolgate.core.sanctions import (
     Supervision,
     subject_for,
 )
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
 from schoolgate.gateway.findings import mark
 from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
+from schoolgate.gateway.flowmark import BLOCK, FlowMark, SupervisionMark, put_mark, supervise
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.gateway.sanction_pages import (
@@ -418,8 +420,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         url: str | None,
         method: str | None,
     ) -> None:
-        from schoolgate.storage.eventlog import _strip_url
-
         policy = self.holder.policy
         keep_paths = policy.settings.keep_paths if policy is not None else True
         window, window_name = self._window(identity, at)
@@ -449,7 +449,7 @@ class CircumventionGuard(SanctionPages, BanSync):
                 "method": method,
                 "scheme": facts.scheme,
                 "host": normalize_host(facts.host) if facts.host else None,
-                "url": _strip_url(url, keep_paths) if url else None,
+                "url": strip_url(url, keep_paths) if url else None,
                 "category": EVENT_KIND,
                 "window": window,
                 "window_name": window_name,
@@ -492,12 +492,9 @@ class CircumventionGuard(SanctionPages, BanSync):
         policy = self.holder.policy
         if ban is not None and (policy is None or not policy.should_intercept(identity, host)):
             ref = new_ref()
-            flow.metadata["schoolgate"] = {
-                "ref": ref,
-                "action": "block",
-                "stage": "connect",
-                "suspended": ban.ref,
-            }
+            put_mark(
+                flow.metadata, FlowMark(action=BLOCK, ref=ref, stage="connect", suspended=ban.ref)
+            )
             flow.response = http.Response.make(
                 403,
                 f"Internet access suspended by the school's filter: {ban.reason}\n"
@@ -653,16 +650,19 @@ class CircumventionGuard(SanctionPages, BanSync):
             return
         sup = self.book.supervision_for(subject, now)
         if sup is not None and self.book.ban_for(subject, now) is not None:
-            flow.metadata["schoolgate_supervision"] = {
-                "id": sup.id,
-                "ref": sup.ref,
-                "staff": sup.staff,
-                "subject": subject,
-                "user": identity.user or user,
-                "role": identity.role,
-                "site": identity.site,
-                "group": identity.group,
-            }
+            supervise(
+                flow.metadata,
+                SupervisionMark(
+                    id=sup.id,
+                    ref=sup.ref,
+                    staff=sup.staff,
+                    subject=subject,
+                    user=identity.user or user,
+                    role=identity.role,
+                    site=identity.site,
+                    group=identity.group,
+                ),
+            )
             return
         if subject in self._warnings:
             self._maybe_warn(flow, subject, identity, now)

@@ -47,6 +47,7 @@ from schoolgate.gateway.flowinfo import (
     user_of,
     view_hosts,
 )
+from schoolgate.gateway.flowmark import BLOCK, FlowMark, put_hello_mark, put_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.storage.eventlog import decision_event, new_ref, search_term_of
@@ -76,24 +77,30 @@ def failed_decision(facts: RequestFacts | None, exc: BaseException | str) -> Dec
     )
 
 
-def _alert_keys(decision: Decision, facts: RequestFacts | None) -> dict:
-    """What the alerts addon (after this one) needs of a block: category, who, where, what."""
+def _block_mark(
+    decision: Decision, facts: RequestFacts | None, ref: str, stage: str | None = None
+) -> FlowMark:
+    """The mark of a block: its reference, and what the alerts addon (after this one) needs
+    of it: category, who, where, what."""
     try:
         user = decision.identity.user or (facts.user if facts else None)
         term = None
         if facts is not None and facts.host and facts.path:
             term = search_term_of(facts.host, facts.path)
-        return {
-            "category": decision.category,
-            "role": decision.identity.role,
-            "user": user.lower() if user else None,
-            "client_ip": facts.client_ip if facts else decision.identity.client_ip,
-            "host": facts.host if facts else None,
-            "search_term": term,
-        }
+        return FlowMark(
+            action=BLOCK,
+            ref=ref,
+            stage=stage,
+            category=decision.category,
+            role=decision.identity.role,
+            user=user.lower() if user else None,
+            client_ip=facts.client_ip if facts else decision.identity.client_ip,
+            host=facts.host if facts else None,
+            search_term=term,
+        )
     except Exception:  # noqa: BLE001 - the block stands; only the alert lacks detail
         log.exception("schoolgate: could not describe a block for alerts")
-        return {"category": decision.category}
+        return FlowMark(action=BLOCK, ref=ref, stage=stage, category=decision.category)
 
 
 def _peer(conn) -> str | None:
@@ -186,15 +193,13 @@ class Enforcement:
         except Exception:  # noqa: BLE001 - a logging failure must not open anything
             log.exception("schoolgate: could not record decision %s", ref)
 
-    def _refused(
-        self, decision: Decision, facts: RequestFacts | None, stage: str
-    ) -> tuple[str, dict]:
+    def _refused(self, decision: Decision, facts: RequestFacts | None, stage: str) -> FlowMark:
         """Record a refusal at ``stage`` (no page: a CONNECT, a handshake, a tunnel) and give
-        its reference and what the alerts addon reads of it."""
+        its mark: its reference and what the alerts addon reads of it."""
         ref = new_ref()
         if facts is not None:
             self._record(decision, facts, ref=ref, url=None, detail={"stage": stage})
-        return ref, {"ref": ref, "action": "block", "stage": stage, **_alert_keys(decision, facts)}
+        return _block_mark(decision, facts, ref, stage)
 
     def _decide(self, facts: RequestFacts) -> Decision:
         policy = self.holder.policy
@@ -303,7 +308,7 @@ class Enforcement:
         *,
         status: int = 403,
     ) -> None:
-        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "connect")
+        ref = put_mark(flow.metadata, self._refused(decision, facts, "connect")).ref
         flow.response = http.Response.make(
             status,
             f"Blocked by the school's web filter: {decision.reason}\nReference: {ref}\n",
@@ -362,10 +367,10 @@ class Enforcement:
     def _refuse_tls(
         self, data: tls.ClientHelloData, decision: Decision, facts: RequestFacts | None
     ) -> None:
-        # ClientHelloData has no metadata: the alerts addon reads this attribute instead.
-        ref, data.schoolgate = self._refused(decision, facts, "tls")  # type: ignore[attr-defined]
+        mark = self._refused(decision, facts, "tls")
+        put_hello_mark(data, mark)  # a ClientHello has no flow, hence no metadata
         data.ignore_connection = True
-        data.context.server.error = f"blocked by schoolgate ({ref}): {decision.reason}"
+        data.context.server.error = f"blocked by schoolgate ({mark.ref}): {decision.reason}"
 
     # -- tunnels that carry neither TLS nor HTTP ------------------------------------------------
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
@@ -412,7 +417,7 @@ class Enforcement:
     def _refuse_tcp(
         self, flow: tcp.TCPFlow, decision: Decision, facts: RequestFacts | None
     ) -> None:
-        ref, flow.metadata["schoolgate"] = self._refused(decision, facts, "tunnel")
+        ref = put_mark(flow.metadata, self._refused(decision, facts, "tunnel")).ref
         # Set before the upstream connection opens (lazy): mitmproxy then never makes it.
         flow.server_conn.error = f"blocked by schoolgate ({ref}): {decision.reason}"
 
@@ -497,11 +502,7 @@ class Enforcement:
         """RFC 9112 3.2: a Host that is not one host (or two of them) gets 400, and is kept."""
         ref = new_ref()
         self._record(decision, facts, ref=ref, url=None, detail={"stage": "request"})
-        flow.metadata["schoolgate"] = {
-            "ref": ref,
-            "action": "block",
-            **_alert_keys(decision, facts),
-        }
+        put_mark(flow.metadata, _block_mark(decision, facts, ref))
         # The reference in a header too, as on every block page: IT Support find it either way.
         flow.response = http.Response.make(
             400,
@@ -563,11 +564,7 @@ class Enforcement:
             flow.response = http.Response.make(
                 403, f"Blocked by the school's web filter.\n{reason}\nReference: {ref}\n", _TEXT
             )
-        flow.metadata["schoolgate"] = {
-            "ref": ref,
-            "action": "block",
-            **_alert_keys(decision, facts),
-        }
+        put_mark(flow.metadata, _block_mark(decision, facts, ref))
 
 
 def _url_of(flow: http.HTTPFlow) -> str:

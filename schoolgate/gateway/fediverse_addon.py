@@ -25,6 +25,7 @@ from mitmproxy import ctx, exceptions, http
 from schoolgate.core.fediverse import MAX_BODY, Observation, detect
 from schoolgate.core.hosts import normalize_host
 from schoolgate.gateway.background import Periodic
+from schoolgate.gateway.flowmark import answered
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 
@@ -85,7 +86,7 @@ class FediverseWatch:
         response = flow.response
         if policy is None or policy.fediverse_category is None or response is None:
             return
-        if flow.metadata.get("schoolgate"):  # answered by the gateway itself (a block)
+        if answered(flow.metadata):  # answered by the gateway itself (a block)
             return
         content_type = response.headers.get("content-type", "")
         server = response.headers.get("server", "")

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schoolgate import __version__
 from schoolgate.gateway.background import Periodic
+from schoolgate.gateway.flowmark import flow_mark, hello_mark
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class HealthAddon:
             self.blocks += 1
 
     def tls_clienthello(self, data: Any) -> None:
-        decided = getattr(data, "schoolgate", None)
-        if decided and decided.get("action") == "block":
+        mark = hello_mark(data)
+        if mark is not None and mark.blocked:
             self.blocks += 1
 
     # -- the heartbeat (background thread) -------------------------------------------------
@@ -366,10 +367,8 @@ class HealthAddon:
 
 
 def _blocked(metadata: dict[str, Any]) -> bool:
-    decided = metadata.get("schoolgate")
-    if not decided:
-        return False
-    return bool(decided.get("action") == "block")
+    mark = flow_mark(metadata)
+    return mark is not None and mark.blocked
 
 
 def _failing(eventlog: Any) -> str | None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import logging
 import weakref
 from collections.abc import Awaitable
@@ -46,7 +45,9 @@ from mitmproxy.proxy import mode_specs
 from schoolgate.bindings.live import LiveIdentity, install
 from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.identity import SIGN_IN_REQUIRED
+from schoolgate.gateway.flowmark import SIGN_IN, FlowMark, put_mark
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.gateway.pages import page
 from schoolgate.gateway.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -382,11 +383,8 @@ class IdentitySourcesAddon:
             if refused
             else "The school's web filter needs to know who is using this device."
         )
-        link = f' <a href="{html.escape(sign_in_url(portal))}">Sign in here</a>.' if sign_in else ""
-        body = (
-            "<!doctype html><html lang=en><head><meta charset=utf-8><title>Sign in</title>"
-            f"</head><body><h1>Sign in needed</h1><p>{words}{link}</p></body></html>"
-        )
+        link = sign_in_url(portal) if sign_in else ""
+        body = page("Sign in", "Sign in needed", words, link=link, link_text="Sign in here")
         response = http.Response.make(407, body, _HTML)
         for name, value in headers:
             response.headers.add(name.decode(), value.decode())
@@ -414,14 +412,14 @@ class IdentitySourcesAddon:
         portal = policy.settings.portal_host
         target = flow.request.pretty_url if flow.request.method in ("GET", "HEAD") else None
         url = sign_in_url(portal, target)
-        flow.metadata["schoolgate"] = {"action": "sign_in", "client_ip": identity.client_ip}
+        put_mark(flow.metadata, FlowMark(action=SIGN_IN, client_ip=identity.client_ip))
         flow.response = http.Response.make(
             302 if flow.request.method in ("GET", "HEAD") else 303,
-            (
-                "<!doctype html><html lang=en><head><meta charset=utf-8><title>Sign in"
-                "</title></head><body><h1>Sign in to use the internet</h1><p>"
-                f'<a href="{html.escape(url)}">Sign in to the school\'s network</a></p>'
-                "</body></html>"
+            page(
+                "Sign in",
+                "Sign in to use the internet",
+                link=url,
+                link_text="Sign in to the school's network",
             ),
             {**_HTML, "location": url},
         )

@@ -41,6 +41,7 @@ from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.core.monitoring_settings import MonitoringSettings, monitoring_of
 from schoolgate.core.policy import Policy
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.fediverse_addon import _telling
@@ -59,7 +60,7 @@ from schoolgate.jobs.dsl_alerts import (
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from schoolgate.monitoring.titles import TitleSniffer, is_html
-from schoolgate.storage.eventlog import _strip_url, new_ref
+from schoolgate.storage.eventlog import new_ref
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ class MonitoringAddon:
             detail["identity"] = f"{identity.source}: {identity.rule}"
         name = (identity.user if identity is not None else None) or user
         try:
-            url = _strip_url(flow.request.pretty_url, keep_paths)
+            url = strip_url(flow.request.pretty_url, keep_paths)
         except ValueError:
             url = None
         self.recorder.record(

@@ -10,7 +10,6 @@ and to the gateway's own address and port (a browser fetching the PAC file direc
 
 from __future__ import annotations
 
-import html
 import ipaddress
 import json
 import logging
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 
+from schoolgate.gateway.blockpage import template_environment
 from schoolgate.gateway.flowinfo import request_view, target_host
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
@@ -39,50 +39,6 @@ CA_BASENAME = "mitmproxy-ca-cert.pem"  # what mitmproxy writes into its confdir
 CERT_NAME = "schoolgate-ca"
 _HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-store"}
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;
-line-height:1.5;color:#1b1b1b}}h1{{font-size:1.6rem}}code{{background:#f0f0f0;padding:0 .2rem}}
-.ref{{font-family:monospace;font-size:1.2rem}}</style></head>
-<body>{body}</body></html>
-"""
-
-_CA_BODY = """<h1>Install the school's web filter certificate</h1>
-<p>School devices need this certificate so that secure (HTTPS) sites work through the school's
-web filter, and so that blocked pages show an explanation instead of a security warning.
-IT Support normally installs it for you (Group Policy, Intune, Jamf or Google Admin).</p>
-<p><strong>Download:</strong>
-<a href="/ca/{name}.pem">{name}.pem</a> (PEM: Linux, macOS, iOS, Android, Firefox) &middot;
-<a href="/ca/{name}.crt">{name}.crt</a> (DER: Windows, ChromeOS)</p>
-<p>Fingerprint (SHA-256): <code>{fingerprint}</code><br>
-Check it matches the one IT Support published before you trust it.</p>
-<h2>Windows</h2><p>Open <code>{name}.crt</code>, choose <em>Install Certificate</em>,
-<em>Local Machine</em>, then <em>Place all certificates in the following store</em>:
-<em>Trusted Root Certification Authorities</em>. For many machines use Group Policy:
-<em>Computer Configuration &gt; Windows Settings &gt; Security Settings &gt; Public Key
-Policies &gt; Trusted Root Certification Authorities</em>.</p>
-<h2>macOS</h2><p>Open <code>{name}.pem</code> in Keychain Access (System keychain), open the
-certificate, expand <em>Trust</em> and set <em>When using this certificate</em> to <em>Always
-Trust</em>. Managed Macs: a Jamf or MDM configuration profile with the certificate.</p>
-<h2>iPhone and iPad</h2><p>Open this page in Safari, tap the <code>.pem</code> link, allow the
-profile, then <em>Settings &gt; General &gt; VPN &amp; Device Management</em> to install it, and
-<em>Settings &gt; General &gt; About &gt; Certificate Trust Settings</em> to turn on full
-trust.</p>
-<h2>Android</h2><p><em>Settings &gt; Security &gt; Encryption &amp; credentials &gt; Install a
-certificate &gt; CA certificate</em>, then pick the downloaded <code>.pem</code>. Many apps
-ignore user certificates: use managed devices (Android Enterprise) for school-wide trust.</p>
-<h2>ChromeOS</h2><p>In the Google Admin console: <em>Devices &gt; Networks &gt;
-Certificates</em>, upload <code>{name}.crt</code> and tick <em>Chromebook</em> as a certificate
-authority for HTTPS.</p>
-<h2>Linux</h2><p><code>sudo cp {name}.pem /usr/local/share/ca-certificates/{name}.crt &amp;&amp;
-sudo update-ca-certificates</code>. Firefox keeps its own store: <em>Settings &gt; Privacy
-&amp; Security &gt; Certificates &gt; View Certificates &gt; Authorities &gt; Import</em>.</p>
-<h2>Proxy settings</h2><p>Automatic configuration (PAC) URL:
-<code>http://{host}/proxy.pac</code> (also served as <code>/wpad.dat</code> for WPAD).</p>
-"""
-
 PORTAL_MARK = "schoolgate_portal"  # flow.metadata: the portal addon must answer this flow
 
 
@@ -99,8 +55,16 @@ def is_gateway_page(path: str) -> bool:
     return target in PAC_PATHS or target in ("/", "/ca") or target.startswith("/ca/")
 
 
-def page(title: str, body: str) -> bytes:
-    return _PAGE.format(title=html.escape(title), body=body).encode()
+def render_page(template: str, **context: object) -> bytes:
+    """One of the gateway's own pages (``gateway/templates``), HTML-escaped, as bytes."""
+    return template_environment().get_template(template).render(**context).encode()
+
+
+def page(title: str, heading: str, text: str = "", *, link: str = "", link_text: str = "") -> bytes:
+    """A plain page of the gateway's own: a heading, a sentence and an optional link."""
+    return render_page(
+        "plain.html", title=title, heading=heading, text=text, link=link, link_text=link_text
+    )
 
 
 def pac_script(proxy: str, direct: Sequence[str]) -> str:
@@ -245,9 +209,7 @@ class GatewayPages:
             flow.response = self.answer(flow)
         except Exception as exc:  # noqa: BLE001 - never fall through to the internet
             log.exception("schoolgate: gateway page %s failed", flow.request.path)
-            flow.response = http.Response.make(
-                500, page("Error", f"<h1>Error</h1><p>{html.escape(str(exc))}</p>"), _HTML
-            )
+            flow.response = http.Response.make(500, page("Error", "Error", str(exc)), _HTML)
 
     def answer(self, flow: http.HTTPFlow) -> http.Response:
         path = _path_only(flow.request.path).rstrip("/") or "/"
@@ -263,7 +225,7 @@ class GatewayPages:
             return self.ca_file(path[4:])
         return http.Response.make(
             404,
-            page("Not found", '<h1>Not found</h1><p><a href="/">Start page</a></p>'),
+            page("Not found", "Not found", link="/", link_text="Start page"),
             _HTML,
         )
 
@@ -298,12 +260,16 @@ class GatewayPages:
         try:
             _, _, digest = self._cert()
         except OSError:
-            return http.Response.make(
-                503, page("Certificate", "<h1>No certificate yet</h1>"), _HTML
-            )
+            return http.Response.make(503, page("Certificate", "No certificate yet"), _HTML)
         host = self.holder.policy.settings.portal_host if self.holder.policy else "gateway"
-        body = _CA_BODY.format(name=CERT_NAME, fingerprint=digest, host=html.escape(host))
-        return http.Response.make(200, page("School web filter certificate", body), _HTML)
+        body = render_page(
+            "ca.html",
+            title="School web filter certificate",
+            name=CERT_NAME,
+            fingerprint=digest,
+            host=host,
+        )
+        return http.Response.make(200, body, _HTML)
 
     def ca_file(self, name: str) -> http.Response:
         pem, der, _ = self._cert()
@@ -312,7 +278,7 @@ class GatewayPages:
         elif name in (f"{CERT_NAME}.crt", f"{CERT_NAME}.cer", f"{CERT_NAME}.der"):
             content, kind = der, "application/pkix-cert"
         else:
-            return http.Response.make(404, page("Not found", "<h1>Not found</h1>"), _HTML)
+            return http.Response.make(404, page("Not found", "Not found"), _HTML)
         return http.Response.make(
             200,
             content,

@@ -23,11 +23,20 @@ from schoolgate.core.destination import Destination, Handling, Verdict
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.core.sanctions import BanState, Ladder, SanctionSettings
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.core.words import wording_of
 from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
 from schoolgate.gateway.findings import blocking_findings
 from schoolgate.gateway.flowinfo import request_view
+from schoolgate.gateway.flowmark import (
+    BLOCK,
+    WARN,
+    FlowMark,
+    flow_mark,
+    put_mark,
+    supervision_of,
+)
 from schoolgate.storage.eventlog import new_ref
 
 if TYPE_CHECKING:
@@ -110,10 +119,8 @@ class SanctionPages:
             group=identity.group,
         )
         flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block", "suspended": ban.ref}
+        put_mark(flow.metadata, FlowMark(action=BLOCK, ref=ref, suspended=ban.ref))
         if wants_html(request_view(flow.request).headers):  # page loads: not every request
-            from schoolgate.storage.eventlog import _strip_url
-
             keep = policy.settings.keep_paths if policy is not None else True
             self.recorder.record(
                 {
@@ -123,7 +130,7 @@ class SanctionPages:
                     "kind": SUSPENDED_KIND,
                     "action": "block",
                     "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(url, keep),
+                    "url": strip_url(url, keep),
                     "rule": f"{ban.kind} {ban.ref}",
                     "reason": ban.reason,
                     "detail": {
@@ -179,7 +186,7 @@ class SanctionPages:
             school=wording_of(policy).school_name,
         )
         flow.response = http.Response.make(status, body, headers)
-        flow.metadata["schoolgate"] = {"ref": ref, "action": "block" if blocked else "warn"}
+        put_mark(flow.metadata, FlowMark(action=BLOCK if blocked else WARN, ref=ref))
         self._record_warned(flow, identity, subject, ref, now)
 
     def _record_warned(
@@ -203,16 +210,14 @@ class SanctionPages:
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
-        sup = flow.metadata.get("schoolgate_supervision")
-        if not sup:
+        mark = flow_mark(flow.metadata)
+        if mark is None or mark.supervision is None:
             return
+        sup = mark.supervision
         try:
-            from schoolgate.storage.eventlog import _strip_url
-
             policy = self.holder.policy
             keep = policy.settings.keep_paths if policy is not None else True
-            decided = flow.metadata.get("schoolgate") or {}
-            blocked = decided.get("action") == "block"
+            blocked = mark.blocked
             self.recorder.record(
                 {
                     "ref": new_ref(),
@@ -220,23 +225,23 @@ class SanctionPages:
                     "kind": SUPERVISED_KIND,
                     "action": "block" if blocked else "allow",
                     "client_ip": peer_ip(flow.client_conn),
-                    "user": sup.get("user"),
-                    "role": sup.get("role"),
-                    "group": sup.get("group"),
-                    "site": sup.get("site"),
+                    "user": sup.user,
+                    "role": sup.role,
+                    "group": sup.group,
+                    "site": sup.site,
                     "method": flow.request.method,
                     "scheme": flow.request.scheme,
                     "host": normalize_host(flow.request.pretty_host),
-                    "url": _strip_url(flow.request.pretty_url, keep),
-                    "rule": f"supervision #{sup.get('id')} by {sup.get('staff')}",
-                    "reason": f"supervised by {sup.get('staff')}",
+                    "url": strip_url(flow.request.pretty_url, keep),
+                    "rule": f"supervision #{sup.id} by {sup.staff}",
+                    "reason": f"supervised by {sup.staff}",
                     "detail": {
-                        "supervision_id": sup.get("id"),
-                        "supervision_ref": sup.get("ref"),
-                        "staff": sup.get("staff"),
-                        "subject": sup.get("subject"),
+                        "supervision_id": sup.id,
+                        "supervision_ref": sup.ref,
+                        "staff": sup.staff,
+                        "subject": sup.subject,
                         "status": flow.response.status_code if flow.response else None,
-                        "blocked_ref": decided.get("ref") if blocked else None,
+                        "blocked_ref": mark.ref if blocked else None,
                     },
                 }
             )
@@ -244,5 +249,5 @@ class SanctionPages:
             log.exception("schoolgate: could not record a supervised request")
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("schoolgate_supervision") and flow.response is None:
+        if supervision_of(flow.metadata) is not None and flow.response is None:
             self.response(flow)

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from schoolgate.core import words
 from schoolgate.core.sanctions import BanState
-from schoolgate.gateway.blockpage import SECURITY_HEADERS, _environment, wants_html
+from schoolgate.gateway.blockpage import SECURITY_HEADERS, template_environment, wants_html
 
 SUSPENDED_STATUS = 403
 
@@ -69,7 +69,7 @@ def render_suspended_page(
         "when": _when(now, tz),
         "who": _who(ban),
     }
-    return _environment().get_template("suspended.html").render(context)
+    return template_environment().get_template("suspended.html").render(context)
 
 
 def render_suspended_text(
@@ -143,7 +143,7 @@ def render_warning_page(
         "who": who,
         "when": _when(now, tz),
     }
-    return _environment().get_template("warning.html").render(context)
+    return template_environment().get_template("warning.html").render(context)
 
 
 def warning_response_parts(

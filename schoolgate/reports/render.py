@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from schoolgate.reports.build import Report, Section_
 
 TEMPLATES = Path(__file__).with_name("templates")
 BAR_COLOUR = "#2f6690"
 ALERT_COLOUR = "#b23a48"
+
+
+@lru_cache(maxsize=1)
+def _charts() -> Any:
+    """The macros of ``_charts.html`` (made once: charts are drawn while a report renders)."""
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"])
+    )
+    return env.get_template("_charts.html").module
 
 
 def bar_chart(
@@ -30,30 +41,37 @@ def bar_chart(
     """A horizontal bar chart as inline SVG (with a text alternative for screen readers)."""
     items = items[:max_items]
     if not items:
-        return Markup('<p class="empty">Nothing recorded.</p>')
+        return _charts().empty()
     label_w = min(200, max(60, 7 * max(len(k) for k, _ in items)))
     value_w = 60
     plot_w = width - label_w - value_w
     top = max(v for _, v in items) or 1
-    height = len(items) * (bar_height + 6) + 4
-    desc = "; ".join(f"{k}: {v}" for k, v in items)
-    parts = [
-        f'<svg class="chart" role="img" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
-        f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>",
-    ]
+    rows = []
     for i, (key, value) in enumerate(items):
         y = 2 + i * (bar_height + 6)
         w = 0 if not value else max(2, round(plot_w * value / top))
-        short = key if len(key) <= 28 else key[:27] + "\u2026"
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + bar_height - 5}" text-anchor="end" '
-            f'font-size="12">{escape(short)}</text>'
-            f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_height}" fill="{colour}"/>'
-            f'<text x="{label_w + w + 4}" y="{y + bar_height - 5}" font-size="12">{value}</text>'
+        rows.append(
+            {
+                "label": key if len(key) <= 28 else key[:27] + "\u2026",
+                "label_x": label_w - 6,
+                "text_y": y + bar_height - 5,
+                "x": label_w,
+                "y": y,
+                "w": w,
+                "h": bar_height,
+                "value_x": label_w + w + 4,
+                "value": value,
+            }
         )
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    chart = {
+        "width": width,
+        "height": len(items) * (bar_height + 6) + 4,
+        "title": title,
+        "desc": "; ".join(f"{k}: {v}" for k, v in items),
+        "colour": colour,
+        "rows": rows,
+    }
+    return _charts().bars(chart)
 
 
 def column_chart(items: list[tuple[str, int]], *, title: str, width: int = 520,
@@ -61,37 +79,38 @@ def column_chart(items: list[tuple[str, int]], *, title: str, width: int = 520,
     """Vertical columns (days of a week, hours of a day) as inline SVG; ``label_every``: name
     every so many columns (default: all up to 12, else every third)."""
     if not items or not any(v for _, v in items):
-        return Markup('<p class="empty">Nothing recorded.</p>')
+        return _charts().empty()
     n = len(items)
     slot = (width - 10) / n
     top = max(v for _, v in items) or 1
     plot_h = height - 34
-    desc = "; ".join(f"{k}: {v}" for k, v in items)
-    parts = [
-        f'<svg class="chart" role="img" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
-        f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>",
-    ]
     every = label_every or (1 if n <= 12 else 3)
+    rows = []
     for i, (key, value) in enumerate(items):
         h = 0 if not value else max(1, round(plot_h * value / top))
         x = 5 + i * slot
-        parts.append(
-            f'<rect x="{x + slot * 0.1:.1f}" y="{plot_h - h + 14}" width="{slot * 0.8:.1f}" '
-            f'height="{h}" fill="{BAR_COLOUR}"><title>{escape(key)}: {value}</title></rect>'
+        rows.append(
+            {
+                "key": key,
+                "value": value,
+                "x": f"{x + slot * 0.1:.1f}",
+                "y": plot_h - h + 14,
+                "w": f"{slot * 0.8:.1f}",
+                "h": h,
+                "mid": f"{x + slot / 2:.1f}",
+                "value_y": plot_h - h + 11 if value and n <= 12 else None,
+                "label": i % every == 0,
+            }
         )
-        if value and n <= 12:
-            parts.append(
-                f'<text x="{x + slot / 2:.1f}" y="{plot_h - h + 11}" text-anchor="middle" '
-                f'font-size="11">{value}</text>'
-            )
-        if i % every == 0:
-            parts.append(
-                f'<text x="{x + slot / 2:.1f}" y="{height - 4}" text-anchor="middle" '
-                f'font-size="11">{escape(key)}</text>'
-            )
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    chart = {
+        "width": width,
+        "height": height,
+        "title": title,
+        "desc": "; ".join(f"{k}: {v}" for k, v in items),
+        "colour": BAR_COLOUR,
+        "rows": rows,
+    }
+    return _charts().columns(chart)
 
 
 def _when(value: Any, tz: Any) -> str:
@@ -120,6 +139,48 @@ def render_html(report: Report, *, title: str = "Online safety report") -> str:
         title=title,
         generated=report.generated_at.astimezone(tz).strftime("%A %d %B %Y %H:%M %Z"),
         alert=ALERT_COLOUR,
+    )
+
+
+# The parts of a subject access export (``schoolgate export --html``), in the order shown.
+SUBJECT_ACCESS_SECTIONS = {
+    "events": "What the gateway recorded",
+    "exceptions": "Exceptions (allowed access) for or by this person",
+    "audit": "Audit trail entries about this person",
+    "requests_and_reports": "Access requests and content reports",
+    "bans": "Bans",
+    "staff_account": "Staff account",
+}
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def render_subject_access(data: dict[str, Any]) -> str:
+    """A subject access export (what ``schoolgate export`` gathers about one person) as one
+    HTML page: the roster, then a table per kind of record, with only the columns that hold
+    something."""
+    sections = []
+    for key, title in SUBJECT_ACCESS_SECTIONS.items():
+        value = data.get(key)
+        columns: list[str] = []
+        if value and not isinstance(value, str):
+            columns = [c for c in value[0] if any(row.get(c) not in (None, "") for row in value)]
+        sections.append((title, value, columns))
+    env = _environment()
+    env.filters["cell"] = _cell
+    return (
+        env.get_template("subject_access.html").render(
+            subject=data["subject"],
+            generated_at=data["generated_at"],
+            controller_note=data["controller_note"],
+            roster=data.get("roster"),
+            sections=sections,
+        )
+        + "\n"
     )
 
 

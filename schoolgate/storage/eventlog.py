@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Decision, RequestFacts
+from schoolgate.core.urlpaths import strip_url
 from schoolgate.monitoring.searches import capture
 from schoolgate.storage.storable import new_ref
 from schoolgate.storage.writer import COLUMNS, EVENT_TABLE, EventLog
@@ -45,20 +45,6 @@ def search_term_of(host: str, path: str | None) -> str | None:
     whitespace-collapsed and cut to 500 characters."""
     found = capture(host, path)
     return found.term[:SEARCH_TERM_MAX] if found is not None else None
-
-
-def _strip_url(url: str, keep_paths: bool) -> str:
-    """Never keep credentials in a URL; without ``keep_paths`` keep ``scheme://host[:port]/``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url if keep_paths else ""
-    netloc = parts.netloc.rpartition("@")[2]
-    if not keep_paths:
-        return urlunsplit((parts.scheme, netloc, "/", "", ""))
-    if netloc != parts.netloc or parts.fragment:
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    return url
 
 
 def decision_event(
@@ -102,7 +88,7 @@ def decision_event(
     if search_term is None and host and facts.path:
         search_term = search_term_of(host, facts.path)
     if url is not None:
-        url = _strip_url(url, keep_paths)
+        url = strip_url(url, keep_paths)
     user = ident.user or facts.user
     window = decision.window
     extra: dict[str, Any] = {}
