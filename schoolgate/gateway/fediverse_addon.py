@@ -46,7 +46,9 @@ _SERVER_NAMES = ("mastodon", "gotosocial", "akkoma")
 MAX_PENDING = 1000
 
 
-def _telling(path: str, content_type: str, server: str) -> bool:
+def reads_body(path: str, content_type: str, server: str) -> bool:
+    """Whether Fediverse recognition reads this response's body (a path, type or server that
+    tells a Fediverse server): other parts must then leave the body as it is."""
     base = path.split("?", 1)[0].rstrip("/").lower() or "/"
     if base in TELLING_PATHS or base.startswith("/nodeinfo/"):
         return True
@@ -90,7 +92,7 @@ class FediverseWatch:
             return
         content_type = response.headers.get("content-type", "")
         server = response.headers.get("server", "")
-        if not _telling(flow.request.path, content_type.lower(), server):
+        if not reads_body(flow.request.path, content_type.lower(), server):
             return
         host = normalize_host(flow.request.pretty_host)
         if not host or host in self.current or host == policy.settings.portal_host:

@@ -44,7 +44,7 @@ from schoolgate.core.policy import Policy
 from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic
-from schoolgate.gateway.fediverse_addon import _telling
+from schoolgate.gateway.fediverse_addon import reads_body
 from schoolgate.gateway.flowinfo import request_view, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
@@ -258,7 +258,7 @@ class MonitoringAddon:
         if not is_html(content_type):
             return
         try:
-            if _telling(flow.request.path, content_type or "", headers.get("server", "")):
+            if reads_body(flow.request.path, content_type or "", headers.get("server", "")):
                 return  # FediverseWatch reads this body in its response hook: keep it whole
             sniffer = TitleSniffer(
                 content_type, headers.get("content-encoding"), self.settings.title_bytes
