@@ -126,7 +126,9 @@ def load_circumvention(
     """Validate the ``circumvention`` section (``None``: every detector, the defaults)."""
     if section is None:
         return CircumventionSettings()
-    from schoolgate.circumvention import _REGISTRY
+    from schoolgate.circumvention import detector_names
+
+    known = detector_names()
 
     section.check_keys(
         {
@@ -148,12 +150,12 @@ def load_circumvention(
         for text, line, name in section.strings("detectors"):
             if text == "all":
                 section.issues.add(section.file, line, name, "'all' cannot be in a list")
-            elif text not in _REGISTRY:
+            elif text not in known:
                 section.issues.add(
                     section.file,
                     line,
                     name,
-                    f"unknown detector {text!r}; detectors are {', '.join(_REGISTRY)}",
+                    f"unknown detector {text!r}; detectors are {', '.join(known)}",
                 )
             else:
                 names.append(text)
