@@ -10,8 +10,12 @@ import re
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from schoolgate.circumvention.hostnames import HOSTNAME, analyse_host
+from schoolgate.circumvention.hostnames import analyse_host
 
+# A host name a URL may name (a label of letters at the end: not "1.2.3" or "localhost").
+_HOSTNAME = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z"
+)
 _SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,9}://")
 _EMBEDDED_URL = re.compile(r"(?:https?|wss?)(?::|%3A)(?:/|%2F){1,2}", re.IGNORECASE)
 
@@ -38,7 +42,7 @@ def url_host(value: str, *, bare_ok: bool = True) -> str | None:
     info = analyse_host(netloc)
     if info.ip is not None:
         return info.host
-    if info.host and HOSTNAME.match(info.host):
+    if info.host and _HOSTNAME.match(info.host):
         return info.host
     return None
 

@@ -6,7 +6,6 @@ computes all of it once per spelling."""
 from __future__ import annotations
 
 import ipaddress
-import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,9 +56,6 @@ _HEX = frozenset("0123456789abcdef")
 _OCT = frozenset("01234567")
 IP_DISGUISES = frozenset(
     {"ipv4-decimal", "ipv4-hex", "ipv4-octal", "ipv4-short", "ipv4-mapped-ipv6"}
-)
-HOSTNAME = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z"
 )
 
 # Script combinations a single label may legitimately mix (as browsers allow them).
