@@ -127,9 +127,17 @@ def host_suffixes(host: str) -> list[str]:
 
 
 @cache
-def _public_suffix_list() -> PublicSuffixList:
+def _public_suffix_list(*, only_icann: bool = False) -> PublicSuffixList:
     # The snapshot bundled with the installed package: nothing is fetched.
-    return PublicSuffixList()
+    return PublicSuffixList(only_icann=only_icann)
+
+
+def is_registry_suffix(host: str) -> bool:
+    """Whether a normalised host name is a suffix under which a registry hands out names to
+    unrelated owners (the Public Suffix List's ICANN section: ``co.uk``, ``kent.sch.uk``,
+    ``com.au``), rather than one owner's domain. Shared hosting domains (``github.io``, the
+    list's private section) are not registries."""
+    return bool(host) and _public_suffix_list(only_icann=True).is_public(host)
 
 
 @lru_cache(maxsize=16384)
