@@ -14,6 +14,7 @@ valgrind with 0 and with N rounds of each, differenced.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def instructions(steady_rounds: int, first_sight_rounds: int) -> int:
         *(sys.executable, __file__, "--steady-rounds", str(steady_rounds)),
         *("--first-sight-rounds", str(first_sight_rounds)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same sets' layout in every run
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     assert found, done.stderr[-2000:]
     return int(found[1].replace(",", ""))
