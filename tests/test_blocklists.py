@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate import circumvention
+from schoolgate.circumvention import knownhosts
 from schoolgate.core.configfile import Issues
 from schoolgate.core.lists import Matcher, parse_list
 
@@ -79,12 +79,12 @@ def test_the_circumvention_list_blocks_every_resolver_the_detector_knows():
     )
     assert not issues.items
     known = (
-        circumvention._DOH_HOSTS
-        | circumvention._DOH_SUFFIXES
-        | circumvention._RESOLVER_IPS
-        | circumvention._TOR2WEB_SUFFIXES
-        | circumvention._TOR_INFRA_HOSTS
-        | circumvention._TOR_INFRA_SUFFIXES
+        knownhosts.DOH_HOSTS
+        | knownhosts.DOH_SUFFIXES
+        | knownhosts.RESOLVER_IPS
+        | knownhosts.TOR2WEB_SUFFIXES
+        | knownhosts.TOR_INFRA_HOSTS
+        | knownhosts.TOR_INFRA_SUFFIXES
     )
     assert len(known) > 100
     missing = sorted(h for h in known if matcher.lookup(h, "/") is None)

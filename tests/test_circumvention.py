@@ -20,12 +20,11 @@ from schoolgate.circumvention import (
     Detectors,
     DetectorsFailed,
     TrafficFacts,
-    _registrable_fallback,
     detector_names,
     normalise_for_detection,
 )
 from schoolgate.core.destination import Destination, Verdict
-from schoolgate.core.hosts import host_suffixes, normalize_host
+from schoolgate.core.hosts import host_suffixes, normalize_host, registrable_domain
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -999,12 +998,12 @@ def test_a_failing_lookup_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
     assert "listed_host failed" in caplog.text
 
 
-def test_registrable_fallback() -> None:
-    assert _registrable_fallback("www.bbc.co.uk") == "bbc.co.uk"
-    assert _registrable_fallback("mail.google.com") == "google.com"
-    assert _registrable_fallback("www.stmarys.kent.sch.uk") == "stmarys.kent.sch.uk"
-    assert _registrable_fallback("relay.appspot.com") == "relay.appspot.com"
-    assert _registrable_fallback("localhost") == "localhost"
+def test_registrable_domain() -> None:
+    assert registrable_domain("www.bbc.co.uk") == "bbc.co.uk"
+    assert registrable_domain("mail.google.com") == "google.com"
+    assert registrable_domain("www.stmarys.kent.sch.uk") == "stmarys.kent.sch.uk"
+    assert registrable_domain("relay.appspot.com") == "relay.appspot.com"
+    assert registrable_domain("localhost") == "localhost"
 
 
 # -- the detectors that look only at the destination run once for each clean one ---------------

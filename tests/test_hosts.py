@@ -2,7 +2,12 @@
 
 import pytest
 
-from schoolgate.core.hosts import host_suffixes, normalize_host
+from schoolgate.core.hosts import (
+    host_suffixes,
+    is_registry_suffix,
+    normalize_host,
+    registrable_domain,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +65,25 @@ def test_a_host_with_a_capital_sigma_is_one_host_to_decide():
     request.headers["host"] = "AΣ中.test"
     assert request_hosts(request) == ("aσ中.test", [])
     assert request_hosts(request, sni="AΣ中.test") == ("aσ中.test", [])
+
+
+@pytest.mark.parametrize(
+    "host,site",
+    [
+        ("www.bbc.co.uk", "bbc.co.uk"),
+        ("www.stmarys.kent.sch.uk", "stmarys.kent.sch.uk"),  # the *.sch.uk rule
+        ("someone.github.io", "someone.github.io"),  # shared hosting: each user's own site
+        ("x-y.translate.goog", "x-y.translate.goog"),
+        ("a.b.school.internal", "school.internal"),  # a top-level domain the list lacks
+        ("co.uk", "co.uk"),  # a suffix is its own
+        ("localhost", "localhost"),
+        ("", ""),
+    ],
+)
+def test_registrable_domain_follows_the_public_suffix_list(host, site):
+    assert registrable_domain(host) == site
+
+
+def test_a_registry_suffix_is_a_registrys_not_a_shared_hosts():
+    assert all(map(is_registry_suffix, ["co.uk", "kent.sch.uk", "com.au", "police.uk"]))
+    assert not any(map(is_registry_suffix, ["github.io", "bbc.co.uk", "nhs.uk.example", ""]))

@@ -18,10 +18,8 @@ MAX_LINES = 700
 
 # Import cycles allowed (none: a new one fails the test below and names its imports).
 KNOWN_CYCLES: list[set[str]] = []
-# Modules over MAX_LINES as of today (issue 21 splits them).
-KNOWN_LONG = [
-    "schoolgate/circumvention/__init__.py",
-]
+# Modules allowed over MAX_LINES (none: a new one fails the test below and names it).
+KNOWN_LONG: list[str] = []
 
 
 # -- the import graph --------------------------------------------------------------------------
@@ -231,18 +229,6 @@ def test_no_module_over_700_lines_beyond_the_known_ones() -> None:
         if _lines(p) > MAX_LINES and str(p.relative_to(ROOT)) not in KNOWN_LONG
     }
     assert not long, f"modules over {MAX_LINES} lines (split them): {long}"
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=f"over {MAX_LINES} lines"))
-        for m in KNOWN_LONG
-    ],
-)
-def test_a_known_long_module_is_short(module: str) -> None:
-    path = ROOT / module
-    assert not path.exists() or _lines(path) <= MAX_LINES, f"{module}: {_lines(path)} lines"
 
 
 def test_the_cycle_check_sees_imports_inside_functions_and_relative_ones(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from urllib.parse import unquote
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 # Most hosts on the wire are already normal: a fast check saves the full work (and the cache).
 _ALREADY_NORMAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
@@ -123,3 +124,33 @@ def host_suffixes(host: str) -> list[str]:
     """``a.b.c`` -> ``["a.b.c", "b.c", "c"]``: the names a domain rule can match on."""
     parts = host.split(".")
     return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+@cache
+def _public_suffix_list(*, only_icann: bool = False) -> PublicSuffixList:
+    # The snapshot bundled with the installed package: nothing is fetched.
+    return PublicSuffixList(only_icann=only_icann)
+
+
+def is_registry_suffix(host: str) -> bool:
+    """Whether a normalised host name is a suffix under which a registry hands out names to
+    unrelated owners (the Public Suffix List's ICANN section: ``co.uk``, ``kent.sch.uk``,
+    ``com.au``), rather than one owner's domain. Shared hosting domains (``github.io``, the
+    list's private section) are not registries."""
+    return bool(host) and _public_suffix_list(only_icann=True).is_public(host)
+
+
+@lru_cache(maxsize=16384)
+def registrable_domain(host: str) -> str:
+    """The registrable domain of a normalised host name: ``www.bbc.co.uk`` -> ``bbc.co.uk``,
+    ``www.stmarys.kent.sch.uk`` -> ``stmarys.kent.sch.uk``.
+
+    By the Public Suffix List, its private section included: each user's site on a shared
+    hosting domain is its own (``relay.appspot.com``, ``someone.github.io``). Under a
+    top-level domain the list does not know, the last label is the suffix (``a.b.test`` ->
+    ``b.test``). A name that is itself a public suffix (``co.uk``, ``github.io``), a single
+    label (``localhost``) or not a host name at all is its own registrable domain.
+    """
+    if not host:
+        return ""
+    return _public_suffix_list().privatesuffix(host) or host

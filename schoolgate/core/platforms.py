@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schoolgate.core.configfile import Issues, Section, load_yaml
-from schoolgate.core.hosts import normalize_host
+from schoolgate.core.hosts import is_registry_suffix, normalize_host
 
 __all__ = [
     "SHARED_INFRASTRUCTURE",
@@ -61,11 +61,6 @@ SHARED_INFRASTRUCTURE = frozenset(
     """.split()
 )
 
-# Second-level labels under which a country's registry hands out names (co.uk, com.au): a
-# two-label entry made of one of these and a country code is a public suffix, not a platform.
-_GENERIC_SECOND_LEVEL = frozenset(
-    "co com org net ac gov edu ltd plc me sch nhs police mod ne or go".split()
-)
 _KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _HOST_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)+[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 _KEYS = frozenset({"name", "category", "hosts", "static", "note"})
@@ -207,9 +202,8 @@ def _family_entry(text: str) -> tuple[str | None, str]:
     host = normalize_host(raw)
     if not host or len(host) > 253 or not _HOST_RE.fullmatch(host):
         return None, f"not a host name: {text!r}"
-    labels = host.split(".")
-    if len(labels) == 2 and labels[0] in _GENERIC_SECOND_LEVEL and len(labels[1]) == 2:
-        return None, f"{host} is a public suffix shared by a whole country's sites"
+    if is_registry_suffix(host):
+        return None, f"{host} is a public suffix: the names under it belong to unrelated sites"
     if host in SHARED_INFRASTRUCTURE:
         return None, (
             f"{host} is shared infrastructure used by many services; list the platform's own "
