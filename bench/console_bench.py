@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from schoolgate.core.config import load_policy  # noqa: E402
 from schoolgate.portal.app import create_app, make_identify  # noqa: E402
 from schoolgate.portal.auth import add_staff  # noqa: E402
-from schoolgate.storage.db import EventRow, open_database  # noqa: E402
+from schoolgate.storage.db import open_database  # noqa: E402
+from schoolgate.storage.models import EventRow  # noqa: E402
 
 PASSWORD = "correct horse battery"
 CATEGORIES = ("social_media", "wikipedia", "circumvention", "blogs", "games")  # 2 configured

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import func, select  # noqa: E402
 
 from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window  # noqa: E402
-from schoolgate.storage.db import EventRow, open_database  # noqa: E402
+from schoolgate.storage.db import open_database  # noqa: E402
 from schoolgate.storage.eventlog import EventLog, decision_event, new_ref  # noqa: E402
+from schoolgate.storage.models import EventRow
 
 AT = datetime(2026, 11, 30, 10, 15, tzinfo=UTC)
 DECISION = Decision(

@@ -48,8 +48,11 @@ from schoolgate.core.config import load_policy  # noqa: E402
 from schoolgate.portal.app import create_app, make_identify  # noqa: E402
 from schoolgate.portal.auth import add_staff  # noqa: E402
 from schoolgate.portal.blueprints.public import new_ref  # noqa: E402
-from schoolgate.storage.db import EventRow, open_database  # noqa: E402
-from schoolgate.storage.portal import PortalRequestRow  # noqa: E402
+from schoolgate.storage.db import open_database  # noqa: E402
+from schoolgate.storage.models import (  # noqa: E402
+    EventRow,
+    PortalRequestRow,  # noqa: E402
+)
 
 PASSWORD = "correct horse battery"
 YEAR_START = datetime(2025, 9, 3, 8, 30, tzinfo=UTC)

@@ -177,7 +177,7 @@ def staff_portal(tmp_path_factory, browser):
     from schoolgate.portal import totp
     from schoolgate.portal.auth import add_staff
     from schoolgate.storage.bans import add_ban
-    from schoolgate.storage.db import EventRow
+    from schoolgate.storage.models import EventRow
 
     folder = tmp_path_factory.mktemp("console")
     shutil.copytree(Path(__file__).parent / "data" / "gateway", folder / "config")
@@ -267,7 +267,7 @@ def _risk_matches(session, now: datetime) -> None:
     import json
 
     from schoolgate.storage import cases
-    from schoolgate.storage.db import EventRow
+    from schoolgate.storage.models import EventRow
 
     terms = [("how to kill myself without pain tonight", 3, "suicide"),
              ("best pro ana thinspiration diet", 2, "eating_disorders"),

@@ -34,7 +34,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def env(gateway_config: Path, gateway_data_dir: Path):
     from schoolgate.core.config import load_policy
     from schoolgate.storage.bans import save_ban
-    from schoolgate.storage.db import EventRow, open_database
+    from schoolgate.storage.db import open_database
+    from schoolgate.storage.models import EventRow
 
     policy = load_policy(gateway_config, data_dir=gateway_data_dir)
     sessions = open_database(policy.settings.database_url)

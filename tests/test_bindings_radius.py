@@ -20,7 +20,8 @@ from schoolgate.bindings.radius import RadiusListener, accounting_store, radius_
 from schoolgate.bindings.settings import RadiusSettings
 from schoolgate.bindings.writer import BindingWriter
 from schoolgate.storage import bindings as store
-from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow
 
 SECRET = b"a-long-shared-secret-for-tests-0123"
 

@@ -24,7 +24,8 @@ from schoolgate.bindings.sessions import (
 )
 from schoolgate.bindings.settings import LeaseFile, NegotiateSettings, SignInSettings
 from schoolgate.storage import bindings as store
-from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PUPIL_PASSWORD = DIRECTORY_PASSWORDS["pupil1"][0]

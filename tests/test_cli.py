@@ -304,7 +304,8 @@ def test_allow_is_audited(config, capsys):
     from sqlalchemy import select
 
     from schoolgate.core.config import load_policy
-    from schoolgate.storage.db import AuditRow, open_database
+    from schoolgate.storage.db import open_database
+    from schoolgate.storage.models import AuditRow
 
     run(
         capsys,

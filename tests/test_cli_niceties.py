@@ -14,7 +14,8 @@ from policy_fixtures import write_config
 from schoolgate.cli.main import main
 from schoolgate.core.config import load_policy
 from schoolgate.core.configfile import ConfigError
-from schoolgate.storage.db import ExceptionRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import ExceptionRow
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -16,10 +16,10 @@ from test_portal import PASSWORD, Portal, csrf, post
 from schoolgate.portal.app import create_app, make_identify
 from schoolgate.portal.auth import add_staff
 from schoolgate.portal.services.events import EventFilter, history
-from schoolgate.storage.bans import BanAuditRow, SupervisionRow, add_ban
-from schoolgate.storage.db import AuditRow, EventRow
+from schoolgate.storage.bans import add_ban
 from schoolgate.storage.events import LiveCursor, follow_events
 from schoolgate.storage.heartbeats import Beat, record_beat
+from schoolgate.storage.models import AuditRow, BanAuditRow, EventRow, SupervisionRow
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from test_portal import PASSWORD, Portal, csrf, post
 from schoolgate.jobs.retention import RetentionSettings, erase_user, export_user, purge
 from schoolgate.portal.auth import add_staff
 from schoolgate.storage.bans import add_ban
-from schoolgate.storage.cases import CaseNoteRow, CaseRow, MatchRow
-from schoolgate.storage.db import AuditRow, EventRow
+from schoolgate.storage.models import AuditRow, CaseNoteRow, CaseRow, EventRow, MatchRow
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from schoolgate.core.config import load_policy
 from schoolgate.portal.app import create_app, make_identify
 from schoolgate.portal.auth import add_staff
-from schoolgate.storage.cases import CaseRow
-from schoolgate.storage.db import AuditRow, EventRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow, CaseRow, EventRow
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from schoolgate.storage.batches import BatchWriter, TransientFailure
-from schoolgate.storage.db import EventRow, open_database
+from schoolgate.storage.db import open_database
 from schoolgate.storage.deadletter import DeadLetters
 from schoolgate.storage.eventlog import EVENT_TABLE, EventLog, new_ref
 from schoolgate.storage.events import list_events
+from schoolgate.storage.models import EventRow
 from schoolgate.storage.storable import FIELD_MAX, escape_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window
-from schoolgate.storage.db import EventRow, open_database
+from schoolgate.storage.db import open_database
 from schoolgate.storage.eventlog import EventLog, decision_event, new_ref, search_term_of
 from schoolgate.storage.events import list_events
+from schoolgate.storage.models import EventRow
 
 AT = datetime(2026, 11, 30, 10, 15, tzinfo=UTC)
 WINDOW = Window("lesson", "P2", AT - timedelta(minutes=15), AT + timedelta(minutes=45), "main")

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, Table, select
+from sqlalchemy import select
 
 from schoolgate.core.config import load_policy
 from schoolgate.core.configfile import ConfigError, Issues, MarkedDict, Section
 from schoolgate.jobs.scheduler import FakeClock, Jobs, read_notifications
-from schoolgate.storage.db import AuditRow, ExceptionRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow, ExceptionRow, OutboxRow, PortalRequestRow
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # a Tuesday (the test timetable is UTC)
 
@@ -152,7 +153,7 @@ def test_reports_are_built_kept_and_emailed_on_schedule(school):
             "report-week-2026-11-23.html",
         ]
         with sessions() as session:
-            outbox = Table("portal_outbox", MetaData(), autoload_with=session.connection())
+            outbox = OutboxRow.__table__
             mails = list(session.execute(select(outbox.c.recipient, outbox.c.subject)))
         assert ("esafety@school.example", "Online safety report: Sunday 29 November 2026") in mails
         assert len(mails) == 2
@@ -164,7 +165,7 @@ def test_escalation_to_slt_after_the_configured_time(school):
     policy, sessions = school
     with sessions.begin() as session:
         conn = session.connection()
-        requests = Table("portal_requests", MetaData(), autoload_with=conn)
+        requests = PortalRequestRow.__table__
         created = T0 - timedelta(hours=1)
         base = dict(
             token="t", status="open", created_at=created, updated_at=created,
@@ -187,7 +188,7 @@ def test_escalation_to_slt_after_the_configured_time(school):
         assert jobs.results["escalate"]["escalated"] == ["R1"]
         with sessions() as session:
             conn = session.connection()
-            requests = Table("portal_requests", MetaData(), autoload_with=conn)
+            requests = PortalRequestRow.__table__
             status = dict(conn.execute(select(requests.c.ref, requests.c.status)).all())
         assert status == {"R1": "escalated", "R2": "open", "R3": "rejected"}
         assert [r.subject for r in _audit(sessions, "request.escalate")] == ["request R1"]

@@ -30,9 +30,9 @@ from sqlalchemy.orm import sessionmaker
 from schoolgate.core.config import load_policy
 from schoolgate.jobs.notify import CLAIM_FOR, OutboxSender, SmtpSettings
 from schoolgate.jobs.scheduler import FakeClock, Jobs
-from schoolgate.storage.db import AuditRow, open_database
-from schoolgate.storage.leases import Lease, LeaseKeeper, LeaseRow
-from schoolgate.storage.portal import OutboxRow
+from schoolgate.storage.db import open_database
+from schoolgate.storage.leases import Lease, LeaseKeeper
+from schoolgate.storage.models import AuditRow, LeaseRow, OutboxRow
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 TAKEOVER_DEADLINE = 90.0  # seconds: generous, for a loaded machine (not a speed check)
@@ -126,7 +126,8 @@ def test_gateways_starting_together_get_exactly_one_holder(gateways) -> None:
 HOLDER_SCRIPT = """
 import sys, time
 from schoolgate.core.config import load_policy
-from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow
 from schoolgate.jobs.scheduler import FakeClock, Jobs
 from schoolgate.storage.leases import Lease, LeaseKeeper
 

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from schoolgate.core.config import load_policy
 from schoolgate.jobs.listupdate import Progress, fetch_and_install, list_updates_of
 from schoolgate.jobs.scheduler import FakeClock, Jobs
-from schoolgate.storage.db import AuditRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "lists"
 

@@ -22,8 +22,8 @@ from schoolgate.core.configfile import ConfigError
 from schoolgate.core.staff_signin import signin_of
 from schoolgate.portal.auth import add_staff
 from schoolgate.portal.oidc import OidcClient, OidcError, PendingLogin, staff_for
-from schoolgate.storage.db import AuditRow, open_database
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import AuditRow, StaffRow
 
 CALLBACK = "https://schoolgate.internal/staff/oidc/entra/callback"
 CLIENT_ID = "schoolgate-portal"

@@ -15,9 +15,9 @@ from schoolgate.core.model import RequestFacts
 from schoolgate.gateway.blockpage import sign_ref
 from schoolgate.portal.app import SltRequired, create_app, make_identify
 from schoolgate.portal.auth import add_staff, hash_password, set_password, verify_password
-from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, open_database
+from schoolgate.storage.db import open_database
 from schoolgate.storage.exceptions import exceptions_current
-from schoolgate.storage.portal import PortalRequestRow, StaffRow
+from schoolgate.storage.models import AuditRow, EventRow, ExceptionRow, PortalRequestRow, StaffRow
 
 SECRET = b"s" * 32
 PASSWORD = "correct horse battery"

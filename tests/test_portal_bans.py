@@ -8,14 +8,8 @@ import pytest
 from test_portal import STUDENT_IP, Portal, csrf, post
 
 from schoolgate.core.sanctions import BanState
-from schoolgate.storage.bans import (
-    BanAuditRow,
-    BanRow,
-    add_ban,
-    bans_current,
-    save_ban,
-    start_supervision,
-)
+from schoolgate.storage.bans import add_ban, bans_current, save_ban, start_supervision
+from schoolgate.storage.models import BanAuditRow, BanRow
 
 PAGE = "/it/bans"
 

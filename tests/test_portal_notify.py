@@ -17,7 +17,7 @@ from mail import Inbox
 from test_portal import Portal, item_id, post
 
 from schoolgate.jobs.notify import SmtpSettings, backoff, smtp_settings_from
-from schoolgate.storage.portal import OutboxRow
+from schoolgate.storage.models import OutboxRow
 
 
 def free_port() -> int:

@@ -36,7 +36,8 @@ from gateway_process import ROOT, free_port, start_gateway, stop_gateway
 from pg_server import PostgresServer, wait_until
 from sqlalchemy import func, select
 
-from schoolgate.storage.db import EventRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import EventRow
 from tests.test_circumvention_addon import add_circumvention_config
 from tests.test_gateway_e2e import Origin
 
@@ -275,7 +276,7 @@ def test_request_made_through_one_gateway_is_in_the_queue_on_the_other(trust: Tr
         )
         assert sent.status_code == 303, sent.text
     with trust.sessions() as session:
-        from schoolgate.storage.portal import PortalRequestRow
+        from schoolgate.storage.models import PortalRequestRow
 
         row = session.scalars(
             select(PortalRequestRow).where(PortalRequestRow.message == "Year 9 media project")

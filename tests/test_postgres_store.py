@@ -1,6 +1,6 @@
 """schoolgate's database code on a real PostgreSQL server (``tests/pg_server.py``), each test on
 a fresh database: what SQLite lets pass and PostgreSQL does not (the length of String columns,
-a transaction aborted by a refused row, reflection, concurrent migrations, two gateways claiming
+a transaction aborted by a refused row, concurrent migrations, two gateways claiming
 the same row, the job store), and the errors a school sees for a database URL that is wrong or
 a server that is down."""
 
@@ -24,10 +24,11 @@ from schoolgate.jobs.retention import RetentionSettings, export_user, purge
 from schoolgate.jobs.scheduler import FakeClock, Jobs
 from schoolgate.reports.build import build_report, period_for
 from schoolgate.storage.bans import add_ban, note_expired
-from schoolgate.storage.db import MIGRATIONS_DIR, AuditRow, EventRow, ExceptionRow, open_database
+from schoolgate.storage.db import MIGRATIONS_DIR, open_database
 from schoolgate.storage.eventlog import EventLog, new_ref
 from schoolgate.storage.events import list_events
 from schoolgate.storage.exceptions import add_exception, exceptions_current, revoke_exception
+from schoolgate.storage.models import AuditRow, EventRow, ExceptionRow
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -158,7 +159,7 @@ def test_an_ended_ban_is_noted_once_by_two_gateways_at_once(sessions) -> None:
     assert len(expired) == 1
 
 
-def test_purge_and_subject_access_use_reflected_tables(sessions) -> None:
+def test_purge_and_subject_access_on_postgres(sessions) -> None:
     old = T0 - timedelta(days=200)
     with sessions.begin() as session:
         session.execute(

@@ -15,7 +15,7 @@ from test_circumvention_addon import add_circumvention_config, http_flow
 
 from schoolgate.gateway import make_addons, make_chain
 from schoolgate.gateway.recorder import Recorder
-from schoolgate.storage.portal import OutboxRow
+from schoolgate.storage.models import OutboxRow
 
 
 @pytest.fixture

@@ -14,12 +14,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, Table, insert
+from sqlalchemy import insert
 
 from schoolgate.core.config import load_policy
 from schoolgate.reports.build import build_report, period_for, report_as_dict
 from schoolgate.reports.render import render_csv, render_html
-from schoolgate.storage.db import EventRow, ExceptionRow, open_database
+from schoolgate.storage.db import open_database
+from schoolgate.storage.models import EventRow, ExceptionRow, PortalRequestRow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -82,7 +83,7 @@ def _seed_week(sessions) -> list[dict]:
 def _seed_portal(sessions) -> None:
     with sessions.begin() as s:
         conn = s.connection()
-        requests = Table("portal_requests", MetaData(), autoload_with=conn)
+        requests = PortalRequestRow.__table__
         t = MONDAY + timedelta(days=2, hours=9)
         for n, (kind, hours, status) in enumerate(
             [("access", 1, "approved"), ("access", 2, "rejected"), ("access", 5, "approved"),

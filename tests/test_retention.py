@@ -11,13 +11,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy import func, select
 
 from schoolgate.core.config import load_policy
 from schoolgate.core.configfile import Issues, Section, load_yaml
 from schoolgate.jobs.retention import RetentionSettings, purge, read_retention
-from schoolgate.storage.bans import BanRow, SupervisionRow
-from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, open_database, utcnow
+from schoolgate.storage.db import open_database, utcnow
+from schoolgate.storage.models import (
+    AuditRow,
+    BanRow,
+    EventRow,
+    ExceptionRow,
+    PortalRequestRow,
+    SupervisionRow,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -182,7 +189,7 @@ def seeded(gateway_config: Path, gateway_data_dir: Path):
         s.add(SupervisionRow(ref="S1", subject="user:ben", staff="mr.lee", starts=now,
                              ends=now + timedelta(hours=1), reason="ICT lesson"))  # fmt: skip
         conn = s.connection()
-        requests = Table("portal_requests", MetaData(), autoload_with=conn)
+        requests = PortalRequestRow.__table__
         base = dict(token="secret-token", created_at=now, updated_at=now, requester_user="ben",
                     requester_role="student", requester_site="main", url="https://x.test/",
                     host="x.test", purpose="curriculum", message="for my project")  # fmt: skip

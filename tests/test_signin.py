@@ -13,8 +13,7 @@ import pytest
 from test_portal import PASSWORD, SECRET, Portal, csrf
 
 from schoolgate.portal import totp
-from schoolgate.storage.db import AuditRow
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import AuditRow, StaffRow
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from schoolgate.portal import totp
 from schoolgate.portal.auth import add_staff
 from schoolgate.storage.db import open_database
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import StaffRow
 
 KEY = b"k" * 32
 AT = datetime(2026, 12, 7, 10, 12, 5, tzinfo=UTC)

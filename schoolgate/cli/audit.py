@@ -29,8 +29,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from schoolgate.cli.common import CommandError, load, open_db
-    from schoolgate.storage.db import AuditRow
     from schoolgate.storage.events import parse_since
+    from schoolgate.storage.models import AuditRow
 
     policy = load(args)
     try:

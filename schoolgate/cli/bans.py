@@ -108,7 +108,7 @@ def cmd_bans_show(args: argparse.Namespace) -> int:
         ]
         from sqlalchemy import select
 
-        from schoolgate.storage.db import EventRow
+        from schoolgate.storage.models import EventRow
 
         refs = data["events"]
         evidence = []

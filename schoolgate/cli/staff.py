@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from schoolgate.storage.portal import STAFF_ROLES
+from schoolgate.core.staff_signin import STAFF_ROLES
 
 
 def register(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -74,7 +74,7 @@ def _password(args: argparse.Namespace) -> str:
 def cmd_staff(args: argparse.Namespace) -> int:
     from schoolgate.cli.common import CommandError, load, open_db
     from schoolgate.portal.auth import AccountError, add_staff, set_password
-    from schoolgate.storage.portal import StaffRow
+    from schoolgate.storage.models import StaffRow
 
     for name in ("config", "data_dir"):
         if not hasattr(args, name):

@@ -204,7 +204,7 @@ class BanSync:
         since ``since``; None if unreadable."""
         from sqlalchemy import select
 
-        from schoolgate.storage.db import EventRow
+        from schoolgate.storage.models import EventRow
 
         try:
             with sessions() as session:

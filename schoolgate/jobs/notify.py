@@ -36,7 +36,7 @@ from schoolgate.core.notification_settings import (  # noqa: F401 - read here by
     smtp_settings_from,
 )
 from schoolgate.storage.leases import holder_id
-from schoolgate.storage.portal import OutboxRow, StaffRow
+from schoolgate.storage.models import OutboxRow, StaffRow
 from schoolgate.storage.storable import escape_text
 
 log = logging.getLogger(__name__)

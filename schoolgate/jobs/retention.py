@@ -8,9 +8,8 @@
   :func:`erase_user` erases it, except what is kept as **safeguarding evidence** or as the
   audit trail the school must keep (see ``docs/data-protection.md``).
 
-Tables that other parts of schoolgate add later (the portal's requests, bans) are used only if
-they exist in the database, through reflection, so that this module never depends on their
-models.
+The tables are the models of :mod:`schoolgate.storage.models`; the migrations make every one
+of them, so each is there to purge and to search.
 """
 
 from __future__ import annotations
@@ -22,18 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    DateTime,
-    MetaData,
-    Table,
-    and_,
-    delete,
-    event,
-    inspect,
-    not_,
-    or_,
-    select,
-)
+from sqlalchemy import Table, and_, delete, not_, or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.core.configfile import parse_clock  # noqa: F401 - read here by callers
@@ -43,7 +31,20 @@ from schoolgate.core.retention_settings import (  # noqa: F401 - read here by ca
     RetentionSettings,
     read_retention,
 )
-from schoolgate.storage.db import AuditRow, EventRow, ExceptionRow, UTCDateTime, utcnow
+from schoolgate.storage.db import utcnow
+from schoolgate.storage.models import (
+    OPEN_STATUSES,
+    AuditRow,
+    BanRow,
+    Base,
+    CaseNoteRow,
+    CaseRow,
+    EventRow,
+    ExceptionRow,
+    MatchRow,
+    OutboxRow,
+    PortalRequestRow,
+)
 
 ACTOR = "schoolgate"
 
@@ -65,25 +66,9 @@ def safeguarding_categories(policy: Any, settings: RetentionSettings) -> set[str
     return cats
 
 
-# -- optional tables ------------------------------------------------------------------------------
-def optional_table(session: Session, name: str) -> Table | None:
-    """A table another part of schoolgate adds (portal, bans), if this database has it."""
-    bind = session.connection()
-    if not inspect(bind).has_table(name):
-        return None
-    metadata = MetaData()
-    event.listen(metadata, "column_reflect", _aware_datetimes)
-    return Table(name, metadata, autoload_with=bind)
-
-
-def _aware_datetimes(_inspector: Any, _table: Any, column_info: dict[str, Any]) -> None:
-    # Times are stored as naive UTC (db.UTCDateTime); reflect them as aware UTC again.
-    if isinstance(column_info["type"], DateTime):
-        column_info["type"] = UTCDateTime()
-
-
+# -- tables about people --------------------------------------------------------------------------
 def _user_columns(table: Table) -> list[Any]:
-    """Columns of an optional table that name a person (``user``, ``requester_user``...)."""
+    """Columns of a table that name a person (``user``, ``requester_user``...)."""
     names = ("user", "username", "requester_user", "student", "subject_user")
     return [table.c[n] for n in names if n in table.c]
 
@@ -111,34 +96,16 @@ def _row_dict(row: Any) -> dict[str, Any]:
 
 # -- safeguarding evidence ----------------------------------------------------------------------
 def _evidence_refs(session: Session) -> set[str]:
-    """Event refs named by a content report or a ban: kept as evidence."""
-    refs: set[str] = set()
-    requests = optional_table(session, "portal_requests")
-    if requests is not None and "event_ref" in requests.c:
-        refs |= {
-            r
-            for (r,) in session.execute(
-                select(requests.c.event_ref).where(requests.c.event_ref.is_not(None))
-            )
-        }
-    bans = optional_table(session, "bans")
-    if bans is not None:
-        for col in ("event_ref", "evidence_ref"):
-            if col in bans.c:
-                refs |= {
-                    r
-                    for (r,) in session.execute(select(bans.c[col]).where(bans.c[col].is_not(None)))
-                }
-    matches = optional_table(session, "safeguarding_matches")
-    if matches is not None:
-        # A match the DSL put in a case is evidence for as long as the case is kept.
-        refs |= {
-            r
-            for (r,) in session.execute(
-                select(matches.c.event_ref).where(matches.c.case_id.is_not(None))
-            )
-        }
-    return refs
+    """Event refs named by a content report or put in a safeguarding case: kept as evidence
+    (a ban's own events are circumvention, kept as such)."""
+    refs = set(
+        session.scalars(
+            select(PortalRequestRow.event_ref).where(PortalRequestRow.event_ref.is_not(None))
+        )
+    )
+    # A match the DSL put in a case is evidence for as long as the case is kept.
+    refs |= set(session.scalars(select(MatchRow.event_ref).where(MatchRow.case_id.is_not(None))))
+    return {r for r in refs if r is not None}
 
 
 def _is_evidence(cats: Iterable[str], refs: set[str]):
@@ -156,7 +123,6 @@ def _is_evidence(cats: Iterable[str], refs: set[str]):
 class PurgeResult:
     at: datetime
     deleted: dict[str, int] = field(default_factory=dict)
-    not_recorded: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -242,48 +208,33 @@ def purge(
         "audit entries",
         session.execute(delete(AuditRow).where(AuditRow.at < now - settings.audit_days * days)),
     )
-    requests = optional_table(session, "portal_requests")
-    if requests is None:
-        result.not_recorded.append("portal_requests")
-    else:
-        open_statuses = ("open", "escalated", "awaiting_slt")
-        count(
-            "access requests and content reports",
-            session.execute(
-                delete(requests).where(
-                    requests.c.updated_at < now - settings.requests_days * days,
-                    requests.c.status.not_in(open_statuses),
-                )
-            ),
-        )
-    outbox = optional_table(session, "portal_outbox")
-    if outbox is not None:
-        count(
-            "notifications sent",
-            session.execute(
-                delete(outbox).where(
-                    outbox.c.sent_at.is_not(None),
-                    outbox.c.sent_at < now - settings.outbox_days * days,
-                )
-            ),
-        )
-    bans = optional_table(session, "bans")
-    if bans is None:
-        result.not_recorded.append("bans")
-    else:
-        end_col = next((bans.c[c] for c in ("ends", "ends_at", "until") if c in bans.c), None)
-        if end_col is not None:
-            count(
-                "bans",
-                session.execute(
-                    delete(bans).where(
-                        end_col.is_not(None), end_col < now - settings.bans_days * days
-                    )
-                ),
+    count(
+        "access requests and content reports",
+        session.execute(
+            delete(PortalRequestRow).where(
+                PortalRequestRow.updated_at < now - settings.requests_days * days,
+                PortalRequestRow.status.not_in(OPEN_STATUSES),
             )
-    cases = optional_table(session, "safeguarding_cases")
-    if cases is not None:
-        _purge_cases(session, cases, now - settings.safeguarding_cases_days * days, count)
+        ),
+    )
+    count(
+        "notifications sent",
+        session.execute(
+            delete(OutboxRow).where(
+                OutboxRow.sent_at.is_not(None),
+                OutboxRow.sent_at < now - settings.outbox_days * days,
+            )
+        ),
+    )
+    count(
+        "bans",
+        session.execute(
+            delete(BanRow).where(
+                BanRow.ends.is_not(None), BanRow.ends < now - settings.bans_days * days
+            )
+        ),
+    )
+    _purge_cases(session, now - settings.safeguarding_cases_days * days, count)
     if reports_dir is not None and reports_dir.is_dir():
         cut = (now - settings.reports_days * days).timestamp()
         removed = 0
@@ -307,18 +258,16 @@ def purge(
     return result
 
 
-def _purge_cases(session: Session, cases: Table, cut: datetime, count: Any) -> None:
+def _purge_cases(session: Session, cut: datetime, count: Any) -> None:
     """Closed cases past their retention period, with their notes and matches (the events
     they linked are evidence no longer, and go with the decision log's own period)."""
-    old = select(cases.c.id).where(cases.c.closed_at.is_not(None), cases.c.closed_at < cut)
-    ids = [i for (i,) in session.execute(old)]
+    old = select(CaseRow.id).where(CaseRow.closed_at.is_not(None), CaseRow.closed_at < cut)
+    ids = list(session.scalars(old))
     if not ids:
         return
-    for name in ("safeguarding_case_notes", "safeguarding_matches"):
-        table = optional_table(session, name)
-        if table is not None:
-            session.execute(delete(table).where(table.c.case_id.in_(ids)))
-    count("safeguarding cases", session.execute(delete(cases).where(cases.c.id.in_(ids))))
+    session.execute(delete(CaseNoteRow).where(CaseNoteRow.case_id.in_(ids)))
+    session.execute(delete(MatchRow).where(MatchRow.case_id.in_(ids)))
+    count("safeguarding cases", session.execute(delete(CaseRow).where(CaseRow.id.in_(ids))))
 
 
 # -- subject access -----------------------------------------------------------------------------
@@ -399,10 +348,7 @@ def export_user(
         ("safeguarding_cases", "safeguarding_cases"),
         ("staff", "staff_account"),
     ):
-        table = optional_table(session, table_name)
-        if table is None:
-            out[key] = "not recorded (this database has no such table)"
-            continue
+        table = Base.metadata.tables[table_name]
         conds = _about(table, name)
         if not conds:
             out[key] = []
@@ -493,30 +439,27 @@ def erase_user(
     audit_n = n(select(AuditRow.id).where(_audit_about(name)))
     if audit_n:
         plan.keep["audit entries"] = (audit_n, AUDIT_WHY)
-    requests = optional_table(session, "portal_requests")
-    req_closed = req_open = req_evidence = None
-    if requests is not None:
-        open_statuses = ("open", "escalated", "awaiting_slt")
-        who = requests.c.requester_user == name
-        req_evidence = and_(who, requests.c.kind == "report")
-        req_open = and_(who, requests.c.kind != "report", requests.c.status.in_(open_statuses))
-        req_closed = and_(who, requests.c.kind != "report", requests.c.status.not_in(open_statuses))
-        plan.erase["access requests (closed)"] = n(select(requests.c.id).where(req_closed))
-        if (k := n(select(requests.c.id).where(req_open))) > 0:
-            plan.keep["access requests (open)"] = (k, OPEN_WHY)
-        if (k := n(select(requests.c.id).where(req_evidence))) > 0:
-            plan.keep["content reports"] = (
-                k,
-                "reports of harmful content: " + EVIDENCE_WHY.split(": ", 1)[1],
-            )
+    requests = PortalRequestRow
+    who = requests.requester_user == name
+    req_evidence = and_(who, requests.kind == "report")
+    req_open = and_(who, requests.kind != "report", requests.status.in_(OPEN_STATUSES))
+    req_closed = and_(who, requests.kind != "report", requests.status.not_in(OPEN_STATUSES))
+    plan.erase["access requests (closed)"] = n(select(requests.id).where(req_closed))
+    if (k := n(select(requests.id).where(req_open))) > 0:
+        plan.keep["access requests (open)"] = (k, OPEN_WHY)
+    if (k := n(select(requests.id).where(req_evidence))) > 0:
+        plan.keep["content reports"] = (
+            k,
+            "reports of harmful content: " + EVIDENCE_WHY.split(": ", 1)[1],
+        )
     for table_name, label in (
         ("bans", "bans"),
         ("ban_audit", "ban history"),
         ("supervision_sessions", "supervision sessions"),
         ("safeguarding_cases", "safeguarding cases"),
     ):
-        table = optional_table(session, table_name)
-        if table is not None and (conds := _about(table, name)):
+        table = Base.metadata.tables[table_name]
+        if conds := _about(table, name):
             if k := n(select(*table.primary_key.columns).where(or_(*conds))):
                 plan.keep[label] = (k, EVIDENCE_WHY)
     plan.erase = {k: v for k, v in plan.erase.items()}
@@ -524,8 +467,7 @@ def erase_user(
         return plan
     session.execute(delete(EventRow).where(mine, not_(evidence)))
     session.execute(delete(ExceptionRow).where(ended))
-    if requests is not None and req_closed is not None:
-        session.execute(delete(requests).where(req_closed))
+    session.execute(delete(requests).where(req_closed))
     session.add(
         AuditRow(
             at=now,

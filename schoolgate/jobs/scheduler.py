@@ -47,9 +47,9 @@ from schoolgate.core.notification_settings import (  # noqa: F401 - read here by
     NotificationSettings,
     read_notifications,
 )
-from schoolgate.jobs.retention import optional_table
-from schoolgate.storage.db import AuditRow, ExceptionRow, open_database
+from schoolgate.storage.db import open_database
 from schoolgate.storage.exceptions import to_plain
+from schoolgate.storage.models import AuditRow, ExceptionRow, OutboxRow, PortalRequestRow
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,14 @@ def escalate_overdue(
     ``status == "open"`` and ``created_at <= now - after`` become ``status = "escalated"``,
     ``escalated_by = "schoolgate"`` with an ``escalation_note``; each is audited
     (``request.escalate``) and ``notify(session, row)`` is called (SLT's e-mail).
-    Without the table this does nothing.
     """
-    table = optional_table(session, "portal_requests")
-    if table is None:
-        return []
+    requests = PortalRequestRow
     due = list(
         session.execute(
-            select(table).where(
-                table.c.kind == "access",
-                table.c.status == "open",
-                table.c.created_at <= now - after,
+            select(requests.__table__).where(
+                requests.kind == "access",
+                requests.status == "open",
+                requests.created_at <= now - after,
             )
         ).mappings()
     )
@@ -172,8 +169,8 @@ def escalate_overdue(
     refs = []
     for row in due:
         session.execute(
-            update(table)
-            .where(table.c.id == row["id"], table.c.status == "open")
+            update(requests)
+            .where(requests.id == row["id"], requests.status == "open")
             .values(status="escalated", escalated_by=ACTOR, escalation_note=note, updated_at=now)
         )
         session.add(
@@ -300,20 +297,16 @@ def reports_folder(policy: Any, settings: Any) -> Path:
 
 
 def queue_report_email(session: Session, report: Any, paths: list[Path], to: tuple[str, ...],
-                       now: datetime) -> bool:  # fmt: skip
-    """Queue the report's summary in the portal's outbox (sent by its sender); False if none."""
-    table = optional_table(session, "portal_outbox")
-    if table is None:
-        log.warning("report not e-mailed: no notification outbox in this database")
-        return False
+                       now: datetime) -> None:  # fmt: skip
+    """Queue the report's summary in the portal's outbox (sent by its sender)."""
     lines = [f"Online safety report: {report.period.label}", ""]
     lines += [f"  {k}: {v}" for k, v in report.totals.items()]
     lines.append(f"  students to review: {len(report.at_risk)}")
     lines.append(f"  exceptions in force: {len(report.exceptions)}")
     lines += ["", "The full report (HTML and CSV) is kept on the gateway:"]
     lines += [f"  {p}" for p in paths]
-    session.execute(
-        table.insert().values(
+    session.add(
+        OutboxRow(
             channel="email",
             recipient=", ".join(to),
             subject=f"Online safety report: {report.period.label}",
@@ -321,9 +314,8 @@ def queue_report_email(session: Session, report: Any, paths: list[Path], to: tup
             created_at=now,
             next_attempt_at=now,
             attempts=0,
-        )  # fmt: skip
+        )
     )
-    return True
 
 
 def job_report_day(ctx: JobContext) -> dict[str, Any]:

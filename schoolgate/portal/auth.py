@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.core.staff_signin import STAFF_ROLES
 from schoolgate.storage.db import utcnow
-from schoolgate.storage.portal import STAFF_ROLES, StaffRow
+from schoolgate.storage.models import StaffRow
 from schoolgate.storage.signin import end_sessions_of
 
 SCRYPT_N = 2**14

@@ -23,7 +23,7 @@ from schoolgate.core.policy import Policy
 from schoolgate.core.portal_settings import ALWAYS_SLT, SltRequired  # noqa: F401 - read here
 from schoolgate.jobs.notify import Notifier, OutboxSender
 from schoolgate.portal.auth import RateLimiter, password_stamp
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import StaffRow
 from schoolgate.storage.signin import (
     LoginLimits,
     end_staff_session,

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from schoolgate.core.staff_signin import OidcProvider
 from schoolgate.portal.auth import find_staff
 from schoolgate.storage.exceptions import audit
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import StaffRow
 
 
 def _claims_error() -> type[Exception]:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import CursorResult, Update, or_, update
 from sqlalchemy.orm import Session
 
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import StaffRow
 
 STEP_SECONDS = 30
 DIGITS = 6

@@ -18,81 +18,20 @@ from typing import Any, cast
 
 from sqlalchemy import (
     CursorResult,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
     or_,
     select,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from schoolgate.core.sanctions import BanState, Supervision, new_ban_ref, parse_subject
-from schoolgate.storage.db import AuditRow, Base, UTCDateTime, utcnow
+from schoolgate.storage.db import utcnow
+from schoolgate.storage.models import AuditRow, BanAuditRow, BanRow, SupervisionRow
 from schoolgate.storage.storable import escape_text
 
 
 class BanError(ValueError):
     """A ban change that cannot be made (no such ban, already lifted, ...)."""
-
-
-class BanRow(Base):
-    __tablename__ = "bans"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ref: Mapped[str] = mapped_column(String(40), unique=True)
-    subject: Mapped[str] = mapped_column(String(250), index=True)  # user:NAME | device:IP
-    kind: Mapped[str] = mapped_column(String(20))  # lockout | ban
-    starts: Mapped[datetime] = mapped_column(UTCDateTime)
-    ends: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    stage: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    points: Mapped[float | None] = mapped_column(Float, nullable=True)
-    events: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of event refs
-    role: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_by: Mapped[str] = mapped_column(String(200), default="schoolgate")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    lifted_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lift_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    expiry_noted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-
-class BanAuditRow(Base):
-    __tablename__ = "ban_audit"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    ban_id: Mapped[int | None] = mapped_column(
-        Integer, ForeignKey("bans.id"), nullable=True, index=True
-    )
-    supervision_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    subject: Mapped[str] = mapped_column(String(250), index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(40))  # ban.create, ban.lift, ban.expire, ...
-    detail: Mapped[str] = mapped_column(Text, default="")
-    # The operating system user that ran the command (migration 0008), beside ``actor`` (its
-    # ``--by``); None from the portal and the gateway.
-    os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
-
-
-class SupervisionRow(Base):
-    __tablename__ = "supervision_sessions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ref: Mapped[str] = mapped_column(String(40), unique=True)
-    subject: Mapped[str] = mapped_column(String(250), index=True)
-    ban_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("bans.id"), nullable=True)
-    staff: Mapped[str] = mapped_column(String(200))
-    starts: Mapped[datetime] = mapped_column(UTCDateTime)
-    ends: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    ended_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 # -- conversions --------------------------------------------------------------------------------

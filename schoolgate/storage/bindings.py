@@ -20,70 +20,22 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     CursorResult,
-    Index,
-    Integer,
-    String,
     Table,
-    Text,
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import normalise_address
-from schoolgate.storage.db import Base, UTCDateTime
 from schoolgate.storage.exceptions import audit
+from schoolgate.storage.models import BindingRow, BindingVersionRow
 
 SYSTEM_ACTOR = "schoolgate"
 T = TypeVar("T")
-
-
-class BindingRow(Base):
-    __tablename__ = "bindings"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    address: Mapped[str] = mapped_column(String(64), index=True)
-    source: Mapped[str] = mapped_column(String(20))
-    kind: Mapped[str] = mapped_column(String(10), default="person")
-    user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
-    role: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
-    session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    origin: Mapped[str] = mapped_column(String(200), default="")
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    idle_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    ends_by: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    version: Mapped[int] = mapped_column(Integer, index=True)
-
-    __table_args__ = (
-        Index(
-            "uq_bindings_in_force",
-            "address",
-            "source",
-            unique=True,
-            sqlite_where=text("ended_at IS NULL"),
-            postgresql_where=text("ended_at IS NULL"),
-        ),
-    )
-
-
-class BindingVersionRow(Base):
-    """One row (id 1): the number of the last change to ``bindings``."""
-
-    __tablename__ = "binding_version"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
 
 
 VERSION = cast(Table, BindingVersionRow.__table__)  # a mapped class's table is a Table

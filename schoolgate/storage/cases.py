@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, or_, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from schoolgate.core.sanctions import subject_for
-from schoolgate.storage.bans import BanRow
-from schoolgate.storage.db import Base, EventRow, UTCDateTime
 from schoolgate.storage.exceptions import audit
+from schoolgate.storage.models import BanRow, CaseNoteRow, CaseRow, EventRow, MatchRow
 
 STATUSES = ("new", "reviewed", "escalated", "closed")
 # Where a case may go from each status. A closed case may be reopened (to "reviewed").
@@ -42,52 +41,6 @@ MAX_OUTCOME = 4_000
 
 class CaseError(ValueError):
     """A case change that cannot be made (no such match, a status it cannot go to, ...)."""
-
-
-class CaseRow(Base):
-    __tablename__ = "safeguarding_cases"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subject: Mapped[str] = mapped_column(String(250), index=True)  # user:NAME | device:IP
-    group: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    status: Mapped[str] = mapped_column(String(20), index=True)
-    outcome: Mapped[str] = mapped_column(Text, default="")
-    opened_by: Mapped[str] = mapped_column(String(200))
-    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
-    closed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
-
-    @property
-    def pupil(self) -> str:
-        """The pupil's user name, or ``device 10.1.2.3`` when nobody was signed in."""
-        kind, _, value = self.subject.partition(":")
-        return value if kind == "user" else f"device {value}"
-
-
-class CaseNoteRow(Base):
-    __tablename__ = "safeguarding_case_notes"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("safeguarding_cases.id", ondelete="CASCADE"), index=True
-    )
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    author: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str | None] = mapped_column(String(20), nullable=True)  # set: a status change
-    text: Mapped[str] = mapped_column(Text, default="")
-
-
-class MatchRow(Base):
-    __tablename__ = "safeguarding_matches"
-
-    event_ref: Mapped[str] = mapped_column(String(40), primary_key=True)
-    case_id: Mapped[int | None] = mapped_column(
-        Integer, ForeignKey("safeguarding_cases.id", ondelete="CASCADE"), nullable=True, index=True
-    )
-    subject: Mapped[str | None] = mapped_column(String(250), nullable=True, index=True)
-    reviewed_by: Mapped[str] = mapped_column(String(200))
-    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # -- matches ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The database: SQLAlchemy models and the engine, upgraded by Alembic migrations.
+"""The database: the engine and its sessions, the schema upgraded by Alembic migrations.
 
 SQLite in the data dir by default; PostgreSQL (``postgresql+psycopg://...``, the ``postgres``
 extra) lets several gateways of a trust share one database. The schema is only ever created by
-migrations (``schoolgate/migrations``), so upgrading schoolgate keeps a school's data.
+migrations (``storage/migrations``), so upgrading schoolgate keeps a school's data. The tables
+are the models of :mod:`schoolgate.storage.models`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from typing import Any
 from sqlalchemy import (
     DateTime,
     Engine,
-    Integer,
-    String,
-    Text,
     TypeDecorator,
     create_engine,
     event,
@@ -25,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -49,80 +47,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ExceptionRow(Base):
-    """A time-limited allow entry: an approval, or a teacher's curriculum override."""
-
-    __tablename__ = "exceptions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20), default="exception")
-    scope: Mapped[str] = mapped_column(String(20))
-    scope_value: Mapped[str] = mapped_column(String(200), default="")
-    target_kind: Mapped[str] = mapped_column(String(20))
-    target: Mapped[str] = mapped_column(String(500))
-    starts: Mapped[datetime] = mapped_column(UTCDateTime)
-    ends: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
-    created_by: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    revoked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class EventRow(Base):
-    """One recorded event: a decision of the gateway, or (later) a circumvention attempt.
-
-    The columns are what the DfE filtering standard asks a school to be able to see.
-    """
-
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ref: Mapped[str] = mapped_column(String(40), unique=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    kind: Mapped[str] = mapped_column(String(30), index=True)  # "block", "allow", "error", ...
-    action: Mapped[str] = mapped_column(String(10))
-    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
-    role: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    group: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
-    site: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    method: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    scheme: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    host: Mapped[str | None] = mapped_column(String(500), nullable=True, index=True)
-    url: Mapped[str | None] = mapped_column(Text, nullable=True)
-    search_term: Mapped[str | None] = mapped_column(Text, nullable=True)
-    category: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
-    window: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    window_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    rule: Mapped[str | None] = mapped_column(Text, nullable=True)
-    exception_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: extra evidence
-
-
-class AuditRow(Base):
-    """Who changed what: exceptions made and revoked, and later bans and approvals."""
-
-    __tablename__ = "audit"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(50))
-    subject: Mapped[str] = mapped_column(String(200))
-    detail: Mapped[str] = mapped_column(Text, default="")
-    # The operating system user that ran the command (migration 0009); None from the portal,
-    # the gateway and its jobs.
-    os_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 def record_os_user(sessions: sessionmaker[Session], name: str) -> sessionmaker[Session]:

@@ -14,26 +14,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, Text, inspect, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
 
-from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.models import DetectedHostRow
 
 log = logging.getLogger(__name__)
 
 MAX_EVIDENCE = 2000
-
-
-class DetectedHostRow(Base):
-    __tablename__ = "detected_hosts"
-
-    host: Mapped[str] = mapped_column(String(300), primary_key=True)
-    category: Mapped[str] = mapped_column(String(100))
-    software: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    evidence: Mapped[str] = mapped_column(Text, default="")
-    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.storage.db import EventRow
+from schoolgate.storage.models import EventRow
 
 LIVE_OVERLAP = 100  # rows looked back over for ones committed out of order
 LIVE_BATCH = 200

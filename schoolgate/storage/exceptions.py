@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from schoolgate.core.model import AccessException
 from schoolgate.core.policy import Policy
-from schoolgate.storage.db import AuditRow, ExceptionRow, utcnow
+from schoolgate.storage.db import utcnow
+from schoolgate.storage.models import AuditRow, ExceptionRow
 
 SCOPES = ("user", "group", "role", "network", "site", "everyone")
 # host: a site (a platform's host opens the platform's family); page: one page

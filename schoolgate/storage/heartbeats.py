@@ -16,60 +16,15 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text, delete, inspect, select
+from sqlalchemy import delete, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.models import MISSED_BEATS, HeartbeatRow
 
 log = logging.getLogger(__name__)
 
-MISSED_BEATS = 3  # a process not seen for this many intervals is down
 KEEP_FOR = timedelta(days=7)
-
-
-class HeartbeatRow(Base):
-    __tablename__ = "gateway_heartbeats"
-
-    instance: Mapped[str] = mapped_column(String(300), primary_key=True)  # host:port/worker
-    host: Mapped[str] = mapped_column(String(200), default="")
-    port: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[int] = mapped_column(Integer, default=0)  # 0: a gateway of one process
-    pid: Mapped[int] = mapped_column(Integer, default=0)
-    version: Mapped[str] = mapped_column(String(50), default="")
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    interval: Mapped[float] = mapped_column(Float, default=10.0)
-    policy_loaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    policy_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    runs_jobs: Mapped[bool] = mapped_column(Boolean, default=False)
-    sends_mail: Mapped[bool] = mapped_column(Boolean, default=False)
-    requests: Mapped[int] = mapped_column(BigInteger, default=0)
-    blocks: Mapped[int] = mapped_column(BigInteger, default=0)
-    events_pending: Mapped[int] = mapped_column(Integer, default=0)
-    events_written: Mapped[int] = mapped_column(BigInteger, default=0)
-    events_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
-    events_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    minutes: Mapped[str] = mapped_column(Text, default="[]")  # [[epoch minute, req, blocks]]
-
-    def is_up(self, now: datetime) -> bool:
-        """Seen within its last few beats and not stopped."""
-        if self.stopped_at is not None:
-            return False
-        return now - self.seen_at <= timedelta(seconds=MISSED_BEATS * max(self.interval, 1.0))
-
-    def per_minute(self) -> list[tuple[int, int, int]]:
-        try:
-            return [(int(m), int(r), int(b)) for m, r, b in json.loads(self.minutes or "[]")]
-        except (ValueError, TypeError):
-            return []
-
-    @property
-    def label(self) -> str:
-        """``gw1:8080`` or ``gw1:8080 worker 2``."""
-        where = f"{self.host}:{self.port}"
-        return f"{where} worker {self.worker}" if self.worker else where
 
 
 @dataclass(frozen=True)

@@ -11,29 +11,17 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import String, Text, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.models import JobRunRow
 
 log = logging.getLogger(__name__)
 
 OK = "ok"
 FAILED = "failed"
 MAX_TEXT = 2000
-
-
-class JobRunRow(Base):
-    __tablename__ = "job_runs"
-
-    name: Mapped[str] = mapped_column(String(50), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    outcome: Mapped[str] = mapped_column(String(10))  # "ok" or "failed"
-    summary: Mapped[str] = mapped_column(Text, default="")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    host: Mapped[str] = mapped_column(String(300), default="")  # which process ran it
 
 
 def _has_table(session: Session) -> bool:

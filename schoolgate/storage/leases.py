@@ -36,27 +36,16 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, String, Table, insert, or_, select, text, update
+from sqlalchemy import Connection, Table, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.models import LeaseRow
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL = 30.0  # seconds a lease lasts without renewal
 RENEW_EVERY = 10.0  # seconds between renewals (and the safety margin before expiry)
-
-
-class LeaseRow(Base):
-    """Who holds a named lease, until when (created by migration 0005)."""
-
-    __tablename__ = "leases"
-
-    name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(300))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 LEASES = cast(Table, LeaseRow.__table__)  # a mapped class's table is a Table

@@ -19,38 +19,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ForeignKey, Integer, String, delete, func, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
-from schoolgate.storage.db import Base, UTCDateTime
+from schoolgate.storage.models import LoginFailureRow, StaffSessionRow
 
 SESSIONS_KEPT = timedelta(days=2)  # ended or idle session rows are deleted after this
-
-
-class LoginFailureRow(Base):
-    """One failed staff sign-in."""
-
-    __tablename__ = "login_failures"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    username: Mapped[str] = mapped_column(String(200))
-    source: Mapped[str] = mapped_column(String(100))  # the role of the address it came from
-    client_ip: Mapped[str] = mapped_column(String(64))
-
-
-class StaffSessionRow(Base):
-    """A signed-in member of staff: the cookie holds the token, ``id`` is its SHA-256."""
-
-    __tablename__ = "staff_sessions"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    staff_id: Mapped[int] = mapped_column(Integer, ForeignKey("staff.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    end_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 # -- failed sign-ins ---------------------------------------------------------------------------

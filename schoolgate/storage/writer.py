@@ -48,8 +48,8 @@ from typing import Any, cast
 from sqlalchemy import Engine, Integer, String, Table
 
 from schoolgate.storage.batches import BatchWriter, TransientFailure, first_line
-from schoolgate.storage.db import EventRow
 from schoolgate.storage.deadletter import DeadLetters
+from schoolgate.storage.models import EventRow
 from schoolgate.storage.spool import SYNC_INTERVAL, Spool, read_segment
 from schoolgate.storage.storable import Columns, json_default, new_ref, storable_row
 

@@ -13,17 +13,8 @@ from sqlalchemy import or_, select
 
 from schoolgate.portal.blueprints.staff import REVIEWERS, it_bp, required_note, slt_bp
 from schoolgate.portal.context import db, now, signed_in_staff, staff_required
-from schoolgate.storage.bans import (
-    BanAuditRow,
-    BanError,
-    BanRow,
-    SupervisionRow,
-    confirm_ban,
-    lift_ban,
-    status_of,
-    to_state,
-)
-from schoolgate.storage.db import EventRow
+from schoolgate.storage.bans import BanError, confirm_ban, lift_ban, status_of, to_state
+from schoolgate.storage.models import BanAuditRow, BanRow, EventRow, SupervisionRow
 
 BANS_RECENT = timedelta(days=7)  # the bans page also shows bans that ended this recently
 

@@ -16,7 +16,8 @@ from schoolgate.core.sanctions import parse_subject
 from schoolgate.portal.context import current_staff, db, now, staff_required, state
 from schoolgate.portal.services import dsl as service
 from schoolgate.storage import cases as store
-from schoolgate.storage.cases import CaseError, CaseRow, MatchRow
+from schoolgate.storage.cases import CaseError
+from schoolgate.storage.models import CaseRow, MatchRow
 
 ROLE = "dsl"
 DAYS = (7, 30, 90, 365)

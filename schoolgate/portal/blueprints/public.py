@@ -15,9 +15,8 @@ from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.gateway.blockpage import verify_ref
 from schoolgate.portal.context import IMAGE_EXTENSIONS, IMAGE_TYPES, db, now, state
-from schoolgate.storage.db import EventRow
 from schoolgate.storage.exceptions import audit
-from schoolgate.storage.portal import PortalRequestRow
+from schoolgate.storage.models import EventRow, PortalRequestRow
 
 bp = Blueprint("public", __name__)
 

@@ -12,16 +12,7 @@ import math
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    redirect,
-    render_template,
-    request,
-    send_file,
-    url_for,
-)
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from sqlalchemy import func, or_, select
 
 from schoolgate.core import words
@@ -40,7 +31,6 @@ from schoolgate.portal.context import (
     state,
 )
 from schoolgate.portal.services import listing
-from schoolgate.storage.db import EventRow, ExceptionRow
 from schoolgate.storage.exceptions import (
     ExceptionRequestError,
     add_exception,
@@ -49,7 +39,14 @@ from schoolgate.storage.exceptions import (
     revoke_exception,
     validate_exception,
 )
-from schoolgate.storage.portal import OPEN_STATUSES, STATUSES, PortalRequestRow, StaffRow
+from schoolgate.storage.models import (
+    OPEN_STATUSES,
+    STATUSES,
+    EventRow,
+    ExceptionRow,
+    PortalRequestRow,
+    StaffRow,
+)
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
 
 staff_bp = Blueprint("staff", __name__, url_prefix="/staff")

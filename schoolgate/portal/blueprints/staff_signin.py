@@ -50,7 +50,7 @@ from schoolgate.portal.context import (
 )
 from schoolgate.portal.oidc import OidcClient, OidcError, PendingLogin, staff_for
 from schoolgate.storage.exceptions import audit
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import StaffRow
 from schoolgate.storage.signin import clear_login_failures, login_refusal, record_login_failure
 
 PENDING = "second_factor"  # session key: who gave a right password, waiting for their code

@@ -9,7 +9,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.core import words
 from schoolgate.portal.context import db, now, signed_in_staff, staff_required, state
 from schoolgate.portal.services import supervision as service
-from schoolgate.storage.bans import BanError, BanRow, SupervisionRow
+from schoolgate.storage.bans import BanError
+from schoolgate.storage.models import BanRow, SupervisionRow
 
 WHO = ("teacher", "slt", "it_support", "network_manager")
 CHOICES = (15, 30, 45, 60, 90, 120)

@@ -13,9 +13,8 @@ from sqlalchemy import or_, select
 
 from schoolgate.core.hosts import normalize_host
 from schoolgate.portal.context import db, label, now, signed_in_staff, staff_required, state
-from schoolgate.storage.db import ExceptionRow
 from schoolgate.storage.exceptions import ExceptionRequestError, add_exception, revoke_exception
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.models import ExceptionRow, StaffRow
 
 teacher_bp = Blueprint("teacher", __name__, url_prefix="/teacher")
 

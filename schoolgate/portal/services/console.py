@@ -17,11 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.core.switched_off import SwitchedOff, switched_off
 from schoolgate.portal.auth import active_staff_roles
-from schoolgate.storage.bans import BanRow, SupervisionRow
-from schoolgate.storage.db import EventRow, database_exists, safe_url
-from schoolgate.storage.heartbeats import HeartbeatRow, minutes_total, recent_beats
+from schoolgate.storage.db import database_exists, safe_url
+from schoolgate.storage.heartbeats import minutes_total, recent_beats
 from schoolgate.storage.job_runs import last_runs
-from schoolgate.storage.portal import OPEN_STATUSES, OutboxRow, PortalRequestRow
+from schoolgate.storage.models import (
+    OPEN_STATUSES,
+    BanRow,
+    EventRow,
+    HeartbeatRow,
+    OutboxRow,
+    PortalRequestRow,
+    SupervisionRow,
+)
 
 TOP = 10
 RECENT_BLOCKS = 10

@@ -16,10 +16,7 @@ from datetime import datetime, timedelta, tzinfo
 from sqlalchemy.orm import Session
 
 from schoolgate.core import words
-from schoolgate.storage.bans import BanRow
 from schoolgate.storage.cases import (
-    CaseNoteRow,
-    CaseRow,
     Match,
     case_matches,
     case_notes,
@@ -27,8 +24,8 @@ from schoolgate.storage.cases import (
     subject_bans,
     timeline_events,
 )
-from schoolgate.storage.db import EventRow
 from schoolgate.storage.exceptions import audit
+from schoolgate.storage.models import BanRow, CaseNoteRow, CaseRow, EventRow
 
 SEVERITY_WORDS = {1: "low", 2: "medium", 3: "high"}
 KIND_WORDS = {

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from schoolgate.core import words
 from schoolgate.core.hosts import normalize_host
-from schoolgate.storage.db import EventRow
 from schoolgate.storage.events import LiveCursor, latest_id
+from schoolgate.storage.models import EventRow
 
 PAGE_SIZE = 50
 MAX_TEXT = 200

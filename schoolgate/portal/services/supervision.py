@@ -19,15 +19,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.core.sanctions import SanctionSettings
-from schoolgate.storage.bans import (
-    BanRow,
-    SupervisionRow,
-    end_supervision,
-    extend_supervision,
-    start_supervision,
-    to_state,
-)
-from schoolgate.storage.portal import StaffRow
+from schoolgate.storage.bans import end_supervision, extend_supervision, start_supervision, to_state
+from schoolgate.storage.models import BanRow, StaffRow, SupervisionRow
 
 ANYONE = ("slt", "it_support", "network_manager")
 

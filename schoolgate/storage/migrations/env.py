@@ -3,7 +3,7 @@
 
 from alembic import context
 
-from schoolgate.storage.db import Base
+from schoolgate.storage.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic` run by hand with sqlalchemy.url in an ini file
