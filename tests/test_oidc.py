@@ -136,7 +136,7 @@ def test_roles_from_the_group_claim(tmp_path, provider):
         with pytest.raises(OidcError, match="no group"):
             staff_for(session, entra, _sign_in(client), now=now)
         session.commit()
-        assert session.query(StaffRow).filter_by(username="mrs.khan").one().roles == ""
+        assert session.query(StaffRow).filter_by(username="mrs.khan").one().role_list == []
         actions = [(a.actor, a.action) for a in session.query(AuditRow).order_by(AuditRow.id)]
     assert actions == [("oidc:entra", "staff.add"), ("oidc:entra", "staff.roles"),
                        ("oidc:entra", "staff.roles")]  # fmt: skip

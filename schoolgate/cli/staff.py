@@ -92,7 +92,7 @@ def cmd_staff(args: argparse.Namespace) -> int:
                 for row in rows:
                     state = "" if row.active else "  (disabled)"
                     print(
-                        f"{row.username:<20} {row.roles:<30} {row.groups or '-':<20} "
+                        f"{row.username:<20} {','.join(row.role_list):<30} {row.groups or '-':<20} "
                         f"{row.email or '-'}{state}"
                     )
                 return 0

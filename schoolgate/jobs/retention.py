@@ -44,6 +44,7 @@ from schoolgate.storage.models import (
     MatchRow,
     OutboxRow,
     PortalRequestRow,
+    StaffRoleRow,
 )
 
 ACTOR = "schoolgate"
@@ -360,12 +361,19 @@ def export_user(
             for secret in ("password_hash", "token", "totp_secret", "totp_recovery"):
                 if secret in item:
                     item[secret] = "(withheld: a credential)"
+            if table_name == "staff":  # held beside the account since migration 0013
+                item["roles"] = ",".join(_staff_roles(session, item["id"]))
             items.append(item)
         out[key] = items
     out["counts"] = {
         k: len(v) for k, v in out.items() if isinstance(v, list) and k not in ("counts",)
     }
     return out
+
+
+def _staff_roles(session: Session, staff_id: int) -> list[str]:
+    query = select(StaffRoleRow.role).where(StaffRoleRow.staff_id == staff_id)
+    return list(session.scalars(query.order_by(StaffRoleRow.id)))
 
 
 # -- erasure ------------------------------------------------------------------------------------

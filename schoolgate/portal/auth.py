@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.core.staff_signin import STAFF_ROLES
 from schoolgate.storage.db import utcnow
-from schoolgate.storage.models import StaffRow
+from schoolgate.storage.models import StaffRoleRow, StaffRow
 from schoolgate.storage.signin import end_sessions_of
 
 SCRYPT_N = 2**14
@@ -135,13 +135,13 @@ def add_staff(
         username=username,
         display_name=display_name or username,
         email=email,
-        roles=",".join(role_list),
         groups=",".join(_split(groups)),
         password_hash=hash_password(password),
         active=True,
         created_at=now,
         password_changed_at=now,
     )
+    row.set_roles(role_list)
     session.add(row)
     session.flush()
     return row
@@ -202,7 +202,10 @@ class RateLimiter:
 
 def active_staff_roles(session: Session) -> set[str]:
     """Every role held by at least one active staff account (empty: no one can sign in)."""
-    roles: set[str] = set()
-    for text in session.scalars(select(StaffRow.roles).where(StaffRow.active.is_(True))):
-        roles.update(r for r in (text or "").split(",") if r)
-    return roles
+    held = (
+        select(StaffRoleRow.role)
+        .join(StaffRow, StaffRow.id == StaffRoleRow.staff_id)
+        .where(StaffRow.active.is_(True))
+        .distinct()
+    )
+    return set(session.scalars(held))

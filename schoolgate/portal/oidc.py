@@ -387,9 +387,9 @@ def staff_for(
     if row is not None and not row.active:
         raise OidcError("This portal account is disabled.", f"staff account {username!r} disabled")
     if not roles:
-        if row is not None and row.roles:
+        if row is not None and row.role_list:
             audit(session, actor, "staff.roles", f"staff {username}", "no mapped group: no roles")
-            row.roles = ""
+            row.set_roles(())
         raise OidcError(
             "Your account is in no group that gives access to the portal.",
             f"{username!r} is in no mapped group",
@@ -400,19 +400,20 @@ def staff_for(
             username=username,
             display_name=str(claims.get("name") or username)[:200],
             email=str(claims.get("email") or "")[:320],
-            roles=joined,
             groups="",
             password_hash=NOT_A_PASSWORD,
             active=True,
             created_at=now,
             password_changed_at=now,
         )
+        row.set_roles(roles)
         session.add(row)
         session.flush()
         audit(session, actor, "staff.add", f"staff {username}", f"roles {joined} from groups")
-    elif row.roles != joined:
-        audit(session, actor, "staff.roles", f"staff {username}", f"{row.roles} -> {joined}")
-        row.roles = joined
+    elif set(row.role_list) != set(roles):
+        was = ",".join(row.role_list)
+        audit(session, actor, "staff.roles", f"staff {username}", f"{was} -> {joined}")
+        row.set_roles(roles)
     return row
 
 

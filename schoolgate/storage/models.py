@@ -8,6 +8,7 @@ module per concern (:mod:`~schoolgate.storage.bans`, :mod:`~schoolgate.storage.c
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -19,9 +20,10 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from schoolgate.storage.db import UTCDateTime, utcnow
 
@@ -117,7 +119,6 @@ class StaffRow(Base):
     username: Mapped[str] = mapped_column(String(200), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str] = mapped_column(String(320), default="")
-    roles: Mapped[str] = mapped_column(String(200), default="")  # comma-separated
     groups: Mapped[str] = mapped_column(Text, default="")  # comma-separated (teachers)
     password_hash: Mapped[str] = mapped_column(String(300))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -130,10 +131,23 @@ class StaffRow(Base):
     totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     totp_recovery: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The roles (migration 0013), in the order they were given; loaded with the account, which
+    # is used after its session has ended.
+    role_rows: Mapped[list[StaffRoleRow]] = relationship(
+        order_by="StaffRoleRow.id", cascade="all, delete-orphan", lazy="selectin"
+    )
 
     @property
     def role_list(self) -> list[str]:
-        return [r for r in self.roles.split(",") if r]
+        return [row.role for row in self.role_rows]
+
+    def set_roles(self, roles: Iterable[str]) -> None:
+        """Hold exactly ``roles``: a role kept keeps its row (and its place), so that taking a
+        role away and giving it back in one change never meets the unique (staff, role)."""
+        wanted = list(dict.fromkeys(r for r in roles if r))
+        kept = [row for row in self.role_rows if row.role in wanted]
+        held = {row.role for row in kept}
+        self.role_rows = kept + [StaffRoleRow(role=r) for r in wanted if r not in held]
 
     @property
     def group_list(self) -> list[str]:
@@ -141,6 +155,17 @@ class StaffRow(Base):
 
     def has_role(self, *roles: str) -> bool:
         return any(role in self.role_list for role in roles)
+
+
+class StaffRoleRow(Base):
+    """One role held by a member of staff (``it_support``, ``slt``, ...)."""
+
+    __tablename__ = "staff_roles"
+    __table_args__ = (UniqueConstraint("staff_id", "role", name="uq_staff_roles_staff_id_role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    staff_id: Mapped[int] = mapped_column(Integer, ForeignKey("staff.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(50))
 
 
 class PortalRequestRow(Base):
