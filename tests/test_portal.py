@@ -620,6 +620,7 @@ def test_nobody_decides_their_own_request(portal):
     ):
         answer = client.post(f"{page}/{action}", data={"csrf_token": token, **form})
         assert answer.status_code == 403, action
+        assert "cannot decide your own request" in answer.text, action
     assert portal.row(ref).status == "open" and portal.exceptions() == []
 
 
