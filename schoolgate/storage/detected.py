@@ -5,7 +5,7 @@ traffic showed (:meth:`schoolgate.core.fediverse.Finding.describe`), when it was
 last recognised, and by which client's request. Every gateway worker reads them back (the
 decision applies them to hosts no list names); IT Support see them in
 ``schoolgate lists detected`` and can put a host in a list of their own, or on the allowlist,
-which then wins. Created by migration 0015; a database without the table keeps nothing.
+which then wins. Created by migration 0011.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schoolgate.storage.models import DetectedHostRow
@@ -34,14 +34,8 @@ class Detection:
     client_ip: str | None = None
 
 
-def _has_table(session: Session) -> bool:
-    return inspect(session.connection()).has_table(DetectedHostRow.__tablename__)
-
-
 def save_detection(session: Session, found: Detection) -> bool:
     """Keep (or refresh) a recognised host; True when it is new."""
-    if not _has_table(session):
-        return False
     row = session.get(DetectedHostRow, found.host)
     if row is not None:
         row.last_seen = found.at
@@ -64,13 +58,11 @@ def save_detection(session: Session, found: Detection) -> bool:
 
 
 def detected_hosts(session: Session) -> list[DetectedHostRow]:
-    if not _has_table(session):
-        return []
     return list(session.scalars(select(DetectedHostRow).order_by(DetectedHostRow.first_seen)))
 
 
 def forget_host(session: Session, host: str) -> bool:
-    row = session.get(DetectedHostRow, host) if _has_table(session) else None
+    row = session.get(DetectedHostRow, host)
     if row is None:
         return False
     session.delete(row)

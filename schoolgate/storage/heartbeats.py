@@ -6,7 +6,7 @@ A process's background thread replaces its own row (``host:port/worker``) every 
 log's backlog and counters, and its requests and blocks per minute of the last hour. A process
 that stops cleanly marks its row stopped; one that dies simply stops being seen, and the console
 says so after three missed beats. Rows not seen for a week are removed. Created by migration
-0010; a database without the table records nothing rather than failing.
+0010; a beat that cannot be written (the database is unreachable) is skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, inspect, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,17 +61,11 @@ def instance_key(host: str, port: int, worker: int) -> str:
     return f"{host}:{port}/{worker}"
 
 
-def has_table(session: Session) -> bool:
-    return inspect(session.connection()).has_table(HeartbeatRow.__tablename__)
-
-
 def record_beat(sessions: sessionmaker[Session], beat: Beat, *, prune: bool = False) -> bool:
     """Replace this process's row; ``prune`` also removes rows not seen for a week. False when
     it could not be written (never raises: the gateway must go on without its heartbeat)."""
     try:
         with sessions.begin() as session:
-            if not has_table(session):
-                return False
             row = session.get(HeartbeatRow, beat.instance) or HeartbeatRow(instance=beat.instance)
             row.host, row.port, row.worker, row.pid = beat.host, beat.port, beat.worker, beat.pid
             row.version = beat.version[:50]
@@ -102,8 +96,6 @@ def recent_beats(
 ) -> list[HeartbeatRow]:
     """The processes seen within ``within`` (a week: those that died show as down), running
     ones first, then by gateway and worker."""
-    if not has_table(session):
-        return []
     rows = list(session.scalars(select(HeartbeatRow).where(HeartbeatRow.seen_at >= now - within)))
     rows.sort(key=lambda r: (not r.is_up(now), r.host, r.port, r.worker))
     return rows
