@@ -1,11 +1,14 @@
 """The migrations and the models agree: a database the migrations made is what the models of
-``schoolgate.storage.models`` say (real SQLite files)."""
+``schoolgate.storage.models`` say; data made before a migration is kept through it and back
+(real SQLite files, and a real PostgreSQL server)."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -18,8 +21,17 @@ from schoolgate.storage.db import MIGRATIONS_DIR, make_engine, upgrade
 from schoolgate.storage.models import Base, StaffRow
 
 
-def test_the_models_are_what_the_newest_migration_makes(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'schoolgate.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a real SQLite file, or one on a throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'schoolgate.db'}"
+    server = request.getfixturevalue("pg")
+    return server.create_database(f"t_{secrets.token_hex(4)}")
+
+
+def test_the_models_are_what_the_newest_migration_makes(database_url: str) -> None:
+    engine = make_engine(database_url)
     try:
         upgrade(engine)
         with engine.connect() as connection:
@@ -37,8 +49,8 @@ def _migrate(engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
-def test_staff_roles_become_rows_and_come_back_as_text(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'schoolgate.db'}")
+def test_staff_roles_become_rows_and_come_back_as_text(database_url: str) -> None:
+    engine = make_engine(database_url)
     # The staff table as migration 0012 left it, times stored as naive UTC (as UTCDateTime).
     staff = table("staff", *(column(c) for c in ("id", "username", "display_name", "email",
                   "roles", "groups", "password_hash", "active", "created_at",

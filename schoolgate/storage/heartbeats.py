@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.storage.models import MISSED_BEATS, HeartbeatRow
+from schoolgate.storage.models import HeartbeatRow
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,6 @@ def minutes_total(
 
 __all__ = [
     "Beat",
-    "HeartbeatRow",
-    "MISSED_BEATS",
     "instance_key",
     "minutes_total",
     "recent_beats",
