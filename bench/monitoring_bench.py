@@ -6,9 +6,10 @@ and what matching costs per request.
 Quality, per split of ``tests/data/monitoring/searches.tsv`` and for the whole set: recall of
 severity-3 searches (found at severity 3 in one of their themes; target >= 0.95), severity-3
 alerts on ordinary school work (target 0), and per theme the precision (of the searches
-reported in a theme, how many are labelled with it) and recall (any severity). The splits:
-dev, heldout-1 and heldout-2 were tuned on; heldout-3 never was (the file's header says how
-each was made), so its row is the figure for searches phrased in ways the library has not seen.
+reported in a theme, how many are labelled with it) and recall (any severity). Every split in
+the file has its row; those in ``TUNED`` (of ``tests/test_monitoring_labelled.py``) were tuned
+on, any other never was (the file's header says how each was made): the ``never tuned`` row
+sums them, the figure for searches phrased in ways the library has not seen.
 
 Cost, in microseconds per call, median and p99 over every labelled search x rounds, and the
 mean CPU time of this thread (which waiting for the shared machine's cores does not inflate):
@@ -104,18 +105,19 @@ def _timed(calls: list, rounds: int) -> tuple[float, float, float]:
 
 def quality(matcher, items) -> None:
     print(
-        f"{'split':<10} {'searches':>8} {'sev-3 recall':>16} {'sev-3 on ordinary':>18} "
+        f"{'split':<11} {'searches':>7} {'sev-3 recall':>16} {'sev-3 on ordinary':>18} "
         f"{'any match on ordinary':>22} {'risky found':>12}"
     )
-    tuned = [i for i in items if i.split in TUNED]
-    for name, part in (
-        *((split, [i for i in items if i.split == split]) for split in SPLITS),
-        ("tuned", tuned),
-        ("all", items),
-    ):
+    present = [split for split in SPLITS if any(i.split == split for i in items)]
+    parts = [(split, [i for i in items if i.split == split]) for split in present]
+    parts.append(("tuned", [i for i in items if i.split in TUNED]))
+    if any(split not in TUNED for split in present):
+        parts.append(("never tuned", [i for i in items if i.split not in TUNED]))
+    parts.append(("all", items))
+    for name, part in parts:
         s = score(matcher, part)
         print(
-            f"{name:<10} {len(part):>8} {s.severe_recall:>7.3f} ({s.severe_found:>3}/"
+            f"{name:<11} {len(part):>7} {s.severe_recall:>7.3f} ({s.severe_found:>3}/"
             f"{s.severe_total:<3}) {s.ordinary_severe:>10}/{s.ordinary_total:<7} "
             f"{s.ordinary_any:>14}/{s.ordinary_total:<7} {s.risky_found:>5}/{s.risky_total}"
         )
