@@ -20,10 +20,13 @@ mean CPU time of this thread (which waiting for the shared machine's cores does 
 * a search request end to end: ``capture`` of a Google results URL + ``assess`` of its term
   (target: under 20 us);
 * ``capture`` of a request that is not a search (what every other request pays);
-* the gateway's hook (:class:`~schoolgate.gateway.monitoring_addon.MonitoringAddon`'s
+* the gateway's hooks (:class:`~schoolgate.gateway.monitoring_addon.MonitoringAddon`'s
   ``request``, on mitmproxy test flows with a browser's headers) for a request that is not a
-  search (target: almost nothing), and for a search, graded and recorded (the event handed to
-  a recorder that keeps nothing, the person's recent searches kept);
+  search (target: almost nothing), and for a search: what the event loop pays (the facts
+  taken and queued), and what the grading thread then does (recognised, graded and recorded:
+  the event handed to a recorder that keeps nothing, the person's recent searches kept);
+* a page's title: what the event loop pays (``responseheaders`` and the tap's copy of the
+  first bytes of a 1 KB page, in chunks of 160 bytes), and the grading thread's reading and grading;
 * a page's titles read from its first bytes: a small head, a 32 KB head of links and metas,
   and a 30 KB script before the title (per KB too).
 
@@ -162,7 +165,7 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             fresh.normaliser.forget()
             fresh.assess(found.term)
 
-    hook_other, hook_search = _hook_rows(matcher, paths)
+    hooks = _hook_rows(matcher, paths)
     return {
         "assess: a new search": ([(fresh.assess, (t,)) for t in texts], 0),
         "assess: words never seen": ([(never_seen, (t,)) for t in texts], 0),
@@ -173,8 +176,11 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             0,
         ),
         "other request: capture": ([(capture, hp) for hp in OTHER_REQUESTS] * 60, 0),
-        "gateway hook: other request": (hook_other, 0),
-        "gateway hook: a search, recorded": (hook_search, 0),
+        "gateway hook: other request": (hooks["other"], 0),
+        "gateway hook: a search, queued": (hooks["search"], 0),
+        "grading thread: a search, recorded": (hooks["graded"], 0),
+        "gateway hook: a 1 KB page's title": (hooks["page"], len(SMALL_PAGE)),
+        "grading thread: a page's title": (hooks["page graded"], len(SMALL_PAGE)),
         "page titles: 1 KB page": ([(extract_titles, (SMALL_PAGE,))] * 100, len(SMALL_PAGE)),
         "page titles: 32 KB head": ([(extract_titles, (BIG_HEAD,))] * 10, len(BIG_HEAD)),
         "page titles: 30 KB script first": (
@@ -184,9 +190,11 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
     }
 
 
-def _hook_rows(matcher: Matcher, paths: list[str]) -> tuple[list, list]:
-    """Calls of the monitoring addon's ``request`` hook: requests that are not searches, and
-    searches (every one recorded: the same-search window is off)."""
+def _hook_rows(matcher: Matcher, paths: list[str]) -> dict[str, list]:
+    """Calls of the monitoring addon's hooks, and of its grading thread's work: requests that
+    are not searches, searches (every one recorded: the same-search window is off), and a
+    page's title. The grading thread never starts: the hooks' rows leave what they queue in
+    the queue, and the grading rows do that work on this thread."""
     from mitmproxy.test import tflow, tutils
 
     from schoolgate.core.model import Identity
@@ -212,6 +220,18 @@ def _hook_rows(matcher: Matcher, paths: list[str]) -> tuple[list, list]:
     addon.matcher = matcher
     addon._searches = addon._titles = True
     addon._dedupe.window = 0
+    queued: list = []
+
+    class Queue:  # the grading thread's queue, never read
+        lock = None
+
+        def offer(self, item) -> bool:
+            queued.append(item)
+            if len(queued) > 100_000:
+                queued.clear()
+            return True
+
+    addon.grader = Queue()  # type: ignore[assignment]
 
     def flow(host: str, path: str, dest: str):
         req = tutils.treq(host=host, port=443, scheme=b"https", path=path.encode())
@@ -225,12 +245,40 @@ def _hook_rows(matcher: Matcher, paths: list[str]) -> tuple[list, list]:
 
     other = [flow(h, p, "image") for h, p in OTHER_REQUESTS]
     searches = [flow("www.google.co.uk", p, "document") for p in paths]
+    for f in searches:
+        addon.request(f)
+    taken_searches = list(queued)
+
+    def page(made) -> None:
+        made.response.stream = False  # as it comes from the server
+        addon.responseheaders(made)
+        tap = made.response.stream
+        for at in range(0, len(SMALL_PAGE), 160):
+            tap(SMALL_PAGE[at : at + 160])
+        tap(b"")  # the end of the body
+
+    def page_graded(taken) -> None:
+        taken.page = SMALL_PAGE  # the grading reads it, then lets it go
+        addon._graded(taken)
+
+    pages = [flow("news.example", "/story", "document") for _ in range(20)]
+    for made in pages:
+        made.response = tutils.tresp(content=b"")
+        made.response.headers["content-type"] = "text/html; charset=utf-8"
+    queued.clear()
+    for made in pages:
+        page(made)
+    taken_pages = list(queued)
     # In the gateway, Enforcement has just read the request's view (one cached slot): each
     # request here is hooked 60 times in a row, so all but the first find it cached too. A
     # search's row builds its view each time (a few us more than in the gateway).
-    return [(addon.request, (f,)) for f in other for _ in range(60)], [
-        (addon.request, (f,)) for f in searches
-    ]
+    return {
+        "other": [(addon.request, (f,)) for f in other for _ in range(60)],
+        "search": [(addon.request, (f,)) for f in searches],
+        "graded": [(addon._graded, (t,)) for t in taken_searches],
+        "page": [(page, (made,)) for made in pages],
+        "page graded": [(page_graded, (t,)) for t in taken_pages],
+    }
 
 
 def cost(matcher, items, rounds: int, instructions: bool) -> None:

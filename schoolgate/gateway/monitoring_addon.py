@@ -69,7 +69,7 @@ from schoolgate.jobs.dsl_alerts import (
 )
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, load_matcher
-from schoolgate.monitoring.titles import TitleSniffer, is_html
+from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
 from schoolgate.storage.eventlog import new_ref
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ class Taken:
     blocked: bool
     body: bytes | None = None  # a POSTed search
     content_type: str | None = None
-    sniffer: TitleSniffer | None = None  # a page: its titles are read from ``page``
-    page: bytes = b""
+    page: bytes | None = None  # a page's first bytes as sent (None: a search)
+    content_encoding: str | None = None  # a page's
 
 
 class MonitoringAddon:
@@ -231,7 +231,7 @@ class MonitoringAddon:
     def _graded(self, taken: Taken) -> None:
         """On the grading thread: a search or a page's titles, graded and recorded."""
         try:
-            if taken.sniffer is not None:
+            if taken.page is not None:
                 self._title_read(taken)
             else:
                 self._search_taken(taken)
@@ -331,15 +331,13 @@ class MonitoringAddon:
         try:
             if reads_body(flow.request.path, content_type or "", headers.get("server", "")):
                 return  # FediverseWatch reads this body in its response hook: keep it whole
-            sniffer = TitleSniffer(
-                content_type, headers.get("content-encoding"), self.settings.title_bytes
-            )
-            if sniffer.done:
+            encoding = headers.get("content-encoding")
+            if not readable_encoding(encoding):
                 return  # an encoding it cannot read in bounds
             view = request_view(flow.request)
             taken = self._take(flow, view, view.named_host or normalize_host(view.host))
-            taken.sniffer = sniffer
-            response.stream = _Tap(self, taken, response.stream)
+            taken.content_type, taken.content_encoding = content_type, encoding
+            response.stream = _Tap(self, taken, response.stream, self.settings.title_bytes)
         except Exception:  # noqa: BLE001 - never touch the page
             self._log_failure("a page title could not be read")
 
@@ -351,11 +349,12 @@ class MonitoringAddon:
         """On the grading thread: the titles read from the page's first bytes, graded, and
         the riskiest recorded."""
         matcher = self.matcher
-        sniffer = taken.sniffer
-        if matcher is None or sniffer is None:
+        if matcher is None or taken.page is None:
             return
+        limit = self.settings.title_bytes
+        sniffer = TitleSniffer(taken.content_type, taken.content_encoding, limit)
         sniffer.feed(taken.page)
-        taken.page = b""
+        taken.page = b""  # read: let it go
         best = None
         for text in sniffer.result().texts:
             found = matcher.assess(text)
@@ -531,13 +530,13 @@ class _Tap:
 
     __slots__ = ("addon", "taken", "then", "parts", "size", "limit")
 
-    def __init__(self, addon: MonitoringAddon, taken: Taken, then: Any) -> None:
+    def __init__(self, addon: MonitoringAddon, taken: Taken, then: Any, limit: int) -> None:
         self.addon = addon
         self.taken = taken
         self.then = then if callable(then) else None
         self.parts: list[bytes] | None = []
         self.size = 0
-        self.limit = taken.sniffer.limit if taken.sniffer is not None else 0
+        self.limit = limit
 
     def __call__(self, chunk: bytes) -> bytes | Any:
         parts = self.parts
@@ -548,7 +547,7 @@ class _Tap:
                     self.size += len(chunk)
                 if not chunk or self.size >= self.limit:
                     self.parts = None
-                    self.taken.page = b"".join(parts)
+                    self.taken.page = b"".join(parts)[: self.limit]
                     self.addon.page_read(self.taken)
             except Exception:  # noqa: BLE001 - never touch the page
                 self.parts = None
