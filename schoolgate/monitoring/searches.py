@@ -35,7 +35,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -99,6 +99,15 @@ class Route:
     json_more: tuple[str, ...] = ()  # JSON keys that mark a continuation
     charset_param: str | None = None
     vertical_by: tuple[str, dict[str, str]] | None = None
+    # The parameters capture reads: the others of a query are skipped unparsed.
+    wanted: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        names = {*self.params, *(name for name, _ in self.pages), "udm"}
+        for name in (self.json_param, self.charset_param, self.vertical_by and self.vertical_by[0]):
+            if name:
+                names.add(name)
+        object.__setattr__(self, "wanted", frozenset(names))
 
 
 # Routes are lower case, without a trailing slash or Yahoo's ";_ylt=..." path parameters.
@@ -372,12 +381,13 @@ def capture(
     if route.suggestion and not suggestions:
         return None
     query = path.partition("?")[2].partition("#")[0]
-    params = _parse(query)
+    wanted = route.wanted
+    params = _parse(query, wanted)
     is_post = method.upper() == "POST"
     if route.body == "form" and is_post and body:
         if content_type is None or "form" in content_type.lower():
             form = body[: MAX_RAW * 4].decode("utf-8", errors="replace")
-            for key, values in _parse(form).items():
+            for key, values in _parse(form, wanted).items():
                 params.setdefault(key, []).extend(values)
     raw_values: list[str] = []
     decoded_json: list[str] = []
@@ -480,18 +490,26 @@ def _hashtag(engine: str, tag: str | None) -> Search | None:
     return Search(engine=engine, term=f"#{text}", vertical="hashtags", malformed=bad)
 
 
-def _parse(query: str) -> dict[str, list[str]]:
-    """Parameter name (decoded) -> raw values in order. Values stay encoded until needed."""
+def _parse(query: str, wanted: frozenset[str]) -> dict[str, list[str]]:
+    """Parameter name (decoded) -> raw values in order, for the names in ``wanted`` (a name
+    spelt plainly is looked up as it is: only the others are decoded). Values stay encoded
+    until needed."""
     out: dict[str, list[str]] = {}
     if not query:
         return out
     for item in query.split("&"):
-        if not item:
-            continue
         key, _, value = item.partition("=")
-        if "%" in key or "+" in key:
-            key = unquote(key.replace("+", " "), errors="replace")
-        out.setdefault(key.strip(), []).append(value)
+        if key not in wanted:
+            if "%" in key or "+" in key:
+                key = unquote(key.replace("+", " "), errors="replace")
+            key = key.strip()
+            if key not in wanted:
+                continue
+        found = out.get(key)
+        if found is None:
+            out[key] = [value]
+        else:
+            found.append(value)
     return out
 
 

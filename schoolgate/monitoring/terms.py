@@ -276,6 +276,14 @@ class Matcher:
                     if (number, group) not in usage[ids[key]]:
                         usage[ids[key]].append((number, group))
         self._usage = tuple(tuple(uses) for uses in usage)
+        # phrase id -> {rule: its groups the phrase is in, -1 for unless}
+        by_rule: list[dict[int, tuple[int, ...]]] = []
+        for uses in usage:
+            groups: dict[int, tuple[int, ...]] = {}
+            for rule_number, group in uses:
+                groups[rule_number] = (*groups.get(rule_number, ()), group)
+            by_rule.append(groups)
+        self._groups_of = tuple(by_rule)
         self._rule_terms = tuple(
             Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
             for r in self.cooccurrence
@@ -470,20 +478,31 @@ class Matcher:
         rule = self.cooccurrence[number]
         found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
         vetoed = None
+        groups_of = self._groups_of
         starts = word_starts(norm)
-        spans = [*hits.words]
-        for position, phrase in enumerate(hits.word_ids):
-            if phrase:
-                start = starts[position]
-                spans.append((phrase, start, start + len(norm.words[position])))
-        for phrase, start, end in spans:
-            for user, group in self._usage[phrase]:
-                if user == number:
+        # Spans in words: a one word phrase is where it is; a longer one or a stem is found
+        # in the joined text, its offsets turned into words.
+        for phrase, start, end in hits.words:
+            groups = groups_of[phrase].get(number)
+            if groups is not None:
+                span = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
+                for group in groups:
                     if group < 0:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
-                        found[group].append((start, end))
-        if not _satisfied(norm, found, rule):
+                        found[group].append(span)
+        for position, phrase in enumerate(hits.word_ids):
+            if phrase:
+                groups = groups_of[phrase].get(number)
+                if groups is not None:
+                    for group in groups:
+                        if group < 0:
+                            vetoed = vetoed or self.phrases[phrase]
+                        else:
+                            found[group].append((position, position + 1))
+        ordered, within = rule.ordered, rule.within
+        if not (satisfied(found, within, ordered) if ordered or within is not None
+                else all(found)):  # fmt: skip
             return None
         term = self._rule_terms[number]
         if vetoed is not None:
@@ -491,14 +510,15 @@ class Matcher:
         allowed_by = None
         if hits.allows:
             kept: list[list[tuple[int, int]]] = [[] for _ in found]
+            ends = (*starts[1:], len(norm.joined))
             for group, group_spans in enumerate(found):
-                for start, end in group_spans:
-                    by = self._allowed(rule.theme, start, end, hits)
+                for first, after in group_spans:
+                    by = self._allowed(rule.theme, starts[first], ends[after - 1], hits)
                     if by is None:
-                        kept[group].append((start, end))
+                        kept[group].append((first, after))
                     else:
                         allowed_by = by
-            if _satisfied(norm, kept, rule):
+            if satisfied(kept, within, ordered) if ordered or within is not None else all(kept):
                 allowed_by = None
         return self._judge(term, number, allowed_by, hits, True)
 
@@ -515,21 +535,6 @@ class Matcher:
 
 def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(sorted(matches, key=lambda m: (not m.active, -m.severity, m.theme, m.term)))
-
-
-def _satisfied(norm: Normalised, found: list[list[tuple[int, int]]], rule: Rule) -> bool:
-    """``found`` holds offsets in ``norm.joined``; rules count words."""
-    if rule.within is None and not rule.ordered:
-        return all(found)
-    starts = word_starts(norm)
-    words = [
-        [
-            (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
-            for start, end in spans
-        ]
-        for spans in found
-    ]
-    return satisfied(words, rule.within, rule.ordered)
 
 
 def _report(issues: Issues, source: str, field_name: str, message: str) -> None:
