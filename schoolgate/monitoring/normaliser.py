@@ -203,9 +203,10 @@ def _assemble(read: list[str]) -> Normalised:
         bounds = bytearray(len(joined) + 1)
         for at in itertools.accumulate(map(len, words), initial=0):
             bounds[at] = 1
-    return Normalised(tuple(words), joined, bounds)
+    return _new_tuple(Normalised, (tuple(words), joined, bounds))  # no Python __new__
 
 
+_new_tuple = tuple.__new__
 _MARKS = bytes(32 if byte == 32 else 0 for byte in range(256))
 
 

@@ -146,6 +146,7 @@ class Assessment:
 
 
 NOTHING = Assessment()
+_new_tuple = tuple.__new__
 
 # -- the matcher --------------------------------------------------------------------------------
 
@@ -402,7 +403,8 @@ class Matcher:
                     at = find(1, at + 1, end)
                 if at < 0:
                     by_kind[kind].append((index, start, end))
-        return _Hits(terms, allows, context, words, list(map(self._single.get, norm.words)))
+        word_ids = list(map(self._single.get, norm.words))
+        return _new_tuple(_Hits, (terms, allows, context, words, word_ids))  # no Python __new__
 
     def _resolve(self, hits: _Hits) -> list[Match]:
         terms = hits.terms
@@ -464,9 +466,12 @@ class Matcher:
         phrases found rule out almost every rule without a loop over them."""
         found = [phrase for phrase, _, _ in hits.words]
         found += filter(None, hits.word_ids)
+        woken = set().union(*map(self._phrase_wakes.__getitem__, found))
+        if not woken:  # most texts: no anchor of any rule
+            return []
         found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
         out = []
-        for number in set().union(*map(self._phrase_wakes.__getitem__, found)):
+        for number in woken:
             rule_mask = self._rule_masks[number]
             if found_mask & rule_mask == rule_mask:
                 match = self._apply_rule(number, norm, hits)
