@@ -153,8 +153,9 @@ _new_tuple = tuple.__new__
 _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 
 # What the automaton holds for a key: (whether every pattern must end at a word boundary,
-# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem).
-_Pattern = tuple[int, int, int, tuple[int, ...], bool]
+# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem, its
+# breaks as ``Normalised.bounds`` has them).
+_Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 
 
@@ -229,7 +230,8 @@ class Matcher:
                 )  # fmt: skip
             return False
         inner = tuple(i for i in range(1, len(norm.joined)) if norm.bounds[i])
-        pattern = (kind, index, len(norm.joined), inner, stem)
+        same = bytes(norm.bounds[1 : len(norm.joined)])  # a text with just these breaks
+        pattern = (kind, index, len(norm.joined), inner, stem, same)
         patterns = table.setdefault(norm.joined, [])
         if pattern not in patterns:
             patterns.append(pattern)
@@ -394,9 +396,12 @@ class Matcher:
             at_end = bounds[end]
             if needs_end and not at_end:
                 continue
-            for kind, index, length, inner, stem in patterns:
+            for kind, index, length, inner, stem, same in patterns:
                 start = end - length
                 if not (at_end or stem) or not bounds[start]:
+                    continue
+                if inner and bounds[start + 1 : end] == same:  # the usual: the same breaks
+                    by_kind[kind].append((index, start, end))
                     continue
                 at = find(1, start + 1, end)
                 while at >= 0 and at - start in inner:  # a break the pattern has too
