@@ -232,8 +232,11 @@ class Normaliser:
         self._read: dict[str, str] = {}
 
     def __call__(self, text: str) -> Normalised:
-        known = self._read.get
-        return _assemble([known(word) or self._learn(word) for word in raw_words(text)])
+        words = raw_words(text)
+        read = list(map(self._read.get, words))  # in C: every word known, as a rule
+        if None in read:
+            read = [known or self._learn(word) for word, known in zip(words, read, strict=True)]
+        return _assemble(read)
 
     def _learn(self, word: str) -> str:
         read = read_word(word, self.spellings)
