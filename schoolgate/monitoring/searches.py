@@ -99,10 +99,8 @@ class Route:
     json_more: tuple[str, ...] = ()  # JSON keys that mark a continuation
     charset_param: str | None = None
     vertical_by: tuple[str, dict[str, str]] | None = None
-    # The parameters capture reads (the others of a query are skipped unparsed), and a
-    # pattern that finds them in a query whose names are all written plainly.
+    # The parameters capture reads: the others of a query are skipped unparsed.
     wanted: frozenset[str] = field(init=False, default=frozenset())
-    finds: re.Pattern[str] = field(init=False, default=re.compile("(?!)"))
 
     def __post_init__(self) -> None:
         names = {*self.params, *(name for name, _ in self.pages), "udm"}
@@ -110,8 +108,6 @@ class Route:
             if name:
                 names.add(name)
         object.__setattr__(self, "wanted", frozenset(names))
-        alternatives = "|".join(sorted(map(re.escape, names)))
-        object.__setattr__(self, "finds", re.compile(f"(?:^|&)({alternatives})=([^&]*)"))
 
 
 # Routes are lower case, without a trailing slash or Yahoo's ";_ylt=..." path parameters.
@@ -293,8 +289,6 @@ EXACT_HOSTS: dict[str, Engine] = {
     **dict.fromkeys(("baidu.com", "www.baidu.com", "m.baidu.com"), ("baidu", BAIDU)),
     **dict.fromkeys(("ask.com", "www.ask.com"), ("ask", ASK)),
 }
-# A parameter name written with an escape, a "+" or a space, or none at all: read by _parse.
-_ENCODED_NAME = re.compile(r"(?:^|&)(?:[^=&]*[%+\s][^=&]*)?(?:=|&|$)")
 _SUBREDDIT = re.compile(r"/r/([a-z0-9_]{2,32})(/search(?:\.json)?)")
 _INSTAGRAM_TAG = re.compile(r"/explore/tags/([^/]{1,200})")
 _NOT_JSON = object()
@@ -388,16 +382,7 @@ def capture(
         return None
     query = path.partition("?")[2].partition("#")[0]
     wanted = route.wanted
-    if _ENCODED_NAME.search(query) is None:  # one pass in C: the parameters wanted
-        params = {}
-        for key, value in route.finds.findall(query):
-            found = params.get(key)
-            if found is None:
-                params[key] = [value]
-            else:
-                found.append(value)
-    else:
-        params = _parse(query, wanted)
+    params = _parse(query, wanted)
     is_post = method == "POST" or method.upper() == "POST"
     if route.body == "form" and is_post and body:
         if content_type is None or "form" in content_type.lower():
