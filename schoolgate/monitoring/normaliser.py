@@ -28,7 +28,7 @@ import itertools
 import operator
 import re
 import unicodedata
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
 MAX_WORDS = 50_000  # words a Normaliser remembers before it starts again
@@ -233,10 +233,12 @@ class Normaliser:
 
     def __call__(self, text: str) -> Normalised:
         words = raw_words(text)
-        read = list(map(self._read.get, words))  # in C: every word known, as a rule
-        if None in read:
-            read = [known or self._learn(word) for word, known in zip(words, read, strict=True)]
-        return _assemble(read)
+        known = list(map(self._read.get, words))  # in C: every word known, as a rule
+        if None in known:
+            return _assemble(
+                [read or self._learn(word) for word, read in zip(words, known, strict=True)]
+            )
+        return _assemble(cast(list[str], known))
 
     def _learn(self, word: str) -> str:
         read = read_word(word, self.spellings)

@@ -395,14 +395,14 @@ def capture(
     else:
         raw_values = None
         for name in route.params:
-            values = params.get(name)
-            if values:
-                if len(values) > 1:
-                    values = [v for v in values if v.strip(" +")]
-                elif not values[0].strip(" +"):
+            given = params.get(name)
+            if given:
+                if len(given) > 1:
+                    given = [v for v in given if v.strip(" +")]
+                elif not given[0].strip(" +"):
                     continue
-                if values:
-                    raw_values = values
+                if given:
+                    raw_values = given
                     break
         if raw_values is None:
             return None

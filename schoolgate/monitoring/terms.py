@@ -501,13 +501,13 @@ class Matcher:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
                         found[group].append(span)
-        for position, phrase in enumerate(hits.word_ids):
-            if phrase:
-                groups = groups_of[phrase].get(number)
+        for position, single in enumerate(hits.word_ids):
+            if single:
+                groups = groups_of[single].get(number)
                 if groups is not None:
                     for group in groups:
                         if group < 0:
-                            vetoed = vetoed or self.phrases[phrase]
+                            vetoed = vetoed or self.phrases[single]
                         else:
                             found[group].append((position, position + 1))
         ordered, within = rule.ordered, rule.within
