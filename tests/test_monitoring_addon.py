@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,7 @@ class GW:
                 hook(flow)
 
     def events(self, kind: str) -> list[dict]:
+        assert self.monitoring.flush(10)  # graded and recorded on the grading thread
         recorder = self.addons[1]
         assert recorder.eventlog.flush(10)
         with recorder.sessions() as session:
@@ -55,6 +57,7 @@ class GW:
     def mails(self, received) -> list[tuple[list[str], str]]:
         from schoolgate.jobs.notify import OutboxSender
 
+        assert self.monitoring.flush(10)
         self.monitoring.pump()
         policy = self.addons[0].policy
         smtp = policy.settings.notifications.smtp
@@ -156,6 +159,41 @@ def test_a_matching_failure_still_records_the_search_and_never_blocks(gw: GW, ca
     assert events[0]["rule"]  # kept as long as a match: it could not be graded
     logged = [r for r in caplog.records if "could not be graded" in r.getMessage()]
     assert len(logged) == 1  # once a minute, not once a search
+
+
+def test_grading_waits_for_no_request_and_a_full_queue_loses_no_search(gw: GW):
+    real = gw.monitoring.matcher
+    busy, release, graded_slow = threading.Event(), threading.Event(), threading.Event()
+
+    class Slow:
+        def assess(self, text):
+            if text == "slow one":
+                busy.set()
+                release.wait(10)
+                graded_slow.set()
+            return real.assess(text)
+
+    gw.monitoring.matcher = Slow()
+    gw.monitoring.grader.size = 1
+    first = search_flow("www.google.com", "/search?q=slow+one")
+    gw.run(first)  # returns while its search is still being graded
+    assert not graded_slow.is_set() and first.response is None
+    assert busy.wait(10)
+    gw.run(search_flow("www.google.com", "/search?q=volcanoes"))  # waits in the queue
+    overflow = threading.Thread(
+        target=gw.run, args=(search_flow("www.bing.com", "/search?q=how+to+kill+myself"),)
+    )
+    overflow.start()  # the queue is full: this one is graded by the hook itself
+    release.set()
+    overflow.join(10)
+    events = gw.events("search")
+    assert sorted(e["detail"]["term"] for e in events) == [
+        "how to kill myself",
+        "slow one",
+        "volcanoes",
+    ]
+    graded = {e["detail"]["term"]: e["detail"]["severity"] for e in events}
+    assert graded == {"slow one": 0, "volcanoes": 0, "how to kill myself": 3}
 
 
 def test_severity_3_reaches_the_dsl_at_once_with_the_searches_before_and_after(gw: GW, smtp_server):  # noqa: F811

@@ -19,10 +19,10 @@ from schoolgate.monitoring.library import THEMES
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
-SPLITS = ("dev", "heldout-1", "heldout-2", "heldout-3")
-# The library was tuned on these; heldout-3 never was (its figures are the bench's to print: a
-# test asserting them would make it one more set to tune on).
-TUNED = ("dev", "heldout-1", "heldout-2")
+SPLITS = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4")
+# The library was tuned on these; a split not here never was (its figures are the bench's to
+# print: a test asserting them would make it one more set to tune on).
+TUNED = ("dev", "heldout-1", "heldout-2", "heldout-3")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def test_the_set_is_large_and_balanced():
     assert abs(len(risky) - len(ordinary)) <= len(items) // 10
     assert {theme for i in risky for theme in i.themes} == set(THEMES)
     assert len({i.text.lower() for i in items}) == len(items)  # no search twice
-    for split in SPLITS:
+    for split in {i.split for i in items}:
         assert sum(i.severity == 3 for i in items if i.split == split) >= 30
 
 

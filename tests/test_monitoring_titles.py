@@ -13,6 +13,7 @@ from schoolgate.monitoring.titles import (
     codec_of,
     extract_titles,
     is_html,
+    readable_encoding,
 )
 
 # The head of a news article, as such pages are written (trimmed)
@@ -186,6 +187,16 @@ def test_brotli_is_declined_not_misread():
     sniffer = TitleSniffer(content_encoding="br")
     assert sniffer.done and sniffer.feed(b"\x1b\x00") is True
     assert sniffer.result() == PageTitle(supported=False)
+
+
+@pytest.mark.parametrize(
+    "encoding", [None, "", "identity", "gzip", "GZIP", "x-gzip", "deflate", "gzip, identity", "br",
+                 "zstd", "gzip, br", "gzip, gzip", "compress"],
+)  # fmt: skip
+def test_the_gateway_streams_a_page_to_the_reader_only_in_an_encoding_it_reads(encoding):
+    # The hook decides on the event loop; the reader reads on the grading thread: the same
+    # answer, or a page would be copied for nothing (or a readable one never read).
+    assert readable_encoding(encoding) == (not TitleSniffer(content_encoding=encoding).done)
 
 
 def test_broken_gzip_stops_quietly():

@@ -6,19 +6,27 @@ risk terms reach the designated safeguarding lead (DSL).
 risk-term library it names, the ``alerts`` batching) through the policy holder.
 
 * ``request``: a request to a host that is no search engine costs one cached dictionary look-up
-  (:func:`~schoolgate.monitoring.searches.engine_of`). A search (every role, allowed or
-  blocked) is graded by the library's :class:`~schoolgate.monitoring.terms.Matcher` and
-  recorded as an event of kind ``search``; the same person's same search again within
-  ``dedupe_minutes`` (a further page, another tab, a reload) is recorded once.
+  (:func:`~schoolgate.monitoring.searches.engine_of`). For a request to a search engine the
+  hook only takes the facts (when, who, whether it was blocked, the request's view and a
+  POSTed search's body) and queues them: the grading thread recognises the search, grades
+  it with the library's :class:`~schoolgate.monitoring.terms.Matcher` and records it as an
+  event of kind ``search`` (every role, allowed or blocked); the same person's same search
+  again within ``dedupe_minutes`` (a further page, another tab, a reload) is recorded once.
 * ``responseheaders``: an allowed ``200`` HTML answer to a GET is **streamed** through a tap that
-  hands every chunk on unchanged and gives a copy of the first ``title_bytes`` to a
-  :class:`~schoolgate.monitoring.titles.TitleSniffer`: the page is never held back (nor kept
-  in memory), which waiting for mitmproxy's buffered ``response`` would do. A title that
-  matches is an event of kind ``page_risk``. Page requests from browsers ask for ``gzip,
-  deflate`` only (Brotli and zstd cannot be read in bounded memory).
+  hands every chunk on unchanged and keeps a copy of the first ``title_bytes`` as sent: the
+  page is never held back (nor kept in memory), which waiting for mitmproxy's buffered
+  ``response`` would do. Those bytes go to the grading thread, which reads the titles
+  (:class:`~schoolgate.monitoring.titles.TitleSniffer`); a title that matches is an event of
+  kind ``page_risk``. Page requests from browsers ask for ``gzip, deflate`` only (Brotli and
+  zstd cannot be read in bounded memory).
+* **Off the event loop**: recognising, grading and recording run on one grading thread, in the
+  order the requests came, so the event loop pays a few microseconds per search or page. Its
+  queue holds :data:`QUEUE_SIZE` requests; when it is full (the thread has fallen that far
+  behind) the hook grades and records the request itself, on the event loop: slower for that
+  moment, but no search goes unrecorded or ungraded and a severity-3 alert is never lost.
 * Monitoring is not filtering: an exception in capture or matching never blocks or breaks the
-  request. It is logged at most once a minute, and the search is still recorded, with severity
-  ``None`` (unknown) and the error.
+  request (which has gone on its way by then). It is logged at most once a minute, and the
+  search is still recorded, with severity ``None`` (unknown) and the error.
 * Matches go to :class:`~schoolgate.jobs.dsl_alerts.DslAlerts` through an in-memory queue; a
   background thread queues what is due in the portal's outbox (``audience="dsl"``), kept and
   retried while the database cannot be reached.
@@ -31,11 +39,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net.http import url as urls
 
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
@@ -43,9 +53,9 @@ from schoolgate.core.monitoring_settings import MonitoringSettings, monitoring_o
 from schoolgate.core.policy import Policy
 from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.alerts_addon import OutboxQueue
-from schoolgate.gateway.background import Periodic
+from schoolgate.gateway.background import Periodic, Serial
 from schoolgate.gateway.fediverse_addon import reads_body
-from schoolgate.gateway.flowinfo import request_view, user_of
+from schoolgate.gateway.flowinfo import RequestView, request_view, user_of
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.jobs.dsl_alerts import (
@@ -59,7 +69,7 @@ from schoolgate.jobs.dsl_alerts import (
 )
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, load_matcher
-from schoolgate.monitoring.titles import TitleSniffer, is_html
+from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
 from schoolgate.storage.eventlog import new_ref
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,25 @@ log = logging.getLogger(__name__)
 ERROR_LOG_EVERY = 60.0  # seconds between logged matching failures
 UNGRADED = "not graded: matching failed"
 MAX_OPEN = 10_000  # people with an alert still gathering what they searched next
+QUEUE_SIZE = 10_000  # requests waiting for the grading thread before the hook grades itself
+
+
+@dataclass(slots=True)
+class Taken:
+    """What the hook took from a request on the event loop: all that grading reads later
+    (the flow itself goes on changing, and may be gone, by then)."""
+
+    at: datetime
+    view: RequestView
+    host: str
+    user: str | None
+    client_ip: str | None
+    policy: Policy | None
+    blocked: bool
+    body: bytes | None = None  # a POSTed search
+    content_type: str | None = None
+    page: bytes | None = None  # a page's first bytes as sent (None: a search)
+    content_encoding: str | None = None  # a page's
 
 
 class MonitoringAddon:
@@ -101,6 +130,7 @@ class MonitoringAddon:
             holder, recorder, audience="dsl", what="safeguarding alert", clock=lambda: self.clock()
         )
         self._last_error = -ERROR_LOG_EVERY
+        self.grader = Serial("schoolgate-monitoring", self._graded, size=QUEUE_SIZE)
         holder.subscribe(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -109,8 +139,13 @@ class MonitoringAddon:
             self._worker.start(self._interval)
 
     def done(self) -> None:
+        self.grader.stop(timeout=10)
         self._worker.stop(timeout=10)
         self.pump(final=True)
+
+    def flush(self, timeout: float = 10) -> bool:
+        """Wait until every request seen so far is graded and recorded."""
+        return self.grader.flush(timeout)
 
     def policy_changed(self, old: Policy | None, new: Policy) -> None:
         """Follow the ``monitoring`` section; (re)load the library only when it changed. A
@@ -167,19 +202,55 @@ class MonitoringAddon:
         host = view.named_host or normalize_host(view.host)
         if engine_of(host) is None:  # the one check every other request pays
             return
-        body = ctype = None
+        taken = self._take(flow, view, host)
         if needs_body(host, view.path, view.method):  # a search POSTed as a form or JSON
-            body, ctype = req.raw_content, req.headers.get("content-type")
-        search = capture(host, view.path, view.method, body, ctype)
-        if search is not None:
-            self._searched(flow, host, search)
+            taken.body, taken.content_type = req.raw_content, req.headers.get("content-type")
+        self._hand_on(taken)
 
-    def _searched(self, flow: http.HTTPFlow, host: str, search: Search) -> None:
-        identity, user, client_ip = self._who(flow)
+    def _take(self, flow: http.HTTPFlow, view: RequestView, host: str) -> Taken:
+        """The facts of a request the grading thread reads: cheap, on the event loop."""
+        peer = flow.client_conn.peername
+        meta = flow.metadata.get("schoolgate")
+        return Taken(
+            self.clock(),
+            view,
+            host,
+            user_of(flow),
+            str(peer[0]) if peer else None,
+            self.holder.policy,
+            isinstance(meta, dict) and meta.get("action") == "block",
+        )
+
+    def _hand_on(self, taken: Taken) -> None:
+        if not self.grader.offer(taken):
+            # The grading thread is QUEUE_SIZE requests behind: grade this one here rather
+            # than record it ungraded (a severity-3 search must still reach the DSL).
+            with self.grader.lock:
+                self._graded(taken)
+
+    def _graded(self, taken: Taken) -> None:
+        """On the grading thread: a search or a page's titles, graded and recorded."""
+        try:
+            if taken.page is not None:
+                self._title_read(taken)
+            else:
+                self._search_taken(taken)
+        except Exception:  # noqa: BLE001 - the request went on long ago; keep grading others
+            self._log_failure("a search or page could not be recorded")
+
+    def _search_taken(self, taken: Taken) -> None:
+        view = taken.view
+        search = capture(taken.host, view.path, view.method, taken.body, taken.content_type)
+        if search is not None:
+            self._searched(taken, search)
+
+    def _searched(self, taken: Taken, search: Search) -> None:
+        identity, user, client_ip = self._who(taken)
         person = _person(identity, user, client_ip)
         if self._dedupe.window and not self._dedupe.first_time(person, search):
             return
-        at = self.clock()
+        at = taken.at
+        host = taken.host
         severity, theme, rule, error = self._grade(search.term)
         detail: dict[str, Any] = {
             "engine": search.engine,
@@ -196,7 +267,7 @@ class MonitoringAddon:
             detail["error"] = error
         ref = new_ref()
         self._record(
-            flow,
+            taken,
             "search",
             ref,
             at,
@@ -260,20 +331,30 @@ class MonitoringAddon:
         try:
             if reads_body(flow.request.path, content_type or "", headers.get("server", "")):
                 return  # FediverseWatch reads this body in its response hook: keep it whole
-            sniffer = TitleSniffer(
-                content_type, headers.get("content-encoding"), self.settings.title_bytes
-            )
-            if sniffer.done:
+            encoding = headers.get("content-encoding")
+            if not readable_encoding(encoding):
                 return  # an encoding it cannot read in bounds
-            response.stream = _Tap(self, flow, sniffer, response.stream)
+            view = request_view(flow.request)
+            taken = self._take(flow, view, view.named_host or normalize_host(view.host))
+            taken.content_type, taken.content_encoding = content_type, encoding
+            response.stream = _Tap(self, taken, response.stream, self.settings.title_bytes)
         except Exception:  # noqa: BLE001 - never touch the page
             self._log_failure("a page title could not be read")
 
-    def title_read(self, flow: http.HTTPFlow, sniffer: TitleSniffer) -> None:
-        """The tap read what it needed (or the page ended): grade and record the title."""
+    def page_read(self, taken: Taken) -> None:
+        """The tap has the page's first bytes (or the page ended): on to the grading thread."""
+        self._hand_on(taken)
+
+    def _title_read(self, taken: Taken) -> None:
+        """On the grading thread: the titles read from the page's first bytes, graded, and
+        the riskiest recorded."""
         matcher = self.matcher
-        if matcher is None:
+        if matcher is None or taken.page is None:
             return
+        limit = self.settings.title_bytes
+        sniffer = TitleSniffer(taken.content_type, taken.content_encoding, limit)
+        sniffer.feed(taken.page)
+        taken.page = b""  # read: let it go
         best = None
         for text in sniffer.result().texts:
             found = matcher.assess(text)
@@ -284,18 +365,18 @@ class MonitoringAddon:
         title, assessment = best
         top = assessment.top
         assert top is not None
-        identity, user, client_ip = self._who(flow)
+        identity, user, client_ip = self._who(taken)
         person = _person(identity, user, client_ip)
-        host = normalize_host(flow.request.pretty_host)
+        host = taken.host
         if self._dedupe.window and not self._dedupe.first_time(
             person, Search(engine=f"title {host}", term=title)
         ):
             return
-        at = self.clock()
+        at = taken.at
         ref = new_ref()
         detail = {"title": title, "severity": top.severity, "theme": top.theme, "rule": top.term}
         self._record(
-            flow,
+            taken,
             "page_risk",
             ref,
             at,
@@ -327,11 +408,9 @@ class MonitoringAddon:
             self._offer(person, fact)
 
     # -- shared -----------------------------------------------------------------------------
-    def _who(self, flow: http.HTTPFlow) -> tuple[Identity | None, str | None, str | None]:
-        user = user_of(flow)
-        peer = flow.client_conn.peername
-        client_ip = str(peer[0]) if peer else None
-        policy = self.holder.policy
+    @staticmethod
+    def _who(taken: Taken) -> tuple[Identity | None, str | None, str | None]:
+        user, client_ip, policy = taken.user, taken.client_ip, taken.policy
         identity = policy.identify(client_ip, user) if policy is not None else None
         return identity, user, client_ip
 
@@ -353,7 +432,7 @@ class MonitoringAddon:
 
     def _record(
         self,
-        flow: http.HTTPFlow,
+        taken: Taken,
         kind: str,
         ref: str,
         at: datetime,
@@ -367,15 +446,15 @@ class MonitoringAddon:
         rule: str | None,
         reason: str,
     ) -> None:
-        policy = self.holder.policy
+        policy = taken.policy
         keep_paths = policy.settings.keep_paths if policy is not None else True
-        meta = flow.metadata.get("schoolgate")
-        blocked = isinstance(meta, dict) and meta.get("action") == "block"
+        blocked = taken.blocked
+        view = taken.view
         if identity is not None and (identity.rule or identity.source != "default"):
             detail["identity"] = f"{identity.source}: {identity.rule}"
         name = (identity.user if identity is not None else None) or user
         try:
-            url = strip_url(flow.request.pretty_url, keep_paths)
+            url = strip_url(_pretty_url(view), keep_paths)
         except ValueError:
             url = None
         self.recorder.record(
@@ -390,8 +469,8 @@ class MonitoringAddon:
                 "role": identity.role if identity is not None else None,
                 "group": identity.group if identity is not None else None,
                 "site": (identity.site or None) if identity is not None else None,
-                "method": flow.request.method,
-                "scheme": flow.request.scheme,
+                "method": view.method,
+                "scheme": view.scheme,
                 "host": normalize_host(host),
                 "url": url,
                 "search_term": search_term,
@@ -445,28 +524,44 @@ class MonitoringAddon:
 
 
 class _Tap:
-    """``response.stream``: every chunk handed on unchanged; a copy to the sniffer until it
-    is done."""
+    """``response.stream``: every chunk handed on unchanged; a copy kept of the first bytes
+    the title reader reads (as sent: it decompresses them on the grading thread), then handed
+    on to be graded."""
 
-    __slots__ = ("addon", "flow", "sniffer", "then", "finished")
+    __slots__ = ("addon", "taken", "then", "parts", "size", "limit")
 
-    def __init__(self, addon: MonitoringAddon, flow: http.HTTPFlow, sniffer, then: Any) -> None:
+    def __init__(self, addon: MonitoringAddon, taken: Taken, then: Any, limit: int) -> None:
         self.addon = addon
-        self.flow = flow
-        self.sniffer = sniffer
+        self.taken = taken
         self.then = then if callable(then) else None
-        self.finished = False
+        self.parts: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
 
     def __call__(self, chunk: bytes) -> bytes | Any:
-        if not self.finished:
+        parts = self.parts
+        if parts is not None:
             try:
-                if self.sniffer.feed(chunk) or not chunk:
-                    self.finished = True
-                    self.addon.title_read(self.flow, self.sniffer)
+                if chunk:
+                    parts.append(bytes(chunk))
+                    self.size += len(chunk)
+                if not chunk or self.size >= self.limit:
+                    self.parts = None
+                    self.taken.page = b"".join(parts)[: self.limit]
+                    self.addon.page_read(self.taken)
             except Exception:  # noqa: BLE001 - never touch the page
-                self.finished = True
+                self.parts = None
                 self.addon._log_failure("a page title could not be graded")
         return self.then(chunk) if self.then is not None else chunk
+
+
+def _pretty_url(view: RequestView) -> str:
+    """The request's URL with the host it named, as mitmproxy's ``Request.pretty_url``."""
+    if view.host_header:
+        host, port = urls.parse_authority(view.host_header, check=False)
+        port = port or urls.default_port(view.scheme) or 443
+        return urls.unparse(view.scheme, host, port, view.path)
+    return urls.unparse(view.scheme, view.host, view.port, view.path)
 
 
 def _person(identity: Identity | None, user: str | None, client_ip: str | None) -> str:

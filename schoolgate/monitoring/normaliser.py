@@ -28,7 +28,7 @@ import itertools
 import operator
 import re
 import unicodedata
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
 MAX_WORDS = 50_000  # words a Normaliser remembers before it starts again
@@ -203,9 +203,10 @@ def _assemble(read: list[str]) -> Normalised:
         bounds = bytearray(len(joined) + 1)
         for at in itertools.accumulate(map(len, words), initial=0):
             bounds[at] = 1
-    return Normalised(tuple(words), joined, bounds)
+    return _new_tuple(Normalised, (tuple(words), joined, bounds))  # no Python __new__
 
 
+_new_tuple = tuple.__new__
 _MARKS = bytes(32 if byte == 32 else 0 for byte in range(256))
 
 
@@ -231,8 +232,13 @@ class Normaliser:
         self._read: dict[str, str] = {}
 
     def __call__(self, text: str) -> Normalised:
-        known = self._read.get
-        return _assemble([known(word) or self._learn(word) for word in raw_words(text)])
+        words = raw_words(text)
+        known = list(map(self._read.get, words))  # in C: every word known, as a rule
+        if None in known:
+            return _assemble(
+                [read or self._learn(word) for word, read in zip(words, known, strict=True)]
+            )
+        return _assemble(cast(list[str], known))
 
     def _learn(self, word: str) -> str:
         read = read_word(word, self.spellings)

@@ -35,7 +35,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -99,6 +99,15 @@ class Route:
     json_more: tuple[str, ...] = ()  # JSON keys that mark a continuation
     charset_param: str | None = None
     vertical_by: tuple[str, dict[str, str]] | None = None
+    # The parameters capture reads: the others of a query are skipped unparsed.
+    wanted: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        names = {*self.params, *(name for name, _ in self.pages), "udm"}
+        for name in (self.json_param, self.charset_param, self.vertical_by and self.vertical_by[0]):
+            if name:
+                names.add(name)
+        object.__setattr__(self, "wanted", frozenset(names))
 
 
 # Routes are lower case, without a trailing slash or Yahoo's ";_ylt=..." path parameters.
@@ -372,50 +381,44 @@ def capture(
     if route.suggestion and not suggestions:
         return None
     query = path.partition("?")[2].partition("#")[0]
-    params = _parse(query)
-    is_post = method.upper() == "POST"
+    wanted = route.wanted
+    params = _parse(query, wanted)
+    is_post = method == "POST" or method.upper() == "POST"
     if route.body == "form" and is_post and body:
         if content_type is None or "form" in content_type.lower():
             form = body[: MAX_RAW * 4].decode("utf-8", errors="replace")
-            for key, values in _parse(form).items():
+            for key, values in _parse(form, wanted).items():
                 params.setdefault(key, []).extend(values)
-    raw_values: list[str] = []
-    decoded_json: list[str] = []
     more = False
     if route.json_param or (route.body == "json" and is_post):
-        source: str | bytes | None = None
-        if route.json_param:
-            source = (params.get(route.json_param) or [""])[0]
-            source = _unquote_value(source)
-        elif body:
-            source = body
-        if source:
-            value = _json_value(source, route.json_path)
-            if isinstance(value, str):
-                decoded_json.append(value)
-            more = _json_has_any(source, route.json_more)
+        texts, malformed, more = _json_texts(route, params, body)
     else:
+        raw_values = None
         for name in route.params:
-            values = [v for v in params.get(name, ()) if v.strip(" +")]
-            if values:
-                raw_values = values
-                break
-    if not raw_values and not decoded_json:
-        return None
-    charset = None
-    if route.charset_param:
-        given = params.get(route.charset_param)
-        charset = given[0] if given else None
-    malformed = False
-    texts: list[str] = []
-    for raw in raw_values:
-        text, bad = _decode(raw, charset)
-        malformed |= bad
-        texts.append(text)
-    for text in decoded_json:
-        clean = _no_surrogates(text)
-        malformed |= clean != text
-        texts.append(clean)
+            given = params.get(name)
+            if given:
+                if len(given) > 1:
+                    given = [v for v in given if v.strip(" +")]
+                elif not given[0].strip(" +"):
+                    continue
+                if given:
+                    raw_values = given
+                    break
+        if raw_values is None:
+            return None
+        charset = None
+        if route.charset_param:
+            given = params.get(route.charset_param)
+            charset = given[0] if given else None
+        if len(raw_values) == 1:  # the usual case: one value
+            text, malformed = _decode(raw_values[0], charset)
+            texts = [text]
+        else:
+            texts, malformed = [], False
+            for raw in raw_values:
+                text, bad = _decode(raw, charset)
+                malformed |= bad
+                texts.append(text)
     cleaned: list[str] = []
     for text in texts:
         if not text.isprintable():
@@ -425,7 +428,7 @@ def capture(
             cleaned.append(text)
     if not cleaned:
         return None
-    term = SEPARATOR.join(cleaned)
+    term = SEPARATOR.join(cleaned) if len(cleaned) > 1 else cleaned[0]
     truncated = len(term) > MAX_TERM
     if truncated:
         term = term[:MAX_TERM].rstrip()
@@ -436,19 +439,42 @@ def capture(
             vertical = table.get(value.lower(), vertical)
         if engine == "google" and "udm" in params:
             vertical = _GOOGLE_VERTICALS.get(params["udm"][0], vertical)
+    if not more and route.pages and len(params) > 1:
+        more = _further_page(params, route.pages)
     search = _new(Search)
     search.__dict__.update(
         engine=engine,
         term=term,
         vertical=vertical,
         suggestion=route.suggestion,
-        continuation=more or (route.pages and _further_page(params, route.pages)) or False,
+        continuation=more,
         truncated=truncated,
         repeated=len(cleaned) > 1,
         malformed=malformed,
         scope=scope,
     )
     return search
+
+
+def _json_texts(
+    route: Route, params: dict[str, list[str]], body: bytes | None
+) -> tuple[list[str], bool, bool]:
+    """A search carried in JSON (a body, or the ``data`` parameter): its texts, whether
+    they were malformed, and whether it is a continuation."""
+    source: str | bytes | None = None
+    if route.json_param:
+        source = _unquote_value((params.get(route.json_param) or [""])[0])
+    elif body:
+        source = body
+    if not source:
+        return [], False, False
+    texts, malformed = [], False
+    value = _json_value(source, route.json_path)
+    if isinstance(value, str):
+        clean = _no_surrogates(value)
+        malformed = clean != value
+        texts.append(clean)
+    return texts, malformed, _json_has_any(source, route.json_more)
 
 
 _new = object.__new__
@@ -480,18 +506,26 @@ def _hashtag(engine: str, tag: str | None) -> Search | None:
     return Search(engine=engine, term=f"#{text}", vertical="hashtags", malformed=bad)
 
 
-def _parse(query: str) -> dict[str, list[str]]:
-    """Parameter name (decoded) -> raw values in order. Values stay encoded until needed."""
+def _parse(query: str, wanted: frozenset[str]) -> dict[str, list[str]]:
+    """Parameter name (decoded) -> raw values in order, for the names in ``wanted`` (a name
+    spelt plainly is looked up as it is: only the others are decoded). Values stay encoded
+    until needed."""
     out: dict[str, list[str]] = {}
     if not query:
         return out
     for item in query.split("&"):
-        if not item:
-            continue
         key, _, value = item.partition("=")
-        if "%" in key or "+" in key:
-            key = unquote(key.replace("+", " "), errors="replace")
-        out.setdefault(key.strip(), []).append(value)
+        if key not in wanted:
+            if "%" in key or "+" in key:
+                key = unquote(key.replace("+", " "), errors="replace")
+            key = key.strip()
+            if key not in wanted:
+                continue
+        found = out.get(key)
+        if found is None:
+            out[key] = [value]
+        else:
+            found.append(value)
     return out
 
 

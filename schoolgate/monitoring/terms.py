@@ -146,14 +146,16 @@ class Assessment:
 
 
 NOTHING = Assessment()
+_new_tuple = tuple.__new__
 
 # -- the matcher --------------------------------------------------------------------------------
 
 _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 
 # What the automaton holds for a key: (whether every pattern must end at a word boundary,
-# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem).
-_Pattern = tuple[int, int, int, tuple[int, ...], bool]
+# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem, its
+# breaks as ``Normalised.bounds`` has them).
+_Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 
 
@@ -228,7 +230,8 @@ class Matcher:
                 )  # fmt: skip
             return False
         inner = tuple(i for i in range(1, len(norm.joined)) if norm.bounds[i])
-        pattern = (kind, index, len(norm.joined), inner, stem)
+        same = bytes(norm.bounds[1 : len(norm.joined)])  # a text with just these breaks
+        pattern = (kind, index, len(norm.joined), inner, stem, same)
         patterns = table.setdefault(norm.joined, [])
         if pattern not in patterns:
             patterns.append(pattern)
@@ -276,6 +279,14 @@ class Matcher:
                     if (number, group) not in usage[ids[key]]:
                         usage[ids[key]].append((number, group))
         self._usage = tuple(tuple(uses) for uses in usage)
+        # phrase id -> {rule: its groups the phrase is in, -1 for unless}
+        by_rule: list[dict[int, tuple[int, ...]]] = []
+        for uses in usage:
+            groups: dict[int, tuple[int, ...]] = {}
+            for rule_number, group in uses:
+                groups[rule_number] = (*groups.get(rule_number, ()), group)
+            by_rule.append(groups)
+        self._groups_of = tuple(by_rule)
         self._rule_terms = tuple(
             Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
             for r in self.cooccurrence
@@ -385,16 +396,20 @@ class Matcher:
             at_end = bounds[end]
             if needs_end and not at_end:
                 continue
-            for kind, index, length, inner, stem in patterns:
+            for kind, index, length, inner, stem, same in patterns:
                 start = end - length
                 if not (at_end or stem) or not bounds[start]:
+                    continue
+                if inner and bounds[start + 1 : end] == same:  # the usual: the same breaks
+                    by_kind[kind].append((index, start, end))
                     continue
                 at = find(1, start + 1, end)
                 while at >= 0 and at - start in inner:  # a break the pattern has too
                     at = find(1, at + 1, end)
                 if at < 0:
                     by_kind[kind].append((index, start, end))
-        return _Hits(terms, allows, context, words, list(map(self._single.get, norm.words)))
+        word_ids = list(map(self._single.get, norm.words))
+        return _new_tuple(_Hits, (terms, allows, context, words, word_ids))  # no Python __new__
 
     def _resolve(self, hits: _Hits) -> list[Match]:
         terms = hits.terms
@@ -456,9 +471,12 @@ class Matcher:
         phrases found rule out almost every rule without a loop over them."""
         found = [phrase for phrase, _, _ in hits.words]
         found += filter(None, hits.word_ids)
+        woken = set().union(*map(self._phrase_wakes.__getitem__, found))
+        if not woken:  # most texts: no anchor of any rule
+            return []
         found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
         out = []
-        for number in set().union(*map(self._phrase_wakes.__getitem__, found)):
+        for number in woken:
             rule_mask = self._rule_masks[number]
             if found_mask & rule_mask == rule_mask:
                 match = self._apply_rule(number, norm, hits)
@@ -470,20 +488,31 @@ class Matcher:
         rule = self.cooccurrence[number]
         found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
         vetoed = None
+        groups_of = self._groups_of
         starts = word_starts(norm)
-        spans = [*hits.words]
-        for position, phrase in enumerate(hits.word_ids):
-            if phrase:
-                start = starts[position]
-                spans.append((phrase, start, start + len(norm.words[position])))
-        for phrase, start, end in spans:
-            for user, group in self._usage[phrase]:
-                if user == number:
+        # Spans in words: a one word phrase is where it is; a longer one or a stem is found
+        # in the joined text, its offsets turned into words.
+        for phrase, start, end in hits.words:
+            groups = groups_of[phrase].get(number)
+            if groups is not None:
+                span = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
+                for group in groups:
                     if group < 0:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
-                        found[group].append((start, end))
-        if not _satisfied(norm, found, rule):
+                        found[group].append(span)
+        for position, single in enumerate(hits.word_ids):
+            if single:
+                groups = groups_of[single].get(number)
+                if groups is not None:
+                    for group in groups:
+                        if group < 0:
+                            vetoed = vetoed or self.phrases[single]
+                        else:
+                            found[group].append((position, position + 1))
+        ordered, within = rule.ordered, rule.within
+        if not (satisfied(found, within, ordered) if ordered or within is not None
+                else all(found)):  # fmt: skip
             return None
         term = self._rule_terms[number]
         if vetoed is not None:
@@ -491,14 +520,15 @@ class Matcher:
         allowed_by = None
         if hits.allows:
             kept: list[list[tuple[int, int]]] = [[] for _ in found]
+            ends = (*starts[1:], len(norm.joined))
             for group, group_spans in enumerate(found):
-                for start, end in group_spans:
-                    by = self._allowed(rule.theme, start, end, hits)
+                for first, after in group_spans:
+                    by = self._allowed(rule.theme, starts[first], ends[after - 1], hits)
                     if by is None:
-                        kept[group].append((start, end))
+                        kept[group].append((first, after))
                     else:
                         allowed_by = by
-            if _satisfied(norm, kept, rule):
+            if satisfied(kept, within, ordered) if ordered or within is not None else all(kept):
                 allowed_by = None
         return self._judge(term, number, allowed_by, hits, True)
 
@@ -515,21 +545,6 @@ class Matcher:
 
 def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(sorted(matches, key=lambda m: (not m.active, -m.severity, m.theme, m.term)))
-
-
-def _satisfied(norm: Normalised, found: list[list[tuple[int, int]]], rule: Rule) -> bool:
-    """``found`` holds offsets in ``norm.joined``; rules count words."""
-    if rule.within is None and not rule.ordered:
-        return all(found)
-    starts = word_starts(norm)
-    words = [
-        [
-            (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
-            for start, end in spans
-        ]
-        for spans in found
-    ]
-    return satisfied(words, rule.within, rule.ordered)
 
 
 def _report(issues: Issues, source: str, field_name: str, message: str) -> None:

@@ -117,6 +117,16 @@ def codec_of(label: str | None) -> str | None:
         return None
 
 
+def readable_encoding(content_encoding: str | None) -> bool:
+    """Whether :class:`TitleSniffer` can read a body sent in this ``Content-Encoding`` (none,
+    gzip or deflate: what it can decompress in bounded memory)."""
+    if not content_encoding:
+        return True
+    names = [e.strip().lower() for e in content_encoding.split(",") if e.strip()]
+    names = [n for n in names if n != "identity"]
+    return len(names) <= 1 and (not names or names[0] in ("gzip", "x-gzip", "deflate"))
+
+
 class TitleSniffer:
     """Feed the response body's chunks as they pass; read :meth:`result` at the end."""
 
