@@ -262,10 +262,7 @@ MAY_IMPORT = {
 # Imports across layers as of today, each a strict xfail until it is gone.
 KNOWN_LAYER_BREACHES = {
     ("schoolgate.core.circumvention_settings", "schoolgate.circumvention"),
-    ("schoolgate.core.config", "schoolgate.bindings.settings"),
     ("schoolgate.core.config", "schoolgate.storage.db"),
-    ("schoolgate.core.identity", "schoolgate.bindings.model"),
-    ("schoolgate.core.settings", "schoolgate.bindings.settings"),
 }
 
 

@@ -12,11 +12,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schoolgate.bindings.settings import (
-    IDENTITY_SOURCE_KEYS,
-    IdentitySources,
-    read_identity_sources,
-)
 from schoolgate.core.alert_settings import read_alerts
 from schoolgate.core.circumvention_settings import load_circumvention
 from schoolgate.core.configfile import (
@@ -29,6 +24,11 @@ from schoolgate.core.configfile import (
 )
 from schoolgate.core.fediverse_settings import read_fediverse
 from schoolgate.core.identity import GUEST, IdentityResolver, NetworkRule, RosterEntry, load_roster
+from schoolgate.core.identity_settings import (
+    IDENTITY_SOURCE_KEYS,
+    IdentitySources,
+    read_identity_sources,
+)
 from schoolgate.core.list_update_settings import read_list_updates
 from schoolgate.core.lists import Matcher, parse_entries
 from schoolgate.core.liststore import ListFile, Progress, load_store

@@ -43,8 +43,8 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from schoolgate.bindings.live import LiveIdentity, install
-from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.identity import SIGN_IN_REQUIRED
+from schoolgate.core.identity_settings import IdentitySources
 from schoolgate.gateway.flowmark import SIGN_IN, FlowMark, put_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.pages import page

@@ -34,8 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import normalise_address
+from schoolgate.core.binding import Binding
 from schoolgate.storage.db import Base, UTCDateTime
 from schoolgate.storage.exceptions import audit
 
