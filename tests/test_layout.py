@@ -261,7 +261,6 @@ MAY_IMPORT = {
 }
 # Imports across layers as of today, each a strict xfail until it is gone.
 KNOWN_LAYER_BREACHES = {
-    ("schoolgate.core.circumvention_settings", "schoolgate.circumvention"),
     ("schoolgate.core.config", "schoolgate.storage.db"),
 }
 
