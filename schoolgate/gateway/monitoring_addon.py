@@ -46,6 +46,7 @@ from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.fediverse_addon import reads_body
 from schoolgate.gateway.flowinfo import request_view, user_of
+from schoolgate.gateway.flowmark import answered, flow_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.jobs.dsl_alerts import (
@@ -251,7 +252,7 @@ class MonitoringAddon:
         response = flow.response
         if response is None or response.status_code != 200 or flow.request.method != "GET":
             return
-        if flow.metadata.get("schoolgate"):  # a block, or the gateway's own answer
+        if answered(flow.metadata):  # a block, or the gateway's own answer
             return
         headers = response.headers
         content_type = headers.get("content-type")
@@ -369,8 +370,8 @@ class MonitoringAddon:
     ) -> None:
         policy = self.holder.policy
         keep_paths = policy.settings.keep_paths if policy is not None else True
-        meta = flow.metadata.get("schoolgate")
-        blocked = isinstance(meta, dict) and meta.get("action") == "block"
+        mark = flow_mark(flow.metadata)
+        blocked = mark is not None and mark.blocked
         if identity is not None and (identity.rule or identity.source != "default"):
             detail["identity"] = f"{identity.source}: {identity.rule}"
         name = (identity.user if identity is not None else None) or user
