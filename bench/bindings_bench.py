@@ -47,8 +47,8 @@ from schoolgate.bindings.radius import (  # noqa: E402
     accounting_store,
     radius_dictionary,
 )
-from schoolgate.bindings.settings import LeaseFile, RadiusSettings  # noqa: E402
 from schoolgate.bindings.writer import BindingWriter  # noqa: E402
+from schoolgate.core.identity_settings import LeaseFile, RadiusSettings  # noqa: E402
 from schoolgate.storage import bindings as store  # noqa: E402
 from schoolgate.storage.db import open_database  # noqa: E402
 

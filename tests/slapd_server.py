@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from gateway_process import free_port, stop_gateway
 from ldap3 import NONE, Connection, Server
 
-from schoolgate.bindings.settings import DirectorySettings, RoleGroup
+from schoolgate.core.identity_settings import DirectorySettings, RoleGroup
 
 SLAPD = Path("/usr/sbin/slapd")
 INSTALL_HINT = (

@@ -18,7 +18,7 @@ from schoolgate.bindings.dhcp import (
     parse_kea,
     read_lease_file,
 )
-from schoolgate.bindings.settings import LeaseFile
+from schoolgate.core.identity_settings import LeaseFile
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "dhcp"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from schoolgate.bindings.directory import (
     NoRole,
     WrongPassword,
 )
-from schoolgate.bindings.settings import DirectorySettings, RoleGroup
+from schoolgate.core.identity_settings import DirectorySettings, RoleGroup
 
 PUPIL_PASSWORD = DIRECTORY_PASSWORDS["pupil1"][0]
 STAFF_PASSWORD = DIRECTORY_PASSWORDS["staff1"][0]

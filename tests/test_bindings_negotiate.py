@@ -21,7 +21,7 @@ from schoolgate.bindings.negotiate import (
     NegotiateFailed,
     parse_authorization,
 )
-from schoolgate.bindings.settings import NegotiateSettings
+from schoolgate.core.identity_settings import NegotiateSettings
 
 PUPIL_PASSWORD = "Kerberos-pupil-1"
 

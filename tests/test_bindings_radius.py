@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 
 from schoolgate.bindings.cache import BindingCache
 from schoolgate.bindings.radius import RadiusListener, accounting_store, radius_dictionary
-from schoolgate.bindings.settings import RadiusSettings
 from schoolgate.bindings.writer import BindingWriter
+from schoolgate.core.identity_settings import RadiusSettings
 from schoolgate.storage import bindings as store
 from schoolgate.storage.db import open_database
 from schoolgate.storage.models import AuditRow

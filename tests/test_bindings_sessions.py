@@ -22,7 +22,7 @@ from schoolgate.bindings.sessions import (
     apply_lease_changes,
     record_negotiate,
 )
-from schoolgate.bindings.settings import LeaseFile, NegotiateSettings, SignInSettings
+from schoolgate.core.identity_settings import LeaseFile, NegotiateSettings, SignInSettings
 from schoolgate.storage import bindings as store
 from schoolgate.storage.db import open_database
 from schoolgate.storage.models import AuditRow

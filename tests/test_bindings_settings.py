@@ -15,12 +15,12 @@ from schoolgate.bindings.names import (
     normalise_mac,
     parse_principal,
 )
-from schoolgate.bindings.settings import (
+from schoolgate.core.configfile import Issues, Section, load_yaml
+from schoolgate.core.identity_settings import (
     IdentitySources,
     parse_listen,
     read_identity_sources,
 )
-from schoolgate.core.configfile import Issues, Section, load_yaml
 
 ROLES = {"student", "staff", "guest", "sixth_form"}
 

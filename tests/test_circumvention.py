@@ -15,6 +15,7 @@ import pytest
 
 from schoolgate.circumvention import (
     DETECTOR_HEADERS,
+    DETECTORS,
     KINDS,
     CircumventionEvent,
     Detectors,
@@ -23,6 +24,7 @@ from schoolgate.circumvention import (
     detector_names,
     normalise_for_detection,
 )
+from schoolgate.core.circumvention_settings import DETECTOR_NAMES, known_detectors
 from schoolgate.core.destination import Destination, Verdict
 from schoolgate.core.hosts import host_suffixes, normalize_host, registrable_domain
 
@@ -906,6 +908,13 @@ def test_tor() -> None:
 # --------------------------------------------------------------------------------------------
 # The Detectors object and events
 # --------------------------------------------------------------------------------------------
+
+
+def test_the_config_knows_the_detectors_the_gateway_runs() -> None:
+    # The core checks ``circumvention.detectors`` against its own list of names (it may not
+    # import the detectors): the same names, in the order they run.
+    assert tuple(name for name, _ in DETECTORS) == DETECTOR_NAMES == detector_names()
+    assert known_detectors() == detector_names()
 
 
 def test_names_and_enabled() -> None:

@@ -10,6 +10,7 @@ from policy_fixtures import DEFAULT_TIMETABLE, ROOT, write_config
 
 from schoolgate.core.config import DEFAULT_CONFIG, load_policy
 from schoolgate.core.configfile import ConfigError
+from schoolgate.storage import check_database_url
 
 GOOD = f"""\
 roles:
@@ -204,3 +205,21 @@ def test_a_broken_config_yields_no_policy_at_all(tmp_path):
     )
     with pytest.raises(ConfigError):
         load_policy(path)
+
+
+def test_a_database_url_is_checked_with_its_line(tmp_path):
+    # The core alone (explain, the tests) knows only the shape of a database URL; the processes
+    # that open the database pass the storage layer's check, whose message is reported as any
+    # other problem of the config, at database.url's line.
+    text = "database:\n  url: schoolgate.db\n" + GOOD
+    issues = issues_of(tmp_path, text)
+    assert has(issues, "mitm_config.yaml:2", "database.url", "not a database URL")
+
+    path = tmp_path / "mitm_config.yaml"
+    path.write_text("database:\n  url: oracle9://u@db/schoolgate\n" + GOOD, encoding="utf-8")
+    assert load_policy(path, data_dir=tmp_path).settings.database_url.startswith("oracle9://")
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, data_dir=tmp_path, check_database_url=check_database_url)
+    (issue,) = info.value.issues
+    assert (issue.line, issue.field) == (2, "database.url")
+    assert "unknown database kind 'oracle9'" in issue.message

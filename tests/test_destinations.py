@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mitmproxy.test import tflow
 
+from schoolgate.gateway.flowmark import for_portal
 from tests.test_gateway_addons import (
     STUDENT_IP,
     VISITOR_IP,
@@ -223,7 +224,7 @@ def test_an_odd_path_on_the_portal_host_never_goes_upstream(gw: Gateway) -> None
         flow = http_flow("schoolgate.internal", path)
         flow.client_conn.sni = None
         top(gw).request(flow)  # the portal app is asynchronous: not awaited here
-        assert flow.response is not None or flow.metadata.get("schoolgate_portal"), path
+        assert flow.response is not None or for_portal(flow.metadata), path
 
 
 # -- a failure anywhere ----------------------------------------------------------------------------

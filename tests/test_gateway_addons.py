@@ -32,7 +32,7 @@ from schoolgate.gateway import (
     Recorder,
     make_addons,
 )
-from schoolgate.gateway.flowmark import flow_mark
+from schoolgate.gateway.flowmark import answered, flow_mark, for_portal, is_own
 from schoolgate.gateway.holder import watched_files
 from schoolgate.gateway.monitoring_addon import MonitoringAddon
 from schoolgate.gateway.pages import pac_script
@@ -272,7 +272,8 @@ def test_safe_search_applied_for_role(gw: Gateway) -> None:
     gw.enforce.request(flow)
     assert flow.response is None
     assert flow.request.headers.get("YouTube-Restrict", "").lower() == "strict"
-    assert flow.metadata.get("schoolgate_safesearch")
+    mark = flow_mark(flow.metadata)  # the rewrite is noted on the flow, which is not answered
+    assert mark is not None and mark.safesearch and not answered(flow.metadata)
     flow = http_flow("www.youtube.com", "/watch?v=abc", user="alice")  # staff: moderate
     gw.enforce.request(flow)
     assert flow.request.headers.get("YouTube-Restrict", "").lower() == "moderate"
@@ -440,7 +441,7 @@ def test_portal_paths_go_to_the_app(gw: Gateway) -> None:
         "schoolgate.internal", f"/request?url=http%3A%2F%2Fx.test%2F&ref={quote(signed)}"
     )
     gw.pages.request(flow)
-    assert flow.response is None and flow.metadata["schoolgate_portal"]
+    assert flow.response is None and for_portal(flow.metadata)
     asyncio.run(gw.portal.request(flow))
     assert flow.response.status_code == 200
     assert b"x.test" in flow.response.content
@@ -453,7 +454,7 @@ def test_portal_paths_go_to_the_app(gw: Gateway) -> None:
     # The gateway's own pages stay with GatewayPages.
     ca = http_flow("schoolgate.internal", "/ca")
     gw.pages.request(ca)
-    assert ca.response is not None and "schoolgate_portal" not in ca.metadata
+    assert ca.response is not None and is_own(ca.metadata) and not for_portal(ca.metadata)
 
 
 def test_portal_user_header_only_from_proxy_login(gw: Gateway) -> None:
@@ -593,7 +594,8 @@ def test_portal_is_served_through_the_one_addon(chain: Gateway) -> None:
     _through_mitmproxy(chain, HttpRequestHook, flow)
     assert flow.response is not None and flow.response.status_code == 200
     assert b"x.test" in flow.response.content  # the access request form, from the app
-    assert "schoolgate" not in flow.metadata  # the portal itself is never decided or logged
+    # The portal itself is never decided or logged: its flow carries no answer of the gateway.
+    assert for_portal(flow.metadata) and answered(flow.metadata) is None
 
 
 def test_the_gateway_master_skips_debug_records_and_quiet_drops_the_flow_printer():

@@ -17,8 +17,8 @@ from policy_fixtures import write_config
 
 from schoolgate.bindings.accounts import Passwords, PortalAccounts
 from schoolgate.bindings.directory import DirectoryUnavailable, DirectoryUser, WrongPassword
-from schoolgate.bindings.model import Binding
 from schoolgate.cli.main import main
+from schoolgate.core.binding import Binding
 from schoolgate.core.config import identity_sources_of, load_policy
 from schoolgate.core.configfile import ConfigError
 from schoolgate.core.identity import SIGN_IN_REQUIRED
@@ -336,7 +336,7 @@ def test_sign_in_page_and_the_it_support_list(tmp_path: Path, gateway_config: Pa
     from schoolgate.bindings.cache import BindingCache
     from schoolgate.bindings.live import LiveIdentity
     from schoolgate.bindings.sessions import SignInService
-    from schoolgate.bindings.settings import IdentitySources, SignInSettings
+    from schoolgate.core.identity_settings import IdentitySources, SignInSettings
 
     portal = Portal(tmp_path, gateway_config)
     settings = SignInSettings(None, portal_accounts_role="staff")

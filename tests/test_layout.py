@@ -1,16 +1,13 @@
 """The package's shape: no import cycle between its modules (an import inside a function counts:
 it only hides the cycle until that function runs), no module over 700 lines, and no private
-name (``_name``) of one module used by another. Modules still over the limit are listed, each
-as a strict xfail: when one is split its test turns red, to be taken off the list; anything new
-fails at once."""
+name (``_name``) of one module used by another, and no import across the layers of
+docs/architecture.md. Nothing is exempt: anything new fails at once, naming what to fix."""
 
 from __future__ import annotations
 
 import ast
 from collections import deque
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "schoolgate"
@@ -259,14 +256,8 @@ MAY_IMPORT = {
     "monitoring": PURE | {"monitoring"},
     "storage": PURE | {"storage", "bindings", "monitoring"},
 }
-# Imports across layers as of today, each a strict xfail until it is gone.
-KNOWN_LAYER_BREACHES = {
-    ("schoolgate.core.circumvention_settings", "schoolgate.circumvention"),
-    ("schoolgate.core.config", "schoolgate.bindings.settings"),
-    ("schoolgate.core.config", "schoolgate.storage.db"),
-    ("schoolgate.core.identity", "schoolgate.bindings.model"),
-    ("schoolgate.core.settings", "schoolgate.bindings.settings"),
-}
+# Imports across layers allowed (none: a new one fails the test below and names it).
+KNOWN_LAYER_BREACHES: set[tuple[str, str]] = set()
 
 
 def _layer(module: str) -> str:
@@ -294,18 +285,6 @@ def test_no_layer_imports_what_is_above_it_beyond_the_known_ones() -> None:
     assert not new, "imports across layers (docs/architecture.md):\n" + "\n".join(
         f"  {a} -> {b}" for a, b in sorted(new)
     )
-
-
-@pytest.mark.parametrize(
-    "breach",
-    [
-        pytest.param(b, marks=pytest.mark.xfail(strict=True, reason="imported across layers"))
-        for b in sorted(KNOWN_LAYER_BREACHES)
-    ],
-    ids=lambda b: f"{b[0].removeprefix('schoolgate.')}->{b[1].removeprefix('schoolgate.')}",
-)
-def test_a_known_layer_breach_is_gone(breach: tuple[str, str]) -> None:
-    assert breach not in layer_breaches()
 
 
 def test_the_private_name_check_sees_imports_and_attributes(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from schoolgate.gateway import make_addons
+from schoolgate.gateway.flowmark import BLOCK, WARN, FlowMark, put_mark
 from schoolgate.gateway.monitoring_addon import MonitoringAddon
 from schoolgate.jobs.dsl_alerts import DslAlerts, RiskFact, render
 from schoolgate.storage.events import list_events
@@ -136,7 +137,7 @@ def test_a_further_page_of_the_same_search_is_recorded_once(gw: GW):
 
 def test_a_blocked_search_is_recorded_as_blocked(gw: GW):
     flow = search_flow("www.google.com", "/search?q=rivers")
-    flow.metadata["schoolgate"] = {"action": "block", "ref": "x"}
+    put_mark(flow.metadata, FlowMark(action=BLOCK, ref="x"))  # as Enforcement marks a block
     gw.monitoring.request(flow)
     (event,) = gw.events("search")
     assert event["action"] == "block"
@@ -246,8 +247,17 @@ def test_without_a_dsl_address_the_esafety_team_is_told(
     assert [m[0] for m in mails] == [[ESAFETY]]
 
 
-def _page(gw: GW, body: bytes, *, encoding: str | None = None, ctype: str = "text/html"):
+def _page(
+    gw: GW,
+    body: bytes,
+    *,
+    encoding: str | None = None,
+    ctype: str = "text/html",
+    mark: FlowMark | None = None,
+):
     flow = search_flow("news.test", "/story", user="pupil3")
+    if mark is not None:
+        put_mark(flow.metadata, mark)
     flow.response = tutils.tresp(content=b"")
     flow.response.headers["content-type"] = ctype
     if encoding:
@@ -277,6 +287,17 @@ def test_ordinary_titles_and_other_content_are_not_recorded(gw: GW):
     flow, _ = _page(gw, b'{"title": "kill myself"}', ctype="application/json")
     assert not callable(flow.response.stream)
     assert gw.events("page_risk") == []
+
+
+def test_a_title_is_read_unless_the_gateway_answered_the_request_itself(gw: GW):
+    body = b"<html><head><title>Best ways to kill myself painlessly</title></head>"
+    # Marked on the way (the safe-search rewrite) but answered by the site: its title is read.
+    _page(gw, body, mark=FlowMark(safesearch="YouTube restricted"))
+    # The gateway's own answer (a warning page) is not the site's page.
+    flow, _ = _page(gw, body, mark=FlowMark(action=WARN, ref="x"))
+    assert not callable(flow.response.stream)
+    (event,) = gw.events("page_risk")
+    assert event["detail"]["title"] == "Best ways to kill myself painlessly"
 
 
 def test_page_requests_ask_for_encodings_the_title_reader_can_read(gw: GW):

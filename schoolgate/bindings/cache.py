@@ -25,8 +25,8 @@ from sqlalchemy.orm import sessionmaker
 if TYPE_CHECKING:
     from schoolgate.gateway.background import Periodic
 
-from schoolgate.bindings.model import SOURCES, Binding
 from schoolgate.bindings.names import normalise_address
+from schoolgate.core.binding import SOURCES, Binding
 
 log = logging.getLogger(__name__)
 

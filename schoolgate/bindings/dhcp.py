@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from schoolgate.bindings.names import clean_device_name, normalise_address, normalise_mac
-from schoolgate.bindings.settings import LeaseFile
+from schoolgate.core.identity_settings import LeaseFile
 
 if TYPE_CHECKING:
     from schoolgate.gateway.background import Periodic

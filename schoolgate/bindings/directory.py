@@ -32,7 +32,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 from schoolgate.bindings.names import UnusableName, parse_principal
-from schoolgate.bindings.settings import DirectorySettings
+from schoolgate.core.identity_settings import DirectorySettings
 
 log = logging.getLogger(__name__)
 

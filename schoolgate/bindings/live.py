@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from schoolgate.bindings.model import Binding
+from schoolgate.core.binding import Binding
 
 if TYPE_CHECKING:
     from schoolgate.bindings.cache import BindingCache
     from schoolgate.bindings.dhcp import LeaseWatcher
     from schoolgate.bindings.radius import RadiusCounters
     from schoolgate.bindings.sessions import SignInService
-    from schoolgate.bindings.settings import IdentitySources
+    from schoolgate.core.identity_settings import IdentitySources
 
 
 @dataclass

@@ -39,7 +39,7 @@ import spnego
 from spnego.exceptions import SpnegoError
 
 from schoolgate.bindings.names import Principal, UnusableName, parse_principal
-from schoolgate.bindings.settings import NegotiateSettings
+from schoolgate.core.identity_settings import NegotiateSettings
 
 log = logging.getLogger(__name__)
 

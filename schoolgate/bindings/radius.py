@@ -39,8 +39,8 @@ from schoolgate.bindings.names import (
     normalise_mac,
     parse_principal,
 )
-from schoolgate.bindings.settings import RadiusSettings
 from schoolgate.bindings.writer import BindingWriter
+from schoolgate.core.identity_settings import RadiusSettings
 from schoolgate.storage.db import utcnow
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from schoolgate.bindings.directory import (
     DirectoryUnavailable,
     DirectoryUser,
 )
-from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import Principal, normalise_address
-from schoolgate.bindings.settings import NegotiateSettings, SignInSettings
+from schoolgate.core.binding import Binding
+from schoolgate.core.identity_settings import NegotiateSettings, SignInSettings
 from schoolgate.portal.auth import RateLimiter
 from schoolgate.storage import bindings as store
 from schoolgate.storage.db import utcnow

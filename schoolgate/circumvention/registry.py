@@ -11,8 +11,11 @@ from collections.abc import Callable
 
 from schoolgate.circumvention import addresses, destinations, dns, proxies, vpn
 from schoolgate.circumvention.evidence import DetectorFn
+from schoolgate.core.circumvention_settings import add_detector_name
 
 # The names are a contract: the ``circumvention.detectors`` setting and the events name them.
+# They are listed in the core too (DETECTOR_NAMES, which the config is checked against), in
+# this order.
 DETECTORS: tuple[tuple[str, DetectorFn], ...] = (
     ("listed_host", proxies.listed_host),
     ("doh", dns.doh),
@@ -38,6 +41,7 @@ def register_detector(name: str) -> Callable[[DetectorFn], DetectorFn]:
 
     def register(fn: DetectorFn) -> DetectorFn:
         REGISTRY[name] = fn
+        add_detector_name(name)
         return fn
 
     return register

@@ -51,6 +51,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, top: bool = False) ->
 def load(args: argparse.Namespace):
     from schoolgate.core.config import load_policy
     from schoolgate.core.locations import LocationError, locate
+    from schoolgate.storage import check_database_url
 
     try:
         where = locate(getattr(args, "config", None), getattr(args, "data_dir", None))
@@ -58,7 +59,11 @@ def load(args: argparse.Namespace):
         raise CommandError(str(exc)) from None
     args.locations = where
     try:
-        return load_policy(where.config.path, data_dir=where.data_dir.path)
+        return load_policy(
+            where.config.path,
+            data_dir=where.data_dir.path,
+            check_database_url=check_database_url,
+        )
     except ConfigError as exc:
         raise CommandError(f"the configuration has {len(exc.issues)} error(s):\n{exc}") from None
 

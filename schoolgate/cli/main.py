@@ -43,13 +43,18 @@ from schoolgate.core.model import Decision, RequestFacts
 def cmd_check_config(args: argparse.Namespace) -> int:
     from schoolgate.core.config import load_policy
     from schoolgate.core.locations import LocationError, locate
+    from schoolgate.storage import check_database_url
 
     try:
         where = locate(args.path or args.config, args.data_dir)
     except LocationError as exc:
         raise CommandError(str(exc)) from None
     try:
-        policy = load_policy(where.config.path, data_dir=where.data_dir.path)
+        policy = load_policy(
+            where.config.path,
+            data_dir=where.data_dir.path,
+            check_database_url=check_database_url,
+        )
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

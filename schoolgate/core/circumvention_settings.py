@@ -35,6 +35,39 @@ DEFAULT_ALLOWED_IP_LITERALS: tuple[str, ...] = (
 )
 DEFAULT_ALLOWED_PORTS: tuple[int, ...] = (80, 443, 8080, 8443)
 
+# The detectors by name, in the order they run. The names are a contract: the
+# ``circumvention.detectors`` setting and the events name them. Each is given its function in
+# :mod:`schoolgate.circumvention.registry` (a test holds the two lists to the same names).
+DETECTOR_NAMES: tuple[str, ...] = (
+    "listed_host",
+    "doh",
+    "dot",
+    "ip_literal",
+    "domain_fronting",
+    "no_sni",
+    "wrapped_site",
+    "web_proxy",
+    "odd_port",
+    "non_tls_tunnel",
+    "vpn_client",
+    "disguised_host",
+    "unverified_destination",
+    "tor",
+)
+_ADDED: list[str] = []
+
+
+def known_detectors() -> tuple[str, ...]:
+    """The detectors a config may name: the built-in ones, then those added since."""
+    return DETECTOR_NAMES + tuple(_ADDED)
+
+
+def add_detector_name(name: str) -> None:
+    """Let a config name a detector registered after the built-in ones
+    (:func:`schoolgate.circumvention.register_detector` calls this)."""
+    if name not in DETECTOR_NAMES and name not in _ADDED:
+        _ADDED.append(name)
+
 
 @dataclass(frozen=True, slots=True)
 class CircumventionSettings:
@@ -132,9 +165,7 @@ def load_circumvention(
     """Validate the ``circumvention`` section (``None``: every detector, the defaults)."""
     if section is None:
         return CircumventionSettings()
-    from schoolgate.circumvention import detector_names
-
-    known = detector_names()
+    known = known_detectors()
 
     section.check_keys(
         {

@@ -201,6 +201,20 @@ def load_yaml(path: Path, issues: Issues, *, shown: str | None = None) -> Marked
     return data
 
 
+def resolve_path(text: str, base: Path) -> Path:
+    """A path given in a config file: relative ones are to the config's folder ``base``."""
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def display_path(path: Path, base: Path) -> str:
+    """How a file is named in messages: relative to the config's folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(base))
+    except ValueError:
+        return str(path)
+
+
 def wrap(value: Any, key: str, line: int = 1) -> MarkedDict:
     """Put a loaded value under ``key`` so a :class:`Section` can read it (a list file)."""
     holder = MarkedDict({key: value})
@@ -356,6 +370,24 @@ class Section:
         value: bool = self.get(key, bool, "true or false", default=default)
         return value
 
+    @overload
+    def choice(
+        self,
+        key: str,
+        choices: tuple[str, ...] | list[str],
+        *,
+        required: bool = False,
+        default: str,
+    ) -> str: ...
+    @overload
+    def choice(
+        self,
+        key: str,
+        choices: tuple[str, ...] | list[str],
+        *,
+        required: bool = False,
+        default: None = None,
+    ) -> str | None: ...
     def choice(
         self,
         key: str,

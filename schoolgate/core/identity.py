@@ -20,7 +20,7 @@ from schoolgate.core.configfile import Issues
 from schoolgate.core.model import Identity
 
 if TYPE_CHECKING:
-    from schoolgate.bindings.model import Binding
+    from schoolgate.core.binding import Binding
 
 GUEST = "guest"
 # Identity.source of a device on a network that requires sign-in which no source knows: it is

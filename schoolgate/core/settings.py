@@ -17,7 +17,7 @@ then uses what was read, never the raw section:
 ``retention``                 ``retention``            :mod:`schoolgate.core.retention_settings`
 ``list_updates``              ``list_updates``         :mod:`schoolgate.core.list_update_settings`
 ``portal``                    ``portal``               :mod:`schoolgate.core.portal_settings`
-``identity_sources``          ``identity``             :mod:`schoolgate.bindings.settings`
+``identity_sources``          ``identity``             :mod:`schoolgate.core.identity_settings`
 ============================  =======================  ==========================================
 
 A ``Settings`` built by hand (tests) gets each section's defaults.
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.alert_settings import AlertSettings
 from schoolgate.core.circumvention_settings import CircumventionSettings
+from schoolgate.core.identity_settings import IdentitySources
 from schoolgate.core.list_update_settings import ListUpdateSettings
 from schoolgate.core.model import Action
 from schoolgate.core.monitoring_settings import MonitoringSettings

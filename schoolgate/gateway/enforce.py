@@ -47,7 +47,7 @@ from schoolgate.gateway.flowinfo import (
     user_of,
     view_hosts,
 )
-from schoolgate.gateway.flowmark import BLOCK, FlowMark, put_hello_mark, put_mark
+from schoolgate.gateway.flowmark import BLOCK, FlowMark, marked, put_hello_mark, put_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.storage.eventlog import decision_event, new_ref, search_term_of
@@ -528,7 +528,7 @@ class Enforcement:
                     flow.request.headers[name] = value
                 if change.new_path is not None:
                     flow.request.path = change.new_path
-                flow.metadata["schoolgate_safesearch"] = change.what
+                marked(flow.metadata).safesearch = change.what
 
     def _block(self, flow: http.HTTPFlow, decision: Decision, facts: RequestFacts | None) -> None:
         ref = "-"

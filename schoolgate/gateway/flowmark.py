@@ -1,14 +1,21 @@
-"""What the gateway attaches to a flow: its own answer, and a supervision in force.
+"""What the gateway attaches to a flow: its own answer, a supervision in force, and what it
+did to the flow on the way (one of its own pages, the portal's, a safe-search rewrite, a
+request refused for its size).
 
 One :class:`FlowMark` per flow, at ``flow.metadata["schoolgate"]`` (:data:`KEY`), written and
-read only through the helpers here. An allowed request that nobody supervises gets none, so
-the hot path allocates nothing for it.
+read only through the helpers here. An allowed request that nobody supervises and nothing
+rewrites gets none, so the hot path allocates nothing for it; reading a flag is the one
+look-up of the mark.
 
-Writers: Enforcement (a block, a refused CONNECT, tunnel or ClientHello), the identity addon
-(a redirect to sign in), the circumvention guard and its sanction pages (a suspension, a
-warning, a supervision). Readers: the alerts addon (after Enforcement: a block in an alerted
-category), the sanction pages (the supervised request's outcome), the fediverse addon (a
-response the gateway made itself is not a server's) and the health addon (blocks counted).
+Writers: Enforcement (a block, a refused CONNECT, tunnel or ClientHello, a safe-search
+rewrite), the identity addon (a redirect to sign in), the circumvention guard and its sanction
+pages (a suspension, a warning, a supervision), the gateway's pages (its own pages and the
+portal's requests) and the connection limits (a request refused for its size). Readers: the
+alerts addon (after Enforcement: a block in an alerted category), the sanction pages (the
+supervised request's outcome), the fediverse and monitoring addons (a response the gateway
+made itself is not a server's; whether a search was blocked), the health addon (blocks
+counted), the identity addon (the gateway's own pages need no sign-in) and the portal addon
+(the requests it answers).
 
 A refused ClientHello has no flow: Enforcement sets the mark as ``ClientHelloData.schoolgate``
 (:func:`put_hello_mark`; :func:`hello_mark` reads it).
@@ -46,9 +53,9 @@ class SupervisionMark:
 class FlowMark:
     """The gateway's own answer to a flow (``action``: ``block``, ``warn`` or ``sign_in``;
     None while it has answered nothing, with only a supervision), its event reference, and
-    what the alerts addon reads of a block. Slotted, not frozen: the alerts addon sets
-    ``alert_offered`` (a block is alerted once however many hooks see it), and an answer and a
-    supervision may arrive in either order."""
+    what the alerts addon reads of a block; and the flags the parts on the way set. Slotted,
+    not frozen: the alerts addon sets ``alert_offered`` (a block is alerted once however many
+    hooks see it), and an answer, a supervision and the flags may arrive in any order."""
 
     action: str | None = None
     ref: str | None = None
@@ -62,6 +69,10 @@ class FlowMark:
     search_term: str | None = None
     supervision: SupervisionMark | None = None
     alert_offered: bool = False
+    own: bool = False  # for one of the gateway's own pages or the portal: no sign-in first
+    portal: bool = False  # for the portal: the portal addon answers it, never the internet
+    safesearch: str | None = None  # what the safe-search rewrite changed
+    refused: str | None = None  # why the connection limits refused the request (431)
 
     @property
     def blocked(self) -> bool:
@@ -80,21 +91,42 @@ def answered(metadata: MutableMapping[str, Any]) -> FlowMark | None:
 
 
 def put_mark(metadata: MutableMapping[str, Any], mark: FlowMark) -> FlowMark:
-    """Attach the gateway's answer to a flow, keeping a supervision already on it."""
+    """Attach the gateway's answer to a flow, keeping a supervision and the flags already on
+    it."""
     old = metadata.get(KEY)
-    if old is not None and old.supervision is not None and mark.supervision is None:
-        mark.supervision = old.supervision
+    if old is not None:
+        if mark.supervision is None:
+            mark.supervision = old.supervision
+        mark.own = mark.own or old.own
+        mark.portal = mark.portal or old.portal
+        mark.safesearch = mark.safesearch or old.safesearch
+        mark.refused = mark.refused or old.refused
     metadata[KEY] = mark
+    return mark
+
+
+def marked(metadata: MutableMapping[str, Any]) -> FlowMark:
+    """The flow's mark, attached (answering nothing) if it has none: to set a flag on it, or
+    a supervision. One look-up of the metadata, as a flag of its own would cost."""
+    mark: FlowMark = metadata.setdefault(KEY, FlowMark())
     return mark
 
 
 def supervise(metadata: MutableMapping[str, Any], supervision: SupervisionMark) -> None:
     """Attach a supervision to a flow (its answer, if any, is kept)."""
+    marked(metadata).supervision = supervision
+
+
+def is_own(metadata: MutableMapping[str, Any]) -> bool:
+    """Whether the flow is for the gateway's own pages or the portal (marked by its pages)."""
     mark = metadata.get(KEY)
-    if mark is None:
-        metadata[KEY] = FlowMark(supervision=supervision)
-    else:
-        mark.supervision = supervision
+    return mark is not None and mark.own
+
+
+def for_portal(metadata: MutableMapping[str, Any]) -> bool:
+    """Whether the flow is for the portal, which the portal addon answers."""
+    mark = metadata.get(KEY)
+    return mark is not None and mark.portal
 
 
 def supervision_of(metadata: MutableMapping[str, Any]) -> SupervisionMark | None:

@@ -30,6 +30,7 @@ from schoolgate.core.liststore import remove_unused
 from schoolgate.core.locations import LocationError
 from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import settle_heap
+from schoolgate.storage import check_database_url
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,9 @@ class PolicyHolder:
         paths = watched_files(config_path)
         stamp = fingerprint(paths)
         try:
-            policy = load_policy(config_path, data_dir=data_dir)
+            policy = load_policy(
+                config_path, data_dir=data_dir, check_database_url=check_database_url
+            )
             paths, stamp = _with_subscriptions(policy, paths, stamp)
         except ConfigError as exc:
             raise exceptions.OptionsError(
@@ -301,7 +304,11 @@ class PolicyHolder:
             paths = watched_files(self.config_path)
             stamp = fingerprint(paths)
             try:
-                policy = load_policy(self.config_path, data_dir=self.data_dir)
+                policy = load_policy(
+                    self.config_path,
+                    data_dir=self.data_dir,
+                    check_database_url=check_database_url,
+                )
                 paths, stamp = _with_subscriptions(policy, paths, stamp)
             except (ConfigError, OSError) as exc:
                 # Remember the broken state so that it is not retried until a file changes.

@@ -43,9 +43,9 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from schoolgate.bindings.live import LiveIdentity, install
-from schoolgate.bindings.settings import IdentitySources
 from schoolgate.core.identity import SIGN_IN_REQUIRED
-from schoolgate.gateway.flowmark import SIGN_IN, FlowMark, put_mark
+from schoolgate.core.identity_settings import IdentitySources
+from schoolgate.gateway.flowmark import SIGN_IN, FlowMark, is_own, put_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.pages import page
 from schoolgate.gateway.recorder import Recorder
@@ -402,7 +402,7 @@ class IdentitySourcesAddon:
             or flow.error
             or policy is None
             or not policy.resolver.sign_in_networks
-            or flow.metadata.get("schoolgate_own")
+            or is_own(flow.metadata)
         ):
             return
         auth = flow.metadata.get("proxyauth")

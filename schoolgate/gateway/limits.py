@@ -43,6 +43,8 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import layer, layers
 
+from schoolgate.gateway.flowmark import marked
+
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = "schoolgate_max_client_connections"
@@ -258,7 +260,7 @@ class ConnectionLimits:
             431, f"Request Header Fields Too Large: {what}\n", headers
         )
         flow.response.reason = "Request Header Fields Too Large"  # not in mitmproxy's table
-        flow.metadata["schoolgate_refused"] = what
+        marked(flow.metadata).refused = what
         self._counts["answered 431: request headers too large"] += 1
         return True
 

@@ -56,6 +56,7 @@ from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic, Serial
 from schoolgate.gateway.fediverse_addon import reads_body
 from schoolgate.gateway.flowinfo import RequestView, request_view, user_of
+from schoolgate.gateway.flowmark import answered, flow_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 from schoolgate.jobs.dsl_alerts import (
@@ -210,7 +211,7 @@ class MonitoringAddon:
     def _take(self, flow: http.HTTPFlow, view: RequestView, host: str) -> Taken:
         """The facts of a request the grading thread reads: cheap, on the event loop."""
         peer = flow.client_conn.peername
-        meta = flow.metadata.get("schoolgate")
+        mark = flow_mark(flow.metadata)
         return Taken(
             self.clock(),
             view,
@@ -218,7 +219,7 @@ class MonitoringAddon:
             user_of(flow),
             str(peer[0]) if peer else None,
             self.holder.policy,
-            isinstance(meta, dict) and meta.get("action") == "block",
+            mark is not None and mark.blocked,
         )
 
     def _hand_on(self, taken: Taken) -> None:
@@ -322,7 +323,7 @@ class MonitoringAddon:
         response = flow.response
         if response is None or response.status_code != 200 or flow.request.method != "GET":
             return
-        if flow.metadata.get("schoolgate"):  # a block, or the gateway's own answer
+        if answered(flow.metadata):  # a block, or the gateway's own answer
             return
         headers = response.headers
         content_type = headers.get("content-type")

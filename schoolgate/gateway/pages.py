@@ -20,6 +20,7 @@ from mitmproxy import ctx, exceptions, http
 
 from schoolgate.gateway.blockpage import template_environment
 from schoolgate.gateway.flowinfo import request_view, target_host
+from schoolgate.gateway.flowmark import marked
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
 
@@ -38,8 +39,6 @@ DEFAULT_DIRECT = (
 CA_BASENAME = "mitmproxy-ca-cert.pem"  # what mitmproxy writes into its confdir
 CERT_NAME = "schoolgate-ca"
 _HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-store"}
-
-PORTAL_MARK = "schoolgate_portal"  # flow.metadata: the portal addon must answer this flow
 
 
 def _path_only(path: str) -> str:
@@ -200,10 +199,11 @@ class GatewayPages:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.is_own(flow):
             return
-        flow.metadata["schoolgate_own"] = True
+        mark = marked(flow.metadata)
+        mark.own = True
         if self.is_portal(flow):
             # The portal addon answers it (503 if the app is not ready): never the internet.
-            flow.metadata[PORTAL_MARK] = True
+            mark.portal = True
             return
         try:
             flow.response = self.answer(flow)

@@ -34,9 +34,9 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.addons import asgiapp
 
+from schoolgate.gateway.flowmark import for_portal
 from schoolgate.gateway.health import OPS_PATHS
 from schoolgate.gateway.holder import PolicyHolder
-from schoolgate.gateway.pages import PORTAL_MARK
 from schoolgate.gateway.portal_server import PortalHTTPServer, PortalServerLimits
 from schoolgate.gateway.recorder import Recorder
 
@@ -205,7 +205,7 @@ class PortalAddon(asgiapp.WSGIApp):
             self._sender(self.app).stop()
 
     def should_serve(self, flow: http.HTTPFlow) -> bool:
-        return bool(flow.metadata.get(PORTAL_MARK) and flow.live and not flow.error)
+        return bool(for_portal(flow.metadata) and flow.live and not flow.error)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.should_serve(flow):

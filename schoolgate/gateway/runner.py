@@ -37,6 +37,7 @@ from schoolgate.core.configfile import ConfigError
 from schoolgate.core.locations import LocationError, locate
 from schoolgate.gateway import make_addons, make_chain
 from schoolgate.gateway.hook_table import use_hook_table
+from schoolgate.storage import check_database_url
 from schoolgate.storage.db import safe_url
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     config_path, data_dir = where.config.path, where.data_dir.path
     # Validate before bringing anything up: a broken config never starts a gateway.
     try:
-        policy = load_policy(config_path, data_dir=data_dir)
+        policy = load_policy(config_path, data_dir=data_dir, check_database_url=check_database_url)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

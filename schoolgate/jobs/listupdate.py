@@ -348,10 +348,16 @@ def compile_lists(config_path: Any, data_dir: Any, *, progress: bool | None = No
     """Compile the lists of the config as it now is (so that the gateways, reloading, find
     them compiled), with a progress bar; returns the policy."""
     from schoolgate.core.config import load_policy
+    from schoolgate.storage import check_database_url
 
     bar = CompileProgress(progress)
     try:
-        return load_policy(config_path, data_dir=data_dir, list_progress=bar)
+        return load_policy(
+            config_path,
+            data_dir=data_dir,
+            list_progress=bar,
+            check_database_url=check_database_url,
+        )
     finally:
         bar.close()
 

@@ -232,10 +232,12 @@ _CONTEXTS: dict[str, JobContext] = {}
 def _context_from_key(key: str) -> JobContext:
     """Build a context from the key stored with the job (config path and data dir)."""
     from schoolgate.core.config import load_policy
+    from schoolgate.storage import check_database_url
 
     config, data_dir = json.loads(key)
     policy = load_policy(Path(config) if config else None,
-                         data_dir=Path(data_dir) if data_dir else None)  # fmt: skip
+                         data_dir=Path(data_dir) if data_dir else None,
+                         check_database_url=check_database_url)  # fmt: skip
     return JobContext(policy=lambda: policy, sessions=open_database(policy.settings.database_url))
 
 

@@ -29,8 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.bindings.model import Binding
 from schoolgate.bindings.names import normalise_address
+from schoolgate.core.binding import Binding
 from schoolgate.storage.exceptions import audit
 from schoolgate.storage.models import BindingRow, BindingVersionRow
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from schoolgate.bindings.model import SOURCES
+from schoolgate.core.binding import SOURCES
 from schoolgate.core.configfile import Section
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
