@@ -42,6 +42,7 @@ mitmdump's figures from schoolgate's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import re
@@ -471,6 +472,27 @@ def make_scenarios(plain: ThreadingHTTPServer, tls: ThreadingHTTPServer) -> dict
             ("-disable-keepalive",),
         ),
     }
+
+
+ORIGIN_NAME = "origin.test"  # the TLS origin's name for schoolgate's resolver
+
+
+def named_origin(scenario: Scenario, work: Path) -> tuple[Scenario, tuple[str, ...]]:
+    """An HTTPS scenario with its origin named (``origin.test``, on the same port) instead of
+    given by address, and the proxy arguments that tell schoolgate's resolver the name's address
+    (``schoolgate_hosts_file``, as the end-to-end tests do). For proxies with schoolgate's
+    addons: the destination check refuses a filtered role a tunnel to an address that names no
+    site (no SNI), so ``https://127.0.0.1:PORT`` is no longer an allowed request. Bare mitmdump
+    cannot resolve the name: it keeps the scenario by address. Other scenarios unchanged."""
+    if not scenario.https:
+        return scenario, ()
+    hosts = work / "bench-hosts"
+    hosts.write_text(f"127.0.0.1 {ORIGIN_NAME}\n")
+    port = scenario.origin[1]
+    named = dataclasses.replace(
+        scenario, url=f"https://{ORIGIN_NAME}:{port}/page", origin=(ORIGIN_NAME, port)
+    )
+    return named, ("--set", f"schoolgate_hosts_file={hosts}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from gateway_bench import (  # noqa: E402
     Proxy,
     Scenario,
     hey,
+    named_origin,
     percentile,
     run_scenarios,
 )
@@ -38,7 +39,10 @@ from gateway_bench import (  # noqa: E402
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     times_file = work / f"hook-times-{scenario.name}.json"
-    proxy = Proxy.start("switchable", scenario, work, conf, ("--time-hooks", str(times_file)))
+    scenario, extra = named_origin(scenario, work)  # HTTPS: a named origin, which is allowed
+    proxy = Proxy.start(
+        "switchable", scenario, work, conf, ("--time-hooks", str(times_file), *extra)
+    )
     address, env = proxy.address, proxy.client_env(scenario.https)
     try:
         hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
@@ -51,8 +55,10 @@ def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
     requests = times.get("all parts.request", [])
     print(
         f"{scenario.title}: {result['rps']:.1f} req/s with the hooks timed "
-        f"({len(requests)} requests reached the request hook, warm-up included)"
+        f"({len(requests)} requests reached the request hook, warm-up included), {scenario.url}"
     )
+    if set(result["codes"]) != {"200"}:
+        print(f"  not every request was answered 200 (allowed): {result['codes']}")
     print(f"  {'hook':<36} {'calls':>7} {'p50 us':>8} {'mean us':>8} {'p90 us':>8}")
     per_request = 0.0
     for key in sorted(times, key=lambda k: (not k.startswith("all parts"), k)):
