@@ -129,9 +129,25 @@ def latency(
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     what = "an addon with no hooks" if args.addon == "empty" else "schoolgate's addons"
-    extra: tuple[str, ...] = ()
     if args.addon == "schoolgate":  # HTTPS to a named origin, which the destination check allows
-        scenario, extra = named_origin(scenario, work)
+        scenario, extra, origin = named_origin(scenario, work)
+    else:
+        extra, origin = (), None
+    try:
+        measure_on(scenario, args, work, conf, what, extra)
+    finally:
+        if origin is not None:
+            origin.shutdown()
+
+
+def measure_on(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    work: Path,
+    conf: Path,
+    what: str,
+    extra: tuple[str, ...],
+) -> None:
     print(
         f"{scenario.title}, {what}: {args.processes} processes x {args.pairs} pairs of "
         f"{args.seconds}s loads ({args.concurrency} connections), {scenario.url}",

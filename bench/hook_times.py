@@ -39,16 +39,22 @@ from gateway_bench import (  # noqa: E402
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     times_file = work / f"hook-times-{scenario.name}.json"
-    scenario, extra = named_origin(scenario, work)  # HTTPS: a named origin, which is allowed
-    proxy = Proxy.start(
-        "switchable", scenario, work, conf, ("--time-hooks", str(times_file), *extra)
-    )
-    address, env = proxy.address, proxy.client_env(scenario.https)
+    scenario, extra, origin = named_origin(scenario, work)  # HTTPS: a named origin, allowed
     try:
-        hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
-        result = hey(scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env)
+        proxy = Proxy.start(
+            "switchable", scenario, work, conf, ("--time-hooks", str(times_file), *extra)
+        )
+        address, env = proxy.address, proxy.client_env(scenario.https)
+        try:
+            hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
+            result = hey(
+                scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env
+            )
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
+        if origin is not None:
+            origin.shutdown()
     if not times_file.exists():
         raise SystemExit("the proxy did not write its hook times (did it stop cleanly?)")
     times: dict[str, list[int]] = json.loads(times_file.read_text())
