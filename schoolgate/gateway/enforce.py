@@ -462,13 +462,14 @@ class Enforcement:
             if policy is None:
                 decision = failed_decision(facts, "no policy loaded")
             elif others or host == policy.settings.portal_host:
-                decision = self._decide_names(facts, host, others, policy.settings.portal_host)
-                if decision is None:
+                named = self._decide_names(facts, host, others, policy.settings.portal_host)
+                if named is None:
                     # The gateway's own pages answer their requests before this part: one
                     # that names them and is still unanswered must not go on to the internet.
                     failed = failed_decision(facts, "a gateway page was not served")
                     self._block(flow, failed, facts)
                     return
+                decision = named
             else:  # the usual case: one name, decided at once (as _decide does)
                 detected = self.detected.current if self.detected is not None else None
                 decision = policy.decide(facts, self.exceptions.current, detected=detected)
