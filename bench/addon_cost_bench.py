@@ -45,6 +45,7 @@ from gateway_bench import (  # noqa: E402
     Scenario,
     cpu_seconds,
     hey,
+    named_origin,
     percentile,
     run_scenarios,
 )
@@ -53,10 +54,12 @@ from gateway_bench import (  # noqa: E402
 class Switchable:
     """One proxy process whose schoolgate addons can be switched off and on."""
 
-    def __init__(self, scenario: Scenario, work: Path, conf: Path, addon: str) -> None:
+    def __init__(
+        self, scenario: Scenario, work: Path, conf: Path, addon: str, extra: tuple[str, ...] = ()
+    ) -> None:
         kind = "switchable-empty" if addon == "empty" else "switchable"
         # Its stdout is read: it prints "on" or "off" once switched.
-        self.proxy = Proxy.start(kind, scenario, work, conf, stdout=subprocess.PIPE)
+        self.proxy = Proxy.start(kind, scenario, work, conf, extra, stdout=subprocess.PIPE)
         self.proc, self.port, self.ca = self.proxy.proc, self.proxy.port, self.proxy.ca
         self.address = self.proxy.address
         self.env = self.proxy.client_env(scenario.https)
@@ -126,6 +129,25 @@ def latency(
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     what = "an addon with no hooks" if args.addon == "empty" else "schoolgate's addons"
+    if args.addon == "schoolgate":  # HTTPS to a named origin, which the destination check allows
+        scenario, extra, origin = named_origin(scenario, work)
+    else:
+        extra, origin = (), None
+    try:
+        measure_on(scenario, args, work, conf, what, extra)
+    finally:
+        if origin is not None:
+            origin.shutdown()
+
+
+def measure_on(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    work: Path,
+    conf: Path,
+    what: str,
+    extra: tuple[str, ...],
+) -> None:
     print(
         f"{scenario.title}, {what}: {args.processes} processes x {args.pairs} pairs of "
         f"{args.seconds}s loads ({args.concurrency} connections), {scenario.url}",
@@ -134,7 +156,7 @@ def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
     costs, extra_us, per_process = [], [], []
     times: dict[bool, list[float]] = {False: [], True: []}
     for number in range(1, args.processes + 1):
-        proxy = Switchable(scenario, work, conf, args.addon)
+        proxy = Switchable(scenario, work, conf, args.addon, extra)
         try:
             for on in (True, False):  # warm both ways: caches, connections, the policy
                 proxy.switch(on)

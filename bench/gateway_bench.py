@@ -42,6 +42,7 @@ mitmdump's figures from schoolgate's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import re
@@ -89,8 +90,10 @@ class Origin(BaseHTTPRequestHandler):
         pass
 
 
-def start_origin(tls_folder: Path | None = None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+def start_origin(
+    tls_folder: Path | None = None, address: tuple[str, int] = ("127.0.0.1", 0)
+) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(address, Origin)
     if tls_folder is not None:
         cert, key = self_signed(tls_folder)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -471,6 +474,43 @@ def make_scenarios(plain: ThreadingHTTPServer, tls: ThreadingHTTPServer) -> dict
             ("-disable-keepalive",),
         ),
     }
+
+
+ORIGIN_NAME = "origin.test"  # the TLS origin's name for schoolgate's resolver
+
+
+def named_origin(
+    scenario: Scenario, work: Path
+) -> tuple[Scenario, tuple[str, ...], ThreadingHTTPServer | None]:
+    """An HTTPS scenario to a named origin (``https://origin.test/page``) instead of an
+    address, the proxy arguments that tell schoolgate's resolver the name's address
+    (``schoolgate_hosts_file``, as the end-to-end tests do), and that origin's server (the
+    caller shuts it down). For proxies with schoolgate's addons: the destination check refuses
+    a filtered role a tunnel to an address that names no site (no SNI), so
+    ``https://127.0.0.1:PORT`` is no longer an allowed request. The origin listens on port 443
+    of a loopback address of its own: hey sends the URL's host *with its port* as the TLS
+    server name, which the destination check rightly refuses as malformed, and an odd port
+    would be a circumvention finding on every connection. Binding port 443 needs root (or
+    CAP_NET_BIND_SERVICE). Other scenarios are returned unchanged, with no server."""
+    if not scenario.https:
+        return scenario, (), None
+    server = None
+    for last in range(77, 97):
+        try:
+            server = start_origin(work / "origin-named-tls", (f"127.0.77.{last}", 443))
+            break
+        except PermissionError:
+            raise SystemExit("the named HTTPS origin needs port 443: run as root") from None
+        except OSError:
+            continue
+    if server is None:
+        raise SystemExit("no loopback address 127.0.77.77-96 has port 443 free")
+    hosts = work / "bench-hosts"
+    hosts.write_text(f"{server.server_address[0]} {ORIGIN_NAME}\n")
+    named = dataclasses.replace(
+        scenario, url=f"https://{ORIGIN_NAME}/page", origin=(ORIGIN_NAME, 443)
+    )
+    return named, ("--set", f"schoolgate_hosts_file={hosts}"), server
 
 
 @dataclass

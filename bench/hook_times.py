@@ -31,6 +31,7 @@ from gateway_bench import (  # noqa: E402
     Proxy,
     Scenario,
     hey,
+    named_origin,
     percentile,
     run_scenarios,
 )
@@ -38,21 +39,32 @@ from gateway_bench import (  # noqa: E402
 
 def measure(scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path) -> None:
     times_file = work / f"hook-times-{scenario.name}.json"
-    proxy = Proxy.start("switchable", scenario, work, conf, ("--time-hooks", str(times_file)))
-    address, env = proxy.address, proxy.client_env(scenario.https)
+    scenario, extra, origin = named_origin(scenario, work)  # HTTPS: a named origin, allowed
     try:
-        hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
-        result = hey(scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env)
+        proxy = Proxy.start(
+            "switchable", scenario, work, conf, ("--time-hooks", str(times_file), *extra)
+        )
+        address, env = proxy.address, proxy.client_env(scenario.https)
+        try:
+            hey(scenario.url, address, 2, args.concurrency, scenario.hey_args, env)
+            result = hey(
+                scenario.url, address, args.seconds, args.concurrency, scenario.hey_args, env
+            )
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
+        if origin is not None:
+            origin.shutdown()
     if not times_file.exists():
         raise SystemExit("the proxy did not write its hook times (did it stop cleanly?)")
     times: dict[str, list[int]] = json.loads(times_file.read_text())
     requests = times.get("all parts.request", [])
     print(
         f"{scenario.title}: {result['rps']:.1f} req/s with the hooks timed "
-        f"({len(requests)} requests reached the request hook, warm-up included)"
+        f"({len(requests)} requests reached the request hook, warm-up included), {scenario.url}"
     )
+    if set(result["codes"]) != {"200"}:
+        print(f"  not every request was answered 200 (allowed): {result['codes']}")
     print(f"  {'hook':<36} {'calls':>7} {'p50 us':>8} {'mean us':>8} {'p90 us':>8}")
     per_request = 0.0
     for key in sorted(times, key=lambda k: (not k.startswith("all parts"), k)):

@@ -255,7 +255,7 @@ class CircumventionGuard(SanctionPages, BanSync):
         self,
         client: connection.Client,
         facts: TrafficFacts,
-        identity: Identity | None,
+        identity: Identity | None | Callable[[], Identity | None],
         *,
         user: str | None,
         url: str | Callable[[], str] | None,
@@ -273,6 +273,8 @@ class CircumventionGuard(SanctionPages, BanSync):
         except DetectorsFailed as exc:
             found, failure = exc.events, exc
         if found:
+            if callable(identity):  # asked for only now: most traffic finds nothing
+                identity = identity()
             self._handle_new(client, facts, identity, found, user=user, url=url, method=method)
         if failure is not None:
             raise failure
@@ -604,7 +606,6 @@ class CircumventionGuard(SanctionPages, BanSync):
             return
         user = _user_of(flow)
         client_ip = peer_ip(flow.client_conn)
-        identity = self._identify(client_ip, user)
         written = view.host
         named = view.named_host
         header = view.host_header  # (not None when it names a host)
@@ -628,17 +629,26 @@ class CircumventionGuard(SanctionPages, BanSync):
             True if view.scheme == "https" else None,
             refused_destination(flow) if flow.metadata else None,
         )
+        # Who it is matters only to what was found, and to someone with a ban, lockout or
+        # warning: most requests are neither, and skip it.
         found = self._inspect(
-            flow.client_conn, facts, identity, user=user, url=_url_of(req), method=view.method
+            flow.client_conn,
+            facts,
+            lambda: self._identify(client_ip, user),
+            user=user,
+            url=_url_of(req),
+            method=view.method,
         )
         if found:
-            mark(flow, found, filtered=self._filtered(identity))
+            mark(flow, found, filtered=self._filtered(self._identify(client_ip, user)))
+        if not self.book.bans and not self._warnings:
+            return  # no one is suspended, supervised (a ban's) or warned
+        identity = self._identify(client_ip, user)
         if identity is None:
             return
         subject = self.subject_of(identity, user, client_ip)
         if subject is None:  # no user and no address: no one with a ban or warning
             return
-        # Most requests are from someone with no ban, lockout or warning: one lookup each.
         if not self.book.names(subject) and subject not in self._warnings:
             return
         if self.exempt(host):

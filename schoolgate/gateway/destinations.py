@@ -94,6 +94,9 @@ class DestinationCheck:
     def __init__(self, holder: PolicyHolder, resolver: Resolver | None = None) -> None:
         self.holder = holder
         self.resolver = resolver or Resolver()
+        # Address -> the verdict on a connection to it that names no site: the same on every
+        # request to it for as long as the policy (its allowed_ip_literals) is the same one.
+        self._unnamed: tuple[Any, dict[str, Destination]] = (None, {})
 
     # -- options ----------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -159,7 +162,7 @@ class DestinationCheck:
             if name is not None and name != address:
                 literal = DnsAnswer(name, (name,), frozenset({name}))
                 return verify(address, name, literal, local=self._local)
-            return verify(address, None, None, local=self._local)
+            return self._verify_unnamed(address)
         answer = self.resolver.cached(name)
         if answer is not None:
             found = verify(address, name, answer, local=self._local)
@@ -168,6 +171,21 @@ class DestinationCheck:
             ):
                 return found
         return self._verify_later(address, name)
+
+    def _verify_unnamed(self, address: str) -> Destination:
+        """``verify(address, None, ...)``, remembered for the policy in force."""
+        policy = self.holder.policy
+        for_policy, known = self._unnamed
+        if for_policy is not policy:
+            known = {}
+            self._unnamed = (policy, known)
+        try:
+            return known[address]
+        except KeyError:
+            found = known[address] = verify(address, None, None, local=self._local)
+            if len(known) > 4096:
+                known.clear()
+            return found
 
     async def _verify_later(self, address: str, name: str) -> Destination:
         answer = await self._answer(name)

@@ -153,11 +153,11 @@ class Enforcement:
             address = subject.context.server.address
             host = subject.client_hello.sni or (address[0] if address else "")
             facts = self._minimal_facts(subject.context.client, host)
-            self._refuse_tls(subject, failed_decision(facts, why), facts)
+            self._refuse_connection(subject, failed_decision(facts, why), facts)
         elif isinstance(subject, tcp.TCPFlow):
             address = subject.server_conn.address
             facts = self._minimal_facts(subject.client_conn, address[0] if address else "")
-            self._refuse_tcp(subject, failed_decision(facts, why), facts)
+            self._refuse_connection(subject, failed_decision(facts, why), facts)
         elif hasattr(subject, "server") and hasattr(subject, "client"):  # server_connect
             subject.server.error = f"blocked by schoolgate: {why}"
 
@@ -338,7 +338,7 @@ class Enforcement:
                 verdicts[0] if verdicts is not None and verdicts[1] is Handling.REFUSE else None
             )
             if refused is not None and refused.verdict is Verdict.MALFORMED:
-                self._refuse_tls(data, self._destination_refusal(facts, refused), facts)
+                self._refuse_connection(data, self._destination_refusal(facts, refused), facts)
                 return
             host = facts.host
             if not host:
@@ -347,7 +347,7 @@ class Enforcement:
             if policy is not None and host.lower() == policy.settings.portal_host:
                 return
             if policy is None:
-                self._refuse_tls(data, failed_decision(facts, "no policy loaded"), facts)
+                self._refuse_connection(data, failed_decision(facts, "no policy loaded"), facts)
                 return
             identity = policy.identify(facts.client_ip, user)
             if policy.should_intercept(identity, host):
@@ -359,18 +359,10 @@ class Enforcement:
             if decision.allowed:
                 decision = self._finding_refusal(facts, data) or decision
             if not decision.allowed:
-                self._refuse_tls(data, decision, facts)
+                self._refuse_connection(data, decision, facts)
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.exception("schoolgate: TLS ClientHello failed to be decided")
-            self._refuse_tls(data, failed_decision(facts, exc), facts)
-
-    def _refuse_tls(
-        self, data: tls.ClientHelloData, decision: Decision, facts: RequestFacts | None
-    ) -> None:
-        mark = self._refused(decision, facts, "tls")
-        put_hello_mark(data, mark)  # a ClientHello has no flow, hence no metadata
-        data.ignore_connection = True
-        data.context.server.error = f"blocked by schoolgate ({mark.ref}): {decision.reason}"
+            self._refuse_connection(data, failed_decision(facts, exc), facts)
 
     # -- tunnels that carry neither TLS nor HTTP ------------------------------------------------
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
@@ -392,7 +384,7 @@ class Enforcement:
             )
             policy = self.holder.policy
             if policy is None:
-                self._refuse_tcp(flow, failed_decision(facts, "no policy loaded"), facts)
+                self._refuse_connection(flow, failed_decision(facts, "no policy loaded"), facts)
                 return
             circ = policy.settings.circumvention
             role = policy.identify(facts.client_ip, facts.user).role
@@ -409,17 +401,28 @@ class Enforcement:
                 "raw tunnel",
                 circumvention=True,
             )
-            self._refuse_tcp(flow, decision, facts)
+            self._refuse_connection(flow, decision, facts)
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.exception("schoolgate: a raw tunnel failed to be decided")
-            self._refuse_tcp(flow, failed_decision(facts, exc), facts)
+            self._refuse_connection(flow, failed_decision(facts, exc), facts)
 
-    def _refuse_tcp(
-        self, flow: tcp.TCPFlow, decision: Decision, facts: RequestFacts | None
+    def _refuse_connection(
+        self,
+        subject: tls.ClientHelloData | tcp.TCPFlow,
+        decision: Decision,
+        facts: RequestFacts | None,
     ) -> None:
-        ref = put_mark(flow.metadata, self._refused(decision, facts, "tunnel")).ref
-        # Set before the upstream connection opens (lazy): mitmproxy then never makes it.
-        flow.server_conn.error = f"blocked by schoolgate ({ref}): {decision.reason}"
+        """Refuse a TLS connection at its ClientHello, or a raw tunnel at its start, before
+        the upstream connection opens (lazy): mitmproxy then never makes it."""
+        if isinstance(subject, tls.ClientHelloData):
+            mark = self._refused(decision, facts, "tls")
+            put_hello_mark(subject, mark)  # a ClientHello has no flow, hence no metadata
+            subject.ignore_connection = True
+            server = subject.context.server
+        else:
+            mark = put_mark(subject.metadata, self._refused(decision, facts, "tunnel"))
+            server = subject.server_conn
+        server.error = f"blocked by schoolgate ({mark.ref}): {decision.reason}"
 
     # -- HTTP -----------------------------------------------------------------------------------
     def request(self, flow: http.HTTPFlow) -> None:
@@ -456,17 +459,20 @@ class Enforcement:
                 if refused.verdict is Verdict.MALFORMED:
                     self._bad_request(flow, self._destination_refusal(facts, refused), facts)
                     return
-            portal = policy.settings.portal_host if policy is not None else None
-            if others or host == portal:
-                decision = self._decide_names(facts, host, others, portal)
-                if decision is None:
+            if policy is None:
+                decision = failed_decision(facts, "no policy loaded")
+            elif others or host == policy.settings.portal_host:
+                named = self._decide_names(facts, host, others, policy.settings.portal_host)
+                if named is None:
                     # The gateway's own pages answer their requests before this part: one
                     # that names them and is still unanswered must not go on to the internet.
                     failed = failed_decision(facts, "a gateway page was not served")
                     self._block(flow, failed, facts)
                     return
-            else:
-                decision = self._decide(facts)
+                decision = named
+            else:  # the usual case: one name, decided at once (as _decide does)
+                detected = self.detected.current if self.detected is not None else None
+                decision = policy.decide(facts, self.exceptions.current, detected=detected)
             # A name the policy blocks is blocked for that reason; one it allows must also be
             # where the connection goes, and not be a way round the filter.
             if refused is not None and decision.allowed:
@@ -518,7 +524,7 @@ class Enforcement:
         role = policy.role(decision.identity.role)
         if role.safe_search or role.youtube_restrict:
             change = safesearch.enforce(
-                facts.host.lower().rstrip("."),
+                facts.host,  # as request_view and target_host give it: normal already
                 facts.path,
                 safe_search=role.safe_search,
                 youtube_restrict=role.youtube_restrict,

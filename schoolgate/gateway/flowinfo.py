@@ -80,8 +80,8 @@ def request_view(request: http.Request) -> RequestView:
         headers,
         host_header,
         named,
-        data.method.decode("utf-8", "surrogateescape").upper(),  # as Request.method
-        data.scheme.decode("utf-8", "surrogateescape"),
+        _methods.get(data.method) or _text(_methods, data.method, upper=True),
+        _schemes.get(data.scheme) or _text(_schemes, data.scheme),
         data.host,
         data.port,
         data.path.decode("utf-8", "surrogateescape"),
@@ -89,6 +89,21 @@ def request_view(request: http.Request) -> RequestView:
     )
     _last = (request, made_from, view)
     return view
+
+
+# Request methods and schemes as mitmproxy's Request gives them (decoded; the method upper
+# case): a handful of values, decoded once each.
+_methods: dict[bytes, str] = {}
+_schemes: dict[bytes, str] = {}
+
+
+def _text(known: dict[bytes, str], raw: bytes, *, upper: bool = False) -> str:
+    text = raw.decode("utf-8", "surrogateescape")
+    if upper:
+        text = text.upper()
+    if len(known) < 64:
+        known[raw] = text
+    return text
 
 
 # What blockpage.wants_html reads (Accept is a detector header too).
@@ -103,6 +118,25 @@ _KEPT = frozenset(
 )
 
 
+_HOST = ""  # what _field_names gives for a Host header (a kept header: its name)
+# A field's name as sent -> its lower-case name if it is kept, _HOST for Host, None for the rest:
+# browsers send the same few spellings, and a look-up here costs less than lower-casing each
+# name of each request. Bounded: a client inventing names only makes them be read the long way.
+_field_names: dict[bytes, str | None] = {}
+
+
+def _field_name(raw_name: bytes) -> str | None:
+    lower = raw_name.lower()
+    kind: str | None = None
+    if lower in _KEPT:
+        kind = lower.decode("ascii")
+    elif lower == b"host":
+        kind = _HOST
+    if len(_field_names) < 1024:
+        _field_names[raw_name] = kind
+    return kind
+
+
 def _read_headers(
     fields: tuple[tuple[bytes, bytes], ...],
 ) -> tuple[dict[str, str], str | None, int]:
@@ -112,17 +146,33 @@ def _read_headers(
     out: dict[str, str] = {}
     host = None
     count = 0
+    names = _field_names
     for raw_name, raw_value in fields:
-        raw_name = raw_name.lower()
-        if raw_name in _KEPT:
-            name = raw_name.decode("ascii")
-            value = raw_value.decode("utf-8", "surrogateescape")
-            out[name] = f"{out[name]}, {value}" if name in out else value
-        elif raw_name == b"host":
-            value = raw_value.decode("utf-8", "surrogateescape")
+        try:
+            name = names[raw_name]
+        except KeyError:
+            name = _field_name(raw_name)
+        if name is None:
+            continue
+        value = raw_value.decode("utf-8", "surrogateescape")
+        if not name:  # _HOST
             host = value if host is None else f"{host}, {value}"
             count += 1
+        else:
+            out[name] = f"{out[name]}, {value}" if name in out else value
     return out, host, count
+
+
+def header_value(headers: http.Headers, name: bytes) -> str | None:
+    """``headers.get(name)`` for a lower-case ``name`` (repeated headers joined with ", ", as
+    mitmproxy joins them), read from the raw fields in one pass: mitmproxy's look-up goes
+    through several calls and lower-cases every name on the way."""
+    values = [value for key, value in headers.fields if key.lower() == name]
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0].decode("utf-8", "surrogateescape")
+    return ", ".join(value.decode("utf-8", "surrogateescape") for value in values)
 
 
 # Host header value -> (its host, why it cannot be read): the same few hundred sites, request

@@ -242,19 +242,19 @@ class ConnectionLimits:
 
     # -- requests -------------------------------------------------------------------------
     def _too_large(self, flow: http.HTTPFlow) -> bool:
-        request = flow.request
-        fields = request.data.headers.fields
+        data = flow.request.data
+        fields = data.headers.fields
         count = len(fields)
         if count > self.max_headers:
             what = f"{count} headers (at most {self.max_headers}: {MAX_HEADERS})"
         else:
-            size = len(request.data.path) + len(request.data.authority) + 4 * count
+            size = len(data.path) + len(data.authority) + 4 * count
             size += sum(map(len, chain.from_iterable(fields)))
             if size <= self.max_head:
                 return False
             what = f"{size} bytes of request line and headers (at most {self.max_head}: {MAX_HEAD})"
         headers = dict(_TEXT)
-        if request.data.http_version.startswith(b"HTTP/1"):
+        if data.http_version.startswith(b"HTTP/1"):
             headers["connection"] = "close"
         flow.response = http.Response.make(
             431, f"Request Header Fields Too Large: {what}\n", headers
@@ -268,7 +268,8 @@ class ConnectionLimits:
         cid = flow.client_conn.id
         self._waiting.pop(cid, None)
         self._hellos.pop(cid, None)
-        self._in_flight[cid] += 1
+        in_flight = self._in_flight
+        in_flight[cid] = in_flight.get(cid, 0) + 1  # (Counter's default is a Python call)
         if flow.response is None:
             self._too_large(flow)
 
@@ -295,7 +296,7 @@ class ConnectionLimits:
 
     def _answered(self, flow: http.HTTPFlow) -> None:
         cid = flow.client_conn.id
-        left = self._in_flight[cid] - 1
+        left = self._in_flight.get(cid, 0) - 1
         if left > 0:
             self._in_flight[cid] = left
             return

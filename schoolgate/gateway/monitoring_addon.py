@@ -55,7 +55,7 @@ from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.alerts_addon import OutboxQueue
 from schoolgate.gateway.background import Periodic, Serial
 from schoolgate.gateway.fediverse_addon import reads_body
-from schoolgate.gateway.flowinfo import RequestView, request_view, user_of
+from schoolgate.gateway.flowinfo import RequestView, header_value, request_view, user_of
 from schoolgate.gateway.flowmark import answered, flow_mark
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
@@ -321,12 +321,15 @@ class MonitoringAddon:
         if not self._titles:
             return
         response = flow.response
-        if response is None or response.status_code != 200 or flow.request.method != "GET":
+        if response is None or response.data.status_code != 200:
+            return
+        method = flow.request.data.method  # (Request.method decodes it on every access)
+        if method != b"GET" and method.upper() != b"GET":
             return
         if answered(flow.metadata):  # a block, or the gateway's own answer
             return
         headers = response.headers
-        content_type = headers.get("content-type")
+        content_type = header_value(headers, b"content-type")
         if not is_html(content_type):
             return
         try:

@@ -156,17 +156,21 @@ class GatewayPages:
         return named
 
     def is_own(self, flow: http.HTTPFlow) -> bool:
-        named = request_view(flow.request).named_host
+        view = request_view(flow.request)
+        named = view.named_host
         policy = self.holder.policy
         if (
             named is not None
             and policy is not None
             and named != policy.settings.portal_host
             and not named.startswith("wpad")
-            and not named[-1:].isdigit()
-            and ":" not in named
         ):
-            return False  # a site on the internet: the usual case, decided at once
+            if not named[-1:].isdigit() and ":" not in named:
+                return False  # a site on the internet: the usual case, decided at once
+            # An address: ours only on the port the client reached the gateway on.
+            sock = flow.client_conn.sockname
+            if not sock or view.port != sock[1]:
+                return False
         host = self._own_name(flow)
         if host is None:
             return False
