@@ -232,6 +232,11 @@ class IdentityResolver:
         self.site_networks = tuple(site_networks)
         self.roster_source = roster_source
         self._cache: dict[tuple[object, ...], Identity] = {}
+        # Client address -> identity, for requests with no user name while no bindings are
+        # consulted (``live`` is None): then the address alone decides, and the policy reads
+        # this before calling :meth:`resolve`. Emptied when ``live`` is set, and never filled
+        # while it is.
+        self.by_address: dict[str | None, Identity] = {}
         # IPv4 rules as (network, mask, rule) integers: a cache miss costs ~1 us, not ~10.
         self._v4_rules = tuple(
             (int(r.network.network_address), int(r.network.netmask), r)
@@ -254,10 +259,14 @@ class IdentityResolver:
     def use_live(self, live: LiveBindings | None) -> None:
         """Consult ``live`` for addresses with no proxy login from now on."""
         if live is not self.live:
+            # In this order, with resolve() reading by_address before live: an identity
+            # worked out without bindings never lands in the new by_address.
             self.live = live
             self._cache = {}
+            self.by_address = {}
 
     def resolve(self, client_ip: str | None, user: str | None) -> Identity:
+        by_address = self.by_address
         live = self.live
         binding = device = None
         if live is not None and not user and client_ip:
@@ -271,18 +280,21 @@ class IdentityResolver:
             key = (client_ip, None, None)  # no bindings known at all: none for this address
         else:
             key = (client_ip, user)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        if len(key) == 3:
-            identity = self._resolve(client_ip, None, unknown=True, device=device)
-        elif binding is not None:
-            identity = self._resolve(client_ip, None, binding=binding)
-        else:
-            identity = self._resolve(client_ip, user)
-        if len(self._cache) >= 100_000:
-            self._cache.clear()
-        self._cache[key] = identity
+        identity = self._cache.get(key)
+        if identity is None:
+            if len(key) == 3:
+                identity = self._resolve(client_ip, None, unknown=True, device=device)
+            elif binding is not None:
+                identity = self._resolve(client_ip, None, binding=binding)
+            else:
+                identity = self._resolve(client_ip, user)
+            if len(self._cache) >= 100_000:
+                self._cache.clear()
+            self._cache[key] = identity
+        if live is None and user is None:
+            if len(by_address) >= 100_000:
+                by_address.clear()
+            by_address[client_ip] = identity
         return identity
 
     def _resolve(

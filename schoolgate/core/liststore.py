@@ -472,18 +472,21 @@ class ListStore(Matcher):
         """The most specific match for an already-normalised host (and path, if known)."""
         if not host:
             return None
-        if host[-1] in _DIGITS or ":" in host:  # an IP literal matches only itself
-            return self._lookup_ip(host, path)
         try:
             hits = self._prefixes(host[::-1] + ".")
         except UnicodeEncodeError:  # not text (a Host header's raw bytes): no name matches it
             hits = []
         if hits:
+            # Only now, as most hosts are in no list: an IP literal matches only itself (with
+            # no keys under it, it has no key of its own either).
+            if host[-1] in _DIGITS or ":" in host:
+                return self._lookup_ip(host, path)
             values, key_id = self._values, self._key_id
             dom_ref = -1
             dom_len = 0
             lpath = None
-            for key in reversed(hits):  # the host itself (if listed) first, then its parents
+            hits.reverse()  # the host itself (if listed) first, then its parents
+            for key in hits:
                 kid = key_id(key)
                 v = values[kid]
                 if v & 1 and path is not None:

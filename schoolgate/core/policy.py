@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from schoolgate.core.hosts import is_normal_host, normalize_host
+from schoolgate.core.hosts import find_odd_host_char, normalize_host
 from schoolgate.core.identity import GUEST, SIGN_IN_REQUIRED, IdentityResolver, minimum_age
 from schoolgate.core.model import (
     AccessException,
@@ -56,6 +56,9 @@ WITHHELD = "(withheld: confidential list)"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # How far ahead "until when does this block last" looks before saying "no end in sight".
 UNTIL_LOOKAHEAD_WINDOWS = 400
+# An enum's members read from its class go through EnumType.__getattr__ (about 1,000
+# instructions each); the hot path reads them from here.
+_ALLOW, _BLOCK, _READ_ONLY = Action.ALLOW, Action.BLOCK, Action.READ_ONLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +256,28 @@ class Policy:
         # Set by the loader: list subscriptions (schoolgate.core.subscriptions), the platform
         # families (schoolgate.core.platforms) and the category of recognised Fediverse servers.
         self.subscriptions: tuple[Subscription, ...] = ()
-        self.platforms: Platforms | None = None
+        self._platforms: Platforms | None = None
+        self._family_hosts: frozenset[str] = frozenset()
         self.fediverse_category: str | None = None
         self._roles_with_group_rules = frozenset(role for role, group, _, _ in rules if group)
         self._until_cache: dict[tuple[Any, ...], datetime | None] = {}
         self._ruled_cache: dict[tuple[Any, ...], tuple[RuleRef, str, datetime | None]] = {}
+
+    @property
+    def platforms(self) -> Platforms | None:
+        return self._platforms
+
+    @platforms.setter
+    def platforms(self, platforms: Platforms | None) -> None:
+        # The family entries that can give a host a category of this policy: a host under
+        # none of them has no family match, which is most hosts, found with a few set lookups.
+        self._platforms = platforms
+        self._family_hosts = frozenset(
+            entry
+            for platform in platforms or ()
+            if platform.category is not None and platform.category in self.categories
+            for entry in platform.family
+        )
 
     # -- helpers the adapters use ---------------------------------------------------------
     @property
@@ -314,7 +334,7 @@ class Policy:
         if ref is not None:
             return ref
         settings = self.categories.get(category)
-        default = settings.default_action if settings else Action.BLOCK
+        default = settings.default_action if settings else _BLOCK
         return RuleRef(
             default,
             f"no rule for {identity.role} in {window_kind}: "
@@ -336,176 +356,174 @@ class Policy:
         ``detected``: hosts recognised from their traffic (a Fediverse server) -> category,
         applied to hosts no list names.
         """
+        # One function, not a wrapper and a worker: a Python call costs as much as a list
+        # lookup's prefix search, and this runs for every request.
         try:
             if exceptions is not None and not isinstance(exceptions, ExceptionSet):
                 exceptions = ExceptionSet(exceptions)
-            return self._decide(facts, exceptions, identity, detected)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything
-            log.exception("policy evaluation failed for %s", facts.host)
-            identity = Identity(role=GUEST, site="", user=facts.user, client_ip=facts.client_ip)
-            return Decision(
-                action=Action.BLOCK,
-                identity=identity,
-                window=None,
-                category=None,
-                reason="The filter could not evaluate its policy, so access is blocked "
-                "for safety. IT Support have been told.",
-                rule="fail closed",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            if identity is None:
+                if facts.user is None:  # the address decides while no bindings are consulted
+                    identity = self.resolver.by_address.get(facts.client_ip)
+                if identity is None:
+                    identity = self.resolver.resolve(facts.client_ip, facts.user)
+            host = facts.host
+            if find_odd_host_char(host) is not None or (host and host[-1] == "."):
+                host = normalize_host(host)  # most hosts are normal: this saves the call
+            path = facts.path
+            at = facts.at
+            timetable = self.timetables[identity.site]
+            zone, start_at, end_at, window = timetable.current  # window_at's answer, inline
+            if at.tzinfo is not zone or not start_at <= at < end_at:
+                window = timetable.window_at(at)
 
-    def _decide(
-        self,
-        facts: RequestFacts,
-        exceptions: ExceptionSet | None,
-        identity: Identity | None,
-        detected: Mapping[str, str] | None = None,
-    ) -> Decision:
-        if identity is None:
-            identity = self.resolver.resolve(facts.client_ip, facts.user)
-        host = facts.host
-        if not is_normal_host(host):  # most are: this saves the call
-            host = normalize_host(host)
-        path = facts.path
-        at = facts.at
-        window = self.timetables[identity.site].window_at(at)
-
-        # 0. A device that must sign in gets nothing until it has (never the guest policy).
-        if identity.source == SIGN_IN_REQUIRED:
-            return new_decision(
-                Action.BLOCK,
-                identity,
-                window,
-                None,
-                "This device is not signed in. Sign in to the school's network first.",
-                rule="sign-in required",
-            )
-
-        # 1. Locked categories come first: nothing opens them.
-        if self.locked_matcher is not None:
-            locked = self.locked_matcher.lookup(host, path)
-            if locked is not None:
-                # The IWF and CTIRU lists are confidential: which entry matched is never shown
-                # (explain, the decision log, the portal), only the category.
-                locked = ListMatch(
-                    locked.category, WITHHELD, f"{locked.category} lists (confidential)", "withheld"
-                )
+            # 0. A device that must sign in gets nothing until it has (never the guest policy).
+            if identity.source == SIGN_IN_REQUIRED:
                 return new_decision(
-                    Action.BLOCK,
+                    _BLOCK,
                     identity,
                     window,
-                    locked.category,
-                    f"{locked.category} is a locked category: it is blocked for everyone, "
-                    "at all times, and no exception can open it.",
-                    rule=f"locked category {locked.category}",
-                    match=locked,
+                    None,
+                    "This device is not signed in. Sign in to the school's network first.",
+                    rule="sign-in required",
                 )
 
-        # 2. Age restrictions on sign-up pages.
-        if self.age_matcher is not None and self.role(identity.role).age_checks:
-            signup = self.age_matcher.lookup(host, path)
-            if signup is not None:
-                restriction = self.age_restrictions[signup.category]
-                age = minimum_age(identity, at.date())
-                if age is None or age < restriction.min_age:
+            # 1. Locked categories come first: nothing opens them.
+            if self.locked_matcher is not None:
+                locked = self.locked_matcher.lookup(host, path)
+                if locked is not None:
+                    # The IWF and CTIRU lists are confidential: which entry matched is never shown
+                    # (explain, the decision log, the portal), only the category.
+                    locked = ListMatch(
+                        locked.category,
+                        WITHHELD,
+                        f"{locked.category} lists (confidential)",
+                        "withheld",
+                    )
                     return new_decision(
-                        Action.BLOCK,
+                        _BLOCK,
                         identity,
                         window,
-                        "age_restricted",
-                        f"Signing up to {restriction.platform} needs you to be at least "
-                        f"{restriction.min_age}"
-                        + (
-                            " and your age is not known to the school's records."
-                            if age is None
-                            else "."
-                        ),
-                        rule=f"age restriction {restriction.platform} {restriction.min_age}+ "
-                        f"({restriction.label})",
-                        match=signup,
+                        locked.category,
+                        f"{locked.category} is a locked category: it is blocked for everyone, "
+                        "at all times, and no exception can open it.",
+                        rule=f"locked category {locked.category}",
+                        match=locked,
                     )
 
-        # 3. Lists, then the platform families (a host of a platform's family that its lists
-        # miss is still the platform's), then hosts recognised from their traffic.
-        match = self.matcher.lookup(host, path)
-        if match is None and self.platforms is not None:
-            match = self._family_match(host)
-        if match is None and detected:
-            match = _detected_match(host, detected)
-        if match is None or match.category == "allowlist":
-            if match is not None:
-                reason = f"{host} is on the allowlist ({match.entry})."
-                rule = f"allowlist {match.source}"
-            else:
-                reason = f"{host} is in no filtered category."
-                rule = "uncategorised"
-            return new_decision(
-                Action.ALLOW, identity, window, None, reason, rule=rule, match=match
-            )
-        category = match.category
+            # 2. Age restrictions on sign-up pages.
+            if self.age_matcher is not None and self.role(identity.role).age_checks:
+                signup = self.age_matcher.lookup(host, path)
+                if signup is not None:
+                    restriction = self.age_restrictions[signup.category]
+                    age = minimum_age(identity, at.date())
+                    if age is None or age < restriction.min_age:
+                        return new_decision(
+                            _BLOCK,
+                            identity,
+                            window,
+                            "age_restricted",
+                            f"Signing up to {restriction.platform} needs you to be at least "
+                            f"{restriction.min_age}"
+                            + (
+                                " and your age is not known to the school's records."
+                                if age is None
+                                else "."
+                            ),
+                            rule=f"age restriction {restriction.platform} {restriction.min_age}+ "
+                            f"({restriction.label})",
+                            match=signup,
+                        )
 
-        # 4. Exceptions in force.
-        if exceptions is not None:
-            exc = exceptions.find(
-                identity, host, category, at, facts=facts, platforms=self.platforms
-            )
-            if exc is not None:
-                return new_decision(
-                    Action.ALLOW,
-                    identity,
-                    window,
-                    category,
-                    f"{category} is open by {exc.describe()}"
-                    + (f": {exc.reason}" if exc.reason else "."),
-                    rule=exc.describe(),
-                    match=match,
-                    exception_id=exc.id,
-                    until=exc.ends,
+            # 3. Lists, then the platform families (a host of a platform's family that its lists
+            # miss is still the platform's), then hosts recognised from their traffic.
+            match = self.matcher.lookup(host, path)
+            if match is None and self._family_hosts:
+                match = self._family_match(host)
+            if match is None and detected:
+                match = _detected_match(host, detected)
+            if match is None or match.category == "allowlist":
+                if match is not None:
+                    reason = f"{host} is on the allowlist ({match.entry})."
+                    rule = f"allowlist {match.source}"
+                else:
+                    reason = f"{host} is in no filtered category."
+                    rule = "uncategorised"
+                return new_decision(_ALLOW, identity, window, None, reason, rule, match)
+            category = match.category
+
+            # 4. Exceptions in force.
+            if exceptions is not None:
+                exc = exceptions.find(
+                    identity, host, category, at, facts=facts, platforms=self.platforms
                 )
+                if exc is not None:
+                    return new_decision(
+                        _ALLOW,
+                        identity,
+                        window,
+                        category,
+                        f"{category} is open by {exc.describe()}"
+                        + (f": {exc.reason}" if exc.reason else "."),
+                        rule=exc.describe(),
+                        match=match,
+                        exception_id=exc.id,
+                        until=exc.ends,
+                    )
 
-        # 5. Rules.
-        ref, reason, until = self._ruled(identity, window, category)
-        if ref.action is Action.ALLOW:
-            return new_decision(
-                Action.ALLOW, identity, window, category, reason, rule=ref.label, match=match
+            # 5. Rules: the same answer for every request of this role (and group) and
+            # category in this window, worked out once.
+            key = (
+                identity.site,
+                window.start,
+                window.kind,
+                window.name,
+                identity.role,
+                identity.group,
+                category,
             )
-        if ref.action is Action.READ_ONLY:
-            blocked_why = self._read_only_refusal(facts)
-            if blocked_why is None:
+            ruled = self._ruled_cache.get(key) or self._ruled(key, identity, window, category)
+            ref, reason, until = ruled
+            if ref.action is _ALLOW:
+                return new_decision(_ALLOW, identity, window, category, reason, ref.label, match)
+            if ref.action is _READ_ONLY:
+                blocked_why = self._read_only_refusal(facts)
+                if blocked_why is None:
+                    return new_decision(
+                        _ALLOW,
+                        identity,
+                        window,
+                        category,
+                        f"{category} is read-only for {identity.role} in {window.kind}: "
+                        "reading is allowed.",
+                        rule=ref.label,
+                        match=match,
+                    )
+                until = self._until(identity, window, category, _READ_ONLY)
                 return new_decision(
-                    Action.ALLOW,
+                    _BLOCK,
                     identity,
                     window,
                     category,
-                    f"{category} is read-only for {identity.role} in {window.kind}: "
-                    "reading is allowed.",
+                    f"{category} is read-only for {identity.role} in {window.kind}: {blocked_why}.",
                     rule=ref.label,
                     match=match,
+                    until=until,
                 )
-            until = self._until(identity, window, category, Action.READ_ONLY)
             return new_decision(
-                Action.BLOCK,
-                identity,
-                window,
-                category,
-                f"{category} is read-only for {identity.role} in {window.kind}: {blocked_why}.",
-                rule=ref.label,
-                match=match,
-                until=until,
+                _BLOCK, identity, window, category, reason, ref.label, match, None, until
             )
-        return new_decision(
-            Action.BLOCK,
-            identity,
-            window,
-            category,
-            reason,
-            rule=ref.label,
-            match=match,
-            until=until,
-        )
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            return _failed(facts, exc)
 
     def _family_match(self, host: str) -> ListMatch | None:
-        found = self.platforms.lookup(host) if self.platforms is not None else None
+        hosts = self._family_hosts
+        name = host
+        while name not in hosts:
+            dot = name.find(".")
+            if dot < 0:
+                return None
+            name = name[dot + 1 :]
+        found = self._platforms.lookup(host) if self._platforms is not None else None
         if found is None:
             return None
         platform = found.platform
@@ -516,31 +534,20 @@ class Policy:
         )
 
     def _ruled(
-        self, identity: Identity, window: Window, category: str
+        self, key: tuple[Any, ...], identity: Identity, window: Window, category: str
     ) -> tuple[RuleRef, str, datetime | None]:
         """The rule for this role (and group), window and category, with the reason an allow
         or a block gives and until when a block lasts (read-only: no reason, no end; the
-        request decides). The same for every request in the window: worked out once."""
-        key = (
-            identity.site,
-            window.start,
-            window.kind,
-            window.name,
-            identity.role,
-            identity.group,
-            category,
-        )
-        found = self._ruled_cache.get(key)
-        if found is not None:
-            return found
+        request decides), remembered under ``key`` (see :meth:`decide`)."""
         ref = self.rule_for(identity, window.kind, category)
-        if ref.action is Action.ALLOW:
+        found: tuple[RuleRef, str, datetime | None]
+        if ref.action is _ALLOW:
             found = (ref, f"{category} is allowed for {identity.role} in {window.kind}.", None)
-        elif ref.action is Action.BLOCK:
+        elif ref.action is _BLOCK:
             found = (
                 ref,
                 f"{category} is blocked for {identity.role} in {window.kind} ({window.name}).",
-                self._until(identity, window, category, Action.BLOCK),
+                self._until(identity, window, category, _BLOCK),
             )
         else:
             found = (ref, "", None)
@@ -552,7 +559,7 @@ class Policy:
     def _read_only_refusal(self, facts: RequestFacts) -> str | None:
         """Why a request to a read-only site is not reading, or None if it is."""
         if facts.method is None or facts.path is None:
-            if self.settings.read_only_without_interception is Action.ALLOW:
+            if self.settings.read_only_without_interception is _ALLOW:
                 return None
             return "the connection is not inspected, so reading cannot be told from posting"
         if facts.method.upper() not in READ_METHODS:
@@ -582,6 +589,21 @@ class Policy:
             self._until_cache.clear()
         self._until_cache[key] = until
         return until
+
+
+def _failed(facts: RequestFacts, exc: Exception) -> Decision:
+    log.exception("policy evaluation failed for %s", facts.host)
+    identity = Identity(role=GUEST, site="", user=facts.user, client_ip=facts.client_ip)
+    return Decision(
+        action=_BLOCK,
+        identity=identity,
+        window=None,
+        category=None,
+        reason="The filter could not evaluate its policy, so access is blocked "
+        "for safety. IT Support have been told.",
+        rule="fail closed",
+        error=f"{type(exc).__name__}: {exc}",
+    )
 
 
 def _detected_match(host: str, detected: Mapping[str, str]) -> ListMatch | None:

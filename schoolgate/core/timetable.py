@@ -32,7 +32,7 @@ import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -52,6 +52,10 @@ _PERIOD_KEYS = frozenset({"name", "kind", "start", "end"})
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 _MAX_CACHED_DAYS = 1024
 _MARGIN = 3 * 3600  # seconds; more than any clock change
+# Timetable.current while no window is current: a zone no datetime has, so it never answers.
+_NO_ZONE = object()
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+_NOT_CURRENT = (_NO_ZONE, _NEVER, _NEVER, Window("", "", _NEVER, _NEVER))
 
 SCHOOL_DAY = "school day"
 WEEKEND = "weekend"
@@ -104,6 +108,7 @@ class Timetable:
         "_closed",
         "_days",
         "_last",
+        "current",
     )
 
     def __init__(
@@ -140,6 +145,12 @@ class Timetable:
         self._closed = closed
         self._days: dict[date, _Day] = {}
         self._last: tuple[float, float, Window | None, bool] = (0.0, 0.0, None, False)
+        # The window found last, as (zone, start, end, window): a datetime in that zone with
+        # start <= at < end is in it, by comparing wall-clock times, which is exact when the
+        # UTC offset is the same from 3 hours before the window to 3 hours after it; otherwise
+        # (a clock change near) the zone is one no datetime has. Public so that the policy
+        # reads it without a call on every request; replaced whole, never changed.
+        self.current: tuple[object, datetime, datetime, Window] = _NOT_CURRENT
 
     # -- read-only attributes ----------------------------------------------------------------
     @property
@@ -164,14 +175,13 @@ class Timetable:
     # -- queries -----------------------------------------------------------------------------
     def window_at(self, at: datetime) -> Window:
         """The window containing the aware datetime ``at`` (any zone)."""
-        last = self._last
-        if at.tzinfo is self._tz and last[3]:
-            # Same zone, and no clock change near this window: Python compares the wall
-            # times, which is then exact and avoids computing a UTC offset (~60 ns).
-            if last[2].start <= at < last[2].end:  # type: ignore[union-attr]
-                return last[2]  # type: ignore[return-value]
-        elif at.tzinfo is None:
+        zone, start_at, end_at, current = self.current
+        if at.tzinfo is zone and start_at <= at < end_at:
+            # Comparing wall times avoids computing a UTC offset (~60 ns): see ``current``.
+            return current
+        if at.tzinfo is None:
             raise ValueError("window_at needs an aware datetime")
+        last = self._last
         ts = at.timestamp()
         if last[0] <= ts < last[1]:
             return last[2]  # type: ignore[return-value]
@@ -188,6 +198,7 @@ class Timetable:
             == offset(window.start)
         )
         self._last = (start, end, window, safe)
+        self.current = (self._tz, window.start, window.end, window) if safe else _NOT_CURRENT
         return window
 
     def windows_on(self, day: date) -> list[Window]:
