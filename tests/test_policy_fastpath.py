@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from policy_fixtures import local, write_config
 
-from schoolgate.bindings.model import Binding
+from schoolgate.core.binding import Binding
 from schoolgate.core.config import load_policy
 from schoolgate.core.model import RequestFacts
 
