@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window
 from schoolgate.storage.db import open_database
 from schoolgate.storage.eventlog import (
+    COLUMNS,
     EventLog,
     EventRecord,
     decision_event,
@@ -125,6 +126,18 @@ def test_events_written_and_read_back(db):
     assert row["detail"]["until"] == (AT + timedelta(minutes=45)).isoformat()
     assert row["detail"]["identity"] == "roster: roster"
     assert log.written == 1 and log.failures == 0 and log.pending == 0
+
+
+def test_a_record_is_the_row_the_spool_and_the_database_take():
+    """One field per column of the events table, in its order: a decision's record becomes
+    the same dict of column values (and so the same spool line) as before records."""
+    assert [f.name for f in fields(EventRecord)] == list(COLUMNS)
+    event = _event(3)
+    row = event.as_row()
+    assert list(row) == list(COLUMNS)
+    assert row["device"] == "laptop-3" and row["host"] == "www.facebook.com"
+    assert row["url"] == "https://www.facebook.com/p/3?q=3" and row["window_name"] == "P2"
+    assert json.loads(row["detail"])["list_entry"] == "facebook.com"
 
 
 def test_kinds_from_the_decision():
