@@ -59,6 +59,11 @@ def _event(**values) -> EventRecord:
     return EventRecord(**event)
 
 
+def _row(**values) -> dict:
+    """An event's row, inserted as it is."""
+    return _event(**values).as_row()
+
+
 def test_gateways_starting_together_migrate_once(url: str) -> None:
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     errors: list[BaseException] = []
@@ -87,7 +92,7 @@ def test_gateways_starting_together_migrate_once(url: str) -> None:
 def test_event_log_keeps_long_values_a_duplicate_ref_and_unstorable_text(sessions) -> None:
     taken = new_ref()
     with sessions.begin() as session:
-        first = _event(ref=taken, host="first.test").as_row()
+        first = _row(ref=taken, host="first.test")
         session.execute(EventRow.__table__.insert(), [first])
     log = EventLog(sessions, flush_interval=0.05)
     log.start()
@@ -166,10 +171,10 @@ def test_purge_and_subject_access_on_postgres(sessions) -> None:
         session.execute(
             EventRow.__table__.insert(),
             [
-                _event(at=old, user="ben"),  # no category (e.g. an error)
-                _event(at=old, user="ben", category="social_media"),
-                _event(at=old, user="ben", kind="circumvention", category="circumvention"),
-                _event(at=T0, user="ben"),
+                _row(at=old, user="ben"),  # no category (e.g. an error)
+                _row(at=old, user="ben", category="social_media"),
+                _row(at=old, user="ben", kind="circumvention", category="circumvention"),
+                _row(at=T0, user="ben"),
             ],
         )
         session.add(
@@ -198,10 +203,10 @@ def test_report_counts_on_postgres(sessions, policy) -> None:
         session.execute(
             EventRow.__table__.insert(),
             [
-                _event(user="ben", category="social_media", client_ip="10.0.0.1"),
-                _event(user="ben", category="social_media", client_ip="10.0.0.1"),
-                _event(user="cara", category="gaming", client_ip="10.0.0.2"),
-                _event(kind="allow", action="allow"),
+                _row(user="ben", category="social_media", client_ip="10.0.0.1"),
+                _row(user="ben", category="social_media", client_ip="10.0.0.1"),
+                _row(user="cara", category="gaming", client_ip="10.0.0.2"),
+                _row(kind="allow", action="allow"),
             ],
         )
     with sessions() as session:
