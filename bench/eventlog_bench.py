@@ -28,7 +28,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window  # noqa: E402
 from schoolgate.storage.db import open_database  # noqa: E402
-from schoolgate.storage.eventlog import EventLog, decision_event, new_ref  # noqa: E402
+from schoolgate.storage.eventlog import EventLog, EventRecord, decision_event, new_ref  # noqa: E402
 from schoolgate.storage.models import EventRow
 
 AT = datetime(2026, 11, 30, 10, 15, tzinfo=UTC)
@@ -52,7 +52,7 @@ DECISION = Decision(
 )
 
 
-def make_event(i: int) -> dict:
+def make_event(i: int) -> EventRecord:
     facts = RequestFacts(
         host="www.facebook.com",
         at=AT,
@@ -197,7 +197,7 @@ def durable_waits(folder: Path, count: int = 300) -> None:
 def memory_per_event(n: int = 10_000) -> None:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    events = [make_event(i) for i in range(n)]
+    events = [make_event(i).as_row() for i in range(n)]  # what the queue holds
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     print(

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from schoolgate.storage.batches import BatchWriter, TransientFailure
 from schoolgate.storage.db import open_database
 from schoolgate.storage.deadletter import DeadLetters
-from schoolgate.storage.eventlog import EVENT_TABLE, EventLog, new_ref
+from schoolgate.storage.eventlog import EVENT_TABLE, EventLog, EventRecord, new_ref
 from schoolgate.storage.events import list_events
 from schoolgate.storage.models import EventRow
 from schoolgate.storage.storable import FIELD_MAX, escape_text
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 AT = datetime(2026, 11, 30, 10, 15, tzinfo=UTC)
 
 
-def _event(i: int = 0, **kw) -> dict:
-    event = {
+def _event(i: int = 0, **kw) -> EventRecord:
+    values = {
         "ref": new_ref(),
         "at": AT,
         "kind": "block",
@@ -39,8 +39,8 @@ def _event(i: int = 0, **kw) -> dict:
         "url": f"http://social.test/{i}",
         "reason": "social_media is blocked",
     }
-    event.update(kw)
-    return event
+    values.update(kw)
+    return EventRecord(**values)
 
 
 def _count(factory) -> int:
@@ -102,7 +102,7 @@ def test_unstorable_text_is_escaped_and_the_events_after_it_are_written(db):
     assert log.flush(30)
     log.close()
     assert _count(db) == 51 and log.rejected == 0 and log.pending == 0
-    [row] = [r for r in _rows(db) if r["ref"] == bad["ref"]]
+    [row] = [r for r in _rows(db) if r["ref"] == bad.ref]
     assert row["host"] == "social.test\\xff"
     assert row["url"] == "http://social.test\\xff/x"
     assert row["search_term"] == "vape\\x00shop"
@@ -131,7 +131,9 @@ def test_overlong_values_keep_their_start_length_and_hash(db):
 def test_values_of_the_wrong_kind_are_kept(db):
     log = EventLog(db, flush_interval=0.02)
     log.start()
-    log.record(_event(at="not a time", exception_id="abc", colour="red", detail="plain words"))
+    # A dict of column values, as a spool line holds them: whatever it has is kept.
+    row = _event(at="not a time", exception_id="abc", detail="plain words").as_row()
+    log.record({**row, "colour": "red"})
     assert log.flush(10)
     log.close()
     [row] = _rows(db)
@@ -171,7 +173,7 @@ def test_refused_rows_go_to_the_dead_letter_file_and_the_rest_are_written(db, tm
         event = _event(i, host=host)
         log.record(event)
         if host == "refused.test":
-            refused.add(event["ref"])
+            refused.add(event.ref)
     assert log.flush(30)
     log.record(_event(100))  # the writer goes on
     assert log.flush(10)
@@ -248,7 +250,7 @@ def test_events_are_in_the_spool_before_the_database_has_them(tmp_path):
     log.record(event)
     # No waiting: record() has written the line before it returned.
     lines = [json.loads(x) for p in _segments(spool) for x in p.read_text().splitlines()]
-    assert [line["ref"] for line in lines] == [event["ref"]]
+    assert [line["ref"] for line in lines] == [event.ref]
     log.close(timeout=0.5)
 
 
@@ -268,7 +270,7 @@ CRASH = """
 import json, os, signal, sys
 from datetime import UTC, datetime
 from sqlalchemy.exc import OperationalError
-from schoolgate.storage.eventlog import EventLog, new_ref
+from schoolgate.storage.eventlog import EventLog, EventRecord, new_ref
 
 class Locked:
     kw = {}
@@ -280,8 +282,8 @@ log.start()
 refs = []
 for i in range(int(sys.argv[2])):
     ref = new_ref()
-    log.record({"ref": ref, "at": datetime.now(UTC), "kind": "block", "action": "block",
-                "host": "social.test", "url": f"http://social.test/crash-{i}"})
+    log.record(EventRecord(ref=ref, at=datetime.now(UTC), kind="block", action="block",
+                           host="social.test", url=f"http://social.test/crash-{i}"))
     refs.append(ref)
 print(json.dumps(refs), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -340,7 +342,7 @@ def test_segments_left_by_a_process_that_is_gone_are_taken_over(db, tmp_path):
     orphan = spool / "3"
     orphan.mkdir(parents=True)
     event = _event(7)
-    lines = json.dumps(event, default=str) + "\n" + '{"ref": "cut short by a power c\n'
+    lines = json.dumps(event.as_row(), default=str) + "\n" + '{"ref": "cut short by a power c\n'
     (orphan / "00000000000000000001-99-000001.jsonl").write_text(lines)
     dead = tmp_path / "dead-letter.jsonl"
     log = EventLog(db, flush_interval=0.02, spool_dir=spool, dead_letter_path=dead)
@@ -348,7 +350,7 @@ def test_segments_left_by_a_process_that_is_gone_are_taken_over(db, tmp_path):
     assert log.spool.folder == spool / "0"
     assert log.flush(10)
     log.close()
-    assert [r["ref"] for r in _rows(db)] == [event["ref"]]
+    assert [r["ref"] for r in _rows(db)] == [event.ref]
     [line] = [json.loads(x) for x in dead.read_text().splitlines()]
     assert line["raw"].startswith('{"ref": "cut short') and "unreadable line 2" in line["error"]
     assert _segments(spool) == []

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,14 @@ from sqlalchemy.exc import OperationalError
 
 from schoolgate.core.model import Action, Decision, Identity, ListMatch, RequestFacts, Window
 from schoolgate.storage.db import open_database
-from schoolgate.storage.eventlog import EventLog, decision_event, new_ref, search_term_of
+from schoolgate.storage.eventlog import (
+    COLUMNS,
+    EventLog,
+    EventRecord,
+    decision_event,
+    new_ref,
+    search_term_of,
+)
 from schoolgate.storage.events import list_events
 from schoolgate.storage.models import EventRow
 
@@ -61,12 +69,11 @@ def _facts(path: str = "/groups/x?id=7", host: str = "www.Facebook.com", **kw) -
     return RequestFacts(**values)
 
 
-def _event(i: int = 0, **kw) -> dict:
+def _event(i: int = 0, **kw) -> EventRecord:
     event = decision_event(
         _decision(), _facts(f"/p/{i}?q={i}"), ref=new_ref(), url=None, device=f"laptop-{i % 30}"
     )
-    event.update(kw)
-    return event
+    return replace(event, **kw)
 
 
 def _count(factory) -> int:
@@ -121,29 +128,41 @@ def test_events_written_and_read_back(db):
     assert log.written == 1 and log.failures == 0 and log.pending == 0
 
 
+def test_a_record_is_the_row_the_spool_and_the_database_take():
+    """One field per column of the events table, in its order: a decision's record becomes
+    the same dict of column values (and so the same spool line) as before records."""
+    assert [f.name for f in fields(EventRecord)] == list(COLUMNS)
+    event = _event(3)
+    row = event.as_row()
+    assert list(row) == list(COLUMNS)
+    assert row["device"] == "laptop-3" and row["host"] == "www.facebook.com"
+    assert row["url"] == "https://www.facebook.com/p/3?q=3" and row["window_name"] == "P2"
+    assert json.loads(row["detail"])["list_entry"] == "facebook.com"
+
+
 def test_kinds_from_the_decision():
     allow = decision_event(_decision(action=Action.ALLOW), _facts(), ref="a", url=None)
     error = decision_event(
         _decision(error="KeyError: 'main'", window=None), _facts(), ref="b", url=None
     )
     block = decision_event(_decision(), _facts(), ref="c", url=None, kind="circumvention")
-    assert allow["kind"] == "allow"
-    assert error["kind"] == "error" and json.loads(error["detail"])["error"] == "KeyError: 'main'"
-    assert error["window"] is None
-    assert block["kind"] == "circumvention"
+    assert allow.kind == "allow"
+    assert error.kind == "error" and json.loads(error.detail)["error"] == "KeyError: 'main'"
+    assert error.window is None
+    assert block.kind == "circumvention"
     # The URL is built from the facts when not given; a CONNECT decision has none.
-    assert allow["url"] == "https://www.facebook.com/groups/x?id=7"
+    assert allow.url == "https://www.facebook.com/groups/x?id=7"
     connect = decision_event(_decision(), _facts(path=None), ref="d", url=None)
-    assert connect["url"] is None and connect["host"] == "www.facebook.com"
+    assert connect.url is None and connect.host == "www.facebook.com"
     odd_port = decision_event(_decision(), _facts(port=8443), ref="e", url=None)
-    assert odd_port["url"] == "https://www.facebook.com:8443/groups/x?id=7"
+    assert odd_port.url == "https://www.facebook.com:8443/groups/x?id=7"
 
 
 def test_keep_paths_false_drops_path_and_query_but_keeps_search_term():
     facts = _facts("/search?q=self+harm&safe=active", host="www.google.co.uk")
     event = decision_event(_decision(), facts, ref="r", url=None, keep_paths=False)
-    assert event["url"] == "https://www.google.co.uk/"
-    assert event["search_term"] == "self harm"
+    assert event.url == "https://www.google.co.uk/"
+    assert event.search_term == "self harm"
     given = decision_event(
         _decision(),
         facts,
@@ -151,7 +170,7 @@ def test_keep_paths_false_drops_path_and_query_but_keeps_search_term():
         keep_paths=False,
         url="https://user:secret@www.google.co.uk:8443/a/b?c=d#frag",
     )
-    assert given["url"] == "https://www.google.co.uk:8443/"
+    assert given.url == "https://www.google.co.uk:8443/"
     kept = decision_event(
         _decision(),
         facts,
@@ -159,7 +178,7 @@ def test_keep_paths_false_drops_path_and_query_but_keeps_search_term():
         keep_paths=True,
         url="https://user:secret@www.google.co.uk/a/b?c=d#frag",
     )
-    assert kept["url"] == "https://www.google.co.uk/a/b?c=d"  # never credentials
+    assert kept.url == "https://www.google.co.uk/a/b?c=d"  # never credentials
 
 
 @pytest.mark.parametrize(

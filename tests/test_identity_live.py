@@ -99,7 +99,7 @@ def test_a_bound_pupil_on_the_roster_is_decided_as_the_pupil(policy) -> None:
     decision = policy.decide(facts("10.30.1.5", "linkedin.com", "/signup"))
     assert not decision.allowed and decision.category == "age_restricted"
     event = decision_event(decision, facts("10.30.1.5"), ref="r1", url=None)
-    assert (event["user"], event["device"], event["group"]) == ("ben", "ben-phone", "9B")
+    assert (event.user, event.device, event.group) == ("ben", "ben-phone", "9B")
 
 
 def test_the_roster_beats_the_directory_role_which_beats_the_network(policy) -> None:

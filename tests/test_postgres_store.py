@@ -25,7 +25,7 @@ from schoolgate.jobs.scheduler import FakeClock, Jobs
 from schoolgate.reports.build import build_report, period_for
 from schoolgate.storage.bans import add_ban, note_expired
 from schoolgate.storage.db import MIGRATIONS_DIR, open_database
-from schoolgate.storage.eventlog import EventLog, new_ref
+from schoolgate.storage.eventlog import EventLog, EventRecord, new_ref
 from schoolgate.storage.events import list_events
 from schoolgate.storage.exceptions import add_exception, exceptions_current, revoke_exception
 from schoolgate.storage.models import AuditRow, EventRow, ExceptionRow
@@ -52,11 +52,16 @@ def policy(gateway_config: Path, gateway_data_dir: Path, url: str):
     return load_policy(gateway_config, data_dir=gateway_data_dir)
 
 
-def _event(**values) -> dict:
+def _event(**values) -> EventRecord:
     event = {"ref": new_ref(), "at": T0, "kind": "block", "action": "block", "host": "x.test",
              "user": None, "client_ip": None, "category": None, "device": None}  # fmt: skip
     event.update(values)
-    return event
+    return EventRecord(**event)
+
+
+def _row(**values) -> dict:
+    """An event's row, inserted as it is."""
+    return _event(**values).as_row()
 
 
 def test_gateways_starting_together_migrate_once(url: str) -> None:
@@ -87,7 +92,8 @@ def test_gateways_starting_together_migrate_once(url: str) -> None:
 def test_event_log_keeps_long_values_a_duplicate_ref_and_unstorable_text(sessions) -> None:
     taken = new_ref()
     with sessions.begin() as session:
-        session.execute(EventRow.__table__.insert(), [_event(ref=taken, host="first.test")])
+        first = _row(ref=taken, host="first.test")
+        session.execute(EventRow.__table__.insert(), [first])
     log = EventLog(sessions, flush_interval=0.05)
     log.start()
     long_device = "d" * 500  # String(200): PostgreSQL refuses it whole
@@ -165,10 +171,10 @@ def test_purge_and_subject_access_on_postgres(sessions) -> None:
         session.execute(
             EventRow.__table__.insert(),
             [
-                _event(at=old, user="ben"),  # no category (e.g. an error)
-                _event(at=old, user="ben", category="social_media"),
-                _event(at=old, user="ben", kind="circumvention", category="circumvention"),
-                _event(at=T0, user="ben"),
+                _row(at=old, user="ben"),  # no category (e.g. an error)
+                _row(at=old, user="ben", category="social_media"),
+                _row(at=old, user="ben", kind="circumvention", category="circumvention"),
+                _row(at=T0, user="ben"),
             ],
         )
         session.add(
@@ -197,10 +203,10 @@ def test_report_counts_on_postgres(sessions, policy) -> None:
         session.execute(
             EventRow.__table__.insert(),
             [
-                _event(user="ben", category="social_media", client_ip="10.0.0.1"),
-                _event(user="ben", category="social_media", client_ip="10.0.0.1"),
-                _event(user="cara", category="gaming", client_ip="10.0.0.2"),
-                _event(kind="allow", action="allow"),
+                _row(user="ben", category="social_media", client_ip="10.0.0.1"),
+                _row(user="ben", category="social_media", client_ip="10.0.0.1"),
+                _row(user="cara", category="gaming", client_ip="10.0.0.2"),
+                _row(kind="allow", action="allow"),
             ],
         )
     with sessions() as session:

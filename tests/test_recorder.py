@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_circumvention_addon import add_circumvention_config, http_flow
 
 from schoolgate.gateway import make_addons, make_chain
 from schoolgate.gateway.recorder import Recorder
+from schoolgate.storage.eventlog import EventRecord, new_ref
 from schoolgate.storage.models import OutboxRow
 
 
@@ -81,8 +83,9 @@ def test_events_the_database_refuses_are_reported_to_it_support(chain):
             )
         )
         session.commit()
-    recorder.record({"kind": "block", "action": "block", "host": "refused.test"})
-    recorder.record({"kind": "block", "action": "block", "host": "fine.test"})
+    for host in ("refused.test", "fine.test"):
+        at = datetime.now(UTC)
+        recorder.record(EventRecord(ref=new_ref(), at=at, kind="block", action="block", host=host))
     assert recorder.eventlog.flush(30)
     dead = data_dir / "eventlog" / "dead-letter.jsonl"
     [line] = [json.loads(x) for x in dead.read_text().splitlines()]

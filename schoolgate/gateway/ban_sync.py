@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from schoolgate.core.sanctions import BanBook, BanState, Ladder, SanctionSettings
+from schoolgate.storage.records import CIRCUMVENTION_KIND, WARNED_KIND
 
 if TYPE_CHECKING:
     from schoolgate.gateway.background import Periodic
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENT_KIND = "circumvention"
-WARNED_KIND = "warned"  # the warning page was shown to the subject
+EVENT_KIND = CIRCUMVENTION_KIND
 ALERT_TEXT = (
     "An attempt to get round the school's web filter reached the '{action}' stage.\n\n"
     "Who: {subject} ({role})\nWhen: {at}\nWhat: {summary} (detector {detector})\n"

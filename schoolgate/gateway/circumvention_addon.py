@@ -62,7 +62,7 @@ from schoolgate.core.sanctions import (
 )
 from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.background import Periodic
-from schoolgate.gateway.ban_sync import EVENT_KIND, BanSync
+from schoolgate.gateway.ban_sync import BanSync
 from schoolgate.gateway.findings import mark
 from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
 from schoolgate.gateway.flowmark import BLOCK, FlowMark, SupervisionMark, put_mark, supervise
@@ -75,6 +75,7 @@ from schoolgate.gateway.sanction_pages import (
 )
 from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.storage.eventlog import new_ref
+from schoolgate.storage.records import circumvention_event
 
 log = logging.getLogger(__name__)
 
@@ -438,27 +439,25 @@ class CircumventionGuard(SanctionPages, BanSync):
         if identity is not None and (identity.rule or identity.source != "default"):
             detail["identity"] = f"{identity.source}: {identity.rule}"
         self.recorder.record(
-            {
-                "ref": ref,
-                "at": at,
-                "kind": EVENT_KIND,
-                "action": outcome.action,
-                "client_ip": client_ip,
-                "user": (identity.user if identity is not None else None) or user,
-                "role": identity.role if identity is not None else None,
-                "group": identity.group if identity is not None else None,
-                "site": identity.site if identity is not None else None,
-                "method": method,
-                "scheme": facts.scheme,
-                "host": normalize_host(facts.host) if facts.host else None,
-                "url": strip_url(url, keep_paths) if url else None,
-                "category": EVENT_KIND,
-                "window": window,
-                "window_name": window_name,
-                "rule": f"circumvention detector {event.detector}",
-                "reason": event.summary,
-                "detail": detail,
-            }
+            circumvention_event(
+                ref=ref,
+                at=at,
+                action=outcome.action,
+                detector=event.detector,
+                summary=event.summary,
+                client_ip=client_ip,
+                user=(identity.user if identity is not None else None) or user,
+                role=identity.role if identity is not None else None,
+                group=identity.group if identity is not None else None,
+                site=identity.site if identity is not None else None,
+                method=method,
+                scheme=facts.scheme,
+                host=normalize_host(facts.host) if facts.host else None,
+                url=strip_url(url, keep_paths) if url else None,
+                window=window,
+                window_name=window_name,
+                detail=detail,
+            )
         )
 
     # -- hooks --------------------------------------------------------------------------------

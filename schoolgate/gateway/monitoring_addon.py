@@ -72,6 +72,7 @@ from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engin
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
 from schoolgate.storage.eventlog import new_ref
+from schoolgate.storage.records import MonitoringKind, monitoring_event
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +438,7 @@ class MonitoringAddon:
     def _record(
         self,
         taken: Taken,
-        kind: str,
+        kind: MonitoringKind,
         ref: str,
         at: datetime,
         identity: Identity | None,
@@ -462,27 +463,26 @@ class MonitoringAddon:
         except ValueError:
             url = None
         self.recorder.record(
-            {
-                "ref": ref,
-                "at": at,
-                "kind": kind,
-                "action": "block" if blocked else "allow",
-                "client_ip": client_ip,
-                "device": identity.device if identity is not None else None,
-                "user": name.lower() if name else None,
-                "role": identity.role if identity is not None else None,
-                "group": identity.group if identity is not None else None,
-                "site": (identity.site or None) if identity is not None else None,
-                "method": view.method,
-                "scheme": view.scheme,
-                "host": normalize_host(host),
-                "url": url,
-                "search_term": search_term,
-                "category": None,
-                "rule": rule,
-                "reason": reason,
-                "detail": detail,
-            }
+            monitoring_event(
+                kind=kind,
+                ref=ref,
+                at=at,
+                blocked=blocked,
+                client_ip=client_ip,
+                device=identity.device if identity is not None else None,
+                user=name.lower() if name else None,
+                role=identity.role if identity is not None else None,
+                group=identity.group if identity is not None else None,
+                site=(identity.site or None) if identity is not None else None,
+                method=view.method,
+                scheme=view.scheme,
+                host=normalize_host(host),
+                url=url,
+                search_term=search_term,
+                rule=rule,
+                reason=reason,
+                detail=detail,
+            )
         )
 
     def _offer(self, person: str, fact: RiskFact) -> None:

@@ -35,6 +35,7 @@ from mitmproxy import exceptions
 from schoolgate.core.policy import Policy
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.holder import PolicyHolder
+from schoolgate.storage.records import CIRCUMVENTION_KIND, EventRecord
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -130,12 +131,12 @@ class Recorder:
             old.close(CLOSE_TIMEOUT)
         log.info("schoolgate: recording decisions to %s", _safe_url(url))
 
-    def record(self, event: dict) -> None:
+    def record(self, event: EventRecord) -> None:
         eventlog = self.eventlog
         if eventlog is None:
-            log.warning("schoolgate: no decision log open; event %s not recorded", event.get("ref"))
+            log.warning("schoolgate: no decision log open; event %s not recorded", event.ref)
             return
-        if event.get("kind") == "circumvention" and event.get("action") in SANCTIONS:
+        if event.kind == CIRCUMVENTION_KIND and event.action in SANCTIONS:
             waiting = eventlog.record(event, durable=True)
             if waiting is not None and not waiting.done() and len(self._durable) < MAX_WAITING:
                 self._durable.append(waiting)

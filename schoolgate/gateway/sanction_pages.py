@@ -25,7 +25,6 @@ from schoolgate.core.model import Identity
 from schoolgate.core.sanctions import BanState, Ladder, SanctionSettings
 from schoolgate.core.urlpaths import strip_url
 from schoolgate.core.words import wording_of
-from schoolgate.gateway.ban_sync import WARNED_KIND
 from schoolgate.gateway.destinations import destination_of
 from schoolgate.gateway.findings import blocking_findings
 from schoolgate.gateway.flowinfo import request_view
@@ -38,6 +37,7 @@ from schoolgate.gateway.flowmark import (
     supervision_of,
 )
 from schoolgate.storage.eventlog import new_ref
+from schoolgate.storage.records import supervised_event, suspended_event, warned_event
 
 if TYPE_CHECKING:
     from schoolgate.core.circumvention_settings import CircumventionSettings
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from schoolgate.gateway.recorder import Recorder
 
 log = logging.getLogger(__name__)
-
-SUPERVISED_KIND = "supervised"
-SUSPENDED_KIND = "suspended"
 
 
 def peer_ip(client: connection.Client) -> str | None:
@@ -63,19 +60,6 @@ def refused_destination(subject: Any) -> Destination | None:
         return None
     found = verdicts[0]
     return None if found.verdict is Verdict.LOOKUP_FAILED else found
-
-
-def _who_and_what(flow: http.HTTPFlow, identity: Identity) -> dict[str, Any]:
-    """The event columns saying who made a request, and what kind of request."""
-    return {
-        "client_ip": peer_ip(flow.client_conn),
-        "user": identity.user,
-        "role": identity.role,
-        "group": identity.group,
-        "site": identity.site,
-        "method": flow.request.method,
-        "scheme": flow.request.scheme,
-    }
 
 
 class SanctionPages:
@@ -123,23 +107,28 @@ class SanctionPages:
         if wants_html(request_view(flow.request).headers):  # page loads: not every request
             keep = policy.settings.keep_paths if policy is not None else True
             self.recorder.record(
-                {
-                    **_who_and_what(flow, identity),
-                    "ref": ref,
-                    "at": now,
-                    "kind": SUSPENDED_KIND,
-                    "action": "block",
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": strip_url(url, keep),
-                    "rule": f"{ban.kind} {ban.ref}",
-                    "reason": ban.reason,
-                    "detail": {
+                suspended_event(
+                    ref=ref,
+                    at=now,
+                    client_ip=peer_ip(flow.client_conn),
+                    user=identity.user,
+                    role=identity.role,
+                    group=identity.group,
+                    site=identity.site,
+                    method=flow.request.method,
+                    scheme=flow.request.scheme,
+                    host=normalize_host(flow.request.pretty_host),
+                    url=strip_url(url, keep),
+                    ban_kind=ban.kind,
+                    ban_ref=ban.ref,
+                    reason=ban.reason,
+                    detail={
                         "ban_ref": ban.ref,
                         "ban_id": ban.id,
                         "subject": subject,
                         "until": ban.ends.isoformat() if ban.ends else None,
                     },
-                }
+                )
             )
 
     def _maybe_warn(
@@ -195,18 +184,21 @@ class SanctionPages:
         """Evidence that the warning page was shown, which also tells the other gateway
         processes that this subject has been warned (a lockout may follow)."""
         self.recorder.record(
-            {
-                **_who_and_what(flow, identity),
-                "ref": new_ref(),
-                "at": at,
-                "kind": WARNED_KIND,
-                "action": "warn",
-                "host": request_view(flow.request).named_host,
-                "category": self.circumvention.category,
-                "rule": "circumvention warning",
-                "reason": "the warning page was shown",
-                "detail": {"subject": subject, "warned_about": about},
-            }
+            warned_event(
+                ref=new_ref(),
+                at=at,
+                client_ip=peer_ip(flow.client_conn),
+                user=identity.user,
+                role=identity.role,
+                group=identity.group,
+                site=identity.site,
+                method=flow.request.method,
+                scheme=flow.request.scheme,
+                host=request_view(flow.request).named_host,
+                category=self.circumvention.category,
+                subject=subject,
+                warned_about=about,
+            )
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -219,23 +211,22 @@ class SanctionPages:
             keep = policy.settings.keep_paths if policy is not None else True
             blocked = mark.blocked
             self.recorder.record(
-                {
-                    "ref": new_ref(),
-                    "at": self.clock(),
-                    "kind": SUPERVISED_KIND,
-                    "action": "block" if blocked else "allow",
-                    "client_ip": peer_ip(flow.client_conn),
-                    "user": sup.user,
-                    "role": sup.role,
-                    "group": sup.group,
-                    "site": sup.site,
-                    "method": flow.request.method,
-                    "scheme": flow.request.scheme,
-                    "host": normalize_host(flow.request.pretty_host),
-                    "url": strip_url(flow.request.pretty_url, keep),
-                    "rule": f"supervision #{sup.id} by {sup.staff}",
-                    "reason": f"supervised by {sup.staff}",
-                    "detail": {
+                supervised_event(
+                    ref=new_ref(),
+                    at=self.clock(),
+                    blocked=blocked,
+                    client_ip=peer_ip(flow.client_conn),
+                    user=sup.user,
+                    role=sup.role,
+                    group=sup.group,
+                    site=sup.site,
+                    method=flow.request.method,
+                    scheme=flow.request.scheme,
+                    host=normalize_host(flow.request.pretty_host),
+                    url=strip_url(flow.request.pretty_url, keep),
+                    supervision_id=sup.id,
+                    staff=sup.staff,
+                    detail={
                         "supervision_id": sup.id,
                         "supervision_ref": sup.ref,
                         "staff": sup.staff,
@@ -243,7 +234,7 @@ class SanctionPages:
                         "status": flow.response.status_code if flow.response else None,
                         "blocked_ref": mark.ref if blocked else None,
                     },
-                }
+                )
             )
         except Exception:  # noqa: BLE001
             log.exception("schoolgate: could not record a supervised request")

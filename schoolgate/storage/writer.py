@@ -21,8 +21,8 @@ No event is dropped, silently or otherwise:
   a future that the sync thread resolves once the event is ``fsync``-ed, for the gateway to
   wait on before it answers;
 * the queue past ``high_water`` events: an ERROR is logged (once per crossing), the events are
-  kept. Memory: a :func:`~schoolgate.storage.eventlog.decision_event` dict of a block takes about
-  1.5 KB in the queue (1,432 bytes measured by ``bench/eventlog_bench.py`` with tracemalloc),
+  kept. Memory: the row dict of a :func:`~schoolgate.storage.eventlog.decision_event` block takes
+  about 1.5 KB in the queue (1,432 bytes measured by ``bench/eventlog_bench.py`` with tracemalloc),
   so the default high-water mark of 1,000,000 events is about 1.4 GB: lower it on small
   machines;
 * :meth:`EventLog.close` writes everything queued; what the database still refuses when its
@@ -50,6 +50,7 @@ from sqlalchemy import Engine, Integer, String, Table
 from schoolgate.storage.batches import BatchWriter, TransientFailure, first_line
 from schoolgate.storage.deadletter import DeadLetters
 from schoolgate.storage.models import EventRow
+from schoolgate.storage.records import EventRecord
 from schoolgate.storage.spool import SYNC_INTERVAL, Spool, read_segment
 from schoolgate.storage.storable import Columns, json_default, new_ref, storable_row
 
@@ -180,12 +181,21 @@ class EventLog:
         return self.dead_letters.count
 
     # -- the hot path ---------------------------------------------------------------------------
-    def record(self, event: dict[str, Any], *, durable: bool = False) -> Future[bool] | None:
-        """Queue one event (a dict of column values), after writing it to the spool.
-        Non-blocking (a write into the page cache), thread-safe, O(size of the event).
+    def record(
+        self, record: EventRecord | dict[str, Any], *, durable: bool = False
+    ) -> Future[bool] | None:
+        """Queue one event, after writing it to the spool. Non-blocking (a write into the page
+        cache), thread-safe, O(size of the event).
+
+        The gateway's events are :class:`~schoolgate.storage.records.EventRecord` objects;
+        from here on (spool, queue, dead-letter file, database) an event is the dict of its
+        column values, made here and nowhere else. A dict is taken as such column values, as
+        the spool holds them (whatever keys and values it has are kept, see
+        :func:`~schoolgate.storage.storable.storable_row`).
 
         ``durable``: a future resolved (True) once the event is ``fsync``-ed, or (False) when
         it cannot be (no spool, a failing disk)."""
+        event = record.as_row() if type(record) is EventRecord else cast(dict[str, Any], record)
         if not event.get("ref") or event.get("at") is None:
             # Given here, not by the writer: a replay must find the same event again.
             event = {**event, "ref": event.get("ref") or new_ref()}
