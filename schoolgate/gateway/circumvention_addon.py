@@ -629,20 +629,22 @@ class CircumventionGuard(SanctionPages, BanSync):
             refused_destination(flow) if flow.metadata else None,
         )
         # Who it is matters only to what was found, and to someone with a ban, lockout or
-        # warning: most requests are neither, and skip it.
+        # warning: most requests are neither, and skip it. Asked for once at most.
+        known: list[Identity | None] = []
+
+        def who() -> Identity | None:
+            if not known:
+                known.append(self._identify(client_ip, user))
+            return known[0]
+
         found = self._inspect(
-            flow.client_conn,
-            facts,
-            lambda: self._identify(client_ip, user),
-            user=user,
-            url=_url_of(req),
-            method=view.method,
+            flow.client_conn, facts, who, user=user, url=_url_of(req), method=view.method
         )
         if found:
-            mark(flow, found, filtered=self._filtered(self._identify(client_ip, user)))
+            mark(flow, found, filtered=self._filtered(who()))
         if not self.book.bans and not self._warnings:
             return  # no one is suspended, supervised (a ban's) or warned
-        identity = self._identify(client_ip, user)
+        identity = who()
         if identity is None:
             return
         subject = self.subject_of(identity, user, client_ip)
