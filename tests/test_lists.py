@@ -603,3 +603,46 @@ def test_path_rules_match_on_segment_boundaries():
     assert lookup(m, "www.youtube.com/watch?v=1").category == "social"
     assert lookup(m, "example.org/games/chess").category == "social"
     assert lookup(m, "example.org/gamesroom") is None
+
+
+# A long list is read in runs of clean names (one regular expression match each); whatever
+# interrupts a run (a comment, an address, capitals, an overlong name, a bad line) is read on
+# its own, and the entries, their lines, the counts and the warnings are the same as when each
+# line is read on its own.
+_LINES = [
+    "example.com", "a.b", "Foo.COM", "1.2.3.4", "x.y1", "# comment", "", "  ", "bad..com",
+    "*.wild.org", "||ad.com^", "a" * 254 + ".com", "a" * 63 + "." + "b" * 63 + "." + "c" * 63 +
+    "." + "d" * 70, "0.0.0.0 h.com", "e.com/path", "-x.com", "x_.com", "ünï.de", "!x",
+    "[Adblock Plus 2.0]", "a.b.c.d.e", "t.tld #comment", "\t", "x.y\t", "::1", "a-b.c-d.e",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["auto", "domains", "hosts", "adblock"])
+def test_a_list_read_in_runs_reads_as_line_by_line(tmp_path, fmt):
+    import random
+
+    from schoolgate.core import listformats
+
+    rnd = random.Random(fmt)
+    for case in range(300):
+        text = "\n".join(rnd.choice(_LINES) for _ in range(rnd.randint(0, 14)))
+        text += "\n" if case % 2 else ""
+        path = tmp_path / f"{case}.txt"
+        path.write_text(text, encoding="utf-8")
+        issues = Issues()
+        got = parse_list(path, issues, fmt=fmt)
+        expected = listformats.ParsedList(source=str(path))
+        ref_issues = Issues()
+        reader = listformats._Reader(expected, ref_issues, str(path), strict=False)
+        listformats._parse_each_line(text.split("\n"), 1, reader, fmt)
+        reader.finish()
+        assert got.domains == expected.domains, text
+        assert list(got.domain_lines) == list(expected.domain_lines), text
+        assert (got.paths, got.skipped, got.ignored) == (
+            expected.paths,
+            expected.skipped,
+            expected.ignored,
+        )
+        assert [(w.line, w.message) for w in issues.warnings + issues.items] == [
+            (w.line, w.message) for w in ref_issues.warnings + ref_issues.items
+        ]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from itertools import repeat
+from operator import lshift, or_
 from typing import Any
 
 from schoolgate.core.listformats import (
@@ -149,24 +151,26 @@ class Matcher:
             for plist in lists:
                 base = source_id(plist.source) << cat_bits | cat
                 shift = src_bits + cat_bits
-                get = index.get
-                for domain, line in zip(plist.domains, plist.domain_lines, strict=True):
-                    old = get(domain)
-                    ref = line << shift | base
-                    if old is None:
-                        index[domain] = ref << 2 | 2
-                        count += 1
-                    elif not old & 2:  # only path rules on this host so far
-                        index[domain] = old | ref << 2 | 2
-                        count += 1
-                    elif (old >> 2) & cat_mask != cat:  # also in an earlier category
-                        extra = also.get(domain)
-                        if extra is None:
-                            also[domain] = [ref]
-                            count += 1
-                        elif all(r & cat_mask != cat for r in extra):
-                            extra.append(ref)
-                            count += 1
+                # A list with no name twice and none already indexed (most lists, and every
+                # list of a million names) is indexed in one go, as one by one would.
+                fresh = dict(
+                    zip(
+                        plist.domains,
+                        map(
+                            or_,
+                            map(lshift, plist.domain_lines, repeat(shift + 2)),
+                            repeat(base << 2 | 2),
+                        ),
+                        strict=True,
+                    )
+                )
+                if len(fresh) == len(plist.domains) and fresh.keys().isdisjoint(index):
+                    index.update(fresh)
+                    count += len(fresh)
+                    fresh.clear()
+                else:
+                    fresh.clear()
+                    count += _index_one_by_one(plist, index, also, base, shift, cat, cat_mask)
                 pbase = source_id(plist.path_source or plist.source) << cat_bits | cat
                 for host, prefix, line in plist.paths:
                     if (host, prefix, cat) in seen_path:
@@ -353,3 +357,37 @@ class Matcher:
 
     def __repr__(self) -> str:
         return f"<Matcher {self._stats}>"
+
+
+def _index_one_by_one(
+    plist: ParsedList,
+    index: dict[str, int],
+    also: dict[str, list[int]],
+    base: int,
+    shift: int,
+    cat: int,
+    cat_mask: int,
+) -> int:
+    """Index a list's domains one at a time (a name listed twice, or already indexed by an
+    earlier list: the first one stays, a name in another category is also there); returns
+    how many entries it added."""
+    count = 0
+    get = index.get
+    for domain, line in zip(plist.domains, plist.domain_lines, strict=True):
+        old = get(domain)
+        ref = line << shift | base
+        if old is None:
+            index[domain] = ref << 2 | 2
+            count += 1
+        elif not old & 2:  # only path rules on this host so far
+            index[domain] = old | ref << 2 | 2
+            count += 1
+        elif (old >> 2) & cat_mask != cat:  # also in an earlier category
+            extra = also.get(domain)
+            if extra is None:
+                also[domain] = [ref]
+                count += 1
+            elif all(r & cat_mask != cat for r in extra):
+                extra.append(ref)
+                count += 1
+    return count
