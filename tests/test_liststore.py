@@ -146,7 +146,9 @@ def test_the_store_answers_as_the_matcher_does(tmp_path_factory, lists, allow, d
     ):
         assert isinstance(store, ListStore)
     assert store.stats() == reference.stats()
-    for raw_host, path in requests:
+    # Each request twice, in another order the second time: a host looked up again is
+    # answered from what the store remembers of it, which must be the same answer.
+    for raw_host, path in requests + requests[::-1]:
         h = normalize_host(raw_host)
         assert store.lookup(h, path) == reference.lookup(h, path), (raw_host, path)
         assert store.lookup_all(h, path) == reference.lookup_all(h, path), (raw_host, path)
@@ -296,6 +298,26 @@ def test_big_lists_compile_in_a_subprocess_with_progress_and_warnings(tmp_path, 
     again = Issues()
     assert load_store("main", lists, data_dir=tmp_path, issues=again).path == store.path
     assert [str(w) for w in again.warnings] == [str(w) for w in issues.warnings]
+
+
+def test_two_processes_compile_the_same_file_as_one(tmp_path, monkeypatch):
+    """The compiler's subprocess looks up half of the keys' ids in a forked child: the file
+    is the same, byte for byte, and answers the same."""
+    path = tmp_path / "list.txt"
+    names = [f"{a}.{b}.example.{top}" for a in "abcdef" for b in "ghijkl" for top in ("com", "org")]
+    path.write_text("\n".join(["# names", *names, "10.1.2.3", "x.example.com/path"]) + "\n")
+    lists = [("c", [ListFile(path, "auto", "list.txt")])]
+    monkeypatch.setattr(liststore, "PARALLEL_KEYS", 10)
+    written = {}
+    for processes in (1, 2):
+        dest = tmp_path / f"{processes}.sgl"
+        assert liststore.compile_store(lists, [], dest, Issues(), None, processes)
+        written[processes] = dest.read_bytes()
+    assert written[1] == written[2]
+    store = ListStore.open(tmp_path / "2.sgl")
+    assert store.lookup("www.c.h.example.org", None).entry == "c.h.example.org"
+    assert store.lookup("x.example.com", "/path/to").kind == "path"
+    assert store.lookup("10.1.2.3", None).source == "list.txt:" + str(len(names) + 2)
 
 
 def test_a_list_with_an_error_compiles_nothing(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"progress": [phase, done, total]}), flush=True)
 
     gc.disable()  # millions of new objects that all live until the end: nothing to collect
-    written = compile_store(categories, allowlist, Path(argv[0]), issues, report)
+    # This process has no other thread, so it may fork: a second core looks up half of the
+    # keys' ids (see liststore.write_store).
+    processes = 2 if (os.cpu_count() or 1) >= 2 else 1
+    written = compile_store(categories, allowlist, Path(argv[0]), issues, report, processes)
     rows = {
         "errors": [[i.file, i.line, i.field, i.message] for i in issues.items],
         "warnings": [[w.file, w.line, w.field, w.message] for w in issues.warnings],
