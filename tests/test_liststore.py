@@ -320,6 +320,29 @@ def test_two_processes_compile_the_same_file_as_one(tmp_path, monkeypatch):
     assert store.lookup("10.1.2.3", None).source == "list.txt:" + str(len(names) + 2)
 
 
+def test_the_compile_goes_on_when_the_second_process_fails(monkeypatch):
+    """A child that fails, or no child to be had: the compiler looks up every id itself."""
+    import os
+
+    class Trie:  # ids are the keys' numbers; the lookups fail in any other process
+        parent = os.getpid()
+
+        def key_id(self, key: str) -> int:
+            if os.getpid() != self.parent:
+                raise RuntimeError("the child fails")
+            return int(key)
+
+    keys = [str(i) for i in range(50)]
+    monkeypatch.setattr(liststore, "PARALLEL_KEYS", 10)
+    assert list(liststore._key_ids(Trie(), keys, 2)) == list(range(50))
+
+    def no_fork() -> int:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(liststore.os, "fork", no_fork)
+    assert list(liststore._key_ids(Trie(), keys, 2)) == list(range(50))
+
+
 def test_a_list_with_an_error_compiles_nothing(tmp_path):
     folder = tmp_path / "sg"
     folder.mkdir()  # a squidGuard folder without its files

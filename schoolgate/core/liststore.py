@@ -250,7 +250,12 @@ def _key_ids(trie: Any, keys: list[str], processes: int) -> array[int]:
         return array("L", map(key_id, keys))
     half = len(keys) // 2
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no second process to be had: all of them here
+        os.close(read_fd)
+        os.close(write_fd)
+        return array("L", map(key_id, keys))
     if pid == 0:  # the child: never returns
         code = 1
         try:
@@ -262,16 +267,19 @@ def _key_ids(trie: Any, keys: list[str], processes: int) -> array[int]:
         finally:
             os._exit(code)
     os.close(write_fd)
+    pipe = open(read_fd, "rb")  # noqa: SIM115 - closed before the child is waited for
     try:
         ids = array("L", map(key_id, islice(keys, half)))
-        with open(read_fd, "rb") as pipe:
-            data = pipe.read()
+        data = pipe.read()
     finally:
+        pipe.close()  # a child still writing gets an error and ends, so the wait ends
         _pid, status = os.waitpid(pid, 0)
     rest = array("L")
-    rest.frombytes(data[: len(data) - len(data) % rest.itemsize])
-    if status != 0 or len(rest) != len(keys) - half:
-        raise OSError(f"the list compiler's second process failed (status {status})")
+    if status == 0 and len(data) == rest.itemsize * (len(keys) - half):
+        rest.frombytes(data)
+    else:  # the child failed: its half is looked up here
+        log.warning("list compiler: the second process failed (status %s)", status)
+        rest.extend(map(key_id, islice(keys, half, None)))
     ids.extend(rest)
     return ids
 
