@@ -343,6 +343,41 @@ def test_the_compile_goes_on_when_the_second_process_fails(monkeypatch):
     assert list(liststore._key_ids(Trie(), keys, 2)) == list(range(50))
 
 
+@pytest.mark.parametrize("twice", [False, True])
+def test_lists_of_domains_only_compile_to_the_same_file_without_the_matcher(
+    tmp_path, monkeypatch, twice
+):
+    """Lists of domains only with no name twice are written without the matcher's dict of
+    every name; a name twice (here in a category and the allowlist) goes the matcher's way,
+    with the trie already built. Either way the file is the one the matcher's way writes."""
+    (tmp_path / "a.txt").write_text("# a\nx.example.com\n10.1.2.3\nb.org\n\n2001:db8::1\n")
+    (tmp_path / "b.txt").write_text("c.example.com\nwww.d.net\n")
+    (tmp_path / "allow.txt").write_text("y.example.com\n" + ("b.org\n" if twice else ""))
+    lists = [
+        ("one", [ListFile(tmp_path / "a.txt", "auto", "a.txt")]),
+        ("two", [ListFile(tmp_path / "b.txt", "domains", "b.txt")]),
+    ]
+    allow = [ListFile(tmp_path / "allow.txt", "auto", "allow.txt")]
+    calls: list = []
+    progress = lambda *a: calls.append(a)  # noqa: E731
+    assert liststore.compile_store(lists, allow, tmp_path / "fast.sgl", Issues(), progress)
+    monkeypatch.setattr(liststore, "_write_unique_domains", lambda *a: (False, None))
+    assert liststore.compile_store(lists, allow, tmp_path / "matcher.sgl", Issues())
+    if not twice:
+        assert (tmp_path / "fast.sgl").read_bytes() == (tmp_path / "matcher.sgl").read_bytes()
+    # (With a name twice, the trie counts it twice, which may order its ids otherwise.)
+    store, reference = (ListStore.open(tmp_path / f) for f in ("fast.sgl", "matcher.sgl"))
+    hosts = ["m.x.example.com", "b.org", "10.1.2.3", "2001:db8::1", "d.net", "www.d.net", "y.a"]
+    for host in hosts + ["c.example.com", "y.example.com", "z.b.org", "example.com"]:
+        assert store.lookup(host, None) == reference.lookup(host, None), host
+        assert store.lookup_all(host, "/") == reference.lookup_all(host, "/"), host
+    assert store.lookup("m.x.example.com", None).source == "a.txt:2"
+    assert store.lookup("b.org", None).category == ("allowlist" if twice else "one")
+    assert store.stats() == reference.stats()
+    assert store.stats() == {"allowlist": 2 if twice else 1, "one": 4, "two": 2}
+    assert calls[-1] == ("indexing", 3, 3)
+
+
 def test_a_list_with_an_error_compiles_nothing(tmp_path):
     folder = tmp_path / "sg"
     folder.mkdir()  # a squidGuard folder without its files

@@ -33,6 +33,7 @@ old version is removed once the last process using it has moved on.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -49,7 +50,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
+from operator import lshift, or_
 from pathlib import Path
 from typing import Any
 
@@ -235,10 +237,75 @@ def compile_store(
     issues.warnings.extend(found.warnings)
     if found.items:
         return False
+    written, trie = _write_unique_domains(
+        parsed_categories, parsed_allowlist, dest, found.warnings, progress, processes
+    )
+    if written:
+        return True
     matcher = Matcher.build(parsed_categories, parsed_allowlist)
     del parsed_categories, parsed_allowlist
-    write_store(matcher, dest, warnings=found.warnings, progress=progress, processes=processes)
+    write_store(
+        matcher, dest, warnings=found.warnings, progress=progress, processes=processes, trie=trie
+    )
     return True
+
+
+def _write_unique_domains(
+    categories: Sequence[tuple[str, Sequence[ParsedList]]],
+    allowlist: Sequence[ParsedList],
+    dest: Path,
+    warnings: Sequence[ConfigIssue],
+    progress: Progress | None,
+    processes: int,
+) -> tuple[bool, Any]:
+    """The store of lists that hold domains only (no path rules, no regular expressions) and
+    no name twice, written without the matcher's dict of every name (a third of a big
+    compile): the same file as :func:`write_store` writes for their matcher. ``(True, None)``
+    when written; ``(False, trie)`` for lists of domains only with a name twice (the trie of
+    their names, for :func:`write_store` to use), ``(False, None)`` for others."""
+    lists = [p for _name, group in categories for p in group] + list(allowlist)
+    if any(p.paths or p.regexes for p in lists):
+        return False, None
+    # The matcher of the same lists without their names: names, sources and their bits.
+    shape = Matcher.build(
+        [(name, [_without_domains(p) for p in group]) for name, group in categories],
+        [_without_domains(p) for p in allowlist],
+    )
+    source_ids = {source: i for i, source in enumerate(shape._sources)}
+    cat_bits, shift = shape._cat_bits, shape._cat_bits + shape._src_bits
+    steps = 3
+    if progress:
+        progress("indexing", 0, steps)
+    keys: list[str] = []
+    refs = array("Q")
+    stats: dict[str, int] = {}
+    for cat, group in enumerate([allowlist, *[group for _name, group in categories]]):
+        count = 0
+        for plist in group:
+            low = (source_ids[plist.source] << cat_bits | cat) << 2 | 2
+            keys += [host[::-1] + "." for host in plist.domains]
+            refs.extend(map(or_, map(lshift, plist.domain_lines, repeat(shift + 2)), repeat(low)))
+            count += len(plist.domains)
+        if cat or count:
+            stats[shape._names[cat]] = count
+    trie = marisa_trie.Trie(keys, **TRIE_OPTIONS)
+    if len(trie) != len(keys):  # a name twice: the matcher decides which entry stands
+        return False, trie
+    if progress:
+        progress("indexing", 1, steps)
+    values = array("Q", bytes(8 * len(trie)))
+    for kid, value in zip(_key_ids(trie, keys, processes), refs, strict=True):
+        values[kid] = value
+    del keys, refs
+    if progress:
+        progress("indexing", 2, steps)
+    empty = [array("I"), array("I"), array("Q"), array("I", [0]), b"", array("Q")]
+    _write_file(dest, shape, stats, trie, [values, *empty], warnings, progress)
+    return True, None
+
+
+def _without_domains(plist: ParsedList) -> ParsedList:
+    return dataclasses.replace(plist, domains=[], domain_lines=array("L"))
 
 
 def _key_ids(trie: Any, keys: list[str], processes: int) -> array[int]:
@@ -291,17 +358,20 @@ def write_store(
     warnings: Sequence[ConfigIssue] = (),
     progress: Progress | None = None,
     processes: int = 1,
+    trie: Any = None,
 ) -> int:
     """Write ``matcher``'s index as a store file (atomically); returns its size.
 
     ``processes=2``: a forked child looks up half of the keys' ids meanwhile (only where
-    forking is safe: a process with no other threads, such as the compiler's own)."""
+    forking is safe: a process with no other threads, such as the compiler's own). ``trie``:
+    the trie of the index's names, if already built."""
     index: dict[str, int] = matcher._index
     steps = 3
     if progress:
         progress("indexing", 0, steps)
     keys = [host[::-1] + "." for host in index]
-    trie = marisa_trie.Trie(keys, **TRIE_OPTIONS)
+    if trie is None:
+        trie = marisa_trie.Trie(keys, **TRIE_OPTIONS)
     if progress:
         progress("indexing", 1, steps)
     values = array("Q", bytes(8 * len(trie)))
@@ -331,6 +401,30 @@ def write_store(
         also_refs.extend(also.get(host, ()))
         aux.append(len(also_refs))
 
+    return _write_file(
+        dest,
+        matcher,
+        matcher._stats,
+        trie,
+        [values, aux_ids, aux, path_refs, path_off, bytes(blob), also_refs],
+        warnings,
+        progress,
+    )
+
+
+def _write_file(
+    dest: Path,
+    matcher: Matcher,
+    stats: dict[str, int],
+    trie: Any,
+    arrays: list[Any],
+    warnings: Sequence[ConfigIssue],
+    progress: Progress | None,
+) -> int:
+    """The file itself: the header (names, sources, stats, ...), then the trie and the arrays
+    (values, aux_ids, aux, path_refs, path_off, path_blob, also_refs), written atomically."""
+    values, aux_ids, aux, path_refs, path_off, blob, also_refs = arrays
+    steps = 3
     sections = [
         ("trie", trie.tobytes()),
         ("values", values.tobytes()),
@@ -338,7 +432,7 @@ def write_store(
         ("aux", aux.tobytes()),
         ("path_refs", path_refs.tobytes()),
         ("path_off", path_off.tobytes()),
-        ("path_blob", bytes(blob)),
+        ("path_blob", blob),
         ("also_refs", also_refs.tobytes()),
     ]
     layout, offset = {}, 0
@@ -353,7 +447,7 @@ def write_store(
             "sources": list(matcher._sources),
             "cat_bits": matcher._cat_bits,
             "src_bits": matcher._src_bits,
-            "stats": matcher._stats,
+            "stats": stats,
             "regexes": [[pattern, ref] for pattern, _compiled, ref in matcher._regexes],
             "warnings": [[w.file, w.line, w.field, w.message] for w in warnings],
             "sections": layout,
