@@ -19,7 +19,9 @@ expressions (a few, from squidGuard ``expressions`` files) are compiled by each 
 Semantics are :class:`~schoolgate.core.lists.Matcher`'s, which stays the reference (and what tiny
 inline lists use): the compiler builds a ``Matcher`` from the parsed lists and writes out its
 index, so the two cannot disagree on what a list says; ``tests/test_liststore.py`` compares
-their answers on random lists and requests.
+their answers on random lists and requests. Lists of domains only with no name twice (where
+there is nothing to decide between entries) are written straight from the parsed lists, the
+same file byte for byte, without the matcher's dict of every name.
 
 Life of a version. :func:`load_store` computes the digest; if that file exists it is mapped,
 otherwise it is compiled (in a subprocess for lists over :data:`SUBPROCESS_BYTES`, so that the
