@@ -33,6 +33,7 @@ _NAME_ONLY = frozenset(
     }
 )
 _CLEAN_NAMES_MAX = 65536
+_QUIET_AGENTS_MAX = 4096
 # Detectors that look only at a destination the gateway refused: run only when there is one.
 _WHEN_REFUSED = frozenset({"unverified_destination"})
 # The detectors whose signs :meth:`Detectors.quiet` knows: those above, the one that runs only
@@ -66,6 +67,7 @@ class Detectors:
         "_refused_fns",
         "_clean_names",
         "_quiet_requests",
+        "_quiet_agents",
         "_provable",
         "_ip_allowed",
     )
@@ -104,6 +106,7 @@ class Detectors:
         # Of those, the names of requests whose every detector can find something only in
         # the path or the headers (see quiet()); same bounds, same life.
         self._quiet_requests: set[tuple] = set()
+        self._quiet_agents: set[str] = set()  # User-Agents that name no VPN app
         self._provable = all(
             n in _QUIET_KNOWS and _BUILT_IN.get(n) is fn
             for n, fn in (*self._fns, *self._refused_fns)
@@ -205,18 +208,20 @@ class Detectors:
         ):
             return False
         if headers:
-            get = headers.get
-            if get("x-bare-url") or get("x-bare-host"):
+            # (`in` before reading: most requests have none of these, or no Content-Type)
+            if "x-bare-url" in headers or "x-bare-host" in headers:
                 return False
-            value = get("accept")
-            if value and "dns-" in value:
+            if "accept" in headers and "dns-" in headers["accept"]:
                 return False
-            value = get("content-type")
-            if value and "dns-" in value:
+            if "content-type" in headers and "dns-" in headers["content-type"]:
                 return False
-            value = get("user-agent")
-            if value and vpn_user_agent(value) is not None:
-                return False
+            agent = headers.get("user-agent")
+            if agent and agent not in self._quiet_agents:
+                if vpn_user_agent(agent) is not None:
+                    return False
+                if len(self._quiet_agents) >= _QUIET_AGENTS_MAX:
+                    self._quiet_agents.clear()
+                self._quiet_agents.add(agent)
         return True
 
 
