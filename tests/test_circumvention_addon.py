@@ -199,6 +199,54 @@ def test_dedup_per_connection(gw: GW):
     assert len(gw.events("circumvention")) == 1
 
 
+def _found(gw: GW) -> list[tuple[str, str]]:
+    return [(e["host"], e["detail"]["detector"]) for e in gw.events("circumvention")]
+
+
+def test_ordinary_requests_leave_a_site_flagged_when_it_is_used_to_get_round(gw: GW):
+    """A site's ordinary requests teach the guard that its name holds nothing; a request to
+    it that uses it as a web proxy, or from a VPN app, is still found, and a listed site is
+    found on every new connection, however many ordinary requests came before."""
+    for _ in range(3):
+        ordinary = http_flow("www.example.org", "/news", page=False)
+        gw.run(ordinary)
+        assert ordinary.response is None
+    assert _found(gw) == []
+    gw.run(http_flow("www.example.org", "/browse.php?u=https%3A%2F%2Fwww.instagram.com%2F"))
+    assert _found(gw) == [("www.example.org", "web_proxy")]
+    vpn = http_flow("www.example.org", "/news", page=False)
+    vpn.request.headers["User-Agent"] = "NordVPN/6.1 (Windows NT 10.0)"
+    gw.run(vpn)
+    assert _found(gw)[-1] == ("www.example.org", "vpn_client")
+    for _ in range(2):
+        gw.run(http_flow("proxy2.test", "/", page=False))
+    assert _found(gw)[-2:] == [("proxy2.test", "listed_host")] * 2
+    # the same site spelt otherwise, or named otherwise inside the encryption
+    # (upper case is no disguise; a trailing dot is)
+    for host in ("WWW.EXAMPLE.ORG", "www.example.org."):
+        gw.run(http_flow(host, "/news", page=False))
+    assert _found(gw)[-1] == ("www.example.org", "disguised_host")
+    assert len(_found(gw)) == 5
+    fronted = http_flow("www.example.org", "/news", scheme="https", page=False)
+    fronted.request.http_version = "HTTP/2.0"
+    del fronted.request.headers["Host"]
+    fronted.request.authority = "www.torproject.org"
+    gw.run(fronted)
+    assert _found(gw)[-1] == ("www.example.org", "domain_fronting")
+
+
+def test_a_site_listed_by_a_reload_is_found_at_once(gw: GW):
+    for _ in range(2):
+        gw.run(http_flow("newproxy.test", "/", page=False))
+    assert _found(gw) == []
+    lists = Path(gw.guard.holder.config_path).parent / "circumvention.txt"
+    lists.write_text(lists.read_text(encoding="utf-8") + "newproxy.test\n", encoding="utf-8")
+    assert gw.guard.holder.reload(force=True)
+    flow = http_flow("newproxy.test", "/", page=False)
+    gw.run(flow)
+    assert _found(gw) == [("newproxy.test", "listed_host")]
+
+
 def _attempts(gw: GW, hosts, *, ip: str = STUDENT_IP, user: str | None = None):
     """Attempts made with page loads: the first shows the warning page, so the next may
     lock the pupil out."""

@@ -3,6 +3,8 @@
 A new detector is a function ``fn(detectors, facts, host_info) -> list[CircumventionEvent] |
 None`` in the module of its family; it is added to :data:`DETECTORS` here, and to
 :data:`.detectors._NAME_ONLY` if it looks at nothing but the names and ports of a connection.
+Until :meth:`.Detectors.quiet` is taught its signs (:data:`.detectors._QUIET_KNOWS`), a set
+that runs it inspects every request in full.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ _VPN_UA = re.compile(
 
 
 @lru_cache(maxsize=8192)
-def _vpn_user_agent(ua: str) -> tuple[str, int] | None:
+def vpn_user_agent(ua: str) -> tuple[str, int] | None:
     m = _VPN_UA.search(ua)
     if m is None:
         return None
@@ -153,7 +153,7 @@ def vpn_client(
     ua = f.headers.get("user-agent")
     if not ua:
         return None
-    found = _vpn_user_agent(ua)
+    found = vpn_user_agent(ua)
     if found is None:
         return None
     token, severity = found

@@ -47,6 +47,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 
 from schoolgate.circumvention import CircumventionEvent, Detectors, DetectorsFailed, TrafficFacts
 from schoolgate.core.circumvention_settings import CircumventionSettings
+from schoolgate.core.destination import Destination
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.model import Identity
 from schoolgate.core.policy import Policy
@@ -64,7 +65,13 @@ from schoolgate.core.urlpaths import strip_url
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import BanSync
 from schoolgate.gateway.findings import mark
-from schoolgate.gateway.flowinfo import is_address, request_view, target_host, user_of
+from schoolgate.gateway.flowinfo import (
+    RequestView,
+    is_address,
+    request_view,
+    target_host,
+    user_of,
+)
 from schoolgate.gateway.flowmark import BLOCK, FlowMark, SupervisionMark, put_mark, supervise
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.recorder import Recorder
@@ -593,43 +600,34 @@ class CircumventionGuard(SanctionPages, BanSync):
             log.info("schoolgate: closed %d open connection(s) of suspended users", total)
         return total
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error:
-            return
-        req = flow.request
-        view = request_view(req)
-        headers = view.headers
-        host = view.named_host or view.host
-        policy = self.holder.policy
-        if policy is not None and host == policy.settings.portal_host:
-            return
+    def _inspect_request(
+        self,
+        flow: http.HTTPFlow,
+        view: RequestView,
+        written: str,
+        tls_seen: bool | None,
+        destination: Destination | None,
+    ) -> list[Identity | None]:
+        """Run the detectors on a request; mark the flow with what they found. Returns the
+        request's identity in a list if it was asked for (something was found), else []."""
+        client = flow.client_conn
         user = _user_of(flow)
-        client_ip = peer_ip(flow.client_conn)
-        written = view.host
-        named = view.named_host
-        header = view.host_header  # (not None when it names a host)
-        if named is not None and header is not None and named != written:
-            if is_address(target_host(written)):
-                # Transparent mode (or a request to an address): the client wrote no host but
-                # the Host header; the address is the destination check's, not one to report.
-                written = header
+        client_ip = peer_ip(client)
         # Positional (stage, host, port, sni, http_host, method, path, headers, scheme,
-        # tls_seen, destination): keywords cost a fifth more, on every request.
+        # tls_seen, destination): keywords cost a fifth more.
         facts = TrafficFacts(
             "request",
             written,
             view.port,
-            flow.client_conn.sni,
+            client.sni,
             view.host_header,  # HTTP/2 and 3: the :authority, not among the headers
             view.method,
             view.path,
-            headers,
+            view.headers,
             view.scheme,
-            True if view.scheme == "https" else None,
-            refused_destination(flow) if flow.metadata else None,
+            tls_seen,
+            destination,
         )
-        # Who it is matters only to what was found, and to someone with a ban, lockout or
-        # warning: most requests are neither, and skip it. Asked for once at most.
         known: list[Identity | None] = []
 
         def who() -> Identity | None:
@@ -638,13 +636,53 @@ class CircumventionGuard(SanctionPages, BanSync):
             return known[0]
 
         found = self._inspect(
-            flow.client_conn, facts, who, user=user, url=_url_of(req), method=view.method
+            client, facts, who, user=user, url=_url_of(flow.request), method=view.method
         )
         if found:
             mark(flow, found, filtered=self._filtered(who()))
+        return known
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        req = flow.request
+        view = request_view(req)
+        host = view.named_host or view.host
+        policy = self.holder.policy
+        if policy is not None and host == policy.settings.portal_host:
+            return
+        client = flow.client_conn
+        # Who it is matters only to what was found, and to someone with a ban, lockout or
+        # warning: most requests are neither, and skip it. Asked for once at most.
+        known: list[Identity | None] | None = None
+        detectors = self.detectors
+        if detectors is not None:
+            written = view.host
+            named = view.named_host
+            header = view.host_header  # (not None when it names a host)
+            if named is not None and header is not None and named != written:
+                if is_address(target_host(written)):
+                    # Transparent mode (or a request to an address): the client wrote no host
+                    # but the Host header; the address is the destination check's, not one to
+                    # report.
+                    written = header
+            scheme = view.scheme
+            tls_seen = True if scheme == "https" else None
+            destination = refused_destination(flow) if flow.metadata else None
+            # Most requests: the detectors are sure to find nothing (the same names found
+            # nothing before, under this policy, and the path and headers carry no sign any
+            # detector looks for); then neither facts nor findings are made.
+            if destination is not None or not detectors.quiet(
+                ("request", written, view.port, client.sni, header, scheme, tls_seen),
+                view.path,
+                view.headers,
+            ):
+                known = self._inspect_request(flow, view, written, tls_seen, destination)
         if not self.book.bans and not self._warnings:
             return  # no one is suspended, supervised (a ban's) or warned
-        identity = who()
+        user = _user_of(flow)
+        client_ip = peer_ip(client)
+        identity = known[0] if known else self._identify(client_ip, user)
         if identity is None:
             return
         subject = self.subject_of(identity, user, client_ip)

@@ -202,7 +202,10 @@ class SanctionPages:
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
-        mark = flow_mark(flow.metadata)
+        metadata = flow.metadata
+        if not metadata:  # most responses: nothing marked, nothing supervised
+            return
+        mark = flow_mark(metadata)
         if mark is None or mark.supervision is None:
             return
         sup = mark.supervision
