@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import math
 import os
 import re
@@ -53,7 +54,7 @@ def _counted(addon: object, label: str) -> None:
         setattr(addon, hook, counted)
 
 
-async def phases(out: Path, host: str, port: int, requests: int) -> None:
+async def phases(out: Path, host: str, port: int, requests: int, gc_off: bool) -> None:
     from mitmproxy import hooks, options
     from mitmproxy.proxy.layers.http import (
         HttpRequestHeadersHook,
@@ -119,6 +120,8 @@ async def phases(out: Path, host: str, port: int, requests: int) -> None:
         raise SystemExit("the request was not allowed: pick another host")
     for _ in range(300):  # the caches as warm as in service
         await one()
+    if gc_off:
+        gc.disable()
     names = ["all parts", *labels]
     math.gcd(1, 1)  # what was counted so far (nothing): the first dump
     for name in names:
@@ -140,15 +143,25 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--host", default="origin.test")
     parser.add_argument("--port", type=int, default=80)
+    parser.add_argument(
+        "--gc-off",
+        action="store_true",
+        help="an experiment: the cyclic garbage collector disabled once the gateway runs, to "
+        "see what share of each count is its passes",
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep callgrind's files here (for callgrind_annotate)"
+    )
     parser.add_argument("--phases", help=argparse.SUPPRESS)  # run inside valgrind
     args = parser.parse_args()
     if args.phases:
-        asyncio.run(phases(Path(args.phases), args.host, args.port, args.requests))
+        asyncio.run(phases(Path(args.phases), args.host, args.port, args.requests, args.gc_off))
         return 0
     if not shutil.which("valgrind"):
         print("needs valgrind: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp())
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
     try:
         cmd = [
             "valgrind",
@@ -168,6 +181,7 @@ def main() -> int:
             args.host,
             "--port",
             str(args.port),
+            *(["--gc-off"] if args.gc_off else []),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -184,13 +198,15 @@ def main() -> int:
         print(
             f"an allowed GET http://{args.host}:{args.port}/page from a student (test config), "
             f"{args.requests} requests a phase: instructions per request"
+            + (" (garbage collector off)" if args.gc_off else "")
         )
         for name, count in zip(names, counts, strict=False):
             if not name.startswith("(start"):
                 print(f"  {name:<24} {count / args.requests:>10,.0f}")
         return 0
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

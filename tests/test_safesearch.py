@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
-from schoolgate.core.safesearch import SafeSearchChange, enforce, force_params
+from schoolgate.core.safesearch import SafeSearchChange, enforce, force_params, may_change
 
 
 def _on(host: str, path: str, youtube: str | None = "strict") -> SafeSearchChange | None:
@@ -221,3 +221,37 @@ def test_non_search_hosts_are_left_alone():
     for host in ("www.example.com", "cdn.jsdelivr.net", "static.xx.fbcdn.net", "i.ytimg.com",
                  "fonts.gstatic.com"):  # fmt: skip
         assert enforce(host, "/some/path?x=1", safe_search=True, youtube_restrict="strict") is None
+
+
+_SEARCHES = ("/search?q=x&safe=off", "/?q=x&kp=-2", "/images/search?q=x", "/d.js?q=x", "/", None)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "www.google.com",
+        "google.co.uk",
+        "www.bing.com",
+        "duckduckgo.com",
+        "html.duckduckgo.com",
+        "www.youtube.com",
+        "youtubei.googleapis.com",
+        "www.googleapis.com",
+        "google.evil.example",
+        "notbing.com",
+        "example.com",
+        "i.ytimg.com",
+        "10.0.0.1",
+    ],
+)
+def test_a_host_safe_search_may_not_change_is_never_changed(host):
+    # The gateway skips enforce() for the hosts may_change() rules out.
+    changed = any(
+        enforce(host, path, safe_search=safe, youtube_restrict=restrict) is not None
+        for path in _SEARCHES
+        for safe in (True, False)
+        for restrict in ("strict", "moderate", None)
+    )
+    assert not changed or may_change(host)
+    if host in ("www.google.com", "www.bing.com", "duckduckgo.com", "www.youtube.com"):
+        assert changed

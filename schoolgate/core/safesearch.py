@@ -115,6 +115,13 @@ def _rewrite(path: str, values: dict[str, str | None], what: str) -> SafeSearchC
     return None if new_path == path else SafeSearchChange({}, new_path, what)
 
 
+def may_change(host: str) -> bool:
+    """False when :func:`enforce` answers None for ``host`` whatever the path and settings:
+    a host none of the services above can be. The checks :func:`enforce` starts with, without
+    its call: the gateway asks this first, for every request, and remembers the answer."""
+    return host in YOUTUBE_HOSTS or "google." in host or "bing." in host or "duckduckgo." in host
+
+
 def enforce(
     host: str, path: str | None, *, safe_search: bool, youtube_restrict: str | None
 ) -> SafeSearchChange | None:

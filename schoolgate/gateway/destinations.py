@@ -48,6 +48,7 @@ from schoolgate.core.destination import (
     verify,
 )
 from schoolgate.gateway.flowinfo import (
+    address_target,
     is_address,
     remember_tunnel_user,
     request_view,
@@ -307,8 +308,8 @@ class DestinationCheck:
         if view.host_problem is not None:
             flow.metadata[DESTINATION] = (malformed("Host", view.host_problem), Handling.REFUSE)
             return None
-        target = target_host(view.host)
-        if not is_address(target):
+        target = address_target(view.host)
+        if target is None:
             return None  # NAMED: the gateway resolves the name itself
         name = view.named_host
         if (name is None or is_address(name)) and view.scheme == "https":

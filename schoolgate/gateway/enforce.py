@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,6 +107,23 @@ def _block_mark(
 def _peer(conn) -> str | None:
     peer = getattr(conn, "peername", None)
     return str(peer[0]) if peer else None
+
+
+_now = datetime.now
+_ALLOW = Action.ALLOW
+_NO_OTHERS: tuple[str, ...] = ()
+
+# Host -> True when safe search can change no request to it (safesearch.may_change is False):
+# asked for every allowed request, and the same few hundred hosts come again and again.
+_no_safe_search: dict[str, bool] = {}
+
+
+def _remember_no_safe_search(host: str) -> bool:
+    untouched = not safesearch.may_change(host)
+    if len(_no_safe_search) >= 4096:
+        _no_safe_search.clear()
+    _no_safe_search[host] = untouched
+    return untouched
 
 
 class Enforcement:
@@ -431,34 +449,40 @@ class Enforcement:
         facts = None
         try:
             policy = self.holder.policy
-            req = flow.request
-            view = request_view(req)
-            https = view.scheme == "https"
-            host, others = view_hosts(view, flow.client_conn.sni if https else None)
+            view = request_view(flow.request)
+            scheme = view.scheme
+            name = view.named_host
+            others: Sequence[str]
+            if scheme != "https" and name is not None and name == target_host(view.host):
+                host, others = name, _NO_OTHERS  # the usual case: one name, no SNI
+            else:
+                host, others = view_hosts(view, flow.client_conn.sni if scheme == "https" else None)
             # Positional (host, at, path, method, port, scheme, client_ip, user): keywords
             # cost a fifth more, on every request.
             metadata = flow.metadata
             auth = metadata.get("proxyauth")
             facts = RequestFacts(
                 host,
-                datetime.now(UTC),
+                _now(UTC),
                 view.path,
                 view.method,
                 view.port,
-                view.scheme,
+                scheme,
                 flow.client_conn.peername[0],
                 auth[0] if auth else None,  # the user, never the password
             )
-            if self.exceptions.current.pages:  # a page approval opens the page's own calls
+            current = self.exceptions.current
+            if current.pages:  # a page approval opens the page's own calls
                 facts.referer = view.headers.get("referer")
                 facts.fetch_dest = view.headers.get("sec-fetch-dest")
             refused = None
-            verdicts = metadata.get(DESTINATION)
-            if verdicts is not None and verdicts[1] is Handling.REFUSE:
-                refused = verdicts[0]
-                if refused.verdict is Verdict.MALFORMED:
-                    self._bad_request(flow, self._destination_refusal(facts, refused), facts)
-                    return
+            if metadata:  # an allowed request to a named site usually has nothing here
+                verdicts = metadata.get(DESTINATION)
+                if verdicts is not None and verdicts[1] is Handling.REFUSE:
+                    refused = verdicts[0]
+                    if refused.verdict is Verdict.MALFORMED:
+                        self._bad_request(flow, self._destination_refusal(facts, refused), facts)
+                        return
             if policy is None:
                 decision = failed_decision(facts, "no policy loaded")
             elif others or host == policy.settings.portal_host:
@@ -472,14 +496,15 @@ class Enforcement:
                 decision = named
             else:  # the usual case: one name, decided at once (as _decide does)
                 detected = self.detected.current if self.detected is not None else None
-                decision = policy.decide(facts, self.exceptions.current, detected=detected)
+                decision = policy.decide(facts, current, detected=detected)
             # A name the policy blocks is blocked for that reason; one it allows must also be
             # where the connection goes, and not be a way round the filter.
-            if refused is not None and decision.allowed:
+            # (``decision.action is _ALLOW`` is ``decision.allowed`` without the property's call.)
+            if refused is not None and decision.action is _ALLOW:
                 decision = self._destination_refusal(facts, refused)
-            if metadata and decision.allowed:
+            if metadata and decision.action is _ALLOW:
                 decision = self._finding_refusal(facts, flow) or decision
-            if decision.allowed:
+            if decision.action is _ALLOW:
                 self._allowed(flow, policy, decision, facts)
             else:
                 self._block(flow, decision, facts)
@@ -488,7 +513,7 @@ class Enforcement:
             self._block(flow, failed_decision(facts, exc), facts)
 
     def _decide_names(
-        self, facts: RequestFacts, host: str, others: list[str], portal: str | None
+        self, facts: RequestFacts, host: str, others: Sequence[str], portal: str | None
     ) -> Decision | None:
         """Every name a request carries decided (where the connection really goes, the SNI:
         no smuggling through the Host header, no domain fronting): the first that blocks, else
@@ -521,10 +546,17 @@ class Enforcement:
     ) -> None:
         if decision.category is not None and policy.settings.log_allowed_categories:
             self._record(decision, facts, ref=new_ref(), url=flow.request.pretty_url)
+        host = facts.host  # as request_view and target_host give it: normal already
+        try:
+            untouched = _no_safe_search[host]
+        except KeyError:
+            untouched = _remember_no_safe_search(host)
+        if untouched:  # no service safe search rewrites (most requests)
+            return
         role = policy.role(decision.identity.role)
         if role.safe_search or role.youtube_restrict:
             change = safesearch.enforce(
-                facts.host,  # as request_view and target_host give it: normal already
+                host,
                 facts.path,
                 safe_search=role.safe_search,
                 youtube_restrict=role.youtube_restrict,

@@ -51,8 +51,9 @@ _last: tuple = (None, None, None)
 def request_view(request: http.Request) -> RequestView:
     global _last
     data = request.data
+    fields = data.headers.fields
     made_from = (
-        data.headers.fields,
+        fields,
         data.authority,
         data.method,
         data.scheme,
@@ -66,29 +67,64 @@ def request_view(request: http.Request) -> RequestView:
     # from nothing else, so equal items would give an equal view.
     if last_request is request and last_made_from == made_from:
         return view
-    headers, host_header, host_count = _read_headers(made_from[0])
-    if data.http_version in (b"HTTP/2.0", b"HTTP/3") and data.authority:  # the :authority
+    # The headers kept, the Host header and how many Host headers there are, from the raw
+    # fields in one pass (``Headers.items()`` looks every name up again: quadratic, ~50 us
+    # for ten headers). Here rather than in a function of its own: the call and the tuple it
+    # would return cost as much as reading two headers.
+    headers: dict[str, str] = {}
+    host_header = None
+    host_count = 0
+    names = _field_names
+    for raw_name, raw_value in fields:
+        try:
+            name = names[raw_name]
+        except KeyError:
+            name = _field_name(raw_name)
+        if name is None:
+            continue
+        value = raw_value.decode("utf-8", "surrogateescape")
+        if not name:  # _HOST
+            host_header = value if host_header is None else f"{host_header}, {value}"
+            host_count += 1
+        else:
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    # The :authority (HTTP/2 and 3). Most requests have none: asked first, it spares the
+    # version's comparison.
+    if made_from[1] and data.http_version in _H2_H3:
         authority = request.authority
         if host_header is not None and host_header != authority:
             host_count = 2  # RFC 9113 8.3.1: a Host header must name the :authority
         host_header = authority
         host_count = max(host_count, 1)
-    named, problem = _named_host(host_header)
+    try:
+        named, problem = _named_hosts[host_header]
+    except KeyError:
+        named, problem = _named_host(host_header)
     if host_count > 1:
         named, problem = None, "more than one Host header"
-    view = RequestView(
-        headers,
-        host_header,
-        named,
-        _methods.get(data.method) or _text(_methods, data.method, upper=True),
-        _schemes.get(data.scheme) or _text(_schemes, data.scheme),
-        data.host,
-        data.port,
-        data.path.decode("utf-8", "surrogateescape"),
-        problem,
+    method = _methods.get(data.method) or _text(_methods, data.method, upper=True)
+    scheme = _schemes.get(data.scheme) or _text(_schemes, data.scheme)
+    # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function.
+    view = _make_view(
+        RequestView,
+        (
+            headers,
+            host_header,
+            named,
+            method,
+            scheme,
+            data.host,
+            data.port,
+            data.path.decode("utf-8", "surrogateescape"),
+            problem,
+        ),
     )
     _last = (request, made_from, view)
     return view
+
+
+_H2_H3 = (b"HTTP/2.0", b"HTTP/3")
+_make_view = tuple.__new__
 
 
 # Request methods and schemes as mitmproxy's Request gives them (decoded; the method upper
@@ -135,32 +171,6 @@ def _field_name(raw_name: bytes) -> str | None:
     if len(_field_names) < 1024:
         _field_names[raw_name] = kind
     return kind
-
-
-def _read_headers(
-    fields: tuple[tuple[bytes, bytes], ...],
-) -> tuple[dict[str, str], str | None, int]:
-    """The detectors' headers, the Host header and how many Host headers there are, from the
-    raw fields in one pass (``Headers.items()`` looks every name up again: quadratic, ~50 us
-    for ten headers)."""
-    out: dict[str, str] = {}
-    host = None
-    count = 0
-    names = _field_names
-    for raw_name, raw_value in fields:
-        try:
-            name = names[raw_name]
-        except KeyError:
-            name = _field_name(raw_name)
-        if name is None:
-            continue
-        value = raw_value.decode("utf-8", "surrogateescape")
-        if not name:  # _HOST
-            host = value if host is None else f"{host}, {value}"
-            count += 1
-        else:
-            out[name] = f"{out[name]}, {value}" if name in out else value
-    return out, host, count
 
 
 def header_value(headers: http.Headers, name: bytes) -> str | None:
@@ -218,10 +228,26 @@ def view_hosts(view: RequestView, sni: str | None = None) -> tuple[str, list[str
     if target != primary:
         others.append(target)
     if sni:
-        sni = lower_host(sni).rstrip(".")
+        try:
+            sni = _sni_hosts[sni]
+        except KeyError:
+            sni = _sni_host(sni)
         if sni != primary and sni != target:
             others.append(sni)
     return primary, others
+
+
+# A TLS SNI as sent -> its spelling as a decision reads it (every intercepted HTTPS request
+# has one, the same few hundred again and again).
+_sni_hosts: dict[str, str] = {}
+
+
+def _sni_host(sni: str) -> str:
+    spelled = lower_host(sni).rstrip(".")
+    if len(_sni_hosts) >= 4096:
+        _sni_hosts.clear()
+    _sni_hosts[sni] = spelled
+    return spelled
 
 
 # Where a request goes (mitmproxy's request.host) -> its spelling as a decision reads it.
@@ -253,6 +279,25 @@ def is_address(host: str) -> bool:
         if len(_addresses) >= 4096:
             _addresses.clear()
         _addresses[host] = found
+        return found
+
+
+# Where a request goes (mitmproxy's request.host) -> target_host's spelling if it is an IP
+# address, else None.
+_address_targets: dict[str, str | None] = {}
+
+
+def address_target(host: str) -> str | None:
+    """``target_host(host)`` if that is an IP address (:func:`is_address`), else None: what the
+    destination check asks of every request, in one look-up."""
+    try:
+        return _address_targets[host]
+    except KeyError:
+        target = target_host(host)
+        found = target if is_address(target) else None
+        if len(_address_targets) >= 4096:
+            _address_targets.clear()
+        _address_targets[host] = found
         return found
 
 

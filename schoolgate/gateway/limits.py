@@ -58,6 +58,8 @@ REPORT_EVERY = 60.0
 # Descriptors the gateway needs besides connections: its database, spool, lists, logs.
 BASE_FDS = 256
 MIN_CONNECTIONS = 2000  # the gateway should hold at least this many connections
+_NO_NEXT_REQUEST = "no next request"
+_monotonic = time.monotonic
 _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 
 
@@ -126,7 +128,9 @@ class ConnectionLimits:
         # client id -> (deadline, why): connections waiting for a (next) request
         self._waiting: dict[str, tuple[float, str]] = {}
         self._refused_ids: set[str] = set()
-        self._in_flight: Counter[str] = Counter()
+        # client id -> requests started and not yet answered. A plain dict: assigning to a
+        # Counter (a dict subclass) goes through a slot wrapper, on every request.
+        self._in_flight: dict[str, int] = {}
         self._tunnels: set[str] = set()
         self._hellos: dict[str, tls.ClientHelloData] = {}
         self._clients: dict[str, connection.Client] = {}
@@ -267,10 +271,22 @@ class ConnectionLimits:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         cid = flow.client_conn.id
         self._waiting.pop(cid, None)
-        self._hellos.pop(cid, None)
+        if self._hellos:  # (empty but for a handshake in progress: no call then)
+            self._hellos.pop(cid, None)
         in_flight = self._in_flight
-        in_flight[cid] = in_flight.get(cid, 0) + 1  # (Counter's default is a Python call)
+        in_flight[cid] = in_flight.get(cid, 0) + 1
         if flow.response is None:
+            # _too_large's sums, here, as a loop: most requests are within both limits, and
+            # this answers them without a call (and costs less than sum(map(len, chain(...)))).
+            data = flow.request.data
+            fields = data.headers.fields
+            count = len(fields)
+            if count <= self.max_headers:
+                size = len(data.path) + len(data.authority) + 4 * count
+                for name, value in fields:
+                    size += len(name) + len(value)
+                if size <= self.max_head:
+                    return
             self._too_large(flow)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -282,7 +298,7 @@ class ConnectionLimits:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         cid = data.context.client.id
-        if cid in self._clients and cid not in self._tunnels and not self._in_flight[cid]:
+        if cid in self._clients and cid not in self._tunnels and not self._in_flight.get(cid, 0):
             self._wait(cid, self.header_timeout, "no complete request")
             # Enforcement, after this part, may pass the connection through uninspected
             # (``ignore_connection``): mitmproxy then starts no hook for it; the sweep looks.
@@ -296,19 +312,22 @@ class ConnectionLimits:
 
     def _answered(self, flow: http.HTTPFlow) -> None:
         cid = flow.client_conn.id
-        left = self._in_flight.get(cid, 0) - 1
+        in_flight = self._in_flight
+        left = in_flight.get(cid, 0) - 1
         if left > 0:
-            self._in_flight[cid] = left
+            in_flight[cid] = left
             return
-        self._in_flight.pop(cid, None)
+        in_flight.pop(cid, None)
         if cid in self._clients and cid not in self._tunnels:
-            self._wait(cid, self.idle_timeout, "no next request")
+            # _wait(cid, self.idle_timeout, "no next request"), without the call: after every
+            # answer on a keep-alive connection.
+            self._waiting[cid] = (_monotonic() + self.idle_timeout, _NO_NEXT_REQUEST)
+            if self._sweeper is None and self._loop is not None:
+                self._sweeper = self._loop.call_later(SWEEP_EVERY, self._sweep)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._answered(flow)
+    response = _answered
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._answered(flow)
+    error = _answered
 
     def _tunnel(self, cid: str) -> None:
         """Bytes passed through (an uninspected TLS tunnel, a WebSocket): mitmproxy's own

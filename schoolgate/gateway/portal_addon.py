@@ -34,7 +34,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.addons import asgiapp
 
-from schoolgate.gateway.flowmark import for_portal
+from schoolgate.gateway.flowmark import KEY
 from schoolgate.gateway.health import OPS_PATHS
 from schoolgate.gateway.holder import PolicyHolder
 from schoolgate.gateway.portal_server import PortalHTTPServer, PortalServerLimits
@@ -205,7 +205,8 @@ class PortalAddon(asgiapp.WSGIApp):
             self._sender(self.app).stop()
 
     def should_serve(self, flow: http.HTTPFlow) -> bool:
-        return bool(for_portal(flow.metadata) and flow.live and not flow.error)
+        mark = flow.metadata.get(KEY)  # flowmark.for_portal, without its call: every request
+        return bool(mark is not None and mark.portal and flow.live and not flow.error)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.should_serve(flow):
