@@ -31,19 +31,25 @@ mean CPU time of this thread (which waiting for the shared machine's cores does 
   and a 30 KB script before the title (per KB too).
 
 ``--instructions`` also counts the instructions of each row with ``valgrind --tool=callgrind``
-(the same on a loaded machine as on an idle one): each row runs under valgrind twice, for 1
-and 3 rounds, and the difference is divided by the calls of 2 rounds.
+(the same on a loaded machine as on an idle one), every row in one run under valgrind: each
+row runs once (warm), the heap is settled (``gc.collect(); gc.freeze()``, as the gateway's
+``settle_heap`` does), then the row runs one more round with only that round counted
+(``--toggle-collect`` on the ``eval`` the round runs in, a dump after it), less what an empty
+round costs, divided by the row's calls. ``PYTHONHASHSEED=0``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -287,6 +293,7 @@ def _hook_rows(matcher: Matcher, paths: list[str]) -> dict[str, list]:
 
 def cost(matcher, items, rounds: int, instructions: bool) -> None:
     table = rows(matcher, items)
+    counted = count_instructions() if instructions else {}
     head = f"\n{'cost per call (us)':<36} {'p50':>8} {'p99':>8} {'CPU mean':>9} {'p50 per KB':>10}"
     print(head + (f" {'instructions':>13}" if instructions else ""))
     for name, (calls, size) in table.items():
@@ -294,45 +301,71 @@ def cost(matcher, items, rounds: int, instructions: bool) -> None:
         per_kb = f"{p50 / (size / 1024):>10.2f}" if size else f"{'':>10}"
         line = f"{name:<36} {p50:>8.2f} {p99:>8.2f} {cpu:>9.2f} {per_kb}"
         if instructions:
-            line += f" {count_instructions(name, len(calls)):>13,}"
+            line += f" {counted[name]:>13,}"
         print(line, flush=True)
 
 
-def count_instructions(row: str, calls: int) -> int:
-    """Instructions per call of ``row``: run under callgrind for 1 and 3 rounds."""
+def count_instructions() -> dict[str, int]:
+    """Instructions per call of every row, in one run under callgrind (see the module's
+    description): ``--rows`` runs them, a dump after each row's counted round."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    totals = []
-    for rounds in (1, 3):
-        done = subprocess.run(
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "cg.out"
+        subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
+                "--collect-atstart=no",
+                "--toggle-collect=builtin_eval",
+                "--dump-before=*math_gcd*",
+                f"--callgrind-out-file={out}",
                 sys.executable,
                 __file__,
-                "--row",
-                row,
-                "--rounds",
-                str(rounds),
+                "--rows",
+                str(Path(folder) / "calls.json"),
             ],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if not found:
-            raise SystemExit(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
-        totals.append(int(found.group(1)))
-    return round((totals[1] - totals[0]) / (2 * calls))
+        calls = json.loads((Path(folder) / "calls.json").read_text())
+        totals = []
+        for dump in Path(folder).glob("cg.out.*"):
+            found = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
+            totals.append((int(dump.name.rsplit(".", 1)[1]), int(found.group(1)) if found else 0))
+    totals.sort()
+    if len(totals) < len(calls):
+        raise SystemExit(f"callgrind wrote {len(totals)} dumps for {len(calls)} rows")
+    # One dump per row, in order (the last file is what follows the last row: nothing).
+    counted = dict(zip(calls, (total for _, total in totals), strict=False))
+    overhead = counted["(eval)"]
+    return {
+        name: round((counted[name] - overhead) / count)
+        for name, count in calls.items()
+        if not name.startswith("(")
+    }
 
 
-def run_row(row: str, rounds: int) -> None:
-    """What ``--instructions`` runs under valgrind: one row, ``rounds`` times, untimed."""
-    calls, _ = rows(load_matcher(), load_labelled())[row]
-    for _ in range(rounds):
-        for fn, arg in calls:
-            fn(*arg)
+def run_rows(calls_file: str) -> None:
+    """What ``--instructions`` runs under valgrind: each row once untimed (warm), the heap
+    settled, then once more, counted (inside ``eval``) and dumped after it."""
+    table = rows(load_matcher(), load_labelled())
+    counts = {}
+    # Two empty rounds first: the first eval's one-time cost, then what an eval costs itself.
+    for name, (calls, _) in {"(first)": ([], 0), "(eval)": ([], 0), **table}.items():
+        _run(calls)  # warm: right before, as a row before it may have made the words unseen
+        gc.collect()
+        gc.freeze()
+        eval("_run(calls)", {"_run": _run, "calls": calls})  # counted: inside eval only
+        math.gcd(0, 0)  # callgrind dumps the row's count here
+        counts[name] = len(calls)
+    Path(calls_file).write_text(json.dumps(counts))
+
+
+def _run(calls: list) -> None:
+    for fn, arg in calls:
+        fn(*arg)
 
 
 def main() -> None:
@@ -340,10 +373,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--instructions", action="store_true", help="count with callgrind")
     parser.add_argument("--cost-only", action="store_true", help="skip the quality figures")
-    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.row:
-        run_row(args.row, args.rounds)
+    if args.rows:
+        run_rows(args.rows)
         return
     start = time.perf_counter()
     matcher = load_matcher()

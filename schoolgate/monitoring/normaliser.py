@@ -82,6 +82,13 @@ _ASCII_WORDS = str.maketrans(
         **{c.upper(): c for c in "abcdefghijklmnopqrstuvwxyz"},
     }
 )
+# The same as bytes, for :meth:`bytes.translate`: a 256-byte table is one C loop, where a
+# ``str.translate`` with a dictionary looks each character up in it.
+_ASCII_BYTES = bytes(
+    ord(_ASCII_WORDS.get(byte, chr(byte))) if byte < 128 else byte for byte in range(256)
+)
+# Those bytes' shape: a separator stays a space, any other character is "x".
+_SHAPE = bytes(32 if byte == 32 else 120 for byte in range(256))
 _LEET_CHAR = re.compile(r"[0-9@$|!]")
 _SYMBOL = re.compile(r"[@$|!]")
 _LETTER = re.compile(r"[^\W\d_]")
@@ -109,10 +116,14 @@ def raw_words(text: str) -> list[str]:
         if "'" in text or "`" in text:
             text = _APOSTROPHE.sub("", text)
         # One C-level pass: case, then every separator to a space.
-        words = text.translate(_ASCII_WORDS).split()
+        data = text.encode().translate(_ASCII_BYTES)
+        words = data.decode().split()
         if "@" in text or "$" in text or "|" in text or "!" in text:
             # These are letters only inside a word or before one ("$uicide", not "hi!!")
             words = [w for w in (_lead_symbols(w) for w in words) if w]
+        elif b" x " not in data.translate(_SHAPE):
+            # No one-character word between two others, so not three of them: the usual.
+            return words
     else:
         text = unicodedata.normalize("NFKC", text)
         text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
@@ -191,14 +202,19 @@ def _leet_only(word: str) -> str:
 
 def _assemble(read: list[str]) -> Normalised:
     spaced = " ".join(read)
-    words = spaced.split()
+    if spaced.count(" ") == len(read) - 1 and "" not in read:
+        words = read  # the usual: each word read as one word (not "wanna" -> "want to")
+    else:
+        words = spaced.split()
     joined = "".join(words)
     if not words:
         bounds = bytearray(b"\1")
     elif spaced.isascii():
-        # 1 where a word starts, 0 elsewhere, then 1 at the end: in C, not per word.
-        marks = (" " + " ".join(words)).encode().translate(_MARKS).replace(b" \0", b"\1")
-        bounds = bytearray(marks + b"\1")
+        if len(spaced) != len(joined) + len(words) - 1:  # not one space between words
+            spaced = " ".join(words)
+        # 1 where a word starts, 0 elsewhere, then 1 at the end (the start of one more word):
+        # in C, not per word.
+        bounds = bytearray(f" {spaced} .".encode().translate(_MARKS).replace(b" \0", b"\1"))
     else:
         bounds = bytearray(len(joined) + 1)
         for at in itertools.accumulate(map(len, words), initial=0):

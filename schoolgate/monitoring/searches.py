@@ -329,6 +329,13 @@ def engine_of(host: str) -> Engine | None:
     return None
 
 
+@lru_cache(maxsize=8192)
+def _engine_as_sent(host: str) -> Engine | None:
+    """:func:`engine_of` for a host as the request sent it (a port or capitals): one cached
+    look-up for a host seen before, without normalising it again."""
+    return engine_of(normalize_host(host))
+
+
 def needs_body(host: str, path: str | None, method: str) -> bool:
     """Whether :func:`capture` reads this request's body (a search POSTed as a form or JSON)."""
     if method.upper() != "POST" or not path:
@@ -364,7 +371,7 @@ def capture(
     """
     if not path:
         return None
-    found = engine_of(normalize_host(host))
+    found = _engine_as_sent(host)
     if found is None:
         return None
     engine, routes = found

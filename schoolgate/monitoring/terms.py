@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import reduce
-from operator import or_
+from operator import itemgetter, or_
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,6 +63,27 @@ MIN_STEM = 4  # likewise a stem
 MAX_L_VARIANTS = 3  # a term's first three l's are also compiled as i
 CACHE_SIZE = 4096  # texts whose assessment is remembered
 MAX_MATCHES = 100_000  # distinct matches remembered (terms x allow-phrases x context phrases)
+
+
+def _test(pattern: _Pattern) -> tuple[int, int, int, int]:
+    """A pattern's conditions on a text's word breaks, as ``(mask, want, kind, index)``: the
+    pattern is found where the breaks from its start on (bit 0: its first character), masked,
+    equal ``want``. A break at its start; one at its end unless it is a stem; and none inside
+    it where the pattern has none (the text may have fewer breaks than the pattern, as in
+    ``killmyself``, never one more, as in ``the hero in`` for ``heroin``)."""
+    kind, index, length, inner, stem, _ = pattern
+    mask = want = 1
+    for at in range(1, length):
+        if at not in inner:
+            mask |= 1 << at
+    if not stem:
+        mask |= 1 << length
+        want |= 1 << length
+    return (mask, want, kind, index)
+
+
+_BITS = bytes.maketrans(b"\0\1", b"01")
+_FIRST = itemgetter(0)  # bounds as bytes of 0 and 1 -> "0" and "1"
 
 
 def _l_variants(text: str) -> set[str]:
@@ -152,9 +173,9 @@ _new_tuple = tuple.__new__
 
 _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 
-# What the automaton holds for a key: (whether every pattern must end at a word boundary,
-# the patterns). A pattern: (kind, index, length, word breaks inside it, is a stem, its
-# breaks as ``Normalised.bounds`` has them).
+# A pattern: (kind, index, length, word breaks inside it, is a stem, its breaks as
+# ``Normalised.bounds`` has them). What the automaton holds for a key: (its length, each of
+# its patterns' tests, see :func:`_test`).
 _Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 
@@ -198,8 +219,7 @@ class Matcher:
             self._add(table, _CONTEXT, index, rule.phrase, issues, rule.source, True)
         self._compile_rules(table, issues)
         for key, patterns in table.items():
-            needs_end = not any(stem for *_, stem in patterns)
-            self.automaton.add_word(key, (needs_end, tuple(patterns)))
+            self.automaton.add_word(key, (len(key), tuple(map(_test, patterns))))
         self.patterns = len(table) + len(self._single)
         if table:
             self.automaton.make_automaton()
@@ -384,30 +404,20 @@ class Matcher:
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
         phrases."""
-        bounds = norm.bounds
-        find = bounds.find
+        # The text's word breaks as the bits of one integer (bit i: a word starts or ends at
+        # offset i), so that a pattern's every condition on them is one test (see _test).
+        breaks = int(norm.bounds.translate(_BITS)[::-1], 2)
         terms: _Found = []
         allows: _Found = []
         context: _Found = []
         words: _Found = []
         by_kind = (terms, allows, context, words)
-        for end_index, (needs_end, patterns) in self.automaton.iter(norm.joined):
-            end = end_index + 1
-            at_end = bounds[end]
-            if needs_end and not at_end:
-                continue
-            for kind, index, length, inner, stem, same in patterns:
-                start = end - length
-                if not (at_end or stem) or not bounds[start]:
-                    continue
-                if inner and bounds[start + 1 : end] == same:  # the usual: the same breaks
-                    by_kind[kind].append((index, start, end))
-                    continue
-                at = find(1, start + 1, end)
-                while at >= 0 and at - start in inner:  # a break the pattern has too
-                    at = find(1, at + 1, end)
-                if at < 0:
-                    by_kind[kind].append((index, start, end))
+        for end_index, (length, tests) in self.automaton.iter(norm.joined):
+            start = end_index + 1 - length
+            window = breaks >> start
+            for mask, want, kind, index in tests:
+                if window & mask == want:
+                    by_kind[kind].append((index, start, start + length))
         word_ids = list(map(self._single.get, norm.words))
         return _new_tuple(_Hits, (terms, allows, context, words, word_ids))  # no Python __new__
 
@@ -469,47 +479,58 @@ class Matcher:
     def _apply_rules(self, norm: Normalised, hits: _Hits) -> list[Match]:
         """The rules whose every group was found, judged like terms. The bits of the
         phrases found rule out almost every rule without a loop over them."""
-        found = [phrase for phrase, _, _ in hits.words]
+        found = list(map(_FIRST, hits.words))
         found += filter(None, hits.word_ids)
         woken = set().union(*map(self._phrase_wakes.__getitem__, found))
         if not woken:  # most texts: no anchor of any rule
             return []
         found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
-        out = []
+        rule_masks = self._rule_masks
+        numbers = []
         for number in woken:
-            rule_mask = self._rule_masks[number]
+            rule_mask = rule_masks[number]
             if found_mask & rule_mask == rule_mask:
-                match = self._apply_rule(number, norm, hits)
-                if match is not None:
-                    out.append(match)
+                numbers.append(number)
+        if not numbers:
+            return []
+        # Where each phrase is, in words, once for all the rules: a longer phrase or a stem is
+        # found in the joined text, its offsets turned into words; then one word phrases.
+        spans: list[tuple[int, tuple[int, int]]] = []
+        starts = word_starts(norm) if hits.words or hits.allows else ()
+        for phrase, start, end in hits.words:
+            spans.append(
+                (phrase, (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end)))
+            )
+        for position, single in enumerate(hits.word_ids):
+            if single:
+                spans.append((single, (position, position + 1)))
+        out = []
+        for number in numbers:
+            match = self._apply_rule(number, norm, hits, spans, starts)
+            if match is not None:
+                out.append(match)
         return out
 
-    def _apply_rule(self, number: int, norm: Normalised, hits: _Hits) -> Match | None:
+    def _apply_rule(
+        self,
+        number: int,
+        norm: Normalised,
+        hits: _Hits,
+        spans: list[tuple[int, tuple[int, int]]],
+        starts: tuple[int, ...],
+    ) -> Match | None:
         rule = self.cooccurrence[number]
         found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
         vetoed = None
         groups_of = self._groups_of
-        starts = word_starts(norm)
-        # Spans in words: a one word phrase is where it is; a longer one or a stem is found
-        # in the joined text, its offsets turned into words.
-        for phrase, start, end in hits.words:
+        for phrase, span in spans:
             groups = groups_of[phrase].get(number)
             if groups is not None:
-                span = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
                 for group in groups:
                     if group < 0:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
                         found[group].append(span)
-        for position, single in enumerate(hits.word_ids):
-            if single:
-                groups = groups_of[single].get(number)
-                if groups is not None:
-                    for group in groups:
-                        if group < 0:
-                            vetoed = vetoed or self.phrases[single]
-                        else:
-                            found[group].append((position, position + 1))
         ordered, within = rule.ordered, rule.within
         if not (satisfied(found, within, ordered) if ordered or within is not None
                 else all(found)):  # fmt: skip
