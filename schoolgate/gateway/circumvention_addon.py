@@ -6,7 +6,10 @@
 
 * ``http_connect``, ``tls_clienthello``, ``request`` (and ``tcp_start`` for tunnels that carry
   neither TLS nor HTTP) build :class:`~schoolgate.circumvention.TrafficFacts` and run the
-  configured :class:`~schoolgate.circumvention.Detectors`. A finding is kept once per
+  configured :class:`~schoolgate.circumvention.Detectors` (a request that
+  :meth:`~schoolgate.circumvention.Detectors.quiet` proves holds nothing, the usual case, is
+  not inspected further: its names found nothing before under the same policy, and its path
+  and headers carry no sign any detector looks for). A finding is kept once per
   connection (its :attr:`~schoolgate.circumvention.CircumventionEvent.key`), recorded through
   the decision log's queue as an event of kind ``circumvention`` with all its evidence, and
   counted on the sanction :class:`~schoolgate.core.sanctions.Ladder`: once an attempt, however many
