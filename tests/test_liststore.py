@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schoolgate.core import liststore
+from schoolgate.core import liststore, liststore_write
 from schoolgate.core.configfile import Issues
 from schoolgate.core.hosts import normalize_host
 from schoolgate.core.lists import Matcher, parse_entries, parse_list
@@ -307,7 +307,7 @@ def test_two_processes_compile_the_same_file_as_one(tmp_path, monkeypatch):
     names = [f"{a}.{b}.example.{top}" for a in "abcdef" for b in "ghijkl" for top in ("com", "org")]
     path.write_text("\n".join(["# names", *names, "10.1.2.3", "x.example.com/path"]) + "\n")
     lists = [("c", [ListFile(path, "auto", "list.txt")])]
-    monkeypatch.setattr(liststore, "PARALLEL_KEYS", 10)
+    monkeypatch.setattr(liststore_write, "PARALLEL_KEYS", 10)
     written = {}
     for processes in (1, 2):
         dest = tmp_path / f"{processes}.sgl"
@@ -333,14 +333,14 @@ def test_the_compile_goes_on_when_the_second_process_fails(monkeypatch):
             return int(key)
 
     keys = [str(i) for i in range(50)]
-    monkeypatch.setattr(liststore, "PARALLEL_KEYS", 10)
-    assert list(liststore._key_ids(Trie(), keys, 2)) == list(range(50))
+    monkeypatch.setattr(liststore_write, "PARALLEL_KEYS", 10)
+    assert list(liststore_write.key_ids(Trie(), keys, 2)) == list(range(50))
 
     def no_fork() -> int:
         raise OSError("no more processes")
 
-    monkeypatch.setattr(liststore.os, "fork", no_fork)
-    assert list(liststore._key_ids(Trie(), keys, 2)) == list(range(50))
+    monkeypatch.setattr(liststore_write.os, "fork", no_fork)
+    assert list(liststore_write.key_ids(Trie(), keys, 2)) == list(range(50))
 
 
 @pytest.mark.parametrize("twice", [False, True])
@@ -361,7 +361,7 @@ def test_lists_of_domains_only_compile_to_the_same_file_without_the_matcher(
     calls: list = []
     progress = lambda *a: calls.append(a)  # noqa: E731
     assert liststore.compile_store(lists, allow, tmp_path / "fast.sgl", Issues(), progress)
-    monkeypatch.setattr(liststore, "_write_unique_domains", lambda *a: (False, None))
+    monkeypatch.setattr(liststore, "write_unique_domains", lambda *a: (False, None))
     assert liststore.compile_store(lists, allow, tmp_path / "matcher.sgl", Issues())
     if not twice:
         assert (tmp_path / "fast.sgl").read_bytes() == (tmp_path / "matcher.sgl").read_bytes()

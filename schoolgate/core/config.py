@@ -38,7 +38,7 @@ from schoolgate.core.identity_settings import (
     read_identity_sources,
 )
 from schoolgate.core.list_update_settings import read_list_updates
-from schoolgate.core.liststore import Progress
+from schoolgate.core.liststore_write import Progress
 from schoolgate.core.locations import find_config, find_data_dir
 from schoolgate.core.model import WINDOW_KINDS, Action
 from schoolgate.core.monitoring_settings import read_monitoring

@@ -23,7 +23,8 @@ from schoolgate.core.configfile import (
     wrap,
 )
 from schoolgate.core.lists import Matcher, ParsedList, parse_entries
-from schoolgate.core.liststore import ListFile, ListInput, Progress, load_store
+from schoolgate.core.liststore import ListFile, ListInput, load_store
+from schoolgate.core.liststore_write import Progress
 from schoolgate.core.model import Action
 from schoolgate.core.policy import AgeRestriction, CategorySettings
 from schoolgate.core.subscriptions import (

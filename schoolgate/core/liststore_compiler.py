@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
 
     gc.disable()  # millions of new objects that all live until the end: nothing to collect
     # This process has no other thread, so it may fork: a second core looks up half of the
-    # keys' ids (see liststore.write_store).
+    # keys' ids (see liststore_write.write_store).
     processes = 2 if (os.cpu_count() or 1) >= 2 else 1
     written = compile_store(categories, allowlist, Path(argv[0]), issues, report, processes)
     rows = {

@@ -44,7 +44,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 
@@ -64,7 +63,7 @@ from schoolgate.core.sanctions import (
     Supervision,
     subject_for,
 )
-from schoolgate.core.urlpaths import strip_url
+from schoolgate.gateway.attempt_record import attempt_record
 from schoolgate.gateway.background import Periodic
 from schoolgate.gateway.ban_sync import BanSync
 from schoolgate.gateway.findings import mark
@@ -85,7 +84,6 @@ from schoolgate.gateway.sanction_pages import (
 )
 from schoolgate.gateway.tunnels import OpenTunnels
 from schoolgate.storage.eventlog import new_ref
-from schoolgate.storage.records import circumvention_event
 
 log = logging.getLogger(__name__)
 
@@ -409,16 +407,6 @@ class CircumventionGuard(SanctionPages, BanSync):
         )
         return outcome
 
-    def _window(self, identity: Identity | None, at: datetime) -> tuple[str | None, str | None]:
-        policy = self.holder.policy
-        if policy is None or identity is None:
-            return None, None
-        try:
-            window = policy.window(identity.site, at)
-        except Exception:  # noqa: BLE001
-            return None, None
-        return window.kind, window.name
-
     def _record_event(
         self,
         event: CircumventionEvent,
@@ -433,40 +421,19 @@ class CircumventionGuard(SanctionPages, BanSync):
         url: str | None,
         method: str | None,
     ) -> None:
-        policy = self.holder.policy
-        keep_paths = policy.settings.keep_paths if policy is not None else True
-        window, window_name = self._window(identity, at)
-        detail: dict[str, Any] = {
-            **event.to_json(),
-            "stage": facts.stage,
-            "key": list(event.key),
-            "sanction": outcome.to_json(),
-        }
-        if facts.sni is not None:
-            detail["sni"] = facts.sni
-        if facts.port is not None:
-            detail["port"] = facts.port
-        if identity is not None and (identity.rule or identity.source != "default"):
-            detail["identity"] = f"{identity.source}: {identity.rule}"
         self.recorder.record(
-            circumvention_event(
+            attempt_record(
+                self.holder.policy,
+                event,
+                facts,
+                identity,
+                outcome,
                 ref=ref,
                 at=at,
-                action=outcome.action,
-                detector=event.detector,
-                summary=event.summary,
+                user=user,
                 client_ip=client_ip,
-                user=(identity.user if identity is not None else None) or user,
-                role=identity.role if identity is not None else None,
-                group=identity.group if identity is not None else None,
-                site=identity.site if identity is not None else None,
+                url=url,
                 method=method,
-                scheme=facts.scheme,
-                host=normalize_host(facts.host) if facts.host else None,
-                url=strip_url(url, keep_paths) if url else None,
-                window=window,
-                window_name=window_name,
-                detail=detail,
             )
         )
 
