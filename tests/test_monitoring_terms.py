@@ -9,6 +9,7 @@ import pytest
 
 from schoolgate.core.configfile import ConfigError, Issues
 from schoolgate.monitoring.library import load_library
+from schoolgate.monitoring.normaliser import Normaliser
 from schoolgate.monitoring.terms import Matcher, load_matcher, normalise
 
 
@@ -89,6 +90,26 @@ def test_joined_words_and_their_bounds():
     found = normalise("kill  my self")
     assert found.joined == "kilmyself"
     assert [i for i, b in enumerate(found.bounds) if b] == [0, 3, 5, 9]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("i wanna kill myself", "i want to kil myself"),  # a word read as two
+        ("a b c d", "abkd"),  # one-character words only: spelled out
+        ("is it a b c", "is it abk"),
+        ("a cat is a cat", "a kat is a kat"),  # one between two others, not three
+        ("x marks the spot y", "ks marks the spot y"),  # at both ends only
+        ("how to k i l l", "how to kil"),
+    ],
+)
+def test_a_normaliser_with_a_memory_reads_as_normalise_does(text, words):
+    spellings = {"wanna": "want to"}
+    remembering = Normaliser(spellings)
+    for _ in range(2):  # words new, then remembered
+        found = remembering(text)
+        assert found.text == words
+        assert found == normalise(text, spellings)
 
 
 # -- matching ---------------------------------------------------------------------------------

@@ -65,24 +65,25 @@ CACHE_SIZE = 4096  # texts whose assessment is remembered
 MAX_MATCHES = 100_000  # distinct matches remembered (terms x allow-phrases x context phrases)
 
 
-def _test(pattern: _Pattern) -> tuple[int, int, int, int]:
-    """A pattern's conditions on a text's word breaks, as ``(mask, want, kind, index)``: the
-    pattern is found where the breaks from its start on (bit 0: its first character), masked,
-    equal ``want``. A break at its start; one at its end unless it is a stem; and none inside
-    it where the pattern has none (the text may have fewer breaks than the pattern, as in
-    ``killmyself``, never one more, as in ``the hero in`` for ``heroin``)."""
-    kind, index, length, inner, stem, _ = pattern
-    mask = want = 1
-    for at in range(1, length):
-        if at not in inner:
-            mask |= 1 << at
-    if not stem:
-        mask |= 1 << length
-        want |= 1 << length
-    return (mask, want, kind, index)
+def _test(pattern: _Pattern) -> tuple[bytes, int, int, tuple[int, ...], bool]:
+    """A pattern as :meth:`Matcher._scan` tests it: ``(signature, kind, index, inner breaks,
+    stem)``, where the signature is a text's breaks (``Normalised.bounds``) from the pattern's
+    start to its end when the text has exactly the pattern's."""
+    kind, index, _, inner, stem, same = pattern
+    return (b"\1" + same + b"\1", kind, index, inner, stem)
 
 
-_BITS = bytes.maketrans(b"\0\1", b"01")
+def _no_other_break(seen: bytearray, inner: tuple[int, ...]) -> bool:
+    """Whether the breaks inside ``seen`` (a text's, from a pattern's start to its end) are
+    all among the pattern's ``inner`` ones (``killmyself`` for ``kill myself``, never ``the
+    hero in`` for ``heroin``)."""
+    last = len(seen) - 1
+    at = seen.find(1, 1, last)
+    while at >= 0 and at in inner:
+        at = seen.find(1, at + 1, last)
+    return at < 0
+
+
 _FIRST = itemgetter(0)  # bounds as bytes of 0 and 1 -> "0" and "1"
 
 
@@ -175,7 +176,7 @@ _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 
 # A pattern: (kind, index, length, word breaks inside it, is a stem, its breaks as
 # ``Normalised.bounds`` has them). What the automaton holds for a key: (its length, each of
-# its patterns' tests, see :func:`_test`).
+# its patterns as :func:`_test` gives it).
 _Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 
@@ -404,20 +405,23 @@ class Matcher:
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
         phrases."""
-        # The text's word breaks as the bits of one integer (bit i: a word starts or ends at
-        # offset i), so that a pattern's every condition on them is one test (see _test).
-        breaks = int(norm.bounds.translate(_BITS)[::-1], 2)
+        bounds = norm.bounds
         terms: _Found = []
         allows: _Found = []
         context: _Found = []
         words: _Found = []
         by_kind = (terms, allows, context, words)
         for end_index, (length, tests) in self.automaton.iter(norm.joined):
-            start = end_index + 1 - length
-            window = breaks >> start
-            for mask, want, kind, index in tests:
-                if window & mask == want:
-                    by_kind[kind].append((index, start, start + length))
+            end = end_index + 1
+            start = end - length
+            seen = bounds[start : end + 1]  # the text's breaks from the start to the end
+            for signature, kind, index, inner, stem in tests:
+                # The usual: exactly the pattern's breaks. Else a break at the start, one at
+                # the end unless a stem, and none inside that the pattern does not have.
+                if seen == signature or (
+                    seen[0] and (stem or seen[-1]) and _no_other_break(seen, inner)
+                ):
+                    by_kind[kind].append((index, start, end))
         word_ids = list(map(self._single.get, norm.words))
         return _new_tuple(_Hits, (terms, allows, context, words, word_ids))  # no Python __new__
 
@@ -485,52 +489,41 @@ class Matcher:
         if not woken:  # most texts: no anchor of any rule
             return []
         found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
-        rule_masks = self._rule_masks
-        numbers = []
-        for number in woken:
-            rule_mask = rule_masks[number]
-            if found_mask & rule_mask == rule_mask:
-                numbers.append(number)
-        if not numbers:
-            return []
-        # Where each phrase is, in words, once for all the rules: a longer phrase or a stem is
-        # found in the joined text, its offsets turned into words; then one word phrases.
-        spans: list[tuple[int, tuple[int, int]]] = []
-        starts = word_starts(norm) if hits.words or hits.allows else ()
-        for phrase, start, end in hits.words:
-            spans.append(
-                (phrase, (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end)))
-            )
-        for position, single in enumerate(hits.word_ids):
-            if single:
-                spans.append((single, (position, position + 1)))
         out = []
-        for number in numbers:
-            match = self._apply_rule(number, norm, hits, spans, starts)
-            if match is not None:
-                out.append(match)
+        for number in woken:
+            rule_mask = self._rule_masks[number]
+            if found_mask & rule_mask == rule_mask:
+                match = self._apply_rule(number, norm, hits)
+                if match is not None:
+                    out.append(match)
         return out
 
-    def _apply_rule(
-        self,
-        number: int,
-        norm: Normalised,
-        hits: _Hits,
-        spans: list[tuple[int, tuple[int, int]]],
-        starts: tuple[int, ...],
-    ) -> Match | None:
+    def _apply_rule(self, number: int, norm: Normalised, hits: _Hits) -> Match | None:
         rule = self.cooccurrence[number]
         found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
         vetoed = None
         groups_of = self._groups_of
-        for phrase, span in spans:
+        starts = word_starts(norm)
+        # Spans in words: a one word phrase is where it is; a longer one or a stem is found
+        # in the joined text, its offsets turned into words.
+        for phrase, start, end in hits.words:
             groups = groups_of[phrase].get(number)
             if groups is not None:
+                span = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
                 for group in groups:
                     if group < 0:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
                         found[group].append(span)
+        for position, single in enumerate(hits.word_ids):
+            if single:
+                groups = groups_of[single].get(number)
+                if groups is not None:
+                    for group in groups:
+                        if group < 0:
+                            vetoed = vetoed or self.phrases[single]
+                        else:
+                            found[group].append((position, position + 1))
         ordered, within = rule.ordered, rule.within
         if not (satisfied(found, within, ordered) if ordered or within is not None
                 else all(found)):  # fmt: skip
