@@ -57,7 +57,9 @@ def start_gateway(
     append_log: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
-    """`schoolgate run` with ``extra`` arguments, returned once it listens."""
+    """`schoolgate run` with ``extra`` arguments, returned once it listens (and, with
+    ``--portal-port``, once the portal's own port does too: it opens a moment after the
+    proxy's, later still on a busy machine)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "schoolgate.cli", "run", "--config", str(config)]
         + ["--data-dir", str(data_dir), "--listen-host", listen_host, "--listen-port", str(port)]
@@ -69,6 +71,10 @@ def start_gateway(
         env=dict(env) if env is not None else None,
     )
     wait_port(port, proc, log, host=listen_host)
+    if "--portal-port" in extra:
+        portal_port = int(extra[extra.index("--portal-port") + 1])
+        portal_host = extra[extra.index("--portal-host") + 1] if "--portal-host" in extra else None
+        wait_port(portal_port, proc, log, host=portal_host or "127.0.0.1")
     return proc
 
 
