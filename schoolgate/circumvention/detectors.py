@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from schoolgate.circumvention.facts import CircumventionEvent, IPAddress, TrafficFacts
 from schoolgate.circumvention.hostnames import NO_HOST, HostInfo, analyse_host
+from schoolgate.circumvention.proxies import has_proxy_sign
 from schoolgate.circumvention.registry import DETECTORS, REGISTRY
 from schoolgate.circumvention.vpn import vpn_user_agent
 from schoolgate.core.hosts import registrable_domain
@@ -188,24 +189,7 @@ class Detectors:
         """
         if names not in self._quiet_requests:
             return False
-        if path and (
-            "dns" in path
-            or "/resolve" in path
-            or "prox" in path
-            or ".php" in path
-            or "/service/" in path
-            or "/scram" in path
-            or "/bare/" in path
-            or "/wisp" in path
-            or "nph-" in path
-            or "__cpo=" in path
-            or "aHR0c" in path
-            or "/main/" in path
-            or "/go/" in path
-            or "/p/" in path
-            or "/surf/" in path
-            or (len(path) > 34 and path[33] == "/")
-        ):
+        if path and ("dns" in path or "/resolve" in path or has_proxy_sign(path)):
             return False
         if headers:
             # (`in` before reading: most requests have none of these, or no Content-Type)

@@ -117,6 +117,28 @@ def wrapped_path(path: str | None, wrapped: str, wrapper: str = "") -> str | Non
     return (found.group(1) if found else None) or "/"
 
 
+def has_proxy_sign(path: str) -> bool:
+    """Whether a path has any of the signs a web proxy's paths are matched on (the cheap test
+    before :func:`match_web_proxy`'s patterns; the detectors' quiet check asks it too, so a
+    sign added here is never skipped there)."""
+    return (
+        "prox" in path
+        or ".php" in path
+        or "/service/" in path
+        or "/scram" in path
+        or "/bare/" in path
+        or "/wisp" in path
+        or "nph-" in path
+        or "__cpo=" in path
+        or "aHR0c" in path
+        or "/main/" in path
+        or "/go/" in path
+        or "/p/" in path
+        or "/surf/" in path
+        or (len(path) > 34 and path[33] == "/")
+    )
+
+
 def web_proxy(
     det: DetectorContext, f: TrafficFacts, hi: HostInfo
 ) -> list[CircumventionEvent] | None:
@@ -130,22 +152,7 @@ def web_proxy(
         path = f.path
         if not path:
             return None
-        if (
-            "prox" in path
-            or ".php" in path
-            or "/service/" in path
-            or "/scram" in path
-            or "/bare/" in path
-            or "/wisp" in path
-            or "nph-" in path
-            or "__cpo=" in path
-            or "aHR0c" in path
-            or "/main/" in path
-            or "/go/" in path
-            or "/p/" in path
-            or "/surf/" in path
-            or (len(path) > 34 and path[33] == "/")
-        ):
+        if has_proxy_sign(path):
             found = match_web_proxy(path)
     if found is None:
         return None

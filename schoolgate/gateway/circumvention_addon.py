@@ -381,46 +381,6 @@ class CircumventionGuard(SanctionPages, BanSync):
                 }
             )
             self._worker.wake()
-        self._record_event(
-            event,
-            facts,
-            identity,
-            outcome,
-            ref=ref,
-            at=at,
-            user=user,
-            client_ip=client_ip,
-            url=url,
-            method=method,
-        )
-        level = logging.WARNING if outcome.counted else logging.INFO
-        log.log(
-            level,
-            "schoolgate: circumvention %s/%s by %s (%s): %s [%s] -> %s",
-            event.detector,
-            event.kind,
-            subject,
-            role,
-            event.summary,
-            ref,
-            outcome.action,
-        )
-        return outcome
-
-    def _record_event(
-        self,
-        event: CircumventionEvent,
-        facts: TrafficFacts,
-        identity: Identity | None,
-        outcome: Outcome,
-        *,
-        ref: str,
-        at: datetime,
-        user: str | None,
-        client_ip: str | None,
-        url: str | None,
-        method: str | None,
-    ) -> None:
         self.recorder.record(
             attempt_record(
                 self.holder.policy,
@@ -436,6 +396,19 @@ class CircumventionGuard(SanctionPages, BanSync):
                 method=method,
             )
         )
+        level = logging.WARNING if outcome.counted else logging.INFO
+        log.log(
+            level,
+            "schoolgate: circumvention %s/%s by %s (%s): %s [%s] -> %s",
+            event.detector,
+            event.kind,
+            subject,
+            role,
+            event.summary,
+            ref,
+            outcome.action,
+        )
+        return outcome
 
     # -- hooks --------------------------------------------------------------------------------
     # An exception here is not caught: the dispatch refuses the traffic (the filter could not
