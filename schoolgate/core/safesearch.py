@@ -117,8 +117,9 @@ def _rewrite(path: str, values: dict[str, str | None], what: str) -> SafeSearchC
 
 def may_change(host: str) -> bool:
     """False when :func:`enforce` answers None for ``host`` whatever the path and settings:
-    a host none of the services above can be. The checks :func:`enforce` starts with, without
-    its call: the gateway asks this first, for every request, and remembers the answer."""
+    a host none of the services above can be. :func:`enforce` asks it first, so a service it
+    learns must be added here; the gateway asks it alone, for every request, and remembers
+    the answer."""
     return host in YOUTUBE_HOSTS or "google." in host or "bing." in host or "duckduckgo." in host
 
 
@@ -131,6 +132,8 @@ def enforce(
     ``path`` with its query, as sent (None for a request whose path is not known).
     ``youtube_restrict``: ``"strict"``, ``"moderate"`` or None.
     """
+    if not may_change(host):  # the one list of the hosts handled below
+        return None
     if youtube_restrict and host in YOUTUBE_HOSTS:
         value = YOUTUBE_VALUES.get(youtube_restrict.lower(), "Strict")
         return SafeSearchChange(

@@ -201,22 +201,7 @@ class GatewayPages:
         return host == policy.settings.portal_host and not is_gateway_page(flow.request.path)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response:
-            return
-        # is_own's first answer, without its call: a request to a site on the internet (by
-        # far the most) is not ours.
-        named = request_view(flow.request).named_host
-        policy = self.holder.policy
-        if (
-            named is not None
-            and policy is not None
-            and not named[-1:].isdigit()
-            and ":" not in named
-            and named != policy.settings.portal_host
-            and not named.startswith("wpad")
-        ):
-            return
-        if not self.is_own(flow):
+        if flow.response or not self.is_own(flow):
             return
         mark = marked(flow.metadata)
         mark.own = True
