@@ -55,11 +55,22 @@ class Switchable:
     """One proxy process whose schoolgate addons can be switched off and on."""
 
     def __init__(
-        self, scenario: Scenario, work: Path, conf: Path, addon: str, extra: tuple[str, ...] = ()
+        self,
+        scenario: Scenario,
+        work: Path,
+        conf: Path,
+        addon: str,
+        extra: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+        timeout: float = 30,
     ) -> None:
+        """``prefix``: a command to run the proxy under (valgrind), ``timeout``: how long it
+        may take to listen."""
         kind = "switchable-empty" if addon == "empty" else "switchable"
         # Its stdout is read: it prints "on" or "off" once switched.
-        self.proxy = Proxy.start(kind, scenario, work, conf, extra, stdout=subprocess.PIPE)
+        self.proxy = Proxy.start(
+            kind, scenario, work, conf, extra, subprocess.PIPE, prefix=prefix, timeout=timeout
+        )
         self.proc, self.port, self.ca = self.proxy.proc, self.proxy.port, self.proxy.ca
         self.address = self.proxy.address
         self.env = self.proxy.client_env(scenario.https)

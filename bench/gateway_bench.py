@@ -531,19 +531,25 @@ class Proxy:
         conf: Path,
         extra: tuple[str, ...] = (),
         stdout: int = subprocess.DEVNULL,
+        prefix: tuple[str, ...] = (),
+        timeout: float = 30,
     ) -> Proxy:
         """Start one proxy (``extra``: more arguments for its command line; ``stdout``:
-        ``subprocess.PIPE`` to read what it prints, as text), pinned if the bench pins, and
-        wait until it listens."""
+        ``subprocess.PIPE`` to read what it prints, as text; ``prefix``: a command it runs
+        under, such as valgrind), pinned if the bench pins, and wait until it listens (at most
+        ``timeout`` seconds)."""
         folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{scenario.name}-", dir=work))
         port = free_port()
         cmd = [*proxy_command(kind, port, folder, conf, scenario.https), *extra]
+        if prefix and cmd[0] == "mitmdump":  # valgrind is given the script's path
+            cmd[0] = shutil.which("mitmdump") or str(Path(sys.executable).parent / "mitmdump")
+        cmd = [*prefix, *cmd]
         if PINNING.proxy_cpu is not None:
             cmd = ["taskset", "-c", str(PINNING.proxy_cpu), *cmd]
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         proxy = cls(kind, proc, port, folder / "ca" / "mitmproxy-ca-cert.pem")
         try:
-            wait_port(port, proc)
+            wait_port(port, proc, timeout)
         except BaseException:
             proxy.stop()
             raise
