@@ -201,6 +201,9 @@ def idle_rates(counted: Counted, seconds: float) -> dict[int, float]:
     return {tid: count / phase.seconds for tid, count in phase.threads.items()}
 
 
+# The first request of a connection must be complete within schoolgate_header_timeout (30 s):
+# under valgrind, the TLS handshake alone (a certificate made for the host) can take longer.
+SLOW = ("--set", "schoolgate_header_timeout=3600")
 QUIET = (
     "schoolgate_bans_interval=3600",
     "schoolgate_exceptions_interval=3600",
@@ -228,7 +231,7 @@ def run_switchable(
     scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
 ) -> list[State]:
     scenario, extra, origin = named_origin(scenario, work)
-    extra = (*extra, *quiet_options(args))
+    extra = (*extra, *SLOW, *quiet_options(args))
     out = Path(tempfile.mkdtemp(prefix="cg-switch-", dir=work)) / "cg.out"
     try:
         proxy = Switchable(
@@ -245,7 +248,7 @@ def run_schoolgate(
     scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
 ) -> list[State]:
     scenario, extra, origin = named_origin(scenario, work)
-    extra = (*extra, *quiet_options(args))
+    extra = (*extra, *SLOW, *quiet_options(args))
     out = Path(tempfile.mkdtemp(prefix="cg-run-", dir=work)) / "cg.out"
     try:
         proxy = Proxy.start(
