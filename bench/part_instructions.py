@@ -8,7 +8,9 @@ adds it. The same events as there (an allowed HTTP/1.1 GET from a student, the t
 with collection off, and in each phase of ``--requests`` requests one part's hooks (or, in the
 phase "all parts", the one addon mitmproxy sees: the parts and the dispatch between them) are
 called through ``functools.reduce``, the function callgrind is told to count inside
-(``--toggle-collect``); a call of ``math.gcd`` between phases makes callgrind write what each
+(``--toggle-collect``; in the phase "all parts" the parts' hooks are called as the gateway
+calls them, not through the wrappers that count each part in its own phase); a call of
+``math.gcd`` between phases makes callgrind write what each
 phase counted (``--dump-before``). Only the event loop's thread is read
 (``--separate-threads``): the gateway's background threads do not count. The counts hold the
 ``reduce`` call around each hook (printed, about 1,500 instructions a call; subtract it per
@@ -54,6 +56,24 @@ def _counted(addon: object, label: str) -> None:
         setattr(addon, hook, counted)
 
 
+def _choose(served: object, counted: object) -> None:
+    """``served``'s hooks counted in the phase "all parts"; in a part's phase, ``counted``'s
+    (the same parts, each part's hooks counted in its own phase) called instead."""
+    reduce = functools.reduce
+    for hook in HOOKS:
+        fn = getattr(served, hook, None)
+        if not callable(fn):
+            continue
+        other = getattr(counted, hook)
+
+        def choose(*args, fn=fn, other=other):
+            if ACTIVE[0] == "all parts":
+                return reduce(lambda _a, _b: fn(*args), (0,), None)
+            return other(*args)
+
+        setattr(served, hook, choose)
+
+
 async def phases(out: Path, host: str, port: int, requests: int, gc_off: bool) -> None:
     from mitmproxy import hooks, options
     from mitmproxy.proxy.layers.http import (
@@ -74,14 +94,17 @@ async def phases(out: Path, host: str, port: int, requests: int, gc_off: bool) -
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(ROOT / "tests" / "data" / "gateway", tmp / "config")
     parts = make_addons()
+    # The dispatch keeps the hooks it finds when it is made: this one the parts' own, as the
+    # gateway serves them (what "all parts" counts: no part's counting wrapper in it) ...
+    served = make_chain(parts)[0]
     labels = []
     for part in parts:
         if any(callable(getattr(part, hook, None)) for hook in HOOKS):
             _counted(part, type(part).__name__)
             labels.append(type(part).__name__)
-    chain = make_chain(parts)  # the dispatch keeps the hooks it finds now: the counted ones
-    _counted(chain[0], "all parts")
-    master.addons.add(*chain)
+    # ... and this one the counted ones, for each part's phase.
+    _choose(served, make_chain(parts)[0])
+    master.addons.add(served)
     opts.update(
         confdir=str(CA_DIR),
         flow_detail=0,

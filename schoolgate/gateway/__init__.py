@@ -126,5 +126,10 @@ def make_chain(addons: list | None = None) -> list:
     addons = addons if addons is not None else make_addons()
     enforcement = next(a for a in addons if isinstance(a, Enforcement))
     recorder = next((a for a in addons if isinstance(a, Recorder)), None)
-    barrier = recorder.durable_barrier if recorder is not None else None
-    return [Schoolgate(addons, decider=enforcement, barrier=barrier)]
+    if recorder is None:
+        return [Schoolgate(addons, decider=enforcement)]
+    return [
+        Schoolgate(
+            addons, decider=enforcement, barrier=recorder.durable_barrier, pending=recorder.durable
+        )
+    ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any
 
 # Importing these registers every hook mitmproxy has in ``hooks.all_hooks``.
@@ -63,7 +63,8 @@ def _part_name(part: Any) -> str:
 class Schoolgate:
     """The parts, in order (each reads the ones before it); ``decider`` is the part whose
     failure must refuse the flow (``decider.fail_closed(hook, *args)``); ``barrier()``, after
-    the parts of a flow's event, returns None or an awaitable to finish before the answer."""
+    the parts of a flow's event, returns None or an awaitable to finish before the answer
+    (not called while ``pending``, if given, is empty)."""
 
     name = "schoolgate"
 
@@ -73,11 +74,15 @@ class Schoolgate:
         *,
         decider: Any = None,
         barrier: Callable[[], Awaitable | None] | None = None,
+        pending: Sized | None = None,
     ) -> None:
         # Not called `addons`: mitmproxy would then offer every event to every part.
         self.parts = tuple(parts)
         self.decider = decider
         self.barrier = barrier
+        # While ``pending`` (the recorder's list of sanction events not yet synced: the same
+        # list object all along) is empty, ``barrier()`` has nothing to give and is not called.
+        self.pending = pending
         names = {
             n for n in hooks.all_hooks if n != "add_log" and any(hasattr(p, n) for p in self.parts)
         }
@@ -129,22 +134,27 @@ class Schoolgate:
 
         failed = self._failed
         isawaitable = inspect.isawaitable
+        pending = self.pending
+        if pending is None:
+            pending = _ALWAYS
 
-        def dispatch_then_wait(*args: Any) -> Awaitable | None:
-            # self._run(name, calls, 0, args), inline, and without an index: a flow's events
-            # come here, about ten parts each, and this is the loop they all go round.
+        def dispatch_then_wait(subject: Any) -> Awaitable | None:
+            # self._run(name, calls, 0, (subject,)), inline, and without an index: a flow's
+            # events come here, about ten parts each, and this is the loop they all go round.
+            # One argument (every flow and connection event has one), passed as it is: a call
+            # with ``*args`` costs a third more, for each part.
             for part, fn in calls:
                 try:
-                    result = fn(*args)
+                    result = fn(subject)
                 except exceptions.AddonHalt:
                     raise
                 except Exception:  # noqa: BLE001 - one part's failure must not skip the rest
-                    failed(part, name, args)
+                    failed(part, name, (subject,))
                     continue
                 if result is not None and isawaitable(result):
                     i = next(k for k, call in enumerate(calls) if call[1] is fn)
-                    return _then(self._resume(name, calls, i, args, result), barrier)
-            return barrier()
+                    return _then(self._resume(name, calls, i, (subject,), result), barrier)
+            return barrier() if pending else None
 
         return dispatch_then_wait
 
@@ -181,6 +191,10 @@ class Schoolgate:
                 self.decider.fail_closed(name, *args)
             except Exception:  # noqa: BLE001
                 log.exception("schoolgate: could not refuse after %s failed", _part_name(part))
+
+
+# What ``pending`` is when none was given: never empty, so ``barrier()`` is always asked.
+_ALWAYS = (True,)
 
 
 async def _then(pending: Awaitable, barrier: Callable[[], Awaitable | None]) -> None:

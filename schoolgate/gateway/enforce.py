@@ -504,10 +504,12 @@ class Enforcement:
                 decision = self._destination_refusal(facts, refused)
             if metadata and decision.action is _ALLOW:
                 decision = self._finding_refusal(facts, flow) or decision
-            if decision.action is _ALLOW:
-                self._allowed(flow, policy, decision, facts)
-            else:
+            if decision.action is not _ALLOW:
                 self._block(flow, decision, facts)
+            elif decision.category is not None or not _no_safe_search.get(host, False):
+                # (Most allowed requests: no category to log, a host safe search leaves alone;
+                # then there is nothing for _allowed to do, and it is not called.)
+                self._allowed(flow, policy, decision, facts)
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.exception("schoolgate: request to %s failed to be decided", flow.request.host)
             self._block(flow, failed_decision(facts, exc), facts)

@@ -82,7 +82,12 @@ def request_view(request: http.Request) -> RequestView:
             name = _field_name(raw_name)
         if name is None:
             continue
-        value = raw_value.decode("utf-8", "surrogateescape")
+        # decode() with no arguments is a third cheaper than naming the codec and the error
+        # handler, and gives the same text for valid UTF-8 (what browsers send).
+        try:
+            value = raw_value.decode()
+        except UnicodeDecodeError:
+            value = raw_value.decode("utf-8", "surrogateescape")
         if not name:  # _HOST
             host_header = value if host_header is None else f"{host_header}, {value}"
             host_count += 1
@@ -104,6 +109,10 @@ def request_view(request: http.Request) -> RequestView:
         named, problem = None, "more than one Host header"
     method = _methods.get(data.method) or _text(_methods, data.method, upper=True)
     scheme = _schemes.get(data.scheme) or _text(_schemes, data.scheme)
+    try:
+        path = data.path.decode()
+    except UnicodeDecodeError:
+        path = data.path.decode("utf-8", "surrogateescape")
     # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function.
     view = _make_view(
         RequestView,
@@ -115,7 +124,7 @@ def request_view(request: http.Request) -> RequestView:
             scheme,
             data.host,
             data.port,
-            data.path.decode("utf-8", "surrogateescape"),
+            path,
             problem,
         ),
     )

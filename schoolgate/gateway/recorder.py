@@ -66,7 +66,9 @@ class Recorder:
         self.secret: bytes = b""
         self._url: str | None = None
         self._data_dir: Path | None = None
-        self._durable: list[Future] = []
+        # Sanction events written and not yet synced. The same list all along (emptied, never
+        # replaced): the dispatch holds it, and asks for a barrier only while it has any.
+        self.durable: list[Future] = []
         self._sync_slow_logged = False
         self._dead = _DeadLetterAlerts(self)
         holder.subscribe(self)
@@ -138,17 +140,18 @@ class Recorder:
             return
         if event.kind == CIRCUMVENTION_KIND and event.action in SANCTIONS:
             waiting = eventlog.record(event, durable=True)
-            if waiting is not None and not waiting.done() and len(self._durable) < MAX_WAITING:
-                self._durable.append(waiting)
+            if waiting is not None and not waiting.done() and len(self.durable) < MAX_WAITING:
+                self.durable.append(waiting)
             return
         eventlog.record(event)
 
     def durable_barrier(self) -> Awaitable | None:
         """What the hook that recorded a sanction must wait for before it answers (None:
         nothing to wait for). Called on the event loop after every hook: O(1)."""
-        if not self._durable:
+        if not self.durable:
             return None
-        waiting, self._durable = self._durable, []
+        waiting = self.durable[:]
+        self.durable.clear()
         return self._synced(waiting)
 
     async def _synced(self, waiting: list[Future]) -> None:
