@@ -35,7 +35,7 @@ from schoolgate.core.listformats import (
     parse_entries,
     parse_list,
 )
-from schoolgate.core.model import ListMatch
+from schoolgate.core.model import ListMatch, list_match
 from schoolgate.core.urlpaths import normalize_path, path_under
 
 __all__ = [
@@ -222,7 +222,7 @@ class Matcher:
             cat = ref & self._cat_mask
             rest = ref >> self._cat_bits
             src = self._sources[rest & self._src_mask]
-            match = ListMatch(self._names[cat], entry, f"{src}:{rest >> self._src_bits}", kind)
+            match = list_match(self._names[cat], entry, f"{src}:{rest >> self._src_bits}", kind)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[key] = match

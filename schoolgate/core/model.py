@@ -232,3 +232,56 @@ def new_decision(
     decision.until = until
     decision.error = error
     return decision
+
+
+# -- building the per-request values cheaply ------------------------------------------------------
+# A frozen dataclass's __init__ sets each field through object.__setattr__ (about 1,700
+# instructions a field: an Identity costs 16,000, a ListMatch 7,000). A new client address
+# builds an Identity and a listed host a ListMatch, so these two are built as a plain class
+# with the same slots, whose instance then becomes the frozen class's: ``__class__``
+# assignment between classes of the same layout, which Python supports. The result is the
+# frozen class's instance in every way (equality, hash, repr, frozen), for about 2,500.
+class _IdentityDraft:
+    __slots__ = Identity.__slots__
+
+
+class _ListMatchDraft:
+    __slots__ = ListMatch.__slots__
+
+
+def identity_of(
+    role: str,
+    site: str,
+    user: str | None = None,
+    group: str | None = None,
+    date_of_birth: date | None = None,
+    client_ip: str | None = None,
+    source: str = "default",
+    rule: str = "",
+    device: str | None = None,
+) -> Identity:
+    """The same :class:`Identity` as ``Identity(...)`` with these arguments, built for a
+    sixth of the cost (see above)."""
+    draft: Any = _new_object(_IdentityDraft)
+    draft.role = role
+    draft.site = site
+    draft.user = user
+    draft.group = group
+    draft.date_of_birth = date_of_birth
+    draft.client_ip = client_ip
+    draft.source = source
+    draft.rule = rule
+    draft.device = device
+    draft.__class__ = Identity
+    return draft  # type: ignore[no-any-return]
+
+
+def list_match(category: str, entry: str, source: str, kind: str) -> ListMatch:
+    """The same :class:`ListMatch` as ``ListMatch(...)``, built for a third of the cost."""
+    draft: Any = _new_object(_ListMatchDraft)
+    draft.category = category
+    draft.entry = entry
+    draft.source = source
+    draft.kind = kind
+    draft.__class__ = ListMatch
+    return draft  # type: ignore[no-any-return]
