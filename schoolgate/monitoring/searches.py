@@ -348,8 +348,18 @@ def needs_body(host: str, path: str | None, method: str) -> bool:
 
 
 def _route_of(path: str) -> str:
-    route = path.partition("?")[0].partition("#")[0].partition(";")[0].lower()
-    if len(route) > 1 and route.endswith("/"):
+    return _route_name(path.partition("?")[0])
+
+
+def _route_name(head: str) -> str:
+    """The route of a path's part before its query: lower case, without a fragment, Yahoo's
+    ";_ylt=..." or a trailing slash."""
+    if "#" in head:  # (a test is cheaper than a partition, and most have neither)
+        head = head.partition("#")[0]
+    if ";" in head:
+        head = head.partition(";")[0]
+    route = head.lower()
+    if route[-1:] == "/" and len(route) > 1:
         route = route.rstrip("/") or "/"
     return route
 
@@ -382,8 +392,8 @@ def capture(
     scope = None
     vertical_override = None
     if route is None:
-        route_name = _route_of(path)
-        route = routes.get(route_name)
+        route_name = _route_name(head)
+        route = routes.get(route_name) if route_name != head else None
         if route is None:
             route, scope, vertical_override = _pattern_route(engine, route_name, routes)
             if route is None:

@@ -508,12 +508,13 @@ class Matcher:
         woken: set[int] = set()
         found_mask = 0
         for phrase, _, _ in hits.words:
-            woken.update(wakes[phrase])
-            found_mask |= masks[phrase]
-        for phrase in hits.word_ids:
-            if phrase:
+            if wakes[phrase]:
                 woken.update(wakes[phrase])
-                found_mask |= masks[phrase]
+            found_mask |= masks[phrase]
+        for phrase in filter(None, hits.word_ids):  # in C: the words that are rule phrases
+            if wakes[phrase]:
+                woken.update(wakes[phrase])
+            found_mask |= masks[phrase]
         if not woken:  # most texts: no anchor of any rule
             return []
         out = []
