@@ -164,7 +164,8 @@ class Assessment:
 NOTHING = Assessment()
 _new_tuple = tuple.__new__
 _new = object.__new__
-_set_matches = Assessment.matches.__set__  # type: ignore[attr-defined]
+# The slot's own setter (a frozen dataclass refuses setattr).
+_set_matches = Assessment.__dict__["matches"].__set__
 
 # -- the matcher --------------------------------------------------------------------------------
 
@@ -537,9 +538,11 @@ class Matcher:
         # One list of spans per group: a literal (the library allows five groups), cheaper
         # than a comprehension.
         count = self._group_counts[number]
-        found: list[list[tuple[int, int]]] = (
-            [[], [], [], [], []][:count] if count <= 5 else [[] for _ in range(count)]
-        )
+        found: list[list[tuple[int, int]]] = [[], [], [], [], []]
+        if count < 5:
+            del found[count:]
+        elif count > 5:
+            found += [[] for _ in range(count - 5)]
         vetoed = None
         groups_of = self._groups_of
         # The phrases found in the joined text first, then the one word phrases: the first
