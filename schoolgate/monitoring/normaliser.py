@@ -28,7 +28,7 @@ import itertools
 import operator
 import re
 import unicodedata
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
 MAX_WORDS = 50_000  # words a Normaliser remembers before it starts again
@@ -246,26 +246,43 @@ class Normaliser:
         self.spellings = spellings or {}
         self.max_words = max_words
         self._read: dict[str, str] = {}
+        # The words read as one word (most): a text of only these needs none of
+        # :func:`_assemble`'s checks.
+        self._one_word: dict[str, str] = {}
 
     def __call__(self, text: str) -> Normalised:
         words = raw_words(text)
-        known = list(map(self._read.get, words))  # in C: every word known, as a rule
-        if None in known:
+        try:  # in C: every word known and read as one word, as a rule
+            known = tuple(map(self._one_word.__getitem__, words))
+        except KeyError:
+            known = ()
+        if not known:  # a word not known or not read as one word, or no words at all
+            read = self._read.get
             return _assemble(
-                [read or self._learn(word) for word, read in zip(words, known, strict=True)]
+                [found if (found := read(word)) else self._learn(word) for word in words]
             )
-        return _assemble(cast(list[str], known))
+        spaced = " ".join(known)
+        if not spaced.isascii():
+            return _assemble(list(known))
+        # 1 where a word starts, 0 elsewhere, then 1 at the end (as in _assemble).
+        bounds = bytearray(f" {spaced} .".encode().translate(_MARKS).replace(b" \0", b"\1"))
+        return _new_tuple(Normalised, (known, "".join(known), bounds))  # no Python __new__
 
     def _learn(self, word: str) -> str:
         read = read_word(word, self.spellings)
         if len(self._read) >= self.max_words:
-            self._read = {}  # forget everything: simpler and cheaper than least-recently-used
+            # forget everything: simpler and cheaper than least-recently-used
+            self._read = {}
+            self._one_word = {}
         self._read[word] = read
+        if read and " " not in read:
+            self._one_word[word] = read
         return read
 
     def forget(self) -> None:
         """Forget every word read (for measuring the cost of words never seen)."""
         self._read = {}
+        self._one_word = {}
 
 
 __all__ = [

@@ -348,8 +348,18 @@ def needs_body(host: str, path: str | None, method: str) -> bool:
 
 
 def _route_of(path: str) -> str:
-    route = path.partition("?")[0].partition("#")[0].partition(";")[0].lower()
-    if len(route) > 1 and route.endswith("/"):
+    return _route_name(path.partition("?")[0])
+
+
+def _route_name(head: str) -> str:
+    """The route of a path's part before its query: lower case, without a fragment, Yahoo's
+    ";_ylt=..." or a trailing slash."""
+    if "#" in head:  # (a test is cheaper than a partition, and most have neither)
+        head = head.partition("#")[0]
+    if ";" in head:
+        head = head.partition(";")[0]
+    route = head.lower()
+    if route[-1:] == "/" and len(route) > 1:
         route = route.rstrip("/") or "/"
     return route
 
@@ -375,22 +385,28 @@ def capture(
     if found is None:
         return None
     engine, routes = found
-    route_name = _route_of(path)
-    route = routes.get(route_name)
+    head, _, query = path.partition("?")
+    # The usual: the path before the query is a route as written (routes are lower case,
+    # with no "#", ";" or trailing slash), so it needs no cleaning.
+    route = routes.get(head)
     scope = None
     vertical_override = None
     if route is None:
-        route, scope, vertical_override = _pattern_route(engine, route_name, routes)
+        route_name = _route_name(head)
+        route = routes.get(route_name) if route_name != head else None
         if route is None:
-            return None
-        if vertical_override == "hashtags":
-            return _hashtag(engine, scope)
+            route, scope, vertical_override = _pattern_route(engine, route_name, routes)
+            if route is None:
+                return None
+            if vertical_override == "hashtags":
+                return _hashtag(engine, scope)
     if route.suggestion and not suggestions:
         return None
-    query = path.partition("?")[2].partition("#")[0]
+    if "#" in query:
+        query = query.partition("#")[0]
     wanted = route.wanted
     params = _parse(query, wanted)
-    is_post = method == "POST" or method.upper() == "POST"
+    is_post = method == "POST" or (method != "GET" and method.upper() == "POST")
     if route.body == "form" and is_post and body:
         if content_type is None or "form" in content_type.lower():
             form = body[: MAX_RAW * 4].decode("utf-8", errors="replace")
@@ -418,24 +434,38 @@ def capture(
             given = params.get(route.charset_param)
             charset = given[0] if given else None
         if len(raw_values) == 1:  # the usual case: one value
-            text, malformed = _decode(raw_values[0], charset)
-            texts = [text]
+            raw = raw_values[0]
+            if "%" not in raw and raw.isascii():  # _decode's first case, without the call
+                texts, malformed = [raw[:MAX_RAW].replace("+", " ")], False
+            else:
+                text, malformed = _decode(raw, charset)
+                texts = [text]
         else:
             texts, malformed = [], False
             for raw in raw_values:
                 text, bad = _decode(raw, charset)
                 malformed |= bad
                 texts.append(text)
-    cleaned: list[str] = []
-    for text in texts:
-        if not text.isprintable():
-            text = text.translate(_CONTROLS)
-        text = " ".join(text.split())
-        if text and text not in cleaned:
-            cleaned.append(text)
-    if not cleaned:
-        return None
-    term = SEPARATOR.join(cleaned) if len(cleaned) > 1 else cleaned[0]
+    if len(texts) == 1:  # the usual: one value
+        term = texts[0]
+        if not term.isprintable():
+            term = term.translate(_CONTROLS)
+        term = " ".join(term.split())
+        if not term:
+            return None
+        repeated = False
+    else:
+        cleaned: list[str] = []
+        for text in texts:
+            if not text.isprintable():
+                text = text.translate(_CONTROLS)
+            text = " ".join(text.split())
+            if text and text not in cleaned:
+                cleaned.append(text)
+        if not cleaned:
+            return None
+        repeated = len(cleaned) > 1
+        term = SEPARATOR.join(cleaned) if repeated else cleaned[0]
     truncated = len(term) > MAX_TERM
     if truncated:
         term = term[:MAX_TERM].rstrip()
@@ -456,7 +486,7 @@ def capture(
         suggestion=route.suggestion,
         continuation=more,
         truncated=truncated,
-        repeated=len(cleaned) > 1,
+        repeated=repeated,
         malformed=malformed,
         scope=scope,
     )
@@ -520,12 +550,22 @@ def _parse(query: str, wanted: frozenset[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if not query:
         return out
+    plain = _PLAIN_NAMES
     for item in query.split("&"):
         key, _, value = item.partition("=")
         if key not in wanted:
+            if key in plain:  # seen before: nothing to decode, so never a wanted name
+                continue
             if "%" in key or "+" in key:
-                key = unquote(key.replace("+", " "), errors="replace")
-            key = key.strip()
+                key = unquote(key.replace("+", " "), errors="replace").strip()
+            else:
+                stripped = key.strip()
+                if stripped == key:
+                    if len(plain) >= MAX_PLAIN_NAMES:
+                        plain.clear()  # simpler than least-recently-used; refilled at once
+                    plain.add(key)
+                    continue
+                key = stripped
             if key not in wanted:
                 continue
         found = out.get(key)
@@ -536,6 +576,10 @@ def _parse(query: str, wanted: frozenset[str]) -> dict[str, list[str]]:
     return out
 
 
+# Parameter names (``hl``, ``source``, ``oq``, ...) seen spelt plainly: nothing to decode or
+# strip, so a name not wanted as it is never will be; the look-up is cheaper than the checks.
+_PLAIN_NAMES: set[str] = set()
+MAX_PLAIN_NAMES = 4096
 _CONTROLS = {c: " " for c in (*range(32), 127)}
 
 

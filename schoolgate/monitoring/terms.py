@@ -26,12 +26,9 @@ last few thousand texts it assessed, and its normaliser the words it has read.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import reduce
-from operator import itemgetter, or_
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,9 +79,6 @@ def _no_other_break(seen: bytearray, inner: tuple[int, ...]) -> bool:
     while at >= 0 and at in inner:
         at = seen.find(1, at + 1, last)
     return at < 0
-
-
-_FIRST = itemgetter(0)  # bounds as bytes of 0 and 1 -> "0" and "1"
 
 
 def _l_variants(text: str) -> set[str]:
@@ -169,6 +163,9 @@ class Assessment:
 
 NOTHING = Assessment()
 _new_tuple = tuple.__new__
+_new = object.__new__
+# The slot's own setter (a frozen dataclass refuses setattr).
+_set_matches = Assessment.__dict__["matches"].__set__
 
 # -- the matcher --------------------------------------------------------------------------------
 
@@ -179,6 +176,8 @@ _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 # its patterns as :func:`_test` gives it).
 _Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
+# The rule phrases of a text as :meth:`Matcher._apply_rule` reads them: (phrase id, word span).
+_Places = list[tuple[int, tuple[int, int]]]
 
 
 class _Hits(NamedTuple):
@@ -187,6 +186,24 @@ class _Hits(NamedTuple):
     context: _Found  # (context rule, start, end)
     words: _Found  # rule phrases of several words, and stems: (phrase id, start, end)
     word_ids: list[int | None]  # for each word of the text: the one word rule phrase it is
+
+
+def _places(norm: Normalised, hits: _Hits) -> _Places:
+    """Where each rule phrase found is, in words: ``(phrase, (first, after))`` for the phrases
+    found in the joined text, then for the one word phrases. A phrase starts at a word start;
+    the word starts up to an offset (``bounds``, counted once for the text) are the word it
+    is in."""
+    spans = []
+    if hits.words:
+        upto = list(itertools.accumulate(norm.bounds))  # word starts at or before each offset
+        for phrase, start, end in hits.words:
+            spans.append((phrase, (upto[start] - 1, upto[end - 1])))
+    position = 0
+    for single in hits.word_ids:
+        if single:
+            spans.append((single, (position, position + 1)))
+        position += 1
+    return spans
 
 
 class Matcher:
@@ -308,6 +325,7 @@ class Matcher:
                 groups[rule_number] = (*groups.get(rule_number, ()), group)
             by_rule.append(groups)
         self._groups_of = tuple(by_rule)
+        self._group_counts = tuple(len(r.groups) for r in self.cooccurrence)
         self._rule_terms = tuple(
             Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
             for r in self.cooccurrence
@@ -394,13 +412,15 @@ class Matcher:
     def assess_normalised(self, norm: Normalised) -> Assessment:
         hits = self._scan(norm)
         matches = self._resolve(hits) if hits.terms else []
-        if self.cooccurrence and (hits.words or any(hits.word_ids)):
+        if self.cooccurrence:
             more = self._apply_rules(norm, hits)
             if more:
                 matches = self._merge(matches, more) if matches else more
         if not matches:
             return NOTHING
-        return Assessment(_ordered(matches) if len(matches) > 1 else (matches[0],))
+        found = _new(Assessment)  # without the frozen dataclass's __init__
+        _set_matches(found, _ordered(matches) if len(matches) > 1 else (matches[0],))
+        return found
 
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
@@ -430,7 +450,8 @@ class Matcher:
         if len(terms) == 1:
             index, start, end = terms[0]
             term = self.terms[index]
-            return [self._judge(term, index, self._allowed(term.theme, start, end, hits), hits)]
+            allowed = self._allowed(term.theme, start, end, hits) if hits.allows else None
+            return [self._judge(term, index, allowed, hits)]
         best: dict[tuple[str, str], Match] = {}
         covered = _covered_spans({(start, end) for _, start, end in terms})
         for index, start, end in terms:
@@ -482,48 +503,58 @@ class Matcher:
 
     def _apply_rules(self, norm: Normalised, hits: _Hits) -> list[Match]:
         """The rules whose every group was found, judged like terms. The bits of the
-        phrases found rule out almost every rule without a loop over them."""
-        found = list(map(_FIRST, hits.words))
-        found += filter(None, hits.word_ids)
-        woken = set().union(*map(self._phrase_wakes.__getitem__, found))
+        phrases found rule out almost every rule without a loop over them. (Plain loops:
+        here a Python-level call costs more than a few lines of bytecode.)"""
+        wakes, masks = self._phrase_wakes, self._phrase_masks
+        woken: set[int] = set()
+        found_mask = 0
+        for phrase, _, _ in hits.words:
+            if wakes[phrase]:
+                woken.update(wakes[phrase])
+            found_mask |= masks[phrase]
+        for phrase in filter(None, hits.word_ids):  # in C: the words that are rule phrases
+            if wakes[phrase]:
+                woken.update(wakes[phrase])
+            found_mask |= masks[phrase]
         if not woken:  # most texts: no anchor of any rule
             return []
-        found_mask = reduce(or_, map(self._phrase_masks.__getitem__, found), 0)
         out = []
+        rule_masks = self._rule_masks
+        places = None
         for number in woken:
-            rule_mask = self._rule_masks[number]
+            rule_mask = rule_masks[number]
             if found_mask & rule_mask == rule_mask:
-                match = self._apply_rule(number, norm, hits)
+                if places is None:  # once per text, for every rule that may match
+                    places = _places(norm, hits)
+                match = self._apply_rule(number, norm, hits, places)
                 if match is not None:
                     out.append(match)
         return out
 
-    def _apply_rule(self, number: int, norm: Normalised, hits: _Hits) -> Match | None:
+    def _apply_rule(
+        self, number: int, norm: Normalised, hits: _Hits, places: _Places
+    ) -> Match | None:
         rule = self.cooccurrence[number]
-        found: list[list[tuple[int, int]]] = [[] for _ in rule.groups]
+        # One list of spans per group: a literal (the library allows five groups), cheaper
+        # than a comprehension.
+        count = self._group_counts[number]
+        found: list[list[tuple[int, int]]] = [[], [], [], [], []]
+        if count < 5:
+            del found[count:]
+        elif count > 5:
+            found += [[] for _ in range(count - 5)]
         vetoed = None
         groups_of = self._groups_of
-        starts = word_starts(norm)
-        # Spans in words: a one word phrase is where it is; a longer one or a stem is found
-        # in the joined text, its offsets turned into words.
-        for phrase, start, end in hits.words:
+        # The phrases found in the joined text first, then the one word phrases: the first
+        # "unless" phrase in that order is the one reported.
+        for phrase, span in places:
             groups = groups_of[phrase].get(number)
             if groups is not None:
-                span = (bisect.bisect_right(starts, start) - 1, bisect.bisect_left(starts, end))
                 for group in groups:
                     if group < 0:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
                         found[group].append(span)
-        for position, single in enumerate(hits.word_ids):
-            if single:
-                groups = groups_of[single].get(number)
-                if groups is not None:
-                    for group in groups:
-                        if group < 0:
-                            vetoed = vetoed or self.phrases[single]
-                        else:
-                            found[group].append((position, position + 1))
         ordered, within = rule.ordered, rule.within
         if not (satisfied(found, within, ordered) if ordered or within is not None
                 else all(found)):  # fmt: skip
@@ -533,6 +564,7 @@ class Matcher:
             return self._judge(term, number, vetoed, hits, True)
         allowed_by = None
         if hits.allows:
+            starts = word_starts(norm)
             kept: list[list[tuple[int, int]]] = [[] for _ in found]
             ends = (*starts[1:], len(norm.joined))
             for group, group_spans in enumerate(found):
