@@ -22,8 +22,9 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 SPLITS = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4", "heldout-5")
 # The library was tuned on these; a split not here never was (its figures are the bench's to
 # print: a test asserting them would make it one more set to tune on).
-# heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 is the next blind split.
-TUNED = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4")
+# heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 was measured blind at
+# 0.558 severity-3 recall, then tuned on on 2026-12-02.
+TUNED = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4", "heldout-5")
 
 
 @dataclass(frozen=True)
