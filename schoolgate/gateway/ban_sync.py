@@ -227,7 +227,7 @@ class BanSync:
 
         now = now or self.clock()
         counted = self._counted
-        new = 0
+        new = warned = 0
         for ref, at, text, *kind in rows:
             if ref in counted:
                 continue
@@ -236,6 +236,7 @@ class BanSync:
                 detail = json.loads(text or "{}")
                 if kind and kind[0] == WARNED_KIND:
                     self.ladder.warning_shown(detail["subject"], at)
+                    warned += 1
                     continue
                 sanction = detail["sanction"]
                 if sanction.get("counted") is False:
@@ -261,6 +262,14 @@ class BanSync:
                 "schoolgate: counted %d circumvention attempt(s) recorded by another gateway "
                 "process (or before a restart)",
                 new,
+            )
+        if warned:
+            # Written apart from the attempt it follows (it can reach the database in a later
+            # batch): until it is read here, this process's next stage for the subject is a
+            # warning again, never a lockout the pupil was not warned of.
+            log.info(
+                "schoolgate: read %d circumvention warning(s) shown by another gateway process",
+                warned,
             )
         return new
 
