@@ -608,7 +608,12 @@ def load(
 
 
 def rounds(
-    kinds: list[str], scenario: Scenario, args: argparse.Namespace, work: Path, conf: Path
+    kinds: list[str],
+    scenario: Scenario,
+    args: argparse.Namespace,
+    work: Path,
+    conf: Path,
+    named: tuple[Scenario, tuple[str, ...]] | None = None,
 ) -> tuple[dict, list[Proxy]]:
     """``--rounds`` loads of each proxy, taking turns (the order rotates each round), each
     round with fresh processes: how fast one process runs depends on where its memory landed
@@ -622,12 +627,14 @@ def rounds(
         proxies = []
         try:
             for kind in order:
-                proxies.append(Proxy.start(kind, scenario, work, conf))
+                own, extra = scenario_of(kind, scenario, named)
+                proxies.append(Proxy.start(kind, own, work, conf, extra))
             for proxy in proxies:
                 label = LABELS[proxy.kind]
                 if args.rounds > 1:
                     label = f"{label}, round {number}"
-                runs[proxy.kind].append(load(proxy, scenario, args, label))
+                own, _ = scenario_of(proxy.kind, scenario, named)
+                runs[proxy.kind].append(load(proxy, own, args, label))
         except BaseException:
             for proxy in proxies:
                 proxy.stop()
@@ -648,15 +655,30 @@ def rounds(
     return results, proxies
 
 
+def scenario_of(
+    kind: str, scenario: Scenario, named: tuple[Scenario, tuple[str, ...]] | None
+) -> tuple[Scenario, tuple[str, ...]]:
+    """The scenario a proxy of ``kind`` is loaded with, and its extra arguments: with
+    ``named`` (HTTPS), the proxies running schoolgate's addons go to the named origin (their
+    destination check refuses a tunnel to a bare address), the others to the address, which
+    bare mitmproxy reaches without a resolver of its own; both origins serve the same page."""
+    if named is not None and kind in ("schoolgate", "addons"):
+        return named
+    return scenario, ()
+
+
 def low_load(
-    proxies: list[Proxy], scenario: Scenario, args: argparse.Namespace
+    proxies: list[Proxy],
+    scenario: Scenario,
+    args: argparse.Namespace,
+    named: tuple[Scenario, tuple[str, ...]] | None = None,
 ) -> dict[str, Probe]:
     """One request to each proxy in turn, ``--latency-rate`` rounds a second: every proxy sees
     the same moments of the (shared, noisy) machine, so their difference is the proxy's."""
-    probes = {
-        p.kind: Probe(p.port, scenario.origin, scenario.name, p.ca if scenario.https else None)
-        for p in proxies
-    }
+    probes = {}
+    for p in proxies:
+        own, _ = scenario_of(p.kind, scenario, named)
+        probes[p.kind] = Probe(p.port, own.origin, own.name, p.ca if own.https else None)
     for probe in probes.values():
         probe.start()
     interval = 1 / args.latency_rate
@@ -724,10 +746,17 @@ def measure_scenario(scenario: Scenario, args: argparse.Namespace, work: Path, c
         kinds.insert(1, scenario.baseline)
         print(f"(compared with {LABELS[scenario.baseline]})")
     proxies = []
+    named = None
+    if scenario.https:
+        own, extra, origin = named_origin(scenario, work)
+        named = (own, extra)
+        print(f"(the proxies with schoolgate's addons: {own.url}, the same page)")
+    else:
+        origin = None
     try:
-        results, proxies = rounds(kinds, scenario, args, work, conf)
+        results, proxies = rounds(kinds, scenario, args, work, conf, named)
         # before the blocked load below, whose logging may still be flushing after it
-        probes = low_load(proxies, scenario, args)
+        probes = low_load(proxies, scenario, args, named)
         if scenario.name == "keepalive":
             load(
                 proxies[kinds.index("schoolgate")],
@@ -739,6 +768,8 @@ def measure_scenario(scenario: Scenario, args: argparse.Namespace, work: Path, c
     finally:
         for proxy in proxies:
             proxy.stop()
+        if origin is not None:
+            origin.shutdown()
     print(
         f"low load: 1 connection to each proxy in turn, {args.latency_rate:g} "
         f"requests/s each, {args.latency_seconds or args.seconds}s"
