@@ -135,13 +135,13 @@ def test_ordinary_searches_are_recorded_with_their_term_and_send_nothing(net: Ne
 
 
 def test_a_severity_3_search_reaches_the_dsl_at_once_with_its_context(net: Net) -> None:
-    net.get("www.google.com", "/search?q=nobody+would+miss+me")
+    net.get("www.google.com", "/search?q=everyone+at+school+hates+me")  # severity 2: context
     net.get("www.google.com", "/search?q=how+to+kill+myself")
     mails = wait_for(net.alerts, timeout=60)
     assert len(mails) == 1, mails
     to, text = mails[0]
     assert to == [DSL_ADDRESS]
-    assert "how to kill myself" in text and "nobody would miss me" in text
+    assert "how to kill myself" in text and "everyone at school hates me" in text
     assert "127.0.0.1" in text and "student" in text
     (event,) = [e for e in net.events("search") if e["detail"]["term"] == "how to kill myself"]
     assert event["detail"]["severity"] == 3 and event["detail"]["theme"] == "suicide"

@@ -167,3 +167,68 @@ def test_rule_mistakes_name_file_line_and_field(tmp_path):
     assert has(18, "rules[4].all: at most 5 word groups in one rule"), errors
     assert has(21, "group <loop> contains itself"), errors
     assert len(errors) == 6, errors
+
+
+ENDS = {
+    "en/spellings.yaml": "spellings:\n  kill: [unalive]\n  to: ['2']\n  want to: [wanna]\n",
+    "en/suicide.yaml": """
+        theme: suicide
+        rules:
+          - rule: wanting to unalive
+            all:
+              - [want to, how to, ways to]
+              - [kill, kill rn]
+            ordered: true
+            ends: true
+            severity: 3
+          - rule: the quickest way to go
+            all: [[quickest way to go]]
+            ends: true
+            severity: 3
+        """,
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "i want to unalive",  # "unalive" reads as "kill": nothing after it
+        "i wanna unalive rn",  # a phrase of the last group may run to the end
+        "ways 2 unalive",
+        "whats the quickest way 2 go",
+    ],
+)
+def test_a_rule_that_ends_the_text_matches_only_there(tmp_path, text):
+    assert [m.severity for m in _matcher(tmp_path, ENDS).assess(text).active] == [3]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "i want to kill it at the talent show",  # the phrase is not the last words
+        "how to kill time on a long flight",
+        "quickest way to go to london from leeds",
+    ],
+)
+def test_a_rule_that_ends_the_text_does_not_match_before_its_end(tmp_path, text):
+    assert _found(_matcher(tmp_path, ENDS), text) == []
+
+
+def test_ends_must_be_true_or_false(tmp_path):
+    files = {
+        **ENDS,
+        "en/mine.yaml": """
+            theme: suicide
+            rules:
+              - rule: mine
+                all: [[a1], [b1]]
+                ends: at the end
+                severity: 3
+            """,
+    }
+    with pytest.raises(ConfigError) as raised:
+        _matcher(tmp_path, files)
+    errors = [str(issue) for issue in raised.value.issues]
+    where = str(tmp_path / "en" / "mine.yaml")
+    assert any(e.startswith(f"{where}:6:") and "rules[0].ends" in e for e in errors), errors
+    assert len(errors) == 1, errors

@@ -23,10 +23,11 @@ is a language tag (``en``, ``cy``, ``pl``, ``pt-br``). Every file is a mapping:
     ``lower`` (1 or 2), or drops them (``suppress: true``); never a ``firm`` term.
 ``rules`` (a theme file)
     Co-occurrence rules, for what pupils phrase in more ways than a list of terms can hold: a
-    list of ``{rule, all, severity, firm, within, ordered, unless, note}``. ``all`` is a list
-    of word groups; the rule matches when one phrase of **every** group is in the text (at word
-    boundaries, normalised like terms), ``within`` words of each other if given, in the groups'
-    order if ``ordered``, and no phrase of ``unless`` is anywhere in the text. A phrase ending
+    list of ``{rule, all, severity, firm, within, ordered, ends, unless, note}``. ``all`` is a
+    list of word groups; the rule matches when one phrase of **every** group is in the text (at
+    word boundaries, normalised like terms), ``within`` words of each other if given, in the
+    groups' order if ``ordered``, with a phrase of the last group ending the text if ``ends``,
+    and no phrase of ``unless`` is anywhere in the text. A phrase ending
     in ``*`` is a stem (``overdos*`` is ``overdose``, ``overdosing``); ``<name>`` stands for a
     named group. ``rule`` names it for the DSL, as a term's text does.
 ``groups`` (in any file)
@@ -80,7 +81,9 @@ FILE_KEYS = frozenset(
     }
 )
 TERM_KEYS = frozenset({"term", "severity", "firm", "spellings", "note"})
-RULE_KEYS = frozenset({"rule", "all", "severity", "firm", "within", "ordered", "unless", "note"})
+RULE_KEYS = frozenset(
+    {"rule", "all", "severity", "firm", "within", "ordered", "ends", "unless", "note"}
+)
 MAX_GROUPS = 5  # word groups in one rule
 MAX_WITHIN = 30
 CONTEXT_KEYS = frozenset({"phrase", "lower", "suppress", "themes"})
@@ -121,6 +124,9 @@ class Rule:
     note: str = ""
     language: str = "en"
     source: str = ""  # file:line
+    # A phrase of the last group ends the text: "i want to unalive" (read "i want to kill")
+    # ends there, "i want to kill it at the talent show" does not.
+    ends: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +210,7 @@ class _PendingRule:
     language: str
     source: str
     file: str
+    ends: bool = False
 
 
 class _Reader:
@@ -303,6 +310,7 @@ class _Reader:
         firm = item.flag("firm")
         within = item.number("within", minimum=1, maximum=MAX_WITHIN)
         ordered = item.flag("ordered")
+        ends = item.flag("ends")
         note = item.text("note") or ""
         unless = self._phrases(item, "unless")
         groups: list[list[tuple[str, int, str]]] = []
@@ -339,7 +347,7 @@ class _Reader:
             return
         self.rules[key] = _PendingRule(
             name, theme, severity, groups, firm, within, ordered, unless, note, language, source,
-            item.file,
+            item.file, ends,
         )  # fmt: skip
 
     def _phrases(self, item: Section, key: str) -> list[tuple[str, int, str]]:
@@ -451,6 +459,7 @@ class _Reader:
                     pending.note,
                     pending.language,
                     pending.source,
+                    pending.ends,
                 )  # fmt: skip
             )
         return tuple(out)

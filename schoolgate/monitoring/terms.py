@@ -17,7 +17,8 @@ themes, except ``firm`` ones, so a pupil cannot hide "kill myself" behind "macbe
 **Rules** (co-occurrence, :class:`~schoolgate.monitoring.library.Rule`) reach what a list of
 terms cannot: "most painless way to go", "is hanging painful". A rule matches when a phrase of
 each of its word groups is found (outside allow-phrases of its theme), within its ``within``
-words and in order if it says so, and none of its ``unless`` phrases is in the text; it is
+words and in order if it says so, a phrase of its last group ending the text if it says
+so (``ends``), and none of its ``unless`` phrases is in the text; it is
 then graded like a term (context lowers it unless it is firm) and reported under its name.
 
 A school's searches repeat (a class searches the same set text), so the matcher remembers the
@@ -555,6 +556,8 @@ class Matcher:
                         vetoed = vetoed or self.phrases[phrase]
                     else:
                         found[group].append(span)
+        if rule.ends:  # only where the last group's phrase ends the text
+            found[-1] = [span for span in found[-1] if span[1] == len(norm.words)]
         ordered, within = rule.ordered, rule.within
         if not (satisfied(found, within, ordered) if ordered or within is not None
                 else all(found)):  # fmt: skip
