@@ -44,7 +44,8 @@ class Route:
         object.__setattr__(self, "wanted", frozenset(names))
         if self.params and not self.json_param:
             read = "|".join(map(re.escape, sorted(names - {self.charset_param}, reverse=True)))
-            other = rf"(?!(?:{read})(?:[=&]|$))[^=&%+\s]*+(?:=[^&]*+)?+"
+            # (Other names spelt plainly in ASCII: no escape, "+" or space to decode or strip.)
+            other = rf"(?!(?:{read})(?![^=&]))[A-Za-z0-9_.\-]*+(?:=[^&]*+)?+"
             term = "|".join(map(re.escape, self.params))
             quick = re.compile(rf"(?:{other}&)*+(?:{term})=([^&]*+)(?:&{other})*+")
             object.__setattr__(self, "quick", quick)

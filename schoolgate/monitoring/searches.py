@@ -52,7 +52,8 @@ SEPARATOR = " | "
 class Search:
     """One search: the engine, the decoded term and how it was made. (Not ``slots``: capture
     builds it by setting its ``__dict__`` at once, far cheaper than the frozen ``__init__``'s
-    nine ``object.__setattr__`` calls.)"""
+    nine ``object.__setattr__`` calls; for the usual query, only the fields that differ from
+    their defaults, which the class holds and every reader of a field finds there.)"""
 
     engine: str
     term: str
@@ -183,11 +184,19 @@ def capture(
                 if truncated:
                     term = term[:MAX_TERM].rstrip()
                 search = _new(Search)
-                _set_fields(search, {
-                    "engine": engine, "term": term, "vertical": vertical_override or route.vertical,
-                    "suggestion": route.suggestion, "continuation": False, "truncated": truncated,
-                    "repeated": False, "malformed": False, "scope": scope,
-                })  # fmt: skip
+                fields: dict[str, object] = {"engine": engine, "term": term}
+                # The other fields only where they differ from their defaults (which the
+                # class holds): a smaller dict to build.
+                vertical = vertical_override or route.vertical
+                if vertical != "web":
+                    fields["vertical"] = vertical
+                if route.suggestion:
+                    fields["suggestion"] = True
+                if truncated:
+                    fields["truncated"] = True
+                if scope is not None:
+                    fields["scope"] = scope
+                _set_fields(search, fields)
                 return search
     wanted = route.wanted
     params = _parse(query, wanted)
