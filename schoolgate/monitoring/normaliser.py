@@ -102,7 +102,7 @@ class Normalised(NamedTuple):
 
     words: tuple[str, ...]
     joined: str
-    bounds: bytearray  # bounds[i] == 1 where a word starts or ends at offset i of ``joined``
+    bounds: bytes  # bounds[i] == 1 where a word starts or ends at offset i of ``joined``
 
     @property
     def text(self) -> str:
@@ -113,17 +113,25 @@ def raw_words(text: str) -> list[str]:
     """Steps 1 and 2: the words of ``text``, lower case, before leetspeak and spellings."""
     text = text[:MAX_TEXT]
     if text.isascii():
-        if "'" in text or "`" in text:
-            text = _APOSTROPHE.sub("", text)
-        # One C-level pass: case, then every separator to a space.
-        data = text.encode().translate(_ASCII_BYTES)
-        words = data.decode().split()
-        if "@" in text or "$" in text or "|" in text or "!" in text:
-            # These are letters only inside a word or before one ("$uicide", not "hi!!")
-            words = [w for w in (_lead_symbols(w) for w in words) if w]
-        elif b" x " not in data.translate(_SHAPE):
-            # No one-character word between two others, so not three of them: the usual.
-            return words
+        if text.replace(" ", "").isalnum():
+            # Only letters, digits and spaces (most searches): no separator to find, no
+            # apostrophe or symbol. No one-character word between two others: not three of
+            # them in a row to join. (``find``: ``in`` on bytes raises and clears an error.)
+            words = text.lower().split()
+            if len(words) < 3 or text.encode().translate(_SHAPE).find(b" x ") < 0:
+                return words
+        else:
+            if "'" in text or "`" in text:
+                text = _APOSTROPHE.sub("", text)
+            # One C-level pass: case, then every separator to a space.
+            data = text.encode().translate(_ASCII_BYTES)
+            words = data.decode().split()
+            if "@" in text or "$" in text or "|" in text or "!" in text:
+                # These are letters only inside a word or before one ("$uicide", not "hi!!")
+                words = [w for w in (_lead_symbols(w) for w in words) if w]
+            elif len(words) < 3 or data.translate(_SHAPE).find(b" x ") < 0:
+                # No one-character word between two others, so not three of them: the usual.
+                return words
     else:
         text = unicodedata.normalize("NFKC", text)
         text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
@@ -208,17 +216,18 @@ def _assemble(read: list[str]) -> Normalised:
         words = spaced.split()
     joined = "".join(words)
     if not words:
-        bounds = bytearray(b"\1")
+        bounds = b"\1"
     elif spaced.isascii():
         if len(spaced) != len(joined) + len(words) - 1:  # not one space between words
             spaced = " ".join(words)
         # 1 where a word starts, 0 elsewhere, then 1 at the end (the start of one more word):
         # in C, not per word.
-        bounds = bytearray(f" {spaced} .".encode().translate(_MARKS).replace(b" \0", b"\1"))
+        bounds = f" {spaced} .".encode().translate(_MARKS).replace(b" \0", b"\1")
     else:
-        bounds = bytearray(len(joined) + 1)
+        marks = bytearray(len(joined) + 1)
         for at in itertools.accumulate(map(len, words), initial=0):
-            bounds[at] = 1
+            marks[at] = 1
+        bounds = bytes(marks)
     return _new_tuple(Normalised, (tuple(words), joined, bounds))  # no Python __new__
 
 
@@ -246,11 +255,15 @@ class Normaliser:
         self.spellings = spellings or {}
         self.max_words = max_words
         self._read: dict[str, str] = {}
-        # The words read as one word (most): a text of only these needs none of
+        # The words read as one ASCII word (most): a text of only these needs none of
         # :func:`_assemble`'s checks.
         self._one_word: dict[str, str] = {}
 
     def __call__(self, text: str) -> Normalised:
+        return self.read(text)
+
+    def read(self, text: str) -> Normalised:
+        """:func:`normalise` of ``text`` (a method call, cheaper than calling the instance)."""
         words = raw_words(text)
         try:  # in C: every word known and read as one word, as a rule
             known = tuple(map(self._one_word.__getitem__, words))
@@ -261,11 +274,9 @@ class Normaliser:
             return _assemble(
                 [found if (found := read(word)) else self._learn(word) for word in words]
             )
-        spaced = " ".join(known)
-        if not spaced.isascii():
-            return _assemble(list(known))
-        # 1 where a word starts, 0 elsewhere, then 1 at the end (as in _assemble).
-        bounds = bytearray(f" {spaced} .".encode().translate(_MARKS).replace(b" \0", b"\1"))
+        # 1 where a word starts, 0 elsewhere, then 1 at the end (as in _assemble; ASCII, so
+        # one byte a character).
+        bounds = f" {' '.join(known)} .".encode().translate(_MARKS).replace(b" \0", b"\1")
         return _new_tuple(Normalised, (known, "".join(known), bounds))  # no Python __new__
 
     def _learn(self, word: str) -> str:
@@ -275,7 +286,7 @@ class Normaliser:
             self._read = {}
             self._one_word = {}
         self._read[word] = read
-        if read and " " not in read:
+        if read and " " not in read and read.isascii():
             self._one_word[word] = read
         return read
 

@@ -71,7 +71,7 @@ def _test(pattern: _Pattern) -> tuple[bytes, int, int, tuple[int, ...], bool]:
     return (b"\1" + same + b"\1", kind, index, inner, stem)
 
 
-def _no_other_break(seen: bytearray, inner: tuple[int, ...]) -> bool:
+def _no_other_break(seen: bytes, inner: tuple[int, ...]) -> bool:
     """Whether the breaks inside ``seen`` (a text's, from a pattern's start to its end) are
     all among the pattern's ``inner`` ones (``killmyself`` for ``kill myself``, never ``the
     hero in`` for ``heroin``)."""
@@ -173,8 +173,8 @@ _set_matches = Assessment.__dict__["matches"].__set__
 _TERM, _ALLOW, _CONTEXT, _WORD = 0, 1, 2, 3
 
 # A pattern: (kind, index, length, word breaks inside it, is a stem, its breaks as
-# ``Normalised.bounds`` has them). What the automaton holds for a key: (its length, each of
-# its patterns as :func:`_test` gives it).
+# ``Normalised.bounds`` has them). What the automaton holds for a key: (its length, its first
+# pattern as :func:`_test` gives it, then its other patterns' tests).
 _Pattern = tuple[int, int, int, tuple[int, ...], bool, bytes]
 _Found = list[tuple[int, int, int]]  # (index, start, end) in ``Normalised.joined``
 # The rule phrases of a text as :meth:`Matcher._apply_rule` reads them: (phrase id, word span).
@@ -238,7 +238,9 @@ class Matcher:
             self._add(table, _CONTEXT, index, rule.phrase, issues, rule.source, True)
         self._compile_rules(table, issues)
         for key, patterns in table.items():
-            self.automaton.add_word(key, (len(key), tuple(map(_test, patterns))))
+            # Most keys are one pattern: its test inline, the others (if any) after it.
+            first, *more = map(_test, patterns)
+            self.automaton.add_word(key, (len(key), *first, tuple(more)))
         self.patterns = len(table) + len(self._single)
         if table:
             self.automaton.make_automaton()
@@ -398,7 +400,7 @@ class Matcher:
             text = text[:MAX_TEXT]
         found = self._cache.get(text)
         if found is None:
-            found = self.assess_normalised(self.normaliser(text))
+            found = self.assess_normalised(self.normaliser.read(text))
             if self.cache_size:
                 if len(self._cache) >= self.cache_size:
                     self._cache = {}  # start again: cheaper than keeping an order
@@ -432,17 +434,23 @@ class Matcher:
         context: _Found = []
         words: _Found = []
         by_kind = (terms, allows, context, words)
-        for end_index, (length, tests) in self.automaton.iter(norm.joined):
+        found = self.automaton.iter(norm.joined)
+        for end_index, (length, signature, kind, index, inner, stem, more) in found:
             end = end_index + 1
             start = end - length
             seen = bounds[start : end + 1]  # the text's breaks from the start to the end
-            for signature, kind, index, inner, stem in tests:
-                # The usual: exactly the pattern's breaks. Else a break at the start, one at
-                # the end unless a stem, and none inside that the pattern does not have.
-                if seen == signature or (
-                    seen[0] and (stem or seen[-1]) and _no_other_break(seen, inner)
-                ):
-                    by_kind[kind].append((index, start, end))
+            # The usual: exactly the pattern's breaks. Else a break at the start, one at the
+            # end unless a stem, and none inside that the pattern does not have.
+            if seen == signature or (
+                seen[0] and (stem or seen[-1]) and _no_other_break(seen, inner)
+            ):
+                by_kind[kind].append((index, start, end))
+            if more:  # the key's other patterns (a term that is also a rule phrase, ...)
+                for signature, kind, index, inner, stem in more:
+                    if seen == signature or (
+                        seen[0] and (stem or seen[-1]) and _no_other_break(seen, inner)
+                    ):
+                        by_kind[kind].append((index, start, end))
         word_ids = list(map(self._single.get, norm.words))
         return _new_tuple(_Hits, (terms, allows, context, words, word_ids))  # no Python __new__
 
