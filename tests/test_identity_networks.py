@@ -47,6 +47,8 @@ def test_an_address_gets_the_first_matching_network_and_its_site(seed: int) -> N
     ]
     site_networks = [(_network(rng), rng.choice(["north", "south"])) for _ in range(3)]
     resolver = IdentityResolver(rules, {}, default_site="main", site_networks=site_networks)
+    # The policy's way for a request with no user name: an address not remembered yet.
+    fresh = IdentityResolver(rules, {}, default_site="main", site_networks=site_networks)
     edges = [n for r in rules for n in (r.network,)] + [n for n, _ in site_networks]
     addresses = {"0.0.0.0", "255.255.255.255", "10.20.0.1"}
     for net in edges:  # each network's first and last address, and those just outside it
@@ -59,9 +61,12 @@ def test_an_address_gets_the_first_matching_network_and_its_site(seed: int) -> N
     addresses.update(str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(50))
     for client_ip in sorted(addresses):
         want = _expected(rules, site_networks, "main", client_ip)
+        assert fresh.resolve_address(client_ip) == want, client_ip
+        assert fresh.by_address[client_ip] == want, client_ip
         assert resolver.resolve(client_ip, None) == want, client_ip
         assert resolver.resolve(client_ip, None) == want, client_ip  # and when remembered
         assert resolver.resolve("::ffff:" + client_ip, None).role == want.role
+        assert fresh.resolve_address("::ffff:" + client_ip).role == want.role
 
 
 def test_a_resolved_identity_is_a_plain_frozen_identity() -> None:

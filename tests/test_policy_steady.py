@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from datetime import datetime
+import random
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_fixtures import local, write_config
+from policy_fixtures import LONDON, local, write_config
 
 from schoolgate.core.config import load_policy
 from schoolgate.core.hosts import is_normal_host, normalize_host
@@ -159,3 +160,38 @@ def test_new_decision_builds_what_the_class_builds():
         Action.ALLOW, values["identity"], None, None, "ok"
     )
     assert dataclasses.replace(built, reason="x").reason == "x"
+
+
+def _instants() -> list[datetime]:
+    """Every 10 minutes of a school day, of the Sunday the clocks go back and of the Monday
+    after (in UTC), in order and then shuffled."""
+    start = datetime(2026, 10, 24, 23, 0, tzinfo=UTC)
+    times = [start + timedelta(minutes=10 * i) for i in range(3 * 24 * 6)]
+    day = datetime(2026, 11, 24, 0, 0, tzinfo=UTC)
+    times += [day + timedelta(minutes=10 * i) for i in range(144)]
+    shuffled = list(times)
+    random.Random(23).shuffle(shuffled)
+    return times + shuffled
+
+
+@pytest.mark.parametrize("zone", [UTC, timezone(timedelta(hours=1))], ids=["UTC", "+01:00"])
+def test_the_gateways_clock_decides_as_the_schools_clock(tmp_path, zone):
+    # The gateway stamps requests in UTC; the timetable is in the school's zone. A block or an
+    # allow must not depend on which of the two a request's time is written in, across period
+    # boundaries and the night the clocks go back, whatever the order of the requests.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    gateway = load_policy(write_config(tmp_path / "a"))
+    school = load_policy(write_config(tmp_path / "b"))
+    for i, at in enumerate(_instants()):
+        host = "www.facebook.com" if i % 2 else "www.example.org"
+        asked = ask(gateway, host, at.astimezone(zone))
+        if i % 7 == 0:  # now and then a question in the school's zone, as `explain` asks
+            ask(gateway, host, at.astimezone(LONDON))
+        expected = ask(school, host, at.astimezone(LONDON))
+        assert (asked.action, asked.window, asked.until, asked.reason) == (
+            expected.action,
+            expected.window,
+            expected.until,
+            expected.reason,
+        ), at

@@ -263,6 +263,28 @@ class IdentityResolver:
             self._cache = {}
             self.by_address = {}
 
+    def resolve_address(self, client_ip: str | None) -> Identity:
+        """:meth:`resolve` for a request with no user name from an address that
+        ``by_address`` does not hold (the policy looks there first): the usual first request
+        of a device, in one call, for a dotted-quad address on one of the networks."""
+        by_address = self.by_address  # before live, as in resolve(): see use_live
+        if self.live is not None or self.sign_in_networks or not client_ip:
+            return self.resolve(client_ip, None)
+        # _ipv4_int and _V4Table.find inline; the Identity is the one _by_network builds.
+        try:
+            as_int = _from_bytes(_inet_pton(_AF_INET, client_ip), "big")
+        except OSError:  # IPv6 (IPv4-mapped included), or not an address
+            return self.resolve(client_ip, None)
+        table = self._v4
+        found = table.networks[bisect_right(table.starts, as_int) - 1]
+        if found is None:  # on no network: a guest
+            return self.resolve(client_ip, None)
+        identity = identity_of(found[0], found[1], None, None, None, client_ip, "network", found[2])
+        if len(by_address) >= ADDRESSES_REMEMBERED:
+            by_address.clear()
+        by_address[client_ip] = identity
+        return identity
+
     def resolve(self, client_ip: str | None, user: str | None) -> Identity:
         by_address = self.by_address
         live = self.live
@@ -496,6 +518,10 @@ class _V4Table:
                 (rule, (rule.site if rule and rule.site else None) or site or default_site)
             )
         self.answers = tuple(answers)
+        # For each range on a network: (role, site, rule label) of its identity, else None.
+        self.networks = tuple(
+            None if rule is None else (rule.role, site, rule.label) for rule, site in answers
+        )
 
     def find(self, address: int) -> tuple[NetworkRule | None, str]:
         """The first matching rule (None: no rule matches) and the site of an address."""

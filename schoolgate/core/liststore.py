@@ -66,7 +66,7 @@ from schoolgate.core.liststore_write import (
     write_store,
     write_unique_domains,
 )
-from schoolgate.core.model import ListMatch
+from schoolgate.core.model import ListMatch, list_match
 from schoolgate.core.urlpaths import path_under
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,10 @@ class ListStore(Matcher):
         known = hosts.get(host, _UNSEEN)
         if known is not _UNSEEN:
             return known  # type: ignore[return-value]
-        # Only domain entries here: the most specific key the host is or is under decides.
+        # Only domain entries here, so every key is one: the most specific key the host is
+        # or is under decides, the last that the trie's prefix search gives. (The search
+        # that gives each key's id with it, a generator, costs 500 instructions more when
+        # nothing is found, which is most hosts, to save the id's look-up when one is.)
         found = None
         if host:
             try:
@@ -408,12 +411,21 @@ class ListStore(Matcher):
                 if host[-1] in _DIGITS or ":" in host:  # an IP literal matches only itself
                     found = self._lookup_ip(host, path)
                 else:
-                    values, key_id = self._values, self._key_id
-                    for key in reversed(hits):  # the host itself (if listed) first
-                        v = values[key_id(key)]
-                        if v & 2:
-                            found = self._match(v >> 2, host[len(host) - len(key) + 1 :], "domain")
-                            break
+                    key = hits[-1]
+                    v = self._values[self._key_id(key)]
+                    if v & 2:  # always: every key of such a store is a domain entry
+                        # Built here, not through _match: this host's answer is kept in
+                        # _hosts, so _match's cache of matches would only keep it twice.
+                        ref = v >> 2
+                        rest = ref >> self._cat_bits
+                        found = list_match(
+                            self._names[ref & self._cat_mask],
+                            host[len(host) - len(key) + 1 :],
+                            f"{self._sources[rest & self._src_mask]}:{rest >> self._src_bits}",
+                            "domain",
+                        )
+                    else:
+                        found = self._lookup(host, path)
         if len(hosts) >= self._hosts_size:
             hosts.clear()
         hosts[host] = found

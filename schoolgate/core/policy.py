@@ -365,7 +365,9 @@ class Policy:
             if identity is None:
                 if facts.user is None:  # the address decides while no bindings are consulted
                     identity = self.resolver.by_address.get(facts.client_ip)
-                if identity is None:
+                    if identity is None:
+                        identity = self.resolver.resolve_address(facts.client_ip)
+                else:
                     identity = self.resolver.resolve(facts.client_ip, facts.user)
             host = facts.host
             if find_odd_host_char(host) is not None or (host and host[-1] == "."):

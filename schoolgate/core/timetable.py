@@ -32,7 +32,7 @@ import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -146,8 +146,10 @@ class Timetable:
         self._days: dict[date, _Day] = {}
         self._last: tuple[float, float, Window | None, bool] = (0.0, 0.0, None, False)
         # The window found last, as (zone, start, end, window): a datetime in that zone with
-        # start <= at < end is in it, by comparing wall-clock times, which is exact when the
-        # UTC offset is the same from 3 hours before the window to 3 hours after it; otherwise
+        # start <= at < end is in it, by comparing wall-clock times. The zone is the one the
+        # last question was asked in when that has a fixed offset (UTC: the gateway's clock),
+        # where wall times are instants; else the timetable's, which is exact when the UTC
+        # offset is the same from 3 hours before the window to 3 hours after it; otherwise
         # (a clock change near) the zone is one no datetime has. Public so that the policy
         # reads it without a call on every request; replaced whole, never changed.
         self.current: tuple[object, datetime, datetime, Window] = _NOT_CURRENT
@@ -179,26 +181,39 @@ class Timetable:
         if at.tzinfo is zone and start_at <= at < end_at:
             # Comparing wall times avoids computing a UTC offset (~60 ns): see ``current``.
             return current
-        if at.tzinfo is None:
+        zone = at.tzinfo
+        if zone is None:
             raise ValueError("window_at needs an aware datetime")
         last = self._last
         ts = at.timestamp()
         if last[0] <= ts < last[1]:
-            return last[2]  # type: ignore[return-value]
-        day = self._day(datetime.fromtimestamp(ts, self._tz).date())
-        index = bisect.bisect_right(day.starts, ts) - 1
-        window = day.windows[index]
-        start, end = day.starts[index], day.ends[index]
-        # wall-clock comparison is safe if the offset is the same from 3 hours before the
-        # window to 3 hours after it (no ambiguous or missing local times inside it)
-        offset = self._tz.utcoffset
-        safe = (
-            offset(datetime.fromtimestamp(start - _MARGIN, self._tz))
-            == offset(datetime.fromtimestamp(end + _MARGIN, self._tz))
-            == offset(window.start)
-        )
-        self._last = (start, end, window, safe)
-        self.current = (self._tz, window.start, window.end, window) if safe else _NOT_CURRENT
+            start, end, window, safe = last[0], last[1], last[2], last[3]
+            assert window is not None
+        else:
+            day = self._day(datetime.fromtimestamp(ts, self._tz).date())
+            index = bisect.bisect_right(day.starts, ts) - 1
+            window = day.windows[index]
+            start, end = day.starts[index], day.ends[index]
+            # wall-clock comparison is safe if the offset is the same from 3 hours before the
+            # window to 3 hours after it (no ambiguous or missing local times inside it)
+            offset = self._tz.utcoffset
+            safe = (
+                offset(datetime.fromtimestamp(start - _MARGIN, self._tz))
+                == offset(datetime.fromtimestamp(end + _MARGIN, self._tz))
+                == offset(window.start)
+            )
+            self._last = (start, end, window, safe)
+        if type(zone) is timezone:
+            # A fixed offset (the gateway's clock gives UTC): wall times in it are instants,
+            # so the window's bounds in that zone compare exactly, clock changes or not.
+            self.current = (
+                zone,
+                datetime.fromtimestamp(start, zone),
+                datetime.fromtimestamp(end, zone),
+                window,
+            )
+        else:
+            self.current = (self._tz, window.start, window.end, window) if safe else _NOT_CURRENT
         return window
 
     def windows_on(self, day: date) -> list[Window]:
