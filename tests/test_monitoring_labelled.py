@@ -19,13 +19,24 @@ from schoolgate.monitoring.library import THEMES
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
-SPLITS = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4", "heldout-5", "heldout-6")
+SPLITS = (
+    "dev",
+    "heldout-1",
+    "heldout-2",
+    "heldout-3",
+    "heldout-4",
+    "heldout-5",
+    "heldout-6",
+    "heldout-7",
+)
 # The library was tuned on these; a split not here never was (its figures are the bench's to
 # print: a test asserting them would make it one more set to tune on).
 # heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 was measured blind at
 # 0.558 severity-3 recall, then tuned on on 2026-12-02. heldout-6 was written blind and
 # measured once, untouched, at 0.630 severity-3 recall (58/92; 0/112 ordinary at severity 3),
-# then tuned on on 2026-12-03.
+# then tuned on on 2026-12-03. heldout-7 (259 searches, after dropping 25 that earlier splits
+# held) was written blind and measured once, untouched, after that tuning: severity-3 recall
+# 0.654 (53/81), 0/128 ordinary at severity 3.
 TUNED = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4", "heldout-5", "heldout-6")
 
 
