@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from schoolgate.core.hosts import is_google_host
+from schoolgate.core.safesearch import DDG_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,16 +188,9 @@ WIKIPEDIA = {
 Engine = tuple[str, dict[str, Route]]
 EXACT_HOSTS: dict[str, Engine] = {
     **dict.fromkeys(("bing.com", "www.bing.com", "cn.bing.com"), ("bing", BING)),
+    # The hosts whose searches safe search rewrites, and its own safe.duckduckgo.com.
     **dict.fromkeys(
-        (
-            "duckduckgo.com",
-            "www.duckduckgo.com",
-            "html.duckduckgo.com",
-            "lite.duckduckgo.com",
-            "links.duckduckgo.com",
-            "start.duckduckgo.com",
-            "safe.duckduckgo.com",
-        ),
+        sorted(DDG_HOSTS | {"safe.duckduckgo.com"}),
         ("duckduckgo", DUCKDUCKGO),
     ),
     **dict.fromkeys(("ecosia.org", "www.ecosia.org"), ("ecosia", ECOSIA)),
