@@ -219,14 +219,18 @@ class Matcher:
         key = (ref, entry)
         match = self._cache.get(key)
         if match is None:
-            cat = ref & self._cat_mask
-            rest = ref >> self._cat_bits
-            src = self._sources[rest & self._src_mask]
-            match = list_match(self._names[cat], entry, f"{src}:{rest >> self._src_bits}", kind)
+            match = self._new_match(ref, entry, kind)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[key] = match
         return match
+
+    def _new_match(self, ref: int, entry: str, kind: str) -> ListMatch:
+        """The match that ``ref`` (category, source file and line, packed) gives ``entry``,
+        built afresh."""
+        rest = ref >> self._cat_bits
+        source = f"{self._sources[rest & self._src_mask]}:{rest >> self._src_bits}"
+        return list_match(self._names[ref & self._cat_mask], entry, source, kind)
 
     @staticmethod
     def _request_path(path: str) -> str:

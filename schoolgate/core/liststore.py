@@ -66,7 +66,7 @@ from schoolgate.core.liststore_write import (
     write_store,
     write_unique_domains,
 )
-from schoolgate.core.model import ListMatch, list_match
+from schoolgate.core.model import ListMatch
 from schoolgate.core.urlpaths import path_under
 
 log = logging.getLogger(__name__)
@@ -414,16 +414,10 @@ class ListStore(Matcher):
                     key = hits[-1]
                     v = self._values[self._key_id(key)]
                     if v & 2:  # always: every key of such a store is a domain entry
-                        # Built here, not through _match: this host's answer is kept in
+                        # Built afresh, not through _match: this host's answer is kept in
                         # _hosts, so _match's cache of matches would only keep it twice.
-                        ref = v >> 2
-                        rest = ref >> self._cat_bits
-                        found = list_match(
-                            self._names[ref & self._cat_mask],
-                            host[len(host) - len(key) + 1 :],
-                            f"{self._sources[rest & self._src_mask]}:{rest >> self._src_bits}",
-                            "domain",
-                        )
+                        entry = host[len(host) - len(key) + 1 :]
+                        found = self._new_match(v >> 2, entry, "domain")
                     else:
                         found = self._lookup(host, path)
         if len(hosts) >= self._hosts_size:
