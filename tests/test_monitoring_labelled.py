@@ -36,8 +36,17 @@ SPLITS = (
 # measured once, untouched, at 0.630 severity-3 recall (58/92; 0/112 ordinary at severity 3),
 # then tuned on on 2026-12-03. heldout-7 (259 searches, after dropping 25 that earlier splits
 # held) was written blind and measured once, untouched, after that tuning: severity-3 recall
-# 0.654 (53/81), 0/128 ordinary at severity 3.
-TUNED = ("dev", "heldout-1", "heldout-2", "heldout-3", "heldout-4", "heldout-5", "heldout-6")
+# 0.654 (53/81), 0/128 ordinary at severity 3, then tuned on on 2026-12-03.
+TUNED = (
+    "dev",
+    "heldout-1",
+    "heldout-2",
+    "heldout-3",
+    "heldout-4",
+    "heldout-5",
+    "heldout-6",
+    "heldout-7",
+)
 
 
 @dataclass(frozen=True)
