@@ -282,6 +282,28 @@ def test_shipped_is_quiet_on_school_work(shipped, text):
     assert shipped.assess(text).severity == 0
 
 
+@pytest.mark.parametrize(
+    "text", ["how to kill", "how to kill a process", "how to kill a zombie", "how to kill weeds"]
+)
+def test_shipped_asking_how_to_kill_is_no_alert_on_its_own(shipped, text):
+    # Asking how is not intent: "i want to unalive" (read as "kill") is, and still alerts.
+    assert shipped.assess(text).severity < 3
+    assert shipped.assess("i want to unalive").severity == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "theme"),
+    [
+        ("buying a zombie knife off snap", "weapons_violence"),
+        ("my football coach says our messages have to stay secret", "sexual_exploitation"),
+        ("they said if i come in on monday im dead", "bullying"),
+    ],
+)
+def test_shipped_alerts_on_a_weapon_a_secret_and_a_threat(shipped, text, theme):
+    # A zombie knife is a weapon, not a game; a secret an adult asks for is a grooming sign.
+    assert theme in shipped.assess(text).themes(3)
+
+
 # -- errors name file, line and field --------------------------------------------------------
 
 
