@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from gateway_process import free_port
+from library_cache import CompiledLibraries
 from mail import Inbox
 from pg_server import PostgresServer
 from slapd_server import DIRECTORY_PASSWORDS, SlapdServer
 
 from schoolgate import borrowed
+from schoolgate.gateway import monitoring_addon
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
@@ -115,6 +117,20 @@ sys.addaudithook(_refuse_servers_outside_e2e)
 def _borrowed_warnings_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """schoolgate.borrowed warns once per process; each test starts as a fresh process would."""
     monkeypatch.setattr(borrowed, "_warned", set())
+
+
+@pytest.fixture(scope="session")
+def compiled_libraries() -> CompiledLibraries:
+    return CompiledLibraries()
+
+
+@pytest.fixture(autouse=True)
+def _library_compiled_once(
+    monkeypatch: pytest.MonkeyPatch, compiled_libraries: CompiledLibraries
+) -> None:
+    """A gateway's risk-term library comes from the test process's compiled libraries (the
+    same files compile once; see ``tests/library_cache.py``)."""
+    monkeypatch.setattr(monitoring_addon, "load_matcher", compiled_libraries)
 
 
 @pytest.fixture
