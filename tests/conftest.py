@@ -27,6 +27,7 @@ from slapd_server import DIRECTORY_PASSWORDS, SlapdServer
 
 from schoolgate import borrowed
 from schoolgate.gateway import monitoring_addon
+from schoolgate.monitoring import compiled
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
@@ -119,9 +120,14 @@ def _borrowed_warnings_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(borrowed, "_warned", set())
 
 
-@pytest.fixture(scope="session")
-def compiled_libraries() -> CompiledLibraries:
-    return CompiledLibraries()
+@pytest.fixture(scope="session", autouse=True)
+def compiled_libraries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledLibraries]:
+    """Gateways started as processes share one folder of compiled libraries (each would
+    otherwise compile the library into its own new data dir)."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("compiled-library")
+        patch.setenv(compiled.FOLDER_ENV, str(folder))
+        yield CompiledLibraries()
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +136,7 @@ def _library_compiled_once(
 ) -> None:
     """A gateway's risk-term library comes from the test process's compiled libraries (the
     same files compile once; see ``tests/library_cache.py``)."""
-    monkeypatch.setattr(monitoring_addon, "load_matcher", compiled_libraries)
+    monkeypatch.setattr(monitoring_addon, "load_compiled", compiled_libraries)
 
 
 @pytest.fixture
