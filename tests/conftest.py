@@ -156,6 +156,27 @@ def gateway_data_dir(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database the migrations brought to the newest schema, once per session."""
+    from schoolgate.storage.db import open_database
+
+    path = tmp_path_factory.mktemp("migrated") / "schoolgate.db"
+    sessions = open_database(f"sqlite:///{path}")
+    sessions.kw["bind"].dispose()  # the last connection closed: the WAL is checkpointed
+    return path
+
+
+@pytest.fixture
+def migrated_data_dir(gateway_data_dir: Path, migrated_database: Path) -> Path:
+    """``gateway_data_dir`` holding a copy of :func:`migrated_database` as the test config's
+    ``schoolgate.db``: for tests of what a running gateway does, not of how it makes its
+    database (running the migrations for each would be most of their setup). The gateway
+    still checks the schema at start (it is at the newest migration: nothing to run)."""
+    shutil.copyfile(migrated_database, gateway_data_dir / "schoolgate.db")
+    return gateway_data_dir
+
+
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server of the test module's own (Debian's binaries)."""

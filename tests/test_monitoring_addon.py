@@ -77,15 +77,15 @@ def make_gw(config: Path, data_dir: Path, port: int, **notify):
 
 
 @pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path, smtp_server):  # noqa: F811
+def gw(gateway_config: Path, migrated_data_dir: Path, smtp_server):  # noqa: F811
     port, _received = smtp_server
-    addons, monitoring, clock = make_gw(gateway_config, gateway_data_dir, port)
+    addons, monitoring, clock = make_gw(gateway_config, migrated_data_dir, port)
     with taddons.context(*addons) as tctx:
         tctx.configure(
             addons[0],
             schoolgate_config=str(gateway_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
+            schoolgate_data_dir=str(migrated_data_dir),
+            confdir=str(migrated_data_dir / "ca"),
         )
         yield GW(tctx, addons, monitoring, clock)
         monitoring.done()
