@@ -20,11 +20,14 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from gateway_process import free_port
+from library_cache import CompiledLibraries
 from mail import Inbox
 from pg_server import PostgresServer
 from slapd_server import DIRECTORY_PASSWORDS, SlapdServer
 
 from schoolgate import borrowed
+from schoolgate.gateway import monitoring_addon
+from schoolgate.monitoring import compiled
 
 GATEWAY_DATA = Path(__file__).resolve().parent / "data" / "gateway"
 
@@ -117,6 +120,25 @@ def _borrowed_warnings_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(borrowed, "_warned", set())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_libraries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledLibraries]:
+    """Gateways started as processes share one folder of compiled libraries (each would
+    otherwise compile the library into its own new data dir)."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("compiled-library")
+        patch.setenv(compiled.FOLDER_ENV, str(folder))
+        yield CompiledLibraries()
+
+
+@pytest.fixture(autouse=True)
+def _library_compiled_once(
+    monkeypatch: pytest.MonkeyPatch, compiled_libraries: CompiledLibraries
+) -> None:
+    """A gateway's risk-term library comes from the test process's compiled libraries (the
+    same files compile once; see ``tests/library_cache.py``)."""
+    monkeypatch.setattr(monitoring_addon, "load_compiled", compiled_libraries)
+
+
 @pytest.fixture
 def gateway_config(tmp_path: Path) -> Path:
     """A copy of ``tests/data/gateway`` (safe to edit): every day is one long lesson (UTC);
@@ -132,6 +154,27 @@ def gateway_data_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "var"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database the migrations brought to the newest schema, once per session."""
+    from schoolgate.storage.db import open_database
+
+    path = tmp_path_factory.mktemp("migrated") / "schoolgate.db"
+    sessions = open_database(f"sqlite:///{path}")
+    sessions.kw["bind"].dispose()  # the last connection closed: the WAL is checkpointed
+    return path
+
+
+@pytest.fixture
+def migrated_data_dir(gateway_data_dir: Path, migrated_database: Path) -> Path:
+    """``gateway_data_dir`` holding a copy of :func:`migrated_database` as the test config's
+    ``schoolgate.db``: for tests of what a running gateway does, not of how it makes its
+    database (running the migrations for each would be most of their setup). The gateway
+    still checks the schema at start (it is at the newest migration: nothing to run)."""
+    shutil.copyfile(migrated_database, gateway_data_dir / "schoolgate.db")
+    return gateway_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -308,7 +308,7 @@ class GW:
 
 
 @pytest.fixture
-def gw(alerts_config: Path, gateway_data_dir: Path, smtp_server):
+def gw(alerts_config: Path, migrated_data_dir: Path, smtp_server):
     port, _received = smtp_server
     add_notifications(alerts_config, port)
     clock = Clock(datetime.now(UTC))
@@ -323,8 +323,8 @@ def gw(alerts_config: Path, gateway_data_dir: Path, smtp_server):
         tctx.configure(
             addons[0],
             schoolgate_config=str(alerts_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
+            schoolgate_data_dir=str(migrated_data_dir),
+            confdir=str(migrated_data_dir / "ca"),
         )
         yield GW(tctx, addons, alerts, clock)
         alerts.done()

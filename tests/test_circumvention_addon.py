@@ -83,7 +83,7 @@ class GW:
 
 
 @pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path):
+def gw(gateway_config: Path, migrated_data_dir: Path):
     add_circumvention_config(gateway_config)
     addons = make_addons()
     guard = next((a for a in addons if isinstance(a, CircumventionGuard)), None)
@@ -96,8 +96,8 @@ def gw(gateway_config: Path, gateway_data_dir: Path):
         tctx.configure(
             addons[0],
             schoolgate_config=str(gateway_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
+            schoolgate_data_dir=str(migrated_data_dir),
+            confdir=str(migrated_data_dir / "ca"),
         )
         guard.refresh()
         yield GW(tctx, addons, guard, enforce)

@@ -61,14 +61,14 @@ def configure_destinations(config: Path) -> Path:
 
 
 @pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path):
+def gw(gateway_config: Path, migrated_data_dir: Path):
     """The parts as the one addon mitmproxy sees (so a failing part is refused as in
     service), configured with the test's hosts file."""
     from schoolgate.gateway import make_addons, make_chain
 
     hosts = configure_destinations(gateway_config)
     parts = make_addons()
-    for gateway in _configured(parts, make_chain(parts), gateway_config, gateway_data_dir):
+    for gateway in _configured(parts, make_chain(parts), gateway_config, migrated_data_dir):
         gateway.tctx.configure(gateway.destinations, schoolgate_hosts_file=str(hosts))
         gateway.top = gateway.tctx.master.addons.chain[-1]
         yield gateway

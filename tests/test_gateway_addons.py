@@ -87,9 +87,9 @@ def _configured(parts: list, loaded: list, config: Path, data_dir: Path):
 
 
 @pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path):
+def gw(gateway_config: Path, migrated_data_dir: Path):
     addons = make_addons()
-    yield from _configured(addons, addons, gateway_config, gateway_data_dir)
+    yield from _configured(addons, addons, gateway_config, migrated_data_dir)
 
 
 def http_flow(
@@ -520,11 +520,11 @@ def one_addon(gw: Gateway):
 
 
 @pytest.fixture
-def chain(gateway_config: Path, gateway_data_dir: Path):
+def chain(gateway_config: Path, migrated_data_dir: Path):
     from schoolgate.gateway import make_chain
 
     parts = make_addons()
-    yield from _configured(parts, make_chain(parts), gateway_config, gateway_data_dir)
+    yield from _configured(parts, make_chain(parts), gateway_config, migrated_data_dir)
 
 
 def _through_mitmproxy(gw: Gateway, hook_cls, subject) -> None:

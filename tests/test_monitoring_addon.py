@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,15 +77,15 @@ def make_gw(config: Path, data_dir: Path, port: int, **notify):
 
 
 @pytest.fixture
-def gw(gateway_config: Path, gateway_data_dir: Path, smtp_server):  # noqa: F811
+def gw(gateway_config: Path, migrated_data_dir: Path, smtp_server):  # noqa: F811
     port, _received = smtp_server
-    addons, monitoring, clock = make_gw(gateway_config, gateway_data_dir, port)
+    addons, monitoring, clock = make_gw(gateway_config, migrated_data_dir, port)
     with taddons.context(*addons) as tctx:
         tctx.configure(
             addons[0],
             schoolgate_config=str(gateway_config),
-            schoolgate_data_dir=str(gateway_data_dir),
-            confdir=str(gateway_data_dir / "ca"),
+            schoolgate_data_dir=str(migrated_data_dir),
+            confdir=str(migrated_data_dir / "ca"),
         )
         yield GW(tctx, addons, monitoring, clock)
         monitoring.done()
@@ -381,3 +382,21 @@ def test_a_failure_in_the_hook_never_refuses_the_request(gw: GW, monkeypatch):
     flow = search_flow("www.google.com", "/search?q=rivers")
     chain.request(flow)
     assert flow.response is None  # allowed, unanswered: on its way upstream
+
+
+def test_a_school_library_edited_on_disk_grades_by_its_new_terms_after_a_reload(gw: GW):
+    school = gw.addons[0].config_path.parent / "school-terms"
+    terms = school / "en" / "local.yaml"
+    terms.parent.mkdir(parents=True)
+    terms.write_text("theme: bullying\nterms:\n  - {term: zorblax, severity: 2}\n")
+    config = gw.addons[0].config_path
+    config.write_text(config.read_text() + "monitoring:\n  library: [school-terms]\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=zorblax"))
+    terms.write_text("theme: bullying\nterms:\n  - {term: quuxle, severity: 2}\n")
+    os.utime(terms, ns=(1, 1))  # a changed time whatever the clock's resolution
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=quuxle"))
+    gw.run(search_flow("www.google.com", "/search?q=zorblax+again"))
+    graded = {e["detail"]["term"]: e["detail"]["severity"] for e in gw.events("search")}
+    assert graded == {"zorblax": 2, "quuxle": 2, "zorblax again": 0}

@@ -68,8 +68,9 @@ from schoolgate.jobs.dsl_alerts import (
     Seen,
     render,
 )
+from schoolgate.monitoring.compiled import load_compiled
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
-from schoolgate.monitoring.terms import Matcher, load_matcher
+from schoolgate.monitoring.terms import Matcher
 from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
 from schoolgate.storage.eventlog import new_ref
 from schoolgate.storage.records import MonitoringKind, monitoring_event
@@ -160,7 +161,9 @@ class MonitoringAddon:
             if key != self._matcher_key:
                 try:
                     roots = [Path(p) for p in settings.library] or None
-                    self.matcher = load_matcher(roots, languages=settings.languages)
+                    self.matcher = load_compiled(
+                        self.holder.data_dir, roots, languages=settings.languages
+                    )
                     self._matcher_key = key
                 except Exception:  # noqa: BLE001 - monitoring must never stop the gateway
                     log.exception("schoolgate: the risk-term library could not be loaded")
