@@ -9,6 +9,8 @@ whatever a pupil repeats: a text of a thousand "how to"s and one "die" is still 
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 from collections.abc import Sequence
 
 Span = tuple[int, int]  # (first word, the word after the last)
@@ -38,11 +40,57 @@ def satisfied(spans: Sequence[Sequence[Span]], within: int | None, ordered: bool
             high = end
     else:
         return within is None or high - low <= within
+    if len(spans) == 2:
+        if len(spans[0]) * len(spans[1]) <= _PAIRS:
+            return _pair(spans[0], spans[1], within, ordered)
+    elif math.prod(map(len, spans)) <= _CHOICES:
+        return _few(spans, within, ordered)
     if ordered:
         return _ordered(spans, within)
     if within is None:
         return True
     return _unordered_within(spans, within)
+
+
+_PAIRS = 16  # two groups with at most this many pairs of spans: every pair is tried
+_CHOICES = 8  # likewise, more groups with at most this many choices of one span each
+
+
+def _pair(first: Sequence[Span], second: Sequence[Span], within: int | None, ordered: bool) -> bool:
+    """:func:`satisfied` for two groups, by trying each pair (no sorting, no heap: cheaper for
+    the few spans a text has)."""
+    for start, end in first:
+        for other_start, other_end in second:
+            if ordered:
+                if other_start < end:
+                    continue
+                low, high = start, other_end
+            else:
+                low = start if start < other_start else other_start
+                high = end if end > other_end else other_end
+            if within is None or high - low <= within:
+                return True
+    return False
+
+
+def _few(spans: Sequence[Sequence[Span]], within: int | None, ordered: bool) -> bool:
+    """:func:`satisfied` by trying every choice of one span per group."""
+    for chosen in itertools.product(*spans):
+        if ordered:
+            end = -1
+            for start, after in chosen:
+                if start < end:
+                    break
+                end = after
+            else:
+                if within is None or end - chosen[0][0] <= within:
+                    return True
+        else:
+            low = min(start for start, _ in chosen)
+            high = max(end for _, end in chosen)
+            if within is None or high - low <= within:
+                return True
+    return False
 
 
 def _ordered(spans: Sequence[Sequence[Span]], within: int | None) -> bool:

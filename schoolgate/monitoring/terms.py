@@ -199,12 +199,19 @@ def _places(norm: Normalised, hits: _Hits) -> _Places:
         upto = list(itertools.accumulate(norm.bounds))  # word starts at or before each offset
         for phrase, start, end in hits.words:
             spans.append((phrase, (upto[start] - 1, upto[end - 1])))
+    word_spans = _WORD_SPANS
+    if len(hits.word_ids) > len(word_spans):  # more words than characters: spellings
+        word_spans = tuple((at, at + 1) for at in range(len(hits.word_ids)))
     position = 0
     for single in hits.word_ids:
         if single:
-            spans.append((single, (position, position + 1)))
+            spans.append((single, word_spans[position]))
         position += 1
     return spans
+
+
+# (position, position + 1) for every word a text can have: made once, not once a phrase.
+_WORD_SPANS = tuple((at, at + 1) for at in range(MAX_TEXT + 1))
 
 
 class Matcher:
@@ -601,7 +608,12 @@ class Matcher:
 
 
 def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
-    return tuple(sorted(matches, key=lambda m: (not m.active, -m.severity, m.theme, m.term)))
+    return tuple(sorted(matches, key=_rank))
+
+
+def _rank(m: Match) -> tuple[bool, int, str, str]:
+    """Active first (``active`` written out: a property is one more call), most severe first."""
+    return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
 def _report(issues: Issues, source: str, field_name: str, message: str) -> None:
