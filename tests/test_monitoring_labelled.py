@@ -37,7 +37,9 @@ SPLITS = (
 # measured once, untouched, at 0.630 severity-3 recall (58/92; 0/112 ordinary at severity 3),
 # then tuned on on 2026-12-03. heldout-7 (259 searches, after dropping 25 that earlier splits
 # held) was written blind and measured once, untouched, after that tuning: severity-3 recall
-# 0.654 (53/81), 0/128 ordinary at severity 3, then tuned on on 2026-12-03.
+# 0.654 (53/81), 0/128 ordinary at severity 3, then tuned on on 2026-12-03. heldout-8 (261
+# searches) was written blind and measured once, untouched, after that: severity-3 recall 0.771
+# (74/96), 1/126 ordinary at severity 3, then tuned on on 2026-12-03.
 TUNED = (
     "dev",
     "heldout-1",
@@ -47,6 +49,7 @@ TUNED = (
     "heldout-5",
     "heldout-6",
     "heldout-7",
+    "heldout-8",
 )
 
 

@@ -304,6 +304,41 @@ def test_shipped_alerts_on_a_weapon_a_secret_and_a_threat(shipped, text, theme):
     assert theme in shipped.assess(text).themes(3)
 
 
+@pytest.mark.parametrize(
+    ("text", "theme"),
+    [
+        ("my coach said our special secret cant be told to anyone", "sexual_exploitation"),
+        ("older boys got me holding packages for them cant say no", "drugs"),
+        ("they burned me with a lighter on the bus", "bullying"),
+        ("theyre waiting outside my house with knives", "weapons_violence"),
+        ("ive decided im doing it this weekend", "suicide"),
+        ("how to say goodbye to friends without them knowing", "suicide"),
+        ("ordering a machete online at 15 age check", "weapons_violence"),
+    ],
+)
+def test_shipped_alerts_on_a_frame_of_broad_groups(shipped, text, theme):
+    # An older person and a secret, made to hold packages, hurt by others, danger now with a
+    # weapon, a time set for "it", a hidden goodbye, a purchase under age: each a frame.
+    assert theme in shipped.assess(text).themes(3)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "how to stop dying in hollow knight",
+        "my mums boyfriend is planning to propose dont tell her",
+        "they beat me at fifa 5 0",
+        "my dad is coming round with a hammer to fix the shelf",
+        "ive decided to end things with my boyfriend tonight",
+        "how to say goodbye to friends when moving school",
+        "my mum made me carry the shopping bags home",
+    ],
+)
+def test_shipped_frames_stay_below_an_alert_on_their_look_alikes(shipped, text):
+    # A game, a surprise, a score, DIY, a break-up, a move and shopping share the frames' words.
+    assert shipped.assess(text).severity < 3
+
+
 # -- errors name file, line and field --------------------------------------------------------
 
 
