@@ -297,16 +297,6 @@ def test_shipped_asking_how_to_kill_is_no_alert_on_its_own(shipped, text):
         ("buying a zombie knife off snap", "weapons_violence"),
         ("my football coach says our messages have to stay secret", "sexual_exploitation"),
         ("they said if i come in on monday im dead", "bullying"),
-    ],
-)
-def test_shipped_alerts_on_a_weapon_a_secret_and_a_threat(shipped, text, theme):
-    # A zombie knife is a weapon, not a game; a secret an adult asks for is a grooming sign.
-    assert theme in shipped.assess(text).themes(3)
-
-
-@pytest.mark.parametrize(
-    ("text", "theme"),
-    [
         ("my coach said our special secret cant be told to anyone", "sexual_exploitation"),
         ("older boys got me holding packages for them cant say no", "drugs"),
         ("they burned me with a lighter on the bus", "bullying"),
@@ -317,6 +307,7 @@ def test_shipped_alerts_on_a_weapon_a_secret_and_a_threat(shipped, text, theme):
     ],
 )
 def test_shipped_alerts_on_a_frame_of_broad_groups(shipped, text, theme):
+    # A zombie knife is a weapon, not a game; a secret an adult asks for is a grooming sign.
     # An older person and a secret, made to hold packages, hurt by others, danger now with a
     # weapon, a time set for "it", a hidden goodbye, a purchase under age: each a frame.
     assert theme in shipped.assess(text).themes(3)
