@@ -40,7 +40,9 @@ SPLITS = (
 # held) was written blind and measured once, untouched, after that tuning: severity-3 recall
 # 0.654 (53/81), 0/128 ordinary at severity 3, then tuned on on 2026-12-03. heldout-8 (261
 # searches) was written blind and measured once, untouched, after that: severity-3 recall 0.771
-# (74/96), 1/126 ordinary at severity 3, then tuned on on 2026-12-03.
+# (74/96), 1/126 ordinary at severity 3, then tuned on on 2026-12-03. heldout-9 (241 searches)
+# was measured blind at 0.823 severity-3 recall (65/79), 1/121 ordinary at severity 3, then
+# tuned on on 2026-12-03.
 TUNED = (
     "dev",
     "heldout-1",
@@ -51,6 +53,7 @@ TUNED = (
     "heldout-6",
     "heldout-7",
     "heldout-8",
+    "heldout-9",
 )
 
 
