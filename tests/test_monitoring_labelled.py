@@ -19,20 +19,7 @@ from schoolgate.monitoring.library import THEMES
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
-SPLITS = (
-    "dev",
-    "heldout-1",
-    "heldout-2",
-    "heldout-3",
-    "heldout-4",
-    "heldout-5",
-    "heldout-6",
-    "heldout-7",
-    "heldout-8",
-    "heldout-9",
-    "heldout-10",
-)
-# The library was tuned on these; a split not here never was (its figures are the bench's to
+# The library was tuned on these; a split in NEVER_TUNED never was (its figures are the bench's to
 # print: a test asserting them would make it one more set to tune on).
 # heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 was measured blind at
 # 0.558 severity-3 recall, then tuned on on 2026-12-02. heldout-6 was written blind and
@@ -56,6 +43,10 @@ TUNED = (
     "heldout-8",
     "heldout-9",
 )
+# Written blind and measured once, never tuned on: heldout-10 (245 searches, after dropping 53
+# that earlier splits held), 0.773 severity-3 recall (75/97), 0/113 ordinary at severity 3.
+NEVER_TUNED = ("heldout-10",)
+SPLITS = (*TUNED, *NEVER_TUNED)
 
 
 @dataclass(frozen=True)
