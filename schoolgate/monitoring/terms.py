@@ -116,6 +116,7 @@ class Match:
 
     @property
     def active(self) -> bool:
+        # ``_rank`` writes this test out (sorting calls it for every match): keep the two alike.
         return self.suppressed_by is None and self.severity > 0
 
     def to_json(self) -> dict[str, object]:
