@@ -30,6 +30,8 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # searches) was written blind and measured once, untouched, after that: severity-3 recall 0.771
 # (74/96), 1/126 ordinary at severity 3, then tuned on on 2026-12-03. heldout-9 (241 searches)
 # was measured blind at 0.823 severity-3 recall (65/79), 1/121 ordinary at severity 3, then
+# tuned on on 2026-12-03. heldout-10 (245 searches, after dropping 53 that earlier splits held)
+# was measured blind at 0.773 severity-3 recall (75/97), 0/113 ordinary at severity 3, then
 # tuned on on 2026-12-03.
 TUNED = (
     "dev",
@@ -42,10 +44,10 @@ TUNED = (
     "heldout-7",
     "heldout-8",
     "heldout-9",
+    "heldout-10",
 )
-# Written blind and measured once, never tuned on: heldout-10 (245 searches, after dropping 53
-# that earlier splits held), 0.773 severity-3 recall (75/97), 0/113 ordinary at severity 3.
-NEVER_TUNED = ("heldout-10",)
+# Written blind and measured once, never tuned on: none now; the next blind split goes here.
+NEVER_TUNED: tuple[str, ...] = ()
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
