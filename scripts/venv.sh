@@ -10,7 +10,9 @@ ensure_venv() {
 		echo "schoolgate: creating $VENV with $PYTHON ($version)" >&2
 		"$PYTHON" -m venv "$VENV"
 	fi
-	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+	# The C loops (schoolgate/monitoring/speedups.c) are built by the install: again when changed.
+	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] ||
+		[ "$here/schoolgate/monitoring/speedups.c" -nt "$stamp" ]; then
 		echo "schoolgate: installing schoolgate$extras into $VENV" >&2
 		"$VENV/bin/python" -m pip install --quiet --upgrade pip
 		"$VENV/bin/python" -m pip install --quiet -e "$here$extras"
@@ -28,6 +30,8 @@ ensure_system_tools() {
 	local missing=()
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
+	# A C compiler builds the matcher's C loops (and python-gssapi).
+	command -v gcc >/dev/null || missing+=(gcc)
 	command -v openssl >/dev/null || missing+=(openssl)
 	[ -x /usr/sbin/ip ] || command -v ip >/dev/null || missing+=(iproute2)
 	[ -x /usr/sbin/nft ] || command -v nft >/dev/null || missing+=(nftables)
