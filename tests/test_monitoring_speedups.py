@@ -14,7 +14,8 @@ import random
 import ahocorasick
 import pytest
 
-from schoolgate.monitoring import terms
+from schoolgate.monitoring import normaliser, terms
+from schoolgate.monitoring.normaliser import Normaliser, normalise
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from tests.test_monitoring_labelled import load_labelled
 
@@ -24,6 +25,11 @@ speedups = terms.speedups
 @pytest.fixture(scope="module")
 def shipped() -> Matcher:
     return load_matcher()
+
+
+def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(terms, "speedups", None)
+    monkeypatch.setattr(normaliser, "speedups", None)
 
 
 def test_the_c_loops_are_built():
@@ -65,7 +71,7 @@ def test_c_and_python_grade_every_text_alike(shipped, monkeypatch):
     texts = _texts(shipped)
     with_c = Matcher(shipped.library, cache_size=0)
     graded = [with_c.assess(text) for text in texts]
-    monkeypatch.setattr(terms, "speedups", None)
+    _python_only(monkeypatch)
     in_python = Matcher(shipped.library, cache_size=0)
     differ = [
         (text, c, p)
@@ -85,10 +91,70 @@ def test_c_and_python_find_the_same_phrases_and_rules(shipped, monkeypatch):
     norms = [matcher.normaliser.read(text) for text in _texts(shipped)[:4000]]
     hits_c = [matcher._scan(norm) for norm in norms]
     rules_c = [matcher._apply_rules(norm, hits) for norm, hits in zip(norms, hits_c, strict=True)]
-    monkeypatch.setattr(terms, "speedups", None)
+    _python_only(monkeypatch)
     assert [matcher._scan(norm) for norm in norms] == hits_c
     assert [matcher._apply_rules(n, h) for n, h in zip(norms, hits_c, strict=True)] == rules_c
     assert sum(map(len, rules_c)) > 500
+
+
+SPELLED_AND_SPACED = [
+    "s u i c i d e",
+    "how to s u i c i d e",
+    "a b",
+    "i a m sad",
+    "I Am A Big Fan",
+    "x y",
+    "  leading and trailing  ",
+    "double  spaces  a  b  c",
+    "tab\tinside",
+    "year 9 b",
+    "KILL   MYSELF",
+    "9 11 2001",
+    "",
+    "   ",
+    "k" * 1001,
+    "kill " * 250,
+]
+
+
+def test_c_and_python_read_every_text_alike(shipped, monkeypatch):
+    texts = _texts(shipped) + SPELLED_AND_SPACED
+    with_c = Normaliser(shipped.spellings)
+    first = [with_c.read(text) for text in texts]  # words unknown: read in Python
+    again = [with_c.read(text) for text in texts]  # known: the usual search, in C
+    _python_only(monkeypatch)
+    in_python = Normaliser(shipped.spellings)
+    for text in texts:
+        in_python.read(text)  # its words learnt, as with_c's were
+    python_again = [in_python.read(text) for text in texts]
+    assert first == again == python_again
+    assert again == [normalise(text, shipped.spellings) for text in texts]
+
+
+def test_read_known_reads_only_the_usual_search():
+    one_word = {"kill": "kil", "myself": "myself", "a": "a", "b": "b", "c": "c"}
+    assert speedups.read_known("Kill  MYSELF", one_word, 1000) == (
+        ("kil", "myself"),
+        "kilmyself",
+        b"\1\0\0\1\0\0\0\0\0\1",
+    )
+    # a word read as several ("wanna" -> "want to") or as none
+    read = {**one_word, "wanna": "want to", "um": ""}
+    assert speedups.read_known("um wanna kill", read, 1000) == (
+        ("want", "to", "kil"),
+        "wanttokil",
+        b"\1\0\0\0\1\0\1\0\0\1",
+    )
+    assert speedups.read_known("um", read, 1000) is None  # no word left: Python says what
+    assert speedups.read_known("kill myself", one_word, 5) is None  # longer than read
+    assert speedups.read_known("kill herself", one_word, 1000) is None  # a word not known
+    assert speedups.read_known("kill, myself", one_word, 1000) is None  # punctuation
+    assert speedups.read_known("kíll myself", one_word, 1000) is None  # not ASCII
+    assert speedups.read_known("a b c", one_word, 1000) is None  # spelled letter by letter
+    assert speedups.read_known("   ", one_word, 1000) is None
+    assert speedups.read_known("kill", {"kill": 3}, 1000) is None  # not as built
+    with pytest.raises(TypeError):
+        speedups.read_known(b"kill", one_word, 1000)
 
 
 def _value(length=4, signature=b"\1\0\0\0\1", kind=0, index=0, inner=(), stem=False, more=()):

@@ -427,6 +427,151 @@ collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef(vetoed);
 }
 
+/* Append ``read`` (a word as the normaliser read it: none, one or several words separated by
+   one space) to ``words``; 0, or -1 with an error set, or 1 when it is not ASCII words. */
+static int
+append_read(PyObject *words, PyObject *read, Py_ssize_t *total)
+{
+    if (!PyUnicode_Check(read) || !PyUnicode_IS_ASCII(read))
+        return 1;
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(read);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(read), from = 0;
+    for (Py_ssize_t i = 0; i < size; i++)
+        if (chars[i] <= ' ' && chars[i] != ' ')
+            return 1;  /* other white space: str.split's to read */
+    if (size > 0 && memchr(chars, ' ', (size_t)size) == NULL) {  /* the usual: one word */
+        *total += size;
+        return PyList_Append(words, read);
+    }
+    while (from < size) {
+        if (chars[from] == ' ') {
+            from++;
+            continue;
+        }
+        Py_ssize_t to = from;
+        while (to < size && chars[to] != ' ')
+            to++;
+        PyObject *word = PyUnicode_Substring(read, from, to);
+        if (word == NULL)
+            return -1;
+        int status = PyList_Append(words, word);
+        Py_DECREF(word);
+        if (status < 0)
+            return -1;
+        *total += to - from;
+        from = to;
+    }
+    return 0;
+}
+
+/* read_known(text, read, max_text) -> (words, joined, bounds), or None
+
+   Normaliser.read for the usual search: ASCII letters, digits and spaces only, at most
+   ``max_text`` characters, no one-letter word between two spaces (so none spelled out
+   letter by letter), and every word already read (``read``: the word in lower case -> as
+   read, none, one or several words). None for anything else: Normaliser.read then reads
+   the text in Python. */
+static PyObject *
+read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t max_text;
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyDict_Check(args[1]) ||
+        ((max_text = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "read_known(text: str, read: dict, max_text: int)");
+        return NULL;
+    }
+    PyObject *text = args[0], *known = args[1];
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
+    if (!PyUnicode_IS_ASCII(text) || size > max_text)
+        Py_RETURN_NONE;
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t count = 0;
+    int spelled = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = chars[i];
+        if (c == ' ')
+            continue;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+            Py_RETURN_NONE;
+        if (i == 0 || chars[i - 1] == ' ') {
+            count++;
+            if (i > 0 && i + 1 < size && chars[i + 1] == ' ')
+                spelled = 1; /* " x ": a one-letter word between two spaces */
+        }
+    }
+    if (count == 0 || (spelled && count >= 3))
+        Py_RETURN_NONE;
+    PyObject *words = PyList_New(0);
+    if (words == NULL)
+        return NULL;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < size;) {
+        if (chars[i] == ' ') {
+            i++;
+            continue;
+        }
+        Py_ssize_t end = i;
+        while (end < size && chars[end] != ' ')
+            end++;
+        PyObject *word = PyUnicode_New(end - i, 127);
+        if (word == NULL)
+            goto failed;
+        unsigned char *lower = PyUnicode_1BYTE_DATA(word);
+        for (Py_ssize_t j = i; j < end; j++)
+            lower[j - i] = (chars[j] >= 'A' && chars[j] <= 'Z') ? chars[j] + 32 : chars[j];
+        PyObject *read = PyDict_GetItemWithError(known, word);
+        Py_DECREF(word);
+        if (read == NULL) {
+            if (PyErr_Occurred())
+                goto failed;
+            goto not_here; /* a word not read yet */
+        }
+        int status = append_read(words, read, &total);
+        if (status < 0)
+            goto failed;
+        if (status > 0)
+            goto not_here;
+        i = end;
+    }
+    count = PyList_GET_SIZE(words);
+    if (count == 0)
+        goto not_here; /* every word read as none: Python's to say what that is */
+    PyObject *joined = PyUnicode_New(total, 127);
+    PyObject *bounds = PyBytes_FromStringAndSize(NULL, total + 1);
+    PyObject *tuple = PyList_AsTuple(words);
+    Py_DECREF(words);
+    if (joined == NULL || bounds == NULL || tuple == NULL) {
+        Py_XDECREF(joined);
+        Py_XDECREF(bounds);
+        Py_XDECREF(tuple);
+        return NULL;
+    }
+    unsigned char *into = PyUnicode_1BYTE_DATA(joined);
+    char *marks = PyBytes_AS_STRING(bounds);
+    memset(marks, 0, (size_t)total + 1);
+    Py_ssize_t offset = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *read = PyTuple_GET_ITEM(tuple, i);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(read);
+        memcpy(into + offset, PyUnicode_1BYTE_DATA(read), (size_t)length);
+        marks[offset] = 1;
+        offset += length;
+    }
+    marks[total] = 1;
+    return Py_BuildValue("(NNN)", tuple, joined, bounds);
+not_here:
+    Py_DECREF(words);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(words);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "The patterns found at word boundaries, by kind, and each word's one word phrase."},
@@ -436,6 +581,8 @@ static PyMethodDef methods[] = {
      "Each rule phrase found, with its word span."},
     {"collect", (PyCFunction)(void (*)(void))collect, METH_FASTCALL,
      "One rule's spans by group; the first vetoing phrase."},
+    {"read_known", (PyCFunction)(void (*)(void))read_known, METH_FASTCALL,
+     "The usual search read with words already known: (words, joined, bounds), or None."},
     {NULL, NULL, 0, NULL},
 };
 

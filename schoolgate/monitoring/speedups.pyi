@@ -26,3 +26,6 @@ def collect(
     number: int,
     found: list[list[tuple[int, int]]],
 ) -> int | None: ...
+def read_known(
+    text: str, read: dict[str, str], max_text: int
+) -> tuple[tuple[str, ...], str, bytes] | None: ...
