@@ -270,9 +270,9 @@ class Normaliser:
     def read(self, text: str) -> Normalised:
         """:func:`normalise` of ``text`` (a method call, cheaper than calling the instance)."""
         if speedups is not None:  # the usual search, its words known: in C
-            known = speedups.read_known(text, self._read, MAX_TEXT)
-            if known is not None:
-                return _new_tuple(Normalised, known)  # no Python __new__
+            quick = speedups.read_known(text, self._read, MAX_TEXT)
+            if quick is not None:
+                return _new_tuple(Normalised, quick)  # no Python __new__
         words = raw_words(text)
         try:  # in C: every word known and read as one word, as a rule
             known = tuple(map(self._one_word.__getitem__, words))
