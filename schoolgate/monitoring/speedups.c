@@ -467,7 +467,7 @@ append_read(PyObject *words, PyObject *read, Py_ssize_t *total)
 /* read_known(text, read, max_text) -> (words, joined, bounds), or None
 
    Normaliser.read for the usual search: ASCII letters, digits and spaces only, at most
-   ``max_text`` characters, no one-letter word between two spaces (so none spelled out
+   ``max_text`` characters, no three one-character words in a row (a word spelled out
    letter by letter), and every word already read (``read``: the word in lower case -> as
    read, none, one or several words). None for anything else: Normaliser.read then reads
    the text in Python. */
@@ -490,8 +490,7 @@ read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyUnicode_IS_ASCII(text) || size > max_text)
         Py_RETURN_NONE;
     const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
-    Py_ssize_t count = 0;
-    int spelled = 0;
+    Py_ssize_t count = 0, singles = 0;
     for (Py_ssize_t i = 0; i < size; i++) {
         unsigned char c = chars[i];
         if (c == ' ')
@@ -500,11 +499,13 @@ read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         if (i == 0 || chars[i - 1] == ' ') {
             count++;
-            if (i > 0 && i + 1 < size && chars[i + 1] == ' ')
-                spelled = 1; /* " x ": a one-letter word between two spaces */
+            /* one-character words in a row: three or more are one word spelled out */
+            singles = (i + 1 == size || chars[i + 1] == ' ') ? singles + 1 : 0;
+            if (singles >= 3)
+                Py_RETURN_NONE;
         }
     }
-    if (count == 0 || (spelled && count >= 3))
+    if (count == 0)
         Py_RETURN_NONE;
     PyObject *words = PyList_New(0);
     if (words == NULL)
