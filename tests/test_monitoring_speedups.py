@@ -181,6 +181,31 @@ def test_scan_refuses_what_the_matcher_did_not_build(found, error):
         speedups.scan(iter(found), b"\1\0\0\0\1", ("abcd",), {})
 
 
+class Sly(int):
+    """An int whose other methods run Python code: the C loops take exact ints only."""
+
+    def __index__(self) -> int:
+        raise AssertionError("Python code ran inside the C loops")
+
+    __bool__ = __hash__ = __index__
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: speedups.scan([], b"\1", (), {}),  # not an iterator
+        lambda: speedups.scan(iter([(Sly(3), _value())]), b"\1\0\0\0\1", ("abcd",), {}),
+        lambda: speedups.scan(iter([(3, _value(stem=1))]), b"\1\0\0\0\0", ("abcd",), {}),
+        lambda: speedups.screen([], [Sly(1)], ((),) * 2, (0, 0), ()),
+        lambda: speedups.places([], b"\1", [Sly(1)], ((0, 1),)),
+        lambda: speedups.read_known("kill", {}, Sly(10)),
+    ],
+)
+def test_the_c_loops_take_only_what_the_matcher_builds(call):
+    with pytest.raises(TypeError):
+        call()
+
+
 def test_scan_of_a_real_automaton():
     automaton = ahocorasick.Automaton()
     automaton.add_word("kill", _value(index=5))

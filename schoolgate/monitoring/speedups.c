@@ -9,6 +9,19 @@ index they rely on, and raise (never guess) when something is not as built. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* An int the Matcher built, as a C integer. Only exact ints: no __index__ of another type
+   runs here (no Python code runs inside these loops). 0, or -1 with an error set. */
+static int
+index_of(PyObject *number, Py_ssize_t *out)
+{
+    if (!PyLong_CheckExact(number)) {
+        PyErr_SetString(PyExc_TypeError, "a number the matcher built is not an int");
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(number);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* Whether a pattern found at [start, end) of the joined text stands at word boundaries:
    ``seen`` (the text's breaks from start to end, both included) equals the pattern's
    ``signature``, or else has a break at the start, one at the end unless a stem, and
@@ -30,10 +43,11 @@ stands(const unsigned char *seen, Py_ssize_t length, PyObject *signature, PyObje
     }
     if (!seen[0])
         return 0;
-    int is_stem = PyObject_IsTrue(stem);
-    if (is_stem < 0)
+    if (!PyBool_Check(stem)) {
+        PyErr_SetString(PyExc_TypeError, "a pattern's stem mark is not a bool");
         return -1;
-    if (!is_stem && !seen[length - 1])
+    }
+    if (stem == Py_False && !seen[length - 1])
         return 0;
     /* No break inside (offsets 1 .. length - 2) that the pattern does not have. */
     Py_ssize_t count = PyTuple_GET_SIZE(inner);
@@ -42,8 +56,8 @@ stands(const unsigned char *seen, Py_ssize_t length, PyObject *signature, PyObje
             continue;
         int found = 0;
         for (Py_ssize_t i = 0; i < count; i++) {
-            Py_ssize_t value = PyLong_AsSsize_t(PyTuple_GET_ITEM(inner, i));
-            if (value == -1 && PyErr_Occurred())
+            Py_ssize_t value;
+            if (index_of(PyTuple_GET_ITEM(inner, i), &value) < 0)
                 return -1;
             if (value == at) {
                 found = 1;
@@ -60,8 +74,8 @@ static int
 append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t start,
              Py_ssize_t end)
 {
-    Py_ssize_t which = PyLong_AsSsize_t(kind);
-    if (which == -1 && PyErr_Occurred())
+    Py_ssize_t which;
+    if (index_of(kind, &which) < 0)
         return -1;
     if (which < 0 || which >= PyTuple_GET_SIZE(by_kind)) {
         PyErr_SetString(PyExc_IndexError, "a pattern of an unknown kind");
@@ -83,8 +97,8 @@ append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t star
 static PyObject *
 scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyBytes_Check(args[1]) || !PyTuple_Check(args[2]) ||
-        !PyDict_Check(args[3])) {
+    if (nargs != 4 || !PyIter_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyTuple_Check(args[2]) || !PyDict_Check(args[3])) {
         PyErr_SetString(PyExc_TypeError, "scan(found, bounds: bytes, words: tuple, single: dict)");
         return NULL;
     }
@@ -99,16 +113,15 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *value;
         Py_ssize_t end_index;
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
-            ((end_index = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 0))) == -1 &&
-             PyErr_Occurred()) ||
+            index_of(PyTuple_GET_ITEM(item, 0), &end_index) < 0 ||
             !PyTuple_Check(value = PyTuple_GET_ITEM(item, 1)) || PyTuple_GET_SIZE(value) != 7) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "the automaton holds a value not as built");
             goto item_failed;
         }
         /* value: (length, signature, kind, index, inner, stem, more) */
-        Py_ssize_t length = PyLong_AsSsize_t(PyTuple_GET_ITEM(value, 0));
-        if (length == -1 && PyErr_Occurred())
+        Py_ssize_t length;
+        if (index_of(PyTuple_GET_ITEM(value, 0), &length) < 0)
             goto item_failed;
         Py_ssize_t end = end_index + 1, start = end - length;
         if (start < 0 || end >= size) {
@@ -191,8 +204,8 @@ phrase_of(PyObject *found)
 static int
 wake(PyObject *phrase, PyObject *wakes, PyObject *masks, PyObject *woken, PyObject **mask)
 {
-    Py_ssize_t id = PyLong_AsSsize_t(phrase);
-    if (id == -1 && PyErr_Occurred())
+    Py_ssize_t id;
+    if (index_of(phrase, &id) < 0)
         return -1;
     if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(masks)) {
         PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
@@ -243,8 +256,8 @@ screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *phrase = PyList_GET_ITEM(word_ids, i);
         if (phrase == Py_None)
             continue;
-        int truth = PyObject_IsTrue(phrase);
-        if (truth < 0 || (truth && wake(phrase, wakes, masks, woken, &mask) < 0))
+        Py_ssize_t id;
+        if (index_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
             goto done;
     }
     out = PyList_New(0);
@@ -254,8 +267,8 @@ screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (iterator == NULL)
         goto failed;
     while ((number = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t rule = PyLong_AsSsize_t(number);
-        if (rule == -1 && PyErr_Occurred())
+        Py_ssize_t rule;
+        if (index_of(number, &rule) < 0)
             goto number_failed;
         if (rule < 0 || rule >= PyTuple_GET_SIZE(rule_masks)) {
             PyErr_SetString(PyExc_IndexError, "an unknown rule");
@@ -321,9 +334,9 @@ places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyObject *phrase = phrase_of(found);
             if (phrase == NULL)
                 goto failed;
-            Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 1));
-            Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 2));
-            if (PyErr_Occurred())
+            Py_ssize_t start, end;
+            if (index_of(PyTuple_GET_ITEM(found, 1), &start) < 0 ||
+                index_of(PyTuple_GET_ITEM(found, 2), &end) < 0)
                 goto failed;
             if (start < 0 || start >= size || end < 1 || end > size) {
                 PyErr_SetString(PyExc_IndexError, "a phrase found outside the text");
@@ -342,10 +355,10 @@ places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *single = PyList_GET_ITEM(word_ids, at);
         if (single == Py_None)
             continue;
-        int truth = PyObject_IsTrue(single);
-        if (truth < 0)
+        Py_ssize_t id;
+        if (index_of(single, &id) < 0)
             goto failed;
-        if (!truth)
+        if (id == 0)
             continue;
         PyObject *place;
         if (at < PyTuple_GET_SIZE(word_spans))
@@ -389,8 +402,8 @@ collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "a place is not (phrase, span)");
             return NULL;
         }
-        Py_ssize_t phrase = PyLong_AsSsize_t(PyTuple_GET_ITEM(place, 0));
-        if (phrase == -1 && PyErr_Occurred())
+        Py_ssize_t phrase;
+        if (index_of(PyTuple_GET_ITEM(place, 0), &phrase) < 0)
             return NULL;
         if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
             !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
@@ -408,8 +421,8 @@ collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(groups); g++) {
-            Py_ssize_t group = PyLong_AsSsize_t(PyTuple_GET_ITEM(groups, g));
-            if (group == -1 && PyErr_Occurred())
+            Py_ssize_t group;
+            if (index_of(PyTuple_GET_ITEM(groups, g), &group) < 0)
                 return NULL;
             if (group < 0) {
                 if (vetoed == Py_None)
@@ -476,7 +489,7 @@ read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t max_text;
     if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyDict_Check(args[1]) ||
-        ((max_text = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())) {
+        index_of(args[2], &max_text) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "read_known(text: str, read: dict, max_text: int)");
         return NULL;

@@ -668,6 +668,12 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
     return covered
 
 
+def loops_in_c() -> bool:
+    """Whether the matcher's per-text loops run in C (:mod:`.speedups` was built when the
+    package was installed) or, the same loops, in Python."""
+    return speedups is not None
+
+
 def load_matcher(
     roots: Iterable[Path] | None = None, *, languages: tuple[str, ...] | None = None
 ) -> Matcher:
@@ -687,6 +693,7 @@ __all__ = [
     "Matcher",
     "Normalised",
     "load_matcher",
+    "loops_in_c",
     "normalise",
     "spelling_table",
 ]
