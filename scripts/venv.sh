@@ -10,11 +10,21 @@ ensure_venv() {
 		echo "schoolgate: creating $VENV with $PYTHON ($version)" >&2
 		"$PYTHON" -m venv "$VENV"
 	fi
-	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+	# The matcher's C loops (schoolgate/monitoring/speedups.c) are built by the install: again
+	# when changed, or once when a C compiler has come since they could not be built.
+	local loops="" tried="$VENV/.loops-tried"
+	if [ -e "$stamp" ] && command -v gcc >/dev/null && [ "$(command -v gcc)" -nt "$tried" ]; then
+		loops="$here/schoolgate/monitoring/speedups$("$VENV/bin/python" -c \
+			'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+	fi
+	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] ||
+		[ "$here/schoolgate/monitoring/speedups.c" -nt "$stamp" ] ||
+		{ [ -n "$loops" ] && [ ! -e "$loops" ]; }; then
 		echo "schoolgate: installing schoolgate$extras into $VENV" >&2
 		"$VENV/bin/python" -m pip install --quiet --upgrade pip
 		"$VENV/bin/python" -m pip install --quiet -e "$here$extras"
 		touch "$stamp"
+		[ -z "$loops" ] || touch "$tried"
 	fi
 	export PATH="$VENV/bin:$PATH"
 }
@@ -26,6 +36,7 @@ ensure_system_tools() {
 	# Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM through gss-ntlmssp) as
 	# clients, and python-gssapi builds against libkrb5-dev. Install them when we can.
 	local missing=()
+	ensure_compiler
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
 	command -v openssl >/dev/null || missing+=(openssl)
@@ -40,6 +51,26 @@ ensure_system_tools() {
 	command -v kinit >/dev/null || missing+=(krb5-user)
 	command -v krb5-config >/dev/null || missing+=(libkrb5-dev)
 	[ -e /etc/gss/mech.d/mech.ntlmssp.conf ] || missing+=(gss-ntlmssp)
+	install_debian_packages "tests that need them will fail" "${missing[@]}"
+}
+ensure_compiler() {
+	# The matcher's C loops (schoolgate/monitoring/speedups.c) are built with a C compiler and
+	# Python's headers (python-gssapi too). Without them the package installs anyway and runs
+	# the same loops in Python, more slowly (the gateway says so when it starts).
+	local missing=() include
+	command -v gcc >/dev/null || missing+=(gcc)
+	include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+	if [ ! -e "$include/Python.h" ]; then
+		case $include in /usr/include/*) missing+=("$(basename "$include")-dev") ;; esac
+	fi
+	install_debian_packages "the matcher's C loops will run in Python, more slowly" \
+		"${missing[@]}" || true
+}
+install_debian_packages() {
+	# install_debian_packages WHAT-IF-NOT PACKAGE...: as root with apt-get; else say what to do.
+	local if_not=$1
+	shift
+	local missing=("$@")
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 			echo "schoolgate: installing ${missing[*]} from Debian's packages" >&2
@@ -60,7 +91,7 @@ ensure_system_tools() {
 			[ -z "$made_policy" ] || rm -f "$policy"
 			return "$status"
 		else
-			echo "schoolgate: please install ${missing[*]} (tests that need them will fail)" >&2
+			echo "schoolgate: please install ${missing[*]} ($if_not)" >&2
 		fi
 	fi
 }

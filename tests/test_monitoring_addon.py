@@ -400,3 +400,28 @@ def test_a_school_library_edited_on_disk_grades_by_its_new_terms_after_a_reload(
     gw.run(search_flow("www.google.com", "/search?q=zorblax+again"))
     graded = {e["detail"]["term"]: e["detail"]["severity"] for e in gw.events("search")}
     assert graded == {"zorblax": 2, "quuxle": 2, "zorblax again": 0}
+
+
+def test_a_gateway_without_the_c_loops_says_so_and_grades_the_same(gw: GW, monkeypatch, caplog):
+    """Installed without a C compiler, the matcher runs its loops in Python: the network
+    manager is told at load, and searches are graded as before."""
+    from schoolgate.monitoring import normaliser, terms
+    from schoolgate.monitoring.library import default_root
+
+    monkeypatch.setattr(terms, "speedups", None)
+    monkeypatch.setattr(normaliser, "speedups", None)
+    school = gw.addons[0].config_path.parent / "school-terms"
+    (school / "en").mkdir(parents=True)
+    (school / "en" / "local.yaml").write_text(
+        "theme: bullying\nterms:\n  - {term: zorblax, severity: 2}\n"
+    )
+    config = gw.addons[0].config_path
+    shipped = default_root()
+    config.write_text(config.read_text() + f"monitoring:\n  library: [{shipped}, school-terms]\n")
+    with caplog.at_level(logging.WARNING):
+        assert gw.addons[0].reload() is True
+    assert "C loops are not built" in caplog.text
+    gw.run(search_flow("www.google.com", "/search?q=zorblax"))
+    gw.run(search_flow("www.google.com", "/search?q=how+to+kill+myself"))
+    graded = {e["detail"]["term"]: e["detail"]["severity"] for e in gw.events("search")}
+    assert graded == {"zorblax": 2, "how to kill myself": 3}

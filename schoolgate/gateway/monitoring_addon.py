@@ -70,7 +70,7 @@ from schoolgate.jobs.dsl_alerts import (
 )
 from schoolgate.monitoring.compiled import load_compiled
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
-from schoolgate.monitoring.terms import Matcher
+from schoolgate.monitoring.terms import Matcher, loops_in_c
 from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
 from schoolgate.storage.eventlog import new_ref
 from schoolgate.storage.records import MonitoringKind, monitoring_event
@@ -165,6 +165,12 @@ class MonitoringAddon:
                         self.holder.data_dir, roots, languages=settings.languages
                     )
                     self._matcher_key = key
+                    if not loops_in_c():
+                        log.warning(
+                            "schoolgate: the matcher's C loops are not built (the package was "
+                            "installed without a C compiler): searches are graded by the same "
+                            "loops in Python, more slowly; install gcc and reinstall"
+                        )
                 except Exception:  # noqa: BLE001 - monitoring must never stop the gateway
                     log.exception("schoolgate: the risk-term library could not be loaded")
         self._dedupe.window = settings.dedupe_minutes * 60.0

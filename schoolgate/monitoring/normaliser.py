@@ -30,6 +30,11 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+try:  # the usual search's reading in C, where the package was built with a C compiler
+    from schoolgate.monitoring import speedups
+except ImportError:  # read in Python alone (tests hold the two to the same results)
+    speedups = None  # type: ignore[assignment]
+
 MAX_TEXT = 1000  # characters of a text that are read (terms are cut at 500, titles at 300)
 MAX_WORDS = 50_000  # words a Normaliser remembers before it starts again
 
@@ -264,6 +269,10 @@ class Normaliser:
 
     def read(self, text: str) -> Normalised:
         """:func:`normalise` of ``text`` (a method call, cheaper than calling the instance)."""
+        if speedups is not None:  # the usual search, its words known: in C
+            quick = speedups.read_known(text, self._read, MAX_TEXT)
+            if quick is not None:
+                return _new_tuple(Normalised, quick)  # no Python __new__
         words = raw_words(text)
         try:  # in C: every word known and read as one word, as a rule
             known = tuple(map(self._one_word.__getitem__, words))

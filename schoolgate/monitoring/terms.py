@@ -56,6 +56,11 @@ from schoolgate.monitoring.normaliser import (
 )
 from schoolgate.monitoring.rules import satisfied
 
+try:  # the per-text loops in C, where the package was built with a C compiler
+    from schoolgate.monitoring import speedups
+except ImportError:  # the same loops in Python (tests hold the two to the same results)
+    speedups = None  # type: ignore[assignment]
+
 MIN_PATTERN = 3  # a term shorter than this once normalised matches too much
 MIN_STEM = 4  # likewise a stem
 MAX_L_VARIANTS = 3  # a term's first three l's are also compiled as i
@@ -436,13 +441,19 @@ class Matcher:
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
         phrases."""
+        found = self.automaton.iter(norm.joined)
+        if speedups is not None:
+            scanned = speedups.scan(found, norm.bounds, norm.words, self._single)
+            return _new_tuple(_Hits, scanned)  # no Python __new__
+        return self._scan_python(found, norm)
+
+    def _scan_python(self, found: Iterable[tuple[int, tuple]], norm: Normalised) -> _Hits:
         bounds = norm.bounds
         terms: _Found = []
         allows: _Found = []
         context: _Found = []
         words: _Found = []
         by_kind = (terms, allows, context, words)
-        found = self.automaton.iter(norm.joined)
         for end_index, (length, signature, kind, index, inner, stem, more) in found:
             end = end_index + 1
             start = end - length
@@ -522,6 +533,19 @@ class Matcher:
         """The rules whose every group was found, judged like terms. The bits of the
         phrases found rule out almost every rule without a loop over them. (Plain loops:
         here a Python-level call costs more than a few lines of bytecode.)"""
+        if speedups is not None:
+            candidates = speedups.screen(
+                hits.words, hits.word_ids, self._phrase_wakes, self._phrase_masks, self._rule_masks
+            )
+            if not candidates:  # most texts
+                return []
+            places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
+            out = []
+            for number in candidates:
+                match = self._apply_rule(number, norm, hits, places)
+                if match is not None:
+                    out.append(match)
+            return out
         wakes, masks = self._phrase_wakes, self._phrase_masks
         woken: set[int] = set()
         found_mask = 0
@@ -537,13 +561,13 @@ class Matcher:
             return []
         out = []
         rule_masks = self._rule_masks
-        places = None
+        places_found = None
         for number in woken:
             rule_mask = rule_masks[number]
             if found_mask & rule_mask == rule_mask:
-                if places is None:  # once per text, for every rule that may match
-                    places = _places(norm, hits)
-                match = self._apply_rule(number, norm, hits, places)
+                if places_found is None:  # once per text, for every rule that may match
+                    places_found = _places(norm, hits)
+                match = self._apply_rule(number, norm, hits, places_found)
                 if match is not None:
                     out.append(match)
         return out
@@ -560,18 +584,23 @@ class Matcher:
             del found[count:]
         elif count > 5:
             found += [[] for _ in range(count - 5)]
-        vetoed = None
-        groups_of = self._groups_of
         # The phrases found in the joined text first, then the one word phrases: the first
         # "unless" phrase in that order is the one reported.
-        for phrase, span in places:
-            groups = groups_of[phrase].get(number)
-            if groups is not None:
-                for group in groups:
-                    if group < 0:
-                        vetoed = vetoed or self.phrases[phrase]
-                    else:
-                        found[group].append(span)
+        vetoed: str | None = None
+        if speedups is not None:
+            vetoing = speedups.collect(places, self._groups_of, number, found)
+            if vetoing is not None:
+                vetoed = self.phrases[vetoing]
+        else:
+            groups_of = self._groups_of
+            for phrase, span in places:
+                groups = groups_of[phrase].get(number)
+                if groups is not None:
+                    for group in groups:
+                        if group < 0:
+                            vetoed = vetoed or self.phrases[phrase]
+                        else:
+                            found[group].append(span)
         if rule.ends:  # only where the last group's phrase ends the text
             found[-1] = [span for span in found[-1] if span[1] == len(norm.words)]
         ordered, within = rule.ordered, rule.within
@@ -639,6 +668,12 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
     return covered
 
 
+def loops_in_c() -> bool:
+    """Whether the matcher's per-text loops run in C (:mod:`.speedups` was built when the
+    package was installed) or, the same loops, in Python."""
+    return speedups is not None
+
+
 def load_matcher(
     roots: Iterable[Path] | None = None, *, languages: tuple[str, ...] | None = None
 ) -> Matcher:
@@ -658,6 +693,7 @@ __all__ = [
     "Matcher",
     "Normalised",
     "load_matcher",
+    "loops_in_c",
     "normalise",
     "spelling_table",
 ]

@@ -1,0 +1,615 @@
+/* The matcher's per-text loops in C (schoolgate.monitoring.terms reads them when built).
+
+Each function does exactly what the Python code beside it in terms.py does, and
+tests/test_monitoring_speedups.py holds the two to the same results. They run on every
+search a pupil makes; in Python their loops were most of a search's cost. They take
+only what the Matcher built and what the normaliser made of a text, check every type and
+index they rely on, and raise (never guess) when something is not as built. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* An int the Matcher built, as a C integer. Only exact ints: no __index__ of another type
+   runs here (no Python code runs inside these loops). 0, or -1 with an error set. */
+static int
+index_of(PyObject *number, Py_ssize_t *out)
+{
+    if (!PyLong_CheckExact(number)) {
+        PyErr_SetString(PyExc_TypeError, "a number the matcher built is not an int");
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(number);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Whether a pattern found at [start, end) of the joined text stands at word boundaries:
+   ``seen`` (the text's breaks from start to end, both included) equals the pattern's
+   ``signature``, or else has a break at the start, one at the end unless a stem, and
+   none inside but the pattern's ``inner`` ones. */
+static int
+stands(const unsigned char *seen, Py_ssize_t length, PyObject *signature, PyObject *inner,
+       PyObject *stem)
+{
+    if (!PyBytes_Check(signature) || !PyTuple_Check(inner)) {
+        PyErr_SetString(PyExc_TypeError, "a pattern's signature or breaks are not as built");
+        return -1;
+    }
+    if (PyBytes_GET_SIZE(signature) == length &&
+        memcmp(PyBytes_AS_STRING(signature), seen, (size_t)length) == 0)
+        return 1;
+    if (length < 1) {
+        PyErr_SetString(PyExc_IndexError, "a pattern found outside the text");
+        return -1;
+    }
+    if (!seen[0])
+        return 0;
+    if (!PyBool_Check(stem)) {
+        PyErr_SetString(PyExc_TypeError, "a pattern's stem mark is not a bool");
+        return -1;
+    }
+    if (stem == Py_False && !seen[length - 1])
+        return 0;
+    /* No break inside (offsets 1 .. length - 2) that the pattern does not have. */
+    Py_ssize_t count = PyTuple_GET_SIZE(inner);
+    for (Py_ssize_t at = 1; at < length - 1; at++) {
+        if (seen[at] != 1)
+            continue;
+        int found = 0;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            Py_ssize_t value;
+            if (index_of(PyTuple_GET_ITEM(inner, i), &value) < 0)
+                return -1;
+            if (value == at) {
+                found = 1;
+                break;
+            }
+        }
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
+static int
+append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t start,
+             Py_ssize_t end)
+{
+    Py_ssize_t which;
+    if (index_of(kind, &which) < 0)
+        return -1;
+    if (which < 0 || which >= PyTuple_GET_SIZE(by_kind)) {
+        PyErr_SetString(PyExc_IndexError, "a pattern of an unknown kind");
+        return -1;
+    }
+    PyObject *found = Py_BuildValue("(Onn)", index, start, end);
+    if (found == NULL)
+        return -1;
+    int status = PyList_Append(PyTuple_GET_ITEM(by_kind, which), found);
+    Py_DECREF(found);
+    return status;
+}
+
+/* scan(found, bounds, words, single) -> (terms, allows, context, words, word_ids)
+
+   ``found``: the automaton's iterator over the joined text; ``bounds``: the text's
+   breaks; ``words``: its words; ``single``: one word rule phrase -> its id. As
+   Matcher._scan_python. */
+static PyObject *
+scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyIter_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyTuple_Check(args[2]) || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "scan(found, bounds: bytes, words: tuple, single: dict)");
+        return NULL;
+    }
+    PyObject *iterator = args[0], *words = args[2], *single = args[3];
+    const unsigned char *bounds = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    PyObject *by_kind = Py_BuildValue("([][][][])");
+    if (by_kind == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        PyObject *value;
+        Py_ssize_t end_index;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            index_of(PyTuple_GET_ITEM(item, 0), &end_index) < 0 ||
+            !PyTuple_Check(value = PyTuple_GET_ITEM(item, 1)) || PyTuple_GET_SIZE(value) != 7) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "the automaton holds a value not as built");
+            goto item_failed;
+        }
+        /* value: (length, signature, kind, index, inner, stem, more) */
+        Py_ssize_t length;
+        if (index_of(PyTuple_GET_ITEM(value, 0), &length) < 0)
+            goto item_failed;
+        Py_ssize_t end = end_index + 1, start = end - length;
+        if (start < 0 || end >= size) {
+            PyErr_SetString(PyExc_IndexError, "a pattern found outside the text");
+            goto item_failed;
+        }
+        const unsigned char *seen = bounds + start;
+        Py_ssize_t seen_length = end + 1 - start;
+        int ok = stands(seen, seen_length, PyTuple_GET_ITEM(value, 1),
+                        PyTuple_GET_ITEM(value, 4), PyTuple_GET_ITEM(value, 5));
+        if (ok < 0 || (ok && append_found(by_kind, PyTuple_GET_ITEM(value, 2),
+                                          PyTuple_GET_ITEM(value, 3), start, end) < 0))
+            goto item_failed;
+        PyObject *more = PyTuple_GET_ITEM(value, 6);
+        if (!PyTuple_Check(more)) {
+            PyErr_SetString(PyExc_TypeError, "the automaton holds a value not as built");
+            goto item_failed;
+        }
+        /* the key's other patterns: (signature, kind, index, inner, stem) */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(more); i++) {
+            PyObject *other = PyTuple_GET_ITEM(more, i);
+            if (!PyTuple_Check(other) || PyTuple_GET_SIZE(other) != 5) {
+                PyErr_SetString(PyExc_TypeError, "the automaton holds a value not as built");
+                goto item_failed;
+            }
+            ok = stands(seen, seen_length, PyTuple_GET_ITEM(other, 0),
+                        PyTuple_GET_ITEM(other, 3), PyTuple_GET_ITEM(other, 4));
+            if (ok < 0 || (ok && append_found(by_kind, PyTuple_GET_ITEM(other, 1),
+                                              PyTuple_GET_ITEM(other, 2), start, end) < 0))
+                goto item_failed;
+        }
+        Py_DECREF(item);
+        continue;
+    item_failed:
+        Py_DECREF(item);
+        Py_DECREF(by_kind);
+        return NULL;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(by_kind);
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(words);
+    PyObject *word_ids = PyList_New(count);
+    if (word_ids == NULL) {
+        Py_DECREF(by_kind);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *id = PyDict_GetItemWithError(single, PyTuple_GET_ITEM(words, i));
+        if (id == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(word_ids);
+                Py_DECREF(by_kind);
+                return NULL;
+            }
+            id = Py_None;
+        }
+        Py_INCREF(id);
+        PyList_SET_ITEM(word_ids, i, id);
+    }
+    PyObject *out = Py_BuildValue("(OOOON)", PyTuple_GET_ITEM(by_kind, 0),
+                                  PyTuple_GET_ITEM(by_kind, 1), PyTuple_GET_ITEM(by_kind, 2),
+                                  PyTuple_GET_ITEM(by_kind, 3), word_ids);
+    Py_DECREF(by_kind);
+    return out;
+}
+
+/* The phrase id of a (phrase, start, end) found in the joined text. */
+static PyObject *
+phrase_of(PyObject *found)
+{
+    if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a phrase found is not (phrase, start, end)");
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(found, 0);
+}
+
+static int
+wake(PyObject *phrase, PyObject *wakes, PyObject *masks, PyObject *woken, PyObject **mask)
+{
+    Py_ssize_t id;
+    if (index_of(phrase, &id) < 0)
+        return -1;
+    if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(masks)) {
+        PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+        return -1;
+    }
+    PyObject *rules = PyTuple_GET_ITEM(wakes, id);
+    if (!PyTuple_Check(rules)) {
+        PyErr_SetString(PyExc_TypeError, "a phrase's rules are not as built");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rules); i++)
+        if (PySet_Add(woken, PyTuple_GET_ITEM(rules, i)) < 0)
+            return -1;
+    PyObject *both = PyNumber_Or(*mask, PyTuple_GET_ITEM(masks, id));
+    if (both == NULL)
+        return -1;
+    Py_SETREF(*mask, both);
+    return 0;
+}
+
+/* screen(words, word_ids, wakes, masks, rule_masks) -> [rule number]
+
+   The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group's
+   bit is among the phrases' (``masks``: phrase id -> bits; ``rule_masks``: rule -> its
+   groups' bits), in the order Matcher._apply_rules_python looks at them. */
+static PyObject *
+screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
+        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "screen(words: list, word_ids: list, wakes, masks, rule_masks: tuple)");
+        return NULL;
+    }
+    PyObject *words = args[0], *word_ids = args[1], *wakes = args[2], *masks = args[3],
+             *rule_masks = args[4];
+    PyObject *woken = PySet_New(NULL);
+    PyObject *mask = PyLong_FromLong(0);
+    PyObject *out = NULL, *iterator = NULL, *number;
+    if (woken == NULL || mask == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(words); i++) {
+        PyObject *phrase = phrase_of(PyList_GET_ITEM(words, i));
+        if (phrase == NULL || wake(phrase, wakes, masks, woken, &mask) < 0)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(word_ids); i++) {
+        PyObject *phrase = PyList_GET_ITEM(word_ids, i);
+        if (phrase == Py_None)
+            continue;
+        Py_ssize_t id;
+        if (index_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
+            goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL || PySet_GET_SIZE(woken) == 0)
+        goto done;
+    iterator = PyObject_GetIter(woken);
+    if (iterator == NULL)
+        goto failed;
+    while ((number = PyIter_Next(iterator)) != NULL) {
+        Py_ssize_t rule;
+        if (index_of(number, &rule) < 0)
+            goto number_failed;
+        if (rule < 0 || rule >= PyTuple_GET_SIZE(rule_masks)) {
+            PyErr_SetString(PyExc_IndexError, "an unknown rule");
+            goto number_failed;
+        }
+        PyObject *rule_mask = PyTuple_GET_ITEM(rule_masks, rule);
+        PyObject *common = PyNumber_And(mask, rule_mask);
+        if (common == NULL)
+            goto number_failed;
+        int all = PyObject_RichCompareBool(common, rule_mask, Py_EQ);
+        Py_DECREF(common);
+        if (all < 0 || (all && PyList_Append(out, number) < 0))
+            goto number_failed;
+        Py_DECREF(number);
+        continue;
+    number_failed:
+        Py_DECREF(number);
+        goto failed;
+    }
+    if (!PyErr_Occurred())
+        goto done;
+failed:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(iterator);
+    Py_XDECREF(woken);
+    Py_XDECREF(mask);
+    return out;
+}
+
+/* places(words, bounds, word_ids, word_spans) -> [(phrase, (first, after))]
+
+   As terms._places_python: the word span of each phrase found in the joined text, then of
+   each one word phrase. ``word_spans[i]`` is ``(i, i + 1)``, made once. */
+static PyObject *
+places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyList_Check(args[2]) || !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "places(words: list, bounds: bytes, word_ids: list, word_spans: tuple)");
+        return NULL;
+    }
+    PyObject *words = args[0], *word_ids = args[2], *word_spans = args[3];
+    const unsigned char *bounds = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t *upto = NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    if (PyList_GET_SIZE(words)) {
+        /* upto[i]: the sum of bounds[0..i] (the word starts at or before offset i) */
+        upto = PyMem_New(Py_ssize_t, size > 0 ? size : 1);
+        if (upto == NULL) {
+            PyErr_NoMemory();
+            goto failed;
+        }
+        Py_ssize_t sum = 0;
+        for (Py_ssize_t i = 0; i < size; i++)
+            upto[i] = sum += bounds[i];
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(words); i++) {
+            PyObject *found = PyList_GET_ITEM(words, i);
+            PyObject *phrase = phrase_of(found);
+            if (phrase == NULL)
+                goto failed;
+            Py_ssize_t start, end;
+            if (index_of(PyTuple_GET_ITEM(found, 1), &start) < 0 ||
+                index_of(PyTuple_GET_ITEM(found, 2), &end) < 0)
+                goto failed;
+            if (start < 0 || start >= size || end < 1 || end > size) {
+                PyErr_SetString(PyExc_IndexError, "a phrase found outside the text");
+                goto failed;
+            }
+            PyObject *place = Py_BuildValue("(O(nn))", phrase, upto[start] - 1, upto[end - 1]);
+            if (place == NULL)
+                goto failed;
+            int status = PyList_Append(out, place);
+            Py_DECREF(place);
+            if (status < 0)
+                goto failed;
+        }
+    }
+    for (Py_ssize_t at = 0; at < PyList_GET_SIZE(word_ids); at++) {
+        PyObject *single = PyList_GET_ITEM(word_ids, at);
+        if (single == Py_None)
+            continue;
+        Py_ssize_t id;
+        if (index_of(single, &id) < 0)
+            goto failed;
+        if (id == 0)
+            continue;
+        PyObject *place;
+        if (at < PyTuple_GET_SIZE(word_spans))
+            place = PyTuple_Pack(2, single, PyTuple_GET_ITEM(word_spans, at));
+        else
+            place = Py_BuildValue("(O(nn))", single, at, at + 1);
+        if (place == NULL)
+            goto failed;
+        int status = PyList_Append(out, place);
+        Py_DECREF(place);
+        if (status < 0)
+            goto failed;
+    }
+    PyMem_Free(upto);
+    return out;
+failed:
+    PyMem_Free(upto);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* collect(places, groups_of, number, found) -> the first vetoing phrase id, or None
+
+   As the loop of Matcher._apply_rule: for each (phrase, span) of ``places`` that rule
+   ``number`` uses (``groups_of[phrase]``: rule -> its groups, -1 for "unless"), the span
+   is appended to ``found[group]``; the first phrase in an "unless" is returned. */
+static PyObject *
+collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyTuple_Check(args[1]) ||
+        !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "collect(places: list, groups_of: tuple, number, found: list)");
+        return NULL;
+    }
+    PyObject *places = args[0], *groups_of = args[1], *number = args[2], *found = args[3];
+    PyObject *vetoed = Py_None;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(places); i++) {
+        PyObject *place = PyList_GET_ITEM(places, i);
+        if (!PyTuple_Check(place) || PyTuple_GET_SIZE(place) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a place is not (phrase, span)");
+            return NULL;
+        }
+        Py_ssize_t phrase;
+        if (index_of(PyTuple_GET_ITEM(place, 0), &phrase) < 0)
+            return NULL;
+        if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
+            !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
+            PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+            return NULL;
+        }
+        PyObject *groups = PyDict_GetItemWithError(PyTuple_GET_ITEM(groups_of, phrase), number);
+        if (groups == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue;
+        }
+        if (!PyTuple_Check(groups)) {
+            PyErr_SetString(PyExc_TypeError, "a phrase's groups are not as built");
+            return NULL;
+        }
+        for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(groups); g++) {
+            Py_ssize_t group;
+            if (index_of(PyTuple_GET_ITEM(groups, g), &group) < 0)
+                return NULL;
+            if (group < 0) {
+                if (vetoed == Py_None)
+                    vetoed = PyTuple_GET_ITEM(place, 0);
+                continue;
+            }
+            if (group >= PyList_GET_SIZE(found)) {
+                PyErr_SetString(PyExc_IndexError, "a group the rule does not have");
+                return NULL;
+            }
+            if (PyList_Append(PyList_GET_ITEM(found, group), PyTuple_GET_ITEM(place, 1)) < 0)
+                return NULL;
+        }
+    }
+    return Py_NewRef(vetoed);
+}
+
+/* Append ``read`` (a word as the normaliser read it: none, one or several words separated by
+   one space) to ``words``; 0, or -1 with an error set, or 1 when it is not ASCII words. */
+static int
+append_read(PyObject *words, PyObject *read, Py_ssize_t *total)
+{
+    if (!PyUnicode_Check(read) || !PyUnicode_IS_ASCII(read))
+        return 1;
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(read);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(read), from = 0;
+    for (Py_ssize_t i = 0; i < size; i++)
+        if (chars[i] <= ' ' && chars[i] != ' ')
+            return 1;  /* other white space: str.split's to read */
+    if (size > 0 && memchr(chars, ' ', (size_t)size) == NULL) {  /* the usual: one word */
+        *total += size;
+        return PyList_Append(words, read);
+    }
+    while (from < size) {
+        if (chars[from] == ' ') {
+            from++;
+            continue;
+        }
+        Py_ssize_t to = from;
+        while (to < size && chars[to] != ' ')
+            to++;
+        PyObject *word = PyUnicode_Substring(read, from, to);
+        if (word == NULL)
+            return -1;
+        int status = PyList_Append(words, word);
+        Py_DECREF(word);
+        if (status < 0)
+            return -1;
+        *total += to - from;
+        from = to;
+    }
+    return 0;
+}
+
+/* read_known(text, read, max_text) -> (words, joined, bounds), or None
+
+   Normaliser.read for the usual search: ASCII letters, digits and spaces only, at most
+   ``max_text`` characters, no three one-character words in a row (a word spelled out
+   letter by letter), and every word already read (``read``: the word in lower case -> as
+   read, none, one or several words). None for anything else: Normaliser.read then reads
+   the text in Python. */
+static PyObject *
+read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t max_text;
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyDict_Check(args[1]) ||
+        index_of(args[2], &max_text) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "read_known(text: str, read: dict, max_text: int)");
+        return NULL;
+    }
+    PyObject *text = args[0], *known = args[1];
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
+    if (!PyUnicode_IS_ASCII(text) || size > max_text)
+        Py_RETURN_NONE;
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t count = 0, singles = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = chars[i];
+        if (c == ' ')
+            continue;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+            Py_RETURN_NONE;
+        if (i == 0 || chars[i - 1] == ' ') {
+            count++;
+            /* one-character words in a row: three or more are one word spelled out */
+            singles = (i + 1 == size || chars[i + 1] == ' ') ? singles + 1 : 0;
+            if (singles >= 3)
+                Py_RETURN_NONE;
+        }
+    }
+    if (count == 0)
+        Py_RETURN_NONE;
+    PyObject *words = PyList_New(0);
+    if (words == NULL)
+        return NULL;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < size;) {
+        if (chars[i] == ' ') {
+            i++;
+            continue;
+        }
+        Py_ssize_t end = i;
+        while (end < size && chars[end] != ' ')
+            end++;
+        PyObject *word = PyUnicode_New(end - i, 127);
+        if (word == NULL)
+            goto failed;
+        unsigned char *lower = PyUnicode_1BYTE_DATA(word);
+        for (Py_ssize_t j = i; j < end; j++)
+            lower[j - i] = (chars[j] >= 'A' && chars[j] <= 'Z') ? chars[j] + 32 : chars[j];
+        PyObject *read = PyDict_GetItemWithError(known, word);
+        Py_DECREF(word);
+        if (read == NULL) {
+            if (PyErr_Occurred())
+                goto failed;
+            goto not_here; /* a word not read yet */
+        }
+        int status = append_read(words, read, &total);
+        if (status < 0)
+            goto failed;
+        if (status > 0)
+            goto not_here;
+        i = end;
+    }
+    count = PyList_GET_SIZE(words);
+    if (count == 0)
+        goto not_here; /* every word read as none: Python's to say what that is */
+    PyObject *joined = PyUnicode_New(total, 127);
+    PyObject *bounds = PyBytes_FromStringAndSize(NULL, total + 1);
+    PyObject *tuple = PyList_AsTuple(words);
+    Py_DECREF(words);
+    if (joined == NULL || bounds == NULL || tuple == NULL) {
+        Py_XDECREF(joined);
+        Py_XDECREF(bounds);
+        Py_XDECREF(tuple);
+        return NULL;
+    }
+    unsigned char *into = PyUnicode_1BYTE_DATA(joined);
+    char *marks = PyBytes_AS_STRING(bounds);
+    memset(marks, 0, (size_t)total + 1);
+    Py_ssize_t offset = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *read = PyTuple_GET_ITEM(tuple, i);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(read);
+        memcpy(into + offset, PyUnicode_1BYTE_DATA(read), (size_t)length);
+        marks[offset] = 1;
+        offset += length;
+    }
+    marks[total] = 1;
+    return Py_BuildValue("(NNN)", tuple, joined, bounds);
+not_here:
+    Py_DECREF(words);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(words);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "The patterns found at word boundaries, by kind, and each word's one word phrase."},
+    {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL,
+     "The rules woken whose every group was found."},
+    {"places", (PyCFunction)(void (*)(void))places, METH_FASTCALL,
+     "Each rule phrase found, with its word span."},
+    {"collect", (PyCFunction)(void (*)(void))collect, METH_FASTCALL,
+     "One rule's spans by group; the first vetoing phrase."},
+    {"read_known", (PyCFunction)(void (*)(void))read_known, METH_FASTCALL,
+     "The usual search read with words already known: (words, joined, bounds), or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "speedups",
+    .m_doc = "The matcher's per-text loops in C (see terms.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit_speedups(void)
+{
+    return PyModule_Create(&module_def);
+}

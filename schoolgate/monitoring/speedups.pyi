@@ -1,0 +1,31 @@
+# The C loops of speedups.c, as terms.py calls them.
+from collections.abc import Iterator
+
+def scan(
+    found: Iterator[tuple[int, tuple]],
+    bounds: bytes,
+    words: tuple[str, ...],
+    single: dict[str, int],
+) -> tuple[list, list, list, list, list[int | None]]: ...
+def screen(
+    words: list[tuple[int, int, int]],
+    word_ids: list[int | None],
+    wakes: tuple[tuple[int, ...], ...],
+    masks: tuple[int, ...],
+    rule_masks: tuple[int, ...],
+) -> list[int]: ...
+def places(
+    words: list[tuple[int, int, int]],
+    bounds: bytes,
+    word_ids: list[int | None],
+    word_spans: tuple[tuple[int, int], ...],
+) -> list[tuple[int, tuple[int, int]]]: ...
+def collect(
+    places: list[tuple[int, tuple[int, int]]],
+    groups_of: tuple[dict[int, tuple[int, ...]], ...],
+    number: int,
+    found: list[list[tuple[int, int]]],
+) -> int | None: ...
+def read_known(
+    text: str, read: dict[str, str], max_text: int
+) -> tuple[tuple[str, ...], str, bytes] | None: ...

@@ -1,0 +1,258 @@
+"""The matcher's C loops (schoolgate/monitoring/speedups.c) against the same loops in Python.
+
+A search is graded by the C loops wherever the package was built with a C compiler, and by
+the Python ones elsewhere: a pupil's search must get the same grade either way. These tests
+grade many texts both ways (the labelled searches, the same disguised, and random texts made
+of the library's own phrases, which wake its rules) and compare every match, and give the C
+loops input that is not as the matcher builds it: an error, never a crash or a guess.
+"""
+
+from __future__ import annotations
+
+import random
+
+import ahocorasick
+import pytest
+
+from schoolgate.monitoring import normaliser, terms
+from schoolgate.monitoring.normaliser import Normaliser, normalise
+from schoolgate.monitoring.terms import Matcher, load_matcher
+from tests.test_monitoring_labelled import load_labelled
+
+speedups = terms.speedups
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Matcher:
+    return load_matcher()
+
+
+def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(terms, "speedups", None)
+    monkeypatch.setattr(normaliser, "speedups", None)
+
+
+def test_the_c_loops_are_built():
+    # ./run-tests installs a C compiler (gcc) before it installs the package; without it the
+    # package installs without them and every comparison below would be Python against Python.
+    assert speedups is not None, (
+        "schoolgate.monitoring.speedups is not built: install gcc, then reinstall the package"
+    )
+
+
+def _texts(matcher: Matcher) -> list[str]:
+    labelled = [item.text for item in load_labelled()]
+    rng = random.Random(2026)
+    phrases = [p for rule in matcher.cooccurrence for group in rule.groups for p in group]
+    phrases += [p for rule in matcher.cooccurrence for p in rule.unless]
+    phrases += [term.text for term in matcher.terms]
+    phrases += [allow.phrase for allow in matcher.allows]
+    phrases += [context.phrase for context in matcher.rules]
+    words = [word for text in labelled for word in text.split()]
+    out = list(labelled)
+    for text in labelled:
+        shuffled = text.split()
+        rng.shuffle(shuffled)
+        out.append(" ".join(shuffled))
+        out.append(text.upper().replace("O", "0").replace("I", "1").replace(" ", "  . "))
+        out.append(f"{text} {rng.choice(labelled)}")
+    for _ in range(6000):
+        out.append(
+            " ".join(
+                rng.choice(phrases) if rng.random() < 0.5 else rng.choice(words)
+                for _ in range(rng.randint(1, 12))
+            )
+        )
+    out += ["", " ", "a", "kill " * 400, "s u i c i d e", "wanna " * 30, "ｋｉｌｌ ｍｙｓｅｌｆ"]
+    return out
+
+
+def test_c_and_python_grade_every_text_alike(shipped, monkeypatch):
+    texts = _texts(shipped)
+    with_c = Matcher(shipped.library, cache_size=0)
+    graded = [with_c.assess(text) for text in texts]
+    _python_only(monkeypatch)
+    in_python = Matcher(shipped.library, cache_size=0)
+    differ = [
+        (text, c, p)
+        for text, c, p in zip(texts, graded, map(in_python.assess, texts), strict=True)
+        if c != p
+    ]
+    assert not differ, differ[:3]
+    # The comparison means something: rules and terms matched, alerts and allowed ones.
+    assert sum(1 for g in graded if g.severity == 3) > 1000
+    assert sum(1 for g in graded for m in g.matches if m.rule and m.active) > 1000
+    assert sum(1 for g in graded if g.suppressed) > 100
+
+
+def test_c_and_python_find_the_same_phrases_and_rules(shipped, monkeypatch):
+    """Below the grades: the hits of a text, its rules' candidates and their spans."""
+    matcher = Matcher(shipped.library, cache_size=0)
+    norms = [matcher.normaliser.read(text) for text in _texts(shipped)[:4000]]
+    hits_c = [matcher._scan(norm) for norm in norms]
+    rules_c = [matcher._apply_rules(norm, hits) for norm, hits in zip(norms, hits_c, strict=True)]
+    _python_only(monkeypatch)
+    assert [matcher._scan(norm) for norm in norms] == hits_c
+    assert [matcher._apply_rules(n, h) for n, h in zip(norms, hits_c, strict=True)] == rules_c
+    assert sum(map(len, rules_c)) > 500
+
+
+SPELLED_AND_SPACED = [
+    "s u i c i d e",
+    "how to s u i c i d e",
+    "a b",
+    "i a m sad",
+    "I Am A Big Fan",
+    "x y",
+    "  leading and trailing  ",
+    "double  spaces  a  b  c",
+    "tab\tinside",
+    "year 9 b",
+    "KILL   MYSELF",
+    "9 11 2001",
+    "",
+    "   ",
+    "k" * 1001,
+    "kill " * 250,
+]
+
+
+def test_c_and_python_read_every_text_alike(shipped, monkeypatch):
+    texts = _texts(shipped) + SPELLED_AND_SPACED
+    with_c = Normaliser(shipped.spellings)
+    first = [with_c.read(text) for text in texts]  # words unknown: read in Python
+    again = [with_c.read(text) for text in texts]  # known: the usual search, in C
+    _python_only(monkeypatch)
+    in_python = Normaliser(shipped.spellings)
+    for text in texts:
+        in_python.read(text)  # its words learnt, as with_c's were
+    python_again = [in_python.read(text) for text in texts]
+    assert first == again == python_again
+    assert again == [normalise(text, shipped.spellings) for text in texts]
+
+
+def test_read_known_reads_only_the_usual_search():
+    one_word = {"kill": "kil", "myself": "myself", "a": "a", "b": "b", "c": "c"}
+    assert speedups.read_known("Kill  MYSELF", one_word, 1000) == (
+        ("kil", "myself"),
+        "kilmyself",
+        b"\1\0\0\1\0\0\0\0\0\1",
+    )
+    # a word read as several ("wanna" -> "want to") or as none
+    read = {**one_word, "wanna": "want to", "um": ""}
+    assert speedups.read_known("um wanna kill", read, 1000) == (
+        ("want", "to", "kil"),
+        "wanttokil",
+        b"\1\0\0\0\1\0\1\0\0\1",
+    )
+    assert speedups.read_known("um", read, 1000) is None  # no word left: Python says what
+    assert speedups.read_known("kill myself", one_word, 5) is None  # longer than read
+    assert speedups.read_known("kill herself", one_word, 1000) is None  # a word not known
+    assert speedups.read_known("kill, myself", one_word, 1000) is None  # punctuation
+    assert speedups.read_known("kíll myself", one_word, 1000) is None  # not ASCII
+    assert speedups.read_known("a b c", one_word, 1000) is None  # spelled letter by letter
+    assert speedups.read_known("   ", one_word, 1000) is None
+    assert speedups.read_known("kill", {"kill": 3}, 1000) is None  # not as built
+    with pytest.raises(TypeError):
+        speedups.read_known(b"kill", one_word, 1000)
+
+
+def _value(length=4, signature=b"\1\0\0\0\1", kind=0, index=0, inner=(), stem=False, more=()):
+    return (length, signature, kind, index, inner, stem, more)
+
+
+@pytest.mark.parametrize(
+    "found, error",
+    [
+        ([(3, _value(length=9))], IndexError),  # would start before the text
+        ([(30, _value())], IndexError),  # would end after it
+        ([(3, _value(kind=7))], IndexError),  # no such kind
+        ([(3, _value(signature="x"))], TypeError),
+        ([(3, _value(inner=[1]))], TypeError),
+        ([(3, _value(more=[("x",)]))], TypeError),
+        ([(3, _value(more=(("x",),)))], TypeError),
+        ([(3, (1, 2))], TypeError),
+        ([("3", _value())], TypeError),
+        ([None], TypeError),
+    ],
+)
+def test_scan_refuses_what_the_matcher_did_not_build(found, error):
+    with pytest.raises(error):
+        speedups.scan(iter(found), b"\1\0\0\0\1", ("abcd",), {})
+
+
+class Sly(int):
+    """An int whose other methods run Python code: the C loops take exact ints only."""
+
+    def __index__(self) -> int:
+        raise AssertionError("Python code ran inside the C loops")
+
+    __bool__ = __hash__ = __index__
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: speedups.scan([], b"\1", (), {}),  # not an iterator
+        lambda: speedups.scan(iter([(Sly(3), _value())]), b"\1\0\0\0\1", ("abcd",), {}),
+        lambda: speedups.scan(iter([(3, _value(stem=1))]), b"\1\0\0\0\0", ("abcd",), {}),
+        lambda: speedups.screen([], [Sly(1)], ((),) * 2, (0, 0), ()),
+        lambda: speedups.places([], b"\1", [Sly(1)], ((0, 1),)),
+        lambda: speedups.read_known("kill", {}, Sly(10)),
+    ],
+)
+def test_the_c_loops_take_only_what_the_matcher_builds(call):
+    with pytest.raises(TypeError):
+        call()
+
+
+def test_scan_of_a_real_automaton():
+    automaton = ahocorasick.Automaton()
+    automaton.add_word("kill", _value(index=5))
+    automaton.add_word("skill", _value(length=5, signature=b"\1\0\0\0\0\1", kind=1, index=6))
+    automaton.make_automaton()
+    # "skill kill": words "skill", "kill"; joined "skillkill", breaks at 0, 5 and 9
+    bounds = b"\1\0\0\0\0\1\0\0\0\1"
+    terms_found, allows, context, words, word_ids = speedups.scan(
+        automaton.iter("skillkill"), bounds, ("skill", "kill"), {"kill": 3}
+    )
+    assert terms_found == [(5, 5, 9)]  # not the "kill" inside "skill"
+    assert allows == [(6, 0, 5)]
+    assert context == words == []
+    assert word_ids == [None, 3]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: speedups.screen([(99, 0, 1)], [], ((),), (0,), ()),  # unknown phrase
+        lambda: speedups.screen([], [1], ((5,),) * 2, (1, 1), (1,)),  # unknown rule
+        lambda: speedups.screen([(1, 0)], [], ((),) * 2, (0, 0), ()),
+        lambda: speedups.screen((), [], (), (), ()),
+        lambda: speedups.places([(1, 0, 99)], b"\1\0\1", [], ()),  # outside the text
+        lambda: speedups.places([(1, -1, 1)], b"\1\0\1", [], ()),
+        lambda: speedups.collect([(7, (0, 1))], ({},), 0, [[]]),  # unknown phrase
+        lambda: speedups.collect([(0, (0, 1))], ({0: (3,)},), 0, [[]]),  # unknown group
+        lambda: speedups.collect([(0, (0, 1))], ({0: [0]},), 0, [[]]),
+        lambda: speedups.collect([(0,)], ({},), 0, [[]]),
+    ],
+)
+def test_rule_loops_refuse_what_the_matcher_did_not_build(call):
+    with pytest.raises((IndexError, TypeError)):
+        call()
+
+
+def test_rule_loops_on_a_small_example():
+    wakes = ((), (0,), (), (1,))  # phrase 1 wakes rule 0, phrase 3 rule 1
+    masks = (0, 0b01, 0b10, 0b100)  # rule 0: bits 0 and 1; rule 1: bits 2 and 3
+    rule_masks = (0b11, 0b1100)
+    # phrase 1 found in the joined text, phrase 2 as a word: rule 0 only (rule 1 lacks bit 3)
+    assert speedups.screen([(1, 0, 4)], [None, 2, 3], wakes, masks, rule_masks) == [0]
+    assert speedups.screen([], [None, 2], wakes, masks, rule_masks) == []
+    # words "aa bb cc": joined "aabbcc"; phrase 1 is "aa bb" (offsets 0 to 4)
+    found = speedups.places([(1, 0, 4)], b"\1\0\1\0\1\0\1", [None, None, 2], ((0, 1), (1, 2)))
+    assert found == [(1, (0, 2)), (2, (2, 3))]
+    groups_of = ({}, {0: (0,)}, {0: (1, -1)})
+    spans = [[], []]
+    assert speedups.collect(found, groups_of, 0, spans) == 2  # phrase 2 is also an "unless"
+    assert spans == [[(0, 2)], [(2, 3)]]
