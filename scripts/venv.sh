@@ -10,14 +10,15 @@ ensure_venv() {
 		echo "schoolgate: creating $VENV with $PYTHON ($version)" >&2
 		"$PYTHON" -m venv "$VENV"
 	fi
-	# The matcher's C loops (schoolgate/monitoring/speedups.c) are built by the install: again
-	# when changed, or once when a C compiler has come since they could not be built.
+	# The matcher's C loops (schoolgate/monitoring/speedups.c, see setup.py) are built by the
+	# install: again when changed, or once when a C compiler has come since they could not be.
 	local loops="" tried="$VENV/.loops-tried"
 	if [ -e "$stamp" ] && command -v gcc >/dev/null && [ "$(command -v gcc)" -nt "$tried" ]; then
 		loops="$here/schoolgate/monitoring/speedups$("$VENV/bin/python" -c \
 			'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
 	fi
 	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] ||
+		[ "$here/setup.py" -nt "$stamp" ] ||
 		[ "$here/schoolgate/monitoring/speedups.c" -nt "$stamp" ] ||
 		{ [ -n "$loops" ] && [ ! -e "$loops" ]; }; then
 		echo "schoolgate: installing schoolgate$extras into $VENV" >&2
