@@ -22,6 +22,28 @@ index_of(PyObject *number, Py_ssize_t *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The id of a word's one word phrase (an item of word_ids): 0 for none. */
+static int
+single_of(PyObject *single, Py_ssize_t *id)
+{
+    if (single == Py_None) {
+        *id = 0;
+        return 0;
+    }
+    return index_of(single, id);
+}
+
+/* Append ``item`` (a new reference, or NULL after an error) to ``list``, and release it. */
+static int
+append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int status = PyList_Append(list, item);
+    Py_DECREF(item);
+    return status;
+}
+
 /* Whether a pattern found at [start, end) of the joined text stands at word boundaries:
    ``seen`` (the text's breaks from start to end, both included) equals the pattern's
    ``signature``, or else has a break at the start, one at the end unless a stem, and
@@ -81,12 +103,7 @@ append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t star
         PyErr_SetString(PyExc_IndexError, "a pattern of an unknown kind");
         return -1;
     }
-    PyObject *found = Py_BuildValue("(Onn)", index, start, end);
-    if (found == NULL)
-        return -1;
-    int status = PyList_Append(PyTuple_GET_ITEM(by_kind, which), found);
-    Py_DECREF(found);
-    return status;
+    return append_new(PyTuple_GET_ITEM(by_kind, which), Py_BuildValue("(Onn)", index, start, end));
 }
 
 /* scan(found, bounds, words, single) -> (terms, allows, context, words, word_ids)
@@ -254,10 +271,8 @@ screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(word_ids); i++) {
         PyObject *phrase = PyList_GET_ITEM(word_ids, i);
-        if (phrase == Py_None)
-            continue;
         Py_ssize_t id;
-        if (index_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
+        if (single_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
             goto done;
     }
     out = PyList_New(0);
@@ -342,34 +357,22 @@ places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyErr_SetString(PyExc_IndexError, "a phrase found outside the text");
                 goto failed;
             }
-            PyObject *place = Py_BuildValue("(O(nn))", phrase, upto[start] - 1, upto[end - 1]);
-            if (place == NULL)
-                goto failed;
-            int status = PyList_Append(out, place);
-            Py_DECREF(place);
-            if (status < 0)
+            if (append_new(out, Py_BuildValue("(O(nn))", phrase, upto[start] - 1,
+                                              upto[end - 1])) < 0)
                 goto failed;
         }
     }
     for (Py_ssize_t at = 0; at < PyList_GET_SIZE(word_ids); at++) {
         PyObject *single = PyList_GET_ITEM(word_ids, at);
-        if (single == Py_None)
-            continue;
         Py_ssize_t id;
-        if (index_of(single, &id) < 0)
+        if (single_of(single, &id) < 0)
             goto failed;
         if (id == 0)
             continue;
-        PyObject *place;
-        if (at < PyTuple_GET_SIZE(word_spans))
-            place = PyTuple_Pack(2, single, PyTuple_GET_ITEM(word_spans, at));
-        else
-            place = Py_BuildValue("(O(nn))", single, at, at + 1);
-        if (place == NULL)
-            goto failed;
-        int status = PyList_Append(out, place);
-        Py_DECREF(place);
-        if (status < 0)
+        PyObject *place = at < PyTuple_GET_SIZE(word_spans)
+                              ? PyTuple_Pack(2, single, PyTuple_GET_ITEM(word_spans, at))
+                              : Py_BuildValue("(O(nn))", single, at, at + 1);
+        if (append_new(out, place) < 0)
             goto failed;
     }
     PyMem_Free(upto);
@@ -464,12 +467,7 @@ append_read(PyObject *words, PyObject *read, Py_ssize_t *total)
         Py_ssize_t to = from;
         while (to < size && chars[to] != ' ')
             to++;
-        PyObject *word = PyUnicode_Substring(read, from, to);
-        if (word == NULL)
-            return -1;
-        int status = PyList_Append(words, word);
-        Py_DECREF(word);
-        if (status < 0)
+        if (append_new(words, PyUnicode_Substring(read, from, to)) < 0)
             return -1;
         *total += to - from;
         from = to;
