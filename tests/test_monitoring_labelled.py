@@ -32,7 +32,8 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # was measured blind at 0.823 severity-3 recall (65/79), 1/121 ordinary at severity 3, then
 # tuned on on 2026-12-03. heldout-10 (245 searches, after dropping 53 that earlier splits held)
 # was measured blind at 0.773 severity-3 recall (75/97), 0/113 ordinary at severity 3, then
-# tuned on on 2026-12-03.
+# tuned on on 2026-12-03. heldout-11 (247 searches) was measured blind at 0.810 severity-3
+# recall (64/79), 1/123 ordinary at severity 3, then tuned on on 2026-12-03.
 TUNED = (
     "dev",
     "heldout-1",
@@ -45,9 +46,10 @@ TUNED = (
     "heldout-8",
     "heldout-9",
     "heldout-10",
+    "heldout-11",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-11",)
+NEVER_TUNED: tuple[str, ...] = ()
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
