@@ -76,7 +76,8 @@ SMALL = {
         ("su\u200bi\u00adcide", "suiside"),  # zero-width space, soft hyphen
         ("s\u00fc\u00efc\u00efd\u00e9", "suiside"),  # accents
         ("don't", "dont"),
-        ("year 7 1488", "year 7 148"),  # digits alone stay digits (repeats still count once)
+        ("year 7 1488", "year 7 1488"),  # digits alone stay digits, repeats and all
+        ("1500 calories", "1500 kalories"),  # not 150
         ("photo", "foto"),
         ("ecstacy", "ekstasy"),
         ("", ""),

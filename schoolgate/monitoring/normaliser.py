@@ -15,7 +15,8 @@ What a pupil may write to get past a word list reads the same once normalised:
    word, wherever they are; then **sound-alike spellings**: ``ph``->``f``, ``ck``->``k``,
    ``c`` before ``e i y``->``s``, other ``c``->``k``, ``x``->``ks`` (``suiside``,
    ``extasy``, ``secks``).
-5. **Repeated letters** count once (``kiiiill``, ``canabis``).
+5. **Repeated letters** count once (``kiiiill``, ``canabis``); repeated digits do not
+   (``1500`` is not ``150``).
 
 Steps 3 to 5 act on one word at a time, so :class:`Normaliser` remembers the words it has
 read (a school's searches use the same few thousand words again and again): a text costs
@@ -98,7 +99,7 @@ _LEET_CHAR = re.compile(r"[0-9@$|!]")
 _SYMBOL = re.compile(r"[@$|!]")
 _LETTER = re.compile(r"[^\W\d_]")
 _SOFT_C = re.compile(r"c(?=[eiy])")
-_REPEAT = re.compile(r"(.)\1+")
+_REPEAT = re.compile(r"([^\W\d_])\1+")  # letters only: 1000 calories are not 10
 _FIRST_GROUP = operator.itemgetter(1)  # a C-level callable: no Python call per repeat
 
 
