@@ -247,7 +247,7 @@ wake(PyObject *phrase, PyObject *wakes, PyObject *masks, PyObject *woken, PyObje
 
    The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group's
    bit is among the phrases' (``masks``: phrase id -> bits; ``rule_masks``: rule -> its
-   groups' bits), in the order Matcher._apply_rules_python looks at them. */
+   groups' bits), in the order Matcher._candidates gives them. */
 static PyObject *
 screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -316,7 +316,7 @@ done:
 
 /* places(words, bounds, word_ids, word_spans) -> [(phrase, (first, after))]
 
-   As terms._places_python: the word span of each phrase found in the joined text, then of
+   As terms._places: the word span of each phrase found in the joined text, then of
    each one word phrase. ``word_spans[i]`` is ``(i, i + 1)``, made once. */
 static PyObject *
 places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)

@@ -537,15 +537,24 @@ class Matcher:
             candidates = speedups.screen(
                 hits.words, hits.word_ids, self._phrase_wakes, self._phrase_masks, self._rule_masks
             )
-            if not candidates:  # most texts
-                return []
+        else:
+            candidates = self._candidates(hits)
+        if not candidates:  # most texts: no rule has every group found
+            return []
+        if speedups is not None:  # once per text, for every rule that may match
             places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
-            out = []
-            for number in candidates:
-                match = self._apply_rule(number, norm, hits, places)
-                if match is not None:
-                    out.append(match)
-            return out
+        else:
+            places = _places(norm, hits)
+        out = []
+        for number in candidates:
+            match = self._apply_rule(number, norm, hits, places)
+            if match is not None:
+                out.append(match)
+        return out
+
+    def _candidates(self, hits: _Hits) -> list[int]:
+        """The rules woken by an anchor found whose every group was found (as
+        ``speedups.screen``)."""
         wakes, masks = self._phrase_wakes, self._phrase_masks
         woken: set[int] = set()
         found_mask = 0
@@ -557,20 +566,8 @@ class Matcher:
             if wakes[phrase]:
                 woken.update(wakes[phrase])
             found_mask |= masks[phrase]
-        if not woken:  # most texts: no anchor of any rule
-            return []
-        out = []
         rule_masks = self._rule_masks
-        places_found = None
-        for number in woken:
-            rule_mask = rule_masks[number]
-            if found_mask & rule_mask == rule_mask:
-                if places_found is None:  # once per text, for every rule that may match
-                    places_found = _places(norm, hits)
-                match = self._apply_rule(number, norm, hits, places_found)
-                if match is not None:
-                    out.append(match)
-        return out
+        return [n for n in woken if found_mask & rule_masks[n] == rule_masks[n]]
 
     def _apply_rule(
         self, number: int, norm: Normalised, hits: _Hits, places: _Places
