@@ -33,7 +33,9 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # tuned on on 2026-12-03. heldout-10 (245 searches, after dropping 53 that earlier splits held)
 # was measured blind at 0.773 severity-3 recall (75/97), 0/113 ordinary at severity 3, then
 # tuned on on 2026-12-03. heldout-11 (247 searches) was measured blind at 0.810 severity-3
-# recall (64/79), 1/123 ordinary at severity 3, then tuned on on 2026-12-03.
+# recall (64/79), 1/123 ordinary at severity 3, then tuned on on 2026-12-03. heldout-12 (241
+# searches) was measured blind at 0.919 severity-3 recall (79/86), 0/118 ordinary at severity 3,
+# then tuned on on 2026-12-03.
 TUNED = (
     "dev",
     "heldout-1",
@@ -47,9 +49,10 @@ TUNED = (
     "heldout-9",
     "heldout-10",
     "heldout-11",
+    "heldout-12",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-12",)
+NEVER_TUNED: tuple[str, ...] = ()
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
