@@ -11,21 +11,26 @@ ensure_venv() {
 		"$PYTHON" -m venv "$VENV"
 	fi
 	# The matcher's C loops (schoolgate/monitoring/speedups.c, see setup.py) are built by the
-	# install: again when changed, or once when a C compiler has come since they could not be.
-	local loops="" tried="$VENV/.loops-tried"
-	if [ -e "$stamp" ] && command -v gcc >/dev/null && [ "$(command -v gcc)" -nt "$tried" ]; then
-		loops="$here/schoolgate/monitoring/speedups$("$VENV/bin/python" -c \
-			'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+	# install: again when changed, or once a C compiler has come since an install without one.
+	local loops_note="$VENV/.loops-not-built" retry=""
+	if [ -e "$loops_note" ] && [ "$(cat "$loops_note")" = "no compiler" ] &&
+		command -v gcc >/dev/null; then
+		retry=1
 	fi
 	if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] ||
 		[ "$here/setup.py" -nt "$stamp" ] ||
-		[ "$here/schoolgate/monitoring/speedups.c" -nt "$stamp" ] ||
-		{ [ -n "$loops" ] && [ ! -e "$loops" ]; }; then
+		[ "$here/schoolgate/monitoring/speedups.c" -nt "$stamp" ] || [ -n "$retry" ]; then
 		echo "schoolgate: installing schoolgate$extras into $VENV" >&2
 		"$VENV/bin/python" -m pip install --quiet --upgrade pip
 		"$VENV/bin/python" -m pip install --quiet -e "$here$extras"
 		touch "$stamp"
-		[ -z "$loops" ] || touch "$tried"
+		if "$VENV/bin/python" -c 'import schoolgate.monitoring.speedups' 2>/dev/null; then
+			rm -f "$loops_note"
+		elif command -v gcc >/dev/null; then
+			echo "build failed" >"$loops_note"
+		else
+			echo "no compiler" >"$loops_note"
+		fi
 	fi
 	export PATH="$VENV/bin:$PATH"
 }
