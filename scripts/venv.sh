@@ -42,7 +42,8 @@ ensure_system_tools() {
 	# Kerberos KDC (Negotiate), with kinit and curl's GSSAPI (NTLM through gss-ntlmssp) as
 	# clients, and python-gssapi builds against libkrb5-dev. Install them when we can.
 	local missing=()
-	ensure_compiler
+	# One apt-get run for all of them, the compiler for the C loops included.
+	read -ra missing <<<"$(compiler_packages)"
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
 	command -v curl >/dev/null || missing+=(curl)
 	command -v openssl >/dev/null || missing+=(openssl)
@@ -63,14 +64,20 @@ ensure_compiler() {
 	# The matcher's C loops (schoolgate/monitoring/speedups.c) are built with a C compiler and
 	# Python's headers (python-gssapi too). Without them the package installs anyway and runs
 	# the same loops in Python, more slowly (the gateway says so when it starts).
-	local missing=() include
-	command -v gcc >/dev/null || missing+=(gcc)
-	include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-	if [ ! -e "$include/Python.h" ]; then
-		case $include in /usr/include/*) missing+=("$(basename "$include")-dev") ;; esac
-	fi
+	local missing=()
+	read -ra missing <<<"$(compiler_packages)"
 	install_debian_packages "the matcher's C loops will run in Python, more slowly" \
 		"${missing[@]}" || true
+}
+compiler_packages() {
+	# The Debian packages still missing for building the C loops: gcc, and Python's headers
+	# where the interpreter is Debian's own.
+	local include
+	command -v gcc >/dev/null || printf '%s ' gcc
+	include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+	if [ ! -e "$include/Python.h" ]; then
+		case $include in /usr/include/*) printf '%s ' "$(basename "$include")-dev" ;; esac
+	fi
 }
 install_debian_packages() {
 	# install_debian_packages WHAT-IF-NOT PACKAGE...: as root with apt-get; else say what to do.
