@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import json
 import logging
 import os
 import threading
@@ -146,7 +147,7 @@ def test_a_blocked_search_is_recorded_as_blocked(gw: GW):
 
 def test_a_matching_failure_still_records_the_search_and_never_blocks(gw: GW, caplog):
     class Broken:
-        def assess(self, text):
+        def assess(self, text, search=False):
             raise RuntimeError("automaton exploded")
 
     gw.monitoring.matcher = Broken()
@@ -168,7 +169,7 @@ def test_grading_waits_for_no_request_and_a_full_queue_loses_no_search(gw: GW):
     busy, release, graded_slow = threading.Event(), threading.Event(), threading.Event()
 
     class Slow:
-        def assess(self, text):
+        def assess(self, text, search=False):
             if text == "slow one":
                 busy.set()
                 release.wait(10)
@@ -425,3 +426,36 @@ def test_a_gateway_without_the_c_loops_says_so_and_grades_the_same(gw: GW, monke
     gw.run(search_flow("www.google.com", "/search?q=how+to+kill+myself"))
     graded = {e["detail"]["term"]: e["detail"]["severity"] for e in gw.events("search")}
     assert graded == {"zorblax": 2, "how to kill myself": 3}
+
+
+def test_a_search_only_the_second_opinion_reads_as_severe_is_graded_3_by_it(gw: GW):
+    school = gw.addons[0].config_path.parent / "school-terms" / "en"
+    school.mkdir(parents=True)
+    (school / "local.yaml").write_text("theme: bullying\nterms:\n  - {term: zorb, severity: 2}\n")
+    model = {
+        "format": 1,
+        "trained_on": {"searches": 2, "severe": 1, "ordinary": 1},
+        "threshold": 0.9,
+        "bias": -3.0,
+        "themes": ["bullying", "suicide"],
+        "theme_bias": [0.0, 0.0],
+        "weights": {"blorf": 2.0, "blorf tonight": 4.0},
+        "theme_weights": {"tonight": [0.0, 1.0]},
+    }
+    (school / "second_opinion.json").write_text(json.dumps(model))
+    config = gw.addons[0].config_path
+    config.write_text(config.read_text() + "monitoring:\n  library: [school-terms]\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight"))
+    gw.run(search_flow("www.google.com", "/search?q=blorf+homework"))
+    graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
+    assert graded["blorf tonight"]["severity"] == 3
+    assert graded["blorf tonight"]["theme"] == "suicide"
+    assert graded["blorf tonight"]["rule"] == "second opinion"
+    assert graded["blorf homework"]["severity"] == 0
+    # A school that turns it off: the library's terms and rules alone.
+    config.write_text(config.read_text() + "  second_opinion: false\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight+again"))
+    graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
+    assert graded["blorf tonight again"]["severity"] == 0

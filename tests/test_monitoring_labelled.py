@@ -100,7 +100,7 @@ class Scores:
 def score(matcher: Matcher, items: list[Labelled]) -> Scores:
     scores = Scores(reported=Counter(), correct=Counter(), misses=[])
     for item in items:
-        found = matcher.assess(item.text)
+        found = matcher.assess(item.text, search=True)
         active = found.active
         for theme in {m.theme for m in active}:
             scores.reported[theme] += 1

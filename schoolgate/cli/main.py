@@ -481,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that live beside their subsystem.
     from schoolgate.cli.audit import register as register_audit
     from schoolgate.cli.bans import register as register_bans
+    from schoolgate.cli.opinion import register as register_opinion
     from schoolgate.cli.ops import register as register_ops
     from schoolgate.cli.staff import register as register_staff
     from schoolgate.cli.who import register as register_who
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_staff(sub, add_common_options)
     register_ops(sub, add_common_options)
     register_audit(sub, add_common_options)
+    register_opinion(sub, add_common_options)
     return parser
 
 

@@ -25,6 +25,7 @@ MONITORING_KEYS = frozenset(
         "batched_severity",
         "context_minutes",
         "dedupe_minutes",
+        "second_opinion",
     }
 )
 
@@ -42,6 +43,8 @@ class MonitoringSettings:
     batched_severity: int = 2  # in the DSL's digest at or above this (below: timeline only)
     context_minutes: int = 5  # searches before and after a match named in its alert
     dedupe_minutes: int = 5  # the same search again within this is recorded once
+    # The library's learned second opinion also grades searches (where the library has one).
+    second_opinion: bool = True
 
 
 def read_monitoring(sec: Section | None, base: Path | None = None) -> MonitoringSettings:
@@ -74,6 +77,7 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
         batched_severity=batched or 2,
         context_minutes=sec.number("context_minutes", default=5, minimum=1, maximum=60) or 5,
         dedupe_minutes=sec.number("dedupe_minutes", default=5, minimum=0, maximum=60) or 0,
+        second_opinion=sec.flag("second_opinion", default=True),
     )
     if settings.batched_severity > settings.immediate_severity:
         sec.error(

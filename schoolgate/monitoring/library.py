@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schoolgate.core.configfile import Issues, Section, load_yaml
+from schoolgate.monitoring.opinion import FILE_NAME, OpinionError, SecondOpinion, load_opinion
 
 # The UK Safer Internet Centre's monitoring themes, as the shipped files name them.
 THEMES: dict[str, str] = {
@@ -155,6 +156,8 @@ class Library:
     languages: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # expanded
+    # The learned second opinion on searches (``second_opinion.json``): the last one read.
+    opinion: SecondOpinion | None = None
 
 
 def default_root() -> Path:
@@ -184,6 +187,12 @@ def load_library(
                 continue
             for path in sorted(folder.glob("*.yaml")):
                 reader.read(path, folder.name)
+            learned = folder / FILE_NAME
+            if learned.is_file():
+                try:
+                    reader.opinion = load_opinion(learned)
+                except OpinionError as exc:
+                    issues.add(learned, exc.line, exc.field, exc.message)
     return reader.library()
 
 
@@ -227,6 +236,7 @@ class _Reader:
         self.context_themes: list[tuple[Section, str, int, str]] = []
         self.files: list[str] = []
         self.languages: set[str] = set()
+        self.opinion: SecondOpinion | None = None
 
     def read(self, path: Path, language: str) -> None:
         shown = str(path)
@@ -531,6 +541,9 @@ class _Reader:
                     file, line, name, f"{text!r} is not a term or rule of {theme} in {language}"
                 )
         groups = self._expand_groups()
+        if self.opinion is not None:
+            for name in sorted(set(self.opinion.themes) - set(self.themes)):
+                self.issues.add(self.opinion.source, None, "themes", f"unknown theme {name!r}")
         return Library(
             terms=tuple(self.terms.values()),
             rules=self._resolve_rules(groups),
@@ -541,4 +554,5 @@ class _Reader:
             spellings={wrong: word for wrong, (word, _) in self.spellings.items()},
             languages=tuple(sorted(self.languages)),
             files=tuple(self.files),
+            opinion=self.opinion,
         )

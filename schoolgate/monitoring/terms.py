@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import ahocorasick
 
 from schoolgate.core.configfile import Issues
+from schoolgate.monitoring.assessment import NOTHING, Assessment, Match, ranked
 from schoolgate.monitoring.library import (
     SUPPRESS,
     Allow,
@@ -54,6 +54,7 @@ from schoolgate.monitoring.normaliser import (
     spelling_table,
     word_starts,
 )
+from schoolgate.monitoring.opinion import TERM
 from schoolgate.monitoring.rules import satisfied
 
 try:  # the per-text loops in C, where the package was built with a C compiler
@@ -103,72 +104,6 @@ def _l_variants(text: str) -> set[str]:
 # -- results ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One term found: its theme, severity (after context), the library's term, and what
-    suppressed or lowered it."""
-
-    theme: str
-    severity: int
-    term: str
-    base_severity: int
-    firm: bool = False
-    suppressed_by: str | None = None  # the allow-phrase or context phrase
-    lowered_by: str | None = None  # the context phrase that lowered it
-    note: str = ""
-    source: str = ""
-    rule: bool = False  # ``term`` names a co-occurrence rule of the library
-
-    @property
-    def active(self) -> bool:
-        # ``_rank`` writes this test out (sorting calls it for every match): keep the two alike.
-        return self.suppressed_by is None and self.severity > 0
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "theme": self.theme,
-            "severity": self.severity,
-            "term": self.term,
-        }
-        if self.base_severity != self.severity:
-            out["base_severity"] = self.base_severity
-        if self.suppressed_by:
-            out["suppressed_by"] = self.suppressed_by
-        if self.lowered_by:
-            out["lowered_by"] = self.lowered_by
-        if self.rule:
-            out["rule"] = True
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    """Every term found in one text: the active ones first, most severe first."""
-
-    matches: tuple[Match, ...] = ()
-
-    @property
-    def active(self) -> tuple[Match, ...]:
-        return tuple(m for m in self.matches if m.active)
-
-    @property
-    def suppressed(self) -> tuple[Match, ...]:
-        return tuple(m for m in self.matches if not m.active)
-
-    @property
-    def severity(self) -> int:
-        return max((m.severity for m in self.matches if m.active), default=0)
-
-    @property
-    def top(self) -> Match | None:
-        active = self.active
-        return active[0] if active else None
-
-    def themes(self, minimum: int = 1) -> frozenset[str]:
-        return frozenset(m.theme for m in self.matches if m.active and m.severity >= minimum)
-
-
-NOTHING = Assessment()
 _new_tuple = tuple.__new__
 _new = object.__new__
 # The slot's own setter (a frozen dataclass refuses setattr).
@@ -235,6 +170,8 @@ class Matcher:
         self.normaliser = Normaliser(self.spellings)
         self.cache_size = cache_size
         self._cache: dict[str, Assessment] = {}
+        self._searches: dict[str, Assessment] = {}  # with the second opinion
+        self.opinion = library.opinion
         self._matches: dict[tuple[bool, int, str | None, str | None, int], Match] = {}
         self.automaton = ahocorasick.Automaton()
         issues = issues if issues is not None else Issues()
@@ -405,24 +342,45 @@ class Matcher:
 
     # -- assessing ------------------------------------------------------------------------
 
-    def assess(self, text: str | None) -> Assessment:
-        """Every term and rule in ``text`` with its final severity; :data:`NOTHING` for none."""
+    def assess(self, text: str | None, *, search: bool = False) -> Assessment:
+        """Every term and rule in ``text`` with its final severity; :data:`NOTHING` for none.
+        ``search``: a search a pupil typed, which the library's second opinion also reads."""
         if not text or not self.patterns:
             return NOTHING
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT]
-        found = self._cache.get(text)
+        search = search and self.opinion is not None
+        cache = self._searches if search else self._cache
+        found = cache.get(text)
         if found is None:
-            found = self.assess_normalised(self.normaliser.read(text))
+            norm = self.normaliser.read(text)
+            found = self.assess_normalised(norm)
+            if search and found.severity < 3:
+                found = self._second_opinion(norm.words, found)
             if self.cache_size:
-                if len(self._cache) >= self.cache_size:
-                    self._cache = {}  # start again: cheaper than keeping an order
-                self._cache[text] = found
+                if len(cache) >= self.cache_size:
+                    cache.clear()  # start again: cheaper than keeping an order
+                cache[text] = found
         return found
+
+    def _second_opinion(self, words: tuple[str, ...], found: Assessment) -> Assessment:
+        """``found`` with a severity-3 match of the learned model's when it reads ``words`` as
+        severity 3, unless an allow-phrase or a context phrase judged them ordinary."""
+        opinion = self.opinion
+        assert opinion is not None
+        if not opinion.severe(words) or any(m.suppressed_by or m.lowered_by for m in found.matches):
+            return found
+        score = opinion.score(words)
+        match = Match(
+            opinion.theme(words), 3, TERM, 3, note=f"no term or rule; the learned model's "
+            f"score {score:.2f} (threshold {opinion.threshold:.2f})", source=opinion.source,
+        )  # fmt: skip
+        return Assessment(ranked([match, *found.matches]))
 
     def forget(self) -> None:
         """Forget the texts assessed and the words read (to measure the cost of new ones)."""
         self._cache = {}
+        self._searches = {}
         self.normaliser.forget()
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
@@ -435,7 +393,7 @@ class Matcher:
         if not matches:
             return NOTHING
         found = _new(Assessment)  # without the frozen dataclass's __init__
-        _set_matches(found, _ordered(matches) if len(matches) > 1 else (matches[0],))
+        _set_matches(found, ranked(matches) if len(matches) > 1 else (matches[0],))
         return found
 
     def _scan(self, norm: Normalised) -> _Hits:
@@ -632,15 +590,6 @@ class Matcher:
             if old is None or (match.active, match.severity) > (old.active, old.severity):
                 best[key] = match
         return list(best.values())
-
-
-def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
-    return tuple(sorted(matches, key=_rank))
-
-
-def _rank(m: Match) -> tuple[bool, int, str, str]:
-    """Active first (``active`` written out: a property is one more call), most severe first."""
-    return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
 def _report(issues: Issues, source: str, field_name: str, message: str) -> None:

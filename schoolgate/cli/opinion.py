@@ -1,0 +1,103 @@
+"""``schoolgate train-opinion``: the risk-term library's learned second opinion, trained from
+labelled searches (the shipped ones, or the school's own) and written as
+``second_opinion.json`` for a language folder of the library.
+
+A labelled file holds one search a line, tab-separated: ``themes``, ``severity``, ``search``
+(or ``split`` first, as ``tests/data/monitoring/searches.tsv`` has it); ``themes`` is ``-`` for
+ordinary school work, else theme names joined with ``|``; ``#`` starts a comment line.
+
+Wired into :mod:`schoolgate.cli` with ``register(sub, add_common_options)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def read_labelled(path: Path, themes: set[str]) -> list[tuple[str, int, frozenset[str]]]:
+    """(search, severity, themes) for each line; raises CommandError naming the file, line
+    and field of the first mistake."""
+    from schoolgate.cli.common import CommandError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: cannot be read: {exc}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) == 4:
+            fields = fields[1:]
+        if len(fields) != 3:
+            raise CommandError(
+                f"{path}:{number}: expected themes, severity and search separated by tabs"
+            )
+        names, severity, text = fields
+        if severity not in ("0", "1", "2", "3"):
+            raise CommandError(f"{path}:{number}: severity: {severity!r} is not 0 to 3")
+        found = frozenset() if names == "-" else frozenset(names.split("|"))
+        unknown = sorted(found - themes)
+        if unknown:
+            raise CommandError(f"{path}:{number}: themes: unknown theme {unknown[0]!r}")
+        if (severity == "0") != (not found):
+            raise CommandError(
+                f"{path}:{number}: severity: 0 is for ordinary searches (themes -) only"
+            )
+        if not text.strip():
+            raise CommandError(f"{path}:{number}: search: empty")
+        out.append((text.strip(), int(severity), found))
+    return out
+
+
+def cmd_train_opinion(args: argparse.Namespace) -> int:
+    from schoolgate.cli.common import CommandError
+    from schoolgate.core.configfile import ConfigError
+    from schoolgate.monitoring.opinion import examples_from, train
+    from schoolgate.monitoring.terms import load_matcher
+
+    try:
+        matcher = load_matcher([Path(p) for p in args.library] if args.library else None)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    themes = set(matcher.library.themes)
+    rows = [row for path in args.labelled for row in read_labelled(Path(path), themes)]
+    read = matcher.normaliser.read
+    try:
+        model = train(
+            examples_from((read(text).words, severity, found) for text, severity, found in rows),
+            sorted(themes),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    out = Path(args.out)
+    text = json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    out.write_text(text + "\n", encoding="utf-8")
+    counts = model.trained_on
+    print(
+        f"trained on {counts['searches']} searches ({counts['severe']} at severity 3, "
+        f"{counts['ordinary']} ordinary); threshold {model.threshold:.3f}; written to {out}"
+    )
+    return 0
+
+
+def register(
+    sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = sub.add_parser(
+        "train-opinion", help="train the risk-term library's second opinion on labelled searches"
+    )
+    common(p)
+    p.add_argument("labelled", nargs="+", help="files of labelled searches (tab-separated)")
+    p.add_argument("--out", required=True, help="the file to write (second_opinion.json)")
+    p.add_argument(
+        "--library",
+        action="append",
+        help="a library folder whose spellings the searches are read with (repeat; "
+        "default: the shipped one)",
+    )
+    p.set_defaults(handler=cmd_train_opinion)

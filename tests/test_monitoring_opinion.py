@@ -1,0 +1,153 @@
+"""The library's learned second opinion: a search no term or rule grades severity 3 but that
+reads like the labelled severity-3 searches is graded 3, named as the second opinion; never
+where an allow-phrase or a context phrase judged the words ordinary, never on page titles; a
+broken model file is refused with its file and field; ``schoolgate train-opinion`` rebuilds
+the shipped model from the labelled set, the same every time."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from schoolgate.cli.main import main
+from schoolgate.core.configfile import ConfigError
+from schoolgate.monitoring.library import default_root
+from schoolgate.monitoring.opinion import TERM, Example, from_json, train
+from schoolgate.monitoring.terms import Matcher, load_matcher
+
+LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
+
+SUICIDE = """
+    theme: suicide
+    terms:
+      - {term: kill myself, severity: 3, firm: true}
+      - {term: suicide, severity: 2}
+    allow: [kill myself laughing]
+    """
+CONTEXT = """
+    context:
+      - {phrase: macbeth, lower: 1, themes: [suicide]}
+    """
+# A hand-made model: "planned when" reads as severity 3, "revision" pulls the other way. Its
+# words are as the normaliser reads them (a repeated letter once: "planed").
+MODEL = {
+    "format": 1,
+    "trained_on": {"searches": 4, "severe": 2, "ordinary": 2},
+    "threshold": 0.9,
+    "bias": -2.0,
+    "themes": ["self_harm", "suicide"],
+    "theme_bias": [0.0, 0.0],
+    "weights": {"planed": 2.0, "planed when": 3.0, "revision": -6.0, "laughing": 1.0},
+    "theme_weights": {"planed": [0.0, 1.0]},
+}
+
+
+def _library(tmp_path: Path, model: object = MODEL) -> Path:
+    root = tmp_path / "terms"
+    (root / "en").mkdir(parents=True)
+    (root / "en" / "suicide.yaml").write_text(textwrap.dedent(SUICIDE), encoding="utf-8")
+    (root / "en" / "context.yaml").write_text(textwrap.dedent(CONTEXT), encoding="utf-8")
+    text = model if isinstance(model, str) else json.dumps(model)
+    (root / "en" / "second_opinion.json").write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def matcher(tmp_path: Path) -> Matcher:
+    return load_matcher([_library(tmp_path)])
+
+
+def test_a_search_no_term_catches_is_graded_3_by_the_second_opinion(matcher: Matcher):
+    found = matcher.assess("ive planned when im gonna do it", search=True)
+    top = found.top
+    assert top is not None and found.severity == 3
+    assert (top.term, top.theme, top.rule) == (TERM, "suicide", False)
+    assert "score" in top.note and top.source.endswith("second_opinion.json")
+    # Not a search (a page title): the terms and rules alone.
+    assert matcher.assess("ive planned when im gonna do it").severity == 0
+    assert matcher.assess("planned my revision timetable", search=True).severity == 0
+
+
+def test_it_adds_nothing_where_the_library_already_said_3_or_judged_the_words_ordinary(
+    matcher: Matcher,
+):
+    severe = matcher.assess("planned when to kill myself", search=True)
+    assert [m.term for m in severe.active] == ["kill myself"]  # no second alert
+    # An allow-phrase covered the term: the words are ordinary, whatever the model says.
+    allowed = matcher.assess("planned when i kill myself laughing", search=True)
+    assert allowed.severity == 0 and allowed.suppressed
+    # A context phrase lowered a term: likewise.
+    lowered = matcher.assess("macbeth suicide planned when", search=True)
+    assert lowered.severity == 1 and all(m.term != TERM for m in lowered.matches)
+
+
+def test_the_compiled_library_keeps_the_second_opinion(matcher: Matcher):
+    again = pickle.loads(pickle.dumps(matcher))
+    assert again.assess("ive planned when im gonna do it", search=True).top.term == TERM
+
+
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        ({**MODEL, "threshold": 2}, "threshold"),
+        ({**MODEL, "format": 7}, "format"),
+        ({**MODEL, "weights": {"planed": "lots"}}, "weights.planed"),
+        ({**MODEL, "theme_weights": {"planed": [1.0]}}, "theme_weights.planed"),
+        ({**MODEL, "themes": ["suicide", "gambling"]}, "themes"),
+        ('{"format": 1,\n "threshold": }', "json:2: not JSON"),
+    ],
+)
+def test_a_broken_model_file_is_refused_naming_its_file_and_field(
+    tmp_path: Path, model: object, where: str
+):
+    with pytest.raises(ConfigError) as raised:
+        load_matcher([_library(tmp_path, model)])
+    message = str(raised.value)
+    assert "second_opinion.json" in message and where in message
+
+
+def test_training_is_the_same_every_time_and_learns_the_severe_phrasings():
+    severe = [f"planned when im gonna do it {w}" for w in ("tonight", "soon", "friday", "now")]
+    ordinary = [f"planned my revision for {w}" for w in ("maths", "french", "art", "music")]
+    ordinary += ["when is the gcse maths exam", "revision timetable ideas", "what to do tonight"]
+    examples = [Example(tuple(t.split()), True, frozenset({"suicide"})) for t in severe]
+    examples += [Example(tuple(t.split()), False, frozenset()) for t in ordinary]
+    first, second = train(examples, ["suicide"]), train(examples, ["suicide"])
+    assert first.to_json() == second.to_json()
+    model = from_json(first.to_json())
+    assert model.severe("planned when im gonna do it".split())
+    assert not model.severe("planned my revision for history".split())
+
+
+def test_the_shipped_model_is_what_train_opinion_makes_of_the_labelled_set(tmp_path: Path, capsys):
+    out = tmp_path / "second_opinion.json"
+    assert main(["train-opinion", str(LABELLED), "--out", str(out)]) == 0
+    assert "trained on" in capsys.readouterr().out
+    shipped = default_root() / "en" / "second_opinion.json"
+    retrain = (
+        "retrain: schoolgate train-opinion tests/data/monitoring/searches.tsv "
+        "--out blocklists/safeguarding/en/second_opinion.json"
+    )
+    made, kept = json.loads(out.read_text()), json.loads(shipped.read_text())
+    assert made["trained_on"] == kept["trained_on"], retrain
+    assert made["themes"] == kept["themes"], retrain
+    # The same words and pairs, and the same weights but for the last digit of the rounding
+    # (another interpreter's exp() may differ in the last bit).
+    assert made["weights"].keys() == kept["weights"].keys(), retrain
+    for name in ("threshold", "bias"):
+        assert made[name] == pytest.approx(kept[name], abs=1e-4), retrain
+    for word, weight in made["weights"].items():
+        assert weight == pytest.approx(kept["weights"][word], abs=1e-4), (word, retrain)
+
+
+def test_train_opinion_names_the_file_line_and_field_of_a_bad_labelled_line(tmp_path: Path, capsys):
+    labelled = tmp_path / "ours.tsv"
+    labelled.write_text("suicide\t3\ti have planned it\n-\t5\tmaths\n", encoding="utf-8")
+    out = tmp_path / "model.json"
+    assert main(["train-opinion", str(labelled), "--out", str(out)]) != 0
+    assert f"{labelled}:2: severity" in capsys.readouterr().err
+    assert not out.exists()
