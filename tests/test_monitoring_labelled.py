@@ -35,7 +35,12 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # tuned on on 2026-12-03. heldout-11 (247 searches) was measured blind at 0.810 severity-3
 # recall (64/79), 1/123 ordinary at severity 3, then tuned on on 2026-12-03. heldout-12 (241
 # searches) was measured blind at 0.919 severity-3 recall (79/86), 0/118 ordinary at severity 3,
-# then tuned on on 2026-12-03.
+# then tuned on on 2026-12-03. heldout-13 (211 searches) was measured blind at 0.760 (57/75),
+# 0/108 ordinary at severity 3, then tuned on on 2026-12-03. heldout-14 (242 searches) and
+# heldout-15 (232) were measured blind with the terms and rules alone at 0.826 (71/86) and 0.833
+# (70/84), and with the second opinion trained on the other splits at 0.872 (75/86) and 0.905
+# (76/84), 0/110 and 0/114 ordinary at severity 3 both times; the second opinion learns from
+# every split but those in NEVER_TUNED.
 TUNED = (
     "dev",
     "heldout-1",
@@ -50,9 +55,12 @@ TUNED = (
     "heldout-10",
     "heldout-11",
     "heldout-12",
+    "heldout-13",
+    "heldout-14",
+    "heldout-15",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-13",)
+NEVER_TUNED: tuple[str, ...] = ()
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def read_labelled(path: Path, themes: set[str]) -> list[tuple[str, int, frozenset[str]]]:
-    """(search, severity, themes) for each line; raises CommandError naming the file, line
-    and field of the first mistake."""
+def read_labelled(
+    path: Path, themes: set[str], leave_out: frozenset[str] = frozenset()
+) -> list[tuple[str, int, frozenset[str]]]:
+    """(search, severity, themes) for each line, but those of a split in ``leave_out``; raises
+    CommandError naming the file, line and field of the first mistake."""
     from schoolgate.cli.common import CommandError
 
     try:
@@ -32,6 +34,8 @@ def read_labelled(path: Path, themes: set[str]) -> list[tuple[str, int, frozense
             continue
         fields = line.split("\t")
         if len(fields) == 4:
+            if fields[0] in leave_out:
+                continue
             fields = fields[1:]
         if len(fields) != 3:
             raise CommandError(
@@ -65,7 +69,8 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     themes = set(matcher.library.themes)
-    rows = [row for path in args.labelled for row in read_labelled(Path(path), themes)]
+    leave_out = frozenset(args.leave_out or ())
+    rows = [row for path in args.labelled for row in read_labelled(Path(path), themes, leave_out)]
     read = matcher.normaliser.read
     try:
         model = train(
@@ -99,5 +104,11 @@ def register(
         action="append",
         help="a library folder whose spellings the searches are read with (repeat; "
         "default: the shipped one)",
+    )
+    p.add_argument(
+        "--leave-out",
+        action="append",
+        metavar="SPLIT",
+        help="leave out the lines of this split (a first column), to measure the model on them",
     )
     p.set_defaults(handler=cmd_train_opinion)
