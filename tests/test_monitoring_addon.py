@@ -428,7 +428,7 @@ def test_a_gateway_without_the_c_loops_says_so_and_grades_the_same(gw: GW, monke
     assert graded == {"zorblax": 2, "how to kill myself": 3}
 
 
-def test_a_search_only_the_second_opinion_reads_as_severe_is_graded_3_by_it(gw: GW):
+def test_a_search_the_second_opinion_reads_as_severe_is_raised_to_3(gw: GW):
     school = gw.addons[0].config_path.parent / "school-terms" / "en"
     school.mkdir(parents=True)
     (school / "local.yaml").write_text("theme: bullying\nterms:\n  - {term: zorb, severity: 2}\n")
@@ -446,16 +446,18 @@ def test_a_search_only_the_second_opinion_reads_as_severe_is_graded_3_by_it(gw: 
     config = gw.addons[0].config_path
     config.write_text(config.read_text() + "monitoring:\n  library: [school-terms]\n")
     assert gw.addons[0].reload() is True
-    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight"))
-    gw.run(search_flow("www.google.com", "/search?q=blorf+homework"))
+    gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+tonight"))
+    gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+homework"))
+    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight"))  # nothing the library knows
     graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
-    assert graded["blorf tonight"]["severity"] == 3
-    assert graded["blorf tonight"]["theme"] == "suicide"
-    assert graded["blorf tonight"]["rule"] == "second opinion"
-    assert graded["blorf homework"]["severity"] == 0
+    assert graded["zorb blorf tonight"]["severity"] == 3
+    assert graded["zorb blorf tonight"]["theme"] == "bullying"  # the theme the library found
+    assert graded["zorb blorf tonight"]["rule"] == "second opinion"
+    assert graded["zorb blorf homework"]["severity"] == 2
+    assert graded["blorf tonight"]["severity"] == 0
     # A school that turns it off: the library's terms and rules alone.
     config.write_text(config.read_text() + "  second_opinion: false\n")
     assert gw.addons[0].reload() is True
-    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight+again"))
+    gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+tonight+again"))
     graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
-    assert graded["blorf tonight again"]["severity"] == 0
+    assert graded["zorb blorf tonight again"]["severity"] == 2

@@ -1,8 +1,9 @@
-"""The library's learned second opinion: a search no term or rule grades severity 3 but that
-reads like the labelled severity-3 searches is graded 3, named as the second opinion; never
-where an allow-phrase or a context phrase judged the words ordinary, never on page titles; a
-broken model file is refused with its file and field; ``schoolgate train-opinion`` rebuilds
-the shipped model from the labelled set, the same every time."""
+"""The library's learned second opinion: a search the terms and rules grade 1 or 2 that reads
+like the labelled severity-3 searches is raised to 3, named as the second opinion; never a
+search the library found nothing in, never where an allow-phrase or a context phrase judged the
+words ordinary, never a page title; a broken model file is refused with its file and field;
+``schoolgate train-opinion`` rebuilds the shipped model from the labelled searches, the same
+every time."""
 
 from __future__ import annotations
 
@@ -60,15 +61,22 @@ def matcher(tmp_path: Path) -> Matcher:
     return load_matcher([_library(tmp_path)])
 
 
-def test_a_search_no_term_catches_is_graded_3_by_the_second_opinion(matcher: Matcher):
-    found = matcher.assess("ive planned when im gonna do it", search=True)
+def test_a_search_the_library_grades_2_that_reads_as_severe_is_raised_to_3(matcher: Matcher):
+    found = matcher.assess("suicide ive planned when", search=True)
     top = found.top
     assert top is not None and found.severity == 3
     assert (top.term, top.theme, top.rule) == (TERM, "suicide", False)
-    assert "score" in top.note and top.source.endswith("second_opinion.json")
+    assert "graded 2 by 'suicide'" in top.note and "score" in top.note
+    assert top.source.endswith("second_opinion.json")
+    assert [m.term for m in found.active] == [TERM, "suicide"]  # the library's match kept
     # Not a search (a page title): the terms and rules alone.
-    assert matcher.assess("ive planned when im gonna do it").severity == 0
-    assert matcher.assess("planned my revision timetable", search=True).severity == 0
+    assert matcher.assess("suicide ive planned when").severity == 2
+    assert matcher.assess("suicide revision planned", search=True).severity == 2
+
+
+def test_it_never_raises_a_search_the_library_found_nothing_in(matcher: Matcher):
+    assert matcher.opinion is not None and matcher.opinion.severe(["ive", "planed", "when"])
+    assert matcher.assess("ive planned when im gonna do it", search=True).severity == 0
 
 
 def test_it_adds_nothing_where_the_library_already_said_3_or_judged_the_words_ordinary(
@@ -86,7 +94,7 @@ def test_it_adds_nothing_where_the_library_already_said_3_or_judged_the_words_or
 
 def test_the_compiled_library_keeps_the_second_opinion(matcher: Matcher):
     again = pickle.loads(pickle.dumps(matcher))
-    assert again.assess("ive planned when im gonna do it", search=True).top.term == TERM
+    assert again.assess("suicide ive planned when", search=True).top.term == TERM
 
 
 @pytest.mark.parametrize(
@@ -125,13 +133,15 @@ def test_training_is_the_same_every_time_and_learns_the_severe_phrasings():
 def test_the_shipped_model_is_what_train_opinion_makes_of_the_labelled_set(tmp_path: Path, capsys):
     out = tmp_path / "second_opinion.json"
     leave_out = [arg for split in NEVER_TUNED for arg in ("--leave-out", split)]
-    assert main(["train-opinion", str(LABELLED), "--out", str(out), *leave_out]) == 0
+    look_alikes = LABELLED.parent / "lookalikes.tsv"
+    command = ["train-opinion", str(LABELLED), str(look_alikes), "--out", str(out), *leave_out]
+    assert main(command) == 0
     assert "trained on" in capsys.readouterr().out
     shipped = default_root() / "en" / "second_opinion.json"
     retrain = (
         "retrain: schoolgate train-opinion tests/data/monitoring/searches.tsv "
-        "--out blocklists/safeguarding/en/second_opinion.json, with --leave-out for each "
-        "split in NEVER_TUNED"
+        "tests/data/monitoring/lookalikes.tsv --out blocklists/safeguarding/en/"
+        "second_opinion.json, with --leave-out for each split in NEVER_TUNED"
     )
     made, kept = json.loads(out.read_text()), json.loads(shipped.read_text())
     assert made["trained_on"] == kept["trained_on"], retrain

@@ -62,7 +62,7 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     from schoolgate.cli.common import CommandError
     from schoolgate.core.configfile import ConfigError
     from schoolgate.monitoring.opinion import examples_from, train
-    from schoolgate.monitoring.terms import load_matcher
+    from schoolgate.monitoring.terms import load_matcher, may_raise
 
     try:
         matcher = load_matcher([Path(p) for p in args.library] if args.library else None)
@@ -71,10 +71,13 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     themes = set(matcher.library.themes)
     leave_out = frozenset(args.leave_out or ())
     rows = [row for path in args.labelled for row in read_labelled(Path(path), themes, leave_out)]
-    read = matcher.normaliser.read
+    read, assess = matcher.normaliser.read, matcher.assess
     try:
         model = train(
-            examples_from((read(text).words, severity, found) for text, severity, found in rows),
+            examples_from(
+                (read(text).words, severity, found, may_raise(assess(text)))
+                for text, severity, found in rows
+            ),
             sorted(themes),
         )
     except ValueError as exc:

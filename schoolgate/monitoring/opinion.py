@@ -1,14 +1,18 @@
-"""A learned second opinion on searches the library's terms and rules do not grade severity 3.
+"""A learned second opinion on the searches the library's terms and rules grade 1 or 2.
 
-Terms and rules catch the phrasings someone wrote down; pupils keep finding new ones ("only
-eaten an apple in 4 days", "running a line for my cousin"). Beside them, a small logistic
-model over a search's normalised words and word pairs, trained on a labelled set of searches
-(severity-3 risks against everything else), says when a search reads like the severity-3 ones.
-Its threshold is set on the training set itself: the lowest score above all but ``TOLERATED``
-ordinary searches, each scored by a model that never saw it (five folds). A second model picks
-the theme. It is plain data (weights by word), read from ``second_opinion.json`` in a language
-folder of the library and rebuilt by ``schoolgate train-opinion`` from the school's own
-labelled searches; training is deterministic, so the same file always gives the same model.
+Terms and rules catch the phrasings someone wrote down; pupils keep finding new ones, and a
+search the library finds a concern ("sextortion what to do hes asking for 200 quid") may be
+graded lower than a safeguarding lead would. A small logistic model over a search's
+normalised words and word pairs, trained on labelled searches (severity-3 risks against
+everything else, ordinary look-alikes included), says when such a search reads like the
+severity-3 ones. It only ever raises a search the library already flagged: alone, a model of a
+few thousand searches also reads "my dad picks me up after school" as grooming. Its threshold
+is set on the training set itself: a probability of at least one half, above all but
+``TOLERATED`` of the ordinary searches the library flags, each scored by a model that never saw
+it (five folds). A second model picks the theme among those the library found. It is plain
+data (weights by word), read from ``second_opinion.json`` in a language folder of the library
+and rebuilt by ``schoolgate train-opinion`` from labelled searches (the shipped ones and the
+school's own); training is deterministic, so the same files always give the same model.
 
 Nothing here knows of mitmproxy, the database or the web.
 """
@@ -28,7 +32,7 @@ EPOCHS = 30
 RATE = 0.2
 DECAY = 1e-2  # L2: the weights stay small, so one rare word never decides alone
 FOLDS = 5
-TOLERATED = 2  # ordinary searches of the training set that may score above the threshold
+TOLERATED = 2  # flagged ordinary searches of the training set that may score above it
 PRUNE = 1e-4  # smaller weights are left out of the file
 TERM = "second opinion"  # what the DSL sees as the match's term
 
@@ -38,6 +42,9 @@ class Example:
     words: tuple[str, ...]  # normalised, as the matcher reads the search
     severe: bool  # labelled severity 3
     themes: frozenset[str]  # empty: ordinary
+    # The library grades it 1 or 2 (and no allow-phrase or context phrase judged it): one of
+    # the searches the model may raise, which set its threshold.
+    flagged: bool = True
 
 
 def features(words: Sequence[str]) -> list[str]:
@@ -82,15 +89,18 @@ class SecondOpinion:
             previous = word
         return total
 
-    def theme(self, words: Sequence[str]) -> str:
-        """The theme whose risky searches these words read most like."""
+    def theme(self, words: Sequence[str], among: Iterable[str]) -> str:
+        """Of the themes ``among`` (those the library found), the one whose risky searches
+        these words read most like (the first in order when the model knows none of them)."""
+        choices = sorted(among)
         sums = list(self.theme_bias)
         for feature in features(words):
             row = self.theme_weights.get(feature)
             if row is not None:
                 for i, value in enumerate(row):
                     sums[i] += value
-        return self.themes[max(range(len(sums)), key=sums.__getitem__)]
+        score = dict(zip(self.themes, sums, strict=True))
+        return max(choices, key=lambda name: score.get(name, float("-inf")))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -180,6 +190,7 @@ def train(examples: Sequence[Example], themes: Sequence[str]) -> SecondOpinion:
     rows = [(features(e.words), e.severe) for e in examples]
     severe = sum(1 for _, y in rows if y)
     ordinary = [i for i, e in enumerate(examples) if not e.themes]
+    flagged = [i for i in ordinary if examples[i].flagged]
     if not severe or not ordinary:
         raise ValueError("the labelled set needs severity-3 searches and ordinary ones")
     # The threshold: score each search by a model trained on the other folds.
@@ -191,7 +202,7 @@ def train(examples: Sequence[Example], themes: Sequence[str]) -> SecondOpinion:
         bias, weights = _fit([rows[i] for i in range(len(rows)) if i not in held])
         for i in held:
             held_out[i] = _sigmoid(bias + sum(weights.get(f, 0.0) for f in rows[i][0]))
-    scores = sorted((held_out[i] for i in ordinary), reverse=True)
+    scores = sorted((held_out[i] for i in flagged), reverse=True)
     threshold = scores[TOLERATED] + 1e-9 if len(scores) > TOLERATED else 0.5
     threshold = min(max(threshold, 0.5), 0.999999)
     bias, weights = _fit(rows)
@@ -263,9 +274,11 @@ def _fit_themes(
     return tuple(bias), kept
 
 
-def examples_from(rows: Iterable[tuple[tuple[str, ...], int, frozenset[str]]]) -> list[Example]:
-    """(normalised words, severity, themes) -> examples."""
-    return [Example(words, severity >= 3, themes) for words, severity, themes in rows]
+def examples_from(
+    rows: Iterable[tuple[tuple[str, ...], int, frozenset[str], bool]],
+) -> list[Example]:
+    """(normalised words, severity, themes, flagged by the library) -> examples."""
+    return [Example(words, severity >= 3, themes, flag) for words, severity, themes, flag in rows]
 
 
 def _sigmoid(z: float) -> float:

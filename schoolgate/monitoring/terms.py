@@ -355,7 +355,7 @@ class Matcher:
         if found is None:
             norm = self.normaliser.read(text)
             found = self.assess_normalised(norm)
-            if search and found.severity < 3:
+            if search and found.matches and found.severity < 3:
                 found = self._second_opinion(norm.words, found)
             if self.cache_size:
                 if len(cache) >= self.cache_size:
@@ -364,16 +364,19 @@ class Matcher:
         return found
 
     def _second_opinion(self, words: tuple[str, ...], found: Assessment) -> Assessment:
-        """``found`` with a severity-3 match of the learned model's when it reads ``words`` as
-        severity 3, unless an allow-phrase or a context phrase judged them ordinary."""
+        """``found`` (graded 1 or 2, or nothing active) with a severity-3 match of the learned
+        model's when it reads ``words`` as severity 3: only where the library found a concern,
+        and no allow-phrase or context phrase judged the words ordinary."""
         opinion = self.opinion
         assert opinion is not None
-        if not opinion.severe(words) or any(m.suppressed_by or m.lowered_by for m in found.matches):
+        if not may_raise(found) or not opinion.severe(words):
             return found
-        score = opinion.score(words)
+        active = found.active
         match = Match(
-            opinion.theme(words), 3, TERM, 3, note=f"no term or rule; the learned model's "
-            f"score {score:.2f} (threshold {opinion.threshold:.2f})", source=opinion.source,
+            opinion.theme(words, {m.theme for m in active}), 3, TERM, 3,
+            note=f"graded {active[0].severity} by {active[0].term!r}; the learned model's "
+            f"score {opinion.score(words):.2f} (threshold {opinion.threshold:.2f})",
+            source=opinion.source,
         )  # fmt: skip
         return Assessment(ranked([match, *found.matches]))
 
@@ -614,6 +617,14 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
     return covered
 
 
+def may_raise(found: Assessment) -> bool:
+    """Whether the second opinion may raise ``found`` to severity 3: the library graded it 1
+    or 2, and no allow-phrase or context phrase judged its words ordinary."""
+    return 0 < found.severity < 3 and not any(
+        m.suppressed_by or m.lowered_by for m in found.matches
+    )
+
+
 def loops_in_c() -> bool:
     """Whether the matcher's per-text loops run in C (:mod:`.speedups` was built when the
     package was installed) or, the same loops, in Python."""
@@ -640,6 +651,7 @@ __all__ = [
     "Normalised",
     "load_matcher",
     "loops_in_c",
+    "may_raise",
     "normalise",
     "spelling_table",
 ]
