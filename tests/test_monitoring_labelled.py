@@ -38,9 +38,11 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # then tuned on on 2026-12-03. heldout-13 (211 searches) was measured blind at 0.760 (57/75),
 # 0/108 ordinary at severity 3, then tuned on on 2026-12-03. heldout-14 (242 searches) and
 # heldout-15 (232) were measured blind with the terms and rules alone at 0.826 (71/86) and 0.833
-# (70/84), and with the second opinion trained on the other splits at 0.872 (75/86) and 0.905
-# (76/84), 0/110 and 0/114 ordinary at severity 3 both times; the second opinion learns from
-# every split but those in NEVER_TUNED.
+# (70/84), 0/110 and 0/114 ordinary at severity 3; with the second opinion trained on the other
+# splits, 0.849 (73/86) and 0.881 (74/84), still 0/110 and 0/114 (a first version that also
+# graded searches the library found nothing in scored 0.872 and 0.905, but read one ordinary
+# look-alike in sixteen as severity 3). The terms and rules were not tuned on them; the second
+# opinion learns from every split but those in NEVER_TUNED.
 TUNED = (
     "dev",
     "heldout-1",
