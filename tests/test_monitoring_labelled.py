@@ -19,6 +19,7 @@ from schoolgate.monitoring.library import THEMES
 from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
+LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the balanced set
 # The library was tuned on these; a split in NEVER_TUNED never was (its figures are the bench's to
 # print: a test asserting them would make it one more set to tune on).
 # heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 was measured blind at
@@ -174,6 +175,19 @@ def test_no_severity_3_alert_on_school_work(matcher, split):
     scores = score(matcher, [i for i in load_labelled() if i.split == split and not i.themes])
     assert scores.ordinary_total > 0
     assert scores.ordinary_severe == 0, _misses(scores)
+
+
+def test_no_severity_3_alert_on_ordinary_look_alikes(matcher):
+    """The ordinary searches written while tuning the rules, each batch checked against its own
+    rules: no later rule (nor the second opinion) may alert the DSL at once on one of them."""
+    searches = [
+        line.split("\t")[2]
+        for line in LOOK_ALIKES.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(searches) > 1000
+    alerts = [t for t in searches if matcher.assess(t, search=True).severity >= 3]
+    assert alerts == [], "\n".join(f"{t!r}: {_show(matcher.assess(t))}" for t in alerts)
 
 
 def test_severity_3_recall(matcher):
