@@ -35,7 +35,8 @@ LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 # tuned on on 2026-12-03. heldout-11 (247 searches) was measured blind at 0.810 severity-3
 # recall (64/79), 1/123 ordinary at severity 3, then tuned on on 2026-12-03. heldout-12 (241
 # searches) was measured blind at 0.919 severity-3 recall (79/86), 0/118 ordinary at severity 3,
-# then tuned on on 2026-12-03.
+# then tuned on on 2026-12-03. heldout-13 (211 searches) was measured blind at 0.760 severity-3
+# recall (57/75), 0/108 ordinary at severity 3, then tuned on on 2026-12-03.
 TUNED = (
     "dev",
     "heldout-1",
@@ -50,9 +51,10 @@ TUNED = (
     "heldout-10",
     "heldout-11",
     "heldout-12",
+    "heldout-13",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-13",)
+NEVER_TUNED: tuple[str, ...] = ()
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
