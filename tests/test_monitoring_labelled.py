@@ -43,7 +43,9 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # splits, 0.849 (73/86) and 0.881 (74/84), still 0/110 and 0/114 (a first version that also
 # graded searches the library found nothing in scored 0.872 and 0.905, but read one ordinary
 # look-alike in sixteen as severity 3). The terms and rules were not tuned on them; the second
-# opinion learns from every split but those in NEVER_TUNED.
+# opinion learns from every split but those in NEVER_TUNED. heldout-16 (263 searches) and
+# heldout-17 (229), written blind after the heldout-13 tuning, measured once: 0.820 (73/89) and
+# 0.766 (59/77), 0/133 and 0/108 ordinary at severity 3 (terms and rules alone: 0.798 and 0.766).
 TUNED = (
     "dev",
     "heldout-1",
@@ -63,7 +65,7 @@ TUNED = (
     "heldout-15",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ()
+NEVER_TUNED: tuple[str, ...] = ("heldout-16", "heldout-17")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
