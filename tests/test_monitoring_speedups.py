@@ -16,6 +16,7 @@ import pytest
 
 from schoolgate.monitoring import normaliser, terms
 from schoolgate.monitoring.normaliser import Normaliser, normalise
+from schoolgate.monitoring.rules import satisfied
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from tests.test_monitoring_labelled import load_labelled
 
@@ -256,3 +257,88 @@ def test_rule_loops_on_a_small_example():
     spans = [[], []]
     assert speedups.collect(found, groups_of, 0, spans) == 2  # phrase 2 is also an "unless"
     assert spans == [[(0, 2)], [(2, 3)]]
+
+
+def _settle(word_ids, groups_of, shape, words=(), bounds=b"\1"):
+    return speedups.settle(list(words), bounds, list(word_ids), [0], groups_of, (shape,))
+
+
+def test_settle_on_a_small_example():
+    # words "aa bb cc": phrase 1 is "aa bb" (found in the joined text), phrase 2 the word
+    # "cc", which is also the rule's "unless"
+    words, bounds = [(1, 0, 4)], b"\1\0\1\0\1\0\1"
+    groups_of = ({}, {0: (0,)}, {0: (1, -1)})
+    assert _settle([None, None, 2], groups_of, (2, False, None, False), words, bounds) == [(0, 2)]
+    assert _settle([None, None, 2], groups_of, (2, True, 3, True), words, bounds) == [(0, 2)]
+    assert _settle([None, None, 2], groups_of, (2, True, 2, False), words, bounds) == []
+    assert _settle([None, 2, None], groups_of, (2, False, None, True), words, bounds) == []
+    assert _settle([None, 2, None], groups_of, (2, True, None, False), words, bounds) == []
+    assert _settle([None, None, None], groups_of, (2, False, None, False), words, bounds) == []
+    # more choices of spans than C tries: Python's to settle (-1)
+    many = [1, 2] * 9
+    assert _settle(many, ({}, {0: (0,)}, {0: (1,)}), (2, False, 3, False)) == [(0, -1)]
+
+
+def test_settle_decides_as_rules_satisfied():
+    """Random places of a few phrases, random rule shapes: C's answer is Python's."""
+    rng = random.Random(25)
+    decided = 0
+    for _ in range(3000):
+        groups = rng.randint(1, 4)
+        groups_of = ({},) + tuple(
+            {0: tuple(rng.sample([-1, *range(groups)], rng.randint(1, 2)))} for _ in range(6)
+        )
+        word_ids = [rng.choice([None, None, *range(1, 7)]) for _ in range(rng.randint(0, 14))]
+        shape = (groups, rng.random() < 0.5, rng.choice([None, 1, 2, 3, 5, 8]), rng.random() < 0.3)
+        found: list[list[tuple[int, int]]] = [[] for _ in range(groups)]
+        places = speedups.places([], b"\1", word_ids, ())
+        vetoing = speedups.collect(places, groups_of, 0, found)
+        if shape[3]:
+            found[-1] = [span for span in found[-1] if span[1] == len(word_ids)]
+        if shape[1] or shape[2] is not None:
+            expected = satisfied(found, shape[2], shape[1])
+        else:
+            expected = all(found)
+        got = _settle(word_ids, groups_of, shape)
+        if got and got[0][1] == -1:
+            continue  # left to Python
+        decided += 1
+        assert got == ([(0, vetoing or 0)] if expected else []), (word_ids, groups_of, shape)
+    assert decided > 2000
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: _settle([Sly(1)], ({}, {0: (0,)}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (Sly(0),)}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: [0]}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, 1, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, Sly(2), False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, None)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), [1, False, None, False]), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, -1, False)), IndexError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (0, False, None, False)), IndexError),
+        (lambda: _settle([1], ({}, {0: (3,)}), (1, False, None, False)), IndexError),
+        (lambda: _settle([9], ({}, {0: (0,)}), (1, False, None, False)), IndexError),
+        (lambda: _settle([1], ({}, None), (1, False, None, False)), IndexError),
+        (lambda: _settle([], ({},), (1, False, None, False), [(1, 0, 9)], b"\1\0\1"), IndexError),
+        (lambda: _settle([], ({},), (1, False, None, False), [(1, 0)], b"\1\0\1"), TypeError),
+        (
+            lambda: speedups.settle([], b"\1", [], [1], ({},), ((1, False, None, False),)),
+            IndexError,
+        ),
+        (
+            lambda: speedups.settle([], b"\1", [], [Sly(0)], ({},), ((1, False, None, False),)),
+            TypeError,
+        ),
+        (
+            lambda: speedups.settle([], b"\1", [], (0,), ({},), ((1, False, None, False),)),
+            TypeError,
+        ),
+        (lambda: speedups.settle([], b"\1", []), TypeError),
+    ],
+)
+def test_settle_refuses_what_the_matcher_did_not_build(call, error):
+    with pytest.raises(error):
+        call()

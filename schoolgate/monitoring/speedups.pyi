@@ -26,6 +26,14 @@ def collect(
     number: int,
     found: list[list[tuple[int, int]]],
 ) -> int | None: ...
+def settle(
+    words: list[tuple[int, int, int]],
+    bounds: bytes,
+    word_ids: list[int | None],
+    candidates: list[int],
+    groups_of: tuple[dict[int, tuple[int, ...]], ...],
+    shapes: tuple[tuple[int, bool, int | None, bool], ...],
+) -> list[tuple[int, int]]: ...
 def read_known(
     text: str, read: dict[str, str], max_text: int
 ) -> tuple[tuple[str, ...], str, bytes] | None: ...

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import ahocorasick
 
 from schoolgate.core.configfile import Issues
+from schoolgate.monitoring.assessment import NOTHING, Assessment, Match, ordered, set_matches
 from schoolgate.monitoring.library import (
     SUPPRESS,
     Allow,
@@ -100,79 +100,8 @@ def _l_variants(text: str) -> set[str]:
     return out
 
 
-# -- results ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One term found: its theme, severity (after context), the library's term, and what
-    suppressed or lowered it."""
-
-    theme: str
-    severity: int
-    term: str
-    base_severity: int
-    firm: bool = False
-    suppressed_by: str | None = None  # the allow-phrase or context phrase
-    lowered_by: str | None = None  # the context phrase that lowered it
-    note: str = ""
-    source: str = ""
-    rule: bool = False  # ``term`` names a co-occurrence rule of the library
-
-    @property
-    def active(self) -> bool:
-        # ``_rank`` writes this test out (sorting calls it for every match): keep the two alike.
-        return self.suppressed_by is None and self.severity > 0
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "theme": self.theme,
-            "severity": self.severity,
-            "term": self.term,
-        }
-        if self.base_severity != self.severity:
-            out["base_severity"] = self.base_severity
-        if self.suppressed_by:
-            out["suppressed_by"] = self.suppressed_by
-        if self.lowered_by:
-            out["lowered_by"] = self.lowered_by
-        if self.rule:
-            out["rule"] = True
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    """Every term found in one text: the active ones first, most severe first."""
-
-    matches: tuple[Match, ...] = ()
-
-    @property
-    def active(self) -> tuple[Match, ...]:
-        return tuple(m for m in self.matches if m.active)
-
-    @property
-    def suppressed(self) -> tuple[Match, ...]:
-        return tuple(m for m in self.matches if not m.active)
-
-    @property
-    def severity(self) -> int:
-        return max((m.severity for m in self.matches if m.active), default=0)
-
-    @property
-    def top(self) -> Match | None:
-        active = self.active
-        return active[0] if active else None
-
-    def themes(self, minimum: int = 1) -> frozenset[str]:
-        return frozenset(m.theme for m in self.matches if m.active and m.severity >= minimum)
-
-
-NOTHING = Assessment()
 _new_tuple = tuple.__new__
 _new = object.__new__
-# The slot's own setter (a frozen dataclass refuses setattr).
-_set_matches = Assessment.__dict__["matches"].__set__
 
 # -- the matcher --------------------------------------------------------------------------------
 
@@ -342,6 +271,10 @@ class Matcher:
             by_rule.append(groups)
         self._groups_of = tuple(by_rule)
         self._group_counts = tuple(len(r.groups) for r in self.cooccurrence)
+        # What speedups.settle needs of each rule: (groups, ordered, within, ends).
+        self._shapes = tuple(
+            (len(r.groups), r.ordered, r.within, r.ends) for r in self.cooccurrence
+        )
         self._rule_terms = tuple(
             Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
             for r in self.cooccurrence
@@ -435,7 +368,7 @@ class Matcher:
         if not matches:
             return NOTHING
         found = _new(Assessment)  # without the frozen dataclass's __init__
-        _set_matches(found, _ordered(matches) if len(matches) > 1 else (matches[0],))
+        set_matches(found, ordered(matches) if len(matches) > 1 else (matches[0],))
         return found
 
     def _scan(self, norm: Normalised) -> _Hits:
@@ -541,12 +474,34 @@ class Matcher:
             candidates = self._candidates(hits)
         if not candidates:  # most texts: no rule has every group found
             return []
+        if speedups is not None and not hits.allows:  # the usual: every candidate in one call
+            return self._settled(norm, hits, candidates)
         if speedups is not None:  # once per text, for every rule that may match
             places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
         else:
             places = _places(norm, hits)
         out = []
         for number in candidates:
+            match = self._apply_rule(number, norm, hits, places)
+            if match is not None:
+                out.append(match)
+        return out
+
+    def _settled(self, norm: Normalised, hits: _Hits, candidates: list[int]) -> list[Match]:
+        """:meth:`_apply_rule` of each candidate, its test in C (a text without
+        allow-phrases): what C leaves (too many spans to try) is Python's."""
+        out = []
+        places = None
+        for number, vetoing in speedups.settle(
+            hits.words, norm.bounds, hits.word_ids, candidates, self._groups_of, self._shapes
+        ):
+            if vetoing >= 0:  # satisfied; vetoed by a phrase, or by none (0)
+                term = self._rule_terms[number]
+                vetoed = self.phrases[vetoing] if vetoing else None
+                out.append(self._judge(term, number, vetoed, hits, True))
+                continue
+            if places is None:
+                places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
             match = self._apply_rule(number, norm, hits, places)
             if match is not None:
                 out.append(match)
@@ -632,15 +587,6 @@ class Matcher:
             if old is None or (match.active, match.severity) > (old.active, old.severity):
                 best[key] = match
         return list(best.values())
-
-
-def _ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
-    return tuple(sorted(matches, key=_rank))
-
-
-def _rank(m: Match) -> tuple[bool, int, str, str]:
-    """Active first (``active`` written out: a property is one more call), most severe first."""
-    return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
 def _report(issues: Issues, source: str, field_name: str, message: str) -> None:

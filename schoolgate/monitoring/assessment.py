@@ -1,0 +1,90 @@
+"""What the matcher reports of a text: each term or rule found (:class:`Match`) and all of
+them, most severe first (:class:`Assessment`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One term found: its theme, severity (after context), the library's term, and what
+    suppressed or lowered it."""
+
+    theme: str
+    severity: int
+    term: str
+    base_severity: int
+    firm: bool = False
+    suppressed_by: str | None = None  # the allow-phrase or context phrase
+    lowered_by: str | None = None  # the context phrase that lowered it
+    note: str = ""
+    source: str = ""
+    rule: bool = False  # ``term`` names a co-occurrence rule of the library
+
+    @property
+    def active(self) -> bool:
+        # ``rank`` writes this test out (sorting calls it for every match): keep the two alike.
+        return self.suppressed_by is None and self.severity > 0
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "theme": self.theme,
+            "severity": self.severity,
+            "term": self.term,
+        }
+        if self.base_severity != self.severity:
+            out["base_severity"] = self.base_severity
+        if self.suppressed_by:
+            out["suppressed_by"] = self.suppressed_by
+        if self.lowered_by:
+            out["lowered_by"] = self.lowered_by
+        if self.rule:
+            out["rule"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """Every term found in one text: the active ones first, most severe first."""
+
+    matches: tuple[Match, ...] = ()
+
+    @property
+    def active(self) -> tuple[Match, ...]:
+        return tuple(m for m in self.matches if m.active)
+
+    @property
+    def suppressed(self) -> tuple[Match, ...]:
+        return tuple(m for m in self.matches if not m.active)
+
+    @property
+    def severity(self) -> int:
+        return max((m.severity for m in self.matches if m.active), default=0)
+
+    @property
+    def top(self) -> Match | None:
+        active = self.active
+        return active[0] if active else None
+
+    def themes(self, minimum: int = 1) -> frozenset[str]:
+        return frozenset(m.theme for m in self.matches if m.active and m.severity >= minimum)
+
+
+NOTHING = Assessment()
+# The slot's own setter (a frozen dataclass refuses setattr): the matcher builds an
+# Assessment without the dataclass's __init__.
+set_matches = Assessment.__dict__["matches"].__set__
+
+
+def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
+    return tuple(sorted(matches, key=rank))
+
+
+def rank(m: Match) -> tuple[bool, int, str, str]:
+    """Active first (``active`` written out: a property is one more call), most severe first."""
+    return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
+
+
+__all__ = ["NOTHING", "Assessment", "Match", "ordered", "rank", "set_matches"]
