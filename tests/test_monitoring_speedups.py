@@ -197,7 +197,10 @@ class Sly(int):
         lambda: speedups.scan([], b"\1", (), {}),  # not an iterator
         lambda: speedups.scan(iter([(Sly(3), _value())]), b"\1\0\0\0\1", ("abcd",), {}),
         lambda: speedups.scan(iter([(3, _value(stem=1))]), b"\1\0\0\0\0", ("abcd",), {}),
-        lambda: speedups.screen([], [Sly(1)], ((),) * 2, (0, 0), ()),
+        lambda: speedups.screen([], [Sly(1)], ((),) * 2, ((),) * 2, (0,)),
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (Sly(0),)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (Sly(0),)), ((), (0,)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (0, Sly(1))),
         lambda: speedups.places([], b"\1", [Sly(1)], ((0, 1),)),
         lambda: speedups.read_known("kill", {}, Sly(10)),
     ],
@@ -226,10 +229,17 @@ def test_scan_of_a_real_automaton():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: speedups.screen([(99, 0, 1)], [], ((),), (0,), ()),  # unknown phrase
-        lambda: speedups.screen([], [1], ((5,),) * 2, (1, 1), (1,)),  # unknown rule
-        lambda: speedups.screen([(1, 0)], [], ((),) * 2, (0, 0), ()),
-        lambda: speedups.screen((), [], (), (), ()),
+        lambda: speedups.screen([(99, 0, 1)], [], ((),), ((),), (0,)),  # unknown phrase
+        lambda: speedups.screen([], [1], ((5,),) * 2, ((0,),) * 2, (0, 1)),  # unknown rule
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (5,)), (0, 1)),  # a bit past the last
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (-1,)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (0, 9, 1)),  # rule past the bits
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (-1, 0, -1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), [0]), (0, 1)),
+        lambda: speedups.screen([], [1], ((), [0]), ((), (0,)), (0, 1)),
+        lambda: speedups.screen([], [], (), (), ()),  # no offsets at all
+        lambda: speedups.screen([(1, 0)], [], ((),) * 2, ((),) * 2, (0,)),
+        lambda: speedups.screen((), [], (), (), (0,)),
         lambda: speedups.places([(1, 0, 99)], b"\1\0\1", [], ()),  # outside the text
         lambda: speedups.places([(1, -1, 1)], b"\1\0\1", [], ()),
         lambda: speedups.collect([(7, (0, 1))], ({},), 0, [[]]),  # unknown phrase
@@ -245,11 +255,15 @@ def test_rule_loops_refuse_what_the_matcher_did_not_build(call):
 
 def test_rule_loops_on_a_small_example():
     wakes = ((), (0,), (), (1,))  # phrase 1 wakes rule 0, phrase 3 rule 1
-    masks = (0, 0b01, 0b10, 0b100)  # rule 0: bits 0 and 1; rule 1: bits 2 and 3
-    rule_masks = (0b11, 0b1100)
+    bits = ((), (0,), (1,), (2,))
+    offsets = (0, 2, 4)  # rule 0: bits 0 and 1; rule 1: bits 2 and 3
     # phrase 1 found in the joined text, phrase 2 as a word: rule 0 only (rule 1 lacks bit 3)
-    assert speedups.screen([(1, 0, 4)], [None, 2, 3], wakes, masks, rule_masks) == [0]
-    assert speedups.screen([], [None, 2], wakes, masks, rule_masks) == []
+    assert speedups.screen([(1, 0, 4)], [None, 2, 3], wakes, bits, offsets) == [0]
+    assert speedups.screen([], [None, 2], wakes, bits, offsets) == []
+    # rules in ascending order, each once, whatever order the phrases woke them in
+    both = ((), (1, 0), (0,), (1,))
+    every = ((), (0, 1, 2, 3), (), ())
+    assert speedups.screen([(1, 0, 4)], [3, 1, 2], both, every, offsets) == [0, 1]
     # words "aa bb cc": joined "aabbcc"; phrase 1 is "aa bb" (offsets 0 to 4)
     found = speedups.places([(1, 0, 4)], b"\1\0\1\0\1\0\1", [None, None, 2], ((0, 1), (1, 2)))
     assert found == [(1, (0, 2)), (2, (2, 3))]

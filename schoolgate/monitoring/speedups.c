@@ -244,99 +244,132 @@ phrase_of(PyObject *found)
     return PyTuple_GET_ITEM(found, 0);
 }
 
+/* What screen() keeps of a text while it reads its phrases: which (rule, group) bits the
+   phrases found have, and which rules they woke (in the order woken, each once). */
+typedef struct {
+    unsigned char *have;  /* bit -> 1 when a phrase found is in that rule's group */
+    unsigned char *woke;  /* rule -> 1 once woken */
+    Py_ssize_t *woken;    /* the rules woken */
+    Py_ssize_t count, bits, rules;
+} Screen;
+
+/* One phrase found: its bits and the rules it wakes into ``screen``. */
 static int
-wake(PyObject *phrase, PyObject *wakes, PyObject *masks, PyObject *woken, PyObject **mask)
+wake(Screen *screen, PyObject *phrase, PyObject *wakes, PyObject *bits)
 {
     Py_ssize_t id;
     if (index_of(phrase, &id) < 0)
         return -1;
-    if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(masks)) {
+    if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(bits)) {
         PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
         return -1;
     }
-    PyObject *rules = PyTuple_GET_ITEM(wakes, id);
-    if (!PyTuple_Check(rules)) {
-        PyErr_SetString(PyExc_TypeError, "a phrase's rules are not as built");
+    PyObject *rules = PyTuple_GET_ITEM(wakes, id), *set = PyTuple_GET_ITEM(bits, id);
+    if (!PyTuple_Check(rules) || !PyTuple_Check(set)) {
+        PyErr_SetString(PyExc_TypeError, "a phrase's rules or bits are not as built");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rules); i++)
-        if (PySet_Add(woken, PyTuple_GET_ITEM(rules, i)) < 0)
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(set); i++) {
+        Py_ssize_t bit;
+        if (index_of(PyTuple_GET_ITEM(set, i), &bit) < 0)
             return -1;
-    PyObject *both = PyNumber_Or(*mask, PyTuple_GET_ITEM(masks, id));
-    if (both == NULL)
-        return -1;
-    Py_SETREF(*mask, both);
+        if (bit < 0 || bit >= screen->bits) {
+            PyErr_SetString(PyExc_IndexError, "a bit no rule has");
+            return -1;
+        }
+        screen->have[bit] = 1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rules); i++) {
+        Py_ssize_t rule;
+        if (index_of(PyTuple_GET_ITEM(rules, i), &rule) < 0)
+            return -1;
+        if (rule < 0 || rule >= screen->rules) {
+            PyErr_SetString(PyExc_IndexError, "an unknown rule");
+            return -1;
+        }
+        if (!screen->woke[rule]) {
+            screen->woke[rule] = 1;
+            screen->woken[screen->count++] = rule;
+        }
+    }
     return 0;
 }
 
-/* screen(words, word_ids, wakes, masks, rule_masks) -> [rule number]
+static int
+by_number(const void *a, const void *b)
+{
+    Py_ssize_t x = *(const Py_ssize_t *)a, y = *(const Py_ssize_t *)b;
+    return (x > y) - (x < y);
+}
 
-   The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group's
-   bit is among the phrases' (``masks``: phrase id -> bits; ``rule_masks``: rule -> its
-   groups' bits), in the order Matcher._candidates gives them. */
+/* screen(words, word_ids, wakes, bits, offsets) -> [rule number]
+
+   The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group was
+   found, in ascending order, as Matcher._candidates gives them. Each (rule, group) is a
+   bit: ``bits``: phrase id -> the bits of the groups it is in; rule n's groups are bits
+   ``offsets[n]`` to ``offsets[n + 1] - 1`` (the last offset: how many bits there are).
+   Flags in C arrays, where Python ORs big ints: no object is made until the answer. */
 static PyObject *
 screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
-        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4])) {
+        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4]) ||
+        PyTuple_GET_SIZE(args[4]) < 1) {
         PyErr_SetString(PyExc_TypeError,
-                        "screen(words: list, word_ids: list, wakes, masks, rule_masks: tuple)");
+                        "screen(words: list, word_ids: list, wakes, bits, offsets: tuple)");
         return NULL;
     }
-    PyObject *words = args[0], *word_ids = args[1], *wakes = args[2], *masks = args[3],
-             *rule_masks = args[4];
-    PyObject *woken = PySet_New(NULL);
-    PyObject *mask = PyLong_FromLong(0);
-    PyObject *out = NULL, *iterator = NULL, *number;
-    if (woken == NULL || mask == NULL)
+    PyObject *words = args[0], *word_ids = args[1], *wakes = args[2], *bits = args[3],
+             *offsets = args[4];
+    Screen state = {NULL, NULL, NULL, 0, 0, PyTuple_GET_SIZE(offsets) - 1};
+    PyObject *out = NULL;
+    if (index_of(PyTuple_GET_ITEM(offsets, state.rules), &state.bits) < 0)
+        return NULL;
+    if (state.bits < 0) {
+        PyErr_SetString(PyExc_IndexError, "a negative number of bits");
+        return NULL;
+    }
+    state.have = PyMem_Calloc((size_t)state.bits + (size_t)state.rules + 1, 1);
+    state.woken = PyMem_New(Py_ssize_t, state.rules + 1);
+    if (state.have == NULL || state.woken == NULL) {
+        PyErr_NoMemory();
         goto done;
+    }
+    state.woke = state.have + state.bits;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(words); i++) {
         PyObject *phrase = phrase_of(PyList_GET_ITEM(words, i));
-        if (phrase == NULL || wake(phrase, wakes, masks, woken, &mask) < 0)
+        if (phrase == NULL || wake(&state, phrase, wakes, bits) < 0)
             goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(word_ids); i++) {
         PyObject *phrase = PyList_GET_ITEM(word_ids, i);
         Py_ssize_t id;
-        if (single_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
+        if (single_of(phrase, &id) < 0 || (id != 0 && wake(&state, phrase, wakes, bits) < 0))
             goto done;
     }
+    qsort(state.woken, (size_t)state.count, sizeof(Py_ssize_t), by_number);
     out = PyList_New(0);
-    if (out == NULL || PySet_GET_SIZE(woken) == 0)
-        goto done;
-    iterator = PyObject_GetIter(woken);
-    if (iterator == NULL)
-        goto failed;
-    while ((number = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t rule;
-        if (index_of(number, &rule) < 0)
-            goto number_failed;
-        if (rule < 0 || rule >= PyTuple_GET_SIZE(rule_masks)) {
-            PyErr_SetString(PyExc_IndexError, "an unknown rule");
-            goto number_failed;
+    for (Py_ssize_t i = 0; out != NULL && i < state.count; i++) {
+        Py_ssize_t rule = state.woken[i], first, after;
+        if (index_of(PyTuple_GET_ITEM(offsets, rule), &first) < 0 ||
+            index_of(PyTuple_GET_ITEM(offsets, rule + 1), &after) < 0)
+            goto failed;
+        if (first < 0 || after > state.bits) {
+            PyErr_SetString(PyExc_IndexError, "a rule's bits outside the bits");
+            goto failed;
         }
-        PyObject *rule_mask = PyTuple_GET_ITEM(rule_masks, rule);
-        PyObject *common = PyNumber_And(mask, rule_mask);
-        if (common == NULL)
-            goto number_failed;
-        int all = PyObject_RichCompareBool(common, rule_mask, Py_EQ);
-        Py_DECREF(common);
-        if (all < 0 || (all && PyList_Append(out, number) < 0))
-            goto number_failed;
-        Py_DECREF(number);
-        continue;
-    number_failed:
-        Py_DECREF(number);
-        goto failed;
+        Py_ssize_t bit = first;
+        while (bit < after && state.have[bit])
+            bit++;
+        if (bit == after && append_new(out, PyLong_FromSsize_t(rule)) < 0)
+            goto failed;
     }
-    if (!PyErr_Occurred())
-        goto done;
+    goto done;
 failed:
     Py_CLEAR(out);
 done:
-    Py_XDECREF(iterator);
-    Py_XDECREF(woken);
-    Py_XDECREF(mask);
+    PyMem_Free(state.have);
+    PyMem_Free(state.woken);
     return out;
 }
 

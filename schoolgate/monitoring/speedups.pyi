@@ -11,8 +11,8 @@ def screen(
     words: list[tuple[int, int, int]],
     word_ids: list[int | None],
     wakes: tuple[tuple[int, ...], ...],
-    masks: tuple[int, ...],
-    rule_masks: tuple[int, ...],
+    bits: tuple[tuple[int, ...], ...],
+    offsets: tuple[int, ...],
 ) -> list[int]: ...
 def places(
     words: list[tuple[int, int, int]],

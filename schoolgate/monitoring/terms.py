@@ -306,16 +306,20 @@ class Matcher:
                     if rule == number and group >= 0:
                         groups[group] = groups.get(group, 0) + shared[phrase]
             anchors.append(min(groups, key=lambda g: (groups[g], g)))
-        masks, woken, vetoes = [], [], []
+        masks, bits, woken, vetoes = [], [], [], []
         for uses in self._usage:
+            bits.append(tuple(offsets[rule] + group for rule, group in uses if group >= 0))
             mask = 0
-            for rule, group in uses:
-                if group >= 0:
-                    mask |= 1 << (offsets[rule] + group)
+            for place in bits[-1]:
+                mask |= 1 << place
             masks.append(mask)
             woken.append(tuple(rule for rule, group in uses if group == anchors[rule]))
             vetoes.append(tuple(rule for rule, group in uses if group < 0))
         self._phrase_masks = tuple(masks)
+        # The same bits as speedups.screen reads them: each phrase's bits; rule n's are
+        # offsets[n] to offsets[n + 1] - 1 (the last offset: how many bits there are).
+        self._phrase_bits = tuple(bits)
+        self._rule_offsets = (*offsets, bit)
         self._phrase_wakes = tuple(woken)
         self._phrase_vetoes = tuple(vetoes)
 
@@ -468,7 +472,7 @@ class Matcher:
         here a Python-level call costs more than a few lines of bytecode.)"""
         if speedups is not None:
             candidates = speedups.screen(
-                hits.words, hits.word_ids, self._phrase_wakes, self._phrase_masks, self._rule_masks
+                hits.words, hits.word_ids, self._phrase_wakes, self._phrase_bits, self._rule_offsets
             )
         else:
             candidates = self._candidates(hits)
@@ -522,7 +526,7 @@ class Matcher:
                 woken.update(wakes[phrase])
             found_mask |= masks[phrase]
         rule_masks = self._rule_masks
-        return [n for n in woken if found_mask & rule_masks[n] == rule_masks[n]]
+        return sorted(n for n in woken if found_mask & rule_masks[n] == rule_masks[n])
 
     def _apply_rule(
         self, number: int, norm: Normalised, hits: _Hits, places: _Places
