@@ -356,3 +356,14 @@ def test_settle_decides_as_rules_satisfied():
 def test_settle_refuses_what_the_matcher_did_not_build(call, error):
     with pytest.raises(error):
         call()
+
+
+@pytest.mark.parametrize("rules", [40, 3000])  # the flags on the stack, then on the heap
+def test_screen_of_many_rules(rules):
+    # rule n has one group, bit n; phrase n + 1 wakes rule n and has its bit; the phrases
+    # found wake every third rule, in descending order
+    wakes = ((), *((n,) for n in range(rules)))
+    bits = ((), *((n,) for n in range(rules)))
+    found = [n + 1 for n in reversed(range(0, rules, 3))]
+    got = speedups.screen([], found, wakes, bits, tuple(range(rules + 1)))
+    assert got == list(range(0, rules, 3))
