@@ -187,6 +187,16 @@ class Matcher:
         if table:
             self.automaton.make_automaton()
         self._warn_idle_allows(compiled_allows, issues)
+        # Each term's and rule's match where nothing allows or lowers it (most texts), as
+        # _judge makes it: looked up without a call.
+        nothing = _Hits([], [], [], [], [])
+        self._plain_terms = tuple(
+            self._judge(term, index, None, nothing) for index, term in enumerate(self.terms)
+        )
+        self._plain_rules = tuple(
+            self._judge(term, number, None, nothing, True)
+            for number, term in enumerate(self._rule_terms)
+        )
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -414,6 +424,8 @@ class Matcher:
         terms = hits.terms
         if len(terms) == 1:
             index, start, end = terms[0]
+            if not hits.allows and not hits.context:
+                return [self._plain_terms[index]]
             term = self.terms[index]
             allowed = self._allowed(term.theme, start, end, hits) if hits.allows else None
             return [self._judge(term, index, allowed, hits)]
@@ -499,12 +511,15 @@ class Matcher:
         for number, vetoing in speedups.settle(
             hits.words, norm.bounds, hits.word_ids, candidates, self._groups_of, self._shapes
         ):
+            if vetoing == 0 and not hits.context:  # satisfied, nothing vetoes or lowers it
+                out.append(self._plain_rules[number])
+                continue
             if vetoing >= 0:  # satisfied; vetoed by a phrase, or by none (0)
                 term = self._rule_terms[number]
                 vetoed = self.phrases[vetoing] if vetoing else None
                 out.append(self._judge(term, number, vetoed, hits, True))
                 continue
-            if places is None:
+            if places is None:  # too many spans for C: Python's _apply_rule
                 places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
             match = self._apply_rule(number, norm, hits, places)
             if match is not None:
