@@ -16,6 +16,7 @@ import pytest
 
 from schoolgate.monitoring import normaliser, terms
 from schoolgate.monitoring.normaliser import Normaliser, normalise
+from schoolgate.monitoring.rules import satisfied
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from tests.test_monitoring_labelled import load_labelled
 
@@ -196,7 +197,10 @@ class Sly(int):
         lambda: speedups.scan([], b"\1", (), {}),  # not an iterator
         lambda: speedups.scan(iter([(Sly(3), _value())]), b"\1\0\0\0\1", ("abcd",), {}),
         lambda: speedups.scan(iter([(3, _value(stem=1))]), b"\1\0\0\0\0", ("abcd",), {}),
-        lambda: speedups.screen([], [Sly(1)], ((),) * 2, (0, 0), ()),
+        lambda: speedups.screen([], [Sly(1)], ((),) * 2, ((),) * 2, (0,)),
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (Sly(0),)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (Sly(0),)), ((), (0,)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (0, Sly(1))),
         lambda: speedups.places([], b"\1", [Sly(1)], ((0, 1),)),
         lambda: speedups.read_known("kill", {}, Sly(10)),
     ],
@@ -225,10 +229,17 @@ def test_scan_of_a_real_automaton():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: speedups.screen([(99, 0, 1)], [], ((),), (0,), ()),  # unknown phrase
-        lambda: speedups.screen([], [1], ((5,),) * 2, (1, 1), (1,)),  # unknown rule
-        lambda: speedups.screen([(1, 0)], [], ((),) * 2, (0, 0), ()),
-        lambda: speedups.screen((), [], (), (), ()),
+        lambda: speedups.screen([(99, 0, 1)], [], ((),), ((),), (0,)),  # unknown phrase
+        lambda: speedups.screen([], [1], ((5,),) * 2, ((0,),) * 2, (0, 1)),  # unknown rule
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (5,)), (0, 1)),  # a bit past the last
+        lambda: speedups.screen([], [1], ((),) * 2, ((), (-1,)), (0, 1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (0, 9, 1)),  # rule past the bits
+        lambda: speedups.screen([], [1], ((), (0,)), ((), (0,)), (-1, 0, -1)),
+        lambda: speedups.screen([], [1], ((), (0,)), ((), [0]), (0, 1)),
+        lambda: speedups.screen([], [1], ((), [0]), ((), (0,)), (0, 1)),
+        lambda: speedups.screen([], [], (), (), ()),  # no offsets at all
+        lambda: speedups.screen([(1, 0)], [], ((),) * 2, ((),) * 2, (0,)),
+        lambda: speedups.screen((), [], (), (), (0,)),
         lambda: speedups.places([(1, 0, 99)], b"\1\0\1", [], ()),  # outside the text
         lambda: speedups.places([(1, -1, 1)], b"\1\0\1", [], ()),
         lambda: speedups.collect([(7, (0, 1))], ({},), 0, [[]]),  # unknown phrase
@@ -244,11 +255,15 @@ def test_rule_loops_refuse_what_the_matcher_did_not_build(call):
 
 def test_rule_loops_on_a_small_example():
     wakes = ((), (0,), (), (1,))  # phrase 1 wakes rule 0, phrase 3 rule 1
-    masks = (0, 0b01, 0b10, 0b100)  # rule 0: bits 0 and 1; rule 1: bits 2 and 3
-    rule_masks = (0b11, 0b1100)
+    bits = ((), (0,), (1,), (2,))
+    offsets = (0, 2, 4)  # rule 0: bits 0 and 1; rule 1: bits 2 and 3
     # phrase 1 found in the joined text, phrase 2 as a word: rule 0 only (rule 1 lacks bit 3)
-    assert speedups.screen([(1, 0, 4)], [None, 2, 3], wakes, masks, rule_masks) == [0]
-    assert speedups.screen([], [None, 2], wakes, masks, rule_masks) == []
+    assert speedups.screen([(1, 0, 4)], [None, 2, 3], wakes, bits, offsets) == [0]
+    assert speedups.screen([], [None, 2], wakes, bits, offsets) == []
+    # rules in ascending order, each once, whatever order the phrases woke them in
+    both = ((), (1, 0), (0,), (1,))
+    every = ((), (0, 1, 2, 3), (), ())
+    assert speedups.screen([(1, 0, 4)], [3, 1, 2], both, every, offsets) == [0, 1]
     # words "aa bb cc": joined "aabbcc"; phrase 1 is "aa bb" (offsets 0 to 4)
     found = speedups.places([(1, 0, 4)], b"\1\0\1\0\1\0\1", [None, None, 2], ((0, 1), (1, 2)))
     assert found == [(1, (0, 2)), (2, (2, 3))]
@@ -256,3 +271,99 @@ def test_rule_loops_on_a_small_example():
     spans = [[], []]
     assert speedups.collect(found, groups_of, 0, spans) == 2  # phrase 2 is also an "unless"
     assert spans == [[(0, 2)], [(2, 3)]]
+
+
+def _settle(word_ids, groups_of, shape, words=(), bounds=b"\1"):
+    return speedups.settle(list(words), bounds, list(word_ids), [0], groups_of, (shape,))
+
+
+def test_settle_on_a_small_example():
+    # words "aa bb cc": phrase 1 is "aa bb" (found in the joined text), phrase 2 the word
+    # "cc", which is also the rule's "unless"
+    words, bounds = [(1, 0, 4)], b"\1\0\1\0\1\0\1"
+    groups_of = ({}, {0: (0,)}, {0: (1, -1)})
+    assert _settle([None, None, 2], groups_of, (2, False, None, False), words, bounds) == [(0, 2)]
+    assert _settle([None, None, 2], groups_of, (2, True, 3, True), words, bounds) == [(0, 2)]
+    assert _settle([None, None, 2], groups_of, (2, True, 2, False), words, bounds) == []
+    assert _settle([None, 2, None], groups_of, (2, False, None, True), words, bounds) == []
+    assert _settle([None, 2, None], groups_of, (2, True, None, False), words, bounds) == []
+    assert _settle([None, None, None], groups_of, (2, False, None, False), words, bounds) == []
+    # more choices of spans than C tries: Python's to settle (-1)
+    many = [1, 2] * 9
+    assert _settle(many, ({}, {0: (0,)}, {0: (1,)}), (2, False, 3, False)) == [(0, -1)]
+
+
+def test_settle_decides_as_rules_satisfied():
+    """Random places of a few phrases, random rule shapes: C's answer is Python's."""
+    rng = random.Random(25)
+    decided = 0
+    for _ in range(3000):
+        groups = rng.randint(1, 4)
+        groups_of = ({},) + tuple(
+            {0: tuple(rng.sample([-1, *range(groups)], rng.randint(1, 2)))} for _ in range(6)
+        )
+        word_ids = [rng.choice([None, None, *range(1, 7)]) for _ in range(rng.randint(0, 14))]
+        shape = (groups, rng.random() < 0.5, rng.choice([None, 1, 2, 3, 5, 8]), rng.random() < 0.3)
+        found: list[list[tuple[int, int]]] = [[] for _ in range(groups)]
+        places = speedups.places([], b"\1", word_ids, ())
+        vetoing = speedups.collect(places, groups_of, 0, found)
+        if shape[3]:
+            found[-1] = [span for span in found[-1] if span[1] == len(word_ids)]
+        if shape[1] or shape[2] is not None:
+            expected = satisfied(found, shape[2], shape[1])
+        else:
+            expected = all(found)
+        got = _settle(word_ids, groups_of, shape)
+        if got and got[0][1] == -1:
+            continue  # left to Python
+        decided += 1
+        assert got == ([(0, vetoing or 0)] if expected else []), (word_ids, groups_of, shape)
+    assert decided > 2000
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: _settle([Sly(1)], ({}, {0: (0,)}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (Sly(0),)}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: [0]}), (1, False, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, 1, None, False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, Sly(2), False)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, None)), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), [1, False, None, False]), TypeError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (1, False, -1, False)), IndexError),
+        (lambda: _settle([1], ({}, {0: (0,)}), (0, False, None, False)), IndexError),
+        (lambda: _settle([1], ({}, {0: (3,)}), (1, False, None, False)), IndexError),
+        (lambda: _settle([9], ({}, {0: (0,)}), (1, False, None, False)), IndexError),
+        (lambda: _settle([1], ({}, None), (1, False, None, False)), IndexError),
+        (lambda: _settle([], ({},), (1, False, None, False), [(1, 0, 9)], b"\1\0\1"), IndexError),
+        (lambda: _settle([], ({},), (1, False, None, False), [(1, 0)], b"\1\0\1"), TypeError),
+        (
+            lambda: speedups.settle([], b"\1", [], [1], ({},), ((1, False, None, False),)),
+            IndexError,
+        ),
+        (
+            lambda: speedups.settle([], b"\1", [], [Sly(0)], ({},), ((1, False, None, False),)),
+            TypeError,
+        ),
+        (
+            lambda: speedups.settle([], b"\1", [], (0,), ({},), ((1, False, None, False),)),
+            TypeError,
+        ),
+        (lambda: speedups.settle([], b"\1", []), TypeError),
+    ],
+)
+def test_settle_refuses_what_the_matcher_did_not_build(call, error):
+    with pytest.raises(error):
+        call()
+
+
+@pytest.mark.parametrize("rules", [40, 3000])  # the flags on the stack, then on the heap
+def test_screen_of_many_rules(rules):
+    # rule n has one group, bit n; phrase n + 1 wakes rule n and has its bit; the phrases
+    # found wake every third rule, in descending order
+    wakes = ((), *((n,) for n in range(rules)))
+    bits = ((), *((n,) for n in range(rules)))
+    found = [n + 1 for n in reversed(range(0, rules, 3))]
+    got = speedups.screen([], found, wakes, bits, tuple(range(rules + 1)))
+    assert got == list(range(0, rules, 3))

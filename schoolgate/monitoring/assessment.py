@@ -1,5 +1,5 @@
-"""What the matcher reports: each term or rule found (:class:`Match`), and all of them for one
-text (:class:`Assessment`), most severe first."""
+"""What the matcher reports of a text: each term or rule found (:class:`Match`) and all of
+them, most severe first (:class:`Assessment`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Match:
 
     @property
     def active(self) -> bool:
-        # ``_rank`` writes this test out (sorting calls it for every match): keep the two alike.
+        # ``rank`` writes this test out (sorting calls it for every match): keep the two alike.
         return self.suppressed_by is None and self.severity > 0
 
     def to_json(self) -> dict[str, object]:
@@ -73,15 +73,18 @@ class Assessment:
 
 
 NOTHING = Assessment()
+# The slot's own setter (a frozen dataclass refuses setattr): the matcher builds an
+# Assessment without the dataclass's __init__.
+set_matches = Assessment.__dict__["matches"].__set__
 
 
-def ranked(matches: Iterable[Match]) -> tuple[Match, ...]:
-    return tuple(sorted(matches, key=_rank))
+def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
+    return tuple(sorted(matches, key=rank))
 
 
-def _rank(m: Match) -> tuple[bool, int, str, str]:
+def rank(m: Match) -> tuple[bool, int, str, str]:
     """Active first (``active`` written out: a property is one more call), most severe first."""
     return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
-__all__ = ["NOTHING", "Assessment", "Match", "ranked"]
+__all__ = ["NOTHING", "Assessment", "Match", "ordered", "rank", "set_matches"]

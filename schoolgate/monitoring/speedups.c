@@ -92,6 +92,26 @@ stands(const unsigned char *seen, Py_ssize_t length, PyObject *signature, PyObje
     return 1;
 }
 
+/* (index, start, end): a tuple filled by hand (Py_BuildValue parses its format string on
+   every call, and a text's hits are many). */
+static PyObject *
+triple(PyObject *index, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *first = PyLong_FromSsize_t(start);
+    PyObject *last = first == NULL ? NULL : PyLong_FromSsize_t(end);
+    PyObject *out = last == NULL ? NULL : PyTuple_New(3);
+    if (out == NULL) {
+        Py_XDECREF(first);
+        Py_XDECREF(last);
+        return NULL;
+    }
+    Py_INCREF(index);
+    PyTuple_SET_ITEM(out, 0, index);
+    PyTuple_SET_ITEM(out, 1, first);
+    PyTuple_SET_ITEM(out, 2, last);
+    return out;
+}
+
 static int
 append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t start,
              Py_ssize_t end)
@@ -99,11 +119,11 @@ append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t star
     Py_ssize_t which;
     if (index_of(kind, &which) < 0)
         return -1;
-    if (which < 0 || which >= PyTuple_GET_SIZE(by_kind)) {
+    if (which < 0 || which >= 4) {
         PyErr_SetString(PyExc_IndexError, "a pattern of an unknown kind");
         return -1;
     }
-    return append_new(PyTuple_GET_ITEM(by_kind, which), Py_BuildValue("(Onn)", index, start, end));
+    return append_new(PyTuple_GET_ITEM(by_kind, which), triple(index, start, end));
 }
 
 /* scan(found, bounds, words, single) -> (terms, allows, context, words, word_ids)
@@ -122,9 +142,18 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *iterator = args[0], *words = args[2], *single = args[3];
     const unsigned char *bounds = (const unsigned char *)PyBytes_AS_STRING(args[1]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
-    PyObject *by_kind = Py_BuildValue("([][][][])");
+    /* terms, allows, context, words, then word_ids */
+    PyObject *by_kind = PyTuple_New(5);
     if (by_kind == NULL)
         return NULL;
+    for (int i = 0; i < 4; i++) {
+        PyObject *list = PyList_New(0);
+        if (list == NULL) {
+            Py_DECREF(by_kind);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(by_kind, i, list);
+    }
     PyObject *item;
     while ((item = PyIter_Next(iterator)) != NULL) {
         PyObject *value;
@@ -200,11 +229,8 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(id);
         PyList_SET_ITEM(word_ids, i, id);
     }
-    PyObject *out = Py_BuildValue("(OOOON)", PyTuple_GET_ITEM(by_kind, 0),
-                                  PyTuple_GET_ITEM(by_kind, 1), PyTuple_GET_ITEM(by_kind, 2),
-                                  PyTuple_GET_ITEM(by_kind, 3), word_ids);
-    Py_DECREF(by_kind);
-    return out;
+    PyTuple_SET_ITEM(by_kind, 4, word_ids);
+    return by_kind;
 }
 
 /* The phrase id of a (phrase, start, end) found in the joined text. */
@@ -218,99 +244,167 @@ phrase_of(PyObject *found)
     return PyTuple_GET_ITEM(found, 0);
 }
 
+/* What screen() keeps of a text while it reads its phrases: which (rule, group) bits the
+   phrases found have, and which rules they woke (in the order woken, each once). */
+typedef struct {
+    unsigned char *have;  /* bit -> 1 when a phrase found is in that rule's group */
+    unsigned char *woke;  /* rule -> 1 once woken */
+    Py_ssize_t *woken;    /* the rules woken */
+    Py_ssize_t count, bits, rules;
+} Screen;
+
+/* One phrase found: its bits and the rules it wakes into ``screen``. */
 static int
-wake(PyObject *phrase, PyObject *wakes, PyObject *masks, PyObject *woken, PyObject **mask)
+wake(Screen *screen, PyObject *phrase, PyObject *wakes, PyObject *bits)
 {
     Py_ssize_t id;
     if (index_of(phrase, &id) < 0)
         return -1;
-    if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(masks)) {
+    if (id < 0 || id >= PyTuple_GET_SIZE(wakes) || id >= PyTuple_GET_SIZE(bits)) {
         PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
         return -1;
     }
-    PyObject *rules = PyTuple_GET_ITEM(wakes, id);
-    if (!PyTuple_Check(rules)) {
-        PyErr_SetString(PyExc_TypeError, "a phrase's rules are not as built");
+    PyObject *rules = PyTuple_GET_ITEM(wakes, id), *set = PyTuple_GET_ITEM(bits, id);
+    if (!PyTuple_Check(rules) || !PyTuple_Check(set)) {
+        PyErr_SetString(PyExc_TypeError, "a phrase's rules or bits are not as built");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rules); i++)
-        if (PySet_Add(woken, PyTuple_GET_ITEM(rules, i)) < 0)
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(set); i++) {
+        Py_ssize_t bit;
+        if (index_of(PyTuple_GET_ITEM(set, i), &bit) < 0)
             return -1;
-    PyObject *both = PyNumber_Or(*mask, PyTuple_GET_ITEM(masks, id));
-    if (both == NULL)
-        return -1;
-    Py_SETREF(*mask, both);
+        if (bit < 0 || bit >= screen->bits) {
+            PyErr_SetString(PyExc_IndexError, "a bit no rule has");
+            return -1;
+        }
+        screen->have[bit] = 1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rules); i++) {
+        Py_ssize_t rule;
+        if (index_of(PyTuple_GET_ITEM(rules, i), &rule) < 0)
+            return -1;
+        if (rule < 0 || rule >= screen->rules) {
+            PyErr_SetString(PyExc_IndexError, "an unknown rule");
+            return -1;
+        }
+        if (!screen->woke[rule]) {
+            screen->woke[rule] = 1;
+            screen->woken[screen->count++] = rule;
+        }
+    }
     return 0;
 }
 
-/* screen(words, word_ids, wakes, masks, rule_masks) -> [rule number]
+/* Room on the stack for screen()'s flags and woken rules: the shipped library's 866 bits
+   and 355 rules fit, and a heap allocation cost more than the rest of a usual call. */
+#define SCREEN_FLAGS 4096
+#define SCREEN_RULES 1024
 
-   The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group's
-   bit is among the phrases' (``masks``: phrase id -> bits; ``rule_masks``: rule -> its
-   groups' bits), in the order Matcher._candidates gives them. */
+/* screen(words, word_ids, wakes, bits, offsets) -> [rule number]
+
+   The rules woken by a phrase found (``wakes``: phrase id -> rules) whose every group was
+   found, in ascending order, as Matcher._candidates gives them. Each (rule, group) is a
+   bit: ``bits``: phrase id -> the bits of the groups it is in; rule n's groups are bits
+   ``offsets[n]`` to ``offsets[n + 1] - 1`` (the last offset: how many bits there are).
+   Flags in C arrays, where Python ORs big ints: no object is made until the answer. */
 static PyObject *
 screen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
-        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4])) {
+        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4]) ||
+        PyTuple_GET_SIZE(args[4]) < 1) {
         PyErr_SetString(PyExc_TypeError,
-                        "screen(words: list, word_ids: list, wakes, masks, rule_masks: tuple)");
+                        "screen(words: list, word_ids: list, wakes, bits, offsets: tuple)");
         return NULL;
     }
-    PyObject *words = args[0], *word_ids = args[1], *wakes = args[2], *masks = args[3],
-             *rule_masks = args[4];
-    PyObject *woken = PySet_New(NULL);
-    PyObject *mask = PyLong_FromLong(0);
-    PyObject *out = NULL, *iterator = NULL, *number;
-    if (woken == NULL || mask == NULL)
-        goto done;
+    PyObject *words = args[0], *word_ids = args[1], *wakes = args[2], *bits = args[3],
+             *offsets = args[4];
+    Screen state = {NULL, NULL, NULL, 0, 0, PyTuple_GET_SIZE(offsets) - 1};
+    PyObject *out = NULL;
+    if (index_of(PyTuple_GET_ITEM(offsets, state.rules), &state.bits) < 0)
+        return NULL;
+    if (state.bits < 0) {
+        PyErr_SetString(PyExc_IndexError, "a negative number of bits");
+        return NULL;
+    }
+    unsigned char flags[SCREEN_FLAGS];
+    Py_ssize_t woken[SCREEN_RULES];
+    size_t size = (size_t)state.bits + (size_t)state.rules + 1;
+    int on_heap = size > SCREEN_FLAGS || state.rules > SCREEN_RULES;
+    if (on_heap) {
+        state.have = PyMem_Calloc(size, 1);
+        state.woken = PyMem_New(Py_ssize_t, state.rules + 1);
+        if (state.have == NULL || state.woken == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    } else {
+        memset(flags, 0, size);
+        state.have = flags;
+        state.woken = woken;
+    }
+    state.woke = state.have + state.bits;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(words); i++) {
         PyObject *phrase = phrase_of(PyList_GET_ITEM(words, i));
-        if (phrase == NULL || wake(phrase, wakes, masks, woken, &mask) < 0)
+        if (phrase == NULL || wake(&state, phrase, wakes, bits) < 0)
             goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(word_ids); i++) {
         PyObject *phrase = PyList_GET_ITEM(word_ids, i);
         Py_ssize_t id;
-        if (single_of(phrase, &id) < 0 || (id != 0 && wake(phrase, wakes, masks, woken, &mask) < 0))
+        if (single_of(phrase, &id) < 0 || (id != 0 && wake(&state, phrase, wakes, bits) < 0))
             goto done;
     }
-    out = PyList_New(0);
-    if (out == NULL || PySet_GET_SIZE(woken) == 0)
-        goto done;
-    iterator = PyObject_GetIter(woken);
-    if (iterator == NULL)
-        goto failed;
-    while ((number = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t rule;
-        if (index_of(number, &rule) < 0)
-            goto number_failed;
-        if (rule < 0 || rule >= PyTuple_GET_SIZE(rule_masks)) {
-            PyErr_SetString(PyExc_IndexError, "an unknown rule");
-            goto number_failed;
+    /* Ascending: an insertion sort of the few rules a text wakes; past a few, the flags
+       read in order. */
+    if (state.count > 16) {
+        state.count = 0;
+        for (Py_ssize_t rule = 0; rule < state.rules; rule++)
+            if (state.woke[rule])
+                state.woken[state.count++] = rule;
+    } else {
+        for (Py_ssize_t i = 1; i < state.count; i++) {
+            Py_ssize_t rule = state.woken[i], j = i;
+            for (; j > 0 && state.woken[j - 1] > rule; j--)
+                state.woken[j] = state.woken[j - 1];
+            state.woken[j] = rule;
         }
-        PyObject *rule_mask = PyTuple_GET_ITEM(rule_masks, rule);
-        PyObject *common = PyNumber_And(mask, rule_mask);
-        if (common == NULL)
-            goto number_failed;
-        int all = PyObject_RichCompareBool(common, rule_mask, Py_EQ);
-        Py_DECREF(common);
-        if (all < 0 || (all && PyList_Append(out, number) < 0))
-            goto number_failed;
-        Py_DECREF(number);
-        continue;
-    number_failed:
-        Py_DECREF(number);
-        goto failed;
     }
-    if (!PyErr_Occurred())
-        goto done;
+    out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL && i < state.count; i++) {
+        Py_ssize_t rule = state.woken[i], first, after;
+        if (index_of(PyTuple_GET_ITEM(offsets, rule), &first) < 0 ||
+            index_of(PyTuple_GET_ITEM(offsets, rule + 1), &after) < 0)
+            goto failed;
+        if (first < 0 || after > state.bits) {
+            PyErr_SetString(PyExc_IndexError, "a rule's bits outside the bits");
+            goto failed;
+        }
+        Py_ssize_t bit = first;
+        while (bit < after && state.have[bit])
+            bit++;
+        if (bit == after && append_new(out, PyLong_FromSsize_t(rule)) < 0)
+            goto failed;
+    }
+    goto done;
 failed:
     Py_CLEAR(out);
 done:
-    Py_XDECREF(iterator);
-    Py_XDECREF(woken);
-    Py_XDECREF(mask);
+    if (on_heap) {
+        PyMem_Free(state.have);
+        PyMem_Free(state.woken);
+    }
+    return out;
+}
+
+/* (first, after): a word span. */
+static PyObject *
+pair_of(Py_ssize_t first, Py_ssize_t after)
+{
+    PyObject *a = PyLong_FromSsize_t(first), *b = a == NULL ? NULL : PyLong_FromSsize_t(after);
+    PyObject *out = b == NULL ? NULL : PyTuple_Pack(2, a, b);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
     return out;
 }
 
@@ -357,8 +451,10 @@ places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyErr_SetString(PyExc_IndexError, "a phrase found outside the text");
                 goto failed;
             }
-            if (append_new(out, Py_BuildValue("(O(nn))", phrase, upto[start] - 1,
-                                              upto[end - 1])) < 0)
+            PyObject *span = pair_of(upto[start] - 1, upto[end - 1]);
+            PyObject *place = span == NULL ? NULL : PyTuple_Pack(2, phrase, span);
+            Py_XDECREF(span);
+            if (append_new(out, place) < 0)
                 goto failed;
         }
     }
@@ -369,9 +465,12 @@ places(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto failed;
         if (id == 0)
             continue;
-        PyObject *place = at < PyTuple_GET_SIZE(word_spans)
-                              ? PyTuple_Pack(2, single, PyTuple_GET_ITEM(word_spans, at))
-                              : Py_BuildValue("(O(nn))", single, at, at + 1);
+        /* word_spans[at] is (at, at + 1), made once; past its end, made here */
+        PyObject *span = at < PyTuple_GET_SIZE(word_spans)
+                             ? Py_NewRef(PyTuple_GET_ITEM(word_spans, at))
+                             : pair_of(at, at + 1);
+        PyObject *place = span == NULL ? NULL : PyTuple_Pack(2, single, span);
+        Py_XDECREF(span);
         if (append_new(out, place) < 0)
             goto failed;
     }
@@ -441,6 +540,301 @@ collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     return Py_NewRef(vetoed);
+}
+
+/* A rule phrase found in the text: its id and word span [first, after). */
+typedef struct {
+    Py_ssize_t phrase, first, after;
+} Place;
+
+/* A span of one of a rule's groups. */
+typedef struct {
+    Py_ssize_t group, first, after;
+} Span;
+
+/* Every choice of one span per group is tried when there are at most this many (the
+   usual text has each group once); with more, settle() leaves the rule to Python's
+   rules.satisfied, whose time does not grow with their product. */
+#define MAX_CHOICES 64
+
+/* The places of the rule phrases of a text, as places() lists them (the phrases found in
+   the joined text, then the one word phrases), into a new array; its length in *count.
+   NULL with an error set. */
+static Place *
+read_places(PyObject *words, const unsigned char *bounds, Py_ssize_t size, PyObject *word_ids,
+            Py_ssize_t *count)
+{
+    Py_ssize_t n_words = PyList_GET_SIZE(words), n_ids = PyList_GET_SIZE(word_ids);
+    Place *out = PyMem_New(Place, n_words + n_ids + 1);
+    Py_ssize_t *upto = n_words ? PyMem_New(Py_ssize_t, size > 0 ? size : 1) : NULL;
+    if (out == NULL || (n_words && upto == NULL)) {
+        PyErr_NoMemory();
+        goto failed;
+    }
+    Py_ssize_t sum = 0, at = 0;
+    for (Py_ssize_t i = 0; n_words && i < size; i++)
+        upto[i] = sum += bounds[i]; /* the word starts at or before offset i */
+    for (Py_ssize_t i = 0; i < n_words; i++) {
+        PyObject *found = PyList_GET_ITEM(words, i);
+        PyObject *phrase = phrase_of(found);
+        Py_ssize_t start, end;
+        if (phrase == NULL || index_of(phrase, &out[at].phrase) < 0 ||
+            index_of(PyTuple_GET_ITEM(found, 1), &start) < 0 ||
+            index_of(PyTuple_GET_ITEM(found, 2), &end) < 0)
+            goto failed;
+        if (start < 0 || start >= size || end < 1 || end > size) {
+            PyErr_SetString(PyExc_IndexError, "a phrase found outside the text");
+            goto failed;
+        }
+        out[at].first = upto[start] - 1;
+        out[at++].after = upto[end - 1];
+    }
+    for (Py_ssize_t i = 0; i < n_ids; i++) {
+        Py_ssize_t id;
+        if (single_of(PyList_GET_ITEM(word_ids, i), &id) < 0)
+            goto failed;
+        if (id == 0)
+            continue;
+        out[at].phrase = id;
+        out[at].first = i;
+        out[at++].after = i + 1;
+    }
+    PyMem_Free(upto);
+    *count = at;
+    return out;
+failed:
+    PyMem_Free(upto);
+    PyMem_Free(out);
+    return NULL;
+}
+
+/* Whether one span per group can be chosen as rules.satisfied asks (if ``ordered``, each
+   starting at or after the end of the one before; if ``within`` >= 0, all inside that
+   many words), trying every choice. ``spans`` are sorted by group, ``starts[g]`` is where
+   group g's begin and ``starts[groups]`` their end; every group has at least one. */
+static int
+any_choice(const Span *spans, const Py_ssize_t *starts, Py_ssize_t groups, int ordered,
+           Py_ssize_t within, Py_ssize_t *chosen)
+{
+    for (Py_ssize_t g = 0; g < groups; g++)
+        chosen[g] = starts[g];
+    for (;;) {
+        Py_ssize_t low = spans[chosen[0]].first, high = spans[chosen[0]].after;
+        int fits = 1;
+        for (Py_ssize_t g = 1; g < groups && fits; g++) {
+            const Span *span = &spans[chosen[g]];
+            if (ordered && span->first < high)
+                fits = 0; /* ordered: ends only grow, so ``high`` is the last one's end */
+            if (span->first < low)
+                low = span->first;
+            if (span->after > high)
+                high = span->after;
+        }
+        if (fits && (within < 0 || high - low <= within))
+            return 1;
+        /* the next choice, the last group's span changing fastest */
+        Py_ssize_t g = groups - 1;
+        while (g >= 0 && ++chosen[g] == starts[g + 1]) {
+            chosen[g] = starts[g];
+            g--;
+        }
+        if (g < 0)
+            return 0;
+    }
+}
+
+/* One rule's shape as the Matcher built it: (groups, ordered, within or None, ends). */
+static int
+shape_of(PyObject *shape, Py_ssize_t *groups, int *ordered, Py_ssize_t *within, int *ends)
+{
+    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) != 4 ||
+        index_of(PyTuple_GET_ITEM(shape, 0), groups) < 0 ||
+        !PyBool_Check(PyTuple_GET_ITEM(shape, 1)) || !PyBool_Check(PyTuple_GET_ITEM(shape, 3))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a rule's shape is not as built");
+        return -1;
+    }
+    PyObject *limit = PyTuple_GET_ITEM(shape, 2);
+    if (limit == Py_None)
+        *within = -1;
+    else if (index_of(limit, within) < 0)
+        return -1;
+    else if (*within < 0) {
+        PyErr_SetString(PyExc_IndexError, "a rule's within is negative");
+        return -1;
+    }
+    if (*groups < 1) {
+        PyErr_SetString(PyExc_IndexError, "a rule without groups");
+        return -1;
+    }
+    *ordered = PyTuple_GET_ITEM(shape, 1) == Py_True;
+    *ends = PyTuple_GET_ITEM(shape, 3) == Py_True;
+    return 0;
+}
+
+/* One candidate rule against the places of a text: 1 if satisfied, 0 if not, 2 if there
+   are too many choices to try here, -1 with an error set. ``*vetoed``: the first of its
+   "unless" phrases among the places (0 for none). ``spans``/``sorted``: room for
+   ``room`` spans each, grown here when a phrase is in several of the rule's groups. */
+static int
+settle_one(PyObject *number, PyObject *groups_of, PyObject *shape, const Place *places,
+           Py_ssize_t count, Py_ssize_t words, Span **spans, Span **sorted, Py_ssize_t *room,
+           Py_ssize_t *vetoed)
+{
+    Py_ssize_t groups, within;
+    int ordered, ends, status = -1;
+    if (shape_of(shape, &groups, &ordered, &within, &ends) < 0)
+        return -1;
+    Py_ssize_t *sizes = PyMem_New(Py_ssize_t, 2 * groups + 1);
+    if (sizes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t *starts = sizes + groups; /* groups + 1 of them */
+    memset(sizes, 0, sizeof(Py_ssize_t) * (size_t)groups);
+    Py_ssize_t found = 0;
+    *vetoed = 0;
+    /* As the loop of Matcher._apply_rule: each place's spans into the groups it is in. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t phrase = places[i].phrase;
+        if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
+            !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
+            PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+            goto done;
+        }
+        PyObject *in = PyDict_GetItemWithError(PyTuple_GET_ITEM(groups_of, phrase), number);
+        if (in == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            continue;
+        }
+        if (!PyTuple_Check(in)) {
+            PyErr_SetString(PyExc_TypeError, "a phrase's groups are not as built");
+            goto done;
+        }
+        for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(in); g++) {
+            Py_ssize_t group;
+            if (index_of(PyTuple_GET_ITEM(in, g), &group) < 0)
+                goto done;
+            if (group < 0) {
+                if (*vetoed == 0)
+                    *vetoed = phrase;
+                continue;
+            }
+            if (group >= groups) {
+                PyErr_SetString(PyExc_IndexError, "a group the rule does not have");
+                goto done;
+            }
+            /* "ends": only where the last group's phrase ends the text */
+            if (ends && group == groups - 1 && places[i].after != words)
+                continue;
+            if (found == *room) {
+                Py_ssize_t more = *room * 2;
+                Span *grown = PyMem_Realloc(*spans, sizeof(Span) * (size_t)more);
+                if (grown != NULL)
+                    *spans = grown;
+                grown = grown == NULL ? NULL : PyMem_Realloc(*sorted, sizeof(Span) * (size_t)more);
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                *sorted = grown;
+                *room = more;
+            }
+            (*spans)[found].group = group;
+            (*spans)[found].first = places[i].first;
+            (*spans)[found++].after = places[i].after;
+            sizes[group]++;
+        }
+    }
+    status = 0;
+    Py_ssize_t choices = 1;
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        if (sizes[g] == 0)
+            goto done; /* a group not found */
+        if (choices <= MAX_CHOICES)
+            choices *= sizes[g];
+    }
+    status = 1;
+    if (!ordered && within < 0)
+        goto done; /* every group found is enough */
+    status = 2;
+    if (choices > MAX_CHOICES)
+        goto done;
+    /* the spans by group (a counting sort), then every choice of one per group */
+    starts[0] = 0;
+    for (Py_ssize_t g = 0; g < groups; g++)
+        starts[g + 1] = starts[g] + sizes[g];
+    for (Py_ssize_t i = 0; i < found; i++)
+        (*sorted)[starts[(*spans)[i].group] + --sizes[(*spans)[i].group]] = (*spans)[i];
+    status = any_choice(*sorted, starts, groups, ordered, within, sizes);
+done:
+    PyMem_Free(sizes);
+    return status;
+}
+
+/* settle(words, bounds, word_ids, candidates, groups_of, shapes) -> [(rule, state)]
+
+   Matcher._apply_rule's test of each candidate rule (``candidates``, as screen() gives
+   them), for a text without allow-phrases: in the candidates' order, each satisfied rule
+   with the id of its first "unless" phrase found (0 for none), or with -1 when it has too
+   many choices of spans to try here (Python's to settle). ``shapes``: rule -> (groups,
+   ordered, within or None, ends); the rest as places() and collect() take them. */
+static PyObject *
+settle(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyList_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyList_Check(args[2]) || !PyList_Check(args[3]) || !PyTuple_Check(args[4]) ||
+        !PyTuple_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "settle(words: list, bounds: bytes, word_ids: list, candidates: list, "
+                        "groups_of: tuple, shapes: tuple)");
+        return NULL;
+    }
+    PyObject *candidates = args[3], *groups_of = args[4], *shapes = args[5];
+    Py_ssize_t count, room = 16;
+    Place *places = read_places(args[0], (const unsigned char *)PyBytes_AS_STRING(args[1]),
+                                PyBytes_GET_SIZE(args[1]), args[2], &count);
+    if (places == NULL)
+        return NULL;
+    Span *spans = PyMem_New(Span, room), *sorted = PyMem_New(Span, room);
+    PyObject *out = PyList_New(0);
+    if (spans == NULL || sorted == NULL || out == NULL) {
+        if (out != NULL)
+            PyErr_NoMemory();
+        goto failed;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(candidates); i++) {
+        PyObject *number = PyList_GET_ITEM(candidates, i);
+        Py_ssize_t rule, vetoed;
+        if (index_of(number, &rule) < 0)
+            goto failed;
+        if (rule < 0 || rule >= PyTuple_GET_SIZE(shapes)) {
+            PyErr_SetString(PyExc_IndexError, "an unknown rule");
+            goto failed;
+        }
+        int status = settle_one(number, groups_of, PyTuple_GET_ITEM(shapes, rule), places, count,
+                                PyList_GET_SIZE(args[2]), &spans, &sorted, &room, &vetoed);
+        if (status < 0)
+            goto failed;
+        if (status == 0)
+            continue;
+        PyObject *state = PyLong_FromSsize_t(status == 2 ? -1 : vetoed);
+        PyObject *pair = state == NULL ? NULL : PyTuple_Pack(2, number, state);
+        Py_XDECREF(state);
+        if (append_new(out, pair) < 0)
+            goto failed;
+    }
+    PyMem_Free(places);
+    PyMem_Free(spans);
+    PyMem_Free(sorted);
+    return out;
+failed:
+    PyMem_Free(places);
+    PyMem_Free(spans);
+    PyMem_Free(sorted);
+    Py_XDECREF(out);
+    return NULL;
 }
 
 /* Append ``read`` (a word as the normaliser read it: none, one or several words separated by
@@ -575,7 +969,11 @@ read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         offset += length;
     }
     marks[total] = 1;
-    return Py_BuildValue("(NNN)", tuple, joined, bounds);
+    PyObject *out = PyTuple_Pack(3, tuple, joined, bounds);
+    Py_DECREF(tuple);
+    Py_DECREF(joined);
+    Py_DECREF(bounds);
+    return out;
 not_here:
     Py_DECREF(words);
     Py_RETURN_NONE;
@@ -593,6 +991,8 @@ static PyMethodDef methods[] = {
      "Each rule phrase found, with its word span."},
     {"collect", (PyCFunction)(void (*)(void))collect, METH_FASTCALL,
      "One rule's spans by group; the first vetoing phrase."},
+    {"settle", (PyCFunction)(void (*)(void))settle, METH_FASTCALL,
+     "The candidate rules satisfied by a text without allow-phrases, and their vetoes."},
     {"read_known", (PyCFunction)(void (*)(void))read_known, METH_FASTCALL,
      "The usual search read with words already known: (words, joined, bounds), or None."},
     {NULL, NULL, 0, NULL},

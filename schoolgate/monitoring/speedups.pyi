@@ -11,8 +11,8 @@ def screen(
     words: list[tuple[int, int, int]],
     word_ids: list[int | None],
     wakes: tuple[tuple[int, ...], ...],
-    masks: tuple[int, ...],
-    rule_masks: tuple[int, ...],
+    bits: tuple[tuple[int, ...], ...],
+    offsets: tuple[int, ...],
 ) -> list[int]: ...
 def places(
     words: list[tuple[int, int, int]],
@@ -26,6 +26,14 @@ def collect(
     number: int,
     found: list[list[tuple[int, int]]],
 ) -> int | None: ...
+def settle(
+    words: list[tuple[int, int, int]],
+    bounds: bytes,
+    word_ids: list[int | None],
+    candidates: list[int],
+    groups_of: tuple[dict[int, tuple[int, ...]], ...],
+    shapes: tuple[tuple[int, bool, int | None, bool], ...],
+) -> list[tuple[int, int]]: ...
 def read_known(
     text: str, read: dict[str, str], max_text: int
 ) -> tuple[tuple[str, ...], str, bytes] | None: ...

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import ahocorasick
 
 from schoolgate.core.configfile import Issues
-from schoolgate.monitoring.assessment import NOTHING, Assessment, Match, ranked
+from schoolgate.monitoring.assessment import NOTHING, Assessment, Match, ordered, set_matches
 from schoolgate.monitoring.library import (
     SUPPRESS,
     Allow,
@@ -101,13 +101,8 @@ def _l_variants(text: str) -> set[str]:
     return out
 
 
-# -- results ------------------------------------------------------------------------------------
-
-
 _new_tuple = tuple.__new__
 _new = object.__new__
-# The slot's own setter (a frozen dataclass refuses setattr).
-_set_matches = Assessment.__dict__["matches"].__set__
 
 # -- the matcher --------------------------------------------------------------------------------
 
@@ -195,6 +190,16 @@ class Matcher:
         if table:
             self.automaton.make_automaton()
         self._warn_idle_allows(compiled_allows, issues)
+        # Each term's and rule's match where nothing allows or lowers it (most texts), as
+        # _judge makes it: looked up without a call.
+        nothing = _Hits([], [], [], [], [])
+        self._plain_terms = tuple(
+            self._judge(term, index, None, nothing) for index, term in enumerate(self.terms)
+        )
+        self._plain_rules = tuple(
+            self._judge(term, number, None, nothing, True)
+            for number, term in enumerate(self._rule_terms)
+        )
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -279,6 +284,10 @@ class Matcher:
             by_rule.append(groups)
         self._groups_of = tuple(by_rule)
         self._group_counts = tuple(len(r.groups) for r in self.cooccurrence)
+        # What speedups.settle needs of each rule: (groups, ordered, within, ends).
+        self._shapes = tuple(
+            (len(r.groups), r.ordered, r.within, r.ends) for r in self.cooccurrence
+        )
         self._rule_terms = tuple(
             Term(r.name, r.theme, r.severity, r.firm, (), r.note, r.language, r.source)
             for r in self.cooccurrence
@@ -310,16 +319,20 @@ class Matcher:
                     if rule == number and group >= 0:
                         groups[group] = groups.get(group, 0) + shared[phrase]
             anchors.append(min(groups, key=lambda g: (groups[g], g)))
-        masks, woken, vetoes = [], [], []
+        masks, bits, woken, vetoes = [], [], [], []
         for uses in self._usage:
+            bits.append(tuple(offsets[rule] + group for rule, group in uses if group >= 0))
             mask = 0
-            for rule, group in uses:
-                if group >= 0:
-                    mask |= 1 << (offsets[rule] + group)
+            for place in bits[-1]:
+                mask |= 1 << place
             masks.append(mask)
             woken.append(tuple(rule for rule, group in uses if group == anchors[rule]))
             vetoes.append(tuple(rule for rule, group in uses if group < 0))
         self._phrase_masks = tuple(masks)
+        # The same bits as speedups.screen reads them: each phrase's bits; rule n's are
+        # offsets[n] to offsets[n + 1] - 1 (the last offset: how many bits there are).
+        self._phrase_bits = tuple(bits)
+        self._rule_offsets = (*offsets, bit)
         self._phrase_wakes = tuple(woken)
         self._phrase_vetoes = tuple(vetoes)
 
@@ -378,7 +391,7 @@ class Matcher:
             f"score {opinion.score(words):.2f} (threshold {opinion.threshold:.2f})",
             source=opinion.source,
         )  # fmt: skip
-        return Assessment(ranked([match, *found.matches]))
+        return Assessment(ordered([match, *found.matches]))
 
     def forget(self) -> None:
         """Forget the texts assessed and the words read (to measure the cost of new ones)."""
@@ -396,7 +409,7 @@ class Matcher:
         if not matches:
             return NOTHING
         found = _new(Assessment)  # without the frozen dataclass's __init__
-        _set_matches(found, ranked(matches) if len(matches) > 1 else (matches[0],))
+        set_matches(found, ordered(matches) if len(matches) > 1 else (matches[0],))
         return found
 
     def _scan(self, norm: Normalised) -> _Hits:
@@ -438,6 +451,8 @@ class Matcher:
         terms = hits.terms
         if len(terms) == 1:
             index, start, end = terms[0]
+            if not hits.allows and not hits.context:
+                return [self._plain_terms[index]]
             term = self.terms[index]
             allowed = self._allowed(term.theme, start, end, hits) if hits.allows else None
             return [self._judge(term, index, allowed, hits)]
@@ -496,18 +511,43 @@ class Matcher:
         here a Python-level call costs more than a few lines of bytecode.)"""
         if speedups is not None:
             candidates = speedups.screen(
-                hits.words, hits.word_ids, self._phrase_wakes, self._phrase_masks, self._rule_masks
+                hits.words, hits.word_ids, self._phrase_wakes, self._phrase_bits, self._rule_offsets
             )
         else:
             candidates = self._candidates(hits)
         if not candidates:  # most texts: no rule has every group found
             return []
+        if speedups is not None and not hits.allows:  # the usual: every candidate in one call
+            return self._settled(norm, hits, candidates)
         if speedups is not None:  # once per text, for every rule that may match
             places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
         else:
             places = _places(norm, hits)
         out = []
         for number in candidates:
+            match = self._apply_rule(number, norm, hits, places)
+            if match is not None:
+                out.append(match)
+        return out
+
+    def _settled(self, norm: Normalised, hits: _Hits, candidates: list[int]) -> list[Match]:
+        """:meth:`_apply_rule` of each candidate, its test in C (a text without
+        allow-phrases): what C leaves (too many spans to try) is Python's."""
+        out = []
+        places = None
+        for number, vetoing in speedups.settle(
+            hits.words, norm.bounds, hits.word_ids, candidates, self._groups_of, self._shapes
+        ):
+            if vetoing == 0 and not hits.context:  # satisfied, nothing vetoes or lowers it
+                out.append(self._plain_rules[number])
+                continue
+            if vetoing >= 0:  # satisfied; vetoed by a phrase, or by none (0)
+                term = self._rule_terms[number]
+                vetoed = self.phrases[vetoing] if vetoing else None
+                out.append(self._judge(term, number, vetoed, hits, True))
+                continue
+            if places is None:  # too many spans for C: Python's _apply_rule
+                places = speedups.places(hits.words, norm.bounds, hits.word_ids, _WORD_SPANS)
             match = self._apply_rule(number, norm, hits, places)
             if match is not None:
                 out.append(match)
@@ -528,7 +568,7 @@ class Matcher:
                 woken.update(wakes[phrase])
             found_mask |= masks[phrase]
         rule_masks = self._rule_masks
-        return [n for n in woken if found_mask & rule_masks[n] == rule_masks[n]]
+        return sorted(n for n in woken if found_mask & rule_masks[n] == rule_masks[n])
 
     def _apply_rule(
         self, number: int, norm: Normalised, hits: _Hits, places: _Places
