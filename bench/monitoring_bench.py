@@ -155,8 +155,9 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
     paths = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in texts]
     fresh = Matcher(matcher.library, cache_size=0)  # remembers words, not texts
     for text in texts:  # warm up, as a running gateway would be
-        matcher.assess(text, search=True)
         fresh.assess(text, search=True)
+    for text in texts[: matcher.cache_size]:
+        matcher.assess(text, search=True)
 
     def new_search(text: str) -> None:  # as the gateway grades a search
         fresh.assess(text, search=True)
@@ -183,7 +184,11 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
     return {
         "assess: a new search": ([(new_search, (t,)) for t in texts], 0),
         "assess: words never seen": ([(never_seen, (t,)) for t in texts], 0),
-        "assess: the same search again": ([(same_search, (t,)) for t in texts], 0),
+        # As many as the matcher remembers (the labelled set has more searches than that).
+        "assess: the same search again": (
+            [(same_search, (t,)) for t in texts[: matcher.cache_size]],
+            0,
+        ),
         "search request: capture + assess": ([(search_request, (p,)) for p in paths], 0),
         "search request, words never seen": (
             [(search_request_words_unseen, (p,)) for p in paths],
