@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_monitoring_labelled import LABELLED, LOOK_ALIKES, load_labelled, score  # noqa: E402
 
+from schoolgate.monitoring.assessment import Assessment, Match  # noqa: E402
 from schoolgate.monitoring.opinion import TERM, Example, train  # noqa: E402
 from schoolgate.monitoring.terms import Matcher, load_matcher, may_raise  # noqa: E402
 
@@ -37,23 +38,25 @@ def look_alikes() -> list[str]:
     return [line.split("\t")[2] for line in lines if line.strip() and not line.startswith("#")]
 
 
-def grade(matcher: Matcher, model, text: str, every_search: bool):
-    """The Assessment as the gateway would make it with ``model`` as the second opinion."""
+def grade(matcher: Matcher, model, text: str, every_search: bool) -> Assessment:
+    """The Assessment with ``model`` as the second opinion: the gateway's own path for the
+    shipped design, and for ``every_search`` the same test without asking for a library match."""
+    if model is None:
+        return matcher.assess(text)
+    if not every_search:
+        matcher.opinion = model
+        try:
+            return matcher.assess(text, search=True)
+        finally:
+            matcher.opinion = None
+            matcher.forget()
     found = matcher.assess(text)
-    if model is None or found.severity >= 3:
-        return found
-    if every_search:
-        allowed = not any(m.suppressed_by or m.lowered_by for m in found.matches)
-    else:
-        allowed = may_raise(found)
     words = matcher.normaliser.read(text).words
-    if not allowed or not model.severe(words):
+    judged = any(m.suppressed_by or m.lowered_by for m in found.matches)
+    if found.severity >= 3 or judged or not model.severe(words):
         return found
-    from schoolgate.monitoring.assessment import Assessment, Match
-
     among = {m.theme for m in found.active} or set(model.themes)
-    match = Match(model.theme(words, among), 3, TERM, 3)
-    return Assessment((match, *found.matches))
+    return Assessment((Match(model.theme(words, among), 3, TERM, 3), *found.matches))
 
 
 def main() -> None:
