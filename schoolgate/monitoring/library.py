@@ -171,9 +171,10 @@ def load_library(
     *,
     languages: tuple[str, ...] | None = None,
 ) -> Library:
-    """Read every ``<root>/<language>/*.yaml``; later roots add to (and ``remove`` from)
-    earlier ones. ``languages``: only these folders (None: every folder). Problems go to
-    ``issues``; the caller raises once all files are read."""
+    """Read every ``<root>/<language>/*.yaml``, and the ``second_opinion.json`` of a language
+    folder (the last one read is kept); later roots add to (and ``remove`` from) earlier ones.
+    ``languages``: only these folders (None: every folder). Problems go to ``issues``; the
+    caller raises once all files are read."""
     reader = _Reader(issues)
     for root in roots:
         if not root.is_dir():

@@ -368,7 +368,7 @@ class Matcher:
         if found is None:
             norm = self.normaliser.read(text)
             found = self.assess_normalised(norm)
-            if search and found.matches and found.severity < 3:
+            if search and found.matches:  # most searches match nothing: no call
                 found = self._second_opinion(norm.words, found)
             if self.cache_size:
                 if len(cache) >= self.cache_size:
@@ -377,9 +377,9 @@ class Matcher:
         return found
 
     def _second_opinion(self, words: tuple[str, ...], found: Assessment) -> Assessment:
-        """``found`` (graded 1 or 2, or nothing active) with a severity-3 match of the learned
-        model's when it reads ``words`` as severity 3: only where the library found a concern,
-        and no allow-phrase or context phrase judged the words ordinary."""
+        """``found`` with a severity-3 match of the learned model's when it reads ``words`` as
+        severity 3: only where the library graded them 1 or 2 and no allow-phrase or context
+        phrase judged them ordinary (:func:`may_raise`)."""
         opinion = self.opinion
         assert opinion is not None
         if not may_raise(found) or not opinion.severe(words):
