@@ -10,7 +10,7 @@ held-out look-alikes that reach severity 3.
 the library found nothing in (its threshold then set on every ordinary search out of fold);
 ``--no-look-alikes`` trains it without the look-alikes (all of them then held out).
 
-    python3 bench/opinion_bench.py --leave-out heldout-16 --leave-out heldout-17
+    python3 bench/opinion_bench.py --leave-out heldout-18 --leave-out heldout-19
     python3 bench/opinion_bench.py --leave-out heldout-14 --leave-out heldout-15 --every-search
     python3 bench/opinion_bench.py --leave-out heldout-14 --leave-out heldout-15 --every-search \
         --no-look-alikes
