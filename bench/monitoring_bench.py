@@ -35,7 +35,8 @@ mean CPU time of this thread (which waiting for the shared machine's cores does 
 row runs once (warm), the heap is settled (``gc.collect(); gc.freeze()``, as the gateway's
 ``settle_heap`` does), then the row runs one more round with only that round counted
 (``--toggle-collect`` on the ``eval`` the round runs in, a dump after it), less what an empty
-round costs, divided by the row's calls. ``PYTHONHASHSEED=0``.
+round costs, divided by the row's calls. ``PYTHONHASHSEED=0``. ``--misses`` adds callgrind's
+cache model (``--cache-sim=yes``): first-level instruction and data misses and last-level ones.
 """
 
 from __future__ import annotations
@@ -304,23 +305,28 @@ def _hook_rows(matcher: Matcher, paths: list[str]) -> dict[str, list]:
     }
 
 
-def cost(matcher, items, rounds: int, instructions: bool) -> None:
+def cost(matcher, items, rounds: int, instructions: bool, misses: bool = False) -> None:
     table = rows(matcher, items)
-    counted = count_instructions() if instructions else {}
+    counted = count_instructions(misses) if instructions else {}
     head = f"\n{'cost per call (us)':<36} {'p50':>8} {'p99':>8} {'CPU mean':>9} {'p50 per KB':>10}"
-    print(head + (f" {'instructions':>13}" if instructions else ""))
+    head += f" {'instructions':>13}" if instructions else ""
+    print(head + (f" {'I1 miss':>8} {'D1 miss':>8} {'LL miss':>8}" if misses else ""))
     for name, (calls, size) in table.items():
         p50, p99, cpu = _timed(calls, rounds)
         per_kb = f"{p50 / (size / 1024):>10.2f}" if size else f"{'':>10}"
         line = f"{name:<36} {p50:>8.2f} {p99:>8.2f} {cpu:>9.2f} {per_kb}"
         if instructions:
-            line += f" {counted[name]:>13,}"
+            line += "".join(
+                f" {figure:>{13 if i == 0 else 8},}" for i, figure in enumerate(counted[name])
+            )
         print(line, flush=True)
 
 
-def count_instructions() -> dict[str, int]:
+def count_instructions(misses: bool = False) -> dict[str, tuple[int, ...]]:
     """Instructions per call of every row, in one run under callgrind (see the module's
-    description): ``--rows`` runs them, a dump after each row's counted round."""
+    description): ``--rows`` runs them, a dump after each row's counted round. ``misses``:
+    also the first-level instruction and data cache misses and the last-level ones
+    (``--cache-sim=yes``: valgrind's model of the cache, not this machine's counters)."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "cg.out"
@@ -331,6 +337,7 @@ def count_instructions() -> dict[str, int]:
                 "--collect-atstart=no",
                 "--toggle-collect=builtin_eval",
                 "--dump-before=*math_gcd*",
+                f"--cache-sim={'yes' if misses else 'no'}",
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 __file__,
@@ -345,8 +352,17 @@ def count_instructions() -> dict[str, int]:
         calls = json.loads((Path(folder) / "calls.json").read_text())
         totals = []
         for dump in Path(folder).glob("cg.out.*"):
-            found = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
-            totals.append((int(dump.name.rsplit(".", 1)[1]), int(found.group(1)) if found else 0))
+            text = dump.read_text()
+            events = re.search(r"^events: (.*)$", text, re.MULTILINE)
+            found = re.search(r"^(?:totals|summary): ([\d ]+)$", text, re.MULTILINE)
+            figures = dict(
+                zip(
+                    events.group(1).split() if events else ["Ir"],
+                    map(int, found.group(1).split()) if found else [0],
+                    strict=False,
+                )
+            )
+            totals.append((int(dump.name.rsplit(".", 1)[1]), _figures(figures, misses)))
     totals.sort()
     if len(totals) < len(calls):
         raise SystemExit(f"callgrind wrote {len(totals)} dumps for {len(calls)} rows")
@@ -354,10 +370,28 @@ def count_instructions() -> dict[str, int]:
     counted = dict(zip(calls, (total for _, total in totals), strict=False))
     overhead = counted["(eval)"]
     return {
-        name: round((counted[name] - overhead) / count)
+        name: tuple(
+            round((figure - empty) / count)
+            for figure, empty in zip(counted[name], overhead, strict=True)
+        )
         for name, count in calls.items()
         if not name.startswith("(")
     }
+
+
+def _figures(events: dict[str, int], misses: bool) -> tuple[int, ...]:
+    """Instructions, then (``misses``) first-level instruction misses, first-level data misses
+    (reads and writes) and last-level misses (instructions and data) of one callgrind dump."""
+    ir = events.get("Ir", 0)
+    if not misses:
+        return (ir,)
+    get = events.get
+    return (
+        ir,
+        get("I1mr", 0),
+        get("D1mr", 0) + get("D1mw", 0),
+        get("ILmr", 0) + get("DLmr", 0) + get("DLmw", 0),
+    )
 
 
 def run_rows(calls_file: str) -> None:
@@ -385,6 +419,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--instructions", action="store_true", help="count with callgrind")
+    parser.add_argument(
+        "--misses", action="store_true", help="with --instructions: also cache misses"
+    )
     parser.add_argument("--cost-only", action="store_true", help="skip the quality figures")
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -402,7 +439,7 @@ def main() -> None:
     )
     if not args.cost_only:
         quality(matcher, items)
-    cost(matcher, items, args.rounds, args.instructions)
+    cost(matcher, items, args.rounds, args.instructions, args.misses)
 
 
 if __name__ == "__main__":

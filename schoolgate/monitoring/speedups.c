@@ -482,6 +482,27 @@ failed:
     return NULL;
 }
 
+/* The groups of rule ``number`` that a phrase is in (``groups_of[phrase][number]``, -1 for
+   "unless"), as the Matcher built them: 1 with ``*in`` the tuple (borrowed), 0 when the
+   rule does not use the phrase, -1 with an error set. */
+static int
+groups_in(PyObject *groups_of, Py_ssize_t phrase, PyObject *number, PyObject **in)
+{
+    if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
+        !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
+        PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+        return -1;
+    }
+    *in = PyDict_GetItemWithError(PyTuple_GET_ITEM(groups_of, phrase), number);
+    if (*in == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(*in)) {
+        PyErr_SetString(PyExc_TypeError, "a phrase's groups are not as built");
+        return -1;
+    }
+    return 1;
+}
+
 /* collect(places, groups_of, number, found) -> the first vetoing phrase id, or None
 
    As the loop of Matcher._apply_rule: for each (phrase, span) of ``places`` that rule
@@ -507,21 +528,12 @@ collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t phrase;
         if (index_of(PyTuple_GET_ITEM(place, 0), &phrase) < 0)
             return NULL;
-        if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
-            !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
-            PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+        PyObject *groups;
+        int uses = groups_in(groups_of, phrase, number, &groups);
+        if (uses < 0)
             return NULL;
-        }
-        PyObject *groups = PyDict_GetItemWithError(PyTuple_GET_ITEM(groups_of, phrase), number);
-        if (groups == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
+        if (uses == 0)
             continue;
-        }
-        if (!PyTuple_Check(groups)) {
-            PyErr_SetString(PyExc_TypeError, "a phrase's groups are not as built");
-            return NULL;
-        }
         for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(groups); g++) {
             Py_ssize_t group;
             if (index_of(PyTuple_GET_ITEM(groups, g), &group) < 0)
@@ -697,21 +709,12 @@ settle_one(PyObject *number, PyObject *groups_of, PyObject *shape, const Place *
     /* As the loop of Matcher._apply_rule: each place's spans into the groups it is in. */
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t phrase = places[i].phrase;
-        if (phrase < 0 || phrase >= PyTuple_GET_SIZE(groups_of) ||
-            !PyDict_Check(PyTuple_GET_ITEM(groups_of, phrase))) {
-            PyErr_SetString(PyExc_IndexError, "an unknown phrase id");
+        PyObject *in;
+        int uses = groups_in(groups_of, phrase, number, &in);
+        if (uses < 0)
             goto done;
-        }
-        PyObject *in = PyDict_GetItemWithError(PyTuple_GET_ITEM(groups_of, phrase), number);
-        if (in == NULL) {
-            if (PyErr_Occurred())
-                goto done;
+        if (uses == 0)
             continue;
-        }
-        if (!PyTuple_Check(in)) {
-            PyErr_SetString(PyExc_TypeError, "a phrase's groups are not as built");
-            goto done;
-        }
         for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(in); g++) {
             Py_ssize_t group;
             if (index_of(PyTuple_GET_ITEM(in, g), &group) < 0)
