@@ -367,3 +367,119 @@ def test_screen_of_many_rules(rules):
     found = [n + 1 for n in reversed(range(0, rules, 3))]
     got = speedups.screen([], found, wakes, bits, tuple(range(rules + 1)))
     assert got == list(range(0, rules, 3))
+
+
+# -- the flat automaton (speedups.compile and find) ----------------------------------------
+
+HOSTILE_TEXTS = [
+    "ｋｉｌｌ ｍｙｓｅｌｆ",
+    "kïll mÿself ñ 日本 \U0001f600 kill",
+    "\x00kill\x00myself",
+    "k" * 5000,
+    "kill" * 1000,
+    "selfharm" * 300,
+]
+
+
+def _both_ways(matcher: Matcher, joined: str, bounds: bytes, words: tuple, single: dict):
+    flat = speedups.find(matcher._flat, joined, bounds, words, single)
+    walked = speedups.scan(matcher.automaton.iter(joined), bounds, words, single)
+    return flat, walked
+
+
+def test_the_flat_automaton_finds_what_pyahocorasick_finds(shipped):
+    """Every text of the C/Python comparison, and hostile ones: the same hits, in the same
+    order, as pyahocorasick's walk of the same keys read by scan()."""
+    texts = _texts(shipped) + HOSTILE_TEXTS
+    found = 0
+    for text in texts:
+        norm = shipped.normaliser.read(text)
+        flat, walked = _both_ways(shipped, norm.joined, norm.bounds, norm.words, shipped._single)
+        assert flat == walked, text
+        found += sum(map(len, flat[:4]))
+    assert found > 50_000
+    # the raw joined text too: characters no key has, every break or none
+    for text in HOSTILE_TEXTS:
+        for bounds in (b"\1" * (len(text) + 1), b"\1" + b"\0" * (len(text) - 1) + b"\1"):
+            flat, walked = _both_ways(shipped, text, bounds, (), {})
+            assert flat == walked
+
+
+def test_the_flat_automaton_on_random_keys():
+    """Many short keys over a few letters (fail links and keys inside keys everywhere), some
+    past ASCII: the same hits in the same order as pyahocorasick's."""
+    rng = random.Random(27)
+    letters = "abcé日"
+    keys = {"".join(rng.choice(letters) for _ in range(rng.randint(1, 6))) for _ in range(300)}
+    entries, automaton = [], ahocorasick.Automaton()
+    for number, key in enumerate(sorted(keys)):
+        tests = tuple(
+            (b"\1" + bytes(len(key) - 1) + b"\1", rng.randrange(4), number * 3 + i,
+             tuple(rng.sample(range(1, 7), 2)), rng.random() < 0.3)
+            for i in range(rng.randint(1, 3))
+        )  # fmt: skip
+        entries.append((key, tests))
+        first, *more = tests
+        automaton.add_word(key, (len(key), *first, tuple(more)))
+    automaton.make_automaton()
+    flat = speedups.compile(entries)
+    size, nodes = speedups.footprint(flat)
+    assert nodes == automaton.get_stats()["nodes_count"] and size > 0
+    for _ in range(2000):
+        text = "".join(rng.choice(letters + "xz") for _ in range(rng.randint(0, 40)))
+        bounds = bytes(rng.random() < 0.3 for _ in range(len(text) + 1))
+        words = tuple(text.split("x"))
+        expected = speedups.scan(automaton.iter(text), bounds, words, {"ab": 1})
+        assert speedups.find(flat, text, bounds, words, {"ab": 1}) == expected
+
+
+def test_an_empty_flat_automaton_finds_nothing():
+    flat = speedups.compile([])
+    assert speedups.find(flat, "kill", b"\1\0\0\0\1", ("kill",), {"kill": 2}) == (
+        [], [], [], [], [2],
+    )  # fmt: skip
+
+
+_TEST = (b"\1\0\0\0\1", 0, 0, (), False)
+
+
+@pytest.mark.parametrize(
+    ("entries", "error"),
+    [
+        (("kill", (_TEST,)), TypeError),  # not a list
+        ([("kill", _TEST)], TypeError),  # tests not a tuple of tests
+        ([("kill", ())], TypeError),  # a key without patterns
+        ([(b"kill", (_TEST,))], TypeError),
+        ([("", (_TEST,))], ValueError),
+        ([("kill", (_TEST,)), ("kill", (_TEST,))], ValueError),  # a key twice
+        ([("kill", ((b"x", 7, 0, (), False),))], ValueError),  # no such kind
+        ([("kill", ((b"x", 0, -1, (), False),))], ValueError),
+        ([("kill", ((b"x", 0, 2**40, (), False),))], ValueError),
+        ([("kill", ((b"x", 0, Sly(1), (), False),))], TypeError),
+        ([("kill", ((b"x", 0, 1, (Sly(1),), False),))], TypeError),
+        ([("kill", ((b"x", 0, 1, [1], False),))], TypeError),
+        ([("kill", ((b"x", 0, 1, (), 1),))], TypeError),
+        ([("kill", (("x", 0, 1, (), False),))], TypeError),
+        ([("kill", ((b"x", 0, 1, ()),))], TypeError),
+    ],
+)
+def test_compile_refuses_what_the_matcher_did_not_build(entries, error):
+    with pytest.raises(error):
+        speedups.compile(entries)
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda flat: speedups.find(object(), "kill", b"\1\0\0\0\1", (), {}), TypeError),
+        (lambda flat: speedups.find(flat, b"kill", b"\1\0\0\0\1", (), {}), TypeError),
+        (lambda flat: speedups.find(flat, "kill", b"\1\0\1", (), {}), ValueError),  # short
+        (lambda flat: speedups.find(flat, "kill", b"\1" * 9, (), {}), ValueError),
+        (lambda flat: speedups.find(flat, "kill", b"\1\0\0\0\1", [], {}), TypeError),
+        (lambda flat: speedups.find(flat, "kill", b"\1\0\0\0\1", ()), TypeError),
+        (lambda flat: speedups.footprint(None), TypeError),
+    ],
+)
+def test_find_refuses_what_the_matcher_did_not_build(call, error):
+    with pytest.raises(error):
+        call(speedups.compile([("kill", (_TEST,))]))

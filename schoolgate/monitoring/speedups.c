@@ -8,6 +8,7 @@ index they rely on, and raise (never guess) when something is not as built. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 /* An int the Matcher built, as a C integer. Only exact ints: no __index__ of another type
    runs here (no Python code runs inside these loops). 0, or -1 with an error set. */
@@ -126,6 +127,29 @@ append_found(PyObject *by_kind, PyObject *kind, PyObject *index, Py_ssize_t star
     return append_new(PyTuple_GET_ITEM(by_kind, which), triple(index, start, end));
 }
 
+/* Each word's one word phrase (``single``: word -> id), None for none: a new list. */
+static PyObject *
+word_ids_of(PyObject *words, PyObject *single)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(words);
+    PyObject *word_ids = PyList_New(count);
+    if (word_ids == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *id = PyDict_GetItemWithError(single, PyTuple_GET_ITEM(words, i));
+        if (id == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(word_ids);
+                return NULL;
+            }
+            id = Py_None;
+        }
+        Py_INCREF(id);
+        PyList_SET_ITEM(word_ids, i, id);
+    }
+    return word_ids;
+}
+
 /* scan(found, bounds, words, single) -> (terms, allows, context, words, word_ids)
 
    ``found``: the automaton's iterator over the joined text; ``bounds``: the text's
@@ -210,24 +234,10 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(by_kind);
         return NULL;
     }
-    Py_ssize_t count = PyTuple_GET_SIZE(words);
-    PyObject *word_ids = PyList_New(count);
+    PyObject *word_ids = word_ids_of(words, single);
     if (word_ids == NULL) {
         Py_DECREF(by_kind);
         return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *id = PyDict_GetItemWithError(single, PyTuple_GET_ITEM(words, i));
-        if (id == NULL) {
-            if (PyErr_Occurred()) {
-                Py_DECREF(word_ids);
-                Py_DECREF(by_kind);
-                return NULL;
-            }
-            id = Py_None;
-        }
-        Py_INCREF(id);
-        PyList_SET_ITEM(word_ids, i, id);
     }
     PyTuple_SET_ITEM(by_kind, 4, word_ids);
     return by_kind;
@@ -985,6 +995,533 @@ failed:
     return NULL;
 }
 
+/* -- the automaton ----------------------------------------------------------------------
+
+   compile() builds, once, the Aho-Corasick automaton of the Matcher's keys in a few flat
+   arrays: a search walks a node per character, and each node its own malloc (as in
+   pyahocorasick) made most of those steps a cache miss. Nodes are numbered breadth first,
+   so a node's children are consecutive (``first`` .. ``first + count - 1``, in the order
+   of their characters); the root's children are a dense table by character. A key's
+   patterns are Record structs, their signatures and inner breaks in two pools. find()
+   walks it over the joined text and tests each pattern found as scan() does. */
+
+
+/* 16 bytes: four to a cache line. A node's children end where the next node's begin. */
+typedef struct {
+    int32_t first;  /* the first child */
+    int32_t fail;   /* the longest proper suffix that is a node */
+    int32_t out;    /* the first record of the key ending here, or -1 */
+    int32_t link;   /* the next node on the fail chain where a key ends, or -1 */
+} Node;
+
+typedef struct {
+    int32_t length;       /* the key's length, in characters */
+    int32_t kind;         /* 0..3: term, allow, context, rule phrase */
+    int32_t index;        /* of the term, allow-phrase, context rule or phrase */
+    int32_t signature;    /* where its signature starts in ``signatures`` */
+    int32_t signed_size;  /* its length */
+    int32_t inner;        /* where its inner breaks start in ``inners`` */
+    int32_t inner_count;
+    uint8_t stem;
+    uint8_t last;         /* the key's last record */
+} Record;
+
+typedef struct {
+    Node *nodes;
+    uint16_t *labels;        /* node -> the symbol that leads to it */
+    int32_t *root;           /* symbol -> the root's child, or 0 */
+    Record *records;
+    unsigned char *signatures;
+    int32_t *inners;
+    int16_t ascii[128];      /* character -> symbol, -1 for none */
+    Py_UCS4 *others;         /* the symbols past ASCII: their characters, sorted */
+    Py_ssize_t n_others, n_symbols, n_nodes, n_records, n_signatures, n_inners;
+} Automaton;
+
+#define AUTOMATON_NAME "schoolgate.monitoring.speedups.Automaton"
+
+static void
+automaton_free(Automaton *a)
+{
+    if (a == NULL)
+        return;
+    PyMem_Free(a->nodes);
+    PyMem_Free(a->labels);
+    PyMem_Free(a->root);
+    PyMem_Free(a->records);
+    PyMem_Free(a->signatures);
+    PyMem_Free(a->inners);
+    PyMem_Free(a->others);
+    PyMem_Free(a);
+}
+
+static void
+automaton_destroy(PyObject *capsule)
+{
+    automaton_free(PyCapsule_GetPointer(capsule, AUTOMATON_NAME));
+}
+
+/* A character's symbol, or -1 when no key has it. */
+static inline int32_t
+symbol_of(const Automaton *a, Py_UCS4 c)
+{
+    if (c < 128)
+        return a->ascii[c];
+    Py_ssize_t low = 0, high = a->n_others;
+    while (low < high) {
+        Py_ssize_t mid = (low + high) / 2;
+        if (a->others[mid] < c)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low < a->n_others && a->others[low] == c ? (int32_t)(128 + low) : -1;
+}
+
+/* The child of ``node`` (not the root) by ``symbol``, or -1. */
+static inline int32_t
+child_of(const Automaton *a, int32_t node, uint16_t symbol)
+{
+    const Node *n = &a->nodes[node];
+    const uint16_t *labels = a->labels + n->first;
+    int32_t count = n[1].first - n->first;
+    for (int32_t i = 0; i < count; i++) {
+        if (labels[i] == symbol)
+            return n->first + i;
+        if (labels[i] > symbol)
+            break; /* children in the order of their symbols */
+    }
+    return -1;
+}
+
+/* The trie while it is built: children as sibling lists, sorted by symbol. */
+typedef struct {
+    int32_t child, sibling, symbol, record;
+} Building;
+
+static int
+grow(void **array, Py_ssize_t *room, Py_ssize_t needed, size_t item)
+{
+    if (needed <= *room)
+        return 0;
+    Py_ssize_t more = *room * 2 > needed ? *room * 2 : needed + 16;
+    void *grown = PyMem_Realloc(*array, item * (size_t)more);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *array = grown;
+    *room = more;
+    return 0;
+}
+
+static int
+compare_chars(const void *x, const void *y)
+{
+    Py_UCS4 a = *(const Py_UCS4 *)x, b = *(const Py_UCS4 *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* One pattern's test, (signature, kind, index, inner, stem), into ``record``. */
+static int
+record_of(Automaton *a, PyObject *test, Record *record, Py_ssize_t *rooms)
+{
+    if (!PyTuple_Check(test) || PyTuple_GET_SIZE(test) != 5 ||
+        !PyBytes_Check(PyTuple_GET_ITEM(test, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(test, 3)) ||
+        !PyBool_Check(PyTuple_GET_ITEM(test, 4))) {
+        PyErr_SetString(PyExc_TypeError, "a pattern's test is not (signature, kind, index, "
+                                         "inner, stem)");
+        return -1;
+    }
+    Py_ssize_t kind, index;
+    if (index_of(PyTuple_GET_ITEM(test, 1), &kind) < 0 ||
+        index_of(PyTuple_GET_ITEM(test, 2), &index) < 0)
+        return -1;
+    PyObject *signature = PyTuple_GET_ITEM(test, 0), *inner = PyTuple_GET_ITEM(test, 3);
+    Py_ssize_t size = PyBytes_GET_SIZE(signature), count = PyTuple_GET_SIZE(inner);
+    if (kind < 0 || kind >= 4 || index < 0 || index > INT32_MAX || size > INT32_MAX / 2 ||
+        count > INT32_MAX / 2 || a->n_signatures > INT32_MAX / 2 || a->n_inners > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "a pattern's kind or index is out of range");
+        return -1;
+    }
+    if (grow((void **)&a->signatures, &rooms[0], a->n_signatures + size + 1, 1) < 0 ||
+        grow((void **)&a->inners, &rooms[1], a->n_inners + count + 1, sizeof(int32_t)) < 0)
+        return -1;
+    record->kind = (int32_t)kind;
+    record->index = (int32_t)index;
+    record->signature = (int32_t)a->n_signatures;
+    record->signed_size = (int32_t)size;
+    memcpy(a->signatures + a->n_signatures, PyBytes_AS_STRING(signature), (size_t)size);
+    a->n_signatures += size;
+    record->inner = (int32_t)a->n_inners;
+    record->inner_count = (int32_t)count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t at;
+        if (index_of(PyTuple_GET_ITEM(inner, i), &at) < 0)
+            return -1;
+        /* an offset no text reaches stands for none */
+        a->inners[a->n_inners++] = at < 0 || at > INT32_MAX ? -1 : (int32_t)at;
+    }
+    record->stem = PyTuple_GET_ITEM(test, 4) == Py_True;
+    record->last = 0;
+    return 0;
+}
+
+/* The symbols: every character of the keys, ASCII ones by a table, the others sorted. */
+static int
+read_symbols(Automaton *a, PyObject *entries)
+{
+    Py_ssize_t room = 0, count = 0;
+    char seen[128] = {0};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(entries, i), 0);
+        int kind = PyUnicode_KIND(key);
+        const void *data = PyUnicode_DATA(key);
+        for (Py_ssize_t j = 0; j < PyUnicode_GET_LENGTH(key); j++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, j);
+            if (c < 128) {
+                seen[c] = 1;
+                continue;
+            }
+            if (grow((void **)&a->others, &room, count + 1, sizeof(Py_UCS4)) < 0)
+                return -1;
+            a->others[count++] = c;
+        }
+    }
+    if (count)
+        qsort(a->others, (size_t)count, sizeof(Py_UCS4), compare_chars);
+    Py_ssize_t unique = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (unique == 0 || a->others[unique - 1] != a->others[i])
+            a->others[unique++] = a->others[i];
+    if (unique > 65535 - 128) {
+        PyErr_SetString(PyExc_ValueError, "too many different characters in the keys");
+        return -1;
+    }
+    a->n_others = unique;
+    for (int c = 0; c < 128; c++)
+        a->ascii[c] = seen[c] ? (int16_t)c : -1;
+    a->n_symbols = 128 + unique;
+    return 0;
+}
+
+/* The keys into a trie of Building nodes (0: the root), each key's records in ``a``. */
+static Building *
+build_trie(Automaton *a, PyObject *entries, Py_ssize_t *n_trie)
+{
+    Py_ssize_t room = 64, rooms[2] = {0, 0}, record_room = 0;
+    Building *trie = PyMem_New(Building, room);
+    if (trie == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    trie[0] = (Building){-1, -1, -1, -1};
+    Py_ssize_t count = 1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        PyObject *key = PyTuple_GET_ITEM(entry, 0), *tests = PyTuple_GET_ITEM(entry, 1);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(key);
+        int kind = PyUnicode_KIND(key);
+        const void *data = PyUnicode_DATA(key);
+        int32_t node = 0;
+        for (Py_ssize_t j = 0; j < length; j++) {
+            int32_t symbol = symbol_of(a, PyUnicode_READ(kind, data, j));
+            int32_t before = -1, at = trie[node].child; /* siblings by symbol */
+            while (at >= 0 && trie[at].symbol < symbol) {
+                before = at;
+                at = trie[at].sibling;
+            }
+            if (at >= 0 && trie[at].symbol == symbol) {
+                node = at;
+                continue;
+            }
+            if (count >= INT32_MAX) {
+                PyErr_SetString(PyExc_ValueError, "too many keys");
+                goto failed;
+            }
+            if (grow((void **)&trie, &room, count + 1, sizeof(Building)) < 0)
+                goto failed;
+            trie[count] = (Building){-1, at, symbol, -1};
+            if (before < 0)
+                trie[node].child = (int32_t)count;
+            else
+                trie[before].sibling = (int32_t)count;
+            node = (int32_t)count++;
+        }
+        if (trie[node].record >= 0) {
+            PyErr_SetString(PyExc_ValueError, "a key given twice");
+            goto failed;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(tests);
+        if (a->n_records + n > INT32_MAX ||
+            grow((void **)&a->records, &record_room, a->n_records + n, sizeof(Record)) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "too many patterns");
+            goto failed;
+        }
+        trie[node].record = (int32_t)a->n_records;
+        for (Py_ssize_t t = 0; t < n; t++) {
+            Record *record = &a->records[a->n_records++];
+            if (record_of(a, PyTuple_GET_ITEM(tests, t), record, rooms) < 0)
+                goto failed;
+            record->length = (int32_t)length;
+            record->last = t == n - 1;
+        }
+    }
+    *n_trie = count;
+    return trie;
+failed:
+    PyMem_Free(trie);
+    return NULL;
+}
+
+/* The trie's nodes breadth first into ``a``, then their fail and output links. */
+static int
+lay_out(Automaton *a, const Building *trie, Py_ssize_t n_trie)
+{
+    int32_t *order = PyMem_New(int32_t, n_trie); /* breadth-first position -> trie node */
+    a->nodes = PyMem_New(Node, n_trie + 1); /* and one past the last: where its children end */
+    a->labels = PyMem_New(uint16_t, n_trie);
+    a->root = PyMem_New(int32_t, a->n_symbols);
+    if (order == NULL || a->nodes == NULL || a->labels == NULL || a->root == NULL) {
+        PyMem_Free(order);
+        PyErr_NoMemory();
+        return -1;
+    }
+    a->n_nodes = n_trie;
+    order[0] = 0;
+    a->labels[0] = 0;
+    Py_ssize_t next = 1;
+    for (Py_ssize_t at = 0; at < n_trie; at++) {
+        const Building *b = &trie[order[at]];
+        Node *node = &a->nodes[at];
+        node->first = (int32_t)next;
+        node->out = b->record;
+        for (int32_t child = b->child; child >= 0; child = trie[child].sibling) {
+            a->labels[next] = (uint16_t)trie[child].symbol;
+            order[next++] = child;
+        }
+    }
+    a->nodes[n_trie] = (Node){(int32_t)next, 0, -1, -1};
+    PyMem_Free(order);
+    for (Py_ssize_t s = 0; s < a->n_symbols; s++)
+        a->root[s] = 0;
+    for (int32_t i = 1; i < a->nodes[1].first; i++)
+        a->root[a->labels[i]] = i;
+    a->nodes[0].fail = 0;
+    a->nodes[0].link = -1;
+    /* breadth first, so a node's fail (shallower) is settled before it */
+    for (Py_ssize_t v = 0; v < n_trie; v++) {
+        const Node *node = &a->nodes[v];
+        for (int32_t c = node->first; c < node[1].first; c++) {
+            int32_t fail = 0;
+            if (v != 0) {
+                int32_t u = node->fail, found = -1;
+                uint16_t symbol = a->labels[c];
+                for (;;) {
+                    found = u == 0 ? a->root[symbol] : child_of(a, u, symbol);
+                    if (found > 0 || u == 0)
+                        break;
+                    u = a->nodes[u].fail;
+                }
+                fail = found > 0 ? found : 0;
+            }
+            a->nodes[c].fail = fail;
+            a->nodes[c].link = a->nodes[fail].out >= 0 ? fail : a->nodes[fail].link;
+        }
+    }
+    return 0;
+}
+
+/* compile(entries) -> the automaton (a capsule)
+
+   ``entries``: a list of (key, tests): each key (a non-empty str, each once) with its
+   patterns' tests, (signature, kind, index, inner, stem) as terms._test gives them. */
+static PyObject *
+compile(PyObject *module, PyObject *entries)
+{
+    if (!PyList_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "compile(entries: list of (key, tests))");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(entry, 0)) ||
+            !PyTuple_Check(PyTuple_GET_ITEM(entry, 1)) ||
+            PyTuple_GET_SIZE(PyTuple_GET_ITEM(entry, 1)) < 1) {
+            PyErr_SetString(PyExc_TypeError, "an entry is not (key: str, tests: tuple)");
+            return NULL;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(PyTuple_GET_ITEM(entry, 0)) < 0)
+            return NULL;
+#endif
+        Py_ssize_t length = PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(entry, 0));
+        if (length < 1 || length > INT32_MAX / 2) {
+            PyErr_SetString(PyExc_ValueError, "a key is empty or too long");
+            return NULL;
+        }
+    }
+    Automaton *a = PyMem_Calloc(1, sizeof(Automaton));
+    if (a == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t n_trie = 0;
+    Building *trie = NULL;
+    if (read_symbols(a, entries) < 0 || (trie = build_trie(a, entries, &n_trie)) == NULL ||
+        lay_out(a, trie, n_trie) < 0) {
+        PyMem_Free(trie);
+        automaton_free(a);
+        return NULL;
+    }
+    PyMem_Free(trie);
+    PyObject *capsule = PyCapsule_New(a, AUTOMATON_NAME, automaton_destroy);
+    if (capsule == NULL)
+        automaton_free(a);
+    return capsule;
+}
+
+static Automaton *
+automaton_of(PyObject *capsule)
+{
+    if (!PyCapsule_IsValid(capsule, AUTOMATON_NAME)) {
+        PyErr_SetString(PyExc_TypeError, "not an automaton compile() made");
+        return NULL;
+    }
+    return PyCapsule_GetPointer(capsule, AUTOMATON_NAME);
+}
+
+/* footprint(automaton) -> (bytes, nodes): what its arrays take. */
+static PyObject *
+footprint(PyObject *module, PyObject *capsule)
+{
+    Automaton *a = automaton_of(capsule);
+    if (a == NULL)
+        return NULL;
+    size_t bytes = sizeof(Automaton) + sizeof(Node) * (size_t)(a->n_nodes + 1) +
+                   sizeof(uint16_t) * (size_t)a->n_nodes + sizeof(int32_t) * (size_t)a->n_symbols +
+                   sizeof(Record) * (size_t)a->n_records + (size_t)a->n_signatures +
+                   sizeof(int32_t) * (size_t)a->n_inners + sizeof(Py_UCS4) * (size_t)a->n_others;
+    return Py_BuildValue("(nn)", (Py_ssize_t)bytes, a->n_nodes);
+}
+
+/* As stands(), on a record. */
+static int
+record_stands(const Automaton *a, const Record *r, const unsigned char *seen, Py_ssize_t length)
+{
+    if (r->signed_size == length &&
+        memcmp(a->signatures + r->signature, seen, (size_t)length) == 0)
+        return 1;
+    if (!seen[0] || (!r->stem && !seen[length - 1]))
+        return 0;
+    const int32_t *inner = a->inners + r->inner;
+    for (Py_ssize_t at = 1; at < length - 1; at++) {
+        if (seen[at] != 1)
+            continue;
+        int found = 0;
+        for (int32_t i = 0; i < r->inner_count; i++)
+            if (inner[i] == at) {
+                found = 1;
+                break;
+            }
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
+/* find(automaton, joined, bounds, words, single) -> (terms, allows, context, words, word_ids)
+
+   What scan() gives for ``automaton.iter(joined)`` of pyahocorasick's automaton of the same
+   keys: the patterns found at word boundaries, by kind, in the order that automaton finds
+   them (by end, then longest first), and each word's one word phrase. ``bounds``: the
+   joined text's breaks, one more than its characters. */
+static PyObject *
+find(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyTuple_Check(args[3]) || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "find(automaton, joined: str, bounds: bytes, words: tuple, single: dict)");
+        return NULL;
+    }
+    Automaton *a = automaton_of(args[0]);
+    if (a == NULL)
+        return NULL;
+    PyObject *joined = args[1];
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(joined) < 0)
+        return NULL;
+#endif
+    const unsigned char *bounds = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(joined);
+    if (PyBytes_GET_SIZE(args[2]) != size + 1) {
+        PyErr_SetString(PyExc_ValueError, "bounds are not one more than the text's characters");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(joined);
+    const void *data = PyUnicode_DATA(joined);
+    PyObject *by_kind = PyTuple_New(5);
+    if (by_kind == NULL)
+        return NULL;
+    for (int i = 0; i < 4; i++) {
+        PyObject *list = PyList_New(0);
+        if (list == NULL)
+            goto failed;
+        PyTuple_SET_ITEM(by_kind, i, list);
+    }
+    int32_t node = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        int32_t symbol = symbol_of(a, PyUnicode_READ(kind, data, i));
+        if (symbol < 0) {
+            node = 0;
+            continue;
+        }
+        for (;;) {
+            if (node == 0) {
+                node = a->root[symbol];
+                break;
+            }
+            int32_t child = child_of(a, node, (uint16_t)symbol);
+            if (child >= 0) {
+                node = child;
+                break;
+            }
+            node = a->nodes[node].fail;
+        }
+        /* every key ending here: this node's, then those along its fail chain */
+        for (int32_t at = a->nodes[node].out >= 0 ? node : a->nodes[node].link; at >= 0;
+             at = a->nodes[at].link) {
+            const Record *r = &a->records[a->nodes[at].out];
+            Py_ssize_t end = i + 1, start = end - r->length;
+            if (start < 0) {
+                PyErr_SetString(PyExc_IndexError, "a pattern found outside the text");
+                goto failed;
+            }
+            for (;; r++) {
+                int ok = record_stands(a, r, bounds + start, end + 1 - start);
+                if (ok) {
+                    PyObject *index = PyLong_FromLong(r->index);
+                    PyObject *hit = index == NULL ? NULL : triple(index, start, end);
+                    Py_XDECREF(index);
+                    if (append_new(PyTuple_GET_ITEM(by_kind, r->kind), hit) < 0)
+                        goto failed;
+                }
+                if (r->last)
+                    break;
+            }
+        }
+    }
+    PyObject *word_ids = word_ids_of(args[3], args[4]);
+    if (word_ids == NULL)
+        goto failed;
+    PyTuple_SET_ITEM(by_kind, 4, word_ids);
+    return by_kind;
+failed:
+    Py_DECREF(by_kind);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "The patterns found at word boundaries, by kind, and each word's one word phrase."},
@@ -996,6 +1533,11 @@ static PyMethodDef methods[] = {
      "One rule's spans by group; the first vetoing phrase."},
     {"settle", (PyCFunction)(void (*)(void))settle, METH_FASTCALL,
      "The candidate rules satisfied by a text without allow-phrases, and their vetoes."},
+    {"compile", (PyCFunction)compile, METH_O,
+     "The automaton of the matcher's keys, laid out flat (a capsule)."},
+    {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL,
+     "scan() of the automaton's walk over a joined text."},
+    {"footprint", (PyCFunction)footprint, METH_O, "(bytes, nodes) of an automaton."},
     {"read_known", (PyCFunction)(void (*)(void))read_known, METH_FASTCALL,
      "The usual search read with words already known: (words, joined, bounds), or None."},
     {NULL, NULL, 0, NULL},

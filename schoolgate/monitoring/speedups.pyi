@@ -7,6 +7,17 @@ def scan(
     words: tuple[str, ...],
     single: dict[str, int],
 ) -> tuple[list, list, list, list, list[int | None]]: ...
+def compile(
+    entries: list[tuple[str, tuple[tuple[bytes, int, int, tuple[int, ...], bool], ...]]],
+) -> object: ...
+def find(
+    automaton: object,
+    joined: str,
+    bounds: bytes,
+    words: tuple[str, ...],
+    single: dict[str, int],
+) -> tuple[list, list, list, list, list[int | None]]: ...
+def footprint(automaton: object) -> tuple[int, int]: ...
 def screen(
     words: list[tuple[int, int, int]],
     word_ids: list[int | None],

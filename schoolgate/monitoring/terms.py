@@ -182,10 +182,12 @@ class Matcher:
         for index, rule in enumerate(self.rules):
             self._add(table, _CONTEXT, index, rule.phrase, issues, rule.source, True)
         self._compile_rules(table, issues)
-        for key, patterns in table.items():
+        tests = [(key, tuple(map(_test, patterns))) for key, patterns in table.items()]
+        for key, (first, *more) in tests:
             # Most keys are one pattern: its test inline, the others (if any) after it.
-            first, *more = map(_test, patterns)
             self.automaton.add_word(key, (len(key), *first, tuple(more)))
+        # The same keys laid out flat in C: walked in place of pyahocorasick's when built.
+        self._flat = speedups.compile(tests) if speedups is not None else None
         self.patterns = len(table) + len(self._single)
         if table:
             self.automaton.make_automaton()
@@ -415,11 +417,10 @@ class Matcher:
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
         phrases."""
-        found = self.automaton.iter(norm.joined)
-        if speedups is not None:
-            scanned = speedups.scan(found, norm.bounds, norm.words, self._single)
+        if speedups is not None and self._flat is not None:
+            scanned = speedups.find(self._flat, norm.joined, norm.bounds, norm.words, self._single)
             return _new_tuple(_Hits, scanned)  # no Python __new__
-        return self._scan_python(found, norm)
+        return self._scan_python(self.automaton.iter(norm.joined), norm)
 
     def _scan_python(self, found: Iterable[tuple[int, tuple]], norm: Normalised) -> _Hits:
         bounds = norm.bounds
