@@ -9,12 +9,14 @@ loops input that is not as the matcher builds it: an error, never a crash or a g
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import ahocorasick
 import pytest
 
 from schoolgate.monitoring import normaliser, terms
+from schoolgate.monitoring.flat import FlatAutomaton
 from schoolgate.monitoring.normaliser import Normaliser, normalise
 from schoolgate.monitoring.rules import satisfied
 from schoolgate.monitoring.terms import Matcher, load_matcher
@@ -382,7 +384,7 @@ HOSTILE_TEXTS = [
 
 
 def _both_ways(matcher: Matcher, joined: str, bounds: bytes, words: tuple, single: dict):
-    flat = speedups.find(matcher._flat, joined, bounds, words, single)
+    flat = speedups.find(matcher._flat.compiled, joined, bounds, words, single)
     walked = speedups.scan(matcher.automaton.iter(joined), bounds, words, single)
     return flat, walked
 
@@ -425,12 +427,15 @@ def test_the_flat_automaton_on_random_keys():
     flat = speedups.compile(entries)
     size, nodes = speedups.footprint(flat)
     assert nodes == automaton.get_stats()["nodes_count"] and size > 0
+    # as the Matcher keeps it: made from pyahocorasick's, and again when unpickled
+    kept = pickle.loads(pickle.dumps(FlatAutomaton(automaton))).compiled
     for _ in range(2000):
         text = "".join(rng.choice(letters + "xz") for _ in range(rng.randint(0, 40)))
         bounds = bytes(rng.random() < 0.3 for _ in range(len(text) + 1))
         words = tuple(text.split("x"))
         expected = speedups.scan(automaton.iter(text), bounds, words, {"ab": 1})
         assert speedups.find(flat, text, bounds, words, {"ab": 1}) == expected
+        assert speedups.find(kept, text, bounds, words, {"ab": 1}) == expected
 
 
 def test_an_empty_flat_automaton_finds_nothing():

@@ -61,7 +61,12 @@ class Assessment:
 
     @property
     def severity(self) -> int:
-        return max((m.severity for m in self.matches if m.active), default=0)
+        # Match.active written out, in a plain loop: read for every match of every search.
+        best = 0
+        for m in self.matches:
+            if m.suppressed_by is None and m.severity > best:
+                best = m.severity
+        return best
 
     @property
     def top(self) -> Match | None:
@@ -78,6 +83,19 @@ NOTHING = Assessment()
 set_matches = Assessment.__dict__["matches"].__set__
 
 
+def may_raise(found: Assessment) -> bool:
+    """Whether the second opinion may raise ``found`` to severity 3: the library graded it 1
+    or 2, and no allow-phrase or context phrase judged its words ordinary. (One pass over
+    the matches: the severity's test written out.)"""
+    best = 0
+    for m in found.matches:
+        if m.suppressed_by or m.lowered_by:
+            return False
+        if m.suppressed_by is None and m.severity > best:
+            best = m.severity
+    return 0 < best < 3
+
+
 def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(sorted(matches, key=rank))
 
@@ -87,4 +105,4 @@ def rank(m: Match) -> tuple[bool, int, str, str]:
     return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
-__all__ = ["NOTHING", "Assessment", "Match", "ordered", "rank", "set_matches"]
+__all__ = ["NOTHING", "Assessment", "Match", "may_raise", "ordered", "rank", "set_matches"]

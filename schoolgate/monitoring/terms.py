@@ -35,7 +35,15 @@ from typing import NamedTuple
 import ahocorasick
 
 from schoolgate.core.configfile import Issues
-from schoolgate.monitoring.assessment import NOTHING, Assessment, Match, ordered, set_matches
+from schoolgate.monitoring.assessment import (
+    NOTHING,
+    Assessment,
+    Match,
+    may_raise,
+    ordered,
+    set_matches,
+)
+from schoolgate.monitoring.flat import flat_automaton
 from schoolgate.monitoring.library import (
     SUPPRESS,
     Allow,
@@ -182,12 +190,11 @@ class Matcher:
         for index, rule in enumerate(self.rules):
             self._add(table, _CONTEXT, index, rule.phrase, issues, rule.source, True)
         self._compile_rules(table, issues)
-        tests = [(key, tuple(map(_test, patterns))) for key, patterns in table.items()]
-        for key, (first, *more) in tests:
+        for key, patterns in table.items():
             # Most keys are one pattern: its test inline, the others (if any) after it.
+            first, *more = map(_test, patterns)
             self.automaton.add_word(key, (len(key), *first, tuple(more)))
-        # The same keys laid out flat in C: walked in place of pyahocorasick's when built.
-        self._flat = speedups.compile(tests) if speedups is not None else None
+        self._flat = flat_automaton(self.automaton)  # walked in its place when C is built
         self.patterns = len(table) + len(self._single)
         if table:
             self.automaton.make_automaton()
@@ -417,9 +424,10 @@ class Matcher:
     def _scan(self, norm: Normalised) -> _Hits:
         """One pass of the automaton, and a look-up of every word among the one word rule
         phrases."""
-        if speedups is not None and self._flat is not None:
-            scanned = speedups.find(self._flat, norm.joined, norm.bounds, norm.words, self._single)
-            return _new_tuple(_Hits, scanned)  # no Python __new__
+        flat = self._flat
+        if speedups is not None and flat is not None:
+            found = speedups.find(flat.compiled, norm.joined, norm.bounds, norm.words, self._single)
+            return _new_tuple(_Hits, found)  # no Python __new__
         return self._scan_python(self.automaton.iter(norm.joined), norm)
 
     def _scan_python(self, found: Iterable[tuple[int, tuple]], norm: Normalised) -> _Hits:
@@ -656,14 +664,6 @@ def _covered_spans(spans: set[tuple[int, int]]) -> set[tuple[int, int]]:
             covered.add((start, end))
         reach = max(reach, end)
     return covered
-
-
-def may_raise(found: Assessment) -> bool:
-    """Whether the second opinion may raise ``found`` to severity 3: the library graded it 1
-    or 2, and no allow-phrase or context phrase judged its words ordinary."""
-    return 0 < found.severity < 3 and not any(
-        m.suppressed_by or m.lowered_by for m in found.matches
-    )
 
 
 def loops_in_c() -> bool:
