@@ -1,4 +1,5 @@
-"""Risk-term matching: the normaliser, then one multi-pattern automaton (``pyahocorasick``).
+"""Risk-term matching: the normaliser, then one multi-pattern automaton (``pyahocorasick``,
+walked as a flat copy in C, :mod:`.flat`, where the C loops are built).
 
 Every term, allow-phrase, context phrase and rule phrase of the library is normalised
 (:mod:`.normaliser`) and compiled into one automaton; a text is normalised the same way and
