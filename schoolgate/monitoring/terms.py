@@ -320,15 +320,16 @@ class Matcher:
             ((1 << len(cooccurring.groups)) - 1) << offsets[number]
             for number, cooccurring in enumerate(self.cooccurrence)
         )
-        shared = [len(uses) for uses in self._usage]
-        anchors = []
-        for number, _ in enumerate(self.cooccurrence):
-            groups: dict[int, int] = {}
-            for phrase, uses in enumerate(self._usage):
-                for rule, group in uses:
-                    if rule == number and group >= 0:
-                        groups[group] = groups.get(group, 0) + shared[phrase]
-            anchors.append(min(groups, key=lambda g: (groups[g], g)))
+        # Each group's weight: how many rules use its phrases, summed over them. One pass
+        # over the phrases (a pass per rule made loading quadratic in the rules).
+        weights: list[dict[int, int]] = [{} for _ in self.cooccurrence]
+        for uses in self._usage:
+            shared = len(uses)
+            for rule, group in uses:
+                if group >= 0:
+                    groups = weights[rule]
+                    groups[group] = groups.get(group, 0) + shared
+        anchors = [min(groups, key=lambda g: (groups[g], g)) for groups in weights]
         masks, bits, woken, vetoes = [], [], [], []
         for uses in self._usage:
             bits.append(tuple(offsets[rule] + group for rule, group in uses if group >= 0))
