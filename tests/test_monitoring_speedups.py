@@ -17,7 +17,7 @@ import pytest
 
 from schoolgate.monitoring import normaliser, terms
 from schoolgate.monitoring.flat import FlatAutomaton
-from schoolgate.monitoring.normaliser import Normaliser, normalise
+from schoolgate.monitoring.normaliser import Normaliser, normalise, raw_words
 from schoolgate.monitoring.rules import satisfied
 from schoolgate.monitoring.terms import Matcher, load_matcher
 from tests.test_monitoring_labelled import load_labelled
@@ -132,6 +132,38 @@ def test_c_and_python_read_every_text_alike(shipped, monkeypatch):
     python_again = [in_python.read(text) for text in texts]
     assert first == again == python_again
     assert again == [normalise(text, shipped.spellings) for text in texts]
+
+
+def test_c_and_python_read_every_word_alike(shipped):
+    """A word the normaliser has not read yet: leetspeak, spellings, sound-alikes, repeats."""
+    spellings = shipped.spellings
+    words = {word for text in _texts(shipped) for word in raw_words(text)}
+    words |= set(spellings) | {w for read in spellings.values() for w in read.split()}
+    rng = random.Random(2026)
+    # the letters the sound-alikes and repeats turn on, leetspeak, and a few others
+    alphabet = "phckxeiysaoPHCKX0134579@$|!-_ "
+    for _ in range(20_000):
+        words.add("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))))
+    words |= {"", "cck", "ccke", "cph", "phh", "xx", "k1ll", "1488", "@$|!", "Kill", "kiIl"}
+    in_python = normaliser._read_word
+    differ = [
+        (word, c, p)
+        for word in sorted(words)
+        if (c := speedups.read_word(word, spellings)) != (p := in_python(word, spellings))
+    ]
+    assert not differ, differ[:5]
+    assert sum(in_python(word, spellings) != word for word in words) > 5000
+
+
+def test_read_word_leaves_python_what_is_not_ascii():
+    assert speedups.read_word("kíll", {}) is None
+    assert speedups.read_word("sucide", {"sucide": "suïcide"}) is None  # a spelling, not ASCII
+    assert speedups.read_word("wanna", {"wanna": 2}) is None  # not as built: Python raises
+    assert speedups.read_word("k1ll", {"kill": "murder"}) == "murder"  # leetspeak, then spelling
+    with pytest.raises(TypeError):
+        speedups.read_word(b"kill", {})
+    with pytest.raises(TypeError):
+        speedups.read_word("kill", [])
 
 
 def test_read_known_reads_only_the_usual_search():

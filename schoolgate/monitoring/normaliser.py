@@ -186,6 +186,14 @@ def _join_spelled(words: list[str]) -> list[str]:
 
 def read_word(word: str, spellings: dict[str, str]) -> str:
     """Steps 3 to 5 for one word; the result may be several words (``wanna`` -> ``want to``)."""
+    if speedups is not None:  # an ASCII word (the usual), in C: a new word costs a search
+        read = speedups.read_word(word, spellings)  # several regular expressions in Python
+        if read is not None:
+            return read
+    return _read_word(word, spellings)
+
+
+def _read_word(word: str, spellings: dict[str, str]) -> str:
     if _LEET_CHAR.search(word):
         word = word.translate(_LEET) if _LETTER.search(word) else _SYMBOL.sub("", word)
     word = spellings.get(word, word)

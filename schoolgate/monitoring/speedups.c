@@ -1522,6 +1522,132 @@ failed:
     return NULL;
 }
 
+/* read_word(word, spellings) -> str, or None
+
+   normaliser.read_word for an ASCII word (the usual): leetspeak, the library's spellings,
+   the sound-alikes (ph -> f, ck -> k, c before e i y -> s, other c -> k, x -> ks), then a
+   letter repeated counts once. None for a word or a spelling that is not ASCII: read_word
+   then reads it in Python. */
+static inline int
+is_letter(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static PyObject *
+read_word(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "read_word(word: str, spellings: dict)");
+        return NULL;
+    }
+    PyObject *word = args[0];
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(word) < 0)
+        return NULL;
+#endif
+    if (!PyUnicode_IS_ASCII(word))
+        Py_RETURN_NONE;
+    Py_ssize_t size = PyUnicode_GET_LENGTH(word);
+    const char *text = (const char *)PyUnicode_1BYTE_DATA(word);
+    int leet = 0, letters = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        char c = text[i];
+        if ((c >= '0' && c <= '9') || c == '@' || c == '$' || c == '|' || c == '!')
+            leet = 1;
+        else if (is_letter(c))
+            letters = 1;
+    }
+    PyObject *key;
+    if (leet) {
+        /* with letters, the leetspeak digits and symbols read as letters; without, the
+           symbols go and the digits stay (1488) */
+        char *buffer = PyMem_Malloc(size + 1);
+        if (buffer == NULL)
+            return PyErr_NoMemory();
+        Py_ssize_t n = 0;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            char c = text[i];
+            if (!letters) {
+                if (c != '@' && c != '$' && c != '|' && c != '!')
+                    buffer[n++] = c;
+                continue;
+            }
+            switch (c) {
+            case '0': c = 'o'; break;
+            case '1': case '|': case '!': c = 'i'; break;
+            case '3': c = 'e'; break;
+            case '4': case '@': c = 'a'; break;
+            case '5': case '$': c = 's'; break;
+            case '7': c = 't'; break;
+            }
+            buffer[n++] = c;
+        }
+        key = PyUnicode_FromStringAndSize(buffer, n);
+        PyMem_Free(buffer);
+        if (key == NULL)
+            return NULL;
+    }
+    else {
+        key = Py_NewRef(word);
+    }
+    PyObject *spelled = PyDict_GetItemWithError(args[1], key); /* borrowed */
+    if (spelled == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        spelled = key;
+    }
+    if (!PyUnicode_Check(spelled) || !PyUnicode_IS_ASCII(spelled)) {
+        Py_DECREF(key);
+        Py_RETURN_NONE; /* Python says what (or raises for what the library did not build) */
+    }
+    size = PyUnicode_GET_LENGTH(spelled);
+    text = (const char *)PyUnicode_1BYTE_DATA(spelled);
+    /* ph -> f, ck -> k and c -> s or k, x -> ks: at most twice as long */
+    char *sounds = PyMem_Malloc(2 * size + 1);
+    if (sounds == NULL) {
+        Py_DECREF(key);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        char c = text[i], next = i + 1 < size ? text[i + 1] : '\0';
+        if (c == 'p' && next == 'h') {
+            sounds[n++] = 'f';
+            i++;
+        }
+        else if (c == 'c' && next == 'k') {
+            sounds[n++] = 'k';
+            i++;
+        }
+        else if (c == 'c') {
+            /* the next letter as Python's replace("ph", "f") left it: an "h" after "p" is
+               gone and "ph" begins with "p", neither of them e, i or y */
+            sounds[n++] = next == 'e' || next == 'i' || next == 'y' ? 's' : 'k';
+        }
+        else if (c == 'x') {
+            sounds[n++] = 'k';
+            sounds[n++] = 's';
+        }
+        else {
+            sounds[n++] = c;
+        }
+    }
+    /* a letter repeated counts once */
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (kept > 0 && is_letter(sounds[i]) && sounds[kept - 1] == sounds[i])
+            continue;
+        sounds[kept++] = sounds[i];
+    }
+    PyObject *read = PyUnicode_FromStringAndSize(sounds, kept);
+    PyMem_Free(sounds);
+    Py_DECREF(key);
+    return read;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "The patterns found at word boundaries, by kind, and each word's one word phrase."},
@@ -1540,6 +1666,8 @@ static PyMethodDef methods[] = {
     {"footprint", (PyCFunction)footprint, METH_O, "(bytes, nodes) of an automaton."},
     {"read_known", (PyCFunction)(void (*)(void))read_known, METH_FASTCALL,
      "The usual search read with words already known: (words, joined, bounds), or None."},
+    {"read_word", (PyCFunction)(void (*)(void))read_word, METH_FASTCALL,
+     "normaliser.read_word of an ASCII word, or None."},
     {NULL, NULL, 0, NULL},
 };
 
