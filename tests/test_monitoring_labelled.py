@@ -53,7 +53,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # severity 3; after it: 0.840 (68/81) and 0.901 (73/81), 0/115 and 0/126; then tuned on on
 # 2026-12-03. heldout-20 (223 searches) and heldout-21 (230), written blind after that first
 # vocabulary round, measured before the second: 0.825 (66/80) and 0.926 (75/81), 3/110 and
-# 1/106 ordinary at severity 3; after it: 0.825 (66/80) and 0.951 (77/81), 3/110 and 2/106.
+# 1/106 ordinary at severity 3; after it: 0.825 (66/80) and 0.951 (77/81), 3/110 and 2/106;
+# then tuned on on 2026-12-04. heldout-22 (252 searches) and heldout-23 (246), written blind
+# after the second vocabulary round, measured before the third: 0.699 (51/73) and 0.795
+# (58/73), 0/90 and 0/91 ordinary at severity 3.
 TUNED = (
     "dev",
     "heldout-1",
@@ -75,9 +78,11 @@ TUNED = (
     "heldout-17",
     "heldout-18",
     "heldout-19",
+    "heldout-20",
+    "heldout-21",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-20", "heldout-21")
+NEVER_TUNED: tuple[str, ...] = ("heldout-22", "heldout-23")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
