@@ -331,6 +331,32 @@ def test_shipped_frames_stay_below_an_alert_on_their_look_alikes(shipped, text):
     assert shipped.assess(text).severity < 3
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "he said keep it our secret or he will stop being my friend on roblox",
+        "the man i play fortnite with says our chats are our little secret",
+        "a grown man in my roblox group says we have a special secret",
+    ],
+)
+def test_shipped_grooming_on_an_online_game_still_alerts(shipped, text):
+    # The games children chat in are where grooming starts: a game's name lowers the violence
+    # rules ("how to stab in mm2") but never the grooming ones.
+    assert "sexual_exploitation" in shipped.assess(text).themes(3)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "roblox secret room code how to find",
+        "keep my minecraft world secret from my brother",
+        "my dad plays fortnite with me every weekend",
+    ],
+)
+def test_shipped_games_alone_are_no_grooming_alert(shipped, text):
+    assert shipped.assess(text).severity < 3
+
+
 # -- errors name file, line and field --------------------------------------------------------
 
 
