@@ -56,7 +56,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # 1/106 ordinary at severity 3; after it: 0.825 (66/80) and 0.951 (77/81), 3/110 and 2/106;
 # then tuned on on 2026-12-04. heldout-22 (252 searches) and heldout-23 (246), written blind
 # after the second vocabulary round, measured before the third: 0.699 (51/73) and 0.795
-# (58/73), 0/90 and 0/91 ordinary at severity 3.
+# (58/73), 0/90 and 0/91 ordinary at severity 3; after it: 0.726 (53/73) and 0.808 (59/73),
+# 0/90 and 0/91; then tuned on on 2026-12-04. heldout-24 (211 searches) and heldout-25 (224),
+# written blind after the third vocabulary round, measured before the fourth: 0.750 (48/64) and
+# 0.839 (52/62), 0/74 and 0/84 ordinary at severity 3.
 TUNED = (
     "dev",
     "heldout-1",
@@ -80,9 +83,11 @@ TUNED = (
     "heldout-19",
     "heldout-20",
     "heldout-21",
+    "heldout-22",
+    "heldout-23",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-22", "heldout-23")
+NEVER_TUNED: tuple[str, ...] = ("heldout-24", "heldout-25")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
