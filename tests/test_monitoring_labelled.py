@@ -59,7 +59,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # (58/73), 0/90 and 0/91 ordinary at severity 3; after it: 0.726 (53/73) and 0.808 (59/73),
 # 0/90 and 0/91; then tuned on on 2026-12-04. heldout-24 (211 searches) and heldout-25 (224),
 # written blind after the third vocabulary round, measured before the fourth: 0.750 (48/64) and
-# 0.839 (52/62), 0/74 and 0/84 ordinary at severity 3.
+# 0.839 (52/62), 0/74 and 0/84 ordinary at severity 3; after it: 0.797 (51/64) and 0.887
+# (55/62), 0/74 and 0/84; then tuned on on 2026-12-04. heldout-28 (208 searches) and heldout-29
+# (214), written blind after the fourth vocabulary round, measured once then: 0.714 (45/63) and
+# 0.720 (54/75), 0/82 and 0/69 ordinary at severity 3; then tuned on on 2026-12-04.
 TUNED = (
     "dev",
     "heldout-1",
@@ -85,9 +88,13 @@ TUNED = (
     "heldout-21",
     "heldout-22",
     "heldout-23",
+    "heldout-24",
+    "heldout-25",
+    "heldout-28",
+    "heldout-29",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-24", "heldout-25")
+NEVER_TUNED: tuple[str, ...] = ("heldout-26", "heldout-27")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
