@@ -63,6 +63,9 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # (55/62), 0/74 and 0/84; then tuned on on 2026-12-04. heldout-28 (208 searches) and heldout-29
 # (214), written blind after the fourth vocabulary round, measured once then: 0.714 (45/63) and
 # 0.720 (54/75), 0/82 and 0/69 ordinary at severity 3; then tuned on on 2026-12-04.
+# heldout-26 (223 searches) and heldout-27 (215), written blind at the same time, measured
+# before the fifth vocabulary round: 0.841 (53/63) and 0.826 (57/69), 0/83 and 0/72 ordinary at
+# severity 3; after it: 0.857 (54/63) and 0.841 (58/69), 0/83 and 0/72.
 TUNED = (
     "dev",
     "heldout-1",
