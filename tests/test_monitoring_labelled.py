@@ -65,7 +65,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # 0.720 (54/75), 0/82 and 0/69 ordinary at severity 3; then tuned on on 2026-12-04.
 # heldout-26 (223 searches) and heldout-27 (215), written blind at the same time, measured
 # before the fifth vocabulary round: 0.841 (53/63) and 0.826 (57/69), 0/83 and 0/72 ordinary at
-# severity 3; after it: 0.857 (54/63) and 0.841 (58/69), 0/83 and 0/72.
+# severity 3; after it: 0.857 (54/63) and 0.841 (58/69), 0/83 and 0/72; then tuned on on
+# 2026-12-04. heldout-32 (198 searches) and heldout-33 (220), written blind after the fifth
+# vocabulary round, measured once then: 0.851 (57/67) and 0.833 (60/72), 0/66 and 0/69 ordinary
+# at severity 3; then tuned on on 2026-12-04.
 TUNED = (
     "dev",
     "heldout-1",
@@ -95,9 +98,13 @@ TUNED = (
     "heldout-25",
     "heldout-28",
     "heldout-29",
+    "heldout-26",
+    "heldout-27",
+    "heldout-32",
+    "heldout-33",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-26", "heldout-27")
+NEVER_TUNED: tuple[str, ...] = ("heldout-30", "heldout-31")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
