@@ -68,7 +68,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # severity 3; after it: 0.857 (54/63) and 0.841 (58/69), 0/83 and 0/72; then tuned on on
 # 2026-12-04. heldout-32 (198 searches) and heldout-33 (220), written blind after the fifth
 # vocabulary round, measured once then: 0.851 (57/67) and 0.833 (60/72), 0/66 and 0/69 ordinary
-# at severity 3; then tuned on on 2026-12-04.
+# at severity 3; then tuned on on 2026-12-04. heldout-30 (217 searches) and heldout-31 (220),
+# written blind at the same time, measured before the sixth vocabulary round: 0.797 (55/69)
+# and 0.743 (55/74), 0/78 and 0/75 ordinary at severity 3; after it: 0.841 (58/69) and 0.770
+# (57/74), 0/78 and 0/75.
 TUNED = (
     "dev",
     "heldout-1",
