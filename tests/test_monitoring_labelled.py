@@ -71,7 +71,8 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # at severity 3; then tuned on on 2026-12-04. heldout-30 (217 searches) and heldout-31 (220),
 # written blind at the same time, measured before the sixth vocabulary round: 0.797 (55/69)
 # and 0.743 (55/74), 0/78 and 0/75 ordinary at severity 3; after it: 0.841 (58/69) and 0.770
-# (57/74), 0/78 and 0/75.
+# (57/74), 0/78 and 0/75; then each given 95 ordinary searches written blind after the sixth
+# round (so that the set stays half ordinary): 0/95 and 0/95 at severity 3.
 TUNED = (
     "dev",
     "heldout-1",
