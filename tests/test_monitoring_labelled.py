@@ -72,7 +72,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # written blind at the same time, measured before the sixth vocabulary round: 0.797 (55/69)
 # and 0.743 (55/74), 0/78 and 0/75 ordinary at severity 3; after it: 0.841 (58/69) and 0.770
 # (57/74), 0/78 and 0/75; then each given 95 ordinary searches written blind after the sixth
-# round (so that the set stays half ordinary): 0/95 and 0/95 at severity 3.
+# round (so that the set stays half ordinary): 0/95 and 0/95 at severity 3; then tuned on on
+# 2026-12-04. heldout-36 (208 searches) and heldout-37 (200), written blind after the sixth
+# vocabulary round, measured once then: 0.867 (65/75) and 0.836 (56/67), 1/94 and 1/92
+# ordinary at severity 3; then tuned on on 2026-12-04.
 TUNED = (
     "dev",
     "heldout-1",
@@ -106,9 +109,13 @@ TUNED = (
     "heldout-27",
     "heldout-32",
     "heldout-33",
+    "heldout-30",
+    "heldout-31",
+    "heldout-36",
+    "heldout-37",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-30", "heldout-31")
+NEVER_TUNED: tuple[str, ...] = ("heldout-34", "heldout-35")
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
