@@ -75,7 +75,10 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # round (so that the set stays half ordinary): 0/95 and 0/95 at severity 3; then tuned on on
 # 2026-12-04. heldout-36 (208 searches) and heldout-37 (200), written blind after the sixth
 # vocabulary round, measured once then: 0.867 (65/75) and 0.836 (56/67), 1/94 and 1/92
-# ordinary at severity 3; then tuned on on 2026-12-04.
+# ordinary at severity 3; then tuned on on 2026-12-04. heldout-34 (212 searches) and
+# heldout-35 (204), written blind at the same time, measured before the seventh vocabulary
+# round: 0.864 (57/66) and 0.787 (59/75), 0/100 and 0/87 ordinary at severity 3; after it: 0.879
+# (58/66) and 0.800 (60/75), 0/100 and 0/87.
 TUNED = (
     "dev",
     "heldout-1",
