@@ -324,10 +324,14 @@ def test_shipped_alerts_on_a_frame_of_broad_groups(shipped, text, theme):
         "ive decided to end things with my boyfriend tonight",
         "how to say goodbye to friends when moving school",
         "my mum made me carry the shopping bags home",
+        "roblox secret room code how to find",
+        "keep my minecraft world secret from my brother",
+        "my dad plays fortnite with me every weekend",
     ],
 )
 def test_shipped_frames_stay_below_an_alert_on_their_look_alikes(shipped, text):
-    # A game, a surprise, a score, DIY, a break-up, a move and shopping share the frames' words.
+    # A game, a surprise, a score, DIY, a break-up, a move and shopping share the frames' words;
+    # so do the online games, where a grooming rule is never lowered (below).
     assert shipped.assess(text).severity < 3
 
 
@@ -343,18 +347,6 @@ def test_shipped_grooming_on_an_online_game_still_alerts(shipped, text):
     # The games children chat in are where grooming starts: a game's name lowers the violence
     # rules ("how to stab in mm2") but never the grooming ones.
     assert "sexual_exploitation" in shipped.assess(text).themes(3)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "roblox secret room code how to find",
-        "keep my minecraft world secret from my brother",
-        "my dad plays fortnite with me every weekend",
-    ],
-)
-def test_shipped_games_alone_are_no_grooming_alert(shipped, text):
-    assert shipped.assess(text).severity < 3
 
 
 # -- errors name file, line and field --------------------------------------------------------
