@@ -186,8 +186,10 @@ def _join_spelled(words: list[str]) -> list[str]:
 
 def read_word(word: str, spellings: dict[str, str]) -> str:
     """Steps 3 to 5 for one word; the result may be several words (``wanna`` -> ``want to``)."""
-    if speedups is not None:  # an ASCII word (the usual), in C: a new word costs a search
-        read = speedups.read_word(word, spellings)  # several regular expressions in Python
+    if speedups is not None:
+        # An ASCII word (the usual) in C: in Python, each new word of a search cost several
+        # regular expressions. None: a word or spelling that is not ASCII, read below.
+        read = speedups.read_word(word, spellings)
         if read is not None:
             return read
     return _read_word(word, spellings)
