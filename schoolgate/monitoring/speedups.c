@@ -913,7 +913,7 @@ read_known(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         unsigned char c = chars[i];
         if (c == ' ')
             continue;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+        if (!Py_ISALNUM(c))
             Py_RETURN_NONE;
         if (i == 0 || chars[i - 1] == ' ') {
             count++;
@@ -1528,12 +1528,6 @@ failed:
    the sound-alikes (ph -> f, ck -> k, c before e i y -> s, other c -> k, x -> ks), then a
    letter repeated counts once. None for a word or a spelling that is not ASCII: read_word
    then reads it in Python. */
-static inline int
-is_letter(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
 static PyObject *
 read_word(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1553,9 +1547,9 @@ read_word(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int leet = 0, letters = 0;
     for (Py_ssize_t i = 0; i < size; i++) {
         char c = text[i];
-        if ((c >= '0' && c <= '9') || c == '@' || c == '$' || c == '|' || c == '!')
+        if (Py_ISDIGIT(c) || c == '@' || c == '$' || c == '|' || c == '!')
             leet = 1;
-        else if (is_letter(c))
+        else if (Py_ISALPHA(c))
             letters = 1;
     }
     PyObject *key;
@@ -1638,7 +1632,7 @@ read_word(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     /* a letter repeated counts once */
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (kept > 0 && is_letter(sounds[i]) && sounds[kept - 1] == sounds[i])
+        if (kept > 0 && Py_ISALPHA(sounds[i]) && sounds[kept - 1] == sounds[i])
             continue;
         sounds[kept++] = sounds[i];
     }
