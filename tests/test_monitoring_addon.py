@@ -147,7 +147,7 @@ def test_a_blocked_search_is_recorded_as_blocked(gw: GW):
 
 def test_a_matching_failure_still_records_the_search_and_never_blocks(gw: GW, caplog):
     class Broken:
-        def assess(self, text, search=False):
+        def assess(self, text, search=False, alone=True):
             raise RuntimeError("automaton exploded")
 
     gw.monitoring.matcher = Broken()
@@ -169,7 +169,7 @@ def test_grading_waits_for_no_request_and_a_full_queue_loses_no_search(gw: GW):
     busy, release, graded_slow = threading.Event(), threading.Event(), threading.Event()
 
     class Slow:
-        def assess(self, text, search=False):
+        def assess(self, text, search=False, alone=True):
             if text == "slow one":
                 busy.set()
                 release.wait(10)
@@ -370,6 +370,17 @@ def test_the_monitoring_section_is_read_and_its_mistakes_named(tmp_path: Path):
     assert "at most 3" in found["mitm_config.yaml", 5, "monitoring.immediate_severity"]
     assert "unknown key" in found["mitm_config.yaml", 6, "monitoring.librar"]
     assert read_monitoring(None) == MonitoringSettings()
+    # second_opinion: true, false or flagged; anything else named, the default kept.
+    for value, expected in (("flagged", "flagged"), ("false", False), ("sometimes", True)):
+        path.write_text(f"monitoring:\n  second_opinion: {value}\n", encoding="utf-8")
+        issues = Issues()
+        root = Section(load_yaml(path, issues), file="mitm_config.yaml", path="", issues=issues)
+        assert read_monitoring(root.section("monitoring")).second_opinion == expected
+        found = {(i.line, i.field): i.message for i in issues.items}
+        if value == "sometimes":
+            assert "true, false or flagged" in found[2, "monitoring.second_opinion"]
+        else:
+            assert not found
 
 
 def test_a_failure_in_the_hook_never_refuses_the_request(gw: GW, monkeypatch):
@@ -436,10 +447,11 @@ def test_a_search_the_second_opinion_reads_as_severe_is_raised_to_3(gw: GW):
         "format": 1,
         "trained_on": {"searches": 2, "severe": 1, "ordinary": 1},
         "threshold": 0.9,
+        "alone_threshold": 0.99,
         "bias": -3.0,
         "themes": ["bullying", "suicide"],
         "theme_bias": [0.0, 0.0],
-        "weights": {"blorf": 2.0, "blorf tonight": 4.0},
+        "weights": {"blorf": 2.0, "blorf tonight": 4.0, "late": 3.0},
         "theme_weights": {"tonight": [0.0, 1.0]},
     }
     (school / "second_opinion.json").write_text(json.dumps(model))
@@ -449,14 +461,30 @@ def test_a_search_the_second_opinion_reads_as_severe_is_raised_to_3(gw: GW):
     gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+tonight"))
     gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+homework"))
     gw.run(search_flow("www.google.com", "/search?q=blorf+tonight"))  # nothing the library knows
+    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight+late"))  # likewise
     graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
     assert graded["zorb blorf tonight"]["severity"] == 3
     assert graded["zorb blorf tonight"]["theme"] == "bullying"  # the theme the library found
     assert graded["zorb blorf tonight"]["rule"] == "second opinion"
     assert graded["zorb blorf homework"]["severity"] == 2
+    # Found in nothing: raised only above the stricter threshold (0.95 is not; 0.9975 is),
+    # in the theme the model reads.
     assert graded["blorf tonight"]["severity"] == 0
+    assert graded["blorf tonight late"]["severity"] == 3
+    assert graded["blorf tonight late"]["theme"] == "suicide"
+    assert graded["blorf tonight late"]["rule"] == "second opinion"
+    # A school that keeps it to what the library flags.
+    config.write_text(config.read_text() + "  second_opinion: flagged\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+tonight+now"))
+    gw.run(search_flow("www.google.com", "/search?q=blorf+tonight+late+now"))
+    graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
+    assert graded["zorb blorf tonight now"]["severity"] == 3
+    assert graded["blorf tonight late now"]["severity"] == 0
     # A school that turns it off: the library's terms and rules alone.
-    config.write_text(config.read_text() + "  second_opinion: false\n")
+    config.write_text(
+        config.read_text().replace("second_opinion: flagged", "second_opinion: false")
+    )
     assert gw.addons[0].reload() is True
     gw.run(search_flow("www.google.com", "/search?q=zorb+blorf+tonight+again"))
     graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}

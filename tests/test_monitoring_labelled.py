@@ -20,6 +20,10 @@ from schoolgate.monitoring.terms import Matcher, load_matcher
 
 LABELLED = Path(__file__).parent / "data" / "monitoring" / "searches.tsv"
 LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the balanced set
+# A day's ordinary searches of every kind (its header says how they were written); the second
+# opinion learns from every split of it but EVERYDAY_UNSEEN.
+EVERYDAY = LABELLED.parent / "everyday.tsv"
+EVERYDAY_UNSEEN: tuple[str, ...] = ("everyday-1",)
 # The library was tuned on these; a split in NEVER_TUNED never was (its figures are the bench's to
 # print: a test asserting them would make it one more set to tune on).
 # heldout-4 was measured untouched, then tuned on on 2026-12-02; heldout-5 was measured blind at
@@ -78,7 +82,13 @@ LOOK_ALIKES = LABELLED.parent / "lookalikes.tsv"  # ordinary only, outside the b
 # ordinary at severity 3; then tuned on on 2026-12-04. heldout-34 (212 searches) and
 # heldout-35 (204), written blind at the same time, measured before the seventh vocabulary
 # round: 0.864 (57/66) and 0.787 (59/75), 0/100 and 0/87 ordinary at severity 3; after it: 0.879
-# (58/66) and 0.800 (60/75), 0/100 and 0/87.
+# (58/66) and 0.800 (60/75), 0/100 and 0/87. heldout-38 (183 searches) and heldout-39 (200),
+# written blind after the seventh vocabulary round, measured before the second opinion learnt
+# to grade the searches the library finds nothing in: 0.875 (49/56) and 0.806 (54/67), 0/94
+# and 0/89 ordinary at severity 3; after it: 0.893 (50/56) and 0.910 (61/67), 0/94 and 0/89.
+# heldout-40 (187 searches) and heldout-41 (175), written blind at the same time, measured the
+# same way: before, 0.899 (62/69) and 0.885 (54/61), 0/75 and 0/81; after, 0.928 (64/69) and
+# 0.885 (54/61), 0/75 and 0/81.
 TUNED = (
     "dev",
     "heldout-1",
@@ -118,7 +128,14 @@ TUNED = (
     "heldout-37",
 )
 # Written blind and measured once, never tuned on.
-NEVER_TUNED: tuple[str, ...] = ("heldout-34", "heldout-35")
+NEVER_TUNED: tuple[str, ...] = (
+    "heldout-34",
+    "heldout-35",
+    "heldout-38",
+    "heldout-39",
+    "heldout-40",
+    "heldout-41",
+)
 SPLITS = (*TUNED, *NEVER_TUNED)
 
 
@@ -232,17 +249,33 @@ def test_no_severity_3_alert_on_school_work(matcher, split):
     assert scores.ordinary_severe == 0, _misses(scores)
 
 
+def _column(path: Path, column: int) -> list[str]:
+    """One column of a tab-separated file of searches, its comments and blank lines left out."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.split("\t")[column] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _assert_no_alert(matcher: Matcher, searches: list[str]) -> None:
+    alerts = [t for t in searches if matcher.assess(t, search=True).severity >= 3]
+    shown = (f"{t!r}: {_show(matcher.assess(t, search=True))}" for t in alerts)
+    assert alerts == [], "\n".join(shown)
+
+
 def test_no_severity_3_alert_on_ordinary_look_alikes(matcher):
     """The ordinary searches written while tuning the rules, each batch checked against its own
     rules: no later rule (nor the second opinion) may alert the DSL at once on one of them."""
-    searches = [
-        line.split("\t")[2]
-        for line in LOOK_ALIKES.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    searches = _column(LOOK_ALIKES, 2)
     assert len(searches) > 1000
-    alerts = [t for t in searches if matcher.assess(t, search=True).severity >= 3]
-    assert alerts == [], "\n".join(f"{t!r}: {_show(matcher.assess(t))}" for t in alerts)
+    _assert_no_alert(matcher, searches)
+
+
+def test_no_severity_3_alert_on_everyday_searches(matcher):
+    """A school's ordinary day (homework, games, music, shopping, first aid): the DSL is not
+    alerted at once on any of it, neither by the library nor by the second opinion, which
+    grades every search."""
+    searches = _column(EVERYDAY, 3)
+    assert len(searches) > 2000
+    _assert_no_alert(matcher, searches)
 
 
 def test_severity_3_recall(matcher):

@@ -15,7 +15,7 @@ import random
 import ahocorasick
 import pytest
 
-from schoolgate.monitoring import normaliser, terms
+from schoolgate.monitoring import normaliser, opinion, terms
 from schoolgate.monitoring.flat import FlatAutomaton
 from schoolgate.monitoring.normaliser import Normaliser, normalise, raw_words
 from schoolgate.monitoring.rules import satisfied
@@ -33,6 +33,7 @@ def shipped() -> Matcher:
 def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(terms, "speedups", None)
     monkeypatch.setattr(normaliser, "speedups", None)
+    monkeypatch.setattr(opinion, "speedups", None)
 
 
 def test_the_c_loops_are_built():
@@ -86,6 +87,46 @@ def test_c_and_python_grade_every_text_alike(shipped, monkeypatch):
     assert sum(1 for g in graded if g.severity == 3) > 1000
     assert sum(1 for g in graded for m in g.matches if m.rule and m.active) > 1000
     assert sum(1 for g in graded if g.suppressed) > 100
+
+
+def test_c_and_python_give_the_second_opinion_the_same_sums(shipped, monkeypatch):
+    """The model's sum over every word and pair, the same to the last bit, and so every search
+    graded alike (the second opinion reads every search)."""
+    model = shipped.opinion
+    assert model is not None and model.alone_threshold is not None
+    texts = _texts(shipped)
+    reader = Matcher(shipped.library, cache_size=0)
+    words = [reader.normaliser.read(text).words for text in texts]
+    sums = [model._sum(w) for w in words]
+    with_c = Matcher(shipped.library, cache_size=0)
+    graded = [with_c.assess(text, search=True) for text in texts]
+    _python_only(monkeypatch)
+    assert [model._sum(w) for w in words] == sums
+    in_python = Matcher(shipped.library, cache_size=0)
+    differ = [
+        text
+        for text, c in zip(texts, graded, strict=True)
+        if c != in_python.assess(text, search=True)
+    ]
+    assert not differ, differ[:3]
+    # The comparison means something: searches raised by the model, flagged or found in nothing.
+    raised = [g for g in graded if g.top is not None and g.top.term == opinion.TERM]
+    assert sum(1 for g in raised if "no term or rule found" in g.top.note) > 10
+    assert sum(1 for g in raised if "graded" in g.top.note) > 10
+
+
+def test_linear_refuses_what_the_model_did_not_build():
+    assert speedups is not None
+    with pytest.raises(TypeError):
+        speedups.linear(["a", "b"], {}, 0.0)  # words: a tuple
+    with pytest.raises(TypeError):
+        speedups.linear(("a", "b"), {"a": ("heavy", None)}, 0.0)
+    with pytest.raises(TypeError):
+        speedups.linear(("a", "b"), {"a": (1.0, ["b"]), "b": (0.0, None)}, 0.0)
+    with pytest.raises(TypeError):
+        speedups.linear(("a",), {"a": 1.0}, 0.0)
+    table = {"a": (1.0, {"b": 0.5}), "b": (2, None)}
+    assert speedups.linear(("a", "b", "a", "x", "b"), table, -1.0) == 5.5
 
 
 def test_c_and_python_find_the_same_phrases_and_rules(shipped, monkeypatch):

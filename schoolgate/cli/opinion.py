@@ -16,6 +16,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from schoolgate.monitoring.opinion import ALONE_TOLERATED
+
 
 def read_labelled(
     path: Path, themes: set[str], leave_out: frozenset[str] = frozenset()
@@ -62,7 +64,7 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     from schoolgate.cli.common import CommandError
     from schoolgate.core.configfile import ConfigError
     from schoolgate.monitoring.opinion import examples_from, train
-    from schoolgate.monitoring.terms import load_matcher, may_raise
+    from schoolgate.monitoring.terms import library_grade, load_matcher
 
     try:
         matcher = load_matcher([Path(p) for p in args.library] if args.library else None)
@@ -75,10 +77,11 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     try:
         model = train(
             examples_from(
-                (read(text).words, severity, found, may_raise(assess(text)))
+                (read(text).words, severity, found, library_grade(assess(text)))
                 for text, severity, found in rows
             ),
             sorted(themes),
+            alone_tolerated=args.alone_share,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -88,7 +91,8 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     counts = model.trained_on
     print(
         f"trained on {counts['searches']} searches ({counts['severe']} at severity 3, "
-        f"{counts['ordinary']} ordinary); threshold {model.threshold:.3f}; written to {out}"
+        f"{counts['ordinary']} ordinary); threshold {model.threshold:.3f}, for a search the "
+        f"library finds nothing in {model.alone_threshold or 1:.3f}; written to {out}"
     )
     return 0
 
@@ -113,5 +117,14 @@ def register(
         action="append",
         metavar="SPLIT",
         help="leave out the lines of this split (a first column), to measure the model on them",
+    )
+    p.add_argument(
+        "--alone-share",
+        type=float,
+        default=ALONE_TOLERATED,
+        metavar="SHARE",
+        help="of the ordinary searches the library finds nothing in, the share that may score "
+        "above the model's threshold for those, each scored by a model that never saw it "
+        f"(default {ALONE_TOLERATED}; smaller: fewer alerts, fewer risks found)",
     )
     p.set_defaults(handler=cmd_train_opinion)

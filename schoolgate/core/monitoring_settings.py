@@ -43,8 +43,10 @@ class MonitoringSettings:
     batched_severity: int = 2  # in the DSL's digest at or above this (below: timeline only)
     context_minutes: int = 5  # searches before and after a match named in its alert
     dedupe_minutes: int = 5  # the same search again within this is recorded once
-    # The library's learned second opinion also grades searches (where the library has one).
-    second_opinion: bool = True
+    # The library's learned second opinion also grades searches (where the library has one):
+    # True, every search (those the terms and rules flag, and above a stricter threshold those
+    # they find nothing in); "flagged", only those they flag; False, none.
+    second_opinion: bool | str = True
 
 
 def read_monitoring(sec: Section | None, base: Path | None = None) -> MonitoringSettings:
@@ -77,7 +79,7 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
         batched_severity=batched or 2,
         context_minutes=sec.number("context_minutes", default=5, minimum=1, maximum=60) or 5,
         dedupe_minutes=sec.number("dedupe_minutes", default=5, minimum=0, maximum=60) or 0,
-        second_opinion=sec.flag("second_opinion", default=True),
+        second_opinion=_second_opinion(sec),
     )
     if settings.batched_severity > settings.immediate_severity:
         sec.error(
@@ -85,6 +87,15 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
             f"must not be above immediate_severity ({settings.immediate_severity})",
         )
     return settings
+
+
+def _second_opinion(sec: Section) -> bool | str:
+    what = "true, false or flagged"
+    value: bool | str = sec.get("second_opinion", (bool, str), what, default=True)
+    if isinstance(value, str) and value != "flagged":
+        sec.error("second_opinion", f"expected {what}, got {value!r}")
+        return True
+    return value
 
 
 def monitoring_of(policy: Any) -> MonitoringSettings:

@@ -435,7 +435,8 @@ class MonitoringAddon:
         if matcher is None:
             return None, None, None, "no risk-term library loaded"
         try:
-            found = matcher.assess(text, search=self.settings.second_opinion)
+            opinion = self.settings.second_opinion
+            found = matcher.assess(text, search=bool(opinion), alone=opinion is True)
         except Exception as exc:  # noqa: BLE001 - the search is recorded, ungraded
             self._log_failure("a search could not be graded")
             return None, None, None, f"{type(exc).__name__}: {exc}"

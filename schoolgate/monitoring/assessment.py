@@ -83,17 +83,25 @@ NOTHING = Assessment()
 set_matches = Assessment.__dict__["matches"].__set__
 
 
-def may_raise(found: Assessment) -> bool:
-    """Whether the second opinion may raise ``found`` to severity 3: the library graded it 1
-    or 2, and no allow-phrase or context phrase judged its words ordinary. (One pass over
-    the matches: the severity's test written out.)"""
+def library_grade(found: Assessment) -> int | None:
+    """The library's severity for ``found`` where the second opinion may raise it to 3: 1 or 2
+    (flagged), or 0 (found in nothing); None where it may not: an allow-phrase or context
+    phrase judged its words ordinary, or it is severity 3 already. (One pass over the
+    matches: the severity's test written out.)"""
     best = 0
     for m in found.matches:
         if m.suppressed_by or m.lowered_by:
-            return False
-        if m.suppressed_by is None and m.severity > best:
+            return None
+        if m.severity > best:
             best = m.severity
-    return 0 < best < 3
+    return best if best < 3 else None
+
+
+def may_raise(found: Assessment) -> bool:
+    """Whether the library flagged ``found`` (graded it 1 or 2) and no allow-phrase or context
+    phrase judged its words ordinary: the searches the second opinion raises at its threshold."""
+    grade = library_grade(found)
+    return grade is not None and grade > 0
 
 
 def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
@@ -105,4 +113,13 @@ def rank(m: Match) -> tuple[bool, int, str, str]:
     return (m.suppressed_by is not None or m.severity <= 0, -m.severity, m.theme, m.term)
 
 
-__all__ = ["NOTHING", "Assessment", "Match", "may_raise", "ordered", "rank", "set_matches"]
+__all__ = [
+    "NOTHING",
+    "Assessment",
+    "Match",
+    "library_grade",
+    "may_raise",
+    "ordered",
+    "rank",
+    "set_matches",
+]

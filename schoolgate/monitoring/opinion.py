@@ -1,18 +1,28 @@
-"""A learned second opinion on the searches the library's terms and rules grade 1 or 2.
+"""A learned second opinion on the searches the library's terms and rules grade below 3.
 
 Terms and rules catch the phrasings someone wrote down; pupils keep finding new ones, and a
 search the library finds a concern ("sextortion what to do hes asking for 200 quid") may be
-graded lower than a safeguarding lead would. A small logistic model over a search's
+graded lower than a safeguarding lead would, or a risk phrased in words no term holds ("went
+too deep and it wont stop bleeding") found in nothing. A small logistic model over a search's
 normalised words and word pairs, trained on labelled searches (severity-3 risks against
-everything else, ordinary look-alikes included), says when such a search reads like the
-severity-3 ones. It only ever raises a search the library already flagged: alone, a model of a
-few thousand searches also reads "my dad picks me up after school" as grooming. Its threshold
-is set on the training set itself: a probability of at least one half, above all but
-``TOLERATED`` of the ordinary searches the library flags, each scored by a model that never saw
-it (five folds). A second model picks the theme among those the library found. It is plain
-data (weights by word), read from ``second_opinion.json`` in a language folder of the library
-and rebuilt by ``schoolgate train-opinion`` from labelled searches (the shipped ones and the
-school's own); training is deterministic, so the same files always give the same model.
+everything else: ordinary look-alikes, and a day's ordinary searches of every kind), says when
+such a search reads like the severity-3 ones. It never overrules the library: a search an
+allow-phrase or context phrase judged ordinary stays as judged. It has two thresholds, each set
+on the training set itself by scoring every search with a model that never saw it (five
+folds):
+
+* ``threshold``, for a search the library graded 1 or 2: a probability of at least one half,
+  above all but ``TOLERATED`` of the ordinary searches the library flags;
+* ``alone_threshold``, for a search the library found nothing in: stricter, above all but
+  ``ALONE_TOLERATED`` of the ordinary searches it finds nothing in (a model of a few thousand
+  searches alone reads some family life and coursework as grooming or self-harm, so most of
+  what it would raise there must be left). A file without it raises only flagged searches.
+
+A second model picks the theme (among those the library found, or among all for a search it
+found nothing in). It is plain data (weights by word), read from ``second_opinion.json`` in a
+language folder of the library and rebuilt by ``schoolgate train-opinion`` from labelled
+searches (the shipped ones and the school's own); training is deterministic, so the same files
+always give the same model.
 
 Nothing here knows of mitmproxy, the database or the web.
 """
@@ -26,6 +36,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schoolgate.monitoring.assessment import Assessment, Match, library_grade, ordered
+
+try:  # the model's sum in C, where the package was built with a C compiler
+    from schoolgate.monitoring import speedups
+except ImportError:  # the same sum in Python (a test holds the two to the same results)
+    speedups = None  # type: ignore[assignment]
+
 FORMAT = 1
 FILE_NAME = "second_opinion.json"
 EPOCHS = 30
@@ -33,6 +50,10 @@ RATE = 0.2
 DECAY = 1e-2  # L2: the weights stay small, so one rare word never decides alone
 FOLDS = 5
 TOLERATED = 2  # flagged ordinary searches of the training set that may score above it
+# The share of the ordinary training searches the library finds nothing in that may score
+# above ``alone_threshold``: most are look-alikes written to read like the risks, which a
+# school's day holds few of.
+ALONE_TOLERATED = 0.005
 PRUNE = 1e-4  # smaller weights are left out of the file
 TERM = "second opinion"  # what the DSL sees as the match's term
 
@@ -45,6 +66,9 @@ class Example:
     # The library grades it 1 or 2 (and no allow-phrase or context phrase judged it): one of
     # the searches the model may raise, which set its threshold.
     flagged: bool = True
+    # The library finds nothing in it (and no phrase judged it): the model alone may raise it,
+    # above the stricter ``alone_threshold``, which these set.
+    alone: bool = False
 
 
 def features(words: Sequence[str]) -> list[str]:
@@ -65,29 +89,88 @@ class SecondOpinion:
     theme_weights: dict[str, tuple[float, ...]]
     trained_on: dict[str, int]  # searches, severe, ordinary
     source: str = ""
+    # For a search the library found nothing in; None: the model does not raise those.
+    alone_threshold: float | None = None
     cut: float = field(init=False, repr=False, compare=False)
+    alone_cut: float = field(init=False, repr=False, compare=False)
+    # Each word's weight, and the weights of the pairs it begins ("to" -> (0.2, {"die": 1.2})),
+    # every word of a pair included: one lookup a word, and no string built for a pair.
+    table: dict[str, tuple[float, dict[str, float] | None]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        # The threshold as a sum of weights: no exponential per search.
+        # The thresholds as sums of weights: no exponential per search.
         object.__setattr__(self, "cut", _logit(self.threshold))
+        alone = math.inf if self.alone_threshold is None else _logit(self.alone_threshold)
+        object.__setattr__(self, "alone_cut", alone)
+        pairs: dict[str, dict[str, float]] = {}
+        words: set[str] = set()
+        for feature in self.weights:
+            first, _, second = feature.partition(" ")
+            if second:
+                pairs.setdefault(first, {})[second] = float(self.weights[feature])
+                words.update((first, second))
+            else:
+                words.add(first)
+        table = {w: (float(self.weights.get(w, 0.0)), pairs.get(w)) for w in sorted(words)}
+        object.__setattr__(self, "table", table)
 
     def score(self, words: Sequence[str]) -> float:
         """The probability that a search of these words is a severity-3 risk."""
         return _sigmoid(self._sum(words))
 
-    def severe(self, words: Sequence[str]) -> bool:
-        return self._sum(words) >= self.cut
+    def severe(self, words: Sequence[str], *, alone: bool = False) -> bool:
+        """Whether these words read as severity 3: at ``threshold``, or for ``alone`` (a search
+        the library found nothing in) at ``alone_threshold`` (never, without one)."""
+        return self._sum(words) >= (self.alone_cut if alone else self.cut)
 
     def _sum(self, words: Sequence[str]) -> float:
-        get = self.weights.get
+        if speedups is not None:
+            words = words if type(words) is tuple else tuple(words)
+            return speedups.linear(words, self.table, self.bias)
+        table = self.table
         total = self.bias
-        previous = None
+        row: dict[str, float] | None = None  # the pairs the previous word begins
         for word in words:  # each word, and each pair (without building the features' list)
-            total += get(word, 0.0)
-            if previous is not None:
-                total += get(previous + " " + word, 0.0)
-            previous = word
+            entry = table.get(word)
+            if entry is None:  # in no feature: nor in a pair
+                row = None
+                continue
+            total += entry[0]
+            if row is not None:
+                total += row.get(word, 0.0)
+            row = entry[1]
         return total
+
+    def review(
+        self, words: tuple[str, ...], found: Assessment, *, alone: bool = True
+    ) -> Assessment:
+        """``found`` (the library's grading of a search of these ``words``) with a severity-3
+        match of the model's when it reads the words as severity 3: where the library graded
+        them 1 or 2 (at ``threshold``) or, for ``alone``, found nothing in them (at
+        ``alone_threshold``), and no allow-phrase or context phrase judged them ordinary
+        (:func:`~schoolgate.monitoring.assessment.library_grade`)."""
+        # Most searches match nothing: their test in as few calls as can be.
+        grade = library_grade(found) if found.matches else 0
+        if grade is None:
+            return found
+        if grade == 0:
+            if not alone or self.alone_threshold is None or self._sum(words) < self.alone_cut:
+                return found
+        elif self._sum(words) < self.cut:
+            return found
+        score = f"the learned model's score {self.score(words):.2f}"
+        if grade:
+            active = found.active
+            among = {m.theme for m in active}
+            note = f"graded {grade} by {active[0].term!r}; {score} (threshold {self.threshold:.2f})"
+        else:
+            among = set(self.themes)
+            note = f"no term or rule found; {score} (threshold for a search the library finds "
+            note += f"nothing in {self.alone_threshold:.2f})"
+        match = Match(self.theme(words, among), 3, TERM, 3, note=note, source=self.source)
+        return Assessment(ordered([match, *found.matches]))
 
     def theme(self, words: Sequence[str], among: Iterable[str]) -> str:
         """Of the themes ``among`` (those the library found), the one whose risky searches
@@ -107,6 +190,11 @@ class SecondOpinion:
             "format": FORMAT,
             "trained_on": self.trained_on,
             "threshold": round(self.threshold, 6),
+            **(
+                {}
+                if self.alone_threshold is None
+                else {"alone_threshold": round(self.alone_threshold, 6)}
+            ),
             "bias": round(self.bias, 6),
             "themes": list(self.themes),
             "theme_bias": [round(v, 6) for v in self.theme_bias],
@@ -140,6 +228,13 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
     threshold = _number(data, "threshold")
     if not 0 < threshold < 1:
         raise OpinionError(f"{threshold} is not between 0 and 1", "threshold")
+    alone = None
+    if "alone_threshold" in data:
+        alone = _number(data, "alone_threshold")
+        if not threshold <= alone < 1:
+            raise OpinionError(
+                f"{alone} is not between the threshold ({threshold}) and 1", "alone_threshold"
+            )
     weights = data.get("weights")
     if not isinstance(weights, dict):
         raise OpinionError("an object of feature -> number", "weights")
@@ -169,6 +264,7 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
         theme_weights={str(k): tuple(float(v) for v in row) for k, row in theme_weights.items()},
         trained_on={str(k): int(v) for k, v in trained.items()},
         source=source,
+        alone_threshold=alone,
     )
 
 
@@ -183,10 +279,15 @@ def load_opinion(path: Path) -> SecondOpinion:
     return from_json(data, source=str(path))
 
 
-def train(examples: Sequence[Example], themes: Sequence[str]) -> SecondOpinion:
-    """A model from labelled searches: the severity-3 model, its threshold from five folds,
-    and the theme model from the risky ones. Raises ValueError when the set cannot teach it
-    (no severe or no ordinary search)."""
+def train(
+    examples: Sequence[Example], themes: Sequence[str], *, alone_tolerated: float = ALONE_TOLERATED
+) -> SecondOpinion:
+    """A model from labelled searches: the severity-3 model, its thresholds from five folds
+    (``alone_tolerated``: the share of the ordinary searches the library finds nothing in that
+    may score above ``alone_threshold``), and the theme model from the risky ones. Raises
+    ValueError when the set cannot teach it (no severe or no ordinary search)."""
+    if not 0 <= alone_tolerated < 1:
+        raise ValueError(f"the share tolerated, {alone_tolerated}, is not between 0 and 1")
     rows = [(features(e.words), e.severe) for e in examples]
     severe = sum(1 for _, y in rows if y)
     ordinary = [i for i, e in enumerate(examples) if not e.themes]
@@ -205,6 +306,11 @@ def train(examples: Sequence[Example], themes: Sequence[str]) -> SecondOpinion:
     scores = sorted((held_out[i] for i in flagged), reverse=True)
     threshold = scores[TOLERATED] + 1e-9 if len(scores) > TOLERATED else 0.5
     threshold = min(max(threshold, 0.5), 0.999999)
+    alone_threshold = None
+    unflagged = sorted((held_out[i] for i in ordinary if examples[i].alone), reverse=True)
+    if unflagged:  # at least the threshold: never easier to raise than a flagged search
+        kept = unflagged[int(alone_tolerated * len(unflagged))] + 1e-9
+        alone_threshold = min(max(kept, threshold), 0.999999)
     bias, weights = _fit(rows)
     risky = [(features(e.words), e.themes) for e in examples if e.themes]
     names = tuple(sorted({t for e in examples for t in e.themes} | set(themes)))
@@ -217,6 +323,7 @@ def train(examples: Sequence[Example], themes: Sequence[str]) -> SecondOpinion:
         theme_bias=theme_bias,
         theme_weights=theme_weights,
         trained_on={"searches": len(rows), "severe": severe, "ordinary": len(ordinary)},
+        alone_threshold=alone_threshold,
     )
 
 
@@ -275,10 +382,15 @@ def _fit_themes(
 
 
 def examples_from(
-    rows: Iterable[tuple[tuple[str, ...], int, frozenset[str], bool]],
+    rows: Iterable[tuple[tuple[str, ...], int, frozenset[str], int | None]],
 ) -> list[Example]:
-    """(normalised words, severity, themes, flagged by the library) -> examples."""
-    return [Example(words, severity >= 3, themes, flag) for words, severity, themes, flag in rows]
+    """(normalised words, severity, themes, the library's grade) -> examples. The grade is
+    :func:`~schoolgate.monitoring.assessment.library_grade`'s: 1 or 2 flagged, 0 found in
+    nothing, None judged by a phrase or graded 3."""
+    return [
+        Example(words, severity >= 3, themes, grade in (1, 2), grade == 0)
+        for words, severity, themes, grade in rows
+    ]
 
 
 def _sigmoid(z: float) -> float:
@@ -309,6 +421,7 @@ def _number(data: dict, key: str) -> float:
 
 
 __all__ = [
+    "ALONE_TOLERATED",
     "FILE_NAME",
     "TERM",
     "Example",

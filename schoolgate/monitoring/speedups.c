@@ -1642,6 +1642,70 @@ read_word(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return read;
 }
 
+/* A number of the second opinion's: its value (-1 with an exception set for one that is not
+   a number). */
+static int
+number_of(PyObject *value, double *out)
+{
+    *out = PyFloat_CheckExact(value) ? PyFloat_AS_DOUBLE(value) : PyFloat_AsDouble(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* linear(words, table, bias) -> float
+
+   opinion.SecondOpinion._sum: bias, plus the weight of each word and of each pair of
+   neighbours. table: word -> (its weight, the pairs it begins: second word -> weight, or
+   None), every word of a pair in it. */
+static PyObject *
+linear(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "linear(words: tuple, table: dict, bias: float)");
+        return NULL;
+    }
+    PyObject *words = args[0], *table = args[1];
+    double total, weight;
+    if (number_of(args[2], &total) < 0)
+        return NULL;
+    PyObject *row = NULL; /* the pairs the previous word begins (borrowed), or NULL */
+    Py_ssize_t n = PyTuple_GET_SIZE(words);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *word = PyTuple_GET_ITEM(words, i);
+        PyObject *entry = PyDict_GetItemWithError(table, word);
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            row = NULL; /* in no feature: nor in a pair */
+            continue;
+        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            PyErr_SetString(PyExc_TypeError, "table: word -> (weight, pairs or None)");
+            return NULL;
+        }
+        if (number_of(PyTuple_GET_ITEM(entry, 0), &weight) < 0)
+            return NULL;
+        total += weight;
+        if (row != NULL) {
+            PyObject *value = PyDict_GetItemWithError(row, word);
+            if (value == NULL && PyErr_Occurred())
+                return NULL;
+            if (value != NULL) {
+                if (number_of(value, &weight) < 0)
+                    return NULL;
+                total += weight;
+            }
+        }
+        row = PyTuple_GET_ITEM(entry, 1);
+        if (row == Py_None)
+            row = NULL;
+        else if (!PyDict_Check(row)) {
+            PyErr_SetString(PyExc_TypeError, "table: word -> (weight, pairs or None)");
+            return NULL;
+        }
+    }
+    return PyFloat_FromDouble(total);
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "The patterns found at word boundaries, by kind, and each word's one word phrase."},
@@ -1662,6 +1726,8 @@ static PyMethodDef methods[] = {
      "The usual search read with words already known: (words, joined, bounds), or None."},
     {"read_word", (PyCFunction)(void (*)(void))read_word, METH_FASTCALL,
      "normaliser.read_word of an ASCII word, or None."},
+    {"linear", (PyCFunction)(void (*)(void))linear, METH_FASTCALL,
+     "The second opinion's sum of weights over a search's words and pairs."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -40,6 +40,7 @@ from schoolgate.monitoring.assessment import (
     NOTHING,
     Assessment,
     Match,
+    library_grade,
     may_raise,
     ordered,
     set_matches,
@@ -63,7 +64,6 @@ from schoolgate.monitoring.normaliser import (
     spelling_table,
     word_starts,
 )
-from schoolgate.monitoring.opinion import TERM
 from schoolgate.monitoring.rules import satisfied
 
 try:  # the per-text loops in C, where the package was built with a C compiler
@@ -175,6 +175,7 @@ class Matcher:
         self.cache_size = cache_size
         self._cache: dict[str, Assessment] = {}
         self._searches: dict[str, Assessment] = {}  # with the second opinion
+        self._flagged: dict[str, Assessment] = {}  # with it only where the library flags
         self.opinion = library.opinion
         self._matches: dict[tuple[bool, int, str | None, str | None, int], Match] = {}
         self.automaton = ahocorasick.Automaton()
@@ -366,48 +367,33 @@ class Matcher:
 
     # -- assessing ------------------------------------------------------------------------
 
-    def assess(self, text: str | None, *, search: bool = False) -> Assessment:
+    def assess(self, text: str | None, *, search: bool = False, alone: bool = True) -> Assessment:
         """Every term and rule in ``text`` with its final severity; :data:`NOTHING` for none.
-        ``search``: a search a pupil typed, which the library's second opinion also reads."""
+        ``search``: a search a pupil typed, which the library's second opinion also reads;
+        ``alone``: also where the terms and rules found nothing (else only where they flag)."""
         if not text or not self.patterns:
             return NOTHING
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT]
         search = search and self.opinion is not None
-        cache = self._searches if search else self._cache
+        cache = (self._searches if alone else self._flagged) if search else self._cache
         found = cache.get(text)
         if found is None:
             norm = self.normaliser.read(text)
             found = self.assess_normalised(norm)
-            if search and found.matches:  # most searches match nothing: no call
-                found = self._second_opinion(norm.words, found)
+            if search:
+                found = self.opinion.review(norm.words, found, alone=alone)  # type: ignore[union-attr]
             if self.cache_size:
                 if len(cache) >= self.cache_size:
                     cache.clear()  # start again: cheaper than keeping an order
                 cache[text] = found
         return found
 
-    def _second_opinion(self, words: tuple[str, ...], found: Assessment) -> Assessment:
-        """``found`` with a severity-3 match of the learned model's when it reads ``words`` as
-        severity 3: only where the library graded them 1 or 2 and no allow-phrase or context
-        phrase judged them ordinary (:func:`may_raise`)."""
-        opinion = self.opinion
-        assert opinion is not None
-        if not may_raise(found) or not opinion.severe(words):
-            return found
-        active = found.active
-        match = Match(
-            opinion.theme(words, {m.theme for m in active}), 3, TERM, 3,
-            note=f"graded {active[0].severity} by {active[0].term!r}; the learned model's "
-            f"score {opinion.score(words):.2f} (threshold {opinion.threshold:.2f})",
-            source=opinion.source,
-        )  # fmt: skip
-        return Assessment(ordered([match, *found.matches]))
-
     def forget(self) -> None:
         """Forget the texts assessed and the words read (to measure the cost of new ones)."""
         self._cache = {}
         self._searches = {}
+        self._flagged = {}
         self.normaliser.forget()
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
@@ -694,6 +680,7 @@ __all__ = [
     "Normalised",
     "load_matcher",
     "loops_in_c",
+    "library_grade",
     "may_raise",
     "normalise",
     "spelling_table",
