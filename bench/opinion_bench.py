@@ -1,14 +1,17 @@
 """How much the learned second opinion adds, on splits it was not trained on.
 
 Trains the model as ``schoolgate train-opinion`` does, on the labelled searches but the splits
-left out (``--leave-out``, repeat) and on every other ordinary look-alike (the rest are held
-out to count false alarms on), then prints, for each split left out, severity-3 recall and
-ordinary searches at severity 3 with the terms and rules alone and with the model, and the
-held-out look-alikes that reach severity 3.
+left out (``--leave-out``, repeat), on every other ordinary look-alike (the rest are held out
+to count false alarms on) and on the everyday searches but ``everyday-1`` (held out likewise),
+then prints, for each split left out, severity-3 recall and ordinary searches at severity 3
+with the terms and rules alone and with the model, and the held-out look-alikes and everyday
+searches that reach severity 3.
 
-``--every-search`` measures the design that was not shipped: the model also grades searches
-the library found nothing in (its threshold then set on every ordinary search out of fold);
-``--no-look-alikes`` trains it without the look-alikes (all of them then held out).
+The shipped design raises a search the library flagged at the model's threshold, and one it
+found nothing in at its stricter ``alone_threshold``. ``--every-search`` measures the first
+design, not shipped: one threshold for every search, set on every ordinary search out of fold;
+``--flagged-only`` the second, shipped until 4 December: only what the library flagged;
+``--no-look-alikes`` trains without the look-alikes (all of them then held out).
 
     python3 bench/opinion_bench.py --leave-out heldout-18 --leave-out heldout-19
     python3 bench/opinion_bench.py --leave-out heldout-14 --leave-out heldout-15 --every-search
@@ -26,16 +29,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_monitoring_labelled import LABELLED, LOOK_ALIKES, load_labelled, score  # noqa: E402
+from test_monitoring_labelled import (  # noqa: E402
+    EVERYDAY,
+    EVERYDAY_UNSEEN,
+    LABELLED,
+    LOOK_ALIKES,
+    load_labelled,
+    score,
+)
 
 from schoolgate.monitoring.assessment import Assessment, Match  # noqa: E402
 from schoolgate.monitoring.opinion import TERM, Example, train  # noqa: E402
-from schoolgate.monitoring.terms import Matcher, load_matcher, may_raise  # noqa: E402
+from schoolgate.monitoring.terms import Matcher, library_grade, load_matcher  # noqa: E402
 
 
 def look_alikes() -> list[str]:
     lines = LOOK_ALIKES.read_text(encoding="utf-8").splitlines()
     return [line.split("\t")[2] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def everyday() -> tuple[list[str], list[str]]:
+    """The everyday searches to learn from, and those held out (``EVERYDAY_UNSEEN``)."""
+    learned: list[str] = []
+    held: list[str] = []
+    for line in EVERYDAY.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            split, _, _, text = line.split("\t")
+            (held if split in EVERYDAY_UNSEEN else learned).append(text)
+    return learned, held
 
 
 def grade(matcher: Matcher, model, text: str, every_search: bool) -> Assessment:
@@ -62,7 +83,9 @@ def grade(matcher: Matcher, model, text: str, every_search: bool) -> Assessment:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leave-out", action="append", required=True, metavar="SPLIT")
-    parser.add_argument("--every-search", action="store_true")
+    design = parser.add_mutually_exclusive_group()
+    design.add_argument("--every-search", action="store_true")
+    design.add_argument("--flagged-only", action="store_true")
     parser.add_argument(
         "--no-look-alikes", action="store_true", help="train on the labelled searches only"
     )
@@ -80,20 +103,29 @@ def main() -> None:
     if args.no_look_alikes:
         learned, held = [], ordinary
 
-    def flagged(text: str) -> bool:
-        return True if args.every_search else may_raise(matcher.assess(text))
+    def example(text: str, severity: int, themes: frozenset[str]) -> Example:
+        if args.every_search:
+            return Example(read(text).words, severity >= 3, themes, True)
+        grade = library_grade(matcher.assess(text))
+        alone = grade == 0 and not args.flagged_only
+        return Example(read(text).words, severity >= 3, themes, grade in (1, 2), alone)
 
-    examples = [
-        Example(read(i.text).words, i.severity >= 3, i.themes, flagged(i.text))
-        for i in items
-        if i.split not in left_out
-    ]
-    examples += [Example(read(t).words, False, frozenset(), flagged(t)) for t in learned]
+    days, days_held = everyday()
+    examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in left_out]
+    examples += [example(t, 0, frozenset()) for t in learned + days]
     model = train(examples, sorted(matcher.library.themes))
-    design = "on every search" if args.every_search else "raising only what the library flags"
+    design = (
+        "on every search"
+        if args.every_search
+        else "raising only what the library flags"
+        if args.flagged_only
+        else "raising what the library flags, and above a stricter threshold what it does not"
+    )
+    alone = "" if model.alone_threshold is None else f", alone {model.alone_threshold:.3f}"
     print(
         f"second opinion {design}: trained on {len(examples)} searches "
-        f"({len(learned)} look-alikes), threshold {model.threshold:.3f}\n"
+        f"({len(learned)} look-alikes, {len(days)} everyday), threshold "
+        f"{model.threshold:.3f}{alone}\n"
     )
     print(f"{'split':<11} {'sev-3 recall, rules':>22} {'with the model':>18} {'ordinary at 3':>14}")
     for split in sorted(left_out, key=lambda s: (len(s), s)):
@@ -106,14 +138,15 @@ def main() -> None:
             f" {both[0]:>8.3f} ({both[1]:>3}/{total:<3})"
             f" {alone.ordinary_severe:>4} -> {both[2]}/{alone.ordinary_total}"
         )
-    rules = [t for t in held if matcher.assess(t).severity >= 3]
-    alerts = [t for t in held if grade(matcher, model, t, args.every_search).severity >= 3]
-    print(
-        f"\nheld-out look-alikes at severity 3: {len(rules)} of {len(held)} with the rules "
-        f"alone, {len(alerts)} with the model"
-    )
-    for text in alerts[:12]:
-        print(f"  {text}")
+    for name, texts in (("look-alikes", held), ("everyday searches", days_held)):
+        rules = [t for t in texts if matcher.assess(t).severity >= 3]
+        alerts = [t for t in texts if grade(matcher, model, t, args.every_search).severity >= 3]
+        print(
+            f"\nheld-out {name} at severity 3: {len(rules)} of {len(texts)} with the rules "
+            f"alone, {len(alerts)} with the model"
+        )
+        for text in alerts[:12]:
+            print(f"  {text}")
 
 
 def _score_with(matcher: Matcher, model, part, every_search: bool) -> tuple[float, int, int]:
