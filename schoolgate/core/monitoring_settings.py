@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from schoolgate.core.configfile import Section
 
@@ -46,7 +46,7 @@ class MonitoringSettings:
     # The library's learned second opinion also grades searches (where the library has one):
     # True, every search (those the terms and rules flag, and above a stricter threshold those
     # they find nothing in); "flagged", only those they flag; False, none.
-    second_opinion: bool | str = True
+    second_opinion: bool | Literal["flagged"] = True
 
 
 def read_monitoring(sec: Section | None, base: Path | None = None) -> MonitoringSettings:
@@ -89,10 +89,12 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
     return settings
 
 
-def _second_opinion(sec: Section) -> bool | str:
+def _second_opinion(sec: Section) -> bool | Literal["flagged"]:
     what = "true, false or flagged"
     value: bool | str = sec.get("second_opinion", (bool, str), what, default=True)
-    if isinstance(value, str) and value != "flagged":
+    if value == "flagged":
+        return "flagged"
+    if isinstance(value, str):
         sec.error("second_opinion", f"expected {what}, got {value!r}")
         return True
     return value

@@ -97,13 +97,6 @@ def library_grade(found: Assessment) -> int | None:
     return best if best < 3 else None
 
 
-def may_raise(found: Assessment) -> bool:
-    """Whether the library flagged ``found`` (graded it 1 or 2) and no allow-phrase or context
-    phrase judged its words ordinary: the searches the second opinion raises at its threshold."""
-    grade = library_grade(found)
-    return grade is not None and grade > 0
-
-
 def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(sorted(matches, key=rank))
 
@@ -118,7 +111,6 @@ __all__ = [
     "Assessment",
     "Match",
     "library_grade",
-    "may_raise",
     "ordered",
     "rank",
     "set_matches",

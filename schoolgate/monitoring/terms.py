@@ -41,7 +41,6 @@ from schoolgate.monitoring.assessment import (
     Assessment,
     Match,
     library_grade,
-    may_raise,
     ordered,
     set_matches,
 )
@@ -375,14 +374,14 @@ class Matcher:
             return NOTHING
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT]
-        search = search and self.opinion is not None
-        cache = (self._searches if alone else self._flagged) if search else self._cache
+        opinion = self.opinion if search else None
+        cache = self._cache if opinion is None else self._searches if alone else self._flagged
         found = cache.get(text)
         if found is None:
             norm = self.normaliser.read(text)
             found = self.assess_normalised(norm)
-            if search:
-                found = self.opinion.review(norm.words, found, alone=alone)  # type: ignore[union-attr]
+            if opinion is not None:
+                found = opinion.review(norm.words, found, alone=alone)
             if self.cache_size:
                 if len(cache) >= self.cache_size:
                     cache.clear()  # start again: cheaper than keeping an order
@@ -681,7 +680,6 @@ __all__ = [
     "load_matcher",
     "loops_in_c",
     "library_grade",
-    "may_raise",
     "normalise",
     "spelling_table",
 ]
