@@ -68,8 +68,11 @@ class Net:
         folder = tmp / "config"
         shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
         self.config = folder / "config.yaml"
+        student = "    - {cidr: 127.0.0.1/32, role: student}\n"
         self.config.write_text(
-            self.config.read_text()
+            self.config.read_text().replace(  # a second pupil, on 127.0.0.3
+                student, student + student.replace("127.0.0.1", "127.0.0.3")
+            )
             + "notifications:\n  smtp:\n"
             + f"    host: 127.0.0.1\n    port: {smtp_port}\n"
             + f"    dsl: [{DSL_ADDRESS}]\n    esafety: [esafety@school.example]\n"
@@ -153,3 +156,24 @@ def test_a_risky_page_title_is_recorded_and_the_page_arrives_whole(net: Net) -> 
     events = wait_for(lambda: net.events("page_risk"))
     assert [e["detail"]["title"] for e in events] == ["How to kill myself without pain"]
     assert events[0]["detail"]["severity"] == 3
+
+
+def test_a_risk_in_words_no_term_holds_reaches_the_dsl_through_the_second_opinion(
+    net: Net,
+) -> None:
+    """The terms and rules find nothing in it; the shipped model reads it as self-harm. (Another
+    pupil than the other tests': a pupil's alerts after the first wait for a follow-up.)"""
+    before = len(net.alerts())
+    out = subprocess.run(
+        ["curl", "-s", "--interface", "127.0.0.3", "-x", f"http://127.0.0.1:{net.port}",
+         net.url("www.google.com", "/search?q=went+too+deep+and+it+wont+stop+bleeding")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "results" in out.stdout
+    mails = wait_for(lambda: len(net.alerts()) > before and net.alerts(), timeout=60)
+    assert len(mails) == before + 1, mails
+    to, text = mails[-1]
+    assert to == [DSL_ADDRESS] and "went too deep and it wont stop bleeding" in text
+    (event,) = [e for e in net.events("search") if e["detail"]["term"].startswith("went too deep")]
+    assert event["detail"]["severity"] == 3 and event["detail"]["theme"] == "self_harm"
+    assert event["detail"]["rule"] == "second opinion" and event["client_ip"] == "127.0.0.3"
