@@ -61,10 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_monitoring_labelled import (  # noqa: E402
-    EVERYDAY,
     EVERYDAY_UNSEEN,
     SPLITS,
     TUNED,
+    load_everyday,
     load_labelled,
     score,
 )
@@ -160,24 +160,10 @@ def quality(matcher, items) -> None:
     everyday(matcher)
 
 
-def everyday_splits() -> dict[str, list[str]]:
-    """The searches of tests/data/monitoring/everyday.tsv (a school's ordinary day), by split."""
-    by_split: dict[str, list[str]] = {}
-    for line in EVERYDAY.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            split, _, _, text = line.split("\t")
-            by_split.setdefault(split, []).append(text)
-    return by_split
-
-
-def everyday_searches() -> list[str]:
-    return [text for texts in everyday_splits().values() for text in texts]
-
-
 def everyday(matcher) -> None:
     """Alerts on a school's ordinary day, by split: at severity 3 (the DSL e-mailed at once),
     and any match."""
-    by_split = everyday_splits()
+    by_split = load_everyday()
     print(f"\n{'everyday':<22} {'searches':>8} {'at severity 3':>14} {'any match':>10}")
     for split, texts in by_split.items():
         graded = [matcher.assess(t, search=True) for t in texts]
@@ -213,7 +199,8 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
         if found is not None:
             fresh.assess(found.term, search=True)
 
-    days = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in everyday_searches()]
+    everyday_searches = [text for texts in load_everyday().values() for text in texts]
+    days = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in everyday_searches]
     for path in days:  # warm up likewise
         search_request(path)
 

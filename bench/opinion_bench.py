@@ -30,33 +30,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_monitoring_labelled import (  # noqa: E402
-    EVERYDAY,
     EVERYDAY_UNSEEN,
     LABELLED,
     LOOK_ALIKES,
+    load_everyday,
     load_labelled,
     score,
 )
 
-from schoolgate.monitoring.assessment import Assessment, Match  # noqa: E402
+from schoolgate.monitoring.assessment import Assessment, Match, library_grade  # noqa: E402
 from schoolgate.monitoring.opinion import TERM, Example, train  # noqa: E402
-from schoolgate.monitoring.terms import Matcher, library_grade, load_matcher  # noqa: E402
+from schoolgate.monitoring.terms import Matcher, load_matcher  # noqa: E402
 
 
 def look_alikes() -> list[str]:
     lines = LOOK_ALIKES.read_text(encoding="utf-8").splitlines()
     return [line.split("\t")[2] for line in lines if line.strip() and not line.startswith("#")]
-
-
-def everyday() -> tuple[list[str], list[str]]:
-    """The everyday searches to learn from, and those held out (``EVERYDAY_UNSEEN``)."""
-    learned: list[str] = []
-    held: list[str] = []
-    for line in EVERYDAY.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            split, _, _, text = line.split("\t")
-            (held if split in EVERYDAY_UNSEEN else learned).append(text)
-    return learned, held
 
 
 def grade(matcher: Matcher, model, text: str, every_search: bool) -> Assessment:
@@ -110,7 +99,9 @@ def main() -> None:
         alone = grade == 0 and not args.flagged_only
         return Example(read(text).words, severity >= 3, themes, grade in (1, 2), alone)
 
-    days, days_held = everyday()
+    by_split = load_everyday()
+    days = [t for split, texts in by_split.items() if split not in EVERYDAY_UNSEEN for t in texts]
+    days_held = [t for split in EVERYDAY_UNSEEN for t in by_split.get(split, [])]
     examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in left_out]
     examples += [example(t, 0, frozenset()) for t in learned + days]
     model = train(examples, sorted(matcher.library.themes))

@@ -162,6 +162,18 @@ def load_labelled(path: Path = LABELLED) -> list[Labelled]:
     return out
 
 
+def load_everyday(path: Path = EVERYDAY) -> dict[str, list[str]]:
+    """The everyday searches, by split (every one ordinary: themes -, severity 0)."""
+    by_split: dict[str, list[str]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        split, themes, severity, text = line.split("\t")
+        assert (themes, severity) == ("-", "0"), f"{path}:{number}: not ordinary"
+        by_split.setdefault(split, []).append(text.strip())
+    return by_split
+
+
 @dataclass
 class Scores:
     severe_total: int = 0
@@ -273,7 +285,7 @@ def test_no_severity_3_alert_on_everyday_searches(matcher):
     """A school's ordinary day (homework, games, music, shopping, first aid): the DSL is not
     alerted at once on any of it, neither by the library nor by the second opinion, which
     grades every search."""
-    searches = _column(EVERYDAY, 3)
+    searches = [text for texts in load_everyday().values() for text in texts]
     assert len(searches) > 2000
     _assert_no_alert(matcher, searches)
 

@@ -63,8 +63,9 @@ def read_labelled(
 def cmd_train_opinion(args: argparse.Namespace) -> int:
     from schoolgate.cli.common import CommandError
     from schoolgate.core.configfile import ConfigError
+    from schoolgate.monitoring.assessment import library_grade
     from schoolgate.monitoring.opinion import examples_from, train
-    from schoolgate.monitoring.terms import library_grade, load_matcher
+    from schoolgate.monitoring.terms import load_matcher
 
     try:
         matcher = load_matcher([Path(p) for p in args.library] if args.library else None)

@@ -40,7 +40,6 @@ from schoolgate.monitoring.assessment import (
     NOTHING,
     Assessment,
     Match,
-    library_grade,
     ordered,
     set_matches,
 )
@@ -679,7 +678,6 @@ __all__ = [
     "Normalised",
     "load_matcher",
     "loops_in_c",
-    "library_grade",
     "normalise",
     "spelling_table",
 ]
