@@ -59,6 +59,10 @@ def portal(tmp_path):
 
 
 def test_the_dsl_reviews_a_severe_search_and_closes_the_case(portal):
+    from playwright.sync_api import expect
+
+    # Each check after a click is a waiting assertion: it reads the page the click led to,
+    # never the page it left (which may hold the same ids).
     base, sessions = portal
     with chromium() as browser:
         page = browser.new_page()
@@ -68,24 +72,26 @@ def test_the_dsl_reviews_a_severe_search_and_closes_the_case(portal):
         page.click("button[type=submit]")
         page.get_by_role("link", name="Safeguarding").first.click()
         row = page.locator("#match-s-risk")
-        assert "3 (high)" in row.inner_text() and TERM in row.inner_text()
-        assert page.locator("#match-s-before").count() == 0  # an ordinary search is no match
+        expect(row).to_contain_text("3 (high)")
+        expect(row).to_contain_text(TERM)
+        expect(page.locator("#match-s-before")).to_have_count(0)  # an ordinary search is no match
         row.get_by_role("link", name="ben").click()
-        timeline = page.locator("#timeline").inner_text()
-        assert TERM in timeline and "maths homework" in timeline and "not reviewed" in timeline
+        timeline = page.locator("#timeline")
+        for text in (TERM, "maths homework", "not reviewed"):
+            expect(timeline).to_contain_text(text)
         page.get_by_role("link", name="Matches to review").click()
         page.locator("#match-s-risk").get_by_role("button", name="Open case").click()
-        assert page.locator("#case-status").inner_text() == "new"
+        expect(page.locator("#case-status")).to_have_text("new")
         page.fill("#note-text", "Spoke to Ben with his Head of Year; parents called.")
         page.get_by_role("button", name="Add note").click()
-        assert "parents called" in page.locator("#case-notes").inner_text()
+        expect(page.locator("#case-notes")).to_contain_text("parents called")
         page.select_option("#new-status", "closed")
         page.fill("#status-outcome", "Referred to CAMHS; safety plan agreed with parents.")
         page.get_by_role("button", name="Change status").click()
-        assert page.locator("#case-status").inner_text() == "closed"
-        assert "safety plan" in page.locator("#case-outcome").inner_text()
+        expect(page.locator("#case-status")).to_have_text("closed")
+        expect(page.locator("#case-outcome")).to_contain_text("safety plan")
         page.get_by_role("link", name="Matches to review").click()
-        assert page.get_by_text("Nothing to review.").is_visible()
+        expect(page.get_by_text("Nothing to review.")).to_be_visible()
     with sessions() as s:
         case = s.scalars(select(CaseRow)).one()
         assert (case.subject, case.status, case.closed_by) == ("user:ben", "closed", "dara")
