@@ -2,16 +2,18 @@
 
 Trains the model as ``schoolgate train-opinion`` does, on the labelled searches but the splits
 left out (``--leave-out``, repeat), on every other ordinary look-alike (the rest are held out
-to count false alarms on) and on the everyday searches but ``everyday-1`` (held out likewise),
-then prints, for each split left out, severity-3 recall and ordinary searches at severity 3
-with the terms and rules alone and with the model, and the held-out look-alikes and everyday
-searches that reach severity 3.
+to count false alarms on) and on the everyday searches but those in ``EVERYDAY_UNSEEN`` (held
+out likewise), then prints, for each split left out, severity-3 recall and ordinary searches
+at severity 3 with the terms and rules alone and with the model, and the held-out look-alikes
+and everyday searches that reach severity 3.
 
 The shipped design raises a search the library flagged at the model's threshold, and one it
 found nothing in at its stricter ``alone_threshold``. ``--every-search`` measures the first
 design, not shipped: one threshold for every search, set on every ordinary search out of fold;
 ``--flagged-only`` the second, shipped until 4 December: only what the library flagged;
-``--no-look-alikes`` trains without the look-alikes (all of them then held out).
+``--no-look-alikes`` trains without the look-alikes (all of them then held out);
+``--whole-words`` trains the model shipped until 4 December (late evening), without the
+pieces of words.
 
     python3 bench/opinion_bench.py --leave-out heldout-18 --leave-out heldout-19
     python3 bench/opinion_bench.py --leave-out heldout-14 --leave-out heldout-15 --every-search
@@ -39,7 +41,7 @@ from test_monitoring_labelled import (  # noqa: E402
 )
 
 from schoolgate.monitoring.assessment import Assessment, Match, library_grade  # noqa: E402
-from schoolgate.monitoring.opinion import TERM, Example, train  # noqa: E402
+from schoolgate.monitoring.opinion import PIECE_SIZE, TERM, Example, train  # noqa: E402
 from schoolgate.monitoring.terms import Matcher, load_matcher  # noqa: E402
 
 
@@ -78,6 +80,9 @@ def main() -> None:
     parser.add_argument(
         "--no-look-alikes", action="store_true", help="train on the labelled searches only"
     )
+    parser.add_argument(
+        "--whole-words", action="store_true", help="words and pairs, not the pieces of words"
+    )
     args = parser.parse_args()
     matcher = load_matcher()
     matcher.opinion = None  # the terms and rules alone; the model under test is applied here
@@ -104,7 +109,8 @@ def main() -> None:
     days_held = [t for split in EVERYDAY_UNSEEN for t in by_split.get(split, [])]
     examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in left_out]
     examples += [example(t, 0, frozenset()) for t in learned + days]
-    model = train(examples, sorted(matcher.library.themes))
+    pieces = 0 if args.whole_words else PIECE_SIZE
+    model = train(examples, sorted(matcher.library.themes), piece_size=pieces)
     design = (
         "on every search"
         if args.every_search

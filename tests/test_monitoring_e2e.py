@@ -6,6 +6,8 @@ and nothing for ordinary searches."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import shutil
 import socket
@@ -174,6 +176,10 @@ def test_a_risk_in_words_no_term_holds_reaches_the_dsl_through_the_second_opinio
     assert len(mails) == before + 1, mails
     to, text = mails[-1]
     assert to == [DSL_ADDRESS] and "went too deep and it wont stop bleeding" in text
+    # The DSL reads why: no term matched, and the model's score against its threshold.
+    body = email.message_from_string(text, policy=email.policy.default).get_content()
+    assert 'matched "second opinion"): no term or rule found; the learned model' in body
     (event,) = [e for e in net.events("search") if e["detail"]["term"].startswith("went too deep")]
     assert event["detail"]["severity"] == 3 and event["detail"]["theme"] == "self_harm"
     assert event["detail"]["rule"] == "second opinion" and event["client_ip"] == "127.0.0.3"
+    assert "no term or rule found" in event["detail"]["why"]

@@ -138,6 +138,8 @@ def test_the_compiled_library_keeps_the_second_opinion(matcher: Matcher):
         ({**MODEL, "weights": {"planed": "lots"}}, "weights.planed"),
         ({**MODEL, "theme_weights": {"planed": [1.0]}}, "theme_weights.planed"),
         ({**MODEL, "themes": ["suicide", "gambling"]}, "themes"),
+        ({**MODEL, "piece_size": "four"}, "piece_size"),
+        ({**MODEL, "piece_size": 40}, "piece_size"),
         ('{"format": 1,\n "threshold": }', "json:2: not JSON"),
     ],
 )
@@ -166,6 +168,22 @@ def test_training_is_the_same_every_time_and_learns_the_severe_phrasings():
     # Never easier to raise a search the library found nothing in than one it flagged.
     assert model.alone_threshold is not None and model.alone_threshold >= model.threshold
     assert not model.severe("revision timetable ideas".split(), alone=True)
+
+
+def test_the_pieces_of_words_let_it_read_a_word_it_never_saw():
+    severe = ["carrying a shank to school", "got a shank in my bag", "where to hide my shank"]
+    severe += ["bought a shank online", "shank in my blazer", "need a shank for friday"]
+    ordinary = ["carrying a bag to school", "got a pen in my bag", "where to hide easter eggs"]
+    ordinary += ["bought a pen online", "shiny new blazer", "need a lift for friday"]
+    examples = [Example(tuple(t.split()), True, frozenset({"weapons_violence"})) for t in severe]
+    examples += [Example(tuple(t.split()), False, frozenset()) for t in ordinary]
+    whole = train(examples, ["weapons_violence"], piece_size=0)
+    pieces = from_json(train(examples, ["weapons_violence"]).to_json())
+    assert pieces.piece_size == 4 and "piece_size" not in whole.to_json()
+    unseen = ("shanks",)  # in no search it learnt from: "<sha", "shan", "hank" are
+    assert whole.score(unseen) == whole.score(("biscuits",))  # whole words: nothing known
+    assert pieces.score(unseen) > whole.score(unseen) + 0.1
+    assert pieces.score(unseen) > pieces.score(("biscuits",)) + 0.1
 
 
 def test_the_shipped_model_is_what_train_opinion_makes_of_the_labelled_set(tmp_path: Path, capsys):

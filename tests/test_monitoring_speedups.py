@@ -97,10 +97,14 @@ def test_c_and_python_give_the_second_opinion_the_same_sums(shipped, monkeypatch
     texts = _texts(shipped)
     reader = Matcher(shipped.library, cache_size=0)
     words = [reader.normaliser.read(text).words for text in texts]
+    assert model.piece_size and model.piece_weights  # the pieces of words are summed too
+    model.unseen.clear()
     sums = [model._sum(w) for w in words]
+    assert len(model.unseen) > 100  # words in no feature: their pieces alone
     with_c = Matcher(shipped.library, cache_size=0)
     graded = [with_c.assess(text, search=True) for text in texts]
     _python_only(monkeypatch)
+    model.unseen.clear()  # each reckons its own unseen words
     assert [model._sum(w) for w in words] == sums
     in_python = Matcher(shipped.library, cache_size=0)
     differ = [
@@ -127,6 +131,19 @@ def test_linear_refuses_what_the_model_did_not_build():
         speedups.linear(("a",), {"a": 1.0}, 0.0)
     table = {"a": (1.0, {"b": 0.5}), "b": (2, None)}
     assert speedups.linear(("a", "b", "a", "x", "b"), table, -1.0) == 5.5
+    # A word in no feature adds its pieces' weights, kept while fewer than `kept` are.
+    parts = {"<xy": 0.25, "xyz": 0.5, "yz>": 1.0, "<q>": 4.0}
+    unseen: dict[str, float] = {}
+    assert speedups.linear(("a", "xyz", "q"), table, 0.0, parts, 3, unseen, 1) == 6.75
+    assert unseen == {"xyz": 1.75}
+    unseen["q"] = 8.0  # kept: read, not reckoned again
+    assert speedups.linear(("q",), table, 0.0, parts, 3, unseen, 1) == 8.0
+    with pytest.raises(TypeError):
+        speedups.linear(("a",), table, 0.0, parts, 3, [], 1)  # unseen: a dict
+    with pytest.raises(TypeError):
+        speedups.linear(("a",), table, 0.0, parts, 3)  # all four, or none
+    with pytest.raises(ValueError):
+        speedups.linear(("xyz",), table, 0.0, parts, 0, {}, 1)
 
 
 def test_c_and_python_find_the_same_phrases_and_rules(shipped, monkeypatch):

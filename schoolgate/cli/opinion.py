@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from schoolgate.monitoring.opinion import ALONE_TOLERATED
+from schoolgate.monitoring.opinion import ALONE_TOLERATED, PIECE_SIZE
 
 
 def read_labelled(
@@ -83,6 +83,7 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
             ),
             sorted(themes),
             alone_tolerated=args.alone_share,
+            piece_size=args.piece_size,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -127,5 +128,14 @@ def register(
         help="of the ordinary searches the library finds nothing in, the share that may score "
         "above the model's threshold for those, each scored by a model that never saw it "
         f"(default {ALONE_TOLERATED}; smaller: fewer alerts, fewer risks found)",
+    )
+    p.add_argument(
+        "--piece-size",
+        type=int,
+        choices=range(9),
+        default=PIECE_SIZE,
+        metavar="LETTERS",
+        help="the letters of the pieces of words the model also weighs, so that it reads a "
+        f"word it never saw by the words it did (default {PIECE_SIZE}; 0: whole words only)",
     )
     p.set_defaults(handler=cmd_train_opinion)

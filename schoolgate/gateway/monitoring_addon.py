@@ -69,6 +69,7 @@ from schoolgate.jobs.dsl_alerts import (
     render,
 )
 from schoolgate.monitoring.compiled import load_compiled
+from schoolgate.monitoring.opinion import TERM as OPINION_TERM
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, loops_in_c
 from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
@@ -262,7 +263,7 @@ class MonitoringAddon:
             return
         at = taken.at
         host = taken.host
-        severity, theme, rule, error = self._grade(search.term)
+        severity, theme, rule, why, error = self._grade(search.term)
         detail: dict[str, Any] = {
             "engine": search.engine,
             "term": search.term,
@@ -270,6 +271,8 @@ class MonitoringAddon:
             "theme": theme,
             "rule": rule,
         }
+        if why:
+            detail["why"] = why
         extra = search.to_json()
         for name in ("vertical", "suggestion", "truncated", "repeated", "malformed", "scope"):
             if name in extra:
@@ -309,6 +312,7 @@ class MonitoringAddon:
                 host=normalize_host(host),
                 engine=search.engine,
                 before=before,
+                why=why,
             )
             self._offer(person, fact)
 
@@ -428,22 +432,27 @@ class MonitoringAddon:
         identity = policy.identify(client_ip, user) if policy is not None else None
         return identity, user, client_ip
 
-    def _grade(self, text: str) -> tuple[int | None, str | None, str | None, str | None]:
-        """(severity, theme, rule, error): (0, None, None, None) when nothing matched; severity
-        None when matching failed (logged at most once a minute)."""
+    def _grade(
+        self, text: str
+    ) -> tuple[int | None, str | None, str | None, str | None, str | None]:
+        """(severity, theme, rule, why, error): (0, None, None, None, None) when nothing
+        matched; ``why`` the top match's note where it explains a grade no term shows (the
+        second opinion's score); severity None when matching failed (logged at most once a
+        minute)."""
         matcher = self.matcher
         if matcher is None:
-            return None, None, None, "no risk-term library loaded"
+            return None, None, None, None, "no risk-term library loaded"
         try:
             opinion = self.settings.second_opinion
             found = matcher.assess(text, search=bool(opinion), alone=opinion is True)
         except Exception as exc:  # noqa: BLE001 - the search is recorded, ungraded
             self._log_failure("a search could not be graded")
-            return None, None, None, f"{type(exc).__name__}: {exc}"
+            return None, None, None, None, f"{type(exc).__name__}: {exc}"
         top = found.top
         if top is None:
-            return 0, None, None, None
-        return top.severity, top.theme, top.term, None
+            return 0, None, None, None, None
+        why = top.note if top.term == OPINION_TERM else None
+        return top.severity, top.theme, top.term, why, None
 
     def _record(
         self,

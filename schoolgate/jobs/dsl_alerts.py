@@ -61,6 +61,7 @@ class RiskFact:
     host: str | None = None
     engine: str | None = None
     before: tuple[Seen, ...] = ()
+    why: str | None = None  # how a grade no term shows was reached (the second opinion's score)
     # Filled by the gateway (event loop) while the follow-up is open; read once it is due.
     after: list[Seen] = field(default_factory=list)
 
@@ -202,7 +203,8 @@ def _grade(fact: RiskFact) -> str:
     theme = words.plain(fact.theme) if fact.theme else "unknown theme"
     severity = "unknown" if fact.severity is None else str(fact.severity)
     rule = f' (matched "{fact.rule}")' if fact.rule else ""
-    return f"{theme}, severity {severity}{rule}"
+    why = f": {fact.why}" if fact.why else ""
+    return f"{theme}, severity {severity}{rule}{why}"
 
 
 def _searches(items: list[Seen] | tuple[Seen, ...], tz: tzinfo | None) -> list[str]:

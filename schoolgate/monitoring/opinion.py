@@ -4,12 +4,13 @@ Terms and rules catch the phrasings someone wrote down; pupils keep finding new 
 search the library finds a concern ("sextortion what to do hes asking for 200 quid") may be
 graded lower than a safeguarding lead would, or a risk phrased in words no term holds ("went
 too deep and it wont stop bleeding") found in nothing. A small logistic model over a search's
-normalised words and word pairs, trained on labelled searches (severity-3 risks against
-everything else: ordinary look-alikes, and a day's ordinary searches of every kind), says when
-such a search reads like the severity-3 ones. It never overrules the library: a search an
-allow-phrase or context phrase judged ordinary stays as judged. It has two thresholds, each set
-on the training set itself by scoring every search with a model that never saw it (five
-folds):
+normalised words, word pairs and the four-letter pieces of each word, trained on labelled
+searches (severity-3 risks against everything else: ordinary look-alikes, and a day's ordinary
+searches of every kind), says when such a search reads like the severity-3 ones; the pieces let
+it read a word it never saw by the words it did ("shanks", "xannies", "starvin"). It never
+overrules the library: a search an allow-phrase or context phrase judged ordinary stays as
+judged. It has two thresholds, each set on the training set itself by scoring every search
+with a model that never saw it (five folds):
 
 * ``threshold``, for a search the library graded 1 or 2: a probability of at least one half,
   above all but ``TOLERATED`` of the ordinary searches the library flags;
@@ -56,6 +57,11 @@ TOLERATED = 2  # flagged ordinary searches of the training set that may score ab
 ALONE_TOLERATED = 0.005
 PRUNE = 1e-4  # smaller weights are left out of the file
 TERM = "second opinion"  # what the DSL sees as the match's term
+PIECE = "c:"  # a piece of a word's feature name: "c:<sha", "c:hank", "c:ank>"
+PIECE_SIZE = 4  # the letters of a piece, "<" and ">" marking the word's ends
+# Words the model never saw whose pieces' weights are kept, so a word a pupil types again
+# is one lookup; bounded, so a flood of made-up words cannot grow it without end.
+UNSEEN_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,24 @@ def features(words: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
+def pieces(word: str, size: int = PIECE_SIZE) -> list[str]:
+    """The pieces of ``size`` letters of a word marked at both ends, in order: "shank" ->
+    "<sha", "shan", "hank", "ank>" (a word too short for two pieces is one, whole)."""
+    marked = f"<{word}>"
+    if len(marked) <= size:
+        return [marked]
+    return [marked[i : i + size] for i in range(len(marked) - size + 1)]
+
+
+def severity_features(words: Sequence[str], size: int = PIECE_SIZE) -> list[str]:
+    """:func:`features`, and the pieces of each word once (``size`` 0: none): what the
+    severity model weighs. The theme model weighs the words and pairs alone."""
+    found = features(words)
+    if size:
+        found += sorted(PIECE + p for word in set(words) for p in pieces(word, size))
+    return found
+
+
 @dataclass(frozen=True)
 class SecondOpinion:
     bias: float
@@ -91,13 +115,18 @@ class SecondOpinion:
     source: str = ""
     # For a search the library found nothing in; None: the model does not raise those.
     alone_threshold: float | None = None
+    piece_size: int = 0  # the letters of the pieces of words it weighs; 0: none
     cut: float = field(init=False, repr=False, compare=False)
     alone_cut: float = field(init=False, repr=False, compare=False)
-    # Each word's weight, and the weights of the pairs it begins ("to" -> (0.2, {"die": 1.2})),
-    # every word of a pair included: one lookup a word, and no string built for a pair.
+    # Each word's weight with its pieces' weights, and the weights of the pairs it begins
+    # ("to" -> (0.2, {"die": 1.2})), every word of a pair or of its own included: one lookup a
+    # word, and no string built for a pair or a piece.
     table: dict[str, tuple[float, dict[str, float] | None]] = field(
         init=False, repr=False, compare=False
     )
+    piece_weights: dict[str, float] = field(init=False, repr=False, compare=False)
+    # A word in no feature -> its pieces' weights (UNSEEN_KEPT at most).
+    unseen: dict[str, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The thresholds as sums of weights: no exponential per search.
@@ -106,15 +135,24 @@ class SecondOpinion:
         object.__setattr__(self, "alone_cut", alone)
         pairs: dict[str, dict[str, float]] = {}
         words: set[str] = set()
+        parts: dict[str, float] = {}
         for feature in self.weights:
+            if feature.startswith(PIECE):
+                parts[feature[len(PIECE) :]] = float(self.weights[feature])
+                continue
             first, _, second = feature.partition(" ")
             if second:
                 pairs.setdefault(first, {})[second] = float(self.weights[feature])
                 words.update((first, second))
             else:
                 words.add(first)
-        table = {w: (float(self.weights.get(w, 0.0)), pairs.get(w)) for w in sorted(words)}
+        object.__setattr__(self, "piece_weights", parts if self.piece_size else {})
+        table = {
+            w: (float(self.weights.get(w, 0.0)) + self._pieces(w), pairs.get(w))
+            for w in sorted(words)
+        }
         object.__setattr__(self, "table", table)
+        object.__setattr__(self, "unseen", {})
 
     def score(self, words: Sequence[str]) -> float:
         """The probability that a search of these words is a severity-3 risk."""
@@ -125,17 +163,37 @@ class SecondOpinion:
         the library found nothing in) at ``alone_threshold`` (never, without one)."""
         return self._sum(words) >= (self.alone_cut if alone else self.cut)
 
+    def _pieces(self, word: str) -> float:
+        """The sum of the weights of the pieces of ``word``, in order."""
+        if not self.piece_weights:
+            return 0.0
+        get = self.piece_weights.get
+        total = 0.0
+        for piece in pieces(word, self.piece_size):
+            total += get(piece, 0.0)
+        return total
+
     def _sum(self, words: Sequence[str]) -> float:
         if speedups is not None:
             words = words if type(words) is tuple else tuple(words)
-            return speedups.linear(words, self.table, self.bias)
+            parts = self.piece_weights or None
+            return speedups.linear(
+                words, self.table, self.bias, parts, self.piece_size, self.unseen, UNSEEN_KEPT
+            )
         table = self.table
         total = self.bias
         row: dict[str, float] | None = None  # the pairs the previous word begins
         for word in words:  # each word, and each pair (without building the features' list)
             entry = table.get(word)
-            if entry is None:  # in no feature: nor in a pair
+            if entry is None:  # in no feature, nor in a pair: its pieces alone
                 row = None
+                if self.piece_weights:
+                    weight = self.unseen.get(word)
+                    if weight is None:
+                        weight = self._pieces(word)
+                        if len(self.unseen) < UNSEEN_KEPT:
+                            self.unseen[word] = weight
+                    total += weight
                 continue
             total += entry[0]
             if row is not None:
@@ -190,6 +248,7 @@ class SecondOpinion:
             "format": FORMAT,
             "trained_on": self.trained_on,
             "threshold": round(self.threshold, 6),
+            **({"piece_size": self.piece_size} if self.piece_size else {}),
             **(
                 {}
                 if self.alone_threshold is None
@@ -235,6 +294,9 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
             raise OpinionError(
                 f"{alone} is not between the threshold ({threshold}) and 1", "alone_threshold"
             )
+    piece_size = data.get("piece_size", 0)
+    if type(piece_size) is not int or not 0 <= piece_size <= 8:
+        raise OpinionError(f"{piece_size!r} is not a whole number from 0 to 8", "piece_size")
     weights = data.get("weights")
     if not isinstance(weights, dict):
         raise OpinionError("an object of feature -> number", "weights")
@@ -265,6 +327,7 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
         trained_on={str(k): int(v) for k, v in trained.items()},
         source=source,
         alone_threshold=alone,
+        piece_size=piece_size,
     )
 
 
@@ -280,15 +343,22 @@ def load_opinion(path: Path) -> SecondOpinion:
 
 
 def train(
-    examples: Sequence[Example], themes: Sequence[str], *, alone_tolerated: float = ALONE_TOLERATED
+    examples: Sequence[Example],
+    themes: Sequence[str],
+    *,
+    alone_tolerated: float = ALONE_TOLERATED,
+    piece_size: int = PIECE_SIZE,
 ) -> SecondOpinion:
     """A model from labelled searches: the severity-3 model, its thresholds from five folds
     (``alone_tolerated``: the share of the ordinary searches the library finds nothing in that
-    may score above ``alone_threshold``), and the theme model from the risky ones. Raises
-    ValueError when the set cannot teach it (no severe or no ordinary search)."""
+    may score above ``alone_threshold``; ``piece_size``: the letters of the pieces of words it
+    weighs, 0 for none), and the theme model from the risky ones. Raises ValueError when the
+    set cannot teach it (no severe or no ordinary search)."""
+    if not 0 <= piece_size <= 8:
+        raise ValueError(f"pieces of {piece_size} letters: from 0 to 8")
     if not 0 <= alone_tolerated < 1:
         raise ValueError(f"the share tolerated, {alone_tolerated}, is not between 0 and 1")
-    rows = [(features(e.words), e.severe) for e in examples]
+    rows = [(severity_features(e.words, piece_size), e.severe) for e in examples]
     severe = sum(1 for _, y in rows if y)
     ordinary = [i for i, e in enumerate(examples) if not e.themes]
     flagged = [i for i in ordinary if examples[i].flagged]
@@ -324,6 +394,7 @@ def train(
         theme_weights=theme_weights,
         trained_on={"searches": len(rows), "severe": severe, "ordinary": len(ordinary)},
         alone_threshold=alone_threshold,
+        piece_size=piece_size,
     )
 
 

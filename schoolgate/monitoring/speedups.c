@@ -1651,19 +1651,73 @@ number_of(PyObject *value, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* linear(words, table, bias) -> float
+/* The sum of the weights of the pieces of `size` letters of "<word>", in order (a word too
+   short for two pieces is one, whole): opinion.SecondOpinion._pieces. */
+static int
+piece_sum(PyObject *word, PyObject *parts, Py_ssize_t size, double *out)
+{
+    PyObject *marked = PyUnicode_FromFormat("<%U>", word);
+    if (marked == NULL)
+        return -1;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(marked);
+    Py_ssize_t count = length <= size ? 1 : length - size + 1;
+    double total = 0.0, weight;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *piece = length <= size ? Py_NewRef(marked)
+                                         : PyUnicode_Substring(marked, i, i + size);
+        if (piece == NULL)
+            goto fail;
+        PyObject *value = PyDict_GetItemWithError(parts, piece);
+        Py_DECREF(piece);
+        if (value == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            continue;
+        }
+        if (number_of(value, &weight) < 0)
+            goto fail;
+        total += weight;
+    }
+    Py_DECREF(marked);
+    *out = total;
+    return 0;
+fail:
+    Py_DECREF(marked);
+    return -1;
+}
+
+/* linear(words, table, bias[, pieces, size, unseen, kept]) -> float
 
    opinion.SecondOpinion._sum: bias, plus the weight of each word and of each pair of
-   neighbours. table: word -> (its weight, the pairs it begins: second word -> weight, or
-   None), every word of a pair in it. */
+   neighbours. table: word -> (its weight with its pieces', the pairs it begins: second word ->
+   weight, or None), every word of a pair in it. pieces: piece -> weight, or None; a word not
+   in the table adds its pieces' weights, kept in `unseen` (while it holds fewer than `kept`). */
 static PyObject *
 linear(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "linear(words: tuple, table: dict, bias: float)");
+    if ((nargs != 3 && nargs != 7) || !PyTuple_Check(args[0]) || !PyDict_Check(args[1])
+        || (nargs == 7 && ((args[3] != Py_None && !PyDict_Check(args[3]))
+                           || !PyLong_Check(args[4]) || !PyDict_Check(args[5])
+                           || !PyLong_Check(args[6])))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "linear(words: tuple, table: dict, bias: float[, pieces: dict | None, "
+                        "size: int, unseen: dict, kept: int])");
         return NULL;
     }
     PyObject *words = args[0], *table = args[1];
+    PyObject *parts = nargs == 7 && args[3] != Py_None ? args[3] : NULL;
+    PyObject *unseen = parts != NULL ? args[5] : NULL;
+    Py_ssize_t size = 0, kept = 0;
+    if (parts != NULL) {
+        size = PyLong_AsSsize_t(args[4]);
+        kept = PyLong_AsSsize_t(args[6]);
+        if ((size == -1 || kept == -1) && PyErr_Occurred())
+            return NULL;
+        if (size < 1) {
+            PyErr_SetString(PyExc_ValueError, "linear: pieces of at least one letter");
+            return NULL;
+        }
+    }
     double total, weight;
     if (number_of(args[2], &total) < 0)
         return NULL;
@@ -1675,7 +1729,32 @@ linear(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (entry == NULL) {
             if (PyErr_Occurred())
                 return NULL;
-            row = NULL; /* in no feature: nor in a pair */
+            row = NULL; /* in no feature, nor in a pair: its pieces alone */
+            if (parts == NULL)
+                continue;
+            if (!PyUnicode_Check(word)) {
+                PyErr_SetString(PyExc_TypeError, "linear: words are str");
+                return NULL;
+            }
+            PyObject *known = PyDict_GetItemWithError(unseen, word);
+            if (known != NULL) {
+                if (number_of(known, &weight) < 0)
+                    return NULL;
+            }
+            else {
+                if (PyErr_Occurred() || piece_sum(word, parts, size, &weight) < 0)
+                    return NULL;
+                if (PyDict_GET_SIZE(unseen) < kept) {
+                    PyObject *value = PyFloat_FromDouble(weight);
+                    if (value == NULL)
+                        return NULL;
+                    int failed = PyDict_SetItem(unseen, word, value);
+                    Py_DECREF(value);
+                    if (failed < 0)
+                        return NULL;
+                }
+            }
+            total += weight;
             continue;
         }
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {

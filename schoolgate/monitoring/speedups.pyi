@@ -1,5 +1,6 @@
 # The C loops of speedups.c, as terms.py calls them.
 from collections.abc import Iterator
+from typing import overload
 
 def scan(
     found: Iterator[tuple[int, tuple]],
@@ -49,8 +50,19 @@ def read_known(
     text: str, read: dict[str, str], max_text: int
 ) -> tuple[tuple[str, ...], str, bytes] | None: ...
 def read_word(word: str, spellings: dict[str, str]) -> str | None: ...
+@overload
 def linear(
     words: tuple[str, ...],
     table: dict[str, tuple[float, dict[str, float] | None]],
     bias: float,
+) -> float: ...
+@overload
+def linear(
+    words: tuple[str, ...],
+    table: dict[str, tuple[float, dict[str, float] | None]],
+    bias: float,
+    pieces: dict[str, float] | None,
+    size: int,
+    unseen: dict[str, float],
+    kept: int,
 ) -> float: ...

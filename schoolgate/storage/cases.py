@@ -57,6 +57,7 @@ class Match:
     what: str  # the search term or the page title
     source: str  # the search engine, or the page's host
     readable: bool = True
+    why: str = ""  # how a grade no term shows was reached (the second opinion's score)
 
     @property
     def subject(self) -> str:
@@ -87,9 +88,8 @@ def match_of(row: EventRow) -> Match | None:
     else:
         what = str(detail.get("title") or "")
         source = row.host or ""
-    return Match(
-        row, severity, str(detail.get("theme") or ""), str(detail.get("rule") or ""), what, source
-    )
+    theme, rule, why = (str(detail.get(k) or "") for k in ("theme", "rule", "why"))
+    return Match(row, severity, theme, rule, what, source, why=why)
 
 
 def review_queue(session: Session, *, limit: int = 200, scan: int = 5000) -> list[Match]:
