@@ -122,6 +122,8 @@ def test_a_search_is_an_event_with_its_engine_term_and_grade(gw: GW):
     assert risky["detail"]["engine"] == "bing" and risky["user"] == "pupil1"
     assert risky["detail"]["severity"] == 3 and risky["detail"]["theme"] == "suicide"
     assert risky["detail"]["rule"] and risky["rule"] == risky["detail"]["rule"]
+    assert risky["detail"]["why"]  # the term's note, for the DSL: what it stands for
+    assert "why" not in plain["detail"]
 
 
 def test_a_request_that_is_no_search_is_not_recorded(gw: GW):

@@ -69,7 +69,6 @@ from schoolgate.jobs.dsl_alerts import (
     render,
 )
 from schoolgate.monitoring.compiled import load_compiled
-from schoolgate.monitoring.opinion import TERM as OPINION_TERM
 from schoolgate.monitoring.searches import Search, SearchDeduper, capture, engine_of, needs_body
 from schoolgate.monitoring.terms import Matcher, loops_in_c
 from schoolgate.monitoring.titles import TitleSniffer, is_html, readable_encoding
@@ -436,9 +435,9 @@ class MonitoringAddon:
         self, text: str
     ) -> tuple[int | None, str | None, str | None, str | None, str | None]:
         """(severity, theme, rule, why, error): (0, None, None, None, None) when nothing
-        matched; ``why`` the top match's note where it explains a grade no term shows (the
-        second opinion's score); severity None when matching failed (logged at most once a
-        minute)."""
+        matched; ``why`` the top match's note (what the term or rule stands for, or how the
+        second opinion reached its grade); severity None when matching failed (logged at most
+        once a minute)."""
         matcher = self.matcher
         if matcher is None:
             return None, None, None, None, "no risk-term library loaded"
@@ -451,8 +450,7 @@ class MonitoringAddon:
         top = found.top
         if top is None:
             return 0, None, None, None, None
-        why = top.note if top.term == OPINION_TERM else None
-        return top.severity, top.theme, top.term, why, None
+        return top.severity, top.theme, top.term, top.note or None, None
 
     def _record(
         self,

@@ -61,7 +61,7 @@ class RiskFact:
     host: str | None = None
     engine: str | None = None
     before: tuple[Seen, ...] = ()
-    why: str | None = None  # how a grade no term shows was reached (the second opinion's score)
+    why: str | None = None  # the match's note: what the term stands for, or the model's score
     # Filled by the gateway (event loop) while the follow-up is open; read once it is due.
     after: list[Seen] = field(default_factory=list)
 

@@ -57,7 +57,7 @@ class Match:
     what: str  # the search term or the page title
     source: str  # the search engine, or the page's host
     readable: bool = True
-    why: str = ""  # how a grade no term shows was reached (the second opinion's score)
+    why: str = ""  # the match's note: what the term stands for, or the model's score
 
     @property
     def subject(self) -> str:
