@@ -38,7 +38,8 @@ def portal(tmp_path):
         ):
             theme = "suicide" if severity else ""
             detail = {"engine": "google", "term": term, "severity": severity, "theme": theme,
-                      "rule": "en/suicide.yaml:7"}  # fmt: skip
+                      "rule": "how to kill myself",
+                      "why": "asking how to end one's life"}  # fmt: skip
             s.add(
                 EventRow(ref=ref, at=now - timedelta(minutes=ago), kind="search", action="allow",
                          user="ben", role="student", group="9B", site="main",
@@ -74,6 +75,7 @@ def test_the_dsl_reviews_a_severe_search_and_closes_the_case(portal):
         row = page.locator("#match-s-risk")
         expect(row).to_contain_text("3 (high)")
         expect(row).to_contain_text(TERM)
+        expect(row).to_contain_text("Matched how to kill myself: asking how to end one's life")
         expect(page.locator("#match-s-before")).to_have_count(0)  # an ordinary search is no match
         row.get_by_role("link", name="ben").click()
         timeline = page.locator("#timeline")
