@@ -41,7 +41,13 @@ from test_monitoring_labelled import (  # noqa: E402
 )
 
 from schoolgate.monitoring.assessment import Assessment, Match, library_grade  # noqa: E402
-from schoolgate.monitoring.opinion import PIECE_SIZE, TERM, Example, train  # noqa: E402
+from schoolgate.monitoring.opinion import (  # noqa: E402
+    PIECE_SIZE,
+    TERM,
+    Example,
+    examples_from,
+    train,
+)
 from schoolgate.monitoring.terms import Matcher, load_matcher  # noqa: E402
 
 
@@ -50,15 +56,16 @@ def look_alikes() -> list[str]:
     return [line.split("\t")[2] for line in lines if line.strip() and not line.startswith("#")]
 
 
-def grade(matcher: Matcher, model, text: str, every_search: bool) -> Assessment:
+def grade(matcher: Matcher, model, text: str, design: str) -> Assessment:
     """The Assessment with ``model`` as the second opinion: the gateway's own path for the
-    shipped design, and for ``every_search`` the same test without asking for a library match."""
+    ``shipped`` and ``flagged`` designs (as ``monitoring.second_opinion`` true and "flagged"),
+    and for ``every`` search the same test without asking for a library match."""
     if model is None:
         return matcher.assess(text)
-    if not every_search:
+    if design != "every":
         matcher.opinion = model
         try:
-            return matcher.assess(text, search=True)
+            return matcher.assess(text, search=True, alone=design == "shipped")
         finally:
             matcher.opinion = None
             matcher.forget()
@@ -86,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     matcher = load_matcher()
     matcher.opinion = None  # the terms and rules alone; the model under test is applied here
-    read = matcher.normaliser.read
+    read, assess = matcher.normaliser.read, matcher.assess
     items = load_labelled()
     left_out = set(args.leave_out)
     unknown = left_out - {i.split for i in items}
@@ -100,9 +107,8 @@ def main() -> None:
     def example(text: str, severity: int, themes: frozenset[str]) -> Example:
         if args.every_search:
             return Example(read(text).words, severity >= 3, themes, True)
-        grade = library_grade(matcher.assess(text))
-        alone = grade == 0 and not args.flagged_only
-        return Example(read(text).words, severity >= 3, themes, grade in (1, 2), alone)
+        (made,) = examples_from([(read(text).words, severity, themes, library_grade(assess(text)))])
+        return made
 
     by_split = load_everyday()
     days = [t for split, texts in by_split.items() if split not in EVERYDAY_UNSEEN for t in texts]
@@ -111,16 +117,16 @@ def main() -> None:
     examples += [example(t, 0, frozenset()) for t in learned + days]
     pieces = 0 if args.whole_words else PIECE_SIZE
     model = train(examples, sorted(matcher.library.themes), piece_size=pieces)
-    design = (
-        "on every search"
-        if args.every_search
-        else "raising only what the library flags"
-        if args.flagged_only
-        else "raising what the library flags, and above a stricter threshold what it does not"
-    )
-    alone = "" if model.alone_threshold is None else f", alone {model.alone_threshold:.3f}"
+    design = "every" if args.every_search else "flagged" if args.flagged_only else "shipped"
+    said = {
+        "every": "on every search",
+        "flagged": "raising only what the library flags",
+        "shipped": "raising what the library flags, and above a stricter threshold the rest",
+    }[design]
+    shipped = design == "shipped" and model.alone_threshold is not None
+    alone = f", alone {model.alone_threshold:.3f}" if shipped else ""
     print(
-        f"second opinion {design}: trained on {len(examples)} searches "
+        f"second opinion {said}: trained on {len(examples)} searches "
         f"({len(learned)} look-alikes, {len(days)} everyday), threshold "
         f"{model.threshold:.3f}{alone}\n"
     )
@@ -128,7 +134,7 @@ def main() -> None:
     for split in sorted(left_out, key=lambda s: (len(s), s)):
         part = [i for i in items if i.split == split]
         alone = score(matcher, part)
-        both = _score_with(matcher, model, part, args.every_search)
+        both = _score_with(matcher, model, part, design)
         total = alone.severe_total
         print(
             f"{split:<11} {alone.severe_recall:>10.3f} ({alone.severe_found:>3}/{total:<3})"
@@ -137,7 +143,7 @@ def main() -> None:
         )
     for name, texts in (("look-alikes", held), ("everyday searches", days_held)):
         rules = [t for t in texts if matcher.assess(t).severity >= 3]
-        alerts = [t for t in texts if grade(matcher, model, t, args.every_search).severity >= 3]
+        alerts = [t for t in texts if grade(matcher, model, t, design).severity >= 3]
         print(
             f"\nheld-out {name} at severity 3: {len(rules)} of {len(texts)} with the rules "
             f"alone, {len(alerts)} with the model"
@@ -146,11 +152,11 @@ def main() -> None:
             print(f"  {text}")
 
 
-def _score_with(matcher: Matcher, model, part, every_search: bool) -> tuple[float, int, int]:
+def _score_with(matcher: Matcher, model, part, design: str) -> tuple[float, int, int]:
     found = ordinary = 0
     severe = [i for i in part if i.severity >= 3]
     for item in part:
-        graded = grade(matcher, model, item.text, every_search)
+        graded = grade(matcher, model, item.text, design)
         if item.severity >= 3:
             found += any(m.severity >= 3 and m.theme in item.themes for m in graded.active)
         elif not item.themes:

@@ -211,14 +211,12 @@ class SecondOpinion:
         (:func:`~schoolgate.monitoring.assessment.library_grade`)."""
         # Most searches match nothing: their test in as few calls as can be.
         grade = library_grade(found) if found.matches else 0
-        if grade is None:
+        if grade is None or (grade == 0 and (not alone or self.alone_threshold is None)):
             return found
-        if grade == 0:
-            if not alone or self.alone_threshold is None or self._sum(words) < self.alone_cut:
-                return found
-        elif self._sum(words) < self.cut:
+        total = self._sum(words)
+        if total < (self.cut if grade else self.alone_cut):
             return found
-        score = f"the learned model's score {self.score(words):.2f}"
+        score = f"the learned model's score {_sigmoid(total):.2f}"
         if grade:
             active = found.active
             among = {m.theme for m in active}
