@@ -45,6 +45,7 @@ from schoolgate.monitoring.opinion import (  # noqa: E402
     PIECE_SIZE,
     TERM,
     Example,
+    SecondOpinion,
     examples_from,
     train,
 )
@@ -54,6 +55,39 @@ from schoolgate.monitoring.terms import Matcher, load_matcher  # noqa: E402
 def look_alikes() -> list[str]:
     lines = LOOK_ALIKES.read_text(encoding="utf-8").splitlines()
     return [line.split("\t")[2] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def everyday() -> tuple[list[str], list[str]]:
+    """The everyday searches the model learns from, and those held out (``EVERYDAY_UNSEEN``)."""
+    by_split = load_everyday()
+    days = [t for split, texts in by_split.items() if split not in EVERYDAY_UNSEEN for t in texts]
+    return days, [t for split in EVERYDAY_UNSEEN for t in by_split.get(split, [])]
+
+
+def train_without(
+    matcher: Matcher,
+    items: list,
+    left_out: set[str],
+    look_alikes: list[str],
+    *,
+    every_search: bool = False,
+    piece_size: int = PIECE_SIZE,
+) -> tuple[SecondOpinion, list[Example]]:
+    """The second opinion as ``schoolgate train-opinion`` trains it, on the labelled ``items``
+    but the splits ``left_out``, on ``look_alikes`` and on the everyday searches but those held
+    out; ``matcher`` (without a model of its own) grades each for the examples."""
+    read, assess = matcher.normaliser.read, matcher.assess
+
+    def example(text: str, severity: int, themes: frozenset[str]) -> Example:
+        if every_search:
+            return Example(read(text).words, severity >= 3, themes, True)
+        (made,) = examples_from([(read(text).words, severity, themes, library_grade(assess(text)))])
+        return made
+
+    examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in left_out]
+    examples += [example(t, 0, frozenset()) for t in look_alikes + everyday()[0]]
+    model = train(examples, sorted(matcher.library.themes), piece_size=piece_size)
+    return model, examples
 
 
 def grade(matcher: Matcher, model, text: str, design: str) -> Assessment:
@@ -93,7 +127,6 @@ def main() -> None:
     args = parser.parse_args()
     matcher = load_matcher()
     matcher.opinion = None  # the terms and rules alone; the model under test is applied here
-    read, assess = matcher.normaliser.read, matcher.assess
     items = load_labelled()
     left_out = set(args.leave_out)
     unknown = left_out - {i.split for i in items}
@@ -103,20 +136,11 @@ def main() -> None:
     learned, held = ordinary[0::2], ordinary[1::2]  # every other one held out
     if args.no_look_alikes:
         learned, held = [], ordinary
-
-    def example(text: str, severity: int, themes: frozenset[str]) -> Example:
-        if args.every_search:
-            return Example(read(text).words, severity >= 3, themes, True)
-        (made,) = examples_from([(read(text).words, severity, themes, library_grade(assess(text)))])
-        return made
-
-    by_split = load_everyday()
-    days = [t for split, texts in by_split.items() if split not in EVERYDAY_UNSEEN for t in texts]
-    days_held = [t for split in EVERYDAY_UNSEEN for t in by_split.get(split, [])]
-    examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in left_out]
-    examples += [example(t, 0, frozenset()) for t in learned + days]
+    days, days_held = everyday()
     pieces = 0 if args.whole_words else PIECE_SIZE
-    model = train(examples, sorted(matcher.library.themes), piece_size=pieces)
+    model, examples = train_without(
+        matcher, items, left_out, learned, every_search=args.every_search, piece_size=pieces
+    )
     design = "every" if args.every_search else "flagged" if args.flagged_only else "shipped"
     said = {
         "every": "on every search",

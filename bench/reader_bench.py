@@ -42,7 +42,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import opinion_bench  # noqa: E402
 from test_monitoring_labelled import EVERYDAY_UNSEEN, NEVER_TUNED, load_everyday  # noqa: E402
 
-from schoolgate.monitoring.assessment import library_grade  # noqa: E402
 from schoolgate.monitoring.terms import load_matcher  # noqa: E402
 
 BATCH = 32
@@ -71,22 +70,7 @@ def rows(left_out: set[str]) -> list[Row]:
     model = None
     if left_out:
         matcher.opinion = None
-        read, assess = matcher.normaliser.read, matcher.assess
-
-        def example(text: str, severity: int, themes: frozenset[str]):
-            words = read(text).words
-            (made,) = opinion_bench.examples_from(
-                [(words, severity, themes, library_grade(assess(text)))]
-            )
-            return made
-
-        by_split = load_everyday()
-        days = [t for s, ts in by_split.items() if s not in EVERYDAY_UNSEEN for t in ts]
-        examples = [example(i.text, i.severity, i.themes) for i in items if i.split not in tests]
-        examples += [example(t, 0, frozenset()) for t in learned + days]
-        model = opinion_bench.train(
-            examples, sorted(matcher.library.themes), piece_size=opinion_bench.PIECE_SIZE
-        )
+        model, _ = opinion_bench.train_without(matcher, items, tests, learned)
 
     def row(text: str, split: str, severity: int, themes: frozenset[str], role: str) -> Row:
         if model is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -128,3 +129,14 @@ def write_config(
 def local(text: str) -> datetime:
     """A wall-clock time at the default school (Europe/London)."""
     return datetime.fromisoformat(text).replace(tzinfo=LONDON)
+
+
+def today_for(span: timedelta) -> datetime:
+    """The time now (UTC), once ``span`` from now is still today: in the last ``span`` of a day,
+    after waiting for the next one (a test of a time later today would otherwise skip)."""
+    now = datetime.now(UTC)
+    if (now + span).date() != now.date():
+        tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        time.sleep((tomorrow - now).total_seconds() + 1)
+        now = datetime.now(UTC)
+    return now

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from policy_fixtures import today_for
 
 from schoolgate.core.config import load_policy
 from schoolgate.core.model import RequestFacts
@@ -989,15 +989,7 @@ def test_a_teacher_opens_a_category_for_their_class_until_the_end_of_the_lesson(
 
 def test_a_teacher_opens_a_host_until_a_time(portal):
     client = portal.staff("tina")
-    now = datetime.now(UTC)
-    if (now + timedelta(minutes=2)).date() != now.date():  # wait for the next day, not skip
-        time.sleep(
-            (
-                datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC) - now
-            ).total_seconds()
-            + 1
-        )
-    end = (datetime.now(UTC) + timedelta(minutes=2)).strftime("%H:%M")
+    end = (today_for(timedelta(minutes=2)) + timedelta(minutes=2)).strftime("%H:%M")
     answer = post(
         client,
         "/teacher/",

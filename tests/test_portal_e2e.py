@@ -50,6 +50,7 @@ from gateway_process import (
     start_gateway,
     stop_gateway,
 )
+from policy_fixtures import today_for
 
 if not os.path.exists(CHROMIUM):
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
@@ -176,16 +177,10 @@ def write_config(folder: Path, smtp_port: int, lesson_end: str) -> Path:
 
 class Scenario:
     def __init__(self, tmp: Path) -> None:
-        now = datetime.now(UTC)
         # The current lesson ends at the next whole minute at least 70 s away (the teacher's
-        # "end of this lesson"); never across midnight: in the last two minutes of a day the
-        # test waits for the next one (a skip would pass without testing).
-        end = (now + timedelta(seconds=130)).replace(second=0, microsecond=0)
-        if end.date() != now.date():
-            midnight = datetime.combine(end.date(), datetime.min.time(), tzinfo=UTC)
-            time.sleep((midnight - now).total_seconds() + 1)
-            now = datetime.now(UTC)
-            end = (now + timedelta(seconds=130)).replace(second=0, microsecond=0)
+        # "end of this lesson"); never across midnight.
+        ahead = timedelta(seconds=130)
+        end = (today_for(ahead) + ahead).replace(second=0, microsecond=0)
         self.lesson_end = end
         self.mailbox = Mailbox()
         smtp_port = self.mailbox.start()
