@@ -134,7 +134,7 @@ def main() -> None:
     steps = args.epochs * (len(fit) // BATCH + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: max(0.0, 1 - i / steps))
     loss = torch.nn.BCEWithLogitsLoss()
-    encoder.train()
+    encoder.train(not args.frozen)  # frozen: the embedding as it ships, without dropout
     for _ in range(args.epochs):
         shuffle(fit)
         for start in range(0, len(fit), BATCH):
