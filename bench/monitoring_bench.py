@@ -2,6 +2,7 @@
 and what matching costs per request.
 
     python3 bench/monitoring_bench.py [--rounds 50] [--instructions] [--cost-only]
+        [--without-reader]
 
 Quality, per split of ``tests/data/monitoring/searches.tsv`` and for the whole set: recall of
 severity-3 searches (found at severity 3 in one of their themes; target >= 0.95), severity-3
@@ -30,7 +31,13 @@ mean CPU time of this thread (which waiting for the shared machine's cores does 
 * a page's title: what the event loop pays (``responseheaders`` and the tap's copy of the
   first bytes of a 1 KB page, in chunks of 160 bytes), and the grading thread's reading and grading;
 * a page's titles read from its first bytes: a small head, a 32 KB head of links and metas,
-  and a 30 KB script before the title (per KB too).
+  and a 30 KB script before the title (per KB too);
+* the library's neural reader reading a search it has not read before (every 12th labelled
+  search or so, 300 in all), as the grading thread does after matching: not matching's
+  cost, which the rows above give without it, and not counted by ``--instructions``.
+
+The quality figures are those of the shipped grading, the reader included;
+``--without-reader`` prints them without it.
 
 ``--instructions`` also counts the instructions of each row with ``valgrind --tool=callgrind``
 (the same on a loaded machine as on an idle one), every row in one run under valgrind: each
@@ -174,11 +181,17 @@ def everyday(matcher) -> None:
         )
 
 
-def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
-    """Each cost row: its calls, and the bytes each call reads (titles) or 0."""
+def rows(matcher: Matcher, items, with_reader: bool = True) -> dict[str, tuple[list, int]]:
+    """Each cost row: its calls, and the bytes each call reads (titles) or 0. The rows of
+    matching leave the reader out (its own row, ``with_reader``, times it alone: a search's
+    word pieces read by the int8 model, on one core)."""
     texts = [i.text for i in items]
     paths = [f"/search?q={quote_plus(t)}&hl=en-GB&source=hp" for t in texts]
+    reader = matcher.reader
+    # Matching (terms, rules and the second opinion); the reader has rows of its own below.
+    matcher.use_models(True, False)
     fresh = Matcher(matcher.library, cache_size=0)  # remembers words, not texts
+    fresh.use_models(True, False)
     for text in texts:  # warm up, as a running gateway would be
         fresh.assess(text, search=True)
     for text in texts[: matcher.cache_size]:
@@ -211,6 +224,15 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             fresh.assess(found.term, search=True)
 
     hooks = _hook_rows(matcher, paths)
+    reading: dict[str, tuple[list, int]] = {}
+    if reader is not None and with_reader:
+        sample = texts[:: max(1, len(texts) // 300)]
+
+        def read(text: str) -> None:  # a search not read before, on the grading thread
+            reader.forget()
+            reader.severe(text)
+
+        reading["reader: a new search"] = ([(read, (t,)) for t in sample], 0)
     return {
         "assess: a new search": ([(new_search, (t,)) for t in texts], 0),
         "assess: words never seen": ([(never_seen, (t,)) for t in texts], 0),
@@ -238,6 +260,7 @@ def rows(matcher: Matcher, items) -> dict[str, tuple[list, int]]:
             [(extract_titles, (SCRIPT_FIRST,))] * 10,
             len(SCRIPT_FIRST),
         ),
+        **reading,
     }
 
 
@@ -345,7 +368,7 @@ def cost(matcher, items, rounds: int, instructions: bool, misses: bool = False) 
         p50, p99, cpu = _timed(calls, rounds)
         per_kb = f"{p50 / (size / 1024):>10.2f}" if size else f"{'':>10}"
         line = f"{name:<36} {p50:>8.2f} {p99:>8.2f} {cpu:>9.2f} {per_kb}"
-        if instructions:
+        if instructions and name in counted:
             line += "".join(
                 f" {figure:>{13 if i == 0 else 8},}" for i, figure in enumerate(counted[name])
             )
@@ -427,7 +450,8 @@ def _figures(events: dict[str, int], misses: bool) -> tuple[int, ...]:
 def run_rows(calls_file: str) -> None:
     """What ``--instructions`` runs under valgrind: each row once untimed (warm), the heap
     settled, then once more, counted (inside ``eval``) and dumped after it."""
-    table = rows(load_matcher(), load_labelled())
+    # Not the reader's row: onnxruntime under valgrind would take the best part of an hour.
+    table = rows(load_matcher(), load_labelled(), with_reader=False)
     counts = {}
     # Two empty rounds first: the first eval's one-time cost, then what an eval costs itself.
     for name, (calls, _) in {"(first)": ([], 0), "(eval)": ([], 0), **table}.items():
@@ -453,6 +477,12 @@ def main() -> None:
         "--misses", action="store_true", help="with --instructions: also cache misses"
     )
     parser.add_argument("--cost-only", action="store_true", help="skip the quality figures")
+    parser.add_argument(
+        "--without-reader",
+        action="store_true",
+        help="the quality figures without the library's neural reader (terms, rules and the "
+        "second opinion alone, as with monitoring.reader: false)",
+    )
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rows:
@@ -468,7 +498,10 @@ def main() -> None:
         f"{matcher.patterns} patterns; loaded in {loaded * 1000:.0f} ms\n"
     )
     if not args.cost_only:
+        if args.without_reader:
+            matcher.use_models(True, False)
         quality(matcher, items)
+        matcher.use_models(True, True)
     cost(matcher, items, args.rounds, args.instructions, args.misses)
 
 

@@ -126,6 +126,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     matcher = load_matcher()
+    matcher.use_models(True, False)  # without the library's reader: the opinion's own figures
     matcher.opinion = None  # the terms and rules alone; the model under test is applied here
     items = load_labelled()
     left_out = set(args.leave_out)

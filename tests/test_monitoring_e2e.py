@@ -71,10 +71,11 @@ class Net:
         shutil.copytree(ROOT / "tests" / "data" / "gateway", folder)
         self.config = folder / "config.yaml"
         student = "    - {cidr: 127.0.0.1/32, role: student}\n"
+        pupils = student + "".join(  # more pupils, on 127.0.0.3 and 127.0.0.4
+            student.replace("127.0.0.1", f"127.0.0.{n}") for n in (3, 4)
+        )
         self.config.write_text(
-            self.config.read_text().replace(  # a second pupil, on 127.0.0.3
-                student, student + student.replace("127.0.0.1", "127.0.0.3")
-            )
+            self.config.read_text().replace(student, pupils)
             + "notifications:\n  smtp:\n"
             + f"    host: 127.0.0.1\n    port: {smtp_port}\n"
             + f"    dsl: [{DSL_ADDRESS}]\n    esafety: [esafety@school.example]\n"
@@ -160,26 +161,44 @@ def test_a_risky_page_title_is_recorded_and_the_page_arrives_whole(net: Net) -> 
     assert events[0]["detail"]["severity"] == 3
 
 
-def test_a_risk_in_words_no_term_holds_reaches_the_dsl_through_the_second_opinion(
-    net: Net,
-) -> None:
-    """The terms and rules find nothing in it; the shipped model reads it as self-harm. (Another
-    pupil than the other tests': a pupil's alerts after the first wait for a follow-up.)"""
+def _alert_for(net: Net, client: str, search: str) -> tuple[list[str], str]:
+    """``search`` on Google with curl from ``client`` (a pupil of its own: a pupil's alerts
+    after the first wait for a follow-up); the one alert it sends (recipients, text)."""
     before = len(net.alerts())
     out = subprocess.run(
-        ["curl", "-s", "--interface", "127.0.0.3", "-x", f"http://127.0.0.1:{net.port}",
-         net.url("www.google.com", "/search?q=went+too+deep+and+it+wont+stop+bleeding")],
+        ["curl", "-s", "--interface", client, "-x", f"http://127.0.0.1:{net.port}",
+         net.url("www.google.com", "/search?q=" + search.replace(" ", "+"))],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "results" in out.stdout
     mails = wait_for(lambda: len(net.alerts()) > before and net.alerts(), timeout=60)
     assert len(mails) == before + 1, mails
     to, text = mails[-1]
-    assert to == [DSL_ADDRESS] and "went too deep and it wont stop bleeding" in text
+    return to, email.message_from_string(text, policy=email.policy.default).get_content()
+
+
+def test_a_risk_in_words_no_term_holds_reaches_the_dsl_through_the_second_opinion(
+    net: Net,
+) -> None:
+    """The terms and rules find nothing in it; the shipped model reads it as self-harm."""
+    search = "went too deep and it wont stop bleeding"
+    to, body = _alert_for(net, "127.0.0.3", search)
+    assert to == [DSL_ADDRESS] and search in body
     # The DSL reads why: no term matched, and the model's score against its threshold.
-    body = email.message_from_string(text, policy=email.policy.default).get_content()
     assert 'matched "second opinion"): no term or rule found; the learned model' in body
-    (event,) = [e for e in net.events("search") if e["detail"]["term"].startswith("went too deep")]
+    (event,) = [e for e in net.events("search") if e["detail"]["term"] == search]
     assert event["detail"]["severity"] == 3 and event["detail"]["theme"] == "self_harm"
     assert event["detail"]["rule"] == "second opinion" and event["client_ip"] == "127.0.0.3"
     assert "no term or rule found" in event["detail"]["why"]
+
+
+def test_a_risk_only_the_reader_reads_as_severe_reaches_the_dsl(net: Net) -> None:
+    """Neither the terms and rules nor the second opinion raise it; the library's neural
+    reader (onnxruntime, on the gateway's grading thread) does."""
+    search = "a grown man keeps sending me explicit photos and wants mine in return"
+    to, body = _alert_for(net, "127.0.0.4", search)
+    assert to == [DSL_ADDRESS] and search in body
+    assert 'matched "reader"): no term or rule found; the reader\'s score' in body
+    (event,) = [e for e in net.events("search") if e["detail"]["term"] == search]
+    assert event["detail"]["severity"] == 3 and event["detail"]["rule"] == "reader"
+    assert event["detail"]["theme"] == "sexual_exploitation" and event["client_ip"] == "127.0.0.4"

@@ -483,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     from schoolgate.cli.bans import register as register_bans
     from schoolgate.cli.opinion import register as register_opinion
     from schoolgate.cli.ops import register as register_ops
+    from schoolgate.cli.reader import register as register_reader
     from schoolgate.cli.staff import register as register_staff
     from schoolgate.cli.who import register as register_who
 
@@ -492,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ops(sub, add_common_options)
     register_audit(sub, add_common_options)
     register_opinion(sub, add_common_options)
+    register_reader(sub, add_common_options)
     return parser
 
 

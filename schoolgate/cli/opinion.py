@@ -99,20 +99,16 @@ def cmd_train_opinion(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(
-    sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    p = sub.add_parser(
-        "train-opinion", help="train the risk-term library's second opinion on labelled searches"
-    )
-    common(p)
+def add_labelled_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """The arguments ``train-opinion`` and ``train-reader`` share: the labelled files, where
+    to write, the library folders and the splits left out."""
     p.add_argument("labelled", nargs="+", help="files of labelled searches (tab-separated)")
-    p.add_argument("--out", required=True, help="the file to write (second_opinion.json)")
+    p.add_argument("--out", required=True, help=out)
     p.add_argument(
         "--library",
         action="append",
-        help="a library folder whose spellings the searches are read with (repeat; "
-        "default: the shipped one)",
+        help="a library folder whose spellings, terms and themes the searches are read with "
+        "(repeat; default: the shipped one)",
     )
     p.add_argument(
         "--leave-out",
@@ -120,6 +116,16 @@ def register(
         metavar="SPLIT",
         help="leave out the lines of this split (a first column), to measure the model on them",
     )
+
+
+def register(
+    sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = sub.add_parser(
+        "train-opinion", help="train the risk-term library's second opinion on labelled searches"
+    )
+    common(p)
+    add_labelled_arguments(p, "the file to write (second_opinion.json)")
     p.add_argument(
         "--alone-share",
         type=float,

@@ -26,6 +26,7 @@ MONITORING_KEYS = frozenset(
         "context_minutes",
         "dedupe_minutes",
         "second_opinion",
+        "reader",
     }
 )
 
@@ -47,6 +48,9 @@ class MonitoringSettings:
     # True, every search (those the terms and rules flag, and above a stricter threshold those
     # they find nothing in); "flagged", only those they flag; False, none.
     second_opinion: bool | Literal["flagged"] = True
+    # The library's neural reader also grades searches (where the library has one): the same
+    # three choices.
+    reader: bool | Literal["flagged"] = True
 
 
 def read_monitoring(sec: Section | None, base: Path | None = None) -> MonitoringSettings:
@@ -79,7 +83,8 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
         batched_severity=batched or 2,
         context_minutes=sec.number("context_minutes", default=5, minimum=1, maximum=60) or 5,
         dedupe_minutes=sec.number("dedupe_minutes", default=5, minimum=0, maximum=60) or 0,
-        second_opinion=_second_opinion(sec),
+        second_opinion=_model_mode(sec, "second_opinion"),
+        reader=_model_mode(sec, "reader"),
     )
     if settings.batched_severity > settings.immediate_severity:
         sec.error(
@@ -89,13 +94,13 @@ def read_monitoring(sec: Section | None, base: Path | None = None) -> Monitoring
     return settings
 
 
-def _second_opinion(sec: Section) -> bool | Literal["flagged"]:
+def _model_mode(sec: Section, key: str) -> bool | Literal["flagged"]:
     what = "true, false or flagged"
-    value: bool | str = sec.get("second_opinion", (bool, str), what, default=True)
+    value: bool | str = sec.get(key, (bool, str), what, default=True)
     if value == "flagged":
         return "flagged"
     if isinstance(value, str):
-        sec.error("second_opinion", f"expected {what}, got {value!r}")
+        sec.error(key, f"expected {what}, got {value!r}")
         return True
     return value
 

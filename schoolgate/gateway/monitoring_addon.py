@@ -173,6 +173,8 @@ class MonitoringAddon:
                         )
                 except Exception:  # noqa: BLE001 - monitoring must never stop the gateway
                     log.exception("schoolgate: the risk-term library could not be loaded")
+            if self.matcher is not None:
+                self.matcher.use_models(settings.second_opinion, settings.reader)
         self._dedupe.window = settings.dedupe_minutes * 60.0
         try:
             from schoolgate.jobs.alerts import alerts_of
@@ -442,8 +444,7 @@ class MonitoringAddon:
         if matcher is None:
             return None, None, None, None, "no risk-term library loaded"
         try:
-            opinion = self.settings.second_opinion
-            found = matcher.assess(text, search=bool(opinion), alone=opinion is True)
+            found = matcher.assess(text, search=True)
         except Exception as exc:  # noqa: BLE001 - the search is recorded, ungraded
             self._log_failure("a search could not be graded")
             return None, None, None, None, f"{type(exc).__name__}: {exc}"

@@ -97,6 +97,19 @@ def library_grade(found: Assessment) -> int | None:
     return best if best < 3 else None
 
 
+def raised(
+    found: Assessment, grade: int, theme: str, term: str, score: str, source: str
+) -> Assessment:
+    """``found`` (graded ``grade`` by the library: 0 to 2) with a learned model's severity-3
+    match in ``theme``, its note naming the library's grade and term (or that it found
+    nothing) and the model's ``score``."""
+    if grade:
+        note = f"graded {grade} by {found.active[0].term!r}; {score}"
+    else:
+        note = f"no term or rule found; {score}"
+    return Assessment(ordered([Match(theme, 3, term, 3, note=note, source=source), *found.matches]))
+
+
 def ordered(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(sorted(matches, key=rank))
 
@@ -112,6 +125,7 @@ __all__ = [
     "Match",
     "library_grade",
     "ordered",
+    "raised",
     "rank",
     "set_matches",
 ]

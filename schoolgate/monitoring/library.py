@@ -53,6 +53,8 @@ from pathlib import Path
 
 from schoolgate.core.configfile import Issues, Section, load_yaml
 from schoolgate.monitoring.opinion import FILE_NAME, OpinionError, SecondOpinion, load_opinion
+from schoolgate.monitoring.reader import FILE_NAME as READER_FILE
+from schoolgate.monitoring.reader import Reader, load_reader
 
 # The UK Safer Internet Centre's monitoring themes, as the shipped files name them.
 THEMES: dict[str, str] = {
@@ -158,6 +160,8 @@ class Library:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # expanded
     # The learned second opinion on searches (``second_opinion.json``): the last one read.
     opinion: SecondOpinion | None = None
+    # The neural reader of searches (``reader.json`` and its files): the last one read.
+    reader: Reader | None = None
 
 
 def default_root() -> Path:
@@ -171,11 +175,11 @@ def load_library(
     *,
     languages: tuple[str, ...] | None = None,
 ) -> Library:
-    """Read every ``<root>/<language>/*.yaml``, and the ``second_opinion.json`` of a language
-    folder (the last one read is kept); later roots add to (and ``remove`` from) earlier ones.
-    ``languages``: only these folders (None: every folder). Problems go to ``issues``; the
-    caller raises once all files are read."""
-    reader = _Reader(issues)
+    """Read every ``<root>/<language>/*.yaml``, and the ``second_opinion.json`` and
+    ``reader.json`` of a language folder (the last one of each read is kept); later roots add
+    to (and ``remove`` from) earlier ones. ``languages``: only these folders (None: every
+    folder). Problems go to ``issues``; the caller raises once all files are read."""
+    files = _Reader(issues)
     for root in roots:
         if not root.is_dir():
             issues.add(root, None, "", "not a folder (the risk-term library is a folder)")
@@ -187,14 +191,16 @@ def load_library(
                 issues.add(folder, None, "", "a language folder is a tag such as en, cy or pt-br")
                 continue
             for path in sorted(folder.glob("*.yaml")):
-                reader.read(path, folder.name)
+                files.read(path, folder.name)
             learned = folder / FILE_NAME
-            if learned.is_file():
-                try:
-                    reader.opinion = load_opinion(learned)
-                except OpinionError as exc:
-                    issues.add(learned, exc.line, exc.field, exc.message)
-    return reader.library()
+            try:  # the learned models, where the folder has them
+                if learned.is_file():
+                    files.opinion = load_opinion(learned)
+                if (learned := folder / READER_FILE).is_file():
+                    files.reader = load_reader(learned)
+            except OpinionError as exc:  # a ReaderError too
+                issues.add(learned, exc.line, exc.field, exc.message)
+    return files.library()
 
 
 @dataclass(slots=True)
@@ -238,6 +244,7 @@ class _Reader:
         self.files: list[str] = []
         self.languages: set[str] = set()
         self.opinion: SecondOpinion | None = None
+        self.reader: Reader | None = None
 
     def read(self, path: Path, language: str) -> None:
         shown = str(path)
@@ -556,4 +563,5 @@ class _Reader:
             languages=tuple(sorted(self.languages)),
             files=tuple(self.files),
             opinion=self.opinion,
+            reader=self.reader,
         )

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schoolgate.monitoring.assessment import Assessment, Match, library_grade, ordered
+from schoolgate.monitoring.assessment import Assessment, library_grade, raised
 
 try:  # the model's sum in C, where the package was built with a C compiler
     from schoolgate.monitoring import speedups
@@ -218,15 +218,14 @@ class SecondOpinion:
             return found
         score = f"the learned model's score {_sigmoid(total):.2f}"
         if grade:
-            active = found.active
-            among = {m.theme for m in active}
-            note = f"graded {grade} by {active[0].term!r}; {score} (threshold {self.threshold:.2f})"
+            among = {m.theme for m in found.active}
+            score += f" (threshold {self.threshold:.2f})"
         else:
             among = set(self.themes)
-            note = f"no term or rule found; {score} (threshold for a search the library finds "
-            note += f"nothing in {self.alone_threshold:.2f})"
-        match = Match(self.theme(words, among), 3, TERM, 3, note=note, source=self.source)
-        return Assessment(ordered([match, *found.matches]))
+            score += (
+                f" (threshold for a search the library finds nothing in {self.alone_threshold:.2f})"
+            )
+        return raised(found, grade, self.theme(words, among), TERM, score, self.source)
 
     def theme(self, words: Sequence[str], among: Iterable[str]) -> str:
         """Of the themes ``among`` (those the library found), the one whose risky searches
@@ -331,13 +330,18 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
 
 def load_opinion(path: Path) -> SecondOpinion:
     """Read ``path``; raises :class:`OpinionError` when it cannot."""
+    return from_json(read_model_file(path, OpinionError), source=str(path))
+
+
+def read_model_file(path: Path, error: type[OpinionError]) -> object:
+    """The JSON in a learned model's file; raises ``error`` when it cannot be read or is not
+    JSON (with the line)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise OpinionError(f"cannot be read: {exc}") from None
+        raise error(f"cannot be read: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise OpinionError(f"not JSON: {exc.msg}", line=exc.lineno) from None
-    return from_json(data, source=str(path))
+        raise error(f"not JSON: {exc.msg}", line=exc.lineno) from None
 
 
 def train(

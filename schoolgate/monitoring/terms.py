@@ -175,6 +175,8 @@ class Matcher:
         self._searches: dict[str, Assessment] = {}  # with the second opinion
         self._flagged: dict[str, Assessment] = {}  # with it only where the library flags
         self.opinion = library.opinion
+        self.reader = library.reader
+        self._models: tuple[bool | str, bool | str] = (True, True)  # as use_models sets them
         self._matches: dict[tuple[bool, int, str | None, str | None, int], Match] = {}
         self.automaton = ahocorasick.Automaton()
         issues = issues if issues is not None else Issues()
@@ -367,25 +369,37 @@ class Matcher:
 
     def assess(self, text: str | None, *, search: bool = False, alone: bool = True) -> Assessment:
         """Every term and rule in ``text`` with its final severity; :data:`NOTHING` for none.
-        ``search``: a search a pupil typed, which the library's second opinion also reads;
+        ``search``: a pupil's search, graded by the learned models too (see :meth:`use_models`);
         ``alone``: also where the terms and rules found nothing (else only where they flag)."""
         if not text or not self.patterns:
             return NOTHING
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT]
-        opinion = self.opinion if search else None
-        cache = self._cache if opinion is None else self._searches if alone else self._flagged
+        opinion, reader = (self.opinion, self.reader) if search else (None, None)
+        cache = self._cache if not search else self._searches if alone else self._flagged
         found = cache.get(text)
         if found is None:
             norm = self.normaliser.read(text)
             found = self.assess_normalised(norm)
             if opinion is not None:
-                found = opinion.review(norm.words, found, alone=alone)
+                found = opinion.review(norm.words, found, alone=alone and self._models[0] is True)
+            if reader is not None:  # the library's second opinion names the theme it reads
+                alone = alone and self._models[1] is True
+                found = reader.review(text, norm.words, found, self.library.opinion, alone=alone)
             if self.cache_size:
                 if len(cache) >= self.cache_size:
                     cache.clear()  # start again: cheaper than keeping an order
                 cache[text] = found
         return found
+
+    def use_models(self, opinion: bool | str = True, reader: bool | str = True) -> None:
+        """Which learned models of the library also grade searches: each True (every search),
+        "flagged" (only those the library flags) or False (none)."""
+        if (opinion, reader) != self._models:
+            self._models = (opinion, reader)
+            self.opinion = self.library.opinion if opinion else None
+            self.reader = self.library.reader if reader else None
+            self._searches, self._flagged = {}, {}
 
     def forget(self) -> None:
         """Forget the texts assessed and the words read (to measure the cost of new ones)."""
@@ -393,6 +407,8 @@ class Matcher:
         self._searches = {}
         self._flagged = {}
         self.normaliser.forget()
+        if self.reader is not None:
+            self.reader.forget()
 
     def assess_normalised(self, norm: Normalised) -> Assessment:
         hits = self._scan(norm)
