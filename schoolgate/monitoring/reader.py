@@ -183,7 +183,7 @@ class Reader:
             return found
         if value <= self.cut:
             return found
-        score = f"the reader's score {_sigmoid(value):.2f} (threshold {self.threshold:.2f})"
+        score = f"the reader's score {_sigmoid(value):.3f} (threshold {self.threshold:.3f})"
         among = {m.theme for m in found.active} if grade else set(namer.themes if namer else ())
         theme = namer.theme(words, among) if namer is not None else min(among)
         return raised(found, grade, theme, TERM, score, self.source)
