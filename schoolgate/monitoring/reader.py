@@ -174,7 +174,7 @@ class Reader:
         nothing in; without one, such a search is not raised (nothing would name its theme).
         A reader that cannot run leaves ``found`` as it is, and the failure is logged."""
         grade = library_grade(found) if found.matches else 0
-        if grade is None or grade >= 3 or (grade == 0 and (not alone or namer is None)):
+        if grade is None or (grade == 0 and (not alone or namer is None)):
             return found
         try:
             value = self.logits([text])[0]
@@ -187,15 +187,6 @@ class Reader:
         among = {m.theme for m in found.active} if grade else set(namer.themes if namer else ())
         theme = namer.theme(words, among) if namer is not None else min(among)
         return raised(found, grade, theme, TERM, score, self.source)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "format": FORMAT,
-            "threshold": self.threshold,
-            "max_tokens": self.max_tokens,
-            "trained_on": self.trained_on,
-            "sha256": self.digests,
-        }
 
 
 def load_reader(path: Path) -> Reader:
