@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from schoolgate.cli.opinion import add_labelled_arguments
+from schoolgate.monitoring.opinion import sigmoid
 from schoolgate.monitoring.reader import (
     FILE_NAME,
     FORMAT,
@@ -229,7 +229,7 @@ def cmd_train_reader(args: argparse.Namespace) -> int:
     rank = int(args.quantile * len(ordinary))
     cut = ordinary[-1] if rank >= len(ordinary) else ordinary[rank]
     cut += 1e-6  # a search scores above the threshold to be raised
-    threshold = 1.0 / (1.0 + math.exp(-cut))
+    threshold = sigmoid(cut)
     above = sum(v > cut for v in ordinary)
     severe_kept = [t for t, severe in kept if severe]
     found = sum(v > cut for v in probe.logits(severe_kept))

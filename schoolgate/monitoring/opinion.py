@@ -130,8 +130,8 @@ class SecondOpinion:
 
     def __post_init__(self) -> None:
         # The thresholds as sums of weights: no exponential per search.
-        object.__setattr__(self, "cut", _logit(self.threshold))
-        alone = math.inf if self.alone_threshold is None else _logit(self.alone_threshold)
+        object.__setattr__(self, "cut", logit(self.threshold))
+        alone = math.inf if self.alone_threshold is None else logit(self.alone_threshold)
         object.__setattr__(self, "alone_cut", alone)
         pairs: dict[str, dict[str, float]] = {}
         words: set[str] = set()
@@ -156,7 +156,7 @@ class SecondOpinion:
 
     def score(self, words: Sequence[str]) -> float:
         """The probability that a search of these words is a severity-3 risk."""
-        return _sigmoid(self._sum(words))
+        return sigmoid(self._sum(words))
 
     def severe(self, words: Sequence[str], *, alone: bool = False) -> bool:
         """Whether these words read as severity 3: at ``threshold``, or for ``alone`` (a search
@@ -216,7 +216,7 @@ class SecondOpinion:
         total = self._sum(words)
         if total < (self.cut if grade else self.alone_cut):
             return found
-        score = f"the learned model's score {_sigmoid(total):.2f}"
+        score = f"the learned model's score {sigmoid(total):.2f}"
         if grade:
             among = {m.theme for m in found.active}
             score += f" (threshold {self.threshold:.2f})"
@@ -304,7 +304,7 @@ def from_json(data: object, source: str = "") -> SecondOpinion:
     if not _numbers(theme_bias, width):
         raise OpinionError(f"{width} numbers, one per theme", "theme_bias")
     for key, value in weights.items():
-        if not _finite(value):
+        if not finite(value):
             raise OpinionError(f"{value!r} is not a number", f"weights.{key}")
     for key, row in theme_weights.items():
         if not _numbers(row, width):
@@ -374,7 +374,7 @@ def train(
         held = set(order[fold::FOLDS])
         bias, weights = _fit([rows[i] for i in range(len(rows)) if i not in held])
         for i in held:
-            held_out[i] = _sigmoid(bias + sum(weights.get(f, 0.0) for f in rows[i][0]))
+            held_out[i] = sigmoid(bias + sum(weights.get(f, 0.0) for f in rows[i][0]))
     scores = sorted((held_out[i] for i in flagged), reverse=True)
     threshold = scores[TOLERATED] + 1e-9 if len(scores) > TOLERATED else 0.5
     threshold = min(max(threshold, 0.5), 0.999999)
@@ -410,7 +410,7 @@ def _fit(rows: Sequence[tuple[list[str], bool]]) -> tuple[float, dict[str, float
         shuffle(data)
         for feats, label in data:
             z = bias + sum(weights.get(f, 0.0) for f in feats)
-            step = _sigmoid(z) - (1.0 if label else 0.0)
+            step = sigmoid(z) - (1.0 if label else 0.0)
             bias -= RATE * step
             for f in feats:
                 w = weights.get(f, 0.0)
@@ -466,7 +466,8 @@ def examples_from(
     ]
 
 
-def _sigmoid(z: float) -> float:
+def sigmoid(z: float) -> float:
+    """The probability of a sum of weights (0 or 1 beyond 30 either way)."""
     if z < -30:
         return 0.0
     if z > 30:
@@ -474,21 +475,23 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
+    """The sum of weights of a probability: :func:`sigmoid`'s inverse."""
     return math.log(p / (1.0 - p))
 
 
-def _finite(value: object) -> bool:
+def finite(value: object) -> bool:
+    """A JSON number, not a bool, neither infinite nor NaN."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _numbers(value: object, width: int) -> bool:
-    return isinstance(value, list) and len(value) == width and all(map(_finite, value))
+    return isinstance(value, list) and len(value) == width and all(map(finite, value))
 
 
 def _number(data: dict, key: str) -> float:
     value = data.get(key)
-    if not isinstance(value, int | float) or not _finite(value):
+    if not isinstance(value, int | float) or not finite(value):
         raise OpinionError(f"{value!r} is not a number", key)
     return float(value)
 
@@ -502,7 +505,11 @@ __all__ = [
     "SecondOpinion",
     "examples_from",
     "features",
+    "finite",
     "from_json",
     "load_opinion",
+    "logit",
+    "read_model_file",
+    "sigmoid",
     "train",
 ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from schoolgate.monitoring.assessment import Assessment, library_grade, raised
-from schoolgate.monitoring.opinion import OpinionError, SecondOpinion, read_model_file
+from schoolgate.monitoring.opinion import (
+    OpinionError,
+    SecondOpinion,
+    finite,
+    logit,
+    read_model_file,
+    sigmoid,
+)
 from schoolgate.monitoring.wordpiece import WordPiece
 
 log = logging.getLogger(__name__)
@@ -69,7 +75,7 @@ class Reader:
     ) -> None:
         self.folder = Path(folder)
         self.threshold = threshold  # a probability; a search above it reads as severity 3
-        self.cut = _logit(threshold)
+        self.cut = logit(threshold)
         self.max_tokens = max_tokens
         self.trained_on = dict(trained_on or {})
         self.digests = dict(digests or {})
@@ -118,7 +124,7 @@ class Reader:
 
     def score(self, text: str) -> float:
         """The probability that this search is a severity-3 risk."""
-        return _sigmoid(self.logits([text])[0])
+        return sigmoid(self.logits([text])[0])
 
     def severe(self, text: str) -> bool:
         """Whether the reader reads this search as severity 3 (above its threshold)."""
@@ -183,7 +189,7 @@ class Reader:
             return found
         if value <= self.cut:
             return found
-        score = f"the reader's score {_sigmoid(value):.3f} (threshold {self.threshold:.3f})"
+        score = f"the reader's score {sigmoid(value):.3f} (threshold {self.threshold:.3f})"
         among = {m.theme for m in found.active} if grade else set(namer.themes if namer else ())
         theme = namer.theme(words, among) if namer is not None else min(among)
         return raised(found, grade, theme, TERM, score, self.source)
@@ -198,7 +204,7 @@ def load_reader(path: Path) -> Reader:
     if data.get("format") != FORMAT:
         raise ReaderError(f"{data.get('format')!r}, expected {FORMAT}", "format")
     threshold = data.get("threshold")
-    if not _number(threshold) or not 0 < threshold < 1:  # type: ignore[operator]
+    if not finite(threshold) or not 0 < threshold < 1:  # type: ignore[operator]
         raise ReaderError(f"{threshold!r} is not a number between 0 and 1", "threshold")
     tokens = data.get("max_tokens", MAX_TOKENS)
     if type(tokens) is not int or not 8 <= tokens <= 512:
@@ -252,18 +258,3 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
